@@ -1,0 +1,51 @@
+/** Errors the operator can act on. Each says what went wrong and what to do. */
+
+export class ActionError extends Error {
+  override name = 'ActionError';
+}
+
+/** An input is missing or cannot be accepted. Raised before anything touches the node. */
+export class InputError extends ActionError {
+  override name = 'InputError';
+}
+
+/** The host could not be reached, did not prove its key, or refused the login. */
+export class ConnectError extends ActionError {
+  override name = 'ConnectError';
+}
+
+/** The node's data directory, tools or state are not what the action needs. */
+export class HostError extends ActionError {
+  override name = 'HostError';
+}
+
+/** A remote command exited non-zero. */
+export class RemoteCommandError extends ActionError {
+  override name = 'RemoteCommandError';
+  constructor(
+    readonly what: string,
+    readonly code: number | null,
+    readonly stderr: string,
+  ) {
+    super(`${what} failed (exit ${code ?? 'signal'})${stderr.trim() ? `: ${lastLines(stderr, 6)}` : ''}`);
+  }
+}
+
+/** The bucket, the credentials or a transfer to S3 failed. */
+export class StorageError extends ActionError {
+  override name = 'StorageError';
+}
+
+/** A stored snapshot is not whole. */
+export class IntegrityError extends ActionError {
+  override name = 'IntegrityError';
+}
+
+export function lastLines(text: string, n: number): string {
+  return text.trim().split('\n').slice(-n).join('\n');
+}
+
+export function errorMessage(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  return String(error);
+}

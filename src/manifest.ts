@@ -1,0 +1,25 @@
+/** The JSON manifest stored for each archive: what a restore and a verify check against. */
+import type { Compression } from './settings.js';
+
+export interface Manifest {
+  format: 'prep-snapshot/1';
+  key: string;
+  /** The backup_list entry: `YYYYMMDD/FILE`. */
+  entry: string;
+  nodeKind: string;
+  blockHeight: number;
+  sha256: string;
+  compressedBytes: number;
+  uncompressedBytes: number;
+  files: number;
+  compression: Compression;
+  compressor: string;
+  compressionLevel: number;
+  consistency: 'hardlink' | 'stop';
+  /** The directory name that the restore renames to `db_{IP}:7100_icon_dex`. */
+  placeholder: string;
+  source: { host: string; dataDir: string; identity: string };
+  createdAt: string;
+  actionVersion: string;
+  timings: Record<string, number>;
+}

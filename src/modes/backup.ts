@@ -1,0 +1,447 @@
+/**
+ * mode: backup. Reads like the procedure: connect, check, stop, freeze, start, stream,
+ * publish, copy, retain. The node is down only for the stop, the freeze and the start.
+ */
+import * as core from '@actions/core';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { ACTION_VERSION, Outputs, State } from '../constants.js';
+import { ActionError, HostError, RemoteCommandError, StorageError, errorMessage } from '../errors.js';
+import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
+import { parseManifestsOutput, planPrune } from '../freeze.js';
+import type { Manifest } from '../manifest.js';
+import { archiveKey, archiveName, dateDaysAgo, listEntry, manifestKey, type ArchiveName } from '../naming.js';
+import { NodeControl } from '../node-control.js';
+import { loopchain, pickIdentityDir, type NodeKind } from '../node-kind/loopchain.js';
+import {
+  CHECKPOINT_BYTES,
+  COMPRESSOR_MARK,
+  PROGRESS_MARK,
+  archiveCommand,
+  dirname,
+  freezeCommand,
+  manifestsCommand,
+  parseProbe,
+  probeCommand,
+  pruneCommand,
+  pruneLocalCopiesCommand,
+  removeCommand,
+  sizeCommand,
+  type Probe,
+} from '../node-kind/remote.js';
+import { Progress } from '../progress.js';
+import { chooseExpired, entriesOf } from '../retention.js';
+import { addEntry, removeEntries, updateBackupList } from '../s3/backup-list.js';
+import { checkBucket, createClient, objectUrl } from '../s3/client.js';
+import { copyObject } from '../s3/copy.js';
+import { deleteKeys, listArchives, listObjects, writeJson } from '../s3/store.js';
+import { choosePartSize, streamUpload } from '../s3/upload.js';
+import type { Settings, SshSettings } from '../settings.js';
+import { SshSession } from '../ssh/session.js';
+import { verifyStored } from './verify.js';
+
+export interface BackupResult {
+  skipped: boolean;
+  key?: string;
+}
+
+interface Timings {
+  [phase: string]: number;
+}
+
+export async function backup(settings: Settings, now: () => Date = () => new Date()): Promise<BackupResult> {
+  const ssh = settings.ssh as SshSettings;
+  const kind: NodeKind = loopchain;
+  const runId = `${process.env.GITHUB_RUN_ID ?? 'local'}-${process.env.GITHUB_RUN_ATTEMPT ?? '1'}-${process.pid}`;
+  const timings: Timings = {};
+  const t0 = performance.now();
+
+  const { session, client } = await core.group('Connect', async () => {
+    const s3 = createClient(settings.s3);
+    await checkBucket(s3, settings.s3);
+    core.info(`Bucket '${settings.s3.bucket}' is reachable.`);
+    const s = await SshSession.connect(ssh, { onKeyDir: (dir) => core.saveState(State.KeyDir, dir) });
+    core.info(`Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${s.dataTransport}.`);
+    return { session: s, client: s3 };
+  });
+
+  const node = new NodeControl(session, settings.node, kind, runId);
+  let stage: string | undefined;
+  let uploaded: string[] = [];
+  let published = false;
+  try {
+    const { probe, identity } = await core.group('Check the host', async () => {
+      const p = parseProbe(await session.run('Probing the host', probeCommand(kind, settings.node.dataDir)));
+      const id = checkProbe(p, settings, kind);
+      core.info(`Data dir ${settings.node.dataDir}: ${kind.roots.join(', ')}; identity directory ${id}.`);
+      return { probe: p, identity: id };
+    });
+
+    const height = await core.group('Block height', async () => {
+      const h = await node.height();
+      if (h !== undefined) core.info(`The node reports block height ${h}.`);
+      return h;
+    });
+    if (height === undefined) {
+      core.warning(
+        `The node's peer API (${settings.node.peerUrl}) does not answer: no backup is taken of a node that is not ` +
+          `in service. Starting the node in case it is down; the next scheduled run will take the backup.`,
+      );
+      await core.group('Start the node', () => session.run('The start command', settings.node.startCommand));
+      core.setOutput(Outputs.Skipped, 'true');
+      await core.summary
+        .addHeading('prep-snapshot: backup skipped', 3)
+        .addRaw(`The peer API of ${ssh.host} did not answer; the start command was run.`, true)
+        .write();
+      return { skipped: true };
+    }
+
+    const snapshotAt = now();
+    const name = archiveName(settings.s3.service, height, snapshotAt, settings.backup.compression);
+    const key = archiveKey(settings.s3.prefix, name);
+    let source = settings.node.dataDir;
+
+    if (settings.backup.consistency === 'hardlink') {
+      stage = probe.sameDevice
+        ? `${dirname(settings.node.dataDir)}/.prep-snapshot-staging-${runId}`
+        : `${settings.node.dataDir}/.prep-snapshot-staging-${runId}`;
+      core.saveState(State.StagingDir, stage);
+      const frozen = stage;
+      await core.group('Stop, freeze, start', async () => {
+        const t = performance.now();
+        try {
+          await node.stop();
+          await session.run('Freezing the data into the staging folder', freezeCommand(kind, settings.node.dataDir, frozen), {
+            timeoutMs: 30 * 60_000,
+          });
+        } catch (error) {
+          throw explainFreeze(error);
+        } finally {
+          await node.ensureStarted();
+        }
+        timings.downtime = node.downtimeSeconds ?? secondsSince(t);
+        core.info(`The node was down for ${formatDuration(timings.downtime)}.`);
+      });
+      source = stage;
+      await core.group('Drop tables the MANIFESTs do not list', async () => {
+        const dbs = parseManifestsOutput(await session.run('Reading the MANIFESTs', manifestsCommand(kind, frozen)));
+        const plan = planPrune(dbs);
+        if (plan.garbage.length > 0) {
+          await session.run('Pruning the staging folder', pruneCommand(frozen), {
+            stdin: plan.garbage.map((g) => `${g}\0`).join(''),
+          });
+        }
+        core.info(
+          `${plan.databases} LevelDB databases, ${plan.liveTables} live tables; ` +
+            `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`,
+        );
+      });
+    } else {
+      await core.group('Stop the node', () => node.stop());
+    }
+
+    const sizes = parseSizes(await session.run('Measuring the snapshot', sizeCommand(kind, source)));
+    const partSize = settings.s3.partSize ?? choosePartSize(sizes.bytes * 1.05 + 64 * 1024 * 1024);
+    const localCopy = settings.backup.localCopy
+      ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
+      : undefined;
+
+    const stream = await core.group(`Stream ${key}`, async () => {
+      core.info(
+        `${sizes.files} files, ${formatBytes(sizes.bytes)}; ${settings.backup.compression} level ${settings.backup.compressionLevel}; ` +
+          `parts of ${formatBytes(partSize)} x ${settings.s3.queueSize} in flight.`,
+      );
+      uploaded = [key];
+      const r = await streamArchive({ session, client, settings, kind, source, identity, key, partSize, localCopy, totalBytes: sizes.bytes });
+      core.info(
+        `Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`,
+      );
+      return r;
+    });
+    timings.stream = stream.seconds;
+    if (settings.backup.consistency === 'stop') {
+      await node.start();
+      timings.downtime = node.downtimeSeconds ?? 0;
+    }
+
+    const manifest: Manifest = {
+      format: 'prep-snapshot/1',
+      key,
+      entry: listEntry(name),
+      nodeKind: kind.name,
+      blockHeight: height,
+      sha256: stream.sha256,
+      compressedBytes: stream.bytes,
+      uncompressedBytes: stream.tarBytes ?? sizes.bytes,
+      files: sizes.files,
+      compression: settings.backup.compression,
+      compressor: stream.compressor,
+      compressionLevel: settings.backup.compressionLevel,
+      consistency: settings.backup.consistency,
+      placeholder: kind.placeholder,
+      source: { host: ssh.host, dataDir: settings.node.dataDir, identity },
+      createdAt: snapshotAt.toISOString(),
+      actionVersion: ACTION_VERSION,
+      timings,
+    };
+    const mKey = manifestKey(settings.s3.manifestPrefix, key);
+    uploaded.push(mKey);
+    await writeJson(client, settings.s3.bucket, mKey, manifest);
+
+    if (settings.backup.verify) {
+      await core.group('Verify the stored archive', async () => {
+        await verifyStored(client, settings, key, manifest);
+      });
+    }
+
+    const tPublish = performance.now();
+    await core.group('Publish in backup_list', async () => {
+      const entries = await updateBackupList(client, settings.s3.bucket, `${settings.s3.prefix}/backup_list`, (e) =>
+        addEntry(e, listEntry(name)),
+      );
+      published = true;
+      core.info(`backup_list now names ${entries.length} snapshot(s); the newest is ${entries[0]}.`);
+    });
+    timings.publish = secondsSince(tPublish);
+    timings.stopToListed = node.stoppedAt !== undefined ? (performance.now() - node.stoppedAt) / 1000 : 0;
+
+    const permanent = settings.backup.permanentCopy
+      ? await core.group('Permanent copy', () => permanentCopy(client, settings, name, key, stream.bytes, manifest))
+      : undefined;
+
+    const removed = await core.group('Retention', () => applyRetention(client, settings, now()));
+
+    if (localCopy) {
+      await core.group('Local copies on the host', async () => {
+        const cutoff = dateDaysAgo(now(), settings.backup.localCopyDays);
+        const out = await session.run(
+          'Pruning local copies',
+          pruneLocalCopiesCommand(`${settings.node.prepDir}/data/Backup`, cutoff),
+        );
+        core.info(`Kept ${localCopy} on the host.${out.trim() ? ` ${out.trim().replace(/\n/g, '; ')}.` : ''}`);
+      });
+    }
+
+    const url = objectUrl(settings.s3, key);
+    core.setOutput(Outputs.Skipped, 'false');
+    core.setOutput(Outputs.Key, key);
+    core.setOutput(Outputs.Url, url);
+    core.setOutput(Outputs.BlockHeight, String(height));
+    core.setOutput(Outputs.Size, String(stream.bytes));
+    core.setOutput(Outputs.Sha256, stream.sha256);
+    core.setOutput(Outputs.DowntimeSeconds, (timings.downtime ?? 0).toFixed(3));
+    timings.total = secondsSince(t0);
+    await writeSummary(manifest, url, timings, permanent, removed, stream.compressor);
+    return { skipped: false, key };
+  } catch (error) {
+    if (!published && uploaded.length > 0) {
+      // Nothing half-made stays behind: an archive that is not listed is removed.
+      await deleteKeys(client, settings.s3.bucket, uploaded).catch((e) =>
+        core.warning(`Could not remove the unpublished ${uploaded.join(', ')}: ${errorMessage(e)}`),
+      );
+    }
+    throw error;
+  } finally {
+    await node.ensureStarted();
+    if (stage) {
+      const s = stage;
+      await session
+        .run('Removing the staging folder', removeCommand(s), { timeoutMs: 30 * 60_000 })
+        .then(() => core.saveState(State.StagingDir, ''))
+        .catch((e) => core.warning(`Could not remove the staging folder ${s}: ${errorMessage(e)}`));
+    }
+    session.close();
+    core.saveState(State.KeyDir, '');
+  }
+}
+
+function checkProbe(probe: Probe, settings: Settings, kind: NodeKind): string {
+  const dataDir = settings.node.dataDir;
+  if (!probe.dataDirPresent) {
+    throw new HostError(`${dataDir} does not exist on the host: set 'data-dir' (or 'prep-dir') to the node's data directory.`);
+  }
+  if (probe.missingRoots.length > 0) {
+    throw new HostError(
+      `${dataDir} lacks ${probe.missingRoots.join(' and ')}: it is not a loopchain data directory (expected ${kind.roots.join(', ')}).`,
+    );
+  }
+  const identity = pickIdentityDir(kind, probe.identities, dataDir);
+  if (!probe.tools.has('tar')) throw new HostError(`The host has no 'tar'.`);
+  if (settings.backup.compression === 'zstd' && !probe.tools.has('zstd')) {
+    throw new HostError(`'compression: zstd' needs zstd on the host; install it or use gzip.`);
+  }
+  if (settings.backup.compression === 'gzip' && !probe.tools.has('pigz') && !probe.tools.has('gzip')) {
+    throw new HostError(`The host has neither pigz nor gzip.`);
+  }
+  if (settings.backup.consistency === 'hardlink' && !probe.tools.has('base64')) {
+    throw new HostError(`The host has no 'base64' (coreutils), needed to read the LevelDB MANIFESTs.`);
+  }
+  if (!probe.tools.has('curl') && !probe.tools.has('wget')) {
+    throw new HostError(`The host has neither curl nor wget to ask the node for its block height.`);
+  }
+  return identity;
+}
+
+function explainFreeze(error: unknown): unknown {
+  if (error instanceof RemoteCommandError && /Invalid cross-device link|Operation not permitted|hard link/i.test(error.stderr)) {
+    return new HostError(
+      `Hard links are not possible in the data dir's filesystem (${error.stderr.trim().split('\n')[0]}). ` +
+        `Set 'consistency: stop' to archive while the node is stopped.`,
+    );
+  }
+  return error;
+}
+
+function parseSizes(stdout: string): { files: number; bytes: number } {
+  const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
+  const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
+  if (!Number.isFinite(files) || !Number.isFinite(bytes)) throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
+  return { files, bytes };
+}
+
+interface StreamArgs {
+  session: SshSession;
+  client: S3Client;
+  settings: Settings;
+  kind: NodeKind;
+  source: string;
+  identity: string;
+  key: string;
+  partSize: number;
+  localCopy?: string;
+  totalBytes: number;
+}
+
+interface Streamed {
+  bytes: number;
+  sha256: string;
+  seconds: number;
+  compressor: string;
+  tarBytes?: number;
+}
+
+async function streamArchive(a: StreamArgs): Promise<Streamed> {
+  const t = performance.now();
+  const remote = a.session.stream(
+    archiveCommand(a.kind, a.source, a.identity, {
+      compression: a.settings.backup.compression,
+      level: a.settings.backup.compressionLevel,
+      localCopy: a.localCopy,
+    }),
+  );
+  const progress = new Progress('Upload', a.totalBytes);
+  let compressor: string = a.settings.backup.compression;
+  let tarBytes: number | undefined;
+  remote.onStderrLine((line) => {
+    const checkpoint = new RegExp(`${PROGRESS_MARK} (\\d+)`).exec(line);
+    if (checkpoint) progress.read = Number(checkpoint[1]) * CHECKPOINT_BYTES;
+    else if (line.startsWith(COMPRESSOR_MARK)) compressor = line.slice(COMPRESSOR_MARK.length + 1).trim();
+    else if (/Total bytes written: (\d+)/.test(line)) tarBytes = Number(/Total bytes written: (\d+)/.exec(line)?.[1]);
+  });
+  remote.stdout.on('data', (chunk: Buffer) => (progress.sent += chunk.length));
+  const sourceOk = remote.exit.then((code) => {
+    if (code !== 0) {
+      const tail = remote.stderrTail()
+        .split('\n')
+        .filter((l) => !l.includes(PROGRESS_MARK) && !l.startsWith(COMPRESSOR_MARK))
+        .join('\n');
+      throw code === null
+        ? new ActionError(`The SSH connection was lost while the archive streamed${tail ? `: ${tail.trim()}` : ''}. Nothing was published.`)
+        : new RemoteCommandError('Archiving on the host', code, tail);
+    }
+  });
+  sourceOk.catch(() => undefined);
+  try {
+    const r = await streamUpload({
+      client: a.client,
+      bucket: a.settings.s3.bucket,
+      key: a.key,
+      body: remote.stdout,
+      partSize: a.partSize,
+      queueSize: a.settings.s3.queueSize,
+      contentType: a.settings.backup.compression === 'zstd' ? 'application/zstd' : 'application/gzip',
+      sourceOk,
+    });
+    return { ...r, seconds: secondsSince(t), compressor, tarBytes };
+  } catch (error) {
+    remote.kill();
+    await sourceOk.catch(() => undefined);
+    if (error instanceof ActionError) throw error;
+    throw new StorageError(`The upload of ${a.key} failed: ${errorMessage(error)}. Nothing was published; no parts were left.`);
+  } finally {
+    progress.stop();
+  }
+}
+
+async function permanentCopy(
+  client: S3Client,
+  settings: Settings,
+  name: ArchiveName,
+  key: string,
+  size: number,
+  manifest: Manifest,
+): Promise<string | undefined> {
+  const folder = `${settings.s3.permanentPrefix}/${name.date}/`;
+  const existing = await listObjects(client, settings.s3.bucket, folder);
+  if (existing.length > 0) {
+    core.info(`${folder} already holds today's permanent copy (${existing[0]?.key}).`);
+    return undefined;
+  }
+  const target = `${settings.s3.permanentPrefix}/${listEntry(name)}`;
+  await copyObject(client, settings.s3.bucket, key, target, size);
+  await writeJson(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, target), { ...manifest, key: target });
+  core.info(`First snapshot of ${name.date}: copied to ${target}.`);
+  return target;
+}
+
+async function applyRetention(client: S3Client, settings: Settings, now: Date): Promise<string[]> {
+  const archives = await listArchives(client, settings.s3.bucket, settings.s3.prefix);
+  const expired = chooseExpired(archives, now, settings.backup.retentionDays);
+  if (expired.length === 0) {
+    core.info(`Nothing is older than ${settings.backup.retentionDays} days.`);
+    return [];
+  }
+  // Unlist first, so that no reader ever finds a listed archive gone.
+  await updateBackupList(client, settings.s3.bucket, `${settings.s3.prefix}/backup_list`, (e) =>
+    removeEntries(e, entriesOf(expired)),
+  );
+  const keys = expired.flatMap((a) => [a.key, manifestKey(settings.s3.manifestPrefix, a.key)]);
+  await deleteKeys(client, settings.s3.bucket, keys);
+  for (const a of expired) core.info(`Removed ${a.key} (older than ${settings.backup.retentionDays} days).`);
+  return expired.map((a) => a.key);
+}
+
+async function writeSummary(
+  m: Manifest,
+  url: string,
+  timings: Timings,
+  permanent: string | undefined,
+  removed: string[],
+  compressor: string,
+): Promise<void> {
+  const ratio = m.compressedBytes > 0 ? (m.uncompressedBytes / m.compressedBytes).toFixed(2) : '?';
+  const rows: Array<[string, string]> = [
+    ['Block height', String(m.blockHeight)],
+    ['Key', `\`${m.key}\``],
+    ['Archive', `${formatBytes(m.compressedBytes)} (${compressor}, level ${m.compressionLevel})`],
+    ['Data', `${formatBytes(m.uncompressedBytes)} in ${m.files} files`],
+    ['Compression ratio', `${ratio} : 1`],
+    ['Node downtime', formatDuration(timings.downtime ?? 0)],
+    ['Stream and upload', `${formatDuration(timings.stream ?? 0)} (${formatRate(m.compressedBytes, timings.stream ?? 0)})`],
+    ['Stop to listed', formatDuration(timings.stopToListed ?? 0)],
+    ['Total', formatDuration(timings.total ?? 0)],
+    ['sha256', `\`${m.sha256}\``],
+    ['Permanent copy', permanent ? `\`${permanent}\`` : 'not today (one exists) or off'],
+    ['Retention', removed.length ? `removed ${removed.length}: ${removed.map((r) => `\`${r}\``).join(', ')}` : 'nothing removed'],
+  ];
+  await core.summary
+    .addHeading('prep-snapshot: backup', 3)
+    .addTable([
+      [
+        { data: 'What', header: true },
+        { data: 'Value', header: true },
+      ],
+      ...rows.map(([a, b]) => [a, b]),
+    ])
+    .addLink('Archive', url)
+    .write();
+}

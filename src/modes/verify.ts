@@ -1,0 +1,151 @@
+/**
+ * mode: verify. Streams a stored snapshot from S3 on the runner alone and proves it whole:
+ * the sha256 is the manifest's, the tar stream reads to its end, every entry is complete,
+ * and the directories a node needs are there.
+ */
+import * as core from '@actions/core';
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { createHash } from 'node:crypto';
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { Parser } from 'tar';
+import { Outputs } from '../constants.js';
+import { IntegrityError, errorMessage } from '../errors.js';
+import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
+import type { Manifest } from '../manifest.js';
+import { manifestKey } from '../naming.js';
+import { loopchain, type NodeKind } from '../node-kind/loopchain.js';
+import { Progress } from '../progress.js';
+import { createClient, describeS3Error } from '../s3/client.js';
+import { readManifest } from '../s3/store.js';
+import type { Settings } from '../settings.js';
+import { chooseSnapshot } from '../snapshots.js';
+
+export interface VerifyReport {
+  key: string;
+  sha256: string;
+  compressedBytes: number;
+  files: number;
+  bytes: number;
+  hasManifest: boolean;
+  seconds: number;
+}
+
+export async function verify(settings: Settings): Promise<VerifyReport> {
+  const client = createClient(settings.s3);
+  const chosen = await core.group('Choose the snapshot', async () => {
+    const c = await chooseSnapshot(client, settings.s3, settings.restore.snapshot);
+    core.info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list)'}`);
+    return c;
+  });
+  const manifest = await readManifest(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, chosen.key));
+  const report = await core.group(`Verify ${chosen.key}`, () => verifyStored(client, settings, chosen.key, manifest));
+  core.setOutput(Outputs.Key, report.key);
+  core.setOutput(Outputs.Sha256, report.sha256);
+  core.setOutput(Outputs.Size, String(report.compressedBytes));
+  core.setOutput(Outputs.Files, String(report.files));
+  core.setOutput(Outputs.UncompressedSize, String(report.bytes));
+  if (manifest) core.setOutput(Outputs.BlockHeight, String(manifest.blockHeight));
+  await core.summary
+    .addHeading('prep-snapshot: verify', 3)
+    .addTable([
+      [
+        { data: 'What', header: true },
+        { data: 'Value', header: true },
+      ],
+      ['Key', `<code>${report.key}</code>`],
+      ['Result', 'whole: every entry complete, the expected directories present'],
+      ['sha256', `<code>${report.sha256}</code> ${report.hasManifest ? '(matches the manifest)' : '(no manifest to compare)'}`],
+      ['Archive', formatBytes(report.compressedBytes)],
+      ['Content', `${report.files} files, ${formatBytes(report.bytes)}`],
+      ['Duration', `${formatDuration(report.seconds)} (${formatRate(report.compressedBytes, report.seconds)})`],
+    ])
+    .write();
+  return report;
+}
+
+/** Reads the whole object, hashing the bytes and parsing the tar stream inside them. */
+export async function verifyStored(
+  client: S3Client,
+  settings: Settings,
+  key: string,
+  manifest: Manifest | undefined,
+  kind: NodeKind = loopchain,
+): Promise<VerifyReport> {
+  const t = performance.now();
+  let body: Readable;
+  let length = 0;
+  try {
+    const res = await client.send(new GetObjectCommand({ Bucket: settings.s3.bucket, Key: key }));
+    body = res.Body as Readable;
+    length = res.ContentLength ?? 0;
+  } catch (error) {
+    throw describeS3Error(error, `s3://${settings.s3.bucket}/${key}`);
+  }
+  if (!manifest) {
+    core.warning(`${key} has no manifest (an archive of the original script?): its sha256 cannot be compared, only its structure.`);
+  }
+  const progress = new Progress('Verify', length);
+  const hash = createHash('sha256');
+  let compressedBytes = 0;
+  const tap = new Transform({
+    transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback) {
+      hash.update(chunk);
+      compressedBytes += chunk.length;
+      progress.sent = compressedBytes;
+      progress.read = compressedBytes;
+      cb(null, chunk);
+    },
+  });
+  let files = 0;
+  let bytes = 0;
+  const roots = new Set<string>();
+  let incomplete: string | undefined;
+  const placeholderPath = `${kind.identityParent}/${kind.placeholder}`;
+  const parser = new Parser({
+    strict: true,
+    zstd: key.endsWith('.tar.zst') ? true : undefined,
+    maxDecompressionRatio: 1e9,
+    onReadEntry: (entry) => {
+      const path = entry.path.replace(/^\.\//, '').replace(/\/$/, '');
+      const top = path.split('/')[0] ?? '';
+      if (kind.roots.includes(top)) roots.add(top);
+      if (path === placeholderPath || path.startsWith(`${placeholderPath}/`)) roots.add(placeholderPath);
+      if (entry.type === 'File' || entry.type === 'OldFile' || entry.type === 'ContiguousFile') {
+        files++;
+        const expected = entry.size;
+        let got = 0;
+        entry.on('data', (c: Buffer) => (got += c.length));
+        entry.on('end', () => {
+          bytes += got;
+          if (got !== expected) incomplete ??= `${path}: ${got} of ${expected} bytes`;
+        });
+      }
+      entry.resume();
+    },
+  } as ConstructorParameters<typeof Parser>[0]);
+  try {
+    await pipeline(body, tap, parser as unknown as NodeJS.WritableStream);
+  } catch (error) {
+    throw new IntegrityError(
+      `${key} is not whole: ${errorMessage(error)} (after ${formatBytes(compressedBytes)}). Do not restore from it; take a new backup.`,
+    );
+  } finally {
+    progress.stop();
+  }
+  const sha256 = hash.digest('hex');
+  if (manifest && manifest.sha256 !== sha256) {
+    throw new IntegrityError(`${key}: sha256 ${sha256} differs from the manifest's ${manifest.sha256}. The stored archive is damaged.`);
+  }
+  if (manifest && manifest.compressedBytes !== compressedBytes) {
+    throw new IntegrityError(`${key}: ${compressedBytes} bytes stored, the manifest says ${manifest.compressedBytes}.`);
+  }
+  if (incomplete) throw new IntegrityError(`${key} has an incomplete entry: ${incomplete}.`);
+  const needed = [...kind.roots, placeholderPath].filter((r) => !roots.has(r));
+  if (needed.length > 0) {
+    throw new IntegrityError(`${key} lacks ${needed.join(' and ')}: it is not a snapshot of a ${kind.name} node.`);
+  }
+  const seconds = secondsSince(t);
+  core.info(`${key}: whole. ${files} files, ${formatBytes(bytes)}; ${formatBytes(compressedBytes)} read in ${formatDuration(seconds)}; sha256 ${sha256}.`);
+  return { key, sha256, compressedBytes, files, bytes, hasManifest: manifest !== undefined, seconds };
+}

@@ -1,0 +1,100 @@
+/**
+ * Stopping and starting the node, with the three guards that keep it from staying down:
+ * state saved before the stop (the post step restarts it), a watchdog on the host (holds
+ * when the runner vanishes), and a start in `finally` by the caller.
+ */
+import * as core from '@actions/core';
+import { State } from './constants.js';
+import { errorMessage } from './errors.js';
+import type { NodeKind } from './node-kind/loopchain.js';
+import {
+  armWatchdogCommand,
+  dirname,
+  disarmWatchdogCommand,
+  peerCommand,
+  recordWatchdogPidCommand,
+} from './node-kind/remote.js';
+import type { NodeSettings } from './settings.js';
+import type { SshSession } from './ssh/session.js';
+
+export class NodeControl {
+  private stopped = false;
+  private watchdogFlag: string | undefined;
+  stoppedAt?: number;
+  startedAt?: number;
+
+  constructor(
+    private readonly session: SshSession,
+    private readonly settings: NodeSettings,
+    private readonly kind: NodeKind,
+    private readonly runId: string,
+  ) {}
+
+  /** The height the node reports, or undefined when its API does not answer. */
+  async height(): Promise<number | undefined> {
+    const res = await this.session.exec(peerCommand(this.settings.peerUrl), { timeoutMs: 30_000 });
+    if (res.code !== 0) return undefined;
+    return this.kind.parseHeight(res.stdout);
+  }
+
+  get isStopped(): boolean {
+    return this.stopped;
+  }
+
+  /** Arms the watchdog, records that the node is about to stop, and stops it. */
+  async stop(): Promise<void> {
+    const flag = `${dirname(this.settings.dataDir)}/.prep-snapshot-watchdog-${this.runId}`;
+    core.saveState(State.WatchdogFlag, flag);
+    this.watchdogFlag = flag;
+    const pid = Number(
+      (await this.session.run('Arming the watchdog', armWatchdogCommand(flag, this.settings.maxDowntimeSeconds, this.settings.startCommand))).trim(),
+    );
+    if (Number.isInteger(pid) && pid > 0) await this.session.run('Arming the watchdog', recordWatchdogPidCommand(flag, pid));
+    core.info(`Watchdog armed on the host: it starts the node in ${this.settings.maxDowntimeSeconds} s unless this run does.`);
+
+    core.saveState(State.NodeStopped, 'true');
+    core.saveState(State.NodeStarted, 'false');
+    this.stopped = true;
+    this.stoppedAt = performance.now();
+    core.info(`Stopping the node: ${this.settings.stopCommand}`);
+    await this.session.run('The stop command', this.settings.stopCommand, { timeoutMs: 15 * 60_000 });
+  }
+
+  /** Starts the node and disarms the watchdog. */
+  async start(): Promise<void> {
+    core.info(`Starting the node: ${this.settings.startCommand}`);
+    await this.session.run('The start command', this.settings.startCommand, { timeoutMs: 15 * 60_000 });
+    this.startedAt = performance.now();
+    this.stopped = false;
+    core.saveState(State.NodeStarted, 'true');
+    await this.disarm();
+  }
+
+  /** For `finally`: starts the node if this run stopped it and has not started it. Never throws. */
+  async ensureStarted(): Promise<void> {
+    if (this.stopped) {
+      try {
+        await this.start();
+      } catch (error) {
+        core.error(
+          `The node could not be started again: ${errorMessage(error)}. The watchdog on the host will try in ` +
+            `at most ${this.settings.maxDowntimeSeconds} s; check the node now.`,
+        );
+      }
+    } else {
+      await this.disarm().catch(() => undefined);
+    }
+  }
+
+  private async disarm(): Promise<void> {
+    if (!this.watchdogFlag) return;
+    await this.session.run('Disarming the watchdog', disarmWatchdogCommand(this.watchdogFlag));
+    this.watchdogFlag = undefined;
+    core.saveState(State.WatchdogFlag, '');
+  }
+
+  get downtimeSeconds(): number | undefined {
+    if (this.stoppedAt === undefined || this.startedAt === undefined) return undefined;
+    return (this.startedAt - this.stoppedAt) / 1000;
+  }
+}

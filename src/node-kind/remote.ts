@@ -1,0 +1,225 @@
+/**
+ * The commands that run on the node host, built as strings from quoted values. Each is a
+ * pure function of its arguments, so that tests can read exactly what the host will run.
+ */
+import { argv, bashScript, quote, sedLiteral } from '../shell.js';
+import type { Compression } from '../settings.js';
+import type { NodeKind } from './loopchain.js';
+
+export function dirname(path: string): string {
+  const i = path.lastIndexOf('/');
+  return i <= 0 ? '/' : path.slice(0, i);
+}
+
+/**
+ * Looks at the host before anything changes: the layout of the data dir, the identity
+ * directories, the tools, and whether the data dir's parent is on the same filesystem.
+ * Prints `key=value` lines.
+ */
+export function probeCommand(kind: NodeKind, dataDir: string): string {
+  const parent = dirname(dataDir);
+  return bashScript([
+    `data=${quote(dataDir)}`,
+    `if [ ! -d "$data" ]; then echo "datadir=missing"; exit 0; fi`,
+    `echo "datadir=present"`,
+    ...kind.roots.map((r) => `[ -d "$data"/${quote(r)} ] && echo ${quote(`root=${r}`)} || echo ${quote(`missingroot=${r}`)}`),
+    `for d in "$data"/${quote(kind.identityParent)}/${kind.identityGlob}; do [ -d "$d" ] && printf 'identity=%s\\n' "\${d##*/}"; done; true`,
+    `for t in tar pigz gzip zstd curl wget base64 setsid; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+    `echo "dev_data=$(stat -c %d "$data")"`,
+    `echo "dev_parent=$(stat -c %d ${quote(parent)})"`,
+    `echo "free_parent=$(df -P -B1 ${quote(parent)} | awk 'NR==2 {print $4}')"`,
+  ]);
+}
+
+export interface Probe {
+  dataDirPresent: boolean;
+  roots: string[];
+  missingRoots: string[];
+  identities: string[];
+  tools: Set<string>;
+  sameDevice: boolean;
+  freeBytes: number;
+}
+
+export function parseProbe(stdout: string): Probe {
+  const probe: Probe = {
+    dataDirPresent: false,
+    roots: [],
+    missingRoots: [],
+    identities: [],
+    tools: new Set(),
+    sameDevice: false,
+    freeBytes: 0,
+  };
+  let devData = '';
+  let devParent = '';
+  for (const line of stdout.split('\n')) {
+    const eq = line.indexOf('=');
+    if (eq < 0) continue;
+    const key = line.slice(0, eq);
+    const value = line.slice(eq + 1);
+    if (key === 'datadir') probe.dataDirPresent = value === 'present';
+    else if (key === 'root') probe.roots.push(value);
+    else if (key === 'missingroot') probe.missingRoots.push(value);
+    else if (key === 'identity') probe.identities.push(value);
+    else if (key === 'tool') probe.tools.add(value);
+    else if (key === 'dev_data') devData = value;
+    else if (key === 'dev_parent') devParent = value;
+    else if (key === 'free_parent') probe.freeBytes = Number(value) || 0;
+  }
+  probe.sameDevice = devData !== '' && devData === devParent;
+  return probe;
+}
+
+/** Asks the node's own API for its height, from the host (the API listens on the host's loopback). */
+export function peerCommand(peerUrl: string): string {
+  const url = quote(peerUrl);
+  return bashScript([
+    `if command -v curl >/dev/null 2>&1; then curl -fsS --max-time 10 ${url}; else wget -q -T 10 -O - ${url}; fi`,
+  ]);
+}
+
+/**
+ * Freezes the node's files into `stage` while the node is stopped: a hard link for every
+ * file (metadata only, seconds for any size), then a real copy in place of every file that
+ * the node may change after it starts again (everything but the immutable table files).
+ */
+export function freezeCommand(kind: NodeKind, dataDir: string, stage: string): string {
+  const mutable = ['*.ldb', '*.sst'].map((p) => `! -name ${quote(p)}`).join(' ');
+  return bashScript([
+    `data=${quote(dataDir)}`,
+    `stage=${quote(stage)}`,
+    `rm -rf -- "$stage"`,
+    `mkdir -p -- "$stage"`,
+    `cd -- "$data"`,
+    `cp -al -- ${kind.roots.map(quote).join(' ')} "$stage"/`,
+    `cd -- "$stage"`,
+    `find ${kind.roots.map(quote).join(' ')} -type f ${mutable} -print0 | while IFS= read -r -d '' f; do cp -p --remove-destination -- "$data/$f" "$f"; done`,
+  ]);
+}
+
+/**
+ * Lists, for each LevelDB database in `stage`, its CURRENT manifest (base64) and its table
+ * files, so the runner can tell live tables from the leftovers of a compaction.
+ */
+export function manifestsCommand(kind: NodeKind, stage: string): string {
+  return bashScript([
+    `cd -- ${quote(stage)}`,
+    `find ${kind.roots.map(quote).join(' ')} -type f -name CURRENT -printf '%h\\n' | sort | while IFS= read -r d; do`,
+    `  m=$(head -n 1 -- "$d/CURRENT")`,
+    `  printf 'db\\t%s\\t%s\\n' "$d" "$m"`,
+    `  case "$m" in MANIFEST-[0-9]*) printf 'manifest\\t'; base64 -w 0 -- "$d/$m"; printf '\\n' ;; esac`,
+    `  find "$d" -maxdepth 1 -type f \\( -name '*.ldb' -o -name '*.sst' \\) -printf 'table\\t%f\\n'`,
+    `done`,
+  ]);
+}
+
+/** Removes the files named on stdin (NUL-separated, relative to `stage`). */
+export function pruneCommand(stage: string): string {
+  return bashScript([`cd -- ${quote(stage)}`, `xargs -0 -r rm -f --`]);
+}
+
+/** Counts files and bytes under the snapshot's roots. Prints `files=` and `bytes=`. */
+export function sizeCommand(kind: NodeKind, dir: string): string {
+  return bashScript([
+    `cd -- ${quote(dir)}`,
+    `find ${kind.roots.map(quote).join(' ')} -type f -printf '%s\\n' | awk '{n++; s+=$1} END {printf "files=%d\\nbytes=%d\\n", n, s}'`,
+  ]);
+}
+
+export interface StreamOptions {
+  compression: Compression;
+  level: number;
+  /** Writes the archive to this path on the host too (renamed from `.partial` when whole). */
+  localCopy?: string;
+}
+
+export const PROGRESS_MARK = 'prep-snapshot-progress';
+export const COMPRESSOR_MARK = 'prep-snapshot-compressor';
+/** tar's checkpoint: every 1024 records of 10 KiB. */
+export const CHECKPOINT_BYTES = 1024 * 10240;
+
+/**
+ * Streams the archive to stdout: tar of the roots, with the identity directory renamed to
+ * the placeholder, compressed by pigz (gzip where pigz is missing) or zstd.
+ */
+export function archiveCommand(kind: NodeKind, dir: string, identity: string, options: StreamOptions): string {
+  const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}`;
+  const to = `${kind.identityParent}/${kind.placeholder}`;
+  const tar = [
+    'tar --create --file=- --totals',
+    `--checkpoint=1024 --checkpoint-action=${quote(`echo=${PROGRESS_MARK} %u`)}`,
+    `--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}|`)}`,
+    `-- ${kind.roots.map(quote).join(' ')}`,
+  ].join(' ');
+  const level = String(options.level);
+  const compress =
+    options.compression === 'zstd'
+      ? `compress() { echo "${COMPRESSOR_MARK} zstd" >&2; zstd -q -T0 -${level} -c; }`
+      : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
+        `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
+  const lines = [compress, `cd -- ${quote(dir)}`];
+  if (options.localCopy) {
+    const copy = quote(options.localCopy);
+    lines.push(
+      `mkdir -p -- ${quote(dirname(options.localCopy))}`,
+      `${tar} | compress | tee -- ${copy}.partial`,
+      `mv -f -- ${copy}.partial ${copy}`,
+    );
+  } else {
+    lines.push(`${tar} | compress`);
+  }
+  return bashScript(lines);
+}
+
+/** Deletes local copies (folders named YYYYMMDD under `backupDir`) older than `cutoff`. */
+export function pruneLocalCopiesCommand(backupDir: string, cutoff: string): string {
+  return bashScript([
+    `cd -- ${quote(backupDir)} 2>/dev/null || exit 0`,
+    `for d in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]; do`,
+    `  [ -d "$d" ] || continue`,
+    `  if [[ "$d" < ${quote(cutoff)} ]]; then rm -rf -- "$d"; echo "removed $d"; fi`,
+    `done`,
+  ]);
+}
+
+/** Removes a staging folder; safe to run twice. */
+export function removeCommand(path: string): string {
+  return argv('rm', '-rf', '--', path);
+}
+
+/**
+ * Arms the watchdog: a detached process on the host that runs the start command after
+ * `seconds` unless the flag file is gone by then. It holds when the runner vanishes.
+ * Prints the watchdog's PID.
+ */
+export function armWatchdogCommand(flag: string, seconds: number, startCommand: string): string {
+  const inner = [
+    `sleep ${Math.ceil(seconds)}`,
+    `if [ -f ${quote(flag)} ]; then`,
+    `  rm -f -- ${quote(flag)}`,
+    `  echo "$(date -u +%FT%TZ) prep-snapshot watchdog: the node was still down after ${Math.ceil(seconds)} s; starting it"`,
+    `  ${startCommand}`,
+    `fi`,
+  ].join('\n');
+  return bashScript([
+    `printf '%s\\n' armed > ${quote(flag)}`,
+    `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
+    `$detach nohup bash -c ${quote(inner)} </dev/null >>${quote(`${flag}.log`)} 2>&1 &`,
+    `echo "$!"`,
+  ]);
+}
+
+/** Disarms the watchdog: the flag goes first, so that a watchdog that wakes now does nothing. */
+export function disarmWatchdogCommand(flag: string): string {
+  return bashScript([
+    `pid=$(sed -n 2p -- ${quote(flag)} 2>/dev/null || true)`,
+    `rm -f -- ${quote(flag)}`,
+    `if [ -n "$pid" ]; then kill -- "-$pid" 2>/dev/null || kill -- "$pid" 2>/dev/null || true; fi`,
+  ]);
+}
+
+/** Records the watchdog's PID in its flag file, for the disarm. */
+export function recordWatchdogPidCommand(flag: string, pid: number): string {
+  return bashScript([`[ -f ${quote(flag)} ] && printf '%s\\n' ${pid} >> ${quote(flag)} || true`]);
+}

@@ -1,0 +1,37 @@
+/** A progress line on a timer during a long transfer: bytes, rate and an estimate of the time left. */
+import * as core from '@actions/core';
+import { formatBytes, formatDuration, formatRate } from './format.js';
+
+export class Progress {
+  private timer: NodeJS.Timeout | undefined;
+  private readonly started = performance.now();
+  /** Bytes sent (compressed). */
+  sent = 0;
+  /** Bytes of the source read so far, when the remote side reports it. */
+  read = 0;
+
+  constructor(
+    private readonly label: string,
+    private readonly totalSource: number,
+    intervalMs = 10_000,
+  ) {
+    this.timer = setInterval(() => core.info(this.line()), intervalMs);
+    this.timer.unref();
+  }
+
+  line(): string {
+    const seconds = (performance.now() - this.started) / 1000;
+    const parts = [`${this.label}: ${formatBytes(this.sent)} sent, ${formatRate(this.sent, seconds)}`];
+    if (this.totalSource > 0 && this.read > 0) {
+      const fraction = Math.min(1, this.read / this.totalSource);
+      const eta = fraction > 0 ? (seconds / fraction) * (1 - fraction) : Number.NaN;
+      parts.push(`${(fraction * 100).toFixed(0)}% of ${formatBytes(this.totalSource)} read`, `ETA ${formatDuration(eta)}`);
+    }
+    return parts.join(', ');
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+}

@@ -1,0 +1,280 @@
+/**
+ * The one input parser: it reads every input once, checks it, and returns typed settings.
+ * Nothing after it calls core.getInput. A bad value fails the run before the node is touched.
+ */
+import * as core from '@actions/core';
+import { Inputs } from './constants.js';
+import { parseDuration, parseSize } from './duration.js';
+import { InputError } from './errors.js';
+import { parseHostKeyPins, type HostKeyPin } from './ssh/host-key.js';
+
+export type Mode = 'backup' | 'list' | 'verify';
+export type Compression = 'gzip' | 'zstd';
+export type Consistency = 'hardlink' | 'stop';
+export type SshTransport = 'auto' | 'openssh' | 'ssh2';
+
+export interface SshSettings {
+  host: string;
+  port: number;
+  username: string;
+  privateKey: string;
+  passphrase?: string;
+  /** Empty when the operator opted out of host key checking. */
+  hostKeys: HostKeyPin[];
+  transport: SshTransport;
+}
+
+export interface NodeSettings {
+  prepDir: string;
+  dataDir: string;
+  stopCommand: string;
+  startCommand: string;
+  peerUrl: string;
+  maxDowntimeSeconds: number;
+}
+
+export interface S3Settings {
+  bucket: string;
+  region?: string;
+  endpoint?: string;
+  forcePathStyle: boolean;
+  unsigned: boolean;
+  service: string;
+  prefix: string;
+  permanentPrefix: string;
+  manifestPrefix: string;
+  partSize?: number;
+  queueSize: number;
+}
+
+export interface BackupSettings {
+  compression: Compression;
+  compressionLevel: number;
+  consistency: Consistency;
+  permanentCopy: boolean;
+  retentionDays: number;
+  localCopy: boolean;
+  localCopyDays: number;
+  verify: boolean;
+}
+
+export interface RestoreSettings {
+  snapshot: string;
+  nodeIp: string;
+  stopNode: boolean;
+  startNode: boolean;
+  keepPrevious: boolean;
+  healthTimeoutSeconds: number;
+  diskMarginBytes: number;
+}
+
+export interface Settings {
+  mode: Mode;
+  /** Absent for modes that need no host (list, verify). */
+  ssh?: SshSettings;
+  node: NodeSettings;
+  s3: S3Settings;
+  backup: BackupSettings;
+  restore: RestoreSettings;
+}
+
+/** Reads an input; the getter is injectable so that tests need no environment. */
+export type InputReader = (name: string) => string;
+
+export const readActionInput: InputReader = (name) => core.getInput(name);
+
+const MODES: readonly Mode[] = ['backup', 'list', 'verify'];
+
+export function parseSettings(read: InputReader = readActionInput): Settings {
+  const get = (name: Inputs): string => read(name).trim();
+  const bool = (name: Inputs, fallback: boolean): boolean => parseBoolean(name, get(name), fallback);
+  const int = (name: Inputs, fallback: number, min: number, max: number): number =>
+    parseInteger(name, get(name), fallback, min, max);
+
+  const mode = get(Inputs.Mode) || 'backup';
+  if (!MODES.includes(mode as Mode)) {
+    throw new InputError(`Input 'mode' is '${mode}'. Use one of: ${MODES.join(', ')}.`);
+  }
+
+  const prepDir = absolutePath(Inputs.PrepDir, get(Inputs.PrepDir) || '/app/prep');
+  const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) || `${prepDir}/data/loopchain`);
+  const compose = `cd ${quoteForDefault(prepDir)} && docker-compose -f docker-compose.yml`;
+  const node: NodeSettings = {
+    prepDir,
+    dataDir,
+    stopCommand: get(Inputs.StopCommand) || `${compose} down`,
+    startCommand: get(Inputs.StartCommand) || `${compose} up -d`,
+    peerUrl: get(Inputs.PeerUrl) || 'http://localhost:9000/api/v1/avail/peer',
+    maxDowntimeSeconds: duration(Inputs.MaxDowntime, get(Inputs.MaxDowntime) || '30m', 10),
+  };
+  if (!/^https?:\/\/[^\s'"]+$/.test(node.peerUrl)) {
+    throw new InputError(`Input 'peer-url' is '${node.peerUrl}'. Use an http:// or https:// URL.`);
+  }
+
+  const service = get(Inputs.Service) || 'PRep';
+  if (!/^[A-Za-z0-9_.-]+$/.test(service)) {
+    throw new InputError(`Input 'service' is '${service}'. Use letters, digits, '_', '.' or '-'.`);
+  }
+  const bucket = get(Inputs.Bucket);
+  if (!bucket) throw new InputError(`Input 'bucket' is required: the S3 bucket that holds the snapshots.`);
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
+    throw new InputError(`Input 'bucket' is '${bucket}', which is not a valid S3 bucket name.`);
+  }
+  const endpoint = get(Inputs.Endpoint) || undefined;
+  if (endpoint && !/^https?:\/\/\S+$/.test(endpoint)) {
+    throw new InputError(`Input 'endpoint' is '${endpoint}'. Use a URL such as https://s3.example.com.`);
+  }
+  const partSizeText = get(Inputs.PartSize);
+  const partSize = partSizeText ? parseSize(Inputs.PartSize, partSizeText) : undefined;
+  if (partSize !== undefined && (partSize < 5 * 1024 ** 2 || partSize > 5 * 1024 ** 3)) {
+    throw new InputError(`Input 'part-size' must be between 5 MiB and 5 GiB (S3's limits).`);
+  }
+  const s3: S3Settings = {
+    bucket,
+    region: get(Inputs.Region) || undefined,
+    endpoint,
+    forcePathStyle: bool(Inputs.ForcePathStyle, endpoint !== undefined),
+    unsigned: bool(Inputs.Unsigned, false),
+    service,
+    prefix: keyPrefix(Inputs.Prefix, get(Inputs.Prefix) || service),
+    permanentPrefix: keyPrefix(Inputs.PermanentPrefix, get(Inputs.PermanentPrefix) || `Permanent/${service}`),
+    manifestPrefix: keyPrefix(Inputs.ManifestPrefix, get(Inputs.ManifestPrefix) || '_prep-snapshot'),
+    partSize,
+    queueSize: int(Inputs.UploadConcurrency, 4, 1, 16),
+  };
+
+  const compression = get(Inputs.Compression) || 'gzip';
+  if (compression !== 'gzip' && compression !== 'zstd') {
+    throw new InputError(
+      `Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`,
+    );
+  }
+  const consistency = get(Inputs.Consistency) || 'hardlink';
+  if (consistency !== 'hardlink' && consistency !== 'stop') {
+    throw new InputError(`Input 'consistency' is '${consistency}'. Use 'hardlink' (default) or 'stop'.`);
+  }
+  const backup: BackupSettings = {
+    compression,
+    compressionLevel:
+      compression === 'gzip'
+        ? int(Inputs.CompressionLevel, 3, 1, 9)
+        : int(Inputs.CompressionLevel, 3, 1, 19),
+    consistency,
+    permanentCopy: bool(Inputs.PermanentCopy, true),
+    retentionDays: int(Inputs.RetentionDays, 15, 0, 36500),
+    localCopy: bool(Inputs.LocalCopy, false),
+    localCopyDays: int(Inputs.LocalCopyDays, 7, 1, 3650),
+    verify: bool(Inputs.Verify, false),
+  };
+
+  const nodeIp = get(Inputs.NodeIp);
+  if (nodeIp && !isIpv4(nodeIp)) {
+    throw new InputError(`Input 'node-ip' is '${nodeIp}', which is not an IPv4 address.`);
+  }
+  const restore: RestoreSettings = {
+    snapshot: get(Inputs.Snapshot) || 'latest',
+    nodeIp,
+    stopNode: bool(Inputs.StopNode, false),
+    startNode: bool(Inputs.StartNode, true),
+    keepPrevious: bool(Inputs.KeepPrevious, true),
+    healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
+    diskMarginBytes: parseSize(Inputs.DiskMargin, get(Inputs.DiskMargin) || '1GiB'),
+  };
+
+  const needsHost = mode === 'backup';
+  const ssh = needsHost ? parseSsh(get, bool, int) : undefined;
+  return { mode: mode as Mode, ssh, node, s3, backup, restore };
+}
+
+function parseSsh(
+  get: (name: Inputs) => string,
+  bool: (name: Inputs, fallback: boolean) => boolean,
+  int: (name: Inputs, fallback: number, min: number, max: number) => number,
+): SshSettings {
+  const host = get(Inputs.Host);
+  if (!host) throw new InputError(`Input 'host' is required for this mode: the node's address.`);
+  if (!/^[A-Za-z0-9.:_-]+$/.test(host) || host.startsWith('-')) {
+    throw new InputError(`Input 'host' is '${host}', which is not a host name or address.`);
+  }
+  const privateKey = get(Inputs.SshKey);
+  if (!privateKey) {
+    throw new InputError(`Input 'ssh-key' is required: the private key (contents, not a path) that logs in to the node.`);
+  }
+  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(privateKey)) {
+    throw new InputError(`Input 'ssh-key' does not hold a private key in PEM or OpenSSH form.`);
+  }
+  core.setSecret(privateKey);
+  const passphrase = get(Inputs.SshKeyPassphrase) || undefined;
+  if (passphrase) core.setSecret(passphrase);
+
+  const insecure = bool(Inputs.InsecureSkipHostKey, false);
+  const hostKeyText = get(Inputs.HostKey);
+  if (!hostKeyText && !insecure) {
+    throw new InputError(
+      `Input 'host-key' is required: pin the node's SSH host key (a 'SHA256:...' fingerprint or a known_hosts line; ` +
+        `'ssh-keyscan HOST' on a trusted machine prints it). To connect without checking it, set 'insecure-skip-host-key-check: true'.`,
+    );
+  }
+  const transport = get(Inputs.SshTransport) || 'auto';
+  if (transport !== 'auto' && transport !== 'openssh' && transport !== 'ssh2') {
+    throw new InputError(`Input 'ssh-transport' is '${transport}'. Use 'auto', 'openssh' or 'ssh2'.`);
+  }
+  return {
+    host,
+    port: int(Inputs.Port, 22, 1, 65535),
+    username: get(Inputs.Username) || 'root',
+    privateKey: privateKey.endsWith('\n') ? privateKey : `${privateKey}\n`,
+    passphrase,
+    hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText) : [],
+    transport,
+  };
+}
+
+export function parseBoolean(name: string, text: string, fallback: boolean): boolean {
+  if (text === '') return fallback;
+  if (['true', 'True', 'TRUE'].includes(text)) return true;
+  if (['false', 'False', 'FALSE'].includes(text)) return false;
+  throw new InputError(`Input '${name}' is '${text}'. Use 'true' or 'false'.`);
+}
+
+export function parseInteger(name: string, text: string, fallback: number, min: number, max: number): number {
+  if (text === '') return fallback;
+  if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) {
+    throw new InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
+  }
+  return Number(text);
+}
+
+function duration(name: Inputs, text: string, min: number): number {
+  const seconds = parseDuration(name, text);
+  if (seconds < min) throw new InputError(`Input '${name}' must be at least ${min} s.`);
+  return seconds;
+}
+
+function absolutePath(name: Inputs, text: string): string {
+  if (!text.startsWith('/') || text.includes('\n') || text.includes('\0')) {
+    throw new InputError(`Input '${name}' is '${text}'. Use an absolute path on the node.`);
+  }
+  const normal = text.replace(/\/+$/, '') || '/';
+  if (normal === '/' || normal.split('/').includes('..')) {
+    throw new InputError(`Input '${name}' is '${text}', which cannot be a node's directory.`);
+  }
+  return normal;
+}
+
+function keyPrefix(name: Inputs, text: string): string {
+  const value = text.replace(/^\/+|\/+$/g, '');
+  if (!value || !/^[A-Za-z0-9_.\-/]+$/.test(value) || value.split('/').some((p) => p === '' || p === '..')) {
+    throw new InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
+  }
+  return value;
+}
+
+function quoteForDefault(path: string): string {
+  return /^[A-Za-z0-9_./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
+}
+
+export function isIpv4(text: string): boolean {
+  const parts = text.split('.');
+  return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255);
+}

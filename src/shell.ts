@@ -1,0 +1,26 @@
+/**
+ * Everything that reaches a remote shell is built here, as data a unit test can read.
+ * Every value from an input or from the host passes through `quote`.
+ */
+
+/** Quotes a value for a POSIX shell: the result is always one word, whatever it holds. */
+export function quote(value: string): string {
+  if (value === '') return "''";
+  if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(value)) return value;
+  return `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Joins an argv into one command line, quoting each word. */
+export function argv(...words: string[]): string {
+  return words.map(quote).join(' ');
+}
+
+/** Runs a multi-line bash script, whatever the login shell of the remote user is. */
+export function bashScript(lines: string[]): string {
+  return `bash -c ${quote(['set -eu -o pipefail', ...lines].join('\n'))}`;
+}
+
+/** Escapes a literal for the left side of a `tar --transform` sed expression. */
+export function sedLiteral(value: string, delimiter = '|'): string {
+  return value.replace(/[\\^$.*[\]]/g, (c) => `\\${c}`).split(delimiter).join(`\\${delimiter}`);
+}

@@ -1,0 +1,347 @@
+/**
+ * The SSH side. ssh2 carries control (short commands whose output is small); the archive's
+ * bytes go through a data channel (OpenSSH's client when the runner has it, which is several
+ * times faster than ssh2's JavaScript ciphers under the runner's Node; ssh2 otherwise).
+ * Both use the host key that was verified against the pin, and nothing else.
+ */
+import * as core from '@actions/core';
+import { spawn } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
+import { ConnectError, RemoteCommandError } from '../errors.js';
+import type { SshSettings } from '../settings.js';
+import { fingerprintOf, knownHostsLine, matchesPins, pinnedAlgorithms } from './host-key.js';
+
+export interface ExecResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface ExecOptions {
+  /** Bytes written to the command's stdin, then closed. */
+  stdin?: string | Buffer;
+  /** Larger outputs are an error: control commands are small by design. */
+  maxOutputBytes?: number;
+  timeoutMs?: number;
+}
+
+/** A running remote command whose output is a stream (the archive), or whose input is one. */
+export interface RemoteStream {
+  stdout: Readable;
+  stdin: Writable;
+  /** The remote command's exit code (null when killed or cut off), once it has ended. */
+  exit: Promise<number | null>;
+  /** The remote command's stderr, as lines, for progress and errors. */
+  onStderrLine(listener: (line: string) => void): void;
+  stderrTail(): string;
+  /** Cuts the channel. */
+  kill(): void;
+  transport: 'openssh' | 'ssh2';
+}
+
+export class SshSession {
+  private constructor(
+    private readonly client: Client,
+    private readonly settings: SshSettings,
+    readonly hostKey: Buffer,
+    private readonly keyDir: string | undefined,
+    private readonly useOpenSsh: boolean,
+  ) {}
+
+  /** Connects, proves the host key and logs in; each failure is a ConnectError that names it. */
+  static async connect(
+    settings: SshSettings,
+    options: { keyDirParent?: string; onKeyDir?: (dir: string) => void } = {},
+  ): Promise<SshSession> {
+    const client = new Client();
+    let seenKey: Buffer | undefined;
+    let keyRejected = false;
+    const config: ConnectConfig = {
+      host: settings.host,
+      port: settings.port,
+      username: settings.username,
+      privateKey: settings.privateKey,
+      passphrase: settings.passphrase,
+      readyTimeout: 30_000,
+      keepaliveInterval: 15_000,
+      keepaliveCountMax: 4,
+      hostVerifier: (key: Buffer) => {
+        seenKey = Buffer.from(key);
+        if (settings.hostKeys.length === 0) return true;
+        keyRejected = !matchesPins(seenKey, settings.hostKeys);
+        return !keyRejected;
+      },
+    };
+    const algorithms = pinnedAlgorithms(settings.hostKeys);
+    if (algorithms) config.algorithms = { serverHostKey: algorithms as never };
+
+    const where = `${settings.username}@${settings.host}:${settings.port}`;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        client.once('ready', () => resolve());
+        client.once('error', reject);
+        client.connect(config);
+      });
+    } catch (error) {
+      client.end();
+      const err = error as Error & { level?: string; code?: string };
+      if (keyRejected && seenKey) {
+        throw new ConnectError(
+          `The host key of ${settings.host}:${settings.port} (${fingerprintOf(seenKey)}) does not match 'host-key'. ` +
+            `If the node was rebuilt, check the new key on a trusted path and update 'host-key'; otherwise someone may be in between.`,
+        );
+      }
+      if (err.level === 'client-authentication') {
+        throw new ConnectError(
+          `${where} refused the login with 'ssh-key'. Check the user name and that the key's public half is in ~/.ssh/authorized_keys on the node.`,
+        );
+      }
+      if (/passphrase|encrypted|Cannot parse privateKey/i.test(err.message)) {
+        throw new ConnectError(`'ssh-key' could not be read: ${err.message}. Check the key and 'ssh-key-passphrase'.`);
+      }
+      throw new ConnectError(`Could not reach ${where}: ${err.code ?? err.message}. Check 'host', 'port' and the firewall.`);
+    }
+    if (!seenKey) throw new ConnectError(`${where} presented no host key.`);
+    if (settings.hostKeys.length === 0) {
+      core.warning(
+        `Host key checking is off ('insecure-skip-host-key-check'). ${settings.host} presented ${fingerprintOf(seenKey)}: ` +
+          `pin it with 'host-key: ${fingerprintOf(seenKey)}'.`,
+      );
+    } else {
+      core.info(`Host key ${fingerprintOf(seenKey)} matches the pin.`);
+    }
+
+    const useOpenSsh = settings.transport !== 'ssh2' && (settings.transport === 'openssh' || (await hasOpenSsh()));
+    if (settings.transport === 'openssh' && !(await hasOpenSsh())) {
+      client.end();
+      throw new ConnectError(`'ssh-transport: openssh' was asked for, but the runner has no 'ssh' client.`);
+    }
+    let keyDir: string | undefined;
+    if (useOpenSsh) {
+      keyDir = mkdtempSync(join(options.keyDirParent ?? process.env.RUNNER_TEMP ?? tmpdir(), 'prep-snapshot-ssh-'));
+      options.onKeyDir?.(keyDir);
+      chmodSync(keyDir, 0o700);
+      writeFileSync(join(keyDir, 'id'), settings.privateKey, { mode: 0o600 });
+      writeFileSync(join(keyDir, 'known_hosts'), `${knownHostsLine(settings.host, settings.port, seenKey)}\n`, {
+        mode: 0o600,
+      });
+      if (settings.passphrase) {
+        writeFileSync(join(keyDir, 'askpass'), '#!/bin/sh\nprintf "%s\\n" "$PREP_SNAPSHOT_PASSPHRASE"\n', {
+          mode: 0o700,
+        });
+      }
+    }
+    return new SshSession(client, settings, seenKey, keyDir, useOpenSsh);
+  }
+
+  get dataTransport(): 'openssh' | 'ssh2' {
+    return this.useOpenSsh ? 'openssh' : 'ssh2';
+  }
+
+  /** Runs a short command and collects its output. */
+  async exec(command: string, options: ExecOptions = {}): Promise<ExecResult> {
+    const maxBytes = options.maxOutputBytes ?? 64 * 1024 * 1024;
+    const channel = await this.openExec(command);
+    return new Promise<ExecResult>((resolve, reject) => {
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      let size = 0;
+      let code: number | null = null;
+      let timer: NodeJS.Timeout | undefined;
+      if (options.timeoutMs) {
+        timer = setTimeout(() => {
+          channel.close();
+          reject(new RemoteCommandError(`'${summarise(command)}'`, null, `timed out after ${options.timeoutMs} ms`));
+        }, options.timeoutMs);
+      }
+      const collect = (into: Buffer[]) => (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > maxBytes) {
+          channel.close();
+          reject(new RemoteCommandError(`'${summarise(command)}'`, null, `printed more than ${maxBytes} bytes`));
+          return;
+        }
+        into.push(chunk);
+      };
+      channel.on('data', collect(out));
+      channel.stderr.on('data', collect(err));
+      channel.on('exit', (exitCode: number | null) => {
+        code = exitCode;
+      });
+      channel.on('close', () => {
+        if (timer) clearTimeout(timer);
+        resolve({ code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
+      });
+      channel.on('error', reject);
+      if (options.stdin !== undefined) channel.end(options.stdin);
+      else channel.end();
+    });
+  }
+
+  /** Runs a command that must succeed; its stdout is returned. */
+  async run(what: string, command: string, options: ExecOptions = {}): Promise<string> {
+    const result = await this.exec(command, options);
+    if (result.code !== 0) throw new RemoteCommandError(what, result.code, result.stderr || result.stdout);
+    return result.stdout;
+  }
+
+  /** Starts a command whose stdout or stdin carries a large stream, over the data transport. */
+  stream(command: string): RemoteStream {
+    return this.useOpenSsh ? this.streamOpenSsh(command) : this.streamSsh2(command);
+  }
+
+  private streamOpenSsh(command: string): RemoteStream {
+    const dir = this.keyDir as string;
+    const args = [
+      '-p',
+      String(this.settings.port),
+      '-i',
+      join(dir, 'id'),
+      '-o', 'IdentitiesOnly=yes',
+      '-o', 'IdentityAgent=none',
+      '-o', `UserKnownHostsFile=${join(dir, 'known_hosts')}`,
+      '-o', 'GlobalKnownHostsFile=/dev/null',
+      '-o', 'StrictHostKeyChecking=yes',
+      '-o', 'UpdateHostKeys=no',
+      '-o', `BatchMode=${this.settings.passphrase ? 'no' : 'yes'}`,
+      '-o', 'PasswordAuthentication=no',
+      '-o', 'KbdInteractiveAuthentication=no',
+      '-o', 'ConnectTimeout=30',
+      '-o', 'ServerAliveInterval=15',
+      '-o', 'ServerAliveCountMax=4',
+      '-o', 'Compression=no',
+      '-o', 'LogLevel=ERROR',
+      '-F', '/dev/null',
+      '-T',
+      '-l',
+      this.settings.username,
+      this.settings.host,
+      '--',
+      command,
+    ];
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    if (this.settings.passphrase) {
+      env.SSH_ASKPASS = join(dir, 'askpass');
+      env.SSH_ASKPASS_REQUIRE = 'force';
+      env.DISPLAY = env.DISPLAY ?? 'none';
+      env.PREP_SNAPSHOT_PASSPHRASE = this.settings.passphrase;
+    }
+    const child = spawn('ssh', args, { stdio: ['pipe', 'pipe', 'pipe'], env });
+    const stderr = new StderrLines(child.stderr);
+    const exit = new Promise<number | null>((resolve) => {
+      child.on('close', (code) => resolve(code === 255 ? null : code));
+      child.on('error', () => resolve(null));
+    });
+    child.stdin.on('error', () => undefined);
+    return {
+      stdout: child.stdout,
+      stdin: child.stdin,
+      exit,
+      onStderrLine: (l) => stderr.listen(l),
+      stderrTail: () => stderr.tail(),
+      kill: () => child.kill('SIGKILL'),
+      transport: 'openssh',
+    };
+  }
+
+  private streamSsh2(command: string): RemoteStream {
+    let channel: ClientChannel | undefined;
+    let killed = false;
+    const stdout = new PassThrough();
+    const stdin = new PassThrough();
+    const errStream = new PassThrough();
+    const stderr = new StderrLines(errStream);
+    const exit = this.openExec(command).then(
+      (ch) =>
+        new Promise<number | null>((resolve) => {
+          channel = ch;
+          if (killed) ch.close();
+          let code: number | null = null;
+          ch.on('exit', (c: number | null) => (code = c));
+          ch.pipe(stdout);
+          ch.stderr.pipe(errStream);
+          stdin.pipe(ch);
+          ch.on('close', () => resolve(code));
+        }),
+      (error: Error) => {
+        stdout.destroy(error);
+        return null;
+      },
+    );
+    return {
+      stdout,
+      stdin,
+      exit,
+      onStderrLine: (l) => stderr.listen(l),
+      stderrTail: () => stderr.tail(),
+      kill: () => {
+        killed = true;
+        channel?.close();
+      },
+      transport: 'ssh2',
+    };
+  }
+
+  private openExec(command: string): Promise<ClientChannel> {
+    return new Promise((resolve, reject) => {
+      this.client.exec(command, (error, channel) => (error ? reject(error) : resolve(channel)));
+    });
+  }
+
+  close(): void {
+    this.client.end();
+    if (this.keyDir) rmSync(this.keyDir, { recursive: true, force: true });
+  }
+}
+
+class StderrLines {
+  private readonly listeners: Array<(line: string) => void> = [];
+  private readonly lines: string[] = [];
+  private partial = '';
+
+  constructor(stream: Readable) {
+    stream.setEncoding('utf8');
+    stream.on('data', (chunk: string) => {
+      const parts = (this.partial + chunk).split('\n');
+      this.partial = parts.pop() ?? '';
+      for (const line of parts) this.emit(line);
+    });
+    stream.on('end', () => {
+      if (this.partial) this.emit(this.partial);
+      this.partial = '';
+    });
+  }
+
+  private emit(line: string): void {
+    this.lines.push(line);
+    if (this.lines.length > 200) this.lines.shift();
+    for (const l of this.listeners) l(line);
+  }
+
+  listen(listener: (line: string) => void): void {
+    this.listeners.push(listener);
+  }
+
+  tail(): string {
+    return this.lines.join('\n');
+  }
+}
+
+let openSshPresent: Promise<boolean> | undefined;
+function hasOpenSsh(): Promise<boolean> {
+  openSshPresent ??= new Promise((resolve) => {
+    const child = spawn('ssh', ['-V'], { stdio: 'ignore' });
+    child.on('error', () => resolve(false));
+    child.on('close', (code) => resolve(code === 0));
+  });
+  return openSshPresent;
+}
+
+function summarise(command: string): string {
+  const first = command.split('\n')[0] ?? '';
+  return first.length > 80 ? `${first.slice(0, 77)}...` : first;
+}

@@ -1,0 +1,150 @@
+/**
+ * The host-side commands, run by a real bash on real LevelDB databases in a temp dir:
+ * what the action sends over SSH is exactly what runs here.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { ClassicLevel } from 'classic-level';
+import { parseManifestsOutput, planPrune } from '../../src/freeze.ts';
+import { parseManifest } from '../../src/node-kind/leveldb-manifest.ts';
+import { loopchain, pickIdentityDir } from '../../src/node-kind/loopchain.ts';
+import {
+  archiveCommand,
+  freezeCommand,
+  manifestsCommand,
+  parseProbe,
+  probeCommand,
+  pruneCommand,
+  sizeCommand,
+} from '../../src/node-kind/remote.ts';
+
+const IP = '10.20.30.40';
+const DBS = ['.score_data/db/icon_dex', '.score_data/db/iiss', '.score_data/score', `.storage/db_${IP}:7100_icon_dex`];
+
+function sh(command: string, input?: Buffer | string): Buffer {
+  // The builders produce `bash -c '...'` lines, as the remote login shell receives them.
+  return execFileSync('sh', ['-c', command], { input, maxBuffer: 1 << 30 });
+}
+
+function sha(path: string): string {
+  return createHash('sha256').update(readFileSync(path)).digest('hex');
+}
+
+async function fill(dir: string, rounds: number): Promise<void> {
+  const db = new ClassicLevel(dir, { valueEncoding: 'utf8' });
+  await db.open();
+  for (let r = 0; r < rounds; r++) {
+    const batch = db.batch();
+    for (let i = 0; i < 400; i++) batch.put(`k${r}-${i}`, `${r}-${i}-`.repeat(60) + Math.random());
+    await batch.write();
+  }
+  await db.compactRange('k', 'l');
+  await db.close();
+}
+
+describe('host commands on real LevelDB files', () => {
+  let root: string;
+  let data: string;
+  let stage: string;
+
+  before(async () => {
+    root = mkdtempSync(join(tmpdir(), 'prep-remote-'));
+    data = join(root, 'prep', 'data', 'loopchain');
+    for (const d of DBS) {
+      mkdirSync(join(data, d), { recursive: true });
+      await fill(join(data, d), 30);
+    }
+    // A table that an interrupted compaction left behind: on disk, not in the MANIFEST.
+    writeFileSync(join(data, `.storage/db_${IP}:7100_icon_dex`, '009999.ldb'), 'half a table');
+    stage = join(root, 'prep', 'data', '.prep-snapshot-staging-test');
+  });
+  after(() => rmSync(root, { recursive: true, force: true }));
+
+  it('probe finds the layout, the identity directory and the tools', () => {
+    const probe = parseProbe(sh(probeCommand(loopchain, data)).toString());
+    assert.equal(probe.dataDirPresent, true);
+    assert.deepEqual(probe.missingRoots, []);
+    assert.equal(pickIdentityDir(loopchain, probe.identities, data), `db_${IP}:7100_icon_dex`);
+    assert.ok(probe.tools.has('tar'));
+    assert.equal(probe.sameDevice, true);
+    const missing = parseProbe(sh(probeCommand(loopchain, join(root, 'nowhere'))).toString());
+    assert.equal(missing.dataDirPresent, false);
+  });
+
+  it('two identity directories are a clear error', () => {
+    assert.throws(
+      () => pickIdentityDir(loopchain, ['db_1.1.1.1:7100_icon_dex', 'db_2.2.2.2:7100_icon_dex'], data),
+      /holds 2 directories.*keep only the one/,
+    );
+    assert.throws(() => pickIdentityDir(loopchain, [], data), /holds no db_\*:7100_icon_dex/);
+  });
+
+  it('freeze links the tables, copies the mutable files, and the prune drops what the MANIFEST does not list', () => {
+    sh(freezeCommand(loopchain, data, stage));
+    const blockDb = `.storage/db_${IP}:7100_icon_dex`;
+    for (const name of readdirSync(join(data, blockDb))) {
+      const a = statSync(join(data, blockDb, name));
+      const b = statSync(join(stage, blockDb, name));
+      if (/\.(ldb|sst)$/.test(name)) assert.equal(a.ino, b.ino, `${name} is a hard link`);
+      else assert.notEqual(a.ino, b.ino, `${name} is a copy`);
+    }
+    const dbs = parseManifestsOutput(sh(manifestsCommand(loopchain, stage)).toString());
+    assert.equal(dbs.length, DBS.length);
+    const plan = planPrune(dbs);
+    assert.deepEqual(plan.garbage, [`${blockDb}/009999.ldb`]);
+    sh(pruneCommand(stage), plan.garbage.map((g) => `${g}\0`).join(''));
+    assert.equal(existsSync(join(stage, blockDb, '009999.ldb')), false);
+    assert.equal(existsSync(join(data, blockDb, '009999.ldb')), true, 'the node keeps its own files');
+    const sizes = sh(sizeCommand(loopchain, stage)).toString();
+    assert.match(sizes, /files=\d+\nbytes=\d+/);
+  });
+
+  it('a MANIFEST that lists a missing table stops the backup', () => {
+    const dbs = parseManifestsOutput(sh(manifestsCommand(loopchain, stage)).toString());
+    const db = dbs[0]!;
+    const live = [...parseManifest(db.manifest!).tables.keys()];
+    assert.ok(live.length > 0);
+    const damaged = { ...db, tables: db.tables.filter((t) => Number(t.split('.')[0]) !== live[0]) };
+    assert.throws(() => planPrune([damaged]), /lists 1 table file\(s\) that are not there/);
+  });
+
+  for (const compression of ['gzip', 'zstd'] as const) {
+    it(`the ${compression} archive renames the identity directory and holds the tables byte for byte`, () => {
+      const archive = sh(archiveCommand(loopchain, stage, `db_${IP}:7100_icon_dex`, { compression, level: 1 }));
+      const out = join(root, `extract-${compression}`);
+      mkdirSync(out);
+      // The original restore: tar -I pigz -xf (gzip); zstd with tar's own -I zstd.
+      const r = spawnSync('tar', ['-I', compression === 'gzip' ? 'pigz' : 'zstd', '-xf', '-', '-C', out], { input: archive });
+      assert.equal(r.status, 0, r.stderr.toString());
+      assert.deepEqual(readdirSync(join(out, '.storage')), ['db_CHANGEIP:7100_icon_dex']);
+      const blockDb = `.storage/db_${IP}:7100_icon_dex`;
+      for (const name of readdirSync(join(stage, blockDb))) {
+        assert.equal(
+          sha(join(out, '.storage/db_CHANGEIP:7100_icon_dex', name)),
+          sha(join(stage, blockDb, name)),
+          name,
+        );
+      }
+      assert.equal(existsSync(join(out, '.storage/db_CHANGEIP:7100_icon_dex/009999.ldb')), false);
+    });
+  }
+
+  it('a local copy on the host is the same archive, renamed only when whole', () => {
+    const copy = join(root, 'prep/data/Backup/20240101/PRep_BH1_data-20240101_0000.tar.gz');
+    const archive = sh(
+      archiveCommand(loopchain, stage, `db_${IP}:7100_icon_dex`, { compression: 'gzip', level: 1, localCopy: copy }),
+    );
+    assert.ok(readFileSync(copy).equals(archive));
+    assert.equal(existsSync(`${copy}.partial`), false);
+  });
+
+  it('a tar that fails makes the whole command fail (pipefail)', () => {
+    const r = spawnSync('sh', ['-c', archiveCommand(loopchain, join(root, 'nowhere'), 'x', { compression: 'gzip', level: 1 })]);
+    assert.notEqual(r.status, 0);
+  });
+});

@@ -42,6 +42,7 @@ export enum Inputs {
   KeepPrevious = 'keep-previous',
   HealthTimeout = 'health-timeout',
   DiskMargin = 'disk-margin',
+  NodeProcessPattern = 'node-process-pattern',
 }
 
 export enum Outputs {

@@ -3,6 +3,7 @@ import * as core from '@actions/core';
 import { errorMessage } from './errors.js';
 import { backup } from './modes/backup.js';
 import { list } from './modes/list.js';
+import { restore } from './modes/restore.js';
 import { verify } from './modes/verify.js';
 import { parseSettings } from './settings.js';
 
@@ -15,6 +16,9 @@ export async function run(): Promise<void> {
         break;
       case 'list':
         await list(settings);
+        break;
+      case 'restore':
+        await restore(settings);
         break;
       case 'verify':
         await verify(settings);

@@ -8,7 +8,7 @@ import { parseDuration, parseSize } from './duration.js';
 import { InputError } from './errors.js';
 import { parseHostKeyPins, type HostKeyPin } from './ssh/host-key.js';
 
-export type Mode = 'backup' | 'list' | 'verify';
+export type Mode = 'backup' | 'restore' | 'list' | 'verify';
 export type Compression = 'gzip' | 'zstd';
 export type Consistency = 'hardlink' | 'stop';
 export type SshTransport = 'auto' | 'openssh' | 'ssh2';
@@ -66,6 +66,8 @@ export interface RestoreSettings {
   keepPrevious: boolean;
   healthTimeoutSeconds: number;
   diskMarginBytes: number;
+  /** A running process whose command line matches this (grep -E) means the node is up. */
+  processPattern: string;
 }
 
 export interface Settings {
@@ -83,7 +85,7 @@ export type InputReader = (name: string) => string;
 
 export const readActionInput: InputReader = (name) => core.getInput(name);
 
-const MODES: readonly Mode[] = ['backup', 'list', 'verify'];
+const MODES: readonly Mode[] = ['backup', 'restore', 'list', 'verify'];
 
 export function parseSettings(read: InputReader = readActionInput): Settings {
   const get = (name: Inputs): string => read(name).trim();
@@ -179,9 +181,10 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
     keepPrevious: bool(Inputs.KeepPrevious, true),
     healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
     diskMarginBytes: parseSize(Inputs.DiskMargin, get(Inputs.DiskMargin) || '1GiB'),
+    processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
   };
 
-  const needsHost = mode === 'backup';
+  const needsHost = mode === 'backup' || mode === 'restore';
   const ssh = needsHost ? parseSsh(get, bool, int) : undefined;
   return { mode: mode as Mode, ssh, node, s3, backup, restore };
 }

@@ -1,3 +1,7 @@
+import { fileURLToPath as __shimFileURLToPath } from 'node:url';
+import { dirname as __shimDirname } from 'node:path';
+const __filename = __shimFileURLToPath(import.meta.url);
+const __dirname = __shimDirname(__filename);
 import { createRequire as __WEBPACK_EXTERNAL_createRequire } from "module";
 /******/ var __webpack_modules__ = ({
 
@@ -88946,6 +88950,7 @@ var Inputs;
     Inputs["KeepPrevious"] = "keep-previous";
     Inputs["HealthTimeout"] = "health-timeout";
     Inputs["DiskMargin"] = "disk-margin";
+    Inputs["NodeProcessPattern"] = "node-process-pattern";
 })(Inputs || (Inputs = {}));
 var Outputs;
 (function (Outputs) {
@@ -89531,6 +89536,67 @@ function disarmWatchdogCommand(flag) {
 function recordWatchdogPidCommand(flag, pid) {
     return bashScript([`[ -f ${quote(flag)} ] && printf '%s\\n' ${pid} >> ${quote(flag)} || true`]);
 }
+/** Is a node process running? Prints the matching `pid args` lines (excluding this shell). */
+function processCheckCommand(pattern) {
+    return bashScript([`ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`]);
+}
+/** The host's primary IPv4 address: the source address of its default route. */
+function detectIpCommand() {
+    return bashScript([
+        `ip=""`,
+        `if command -v ip >/dev/null 2>&1; then ip=$(ip -4 -o route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'); fi`,
+        `if [ -z "$ip" ] && command -v hostname >/dev/null 2>&1; then ip=$(hostname -I 2>/dev/null | awk '{print $1}'); fi`,
+        `printf '%s\\n' "$ip"`,
+    ]);
+}
+/** Creates the install directory and the data dir's parent on a fresh host; prints free bytes there. */
+function prepareRestoreCommand(prepDir, dataDir) {
+    const parent = dirname(dataDir);
+    return bashScript([
+        `mkdir -p -- ${quote(prepDir)} ${quote(parent)}`,
+        `echo "free_parent=$(df -P -B1 ${quote(parent)} | awk 'NR==2 {print $4}')"`,
+        `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
+        `for t in tar pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+    ]);
+}
+/** Reads the archive from stdin into a fresh staging folder. */
+function extractCommand(stage, compression) {
+    const decompress = compression === 'zstd'
+        ? `decompress() { zstd -d -q -c; }`
+        : `decompress() { if command -v pigz >/dev/null 2>&1; then pigz -d -c; else gzip -d -c; fi; }`;
+    return bashScript([
+        decompress,
+        `rm -rf -- ${quote(stage)}`,
+        `mkdir -p -- ${quote(stage)}`,
+        `decompress | tar -x -f - -C ${quote(stage)}`,
+    ]);
+}
+/** Checks that the staging folder holds a snapshot, and gives the identity directory the node's IP. */
+function prepareStagedCommand(kind, stage, ip) {
+    const placeholder = `${kind.identityParent}/${kind.placeholder}`;
+    return bashScript([
+        `cd -- ${quote(stage)}`,
+        ...kind.roots.map((r) => `[ -d ${quote(r)} ] || { echo ${quote(`the archive holds no ${r}`)} >&2; exit 3; }`),
+        `[ -d ${quote(placeholder)} ] || { echo ${quote(`the archive holds no ${placeholder}`)} >&2; exit 3; }`,
+        `mv -- ${quote(placeholder)} ${quote(`${kind.identityParent}/${kind.identityDir(ip)}`)}`,
+        `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
+    ]);
+}
+/** Moves the staged snapshot into place; the previous data dir is kept as `previous`. */
+function swapCommand(dataDir, stage, previous) {
+    return bashScript([
+        `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(previous)}; fi`,
+        `mv -- ${quote(stage)} ${quote(dataDir)}`,
+    ]);
+}
+/** Puts the previous data dir back; the failed one is kept beside it for a look. */
+function rollbackCommand(dataDir, previous, failed) {
+    return bashScript([
+        `[ -e ${quote(previous)} ] || { echo 'no previous data dir to roll back to' >&2; exit 3; }`,
+        `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(failed)}; fi`,
+        `mv -- ${quote(previous)} ${quote(dataDir)}`,
+    ]);
+}
 
 ;// CONCATENATED MODULE: ./src/node-control.ts
 /**
@@ -89851,7 +89917,8 @@ async function updateBackupList(client, bucket, key, edit, attempts = 12) {
             return next;
         }
         catch (error) {
-            const conflict = isStatus(error, 412, 409) || error.name === 'PreconditionFailed';
+            // 412: someone wrote it since it was read; 404: someone removed it since. Read again.
+            const conflict = isStatus(error, 412, 409, 404) || error.name === 'PreconditionFailed';
             if (!conflict)
                 throw describeS3Error(error, `s3://${bucket}/${key}`);
             if (attempt >= attempts) {
@@ -91152,7 +91219,7 @@ function parseSize(name, text) {
 
 
 const readActionInput = (name) => getInput(name);
-const MODES = ['backup', 'list', 'verify'];
+const MODES = ['backup', 'restore', 'list', 'verify'];
 function parseSettings(read = readActionInput) {
     const get = (name) => read(name).trim();
     const bool = (name, fallback) => parseBoolean(name, get(name), fallback);
@@ -91239,8 +91306,9 @@ function parseSettings(read = readActionInput) {
         keepPrevious: bool(Inputs.KeepPrevious, true),
         healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
         diskMarginBytes: parseSize(Inputs.DiskMargin, get(Inputs.DiskMargin) || '1GiB'),
+        processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
     };
-    const needsHost = mode === 'backup';
+    const needsHost = mode === 'backup' || mode === 'restore';
     const ssh = needsHost ? parseSsh(get, bool, int) : undefined;
     return { mode: mode, ssh, node, s3, backup, restore };
 }
@@ -91330,8 +91398,277 @@ function isIpv4(text) {
     return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255);
 }
 
+;// CONCATENATED MODULE: ./src/modes/restore.ts
+/**
+ * mode: restore. Provisions a fresh or broken node from a snapshot without ever leaving it
+ * with less than it had: the archive streams into a staging folder beside the data dir,
+ * is checked, and only then takes the data dir's place; the old one is kept until the node
+ * has come back up to the snapshot's height.
+ */
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+async function restore(settings) {
+    const ssh = settings.ssh;
+    const kind = loopchain;
+    const opts = settings.restore;
+    const t0 = performance.now();
+    const timings = {};
+    const runId = `${process.env.GITHUB_RUN_ID ?? 'local'}-${process.env.GITHUB_RUN_ATTEMPT ?? '1'}-${process.pid}`;
+    const client = createClient(settings.s3);
+    const chosen = await group('Choose the snapshot', async () => {
+        const c = await chooseSnapshot(client, settings.s3, opts.snapshot);
+        info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list: it may be incomplete)'}`);
+        return c;
+    });
+    const manifest = await readManifest(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, chosen.key));
+    const size = await objectSize(client, settings.s3.bucket, chosen.key);
+    if (!manifest) {
+        warning(`${chosen.key} has no manifest (an archive of the original backup script?): its bytes cannot be checked against a ` +
+            `recorded sha256; the decompressor's own check and tar's are all there is.`);
+    }
+    const height = manifest?.blockHeight ?? chosen.name.height;
+    const session = await group('Connect', async () => {
+        const s = await SshSession.connect(ssh, { onKeyDir: (dir) => saveState(State.KeyDir, dir) });
+        info(`Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${s.dataTransport}.`);
+        return s;
+    });
+    const node = new NodeControl(session, settings.node, kind, runId);
+    const dataDir = settings.node.dataDir;
+    const parent = dirname(dataDir);
+    const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
+    const stage = `${parent}/.prep-snapshot-restore-${runId}`;
+    const previous = `${dataDir}.prev-${stamp}`;
+    let stopped = false;
+    let wasRunning = false;
+    let hadPrevious = false;
+    let swapped = false;
+    try {
+        const ip = await group('Check the host', async () => {
+            const running = await nodeRunning(session, node, settings);
+            if (running) {
+                if (!opts.stopNode) {
+                    throw new HostError(`The node on ${ssh.host} is running (${running}). Stop it first, or set 'stop-node: true' to let the restore stop it.`);
+                }
+                await node.stop();
+                stopped = true;
+                wasRunning = true;
+            }
+            const probe = parseProbe(await session.run('Preparing the host', prepareRestoreCommand(settings.node.prepDir, dataDir)));
+            const needed = (manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
+            if (probe.freeBytes < needed) {
+                throw new HostError(`${parent} has ${formatBytes(probe.freeBytes)} free; the snapshot needs ${formatBytes(needed)} ` +
+                    `(its ${manifest ? '' : 'estimated '}size plus 'disk-margin'). Free some space and run again.`);
+            }
+            hadPrevious = probe.dataDirPresent;
+            if (!probe.tools.has('tar'))
+                throw new HostError(`The host has no 'tar'.`);
+            if (chosen.name.compression === 'zstd' && !probe.tools.has('zstd')) {
+                throw new HostError(`${chosen.key} is zstd-compressed and the host has no 'zstd': install it (apt install zstd).`);
+            }
+            if (chosen.name.compression === 'gzip' && !probe.tools.has('pigz') && !probe.tools.has('gzip')) {
+                throw new HostError(`The host has neither pigz nor gzip.`);
+            }
+            const address = opts.nodeIp || (await session.run('Finding the node IP', detectIpCommand())).trim();
+            if (!isIpv4(address)) {
+                throw new HostError(`Could not find the node's IPv4 address on the host (got '${address}'). Set 'node-ip' (for a node behind NAT, its public address).`);
+            }
+            info(`Free space ${formatBytes(probe.freeBytes)}; data dir ${probe.dataDirPresent ? 'present (it will be kept)' : 'absent (fresh host)'}; ` +
+                `the block DB becomes ${kind.identityDir(address)}.`);
+            return address;
+        });
+        saveState(State.StagingDir, stage);
+        const streamed = await group(`Stream ${chosen.key} into ${stage}`, () => streamInto(session, client, settings, chosen.key, stage, chosen.name.compression, size));
+        timings.stream = streamed.seconds;
+        if (manifest && streamed.sha256 !== manifest.sha256) {
+            throw new IntegrityError(`${chosen.key}: sha256 ${streamed.sha256} differs from the manifest's ${manifest.sha256}: the stored archive is damaged. ` +
+                `The data dir was not touched; restore another snapshot ('snapshot' input).`);
+        }
+        const files = Number((await session.run('Checking the staged snapshot', prepareStagedCommand(kind, stage, ip)).catch((error) => {
+            throw error instanceof RemoteCommandError
+                ? new IntegrityError(`${chosen.key} is not a snapshot of a ${kind.name} node: ${error.stderr.trim()}. The data dir was not touched.`)
+                : error;
+        })).trim());
+        if (manifest && files !== manifest.files) {
+            throw new IntegrityError(`${chosen.key} extracted ${files} files; its manifest says ${manifest.files}. The data dir was not touched.`);
+        }
+        await group('Swap the data dir', async () => {
+            await session.run('Moving the snapshot into place', swapCommand(dataDir, stage, previous));
+            swapped = true;
+            saveState(State.StagingDir, '');
+            info(`${dataDir} now holds the snapshot; the previous data (if any) is ${previous}.`);
+        });
+        let heightReached;
+        if (opts.startNode) {
+            heightReached = await group('Start the node and wait for its height', async () => {
+                const t = performance.now();
+                if (stopped)
+                    await node.start();
+                else
+                    await session.run('The start command', settings.node.startCommand, { timeoutMs: 15 * 60_000 });
+                stopped = false;
+                const reached = await waitForHeight(node, height, opts.healthTimeoutSeconds);
+                timings.health = secondsSince(t);
+                if (reached === undefined) {
+                    throw new ActionError(`The node did not reach block height ${height} within ${formatDuration(opts.healthTimeoutSeconds)}.`);
+                }
+                info(`The node is at block height ${reached} (the snapshot's: ${height}).`);
+                return reached;
+            }).catch(async (error) => {
+                if (!hadPrevious) {
+                    throw new ActionError(`${errorMessage(error)} The host had no previous data dir to roll back to; the restored data stays in ` +
+                        `${dataDir}. Look at the node's logs.`);
+                }
+                await rollback(session, settings, dataDir, previous, stamp, wasRunning);
+                throw new ActionError(`${errorMessage(error)} The previous data dir was put back in place (the restored one is kept as ` +
+                    `${dataDir}.failed-${stamp})${wasRunning ? ' and the node started on it' : ''}. Look at the node's logs before running again.`);
+            });
+        }
+        if (!opts.keepPrevious) {
+            await session.run('Removing the previous data dir', removeCommand(previous), { timeoutMs: 60 * 60_000 });
+            info(`Removed ${previous} ('keep-previous: false').`);
+        }
+        timings.total = secondsSince(t0);
+        setOutput(Outputs.Key, chosen.key);
+        setOutput(Outputs.BlockHeight, String(height));
+        if (heightReached !== undefined)
+            setOutput(Outputs.HeightReached, String(heightReached));
+        setOutput(Outputs.Sha256, streamed.sha256);
+        setOutput(Outputs.Size, String(streamed.bytes));
+        setOutput(Outputs.DurationSeconds, timings.total.toFixed(1));
+        await summary
+            .addHeading('prep-snapshot: restore', 3)
+            .addTable([
+            [
+                { data: 'What', header: true },
+                { data: 'Value', header: true },
+            ],
+            ['Snapshot', `<code>${chosen.key}</code>`],
+            ['Host', `${ssh.host} (block DB ${kind.identityDir(ip)})`],
+            ['Block height', `${height} in the snapshot${heightReached !== undefined ? `, ${heightReached} reached` : ''}`],
+            ['Archive', `${formatBytes(streamed.bytes)}, ${manifest ? 'sha256 matches the manifest' : 'no manifest (checked by the decompressor)'}`],
+            ['Stream and extract', `${formatDuration(timings.stream)} (${formatRate(streamed.bytes, timings.stream)})`],
+            ['Previous data', opts.keepPrevious ? `<code>${previous}</code>` : 'removed'],
+            ['Total', formatDuration(timings.total)],
+        ])
+            .write();
+        return { key: chosen.key, blockHeight: height, heightReached };
+    }
+    finally {
+        if (!swapped) {
+            await session
+                .run('Removing the staging folder', removeCommand(stage), { timeoutMs: 30 * 60_000 })
+                .then(() => saveState(State.StagingDir, ''))
+                .catch((e) => warning(`Could not remove the staging folder ${stage}: ${errorMessage(e)}`));
+        }
+        if (stopped)
+            await node.ensureStarted();
+        session.close();
+        saveState(State.KeyDir, '');
+    }
+}
+async function objectSize(client, bucket, key) {
+    try {
+        const head = await client.send(new dist_cjs.HeadObjectCommand({ Bucket: bucket, Key: key }));
+        return head.ContentLength ?? 0;
+    }
+    catch (error) {
+        throw describeS3Error(error, `s3://${bucket}/${key}`);
+    }
+}
+async function nodeRunning(session, node, settings) {
+    const height = await node.height().catch(() => undefined);
+    if (height !== undefined)
+        return `its peer API answers, block height ${height}`;
+    const processes = (await session.run('Looking for node processes', processCheckCommand(settings.restore.processPattern))).trim();
+    return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
+}
+async function streamInto(session, client, settings, key, stage, compression, size) {
+    const t = performance.now();
+    let body;
+    try {
+        const res = await client.send(new dist_cjs.GetObjectCommand({ Bucket: settings.s3.bucket, Key: key }));
+        body = res.Body;
+    }
+    catch (error) {
+        throw describeS3Error(error, `s3://${settings.s3.bucket}/${key}`);
+    }
+    const remote = session.stream(extractCommand(stage, compression));
+    const counter = new HashingCounter();
+    const progress = new Progress('Restore', size);
+    counter.on('data', () => {
+        progress.sent = counter.bytes;
+        progress.read = counter.bytes;
+    });
+    let downloadError;
+    body.on('error', (error) => {
+        downloadError = error;
+        remote.kill();
+    });
+    body.pipe(counter).pipe(remote.stdin);
+    remote.stdin.on('error', () => undefined);
+    const code = await remote.exit;
+    progress.stop();
+    body.destroy();
+    if (downloadError) {
+        throw new ActionError(`The download of ${key} broke off after ${formatBytes(counter.bytes)}: ${downloadError.message}. The data dir was not touched; run again.`);
+    }
+    if (code !== 0) {
+        const tail = remote.stderrTail().trim();
+        if (/No space left on device/i.test(tail)) {
+            throw new HostError(`The host's disk filled up during the extraction (${dirname(stage)}). The data dir was not touched; free space and run again.`);
+        }
+        if (code === null) {
+            throw new ActionError(`The SSH connection was lost during the extraction${tail ? `: ${tail}` : ''}. The data dir was not touched; run again.`);
+        }
+        throw new IntegrityError(`The archive did not extract (exit ${code}): ${tail || 'no message'}. It is truncated or damaged; the data dir was not touched.`);
+    }
+    if (counter.bytes !== size) {
+        throw new ActionError(`${formatBytes(counter.bytes)} of ${formatBytes(size)} arrived. The data dir was not touched; run again.`);
+    }
+    const seconds = secondsSince(t);
+    info(`${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}).`);
+    return { sha256: counter.digest(), bytes: counter.bytes, seconds };
+}
+async function waitForHeight(node, height, timeoutSeconds) {
+    const deadline = performance.now() + timeoutSeconds * 1000;
+    let last;
+    while (performance.now() < deadline) {
+        last = await node.height().catch(() => undefined);
+        if (last !== undefined && last >= height)
+            return last;
+        await (0,promises_namespaceObject.setTimeout)(Math.min(5000, Math.max(250, deadline - performance.now())));
+    }
+    return undefined;
+}
+async function rollback(session, settings, dataDir, previous, stamp, startAfter) {
+    warning(`Rolling back: stopping the node and putting ${previous} back in place.`);
+    await session.exec(settings.node.stopCommand, { timeoutMs: 15 * 60_000 });
+    const res = await session.exec(rollbackCommand(dataDir, previous, `${dataDir}.failed-${stamp}`));
+    if (res.code !== 0) {
+        throw new HostError(`The rollback failed: ${res.stderr.trim()}. The previous data is ${previous}; put it back by hand.`);
+    }
+    if (startAfter)
+        await session.exec(settings.node.startCommand, { timeoutMs: 15 * 60_000 });
+}
+
 ;// CONCATENATED MODULE: ./src/run.ts
 /** The main step: parse the inputs, run the mode, report a failure the operator can act on. */
+
 
 
 
@@ -91347,6 +91684,9 @@ async function run() {
                 break;
             case 'list':
                 await list(settings);
+                break;
+            case 'restore':
+                await restore(settings);
                 break;
             case 'verify':
                 await verify(settings);

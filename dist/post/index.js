@@ -1,3 +1,7 @@
+import { fileURLToPath as __shimFileURLToPath } from 'node:url';
+import { dirname as __shimDirname } from 'node:path';
+const __filename = __shimFileURLToPath(import.meta.url);
+const __dirname = __shimDirname(__filename);
 import { createRequire as __WEBPACK_EXTERNAL_createRequire } from "module";
 /******/ var __webpack_modules__ = ({
 
@@ -55210,6 +55214,7 @@ var Inputs;
     Inputs["KeepPrevious"] = "keep-previous";
     Inputs["HealthTimeout"] = "health-timeout";
     Inputs["DiskMargin"] = "disk-margin";
+    Inputs["NodeProcessPattern"] = "node-process-pattern";
 })(Inputs || (Inputs = {}));
 var Outputs;
 (function (Outputs) {
@@ -55509,6 +55514,67 @@ function disarmWatchdogCommand(flag) {
 function recordWatchdogPidCommand(flag, pid) {
     return bashScript([`[ -f ${quote(flag)} ] && printf '%s\\n' ${pid} >> ${quote(flag)} || true`]);
 }
+/** Is a node process running? Prints the matching `pid args` lines (excluding this shell). */
+function processCheckCommand(pattern) {
+    return bashScript([`ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`]);
+}
+/** The host's primary IPv4 address: the source address of its default route. */
+function detectIpCommand() {
+    return bashScript([
+        `ip=""`,
+        `if command -v ip >/dev/null 2>&1; then ip=$(ip -4 -o route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'); fi`,
+        `if [ -z "$ip" ] && command -v hostname >/dev/null 2>&1; then ip=$(hostname -I 2>/dev/null | awk '{print $1}'); fi`,
+        `printf '%s\\n' "$ip"`,
+    ]);
+}
+/** Creates the install directory and the data dir's parent on a fresh host; prints free bytes there. */
+function prepareRestoreCommand(prepDir, dataDir) {
+    const parent = dirname(dataDir);
+    return bashScript([
+        `mkdir -p -- ${quote(prepDir)} ${quote(parent)}`,
+        `echo "free_parent=$(df -P -B1 ${quote(parent)} | awk 'NR==2 {print $4}')"`,
+        `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
+        `for t in tar pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+    ]);
+}
+/** Reads the archive from stdin into a fresh staging folder. */
+function extractCommand(stage, compression) {
+    const decompress = compression === 'zstd'
+        ? `decompress() { zstd -d -q -c; }`
+        : `decompress() { if command -v pigz >/dev/null 2>&1; then pigz -d -c; else gzip -d -c; fi; }`;
+    return bashScript([
+        decompress,
+        `rm -rf -- ${quote(stage)}`,
+        `mkdir -p -- ${quote(stage)}`,
+        `decompress | tar -x -f - -C ${quote(stage)}`,
+    ]);
+}
+/** Checks that the staging folder holds a snapshot, and gives the identity directory the node's IP. */
+function prepareStagedCommand(kind, stage, ip) {
+    const placeholder = `${kind.identityParent}/${kind.placeholder}`;
+    return bashScript([
+        `cd -- ${quote(stage)}`,
+        ...kind.roots.map((r) => `[ -d ${quote(r)} ] || { echo ${quote(`the archive holds no ${r}`)} >&2; exit 3; }`),
+        `[ -d ${quote(placeholder)} ] || { echo ${quote(`the archive holds no ${placeholder}`)} >&2; exit 3; }`,
+        `mv -- ${quote(placeholder)} ${quote(`${kind.identityParent}/${kind.identityDir(ip)}`)}`,
+        `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
+    ]);
+}
+/** Moves the staged snapshot into place; the previous data dir is kept as `previous`. */
+function swapCommand(dataDir, stage, previous) {
+    return bashScript([
+        `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(previous)}; fi`,
+        `mv -- ${quote(stage)} ${quote(dataDir)}`,
+    ]);
+}
+/** Puts the previous data dir back; the failed one is kept beside it for a look. */
+function rollbackCommand(dataDir, previous, failed) {
+    return bashScript([
+        `[ -e ${quote(previous)} ] || { echo 'no previous data dir to roll back to' >&2; exit 3; }`,
+        `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(failed)}; fi`,
+        `mv -- ${quote(previous)} ${quote(dataDir)}`,
+    ]);
+}
 
 ;// CONCATENATED MODULE: ./src/duration.ts
 
@@ -55632,7 +55698,7 @@ function pinnedAlgorithms(pins) {
 
 
 const readActionInput = (name) => getInput(name);
-const MODES = ['backup', 'list', 'verify'];
+const MODES = ['backup', 'restore', 'list', 'verify'];
 function parseSettings(read = readActionInput) {
     const get = (name) => read(name).trim();
     const bool = (name, fallback) => parseBoolean(name, get(name), fallback);
@@ -55719,8 +55785,9 @@ function parseSettings(read = readActionInput) {
         keepPrevious: bool(Inputs.KeepPrevious, true),
         healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
         diskMarginBytes: parseSize(Inputs.DiskMargin, get(Inputs.DiskMargin) || '1GiB'),
+        processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
     };
-    const needsHost = mode === 'backup';
+    const needsHost = mode === 'backup' || mode === 'restore';
     const ssh = needsHost ? parseSsh(get, bool, int) : undefined;
     return { mode: mode, ssh, node, s3, backup, restore };
 }

@@ -223,3 +223,72 @@ export function disarmWatchdogCommand(flag: string): string {
 export function recordWatchdogPidCommand(flag: string, pid: number): string {
   return bashScript([`[ -f ${quote(flag)} ] && printf '%s\\n' ${pid} >> ${quote(flag)} || true`]);
 }
+
+/** Is a node process running? Prints the matching `pid args` lines (excluding this shell). */
+export function processCheckCommand(pattern: string): string {
+  return bashScript([`ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`]);
+}
+
+/** The host's primary IPv4 address: the source address of its default route. */
+export function detectIpCommand(): string {
+  return bashScript([
+    `ip=""`,
+    `if command -v ip >/dev/null 2>&1; then ip=$(ip -4 -o route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'); fi`,
+    `if [ -z "$ip" ] && command -v hostname >/dev/null 2>&1; then ip=$(hostname -I 2>/dev/null | awk '{print $1}'); fi`,
+    `printf '%s\\n' "$ip"`,
+  ]);
+}
+
+/** Creates the install directory and the data dir's parent on a fresh host; prints free bytes there. */
+export function prepareRestoreCommand(prepDir: string, dataDir: string): string {
+  const parent = dirname(dataDir);
+  return bashScript([
+    `mkdir -p -- ${quote(prepDir)} ${quote(parent)}`,
+    `echo "free_parent=$(df -P -B1 ${quote(parent)} | awk 'NR==2 {print $4}')"`,
+    `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
+    `for t in tar pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+  ]);
+}
+
+/** Reads the archive from stdin into a fresh staging folder. */
+export function extractCommand(stage: string, compression: Compression): string {
+  const decompress =
+    compression === 'zstd'
+      ? `decompress() { zstd -d -q -c; }`
+      : `decompress() { if command -v pigz >/dev/null 2>&1; then pigz -d -c; else gzip -d -c; fi; }`;
+  return bashScript([
+    decompress,
+    `rm -rf -- ${quote(stage)}`,
+    `mkdir -p -- ${quote(stage)}`,
+    `decompress | tar -x -f - -C ${quote(stage)}`,
+  ]);
+}
+
+/** Checks that the staging folder holds a snapshot, and gives the identity directory the node's IP. */
+export function prepareStagedCommand(kind: NodeKind, stage: string, ip: string): string {
+  const placeholder = `${kind.identityParent}/${kind.placeholder}`;
+  return bashScript([
+    `cd -- ${quote(stage)}`,
+    ...kind.roots.map((r) => `[ -d ${quote(r)} ] || { echo ${quote(`the archive holds no ${r}`)} >&2; exit 3; }`),
+    `[ -d ${quote(placeholder)} ] || { echo ${quote(`the archive holds no ${placeholder}`)} >&2; exit 3; }`,
+    `mv -- ${quote(placeholder)} ${quote(`${kind.identityParent}/${kind.identityDir(ip)}`)}`,
+    `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
+  ]);
+}
+
+/** Moves the staged snapshot into place; the previous data dir is kept as `previous`. */
+export function swapCommand(dataDir: string, stage: string, previous: string): string {
+  return bashScript([
+    `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(previous)}; fi`,
+    `mv -- ${quote(stage)} ${quote(dataDir)}`,
+  ]);
+}
+
+/** Puts the previous data dir back; the failed one is kept beside it for a look. */
+export function rollbackCommand(dataDir: string, previous: string, failed: string): string {
+  return bashScript([
+    `[ -e ${quote(previous)} ] || { echo 'no previous data dir to roll back to' >&2; exit 3; }`,
+    `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(failed)}; fi`,
+    `mv -- ${quote(previous)} ${quote(dataDir)}`,
+  ]);
+}

@@ -83,7 +83,8 @@ export async function updateBackupList(
       );
       return next;
     } catch (error) {
-      const conflict = isStatus(error, 412, 409) || (error as Error).name === 'PreconditionFailed';
+      // 412: someone wrote it since it was read; 404: someone removed it since. Read again.
+      const conflict = isStatus(error, 412, 409, 404) || (error as Error).name === 'PreconditionFailed';
       if (!conflict) throw describeS3Error(error, `s3://${bucket}/${key}`);
       if (attempt >= attempts) {
         throw new StorageError(`backup_list kept changing under this run (${attempts} attempts); run again.`);

@@ -1,0 +1,328 @@
+/**
+ * mode: restore. Provisions a fresh or broken node from a snapshot without ever leaving it
+ * with less than it had: the archive streams into a staging folder beside the data dir,
+ * is checked, and only then takes the data dir's place; the old one is kept until the node
+ * has come back up to the snapshot's height.
+ */
+import * as core from '@actions/core';
+import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Readable } from 'node:stream';
+import { Outputs, State } from '../constants.js';
+import { ActionError, HostError, IntegrityError, RemoteCommandError, errorMessage } from '../errors.js';
+import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
+import { manifestKey } from '../naming.js';
+import { NodeControl } from '../node-control.js';
+import { loopchain, type NodeKind } from '../node-kind/loopchain.js';
+import {
+  detectIpCommand,
+  dirname,
+  extractCommand,
+  parseProbe,
+  prepareRestoreCommand,
+  prepareStagedCommand,
+  processCheckCommand,
+  removeCommand,
+  rollbackCommand,
+  swapCommand,
+} from '../node-kind/remote.js';
+import { Progress } from '../progress.js';
+import { createClient, describeS3Error } from '../s3/client.js';
+import { readManifest } from '../s3/store.js';
+import { HashingCounter } from '../s3/upload.js';
+import { isIpv4, type Settings, type SshSettings } from '../settings.js';
+import { chooseSnapshot } from '../snapshots.js';
+import { SshSession } from '../ssh/session.js';
+
+export interface RestoreResult {
+  key: string;
+  blockHeight: number;
+  heightReached?: number;
+}
+
+export async function restore(settings: Settings): Promise<RestoreResult> {
+  const ssh = settings.ssh as SshSettings;
+  const kind: NodeKind = loopchain;
+  const opts = settings.restore;
+  const t0 = performance.now();
+  const timings: Record<string, number> = {};
+  const runId = `${process.env.GITHUB_RUN_ID ?? 'local'}-${process.env.GITHUB_RUN_ATTEMPT ?? '1'}-${process.pid}`;
+
+  const client = createClient(settings.s3);
+  const chosen = await core.group('Choose the snapshot', async () => {
+    const c = await chooseSnapshot(client, settings.s3, opts.snapshot);
+    core.info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list: it may be incomplete)'}`);
+    return c;
+  });
+  const manifest = await readManifest(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, chosen.key));
+  const size = await objectSize(client, settings.s3.bucket, chosen.key);
+  if (!manifest) {
+    core.warning(
+      `${chosen.key} has no manifest (an archive of the original backup script?): its bytes cannot be checked against a ` +
+        `recorded sha256; the decompressor's own check and tar's are all there is.`,
+    );
+  }
+  const height = manifest?.blockHeight ?? chosen.name.height;
+
+  const session = await core.group('Connect', async () => {
+    const s = await SshSession.connect(ssh, { onKeyDir: (dir) => core.saveState(State.KeyDir, dir) });
+    core.info(`Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${s.dataTransport}.`);
+    return s;
+  });
+  const node = new NodeControl(session, settings.node, kind, runId);
+  const dataDir = settings.node.dataDir;
+  const parent = dirname(dataDir);
+  const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
+  const stage = `${parent}/.prep-snapshot-restore-${runId}`;
+  const previous = `${dataDir}.prev-${stamp}`;
+  let stopped = false;
+  let wasRunning = false;
+  let hadPrevious = false;
+  let swapped = false;
+  try {
+    const ip = await core.group('Check the host', async () => {
+      const running = await nodeRunning(session, node, settings);
+      if (running) {
+        if (!opts.stopNode) {
+          throw new HostError(
+            `The node on ${ssh.host} is running (${running}). Stop it first, or set 'stop-node: true' to let the restore stop it.`,
+          );
+        }
+        await node.stop();
+        stopped = true;
+        wasRunning = true;
+      }
+      const probe = parseProbe(await session.run('Preparing the host', prepareRestoreCommand(settings.node.prepDir, dataDir)));
+      const needed = (manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
+      if (probe.freeBytes < needed) {
+        throw new HostError(
+          `${parent} has ${formatBytes(probe.freeBytes)} free; the snapshot needs ${formatBytes(needed)} ` +
+            `(its ${manifest ? '' : 'estimated '}size plus 'disk-margin'). Free some space and run again.`,
+        );
+      }
+      hadPrevious = probe.dataDirPresent;
+      if (!probe.tools.has('tar')) throw new HostError(`The host has no 'tar'.`);
+      if (chosen.name.compression === 'zstd' && !probe.tools.has('zstd')) {
+        throw new HostError(`${chosen.key} is zstd-compressed and the host has no 'zstd': install it (apt install zstd).`);
+      }
+      if (chosen.name.compression === 'gzip' && !probe.tools.has('pigz') && !probe.tools.has('gzip')) {
+        throw new HostError(`The host has neither pigz nor gzip.`);
+      }
+      const address = opts.nodeIp || (await session.run('Finding the node IP', detectIpCommand())).trim();
+      if (!isIpv4(address)) {
+        throw new HostError(
+          `Could not find the node's IPv4 address on the host (got '${address}'). Set 'node-ip' (for a node behind NAT, its public address).`,
+        );
+      }
+      core.info(
+        `Free space ${formatBytes(probe.freeBytes)}; data dir ${probe.dataDirPresent ? 'present (it will be kept)' : 'absent (fresh host)'}; ` +
+          `the block DB becomes ${kind.identityDir(address)}.`,
+      );
+      return address;
+    });
+
+    core.saveState(State.StagingDir, stage);
+    const streamed = await core.group(`Stream ${chosen.key} into ${stage}`, () =>
+      streamInto(session, client, settings, chosen.key, stage, chosen.name.compression, size),
+    );
+    timings.stream = streamed.seconds;
+    if (manifest && streamed.sha256 !== manifest.sha256) {
+      throw new IntegrityError(
+        `${chosen.key}: sha256 ${streamed.sha256} differs from the manifest's ${manifest.sha256}: the stored archive is damaged. ` +
+          `The data dir was not touched; restore another snapshot ('snapshot' input).`,
+      );
+    }
+    const files = Number(
+      (
+        await session.run('Checking the staged snapshot', prepareStagedCommand(kind, stage, ip)).catch((error) => {
+          throw error instanceof RemoteCommandError
+            ? new IntegrityError(`${chosen.key} is not a snapshot of a ${kind.name} node: ${error.stderr.trim()}. The data dir was not touched.`)
+            : error;
+        })
+      ).trim(),
+    );
+    if (manifest && files !== manifest.files) {
+      throw new IntegrityError(`${chosen.key} extracted ${files} files; its manifest says ${manifest.files}. The data dir was not touched.`);
+    }
+
+    await core.group('Swap the data dir', async () => {
+      await session.run('Moving the snapshot into place', swapCommand(dataDir, stage, previous));
+      swapped = true;
+      core.saveState(State.StagingDir, '');
+      core.info(`${dataDir} now holds the snapshot; the previous data (if any) is ${previous}.`);
+    });
+
+    let heightReached: number | undefined;
+    if (opts.startNode) {
+      heightReached = await core.group('Start the node and wait for its height', async () => {
+        const t = performance.now();
+        if (stopped) await node.start();
+        else await session.run('The start command', settings.node.startCommand, { timeoutMs: 15 * 60_000 });
+        stopped = false;
+        const reached = await waitForHeight(node, height, opts.healthTimeoutSeconds);
+        timings.health = secondsSince(t);
+        if (reached === undefined) {
+          throw new ActionError(
+            `The node did not reach block height ${height} within ${formatDuration(opts.healthTimeoutSeconds)}.`,
+          );
+        }
+        core.info(`The node is at block height ${reached} (the snapshot's: ${height}).`);
+        return reached;
+      }).catch(async (error) => {
+        if (!hadPrevious) {
+          throw new ActionError(
+            `${errorMessage(error)} The host had no previous data dir to roll back to; the restored data stays in ` +
+              `${dataDir}. Look at the node's logs.`,
+          );
+        }
+        await rollback(session, settings, dataDir, previous, stamp, wasRunning);
+        throw new ActionError(
+          `${errorMessage(error)} The previous data dir was put back in place (the restored one is kept as ` +
+            `${dataDir}.failed-${stamp})${wasRunning ? ' and the node started on it' : ''}. Look at the node's logs before running again.`,
+        );
+      });
+    }
+    if (!opts.keepPrevious) {
+      await session.run('Removing the previous data dir', removeCommand(previous), { timeoutMs: 60 * 60_000 });
+      core.info(`Removed ${previous} ('keep-previous: false').`);
+    }
+
+    timings.total = secondsSince(t0);
+    core.setOutput(Outputs.Key, chosen.key);
+    core.setOutput(Outputs.BlockHeight, String(height));
+    if (heightReached !== undefined) core.setOutput(Outputs.HeightReached, String(heightReached));
+    core.setOutput(Outputs.Sha256, streamed.sha256);
+    core.setOutput(Outputs.Size, String(streamed.bytes));
+    core.setOutput(Outputs.DurationSeconds, timings.total.toFixed(1));
+    await core.summary
+      .addHeading('prep-snapshot: restore', 3)
+      .addTable([
+        [
+          { data: 'What', header: true },
+          { data: 'Value', header: true },
+        ],
+        ['Snapshot', `<code>${chosen.key}</code>`],
+        ['Host', `${ssh.host} (block DB ${kind.identityDir(ip)})`],
+        ['Block height', `${height} in the snapshot${heightReached !== undefined ? `, ${heightReached} reached` : ''}`],
+        ['Archive', `${formatBytes(streamed.bytes)}, ${manifest ? 'sha256 matches the manifest' : 'no manifest (checked by the decompressor)'}`],
+        ['Stream and extract', `${formatDuration(timings.stream)} (${formatRate(streamed.bytes, timings.stream)})`],
+        ['Previous data', opts.keepPrevious ? `<code>${previous}</code>` : 'removed'],
+        ['Total', formatDuration(timings.total)],
+      ])
+      .write();
+    return { key: chosen.key, blockHeight: height, heightReached };
+  } finally {
+    if (!swapped) {
+      await session
+        .run('Removing the staging folder', removeCommand(stage), { timeoutMs: 30 * 60_000 })
+        .then(() => core.saveState(State.StagingDir, ''))
+        .catch((e) => core.warning(`Could not remove the staging folder ${stage}: ${errorMessage(e)}`));
+    }
+    if (stopped) await node.ensureStarted();
+    session.close();
+    core.saveState(State.KeyDir, '');
+  }
+}
+
+async function objectSize(client: S3Client, bucket: string, key: string): Promise<number> {
+  try {
+    const head = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+    return head.ContentLength ?? 0;
+  } catch (error) {
+    throw describeS3Error(error, `s3://${bucket}/${key}`);
+  }
+}
+
+async function nodeRunning(session: SshSession, node: NodeControl, settings: Settings): Promise<string | undefined> {
+  const height = await node.height().catch(() => undefined);
+  if (height !== undefined) return `its peer API answers, block height ${height}`;
+  const processes = (await session.run('Looking for node processes', processCheckCommand(settings.restore.processPattern))).trim();
+  return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
+}
+
+async function streamInto(
+  session: SshSession,
+  client: S3Client,
+  settings: Settings,
+  key: string,
+  stage: string,
+  compression: 'gzip' | 'zstd',
+  size: number,
+): Promise<{ sha256: string; bytes: number; seconds: number }> {
+  const t = performance.now();
+  let body: Readable;
+  try {
+    const res = await client.send(new GetObjectCommand({ Bucket: settings.s3.bucket, Key: key }));
+    body = res.Body as Readable;
+  } catch (error) {
+    throw describeS3Error(error, `s3://${settings.s3.bucket}/${key}`);
+  }
+  const remote = session.stream(extractCommand(stage, compression));
+  const counter = new HashingCounter();
+  const progress = new Progress('Restore', size);
+  counter.on('data', () => {
+    progress.sent = counter.bytes;
+    progress.read = counter.bytes;
+  });
+  let downloadError: Error | undefined;
+  body.on('error', (error) => {
+    downloadError = error;
+    remote.kill();
+  });
+  body.pipe(counter).pipe(remote.stdin);
+  remote.stdin.on('error', () => undefined);
+  const code = await remote.exit;
+  progress.stop();
+  body.destroy();
+  if (downloadError) {
+    throw new ActionError(
+      `The download of ${key} broke off after ${formatBytes(counter.bytes)}: ${downloadError.message}. The data dir was not touched; run again.`,
+    );
+  }
+  if (code !== 0) {
+    const tail = remote.stderrTail().trim();
+    if (/No space left on device/i.test(tail)) {
+      throw new HostError(`The host's disk filled up during the extraction (${dirname(stage)}). The data dir was not touched; free space and run again.`);
+    }
+    if (code === null) {
+      throw new ActionError(`The SSH connection was lost during the extraction${tail ? `: ${tail}` : ''}. The data dir was not touched; run again.`);
+    }
+    throw new IntegrityError(
+      `The archive did not extract (exit ${code}): ${tail || 'no message'}. It is truncated or damaged; the data dir was not touched.`,
+    );
+  }
+  if (counter.bytes !== size) {
+    throw new ActionError(`${formatBytes(counter.bytes)} of ${formatBytes(size)} arrived. The data dir was not touched; run again.`);
+  }
+  const seconds = secondsSince(t);
+  core.info(`${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}).`);
+  return { sha256: counter.digest(), bytes: counter.bytes, seconds };
+}
+
+async function waitForHeight(node: NodeControl, height: number, timeoutSeconds: number): Promise<number | undefined> {
+  const deadline = performance.now() + timeoutSeconds * 1000;
+  let last: number | undefined;
+  while (performance.now() < deadline) {
+    last = await node.height().catch(() => undefined);
+    if (last !== undefined && last >= height) return last;
+    await sleep(Math.min(5000, Math.max(250, deadline - performance.now())));
+  }
+  return undefined;
+}
+
+async function rollback(
+  session: SshSession,
+  settings: Settings,
+  dataDir: string,
+  previous: string,
+  stamp: string,
+  startAfter: boolean,
+): Promise<void> {
+  core.warning(`Rolling back: stopping the node and putting ${previous} back in place.`);
+  await session.exec(settings.node.stopCommand, { timeoutMs: 15 * 60_000 });
+  const res = await session.exec(rollbackCommand(dataDir, previous, `${dataDir}.failed-${stamp}`));
+  if (res.code !== 0) {
+    throw new HostError(`The rollback failed: ${res.stderr.trim()}. The previous data is ${previous}; put it back by hand.`);
+  }
+  if (startAfter) await session.exec(settings.node.startCommand, { timeoutMs: 15 * 60_000 });
+}

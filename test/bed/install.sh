@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Test bed installer for prep-snapshot. Idempotent; fast when everything is present.
+#
+# Cache dir: ${PREP_SNAPSHOT_CACHE:-$HOME/.cache/prep-snapshot}  (test/bed/paths.ts reads the same)
+#   $CACHE/bin/minio                      MinIO server (go install, pinned below)
+#   $CACHE/node24/node_modules/.bin/node  Node 24, to run dist/ like GitHub's runner
+# Also: apt packages openssh-server openssh-client pigz zstd curl; npm ci if node_modules is missing.
+# Exports nothing.
+set -euo pipefail
+
+MINIO_MODULE=github.com/minio/minio
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+NODE24_VERSION=24.21.0
+
+CACHE=${PREP_SNAPSHOT_CACHE:-$HOME/.cache/prep-snapshot}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+mkdir -p "$CACHE/bin"
+
+say() { echo "[install.sh] $*"; }
+
+# --- apt packages -----------------------------------------------------------------
+need_pkgs=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+[ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)
+have_cmd ssh && have_cmd ssh-keygen || need_pkgs+=(openssh-client)
+have_cmd pigz || need_pkgs+=(pigz)
+have_cmd zstd || need_pkgs+=(zstd)
+have_cmd curl || need_pkgs+=(curl)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  SUDO=
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  say "installing apt packages: ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $SUDO apt-get install -y --no-install-recommends "${need_pkgs[@]}"; then
+    say "apt-get install failed; running apt-get update and retrying"
+    $SUDO apt-get update
+    $SUDO apt-get install -y --no-install-recommends "${need_pkgs[@]}"
+  fi
+fi
+
+# --- MinIO ------------------------------------------------------------------------
+MINIO_BIN=$CACHE/bin/minio
+minio_ok() { [ -x "$MINIO_BIN" ] && "$MINIO_BIN" --version >/dev/null 2>&1; }
+# A build of the same module may already be running on this machine (started by someone
+# else with the same GOBIN): wait for it instead of starting a second one.
+other_build() { pgrep -f "go install ${MINIO_MODULE}@${MINIO_VERSION}" >/dev/null 2>&1; }
+if ! minio_ok && other_build; then
+  say "a MinIO build is already running; waiting for it (log: /tmp/minio-build.log)"
+  for _ in $(seq 1 1800); do other_build || break; sleep 1; done
+fi
+if ! minio_ok; then
+  have_cmd go || { say "go is required to build MinIO (apt-get install golang-go, or https://go.dev/dl)"; exit 1; }
+  say "building MinIO ${MINIO_VERSION} into $CACHE/bin (takes a few minutes)"
+  GOBIN=$CACHE/bin CGO_ENABLED=0 go install "${MINIO_MODULE}@${MINIO_VERSION}"
+  minio_ok || { say "MinIO build finished but $MINIO_BIN --version fails"; exit 1; }
+fi
+
+# --- Node 24 ------------------------------------------------------------------------
+NODE24_DIR=$CACHE/node24
+NODE24=$NODE24_DIR/node_modules/.bin/node
+node24_ok() { [ -x "$NODE24" ] && [ "$("$NODE24" --version 2>/dev/null)" = "v${NODE24_VERSION}" ]; }
+if ! node24_ok; then
+  say "installing Node ${NODE24_VERSION} (npm package node) into $NODE24_DIR"
+  mkdir -p "$NODE24_DIR"
+  # The `node` package fetches the binary in its preinstall script. npm 11 asks for
+  # install scripts to be approved: do it in the package.json of this small project
+  # (--allow-scripts on the command line is an error for project installs).
+  cat >"$NODE24_DIR/package.json" <<JSON
+{ "name": "prep-snapshot-node24", "private": true, "allowScripts": { "node@${NODE24_VERSION}": true } }
+JSON
+  (cd "$NODE24_DIR" && npm install --no-save --no-audit --no-fund --foreground-scripts "node@${NODE24_VERSION}")
+  if ! node24_ok && [ -f "$NODE24_DIR/node_modules/node/installArchSpecificPackage.js" ]; then
+    say "the node package's install script did not run; running it by hand"
+    (cd "$NODE24_DIR/node_modules/node" && node installArchSpecificPackage.js)
+  fi
+  node24_ok || { say "Node 24 install failed: $NODE24 --version does not print v${NODE24_VERSION}"; exit 1; }
+fi
+
+# --- repo dependencies ----------------------------------------------------------------
+if [ ! -d "$REPO/node_modules" ] || [ ! -x "$REPO/node_modules/.bin/tsx" ]; then
+  say "npm ci in $REPO"
+  (cd "$REPO" && npm ci --no-audit --no-fund)
+fi
+
+# sshd's privilege separation dir (tests create it too).
+[ -d /run/sshd ] || { mkdir -p /run/sshd 2>/dev/null || true; }
+
+say "ready: minio=$MINIO_BIN node24=$NODE24 ($("$NODE24" --version))"

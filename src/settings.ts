@@ -206,7 +206,9 @@ function parseSsh(
   if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(privateKey)) {
     throw new InputError(`Input 'ssh-key' does not hold a private key in PEM or OpenSSH form.`);
   }
+  // The runner masks line by line: register every line of the key, not only the whole.
   core.setSecret(privateKey);
+  for (const line of privateKey.split('\n')) if (line.trim().length >= 8 && !line.startsWith('-----')) core.setSecret(line.trim());
   const passphrase = get(Inputs.SshKeyPassphrase) || undefined;
   if (passphrase) core.setSecret(passphrase);
 

@@ -421,7 +421,7 @@ async function writeSummary(
   const ratio = m.compressedBytes > 0 ? (m.uncompressedBytes / m.compressedBytes).toFixed(2) : '?';
   const rows: Array<[string, string]> = [
     ['Block height', String(m.blockHeight)],
-    ['Key', `\`${m.key}\``],
+    ['Key', `<code>${m.key}</code>`],
     ['Archive', `${formatBytes(m.compressedBytes)} (${compressor}, level ${m.compressionLevel})`],
     ['Data', `${formatBytes(m.uncompressedBytes)} in ${m.files} files`],
     ['Compression ratio', `${ratio} : 1`],
@@ -429,9 +429,9 @@ async function writeSummary(
     ['Stream and upload', `${formatDuration(timings.stream ?? 0)} (${formatRate(m.compressedBytes, timings.stream ?? 0)})`],
     ['Stop to listed', formatDuration(timings.stopToListed ?? 0)],
     ['Total', formatDuration(timings.total ?? 0)],
-    ['sha256', `\`${m.sha256}\``],
-    ['Permanent copy', permanent ? `\`${permanent}\`` : 'not today (one exists) or off'],
-    ['Retention', removed.length ? `removed ${removed.length}: ${removed.map((r) => `\`${r}\``).join(', ')}` : 'nothing removed'],
+    ['sha256', `<code>${m.sha256}</code>`],
+    ['Permanent copy', permanent ? `<code>${permanent}</code>` : 'not made (today has one, or it is off)'],
+    ['Retention', removed.length ? `removed ${removed.length}: ${removed.map((r) => `<code>${r}</code>`).join(', ')}` : 'nothing removed'],
   ];
   await core.summary
     .addHeading('prep-snapshot: backup', 3)

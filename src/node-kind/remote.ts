@@ -216,6 +216,8 @@ export function disarmWatchdogCommand(flag: string): string {
     `pid=$(sed -n 2p -- ${quote(flag)} 2>/dev/null || true)`,
     `rm -f -- ${quote(flag)}`,
     `if [ -n "$pid" ]; then kill -- "-$pid" 2>/dev/null || kill -- "$pid" 2>/dev/null || true; fi`,
+    // The log says something only when the watchdog fired: then it stays for the operator.
+    `if [ ! -s ${quote(`${flag}.log`)} ]; then rm -f -- ${quote(`${flag}.log`)}; fi`,
   ]);
 }
 

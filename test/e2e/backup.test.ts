@@ -108,4 +108,37 @@ describe('backup', () => {
       world.node.setStopMode('graceful');
     }
   });
+
+  it('archives while stopped with consistency: stop, over the ssh2 transport', async () => {
+    const run = await world.mainThenPost({ consistency: 'stop', 'ssh-transport': 'ssh2', 'permanent-copy': 'false' });
+    assert.equal(run.main.code, 0, run.main.stdout + run.main.stderr);
+    assert.match(run.main.stdout, /archive bytes travel over ssh2/);
+    assert.doesNotMatch(run.main.stdout, /Stop, freeze, start/);
+    assert.equal((await world.node.status()).running, true);
+    const key = run.main.outputs.key as string;
+    const dir = tempDir('prep-extract-');
+    const archive = await download(world, key, join(dir, 'a.tar.gz'));
+    assert.equal(sha(archive), run.main.outputs.sha256);
+    await extractLikeSeed(archive, dir);
+    renameSync(join(dir, '.storage/db_CHANGEIP:7100_icon_dex'), join(dir, `.storage/db_${world.node.ip}:7100_icon_dex`));
+    assert.equal((await checkExtracted(dir)).ok, true);
+  });
+
+  it('logs in with a passphrase-protected key through the OpenSSH data channel', async () => {
+    const keyDir = tempDir('prep-key-');
+    await exec('ssh-keygen', ['-q', '-t', 'ed25519', '-N', 'correct horse', '-f', join(keyDir, 'id'), '-C', 'prep-test']);
+    await world.sshd.authorize(readFileSync(join(keyDir, 'id.pub'), 'utf8'));
+    const run = await world.mainThenPost({
+      'ssh-key': readFileSync(join(keyDir, 'id'), 'utf8'),
+      'ssh-key-passphrase': 'correct horse',
+      'ssh-transport': 'openssh',
+      'permanent-copy': 'false',
+    });
+    assert.equal(run.main.code, 0, run.main.stdout + run.main.stderr);
+    assert.match(run.main.stdout, /archive bytes travel over openssh/);
+    // Only the runner's mask command may carry it; the runner consumes that line.
+    const shown = run.main.stdout.split('\n').filter((l) => !l.startsWith('::add-mask::'));
+    assert.doesNotMatch(shown.join('\n'), /correct horse/);
+    assert.equal((await world.node.status()).running, true);
+  });
 });

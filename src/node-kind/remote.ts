@@ -144,12 +144,13 @@ export const CHECKPOINT_BYTES = 1024 * 10240;
  * the placeholder, compressed by pigz (gzip where pigz is missing) or zstd.
  */
 export function archiveCommand(kind: NodeKind, dir: string, identity: string, options: StreamOptions): string {
-  const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}`;
+  // The directory itself and what is under it; not a sibling whose name merely starts the same.
+  const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
   const to = `${kind.identityParent}/${kind.placeholder}`;
   const tar = [
     'tar --create --file=- --totals',
     `--checkpoint=1024 --checkpoint-action=${quote(`echo=${PROGRESS_MARK} %u`)}`,
-    `--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}|`)}`,
+    `--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`,
     `-- ${kind.roots.map(quote).join(' ')}`,
   ].join(' ');
   const level = String(options.level);

@@ -148,3 +148,23 @@ describe('host commands on real LevelDB files', () => {
     assert.notEqual(r.status, 0);
   });
 });
+
+describe('the identity rename', () => {
+  it('renames the identity directory, not a sibling whose name starts the same', () => {
+    const root = mkdtempSync(join(tmpdir(), 'prep-xform-'));
+    try {
+      const id = `db_${IP}:7100_icon_dex`;
+      mkdirSync(join(root, '.score_data'));
+      mkdirSync(join(root, '.storage', id), { recursive: true });
+      mkdirSync(join(root, '.storage', `${id}.old`));
+      writeFileSync(join(root, '.storage', id, 'a'), 'a');
+      writeFileSync(join(root, '.storage', `${id}.old`, 'b'), 'b');
+      const archive = sh(archiveCommand(loopchain, root, id, { compression: 'gzip', level: 1 }));
+      const names = spawnSync('tar', ['-tzf', '-'], { input: archive }).stdout.toString().split('\n');
+      assert.ok(names.includes('.storage/db_CHANGEIP:7100_icon_dex/a'));
+      assert.ok(names.includes(`.storage/${id}.old/b`));
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});

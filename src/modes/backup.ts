@@ -118,6 +118,12 @@ export async function backup(settings: Settings, now: () => Date = () => new Dat
         } finally {
           await node.ensureStarted();
         }
+        if (node.isStopped) {
+          throw new HostError(
+            `The node did not start again after the freeze. The watchdog on the host retries within ` +
+              `${settings.node.maxDowntimeSeconds} s; check the node now. No snapshot was published.`,
+          );
+        }
         timings.downtime = node.downtimeSeconds ?? secondsSince(t);
         core.info(`The node was down for ${formatDuration(timings.downtime)}.`);
       });

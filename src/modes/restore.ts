@@ -123,7 +123,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
 
     core.saveState(State.StagingDir, stage);
     const streamed = await core.group(`Stream ${chosen.key} into ${stage}`, () =>
-      streamInto(session, client, settings, chosen.key, stage, chosen.name.compression, size),
+      streamInto(session, client, settings, chosen.key, stage, chosen.name.compression, size, manifest?.sha256),
     );
     timings.stream = streamed.seconds;
     if (manifest && streamed.sha256 !== manifest.sha256) {
@@ -248,6 +248,7 @@ async function streamInto(
   stage: string,
   compression: 'gzip' | 'zstd',
   size: number,
+  expectedSha256?: string,
 ): Promise<{ sha256: string; bytes: number; seconds: number }> {
   const t = performance.now();
   let body: Readable;
@@ -279,6 +280,14 @@ async function streamInto(
       `The download of ${key} broke off after ${formatBytes(counter.bytes)}: ${downloadError.message}. The data dir was not touched; run again.`,
     );
   }
+  // A damaged archive usually breaks the decompressor too: the sha256 says what happened.
+  const sha256 = counter.digest();
+  if (expectedSha256 && counter.bytes === size && sha256 !== expectedSha256) {
+    throw new IntegrityError(
+      `${key}: sha256 ${sha256} differs from the manifest's ${expectedSha256}: the stored archive is damaged. ` +
+        `The data dir was not touched; restore another snapshot ('snapshot' input).`,
+    );
+  }
   if (code !== 0) {
     const tail = remote.stderrTail().trim();
     if (/No space left on device/i.test(tail)) {
@@ -296,7 +305,7 @@ async function streamInto(
   }
   const seconds = secondsSince(t);
   core.info(`${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}).`);
-  return { sha256: counter.digest(), bytes: counter.bytes, seconds };
+  return { sha256, bytes: counter.bytes, seconds };
 }
 
 async function waitForHeight(node: NodeControl, height: number, timeoutSeconds: number): Promise<number | undefined> {

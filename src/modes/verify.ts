@@ -5,7 +5,7 @@
  */
 import * as core from '@actions/core';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Parser } from 'tar';
@@ -127,6 +127,20 @@ export async function verifyStored(
   try {
     await pipeline(body, tap, parser as unknown as NodeJS.WritableStream);
   } catch (error) {
+    // A damaged archive usually breaks the tar stream too. With a manifest, read the rest of
+    // the object into the hash: a sha256 that differs from the manifest's says what happened.
+    if (manifest && length > compressedBytes) {
+      const rest = await hashRange(client, settings.s3.bucket, key, compressedBytes, hash).catch(() => undefined);
+      if (rest !== undefined && compressedBytes + rest === manifest.compressedBytes) {
+        const sha256 = hash.digest('hex');
+        if (sha256 !== manifest.sha256) {
+          throw new IntegrityError(
+            `${key}: sha256 ${sha256} differs from the manifest's ${manifest.sha256}: the stored archive is damaged ` +
+              `(its tar stream breaks: ${errorMessage(error)}). Do not restore from it; take a new backup.`,
+          );
+        }
+      }
+    }
     throw new IntegrityError(
       `${key} is not whole: ${errorMessage(error)} (after ${formatBytes(compressedBytes)}). Do not restore from it; take a new backup.`,
     );
@@ -148,4 +162,15 @@ export async function verifyStored(
   const seconds = secondsSince(t);
   core.info(`${key}: whole. ${files} files, ${formatBytes(bytes)}; ${formatBytes(compressedBytes)} read in ${formatDuration(seconds)}; sha256 ${sha256}.`);
   return { key, sha256, compressedBytes, files, bytes, hasManifest: manifest !== undefined, seconds };
+}
+
+/** Feeds the object's bytes from `start` to its end into `hash`; returns how many. */
+async function hashRange(client: S3Client, bucket: string, key: string, start: number, hash: Hash): Promise<number> {
+  const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=${start}-` }));
+  let n = 0;
+  for await (const chunk of res.Body as Readable) {
+    hash.update(chunk as Buffer);
+    n += (chunk as Buffer).length;
+  }
+  return n;
 }

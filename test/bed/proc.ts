@@ -144,6 +144,8 @@ export function run(
           ),
         );
     });
+    // A child that exits without reading its stdin must not turn into an uncaught EPIPE.
+    child.stdin?.on('error', () => undefined);
     child.stdin?.end(opts.input ?? '');
   });
 }

@@ -1,33 +1,64 @@
 /**
  * The post step. When the main step died or was cancelled, it restarts the node that the
- * main step stopped, removes the staging folder and disarms the watchdog. It warns, never fails.
+ * main step stopped, removes the staging folder and disarms the watchdog; and it removes an
+ * archive upload that the main step neither published nor could abort (S3 was unreachable,
+ * or the process died mid-stream). It warns, never fails.
  */
 import * as core from '@actions/core';
 import { rmSync } from 'node:fs';
 import { State } from './constants.js';
 import { errorMessage } from './errors.js';
+import { manifestKey } from './naming.js';
 import { disarmWatchdogCommand, removeCommand } from './node-kind/remote.js';
-import { parseSettings } from './settings.js';
+import { readBackupList } from './s3/backup-list.js';
+import { createClient } from './s3/client.js';
+import { deleteKeys } from './s3/store.js';
+import { abortUploads } from './s3/upload.js';
+import { parseSettings, type Settings } from './settings.js';
 import { SshSession } from './ssh/session.js';
 
 export async function cleanup(): Promise<void> {
-  const stopped = core.getState(State.NodeStopped) === 'true' && core.getState(State.NodeStarted) !== 'true';
+  const stopped =
+    core.getState(State.NodeStopped) === 'true' && core.getState(State.NodeStarted) !== 'true';
   const staging = core.getState(State.StagingDir);
   const watchdog = core.getState(State.WatchdogFlag);
   const keyDir = core.getState(State.KeyDir);
+  const uploadKey = core.getState(State.UploadKey);
+  const unpublished =
+    uploadKey && core.getState(State.UploadPublished) !== 'true' ? uploadKey : undefined;
   if (keyDir) rmSync(keyDir, { recursive: true, force: true });
-  if (!stopped && !staging && !watchdog) return;
+  if (!stopped && !staging && !watchdog && !unpublished) return;
 
+  let settings: Settings;
+  try {
+    settings = parseSettings();
+  } catch (error) {
+    core.warning(`Cleanup could not read the inputs: ${errorMessage(error)}.`);
+    return;
+  }
+  // The node first: it is what costs the operator while it is down.
+  if (stopped || staging || watchdog) await cleanHost(settings, stopped, staging, watchdog);
+  if (unpublished) await cleanStorage(settings, unpublished);
+}
+
+async function cleanHost(
+  settings: Settings,
+  stopped: boolean,
+  staging: string,
+  watchdog: string,
+): Promise<void> {
   let session: SshSession | undefined;
   try {
-    const settings = parseSettings();
     if (!settings.ssh) return;
     session = await SshSession.connect({ ...settings.ssh, transport: 'ssh2' });
     if (stopped) {
       core.warning('The main step ended while the node was stopped: starting it.');
       const res = await session.exec(settings.node.startCommand, { timeoutMs: 15 * 60_000 });
       if (res.code === 0) core.info('The node was started.');
-      else core.warning(`The start command failed (exit ${res.code}): ${res.stderr.trim()}. Check the node now.`);
+      else
+        core.warning(
+          `The start command failed (exit ${res.code}): ${res.stderr.trim()}. Check the node now.`,
+        );
     }
     if (watchdog) await session.exec(disarmWatchdogCommand(watchdog), { timeoutMs: 60_000 });
     if (staging) {
@@ -38,9 +69,39 @@ export async function cleanup(): Promise<void> {
   } catch (error) {
     core.warning(
       `Cleanup could not finish: ${errorMessage(error)}.` +
-        (stopped ? ' The node may still be stopped: the watchdog on the host will start it; check it now.' : ''),
+        (stopped
+          ? ' The node may still be stopped: the watchdog on the host will start it; check it now.'
+          : ''),
     );
   } finally {
     session?.close();
+  }
+}
+
+/** Aborts the incomplete multipart upload of `key`, and removes the archive and its manifest unless backup_list names them. */
+async function cleanStorage(settings: Settings, key: string): Promise<void> {
+  const { bucket, prefix, manifestPrefix } = settings.s3;
+  const client = createClient(settings.s3);
+  try {
+    const aborted = await abortUploads(client, bucket, key);
+    if (aborted > 0) core.info(`Aborted ${aborted} incomplete upload(s) of ${key}.`);
+    // The main step may have died between writing backup_list and recording it: a listed archive stays.
+    const entry = key.startsWith(`${prefix}/`) ? key.slice(prefix.length + 1) : key;
+    const listed = (await readBackupList(client, bucket, `${prefix}/backup_list`)).entries.includes(
+      entry,
+    );
+    if (listed) {
+      core.info(`${key} is listed in backup_list: kept.`);
+      return;
+    }
+    await deleteKeys(client, bucket, [key, manifestKey(manifestPrefix, key)]);
+    core.info(`Removed what the main step left of the unpublished ${key}.`);
+  } catch (error) {
+    core.warning(
+      `Could not remove the unpublished upload of ${key}: ${errorMessage(error)}. ` +
+        `Remove it by hand, or let a lifecycle rule (AbortIncompleteMultipartUpload) do it.`,
+    );
+  } finally {
+    client.destroy();
   }
 }

@@ -68,6 +68,10 @@ export enum State {
   StagingDir = 'stagingDir',
   WatchdogFlag = 'watchdogFlag',
   KeyDir = 'keyDir',
+  /** The archive key being uploaded; the post step removes its incomplete upload unless it was published. */
+  UploadKey = 'uploadKey',
+  /** 'true' once backup_list names the archive of UploadKey. */
+  UploadPublished = 'uploadPublished',
 }
 
 export const ACTION_NAME = 'prep-snapshot';

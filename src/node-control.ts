@@ -47,23 +47,36 @@ export class NodeControl {
     core.saveState(State.WatchdogFlag, flag);
     this.watchdogFlag = flag;
     const pid = Number(
-      (await this.session.run('Arming the watchdog', armWatchdogCommand(flag, this.settings.maxDowntimeSeconds, this.settings.startCommand))).trim(),
+      (
+        await this.session.run(
+          'Arming the watchdog',
+          armWatchdogCommand(flag, this.settings.maxDowntimeSeconds, this.settings.startCommand),
+        )
+      ).trim(),
     );
-    if (Number.isInteger(pid) && pid > 0) await this.session.run('Arming the watchdog', recordWatchdogPidCommand(flag, pid));
-    core.info(`Watchdog armed on the host: it starts the node in ${this.settings.maxDowntimeSeconds} s unless this run does.`);
+    if (Number.isInteger(pid) && pid > 0)
+      await this.session.run('Arming the watchdog', recordWatchdogPidCommand(flag, pid));
+    core.info(
+      `Watchdog armed on the host: it starts the node in ${this.settings.maxDowntimeSeconds} s unless this run does.`,
+    );
 
     core.saveState(State.NodeStopped, 'true');
     core.saveState(State.NodeStarted, 'false');
     this.stopped = true;
     this.stoppedAt = performance.now();
     core.info(`Stopping the node: ${this.settings.stopCommand}`);
-    await this.session.run('The stop command', this.settings.stopCommand, { timeoutMs: 15 * 60_000 });
+    await this.session.run('The stop command', this.settings.stopCommand, {
+      timeoutMs: 15 * 60_000,
+    });
+    core.info('The node is stopped.');
   }
 
   /** Starts the node and disarms the watchdog. */
   async start(): Promise<void> {
     core.info(`Starting the node: ${this.settings.startCommand}`);
-    await this.session.run('The start command', this.settings.startCommand, { timeoutMs: 15 * 60_000 });
+    await this.session.run('The start command', this.settings.startCommand, {
+      timeoutMs: 15 * 60_000,
+    });
     this.startedAt = performance.now();
     this.stopped = false;
     core.saveState(State.NodeStarted, 'true');

@@ -5,11 +5,24 @@
 import * as core from '@actions/core';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { ACTION_VERSION, Outputs, State } from '../constants.js';
-import { ActionError, HostError, RemoteCommandError, StorageError, errorMessage } from '../errors.js';
+import {
+  ActionError,
+  HostError,
+  RemoteCommandError,
+  StorageError,
+  errorMessage,
+} from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import { parseManifestsOutput, planPrune } from '../freeze.js';
 import type { Manifest } from '../manifest.js';
-import { archiveKey, archiveName, dateDaysAgo, listEntry, manifestKey, type ArchiveName } from '../naming.js';
+import {
+  archiveKey,
+  archiveName,
+  dateDaysAgo,
+  listEntry,
+  manifestKey,
+  type ArchiveName,
+} from '../naming.js';
 import { NodeControl } from '../node-control.js';
 import { loopchain, pickIdentityDir, type NodeKind } from '../node-kind/loopchain.js';
 import {
@@ -34,7 +47,7 @@ import { addEntry, removeEntries, updateBackupList } from '../s3/backup-list.js'
 import { checkBucket, createClient, objectUrl } from '../s3/client.js';
 import { copyObject } from '../s3/copy.js';
 import { deleteKeys, listArchives, listObjects, writeJson } from '../s3/store.js';
-import { choosePartSize, streamUpload } from '../s3/upload.js';
+import { abortUploads, choosePartSize, streamUpload } from '../s3/upload.js';
 import type { Settings, SshSettings } from '../settings.js';
 import { SshSession } from '../ssh/session.js';
 import { verifyStored } from './verify.js';
@@ -48,7 +61,10 @@ interface Timings {
   [phase: string]: number;
 }
 
-export async function backup(settings: Settings, now: () => Date = () => new Date()): Promise<BackupResult> {
+export async function backup(
+  settings: Settings,
+  now: () => Date = () => new Date(),
+): Promise<BackupResult> {
   const ssh = settings.ssh as SshSettings;
   const kind: NodeKind = loopchain;
   const runId = `${process.env.GITHUB_RUN_ID ?? 'local'}-${process.env.GITHUB_RUN_ATTEMPT ?? '1'}-${process.pid}`;
@@ -59,8 +75,12 @@ export async function backup(settings: Settings, now: () => Date = () => new Dat
     const s3 = createClient(settings.s3);
     await checkBucket(s3, settings.s3);
     core.info(`Bucket '${settings.s3.bucket}' is reachable.`);
-    const s = await SshSession.connect(ssh, { onKeyDir: (dir) => core.saveState(State.KeyDir, dir) });
-    core.info(`Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${s.dataTransport}.`);
+    const s = await SshSession.connect(ssh, {
+      onKeyDir: (dir) => core.saveState(State.KeyDir, dir),
+    });
+    core.info(
+      `Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${s.dataTransport}.`,
+    );
     return { session: s, client: s3 };
   });
 
@@ -70,9 +90,13 @@ export async function backup(settings: Settings, now: () => Date = () => new Dat
   let published = false;
   try {
     const { probe, identity } = await core.group('Check the host', async () => {
-      const p = parseProbe(await session.run('Probing the host', probeCommand(kind, settings.node.dataDir)));
+      const p = parseProbe(
+        await session.run('Probing the host', probeCommand(kind, settings.node.dataDir)),
+      );
       const id = checkProbe(p, settings, kind);
-      core.info(`Data dir ${settings.node.dataDir}: ${kind.roots.join(', ')}; identity directory ${id}.`);
+      core.info(
+        `Data dir ${settings.node.dataDir}: ${kind.roots.join(', ')}; identity directory ${id}.`,
+      );
       return { probe: p, identity: id };
     });
 
@@ -86,7 +110,9 @@ export async function backup(settings: Settings, now: () => Date = () => new Dat
         `The node's peer API (${settings.node.peerUrl}) does not answer: no backup is taken of a node that is not ` +
           `in service. Starting the node in case it is down; the next scheduled run will take the backup.`,
       );
-      await core.group('Start the node', () => session.run('The start command', settings.node.startCommand));
+      await core.group('Start the node', () =>
+        session.run('The start command', settings.node.startCommand),
+      );
       core.setOutput(Outputs.Skipped, 'true');
       await core.summary
         .addHeading('prep-snapshot: backup skipped', 3)
@@ -110,9 +136,13 @@ export async function backup(settings: Settings, now: () => Date = () => new Dat
         const t = performance.now();
         try {
           await node.stop();
-          await session.run('Freezing the data into the staging folder', freezeCommand(kind, settings.node.dataDir, frozen), {
-            timeoutMs: 30 * 60_000,
-          });
+          await session.run(
+            'Freezing the data into the staging folder',
+            freezeCommand(kind, settings.node.dataDir, frozen),
+            {
+              timeoutMs: 30 * 60_000,
+            },
+          );
         } catch (error) {
           throw explainFreeze(error);
         } finally {
@@ -129,7 +159,9 @@ export async function backup(settings: Settings, now: () => Date = () => new Dat
       });
       source = stage;
       await core.group('Drop tables the MANIFESTs do not list', async () => {
-        const dbs = parseManifestsOutput(await session.run('Reading the MANIFESTs', manifestsCommand(kind, frozen)));
+        const dbs = parseManifestsOutput(
+          await session.run('Reading the MANIFESTs', manifestsCommand(kind, frozen)),
+        );
         const plan = planPrune(dbs);
         if (plan.garbage.length > 0) {
           await session.run('Pruning the staging folder', pruneCommand(frozen), {
@@ -145,7 +177,9 @@ export async function backup(settings: Settings, now: () => Date = () => new Dat
       await core.group('Stop the node', () => node.stop());
     }
 
-    const sizes = parseSizes(await session.run('Measuring the snapshot', sizeCommand(kind, source)));
+    const sizes = parseSizes(
+      await session.run('Measuring the snapshot', sizeCommand(kind, source)),
+    );
     const partSize = settings.s3.partSize ?? choosePartSize(sizes.bytes * 1.05 + 64 * 1024 * 1024);
     const localCopy = settings.backup.localCopy
       ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
@@ -157,7 +191,21 @@ export async function backup(settings: Settings, now: () => Date = () => new Dat
           `parts of ${formatBytes(partSize)} x ${settings.s3.queueSize} in flight.`,
       );
       uploaded = [key];
-      const r = await streamArchive({ session, client, settings, kind, source, identity, key, partSize, localCopy, totalBytes: sizes.bytes });
+      // For the post step: an upload that this run cannot finish or abort is removed there.
+      core.saveState(State.UploadKey, key);
+      core.saveState(State.UploadPublished, 'false');
+      const r = await streamArchive({
+        session,
+        client,
+        settings,
+        kind,
+        source,
+        identity,
+        key,
+        partSize,
+        localCopy,
+        totalBytes: sizes.bytes,
+      });
       core.info(
         `Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`,
       );
@@ -201,17 +249,26 @@ export async function backup(settings: Settings, now: () => Date = () => new Dat
 
     const tPublish = performance.now();
     await core.group('Publish in backup_list', async () => {
-      const entries = await updateBackupList(client, settings.s3.bucket, `${settings.s3.prefix}/backup_list`, (e) =>
-        addEntry(e, listEntry(name)),
+      const entries = await updateBackupList(
+        client,
+        settings.s3.bucket,
+        `${settings.s3.prefix}/backup_list`,
+        (e) => addEntry(e, listEntry(name)),
       );
       published = true;
-      core.info(`backup_list now names ${entries.length} snapshot(s); the newest is ${entries[0]}.`);
+      core.saveState(State.UploadPublished, 'true');
+      core.info(
+        `backup_list now names ${entries.length} snapshot(s); the newest is ${entries[0]}.`,
+      );
     });
     timings.publish = secondsSince(tPublish);
-    timings.stopToListed = node.stoppedAt !== undefined ? (performance.now() - node.stoppedAt) / 1000 : 0;
+    timings.stopToListed =
+      node.stoppedAt !== undefined ? (performance.now() - node.stoppedAt) / 1000 : 0;
 
     const permanent = settings.backup.permanentCopy
-      ? await core.group('Permanent copy', () => permanentCopy(client, settings, name, key, stream.bytes, manifest))
+      ? await core.group('Permanent copy', () =>
+          permanentCopy(client, settings, name, key, stream.bytes, manifest),
+        )
       : undefined;
 
     const removed = await core.group('Retention', () => applyRetention(client, settings, now()));
@@ -223,7 +280,9 @@ export async function backup(settings: Settings, now: () => Date = () => new Dat
           'Pruning local copies',
           pruneLocalCopiesCommand(`${settings.node.prepDir}/data/Backup`, cutoff),
         );
-        core.info(`Kept ${localCopy} on the host.${out.trim() ? ` ${out.trim().replace(/\n/g, '; ')}.` : ''}`);
+        core.info(
+          `Kept ${localCopy} on the host.${out.trim() ? ` ${out.trim().replace(/\n/g, '; ')}.` : ''}`,
+        );
       });
     }
 
@@ -237,6 +296,7 @@ export async function backup(settings: Settings, now: () => Date = () => new Dat
     core.setOutput(Outputs.DowntimeSeconds, (timings.downtime ?? 0).toFixed(3));
     timings.total = secondsSince(t0);
     await writeSummary(manifest, url, timings, permanent, removed, stream.compressor);
+    core.saveState(State.UploadKey, '');
     return { skipped: false, key };
   } catch (error) {
     if (!published && uploaded.length > 0) {
@@ -263,7 +323,9 @@ export async function backup(settings: Settings, now: () => Date = () => new Dat
 function checkProbe(probe: Probe, settings: Settings, kind: NodeKind): string {
   const dataDir = settings.node.dataDir;
   if (!probe.dataDirPresent) {
-    throw new HostError(`${dataDir} does not exist on the host: set 'data-dir' (or 'prep-dir') to the node's data directory.`);
+    throw new HostError(
+      `${dataDir} does not exist on the host: set 'data-dir' (or 'prep-dir') to the node's data directory.`,
+    );
   }
   if (probe.missingRoots.length > 0) {
     throw new HostError(
@@ -275,11 +337,17 @@ function checkProbe(probe: Probe, settings: Settings, kind: NodeKind): string {
   if (settings.backup.compression === 'zstd' && !probe.tools.has('zstd')) {
     throw new HostError(`'compression: zstd' needs zstd on the host; install it or use gzip.`);
   }
-  if (settings.backup.compression === 'gzip' && !probe.tools.has('pigz') && !probe.tools.has('gzip')) {
+  if (
+    settings.backup.compression === 'gzip' &&
+    !probe.tools.has('pigz') &&
+    !probe.tools.has('gzip')
+  ) {
     throw new HostError(`The host has neither pigz nor gzip.`);
   }
   if (settings.backup.consistency === 'hardlink' && !probe.tools.has('base64')) {
-    throw new HostError(`The host has no 'base64' (coreutils), needed to read the LevelDB MANIFESTs.`);
+    throw new HostError(
+      `The host has no 'base64' (coreutils), needed to read the LevelDB MANIFESTs.`,
+    );
   }
   if (!probe.tools.has('curl') && !probe.tools.has('wget')) {
     throw new HostError(`The host has neither curl nor wget to ask the node for its block height.`);
@@ -288,7 +356,10 @@ function checkProbe(probe: Probe, settings: Settings, kind: NodeKind): string {
 }
 
 function explainFreeze(error: unknown): unknown {
-  if (error instanceof RemoteCommandError && /Invalid cross-device link|Operation not permitted|hard link/i.test(error.stderr)) {
+  if (
+    error instanceof RemoteCommandError &&
+    /Invalid cross-device link|Operation not permitted|hard link/i.test(error.stderr)
+  ) {
     return new HostError(
       `Hard links are not possible in the data dir's filesystem (${error.stderr.trim().split('\n')[0]}). ` +
         `Set 'consistency: stop' to archive while the node is stopped.`,
@@ -300,7 +371,8 @@ function explainFreeze(error: unknown): unknown {
 function parseSizes(stdout: string): { files: number; bytes: number } {
   const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
   const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
-  if (!Number.isFinite(files) || !Number.isFinite(bytes)) throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
+  if (!Number.isFinite(files) || !Number.isFinite(bytes))
+    throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
   return { files, bytes };
 }
 
@@ -340,18 +412,23 @@ async function streamArchive(a: StreamArgs): Promise<Streamed> {
   remote.onStderrLine((line) => {
     const checkpoint = new RegExp(`${PROGRESS_MARK} (\\d+)`).exec(line);
     if (checkpoint) progress.read = Number(checkpoint[1]) * CHECKPOINT_BYTES;
-    else if (line.startsWith(COMPRESSOR_MARK)) compressor = line.slice(COMPRESSOR_MARK.length + 1).trim();
-    else if (/Total bytes written: (\d+)/.test(line)) tarBytes = Number(/Total bytes written: (\d+)/.exec(line)?.[1]);
+    else if (line.startsWith(COMPRESSOR_MARK))
+      compressor = line.slice(COMPRESSOR_MARK.length + 1).trim();
+    else if (/Total bytes written: (\d+)/.test(line))
+      tarBytes = Number(/Total bytes written: (\d+)/.exec(line)?.[1]);
   });
   remote.stdout.on('data', (chunk: Buffer) => (progress.sent += chunk.length));
   const sourceOk = remote.exit.then((code) => {
     if (code !== 0) {
-      const tail = remote.stderrTail()
+      const tail = remote
+        .stderrTail()
         .split('\n')
         .filter((l) => !l.includes(PROGRESS_MARK) && !l.startsWith(COMPRESSOR_MARK))
         .join('\n');
       throw code === null
-        ? new ActionError(`The SSH connection was lost while the archive streamed${tail ? `: ${tail.trim()}` : ''}. Nothing was published.`)
+        ? new ActionError(
+            `The SSH connection was lost while the archive streamed${tail ? `: ${tail.trim()}` : ''}. Nothing was published.`,
+          )
         : new RemoteCommandError('Archiving on the host', code, tail);
     }
   });
@@ -364,15 +441,25 @@ async function streamArchive(a: StreamArgs): Promise<Streamed> {
       body: remote.stdout,
       partSize: a.partSize,
       queueSize: a.settings.s3.queueSize,
-      contentType: a.settings.backup.compression === 'zstd' ? 'application/zstd' : 'application/gzip',
+      contentType:
+        a.settings.backup.compression === 'zstd' ? 'application/zstd' : 'application/gzip',
       sourceOk,
     });
     return { ...r, seconds: secondsSince(t), compressor, tarBytes };
   } catch (error) {
     remote.kill();
     await sourceOk.catch(() => undefined);
-    if (error instanceof ActionError) throw error;
-    throw new StorageError(`The upload of ${a.key} failed: ${errorMessage(error)}. Nothing was published; no parts were left.`);
+    // The upload aborts itself, but not when S3 is what failed: ask again, and say so if it cannot be done now.
+    const left = await abortUploads(a.client, a.settings.s3.bucket, a.key).then(
+      () => '',
+      (e) =>
+        ` S3 could not be asked to remove the incomplete upload (${errorMessage(e)}); the post step removes it.`,
+    );
+    if (error instanceof ActionError)
+      throw left ? new ActionError(`${error.message}${left}`) : error;
+    throw new StorageError(
+      `The upload of ${a.key} failed: ${errorMessage(error)}. Nothing was published;${left || ' no parts were left.'}`,
+    );
   } finally {
     progress.stop();
   }
@@ -394,7 +481,10 @@ async function permanentCopy(
   }
   const target = `${settings.s3.permanentPrefix}/${listEntry(name)}`;
   await copyObject(client, settings.s3.bucket, key, target, size);
-  await writeJson(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, target), { ...manifest, key: target });
+  await writeJson(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, target), {
+    ...manifest,
+    key: target,
+  });
   core.info(`First snapshot of ${name.date}: copied to ${target}.`);
   return target;
 }
@@ -412,7 +502,8 @@ async function applyRetention(client: S3Client, settings: Settings, now: Date): 
   );
   const keys = expired.flatMap((a) => [a.key, manifestKey(settings.s3.manifestPrefix, a.key)]);
   await deleteKeys(client, settings.s3.bucket, keys);
-  for (const a of expired) core.info(`Removed ${a.key} (older than ${settings.backup.retentionDays} days).`);
+  for (const a of expired)
+    core.info(`Removed ${a.key} (older than ${settings.backup.retentionDays} days).`);
   return expired.map((a) => a.key);
 }
 
@@ -432,12 +523,23 @@ async function writeSummary(
     ['Data', `${formatBytes(m.uncompressedBytes)} in ${m.files} files`],
     ['Compression ratio', `${ratio} : 1`],
     ['Node downtime', formatDuration(timings.downtime ?? 0)],
-    ['Stream and upload', `${formatDuration(timings.stream ?? 0)} (${formatRate(m.compressedBytes, timings.stream ?? 0)})`],
+    [
+      'Stream and upload',
+      `${formatDuration(timings.stream ?? 0)} (${formatRate(m.compressedBytes, timings.stream ?? 0)})`,
+    ],
     ['Stop to listed', formatDuration(timings.stopToListed ?? 0)],
     ['Total', formatDuration(timings.total ?? 0)],
     ['sha256', `<code>${m.sha256}</code>`],
-    ['Permanent copy', permanent ? `<code>${permanent}</code>` : 'not made (today has one, or it is off)'],
-    ['Retention', removed.length ? `removed ${removed.length}: ${removed.map((r) => `<code>${r}</code>`).join(', ')}` : 'nothing removed'],
+    [
+      'Permanent copy',
+      permanent ? `<code>${permanent}</code>` : 'not made (today has one, or it is off)',
+    ],
+    [
+      'Retention',
+      removed.length
+        ? `removed ${removed.length}: ${removed.map((r) => `<code>${r}</code>`).join(', ')}`
+        : 'nothing removed',
+    ],
   ];
   await core.summary
     .addHeading('prep-snapshot: backup', 3)

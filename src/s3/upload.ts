@@ -3,7 +3,11 @@
  * that the archive fits in S3's 10,000 parts; memory stays near part size x queue size.
  * A failed or aborted stream aborts the multipart upload: no orphan parts.
  */
-import type { S3Client } from '@aws-sdk/client-s3';
+import {
+  AbortMultipartUploadCommand,
+  ListMultipartUploadsCommand,
+  type S3Client,
+} from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { createHash } from 'node:crypto';
 import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream';
@@ -107,5 +111,43 @@ export async function streamUpload(options: StreamUploadOptions): Promise<Stream
     await uploading.catch(() => undefined);
     options.body.destroy();
     throw error;
+  }
+}
+
+/**
+ * Aborts every in-progress multipart upload of exactly `key` (a safety net for an upload
+ * whose own abort could not reach S3, and for the post step). Returns how many it aborted.
+ * The Prefix is the key itself: S3 matches it as a prefix, MinIO as the exact key; only
+ * uploads of `key` itself are touched either way.
+ */
+export async function abortUploads(client: S3Client, bucket: string, key: string): Promise<number> {
+  let aborted = 0;
+  let keyMarker: string | undefined;
+  let uploadIdMarker: string | undefined;
+  for (;;) {
+    const res = await client.send(
+      new ListMultipartUploadsCommand({
+        Bucket: bucket,
+        Prefix: key,
+        KeyMarker: keyMarker,
+        UploadIdMarker: uploadIdMarker,
+      }),
+    );
+    for (const u of res.Uploads ?? []) {
+      if (u.Key !== key || !u.UploadId) continue;
+      await client
+        .send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: u.UploadId }))
+        .catch((error) => {
+          // Gone already (its own abort won the race): nothing left to do.
+          if (
+            (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode !== 404
+          )
+            throw error;
+        });
+      aborted++;
+    }
+    if (!res.IsTruncated) return aborted;
+    keyMarker = res.NextKeyMarker;
+    uploadIdMarker = res.NextUploadIdMarker;
   }
 }

@@ -1,0 +1,1073 @@
+/**
+ * `npm run bench`: the seed's backup and restore (../shared/seed/icon-backup-restore-guide.txt)
+ * against this action, on one generated database, against one sshd and one MinIO, in one run.
+ * A benchmark, not a test: it prints figures and ratios, and never fails on a timing.
+ *
+ * Options (argv wins over env):
+ *   --size GiB      BENCH_SIZE_GIB   database size (default 2). Generated once with the simulator
+ *                                    and cached in ~/.cache/prep-snapshot/bench-db-<size>.
+ *   --parts LIST    BENCH_PARTS      comma list of seed,gzip,zstd,ssh,restore (default all).
+ *                                    restore needs an archive: it adds gzip when neither gzip nor seed runs.
+ *   --ssh-mib N     BENCH_SSH_MIB    MiB streamed for the SSH data channel figure (default 1024).
+ *   --seed-literal  BENCH_SEED_LITERAL=1  run the seed's script as written: `sleep 10` after the
+ *                                    stop, and the node started only after the upload and the list
+ *                                    (default: stop; tar; start; upload, as the issue describes it).
+ *   --keep          BENCH_KEEP=1     keep the temp dir (scenario homes, logs).
+ *
+ * How each figure is taken:
+ *   downtime        from the simulator's event log: started.first_block_ms - stopped.last_block_ms.
+ *   stop to listed  from the simulator's `stop-requested` event to the LastModified time of
+ *                   {prefix}/backup_list in MinIO (ms precision in ListObjectsV2; same clock, same
+ *                   machine). The action's own "Stop to listed" summary row is recorded beside it.
+ *   runner peak RSS the action runs under `/usr/bin/time -v` (Maximum resident set size of the
+ *                   Node 24 process; its ssh child is smaller). The seed has no runner process.
+ *   host extra disk the scenario's node home (prep dir) is sampled every 200 ms with `du -sB1`
+ *                   (which counts a hard-linked inode once, so a staging folder of links costs
+ *                   only its copied files): peak - baseline. For restores: peak - the size of
+ *                   the restored .score_data + .storage. A cross-check from `statfs` of the
+ *                   filesystem (max drop of free space, less MinIO's own growth) is in the JSON;
+ *                   it also sees every other process on the machine.
+ *   SSH throughput  `cat` of a file of random bytes on the host: plain `ssh host cat > /dev/null`,
+ *                   and the action's SshSession.stream() with transport openssh and ssh2, read and
+ *                   sha256-hashed under Node 24.
+ */
+import { execFile, spawn } from 'node:child_process';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statfsSync,
+  writeFileSync,
+  chmodSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { startMinio, s3Env, type S3Server } from '../bed/minio.js';
+import { cacheDir, node24Bin, repoRoot } from '../bed/paths.js';
+import { freePort } from '../bed/ports.js';
+import { runAction, type RunResult } from '../bed/runner.js';
+import { startSshd, type Sshd } from '../bed/sshd.js';
+import { downtimes, parseEvents, type NodeEvent } from '../sim/chain.js';
+
+const exec = promisify(execFile);
+const TSX = join(repoRoot, 'node_modules/.bin/tsx');
+const SIM = join(repoRoot, 'test/sim/prep-node.ts');
+const NODE24 = node24Bin();
+const IP = '10.11.12.13';
+const BUCKET = 'snapshots';
+const PREFIX = 'PRep';
+const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+
+// ---- options -------------------------------------------------------------------------------
+
+type Part = 'seed' | 'gzip' | 'zstd' | 'ssh' | 'restore';
+const ALL_PARTS: Part[] = ['seed', 'gzip', 'zstd', 'ssh', 'restore'];
+
+function option(name: string, env: string): string | undefined {
+  const argv = process.argv.slice(2);
+  const i = argv.findIndex((a) => a === `--${name}` || a.startsWith(`--${name}=`));
+  if (i >= 0) {
+    const a = argv[i] as string;
+    if (a.includes('=')) return a.slice(a.indexOf('=') + 1);
+    const next = argv[i + 1];
+    return next === undefined || next.startsWith('--') ? 'true' : next;
+  }
+  return process.env[env];
+}
+const flag = (name: string, env: string): boolean =>
+  /^(1|true|yes)$/i.test(option(name, env) ?? '');
+
+const sizeGib = Number(option('size', 'BENCH_SIZE_GIB') ?? '2');
+if (!(sizeGib > 0)) throw new Error(`--size must be a positive number of GiB`);
+const parts = new Set<Part>(
+  (option('parts', 'BENCH_PARTS') ?? ALL_PARTS.join(','))
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((s) => {
+      if (!ALL_PARTS.includes(s as Part))
+        throw new Error(`unknown part '${s}' (known: ${ALL_PARTS.join(', ')})`);
+      return s as Part;
+    }),
+);
+if (parts.has('restore') && !parts.has('gzip') && !parts.has('seed')) parts.add('gzip');
+const sshMib = Number(option('ssh-mib', 'BENCH_SSH_MIB') ?? '1024');
+const seedLiteral = flag('seed-literal', 'BENCH_SEED_LITERAL');
+const keep = flag('keep', 'BENCH_KEEP');
+
+// ---- small helpers -------------------------------------------------------------------------
+
+function log(msg: string): void {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+}
+
+async function du(path: string): Promise<number> {
+  try {
+    const { stdout } = await exec('du', ['-sB1', path], { maxBuffer: 1 << 20 });
+    return Number(stdout.split(/\s/)[0]);
+  } catch (error) {
+    // du exits 1 when a file vanished while it walked (the node compacts); its total still stands.
+    const out = (error as { stdout?: string }).stdout ?? '';
+    const n = Number(out.split(/\s/)[0]);
+    return Number.isFinite(n) && out ? n : NaN;
+  }
+}
+
+function freeBytes(path: string): number {
+  const s = statfsSync(path);
+  return s.bavail * s.bsize;
+}
+
+/** Samples disk use of `dir` (du) and free space of its filesystem (statfs) every 200 ms. */
+class DiskSampler {
+  private timer: NodeJS.Timeout | undefined;
+  private busy = false;
+  private baseDu = 0;
+  private baseFree = 0;
+  private baseMinio = 0;
+  peakDu = 0;
+  maxDfDrop = 0;
+  samples = 0;
+
+  constructor(
+    private readonly dir: string,
+    private readonly minioDir: string,
+  ) {}
+
+  async start(): Promise<void> {
+    this.baseDu = (await du(this.dir)) || 0;
+    this.baseMinio = (await du(this.minioDir)) || 0;
+    this.baseFree = freeBytes(this.dir);
+    this.peakDu = this.baseDu;
+    this.timer = setInterval(() => void this.sample(), 200);
+  }
+
+  private async sample(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      const [d, m] = await Promise.all([du(this.dir), du(this.minioDir)]);
+      const free = freeBytes(this.dir);
+      if (Number.isFinite(d)) this.peakDu = Math.max(this.peakDu, d);
+      if (Number.isFinite(m))
+        this.maxDfDrop = Math.max(this.maxDfDrop, this.baseFree - free - (m - this.baseMinio));
+      this.samples++;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async stop(): Promise<{
+    baselineDu: number;
+    peakDu: number;
+    extraDu: number;
+    maxDfDrop: number;
+    samples: number;
+  }> {
+    if (this.timer) clearInterval(this.timer);
+    while (this.busy) await new Promise((r) => setTimeout(r, 20));
+    await this.sample();
+    return {
+      baselineDu: this.baseDu,
+      peakDu: this.peakDu,
+      extraDu: this.peakDu - this.baseDu,
+      maxDfDrop: this.maxDfDrop,
+      samples: this.samples,
+    };
+  }
+}
+
+interface ScriptResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  ms: number;
+  marks: Record<string, number>;
+  values: Record<string, string>;
+}
+
+let scripts = 0;
+/** Runs a bash script on the host over OpenSSH (from a file there), like cron would run it. */
+function sshScript(sshd: Sshd, root: string, script: string): Promise<ScriptResult> {
+  const file = join(root, `script-${++scripts}.sh`);
+  writeFileSync(file, script);
+  return new Promise((resolve, reject) => {
+    const t = Date.now();
+    const child = spawn(
+      'ssh',
+      [...sshd.sshArgs(), `${sshd.username}@${sshd.host}`, `bash ${q(file)}`],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      const marks: Record<string, number> = {};
+      const values: Record<string, string> = {};
+      for (const line of stdout.split('\n')) {
+        const m = /^MARK (\S+) (\d+)$/.exec(line);
+        if (m) marks[m[1] as string] = Number(m[2]);
+        const v = /^VALUE (\S+) (.*)$/.exec(line);
+        if (v) values[v[1] as string] = v[2] as string;
+      }
+      resolve({ code, stdout, stderr, ms: Date.now() - t, marks, values });
+    });
+  });
+}
+
+function parseDurationText(text: string | undefined): number | undefined {
+  if (!text) return undefined;
+  const t = text.trim();
+  let m = /^([\d.]+) s$/.exec(t);
+  if (m) return Number(m[1]);
+  m = /^(\d+) min (\d+) s$/.exec(t);
+  if (m) return Number(m[1]) * 60 + Number(m[2]);
+  m = /^(\d+) h (\d+) min$/.exec(t);
+  if (m) return Number(m[1]) * 3600 + Number(m[2]) * 60;
+  return undefined;
+}
+
+function summaryRow(summary: string, name: string): string | undefined {
+  const m = new RegExp(`<td>${name}</td>\\s*<td>([^<]*)</td>`).exec(summary);
+  return m?.[1];
+}
+
+async function backupListModifiedMs(s3: S3Server): Promise<number | undefined> {
+  const r = await s3
+    .client()
+    .send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: `${PREFIX}/backup_list` }));
+  const o = (r.Contents ?? []).find((c) => c.Key === `${PREFIX}/backup_list`);
+  return o?.LastModified?.getTime();
+}
+
+// ---- the database and the node -------------------------------------------------------------
+
+async function cachedDatabase(): Promise<string> {
+  const home = join(cacheDir(), `bench-db-${sizeGib}`);
+  if (existsSync(join(home, '.bench-complete'))) {
+    log(`reusing the ${sizeGib} GiB database in ${home}`);
+    return home;
+  }
+  const partial = `${home}.partial`;
+  rmSync(partial, { recursive: true, force: true });
+  mkdirSync(cacheDir(), { recursive: true });
+  log(`generating a ${sizeGib} GiB database in ${partial} (once; about 75 s per 2 GiB)`);
+  const t = Date.now();
+  // The simulator's size check (readdir, then stat) can race a LevelDB compaction that deletes a
+  // file in between (ENOENT): try again from scratch.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await exec(TSX, [SIM, 'generate', '--home', partial, '--ip', IP, '--gib', String(sizeGib)], {
+        maxBuffer: 1 << 26,
+      });
+      break;
+    } catch (error) {
+      const msg = String((error as { stderr?: string }).stderr || error);
+      if (attempt >= 3 || !/ENOENT/.test(msg)) throw error;
+      log(`generate failed (${msg.trim().split('\n')[0]}); again`);
+      rmSync(partial, { recursive: true, force: true });
+    }
+  }
+  writeFileSync(join(partial, '.bench-complete'), `${new Date().toISOString()}\n`);
+  rmSync(home, { recursive: true, force: true });
+  renameSync(partial, home);
+  log(`generated in ${((Date.now() - t) / 1000).toFixed(1)} s`);
+  return home;
+}
+
+interface BenchNode {
+  home: string;
+  dataDir: string;
+  port: number;
+  peerUrl: string;
+  startCommand: string;
+  stopCommand: string;
+  events(): NodeEvent[];
+  stop(): Promise<void>;
+  remove(): Promise<void>;
+}
+
+function nodeCommands(home: string, port: number): { startCommand: string; stopCommand: string } {
+  const base = `${q(TSX)} ${q(SIM)}`;
+  return {
+    startCommand: `${base} start --home ${q(home)} --port ${port} --rate 20 --value-bytes 4096 --verify none`,
+    stopCommand: `${base} stop --home ${q(home)}`,
+  };
+}
+
+/** A copy of the cached database in `home`, started. */
+async function startCopy(cache: string, home: string): Promise<BenchNode> {
+  const t = Date.now();
+  await exec('cp', ['-a', '--reflink=auto', cache, home]);
+  for (const f of [
+    '.bench-complete',
+    'node-events.log',
+    'node.pid',
+    'node.port',
+    'node.log',
+    'stop-mode',
+  ]) {
+    rmSync(join(home, f), { force: true });
+  }
+  log(`copied the database to ${home} in ${((Date.now() - t) / 1000).toFixed(1)} s`);
+  const port = await freePort();
+  const cmds = nodeCommands(home, port);
+  await exec('bash', ['-c', cmds.startCommand], { maxBuffer: 1 << 24 });
+  const node: BenchNode = {
+    home,
+    dataDir: join(home, 'data/loopchain'),
+    port,
+    peerUrl: `http://127.0.0.1:${port}/api/v1/avail/peer`,
+    ...cmds,
+    events() {
+      const file = join(home, 'node-events.log');
+      return existsSync(file) ? parseEvents(readFileSync(file, 'utf8')) : [];
+    },
+    async stop() {
+      await exec(TSX, [SIM, 'stop', '--home', home, '--mode', 'graceful']).catch(() => undefined);
+    },
+    async remove() {
+      await node.stop();
+      if (!keep) rmSync(home, { recursive: true, force: true });
+    },
+  };
+  return node;
+}
+
+function downtimeAfter(
+  node: BenchNode,
+  sinceMs: number,
+): { seconds?: number; stopRequestedMs?: number } {
+  const events = node.events().filter((e) => Number(e.ms) >= sinceMs);
+  const d = downtimes(events)[0];
+  const stopReq = events.find((e) => e.event === 'stop-requested');
+  return {
+    seconds: d ? d.ms / 1000 : undefined,
+    stopRequestedMs: stopReq ? Number(stopReq.ms) : undefined,
+  };
+}
+
+// ---- scenarios -----------------------------------------------------------------------------
+
+interface BackupFigures {
+  name: string;
+  ok: boolean;
+  error?: string;
+  downtimeSeconds?: number;
+  stopToListedSeconds?: number;
+  /** The action's own "Stop to listed" (summary), or the seed script's own marks. */
+  stopToListedSelfReported?: number;
+  wallSeconds: number;
+  runnerPeakRssBytes?: number;
+  hostExtraDiskBytes?: number;
+  hostDfDropBytes?: number;
+  archiveBytes?: number;
+  key?: string;
+  phases?: Record<string, number>;
+}
+
+interface RestoreFigures {
+  name: string;
+  ok: boolean;
+  error?: string;
+  wallSeconds: number;
+  hostExtraDiskBytes?: number;
+  hostDfDropBytes?: number;
+  restoredBytes?: number;
+  runnerPeakRssBytes?: number;
+}
+
+interface Ctx {
+  root: string;
+  cache: string;
+  sshd: Sshd;
+  s3: S3Server;
+  timeWrapper?: string;
+}
+
+function s3ShellEnv(ctx: Ctx): string {
+  const e = { ...s3Env(ctx.s3), BENCH_S3_ENDPOINT: ctx.s3.endpoint };
+  return Object.entries(e)
+    .map(([k, v]) => `export ${k}=${q(v)}`)
+    .join('\n');
+}
+
+function s3Function(): string {
+  return `s3() { ( cd ${q(repoRoot)} && ${q(NODE24)} --import tsx test/bench/seed-s3.ts "$@" ); }`;
+}
+
+async function seedBackup(ctx: Ctx): Promise<BackupFigures> {
+  const node = await startCopy(ctx.cache, join(ctx.root, 'seed-backup'));
+  const sampler = new DiskSampler(node.home, ctx.s3.dataDir);
+  const since = Date.now();
+  try {
+    await sampler.start();
+    const start = `${node.startCommand} >/dev/null\necho "MARK started $(ms)"`;
+    // The seed's backup script, with its paths and commands pointed at this bed.
+    const script = `set -euo pipefail
+ms() { date +%s%3N; }
+${s3ShellEnv(ctx)}
+${s3Function()}
+SERVICE=${PREFIX}
+BH=\`curl -s ${q(node.peerUrl)} | jq .block_height\`
+TODAY=\`date "+%Y%m%d"\`
+CTIME=\`date "+%H%M"\`
+FILE_NAME="\${SERVICE}_BH\${BH}_data-\${TODAY}_\${CTIME}.tar.gz"
+PREP_DIR=${q(node.home)}
+IP_DIR_NAME=\`find "\${PREP_DIR}"/data/loopchain/.storage/*7100_icon_dex -maxdepth 1 -type d |awk -F\\/ '{print $NF}'\`
+BACKUP_TARGET_DIR="\${PREP_DIR}/data/loopchain"
+BACKUP_DIR="\${PREP_DIR}/data/Backup/\${TODAY}"
+echo "MARK stop $(ms)"
+${node.stopCommand} >/dev/null
+echo "MARK stopped $(ms)"
+${seedLiteral ? 'sleep 10' : ''}
+cd "\${BACKUP_TARGET_DIR}"
+tar -zcf "\${FILE_NAME}" --xform="s|.storage/\${IP_DIR_NAME}|.storage/db_CHANGEIP:7100_icon_dex|" .score_data .storage
+mkdir -p "\${BACKUP_DIR}"
+mv "\${FILE_NAME}" "\${BACKUP_DIR}"
+echo "MARK tarred $(ms)"
+${seedLiteral ? '' : start}
+s3 upload ${q(BUCKET)} "${PREFIX}/\${TODAY}/\${FILE_NAME}" "\${BACKUP_DIR}/\${FILE_NAME}"
+echo "MARK uploaded $(ms)"
+s3 list ${q(BUCKET)} ${q(PREFIX)}
+echo "MARK listed $(ms)"
+${seedLiteral ? start : ''}
+echo "VALUE key ${PREFIX}/\${TODAY}/\${FILE_NAME}"
+echo "VALUE bytes $(stat -c %s "\${BACKUP_DIR}/\${FILE_NAME}")"
+`;
+    log(`seed backup${seedLiteral ? ' (literal: sleep 10, start after upload)' : ''}`);
+    const r = await sshScript(ctx.sshd, ctx.root, script);
+    const disk = await sampler.stop();
+    if (r.code !== 0)
+      throw new Error(`seed backup script failed (${r.code}): ${r.stderr.slice(-2000)}`);
+    const d = downtimeAfter(node, since);
+    const listed = await backupListModifiedMs(ctx.s3);
+    const m = r.marks;
+    return {
+      name: 'seed',
+      ok: true,
+      downtimeSeconds: d.seconds,
+      stopToListedSeconds:
+        listed !== undefined && d.stopRequestedMs !== undefined
+          ? (listed - d.stopRequestedMs) / 1000
+          : undefined,
+      stopToListedSelfReported:
+        m.listed !== undefined && m.stop !== undefined ? (m.listed - m.stop) / 1000 : undefined,
+      wallSeconds: r.ms / 1000,
+      hostExtraDiskBytes: disk.extraDu,
+      hostDfDropBytes: disk.maxDfDrop,
+      archiveBytes: Number(r.values.bytes),
+      key: r.values.key,
+      phases: Object.fromEntries(
+        Object.entries(m).map(([k, v]) => [k, (v - (m.stop ?? v)) / 1000]),
+      ),
+    };
+  } catch (error) {
+    await sampler.stop();
+    return {
+      name: 'seed',
+      ok: false,
+      error: String(error),
+      wallSeconds: (Date.now() - since) / 1000,
+    };
+  } finally {
+    await node.remove();
+  }
+}
+
+function rssFrom(file: string): number | undefined {
+  if (!existsSync(file)) return undefined;
+  const m = /Maximum resident set size \(kbytes\): (\d+)/.exec(readFileSync(file, 'utf8'));
+  return m ? Number(m[1]) * 1024 : undefined;
+}
+
+function sshInputs(ctx: Ctx): Record<string, string> {
+  return {
+    host: ctx.sshd.host,
+    port: String(ctx.sshd.port),
+    username: ctx.sshd.username,
+    'ssh-key': ctx.sshd.privateKey,
+    'host-key': ctx.sshd.hostKeyFingerprint,
+    bucket: BUCKET,
+    endpoint: ctx.s3.endpoint,
+  };
+}
+
+async function runTimed(
+  ctx: Ctx,
+  name: string,
+  inputs: Record<string, string>,
+): Promise<{ r: RunResult; rss?: number }> {
+  const timeOut = join(ctx.root, `${name}.time.txt`);
+  const r = await runAction({
+    step: 'main',
+    inputs,
+    env: { ...s3Env(ctx.s3), BENCH_TIME_OUT: timeOut },
+    timeoutMs: 60 * 60_000,
+    node: ctx.timeWrapper,
+  });
+  writeFileSync(join(ctx.root, `${name}.stdout.txt`), r.stdout + '\n--- stderr\n' + r.stderr);
+  return { r, rss: rssFrom(timeOut) };
+}
+
+async function actionBackup(ctx: Ctx, compression: 'gzip' | 'zstd'): Promise<BackupFigures> {
+  const name = `action-${compression}`;
+  const node = await startCopy(ctx.cache, join(ctx.root, name));
+  const sampler = new DiskSampler(node.home, ctx.s3.dataDir);
+  const since = Date.now();
+  try {
+    await sampler.start();
+    log(`action backup, ${compression}`);
+    const { r, rss } = await runTimed(ctx, name, {
+      ...sshInputs(ctx),
+      mode: 'backup',
+      'prep-dir': node.home,
+      'stop-command': node.stopCommand,
+      'start-command': node.startCommand,
+      'peer-url': node.peerUrl,
+      'max-downtime': '10m',
+      compression,
+    });
+    const disk = await sampler.stop();
+    if (r.code !== 0) {
+      const err = r.annotations
+        .filter((a) => a.level === 'error')
+        .map((a) => a.message)
+        .join('; ');
+      throw new Error(
+        `the action failed (${r.code}${r.timedOut ? ', timed out' : ''}): ${err || r.stderr.slice(-2000)}`,
+      );
+    }
+    const d = downtimeAfter(node, since);
+    const listed = await backupListModifiedMs(ctx.s3);
+    return {
+      name,
+      ok: true,
+      downtimeSeconds: d.seconds,
+      stopToListedSeconds:
+        listed !== undefined && d.stopRequestedMs !== undefined
+          ? (listed - d.stopRequestedMs) / 1000
+          : undefined,
+      stopToListedSelfReported: parseDurationText(summaryRow(r.summary, 'Stop to listed')),
+      wallSeconds: r.durationMs / 1000,
+      runnerPeakRssBytes: rss,
+      hostExtraDiskBytes: disk.extraDu,
+      hostDfDropBytes: disk.maxDfDrop,
+      archiveBytes: Number(r.outputs.size),
+      key: r.outputs.key,
+    };
+  } catch (error) {
+    await sampler.stop();
+    return { name, ok: false, error: String(error), wallSeconds: (Date.now() - since) / 1000 };
+  } finally {
+    await node.remove();
+  }
+}
+
+async function restoredSize(home: string): Promise<number> {
+  const data = join(home, 'data/loopchain');
+  const { stdout } = await exec('du', ['-csB1', join(data, '.score_data'), join(data, '.storage')]);
+  return Number(/(\d+)\s+total/.exec(stdout)?.[1] ?? NaN);
+}
+
+async function seedRestore(ctx: Ctx, key: string): Promise<RestoreFigures> {
+  const home = join(ctx.root, 'seed-restore');
+  mkdirSync(home, { recursive: true });
+  const sampler = new DiskSampler(home, ctx.s3.dataDir);
+  const since = Date.now();
+  try {
+    await sampler.start();
+    // The seed's restore: remove, download the archive to disk (axel there; the SDK here), extract, rename.
+    const script = `set -euo pipefail
+ms() { date +%s%3N; }
+${s3ShellEnv(ctx)}
+${s3Function()}
+PREP_DIR=${q(home)}
+RESTORE_DIR="\${PREP_DIR}/data/loopchain"
+NOW_IP=${IP}
+icon_latest=${q(key.split('/').slice(1).join('/'))}
+filename=\`echo $icon_latest | awk -F/ '{print $NF}'\`
+rm -rf $RESTORE_DIR
+mkdir -p $RESTORE_DIR
+s3 download ${q(BUCKET)} ${q(key)} "$RESTORE_DIR/$filename"
+echo "MARK downloaded $(ms)"
+tar -I pigz -xf $RESTORE_DIR/$filename -C $RESTORE_DIR
+mv $RESTORE_DIR/.storage/db_CHANGEIP\\:7100_icon_dex/ $RESTORE_DIR/.storage/db_$NOW_IP:7100_icon_dex
+echo "MARK done $(ms)"
+`;
+    log('seed restore');
+    const r = await sshScript(ctx.sshd, ctx.root, script);
+    const disk = await sampler.stop();
+    if (r.code !== 0)
+      throw new Error(`seed restore script failed (${r.code}): ${r.stderr.slice(-2000)}`);
+    const restored = await restoredSize(home);
+    return {
+      name: 'seed',
+      ok: true,
+      wallSeconds: r.ms / 1000,
+      hostExtraDiskBytes: disk.peakDu - restored,
+      hostDfDropBytes: disk.maxDfDrop - restored,
+      restoredBytes: restored,
+    };
+  } catch (error) {
+    await sampler.stop();
+    return {
+      name: 'seed',
+      ok: false,
+      error: String(error),
+      wallSeconds: (Date.now() - since) / 1000,
+    };
+  } finally {
+    if (!keep) rmSync(home, { recursive: true, force: true });
+  }
+}
+
+async function actionRestore(ctx: Ctx, key: string): Promise<RestoreFigures> {
+  const home = join(ctx.root, 'action-restore');
+  mkdirSync(home, { recursive: true });
+  const sampler = new DiskSampler(home, ctx.s3.dataDir);
+  const since = Date.now();
+  try {
+    await sampler.start();
+    const deadPort = await freePort();
+    const cmds = nodeCommands(home, deadPort);
+    log('action restore');
+    const { r, rss } = await runTimed(ctx, 'action-restore', {
+      ...sshInputs(ctx),
+      mode: 'restore',
+      snapshot: key,
+      'prep-dir': home,
+      'node-ip': IP,
+      'start-node': 'false',
+      'peer-url': `http://127.0.0.1:${deadPort}/api/v1/avail/peer`,
+      'node-process-pattern': `prep-bench-no-such-process-${deadPort}x`,
+      'stop-command': cmds.stopCommand,
+      'start-command': cmds.startCommand,
+    });
+    const disk = await sampler.stop();
+    if (r.code !== 0) {
+      const err = r.annotations
+        .filter((a) => a.level === 'error')
+        .map((a) => a.message)
+        .join('; ');
+      throw new Error(
+        `the action failed (${r.code}${r.timedOut ? ', timed out' : ''}): ${err || r.stderr.slice(-2000)}`,
+      );
+    }
+    const restored = await restoredSize(home);
+    return {
+      name: 'action',
+      ok: true,
+      wallSeconds: r.durationMs / 1000,
+      hostExtraDiskBytes: disk.peakDu - restored,
+      hostDfDropBytes: disk.maxDfDrop - restored,
+      restoredBytes: restored,
+      runnerPeakRssBytes: rss,
+    };
+  } catch (error) {
+    await sampler.stop();
+    return {
+      name: 'action',
+      ok: false,
+      error: String(error),
+      wallSeconds: (Date.now() - since) / 1000,
+    };
+  } finally {
+    if (!keep) rmSync(home, { recursive: true, force: true });
+  }
+}
+
+interface SshFigures {
+  bytes: number;
+  plainOpenSshMiBs?: number;
+  plainRunsMiBs?: number[];
+  plainSha256sumMiBs?: number;
+  actionOpenSshMiBs?: number;
+  actionSsh2MiBs?: number;
+  node?: string;
+  error?: string;
+}
+
+async function sshThroughput(ctx: Ctx): Promise<SshFigures> {
+  const file = join(ctx.root, 'random.bin');
+  const bytes = sshMib * 1024 * 1024;
+  const out: SshFigures = { bytes };
+  try {
+    log(`SSH data channel: ${sshMib} MiB of random bytes`);
+    await exec('bash', [
+      '-c',
+      `head -c ${bytes} /dev/urandom > ${q(file)} && cat ${q(file)} > /dev/null`,
+    ]);
+    // Plain OpenSSH, as a reference: ssh host 'cat file' > /dev/null. Run before and after the
+    // action's channels (the machine is shared); the better of the two is the reference.
+    const plain = async (): Promise<number> => {
+      const t = Date.now();
+      await exec('bash', [
+        '-c',
+        `ssh ${ctx.sshd.sshArgs().map(q).join(' ')} ${q(`${ctx.sshd.username}@${ctx.sshd.host}`)} ${q(`cat ${q(file)}`)} > /dev/null`,
+      ]);
+      return sshMib / ((Date.now() - t) / 1000);
+    };
+    out.plainRunsMiBs = [await plain()];
+    // The same with the bytes hashed, as the action hashes them: what sha256 itself costs here.
+    {
+      const t = Date.now();
+      await exec('bash', [
+        '-c',
+        `ssh ${ctx.sshd.sshArgs().map(q).join(' ')} ${q(`${ctx.sshd.username}@${ctx.sshd.host}`)} ${q(`cat ${q(file)}`)} | sha256sum > /dev/null`,
+      ]);
+      out.plainSha256sumMiBs = sshMib / ((Date.now() - t) / 1000);
+    }
+    const { stdout } = await exec(
+      NODE24,
+      ['--import', 'tsx', join(repoRoot, 'test/bench/ssh-throughput.ts')],
+      {
+        cwd: repoRoot,
+        maxBuffer: 1 << 24,
+        env: {
+          ...process.env,
+          NODE_OPTIONS: '',
+          BENCH_SSH: JSON.stringify({
+            host: ctx.sshd.host,
+            port: ctx.sshd.port,
+            username: ctx.sshd.username,
+            privateKey: ctx.sshd.privateKey,
+            hostKey: ctx.sshd.hostKeyFingerprint,
+            file,
+            transports: ['openssh', 'ssh2'],
+          }),
+        },
+      },
+    );
+    const line = stdout.split('\n').find((l) => l.startsWith('BENCH_SSH_RESULT '));
+    if (!line) throw new Error(`no result from ssh-throughput.ts: ${stdout.slice(-1000)}`);
+    const res = JSON.parse(line.slice('BENCH_SSH_RESULT '.length)) as {
+      node: string;
+      results: Array<{
+        transport: string;
+        bytes: number;
+        mibPerSecond: number;
+        exitCode: number | null;
+      }>;
+    };
+    out.node = res.node;
+    for (const m of res.results) {
+      if (m.bytes !== bytes || m.exitCode !== 0)
+        throw new Error(`${m.transport}: got ${m.bytes} of ${bytes} bytes, exit ${m.exitCode}`);
+      if (m.transport === 'openssh') out.actionOpenSshMiBs = m.mibPerSecond;
+      if (m.transport === 'ssh2') out.actionSsh2MiBs = m.mibPerSecond;
+    }
+    out.plainRunsMiBs.push(await plain());
+    out.plainOpenSshMiBs = Math.max(...out.plainRunsMiBs);
+  } catch (error) {
+    out.error = String(error);
+  } finally {
+    rmSync(file, { force: true });
+  }
+  return out;
+}
+
+// ---- report --------------------------------------------------------------------------------
+
+const MiB = 1024 * 1024;
+const fmtS = (s?: number): string =>
+  s === undefined || !Number.isFinite(s) ? '-' : s < 10 ? s.toFixed(2) + ' s' : s.toFixed(1) + ' s';
+const fmtB = (b?: number): string =>
+  b === undefined || !Number.isFinite(b)
+    ? '-'
+    : Math.abs(b) >= 1024 ** 3
+      ? (b / 1024 ** 3).toFixed(2) + ' GiB'
+      : (b / MiB).toFixed(1) + ' MiB';
+const ratio = (a?: number, b?: number): string =>
+  a === undefined || b === undefined || !Number.isFinite(a) || !Number.isFinite(b) || b === 0
+    ? '-'
+    : (a / b).toFixed(3) + 'x';
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  const line = (r: string[]): string =>
+    '| ' + r.map((c, i) => c.padEnd(widths[i]!)).join(' | ') + ' |';
+  return [
+    line(rows[0]!),
+    '|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|',
+    ...rows.slice(1).map(line),
+  ].join('\n');
+}
+
+function verdict(ok: boolean | undefined): string {
+  return ok === undefined ? '?' : ok ? 'met' : 'NOT met';
+}
+
+function report(
+  meta: Record<string, unknown>,
+  backups: Partial<Record<'seed' | 'gzip' | 'zstd', BackupFigures>>,
+  ssh: SshFigures | undefined,
+  restores: Partial<Record<'seed' | 'action', RestoreFigures>>,
+): string {
+  const out: string[] = [];
+  out.push(
+    `prep-snapshot benchmark: ${meta.sizeGib} GiB database` +
+      (meta.databaseBytes
+        ? ` (${fmtB(meta.databaseBytes as number)} on disk, ${String(meta.files)} files)`
+        : '') +
+      `, ${String(meta.cpus)} CPUs, load ${String(meta.load)}, ${String(meta.date)}${seedLiteral ? ', seed run literally' : ''}`,
+  );
+  const s = backups.seed;
+  const g = backups.gzip;
+  const z = backups.zstd;
+  if (s || g || z) {
+    out.push('', 'Backup');
+    const row = (
+      label: string,
+      f: (b: BackupFigures) => string,
+      withRatio?: (b: BackupFigures) => number | undefined,
+    ): string[] => {
+      const cell = (b?: BackupFigures): string => (!b ? 'not run' : !b.ok ? 'FAILED' : f(b));
+      const r = (b?: BackupFigures): string =>
+        withRatio && b?.ok && s?.ok ? ratio(withRatio(b), withRatio(s)) : '';
+      return [label, cell(s), cell(g), r(g), cell(z), r(z)];
+    };
+    const rows: string[][] = [
+      ['', 'seed', 'action gzip', 'vs seed', 'action zstd', 'vs seed'],
+      row(
+        'node downtime',
+        (b) => fmtS(b.downtimeSeconds),
+        (b) => b.downtimeSeconds,
+      ),
+      row(
+        'stop to listed',
+        (b) => fmtS(b.stopToListedSeconds),
+        (b) => b.stopToListedSeconds,
+      ),
+      row('  (self-reported)', (b) => fmtS(b.stopToListedSelfReported)),
+      row(
+        'wall time (whole run)',
+        (b) => fmtS(b.wallSeconds),
+        (b) => b.wallSeconds,
+      ),
+      row('runner peak RSS', (b) => (b.name === 'seed' ? 'n/a' : fmtB(b.runnerPeakRssBytes))),
+      row('host extra disk (du)', (b) => fmtB(b.hostExtraDiskBytes)),
+      row('  (statfs drop)', (b) => fmtB(b.hostDfDropBytes)),
+      row(
+        'archive bytes',
+        (b) => fmtB(b.archiveBytes),
+        (b) => b.archiveBytes,
+      ),
+    ];
+    out.push(table(rows));
+    const tgt: string[][] = [['target', 'figure', 'verdict']];
+    for (const b of [g, z]) {
+      if (!b?.ok) continue;
+      const dt = b.downtimeSeconds;
+      tgt.push([
+        `${b.name}: downtime <= 5 s and <= seed/20`,
+        `${fmtS(dt)}; seed/20 = ${fmtS(s?.downtimeSeconds !== undefined ? s.downtimeSeconds / 20 : undefined)}`,
+        verdict(
+          dt === undefined
+            ? undefined
+            : dt <= 5 && (s?.downtimeSeconds === undefined || dt <= s.downtimeSeconds / 20),
+        ),
+      ]);
+      const lim = b.name === 'action-gzip' ? 0.6 : 0.2;
+      const r =
+        s?.stopToListedSeconds && b.stopToListedSeconds !== undefined
+          ? b.stopToListedSeconds / s.stopToListedSeconds
+          : undefined;
+      tgt.push([
+        `${b.name}: stop to listed <= ${lim}x seed`,
+        r === undefined ? '-' : `${r.toFixed(3)}x`,
+        verdict(r === undefined ? undefined : r <= lim),
+      ]);
+      tgt.push([
+        `${b.name}: runner peak RSS <= 200 MiB`,
+        fmtB(b.runnerPeakRssBytes),
+        verdict(b.runnerPeakRssBytes === undefined ? undefined : b.runnerPeakRssBytes <= 200 * MiB),
+      ]);
+    }
+    if (tgt.length > 1) out.push('', table(tgt));
+  }
+  if (ssh) {
+    out.push(
+      '',
+      `SSH data channel (${fmtB(ssh.bytes)} of random bytes from the host, Node ${ssh.node ?? '?'})`,
+    );
+    if (ssh.error) out.push(`  error: ${ssh.error}`);
+    const mbs = (v?: number): string => (v === undefined ? '-' : `${v.toFixed(0)} MiB/s`);
+    out.push(
+      table([
+        ['channel', 'throughput', 'vs plain OpenSSH'],
+        [
+          `plain \`ssh host cat > /dev/null\` (best of ${(ssh.plainRunsMiBs ?? []).map((v) => v.toFixed(0)).join(', ')})`,
+          mbs(ssh.plainOpenSshMiBs),
+          '1.000x',
+        ],
+        [
+          'plain `ssh host cat | sha256sum`',
+          mbs(ssh.plainSha256sumMiBs),
+          ratio(ssh.plainSha256sumMiBs, ssh.plainOpenSshMiBs),
+        ],
+        [
+          'action: OpenSSH spawned by Node + sha256',
+          mbs(ssh.actionOpenSshMiBs),
+          ratio(ssh.actionOpenSshMiBs, ssh.plainOpenSshMiBs),
+        ],
+        [
+          'action: ssh2 JavaScript channel + sha256',
+          mbs(ssh.actionSsh2MiBs),
+          ratio(ssh.actionSsh2MiBs, ssh.plainOpenSshMiBs),
+        ],
+      ]),
+    );
+    const r =
+      ssh.actionOpenSshMiBs && ssh.plainOpenSshMiBs
+        ? ssh.actionOpenSshMiBs / ssh.plainOpenSshMiBs
+        : undefined;
+    out.push(
+      `target: the action's data channel >= 0.8x OpenSSH: ${verdict(r === undefined ? undefined : r >= 0.8)}`,
+    );
+  }
+  const rs = restores.seed;
+  const ra = restores.action;
+  if (rs || ra) {
+    out.push('', `Restore (same snapshot: ${meta.restoreKey ?? '?'})`);
+    const cell = (r: RestoreFigures | undefined, f: (x: RestoreFigures) => string): string =>
+      !r ? 'not run' : !r.ok ? 'FAILED' : f(r);
+    out.push(
+      table([
+        ['', 'seed', 'action', 'vs seed'],
+        [
+          'wall time',
+          cell(rs, (r) => fmtS(r.wallSeconds)),
+          cell(ra, (r) => fmtS(r.wallSeconds)),
+          rs?.ok && ra?.ok ? ratio(ra.wallSeconds, rs.wallSeconds) : '',
+        ],
+        [
+          'host peak extra disk (du)',
+          cell(rs, (r) => fmtB(r.hostExtraDiskBytes)),
+          cell(ra, (r) => fmtB(r.hostExtraDiskBytes)),
+          '',
+        ],
+        [
+          '  (statfs drop)',
+          cell(rs, (r) => fmtB(r.hostDfDropBytes)),
+          cell(ra, (r) => fmtB(r.hostDfDropBytes)),
+          '',
+        ],
+        [
+          'restored data',
+          cell(rs, (r) => fmtB(r.restoredBytes)),
+          cell(ra, (r) => fmtB(r.restoredBytes)),
+          '',
+        ],
+        ['runner peak RSS', 'n/a', cell(ra, (r) => fmtB(r.runnerPeakRssBytes)), ''],
+      ]),
+    );
+    if (rs?.ok && ra?.ok) {
+      const r = ra.wallSeconds / rs.wallSeconds;
+      out.push(
+        `target: restore wall time <= 0.7x seed: ${r.toFixed(3)}x, ${verdict(r <= 0.7)}; host extra disk near zero: ${fmtB(ra.hostExtraDiskBytes)}`,
+      );
+    }
+  }
+  const failures = [s, g, z, rs, ra].filter((x) => x && !x.ok) as Array<{
+    name: string;
+    error?: string;
+  }>;
+  for (const f of failures) out.push('', `FAILED ${f.name}: ${f.error}`);
+  return out.join('\n');
+}
+
+// ---- main ----------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  if (!existsSync(NODE24)) throw new Error(`${NODE24} not found: run bash test/bed/install.sh`);
+  if (
+    [...parts].some((p) => p !== 'ssh' && p !== 'seed') &&
+    !existsSync(join(repoRoot, 'dist/main/index.js'))
+  )
+    throw new Error('dist/ is missing: npm run package');
+  log(`size ${sizeGib} GiB; parts ${[...parts].join(',')}`);
+  const cache =
+    parts.has('seed') || parts.has('gzip') || parts.has('zstd') ? await cachedDatabase() : '';
+  const root = mkdtempSync(join(tmpdir(), 'prep-bench-'));
+  const resultsDir = mkdtempSync(join(tmpdir(), 'prep-bench-results-'));
+  log(`work dir ${root}`);
+  const [sshd, s3] = await Promise.all([startSshd(), startMinio()]);
+  await s3.createBucket(BUCKET);
+  const ctx: Ctx = { root, cache, sshd, s3 };
+  if (existsSync('/usr/bin/time')) {
+    ctx.timeWrapper = join(root, 'node24-timed.sh');
+    writeFileSync(
+      ctx.timeWrapper,
+      `#!/bin/bash\n# bash, not sh: dash drops INPUT_SSH-KEY and the other hyphenated names from the environment.\nexec /usr/bin/time -v -o "$BENCH_TIME_OUT" ${q(NODE24)} "$@"\n`,
+    );
+    chmodSync(ctx.timeWrapper, 0o755);
+  } else {
+    log('/usr/bin/time is missing: no runner peak RSS');
+  }
+  const backups: Partial<Record<'seed' | 'gzip' | 'zstd', BackupFigures>> = {};
+  const restores: Partial<Record<'seed' | 'action', RestoreFigures>> = {};
+  let ssh: SshFigures | undefined;
+  const meta: Record<string, unknown> = {
+    sizeGib,
+    date: new Date().toISOString(),
+    cpus: (await import('node:os')).cpus().length,
+    seedLiteral,
+    parts: [...parts],
+    load: (await import('node:os'))
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' '),
+  };
+  try {
+    if (cache) {
+      meta.databaseBytes = await du(join(cache, 'data/loopchain'));
+      meta.files = Number(
+        (
+          await exec('bash', ['-c', `find ${q(join(cache, 'data/loopchain'))} -type f | wc -l`])
+        ).stdout.trim(),
+      );
+    }
+    if (parts.has('seed')) backups.seed = await seedBackup(ctx);
+    if (parts.has('gzip')) backups.gzip = await actionBackup(ctx, 'gzip');
+    if (parts.has('zstd')) backups.zstd = await actionBackup(ctx, 'zstd');
+    if (parts.has('ssh')) ssh = await sshThroughput(ctx);
+    if (parts.has('restore')) {
+      const key =
+        (backups.gzip?.ok && backups.gzip.key) ||
+        (backups.seed?.ok && backups.seed.key) ||
+        undefined;
+      meta.restoreKey = key;
+      if (!key) log('restore skipped: no archive to restore');
+      else {
+        restores.seed = await seedRestore(ctx, key);
+        restores.action = await actionRestore(ctx, key);
+      }
+    }
+  } finally {
+    await Promise.all([sshd.stop(), s3.stop()]);
+    if (!keep) rmSync(root, { recursive: true, force: true });
+    else log(`kept ${root}`);
+  }
+  const text = report(meta, backups, ssh, restores);
+  const json = join(resultsDir, 'bench-results.json');
+  writeFileSync(json, JSON.stringify({ meta, backups, ssh, restores }, null, 2) + '\n');
+  writeFileSync(join(resultsDir, 'bench-results.txt'), text + '\n');
+  process.stdout.write(text + '\n\n' + `figures written to ${json}\n`);
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(
+    `bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
+  process.exit(1);
+});

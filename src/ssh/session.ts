@@ -101,9 +101,13 @@ export class SshSession {
         );
       }
       if (/passphrase|encrypted|Cannot parse privateKey/i.test(err.message)) {
-        throw new ConnectError(`'ssh-key' could not be read: ${err.message}. Check the key and 'ssh-key-passphrase'.`);
+        throw new ConnectError(
+          `'ssh-key' could not be read: ${err.message}. Check the key and 'ssh-key-passphrase'.`,
+        );
       }
-      throw new ConnectError(`Could not reach ${where}: ${err.code ?? err.message}. Check 'host', 'port' and the firewall.`);
+      throw new ConnectError(
+        `Could not reach ${where}: ${err.code ?? err.message}. Check 'host', 'port' and the firewall.`,
+      );
     }
     if (!seenKey) throw new ConnectError(`${where} presented no host key.`);
     if (settings.hostKeys.length === 0) {
@@ -115,24 +119,37 @@ export class SshSession {
       core.info(`Host key ${fingerprintOf(seenKey)} matches the pin.`);
     }
 
-    const useOpenSsh = settings.transport !== 'ssh2' && (settings.transport === 'openssh' || (await hasOpenSsh()));
+    const useOpenSsh =
+      settings.transport !== 'ssh2' && (settings.transport === 'openssh' || (await hasOpenSsh()));
     if (settings.transport === 'openssh' && !(await hasOpenSsh())) {
       client.end();
-      throw new ConnectError(`'ssh-transport: openssh' was asked for, but the runner has no 'ssh' client.`);
+      throw new ConnectError(
+        `'ssh-transport: openssh' was asked for, but the runner has no 'ssh' client.`,
+      );
     }
     let keyDir: string | undefined;
     if (useOpenSsh) {
-      keyDir = mkdtempSync(join(options.keyDirParent ?? process.env.RUNNER_TEMP ?? tmpdir(), 'prep-snapshot-ssh-'));
+      keyDir = mkdtempSync(
+        join(options.keyDirParent ?? process.env.RUNNER_TEMP ?? tmpdir(), 'prep-snapshot-ssh-'),
+      );
       options.onKeyDir?.(keyDir);
       chmodSync(keyDir, 0o700);
       writeFileSync(join(keyDir, 'id'), settings.privateKey, { mode: 0o600 });
-      writeFileSync(join(keyDir, 'known_hosts'), `${knownHostsLine(settings.host, settings.port, seenKey)}\n`, {
-        mode: 0o600,
-      });
+      writeFileSync(
+        join(keyDir, 'known_hosts'),
+        `${knownHostsLine(settings.host, settings.port, seenKey)}\n`,
+        {
+          mode: 0o600,
+        },
+      );
       if (settings.passphrase) {
-        writeFileSync(join(keyDir, 'askpass'), '#!/bin/sh\nprintf "%s\\n" "$PREP_SNAPSHOT_PASSPHRASE"\n', {
-          mode: 0o700,
-        });
+        writeFileSync(
+          join(keyDir, 'askpass'),
+          '#!/bin/sh\nprintf "%s\\n" "$PREP_SNAPSHOT_PASSPHRASE"\n',
+          {
+            mode: 0o700,
+          },
+        );
       }
     }
     return new SshSession(client, settings, seenKey, keyDir, useOpenSsh);
@@ -155,14 +172,26 @@ export class SshSession {
       if (options.timeoutMs) {
         timer = setTimeout(() => {
           channel.close();
-          reject(new RemoteCommandError(`'${summarise(command)}'`, null, `timed out after ${options.timeoutMs} ms`));
+          reject(
+            new RemoteCommandError(
+              `'${summarise(command)}'`,
+              null,
+              `timed out after ${options.timeoutMs} ms`,
+            ),
+          );
         }, options.timeoutMs);
       }
       const collect = (into: Buffer[]) => (chunk: Buffer) => {
         size += chunk.length;
         if (size > maxBytes) {
           channel.close();
-          reject(new RemoteCommandError(`'${summarise(command)}'`, null, `printed more than ${maxBytes} bytes`));
+          reject(
+            new RemoteCommandError(
+              `'${summarise(command)}'`,
+              null,
+              `printed more than ${maxBytes} bytes`,
+            ),
+          );
           return;
         }
         into.push(chunk);
@@ -174,7 +203,11 @@ export class SshSession {
       });
       channel.on('close', () => {
         if (timer) clearTimeout(timer);
-        resolve({ code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
+        resolve({
+          code,
+          stdout: Buffer.concat(out).toString('utf8'),
+          stderr: Buffer.concat(err).toString('utf8'),
+        });
       });
       channel.on('error', reject);
       if (options.stdin !== undefined) channel.end(options.stdin);
@@ -185,7 +218,8 @@ export class SshSession {
   /** Runs a command that must succeed; its stdout is returned. */
   async run(what: string, command: string, options: ExecOptions = {}): Promise<string> {
     const result = await this.exec(command, options);
-    if (result.code !== 0) throw new RemoteCommandError(what, result.code, result.stderr || result.stdout);
+    if (result.code !== 0)
+      throw new RemoteCommandError(what, result.code, result.stderr || result.stdout);
     return result.stdout;
   }
 
@@ -201,21 +235,40 @@ export class SshSession {
       String(this.settings.port),
       '-i',
       join(dir, 'id'),
-      '-o', 'IdentitiesOnly=yes',
-      '-o', 'IdentityAgent=none',
-      '-o', `UserKnownHostsFile=${join(dir, 'known_hosts')}`,
-      '-o', 'GlobalKnownHostsFile=/dev/null',
-      '-o', 'StrictHostKeyChecking=yes',
-      '-o', 'UpdateHostKeys=no',
-      '-o', `BatchMode=${this.settings.passphrase ? 'no' : 'yes'}`,
-      '-o', 'PasswordAuthentication=no',
-      '-o', 'KbdInteractiveAuthentication=no',
-      '-o', 'ConnectTimeout=30',
-      '-o', 'ServerAliveInterval=15',
-      '-o', 'ServerAliveCountMax=4',
-      '-o', 'Compression=no',
-      '-o', 'LogLevel=ERROR',
-      '-F', '/dev/null',
+      '-o',
+      'IdentitiesOnly=yes',
+      '-o',
+      'IdentityAgent=none',
+      '-o',
+      `UserKnownHostsFile=${join(dir, 'known_hosts')}`,
+      '-o',
+      'GlobalKnownHostsFile=/dev/null',
+      '-o',
+      'StrictHostKeyChecking=yes',
+      '-o',
+      'UpdateHostKeys=no',
+      '-o',
+      `BatchMode=${this.settings.passphrase ? 'no' : 'yes'}`,
+      '-o',
+      'PasswordAuthentication=no',
+      '-o',
+      'KbdInteractiveAuthentication=no',
+      '-o',
+      'ConnectTimeout=30',
+      '-o',
+      'ServerAliveInterval=15',
+      '-o',
+      'ServerAliveCountMax=4',
+      '-o',
+      'Compression=no',
+      // AES-GCM first: with AES-NI it moves about twice the bytes of OpenSSH's default
+      // chacha20-poly1305 per core (measured 257 against 132 MiB/s on loopback here).
+      '-o',
+      `Ciphers=${DATA_CIPHERS}`,
+      '-o',
+      'LogLevel=ERROR',
+      '-F',
+      '/dev/null',
       '-T',
       '-l',
       this.settings.username,
@@ -330,6 +383,14 @@ class StderrLines {
     return this.lines.join('\n');
   }
 }
+
+const DATA_CIPHERS = [
+  'aes128-gcm@openssh.com',
+  'aes256-gcm@openssh.com',
+  'chacha20-poly1305@openssh.com',
+  'aes128-ctr',
+  'aes256-ctr',
+].join(',');
 
 let openSshPresent: Promise<boolean> | undefined;
 function hasOpenSsh(): Promise<boolean> {

@@ -249,8 +249,11 @@ function dirFiles(dir: string): { files: number; bytes: number } {
   let bytes = 0;
   for (const e of readdirSync(dir, { withFileTypes: true })) {
     if (!e.isFile()) continue;
+    // LevelDB may delete a file between the listing and the stat (a finished compaction).
+    const size = statSync(join(dir, e.name), { throwIfNoEntry: false })?.size;
+    if (size === undefined) continue;
     files++;
-    bytes += statSync(join(dir, e.name)).size;
+    bytes += size;
   }
   return { files, bytes };
 }

@@ -17,7 +17,8 @@ for (const entry of ['main', 'post']) {
   const args = ['build', `src/${entry}.ts`, '-o', out, '--target', 'es2022', '--quiet'];
   if (entry === 'main') args.push('--license', 'licenses.txt');
   execFileSync('node_modules/.bin/ncc', args, { stdio: 'inherit' });
-  for (const extra of ['build', 'lib', 'pagent.exe']) rmSync(`${out}/${extra}`, { recursive: true, force: true });
+  for (const extra of ['build', 'lib', 'pagent.exe'])
+    rmSync(`${out}/${extra}`, { recursive: true, force: true });
   const file = `${out}/index.js`;
   writeFileSync(file, SHIM + readFileSync(file, 'utf8'));
 }

@@ -34,7 +34,9 @@ export function parseSize(name: string, text: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
   const factor = m ? SIZE_UNITS[(m[2] as string).toLowerCase()] : undefined;
   if (!m || factor === undefined) {
-    throw new InputError(`Input '${name}' is '${text}', which is not a size. Use bytes or units such as '64MiB'.`);
+    throw new InputError(
+      `Input '${name}' is '${text}', which is not a size. Use bytes or units such as '64MiB'.`,
+    );
   }
   return Math.round(Number(m[1]) * factor);
 }

@@ -27,7 +27,9 @@ export class RemoteCommandError extends ActionError {
     readonly code: number | null,
     readonly stderr: string,
   ) {
-    super(`${what} failed (exit ${code ?? 'signal'})${stderr.trim() ? `: ${lastLines(stderr, 6)}` : ''}`);
+    super(
+      `${what} failed (exit ${code ?? 'signal'})${stderr.trim() ? `: ${lastLines(stderr, 6)}` : ''}`,
+    );
   }
 }
 

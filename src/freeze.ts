@@ -42,7 +42,9 @@ export function planPrune(dbs: DatabaseFiles[]): PrunePlan {
   const plan: PrunePlan = { databases: dbs.length, liveTables: 0, garbage: [] };
   for (const db of dbs) {
     if (!/^MANIFEST-\d+$/.test(db.current) || !db.manifest) {
-      throw new HostError(`${db.dir}/CURRENT names '${db.current}', not a MANIFEST: the database is damaged.`);
+      throw new HostError(
+        `${db.dir}/CURRENT names '${db.current}', not a MANIFEST: the database is damaged.`,
+      );
     }
     const live = parseManifest(db.manifest).tables;
     const present = new Set<number>();

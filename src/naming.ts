@@ -21,7 +21,12 @@ export function utcStamp(at: Date): { date: string; time: string } {
   return { date: iso.slice(0, 10).replace(/-/g, ''), time: iso.slice(11, 16).replace(':', '') };
 }
 
-export function archiveName(service: string, height: number, at: Date, compression: Compression): ArchiveName {
+export function archiveName(
+  service: string,
+  height: number,
+  at: Date,
+  compression: Compression,
+): ArchiveName {
   const { date, time } = utcStamp(at);
   const file = `${service}_BH${height}_data-${date}_${time}${EXTENSIONS[compression]}`;
   return { date, file, service, height, stamp: `${date}_${time}`, compression };

@@ -21,11 +21,16 @@ export class Progress {
 
   line(): string {
     const seconds = (performance.now() - this.started) / 1000;
-    const parts = [`${this.label}: ${formatBytes(this.sent)} sent, ${formatRate(this.sent, seconds)}`];
+    const parts = [
+      `${this.label}: ${formatBytes(this.sent)} sent, ${formatRate(this.sent, seconds)}`,
+    ];
     if (this.totalSource > 0 && this.read > 0) {
       const fraction = Math.min(1, this.read / this.totalSource);
       const eta = fraction > 0 ? (seconds / fraction) * (1 - fraction) : Number.NaN;
-      parts.push(`${(fraction * 100).toFixed(0)}% of ${formatBytes(this.totalSource)} read`, `ETA ${formatDuration(eta)}`);
+      parts.push(
+        `${(fraction * 100).toFixed(0)}% of ${formatBytes(this.totalSource)} read`,
+        `ETA ${formatDuration(eta)}`,
+      );
     }
     return parts.join(', ');
   }

@@ -89,7 +89,8 @@ const MODES: readonly Mode[] = ['backup', 'restore', 'list', 'verify'];
 
 export function parseSettings(read: InputReader = readActionInput): Settings {
   const get = (name: Inputs): string => read(name).trim();
-  const bool = (name: Inputs, fallback: boolean): boolean => parseBoolean(name, get(name), fallback);
+  const bool = (name: Inputs, fallback: boolean): boolean =>
+    parseBoolean(name, get(name), fallback);
   const int = (name: Inputs, fallback: number, min: number, max: number): number =>
     parseInteger(name, get(name), fallback, min, max);
 
@@ -118,13 +119,16 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
     throw new InputError(`Input 'service' is '${service}'. Use letters, digits, '_', '.' or '-'.`);
   }
   const bucket = get(Inputs.Bucket);
-  if (!bucket) throw new InputError(`Input 'bucket' is required: the S3 bucket that holds the snapshots.`);
+  if (!bucket)
+    throw new InputError(`Input 'bucket' is required: the S3 bucket that holds the snapshots.`);
   if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
     throw new InputError(`Input 'bucket' is '${bucket}', which is not a valid S3 bucket name.`);
   }
   const endpoint = get(Inputs.Endpoint) || undefined;
   if (endpoint && !/^https?:\/\/\S+$/.test(endpoint)) {
-    throw new InputError(`Input 'endpoint' is '${endpoint}'. Use a URL such as https://s3.example.com.`);
+    throw new InputError(
+      `Input 'endpoint' is '${endpoint}'. Use a URL such as https://s3.example.com.`,
+    );
   }
   const partSizeText = get(Inputs.PartSize);
   const partSize = partSizeText ? parseSize(Inputs.PartSize, partSizeText) : undefined;
@@ -139,8 +143,14 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
     unsigned: bool(Inputs.Unsigned, false),
     service,
     prefix: keyPrefix(Inputs.Prefix, get(Inputs.Prefix) || service),
-    permanentPrefix: keyPrefix(Inputs.PermanentPrefix, get(Inputs.PermanentPrefix) || `Permanent/${service}`),
-    manifestPrefix: keyPrefix(Inputs.ManifestPrefix, get(Inputs.ManifestPrefix) || '_prep-snapshot'),
+    permanentPrefix: keyPrefix(
+      Inputs.PermanentPrefix,
+      get(Inputs.PermanentPrefix) || `Permanent/${service}`,
+    ),
+    manifestPrefix: keyPrefix(
+      Inputs.ManifestPrefix,
+      get(Inputs.ManifestPrefix) || '_prep-snapshot',
+    ),
     partSize,
     queueSize: int(Inputs.UploadConcurrency, 4, 1, 16),
   };
@@ -153,7 +163,9 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
   }
   const consistency = get(Inputs.Consistency) || 'hardlink';
   if (consistency !== 'hardlink' && consistency !== 'stop') {
-    throw new InputError(`Input 'consistency' is '${consistency}'. Use 'hardlink' (default) or 'stop'.`);
+    throw new InputError(
+      `Input 'consistency' is '${consistency}'. Use 'hardlink' (default) or 'stop'.`,
+    );
   }
   const backup: BackupSettings = {
     compression,
@@ -201,14 +213,17 @@ function parseSsh(
   }
   const privateKey = get(Inputs.SshKey);
   if (!privateKey) {
-    throw new InputError(`Input 'ssh-key' is required: the private key (contents, not a path) that logs in to the node.`);
+    throw new InputError(
+      `Input 'ssh-key' is required: the private key (contents, not a path) that logs in to the node.`,
+    );
   }
   if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(privateKey)) {
     throw new InputError(`Input 'ssh-key' does not hold a private key in PEM or OpenSSH form.`);
   }
   // The runner masks line by line: register every line of the key, not only the whole.
   core.setSecret(privateKey);
-  for (const line of privateKey.split('\n')) if (line.trim().length >= 8 && !line.startsWith('-----')) core.setSecret(line.trim());
+  for (const line of privateKey.split('\n'))
+    if (line.trim().length >= 8 && !line.startsWith('-----')) core.setSecret(line.trim());
   const passphrase = get(Inputs.SshKeyPassphrase) || undefined;
   if (passphrase) core.setSecret(passphrase);
 
@@ -222,7 +237,9 @@ function parseSsh(
   }
   const transport = get(Inputs.SshTransport) || 'auto';
   if (transport !== 'auto' && transport !== 'openssh' && transport !== 'ssh2') {
-    throw new InputError(`Input 'ssh-transport' is '${transport}'. Use 'auto', 'openssh' or 'ssh2'.`);
+    throw new InputError(
+      `Input 'ssh-transport' is '${transport}'. Use 'auto', 'openssh' or 'ssh2'.`,
+    );
   }
   return {
     host,
@@ -242,7 +259,13 @@ export function parseBoolean(name: string, text: string, fallback: boolean): boo
   throw new InputError(`Input '${name}' is '${text}'. Use 'true' or 'false'.`);
 }
 
-export function parseInteger(name: string, text: string, fallback: number, min: number, max: number): number {
+export function parseInteger(
+  name: string,
+  text: string,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
   if (text === '') return fallback;
   if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) {
     throw new InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
@@ -269,8 +292,14 @@ function absolutePath(name: Inputs, text: string): string {
 
 function keyPrefix(name: Inputs, text: string): string {
   const value = text.replace(/^\/+|\/+$/g, '');
-  if (!value || !/^[A-Za-z0-9_.\-/]+$/.test(value) || value.split('/').some((p) => p === '' || p === '..')) {
-    throw new InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
+  if (
+    !value ||
+    !/^[A-Za-z0-9_.\-/]+$/.test(value) ||
+    value.split('/').some((p) => p === '' || p === '..')
+  ) {
+    throw new InputError(
+      `Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`,
+    );
   }
   return value;
 }

@@ -22,5 +22,8 @@ export function bashScript(lines: string[]): string {
 
 /** Escapes a literal for the left side of a `tar --transform` sed expression. */
 export function sedLiteral(value: string, delimiter = '|'): string {
-  return value.replace(/[\\^$.*[\]]/g, (c) => `\\${c}`).split(delimiter).join(`\\${delimiter}`);
+  return value
+    .replace(/[\\^$.*[\]]/g, (c) => `\\${c}`)
+    .split(delimiter)
+    .join(`\\${delimiter}`);
 }

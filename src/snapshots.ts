@@ -16,7 +16,11 @@ export interface Chosen {
  * `latest`; a key (`PRep/20240101/FILE` or `20240101/FILE`); a date `YYYYMMDD` (the newest
  * of that day); or a height `BH123` / `123` (the newest at that height).
  */
-export async function chooseSnapshot(client: S3Client, s3: S3Settings, wanted: string): Promise<Chosen> {
+export async function chooseSnapshot(
+  client: S3Client,
+  s3: S3Settings,
+  wanted: string,
+): Promise<Chosen> {
   const listKey = `${s3.prefix}/backup_list`;
   const { entries } = await readBackupList(client, s3.bucket, listKey);
   const listed = entries.flatMap((e) => {
@@ -28,7 +32,9 @@ export async function chooseSnapshot(client: S3Client, s3: S3Settings, wanted: s
     if (!found) {
       throw new StorageError(
         `No snapshot in s3://${s3.bucket}/${listKey} matches ${what}` +
-          (listed.length ? `; the newest is ${listed[0]?.entry}.` : '; the list is empty or missing.'),
+          (listed.length
+            ? `; the newest is ${listed[0]?.entry}.`
+            : '; the list is empty or missing.'),
       );
     }
     return { key: `${s3.prefix}/${found.entry}`, name: found.name, listed: true };

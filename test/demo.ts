@@ -20,7 +20,12 @@ try {
       `P-Rep     ${world.node.home}  peer API ${world.node.peerUrl}`,
     ].join('\n'),
   );
-  const backup = await runAction({ step: 'main', inputs: world.inputs(), env: world.env(), timeoutMs: 600_000 });
+  const backup = await runAction({
+    step: 'main',
+    inputs: world.inputs(),
+    env: world.env(),
+    timeoutMs: 600_000,
+  });
   show('mode: backup (Actions log)', backup.stdout);
   if (backup.code !== 0) throw new Error(`the backup failed:\n${backup.stderr}`);
   show('Job summary (markdown/HTML as GitHub shows it)', backup.summary);

@@ -88976,6 +88976,10 @@ var State;
     State["StagingDir"] = "stagingDir";
     State["WatchdogFlag"] = "watchdogFlag";
     State["KeyDir"] = "keyDir";
+    /** The archive key being uploaded; the post step removes its incomplete upload unless it was published. */
+    State["UploadKey"] = "uploadKey";
+    /** 'true' once backup_list names the archive of UploadKey. */
+    State["UploadPublished"] = "uploadPublished";
 })(State || (State = {}));
 const ACTION_NAME = 'prep-snapshot';
 const ACTION_VERSION = '0.1.0';
@@ -89336,7 +89340,10 @@ function bashScript(lines) {
 }
 /** Escapes a literal for the left side of a `tar --transform` sed expression. */
 function sedLiteral(value, delimiter = '|') {
-    return value.replace(/[\\^$.*[\]]/g, (c) => `\\${c}`).split(delimiter).join(`\\${delimiter}`);
+    return value
+        .replace(/[\\^$.*[\]]/g, (c) => `\\${c}`)
+        .split(delimiter)
+        .join(`\\${delimiter}`);
 }
 
 ;// CONCATENATED MODULE: ./src/node-kind/remote.ts
@@ -89466,12 +89473,13 @@ const CHECKPOINT_BYTES = 1024 * 10240;
  * the placeholder, compressed by pigz (gzip where pigz is missing) or zstd.
  */
 function archiveCommand(kind, dir, identity, options) {
-    const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}`;
+    // The directory itself and what is under it; not a sibling whose name merely starts the same.
+    const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
     const to = `${kind.identityParent}/${kind.placeholder}`;
     const tar = [
         'tar --create --file=- --totals',
         `--checkpoint=1024 --checkpoint-action=${quote(`echo=${PROGRESS_MARK} %u`)}`,
-        `--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}|`)}`,
+        `--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`,
         `-- ${kind.roots.map(quote).join(' ')}`,
     ].join(' ');
     const level = String(options.level);
@@ -89530,6 +89538,8 @@ function disarmWatchdogCommand(flag) {
         `pid=$(sed -n 2p -- ${quote(flag)} 2>/dev/null || true)`,
         `rm -f -- ${quote(flag)}`,
         `if [ -n "$pid" ]; then kill -- "-$pid" 2>/dev/null || kill -- "$pid" 2>/dev/null || true; fi`,
+        // The log says something only when the watchdog fired: then it stays for the operator.
+        `if [ ! -s ${quote(`${flag}.log`)} ]; then rm -f -- ${quote(`${flag}.log`)}; fi`,
     ]);
 }
 /** Records the watchdog's PID in its flag file, for the disarm. */
@@ -89538,7 +89548,9 @@ function recordWatchdogPidCommand(flag, pid) {
 }
 /** Is a node process running? Prints the matching `pid args` lines (excluding this shell). */
 function processCheckCommand(pattern) {
-    return bashScript([`ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`]);
+    return bashScript([
+        `ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`,
+    ]);
 }
 /** The host's primary IPv4 address: the source address of its default route. */
 function detectIpCommand() {
@@ -89647,12 +89659,17 @@ class NodeControl {
         this.stopped = true;
         this.stoppedAt = performance.now();
         info(`Stopping the node: ${this.settings.stopCommand}`);
-        await this.session.run('The stop command', this.settings.stopCommand, { timeoutMs: 15 * 60_000 });
+        await this.session.run('The stop command', this.settings.stopCommand, {
+            timeoutMs: 15 * 60_000,
+        });
+        info('The node is stopped.');
     }
     /** Starts the node and disarms the watchdog. */
     async start() {
         info(`Starting the node: ${this.settings.startCommand}`);
-        await this.session.run('The start command', this.settings.startCommand, { timeoutMs: 15 * 60_000 });
+        await this.session.run('The start command', this.settings.startCommand, {
+            timeoutMs: 15 * 60_000,
+        });
         this.startedAt = performance.now();
         this.stopped = false;
         saveState(State.NodeStarted, 'true');
@@ -89753,7 +89770,9 @@ class Progress {
     }
     line() {
         const seconds = (performance.now() - this.started) / 1000;
-        const parts = [`${this.label}: ${formatBytes(this.sent)} sent, ${formatRate(this.sent, seconds)}`];
+        const parts = [
+            `${this.label}: ${formatBytes(this.sent)} sent, ${formatRate(this.sent, seconds)}`,
+        ];
         if (this.totalSource > 0 && this.read > 0) {
             const fraction = Math.min(1, this.read / this.totalSource);
             const eta = fraction > 0 ? (seconds / fraction) * (1 - fraction) : Number.NaN;
@@ -89819,7 +89838,8 @@ function describeS3Error(error, what) {
         return error;
     const err = error;
     const status = err.$metadata?.httpStatusCode;
-    if (err.name === 'CredentialsProviderError' || /Could not load credentials/i.test(err.message ?? '')) {
+    if (err.name === 'CredentialsProviderError' ||
+        /Could not load credentials/i.test(err.message ?? '')) {
         return new StorageError(`No AWS credentials were found for ${what}. Add a step with aws-actions/configure-aws-credentials before this one ` +
             `(or set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).`);
     }
@@ -90025,7 +90045,10 @@ async function deleteKeys(client, bucket, keys) {
     for (let i = 0; i < keys.length; i += 1000) {
         const batch = keys.slice(i, i + 1000);
         try {
-            const res = await client.send(new dist_cjs.DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }));
+            const res = await client.send(new dist_cjs.DeleteObjectsCommand({
+                Bucket: bucket,
+                Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true },
+            }));
             const failed = res.Errors?.[0];
             if (failed)
                 throw new Error(`${failed.Key}: ${failed.Code} ${failed.Message}`);
@@ -90069,6 +90092,12 @@ var external_node_crypto_ = __nccwpck_require__(7598);
 // EXTERNAL MODULE: external "node:stream"
 var external_node_stream_ = __nccwpck_require__(7075);
 ;// CONCATENATED MODULE: ./src/s3/upload.ts
+/**
+ * Streams an archive into a multipart upload. The part size follows the expected size, so
+ * that the archive fits in S3's 10,000 parts; memory stays near part size x queue size.
+ * A failed or aborted stream aborts the multipart upload: no orphan parts.
+ */
+
 
 
 
@@ -90140,6 +90169,41 @@ async function streamUpload(options) {
         await uploading.catch(() => undefined);
         options.body.destroy();
         throw error;
+    }
+}
+/**
+ * Aborts every in-progress multipart upload of exactly `key` (a safety net for an upload
+ * whose own abort could not reach S3, and for the post step). Returns how many it aborted.
+ * The Prefix is the key itself: S3 matches it as a prefix, MinIO as the exact key; only
+ * uploads of `key` itself are touched either way.
+ */
+async function abortUploads(client, bucket, key) {
+    let aborted = 0;
+    let keyMarker;
+    let uploadIdMarker;
+    for (;;) {
+        const res = await client.send(new dist_cjs.ListMultipartUploadsCommand({
+            Bucket: bucket,
+            Prefix: key,
+            KeyMarker: keyMarker,
+            UploadIdMarker: uploadIdMarker,
+        }));
+        for (const u of res.Uploads ?? []) {
+            if (u.Key !== key || !u.UploadId)
+                continue;
+            await client
+                .send(new dist_cjs.AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: u.UploadId }))
+                .catch((error) => {
+                // Gone already (its own abort won the race): nothing left to do.
+                if (error.$metadata?.httpStatusCode !== 404)
+                    throw error;
+            });
+            aborted++;
+        }
+        if (!res.IsTruncated)
+            return aborted;
+        keyMarker = res.NextKeyMarker;
+        uploadIdMarker = res.NextUploadIdMarker;
     }
 }
 
@@ -90369,7 +90433,11 @@ class SshSession {
             channel.on('close', () => {
                 if (timer)
                     clearTimeout(timer);
-                resolve({ code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
+                resolve({
+                    code,
+                    stdout: Buffer.concat(out).toString('utf8'),
+                    stderr: Buffer.concat(err).toString('utf8'),
+                });
             });
             channel.on('error', reject);
             if (options.stdin !== undefined)
@@ -90396,21 +90464,40 @@ class SshSession {
             String(this.settings.port),
             '-i',
             (0,external_node_path_.join)(dir, 'id'),
-            '-o', 'IdentitiesOnly=yes',
-            '-o', 'IdentityAgent=none',
-            '-o', `UserKnownHostsFile=${(0,external_node_path_.join)(dir, 'known_hosts')}`,
-            '-o', 'GlobalKnownHostsFile=/dev/null',
-            '-o', 'StrictHostKeyChecking=yes',
-            '-o', 'UpdateHostKeys=no',
-            '-o', `BatchMode=${this.settings.passphrase ? 'no' : 'yes'}`,
-            '-o', 'PasswordAuthentication=no',
-            '-o', 'KbdInteractiveAuthentication=no',
-            '-o', 'ConnectTimeout=30',
-            '-o', 'ServerAliveInterval=15',
-            '-o', 'ServerAliveCountMax=4',
-            '-o', 'Compression=no',
-            '-o', 'LogLevel=ERROR',
-            '-F', '/dev/null',
+            '-o',
+            'IdentitiesOnly=yes',
+            '-o',
+            'IdentityAgent=none',
+            '-o',
+            `UserKnownHostsFile=${(0,external_node_path_.join)(dir, 'known_hosts')}`,
+            '-o',
+            'GlobalKnownHostsFile=/dev/null',
+            '-o',
+            'StrictHostKeyChecking=yes',
+            '-o',
+            'UpdateHostKeys=no',
+            '-o',
+            `BatchMode=${this.settings.passphrase ? 'no' : 'yes'}`,
+            '-o',
+            'PasswordAuthentication=no',
+            '-o',
+            'KbdInteractiveAuthentication=no',
+            '-o',
+            'ConnectTimeout=30',
+            '-o',
+            'ServerAliveInterval=15',
+            '-o',
+            'ServerAliveCountMax=4',
+            '-o',
+            'Compression=no',
+            // AES-GCM first: with AES-NI it moves about twice the bytes of OpenSSH's default
+            // chacha20-poly1305 per core (measured 257 against 132 MiB/s on loopback here).
+            '-o',
+            `Ciphers=${DATA_CIPHERS}`,
+            '-o',
+            'LogLevel=ERROR',
+            '-F',
+            '/dev/null',
             '-T',
             '-l',
             this.settings.username,
@@ -90519,6 +90606,13 @@ class StderrLines {
         return this.lines.join('\n');
     }
 }
+const DATA_CIPHERS = [
+    'aes128-gcm@openssh.com',
+    'aes256-gcm@openssh.com',
+    'chacha20-poly1305@openssh.com',
+    'aes128-ctr',
+    'aes256-ctr',
+].join(',');
 let openSshPresent;
 function hasOpenSsh() {
     openSshPresent ??= new Promise((resolve) => {
@@ -90573,7 +90667,9 @@ async function chooseSnapshot(client, s3, wanted) {
         const found = listed.find((l) => match(l.name, l.entry));
         if (!found) {
             throw new StorageError(`No snapshot in s3://${s3.bucket}/${listKey} matches ${what}` +
-                (listed.length ? `; the newest is ${listed[0]?.entry}.` : '; the list is empty or missing.'));
+                (listed.length
+                    ? `; the newest is ${listed[0]?.entry}.`
+                    : '; the list is empty or missing.'));
         }
         return { key: `${s3.prefix}/${found.entry}`, name: found.name, listed: true };
     };
@@ -90640,10 +90736,16 @@ async function verify(settings) {
         ],
         ['Key', `<code>${report.key}</code>`],
         ['Result', 'whole: every entry complete, the expected directories present'],
-        ['sha256', `<code>${report.sha256}</code> ${report.hasManifest ? '(matches the manifest)' : '(no manifest to compare)'}`],
+        [
+            'sha256',
+            `<code>${report.sha256}</code> ${report.hasManifest ? '(matches the manifest)' : '(no manifest to compare)'}`,
+        ],
         ['Archive', formatBytes(report.compressedBytes)],
         ['Content', `${report.files} files, ${formatBytes(report.bytes)}`],
-        ['Duration', `${formatDuration(report.seconds)} (${formatRate(report.compressedBytes, report.seconds)})`],
+        [
+            'Duration',
+            `${formatDuration(report.seconds)} (${formatRate(report.compressedBytes, report.seconds)})`,
+        ],
     ])
         .write();
     return report;
@@ -90652,7 +90754,7 @@ async function verify(settings) {
 async function verifyStored(client, settings, key, manifest, kind = loopchain) {
     const t = performance.now();
     let body;
-    let length = 0;
+    let length;
     try {
         const res = await client.send(new dist_cjs.GetObjectCommand({ Bucket: settings.s3.bucket, Key: key }));
         body = res.Body;
@@ -90710,6 +90812,18 @@ async function verifyStored(client, settings, key, manifest, kind = loopchain) {
         await (0,external_node_stream_promises_namespaceObject.pipeline)(body, tap, parser);
     }
     catch (error) {
+        // A damaged archive usually breaks the tar stream too. With a manifest, read the rest of
+        // the object into the hash: a sha256 that differs from the manifest's says what happened.
+        if (manifest && length > compressedBytes) {
+            const rest = await hashRange(client, settings.s3.bucket, key, compressedBytes, hash).catch(() => undefined);
+            if (rest !== undefined && compressedBytes + rest === manifest.compressedBytes) {
+                const sha256 = hash.digest('hex');
+                if (sha256 !== manifest.sha256) {
+                    throw new IntegrityError(`${key}: sha256 ${sha256} differs from the manifest's ${manifest.sha256}: the stored archive is damaged ` +
+                        `(its tar stream breaks: ${errorMessage(error)}). Do not restore from it; take a new backup.`);
+                }
+            }
+        }
         throw new IntegrityError(`${key} is not whole: ${errorMessage(error)} (after ${formatBytes(compressedBytes)}). Do not restore from it; take a new backup.`);
     }
     finally {
@@ -90730,7 +90844,25 @@ async function verifyStored(client, settings, key, manifest, kind = loopchain) {
     }
     const seconds = secondsSince(t);
     info(`${key}: whole. ${files} files, ${formatBytes(bytes)}; ${formatBytes(compressedBytes)} read in ${formatDuration(seconds)}; sha256 ${sha256}.`);
-    return { key, sha256, compressedBytes, files, bytes, hasManifest: manifest !== undefined, seconds };
+    return {
+        key,
+        sha256,
+        compressedBytes,
+        files,
+        bytes,
+        hasManifest: manifest !== undefined,
+        seconds,
+    };
+}
+/** Feeds the object's bytes from `start` to its end into `hash`; returns how many. */
+async function hashRange(client, bucket, key, start, hash) {
+    const res = await client.send(new dist_cjs.GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=${start}-` }));
+    let n = 0;
+    for await (const chunk of res.Body) {
+        hash.update(chunk);
+        n += chunk.length;
+    }
+    return n;
 }
 
 ;// CONCATENATED MODULE: ./src/modes/backup.ts
@@ -90766,7 +90898,9 @@ async function backup(settings, now = () => new Date()) {
         const s3 = createClient(settings.s3);
         await checkBucket(s3, settings.s3);
         info(`Bucket '${settings.s3.bucket}' is reachable.`);
-        const s = await SshSession.connect(ssh, { onKeyDir: (dir) => saveState(State.KeyDir, dir) });
+        const s = await SshSession.connect(ssh, {
+            onKeyDir: (dir) => saveState(State.KeyDir, dir),
+        });
         info(`Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${s.dataTransport}.`);
         return { session: s, client: s3 };
     });
@@ -90822,6 +90956,10 @@ async function backup(settings, now = () => new Date()) {
                 finally {
                     await node.ensureStarted();
                 }
+                if (node.isStopped) {
+                    throw new HostError(`The node did not start again after the freeze. The watchdog on the host retries within ` +
+                        `${settings.node.maxDowntimeSeconds} s; check the node now. No snapshot was published.`);
+                }
                 timings.downtime = node.downtimeSeconds ?? secondsSince(t);
                 info(`The node was down for ${formatDuration(timings.downtime)}.`);
             });
@@ -90850,7 +90988,21 @@ async function backup(settings, now = () => new Date()) {
             info(`${sizes.files} files, ${formatBytes(sizes.bytes)}; ${settings.backup.compression} level ${settings.backup.compressionLevel}; ` +
                 `parts of ${formatBytes(partSize)} x ${settings.s3.queueSize} in flight.`);
             uploaded = [key];
-            const r = await streamArchive({ session, client, settings, kind, source, identity, key, partSize, localCopy, totalBytes: sizes.bytes });
+            // For the post step: an upload that this run cannot finish or abort is removed there.
+            saveState(State.UploadKey, key);
+            saveState(State.UploadPublished, 'false');
+            const r = await streamArchive({
+                session,
+                client,
+                settings,
+                kind,
+                source,
+                identity,
+                key,
+                partSize,
+                localCopy,
+                totalBytes: sizes.bytes,
+            });
             info(`Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`);
             return r;
         });
@@ -90891,10 +91043,12 @@ async function backup(settings, now = () => new Date()) {
         await group('Publish in backup_list', async () => {
             const entries = await updateBackupList(client, settings.s3.bucket, `${settings.s3.prefix}/backup_list`, (e) => addEntry(e, listEntry(name)));
             published = true;
+            saveState(State.UploadPublished, 'true');
             info(`backup_list now names ${entries.length} snapshot(s); the newest is ${entries[0]}.`);
         });
         timings.publish = secondsSince(tPublish);
-        timings.stopToListed = node.stoppedAt !== undefined ? (performance.now() - node.stoppedAt) / 1000 : 0;
+        timings.stopToListed =
+            node.stoppedAt !== undefined ? (performance.now() - node.stoppedAt) / 1000 : 0;
         const permanent = settings.backup.permanentCopy
             ? await group('Permanent copy', () => permanentCopy(client, settings, name, key, stream.bytes, manifest))
             : undefined;
@@ -90916,6 +91070,7 @@ async function backup(settings, now = () => new Date()) {
         setOutput(Outputs.DowntimeSeconds, (timings.downtime ?? 0).toFixed(3));
         timings.total = secondsSince(t0);
         await writeSummary(manifest, url, timings, permanent, removed, stream.compressor);
+        saveState(State.UploadKey, '');
         return { skipped: false, key };
     }
     catch (error) {
@@ -90952,7 +91107,9 @@ function checkProbe(probe, settings, kind) {
     if (settings.backup.compression === 'zstd' && !probe.tools.has('zstd')) {
         throw new HostError(`'compression: zstd' needs zstd on the host; install it or use gzip.`);
     }
-    if (settings.backup.compression === 'gzip' && !probe.tools.has('pigz') && !probe.tools.has('gzip')) {
+    if (settings.backup.compression === 'gzip' &&
+        !probe.tools.has('pigz') &&
+        !probe.tools.has('gzip')) {
         throw new HostError(`The host has neither pigz nor gzip.`);
     }
     if (settings.backup.consistency === 'hardlink' && !probe.tools.has('base64')) {
@@ -90964,7 +91121,8 @@ function checkProbe(probe, settings, kind) {
     return identity;
 }
 function explainFreeze(error) {
-    if (error instanceof RemoteCommandError && /Invalid cross-device link|Operation not permitted|hard link/i.test(error.stderr)) {
+    if (error instanceof RemoteCommandError &&
+        /Invalid cross-device link|Operation not permitted|hard link/i.test(error.stderr)) {
         return new HostError(`Hard links are not possible in the data dir's filesystem (${error.stderr.trim().split('\n')[0]}). ` +
             `Set 'consistency: stop' to archive while the node is stopped.`);
     }
@@ -90999,7 +91157,8 @@ async function streamArchive(a) {
     remote.stdout.on('data', (chunk) => (progress.sent += chunk.length));
     const sourceOk = remote.exit.then((code) => {
         if (code !== 0) {
-            const tail = remote.stderrTail()
+            const tail = remote
+                .stderrTail()
                 .split('\n')
                 .filter((l) => !l.includes(PROGRESS_MARK) && !l.startsWith(COMPRESSOR_MARK))
                 .join('\n');
@@ -91025,9 +91184,11 @@ async function streamArchive(a) {
     catch (error) {
         remote.kill();
         await sourceOk.catch(() => undefined);
+        // The upload aborts itself, but not when S3 is what failed: ask again, and say so if it cannot be done now.
+        const left = await abortUploads(a.client, a.settings.s3.bucket, a.key).then(() => '', (e) => ` S3 could not be asked to remove the incomplete upload (${errorMessage(e)}); the post step removes it.`);
         if (error instanceof ActionError)
-            throw error;
-        throw new StorageError(`The upload of ${a.key} failed: ${errorMessage(error)}. Nothing was published; no parts were left.`);
+            throw left ? new ActionError(`${error.message}${left}`) : error;
+        throw new StorageError(`The upload of ${a.key} failed: ${errorMessage(error)}. Nothing was published;${left || ' no parts were left.'}`);
     }
     finally {
         progress.stop();
@@ -91042,7 +91203,10 @@ async function permanentCopy(client, settings, name, key, size, manifest) {
     }
     const target = `${settings.s3.permanentPrefix}/${listEntry(name)}`;
     await copyObject(client, settings.s3.bucket, key, target, size);
-    await writeJson(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, target), { ...manifest, key: target });
+    await writeJson(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, target), {
+        ...manifest,
+        key: target,
+    });
     info(`First snapshot of ${name.date}: copied to ${target}.`);
     return target;
 }
@@ -91065,17 +91229,28 @@ async function writeSummary(m, url, timings, permanent, removed, compressor) {
     const ratio = m.compressedBytes > 0 ? (m.uncompressedBytes / m.compressedBytes).toFixed(2) : '?';
     const rows = [
         ['Block height', String(m.blockHeight)],
-        ['Key', `\`${m.key}\``],
+        ['Key', `<code>${m.key}</code>`],
         ['Archive', `${formatBytes(m.compressedBytes)} (${compressor}, level ${m.compressionLevel})`],
         ['Data', `${formatBytes(m.uncompressedBytes)} in ${m.files} files`],
         ['Compression ratio', `${ratio} : 1`],
         ['Node downtime', formatDuration(timings.downtime ?? 0)],
-        ['Stream and upload', `${formatDuration(timings.stream ?? 0)} (${formatRate(m.compressedBytes, timings.stream ?? 0)})`],
+        [
+            'Stream and upload',
+            `${formatDuration(timings.stream ?? 0)} (${formatRate(m.compressedBytes, timings.stream ?? 0)})`,
+        ],
         ['Stop to listed', formatDuration(timings.stopToListed ?? 0)],
         ['Total', formatDuration(timings.total ?? 0)],
-        ['sha256', `\`${m.sha256}\``],
-        ['Permanent copy', permanent ? `\`${permanent}\`` : 'not today (one exists) or off'],
-        ['Retention', removed.length ? `removed ${removed.length}: ${removed.map((r) => `\`${r}\``).join(', ')}` : 'nothing removed'],
+        ['sha256', `<code>${m.sha256}</code>`],
+        [
+            'Permanent copy',
+            permanent ? `<code>${permanent}</code>` : 'not made (today has one, or it is off)',
+        ],
+        [
+            'Retention',
+            removed.length
+                ? `removed ${removed.length}: ${removed.map((r) => `<code>${r}</code>`).join(', ')}`
+                : 'nothing removed',
+        ],
     ];
     await summary
         .addHeading('prep-snapshot: backup', 3)
@@ -91113,7 +91288,13 @@ async function list(settings, now = new Date()) {
     const listed = new Set(entries);
     const byEntry = new Map(archives.map((a) => [listEntry(a.name), a]));
     // backup_list's order first (it is the published truth), then stored archives it does not name.
-    const order = [...entries.filter((e) => byEntry.has(e)), ...[...byEntry.keys()].filter((e) => !listed.has(e)).sort().reverse()];
+    const order = [
+        ...entries.filter((e) => byEntry.has(e)),
+        ...[...byEntry.keys()]
+            .filter((e) => !listed.has(e))
+            .sort()
+            .reverse(),
+    ];
     const rows = [];
     for (const entry of order) {
         const a = byEntry.get(entry);
@@ -91122,7 +91303,9 @@ async function list(settings, now = new Date()) {
             continue;
         const mKey = manifestKey(manifestPrefix, a.key);
         const manifest = manifestKeys.has(mKey) ? await readManifest(client, bucket, mKey) : undefined;
-        const created = manifest?.createdAt ? new Date(manifest.createdAt) : stampDate(name.stamp) ?? a.lastModified ?? now;
+        const created = manifest?.createdAt
+            ? new Date(manifest.createdAt)
+            : (stampDate(name.stamp) ?? a.lastModified ?? now);
         rows.push({
             key: a.key,
             entry,
@@ -91145,7 +91328,10 @@ async function list(settings, now = new Date()) {
     await summary
         .addHeading(`prep-snapshot: ${rows.length} snapshot(s) in s3://${bucket}/${prefix}`, 3)
         .addTable([
-        ['Key', 'Block height', 'Size', 'Age', 'Listed', 'Manifest', 'Permanent copy'].map((h) => ({ data: h, header: true })),
+        ['Key', 'Block height', 'Size', 'Age', 'Listed', 'Manifest', 'Permanent copy'].map((h) => ({
+            data: h,
+            header: true,
+        })),
         ...rows.map((r) => [
             `<code>${r.key}</code>`,
             String(r.blockHeight),
@@ -91326,7 +91512,11 @@ function parseSsh(get, bool, int) {
     if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(privateKey)) {
         throw new InputError(`Input 'ssh-key' does not hold a private key in PEM or OpenSSH form.`);
     }
+    // The runner masks line by line: register every line of the key, not only the whole.
     core_setSecret(privateKey);
+    for (const line of privateKey.split('\n'))
+        if (line.trim().length >= 8 && !line.startsWith('-----'))
+            core_setSecret(line.trim());
     const passphrase = get(Inputs.SshKeyPassphrase) || undefined;
     if (passphrase)
         core_setSecret(passphrase);
@@ -91385,7 +91575,9 @@ function absolutePath(name, text) {
 }
 function keyPrefix(name, text) {
     const value = text.replace(/^\/+|\/+$/g, '');
-    if (!value || !/^[A-Za-z0-9_.\-/]+$/.test(value) || value.split('/').some((p) => p === '' || p === '..')) {
+    if (!value ||
+        !/^[A-Za-z0-9_.\-/]+$/.test(value) ||
+        value.split('/').some((p) => p === '' || p === '..')) {
         throw new InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
     }
     return value;
@@ -91443,7 +91635,9 @@ async function restore(settings) {
     }
     const height = manifest?.blockHeight ?? chosen.name.height;
     const session = await group('Connect', async () => {
-        const s = await SshSession.connect(ssh, { onKeyDir: (dir) => saveState(State.KeyDir, dir) });
+        const s = await SshSession.connect(ssh, {
+            onKeyDir: (dir) => saveState(State.KeyDir, dir),
+        });
         info(`Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${s.dataTransport}.`);
         return s;
     });
@@ -91480,7 +91674,9 @@ async function restore(settings) {
             if (chosen.name.compression === 'zstd' && !probe.tools.has('zstd')) {
                 throw new HostError(`${chosen.key} is zstd-compressed and the host has no 'zstd': install it (apt install zstd).`);
             }
-            if (chosen.name.compression === 'gzip' && !probe.tools.has('pigz') && !probe.tools.has('gzip')) {
+            if (chosen.name.compression === 'gzip' &&
+                !probe.tools.has('pigz') &&
+                !probe.tools.has('gzip')) {
                 throw new HostError(`The host has neither pigz nor gzip.`);
             }
             const address = opts.nodeIp || (await session.run('Finding the node IP', detectIpCommand())).trim();
@@ -91492,13 +91688,15 @@ async function restore(settings) {
             return address;
         });
         saveState(State.StagingDir, stage);
-        const streamed = await group(`Stream ${chosen.key} into ${stage}`, () => streamInto(session, client, settings, chosen.key, stage, chosen.name.compression, size));
+        const streamed = await group(`Stream ${chosen.key} into ${stage}`, () => streamInto(session, client, settings, chosen.key, stage, chosen.name.compression, size, manifest?.sha256));
         timings.stream = streamed.seconds;
         if (manifest && streamed.sha256 !== manifest.sha256) {
             throw new IntegrityError(`${chosen.key}: sha256 ${streamed.sha256} differs from the manifest's ${manifest.sha256}: the stored archive is damaged. ` +
                 `The data dir was not touched; restore another snapshot ('snapshot' input).`);
         }
-        const files = Number((await session.run('Checking the staged snapshot', prepareStagedCommand(kind, stage, ip)).catch((error) => {
+        const files = Number((await session
+            .run('Checking the staged snapshot', prepareStagedCommand(kind, stage, ip))
+            .catch((error) => {
             throw error instanceof RemoteCommandError
                 ? new IntegrityError(`${chosen.key} is not a snapshot of a ${kind.name} node: ${error.stderr.trim()}. The data dir was not touched.`)
                 : error;
@@ -91519,7 +91717,9 @@ async function restore(settings) {
                 if (stopped)
                     await node.start();
                 else
-                    await session.run('The start command', settings.node.startCommand, { timeoutMs: 15 * 60_000 });
+                    await session.run('The start command', settings.node.startCommand, {
+                        timeoutMs: 15 * 60_000,
+                    });
                 stopped = false;
                 const reached = await waitForHeight(node, height, opts.healthTimeoutSeconds);
                 timings.health = secondsSince(t);
@@ -91528,7 +91728,8 @@ async function restore(settings) {
                 }
                 info(`The node is at block height ${reached} (the snapshot's: ${height}).`);
                 return reached;
-            }).catch(async (error) => {
+            })
+                .catch(async (error) => {
                 if (!hadPrevious) {
                     throw new ActionError(`${errorMessage(error)} The host had no previous data dir to roll back to; the restored data stays in ` +
                         `${dataDir}. Look at the node's logs.`);
@@ -91539,7 +91740,9 @@ async function restore(settings) {
             });
         }
         if (!opts.keepPrevious) {
-            await session.run('Removing the previous data dir', removeCommand(previous), { timeoutMs: 60 * 60_000 });
+            await session.run('Removing the previous data dir', removeCommand(previous), {
+                timeoutMs: 60 * 60_000,
+            });
             info(`Removed ${previous} ('keep-previous: false').`);
         }
         timings.total = secondsSince(t0);
@@ -91559,9 +91762,18 @@ async function restore(settings) {
             ],
             ['Snapshot', `<code>${chosen.key}</code>`],
             ['Host', `${ssh.host} (block DB ${kind.identityDir(ip)})`],
-            ['Block height', `${height} in the snapshot${heightReached !== undefined ? `, ${heightReached} reached` : ''}`],
-            ['Archive', `${formatBytes(streamed.bytes)}, ${manifest ? 'sha256 matches the manifest' : 'no manifest (checked by the decompressor)'}`],
-            ['Stream and extract', `${formatDuration(timings.stream)} (${formatRate(streamed.bytes, timings.stream)})`],
+            [
+                'Block height',
+                `${height} in the snapshot${heightReached !== undefined ? `, ${heightReached} reached` : ''}`,
+            ],
+            [
+                'Archive',
+                `${formatBytes(streamed.bytes)}, ${manifest ? 'sha256 matches the manifest' : 'no manifest (checked by the decompressor)'}`,
+            ],
+            [
+                'Stream and extract',
+                `${formatDuration(timings.stream)} (${formatRate(streamed.bytes, timings.stream)})`,
+            ],
             ['Previous data', opts.keepPrevious ? `<code>${previous}</code>` : 'removed'],
             ['Total', formatDuration(timings.total)],
         ])
@@ -91597,7 +91809,7 @@ async function nodeRunning(session, node, settings) {
     const processes = (await session.run('Looking for node processes', processCheckCommand(settings.restore.processPattern))).trim();
     return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
 }
-async function streamInto(session, client, settings, key, stage, compression, size) {
+async function streamInto(session, client, settings, key, stage, compression, size, expectedSha256) {
     const t = performance.now();
     let body;
     try {
@@ -91627,6 +91839,12 @@ async function streamInto(session, client, settings, key, stage, compression, si
     if (downloadError) {
         throw new ActionError(`The download of ${key} broke off after ${formatBytes(counter.bytes)}: ${downloadError.message}. The data dir was not touched; run again.`);
     }
+    // A damaged archive usually breaks the decompressor too: the sha256 says what happened.
+    const sha256 = counter.digest();
+    if (expectedSha256 && counter.bytes === size && sha256 !== expectedSha256) {
+        throw new IntegrityError(`${key}: sha256 ${sha256} differs from the manifest's ${expectedSha256}: the stored archive is damaged. ` +
+            `The data dir was not touched; restore another snapshot ('snapshot' input).`);
+    }
     if (code !== 0) {
         const tail = remote.stderrTail().trim();
         if (/No space left on device/i.test(tail)) {
@@ -91642,7 +91860,7 @@ async function streamInto(session, client, settings, key, stage, compression, si
     }
     const seconds = secondsSince(t);
     info(`${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}).`);
-    return { sha256: counter.digest(), bytes: counter.bytes, seconds };
+    return { sha256, bytes: counter.bytes, seconds };
 }
 async function waitForHeight(node, height, timeoutSeconds) {
     const deadline = performance.now() + timeoutSeconds * 1000;

@@ -35,7 +35,13 @@ export async function list(settings: Settings, now: Date = new Date()): Promise<
   const listed = new Set(entries);
   const byEntry = new Map(archives.map((a) => [listEntry(a.name), a]));
   // backup_list's order first (it is the published truth), then stored archives it does not name.
-  const order = [...entries.filter((e) => byEntry.has(e)), ...[...byEntry.keys()].filter((e) => !listed.has(e)).sort().reverse()];
+  const order = [
+    ...entries.filter((e) => byEntry.has(e)),
+    ...[...byEntry.keys()]
+      .filter((e) => !listed.has(e))
+      .sort()
+      .reverse(),
+  ];
   const rows: ListedSnapshot[] = [];
   for (const entry of order) {
     const a = byEntry.get(entry);
@@ -43,7 +49,9 @@ export async function list(settings: Settings, now: Date = new Date()): Promise<
     if (!a || !name) continue;
     const mKey = manifestKey(manifestPrefix, a.key);
     const manifest = manifestKeys.has(mKey) ? await readManifest(client, bucket, mKey) : undefined;
-    const created = manifest?.createdAt ? new Date(manifest.createdAt) : stampDate(name.stamp) ?? a.lastModified ?? now;
+    const created = manifest?.createdAt
+      ? new Date(manifest.createdAt)
+      : (stampDate(name.stamp) ?? a.lastModified ?? now);
     rows.push({
       key: a.key,
       entry,
@@ -59,13 +67,18 @@ export async function list(settings: Settings, now: Date = new Date()): Promise<
   }
   core.setOutput(Outputs.Snapshots, JSON.stringify(rows));
   for (const r of rows) {
-    core.info(`${r.key}  BH${r.blockHeight}  ${formatBytes(r.size)}  ${formatAge(r.ageHours)}${r.listed ? '' : '  (not in backup_list)'}`);
+    core.info(
+      `${r.key}  BH${r.blockHeight}  ${formatBytes(r.size)}  ${formatAge(r.ageHours)}${r.listed ? '' : '  (not in backup_list)'}`,
+    );
   }
   if (rows.length === 0) core.info(`Nothing is stored under s3://${bucket}/${prefix}/.`);
   await core.summary
     .addHeading(`prep-snapshot: ${rows.length} snapshot(s) in s3://${bucket}/${prefix}`, 3)
     .addTable([
-      ['Key', 'Block height', 'Size', 'Age', 'Listed', 'Manifest', 'Permanent copy'].map((h) => ({ data: h, header: true })),
+      ['Key', 'Block height', 'Size', 'Age', 'Listed', 'Manifest', 'Permanent copy'].map((h) => ({
+        data: h,
+        header: true,
+      })),
       ...rows.map((r) => [
         `<code>${r.key}</code>`,
         String(r.blockHeight),

@@ -9,7 +9,13 @@ import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/cli
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Readable } from 'node:stream';
 import { Outputs, State } from '../constants.js';
-import { ActionError, HostError, IntegrityError, RemoteCommandError, errorMessage } from '../errors.js';
+import {
+  ActionError,
+  HostError,
+  IntegrityError,
+  RemoteCommandError,
+  errorMessage,
+} from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import { manifestKey } from '../naming.js';
 import { NodeControl } from '../node-control.js';
@@ -54,7 +60,11 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
     core.info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list: it may be incomplete)'}`);
     return c;
   });
-  const manifest = await readManifest(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, chosen.key));
+  const manifest = await readManifest(
+    client,
+    settings.s3.bucket,
+    manifestKey(settings.s3.manifestPrefix, chosen.key),
+  );
   const size = await objectSize(client, settings.s3.bucket, chosen.key);
   if (!manifest) {
     core.warning(
@@ -65,8 +75,12 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
   const height = manifest?.blockHeight ?? chosen.name.height;
 
   const session = await core.group('Connect', async () => {
-    const s = await SshSession.connect(ssh, { onKeyDir: (dir) => core.saveState(State.KeyDir, dir) });
-    core.info(`Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${s.dataTransport}.`);
+    const s = await SshSession.connect(ssh, {
+      onKeyDir: (dir) => core.saveState(State.KeyDir, dir),
+    });
+    core.info(
+      `Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${s.dataTransport}.`,
+    );
     return s;
   });
   const node = new NodeControl(session, settings.node, kind, runId);
@@ -92,7 +106,12 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
         stopped = true;
         wasRunning = true;
       }
-      const probe = parseProbe(await session.run('Preparing the host', prepareRestoreCommand(settings.node.prepDir, dataDir)));
+      const probe = parseProbe(
+        await session.run(
+          'Preparing the host',
+          prepareRestoreCommand(settings.node.prepDir, dataDir),
+        ),
+      );
       const needed = (manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
       if (probe.freeBytes < needed) {
         throw new HostError(
@@ -103,12 +122,19 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
       hadPrevious = probe.dataDirPresent;
       if (!probe.tools.has('tar')) throw new HostError(`The host has no 'tar'.`);
       if (chosen.name.compression === 'zstd' && !probe.tools.has('zstd')) {
-        throw new HostError(`${chosen.key} is zstd-compressed and the host has no 'zstd': install it (apt install zstd).`);
+        throw new HostError(
+          `${chosen.key} is zstd-compressed and the host has no 'zstd': install it (apt install zstd).`,
+        );
       }
-      if (chosen.name.compression === 'gzip' && !probe.tools.has('pigz') && !probe.tools.has('gzip')) {
+      if (
+        chosen.name.compression === 'gzip' &&
+        !probe.tools.has('pigz') &&
+        !probe.tools.has('gzip')
+      ) {
         throw new HostError(`The host has neither pigz nor gzip.`);
       }
-      const address = opts.nodeIp || (await session.run('Finding the node IP', detectIpCommand())).trim();
+      const address =
+        opts.nodeIp || (await session.run('Finding the node IP', detectIpCommand())).trim();
       if (!isIpv4(address)) {
         throw new HostError(
           `Could not find the node's IPv4 address on the host (got '${address}'). Set 'node-ip' (for a node behind NAT, its public address).`,
@@ -123,7 +149,16 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
 
     core.saveState(State.StagingDir, stage);
     const streamed = await core.group(`Stream ${chosen.key} into ${stage}`, () =>
-      streamInto(session, client, settings, chosen.key, stage, chosen.name.compression, size, manifest?.sha256),
+      streamInto(
+        session,
+        client,
+        settings,
+        chosen.key,
+        stage,
+        chosen.name.compression,
+        size,
+        manifest?.sha256,
+      ),
     );
     timings.stream = streamed.seconds;
     if (manifest && streamed.sha256 !== manifest.sha256) {
@@ -134,15 +169,21 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
     }
     const files = Number(
       (
-        await session.run('Checking the staged snapshot', prepareStagedCommand(kind, stage, ip)).catch((error) => {
-          throw error instanceof RemoteCommandError
-            ? new IntegrityError(`${chosen.key} is not a snapshot of a ${kind.name} node: ${error.stderr.trim()}. The data dir was not touched.`)
-            : error;
-        })
+        await session
+          .run('Checking the staged snapshot', prepareStagedCommand(kind, stage, ip))
+          .catch((error) => {
+            throw error instanceof RemoteCommandError
+              ? new IntegrityError(
+                  `${chosen.key} is not a snapshot of a ${kind.name} node: ${error.stderr.trim()}. The data dir was not touched.`,
+                )
+              : error;
+          })
       ).trim(),
     );
     if (manifest && files !== manifest.files) {
-      throw new IntegrityError(`${chosen.key} extracted ${files} files; its manifest says ${manifest.files}. The data dir was not touched.`);
+      throw new IntegrityError(
+        `${chosen.key} extracted ${files} files; its manifest says ${manifest.files}. The data dir was not touched.`,
+      );
     }
 
     await core.group('Swap the data dir', async () => {
@@ -154,36 +195,43 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
 
     let heightReached: number | undefined;
     if (opts.startNode) {
-      heightReached = await core.group('Start the node and wait for its height', async () => {
-        const t = performance.now();
-        if (stopped) await node.start();
-        else await session.run('The start command', settings.node.startCommand, { timeoutMs: 15 * 60_000 });
-        stopped = false;
-        const reached = await waitForHeight(node, height, opts.healthTimeoutSeconds);
-        timings.health = secondsSince(t);
-        if (reached === undefined) {
+      heightReached = await core
+        .group('Start the node and wait for its height', async () => {
+          const t = performance.now();
+          if (stopped) await node.start();
+          else
+            await session.run('The start command', settings.node.startCommand, {
+              timeoutMs: 15 * 60_000,
+            });
+          stopped = false;
+          const reached = await waitForHeight(node, height, opts.healthTimeoutSeconds);
+          timings.health = secondsSince(t);
+          if (reached === undefined) {
+            throw new ActionError(
+              `The node did not reach block height ${height} within ${formatDuration(opts.healthTimeoutSeconds)}.`,
+            );
+          }
+          core.info(`The node is at block height ${reached} (the snapshot's: ${height}).`);
+          return reached;
+        })
+        .catch(async (error) => {
+          if (!hadPrevious) {
+            throw new ActionError(
+              `${errorMessage(error)} The host had no previous data dir to roll back to; the restored data stays in ` +
+                `${dataDir}. Look at the node's logs.`,
+            );
+          }
+          await rollback(session, settings, dataDir, previous, stamp, wasRunning);
           throw new ActionError(
-            `The node did not reach block height ${height} within ${formatDuration(opts.healthTimeoutSeconds)}.`,
+            `${errorMessage(error)} The previous data dir was put back in place (the restored one is kept as ` +
+              `${dataDir}.failed-${stamp})${wasRunning ? ' and the node started on it' : ''}. Look at the node's logs before running again.`,
           );
-        }
-        core.info(`The node is at block height ${reached} (the snapshot's: ${height}).`);
-        return reached;
-      }).catch(async (error) => {
-        if (!hadPrevious) {
-          throw new ActionError(
-            `${errorMessage(error)} The host had no previous data dir to roll back to; the restored data stays in ` +
-              `${dataDir}. Look at the node's logs.`,
-          );
-        }
-        await rollback(session, settings, dataDir, previous, stamp, wasRunning);
-        throw new ActionError(
-          `${errorMessage(error)} The previous data dir was put back in place (the restored one is kept as ` +
-            `${dataDir}.failed-${stamp})${wasRunning ? ' and the node started on it' : ''}. Look at the node's logs before running again.`,
-        );
-      });
+        });
     }
     if (!opts.keepPrevious) {
-      await session.run('Removing the previous data dir', removeCommand(previous), { timeoutMs: 60 * 60_000 });
+      await session.run('Removing the previous data dir', removeCommand(previous), {
+        timeoutMs: 60 * 60_000,
+      });
       core.info(`Removed ${previous} ('keep-previous: false').`);
     }
 
@@ -203,9 +251,18 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
         ],
         ['Snapshot', `<code>${chosen.key}</code>`],
         ['Host', `${ssh.host} (block DB ${kind.identityDir(ip)})`],
-        ['Block height', `${height} in the snapshot${heightReached !== undefined ? `, ${heightReached} reached` : ''}`],
-        ['Archive', `${formatBytes(streamed.bytes)}, ${manifest ? 'sha256 matches the manifest' : 'no manifest (checked by the decompressor)'}`],
-        ['Stream and extract', `${formatDuration(timings.stream)} (${formatRate(streamed.bytes, timings.stream)})`],
+        [
+          'Block height',
+          `${height} in the snapshot${heightReached !== undefined ? `, ${heightReached} reached` : ''}`,
+        ],
+        [
+          'Archive',
+          `${formatBytes(streamed.bytes)}, ${manifest ? 'sha256 matches the manifest' : 'no manifest (checked by the decompressor)'}`,
+        ],
+        [
+          'Stream and extract',
+          `${formatDuration(timings.stream)} (${formatRate(streamed.bytes, timings.stream)})`,
+        ],
         ['Previous data', opts.keepPrevious ? `<code>${previous}</code>` : 'removed'],
         ['Total', formatDuration(timings.total)],
       ])
@@ -216,7 +273,9 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
       await session
         .run('Removing the staging folder', removeCommand(stage), { timeoutMs: 30 * 60_000 })
         .then(() => core.saveState(State.StagingDir, ''))
-        .catch((e) => core.warning(`Could not remove the staging folder ${stage}: ${errorMessage(e)}`));
+        .catch((e) =>
+          core.warning(`Could not remove the staging folder ${stage}: ${errorMessage(e)}`),
+        );
     }
     if (stopped) await node.ensureStarted();
     session.close();
@@ -233,10 +292,19 @@ async function objectSize(client: S3Client, bucket: string, key: string): Promis
   }
 }
 
-async function nodeRunning(session: SshSession, node: NodeControl, settings: Settings): Promise<string | undefined> {
+async function nodeRunning(
+  session: SshSession,
+  node: NodeControl,
+  settings: Settings,
+): Promise<string | undefined> {
   const height = await node.height().catch(() => undefined);
   if (height !== undefined) return `its peer API answers, block height ${height}`;
-  const processes = (await session.run('Looking for node processes', processCheckCommand(settings.restore.processPattern))).trim();
+  const processes = (
+    await session.run(
+      'Looking for node processes',
+      processCheckCommand(settings.restore.processPattern),
+    )
+  ).trim();
   return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
 }
 
@@ -291,24 +359,36 @@ async function streamInto(
   if (code !== 0) {
     const tail = remote.stderrTail().trim();
     if (/No space left on device/i.test(tail)) {
-      throw new HostError(`The host's disk filled up during the extraction (${dirname(stage)}). The data dir was not touched; free space and run again.`);
+      throw new HostError(
+        `The host's disk filled up during the extraction (${dirname(stage)}). The data dir was not touched; free space and run again.`,
+      );
     }
     if (code === null) {
-      throw new ActionError(`The SSH connection was lost during the extraction${tail ? `: ${tail}` : ''}. The data dir was not touched; run again.`);
+      throw new ActionError(
+        `The SSH connection was lost during the extraction${tail ? `: ${tail}` : ''}. The data dir was not touched; run again.`,
+      );
     }
     throw new IntegrityError(
       `The archive did not extract (exit ${code}): ${tail || 'no message'}. It is truncated or damaged; the data dir was not touched.`,
     );
   }
   if (counter.bytes !== size) {
-    throw new ActionError(`${formatBytes(counter.bytes)} of ${formatBytes(size)} arrived. The data dir was not touched; run again.`);
+    throw new ActionError(
+      `${formatBytes(counter.bytes)} of ${formatBytes(size)} arrived. The data dir was not touched; run again.`,
+    );
   }
   const seconds = secondsSince(t);
-  core.info(`${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}).`);
+  core.info(
+    `${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}).`,
+  );
   return { sha256, bytes: counter.bytes, seconds };
 }
 
-async function waitForHeight(node: NodeControl, height: number, timeoutSeconds: number): Promise<number | undefined> {
+async function waitForHeight(
+  node: NodeControl,
+  height: number,
+  timeoutSeconds: number,
+): Promise<number | undefined> {
   const deadline = performance.now() + timeoutSeconds * 1000;
   let last: number | undefined;
   while (performance.now() < deadline) {
@@ -331,7 +411,9 @@ async function rollback(
   await session.exec(settings.node.stopCommand, { timeoutMs: 15 * 60_000 });
   const res = await session.exec(rollbackCommand(dataDir, previous, `${dataDir}.failed-${stamp}`));
   if (res.code !== 0) {
-    throw new HostError(`The rollback failed: ${res.stderr.trim()}. The previous data is ${previous}; put it back by hand.`);
+    throw new HostError(
+      `The rollback failed: ${res.stderr.trim()}. The previous data is ${previous}; put it back by hand.`,
+    );
   }
   if (startAfter) await session.exec(settings.node.startCommand, { timeoutMs: 15 * 60_000 });
 }

@@ -38,8 +38,14 @@ export async function verify(settings: Settings): Promise<VerifyReport> {
     core.info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list)'}`);
     return c;
   });
-  const manifest = await readManifest(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, chosen.key));
-  const report = await core.group(`Verify ${chosen.key}`, () => verifyStored(client, settings, chosen.key, manifest));
+  const manifest = await readManifest(
+    client,
+    settings.s3.bucket,
+    manifestKey(settings.s3.manifestPrefix, chosen.key),
+  );
+  const report = await core.group(`Verify ${chosen.key}`, () =>
+    verifyStored(client, settings, chosen.key, manifest),
+  );
   core.setOutput(Outputs.Key, report.key);
   core.setOutput(Outputs.Sha256, report.sha256);
   core.setOutput(Outputs.Size, String(report.compressedBytes));
@@ -55,10 +61,16 @@ export async function verify(settings: Settings): Promise<VerifyReport> {
       ],
       ['Key', `<code>${report.key}</code>`],
       ['Result', 'whole: every entry complete, the expected directories present'],
-      ['sha256', `<code>${report.sha256}</code> ${report.hasManifest ? '(matches the manifest)' : '(no manifest to compare)'}`],
+      [
+        'sha256',
+        `<code>${report.sha256}</code> ${report.hasManifest ? '(matches the manifest)' : '(no manifest to compare)'}`,
+      ],
       ['Archive', formatBytes(report.compressedBytes)],
       ['Content', `${report.files} files, ${formatBytes(report.bytes)}`],
-      ['Duration', `${formatDuration(report.seconds)} (${formatRate(report.compressedBytes, report.seconds)})`],
+      [
+        'Duration',
+        `${formatDuration(report.seconds)} (${formatRate(report.compressedBytes, report.seconds)})`,
+      ],
     ])
     .write();
   return report;
@@ -74,7 +86,7 @@ export async function verifyStored(
 ): Promise<VerifyReport> {
   const t = performance.now();
   let body: Readable;
-  let length = 0;
+  let length: number;
   try {
     const res = await client.send(new GetObjectCommand({ Bucket: settings.s3.bucket, Key: key }));
     body = res.Body as Readable;
@@ -83,7 +95,9 @@ export async function verifyStored(
     throw describeS3Error(error, `s3://${settings.s3.bucket}/${key}`);
   }
   if (!manifest) {
-    core.warning(`${key} has no manifest (an archive of the original script?): its sha256 cannot be compared, only its structure.`);
+    core.warning(
+      `${key} has no manifest (an archive of the original script?): its sha256 cannot be compared, only its structure.`,
+    );
   }
   const progress = new Progress('Verify', length);
   const hash = createHash('sha256');
@@ -110,7 +124,8 @@ export async function verifyStored(
       const path = entry.path.replace(/^\.\//, '').replace(/\/$/, '');
       const top = path.split('/')[0] ?? '';
       if (kind.roots.includes(top)) roots.add(top);
-      if (path === placeholderPath || path.startsWith(`${placeholderPath}/`)) roots.add(placeholderPath);
+      if (path === placeholderPath || path.startsWith(`${placeholderPath}/`))
+        roots.add(placeholderPath);
       if (entry.type === 'File' || entry.type === 'OldFile' || entry.type === 'ContiguousFile') {
         files++;
         const expected = entry.size;
@@ -130,7 +145,9 @@ export async function verifyStored(
     // A damaged archive usually breaks the tar stream too. With a manifest, read the rest of
     // the object into the hash: a sha256 that differs from the manifest's says what happened.
     if (manifest && length > compressedBytes) {
-      const rest = await hashRange(client, settings.s3.bucket, key, compressedBytes, hash).catch(() => undefined);
+      const rest = await hashRange(client, settings.s3.bucket, key, compressedBytes, hash).catch(
+        () => undefined,
+      );
       if (rest !== undefined && compressedBytes + rest === manifest.compressedBytes) {
         const sha256 = hash.digest('hex');
         if (sha256 !== manifest.sha256) {
@@ -149,24 +166,48 @@ export async function verifyStored(
   }
   const sha256 = hash.digest('hex');
   if (manifest && manifest.sha256 !== sha256) {
-    throw new IntegrityError(`${key}: sha256 ${sha256} differs from the manifest's ${manifest.sha256}. The stored archive is damaged.`);
+    throw new IntegrityError(
+      `${key}: sha256 ${sha256} differs from the manifest's ${manifest.sha256}. The stored archive is damaged.`,
+    );
   }
   if (manifest && manifest.compressedBytes !== compressedBytes) {
-    throw new IntegrityError(`${key}: ${compressedBytes} bytes stored, the manifest says ${manifest.compressedBytes}.`);
+    throw new IntegrityError(
+      `${key}: ${compressedBytes} bytes stored, the manifest says ${manifest.compressedBytes}.`,
+    );
   }
   if (incomplete) throw new IntegrityError(`${key} has an incomplete entry: ${incomplete}.`);
   const needed = [...kind.roots, placeholderPath].filter((r) => !roots.has(r));
   if (needed.length > 0) {
-    throw new IntegrityError(`${key} lacks ${needed.join(' and ')}: it is not a snapshot of a ${kind.name} node.`);
+    throw new IntegrityError(
+      `${key} lacks ${needed.join(' and ')}: it is not a snapshot of a ${kind.name} node.`,
+    );
   }
   const seconds = secondsSince(t);
-  core.info(`${key}: whole. ${files} files, ${formatBytes(bytes)}; ${formatBytes(compressedBytes)} read in ${formatDuration(seconds)}; sha256 ${sha256}.`);
-  return { key, sha256, compressedBytes, files, bytes, hasManifest: manifest !== undefined, seconds };
+  core.info(
+    `${key}: whole. ${files} files, ${formatBytes(bytes)}; ${formatBytes(compressedBytes)} read in ${formatDuration(seconds)}; sha256 ${sha256}.`,
+  );
+  return {
+    key,
+    sha256,
+    compressedBytes,
+    files,
+    bytes,
+    hasManifest: manifest !== undefined,
+    seconds,
+  };
 }
 
 /** Feeds the object's bytes from `start` to its end into `hash`; returns how many. */
-async function hashRange(client: S3Client, bucket: string, key: string, start: number, hash: Hash): Promise<number> {
-  const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=${start}-` }));
+async function hashRange(
+  client: S3Client,
+  bucket: string,
+  key: string,
+  start: number,
+  hash: Hash,
+): Promise<number> {
+  const res = await client.send(
+    new GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=${start}-` }),
+  );
   let n = 0;
   for await (const chunk of res.Body as Readable) {
     hash.update(chunk as Buffer);

@@ -53,7 +53,9 @@ export function pickIdentityDir(kind: NodeKind, names: string[], dataDir: string
   if (matches.length === 1) return matches[0] as string;
   const where = `${dataDir}/${kind.identityParent}`;
   if (matches.length === 0) {
-    throw new HostError(`${where} holds no ${kind.identityGlob} directory: is 'data-dir' the node's data directory?`);
+    throw new HostError(
+      `${where} holds no ${kind.identityGlob} directory: is 'data-dir' the node's data directory?`,
+    );
   }
   throw new HostError(
     `${where} holds ${matches.length} directories named ${kind.identityGlob} (${matches.join(', ')}): ` +

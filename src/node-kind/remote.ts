@@ -22,7 +22,10 @@ export function probeCommand(kind: NodeKind, dataDir: string): string {
     `data=${quote(dataDir)}`,
     `if [ ! -d "$data" ]; then echo "datadir=missing"; exit 0; fi`,
     `echo "datadir=present"`,
-    ...kind.roots.map((r) => `[ -d "$data"/${quote(r)} ] && echo ${quote(`root=${r}`)} || echo ${quote(`missingroot=${r}`)}`),
+    ...kind.roots.map(
+      (r) =>
+        `[ -d "$data"/${quote(r)} ] && echo ${quote(`root=${r}`)} || echo ${quote(`missingroot=${r}`)}`,
+    ),
     `for d in "$data"/${quote(kind.identityParent)}/${kind.identityGlob}; do [ -d "$d" ] && printf 'identity=%s\\n' "\${d##*/}"; done; true`,
     `for t in tar pigz gzip zstd curl wget base64 setsid; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
     `echo "dev_data=$(stat -c %d "$data")"`,
@@ -143,7 +146,12 @@ export const CHECKPOINT_BYTES = 1024 * 10240;
  * Streams the archive to stdout: tar of the roots, with the identity directory renamed to
  * the placeholder, compressed by pigz (gzip where pigz is missing) or zstd.
  */
-export function archiveCommand(kind: NodeKind, dir: string, identity: string, options: StreamOptions): string {
+export function archiveCommand(
+  kind: NodeKind,
+  dir: string,
+  identity: string,
+  options: StreamOptions,
+): string {
   // The directory itself and what is under it; not a sibling whose name merely starts the same.
   const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
   const to = `${kind.identityParent}/${kind.placeholder}`;
@@ -229,7 +237,9 @@ export function recordWatchdogPidCommand(flag: string, pid: number): string {
 
 /** Is a node process running? Prints the matching `pid args` lines (excluding this shell). */
 export function processCheckCommand(pattern: string): string {
-  return bashScript([`ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`]);
+  return bashScript([
+    `ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`,
+  ]);
 }
 
 /** The host's primary IPv4 address: the source address of its default route. */
@@ -272,7 +282,9 @@ export function prepareStagedCommand(kind: NodeKind, stage: string, ip: string):
   const placeholder = `${kind.identityParent}/${kind.placeholder}`;
   return bashScript([
     `cd -- ${quote(stage)}`,
-    ...kind.roots.map((r) => `[ -d ${quote(r)} ] || { echo ${quote(`the archive holds no ${r}`)} >&2; exit 3; }`),
+    ...kind.roots.map(
+      (r) => `[ -d ${quote(r)} ] || { echo ${quote(`the archive holds no ${r}`)} >&2; exit 3; }`,
+    ),
     `[ -d ${quote(placeholder)} ] || { echo ${quote(`the archive holds no ${placeholder}`)} >&2; exit 3; }`,
     `mv -- ${quote(placeholder)} ${quote(`${kind.identityParent}/${kind.identityDir(ip)}`)}`,
     `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,

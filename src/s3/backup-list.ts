@@ -46,7 +46,11 @@ export interface ListObject {
   etag?: string;
 }
 
-export async function readBackupList(client: S3Client, bucket: string, key: string): Promise<ListObject> {
+export async function readBackupList(
+  client: S3Client,
+  bucket: string,
+  key: string,
+): Promise<ListObject> {
   try {
     const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
     const text = (await res.Body?.transformToString('utf8')) ?? '';
@@ -84,10 +88,13 @@ export async function updateBackupList(
       return next;
     } catch (error) {
       // 412: someone wrote it since it was read; 404: someone removed it since. Read again.
-      const conflict = isStatus(error, 412, 409, 404) || (error as Error).name === 'PreconditionFailed';
+      const conflict =
+        isStatus(error, 412, 409, 404) || (error as Error).name === 'PreconditionFailed';
       if (!conflict) throw describeS3Error(error, `s3://${bucket}/${key}`);
       if (attempt >= attempts) {
-        throw new StorageError(`backup_list kept changing under this run (${attempts} attempts); run again.`);
+        throw new StorageError(
+          `backup_list kept changing under this run (${attempts} attempts); run again.`,
+        );
       }
       await sleep(Math.min(2000, 50 * 2 ** attempt) * (0.5 + Math.random()));
     }

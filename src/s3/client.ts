@@ -10,7 +10,8 @@ import type { S3Settings } from '../settings.js';
 
 export function createClient(settings: S3Settings): S3Client {
   const config: S3ClientConfig = {
-    region: settings.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+    region:
+      settings.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
     endpoint: settings.endpoint,
     forcePathStyle: settings.forcePathStyle,
     maxAttempts: 5,
@@ -35,16 +36,25 @@ export async function checkBucket(client: S3Client, settings: S3Settings): Promi
 /** Turns an SDK error into one the operator can act on. */
 export function describeS3Error(error: unknown, what: string): StorageError {
   if (error instanceof StorageError) return error;
-  const err = error as Error & { name?: string; $metadata?: { httpStatusCode?: number }; code?: string };
+  const err = error as Error & {
+    name?: string;
+    $metadata?: { httpStatusCode?: number };
+    code?: string;
+  };
   const status = err.$metadata?.httpStatusCode;
-  if (err.name === 'CredentialsProviderError' || /Could not load credentials/i.test(err.message ?? '')) {
+  if (
+    err.name === 'CredentialsProviderError' ||
+    /Could not load credentials/i.test(err.message ?? '')
+  ) {
     return new StorageError(
       `No AWS credentials were found for ${what}. Add a step with aws-actions/configure-aws-credentials before this one ` +
         `(or set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).`,
     );
   }
   if (status === 404 || err.name === 'NotFound' || err.name === 'NoSuchBucket') {
-    return new StorageError(`S3 answered 404 for ${what}: check 'bucket', 'region' and 'endpoint'.`);
+    return new StorageError(
+      `S3 answered 404 for ${what}: check 'bucket', 'region' and 'endpoint'.`,
+    );
   }
   if (status === 403 || err.name === 'AccessDenied' || err.name === 'Forbidden') {
     return new StorageError(
@@ -57,7 +67,9 @@ export function describeS3Error(error: unknown, what: string): StorageError {
   if (error instanceof S3ServiceException) {
     return new StorageError(`S3 error on ${what}: ${err.name} (${status ?? '?'}): ${err.message}`);
   }
-  return new StorageError(`S3 error on ${what}: ${err.code ?? err.name ?? ''} ${err.message}`.trim());
+  return new StorageError(
+    `S3 error on ${what}: ${err.code ?? err.name ?? ''} ${err.message}`.trim(),
+  );
 }
 
 export function isStatus(error: unknown, ...statuses: number[]): boolean {
@@ -67,6 +79,7 @@ export function isStatus(error: unknown, ...statuses: number[]): boolean {
 
 export function objectUrl(settings: S3Settings, key: string): string {
   const path = key.split('/').map(encodeURIComponent).join('/');
-  if (settings.endpoint) return `${settings.endpoint.replace(/\/+$/, '')}/${settings.bucket}/${path}`;
+  if (settings.endpoint)
+    return `${settings.endpoint.replace(/\/+$/, '')}/${settings.bucket}/${path}`;
   return `s3://${settings.bucket}/${key}`;
 }

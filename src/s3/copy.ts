@@ -22,7 +22,8 @@ export interface CopyOptions {
 export function copyRanges(size: number, partSize?: number): Array<{ start: number; end: number }> {
   const part = Math.max(partSize ?? Math.ceil(size / 9000), 5 * 1024 * 1024);
   const ranges = [];
-  for (let start = 0; start < size; start += part) ranges.push({ start, end: Math.min(size, start + part) - 1 });
+  for (let start = 0; start < size; start += part)
+    ranges.push({ start, end: Math.min(size, start + part) - 1 });
   return ranges;
 }
 
@@ -37,13 +38,17 @@ export async function copyObject(
   const copySource = `${bucket}/${source.split('/').map(encodeURIComponent).join('/')}`;
   if (size <= (options.threshold ?? COPY_OBJECT_LIMIT)) {
     try {
-      await client.send(new CopyObjectCommand({ Bucket: bucket, Key: target, CopySource: copySource }));
+      await client.send(
+        new CopyObjectCommand({ Bucket: bucket, Key: target, CopySource: copySource }),
+      );
       return;
     } catch (error) {
       throw describeS3Error(error, `the copy to s3://${bucket}/${target}`);
     }
   }
-  const created = await client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: target }));
+  const created = await client.send(
+    new CreateMultipartUploadCommand({ Bucket: bucket, Key: target }),
+  );
   const uploadId = created.UploadId as string;
   try {
     const parts: CompletedPart[] = [];

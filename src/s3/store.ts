@@ -16,7 +16,11 @@ export interface StoredObject {
   lastModified?: Date;
 }
 
-export async function listObjects(client: S3Client, bucket: string, prefix: string): Promise<StoredObject[]> {
+export async function listObjects(
+  client: S3Client,
+  bucket: string,
+  prefix: string,
+): Promise<StoredObject[]> {
   const out: StoredObject[] = [];
   let token: string | undefined;
   try {
@@ -40,7 +44,11 @@ export interface StoredArchive extends StoredObject {
 }
 
 /** Archives exactly at `{prefix}/YYYYMMDD/FILE`; anything else under the prefix is not ours to judge. */
-export async function listArchives(client: S3Client, bucket: string, prefix: string): Promise<StoredArchive[]> {
+export async function listArchives(
+  client: S3Client,
+  bucket: string,
+  prefix: string,
+): Promise<StoredArchive[]> {
   const objects = await listObjects(client, bucket, `${prefix}/`);
   return objects.flatMap((o) => {
     const name = parseArchivePath(o.key);
@@ -53,7 +61,10 @@ export async function deleteKeys(client: S3Client, bucket: string, keys: string[
     const batch = keys.slice(i, i + 1000);
     try {
       const res = await client.send(
-        new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }),
+        new DeleteObjectsCommand({
+          Bucket: bucket,
+          Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true },
+        }),
       );
       const failed = res.Errors?.[0];
       if (failed) throw new Error(`${failed.Key}: ${failed.Code} ${failed.Message}`);
@@ -63,7 +74,11 @@ export async function deleteKeys(client: S3Client, bucket: string, keys: string[
   }
 }
 
-export async function readManifest(client: S3Client, bucket: string, key: string): Promise<Manifest | undefined> {
+export async function readManifest(
+  client: S3Client,
+  bucket: string,
+  key: string,
+): Promise<Manifest | undefined> {
   try {
     const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
     return JSON.parse((await res.Body?.transformToString('utf8')) ?? '') as Manifest;
@@ -74,7 +89,12 @@ export async function readManifest(client: S3Client, bucket: string, key: string
   }
 }
 
-export async function writeJson(client: S3Client, bucket: string, key: string, value: unknown): Promise<void> {
+export async function writeJson(
+  client: S3Client,
+  bucket: string,
+  key: string,
+  value: unknown,
+): Promise<void> {
   try {
     await client.send(
       new PutObjectCommand({

@@ -3,8 +3,7 @@ import { createHash } from 'node:crypto';
 import { InputError } from '../errors.js';
 
 export type HostKeyPin =
-  | { kind: 'fingerprint'; fingerprint: string }
-  | { kind: 'key'; keyType: string; blob: Buffer };
+  { kind: 'fingerprint'; fingerprint: string } | { kind: 'key'; keyType: string; blob: Buffer };
 
 /** Accepts one pin a line: `SHA256:...`, `[host]:port type base64`, `host type base64` or `type base64`. */
 export function parseHostKeyPins(text: string): HostKeyPin[] {
@@ -31,7 +30,9 @@ export function parseHostKeyPins(text: string): HostKeyPin[] {
     }
     const blob = Buffer.from(base64, 'base64');
     if (blobKeyType(blob) !== keyType) {
-      throw new InputError(`Input 'host-key' line '${line}' holds a key whose type is not '${keyType}'.`);
+      throw new InputError(
+        `Input 'host-key' line '${line}' holds a key whose type is not '${keyType}'.`,
+      );
     }
     pins.push({ kind: 'key', keyType, blob });
   }
@@ -70,7 +71,8 @@ export function pinnedAlgorithms(pins: HostKeyPin[]): string[] | undefined {
   if (types.length === 0 || types.length !== pins.length) return undefined;
   const algorithms = new Set<string>();
   for (const t of types) {
-    if (t === 'ssh-rsa') ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'].forEach((a) => algorithms.add(a));
+    if (t === 'ssh-rsa')
+      ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'].forEach((a) => algorithms.add(a));
     else algorithms.add(t);
   }
   return [...algorithms];

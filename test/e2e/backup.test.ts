@@ -62,7 +62,11 @@ describe('backup', () => {
     let compared = 0;
     for (const f of readdirSync(join(dir, '.storage/db_CHANGEIP:7100_icon_dex'))) {
       if (/\.ldb$/.test(f) && existsSync(join(blockDb, f))) {
-        assert.equal(sha(join(dir, '.storage/db_CHANGEIP:7100_icon_dex', f)), sha(join(blockDb, f)), f);
+        assert.equal(
+          sha(join(dir, '.storage/db_CHANGEIP:7100_icon_dex', f)),
+          sha(join(blockDb, f)),
+          f,
+        );
         compared++;
       }
     }
@@ -72,7 +76,10 @@ describe('backup', () => {
     assert.ok(check.height >= Number(out['block-height']));
 
     // No staging folder is left on the host; the summary tells the operator what happened.
-    assert.deepEqual(readdirSync(join(world.node.home, 'data')).filter((n) => n.startsWith('.prep-snapshot')), []);
+    assert.deepEqual(
+      readdirSync(join(world.node.home, 'data')).filter((n) => n.startsWith('.prep-snapshot')),
+      [],
+    );
     assert.match(run.main.summary, /Block height/);
     assert.match(run.main.summary, /Node downtime/);
   });
@@ -82,12 +89,18 @@ describe('backup', () => {
     try {
       const run = await world.mainThenPost({ compression: 'zstd', 'permanent-copy': 'false' });
       assert.equal(run.main.code, 0, run.main.stdout + run.main.stderr);
-      const killed = world.node.events().filter((e) => e.event === 'killed').at(-1) as unknown as {
+      const killed = world.node
+        .events()
+        .filter((e) => e.event === 'killed')
+        .at(-1) as unknown as {
         orphan_tables?: Record<string, string[]>;
       };
       const orphans = Object.values(killed?.orphan_tables ?? {}).flat();
       assert.ok(orphans.length > 0, 'the stop left tables the MANIFEST does not list');
-      assert.match(run.main.stdout, /[1-9]\d* leftover table\(s\) of an interrupted compaction left out/);
+      assert.match(
+        run.main.stdout,
+        /[1-9]\d* leftover table\(s\) of an interrupted compaction left out/,
+      );
       assert.equal((await world.node.status()).running, true);
 
       const key = run.main.outputs.key as string;
@@ -110,7 +123,11 @@ describe('backup', () => {
   });
 
   it('archives while stopped with consistency: stop, over the ssh2 transport', async () => {
-    const run = await world.mainThenPost({ consistency: 'stop', 'ssh-transport': 'ssh2', 'permanent-copy': 'false' });
+    const run = await world.mainThenPost({
+      consistency: 'stop',
+      'ssh-transport': 'ssh2',
+      'permanent-copy': 'false',
+    });
     assert.equal(run.main.code, 0, run.main.stdout + run.main.stderr);
     assert.match(run.main.stdout, /archive bytes travel over ssh2/);
     assert.doesNotMatch(run.main.stdout, /Stop, freeze, start/);
@@ -120,13 +137,26 @@ describe('backup', () => {
     const archive = await download(world, key, join(dir, 'a.tar.gz'));
     assert.equal(sha(archive), run.main.outputs.sha256);
     await extractLikeSeed(archive, dir);
-    renameSync(join(dir, '.storage/db_CHANGEIP:7100_icon_dex'), join(dir, `.storage/db_${world.node.ip}:7100_icon_dex`));
+    renameSync(
+      join(dir, '.storage/db_CHANGEIP:7100_icon_dex'),
+      join(dir, `.storage/db_${world.node.ip}:7100_icon_dex`),
+    );
     assert.equal((await checkExtracted(dir)).ok, true);
   });
 
   it('logs in with a passphrase-protected key through the OpenSSH data channel', async () => {
     const keyDir = tempDir('prep-key-');
-    await exec('ssh-keygen', ['-q', '-t', 'ed25519', '-N', 'correct horse', '-f', join(keyDir, 'id'), '-C', 'prep-test']);
+    await exec('ssh-keygen', [
+      '-q',
+      '-t',
+      'ed25519',
+      '-N',
+      'correct horse',
+      '-f',
+      join(keyDir, 'id'),
+      '-C',
+      'prep-test',
+    ]);
     await world.sshd.authorize(readFileSync(join(keyDir, 'id.pub'), 'utf8'));
     const run = await world.mainThenPost({
       'ssh-key': readFileSync(join(keyDir, 'id'), 'utf8'),

@@ -11,11 +11,24 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { ListObjectsV2Command, type _Object } from '@aws-sdk/client-s3';
-import { check, errors, getBytes, putBytes, restoreRun, runMain, said, target, type Target } from './restore-kit.js';
+import {
+  check,
+  errors,
+  getBytes,
+  putBytes,
+  restoreRun,
+  runMain,
+  said,
+  target,
+} from './restore-kit.js';
 import { startNode, startWorld, tempDir, type World } from './world.js';
 
 const exec = promisify(execFile);
-const bash = async (script: string, env: Record<string, string> = {}, input?: string): Promise<string> => {
+const bash = async (
+  script: string,
+  env: Record<string, string> = {},
+  input?: string,
+): Promise<string> => {
   const p = exec('bash', ['-c', script], { env: { ...process.env, ...env }, maxBuffer: 1 << 26 });
   if (input !== undefined) {
     p.child.stdin!.on('error', () => undefined);
@@ -71,7 +84,11 @@ describe('compatibility with the original scripts', () => {
     const bucket = 'seed-made';
     await world.s3.createBucket(bucket);
     // A stopped node; the seed's backup runs in a copy of its data dir.
-    const source = await startNode(world.root, { name: 'seed-source', blocks: 300, ip: '10.5.5.5' });
+    const source = await startNode(world.root, {
+      name: 'seed-source',
+      blocks: 300,
+      ip: '10.5.5.5',
+    });
     stops.push(source);
     await source.stop();
     const copy = tempDir('prep-seed-');
@@ -84,7 +101,7 @@ describe('compatibility with the original scripts', () => {
       [
         'set -e',
         'PREP_DIR="$COPY/prep"',
-        'IP_DIR_NAME=`find ${PREP_DIR}/data/loopchain/.storage/*7100_icon_dex -maxdepth 1 -type d |awk -F\\/ \'{print $NF}\'`',
+        "IP_DIR_NAME=`find ${PREP_DIR}/data/loopchain/.storage/*7100_icon_dex -maxdepth 1 -type d |awk -F\\/ '{print $NF}'`",
         'BACKUP_TARGET_DIR="${PREP_DIR}/data/loopchain"',
         'BACKUP_TARGET=".score_data .storage"',
         'cd ${BACKUP_TARGET_DIR}',
@@ -93,7 +110,10 @@ describe('compatibility with the original scripts', () => {
       ].join('\n'),
       { COPY: copy, FILE_NAME: file },
     );
-    const tarList = await bash(`tar -tzf "$COPY/$F" | grep -c 'db_CHANGEIP:7100_icon_dex/' `, { COPY: copy, F: file });
+    const tarList = await bash(`tar -tzf "$COPY/$F" | grep -c 'db_CHANGEIP:7100_icon_dex/' `, {
+      COPY: copy,
+      F: file,
+    });
     assert.ok(Number(tarList) > 0, 'the seed renamed the block DB to the placeholder');
     await putBytes(world, `PRep/${today}/${file}`, readFileSync(join(copy, file)), bucket);
     const lines = await seedBackupList(world, bucket, 'PRep');
@@ -125,7 +145,9 @@ describe('compatibility with the original scripts', () => {
     const restoreDir = join(tempDir('prep-seed-restore-'), 'app/prep/data/loopchain');
     mkdirSync(restoreDir, { recursive: true });
     const archive = await getBytes(world, `PRep/${latest}`);
-    await import('node:fs/promises').then((fs) => fs.writeFile(join(restoreDir, filename), archive));
+    await import('node:fs/promises').then((fs) =>
+      fs.writeFile(join(restoreDir, filename), archive),
+    );
     // The seed's Restore_DB, as it is.
     await bash(
       [
@@ -143,7 +165,10 @@ describe('compatibility with the original scripts', () => {
 
   it("the seed's listing of the prefix still yields only archives, the same as our backup_list", async () => {
     const keys = await world.keys();
-    assert.ok(keys.some((k) => k.startsWith('_prep-snapshot/PRep/')), 'our manifests are stored');
+    assert.ok(
+      keys.some((k) => k.startsWith('_prep-snapshot/PRep/')),
+      'our manifests are stored',
+    );
     const lines = await seedBackupList(world, world.bucket, 'PRep');
     assert.ok(lines.length >= 2);
     for (const l of lines) assert.match(l, /^\d{8}\/PRep_BH\d+_data-\d{8}_\d{4}\.tar\.gz$/);

@@ -39,7 +39,9 @@ describe('list and verify', () => {
       });
     }
     archive = await getBytes(world, ours[1]!.key);
-    manifest = JSON.parse(await world.s3.getText(world.bucket, `_prep-snapshot/${ours[1]!.key}.json`)) as Record<string, unknown>;
+    manifest = JSON.parse(
+      await world.s3.getText(world.bucket, `_prep-snapshot/${ours[1]!.key}.json`),
+    ) as Record<string, unknown>;
   });
   after(() => world?.close());
 
@@ -47,12 +49,20 @@ describe('list and verify', () => {
     runMain(world, { mode, bucket: world.bucket, endpoint: world.s3.endpoint, ...extra });
 
   /** Stores a copy of the latest archive under another name of the same day; `meta` as its manifest. */
-  async function storeVariant(tag: string, body: Buffer, meta?: Record<string, unknown>): Promise<string> {
+  async function storeVariant(
+    tag: string,
+    body: Buffer,
+    meta?: Record<string, unknown>,
+  ): Promise<string> {
     const m = /^PRep\/(\d{8})\//.exec(ours[1]!.key)!;
     const variant = `PRep/${m[1]}/PRep_BH${tag}_data-${m[1]}_0001.tar.gz`;
     await putBytes(world, variant, body);
     if (meta) {
-      await putBytes(world, `_prep-snapshot/${variant}.json`, JSON.stringify({ ...meta, key: variant, entry: variant.slice(5) }));
+      await putBytes(
+        world,
+        `_prep-snapshot/${variant}.json`,
+        JSON.stringify({ ...meta, key: variant, entry: variant.slice(5) }),
+      );
     }
     return variant;
   }
@@ -93,24 +103,33 @@ describe('list and verify', () => {
     assert.equal(run.outputs.files, String(manifest.files));
     // The files' bytes; the manifest's uncompressedBytes is the tar stream's (headers and padding too).
     const content = Number(run.outputs['uncompressed-size']);
-    assert.ok(content > 0 && content <= Number(manifest.uncompressedBytes), `${content} vs ${String(manifest.uncompressedBytes)}`);
+    assert.ok(
+      content > 0 && content <= Number(manifest.uncompressedBytes),
+      `${content} vs ${String(manifest.uncompressedBytes)}`,
+    );
     assert.match(run.summary, /matches the manifest/);
   });
 
   it('fails clearly on a corrupted snapshot: sha256 mismatch', async () => {
     const bad = Buffer.from(archive);
-    for (let i = Math.floor(bad.length / 2); i < Math.floor(bad.length / 2) + 64; i++) bad[i] = bad[i]! ^ 0xff;
+    for (let i = Math.floor(bad.length / 2); i < Math.floor(bad.length / 2) + 64; i++)
+      bad[i] = bad[i]! ^ 0xff;
     const variant = await storeVariant('88', bad, manifest);
     const run = await listOrVerify('verify', { snapshot: variant });
     assert.notEqual(run.code, 0);
-    assert.match(errors(run), /sha256 [0-9a-f]{64} differs from the manifest's [0-9a-f]{64}: the stored archive is damaged/);
+    assert.match(
+      errors(run),
+      /sha256 [0-9a-f]{64} differs from the manifest's [0-9a-f]{64}: the stored archive is damaged/,
+    );
   });
 
   it('fails clearly on a truncated snapshot without a manifest', async () => {
     const variant = await storeVariant('89', archive.subarray(0, Math.floor(archive.length * 0.6)));
     const run = await listOrVerify('verify', { snapshot: variant });
     assert.notEqual(run.code, 0);
-    assert.ok(run.annotations.some((a) => a.level === 'warning' && /has no manifest/.test(a.message)));
+    assert.ok(
+      run.annotations.some((a) => a.level === 'warning' && /has no manifest/.test(a.message)),
+    );
     assert.match(errors(run), /is not whole: .*Do not restore from it/);
   });
 
@@ -120,14 +139,34 @@ describe('list and verify', () => {
     const policy = {
       Version: '2012-10-17',
       Statement: [
-        { Effect: 'Allow', Principal: { AWS: ['*'] }, Action: ['s3:GetBucketLocation', 's3:ListBucket'], Resource: [`arn:aws:s3:::${bucket}`] },
-        { Effect: 'Allow', Principal: { AWS: ['*'] }, Action: ['s3:GetObject'], Resource: [`arn:aws:s3:::${bucket}/*`] },
+        {
+          Effect: 'Allow',
+          Principal: { AWS: ['*'] },
+          Action: ['s3:GetBucketLocation', 's3:ListBucket'],
+          Resource: [`arn:aws:s3:::${bucket}`],
+        },
+        {
+          Effect: 'Allow',
+          Principal: { AWS: ['*'] },
+          Action: ['s3:GetObject'],
+          Resource: [`arn:aws:s3:::${bucket}/*`],
+        },
       ],
     };
-    await world.s3.client().send(new PutBucketPolicyCommand({ Bucket: bucket, Policy: JSON.stringify(policy) }));
+    await world.s3
+      .client()
+      .send(new PutBucketPolicyCommand({ Bucket: bucket, Policy: JSON.stringify(policy) }));
     const { key } = ours[1]!;
     const put = async (k: string, body: Buffer | string) =>
-      world.s3.client().send(new (await import('@aws-sdk/client-s3')).PutObjectCommand({ Bucket: bucket, Key: k, Body: body }));
+      world.s3
+        .client()
+        .send(
+          new (await import('@aws-sdk/client-s3')).PutObjectCommand({
+            Bucket: bucket,
+            Key: k,
+            Body: body,
+          }),
+        );
     await put(key, archive);
     await put(`_prep-snapshot/${key}.json`, JSON.stringify(manifest));
     await put('PRep/backup_list', `${key.slice(5)}\n`);
@@ -138,14 +177,22 @@ describe('list and verify', () => {
     assert.notEqual(signed.code, 0, 'without s3-unsigned, no credentials: it fails');
     assert.match(errors(signed), /credentials/i);
 
-    const list = await runMain(world, { mode: 'list', bucket, endpoint: world.s3.endpoint, 's3-unsigned': 'true' }, env);
+    const list = await runMain(
+      world,
+      { mode: 'list', bucket, endpoint: world.s3.endpoint, 's3-unsigned': 'true' },
+      env,
+    );
     assert.equal(list.code, 0, said(list));
     const rows = JSON.parse(list.outputs.snapshots ?? '[]') as Row[];
     assert.deepEqual(
       rows.map((r) => [r.key, r.manifest]),
       [[key, true]],
     );
-    const verify = await runMain(world, { mode: 'verify', bucket, endpoint: world.s3.endpoint, 's3-unsigned': 'true' }, env);
+    const verify = await runMain(
+      world,
+      { mode: 'verify', bucket, endpoint: world.s3.endpoint, 's3-unsigned': 'true' },
+      env,
+    );
     assert.equal(verify.code, 0, said(verify));
     assert.equal(verify.outputs.sha256, ours[1]!.sha256);
 

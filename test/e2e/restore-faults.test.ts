@@ -37,7 +37,9 @@ describe('restore faults', () => {
     assert.equal(run.code, 0, said(run));
     key = run.outputs.key as string;
     archive = await getBytes(world, key);
-    manifest = JSON.parse(await world.s3.getText(world.bucket, `_prep-snapshot/${key}.json`)) as Record<string, unknown>;
+    manifest = JSON.parse(
+      await world.s3.getText(world.bucket, `_prep-snapshot/${key}.json`),
+    ) as Record<string, unknown>;
     await world.node.stop();
     // The node to restore onto: stopped, with a database of its own.
     const node = await startNode(world.root, { name: 'victim', blocks: 100, ip: '10.9.8.7' });
@@ -58,13 +60,21 @@ describe('restore faults', () => {
   });
 
   /** Stores `body` under a new archive name (same day), with `meta` as its manifest when given. */
-  async function storeVariant(tag: string, body: Buffer, meta?: Record<string, unknown>): Promise<string> {
+  async function storeVariant(
+    tag: string,
+    body: Buffer,
+    meta?: Record<string, unknown>,
+  ): Promise<string> {
     const m = /^(PRep\/(\d{8})\/PRep_BH\d+_data-\d{8}_)(\d{4})(\.tar\.gz)$/.exec(key)!;
     const variant = `PRep/${m[2]}/PRep_BH${tag}_data-${m[2]}_0001.tar.gz`;
     await putBytes(world, variant, body);
     if (meta) {
       const entry = variant.replace(/^PRep\//, '');
-      await putBytes(world, `_prep-snapshot/${variant}.json`, JSON.stringify({ ...meta, key: variant, entry }));
+      await putBytes(
+        world,
+        `_prep-snapshot/${variant}.json`,
+        JSON.stringify({ ...meta, key: variant, entry }),
+      );
     }
     return variant;
   }
@@ -76,12 +86,21 @@ describe('restore faults', () => {
 
   it('S3 stream cut mid-restore', async () => {
     const before = treeHash(victim.dataDir);
-    const proxy = await startCutProxy({ targetPort: world.s3.port, downBytes: Math.floor(archive.length / 2) });
+    const proxy = await startCutProxy({
+      targetPort: world.s3.port,
+      downBytes: Math.floor(archive.length / 2),
+    });
     try {
-      const run = await restoreRun(world, victim, { 'node-ip': '10.9.8.7', endpoint: `http://127.0.0.1:${proxy.port}` });
+      const run = await restoreRun(world, victim, {
+        'node-ip': '10.9.8.7',
+        endpoint: `http://127.0.0.1:${proxy.port}`,
+      });
       assert.notEqual(run.main.code, 0);
       assert.ok(proxy.cuts >= 1, 'the proxy cut');
-      assert.match(errors(run.main), /The download of .* broke off after .*The data dir was not touched; run again/);
+      assert.match(
+        errors(run.main),
+        /The download of .* broke off after .*The data dir was not touched; run again/,
+      );
       assertUntouched(before);
     } finally {
       await proxy.stop();
@@ -91,12 +110,21 @@ describe('restore faults', () => {
   it('SSH cut mid-restore: the post step removes the staging folder', async () => {
     const before = treeHash(victim.dataDir);
     // Up = runner -> sshd: the archive. Cut at half of it.
-    const proxy = await startCutProxy({ targetPort: world.sshd.port, upBytes: Math.floor(archive.length / 2) });
+    const proxy = await startCutProxy({
+      targetPort: world.sshd.port,
+      upBytes: Math.floor(archive.length / 2),
+    });
     try {
-      const run = await restoreRun(world, victim, { 'node-ip': '10.9.8.7', port: String(proxy.port) });
+      const run = await restoreRun(world, victim, {
+        'node-ip': '10.9.8.7',
+        port: String(proxy.port),
+      });
       assert.notEqual(run.main.code, 0);
       assert.ok(proxy.cuts >= 1, 'the proxy cut');
-      assert.match(errors(run.main), /The SSH connection was lost during the extraction.*The data dir was not touched; run again/s);
+      assert.match(
+        errors(run.main),
+        /The SSH connection was lost during the extraction.*The data dir was not touched; run again/s,
+      );
       assertUntouched(before);
     } finally {
       await proxy.stop();
@@ -104,7 +132,10 @@ describe('restore faults', () => {
   });
 
   it("the host's disk: an honest manifest is refused by the preflight; an under-reporting one fills the disk", async () => {
-    assert.ok(Number(manifest.uncompressedBytes) > 9 * 1024 ** 2, `the snapshot is > 9 MiB (${String(manifest.uncompressedBytes)})`);
+    assert.ok(
+      Number(manifest.uncompressedBytes) > 9 * 1024 ** 2,
+      `the snapshot is > 9 MiB (${String(manifest.uncompressedBytes)})`,
+    );
     const mnt = join(world.root, 'small-disk');
     mkdirSync(mnt, { recursive: true });
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt]);
@@ -114,20 +145,37 @@ describe('restore faults', () => {
     mkdirSync(join(t.dataDir, '.score_data/db/icon_dex'), { recursive: true });
     mkdirSync(join(t.dataDir, '.storage/db_10.9.8.5:7100_icon_dex'), { recursive: true });
     writeFileSync(join(t.dataDir, '.score_data/db/icon_dex/000005.ldb'), Buffer.alloc(100_000, 7));
-    writeFileSync(join(t.dataDir, '.storage/db_10.9.8.5:7100_icon_dex/CURRENT'), 'MANIFEST-000002\n');
+    writeFileSync(
+      join(t.dataDir, '.storage/db_10.9.8.5:7100_icon_dex/CURRENT'),
+      'MANIFEST-000002\n',
+    );
     const tdata = join(t.home, 'data');
     const before = treeHash(t.dataDir);
 
-    const honest = await restoreRun(world, t, { snapshot: key, 'node-ip': '10.9.8.5', 'disk-margin': '0' });
+    const honest = await restoreRun(world, t, {
+      snapshot: key,
+      'node-ip': '10.9.8.5',
+      'disk-margin': '0',
+    });
     assert.notEqual(honest.main.code, 0);
-    assert.match(errors(honest.main), /has .* free; the snapshot needs .*Free some space and run again/);
+    assert.match(
+      errors(honest.main),
+      /has .* free; the snapshot needs .*Free some space and run again/,
+    );
     assert.equal(treeHash(t.dataDir), before);
     assert.deepEqual(stagingLeft(tdata), []);
 
     const lying = await storeVariant('77', archive, { ...manifest, uncompressedBytes: 1000 });
-    const run = await restoreRun(world, t, { snapshot: lying, 'node-ip': '10.9.8.5', 'disk-margin': '0' });
+    const run = await restoreRun(world, t, {
+      snapshot: lying,
+      'node-ip': '10.9.8.5',
+      'disk-margin': '0',
+    });
     assert.notEqual(run.main.code, 0);
-    assert.match(errors(run.main), /The host's disk filled up during the extraction .*The data dir was not touched; free space/);
+    assert.match(
+      errors(run.main),
+      /The host's disk filled up during the extraction .*The data dir was not touched; free space/,
+    );
     assert.equal(treeHash(t.dataDir), before);
     assert.deepEqual(stagingLeft(tdata), []);
   });
@@ -135,11 +183,15 @@ describe('restore faults', () => {
   it('a corrupted archive: sha256 mismatch', async () => {
     const before = treeHash(victim.dataDir);
     const bad = Buffer.from(archive);
-    for (let i = Math.floor(bad.length / 2); i < Math.floor(bad.length / 2) + 64; i++) bad[i] = bad[i]! ^ 0xff;
+    for (let i = Math.floor(bad.length / 2); i < Math.floor(bad.length / 2) + 64; i++)
+      bad[i] = bad[i]! ^ 0xff;
     const variant = await storeVariant('78', bad, manifest);
     const run = await restoreRun(world, victim, { snapshot: variant, 'node-ip': '10.9.8.7' });
     assert.notEqual(run.main.code, 0);
-    assert.match(errors(run.main), /sha256 [0-9a-f]{64} differs from the manifest's [0-9a-f]{64}: the stored archive is damaged/);
+    assert.match(
+      errors(run.main),
+      /sha256 [0-9a-f]{64} differs from the manifest's [0-9a-f]{64}: the stored archive is damaged/,
+    );
     assert.match(errors(run.main), /restore another snapshot/);
     assertUntouched(before);
   });
@@ -153,15 +205,23 @@ describe('restore faults', () => {
       run.main.annotations.some((a) => a.level === 'warning' && /has no manifest/.test(a.message)),
       'warns about the missing manifest',
     );
-    assert.match(errors(run.main), /did not extract \(exit \d+\): .*truncated or damaged; the data dir was not touched/s);
+    assert.match(
+      errors(run.main),
+      /did not extract \(exit \d+\): .*truncated or damaged; the data dir was not touched/s,
+    );
     assertUntouched(before);
   });
 
   it("the action's process killed mid-restore: the post step removes the staging folder", async () => {
     const before = treeHash(victim.dataDir);
-    const run = await restoreRun(world, victim, { 'node-ip': '10.9.8.7' }, { main: { killWhen: /::group::Stream / } });
+    const run = await restoreRun(
+      world,
+      victim,
+      { 'node-ip': '10.9.8.7' },
+      { main: { killWhen: /::group::Stream / } },
+    );
     assert.equal(run.main.killed, true, said(run.main));
-    assert.match(run.main.state.stagingDir ?? "", /\.prep-snapshot-restore-/);
+    assert.match(run.main.state.stagingDir ?? '', /\.prep-snapshot-restore-/);
     assert.equal(run.post.code, 0, said(run.post));
     assert.match(run.post.stdout, /Removed the staging folder .*\.prep-snapshot-restore-/);
     // The killed runner's extraction may still be draining on the host: give it a moment.

@@ -42,16 +42,24 @@ export async function target(home: string, port?: number): Promise<Target> {
     pattern: `prep-node\\.ts daemon --home ${home.replace(/[.[\]()*+?^$|\\{}]/g, '\\$&')}( |$)`,
     async status() {
       if (!existsSync(home)) return { running: false };
-      return JSON.parse((await exec(TSX, [SIM, 'status', '--home', home])).stdout) as { running: boolean; height?: number };
+      return JSON.parse((await exec(TSX, [SIM, 'status', '--home', home])).stdout) as {
+        running: boolean;
+        height?: number;
+      };
     },
     async stop() {
-      if (existsSync(home)) await exec(TSX, [SIM, 'stop', '--home', home, '--mode', 'graceful']).catch(() => undefined);
+      if (existsSync(home))
+        await exec(TSX, [SIM, 'stop', '--home', home, '--mode', 'graceful']).catch(() => undefined);
     },
   };
 }
 
 /** The inputs of a restore onto `t`. */
-export function restoreInputs(world: World, t: Target, extra: Record<string, string> = {}): Record<string, string> {
+export function restoreInputs(
+  world: World,
+  t: Target,
+  extra: Record<string, string> = {},
+): Record<string, string> {
   return world.inputs({
     mode: 'restore',
     'prep-dir': t.home,
@@ -75,12 +83,20 @@ export function scripts(): { main?: string; post?: string } {
 }
 
 /** The main step alone, with these inputs. */
-export function runMain(world: World, inputs: Record<string, string>, opts: Partial<RunActionOptions> = {}) {
+export function runMain(
+  world: World,
+  inputs: Record<string, string>,
+  opts: Partial<RunActionOptions> = {},
+) {
   return world.main(undefined, { inputs, script: scripts().main, ...opts });
 }
 
 /** Main then post, with these inputs. */
-export function runBoth(world: World, inputs: Record<string, string>, opts: Partial<RunMainThenPostOptions> = {}) {
+export function runBoth(
+  world: World,
+  inputs: Record<string, string>,
+  opts: Partial<RunMainThenPostOptions> = {},
+) {
   const s = scripts();
   return world.mainThenPost(undefined, {
     inputs,
@@ -90,12 +106,19 @@ export function runBoth(world: World, inputs: Record<string, string>, opts: Part
   } as Partial<RunActionOptions>);
 }
 
-export function restoreRun(world: World, t: Target, extra: Record<string, string> = {}, opts: Partial<RunMainThenPostOptions> = {}) {
+export function restoreRun(
+  world: World,
+  t: Target,
+  extra: Record<string, string> = {},
+  opts: Partial<RunMainThenPostOptions> = {},
+) {
   return runBoth(world, restoreInputs(world, t, extra), opts);
 }
 
 /** `check --data DIR` of the simulator: the whole chain and every entry. */
-export async function check(dir: string): Promise<{ ok: boolean; height: number; block_dir: string }> {
+export async function check(
+  dir: string,
+): Promise<{ ok: boolean; height: number; block_dir: string }> {
   const { stdout } = await exec(TSX, [SIM, 'check', '--data', dir], { maxBuffer: 1 << 26 });
   return JSON.parse(stdout) as { ok: boolean; height: number; block_dir: string };
 }
@@ -123,15 +146,24 @@ export function treeHash(dir: string): string {
 
 /** Staging folders of a restore left in `parent`. */
 export function stagingLeft(parent: string): string[] {
-  return existsSync(parent) ? readdirSync(parent).filter((n) => n.startsWith('.prep-snapshot-restore-')) : [];
+  return existsSync(parent)
+    ? readdirSync(parent).filter((n) => n.startsWith('.prep-snapshot-restore-'))
+    : [];
 }
 
 export async function getBytes(world: World, key: string): Promise<Buffer> {
-  const res = await world.s3.client().send(new GetObjectCommand({ Bucket: world.bucket, Key: key }));
+  const res = await world.s3
+    .client()
+    .send(new GetObjectCommand({ Bucket: world.bucket, Key: key }));
   return Buffer.from(await res.Body!.transformToByteArray());
 }
 
-export async function putBytes(world: World, key: string, body: Buffer | string, bucket = world.bucket): Promise<void> {
+export async function putBytes(
+  world: World,
+  key: string,
+  body: Buffer | string,
+  bucket = world.bucket,
+): Promise<void> {
   await world.s3.client().send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body }));
 }
 

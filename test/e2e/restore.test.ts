@@ -8,7 +8,17 @@ import { existsSync, readdirSync, rmSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { isIpv4 } from '../../src/settings.js';
-import { check, errors, restoreRun, runMain, said, stagingLeft, target, treeHash, type Target } from './restore-kit.js';
+import {
+  check,
+  errors,
+  restoreRun,
+  runMain,
+  said,
+  stagingLeft,
+  target,
+  treeHash,
+  type Target,
+} from './restore-kit.js';
 import { startNode, startWorld, type SimNode, type World } from './world.js';
 
 describe('restore', () => {
@@ -47,7 +57,10 @@ describe('restore', () => {
     const latest = snaps[1]!;
     assert.equal(run.main.outputs.key, latest.key);
     assert.equal(run.main.outputs['block-height'], String(latest.height));
-    assert.ok(Number(run.main.outputs['height-reached']) >= latest.height, run.main.outputs['height-reached']);
+    assert.ok(
+      Number(run.main.outputs['height-reached']) >= latest.height,
+      run.main.outputs['height-reached'],
+    );
     const status = await t.status();
     assert.equal(status.running, true);
     assert.ok((status.height ?? 0) >= latest.height);
@@ -59,7 +72,10 @@ describe('restore', () => {
     assert.deepEqual(stagingLeft(join(t.home, 'data')), []);
     assert.match(run.main.summary, /restore/);
     // Nothing to keep on a fresh host.
-    assert.deepEqual(readdirSync(join(t.home, 'data')).filter((n) => n.includes('.prev-')), []);
+    assert.deepEqual(
+      readdirSync(join(t.home, 'data')).filter((n) => n.includes('.prev-')),
+      [],
+    );
   });
 
   it('restores a broken node, keeps the previous data dir; with keep-previous false it is removed', async () => {
@@ -78,9 +94,17 @@ describe('restore', () => {
     assert.deepEqual(stagingLeft(data), []);
 
     // Again, over the running node (stop-node: true), removing the previous data dir this time.
-    const again = await restoreRun(world, t, { 'node-ip': node.ip, 'stop-node': 'true', 'keep-previous': 'false' });
+    const again = await restoreRun(world, t, {
+      'node-ip': node.ip,
+      'stop-node': 'true',
+      'keep-previous': 'false',
+    });
     assert.equal(again.main.code, 0, said(again.main));
-    assert.deepEqual(readdirSync(data).filter((n) => n.startsWith('loopchain.prev-')), prev, 'no new .prev- dir');
+    assert.deepEqual(
+      readdirSync(data).filter((n) => n.startsWith('loopchain.prev-')),
+      prev,
+      'no new .prev- dir',
+    );
     assert.match(again.main.stdout, /Removed .*loopchain\.prev-/);
     assert.equal((await t.status()).running, true);
     await t.stop();
@@ -94,11 +118,20 @@ describe('restore', () => {
     // Only the process is there: its peer API does not answer (a syncing node may not).
     const pidFile = join(node.home, 'node.pid');
     assert.ok(existsSync(pidFile));
-    const run = await restoreRun(world, t, { 'node-ip': node.ip, 'peer-url': 'http://127.0.0.1:9/none' });
+    const run = await restoreRun(world, t, {
+      'node-ip': node.ip,
+      'peer-url': 'http://127.0.0.1:9/none',
+    });
     assert.notEqual(run.main.code, 0);
-    assert.match(errors(run.main), /is running \(process .*prep-node\.ts daemon.*\)\. Stop it first, or set 'stop-node: true'/);
+    assert.match(
+      errors(run.main),
+      /is running \(process .*prep-node\.ts daemon.*\)\. Stop it first, or set 'stop-node: true'/,
+    );
     assert.equal((await node.status()).running, true);
-    assert.deepEqual(readdirSync(join(node.home, 'data')).filter((n) => n !== 'loopchain'), []);
+    assert.deepEqual(
+      readdirSync(join(node.home, 'data')).filter((n) => n !== 'loopchain'),
+      [],
+    );
     // And by its peer API.
     const byApi = await restoreRun(world, t, { 'node-ip': node.ip });
     assert.notEqual(byApi.main.code, 0);
@@ -107,7 +140,10 @@ describe('restore', () => {
   });
 
   it('chooses the snapshot by date, by block height and by key', async () => {
-    const [first, second] = snaps as [{ key: string; height: number }, { key: string; height: number }];
+    const [first, second] = snaps as [
+      { key: string; height: number },
+      { key: string; height: number },
+    ];
     const date = /\/(\d{8})\//.exec(second.key)![1]!;
     const cases: Array<[string, string]> = [
       [date, second.key],
@@ -118,7 +154,11 @@ describe('restore', () => {
     ];
     for (const [i, [wanted, key]] of cases.entries()) {
       const t = await target(join(world.root, `choose-${i}/prep`));
-      const run = await restoreRun(world, t, { snapshot: wanted, 'node-ip': '10.1.1.1', 'start-node': 'false' });
+      const run = await restoreRun(world, t, {
+        snapshot: wanted,
+        'node-ip': '10.1.1.1',
+        'start-node': 'false',
+      });
       assert.equal(run.main.code, 0, said(run.main));
       assert.equal(run.main.outputs.key, key, wanted);
       assert.equal(run.main.outputs['height-reached'], undefined);
@@ -147,7 +187,11 @@ describe('restore', () => {
   it('rolls back to the previous data dir when the node does not come up, and fails saying so', async () => {
     const { node, t } = await stoppedNode('unhealthy');
     const before = treeHash(node.dataDir);
-    const run = await restoreRun(world, t, { 'node-ip': node.ip, 'start-command': 'true', 'health-timeout': '3s' });
+    const run = await restoreRun(world, t, {
+      'node-ip': node.ip,
+      'start-command': 'true',
+      'health-timeout': '3s',
+    });
     assert.notEqual(run.main.code, 0);
     const message = errors(run.main);
     assert.match(message, /did not reach block height \d+ within/);
@@ -155,7 +199,10 @@ describe('restore', () => {
     assert.equal(treeHash(node.dataDir), before, 'the previous data is back, as it was');
     const data = join(node.home, 'data');
     assert.equal(readdirSync(data).filter((n) => n.startsWith('loopchain.failed-')).length, 1);
-    assert.deepEqual(readdirSync(data).filter((n) => n.startsWith('loopchain.prev-')), []);
+    assert.deepEqual(
+      readdirSync(data).filter((n) => n.startsWith('loopchain.prev-')),
+      [],
+    );
     assert.deepEqual(stagingLeft(data), []);
     assert.equal((await t.status()).running, false);
   });

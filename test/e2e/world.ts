@@ -45,8 +45,19 @@ export async function startNode(
   const port = await freePort();
   const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
   const base = `${q(TSX)} ${q(SIM)}`;
-  const sim = async (...args: string[]) => (await exec(TSX, [SIM, ...args], { maxBuffer: 1 << 26 })).stdout;
-  await sim('init', '--home', home, '--ip', ip, '--blocks', String(opts.blocks ?? 400), '--value-bytes', String(opts.valueBytes ?? 4096));
+  const sim = async (...args: string[]) =>
+    (await exec(TSX, [SIM, ...args], { maxBuffer: 1 << 26 })).stdout;
+  await sim(
+    'init',
+    '--home',
+    home,
+    '--ip',
+    ip,
+    '--blocks',
+    String(opts.blocks ?? 400),
+    '--value-bytes',
+    String(opts.valueBytes ?? 4096),
+  );
   const startArgs = `--port ${port} --rate ${opts.rate ?? 20} --value-bytes ${opts.valueBytes ?? 4096}`;
   const node: SimNode = {
     home,
@@ -58,7 +69,10 @@ export async function startNode(
     peerUrl: `http://127.0.0.1:${port}/api/v1/avail/peer`,
     sim,
     async status() {
-      return JSON.parse(await sim('status', '--home', home)) as { running: boolean; height?: number };
+      return JSON.parse(await sim('status', '--home', home)) as {
+        running: boolean;
+        height?: number;
+      };
     },
     events() {
       const file = join(home, 'node-events.log');
@@ -84,8 +98,14 @@ export interface World {
   /** The inputs of a backup against this world; `extra` overrides. */
   inputs(extra?: Record<string, string>): Record<string, string>;
   env(): Record<string, string>;
-  main(extra?: Record<string, string>, opts?: Partial<RunActionOptions>): ReturnType<typeof runAction>;
-  mainThenPost(extra?: Record<string, string>, opts?: Partial<RunActionOptions>): ReturnType<typeof runMainThenPost>;
+  main(
+    extra?: Record<string, string>,
+    opts?: Partial<RunActionOptions>,
+  ): ReturnType<typeof runAction>;
+  mainThenPost(
+    extra?: Record<string, string>,
+    opts?: Partial<RunActionOptions>,
+  ): ReturnType<typeof runMainThenPost>;
   keys(prefix?: string): Promise<string[]>;
   backupList(prefix?: string): Promise<string[]>;
   close(): Promise<void>;
@@ -125,10 +145,21 @@ export async function startWorld(opts: Parameters<typeof startNode>[1] = {}): Pr
       return s3Env(s3);
     },
     main(extra, o = {}) {
-      return runAction({ step: 'main', inputs: world.inputs(extra), env: world.env(), timeoutMs: 300_000, ...o });
+      return runAction({
+        step: 'main',
+        inputs: world.inputs(extra),
+        env: world.env(),
+        timeoutMs: 300_000,
+        ...o,
+      });
     },
     mainThenPost(extra, o = {}) {
-      return runMainThenPost({ inputs: world.inputs(extra), env: world.env(), timeoutMs: 300_000, ...o });
+      return runMainThenPost({
+        inputs: world.inputs(extra),
+        env: world.env(),
+        timeoutMs: 300_000,
+        ...o,
+      });
     },
     keys(prefix) {
       return s3.listKeys(bucket, prefix);
@@ -150,12 +181,20 @@ export async function startWorld(opts: Parameters<typeof startNode>[1] = {}): Pr
 }
 
 /** Extracts an archive with the original restore's command line and returns the folder. */
-export async function extractLikeSeed(archive: string, into: string, compression: 'gzip' | 'zstd' = 'gzip'): Promise<void> {
+export async function extractLikeSeed(
+  archive: string,
+  into: string,
+  compression: 'gzip' | 'zstd' = 'gzip',
+): Promise<void> {
   await exec('tar', ['-I', compression === 'gzip' ? 'pigz' : 'zstd', '-xf', archive, '-C', into]);
 }
 
 export async function download(world: World, key: string, to: string): Promise<string> {
-  const res = await world.s3.client().send(new (await import('@aws-sdk/client-s3')).GetObjectCommand({ Bucket: world.bucket, Key: key }));
+  const res = await world.s3
+    .client()
+    .send(
+      new (await import('@aws-sdk/client-s3')).GetObjectCommand({ Bucket: world.bucket, Key: key }),
+    );
   writeFileSync(to, Buffer.from(await res.Body!.transformToByteArray()));
   return to;
 }

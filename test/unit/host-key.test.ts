@@ -4,7 +4,13 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { fingerprintOf, knownHostsLine, matchesPins, parseHostKeyPins, pinnedAlgorithms } from '../../src/ssh/host-key.ts';
+import {
+  fingerprintOf,
+  knownHostsLine,
+  matchesPins,
+  parseHostKeyPins,
+  pinnedAlgorithms,
+} from '../../src/ssh/host-key.ts';
 import { Progress } from '../../src/progress.ts';
 import { quote } from '../../src/shell.ts';
 
@@ -14,7 +20,9 @@ describe('host key pins', () => {
   const pub = readFileSync(join(dir, 'k.pub'), 'utf8').trim();
   const blob = Buffer.from(pub.split(' ')[1]!, 'base64');
   // OpenSSH's own fingerprint of the same key.
-  const openssh = execFileSync('ssh-keygen', ['-lf', join(dir, 'k.pub')]).toString().split(' ')[1]!;
+  const openssh = execFileSync('ssh-keygen', ['-lf', join(dir, 'k.pub')])
+    .toString()
+    .split(' ')[1]!;
   rmSync(dir, { recursive: true, force: true });
 
   it('computes the fingerprint OpenSSH prints', () => {
@@ -22,7 +30,12 @@ describe('host key pins', () => {
   });
 
   it('accepts a fingerprint, a public key line and a known_hosts line', () => {
-    for (const text of [openssh, pub, `[node.example]:2222 ${pub}`, `# comment\nnode.example ${pub}\n`]) {
+    for (const text of [
+      openssh,
+      pub,
+      `[node.example]:2222 ${pub}`,
+      `# comment\nnode.example ${pub}\n`,
+    ]) {
       assert.equal(matchesPins(blob, parseHostKeyPins(text)), true, text);
     }
   });
@@ -37,18 +50,34 @@ describe('host key pins', () => {
   });
 
   it('writes a known_hosts line for OpenSSH with the port', () => {
-    assert.equal(knownHostsLine('10.0.0.1', 2222, blob), `[10.0.0.1]:2222 ssh-ed25519 ${blob.toString('base64')}`);
+    assert.equal(
+      knownHostsLine('10.0.0.1', 2222, blob),
+      `[10.0.0.1]:2222 ssh-ed25519 ${blob.toString('base64')}`,
+    );
     assert.equal(knownHostsLine('10.0.0.1', 22, blob).startsWith('10.0.0.1 ssh-ed25519 '), true);
   });
 
   it('rejects a line that is no key', () => {
-    assert.throws(() => parseHostKeyPins('node.example ssh-ed25519 not!base64'), /neither a 'SHA256/);
+    assert.throws(
+      () => parseHostKeyPins('node.example ssh-ed25519 not!base64'),
+      /neither a 'SHA256/,
+    );
   });
 });
 
 describe('quote', () => {
   it('makes one shell word of anything', () => {
-    for (const value of ['plain', "it's", 'a b', '$(reboot)', '`id`', 'db_1.2.3.4:7100_icon_dex', '', 'x\ny', '; rm -rf /']) {
+    for (const value of [
+      'plain',
+      "it's",
+      'a b',
+      '$(reboot)',
+      '`id`',
+      'db_1.2.3.4:7100_icon_dex',
+      '',
+      'x\ny',
+      '; rm -rf /',
+    ]) {
       const echoed = execFileSync('sh', ['-c', `printf '%s' ${quote(value)}`]).toString();
       assert.equal(echoed, value);
     }

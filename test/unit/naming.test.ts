@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { addEntry, formatBackupList, parseBackupList, removeEntries, sortNewestFirst } from '../../src/s3/backup-list.ts';
+import {
+  addEntry,
+  formatBackupList,
+  parseBackupList,
+  removeEntries,
+  sortNewestFirst,
+} from '../../src/s3/backup-list.ts';
 import { archiveKey, archiveName, manifestKey, parseArchivePath } from '../../src/naming.ts';
 import { chooseExpired } from '../../src/retention.ts';
 import { copyRanges } from '../../src/s3/copy.ts';
@@ -11,7 +17,10 @@ describe('archive names', () => {
     const n = archiveName('PRep', 12345, new Date('2024-03-05T23:07:59Z'), 'gzip');
     assert.equal(n.file, 'PRep_BH12345_data-20240305_2307.tar.gz');
     assert.equal(archiveKey('PRep', n), 'PRep/20240305/PRep_BH12345_data-20240305_2307.tar.gz');
-    assert.equal(archiveName('PRep', 1, new Date('2024-03-05T23:07:59Z'), 'zstd').file.endsWith('.tar.zst'), true);
+    assert.equal(
+      archiveName('PRep', 1, new Date('2024-03-05T23:07:59Z'), 'zstd').file.endsWith('.tar.zst'),
+      true,
+    );
   });
 
   it('parse back from a key or a backup_list line', () => {
@@ -68,7 +77,10 @@ describe('part sizes', () => {
   it('fit a 2 TB archive in 10,000 parts', () => {
     const size = choosePartSize(2e12);
     assert.ok(Math.ceil(2e12 / size) <= MAX_PARTS);
-    assert.ok(Math.ceil(2.4e12 / size) <= MAX_PARTS, 'room for an archive 20% larger than expected');
+    assert.ok(
+      Math.ceil(2.4e12 / size) <= MAX_PARTS,
+      'room for an archive 20% larger than expected',
+    );
   });
   it('stay small for small archives (memory is part size x queue)', () => {
     assert.equal(choosePartSize(1e9), 8 * 1024 * 1024);

@@ -5,7 +5,16 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -24,7 +33,12 @@ import {
 } from '../../src/node-kind/remote.ts';
 
 const IP = '10.20.30.40';
-const DBS = ['.score_data/db/icon_dex', '.score_data/db/iiss', '.score_data/score', `.storage/db_${IP}:7100_icon_dex`];
+const DBS = [
+  '.score_data/db/icon_dex',
+  '.score_data/db/iiss',
+  '.score_data/score',
+  `.storage/db_${IP}:7100_icon_dex`,
+];
 
 function sh(command: string, input?: Buffer | string): Buffer {
   // The builders produce `bash -c '...'` lines, as the remote login shell receives them.
@@ -78,7 +92,8 @@ describe('host commands on real LevelDB files', () => {
 
   it('two identity directories are a clear error', () => {
     assert.throws(
-      () => pickIdentityDir(loopchain, ['db_1.1.1.1:7100_icon_dex', 'db_2.2.2.2:7100_icon_dex'], data),
+      () =>
+        pickIdentityDir(loopchain, ['db_1.1.1.1:7100_icon_dex', 'db_2.2.2.2:7100_icon_dex'], data),
       /holds 2 directories.*keep only the one/,
     );
     assert.throws(() => pickIdentityDir(loopchain, [], data), /holds no db_\*:7100_icon_dex/);
@@ -99,7 +114,11 @@ describe('host commands on real LevelDB files', () => {
     assert.deepEqual(plan.garbage, [`${blockDb}/009999.ldb`]);
     sh(pruneCommand(stage), plan.garbage.map((g) => `${g}\0`).join(''));
     assert.equal(existsSync(join(stage, blockDb, '009999.ldb')), false);
-    assert.equal(existsSync(join(data, blockDb, '009999.ldb')), true, 'the node keeps its own files');
+    assert.equal(
+      existsSync(join(data, blockDb, '009999.ldb')),
+      true,
+      'the node keeps its own files',
+    );
     const sizes = sh(sizeCommand(loopchain, stage)).toString();
     assert.match(sizes, /files=\d+\nbytes=\d+/);
   });
@@ -115,11 +134,17 @@ describe('host commands on real LevelDB files', () => {
 
   for (const compression of ['gzip', 'zstd'] as const) {
     it(`the ${compression} archive renames the identity directory and holds the tables byte for byte`, () => {
-      const archive = sh(archiveCommand(loopchain, stage, `db_${IP}:7100_icon_dex`, { compression, level: 1 }));
+      const archive = sh(
+        archiveCommand(loopchain, stage, `db_${IP}:7100_icon_dex`, { compression, level: 1 }),
+      );
       const out = join(root, `extract-${compression}`);
       mkdirSync(out);
       // The original restore: tar -I pigz -xf (gzip); zstd with tar's own -I zstd.
-      const r = spawnSync('tar', ['-I', compression === 'gzip' ? 'pigz' : 'zstd', '-xf', '-', '-C', out], { input: archive });
+      const r = spawnSync(
+        'tar',
+        ['-I', compression === 'gzip' ? 'pigz' : 'zstd', '-xf', '-', '-C', out],
+        { input: archive },
+      );
       assert.equal(r.status, 0, r.stderr.toString());
       assert.deepEqual(readdirSync(join(out, '.storage')), ['db_CHANGEIP:7100_icon_dex']);
       const blockDb = `.storage/db_${IP}:7100_icon_dex`;
@@ -137,14 +162,21 @@ describe('host commands on real LevelDB files', () => {
   it('a local copy on the host is the same archive, renamed only when whole', () => {
     const copy = join(root, 'prep/data/Backup/20240101/PRep_BH1_data-20240101_0000.tar.gz');
     const archive = sh(
-      archiveCommand(loopchain, stage, `db_${IP}:7100_icon_dex`, { compression: 'gzip', level: 1, localCopy: copy }),
+      archiveCommand(loopchain, stage, `db_${IP}:7100_icon_dex`, {
+        compression: 'gzip',
+        level: 1,
+        localCopy: copy,
+      }),
     );
     assert.ok(readFileSync(copy).equals(archive));
     assert.equal(existsSync(`${copy}.partial`), false);
   });
 
   it('a tar that fails makes the whole command fail (pipefail)', () => {
-    const r = spawnSync('sh', ['-c', archiveCommand(loopchain, join(root, 'nowhere'), 'x', { compression: 'gzip', level: 1 })]);
+    const r = spawnSync('sh', [
+      '-c',
+      archiveCommand(loopchain, join(root, 'nowhere'), 'x', { compression: 'gzip', level: 1 }),
+    ]);
     assert.notEqual(r.status, 0);
   });
 });
@@ -160,7 +192,9 @@ describe('the identity rename', () => {
       writeFileSync(join(root, '.storage', id, 'a'), 'a');
       writeFileSync(join(root, '.storage', `${id}.old`, 'b'), 'b');
       const archive = sh(archiveCommand(loopchain, root, id, { compression: 'gzip', level: 1 }));
-      const names = spawnSync('tar', ['-tzf', '-'], { input: archive }).stdout.toString().split('\n');
+      const names = spawnSync('tar', ['-tzf', '-'], { input: archive })
+        .stdout.toString()
+        .split('\n');
       assert.ok(names.includes('.storage/db_CHANGEIP:7100_icon_dex/a'));
       assert.ok(names.includes(`.storage/${id}.old/b`));
     } finally {

@@ -36,7 +36,10 @@ describe('parseSettings', () => {
   });
 
   it('uses path-style addressing with a custom endpoint', () => {
-    assert.equal(parseSettings(reader({ ...base, endpoint: 'http://127.0.0.1:9000' })).s3.forcePathStyle, true);
+    assert.equal(
+      parseSettings(reader({ ...base, endpoint: 'http://127.0.0.1:9000' })).s3.forcePathStyle,
+      true,
+    );
     assert.equal(parseSettings(reader(base)).s3.forcePathStyle, false);
   });
 
@@ -55,7 +58,11 @@ describe('parseSettings', () => {
     ['a path as key', { ...base, 'ssh-key': '~/.ssh/id_ed25519' }, /does not hold a private key/],
     ['no host key', { ...base, 'host-key': '' }, /'host-key' is required/],
     ['a bad fingerprint', { ...base, 'host-key': 'SHA256:short' }, /malformed fingerprint/],
-    ['a loose boolean', { ...base, 'insecure-skip-host-key-check': 'yes' }, /Use 'true' or 'false'/],
+    [
+      'a loose boolean',
+      { ...base, 'insecure-skip-host-key-check': 'yes' },
+      /Use 'true' or 'false'/,
+    ],
     ['a bad port', { ...base, port: '70000' }, /'port' is '70000'/],
     ['a negative retention', { ...base, 'retention-days': '-1' }, /'retention-days'/],
     ['a bad duration', { ...base, 'max-downtime': 'ten minutes' }, /not a duration/],
@@ -69,17 +76,28 @@ describe('parseSettings', () => {
   ];
   for (const [what, values, message] of bad) {
     it(`rejects ${what}`, () => {
-      assert.throws(() => parseSettings(reader(values)), (e: unknown) => e instanceof InputError && message.test(e.message));
+      assert.throws(
+        () => parseSettings(reader(values)),
+        (e: unknown) => e instanceof InputError && message.test(e.message),
+      );
     });
   }
 
   it('accepts the insecure opt-out without a host key', () => {
-    const s = parseSettings(reader({ ...base, 'host-key': '', 'insecure-skip-host-key-check': 'true' }));
+    const s = parseSettings(
+      reader({ ...base, 'host-key': '', 'insecure-skip-host-key-check': 'true' }),
+    );
     assert.deepEqual(s.ssh?.hostKeys, []);
   });
 
   it('parses durations with units', () => {
-    assert.equal(parseSettings(reader({ ...base, 'max-downtime': '1h30m' })).node.maxDowntimeSeconds, 5400);
-    assert.equal(parseSettings(reader({ ...base, 'max-downtime': '90' })).node.maxDowntimeSeconds, 90);
+    assert.equal(
+      parseSettings(reader({ ...base, 'max-downtime': '1h30m' })).node.maxDowntimeSeconds,
+      5400,
+    );
+    assert.equal(
+      parseSettings(reader({ ...base, 'max-downtime': '90' })).node.maxDowntimeSeconds,
+      90,
+    );
   });
 });

@@ -17,6 +17,11 @@ import {
 import type { NodeSettings } from './settings.js';
 import type { SshSession } from './ssh/session.js';
 
+/** Names this run's files on the host (staging folder, watchdog flag): unique per run, attempt and process. */
+export function currentRunId(): string {
+  return `${process.env.GITHUB_RUN_ID ?? 'local'}-${process.env.GITHUB_RUN_ATTEMPT ?? '1'}-${process.pid}`;
+}
+
 export class NodeControl {
   private stopped = false;
   private watchdogFlag: string | undefined;

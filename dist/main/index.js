@@ -89373,6 +89373,8 @@ function probeCommand(kind, dataDir) {
         `echo "dev_data=$(stat -c %d "$data")"`,
         `echo "dev_parent=$(stat -c %d ${quote(parent)})"`,
         `echo "free_parent=$(df -P -B1 ${quote(parent)} | awk 'NR==2 {print $4}')"`,
+        // Staging folders of runs that vanished a day or more ago: links that pin deleted tables.
+        `find ${quote(parent)} "$data" -maxdepth 1 -type d -name '.prep-snapshot-staging-*' -mmin +1440 -printf 'stale=%p\\n' 2>/dev/null || true`,
     ]);
 }
 function parseProbe(stdout) {
@@ -89381,6 +89383,7 @@ function parseProbe(stdout) {
         roots: [],
         missingRoots: [],
         identities: [],
+        stale: [],
         tools: new Set(),
         sameDevice: false,
         freeBytes: 0,
@@ -89409,6 +89412,8 @@ function parseProbe(stdout) {
             devParent = value;
         else if (key === 'free_parent')
             probe.freeBytes = Number(value) || 0;
+        else if (key === 'stale')
+            probe.stale.push(value);
     }
     probe.sameDevice = devData !== '' && devData === devParent;
     return probe;
@@ -89620,6 +89625,10 @@ function rollbackCommand(dataDir, previous, failed) {
 
 
 
+/** Names this run's files on the host (staging folder, watchdog flag): unique per run, attempt and process. */
+function currentRunId() {
+    return `${process.env.GITHUB_RUN_ID ?? 'local'}-${process.env.GITHUB_RUN_ATTEMPT ?? '1'}-${process.pid}`;
+}
 class NodeControl {
     session;
     settings;
@@ -90891,7 +90900,7 @@ async function hashRange(client, bucket, key, start, hash) {
 async function backup(settings, now = () => new Date()) {
     const ssh = settings.ssh;
     const kind = loopchain;
-    const runId = `${process.env.GITHUB_RUN_ID ?? 'local'}-${process.env.GITHUB_RUN_ATTEMPT ?? '1'}-${process.pid}`;
+    const runId = currentRunId();
     const timings = {};
     const t0 = performance.now();
     const { session, client } = await group('Connect', async () => {
@@ -90912,6 +90921,12 @@ async function backup(settings, now = () => new Date()) {
         const { probe, identity } = await group('Check the host', async () => {
             const p = parseProbe(await session.run('Probing the host', probeCommand(kind, settings.node.dataDir)));
             const id = checkProbe(p, settings, kind);
+            for (const stale of p.stale) {
+                warning(`Removing ${stale}, the staging folder of a run that vanished over a day ago.`);
+                await session.run('Removing a stale staging folder', removeCommand(stale), {
+                    timeoutMs: 30 * 60_000,
+                });
+            }
             info(`Data dir ${settings.node.dataDir}: ${kind.roots.join(', ')}; identity directory ${id}.`);
             return { probe: p, identity: id };
         });
@@ -91620,7 +91635,7 @@ async function restore(settings) {
     const opts = settings.restore;
     const t0 = performance.now();
     const timings = {};
-    const runId = `${process.env.GITHUB_RUN_ID ?? 'local'}-${process.env.GITHUB_RUN_ATTEMPT ?? '1'}-${process.pid}`;
+    const runId = currentRunId();
     const client = createClient(settings.s3);
     const chosen = await group('Choose the snapshot', async () => {
         const c = await chooseSnapshot(client, settings.s3, opts.snapshot);

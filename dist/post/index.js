@@ -89100,6 +89100,8 @@ function probeCommand(kind, dataDir) {
         `echo "dev_data=$(stat -c %d "$data")"`,
         `echo "dev_parent=$(stat -c %d ${quote(parent)})"`,
         `echo "free_parent=$(df -P -B1 ${quote(parent)} | awk 'NR==2 {print $4}')"`,
+        // Staging folders of runs that vanished a day or more ago: links that pin deleted tables.
+        `find ${quote(parent)} "$data" -maxdepth 1 -type d -name '.prep-snapshot-staging-*' -mmin +1440 -printf 'stale=%p\\n' 2>/dev/null || true`,
     ]);
 }
 function parseProbe(stdout) {
@@ -89108,6 +89110,7 @@ function parseProbe(stdout) {
         roots: [],
         missingRoots: [],
         identities: [],
+        stale: [],
         tools: new Set(),
         sameDevice: false,
         freeBytes: 0,
@@ -89136,6 +89139,8 @@ function parseProbe(stdout) {
             devParent = value;
         else if (key === 'free_parent')
             probe.freeBytes = Number(value) || 0;
+        else if (key === 'stale')
+            probe.stale.push(value);
     }
     probe.sameDevice = devData !== '' && devData === devParent;
     return probe;

@@ -23,7 +23,7 @@ import {
   manifestKey,
   type ArchiveName,
 } from '../naming.js';
-import { NodeControl } from '../node-control.js';
+import { NodeControl, currentRunId } from '../node-control.js';
 import { loopchain, pickIdentityDir, type NodeKind } from '../node-kind/loopchain.js';
 import {
   CHECKPOINT_BYTES,
@@ -67,7 +67,7 @@ export async function backup(
 ): Promise<BackupResult> {
   const ssh = settings.ssh as SshSettings;
   const kind: NodeKind = loopchain;
-  const runId = `${process.env.GITHUB_RUN_ID ?? 'local'}-${process.env.GITHUB_RUN_ATTEMPT ?? '1'}-${process.pid}`;
+  const runId = currentRunId();
   const timings: Timings = {};
   const t0 = performance.now();
 
@@ -94,6 +94,14 @@ export async function backup(
         await session.run('Probing the host', probeCommand(kind, settings.node.dataDir)),
       );
       const id = checkProbe(p, settings, kind);
+      for (const stale of p.stale) {
+        core.warning(
+          `Removing ${stale}, the staging folder of a run that vanished over a day ago.`,
+        );
+        await session.run('Removing a stale staging folder', removeCommand(stale), {
+          timeoutMs: 30 * 60_000,
+        });
+      }
       core.info(
         `Data dir ${settings.node.dataDir}: ${kind.roots.join(', ')}; identity directory ${id}.`,
       );

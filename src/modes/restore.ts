@@ -18,7 +18,7 @@ import {
 } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import { manifestKey } from '../naming.js';
-import { NodeControl } from '../node-control.js';
+import { NodeControl, currentRunId } from '../node-control.js';
 import { loopchain, type NodeKind } from '../node-kind/loopchain.js';
 import {
   detectIpCommand,
@@ -52,7 +52,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
   const opts = settings.restore;
   const t0 = performance.now();
   const timings: Record<string, number> = {};
-  const runId = `${process.env.GITHUB_RUN_ID ?? 'local'}-${process.env.GITHUB_RUN_ATTEMPT ?? '1'}-${process.pid}`;
+  const runId = currentRunId();
 
   const client = createClient(settings.s3);
   const chosen = await core.group('Choose the snapshot', async () => {

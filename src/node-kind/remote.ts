@@ -31,6 +31,8 @@ export function probeCommand(kind: NodeKind, dataDir: string): string {
     `echo "dev_data=$(stat -c %d "$data")"`,
     `echo "dev_parent=$(stat -c %d ${quote(parent)})"`,
     `echo "free_parent=$(df -P -B1 ${quote(parent)} | awk 'NR==2 {print $4}')"`,
+    // Staging folders of runs that vanished a day or more ago: links that pin deleted tables.
+    `find ${quote(parent)} "$data" -maxdepth 1 -type d -name '.prep-snapshot-staging-*' -mmin +1440 -printf 'stale=%p\\n' 2>/dev/null || true`,
   ]);
 }
 
@@ -39,6 +41,8 @@ export interface Probe {
   roots: string[];
   missingRoots: string[];
   identities: string[];
+  /** Staging folders left by runs that vanished over a day ago. */
+  stale: string[];
   tools: Set<string>;
   sameDevice: boolean;
   freeBytes: number;
@@ -50,6 +54,7 @@ export function parseProbe(stdout: string): Probe {
     roots: [],
     missingRoots: [],
     identities: [],
+    stale: [],
     tools: new Set(),
     sameDevice: false,
     freeBytes: 0,
@@ -69,6 +74,7 @@ export function parseProbe(stdout: string): Probe {
     else if (key === 'dev_data') devData = value;
     else if (key === 'dev_parent') devParent = value;
     else if (key === 'free_parent') probe.freeBytes = Number(value) || 0;
+    else if (key === 'stale') probe.stale.push(value);
   }
   probe.sameDevice = devData !== '' && devData === devParent;
   return probe;

@@ -158,15 +158,13 @@ describe('list and verify', () => {
       .send(new PutBucketPolicyCommand({ Bucket: bucket, Policy: JSON.stringify(policy) }));
     const { key } = ours[1]!;
     const put = async (k: string, body: Buffer | string) =>
-      world.s3
-        .client()
-        .send(
-          new (await import('@aws-sdk/client-s3')).PutObjectCommand({
-            Bucket: bucket,
-            Key: k,
-            Body: body,
-          }),
-        );
+      world.s3.client().send(
+        new (await import('@aws-sdk/client-s3')).PutObjectCommand({
+          Bucket: bucket,
+          Key: k,
+          Body: body,
+        }),
+      );
     await put(key, archive);
     await put(`_prep-snapshot/${key}.json`, JSON.stringify(manifest));
     await put('PRep/backup_list', `${key.slice(5)}\n`);

@@ -202,3 +202,22 @@ describe('the identity rename', () => {
     }
   });
 });
+
+describe('stale staging folders', () => {
+  it('the probe names staging folders over a day old, and only those', () => {
+    const root = mkdtempSync(join(tmpdir(), 'prep-stale-'));
+    try {
+      const data = join(root, 'data', 'loopchain');
+      mkdirSync(data, { recursive: true });
+      const old = join(root, 'data', '.prep-snapshot-staging-1-1-1');
+      const fresh = join(root, 'data', '.prep-snapshot-staging-2-1-1');
+      mkdirSync(old);
+      mkdirSync(fresh);
+      execFileSync('touch', ['-d', '2 days ago', old]);
+      const probe = parseProbe(sh(probeCommand(loopchain, data)).toString());
+      assert.deepEqual(probe.stale, [old]);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});

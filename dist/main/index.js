@@ -89470,6 +89470,7 @@ function sizeCommand(kind, dir) {
     ]);
 }
 const PROGRESS_MARK = 'prep-snapshot-progress';
+const CHANGED_MARK = 'prep-snapshot-tar-changed';
 const COMPRESSOR_MARK = 'prep-snapshot-compressor';
 /** tar's checkpoint: every 1024 records of 10 KiB. */
 const CHECKPOINT_BYTES = 1024 * 10240;
@@ -89493,14 +89494,31 @@ function archiveCommand(kind, dir, identity, options) {
         : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
             `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
     const lines = [compress, `cd -- ${quote(dir)}`];
-    if (options.localCopy) {
-        const copy = quote(options.localCopy);
-        lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`, `${tar} | compress | tee -- ${copy}.partial`, `mv -f -- ${copy}.partial ${copy}`);
+    const copy = options.localCopy ? quote(options.localCopy) : undefined;
+    if (options.localCopy)
+        lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`);
+    const pipeline = copy ? `${tar} | compress | tee -- ${copy}.partial` : `${tar} | compress`;
+    if (options.tolerateChanged) {
+        lines.push('set +e', pipeline, 'codes=("${PIPESTATUS[@]}")', 'set -e', 
+        // Any failure after tar (compressor, tee) fails the stream; tar's exit 1 alone is reported.
+        'for c in "${codes[@]:1}"; do [ "$c" = 0 ] || exit "$c"; done', `case "\${codes[0]}" in 0) ;; 1) echo ${CHANGED_MARK} >&2 ;; *) exit "\${codes[0]}" ;; esac`);
     }
     else {
-        lines.push(`${tar} | compress`);
+        lines.push(pipeline);
     }
+    if (copy)
+        lines.push(`mv -f -- ${copy}.partial ${copy}`);
     return bashScript(lines);
+}
+/**
+ * A digest of every file's path, size and mtime under the snapshot's roots. Equal before and
+ * after the stream: no file's content was written meanwhile (a link count change is not a write).
+ */
+function statDigestCommand(kind, dir) {
+    return bashScript([
+        `cd -- ${quote(dir)}`,
+        `find ${kind.roots.map(quote).join(' ')} -type f -printf '%p\\t%s\\t%T@\\n' | LC_ALL=C sort | sha256sum | cut -d ' ' -f 1`,
+    ]);
 }
 /** Deletes local copies (folders named YYYYMMDD under `backupDir`) older than `cutoff`. */
 function pruneLocalCopiesCommand(backupDir, cutoff) {
@@ -91017,6 +91035,7 @@ async function backup(settings, now = () => new Date()) {
                 partSize,
                 localCopy,
                 totalBytes: sizes.bytes,
+                frozen: settings.backup.consistency === 'hardlink',
             });
             info(`Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`);
             return r;
@@ -91152,11 +91171,15 @@ function parseSizes(stdout) {
 }
 async function streamArchive(a) {
     const t = performance.now();
+    const digest = () => a.session.run('Reading the staged files', statDigestCommand(a.kind, a.source));
+    const before = a.frozen ? (await digest()).trim() : undefined;
     const remote = a.session.stream(archiveCommand(a.kind, a.source, a.identity, {
         compression: a.settings.backup.compression,
         level: a.settings.backup.compressionLevel,
         localCopy: a.localCopy,
+        tolerateChanged: a.frozen,
     }));
+    let changed = false;
     const progress = new Progress('Upload', a.totalBytes);
     let compressor = a.settings.backup.compression;
     let tarBytes;
@@ -91166,11 +91189,13 @@ async function streamArchive(a) {
             progress.read = Number(checkpoint[1]) * CHECKPOINT_BYTES;
         else if (line.startsWith(COMPRESSOR_MARK))
             compressor = line.slice(COMPRESSOR_MARK.length + 1).trim();
+        else if (line === CHANGED_MARK)
+            changed = true;
         else if (/Total bytes written: (\d+)/.test(line))
             tarBytes = Number(/Total bytes written: (\d+)/.exec(line)?.[1]);
     });
     remote.stdout.on('data', (chunk) => (progress.sent += chunk.length));
-    const sourceOk = remote.exit.then((code) => {
+    const sourceOk = remote.exit.then(async (code) => {
         if (code !== 0) {
             const tail = remote
                 .stderrTail()
@@ -91180,6 +91205,18 @@ async function streamArchive(a) {
             throw code === null
                 ? new ActionError(`The SSH connection was lost while the archive streamed${tail ? `: ${tail.trim()}` : ''}. Nothing was published.`)
                 : new RemoteCommandError('Archiving on the host', code, tail);
+        }
+        // tar reports a file "changed as we read it" when its inode's ctime moves, which the node
+        // causes by removing its own link of a table it compacted away. A byte written would move
+        // a file's size or mtime: the upload completes only if none moved.
+        if (before !== undefined) {
+            if ((await digest()).trim() !== before) {
+                throw new HostError(`A file in the staging folder changed while the archive streamed (its size or mtime): the snapshot is ` +
+                    `not consistent, and nothing was published. Run again; if it repeats, use 'consistency: stop'.`);
+            }
+            if (changed) {
+                info(`tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`);
+            }
         }
     });
     sourceOk.catch(() => undefined);

@@ -89197,6 +89197,7 @@ function sizeCommand(kind, dir) {
     ]);
 }
 const PROGRESS_MARK = 'prep-snapshot-progress';
+const CHANGED_MARK = 'prep-snapshot-tar-changed';
 const COMPRESSOR_MARK = 'prep-snapshot-compressor';
 /** tar's checkpoint: every 1024 records of 10 KiB. */
 const CHECKPOINT_BYTES = (/* unused pure expression or super */ null && (1024 * 10240));
@@ -89220,14 +89221,31 @@ function archiveCommand(kind, dir, identity, options) {
         : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
             `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
     const lines = [compress, `cd -- ${quote(dir)}`];
-    if (options.localCopy) {
-        const copy = quote(options.localCopy);
-        lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`, `${tar} | compress | tee -- ${copy}.partial`, `mv -f -- ${copy}.partial ${copy}`);
+    const copy = options.localCopy ? quote(options.localCopy) : undefined;
+    if (options.localCopy)
+        lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`);
+    const pipeline = copy ? `${tar} | compress | tee -- ${copy}.partial` : `${tar} | compress`;
+    if (options.tolerateChanged) {
+        lines.push('set +e', pipeline, 'codes=("${PIPESTATUS[@]}")', 'set -e', 
+        // Any failure after tar (compressor, tee) fails the stream; tar's exit 1 alone is reported.
+        'for c in "${codes[@]:1}"; do [ "$c" = 0 ] || exit "$c"; done', `case "\${codes[0]}" in 0) ;; 1) echo ${CHANGED_MARK} >&2 ;; *) exit "\${codes[0]}" ;; esac`);
     }
     else {
-        lines.push(`${tar} | compress`);
+        lines.push(pipeline);
     }
+    if (copy)
+        lines.push(`mv -f -- ${copy}.partial ${copy}`);
     return bashScript(lines);
+}
+/**
+ * A digest of every file's path, size and mtime under the snapshot's roots. Equal before and
+ * after the stream: no file's content was written meanwhile (a link count change is not a write).
+ */
+function statDigestCommand(kind, dir) {
+    return bashScript([
+        `cd -- ${quote(dir)}`,
+        `find ${kind.roots.map(quote).join(' ')} -type f -printf '%p\\t%s\\t%T@\\n' | LC_ALL=C sort | sha256sum | cut -d ' ' -f 1`,
+    ]);
 }
 /** Deletes local copies (folders named YYYYMMDD under `backupDir`) older than `cutoff`. */
 function pruneLocalCopiesCommand(backupDir, cutoff) {

@@ -26,6 +26,7 @@ import {
 import { NodeControl, currentRunId } from '../node-control.js';
 import { loopchain, pickIdentityDir, type NodeKind } from '../node-kind/loopchain.js';
 import {
+  CHANGED_MARK,
   CHECKPOINT_BYTES,
   COMPRESSOR_MARK,
   PROGRESS_MARK,
@@ -39,6 +40,7 @@ import {
   pruneLocalCopiesCommand,
   removeCommand,
   sizeCommand,
+  statDigestCommand,
   type Probe,
 } from '../node-kind/remote.js';
 import { Progress } from '../progress.js';
@@ -213,6 +215,7 @@ export async function backup(
         partSize,
         localCopy,
         totalBytes: sizes.bytes,
+        frozen: settings.backup.consistency === 'hardlink',
       });
       core.info(
         `Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`,
@@ -395,6 +398,8 @@ interface StreamArgs {
   partSize: number;
   localCopy?: string;
   totalBytes: number;
+  /** The source is a staging folder of hard links that the running node shares. */
+  frozen: boolean;
 }
 
 interface Streamed {
@@ -407,13 +412,18 @@ interface Streamed {
 
 async function streamArchive(a: StreamArgs): Promise<Streamed> {
   const t = performance.now();
+  const digest = () =>
+    a.session.run('Reading the staged files', statDigestCommand(a.kind, a.source));
+  const before = a.frozen ? (await digest()).trim() : undefined;
   const remote = a.session.stream(
     archiveCommand(a.kind, a.source, a.identity, {
       compression: a.settings.backup.compression,
       level: a.settings.backup.compressionLevel,
       localCopy: a.localCopy,
+      tolerateChanged: a.frozen,
     }),
   );
+  let changed = false;
   const progress = new Progress('Upload', a.totalBytes);
   let compressor: string = a.settings.backup.compression;
   let tarBytes: number | undefined;
@@ -422,11 +432,12 @@ async function streamArchive(a: StreamArgs): Promise<Streamed> {
     if (checkpoint) progress.read = Number(checkpoint[1]) * CHECKPOINT_BYTES;
     else if (line.startsWith(COMPRESSOR_MARK))
       compressor = line.slice(COMPRESSOR_MARK.length + 1).trim();
+    else if (line === CHANGED_MARK) changed = true;
     else if (/Total bytes written: (\d+)/.test(line))
       tarBytes = Number(/Total bytes written: (\d+)/.exec(line)?.[1]);
   });
   remote.stdout.on('data', (chunk: Buffer) => (progress.sent += chunk.length));
-  const sourceOk = remote.exit.then((code) => {
+  const sourceOk = remote.exit.then(async (code) => {
     if (code !== 0) {
       const tail = remote
         .stderrTail()
@@ -438,6 +449,22 @@ async function streamArchive(a: StreamArgs): Promise<Streamed> {
             `The SSH connection was lost while the archive streamed${tail ? `: ${tail.trim()}` : ''}. Nothing was published.`,
           )
         : new RemoteCommandError('Archiving on the host', code, tail);
+    }
+    // tar reports a file "changed as we read it" when its inode's ctime moves, which the node
+    // causes by removing its own link of a table it compacted away. A byte written would move
+    // a file's size or mtime: the upload completes only if none moved.
+    if (before !== undefined) {
+      if ((await digest()).trim() !== before) {
+        throw new HostError(
+          `A file in the staging folder changed while the archive streamed (its size or mtime): the snapshot is ` +
+            `not consistent, and nothing was published. Run again; if it repeats, use 'consistency: stop'.`,
+        );
+      }
+      if (changed) {
+        core.info(
+          `tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`,
+        );
+      }
     }
   });
   sourceOk.catch(() => undefined);

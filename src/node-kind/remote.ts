@@ -141,9 +141,16 @@ export interface StreamOptions {
   level: number;
   /** Writes the archive to this path on the host too (renamed from `.partial` when whole). */
   localCopy?: string;
+  /**
+   * Accept tar's "file changed as we read it" (exit 1). In a staging folder of hard links,
+   * the node deleting its own link of a table changes the inode's ctime, which tar reports,
+   * though not a byte changed; the caller proves that with `statDigestCommand`.
+   */
+  tolerateChanged?: boolean;
 }
 
 export const PROGRESS_MARK = 'prep-snapshot-progress';
+export const CHANGED_MARK = 'prep-snapshot-tar-changed';
 export const COMPRESSOR_MARK = 'prep-snapshot-compressor';
 /** tar's checkpoint: every 1024 records of 10 KiB. */
 export const CHECKPOINT_BYTES = 1024 * 10240;
@@ -174,17 +181,35 @@ export function archiveCommand(
       : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
         `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
   const lines = [compress, `cd -- ${quote(dir)}`];
-  if (options.localCopy) {
-    const copy = quote(options.localCopy);
+  const copy = options.localCopy ? quote(options.localCopy) : undefined;
+  if (options.localCopy) lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`);
+  const pipeline = copy ? `${tar} | compress | tee -- ${copy}.partial` : `${tar} | compress`;
+  if (options.tolerateChanged) {
     lines.push(
-      `mkdir -p -- ${quote(dirname(options.localCopy))}`,
-      `${tar} | compress | tee -- ${copy}.partial`,
-      `mv -f -- ${copy}.partial ${copy}`,
+      'set +e',
+      pipeline,
+      'codes=("${PIPESTATUS[@]}")',
+      'set -e',
+      // Any failure after tar (compressor, tee) fails the stream; tar's exit 1 alone is reported.
+      'for c in "${codes[@]:1}"; do [ "$c" = 0 ] || exit "$c"; done',
+      `case "\${codes[0]}" in 0) ;; 1) echo ${CHANGED_MARK} >&2 ;; *) exit "\${codes[0]}" ;; esac`,
     );
   } else {
-    lines.push(`${tar} | compress`);
+    lines.push(pipeline);
   }
+  if (copy) lines.push(`mv -f -- ${copy}.partial ${copy}`);
   return bashScript(lines);
+}
+
+/**
+ * A digest of every file's path, size and mtime under the snapshot's roots. Equal before and
+ * after the stream: no file's content was written meanwhile (a link count change is not a write).
+ */
+export function statDigestCommand(kind: NodeKind, dir: string): string {
+  return bashScript([
+    `cd -- ${quote(dir)}`,
+    `find ${kind.roots.map(quote).join(' ')} -type f -printf '%p\\t%s\\t%T@\\n' | LC_ALL=C sort | sha256sum | cut -d ' ' -f 1`,
+  ]);
 }
 
 /** Deletes local copies (folders named YYYYMMDD under `backupDir`) older than `cutoff`. */

@@ -24,12 +24,14 @@ import { parseManifest } from '../../src/node-kind/leveldb-manifest.ts';
 import { loopchain, pickIdentityDir } from '../../src/node-kind/loopchain.ts';
 import {
   archiveCommand,
+  CHANGED_MARK,
   freezeCommand,
   manifestsCommand,
   parseProbe,
   probeCommand,
   pruneCommand,
   sizeCommand,
+  statDigestCommand,
 } from '../../src/node-kind/remote.ts';
 
 const IP = '10.20.30.40';
@@ -216,6 +218,68 @@ describe('stale staging folders', () => {
       execFileSync('touch', ['-d', '2 days ago', old]);
       const probe = parseProbe(sh(probeCommand(loopchain, data)).toString());
       assert.deepEqual(probe.stale, [old]);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('tar exit statuses in a staging folder of hard links', () => {
+  // A stand-in tar on PATH with a chosen exit status; everything else is the real pipeline.
+  function runWithTar(
+    status: number,
+    tolerate: boolean,
+  ): { status: number | null; stderr: string } {
+    const bin = mkdtempSync(join(tmpdir(), 'prep-faketar-'));
+    try {
+      writeFileSync(
+        join(bin, 'tar'),
+        `#!/bin/sh\necho 'tar: x.ldb: file changed as we read it' >&2\necho data\nexit ${status}\n`,
+        {
+          mode: 0o755,
+        },
+      );
+      const r = spawnSync(
+        'sh',
+        [
+          '-c',
+          archiveCommand(loopchain, tmpdir(), 'x', {
+            compression: 'gzip',
+            level: 1,
+            tolerateChanged: tolerate,
+          }),
+        ],
+        { env: { ...process.env, PATH: `${bin}:${process.env.PATH}` } },
+      );
+      return { status: r.status, stderr: r.stderr.toString() };
+    } finally {
+      rmSync(bin, { recursive: true, force: true });
+    }
+  }
+
+  it('reports tar exit 1 (a link count changed) and lets the caller judge', () => {
+    const r = runWithTar(1, true);
+    assert.equal(r.status, 0);
+    assert.match(r.stderr, new RegExp(CHANGED_MARK));
+  });
+  it('fails on a fatal tar error', () => {
+    assert.equal(runWithTar(2, true).status, 2);
+  });
+  it('fails on exit 1 when the source is not a staging folder', () => {
+    assert.notEqual(runWithTar(1, false).status, 0);
+  });
+  it('the stat digest moves when a file is written, not when a link is removed', () => {
+    const root = mkdtempSync(join(tmpdir(), 'prep-digest-'));
+    try {
+      mkdirSync(join(root, '.score_data'));
+      mkdirSync(join(root, '.storage'));
+      writeFileSync(join(root, '.storage', '000001.ldb'), 'table');
+      execFileSync('ln', [join(root, '.storage', '000001.ldb'), join(root, 'other-link')]);
+      const d0 = sh(statDigestCommand(loopchain, root)).toString();
+      rmSync(join(root, 'other-link'));
+      assert.equal(sh(statDigestCommand(loopchain, root)).toString(), d0);
+      writeFileSync(join(root, '.storage', '000001.ldb'), 'tab');
+      assert.notEqual(sh(statDigestCommand(loopchain, root)).toString(), d0);
     } finally {
       rmSync(root, { recursive: true, force: true });
     }

@@ -89892,7 +89892,9 @@ function parseSettings(read = readActionInput) {
         compression,
         compressionLevel: compression === 'gzip'
             ? int(Inputs.CompressionLevel, 3, 1, 9)
-            : int(Inputs.CompressionLevel, 3, 1, 19),
+            : // LevelDB tables are snappy-compressed already: zstd -1 runs twice as fast as -3 on
+                // them for an archive 3% larger (measured on a 2 GiB database here).
+                int(Inputs.CompressionLevel, 1, 1, 19),
         consistency,
         permanentCopy: bool(Inputs.PermanentCopy, true),
         retentionDays: int(Inputs.RetentionDays, 15, 0, 36500),

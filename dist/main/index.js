@@ -89352,6 +89352,7 @@ function sedLiteral(value, delimiter = '|') {
  * pure function of its arguments, so that tests can read exactly what the host will run.
  */
 
+
 function dirname(path) {
     const i = path.lastIndexOf('/');
     return i <= 0 ? '/' : path.slice(0, i);
@@ -89417,6 +89418,20 @@ function parseProbe(stdout) {
     }
     probe.sameDevice = devData !== '' && devData === devParent;
     return probe;
+}
+/**
+ * Checks that the host has tar and a program for `compression` (pigz or gzip; zstd);
+ * `what` names the archive in the error.
+ */
+function requireArchiveTools(tools, compression, what) {
+    if (!tools.has('tar'))
+        throw new HostError(`The host has no 'tar'.`);
+    if (compression === 'zstd' && !tools.has('zstd')) {
+        throw new HostError(`${what} is zstd-compressed and the host has no 'zstd': install it (apt install zstd) or use gzip.`);
+    }
+    if (compression === 'gzip' && !tools.has('pigz') && !tools.has('gzip')) {
+        throw new HostError(`The host has neither pigz nor gzip.`);
+    }
 }
 /** Asks the node's own API for its height, from the host (the API listens on the host's loopback). */
 function peerCommand(peerUrl) {
@@ -90657,6 +90672,22 @@ function summarise(command) {
     return first.length > 80 ? `${first.slice(0, 77)}...` : first;
 }
 
+;// CONCATENATED MODULE: ./src/summary.ts
+/** The job summary: a heading and a two-column table, the shape every mode reports in. */
+
+async function writeSummaryTable(title, rows, link) {
+    summary.addHeading(`prep-snapshot: ${title}`, 3).addTable([
+        [
+            { data: 'What', header: true },
+            { data: 'Value', header: true },
+        ],
+        ...rows,
+    ]);
+    if (link)
+        summary.addLink(link.text, link.href);
+    await summary.write();
+}
+
 ;// CONCATENATED MODULE: external "node:stream/promises"
 const external_node_stream_promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:stream/promises");
 // EXTERNAL MODULE: external "node:events"
@@ -90741,6 +90772,7 @@ async function chooseSnapshot(client, s3, wanted) {
 
 
 
+
 async function verify(settings) {
     const client = createClient(settings.s3);
     const chosen = await group('Choose the snapshot', async () => {
@@ -90757,13 +90789,7 @@ async function verify(settings) {
     setOutput(Outputs.UncompressedSize, String(report.bytes));
     if (manifest)
         setOutput(Outputs.BlockHeight, String(manifest.blockHeight));
-    await summary
-        .addHeading('prep-snapshot: verify', 3)
-        .addTable([
-        [
-            { data: 'What', header: true },
-            { data: 'Value', header: true },
-        ],
+    await writeSummaryTable('verify', [
         ['Key', `<code>${report.key}</code>`],
         ['Result', 'whole: every entry complete, the expected directories present'],
         [
@@ -90776,8 +90802,7 @@ async function verify(settings) {
             'Duration',
             `${formatDuration(report.seconds)} (${formatRate(report.compressedBytes, report.seconds)})`,
         ],
-    ])
-        .write();
+    ]);
     return report;
 }
 /** Reads the whole object, hashing the bytes and parsing the tar stream inside them. */
@@ -90900,6 +90925,7 @@ async function hashRange(client, bucket, key, start, hash) {
  * mode: backup. Reads like the procedure: connect, check, stop, freeze, start, stream,
  * publish, copy, retain. The node is down only for the stop, the freeze and the start.
  */
+
 
 
 
@@ -91139,16 +91165,7 @@ function checkProbe(probe, settings, kind) {
         throw new HostError(`${dataDir} lacks ${probe.missingRoots.join(' and ')}: it is not a loopchain data directory (expected ${kind.roots.join(', ')}).`);
     }
     const identity = pickIdentityDir(kind, probe.identities, dataDir);
-    if (!probe.tools.has('tar'))
-        throw new HostError(`The host has no 'tar'.`);
-    if (settings.backup.compression === 'zstd' && !probe.tools.has('zstd')) {
-        throw new HostError(`'compression: zstd' needs zstd on the host; install it or use gzip.`);
-    }
-    if (settings.backup.compression === 'gzip' &&
-        !probe.tools.has('pigz') &&
-        !probe.tools.has('gzip')) {
-        throw new HostError(`The host has neither pigz nor gzip.`);
-    }
+    requireArchiveTools(probe.tools, settings.backup.compression, 'The archive (compression: zstd)');
     if (settings.backup.consistency === 'hardlink' && !probe.tools.has('base64')) {
         throw new HostError(`The host has no 'base64' (coreutils), needed to read the LevelDB MANIFESTs.`);
     }
@@ -91307,17 +91324,7 @@ async function writeSummary(m, url, timings, permanent, removed, compressor) {
                 : 'nothing removed',
         ],
     ];
-    await summary
-        .addHeading('prep-snapshot: backup', 3)
-        .addTable([
-        [
-            { data: 'What', header: true },
-            { data: 'Value', header: true },
-        ],
-        ...rows.map(([a, b]) => [a, b]),
-    ])
-        .addLink('Archive', url)
-        .write();
+    await writeSummaryTable('backup', rows, { text: 'Archive', href: url });
 }
 
 ;// CONCATENATED MODULE: ./src/modes/list.ts
@@ -91671,6 +91678,7 @@ function isIpv4(text) {
 
 
 
+
 async function restore(settings) {
     const ssh = settings.ssh;
     const kind = loopchain;
@@ -91726,16 +91734,7 @@ async function restore(settings) {
                     `(its ${manifest ? '' : 'estimated '}size plus 'disk-margin'). Free some space and run again.`);
             }
             hadPrevious = probe.dataDirPresent;
-            if (!probe.tools.has('tar'))
-                throw new HostError(`The host has no 'tar'.`);
-            if (chosen.name.compression === 'zstd' && !probe.tools.has('zstd')) {
-                throw new HostError(`${chosen.key} is zstd-compressed and the host has no 'zstd': install it (apt install zstd).`);
-            }
-            if (chosen.name.compression === 'gzip' &&
-                !probe.tools.has('pigz') &&
-                !probe.tools.has('gzip')) {
-                throw new HostError(`The host has neither pigz nor gzip.`);
-            }
+            requireArchiveTools(probe.tools, chosen.name.compression, chosen.key);
             const address = opts.nodeIp || (await session.run('Finding the node IP', detectIpCommand())).trim();
             if (!isIpv4(address)) {
                 throw new HostError(`Could not find the node's IPv4 address on the host (got '${address}'). Set 'node-ip' (for a node behind NAT, its public address).`);
@@ -91810,13 +91809,7 @@ async function restore(settings) {
         setOutput(Outputs.Sha256, streamed.sha256);
         setOutput(Outputs.Size, String(streamed.bytes));
         setOutput(Outputs.DurationSeconds, timings.total.toFixed(1));
-        await summary
-            .addHeading('prep-snapshot: restore', 3)
-            .addTable([
-            [
-                { data: 'What', header: true },
-                { data: 'Value', header: true },
-            ],
+        await writeSummaryTable('restore', [
             ['Snapshot', `<code>${chosen.key}</code>`],
             ['Host', `${ssh.host} (block DB ${kind.identityDir(ip)})`],
             [
@@ -91833,8 +91826,7 @@ async function restore(settings) {
             ],
             ['Previous data', opts.keepPrevious ? `<code>${previous}</code>` : 'removed'],
             ['Total', formatDuration(timings.total)],
-        ])
-            .write();
+        ]);
         return { key: chosen.key, blockHeight: height, heightReached };
     }
     finally {

@@ -88954,7 +88954,7 @@ class ConnectError extends ActionError {
     name = 'ConnectError';
 }
 /** The node's data directory, tools or state are not what the action needs. */
-class HostError extends (/* unused pure expression or super */ null && (ActionError)) {
+class errors_HostError extends (/* unused pure expression or super */ null && (ActionError)) {
     name = 'HostError';
 }
 /** A remote command exited non-zero. */
@@ -89079,6 +89079,7 @@ function shell_sedLiteral(value, delimiter = '|') {
  * pure function of its arguments, so that tests can read exactly what the host will run.
  */
 
+
 function dirname(path) {
     const i = path.lastIndexOf('/');
     return i <= 0 ? '/' : path.slice(0, i);
@@ -89144,6 +89145,20 @@ function parseProbe(stdout) {
     }
     probe.sameDevice = devData !== '' && devData === devParent;
     return probe;
+}
+/**
+ * Checks that the host has tar and a program for `compression` (pigz or gzip; zstd);
+ * `what` names the archive in the error.
+ */
+function requireArchiveTools(tools, compression, what) {
+    if (!tools.has('tar'))
+        throw new HostError(`The host has no 'tar'.`);
+    if (compression === 'zstd' && !tools.has('zstd')) {
+        throw new HostError(`${what} is zstd-compressed and the host has no 'zstd': install it (apt install zstd) or use gzip.`);
+    }
+    if (compression === 'gzip' && !tools.has('pigz') && !tools.has('gzip')) {
+        throw new HostError(`The host has neither pigz nor gzip.`);
+    }
 }
 /** Asks the node's own API for its height, from the host (the API listens on the host's loopback). */
 function peerCommand(peerUrl) {

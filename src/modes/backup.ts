@@ -38,6 +38,7 @@ import {
   probeCommand,
   pruneCommand,
   pruneLocalCopiesCommand,
+  requireArchiveTools,
   removeCommand,
   sizeCommand,
   statDigestCommand,
@@ -52,6 +53,7 @@ import { deleteKeys, listArchives, listObjects, writeJson } from '../s3/store.js
 import { abortUploads, choosePartSize, streamUpload } from '../s3/upload.js';
 import type { Settings, SshSettings } from '../settings.js';
 import { SshSession } from '../ssh/session.js';
+import { writeSummaryTable } from '../summary.js';
 import { verifyStored } from './verify.js';
 
 export interface BackupResult {
@@ -344,17 +346,7 @@ function checkProbe(probe: Probe, settings: Settings, kind: NodeKind): string {
     );
   }
   const identity = pickIdentityDir(kind, probe.identities, dataDir);
-  if (!probe.tools.has('tar')) throw new HostError(`The host has no 'tar'.`);
-  if (settings.backup.compression === 'zstd' && !probe.tools.has('zstd')) {
-    throw new HostError(`'compression: zstd' needs zstd on the host; install it or use gzip.`);
-  }
-  if (
-    settings.backup.compression === 'gzip' &&
-    !probe.tools.has('pigz') &&
-    !probe.tools.has('gzip')
-  ) {
-    throw new HostError(`The host has neither pigz nor gzip.`);
-  }
+  requireArchiveTools(probe.tools, settings.backup.compression, 'The archive (compression: zstd)');
   if (settings.backup.consistency === 'hardlink' && !probe.tools.has('base64')) {
     throw new HostError(
       `The host has no 'base64' (coreutils), needed to read the LevelDB MANIFESTs.`,
@@ -576,15 +568,5 @@ async function writeSummary(
         : 'nothing removed',
     ],
   ];
-  await core.summary
-    .addHeading('prep-snapshot: backup', 3)
-    .addTable([
-      [
-        { data: 'What', header: true },
-        { data: 'Value', header: true },
-      ],
-      ...rows.map(([a, b]) => [a, b]),
-    ])
-    .addLink('Archive', url)
-    .write();
+  await writeSummaryTable('backup', rows, { text: 'Archive', href: url });
 }

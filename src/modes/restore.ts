@@ -29,6 +29,7 @@ import {
   prepareStagedCommand,
   processCheckCommand,
   removeCommand,
+  requireArchiveTools,
   rollbackCommand,
   swapCommand,
 } from '../node-kind/remote.js';
@@ -39,6 +40,7 @@ import { HashingCounter } from '../s3/upload.js';
 import { isIpv4, type Settings, type SshSettings } from '../settings.js';
 import { chooseSnapshot } from '../snapshots.js';
 import { SshSession } from '../ssh/session.js';
+import { writeSummaryTable } from '../summary.js';
 
 export interface RestoreResult {
   key: string;
@@ -120,19 +122,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
         );
       }
       hadPrevious = probe.dataDirPresent;
-      if (!probe.tools.has('tar')) throw new HostError(`The host has no 'tar'.`);
-      if (chosen.name.compression === 'zstd' && !probe.tools.has('zstd')) {
-        throw new HostError(
-          `${chosen.key} is zstd-compressed and the host has no 'zstd': install it (apt install zstd).`,
-        );
-      }
-      if (
-        chosen.name.compression === 'gzip' &&
-        !probe.tools.has('pigz') &&
-        !probe.tools.has('gzip')
-      ) {
-        throw new HostError(`The host has neither pigz nor gzip.`);
-      }
+      requireArchiveTools(probe.tools, chosen.name.compression, chosen.key);
       const address =
         opts.nodeIp || (await session.run('Finding the node IP', detectIpCommand())).trim();
       if (!isIpv4(address)) {
@@ -242,31 +232,24 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
     core.setOutput(Outputs.Sha256, streamed.sha256);
     core.setOutput(Outputs.Size, String(streamed.bytes));
     core.setOutput(Outputs.DurationSeconds, timings.total.toFixed(1));
-    await core.summary
-      .addHeading('prep-snapshot: restore', 3)
-      .addTable([
-        [
-          { data: 'What', header: true },
-          { data: 'Value', header: true },
-        ],
-        ['Snapshot', `<code>${chosen.key}</code>`],
-        ['Host', `${ssh.host} (block DB ${kind.identityDir(ip)})`],
-        [
-          'Block height',
-          `${height} in the snapshot${heightReached !== undefined ? `, ${heightReached} reached` : ''}`,
-        ],
-        [
-          'Archive',
-          `${formatBytes(streamed.bytes)}, ${manifest ? 'sha256 matches the manifest' : 'no manifest (checked by the decompressor)'}`,
-        ],
-        [
-          'Stream and extract',
-          `${formatDuration(timings.stream)} (${formatRate(streamed.bytes, timings.stream)})`,
-        ],
-        ['Previous data', opts.keepPrevious ? `<code>${previous}</code>` : 'removed'],
-        ['Total', formatDuration(timings.total)],
-      ])
-      .write();
+    await writeSummaryTable('restore', [
+      ['Snapshot', `<code>${chosen.key}</code>`],
+      ['Host', `${ssh.host} (block DB ${kind.identityDir(ip)})`],
+      [
+        'Block height',
+        `${height} in the snapshot${heightReached !== undefined ? `, ${heightReached} reached` : ''}`,
+      ],
+      [
+        'Archive',
+        `${formatBytes(streamed.bytes)}, ${manifest ? 'sha256 matches the manifest' : 'no manifest (checked by the decompressor)'}`,
+      ],
+      [
+        'Stream and extract',
+        `${formatDuration(timings.stream)} (${formatRate(streamed.bytes, timings.stream)})`,
+      ],
+      ['Previous data', opts.keepPrevious ? `<code>${previous}</code>` : 'removed'],
+      ['Total', formatDuration(timings.total)],
+    ]);
     return { key: chosen.key, blockHeight: height, heightReached };
   } finally {
     if (!swapped) {

@@ -20,6 +20,7 @@ import { createClient, describeS3Error } from '../s3/client.js';
 import { readManifest } from '../s3/store.js';
 import type { Settings } from '../settings.js';
 import { chooseSnapshot } from '../snapshots.js';
+import { writeSummaryTable } from '../summary.js';
 
 export interface VerifyReport {
   key: string;
@@ -52,27 +53,20 @@ export async function verify(settings: Settings): Promise<VerifyReport> {
   core.setOutput(Outputs.Files, String(report.files));
   core.setOutput(Outputs.UncompressedSize, String(report.bytes));
   if (manifest) core.setOutput(Outputs.BlockHeight, String(manifest.blockHeight));
-  await core.summary
-    .addHeading('prep-snapshot: verify', 3)
-    .addTable([
-      [
-        { data: 'What', header: true },
-        { data: 'Value', header: true },
-      ],
-      ['Key', `<code>${report.key}</code>`],
-      ['Result', 'whole: every entry complete, the expected directories present'],
-      [
-        'sha256',
-        `<code>${report.sha256}</code> ${report.hasManifest ? '(matches the manifest)' : '(no manifest to compare)'}`,
-      ],
-      ['Archive', formatBytes(report.compressedBytes)],
-      ['Content', `${report.files} files, ${formatBytes(report.bytes)}`],
-      [
-        'Duration',
-        `${formatDuration(report.seconds)} (${formatRate(report.compressedBytes, report.seconds)})`,
-      ],
-    ])
-    .write();
+  await writeSummaryTable('verify', [
+    ['Key', `<code>${report.key}</code>`],
+    ['Result', 'whole: every entry complete, the expected directories present'],
+    [
+      'sha256',
+      `<code>${report.sha256}</code> ${report.hasManifest ? '(matches the manifest)' : '(no manifest to compare)'}`,
+    ],
+    ['Archive', formatBytes(report.compressedBytes)],
+    ['Content', `${report.files} files, ${formatBytes(report.bytes)}`],
+    [
+      'Duration',
+      `${formatDuration(report.seconds)} (${formatRate(report.compressedBytes, report.seconds)})`,
+    ],
+  ]);
   return report;
 }
 

@@ -2,6 +2,7 @@
  * The commands that run on the node host, built as strings from quoted values. Each is a
  * pure function of its arguments, so that tests can read exactly what the host will run.
  */
+import { HostError } from '../errors.js';
 import { argv, bashScript, quote, sedLiteral } from '../shell.js';
 import type { Compression } from '../settings.js';
 import type { NodeKind } from './loopchain.js';
@@ -78,6 +79,26 @@ export function parseProbe(stdout: string): Probe {
   }
   probe.sameDevice = devData !== '' && devData === devParent;
   return probe;
+}
+
+/**
+ * Checks that the host has tar and a program for `compression` (pigz or gzip; zstd);
+ * `what` names the archive in the error.
+ */
+export function requireArchiveTools(
+  tools: Set<string>,
+  compression: Compression,
+  what: string,
+): void {
+  if (!tools.has('tar')) throw new HostError(`The host has no 'tar'.`);
+  if (compression === 'zstd' && !tools.has('zstd')) {
+    throw new HostError(
+      `${what} is zstd-compressed and the host has no 'zstd': install it (apt install zstd) or use gzip.`,
+    );
+  }
+  if (compression === 'gzip' && !tools.has('pigz') && !tools.has('gzip')) {
+    throw new HostError(`The host has neither pigz nor gzip.`);
+  }
 }
 
 /** Asks the node's own API for its height, from the host (the API listens on the host's loopback). */

@@ -23,7 +23,10 @@ describe('parseSettings', () => {
     assert.equal(s.s3.permanentPrefix, 'Permanent/PRep');
     assert.equal(s.backup.compression, 'gzip');
     assert.equal(s.backup.compressionLevel, 3);
-    assert.equal(parseSettings(reader({ ...base, compression: 'zstd' })).backup.compressionLevel, 1);
+    assert.equal(
+      parseSettings(reader({ ...base, compression: 'zstd' })).backup.compressionLevel,
+      1,
+    );
     assert.equal(s.backup.consistency, 'hardlink');
     assert.equal(s.backup.retentionDays, 15);
     assert.equal(s.node.maxDowntimeSeconds, 1800);

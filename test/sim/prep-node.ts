@@ -450,11 +450,10 @@ export function orphanTables(dbPath: string): { name: string; size: number }[] {
 
 // ---- commands --------------------------------------------------------------------------
 
-async function cmdInit(opts: Opts): Promise<void> {
+/** The empty directories of a node that does not exist yet (init, generate). */
+function newHome(opts: Opts) {
   const home = resolve(need(opts, 'home'));
   const ip = need(opts, 'ip');
-  const blocks = num(opts, 'blocks', 100);
-  const valueBytes = num(opts, 'value-bytes', 2048);
   const p = paths(home);
   if (existsSync(join(p.data, '.storage')) || existsSync(join(p.data, '.score_data'))) {
     throw new CliError(`${p.data} is already initialised`);
@@ -462,6 +461,13 @@ async function cmdInit(opts: Opts): Promise<void> {
   const layout = dbLayout(p.data, blockDirName(ip));
   for (const l of layout) mkdirSync(l.path, { recursive: true });
   writeFileSync(join(home, 'node.ip'), ip + '\n');
+  return { home, ip, p, layout };
+}
+
+async function cmdInit(opts: Opts): Promise<void> {
+  const { home, ip, p, layout } = newHome(opts);
+  const blocks = num(opts, 'blocks', 100);
+  const valueBytes = num(opts, 'value-bytes', 2048);
   const dbs = await openAll(layout, { create: true });
   try {
     const st: NodeState = { ip, height: -1, lastHash: '0'.repeat(64), totalTx: 0 };
@@ -912,17 +918,9 @@ async function cmdDaemon(opts: Opts): Promise<void> {
 }
 
 async function cmdGenerate(opts: Opts): Promise<void> {
-  const home = resolve(need(opts, 'home'));
-  const ip = need(opts, 'ip');
+  const { home, ip, layout } = newHome(opts);
   const gib = num(opts, 'gib', 2);
   const blockBytes = num(opts, 'block-bytes', 32768);
-  const p = paths(home);
-  if (existsSync(join(p.data, '.storage')) || existsSync(join(p.data, '.score_data'))) {
-    throw new CliError(`${p.data} is already initialised`);
-  }
-  const layout = dbLayout(p.data, blockDirName(ip));
-  for (const l of layout) mkdirSync(l.path, { recursive: true });
-  writeFileSync(join(home, 'node.ip'), ip + '\n');
   const target = gib * 1024 ** 3;
   const t0 = Date.now();
   const dbs = await openAll(layout, { create: true, writeBufferSize: 4 * 1024 * 1024 });

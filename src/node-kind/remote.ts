@@ -311,33 +311,65 @@ export function prepareRestoreCommand(prepDir: string, dataDir: string): string 
     `mkdir -p -- ${quote(prepDir)} ${quote(parent)}`,
     `echo "free_parent=$(df -P -B1 ${quote(parent)} | awk 'NR==2 {print $4}')"`,
     `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
-    `for t in tar pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+    `for t in tar igzip pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
   ]);
 }
 
-/** Reads the archive from stdin into a fresh staging folder. */
-export function extractCommand(stage: string, compression: Compression): string {
-  const decompress =
-    compression === 'zstd'
-      ? `decompress() { zstd -d -q -c; }`
-      : `decompress() { if command -v pigz >/dev/null 2>&1; then pigz -d -c; else gzip -d -c; fi; }`;
+/** A program on the host that turns the archive back into a tar stream. */
+export interface Decoder {
+  name: 'igzip' | 'pigz' | 'gzip' | 'zstd';
+  command: string;
+}
+
+/**
+ * The fastest decompressor the host has for `compression`. Inflate is single-threaded in
+ * pigz and gzip alike and is the slowest stage of a restore; igzip (ISA-L, Debian's `isal`)
+ * inflates about twice as fast on the same core and checks the CRC the same way.
+ */
+export function chooseDecoder(tools: Set<string>, compression: Compression): Decoder {
+  if (compression === 'zstd') return { name: 'zstd', command: 'zstd -d -q -c' };
+  if (tools.has('igzip')) return { name: 'igzip', command: 'igzip -d -c' };
+  if (tools.has('pigz')) return { name: 'pigz', command: 'pigz -d -c' };
+  return { name: 'gzip', command: 'gzip -d -c' };
+}
+
+/**
+ * `wide CMD...` runs CMD with the pipes on its stdin and stdout widened from 64 KiB to 1 MiB
+ * (F_SETPIPE_SZ, through perl, which Debian and Ubuntu always have). Each time a pipe fills,
+ * its writer sleeps and its reader is woken on the other core; on a VM those wake-ups cost
+ * more than the copying. Measured on the 2 GiB bench archive: `igzip -d | tar -x` took
+ * 13-15 s through 64 KiB pipes and 7.5-8.6 s through 1 MiB ones. Where perl or the fcntl is
+ * missing, CMD runs as it is.
+ */
+export const WIDE_PIPES =
+  `wide() { if command -v perl >/dev/null 2>&1; then ` +
+  `perl -e 'for (*STDIN, *STDOUT) { fcntl($_, 1031, 1048576) if $^O eq "linux" } ` +
+  `exec { $ARGV[0] } @ARGV or die "$ARGV[0]: $!\\n"' -- "$@"; else "$@"; fi; }`;
+
+/** Exit status of the extraction when the archive is not a snapshot of the node's kind. */
+export const NOT_A_SNAPSHOT = 3;
+
+/**
+ * Reads the archive from stdin into a fresh staging folder, checks that it holds a snapshot,
+ * gives the identity directory the node's IP and prints the number of files: one round trip.
+ */
+export function extractCommand(
+  kind: NodeKind,
+  stage: string,
+  decoder: Decoder,
+  ip: string,
+): string {
+  const placeholder = `${kind.identityParent}/${kind.placeholder}`;
+  const missing = (what: string): string =>
+    `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
   return bashScript([
-    decompress,
+    WIDE_PIPES,
     `rm -rf -- ${quote(stage)}`,
     `mkdir -p -- ${quote(stage)}`,
-    `decompress | tar -x -f - -C ${quote(stage)}`,
-  ]);
-}
-
-/** Checks that the staging folder holds a snapshot, and gives the identity directory the node's IP. */
-export function prepareStagedCommand(kind: NodeKind, stage: string, ip: string): string {
-  const placeholder = `${kind.identityParent}/${kind.placeholder}`;
-  return bashScript([
+    `wide ${decoder.command} | tar -x -f - -C ${quote(stage)}`,
     `cd -- ${quote(stage)}`,
-    ...kind.roots.map(
-      (r) => `[ -d ${quote(r)} ] || { echo ${quote(`the archive holds no ${r}`)} >&2; exit 3; }`,
-    ),
-    `[ -d ${quote(placeholder)} ] || { echo ${quote(`the archive holds no ${placeholder}`)} >&2; exit 3; }`,
+    ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
+    `[ -d ${quote(placeholder)} ] || ${missing(placeholder)}`,
     `mv -- ${quote(placeholder)} ${quote(`${kind.identityParent}/${kind.identityDir(ip)}`)}`,
     `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
   ]);

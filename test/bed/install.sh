@@ -4,7 +4,7 @@
 # Cache dir: ${PREP_SNAPSHOT_CACHE:-$HOME/.cache/prep-snapshot}  (test/bed/paths.ts reads the same)
 #   $CACHE/bin/minio                      MinIO server (go install, pinned below)
 #   $CACHE/node24/node_modules/.bin/node  Node 24, to run dist/ like GitHub's runner
-# Also: apt packages openssh-server openssh-client pigz zstd curl; npm ci if node_modules is missing.
+# Also: apt packages openssh-server openssh-client pigz zstd isal curl; npm ci if node_modules is missing.
 # Exports nothing.
 set -euo pipefail
 
@@ -25,6 +25,8 @@ have_cmd() { command -v "$1" >/dev/null 2>&1; }
 have_cmd ssh && have_cmd ssh-keygen || need_pkgs+=(openssh-client)
 have_cmd pigz || need_pkgs+=(pigz)
 have_cmd zstd || need_pkgs+=(zstd)
+# igzip (ISA-L): the restore's preferred gzip decoder; the tests run it beside pigz and gzip.
+have_cmd igzip || need_pkgs+=(isal)
 have_cmd curl || need_pkgs+=(curl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   SUDO=

@@ -13,6 +13,9 @@
  *                                    stop, and the node started only after the upload and the list
  *                                    (default: stop; tar; start; upload, as the issue describes it).
  *   --keep          BENCH_KEEP=1     keep the temp dir (scenario homes, logs).
+ *                   BENCH_ECHO=1     copy the action's output to stderr as it comes.
+ *                   BENCH_NODE_ARGS  extra Node options for the action's process, for example
+ *                                    '--cpu-prof --cpu-prof-dir=/tmp/prof' to see where its CPU goes.
  *
  * How each figure is taken:
  *   downtime        from the simulator's event log: started.first_block_ms - stopped.last_block_ms.
@@ -514,6 +517,7 @@ async function runTimed(
     env: { ...s3Env(ctx.s3), BENCH_TIME_OUT: timeOut },
     timeoutMs: 60 * 60_000,
     node: ctx.timeWrapper,
+    echo: process.env.BENCH_ECHO === '1',
   });
   writeFileSync(join(ctx.root, `${name}.stdout.txt`), r.stdout + '\n--- stderr\n' + r.stderr);
   return { r, rss: rssFrom(timeOut) };
@@ -1005,10 +1009,11 @@ async function main(): Promise<void> {
   await s3.createBucket(BUCKET);
   const ctx: Ctx = { root, cache, sshd, s3 };
   if (existsSync('/usr/bin/time')) {
+    const nodeArgs = process.env.BENCH_NODE_ARGS ?? '';
     ctx.timeWrapper = join(root, 'node24-timed.sh');
     writeFileSync(
       ctx.timeWrapper,
-      `#!/bin/bash\n# bash, not sh: dash drops INPUT_SSH-KEY and the other hyphenated names from the environment.\nexec /usr/bin/time -v -o "$BENCH_TIME_OUT" ${q(NODE24)} "$@"\n`,
+      `#!/bin/bash\n# bash, not sh: dash drops INPUT_SSH-KEY and the other hyphenated names from the environment.\nexec /usr/bin/time -v -o "$BENCH_TIME_OUT" ${q(NODE24)} ${nodeArgs} "$@"\n`,
     );
     chmodSync(ctx.timeWrapper, 0o755);
   } else {

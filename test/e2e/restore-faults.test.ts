@@ -212,6 +212,22 @@ describe('restore faults', () => {
     assertUntouched(before);
   });
 
+  it('a whole gzip tar that is not a node snapshot: refused before the swap', async () => {
+    const before = treeHash(victim.dataDir);
+    const dir = join(world.root, 'not-a-snapshot');
+    mkdirSync(join(dir, 'photos'), { recursive: true });
+    writeFileSync(join(dir, 'photos', 'a.jpg'), Buffer.alloc(300_000, 1));
+    const body = execFileSync('tar', ['-czf', '-', '-C', dir, 'photos'], { maxBuffer: 1 << 26 });
+    const variant = await storeVariant('80', body);
+    const run = await restoreRun(world, victim, { snapshot: variant, 'node-ip': '10.9.8.7' });
+    assert.notEqual(run.main.code, 0);
+    assert.match(
+      errors(run.main),
+      /is not a snapshot of a .* node: the archive holds no \.score_data\. The data dir was not touched/,
+    );
+    assertUntouched(before);
+  });
+
   it("the action's process killed mid-restore: the post step removes the staging folder", async () => {
     const before = treeHash(victim.dataDir);
     const run = await restoreRun(

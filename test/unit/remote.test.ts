@@ -25,6 +25,8 @@ import { loopchain, pickIdentityDir } from '../../src/node-kind/loopchain.ts';
 import {
   archiveCommand,
   CHANGED_MARK,
+  chooseDecoder,
+  extractCommand,
   freezeCommand,
   manifestsCommand,
   parseProbe,
@@ -32,7 +34,9 @@ import {
   pruneCommand,
   sizeCommand,
   statDigestCommand,
+  WIDE_PIPES,
 } from '../../src/node-kind/remote.ts';
+import { bashScript } from '../../src/shell.ts';
 
 const IP = '10.20.30.40';
 const DBS = [
@@ -282,6 +286,98 @@ describe('tar exit statuses in a staging folder of hard links', () => {
       assert.notEqual(sh(statDigestCommand(loopchain, root)).toString(), d0);
     } finally {
       rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('extraction on the host', () => {
+  // A small snapshot-shaped tree, archived the way the backup does it.
+  let root: string;
+  let archive: Buffer;
+  let want: Map<string, string>;
+  before(() => {
+    root = mkdtempSync(join(tmpdir(), 'prep-extract-'));
+    const src = join(root, 'src');
+    mkdirSync(join(src, '.score_data/db/icon_dex'), { recursive: true });
+    mkdirSync(join(src, `.storage/db_${IP}:7100_icon_dex`), { recursive: true });
+    want = new Map();
+    for (let i = 0; i < 40; i++) {
+      // Big enough to fill a pipe many times over; half compressible, like table files.
+      const body = Buffer.concat([
+        createHash('sha512').update(String(i)).digest(),
+        Buffer.alloc(40_000 + i * 997, i),
+      ]);
+      const rel = `${i % 2 ? '.score_data/db/icon_dex' : `.storage/db_${IP}:7100_icon_dex`}/${String(i).padStart(6, '0')}.ldb`;
+      writeFileSync(join(src, rel), body);
+      want.set(
+        rel.replace(`db_${IP}:`, 'db_CHANGEIP:'),
+        createHash('sha256').update(body).digest('hex'),
+      );
+    }
+    archive = sh(
+      archiveCommand(loopchain, src, `db_${IP}:7100_icon_dex`, { compression: 'gzip', level: 1 }),
+    );
+  });
+  after(() => rmSync(root, { recursive: true, force: true }));
+
+  it('prefers igzip, then pigz, then gzip; zstd archives need zstd', () => {
+    assert.equal(chooseDecoder(new Set(['igzip', 'pigz', 'gzip']), 'gzip').name, 'igzip');
+    assert.equal(chooseDecoder(new Set(['pigz', 'gzip']), 'gzip').name, 'pigz');
+    assert.equal(chooseDecoder(new Set(['gzip']), 'gzip').name, 'gzip');
+    assert.equal(chooseDecoder(new Set(['igzip', 'pigz', 'zstd']), 'zstd').name, 'zstd');
+  });
+
+  for (const name of ['igzip', 'pigz', 'gzip'] as const) {
+    it(`${name} extracts the archive byte for byte`, () => {
+      const stage = join(root, `stage-${name}`);
+      const decoder = chooseDecoder(new Set([name]), 'gzip');
+      sh(extractCommand(loopchain, stage, decoder, IP), archive);
+      for (const [rel, digest] of want) {
+        const path = join(stage, rel.replace('db_CHANGEIP:', `db_${IP}:`));
+        assert.equal(sha(path), digest, rel);
+      }
+    });
+    it(`${name} fails on a truncated archive`, () => {
+      const stage = join(root, `cut-${name}`);
+      const r = spawnSync(
+        'sh',
+        ['-c', extractCommand(loopchain, stage, chooseDecoder(new Set([name]), 'gzip'), IP)],
+        {
+          input: archive.subarray(0, Math.floor(archive.length / 2)),
+        },
+      );
+      assert.notEqual(r.status, 0);
+    });
+  }
+
+  it('the wrapped command sees 1 MiB pipes on both sides, and its exit status comes back', () => {
+    // F_GETPIPE_SZ is 1032 on Linux.
+    const probe = `wide perl -e 'print fcntl(STDIN, 1032, 0), " ", fcntl(STDOUT, 1032, 0), "\\n"; exit 7' < <(cat /dev/null) | cat`;
+    const r = spawnSync('sh', ['-c', bashScript([WIDE_PIPES, `set +o pipefail`, probe, 'true'])]);
+    assert.equal(r.stdout.toString().trim(), '1048576 1048576');
+    const status = spawnSync('sh', ['-c', bashScript([WIDE_PIPES, 'wide sh -c "exit 7"'])]);
+    assert.equal(status.status, 7);
+  });
+
+  it('without perl the command runs as it is', () => {
+    const bin = mkdtempSync(join(tmpdir(), 'prep-noperl-'));
+    try {
+      // A PATH with bash, cat and sh only: no perl.
+      for (const t of ['bash', 'cat', 'sh'])
+        execFileSync('ln', [
+          '-s',
+          execFileSync('sh', ['-c', `command -v ${t}`])
+            .toString()
+            .trim(),
+          join(bin, t),
+        ]);
+      const r = spawnSync('/bin/sh', ['-c', bashScript([WIDE_PIPES, 'echo through | wide cat'])], {
+        env: { PATH: bin },
+      });
+      assert.equal(r.status, 0, r.stderr.toString());
+      assert.equal(r.stdout.toString(), 'through\n');
+    } finally {
+      rmSync(bin, { recursive: true, force: true });
     }
   });
 });

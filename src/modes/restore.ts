@@ -9,12 +9,7 @@ import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/cli
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Readable } from 'node:stream';
 import { Outputs, State } from '../constants.js';
-import {
-  ActionError,
-  HostError,
-  IntegrityError,
-  errorMessage,
-} from '../errors.js';
+import { ActionError, HostError, IntegrityError, errorMessage } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import { manifestKey } from '../naming.js';
 import { NodeControl, currentRunId } from '../node-control.js';

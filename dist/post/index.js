@@ -1369,14 +1369,15 @@ exports.Sha512WebCrypto = Sha512WebCrypto;
 /***/ 3711:
 /***/ ((__unused_webpack_module, exports, __nccwpck_require__) => {
 
+var __webpack_unused_export__;
 const { getFlexibleChecksumsPlugin, NODE_RESPONSE_CHECKSUM_VALIDATION_CONFIG_OPTIONS, NODE_REQUEST_CHECKSUM_CALCULATION_CONFIG_OPTIONS, resolveFlexibleChecksumsConfig } = __nccwpck_require__(238);
 const { awsEndpointFunctions, emitWarningIfUnsupportedVersion: emitWarningIfUnsupportedVersion$1, createDefaultUserAgentProvider, NODE_APP_ID_CONFIG_OPTIONS, getAwsRegionExtensionConfiguration, resolveAwsRegionExtensionConfiguration, resolveUserAgentConfig, resolveHostHeaderConfig, getUserAgentPlugin, getHostHeaderPlugin, getLoggerPlugin, getRecursionDetectionPlugin } = __nccwpck_require__(5152);
 const { getThrow200ExceptionsPlugin, getSsecPlugin, getLocationConstraintPlugin, getS3ExpiresMiddlewarePlugin, getCheckContentLengthHeaderPlugin, S3RestXmlProtocol, NODE_USE_ARN_REGION_CONFIG_OPTIONS, NODE_DISABLE_S3_EXPRESS_SESSION_AUTH_OPTIONS, resolveS3Config, getValidateBucketNamePlugin, getAddExpectContinuePlugin, getRegionRedirectMiddlewarePlugin, getS3ExpressPlugin, getS3ExpressHttpSigningPlugin } = __nccwpck_require__(5028);
 const { getHttpAuthSchemeEndpointRuleSetPlugin, DefaultIdentityProviderConfig, getHttpSigningPlugin, createPaginator } = __nccwpck_require__(402);
 const { normalizeProvider, getSmithyContext, makeBuilder, ServiceException, NoOpLogger, emitWarningIfUnsupportedVersion, loadConfigsForDefaultMode, getDefaultExtensionConfiguration, resolveDefaultRuntimeConfig, Client, createWaiter, checkExceptions, WaiterState, createAggregatedClient } = __nccwpck_require__(2658);
 const { Command: $Command } = __nccwpck_require__(2658);
-exports.$Command = $Command;
-exports.__Client = Client;
+__webpack_unused_export__ = $Command;
+__webpack_unused_export__ = Client;
 const { resolveDefaultsModeConfig, loadConfig, NODE_USE_FIPS_ENDPOINT_CONFIG_OPTIONS, NODE_USE_DUALSTACK_ENDPOINT_CONFIG_OPTIONS, NODE_REGION_CONFIG_OPTIONS, NODE_REGION_CONFIG_FILE_OPTIONS, resolveRegionConfig } = __nccwpck_require__(7291);
 const { BinaryDecisionDiagram, EndpointCache, decideEndpoint, customEndpointFunctions, resolveParams, getEndpointPlugin, resolveEndpointConfig } = __nccwpck_require__(2085);
 const { eventStreamSerdeProvider, resolveEventStreamSerdeConfig } = __nccwpck_require__(6579);
@@ -7369,717 +7370,717 @@ const RestoreRequestType = {
     SELECT: "SELECT",
 };
 
-exports.AbacStatus$ = AbacStatus$;
-exports.AbortIncompleteMultipartUpload$ = AbortIncompleteMultipartUpload$;
-exports.AbortMultipartUpload$ = AbortMultipartUpload$;
-exports.AbortMultipartUploadCommand = AbortMultipartUploadCommand;
-exports.AbortMultipartUploadOutput$ = AbortMultipartUploadOutput$;
-exports.AbortMultipartUploadRequest$ = AbortMultipartUploadRequest$;
-exports.AccelerateConfiguration$ = AccelerateConfiguration$;
-exports.AccessControlPolicy$ = AccessControlPolicy$;
-exports.AccessControlTranslation$ = AccessControlTranslation$;
-exports.AccessDenied = AccessDenied;
-exports.AccessDenied$ = AccessDenied$;
-exports.AnalyticsAndOperator$ = AnalyticsAndOperator$;
-exports.AnalyticsConfiguration$ = AnalyticsConfiguration$;
-exports.AnalyticsExportDestination$ = AnalyticsExportDestination$;
-exports.AnalyticsFilter$ = AnalyticsFilter$;
-exports.AnalyticsS3BucketDestination$ = AnalyticsS3BucketDestination$;
-exports.AnalyticsS3ExportFileFormat = AnalyticsS3ExportFileFormat;
-exports.AnnotationConfigurationState = AnnotationConfigurationState;
-exports.AnnotationDirective = AnnotationDirective;
-exports.AnnotationEntry$ = AnnotationEntry$;
-exports.AnnotationLimitExceeded = AnnotationLimitExceeded;
-exports.AnnotationLimitExceeded$ = AnnotationLimitExceeded$;
-exports.AnnotationNameTooLong = AnnotationNameTooLong;
-exports.AnnotationNameTooLong$ = AnnotationNameTooLong$;
-exports.AnnotationTableConfiguration$ = AnnotationTableConfiguration$;
-exports.AnnotationTableConfigurationResult$ = AnnotationTableConfigurationResult$;
-exports.AnnotationTableConfigurationUpdates$ = AnnotationTableConfigurationUpdates$;
-exports.ArchiveStatus = ArchiveStatus;
-exports.BlockedEncryptionTypes$ = BlockedEncryptionTypes$;
-exports.Bucket$ = Bucket$;
-exports.BucketAbacStatus = BucketAbacStatus;
-exports.BucketAccelerateStatus = BucketAccelerateStatus;
-exports.BucketAlreadyExists = BucketAlreadyExists;
-exports.BucketAlreadyExists$ = BucketAlreadyExists$;
-exports.BucketAlreadyOwnedByYou = BucketAlreadyOwnedByYou;
-exports.BucketAlreadyOwnedByYou$ = BucketAlreadyOwnedByYou$;
-exports.BucketCannedACL = BucketCannedACL;
-exports.BucketInfo$ = BucketInfo$;
-exports.BucketLifecycleConfiguration$ = BucketLifecycleConfiguration$;
-exports.BucketLocationConstraint = BucketLocationConstraint;
-exports.BucketLoggingStatus$ = BucketLoggingStatus$;
-exports.BucketLogsPermission = BucketLogsPermission;
-exports.BucketNamespace = BucketNamespace;
-exports.BucketType = BucketType;
-exports.BucketVersioningStatus = BucketVersioningStatus;
-exports.CORSConfiguration$ = CORSConfiguration$;
-exports.CORSRule$ = CORSRule$;
-exports.CSVInput$ = CSVInput$;
-exports.CSVOutput$ = CSVOutput$;
-exports.Checksum$ = Checksum$;
-exports.ChecksumAlgorithm = ChecksumAlgorithm;
-exports.ChecksumMode = ChecksumMode;
-exports.ChecksumType = ChecksumType;
-exports.CommonPrefix$ = CommonPrefix$;
-exports.CompleteMultipartUpload$ = CompleteMultipartUpload$;
-exports.CompleteMultipartUploadCommand = CompleteMultipartUploadCommand;
-exports.CompleteMultipartUploadOutput$ = CompleteMultipartUploadOutput$;
-exports.CompleteMultipartUploadRequest$ = CompleteMultipartUploadRequest$;
-exports.CompletedMultipartUpload$ = CompletedMultipartUpload$;
-exports.CompletedPart$ = CompletedPart$;
-exports.CompressionType = CompressionType;
-exports.Condition$ = Condition$;
-exports.ContinuationEvent$ = ContinuationEvent$;
-exports.CopyObject$ = CopyObject$;
-exports.CopyObjectCommand = CopyObjectCommand;
-exports.CopyObjectOutput$ = CopyObjectOutput$;
-exports.CopyObjectRequest$ = CopyObjectRequest$;
-exports.CopyObjectResult$ = CopyObjectResult$;
-exports.CopyPartResult$ = CopyPartResult$;
-exports.CreateBucket$ = CreateBucket$;
-exports.CreateBucketCommand = CreateBucketCommand;
-exports.CreateBucketConfiguration$ = CreateBucketConfiguration$;
-exports.CreateBucketMetadataConfiguration$ = CreateBucketMetadataConfiguration$;
-exports.CreateBucketMetadataConfigurationCommand = CreateBucketMetadataConfigurationCommand;
-exports.CreateBucketMetadataConfigurationRequest$ = CreateBucketMetadataConfigurationRequest$;
-exports.CreateBucketMetadataTableConfiguration$ = CreateBucketMetadataTableConfiguration$;
-exports.CreateBucketMetadataTableConfigurationCommand = CreateBucketMetadataTableConfigurationCommand;
-exports.CreateBucketMetadataTableConfigurationRequest$ = CreateBucketMetadataTableConfigurationRequest$;
-exports.CreateBucketOutput$ = CreateBucketOutput$;
-exports.CreateBucketRequest$ = CreateBucketRequest$;
-exports.CreateMultipartUpload$ = CreateMultipartUpload$;
-exports.CreateMultipartUploadCommand = CreateMultipartUploadCommand;
-exports.CreateMultipartUploadOutput$ = CreateMultipartUploadOutput$;
-exports.CreateMultipartUploadRequest$ = CreateMultipartUploadRequest$;
-exports.CreateSession$ = CreateSession$;
-exports.CreateSessionCommand = CreateSessionCommand;
-exports.CreateSessionOutput$ = CreateSessionOutput$;
-exports.CreateSessionRequest$ = CreateSessionRequest$;
-exports.DataRedundancy = DataRedundancy;
-exports.DefaultRetention$ = DefaultRetention$;
-exports.Delete$ = Delete$;
-exports.DeleteBucket$ = DeleteBucket$;
-exports.DeleteBucketAnalyticsConfiguration$ = DeleteBucketAnalyticsConfiguration$;
-exports.DeleteBucketAnalyticsConfigurationCommand = DeleteBucketAnalyticsConfigurationCommand;
-exports.DeleteBucketAnalyticsConfigurationRequest$ = DeleteBucketAnalyticsConfigurationRequest$;
-exports.DeleteBucketCommand = DeleteBucketCommand;
-exports.DeleteBucketCors$ = DeleteBucketCors$;
-exports.DeleteBucketCorsCommand = DeleteBucketCorsCommand;
-exports.DeleteBucketCorsRequest$ = DeleteBucketCorsRequest$;
-exports.DeleteBucketEncryption$ = DeleteBucketEncryption$;
-exports.DeleteBucketEncryptionCommand = DeleteBucketEncryptionCommand;
-exports.DeleteBucketEncryptionRequest$ = DeleteBucketEncryptionRequest$;
-exports.DeleteBucketIntelligentTieringConfiguration$ = DeleteBucketIntelligentTieringConfiguration$;
-exports.DeleteBucketIntelligentTieringConfigurationCommand = DeleteBucketIntelligentTieringConfigurationCommand;
-exports.DeleteBucketIntelligentTieringConfigurationRequest$ = DeleteBucketIntelligentTieringConfigurationRequest$;
-exports.DeleteBucketInventoryConfiguration$ = DeleteBucketInventoryConfiguration$;
-exports.DeleteBucketInventoryConfigurationCommand = DeleteBucketInventoryConfigurationCommand;
-exports.DeleteBucketInventoryConfigurationRequest$ = DeleteBucketInventoryConfigurationRequest$;
-exports.DeleteBucketLifecycle$ = DeleteBucketLifecycle$;
-exports.DeleteBucketLifecycleCommand = DeleteBucketLifecycleCommand;
-exports.DeleteBucketLifecycleRequest$ = DeleteBucketLifecycleRequest$;
-exports.DeleteBucketMetadataConfiguration$ = DeleteBucketMetadataConfiguration$;
-exports.DeleteBucketMetadataConfigurationCommand = DeleteBucketMetadataConfigurationCommand;
-exports.DeleteBucketMetadataConfigurationRequest$ = DeleteBucketMetadataConfigurationRequest$;
-exports.DeleteBucketMetadataTableConfiguration$ = DeleteBucketMetadataTableConfiguration$;
-exports.DeleteBucketMetadataTableConfigurationCommand = DeleteBucketMetadataTableConfigurationCommand;
-exports.DeleteBucketMetadataTableConfigurationRequest$ = DeleteBucketMetadataTableConfigurationRequest$;
-exports.DeleteBucketMetricsConfiguration$ = DeleteBucketMetricsConfiguration$;
-exports.DeleteBucketMetricsConfigurationCommand = DeleteBucketMetricsConfigurationCommand;
-exports.DeleteBucketMetricsConfigurationRequest$ = DeleteBucketMetricsConfigurationRequest$;
-exports.DeleteBucketOwnershipControls$ = DeleteBucketOwnershipControls$;
-exports.DeleteBucketOwnershipControlsCommand = DeleteBucketOwnershipControlsCommand;
-exports.DeleteBucketOwnershipControlsRequest$ = DeleteBucketOwnershipControlsRequest$;
-exports.DeleteBucketPolicy$ = DeleteBucketPolicy$;
-exports.DeleteBucketPolicyCommand = DeleteBucketPolicyCommand;
-exports.DeleteBucketPolicyRequest$ = DeleteBucketPolicyRequest$;
-exports.DeleteBucketReplication$ = DeleteBucketReplication$;
-exports.DeleteBucketReplicationCommand = DeleteBucketReplicationCommand;
-exports.DeleteBucketReplicationRequest$ = DeleteBucketReplicationRequest$;
-exports.DeleteBucketRequest$ = DeleteBucketRequest$;
-exports.DeleteBucketTagging$ = DeleteBucketTagging$;
-exports.DeleteBucketTaggingCommand = DeleteBucketTaggingCommand;
-exports.DeleteBucketTaggingRequest$ = DeleteBucketTaggingRequest$;
-exports.DeleteBucketWebsite$ = DeleteBucketWebsite$;
-exports.DeleteBucketWebsiteCommand = DeleteBucketWebsiteCommand;
-exports.DeleteBucketWebsiteRequest$ = DeleteBucketWebsiteRequest$;
-exports.DeleteMarkerEntry$ = DeleteMarkerEntry$;
-exports.DeleteMarkerReplication$ = DeleteMarkerReplication$;
-exports.DeleteMarkerReplicationStatus = DeleteMarkerReplicationStatus;
-exports.DeleteObject$ = DeleteObject$;
-exports.DeleteObjectAnnotation$ = DeleteObjectAnnotation$;
-exports.DeleteObjectAnnotationCommand = DeleteObjectAnnotationCommand;
-exports.DeleteObjectAnnotationOutput$ = DeleteObjectAnnotationOutput$;
-exports.DeleteObjectAnnotationRequest$ = DeleteObjectAnnotationRequest$;
-exports.DeleteObjectCommand = DeleteObjectCommand;
-exports.DeleteObjectOutput$ = DeleteObjectOutput$;
-exports.DeleteObjectRequest$ = DeleteObjectRequest$;
-exports.DeleteObjectTagging$ = DeleteObjectTagging$;
-exports.DeleteObjectTaggingCommand = DeleteObjectTaggingCommand;
-exports.DeleteObjectTaggingOutput$ = DeleteObjectTaggingOutput$;
-exports.DeleteObjectTaggingRequest$ = DeleteObjectTaggingRequest$;
-exports.DeleteObjects$ = DeleteObjects$;
-exports.DeleteObjectsCommand = DeleteObjectsCommand;
-exports.DeleteObjectsOutput$ = DeleteObjectsOutput$;
-exports.DeleteObjectsRequest$ = DeleteObjectsRequest$;
-exports.DeletePublicAccessBlock$ = DeletePublicAccessBlock$;
-exports.DeletePublicAccessBlockCommand = DeletePublicAccessBlockCommand;
-exports.DeletePublicAccessBlockRequest$ = DeletePublicAccessBlockRequest$;
-exports.DeletedObject$ = DeletedObject$;
-exports.Destination$ = Destination$;
-exports.DestinationResult$ = DestinationResult$;
-exports.EncodingType = EncodingType;
-exports.Encryption$ = Encryption$;
-exports.EncryptionConfiguration$ = EncryptionConfiguration$;
-exports.EncryptionType = EncryptionType;
-exports.EncryptionTypeMismatch = EncryptionTypeMismatch;
-exports.EncryptionTypeMismatch$ = EncryptionTypeMismatch$;
-exports.EndEvent$ = EndEvent$;
-exports.ErrorDetails$ = ErrorDetails$;
-exports.ErrorDocument$ = ErrorDocument$;
-exports.Event = Event;
-exports.EventBridgeConfiguration$ = EventBridgeConfiguration$;
-exports.EventHoldDuration$ = EventHoldDuration$;
-exports.ExistingObjectReplication$ = ExistingObjectReplication$;
-exports.ExistingObjectReplicationStatus = ExistingObjectReplicationStatus;
-exports.ExpirationState = ExpirationState;
-exports.ExpirationStatus = ExpirationStatus;
-exports.ExpressionType = ExpressionType;
-exports.FileHeaderInfo = FileHeaderInfo;
-exports.FilterRule$ = FilterRule$;
-exports.FilterRuleName = FilterRuleName;
-exports.GetBucketAbac$ = GetBucketAbac$;
-exports.GetBucketAbacCommand = GetBucketAbacCommand;
-exports.GetBucketAbacOutput$ = GetBucketAbacOutput$;
-exports.GetBucketAbacRequest$ = GetBucketAbacRequest$;
-exports.GetBucketAccelerateConfiguration$ = GetBucketAccelerateConfiguration$;
-exports.GetBucketAccelerateConfigurationCommand = GetBucketAccelerateConfigurationCommand;
-exports.GetBucketAccelerateConfigurationOutput$ = GetBucketAccelerateConfigurationOutput$;
-exports.GetBucketAccelerateConfigurationRequest$ = GetBucketAccelerateConfigurationRequest$;
-exports.GetBucketAcl$ = GetBucketAcl$;
-exports.GetBucketAclCommand = GetBucketAclCommand;
-exports.GetBucketAclOutput$ = GetBucketAclOutput$;
-exports.GetBucketAclRequest$ = GetBucketAclRequest$;
-exports.GetBucketAnalyticsConfiguration$ = GetBucketAnalyticsConfiguration$;
-exports.GetBucketAnalyticsConfigurationCommand = GetBucketAnalyticsConfigurationCommand;
-exports.GetBucketAnalyticsConfigurationOutput$ = GetBucketAnalyticsConfigurationOutput$;
-exports.GetBucketAnalyticsConfigurationRequest$ = GetBucketAnalyticsConfigurationRequest$;
-exports.GetBucketCors$ = GetBucketCors$;
-exports.GetBucketCorsCommand = GetBucketCorsCommand;
-exports.GetBucketCorsOutput$ = GetBucketCorsOutput$;
-exports.GetBucketCorsRequest$ = GetBucketCorsRequest$;
-exports.GetBucketEncryption$ = GetBucketEncryption$;
-exports.GetBucketEncryptionCommand = GetBucketEncryptionCommand;
-exports.GetBucketEncryptionOutput$ = GetBucketEncryptionOutput$;
-exports.GetBucketEncryptionRequest$ = GetBucketEncryptionRequest$;
-exports.GetBucketIntelligentTieringConfiguration$ = GetBucketIntelligentTieringConfiguration$;
-exports.GetBucketIntelligentTieringConfigurationCommand = GetBucketIntelligentTieringConfigurationCommand;
-exports.GetBucketIntelligentTieringConfigurationOutput$ = GetBucketIntelligentTieringConfigurationOutput$;
-exports.GetBucketIntelligentTieringConfigurationRequest$ = GetBucketIntelligentTieringConfigurationRequest$;
-exports.GetBucketInventoryConfiguration$ = GetBucketInventoryConfiguration$;
-exports.GetBucketInventoryConfigurationCommand = GetBucketInventoryConfigurationCommand;
-exports.GetBucketInventoryConfigurationOutput$ = GetBucketInventoryConfigurationOutput$;
-exports.GetBucketInventoryConfigurationRequest$ = GetBucketInventoryConfigurationRequest$;
-exports.GetBucketLifecycleConfiguration$ = GetBucketLifecycleConfiguration$;
-exports.GetBucketLifecycleConfigurationCommand = GetBucketLifecycleConfigurationCommand;
-exports.GetBucketLifecycleConfigurationOutput$ = GetBucketLifecycleConfigurationOutput$;
-exports.GetBucketLifecycleConfigurationRequest$ = GetBucketLifecycleConfigurationRequest$;
-exports.GetBucketLocation$ = GetBucketLocation$;
-exports.GetBucketLocationCommand = GetBucketLocationCommand;
-exports.GetBucketLocationOutput$ = GetBucketLocationOutput$;
-exports.GetBucketLocationRequest$ = GetBucketLocationRequest$;
-exports.GetBucketLogging$ = GetBucketLogging$;
-exports.GetBucketLoggingCommand = GetBucketLoggingCommand;
-exports.GetBucketLoggingOutput$ = GetBucketLoggingOutput$;
-exports.GetBucketLoggingRequest$ = GetBucketLoggingRequest$;
-exports.GetBucketMetadataConfiguration$ = GetBucketMetadataConfiguration$;
-exports.GetBucketMetadataConfigurationCommand = GetBucketMetadataConfigurationCommand;
-exports.GetBucketMetadataConfigurationOutput$ = GetBucketMetadataConfigurationOutput$;
-exports.GetBucketMetadataConfigurationRequest$ = GetBucketMetadataConfigurationRequest$;
-exports.GetBucketMetadataConfigurationResult$ = GetBucketMetadataConfigurationResult$;
-exports.GetBucketMetadataTableConfiguration$ = GetBucketMetadataTableConfiguration$;
-exports.GetBucketMetadataTableConfigurationCommand = GetBucketMetadataTableConfigurationCommand;
-exports.GetBucketMetadataTableConfigurationOutput$ = GetBucketMetadataTableConfigurationOutput$;
-exports.GetBucketMetadataTableConfigurationRequest$ = GetBucketMetadataTableConfigurationRequest$;
-exports.GetBucketMetadataTableConfigurationResult$ = GetBucketMetadataTableConfigurationResult$;
-exports.GetBucketMetricsConfiguration$ = GetBucketMetricsConfiguration$;
-exports.GetBucketMetricsConfigurationCommand = GetBucketMetricsConfigurationCommand;
-exports.GetBucketMetricsConfigurationOutput$ = GetBucketMetricsConfigurationOutput$;
-exports.GetBucketMetricsConfigurationRequest$ = GetBucketMetricsConfigurationRequest$;
-exports.GetBucketNotificationConfiguration$ = GetBucketNotificationConfiguration$;
-exports.GetBucketNotificationConfigurationCommand = GetBucketNotificationConfigurationCommand;
-exports.GetBucketNotificationConfigurationRequest$ = GetBucketNotificationConfigurationRequest$;
-exports.GetBucketOwnershipControls$ = GetBucketOwnershipControls$;
-exports.GetBucketOwnershipControlsCommand = GetBucketOwnershipControlsCommand;
-exports.GetBucketOwnershipControlsOutput$ = GetBucketOwnershipControlsOutput$;
-exports.GetBucketOwnershipControlsRequest$ = GetBucketOwnershipControlsRequest$;
-exports.GetBucketPolicy$ = GetBucketPolicy$;
-exports.GetBucketPolicyCommand = GetBucketPolicyCommand;
-exports.GetBucketPolicyOutput$ = GetBucketPolicyOutput$;
-exports.GetBucketPolicyRequest$ = GetBucketPolicyRequest$;
-exports.GetBucketPolicyStatus$ = GetBucketPolicyStatus$;
-exports.GetBucketPolicyStatusCommand = GetBucketPolicyStatusCommand;
-exports.GetBucketPolicyStatusOutput$ = GetBucketPolicyStatusOutput$;
-exports.GetBucketPolicyStatusRequest$ = GetBucketPolicyStatusRequest$;
-exports.GetBucketReplication$ = GetBucketReplication$;
-exports.GetBucketReplicationCommand = GetBucketReplicationCommand;
-exports.GetBucketReplicationOutput$ = GetBucketReplicationOutput$;
-exports.GetBucketReplicationRequest$ = GetBucketReplicationRequest$;
-exports.GetBucketRequestPayment$ = GetBucketRequestPayment$;
-exports.GetBucketRequestPaymentCommand = GetBucketRequestPaymentCommand;
-exports.GetBucketRequestPaymentOutput$ = GetBucketRequestPaymentOutput$;
-exports.GetBucketRequestPaymentRequest$ = GetBucketRequestPaymentRequest$;
-exports.GetBucketTagging$ = GetBucketTagging$;
-exports.GetBucketTaggingCommand = GetBucketTaggingCommand;
-exports.GetBucketTaggingOutput$ = GetBucketTaggingOutput$;
-exports.GetBucketTaggingRequest$ = GetBucketTaggingRequest$;
-exports.GetBucketVersioning$ = GetBucketVersioning$;
-exports.GetBucketVersioningCommand = GetBucketVersioningCommand;
-exports.GetBucketVersioningOutput$ = GetBucketVersioningOutput$;
-exports.GetBucketVersioningRequest$ = GetBucketVersioningRequest$;
-exports.GetBucketWebsite$ = GetBucketWebsite$;
-exports.GetBucketWebsiteCommand = GetBucketWebsiteCommand;
-exports.GetBucketWebsiteOutput$ = GetBucketWebsiteOutput$;
-exports.GetBucketWebsiteRequest$ = GetBucketWebsiteRequest$;
-exports.GetObject$ = GetObject$;
-exports.GetObjectAcl$ = GetObjectAcl$;
-exports.GetObjectAclCommand = GetObjectAclCommand;
-exports.GetObjectAclOutput$ = GetObjectAclOutput$;
-exports.GetObjectAclRequest$ = GetObjectAclRequest$;
-exports.GetObjectAnnotation$ = GetObjectAnnotation$;
-exports.GetObjectAnnotationCommand = GetObjectAnnotationCommand;
-exports.GetObjectAnnotationOutput$ = GetObjectAnnotationOutput$;
-exports.GetObjectAnnotationRequest$ = GetObjectAnnotationRequest$;
-exports.GetObjectAttributes$ = GetObjectAttributes$;
-exports.GetObjectAttributesCommand = GetObjectAttributesCommand;
-exports.GetObjectAttributesOutput$ = GetObjectAttributesOutput$;
-exports.GetObjectAttributesParts$ = GetObjectAttributesParts$;
-exports.GetObjectAttributesRequest$ = GetObjectAttributesRequest$;
-exports.GetObjectCommand = GetObjectCommand;
-exports.GetObjectLegalHold$ = GetObjectLegalHold$;
-exports.GetObjectLegalHoldCommand = GetObjectLegalHoldCommand;
-exports.GetObjectLegalHoldOutput$ = GetObjectLegalHoldOutput$;
-exports.GetObjectLegalHoldRequest$ = GetObjectLegalHoldRequest$;
-exports.GetObjectLockConfiguration$ = GetObjectLockConfiguration$;
-exports.GetObjectLockConfigurationCommand = GetObjectLockConfigurationCommand;
-exports.GetObjectLockConfigurationOutput$ = GetObjectLockConfigurationOutput$;
-exports.GetObjectLockConfigurationRequest$ = GetObjectLockConfigurationRequest$;
-exports.GetObjectOutput$ = GetObjectOutput$;
-exports.GetObjectRequest$ = GetObjectRequest$;
-exports.GetObjectRetention$ = GetObjectRetention$;
-exports.GetObjectRetentionCommand = GetObjectRetentionCommand;
-exports.GetObjectRetentionOutput$ = GetObjectRetentionOutput$;
-exports.GetObjectRetentionRequest$ = GetObjectRetentionRequest$;
-exports.GetObjectTagging$ = GetObjectTagging$;
-exports.GetObjectTaggingCommand = GetObjectTaggingCommand;
-exports.GetObjectTaggingOutput$ = GetObjectTaggingOutput$;
-exports.GetObjectTaggingRequest$ = GetObjectTaggingRequest$;
-exports.GetObjectTorrent$ = GetObjectTorrent$;
-exports.GetObjectTorrentCommand = GetObjectTorrentCommand;
-exports.GetObjectTorrentOutput$ = GetObjectTorrentOutput$;
-exports.GetObjectTorrentRequest$ = GetObjectTorrentRequest$;
-exports.GetPublicAccessBlock$ = GetPublicAccessBlock$;
-exports.GetPublicAccessBlockCommand = GetPublicAccessBlockCommand;
-exports.GetPublicAccessBlockOutput$ = GetPublicAccessBlockOutput$;
-exports.GetPublicAccessBlockRequest$ = GetPublicAccessBlockRequest$;
-exports.GlacierJobParameters$ = GlacierJobParameters$;
-exports.Grant$ = Grant$;
-exports.Grantee$ = Grantee$;
-exports.HeadBucket$ = HeadBucket$;
-exports.HeadBucketCommand = HeadBucketCommand;
-exports.HeadBucketOutput$ = HeadBucketOutput$;
-exports.HeadBucketRequest$ = HeadBucketRequest$;
-exports.HeadObject$ = HeadObject$;
-exports.HeadObjectCommand = HeadObjectCommand;
-exports.HeadObjectOutput$ = HeadObjectOutput$;
-exports.HeadObjectRequest$ = HeadObjectRequest$;
-exports.IdempotencyParameterMismatch = IdempotencyParameterMismatch;
-exports.IdempotencyParameterMismatch$ = IdempotencyParameterMismatch$;
-exports.IndexDocument$ = IndexDocument$;
-exports.Initiator$ = Initiator$;
-exports.InputSerialization$ = InputSerialization$;
-exports.IntelligentTieringAccessTier = IntelligentTieringAccessTier;
-exports.IntelligentTieringAndOperator$ = IntelligentTieringAndOperator$;
-exports.IntelligentTieringConfiguration$ = IntelligentTieringConfiguration$;
-exports.IntelligentTieringFilter$ = IntelligentTieringFilter$;
-exports.IntelligentTieringStatus = IntelligentTieringStatus;
-exports.InvalidAnnotationName = InvalidAnnotationName;
-exports.InvalidAnnotationName$ = InvalidAnnotationName$;
-exports.InvalidObjectState = InvalidObjectState;
-exports.InvalidObjectState$ = InvalidObjectState$;
-exports.InvalidPrefix = InvalidPrefix;
-exports.InvalidPrefix$ = InvalidPrefix$;
-exports.InvalidRequest = InvalidRequest;
-exports.InvalidRequest$ = InvalidRequest$;
-exports.InvalidWriteOffset = InvalidWriteOffset;
-exports.InvalidWriteOffset$ = InvalidWriteOffset$;
-exports.InventoryConfiguration$ = InventoryConfiguration$;
-exports.InventoryConfigurationState = InventoryConfigurationState;
-exports.InventoryDestination$ = InventoryDestination$;
-exports.InventoryEncryption$ = InventoryEncryption$;
-exports.InventoryFilter$ = InventoryFilter$;
-exports.InventoryFormat = InventoryFormat;
-exports.InventoryFrequency = InventoryFrequency;
-exports.InventoryIncludedObjectVersions = InventoryIncludedObjectVersions;
-exports.InventoryOptionalField = InventoryOptionalField;
-exports.InventoryS3BucketDestination$ = InventoryS3BucketDestination$;
-exports.InventorySchedule$ = InventorySchedule$;
-exports.InventoryTableConfiguration$ = InventoryTableConfiguration$;
-exports.InventoryTableConfigurationResult$ = InventoryTableConfigurationResult$;
-exports.InventoryTableConfigurationUpdates$ = InventoryTableConfigurationUpdates$;
-exports.JSONInput$ = JSONInput$;
-exports.JSONOutput$ = JSONOutput$;
-exports.JSONType = JSONType;
-exports.JournalTableConfiguration$ = JournalTableConfiguration$;
-exports.JournalTableConfigurationResult$ = JournalTableConfigurationResult$;
-exports.JournalTableConfigurationUpdates$ = JournalTableConfigurationUpdates$;
-exports.LambdaFunctionConfiguration$ = LambdaFunctionConfiguration$;
-exports.LifecycleExpiration$ = LifecycleExpiration$;
-exports.LifecycleRule$ = LifecycleRule$;
-exports.LifecycleRuleAndOperator$ = LifecycleRuleAndOperator$;
-exports.LifecycleRuleFilter$ = LifecycleRuleFilter$;
-exports.ListBucketAnalyticsConfigurations$ = ListBucketAnalyticsConfigurations$;
-exports.ListBucketAnalyticsConfigurationsCommand = ListBucketAnalyticsConfigurationsCommand;
-exports.ListBucketAnalyticsConfigurationsOutput$ = ListBucketAnalyticsConfigurationsOutput$;
-exports.ListBucketAnalyticsConfigurationsRequest$ = ListBucketAnalyticsConfigurationsRequest$;
-exports.ListBucketIntelligentTieringConfigurations$ = ListBucketIntelligentTieringConfigurations$;
-exports.ListBucketIntelligentTieringConfigurationsCommand = ListBucketIntelligentTieringConfigurationsCommand;
-exports.ListBucketIntelligentTieringConfigurationsOutput$ = ListBucketIntelligentTieringConfigurationsOutput$;
-exports.ListBucketIntelligentTieringConfigurationsRequest$ = ListBucketIntelligentTieringConfigurationsRequest$;
-exports.ListBucketInventoryConfigurations$ = ListBucketInventoryConfigurations$;
-exports.ListBucketInventoryConfigurationsCommand = ListBucketInventoryConfigurationsCommand;
-exports.ListBucketInventoryConfigurationsOutput$ = ListBucketInventoryConfigurationsOutput$;
-exports.ListBucketInventoryConfigurationsRequest$ = ListBucketInventoryConfigurationsRequest$;
-exports.ListBucketMetricsConfigurations$ = ListBucketMetricsConfigurations$;
-exports.ListBucketMetricsConfigurationsCommand = ListBucketMetricsConfigurationsCommand;
-exports.ListBucketMetricsConfigurationsOutput$ = ListBucketMetricsConfigurationsOutput$;
-exports.ListBucketMetricsConfigurationsRequest$ = ListBucketMetricsConfigurationsRequest$;
-exports.ListBuckets$ = ListBuckets$;
-exports.ListBucketsCommand = ListBucketsCommand;
-exports.ListBucketsOutput$ = ListBucketsOutput$;
-exports.ListBucketsRequest$ = ListBucketsRequest$;
-exports.ListDirectoryBuckets$ = ListDirectoryBuckets$;
-exports.ListDirectoryBucketsCommand = ListDirectoryBucketsCommand;
-exports.ListDirectoryBucketsOutput$ = ListDirectoryBucketsOutput$;
-exports.ListDirectoryBucketsRequest$ = ListDirectoryBucketsRequest$;
-exports.ListMultipartUploads$ = ListMultipartUploads$;
-exports.ListMultipartUploadsCommand = ListMultipartUploadsCommand;
-exports.ListMultipartUploadsOutput$ = ListMultipartUploadsOutput$;
-exports.ListMultipartUploadsRequest$ = ListMultipartUploadsRequest$;
-exports.ListObjectAnnotations$ = ListObjectAnnotations$;
-exports.ListObjectAnnotationsCommand = ListObjectAnnotationsCommand;
-exports.ListObjectAnnotationsOutput$ = ListObjectAnnotationsOutput$;
-exports.ListObjectAnnotationsRequest$ = ListObjectAnnotationsRequest$;
-exports.ListObjectVersions$ = ListObjectVersions$;
-exports.ListObjectVersionsCommand = ListObjectVersionsCommand;
-exports.ListObjectVersionsOutput$ = ListObjectVersionsOutput$;
-exports.ListObjectVersionsRequest$ = ListObjectVersionsRequest$;
-exports.ListObjects$ = ListObjects$;
-exports.ListObjectsCommand = ListObjectsCommand;
-exports.ListObjectsOutput$ = ListObjectsOutput$;
-exports.ListObjectsRequest$ = ListObjectsRequest$;
-exports.ListObjectsV2$ = ListObjectsV2$;
-exports.ListObjectsV2Command = ListObjectsV2Command;
-exports.ListObjectsV2Output$ = ListObjectsV2Output$;
-exports.ListObjectsV2Request$ = ListObjectsV2Request$;
-exports.ListParts$ = ListParts$;
-exports.ListPartsCommand = ListPartsCommand;
-exports.ListPartsOutput$ = ListPartsOutput$;
-exports.ListPartsRequest$ = ListPartsRequest$;
-exports.LocationInfo$ = LocationInfo$;
-exports.LocationType = LocationType;
-exports.LoggingEnabled$ = LoggingEnabled$;
-exports.MFADelete = MFADelete;
-exports.MFADeleteStatus = MFADeleteStatus;
-exports.MetadataConfiguration$ = MetadataConfiguration$;
-exports.MetadataConfigurationResult$ = MetadataConfigurationResult$;
-exports.MetadataDirective = MetadataDirective;
-exports.MetadataEntry$ = MetadataEntry$;
-exports.MetadataTableConfiguration$ = MetadataTableConfiguration$;
-exports.MetadataTableConfigurationResult$ = MetadataTableConfigurationResult$;
-exports.MetadataTableEncryptionConfiguration$ = MetadataTableEncryptionConfiguration$;
-exports.Metrics$ = Metrics$;
-exports.MetricsAndOperator$ = MetricsAndOperator$;
-exports.MetricsConfiguration$ = MetricsConfiguration$;
-exports.MetricsFilter$ = MetricsFilter$;
-exports.MetricsStatus = MetricsStatus;
-exports.MultipartUpload$ = MultipartUpload$;
-exports.NoSuchAnnotation = NoSuchAnnotation;
-exports.NoSuchAnnotation$ = NoSuchAnnotation$;
-exports.NoSuchBucket = NoSuchBucket;
-exports.NoSuchBucket$ = NoSuchBucket$;
-exports.NoSuchKey = NoSuchKey;
-exports.NoSuchKey$ = NoSuchKey$;
-exports.NoSuchUpload = NoSuchUpload;
-exports.NoSuchUpload$ = NoSuchUpload$;
-exports.NoncurrentVersionExpiration$ = NoncurrentVersionExpiration$;
-exports.NoncurrentVersionTransition$ = NoncurrentVersionTransition$;
-exports.NotFound = NotFound;
-exports.NotFound$ = NotFound$;
-exports.NotificationConfiguration$ = NotificationConfiguration$;
-exports.NotificationConfigurationFilter$ = NotificationConfigurationFilter$;
-exports.ObjectAlreadyInActiveTierError = ObjectAlreadyInActiveTierError;
-exports.ObjectAlreadyInActiveTierError$ = ObjectAlreadyInActiveTierError$;
-exports.ObjectAttributes = ObjectAttributes;
-exports.ObjectCannedACL = ObjectCannedACL;
-exports.ObjectEncryption$ = ObjectEncryption$;
-exports.ObjectIdentifier$ = ObjectIdentifier$;
-exports.ObjectLockConfiguration$ = ObjectLockConfiguration$;
-exports.ObjectLockEnabled = ObjectLockEnabled;
-exports.ObjectLockEventHold = ObjectLockEventHold;
-exports.ObjectLockLegalHold$ = ObjectLockLegalHold$;
-exports.ObjectLockLegalHoldStatus = ObjectLockLegalHoldStatus;
-exports.ObjectLockMode = ObjectLockMode;
-exports.ObjectLockRetention$ = ObjectLockRetention$;
-exports.ObjectLockRetentionMode = ObjectLockRetentionMode;
-exports.ObjectLockRule$ = ObjectLockRule$;
-exports.ObjectNotInActiveTierError = ObjectNotInActiveTierError;
-exports.ObjectNotInActiveTierError$ = ObjectNotInActiveTierError$;
-exports.ObjectOwnership = ObjectOwnership;
-exports.ObjectPart$ = ObjectPart$;
-exports.ObjectStorageClass = ObjectStorageClass;
-exports.ObjectVersion$ = ObjectVersion$;
-exports.ObjectVersionStorageClass = ObjectVersionStorageClass;
-exports.OptionalObjectAttributes = OptionalObjectAttributes;
-exports.OutputLocation$ = OutputLocation$;
-exports.OutputSerialization$ = OutputSerialization$;
-exports.Owner$ = Owner$;
-exports.OwnerOverride = OwnerOverride;
-exports.OwnershipControls$ = OwnershipControls$;
-exports.OwnershipControlsRule$ = OwnershipControlsRule$;
-exports.ParquetInput$ = ParquetInput$;
-exports.Part$ = Part$;
-exports.PartitionDateSource = PartitionDateSource;
-exports.PartitionedPrefix$ = PartitionedPrefix$;
-exports.Payer = Payer;
-exports.Permission = Permission;
-exports.PolicyStatus$ = PolicyStatus$;
-exports.Progress$ = Progress$;
-exports.ProgressEvent$ = ProgressEvent$;
-exports.Protocol = Protocol;
-exports.PublicAccessBlockConfiguration$ = PublicAccessBlockConfiguration$;
-exports.PutBucketAbac$ = PutBucketAbac$;
-exports.PutBucketAbacCommand = PutBucketAbacCommand;
-exports.PutBucketAbacRequest$ = PutBucketAbacRequest$;
-exports.PutBucketAccelerateConfiguration$ = PutBucketAccelerateConfiguration$;
-exports.PutBucketAccelerateConfigurationCommand = PutBucketAccelerateConfigurationCommand;
-exports.PutBucketAccelerateConfigurationRequest$ = PutBucketAccelerateConfigurationRequest$;
-exports.PutBucketAcl$ = PutBucketAcl$;
-exports.PutBucketAclCommand = PutBucketAclCommand;
-exports.PutBucketAclRequest$ = PutBucketAclRequest$;
-exports.PutBucketAnalyticsConfiguration$ = PutBucketAnalyticsConfiguration$;
-exports.PutBucketAnalyticsConfigurationCommand = PutBucketAnalyticsConfigurationCommand;
-exports.PutBucketAnalyticsConfigurationRequest$ = PutBucketAnalyticsConfigurationRequest$;
-exports.PutBucketCors$ = PutBucketCors$;
-exports.PutBucketCorsCommand = PutBucketCorsCommand;
-exports.PutBucketCorsRequest$ = PutBucketCorsRequest$;
-exports.PutBucketEncryption$ = PutBucketEncryption$;
-exports.PutBucketEncryptionCommand = PutBucketEncryptionCommand;
-exports.PutBucketEncryptionRequest$ = PutBucketEncryptionRequest$;
-exports.PutBucketIntelligentTieringConfiguration$ = PutBucketIntelligentTieringConfiguration$;
-exports.PutBucketIntelligentTieringConfigurationCommand = PutBucketIntelligentTieringConfigurationCommand;
-exports.PutBucketIntelligentTieringConfigurationRequest$ = PutBucketIntelligentTieringConfigurationRequest$;
-exports.PutBucketInventoryConfiguration$ = PutBucketInventoryConfiguration$;
-exports.PutBucketInventoryConfigurationCommand = PutBucketInventoryConfigurationCommand;
-exports.PutBucketInventoryConfigurationRequest$ = PutBucketInventoryConfigurationRequest$;
-exports.PutBucketLifecycleConfiguration$ = PutBucketLifecycleConfiguration$;
-exports.PutBucketLifecycleConfigurationCommand = PutBucketLifecycleConfigurationCommand;
-exports.PutBucketLifecycleConfigurationOutput$ = PutBucketLifecycleConfigurationOutput$;
-exports.PutBucketLifecycleConfigurationRequest$ = PutBucketLifecycleConfigurationRequest$;
-exports.PutBucketLogging$ = PutBucketLogging$;
-exports.PutBucketLoggingCommand = PutBucketLoggingCommand;
-exports.PutBucketLoggingRequest$ = PutBucketLoggingRequest$;
-exports.PutBucketMetricsConfiguration$ = PutBucketMetricsConfiguration$;
-exports.PutBucketMetricsConfigurationCommand = PutBucketMetricsConfigurationCommand;
-exports.PutBucketMetricsConfigurationRequest$ = PutBucketMetricsConfigurationRequest$;
-exports.PutBucketNotificationConfiguration$ = PutBucketNotificationConfiguration$;
-exports.PutBucketNotificationConfigurationCommand = PutBucketNotificationConfigurationCommand;
-exports.PutBucketNotificationConfigurationRequest$ = PutBucketNotificationConfigurationRequest$;
-exports.PutBucketOwnershipControls$ = PutBucketOwnershipControls$;
-exports.PutBucketOwnershipControlsCommand = PutBucketOwnershipControlsCommand;
-exports.PutBucketOwnershipControlsRequest$ = PutBucketOwnershipControlsRequest$;
-exports.PutBucketPolicy$ = PutBucketPolicy$;
-exports.PutBucketPolicyCommand = PutBucketPolicyCommand;
-exports.PutBucketPolicyRequest$ = PutBucketPolicyRequest$;
-exports.PutBucketReplication$ = PutBucketReplication$;
-exports.PutBucketReplicationCommand = PutBucketReplicationCommand;
-exports.PutBucketReplicationRequest$ = PutBucketReplicationRequest$;
-exports.PutBucketRequestPayment$ = PutBucketRequestPayment$;
-exports.PutBucketRequestPaymentCommand = PutBucketRequestPaymentCommand;
-exports.PutBucketRequestPaymentRequest$ = PutBucketRequestPaymentRequest$;
-exports.PutBucketTagging$ = PutBucketTagging$;
-exports.PutBucketTaggingCommand = PutBucketTaggingCommand;
-exports.PutBucketTaggingRequest$ = PutBucketTaggingRequest$;
-exports.PutBucketVersioning$ = PutBucketVersioning$;
-exports.PutBucketVersioningCommand = PutBucketVersioningCommand;
-exports.PutBucketVersioningRequest$ = PutBucketVersioningRequest$;
-exports.PutBucketWebsite$ = PutBucketWebsite$;
-exports.PutBucketWebsiteCommand = PutBucketWebsiteCommand;
-exports.PutBucketWebsiteRequest$ = PutBucketWebsiteRequest$;
-exports.PutObject$ = PutObject$;
-exports.PutObjectAcl$ = PutObjectAcl$;
-exports.PutObjectAclCommand = PutObjectAclCommand;
-exports.PutObjectAclOutput$ = PutObjectAclOutput$;
-exports.PutObjectAclRequest$ = PutObjectAclRequest$;
-exports.PutObjectAnnotation$ = PutObjectAnnotation$;
-exports.PutObjectAnnotationCommand = PutObjectAnnotationCommand;
-exports.PutObjectAnnotationOutput$ = PutObjectAnnotationOutput$;
-exports.PutObjectAnnotationRequest$ = PutObjectAnnotationRequest$;
-exports.PutObjectCommand = PutObjectCommand;
-exports.PutObjectLegalHold$ = PutObjectLegalHold$;
-exports.PutObjectLegalHoldCommand = PutObjectLegalHoldCommand;
-exports.PutObjectLegalHoldOutput$ = PutObjectLegalHoldOutput$;
-exports.PutObjectLegalHoldRequest$ = PutObjectLegalHoldRequest$;
-exports.PutObjectLockConfiguration$ = PutObjectLockConfiguration$;
-exports.PutObjectLockConfigurationCommand = PutObjectLockConfigurationCommand;
-exports.PutObjectLockConfigurationOutput$ = PutObjectLockConfigurationOutput$;
-exports.PutObjectLockConfigurationRequest$ = PutObjectLockConfigurationRequest$;
-exports.PutObjectOutput$ = PutObjectOutput$;
-exports.PutObjectRequest$ = PutObjectRequest$;
-exports.PutObjectRetention$ = PutObjectRetention$;
-exports.PutObjectRetentionCommand = PutObjectRetentionCommand;
-exports.PutObjectRetentionOutput$ = PutObjectRetentionOutput$;
-exports.PutObjectRetentionRequest$ = PutObjectRetentionRequest$;
-exports.PutObjectTagging$ = PutObjectTagging$;
-exports.PutObjectTaggingCommand = PutObjectTaggingCommand;
-exports.PutObjectTaggingOutput$ = PutObjectTaggingOutput$;
-exports.PutObjectTaggingRequest$ = PutObjectTaggingRequest$;
-exports.PutPublicAccessBlock$ = PutPublicAccessBlock$;
-exports.PutPublicAccessBlockCommand = PutPublicAccessBlockCommand;
-exports.PutPublicAccessBlockRequest$ = PutPublicAccessBlockRequest$;
-exports.QueueConfiguration$ = QueueConfiguration$;
-exports.QuoteFields = QuoteFields;
-exports.RecordExpiration$ = RecordExpiration$;
-exports.RecordsEvent$ = RecordsEvent$;
-exports.Redirect$ = Redirect$;
-exports.RedirectAllRequestsTo$ = RedirectAllRequestsTo$;
-exports.RenameObject$ = RenameObject$;
-exports.RenameObjectCommand = RenameObjectCommand;
-exports.RenameObjectOutput$ = RenameObjectOutput$;
-exports.RenameObjectRequest$ = RenameObjectRequest$;
-exports.ReplicaModifications$ = ReplicaModifications$;
-exports.ReplicaModificationsStatus = ReplicaModificationsStatus;
-exports.ReplicationConfiguration$ = ReplicationConfiguration$;
-exports.ReplicationRule$ = ReplicationRule$;
-exports.ReplicationRuleAndOperator$ = ReplicationRuleAndOperator$;
-exports.ReplicationRuleFilter$ = ReplicationRuleFilter$;
-exports.ReplicationRuleNotOperator$ = ReplicationRuleNotOperator$;
-exports.ReplicationRuleOrOperator$ = ReplicationRuleOrOperator$;
-exports.ReplicationRuleStatus = ReplicationRuleStatus;
-exports.ReplicationStatus = ReplicationStatus;
-exports.ReplicationTime$ = ReplicationTime$;
-exports.ReplicationTimeStatus = ReplicationTimeStatus;
-exports.ReplicationTimeValue$ = ReplicationTimeValue$;
-exports.RequestCharged = RequestCharged;
-exports.RequestPayer = RequestPayer;
-exports.RequestPaymentConfiguration$ = RequestPaymentConfiguration$;
-exports.RequestProgress$ = RequestProgress$;
-exports.RestoreObject$ = RestoreObject$;
-exports.RestoreObjectCommand = RestoreObjectCommand;
-exports.RestoreObjectOutput$ = RestoreObjectOutput$;
-exports.RestoreObjectRequest$ = RestoreObjectRequest$;
-exports.RestoreRequest$ = RestoreRequest$;
-exports.RestoreRequestType = RestoreRequestType;
-exports.RestoreStatus$ = RestoreStatus$;
-exports.RoutingRule$ = RoutingRule$;
-exports.S3 = S3;
-exports.S3Client = S3Client;
-exports.S3KeyFilter$ = S3KeyFilter$;
-exports.S3Location$ = S3Location$;
-exports.S3ServiceException = S3ServiceException;
-exports.S3ServiceException$ = S3ServiceException$;
-exports.S3TablesBucketType = S3TablesBucketType;
-exports.S3TablesDestination$ = S3TablesDestination$;
-exports.S3TablesDestinationResult$ = S3TablesDestinationResult$;
-exports.SSEKMS$ = SSEKMS$;
-exports.SSEKMSEncryption$ = SSEKMSEncryption$;
-exports.SSES3$ = SSES3$;
-exports.ScanRange$ = ScanRange$;
-exports.SelectObjectContent$ = SelectObjectContent$;
-exports.SelectObjectContentCommand = SelectObjectContentCommand;
-exports.SelectObjectContentEventStream$ = SelectObjectContentEventStream$;
-exports.SelectObjectContentOutput$ = SelectObjectContentOutput$;
-exports.SelectObjectContentRequest$ = SelectObjectContentRequest$;
-exports.SelectParameters$ = SelectParameters$;
-exports.ServerSideEncryption = ServerSideEncryption;
-exports.ServerSideEncryptionByDefault$ = ServerSideEncryptionByDefault$;
-exports.ServerSideEncryptionConfiguration$ = ServerSideEncryptionConfiguration$;
-exports.ServerSideEncryptionRule$ = ServerSideEncryptionRule$;
-exports.SessionCredentials$ = SessionCredentials$;
-exports.SessionMode = SessionMode;
-exports.SimplePrefix$ = SimplePrefix$;
-exports.SourceSelectionCriteria$ = SourceSelectionCriteria$;
-exports.SseKmsEncryptedObjects$ = SseKmsEncryptedObjects$;
-exports.SseKmsEncryptedObjectsStatus = SseKmsEncryptedObjectsStatus;
-exports.Stats$ = Stats$;
-exports.StatsEvent$ = StatsEvent$;
-exports.StorageClass = StorageClass;
-exports.StorageClassAnalysis$ = StorageClassAnalysis$;
-exports.StorageClassAnalysisDataExport$ = StorageClassAnalysisDataExport$;
-exports.StorageClassAnalysisSchemaVersion = StorageClassAnalysisSchemaVersion;
-exports.TableSseAlgorithm = TableSseAlgorithm;
-exports.Tag$ = Tag$;
-exports.Tagging$ = Tagging$;
-exports.TaggingDirective = TaggingDirective;
-exports.TargetGrant$ = TargetGrant$;
-exports.TargetObjectKeyFormat$ = TargetObjectKeyFormat$;
-exports.Tier = Tier;
-exports.Tiering$ = Tiering$;
-exports.TooManyParts = TooManyParts;
-exports.TooManyParts$ = TooManyParts$;
-exports.TopicConfiguration$ = TopicConfiguration$;
-exports.Transition$ = Transition$;
-exports.TransitionDefaultMinimumObjectSize = TransitionDefaultMinimumObjectSize;
-exports.TransitionStorageClass = TransitionStorageClass;
-exports.Type = Type;
-exports.UnsupportedMediaType = UnsupportedMediaType;
-exports.UnsupportedMediaType$ = UnsupportedMediaType$;
-exports.UpdateBucketMetadataAnnotationTableConfiguration$ = UpdateBucketMetadataAnnotationTableConfiguration$;
-exports.UpdateBucketMetadataAnnotationTableConfigurationCommand = UpdateBucketMetadataAnnotationTableConfigurationCommand;
-exports.UpdateBucketMetadataAnnotationTableConfigurationRequest$ = UpdateBucketMetadataAnnotationTableConfigurationRequest$;
-exports.UpdateBucketMetadataInventoryTableConfiguration$ = UpdateBucketMetadataInventoryTableConfiguration$;
-exports.UpdateBucketMetadataInventoryTableConfigurationCommand = UpdateBucketMetadataInventoryTableConfigurationCommand;
-exports.UpdateBucketMetadataInventoryTableConfigurationRequest$ = UpdateBucketMetadataInventoryTableConfigurationRequest$;
-exports.UpdateBucketMetadataJournalTableConfiguration$ = UpdateBucketMetadataJournalTableConfiguration$;
-exports.UpdateBucketMetadataJournalTableConfigurationCommand = UpdateBucketMetadataJournalTableConfigurationCommand;
-exports.UpdateBucketMetadataJournalTableConfigurationRequest$ = UpdateBucketMetadataJournalTableConfigurationRequest$;
-exports.UpdateObjectEncryption$ = UpdateObjectEncryption$;
-exports.UpdateObjectEncryptionCommand = UpdateObjectEncryptionCommand;
-exports.UpdateObjectEncryptionRequest$ = UpdateObjectEncryptionRequest$;
-exports.UpdateObjectEncryptionResponse$ = UpdateObjectEncryptionResponse$;
-exports.UploadPart$ = UploadPart$;
-exports.UploadPartCommand = UploadPartCommand;
-exports.UploadPartCopy$ = UploadPartCopy$;
-exports.UploadPartCopyCommand = UploadPartCopyCommand;
-exports.UploadPartCopyOutput$ = UploadPartCopyOutput$;
-exports.UploadPartCopyRequest$ = UploadPartCopyRequest$;
-exports.UploadPartOutput$ = UploadPartOutput$;
-exports.UploadPartRequest$ = UploadPartRequest$;
-exports.UseSourceMultiRegionKey$ = UseSourceMultiRegionKey$;
-exports.UseSourceMultiRegionKeyStatus = UseSourceMultiRegionKeyStatus;
-exports.VersioningConfiguration$ = VersioningConfiguration$;
-exports.WebsiteConfiguration$ = WebsiteConfiguration$;
-exports.WriteGetObjectResponse$ = WriteGetObjectResponse$;
-exports.WriteGetObjectResponseCommand = WriteGetObjectResponseCommand;
-exports.WriteGetObjectResponseRequest$ = WriteGetObjectResponseRequest$;
-exports._Error$ = _Error$;
-exports._Object$ = _Object$;
-exports.errorTypeRegistries = errorTypeRegistries;
-exports.paginateListBuckets = paginateListBuckets;
-exports.paginateListDirectoryBuckets = paginateListDirectoryBuckets;
-exports.paginateListObjectAnnotations = paginateListObjectAnnotations;
-exports.paginateListObjectsV2 = paginateListObjectsV2;
-exports.paginateListParts = paginateListParts;
-exports.waitForBucketExists = waitForBucketExists;
-exports.waitForBucketNotExists = waitForBucketNotExists;
-exports.waitForObjectExists = waitForObjectExists;
-exports.waitForObjectNotExists = waitForObjectNotExists;
-exports.waitUntilBucketExists = waitUntilBucketExists;
-exports.waitUntilBucketNotExists = waitUntilBucketNotExists;
-exports.waitUntilObjectExists = waitUntilObjectExists;
-exports.waitUntilObjectNotExists = waitUntilObjectNotExists;
+__webpack_unused_export__ = AbacStatus$;
+__webpack_unused_export__ = AbortIncompleteMultipartUpload$;
+__webpack_unused_export__ = AbortMultipartUpload$;
+exports.tfP = AbortMultipartUploadCommand;
+__webpack_unused_export__ = AbortMultipartUploadOutput$;
+__webpack_unused_export__ = AbortMultipartUploadRequest$;
+__webpack_unused_export__ = AccelerateConfiguration$;
+__webpack_unused_export__ = AccessControlPolicy$;
+__webpack_unused_export__ = AccessControlTranslation$;
+__webpack_unused_export__ = AccessDenied;
+__webpack_unused_export__ = AccessDenied$;
+__webpack_unused_export__ = AnalyticsAndOperator$;
+__webpack_unused_export__ = AnalyticsConfiguration$;
+__webpack_unused_export__ = AnalyticsExportDestination$;
+__webpack_unused_export__ = AnalyticsFilter$;
+__webpack_unused_export__ = AnalyticsS3BucketDestination$;
+__webpack_unused_export__ = AnalyticsS3ExportFileFormat;
+__webpack_unused_export__ = AnnotationConfigurationState;
+__webpack_unused_export__ = AnnotationDirective;
+__webpack_unused_export__ = AnnotationEntry$;
+__webpack_unused_export__ = AnnotationLimitExceeded;
+__webpack_unused_export__ = AnnotationLimitExceeded$;
+__webpack_unused_export__ = AnnotationNameTooLong;
+__webpack_unused_export__ = AnnotationNameTooLong$;
+__webpack_unused_export__ = AnnotationTableConfiguration$;
+__webpack_unused_export__ = AnnotationTableConfigurationResult$;
+__webpack_unused_export__ = AnnotationTableConfigurationUpdates$;
+__webpack_unused_export__ = ArchiveStatus;
+__webpack_unused_export__ = BlockedEncryptionTypes$;
+__webpack_unused_export__ = Bucket$;
+__webpack_unused_export__ = BucketAbacStatus;
+__webpack_unused_export__ = BucketAccelerateStatus;
+__webpack_unused_export__ = BucketAlreadyExists;
+__webpack_unused_export__ = BucketAlreadyExists$;
+__webpack_unused_export__ = BucketAlreadyOwnedByYou;
+__webpack_unused_export__ = BucketAlreadyOwnedByYou$;
+__webpack_unused_export__ = BucketCannedACL;
+__webpack_unused_export__ = BucketInfo$;
+__webpack_unused_export__ = BucketLifecycleConfiguration$;
+__webpack_unused_export__ = BucketLocationConstraint;
+__webpack_unused_export__ = BucketLoggingStatus$;
+__webpack_unused_export__ = BucketLogsPermission;
+__webpack_unused_export__ = BucketNamespace;
+__webpack_unused_export__ = BucketType;
+__webpack_unused_export__ = BucketVersioningStatus;
+__webpack_unused_export__ = CORSConfiguration$;
+__webpack_unused_export__ = CORSRule$;
+__webpack_unused_export__ = CSVInput$;
+__webpack_unused_export__ = CSVOutput$;
+__webpack_unused_export__ = Checksum$;
+__webpack_unused_export__ = ChecksumAlgorithm;
+__webpack_unused_export__ = ChecksumMode;
+__webpack_unused_export__ = ChecksumType;
+__webpack_unused_export__ = CommonPrefix$;
+__webpack_unused_export__ = CompleteMultipartUpload$;
+__webpack_unused_export__ = CompleteMultipartUploadCommand;
+__webpack_unused_export__ = CompleteMultipartUploadOutput$;
+__webpack_unused_export__ = CompleteMultipartUploadRequest$;
+__webpack_unused_export__ = CompletedMultipartUpload$;
+__webpack_unused_export__ = CompletedPart$;
+__webpack_unused_export__ = CompressionType;
+__webpack_unused_export__ = Condition$;
+__webpack_unused_export__ = ContinuationEvent$;
+__webpack_unused_export__ = CopyObject$;
+__webpack_unused_export__ = CopyObjectCommand;
+__webpack_unused_export__ = CopyObjectOutput$;
+__webpack_unused_export__ = CopyObjectRequest$;
+__webpack_unused_export__ = CopyObjectResult$;
+__webpack_unused_export__ = CopyPartResult$;
+__webpack_unused_export__ = CreateBucket$;
+__webpack_unused_export__ = CreateBucketCommand;
+__webpack_unused_export__ = CreateBucketConfiguration$;
+__webpack_unused_export__ = CreateBucketMetadataConfiguration$;
+__webpack_unused_export__ = CreateBucketMetadataConfigurationCommand;
+__webpack_unused_export__ = CreateBucketMetadataConfigurationRequest$;
+__webpack_unused_export__ = CreateBucketMetadataTableConfiguration$;
+__webpack_unused_export__ = CreateBucketMetadataTableConfigurationCommand;
+__webpack_unused_export__ = CreateBucketMetadataTableConfigurationRequest$;
+__webpack_unused_export__ = CreateBucketOutput$;
+__webpack_unused_export__ = CreateBucketRequest$;
+__webpack_unused_export__ = CreateMultipartUpload$;
+__webpack_unused_export__ = CreateMultipartUploadCommand;
+__webpack_unused_export__ = CreateMultipartUploadOutput$;
+__webpack_unused_export__ = CreateMultipartUploadRequest$;
+__webpack_unused_export__ = CreateSession$;
+__webpack_unused_export__ = CreateSessionCommand;
+__webpack_unused_export__ = CreateSessionOutput$;
+__webpack_unused_export__ = CreateSessionRequest$;
+__webpack_unused_export__ = DataRedundancy;
+__webpack_unused_export__ = DefaultRetention$;
+__webpack_unused_export__ = Delete$;
+__webpack_unused_export__ = DeleteBucket$;
+__webpack_unused_export__ = DeleteBucketAnalyticsConfiguration$;
+__webpack_unused_export__ = DeleteBucketAnalyticsConfigurationCommand;
+__webpack_unused_export__ = DeleteBucketAnalyticsConfigurationRequest$;
+__webpack_unused_export__ = DeleteBucketCommand;
+__webpack_unused_export__ = DeleteBucketCors$;
+__webpack_unused_export__ = DeleteBucketCorsCommand;
+__webpack_unused_export__ = DeleteBucketCorsRequest$;
+__webpack_unused_export__ = DeleteBucketEncryption$;
+__webpack_unused_export__ = DeleteBucketEncryptionCommand;
+__webpack_unused_export__ = DeleteBucketEncryptionRequest$;
+__webpack_unused_export__ = DeleteBucketIntelligentTieringConfiguration$;
+__webpack_unused_export__ = DeleteBucketIntelligentTieringConfigurationCommand;
+__webpack_unused_export__ = DeleteBucketIntelligentTieringConfigurationRequest$;
+__webpack_unused_export__ = DeleteBucketInventoryConfiguration$;
+__webpack_unused_export__ = DeleteBucketInventoryConfigurationCommand;
+__webpack_unused_export__ = DeleteBucketInventoryConfigurationRequest$;
+__webpack_unused_export__ = DeleteBucketLifecycle$;
+__webpack_unused_export__ = DeleteBucketLifecycleCommand;
+__webpack_unused_export__ = DeleteBucketLifecycleRequest$;
+__webpack_unused_export__ = DeleteBucketMetadataConfiguration$;
+__webpack_unused_export__ = DeleteBucketMetadataConfigurationCommand;
+__webpack_unused_export__ = DeleteBucketMetadataConfigurationRequest$;
+__webpack_unused_export__ = DeleteBucketMetadataTableConfiguration$;
+__webpack_unused_export__ = DeleteBucketMetadataTableConfigurationCommand;
+__webpack_unused_export__ = DeleteBucketMetadataTableConfigurationRequest$;
+__webpack_unused_export__ = DeleteBucketMetricsConfiguration$;
+__webpack_unused_export__ = DeleteBucketMetricsConfigurationCommand;
+__webpack_unused_export__ = DeleteBucketMetricsConfigurationRequest$;
+__webpack_unused_export__ = DeleteBucketOwnershipControls$;
+__webpack_unused_export__ = DeleteBucketOwnershipControlsCommand;
+__webpack_unused_export__ = DeleteBucketOwnershipControlsRequest$;
+__webpack_unused_export__ = DeleteBucketPolicy$;
+__webpack_unused_export__ = DeleteBucketPolicyCommand;
+__webpack_unused_export__ = DeleteBucketPolicyRequest$;
+__webpack_unused_export__ = DeleteBucketReplication$;
+__webpack_unused_export__ = DeleteBucketReplicationCommand;
+__webpack_unused_export__ = DeleteBucketReplicationRequest$;
+__webpack_unused_export__ = DeleteBucketRequest$;
+__webpack_unused_export__ = DeleteBucketTagging$;
+__webpack_unused_export__ = DeleteBucketTaggingCommand;
+__webpack_unused_export__ = DeleteBucketTaggingRequest$;
+__webpack_unused_export__ = DeleteBucketWebsite$;
+__webpack_unused_export__ = DeleteBucketWebsiteCommand;
+__webpack_unused_export__ = DeleteBucketWebsiteRequest$;
+__webpack_unused_export__ = DeleteMarkerEntry$;
+__webpack_unused_export__ = DeleteMarkerReplication$;
+__webpack_unused_export__ = DeleteMarkerReplicationStatus;
+__webpack_unused_export__ = DeleteObject$;
+__webpack_unused_export__ = DeleteObjectAnnotation$;
+__webpack_unused_export__ = DeleteObjectAnnotationCommand;
+__webpack_unused_export__ = DeleteObjectAnnotationOutput$;
+__webpack_unused_export__ = DeleteObjectAnnotationRequest$;
+__webpack_unused_export__ = DeleteObjectCommand;
+__webpack_unused_export__ = DeleteObjectOutput$;
+__webpack_unused_export__ = DeleteObjectRequest$;
+__webpack_unused_export__ = DeleteObjectTagging$;
+__webpack_unused_export__ = DeleteObjectTaggingCommand;
+__webpack_unused_export__ = DeleteObjectTaggingOutput$;
+__webpack_unused_export__ = DeleteObjectTaggingRequest$;
+__webpack_unused_export__ = DeleteObjects$;
+exports.xvx = DeleteObjectsCommand;
+__webpack_unused_export__ = DeleteObjectsOutput$;
+__webpack_unused_export__ = DeleteObjectsRequest$;
+__webpack_unused_export__ = DeletePublicAccessBlock$;
+__webpack_unused_export__ = DeletePublicAccessBlockCommand;
+__webpack_unused_export__ = DeletePublicAccessBlockRequest$;
+__webpack_unused_export__ = DeletedObject$;
+__webpack_unused_export__ = Destination$;
+__webpack_unused_export__ = DestinationResult$;
+__webpack_unused_export__ = EncodingType;
+__webpack_unused_export__ = Encryption$;
+__webpack_unused_export__ = EncryptionConfiguration$;
+__webpack_unused_export__ = EncryptionType;
+__webpack_unused_export__ = EncryptionTypeMismatch;
+__webpack_unused_export__ = EncryptionTypeMismatch$;
+__webpack_unused_export__ = EndEvent$;
+__webpack_unused_export__ = ErrorDetails$;
+__webpack_unused_export__ = ErrorDocument$;
+__webpack_unused_export__ = Event;
+__webpack_unused_export__ = EventBridgeConfiguration$;
+__webpack_unused_export__ = EventHoldDuration$;
+__webpack_unused_export__ = ExistingObjectReplication$;
+__webpack_unused_export__ = ExistingObjectReplicationStatus;
+__webpack_unused_export__ = ExpirationState;
+__webpack_unused_export__ = ExpirationStatus;
+__webpack_unused_export__ = ExpressionType;
+__webpack_unused_export__ = FileHeaderInfo;
+__webpack_unused_export__ = FilterRule$;
+__webpack_unused_export__ = FilterRuleName;
+__webpack_unused_export__ = GetBucketAbac$;
+__webpack_unused_export__ = GetBucketAbacCommand;
+__webpack_unused_export__ = GetBucketAbacOutput$;
+__webpack_unused_export__ = GetBucketAbacRequest$;
+__webpack_unused_export__ = GetBucketAccelerateConfiguration$;
+__webpack_unused_export__ = GetBucketAccelerateConfigurationCommand;
+__webpack_unused_export__ = GetBucketAccelerateConfigurationOutput$;
+__webpack_unused_export__ = GetBucketAccelerateConfigurationRequest$;
+__webpack_unused_export__ = GetBucketAcl$;
+__webpack_unused_export__ = GetBucketAclCommand;
+__webpack_unused_export__ = GetBucketAclOutput$;
+__webpack_unused_export__ = GetBucketAclRequest$;
+__webpack_unused_export__ = GetBucketAnalyticsConfiguration$;
+__webpack_unused_export__ = GetBucketAnalyticsConfigurationCommand;
+__webpack_unused_export__ = GetBucketAnalyticsConfigurationOutput$;
+__webpack_unused_export__ = GetBucketAnalyticsConfigurationRequest$;
+__webpack_unused_export__ = GetBucketCors$;
+__webpack_unused_export__ = GetBucketCorsCommand;
+__webpack_unused_export__ = GetBucketCorsOutput$;
+__webpack_unused_export__ = GetBucketCorsRequest$;
+__webpack_unused_export__ = GetBucketEncryption$;
+__webpack_unused_export__ = GetBucketEncryptionCommand;
+__webpack_unused_export__ = GetBucketEncryptionOutput$;
+__webpack_unused_export__ = GetBucketEncryptionRequest$;
+__webpack_unused_export__ = GetBucketIntelligentTieringConfiguration$;
+__webpack_unused_export__ = GetBucketIntelligentTieringConfigurationCommand;
+__webpack_unused_export__ = GetBucketIntelligentTieringConfigurationOutput$;
+__webpack_unused_export__ = GetBucketIntelligentTieringConfigurationRequest$;
+__webpack_unused_export__ = GetBucketInventoryConfiguration$;
+__webpack_unused_export__ = GetBucketInventoryConfigurationCommand;
+__webpack_unused_export__ = GetBucketInventoryConfigurationOutput$;
+__webpack_unused_export__ = GetBucketInventoryConfigurationRequest$;
+__webpack_unused_export__ = GetBucketLifecycleConfiguration$;
+__webpack_unused_export__ = GetBucketLifecycleConfigurationCommand;
+__webpack_unused_export__ = GetBucketLifecycleConfigurationOutput$;
+__webpack_unused_export__ = GetBucketLifecycleConfigurationRequest$;
+__webpack_unused_export__ = GetBucketLocation$;
+__webpack_unused_export__ = GetBucketLocationCommand;
+__webpack_unused_export__ = GetBucketLocationOutput$;
+__webpack_unused_export__ = GetBucketLocationRequest$;
+__webpack_unused_export__ = GetBucketLogging$;
+__webpack_unused_export__ = GetBucketLoggingCommand;
+__webpack_unused_export__ = GetBucketLoggingOutput$;
+__webpack_unused_export__ = GetBucketLoggingRequest$;
+__webpack_unused_export__ = GetBucketMetadataConfiguration$;
+__webpack_unused_export__ = GetBucketMetadataConfigurationCommand;
+__webpack_unused_export__ = GetBucketMetadataConfigurationOutput$;
+__webpack_unused_export__ = GetBucketMetadataConfigurationRequest$;
+__webpack_unused_export__ = GetBucketMetadataConfigurationResult$;
+__webpack_unused_export__ = GetBucketMetadataTableConfiguration$;
+__webpack_unused_export__ = GetBucketMetadataTableConfigurationCommand;
+__webpack_unused_export__ = GetBucketMetadataTableConfigurationOutput$;
+__webpack_unused_export__ = GetBucketMetadataTableConfigurationRequest$;
+__webpack_unused_export__ = GetBucketMetadataTableConfigurationResult$;
+__webpack_unused_export__ = GetBucketMetricsConfiguration$;
+__webpack_unused_export__ = GetBucketMetricsConfigurationCommand;
+__webpack_unused_export__ = GetBucketMetricsConfigurationOutput$;
+__webpack_unused_export__ = GetBucketMetricsConfigurationRequest$;
+__webpack_unused_export__ = GetBucketNotificationConfiguration$;
+__webpack_unused_export__ = GetBucketNotificationConfigurationCommand;
+__webpack_unused_export__ = GetBucketNotificationConfigurationRequest$;
+__webpack_unused_export__ = GetBucketOwnershipControls$;
+__webpack_unused_export__ = GetBucketOwnershipControlsCommand;
+__webpack_unused_export__ = GetBucketOwnershipControlsOutput$;
+__webpack_unused_export__ = GetBucketOwnershipControlsRequest$;
+__webpack_unused_export__ = GetBucketPolicy$;
+__webpack_unused_export__ = GetBucketPolicyCommand;
+__webpack_unused_export__ = GetBucketPolicyOutput$;
+__webpack_unused_export__ = GetBucketPolicyRequest$;
+__webpack_unused_export__ = GetBucketPolicyStatus$;
+__webpack_unused_export__ = GetBucketPolicyStatusCommand;
+__webpack_unused_export__ = GetBucketPolicyStatusOutput$;
+__webpack_unused_export__ = GetBucketPolicyStatusRequest$;
+__webpack_unused_export__ = GetBucketReplication$;
+__webpack_unused_export__ = GetBucketReplicationCommand;
+__webpack_unused_export__ = GetBucketReplicationOutput$;
+__webpack_unused_export__ = GetBucketReplicationRequest$;
+__webpack_unused_export__ = GetBucketRequestPayment$;
+__webpack_unused_export__ = GetBucketRequestPaymentCommand;
+__webpack_unused_export__ = GetBucketRequestPaymentOutput$;
+__webpack_unused_export__ = GetBucketRequestPaymentRequest$;
+__webpack_unused_export__ = GetBucketTagging$;
+__webpack_unused_export__ = GetBucketTaggingCommand;
+__webpack_unused_export__ = GetBucketTaggingOutput$;
+__webpack_unused_export__ = GetBucketTaggingRequest$;
+__webpack_unused_export__ = GetBucketVersioning$;
+__webpack_unused_export__ = GetBucketVersioningCommand;
+__webpack_unused_export__ = GetBucketVersioningOutput$;
+__webpack_unused_export__ = GetBucketVersioningRequest$;
+__webpack_unused_export__ = GetBucketWebsite$;
+__webpack_unused_export__ = GetBucketWebsiteCommand;
+__webpack_unused_export__ = GetBucketWebsiteOutput$;
+__webpack_unused_export__ = GetBucketWebsiteRequest$;
+__webpack_unused_export__ = GetObject$;
+__webpack_unused_export__ = GetObjectAcl$;
+__webpack_unused_export__ = GetObjectAclCommand;
+__webpack_unused_export__ = GetObjectAclOutput$;
+__webpack_unused_export__ = GetObjectAclRequest$;
+__webpack_unused_export__ = GetObjectAnnotation$;
+__webpack_unused_export__ = GetObjectAnnotationCommand;
+__webpack_unused_export__ = GetObjectAnnotationOutput$;
+__webpack_unused_export__ = GetObjectAnnotationRequest$;
+__webpack_unused_export__ = GetObjectAttributes$;
+__webpack_unused_export__ = GetObjectAttributesCommand;
+__webpack_unused_export__ = GetObjectAttributesOutput$;
+__webpack_unused_export__ = GetObjectAttributesParts$;
+__webpack_unused_export__ = GetObjectAttributesRequest$;
+exports.jLs = GetObjectCommand;
+__webpack_unused_export__ = GetObjectLegalHold$;
+__webpack_unused_export__ = GetObjectLegalHoldCommand;
+__webpack_unused_export__ = GetObjectLegalHoldOutput$;
+__webpack_unused_export__ = GetObjectLegalHoldRequest$;
+__webpack_unused_export__ = GetObjectLockConfiguration$;
+__webpack_unused_export__ = GetObjectLockConfigurationCommand;
+__webpack_unused_export__ = GetObjectLockConfigurationOutput$;
+__webpack_unused_export__ = GetObjectLockConfigurationRequest$;
+__webpack_unused_export__ = GetObjectOutput$;
+__webpack_unused_export__ = GetObjectRequest$;
+__webpack_unused_export__ = GetObjectRetention$;
+__webpack_unused_export__ = GetObjectRetentionCommand;
+__webpack_unused_export__ = GetObjectRetentionOutput$;
+__webpack_unused_export__ = GetObjectRetentionRequest$;
+__webpack_unused_export__ = GetObjectTagging$;
+__webpack_unused_export__ = GetObjectTaggingCommand;
+__webpack_unused_export__ = GetObjectTaggingOutput$;
+__webpack_unused_export__ = GetObjectTaggingRequest$;
+__webpack_unused_export__ = GetObjectTorrent$;
+__webpack_unused_export__ = GetObjectTorrentCommand;
+__webpack_unused_export__ = GetObjectTorrentOutput$;
+__webpack_unused_export__ = GetObjectTorrentRequest$;
+__webpack_unused_export__ = GetPublicAccessBlock$;
+__webpack_unused_export__ = GetPublicAccessBlockCommand;
+__webpack_unused_export__ = GetPublicAccessBlockOutput$;
+__webpack_unused_export__ = GetPublicAccessBlockRequest$;
+__webpack_unused_export__ = GlacierJobParameters$;
+__webpack_unused_export__ = Grant$;
+__webpack_unused_export__ = Grantee$;
+__webpack_unused_export__ = HeadBucket$;
+__webpack_unused_export__ = HeadBucketCommand;
+__webpack_unused_export__ = HeadBucketOutput$;
+__webpack_unused_export__ = HeadBucketRequest$;
+__webpack_unused_export__ = HeadObject$;
+__webpack_unused_export__ = HeadObjectCommand;
+__webpack_unused_export__ = HeadObjectOutput$;
+__webpack_unused_export__ = HeadObjectRequest$;
+__webpack_unused_export__ = IdempotencyParameterMismatch;
+__webpack_unused_export__ = IdempotencyParameterMismatch$;
+__webpack_unused_export__ = IndexDocument$;
+__webpack_unused_export__ = Initiator$;
+__webpack_unused_export__ = InputSerialization$;
+__webpack_unused_export__ = IntelligentTieringAccessTier;
+__webpack_unused_export__ = IntelligentTieringAndOperator$;
+__webpack_unused_export__ = IntelligentTieringConfiguration$;
+__webpack_unused_export__ = IntelligentTieringFilter$;
+__webpack_unused_export__ = IntelligentTieringStatus;
+__webpack_unused_export__ = InvalidAnnotationName;
+__webpack_unused_export__ = InvalidAnnotationName$;
+__webpack_unused_export__ = InvalidObjectState;
+__webpack_unused_export__ = InvalidObjectState$;
+__webpack_unused_export__ = InvalidPrefix;
+__webpack_unused_export__ = InvalidPrefix$;
+__webpack_unused_export__ = InvalidRequest;
+__webpack_unused_export__ = InvalidRequest$;
+__webpack_unused_export__ = InvalidWriteOffset;
+__webpack_unused_export__ = InvalidWriteOffset$;
+__webpack_unused_export__ = InventoryConfiguration$;
+__webpack_unused_export__ = InventoryConfigurationState;
+__webpack_unused_export__ = InventoryDestination$;
+__webpack_unused_export__ = InventoryEncryption$;
+__webpack_unused_export__ = InventoryFilter$;
+__webpack_unused_export__ = InventoryFormat;
+__webpack_unused_export__ = InventoryFrequency;
+__webpack_unused_export__ = InventoryIncludedObjectVersions;
+__webpack_unused_export__ = InventoryOptionalField;
+__webpack_unused_export__ = InventoryS3BucketDestination$;
+__webpack_unused_export__ = InventorySchedule$;
+__webpack_unused_export__ = InventoryTableConfiguration$;
+__webpack_unused_export__ = InventoryTableConfigurationResult$;
+__webpack_unused_export__ = InventoryTableConfigurationUpdates$;
+__webpack_unused_export__ = JSONInput$;
+__webpack_unused_export__ = JSONOutput$;
+__webpack_unused_export__ = JSONType;
+__webpack_unused_export__ = JournalTableConfiguration$;
+__webpack_unused_export__ = JournalTableConfigurationResult$;
+__webpack_unused_export__ = JournalTableConfigurationUpdates$;
+__webpack_unused_export__ = LambdaFunctionConfiguration$;
+__webpack_unused_export__ = LifecycleExpiration$;
+__webpack_unused_export__ = LifecycleRule$;
+__webpack_unused_export__ = LifecycleRuleAndOperator$;
+__webpack_unused_export__ = LifecycleRuleFilter$;
+__webpack_unused_export__ = ListBucketAnalyticsConfigurations$;
+__webpack_unused_export__ = ListBucketAnalyticsConfigurationsCommand;
+__webpack_unused_export__ = ListBucketAnalyticsConfigurationsOutput$;
+__webpack_unused_export__ = ListBucketAnalyticsConfigurationsRequest$;
+__webpack_unused_export__ = ListBucketIntelligentTieringConfigurations$;
+__webpack_unused_export__ = ListBucketIntelligentTieringConfigurationsCommand;
+__webpack_unused_export__ = ListBucketIntelligentTieringConfigurationsOutput$;
+__webpack_unused_export__ = ListBucketIntelligentTieringConfigurationsRequest$;
+__webpack_unused_export__ = ListBucketInventoryConfigurations$;
+__webpack_unused_export__ = ListBucketInventoryConfigurationsCommand;
+__webpack_unused_export__ = ListBucketInventoryConfigurationsOutput$;
+__webpack_unused_export__ = ListBucketInventoryConfigurationsRequest$;
+__webpack_unused_export__ = ListBucketMetricsConfigurations$;
+__webpack_unused_export__ = ListBucketMetricsConfigurationsCommand;
+__webpack_unused_export__ = ListBucketMetricsConfigurationsOutput$;
+__webpack_unused_export__ = ListBucketMetricsConfigurationsRequest$;
+__webpack_unused_export__ = ListBuckets$;
+__webpack_unused_export__ = ListBucketsCommand;
+__webpack_unused_export__ = ListBucketsOutput$;
+__webpack_unused_export__ = ListBucketsRequest$;
+__webpack_unused_export__ = ListDirectoryBuckets$;
+__webpack_unused_export__ = ListDirectoryBucketsCommand;
+__webpack_unused_export__ = ListDirectoryBucketsOutput$;
+__webpack_unused_export__ = ListDirectoryBucketsRequest$;
+__webpack_unused_export__ = ListMultipartUploads$;
+exports.mo2 = ListMultipartUploadsCommand;
+__webpack_unused_export__ = ListMultipartUploadsOutput$;
+__webpack_unused_export__ = ListMultipartUploadsRequest$;
+__webpack_unused_export__ = ListObjectAnnotations$;
+__webpack_unused_export__ = ListObjectAnnotationsCommand;
+__webpack_unused_export__ = ListObjectAnnotationsOutput$;
+__webpack_unused_export__ = ListObjectAnnotationsRequest$;
+__webpack_unused_export__ = ListObjectVersions$;
+__webpack_unused_export__ = ListObjectVersionsCommand;
+__webpack_unused_export__ = ListObjectVersionsOutput$;
+__webpack_unused_export__ = ListObjectVersionsRequest$;
+__webpack_unused_export__ = ListObjects$;
+__webpack_unused_export__ = ListObjectsCommand;
+__webpack_unused_export__ = ListObjectsOutput$;
+__webpack_unused_export__ = ListObjectsRequest$;
+__webpack_unused_export__ = ListObjectsV2$;
+__webpack_unused_export__ = ListObjectsV2Command;
+__webpack_unused_export__ = ListObjectsV2Output$;
+__webpack_unused_export__ = ListObjectsV2Request$;
+__webpack_unused_export__ = ListParts$;
+__webpack_unused_export__ = ListPartsCommand;
+__webpack_unused_export__ = ListPartsOutput$;
+__webpack_unused_export__ = ListPartsRequest$;
+__webpack_unused_export__ = LocationInfo$;
+__webpack_unused_export__ = LocationType;
+__webpack_unused_export__ = LoggingEnabled$;
+__webpack_unused_export__ = MFADelete;
+__webpack_unused_export__ = MFADeleteStatus;
+__webpack_unused_export__ = MetadataConfiguration$;
+__webpack_unused_export__ = MetadataConfigurationResult$;
+__webpack_unused_export__ = MetadataDirective;
+__webpack_unused_export__ = MetadataEntry$;
+__webpack_unused_export__ = MetadataTableConfiguration$;
+__webpack_unused_export__ = MetadataTableConfigurationResult$;
+__webpack_unused_export__ = MetadataTableEncryptionConfiguration$;
+__webpack_unused_export__ = Metrics$;
+__webpack_unused_export__ = MetricsAndOperator$;
+__webpack_unused_export__ = MetricsConfiguration$;
+__webpack_unused_export__ = MetricsFilter$;
+__webpack_unused_export__ = MetricsStatus;
+__webpack_unused_export__ = MultipartUpload$;
+__webpack_unused_export__ = NoSuchAnnotation;
+__webpack_unused_export__ = NoSuchAnnotation$;
+__webpack_unused_export__ = NoSuchBucket;
+__webpack_unused_export__ = NoSuchBucket$;
+__webpack_unused_export__ = NoSuchKey;
+__webpack_unused_export__ = NoSuchKey$;
+__webpack_unused_export__ = NoSuchUpload;
+__webpack_unused_export__ = NoSuchUpload$;
+__webpack_unused_export__ = NoncurrentVersionExpiration$;
+__webpack_unused_export__ = NoncurrentVersionTransition$;
+__webpack_unused_export__ = NotFound;
+__webpack_unused_export__ = NotFound$;
+__webpack_unused_export__ = NotificationConfiguration$;
+__webpack_unused_export__ = NotificationConfigurationFilter$;
+__webpack_unused_export__ = ObjectAlreadyInActiveTierError;
+__webpack_unused_export__ = ObjectAlreadyInActiveTierError$;
+__webpack_unused_export__ = ObjectAttributes;
+__webpack_unused_export__ = ObjectCannedACL;
+__webpack_unused_export__ = ObjectEncryption$;
+__webpack_unused_export__ = ObjectIdentifier$;
+__webpack_unused_export__ = ObjectLockConfiguration$;
+__webpack_unused_export__ = ObjectLockEnabled;
+__webpack_unused_export__ = ObjectLockEventHold;
+__webpack_unused_export__ = ObjectLockLegalHold$;
+__webpack_unused_export__ = ObjectLockLegalHoldStatus;
+__webpack_unused_export__ = ObjectLockMode;
+__webpack_unused_export__ = ObjectLockRetention$;
+__webpack_unused_export__ = ObjectLockRetentionMode;
+__webpack_unused_export__ = ObjectLockRule$;
+__webpack_unused_export__ = ObjectNotInActiveTierError;
+__webpack_unused_export__ = ObjectNotInActiveTierError$;
+__webpack_unused_export__ = ObjectOwnership;
+__webpack_unused_export__ = ObjectPart$;
+__webpack_unused_export__ = ObjectStorageClass;
+__webpack_unused_export__ = ObjectVersion$;
+__webpack_unused_export__ = ObjectVersionStorageClass;
+__webpack_unused_export__ = OptionalObjectAttributes;
+__webpack_unused_export__ = OutputLocation$;
+__webpack_unused_export__ = OutputSerialization$;
+__webpack_unused_export__ = Owner$;
+__webpack_unused_export__ = OwnerOverride;
+__webpack_unused_export__ = OwnershipControls$;
+__webpack_unused_export__ = OwnershipControlsRule$;
+__webpack_unused_export__ = ParquetInput$;
+__webpack_unused_export__ = Part$;
+__webpack_unused_export__ = PartitionDateSource;
+__webpack_unused_export__ = PartitionedPrefix$;
+__webpack_unused_export__ = Payer;
+__webpack_unused_export__ = Permission;
+__webpack_unused_export__ = PolicyStatus$;
+__webpack_unused_export__ = Progress$;
+__webpack_unused_export__ = ProgressEvent$;
+__webpack_unused_export__ = Protocol;
+__webpack_unused_export__ = PublicAccessBlockConfiguration$;
+__webpack_unused_export__ = PutBucketAbac$;
+__webpack_unused_export__ = PutBucketAbacCommand;
+__webpack_unused_export__ = PutBucketAbacRequest$;
+__webpack_unused_export__ = PutBucketAccelerateConfiguration$;
+__webpack_unused_export__ = PutBucketAccelerateConfigurationCommand;
+__webpack_unused_export__ = PutBucketAccelerateConfigurationRequest$;
+__webpack_unused_export__ = PutBucketAcl$;
+__webpack_unused_export__ = PutBucketAclCommand;
+__webpack_unused_export__ = PutBucketAclRequest$;
+__webpack_unused_export__ = PutBucketAnalyticsConfiguration$;
+__webpack_unused_export__ = PutBucketAnalyticsConfigurationCommand;
+__webpack_unused_export__ = PutBucketAnalyticsConfigurationRequest$;
+__webpack_unused_export__ = PutBucketCors$;
+__webpack_unused_export__ = PutBucketCorsCommand;
+__webpack_unused_export__ = PutBucketCorsRequest$;
+__webpack_unused_export__ = PutBucketEncryption$;
+__webpack_unused_export__ = PutBucketEncryptionCommand;
+__webpack_unused_export__ = PutBucketEncryptionRequest$;
+__webpack_unused_export__ = PutBucketIntelligentTieringConfiguration$;
+__webpack_unused_export__ = PutBucketIntelligentTieringConfigurationCommand;
+__webpack_unused_export__ = PutBucketIntelligentTieringConfigurationRequest$;
+__webpack_unused_export__ = PutBucketInventoryConfiguration$;
+__webpack_unused_export__ = PutBucketInventoryConfigurationCommand;
+__webpack_unused_export__ = PutBucketInventoryConfigurationRequest$;
+__webpack_unused_export__ = PutBucketLifecycleConfiguration$;
+__webpack_unused_export__ = PutBucketLifecycleConfigurationCommand;
+__webpack_unused_export__ = PutBucketLifecycleConfigurationOutput$;
+__webpack_unused_export__ = PutBucketLifecycleConfigurationRequest$;
+__webpack_unused_export__ = PutBucketLogging$;
+__webpack_unused_export__ = PutBucketLoggingCommand;
+__webpack_unused_export__ = PutBucketLoggingRequest$;
+__webpack_unused_export__ = PutBucketMetricsConfiguration$;
+__webpack_unused_export__ = PutBucketMetricsConfigurationCommand;
+__webpack_unused_export__ = PutBucketMetricsConfigurationRequest$;
+__webpack_unused_export__ = PutBucketNotificationConfiguration$;
+__webpack_unused_export__ = PutBucketNotificationConfigurationCommand;
+__webpack_unused_export__ = PutBucketNotificationConfigurationRequest$;
+__webpack_unused_export__ = PutBucketOwnershipControls$;
+__webpack_unused_export__ = PutBucketOwnershipControlsCommand;
+__webpack_unused_export__ = PutBucketOwnershipControlsRequest$;
+__webpack_unused_export__ = PutBucketPolicy$;
+__webpack_unused_export__ = PutBucketPolicyCommand;
+__webpack_unused_export__ = PutBucketPolicyRequest$;
+__webpack_unused_export__ = PutBucketReplication$;
+__webpack_unused_export__ = PutBucketReplicationCommand;
+__webpack_unused_export__ = PutBucketReplicationRequest$;
+__webpack_unused_export__ = PutBucketRequestPayment$;
+__webpack_unused_export__ = PutBucketRequestPaymentCommand;
+__webpack_unused_export__ = PutBucketRequestPaymentRequest$;
+__webpack_unused_export__ = PutBucketTagging$;
+__webpack_unused_export__ = PutBucketTaggingCommand;
+__webpack_unused_export__ = PutBucketTaggingRequest$;
+__webpack_unused_export__ = PutBucketVersioning$;
+__webpack_unused_export__ = PutBucketVersioningCommand;
+__webpack_unused_export__ = PutBucketVersioningRequest$;
+__webpack_unused_export__ = PutBucketWebsite$;
+__webpack_unused_export__ = PutBucketWebsiteCommand;
+__webpack_unused_export__ = PutBucketWebsiteRequest$;
+__webpack_unused_export__ = PutObject$;
+__webpack_unused_export__ = PutObjectAcl$;
+__webpack_unused_export__ = PutObjectAclCommand;
+__webpack_unused_export__ = PutObjectAclOutput$;
+__webpack_unused_export__ = PutObjectAclRequest$;
+__webpack_unused_export__ = PutObjectAnnotation$;
+__webpack_unused_export__ = PutObjectAnnotationCommand;
+__webpack_unused_export__ = PutObjectAnnotationOutput$;
+__webpack_unused_export__ = PutObjectAnnotationRequest$;
+__webpack_unused_export__ = PutObjectCommand;
+__webpack_unused_export__ = PutObjectLegalHold$;
+__webpack_unused_export__ = PutObjectLegalHoldCommand;
+__webpack_unused_export__ = PutObjectLegalHoldOutput$;
+__webpack_unused_export__ = PutObjectLegalHoldRequest$;
+__webpack_unused_export__ = PutObjectLockConfiguration$;
+__webpack_unused_export__ = PutObjectLockConfigurationCommand;
+__webpack_unused_export__ = PutObjectLockConfigurationOutput$;
+__webpack_unused_export__ = PutObjectLockConfigurationRequest$;
+__webpack_unused_export__ = PutObjectOutput$;
+__webpack_unused_export__ = PutObjectRequest$;
+__webpack_unused_export__ = PutObjectRetention$;
+__webpack_unused_export__ = PutObjectRetentionCommand;
+__webpack_unused_export__ = PutObjectRetentionOutput$;
+__webpack_unused_export__ = PutObjectRetentionRequest$;
+__webpack_unused_export__ = PutObjectTagging$;
+__webpack_unused_export__ = PutObjectTaggingCommand;
+__webpack_unused_export__ = PutObjectTaggingOutput$;
+__webpack_unused_export__ = PutObjectTaggingRequest$;
+__webpack_unused_export__ = PutPublicAccessBlock$;
+__webpack_unused_export__ = PutPublicAccessBlockCommand;
+__webpack_unused_export__ = PutPublicAccessBlockRequest$;
+__webpack_unused_export__ = QueueConfiguration$;
+__webpack_unused_export__ = QuoteFields;
+__webpack_unused_export__ = RecordExpiration$;
+__webpack_unused_export__ = RecordsEvent$;
+__webpack_unused_export__ = Redirect$;
+__webpack_unused_export__ = RedirectAllRequestsTo$;
+__webpack_unused_export__ = RenameObject$;
+__webpack_unused_export__ = RenameObjectCommand;
+__webpack_unused_export__ = RenameObjectOutput$;
+__webpack_unused_export__ = RenameObjectRequest$;
+__webpack_unused_export__ = ReplicaModifications$;
+__webpack_unused_export__ = ReplicaModificationsStatus;
+__webpack_unused_export__ = ReplicationConfiguration$;
+__webpack_unused_export__ = ReplicationRule$;
+__webpack_unused_export__ = ReplicationRuleAndOperator$;
+__webpack_unused_export__ = ReplicationRuleFilter$;
+__webpack_unused_export__ = ReplicationRuleNotOperator$;
+__webpack_unused_export__ = ReplicationRuleOrOperator$;
+__webpack_unused_export__ = ReplicationRuleStatus;
+__webpack_unused_export__ = ReplicationStatus;
+__webpack_unused_export__ = ReplicationTime$;
+__webpack_unused_export__ = ReplicationTimeStatus;
+__webpack_unused_export__ = ReplicationTimeValue$;
+__webpack_unused_export__ = RequestCharged;
+__webpack_unused_export__ = RequestPayer;
+__webpack_unused_export__ = RequestPaymentConfiguration$;
+__webpack_unused_export__ = RequestProgress$;
+__webpack_unused_export__ = RestoreObject$;
+__webpack_unused_export__ = RestoreObjectCommand;
+__webpack_unused_export__ = RestoreObjectOutput$;
+__webpack_unused_export__ = RestoreObjectRequest$;
+__webpack_unused_export__ = RestoreRequest$;
+__webpack_unused_export__ = RestoreRequestType;
+__webpack_unused_export__ = RestoreStatus$;
+__webpack_unused_export__ = RoutingRule$;
+__webpack_unused_export__ = S3;
+exports.YxF = S3Client;
+__webpack_unused_export__ = S3KeyFilter$;
+__webpack_unused_export__ = S3Location$;
+exports.Hcp = S3ServiceException;
+__webpack_unused_export__ = S3ServiceException$;
+__webpack_unused_export__ = S3TablesBucketType;
+__webpack_unused_export__ = S3TablesDestination$;
+__webpack_unused_export__ = S3TablesDestinationResult$;
+__webpack_unused_export__ = SSEKMS$;
+__webpack_unused_export__ = SSEKMSEncryption$;
+__webpack_unused_export__ = SSES3$;
+__webpack_unused_export__ = ScanRange$;
+__webpack_unused_export__ = SelectObjectContent$;
+__webpack_unused_export__ = SelectObjectContentCommand;
+__webpack_unused_export__ = SelectObjectContentEventStream$;
+__webpack_unused_export__ = SelectObjectContentOutput$;
+__webpack_unused_export__ = SelectObjectContentRequest$;
+__webpack_unused_export__ = SelectParameters$;
+__webpack_unused_export__ = ServerSideEncryption;
+__webpack_unused_export__ = ServerSideEncryptionByDefault$;
+__webpack_unused_export__ = ServerSideEncryptionConfiguration$;
+__webpack_unused_export__ = ServerSideEncryptionRule$;
+__webpack_unused_export__ = SessionCredentials$;
+__webpack_unused_export__ = SessionMode;
+__webpack_unused_export__ = SimplePrefix$;
+__webpack_unused_export__ = SourceSelectionCriteria$;
+__webpack_unused_export__ = SseKmsEncryptedObjects$;
+__webpack_unused_export__ = SseKmsEncryptedObjectsStatus;
+__webpack_unused_export__ = Stats$;
+__webpack_unused_export__ = StatsEvent$;
+__webpack_unused_export__ = StorageClass;
+__webpack_unused_export__ = StorageClassAnalysis$;
+__webpack_unused_export__ = StorageClassAnalysisDataExport$;
+__webpack_unused_export__ = StorageClassAnalysisSchemaVersion;
+__webpack_unused_export__ = TableSseAlgorithm;
+__webpack_unused_export__ = Tag$;
+__webpack_unused_export__ = Tagging$;
+__webpack_unused_export__ = TaggingDirective;
+__webpack_unused_export__ = TargetGrant$;
+__webpack_unused_export__ = TargetObjectKeyFormat$;
+__webpack_unused_export__ = Tier;
+__webpack_unused_export__ = Tiering$;
+__webpack_unused_export__ = TooManyParts;
+__webpack_unused_export__ = TooManyParts$;
+__webpack_unused_export__ = TopicConfiguration$;
+__webpack_unused_export__ = Transition$;
+__webpack_unused_export__ = TransitionDefaultMinimumObjectSize;
+__webpack_unused_export__ = TransitionStorageClass;
+__webpack_unused_export__ = Type;
+__webpack_unused_export__ = UnsupportedMediaType;
+__webpack_unused_export__ = UnsupportedMediaType$;
+__webpack_unused_export__ = UpdateBucketMetadataAnnotationTableConfiguration$;
+__webpack_unused_export__ = UpdateBucketMetadataAnnotationTableConfigurationCommand;
+__webpack_unused_export__ = UpdateBucketMetadataAnnotationTableConfigurationRequest$;
+__webpack_unused_export__ = UpdateBucketMetadataInventoryTableConfiguration$;
+__webpack_unused_export__ = UpdateBucketMetadataInventoryTableConfigurationCommand;
+__webpack_unused_export__ = UpdateBucketMetadataInventoryTableConfigurationRequest$;
+__webpack_unused_export__ = UpdateBucketMetadataJournalTableConfiguration$;
+__webpack_unused_export__ = UpdateBucketMetadataJournalTableConfigurationCommand;
+__webpack_unused_export__ = UpdateBucketMetadataJournalTableConfigurationRequest$;
+__webpack_unused_export__ = UpdateObjectEncryption$;
+__webpack_unused_export__ = UpdateObjectEncryptionCommand;
+__webpack_unused_export__ = UpdateObjectEncryptionRequest$;
+__webpack_unused_export__ = UpdateObjectEncryptionResponse$;
+__webpack_unused_export__ = UploadPart$;
+__webpack_unused_export__ = UploadPartCommand;
+__webpack_unused_export__ = UploadPartCopy$;
+__webpack_unused_export__ = UploadPartCopyCommand;
+__webpack_unused_export__ = UploadPartCopyOutput$;
+__webpack_unused_export__ = UploadPartCopyRequest$;
+__webpack_unused_export__ = UploadPartOutput$;
+__webpack_unused_export__ = UploadPartRequest$;
+__webpack_unused_export__ = UseSourceMultiRegionKey$;
+__webpack_unused_export__ = UseSourceMultiRegionKeyStatus;
+__webpack_unused_export__ = VersioningConfiguration$;
+__webpack_unused_export__ = WebsiteConfiguration$;
+__webpack_unused_export__ = WriteGetObjectResponse$;
+__webpack_unused_export__ = WriteGetObjectResponseCommand;
+__webpack_unused_export__ = WriteGetObjectResponseRequest$;
+__webpack_unused_export__ = _Error$;
+__webpack_unused_export__ = _Object$;
+__webpack_unused_export__ = errorTypeRegistries;
+__webpack_unused_export__ = paginateListBuckets;
+__webpack_unused_export__ = paginateListDirectoryBuckets;
+__webpack_unused_export__ = paginateListObjectAnnotations;
+__webpack_unused_export__ = paginateListObjectsV2;
+__webpack_unused_export__ = paginateListParts;
+__webpack_unused_export__ = waitForBucketExists;
+__webpack_unused_export__ = waitForBucketNotExists;
+__webpack_unused_export__ = waitForObjectExists;
+__webpack_unused_export__ = waitForObjectNotExists;
+__webpack_unused_export__ = waitUntilBucketExists;
+__webpack_unused_export__ = waitUntilBucketNotExists;
+__webpack_unused_export__ = waitUntilObjectExists;
+__webpack_unused_export__ = waitUntilObjectNotExists;
 
 
 /***/ }),
@@ -12349,551 +12350,6 @@ const fromTokenFile = (init = {}) => async (awsIdentityProperties) => {
 
 exports.fromTokenFile = fromTokenFile;
 exports.fromWebToken = fromWebToken;
-
-
-/***/ }),
-
-/***/ 2358:
-/***/ ((__unused_webpack_module, exports, __nccwpck_require__) => {
-
-var __webpack_unused_export__;
-const { PutObjectCommand, ChecksumAlgorithm, CreateMultipartUploadCommand, AbortMultipartUploadCommand, UploadPartCommand, CompleteMultipartUploadCommand, PutObjectTaggingCommand } = __nccwpck_require__(3711);
-const { toEndpointV1, getEndpointFromInstructions } = __nccwpck_require__(2085);
-const { extendedEncodeURIComponent } = __nccwpck_require__(3422);
-const { EventEmitter } = __nccwpck_require__(4434);
-const { Buffer } = __nccwpck_require__(181);
-const { statSync, ReadStream } = __nccwpck_require__(3024);
-const { Readable } = __nccwpck_require__(2203);
-
-const runtimeConfigShared = {
-    statSync: () => { },
-    isFileReadStream(f) {
-        return false;
-    },
-};
-
-const runtimeConfig = {
-    ...runtimeConfigShared,
-    runtime: "node",
-    statSync,
-    isFileReadStream(f) {
-        return f instanceof ReadStream;
-    },
-};
-
-const byteLength = (input) => {
-    if (input == null) {
-        return 0;
-    }
-    if (typeof input === "string") {
-        return Buffer.byteLength(input);
-    }
-    if (typeof input.byteLength === "number") {
-        return input.byteLength;
-    }
-    else if (typeof input.length === "number") {
-        return input.length;
-    }
-    else if (typeof input.size === "number") {
-        return input.size;
-    }
-    else if (typeof input.start === "number" && typeof input.end === "number") {
-        return input.end + 1 - input.start;
-    }
-    else if (runtimeConfig.isFileReadStream(input)) {
-        try {
-            return runtimeConfig.statSync(input.path).size;
-        }
-        catch (error) {
-            return undefined;
-        }
-    }
-    return undefined;
-};
-
-var BYTE_LENGTH_SOURCE;
-(function (BYTE_LENGTH_SOURCE) {
-    BYTE_LENGTH_SOURCE["EMPTY_INPUT"] = "a null or undefined Body";
-    BYTE_LENGTH_SOURCE["CONTENT_LENGTH"] = "the ContentLength property of the params set by the caller";
-    BYTE_LENGTH_SOURCE["STRING_LENGTH"] = "the encoded byte length of the Body string";
-    BYTE_LENGTH_SOURCE["TYPED_ARRAY"] = "the byteLength of a typed byte array such as Uint8Array";
-    BYTE_LENGTH_SOURCE["LENGTH"] = "the value of Body.length";
-    BYTE_LENGTH_SOURCE["SIZE"] = "the value of Body.size";
-    BYTE_LENGTH_SOURCE["START_END_DIFF"] = "the numeric difference between Body.start and Body.end";
-    BYTE_LENGTH_SOURCE["STAT"] = "the size of the file given by Body.path on disk as reported by statSync";
-})(BYTE_LENGTH_SOURCE || (BYTE_LENGTH_SOURCE = {}));
-const byteLengthSource = (input, override) => {
-    if (override != null) {
-        return BYTE_LENGTH_SOURCE.CONTENT_LENGTH;
-    }
-    if (input == null) {
-        return BYTE_LENGTH_SOURCE.EMPTY_INPUT;
-    }
-    if (typeof input === "string") {
-        return BYTE_LENGTH_SOURCE.STRING_LENGTH;
-    }
-    if (typeof input.byteLength === "number") {
-        return BYTE_LENGTH_SOURCE.TYPED_ARRAY;
-    }
-    else if (typeof input.length === "number") {
-        return BYTE_LENGTH_SOURCE.LENGTH;
-    }
-    else if (typeof input.size === "number") {
-        return BYTE_LENGTH_SOURCE.SIZE;
-    }
-    else if (typeof input.start === "number" && typeof input.end === "number") {
-        return BYTE_LENGTH_SOURCE.START_END_DIFF;
-    }
-    else if (runtimeConfig.isFileReadStream(input)) {
-        try {
-            runtimeConfig.statSync(input.path).size;
-            return BYTE_LENGTH_SOURCE.STAT;
-        }
-        catch (error) {
-            return undefined;
-        }
-    }
-    return undefined;
-};
-
-async function* getChunkStream(data, partSize, getNextData) {
-    let partNumber = 1;
-    const currentBuffer = { chunks: [], length: 0 };
-    for await (const datum of getNextData(data)) {
-        currentBuffer.chunks.push(datum);
-        currentBuffer.length += datum.byteLength;
-        while (currentBuffer.length > partSize) {
-            const dataChunk = currentBuffer.chunks.length > 1 ? Buffer.concat(currentBuffer.chunks) : currentBuffer.chunks[0];
-            yield {
-                partNumber,
-                data: dataChunk.subarray(0, partSize),
-            };
-            currentBuffer.chunks = [dataChunk.subarray(partSize)];
-            currentBuffer.length = currentBuffer.chunks[0].byteLength;
-            partNumber += 1;
-        }
-    }
-    yield {
-        partNumber,
-        data: currentBuffer.chunks.length !== 1 ? Buffer.concat(currentBuffer.chunks) : currentBuffer.chunks[0],
-        lastPart: true,
-    };
-}
-
-async function* getChunkUint8Array(data, partSize) {
-    let partNumber = 1;
-    let startByte = 0;
-    let endByte = partSize;
-    while (endByte < data.byteLength) {
-        yield {
-            partNumber,
-            data: data.subarray(startByte, endByte),
-        };
-        partNumber += 1;
-        startByte = endByte;
-        endByte = startByte + partSize;
-    }
-    yield {
-        partNumber,
-        data: data.subarray(startByte),
-        lastPart: true,
-    };
-}
-
-async function* getDataReadable(data) {
-    for await (const chunk of data) {
-        if (Buffer.isBuffer(chunk) || chunk instanceof Uint8Array) {
-            yield chunk;
-        }
-        else {
-            yield Buffer.from(chunk);
-        }
-    }
-}
-
-async function* getDataReadableStream(data) {
-    const reader = data.getReader();
-    try {
-        while (true) {
-            const { done, value } = await reader.read();
-            if (done) {
-                return;
-            }
-            if (Buffer.isBuffer(value) || value instanceof Uint8Array) {
-                yield value;
-            }
-            else {
-                yield Buffer.from(value);
-            }
-        }
-    }
-    catch (e) {
-        throw e;
-    }
-    finally {
-        reader.releaseLock();
-    }
-}
-
-const getChunk = (data, partSize) => {
-    if (data instanceof Uint8Array) {
-        return getChunkUint8Array(data, partSize);
-    }
-    if (data instanceof Readable) {
-        return getChunkStream(data, partSize, getDataReadable);
-    }
-    if (data instanceof String || typeof data === "string") {
-        return getChunkUint8Array(Buffer.from(data), partSize);
-    }
-    if (typeof data.stream === "function") {
-        return getChunkStream(data.stream(), partSize, getDataReadableStream);
-    }
-    if (data instanceof ReadableStream) {
-        return getChunkStream(data, partSize, getDataReadableStream);
-    }
-    throw new Error("Body Data is unsupported format, expected data to be one of: string | Uint8Array | Buffer | Readable | ReadableStream | Blob;.");
-};
-
-class Upload extends EventEmitter {
-    static MIN_PART_SIZE = 1024 * 1024 * 5;
-    MAX_PARTS = 10_000;
-    queueSize = 4;
-    partSize;
-    leavePartsOnError = false;
-    tags = [];
-    client;
-    params;
-    totalBytes;
-    totalBytesSource;
-    bytesUploadedSoFar;
-    abortController;
-    concurrentUploaders = [];
-    createMultiPartPromise;
-    abortMultipartUploadCommand = null;
-    uploadedParts = [];
-    uploadEnqueuedPartsCount = 0;
-    expectedPartsCount;
-    uploadId;
-    uploadEvent;
-    isMultiPart = true;
-    singleUploadResult;
-    sent = false;
-    constructor(options) {
-        super();
-        this.queueSize = options.queueSize || this.queueSize;
-        this.leavePartsOnError = options.leavePartsOnError || this.leavePartsOnError;
-        this.tags = options.tags || this.tags;
-        this.client = options.client;
-        this.params = options.params;
-        if (!this.params) {
-            throw new Error(`InputError: Upload requires params to be passed to upload.`);
-        }
-        this.totalBytes = this.params.ContentLength ?? byteLength(this.params.Body);
-        this.totalBytesSource = byteLengthSource(this.params.Body, this.params.ContentLength);
-        this.bytesUploadedSoFar = 0;
-        this.abortController = options.abortController ?? new AbortController();
-        this.partSize =
-            options.partSize || Math.max(Upload.MIN_PART_SIZE, Math.ceil((this.totalBytes || 0) / this.MAX_PARTS));
-        if (this.totalBytes !== undefined) {
-            this.expectedPartsCount = Math.ceil(this.totalBytes / this.partSize);
-        }
-        this.__validateInput();
-    }
-    async abort() {
-        this.abortController.abort();
-    }
-    async done() {
-        if (this.sent) {
-            throw new Error("@aws-sdk/lib-storage: this instance of Upload has already executed .done(). Create a new instance.");
-        }
-        this.sent = true;
-        return await Promise.race([this.__doMultipartUpload(), this.__abortTimeout(this.abortController.signal)]);
-    }
-    on(event, listener) {
-        this.uploadEvent = event;
-        return super.on(event, listener);
-    }
-    async __uploadUsingPut(dataPart) {
-        this.isMultiPart = false;
-        const params = { ...this.params, Body: dataPart.data };
-        const clientConfig = this.client.config;
-        const requestHandler = clientConfig.requestHandler;
-        const eventEmitter = requestHandler instanceof EventEmitter ? requestHandler : null;
-        const uploadEventListener = (event) => {
-            this.bytesUploadedSoFar = event.loaded;
-            this.totalBytes = event.total;
-            this.__notifyProgress({
-                loaded: this.bytesUploadedSoFar,
-                total: this.totalBytes,
-                part: dataPart.partNumber,
-                Key: this.params.Key,
-                Bucket: this.params.Bucket,
-            });
-        };
-        if (eventEmitter !== null) {
-            eventEmitter.on("xhr.upload.progress", uploadEventListener);
-        }
-        const resolved = await Promise.all([this.client.send(new PutObjectCommand(params)), clientConfig?.endpoint?.()]);
-        const putResult = resolved[0];
-        let endpoint = resolved[1];
-        if (!endpoint) {
-            endpoint = toEndpointV1(await getEndpointFromInstructions(params, PutObjectCommand, {
-                ...clientConfig,
-            }));
-        }
-        if (!endpoint) {
-            throw new Error('Could not resolve endpoint from S3 "client.config.endpoint()" nor EndpointsV2.');
-        }
-        if (eventEmitter !== null) {
-            eventEmitter.off("xhr.upload.progress", uploadEventListener);
-        }
-        const locationKey = this.params
-            .Key.split("/")
-            .map((segment) => extendedEncodeURIComponent(segment))
-            .join("/");
-        const locationBucket = extendedEncodeURIComponent(this.params.Bucket);
-        const Location = (() => {
-            const endpointHostnameIncludesBucket = endpoint.hostname.startsWith(`${locationBucket}.`);
-            const forcePathStyle = this.client.config.forcePathStyle;
-            const optionalPort = endpoint.port ? `:${endpoint.port}` : ``;
-            if (forcePathStyle) {
-                return `${endpoint.protocol}//${endpoint.hostname}${optionalPort}/${locationBucket}/${locationKey}`;
-            }
-            if (endpointHostnameIncludesBucket) {
-                return `${endpoint.protocol}//${endpoint.hostname}${optionalPort}/${locationKey}`;
-            }
-            return `${endpoint.protocol}//${locationBucket}.${endpoint.hostname}${optionalPort}/${locationKey}`;
-        })();
-        this.singleUploadResult = {
-            ...putResult,
-            Bucket: this.params.Bucket,
-            Key: this.params.Key,
-            Location,
-        };
-        const totalSize = byteLength(dataPart.data);
-        this.__notifyProgress({
-            loaded: totalSize,
-            total: totalSize,
-            part: 1,
-            Key: this.params.Key,
-            Bucket: this.params.Bucket,
-        });
-    }
-    async __createMultipartUpload() {
-        const requestChecksumCalculation = await this.client.config.requestChecksumCalculation();
-        if (!this.createMultiPartPromise) {
-            const createCommandParams = { ...this.params, Body: undefined };
-            if (requestChecksumCalculation === "WHEN_SUPPORTED") {
-                createCommandParams.ChecksumAlgorithm = this.params.ChecksumAlgorithm || ChecksumAlgorithm.CRC32;
-            }
-            this.createMultiPartPromise = this.client
-                .send(new CreateMultipartUploadCommand(createCommandParams))
-                .then((createMpuResponse) => {
-                this.abortMultipartUploadCommand = new AbortMultipartUploadCommand({
-                    Bucket: this.params.Bucket,
-                    Key: this.params.Key,
-                    UploadId: createMpuResponse.UploadId,
-                });
-                return createMpuResponse;
-            });
-        }
-        return this.createMultiPartPromise;
-    }
-    async __doConcurrentUpload(dataFeeder) {
-        for await (const dataPart of dataFeeder) {
-            if (this.uploadEnqueuedPartsCount > this.MAX_PARTS) {
-                throw new Error(`Exceeded ${this.MAX_PARTS} parts in multipart upload to Bucket: ${this.params.Bucket} Key: ${this.params.Key}.`);
-            }
-            if (this.abortController.signal.aborted) {
-                return;
-            }
-            if (dataPart.partNumber === 1 && dataPart.lastPart) {
-                return await this.__uploadUsingPut(dataPart);
-            }
-            if (!this.uploadId) {
-                const { UploadId } = await this.__createMultipartUpload();
-                this.uploadId = UploadId;
-                if (this.abortController.signal.aborted) {
-                    return;
-                }
-            }
-            const partSize = byteLength(dataPart.data) || 0;
-            const requestHandler = this.client.config.requestHandler;
-            const eventEmitter = requestHandler instanceof EventEmitter ? requestHandler : null;
-            let lastSeenBytes = 0;
-            const uploadEventListener = (event, request) => {
-                const requestPartSize = Number(request.query["partNumber"]) || -1;
-                if (requestPartSize !== dataPart.partNumber) {
-                    return;
-                }
-                if (event.total && partSize) {
-                    this.bytesUploadedSoFar += event.loaded - lastSeenBytes;
-                    lastSeenBytes = event.loaded;
-                }
-                this.__notifyProgress({
-                    loaded: this.bytesUploadedSoFar,
-                    total: this.totalBytes,
-                    part: dataPart.partNumber,
-                    Key: this.params.Key,
-                    Bucket: this.params.Bucket,
-                });
-            };
-            if (eventEmitter !== null) {
-                eventEmitter.on("xhr.upload.progress", uploadEventListener);
-            }
-            this.uploadEnqueuedPartsCount += 1;
-            this.__validateUploadPart(dataPart);
-            const partResult = await this.client.send(new UploadPartCommand({
-                ...this.params,
-                ContentLength: undefined,
-                UploadId: this.uploadId,
-                Body: dataPart.data,
-                PartNumber: dataPart.partNumber,
-            }));
-            if (eventEmitter !== null) {
-                eventEmitter.off("xhr.upload.progress", uploadEventListener);
-            }
-            if (this.abortController.signal.aborted) {
-                return;
-            }
-            if (!partResult.ETag) {
-                throw new Error(`Part ${dataPart.partNumber} is missing ETag in UploadPart response. Missing Bucket CORS configuration for ETag header?`);
-            }
-            this.uploadedParts.push({
-                PartNumber: dataPart.partNumber,
-                ETag: partResult.ETag,
-                ...(partResult.ChecksumCRC32 && { ChecksumCRC32: partResult.ChecksumCRC32 }),
-                ...(partResult.ChecksumCRC32C && { ChecksumCRC32C: partResult.ChecksumCRC32C }),
-                ...(partResult.ChecksumCRC64NVME && { ChecksumCRC64NVME: partResult.ChecksumCRC64NVME }),
-                ...(partResult.ChecksumSHA1 && { ChecksumSHA1: partResult.ChecksumSHA1 }),
-                ...(partResult.ChecksumSHA256 && { ChecksumSHA256: partResult.ChecksumSHA256 }),
-            });
-            if (eventEmitter === null) {
-                this.bytesUploadedSoFar += partSize;
-            }
-            this.__notifyProgress({
-                loaded: this.bytesUploadedSoFar,
-                total: this.totalBytes,
-                part: dataPart.partNumber,
-                Key: this.params.Key,
-                Bucket: this.params.Bucket,
-            });
-        }
-    }
-    async __doMultipartUpload() {
-        const dataFeeder = getChunk(this.params.Body, this.partSize);
-        const concurrentUploaderFailures = [];
-        for (let index = 0; index < this.queueSize; index++) {
-            const currentUpload = this.__doConcurrentUpload(dataFeeder).catch((err) => {
-                concurrentUploaderFailures.push(err);
-            });
-            this.concurrentUploaders.push(currentUpload);
-        }
-        await Promise.all(this.concurrentUploaders);
-        if (concurrentUploaderFailures.length >= 1) {
-            await this.markUploadAsAborted();
-            throw concurrentUploaderFailures[0];
-        }
-        if (this.abortController.signal.aborted) {
-            await this.markUploadAsAborted();
-            throw Object.assign(new Error("Upload aborted."), { name: "AbortError" });
-        }
-        let result;
-        if (this.isMultiPart) {
-            const { expectedPartsCount, uploadedParts, totalBytes, totalBytesSource } = this;
-            if (totalBytes !== undefined && expectedPartsCount !== undefined && uploadedParts.length !== expectedPartsCount) {
-                await this.markUploadAsAborted();
-                throw new Error(`Expected ${expectedPartsCount} part(s) but uploaded ${uploadedParts.length} part(s).
-The expected part count is based on the byte-count of the input.params.Body,
-which was read from ${totalBytesSource} and is ${totalBytes}.
-If this is not correct, provide an override value by setting a number
-to input.params.ContentLength in bytes.
-`);
-            }
-            this.uploadedParts.sort((a, b) => a.PartNumber - b.PartNumber);
-            const uploadCompleteParams = {
-                ...this.params,
-                Body: undefined,
-                UploadId: this.uploadId,
-                MultipartUpload: {
-                    Parts: this.uploadedParts,
-                },
-            };
-            try {
-                result = await this.client.send(new CompleteMultipartUploadCommand(uploadCompleteParams));
-            }
-            catch (e) {
-                await this.markUploadAsAborted().catch((abortError) => {
-                    if (e instanceof Error && e.cause === undefined) {
-                        e.cause = abortError;
-                    }
-                });
-                throw e;
-            }
-            if (typeof result?.Location === "string" && result.Location.includes("%2F")) {
-                result.Location = result.Location.replace(/%2F/g, "/");
-            }
-        }
-        else {
-            result = this.singleUploadResult;
-        }
-        this.abortMultipartUploadCommand = null;
-        if (this.tags.length) {
-            await this.client.send(new PutObjectTaggingCommand({
-                ...this.params,
-                Tagging: {
-                    TagSet: this.tags,
-                },
-            }));
-        }
-        return result;
-    }
-    async markUploadAsAborted() {
-        if (this.uploadId && !this.leavePartsOnError && null !== this.abortMultipartUploadCommand) {
-            await this.client.send(this.abortMultipartUploadCommand);
-            this.abortMultipartUploadCommand = null;
-        }
-    }
-    __notifyProgress(progress) {
-        if (this.uploadEvent) {
-            this.emit(this.uploadEvent, progress);
-        }
-    }
-    async __abortTimeout(abortSignal) {
-        return new Promise((resolve, reject) => {
-            abortSignal.onabort = () => {
-                const abortError = new Error("Upload aborted.");
-                abortError.name = "AbortError";
-                reject(abortError);
-            };
-        });
-    }
-    __validateUploadPart(dataPart) {
-        const actualPartSize = byteLength(dataPart.data);
-        if (actualPartSize === undefined) {
-            throw new Error(`A dataPart was generated without a measurable data chunk size for part number ${dataPart.partNumber}`);
-        }
-        if (dataPart.partNumber === 1 && dataPart.lastPart) {
-            return;
-        }
-        if (!dataPart.lastPart && actualPartSize !== this.partSize) {
-            throw new Error(`The byte size for part number ${dataPart.partNumber}, size ${actualPartSize} does not match expected size ${this.partSize}`);
-        }
-    }
-    __validateInput() {
-        if (!this.client) {
-            throw new Error(`InputError: Upload requires a AWS client to do uploads with.`);
-        }
-        if (this.partSize < Upload.MIN_PART_SIZE) {
-            throw new Error(`EntityTooSmall: Your proposed upload part size [${this.partSize}] is smaller than the minimum allowed size [${Upload.MIN_PART_SIZE}] (5MB)`);
-        }
-        if (this.queueSize < 1) {
-            throw new Error(`Queue size: Must have at least one uploading queue.`);
-        }
-    }
-}
-
-__webpack_unused_export__ = Upload;
 
 
 /***/ }),
@@ -89214,8 +88670,16 @@ function sizeCommand(kind, dir) {
 const PROGRESS_MARK = 'prep-snapshot-progress';
 const CHANGED_MARK = 'prep-snapshot-tar-changed';
 const COMPRESSOR_MARK = 'prep-snapshot-compressor';
-/** tar's checkpoint: every 1024 records of 10 KiB. */
-const CHECKPOINT_BYTES = (/* unused pure expression or super */ null && (1024 * 10240));
+/** tar's record: 20 blocks of 512 bytes (its default blocking factor). */
+const TAR_RECORD_BYTES = 10240;
+/**
+ * The bytes tar has read, from one of its checkpoint lines (one every 1024 records, ~10 MiB):
+ * `%u` is the number of records so far, not of checkpoints.
+ */
+function checkpointBytes(line) {
+    const m = new RegExp(`${PROGRESS_MARK} (\\d+)`).exec(line);
+    return m ? Number(m[1]) * TAR_RECORD_BYTES : undefined;
+}
 /**
  * Streams the archive to stdout: tar of the roots, with the identity directory renamed to
  * the placeholder, compressed by pigz (gzip where pigz is missing) or zstd.
@@ -89421,7 +88885,7 @@ function createClient(settings) {
         config.credentials = { accessKeyId: '', secretAccessKey: '' };
         config.signer = { sign: async (request) => request };
     }
-    return new dist_cjs.S3Client(config);
+    return new dist_cjs/* S3Client */.YxF(config);
 }
 /** Proves, before the node is touched, that the credentials work and the bucket exists. */
 async function checkBucket(client, settings) {
@@ -89452,7 +88916,7 @@ function client_describeS3Error(error, what) {
     if (status === 301 || err.name === 'PermanentRedirect') {
         return new errors_StorageError(`${what} is in another region: set 'region' to the bucket's region.`);
     }
-    if (error instanceof dist_cjs.S3ServiceException) {
+    if (error instanceof dist_cjs/* S3ServiceException */.Hcp) {
         return new errors_StorageError(`S3 error on ${what}: ${err.name} (${status ?? '?'}): ${err.message}`);
     }
     return new errors_StorageError(`S3 error on ${what}: ${err.code ?? err.name ?? ''} ${err.message}`.trim());
@@ -89508,7 +88972,7 @@ function removeEntries(entries, remove) {
 }
 async function readBackupList(client, bucket, key) {
     try {
-        const res = await client.send(new dist_cjs.GetObjectCommand({ Bucket: bucket, Key: key }));
+        const res = await client.send(new dist_cjs/* GetObjectCommand */.jLs({ Bucket: bucket, Key: key }));
         const text = (await res.Body?.transformToString('utf8')) ?? '';
         return { entries: parseBackupList(text), etag: res.ETag };
     }
@@ -89584,7 +89048,7 @@ async function deleteKeys(client, bucket, keys) {
     for (let i = 0; i < keys.length; i += 1000) {
         const batch = keys.slice(i, i + 1000);
         try {
-            const res = await client.send(new dist_cjs.DeleteObjectsCommand({
+            const res = await client.send(new dist_cjs/* DeleteObjectsCommand */.xvx({
                 Bucket: bucket,
                 Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true },
             }));
@@ -89624,8 +89088,6 @@ async function writeJson(client, bucket, key, value) {
     }
 }
 
-// EXTERNAL MODULE: ./node_modules/@aws-sdk/lib-storage/dist-cjs/index.js
-var lib_storage_dist_cjs = __nccwpck_require__(2358);
 // EXTERNAL MODULE: external "node:crypto"
 var external_node_crypto_ = __nccwpck_require__(7598);
 // EXTERNAL MODULE: external "node:stream"
@@ -89636,7 +89098,6 @@ var external_node_stream_ = __nccwpck_require__(7075);
  * that the archive fits in S3's 10,000 parts; memory stays near part size x queue size.
  * A failed or aborted stream aborts the multipart upload: no orphan parts.
  */
-
 
 
 
@@ -89664,51 +89125,128 @@ class HashingCounter extends (/* unused pure expression or super */ null && (Tra
         return this.hash.digest('hex');
     }
 }
+/**
+ * The multipart upload, fed from a small pool of part buffers that are reused: the stream's
+ * chunks are copied once into the current part, which goes out when full while the next one
+ * fills. Memory is (queueSize + 1) x partSize whatever the archive's size, and the runner
+ * allocates no new part-sized buffer per part (with fresh buffers per part, the garbage
+ * collector, page faults and the concatenation took a third of the runner's CPU).
+ */
 async function streamUpload(options) {
-    const counter = new HashingCounter();
-    const gate = new PassThrough({ highWaterMark: 1024 * 1024 });
-    let sourceEnded = false;
-    options.body.on('error', (error) => gate.destroy(error));
-    options.body.pipe(counter, { end: false });
-    options.body.on('end', () => {
-        sourceEnded = true;
-        counter.end();
+    const { client, bucket, key, partSize } = options;
+    const queueSize = Math.max(1, options.queueSize);
+    const hash = createHash('sha256');
+    let bytes = 0;
+    let failure;
+    // A remote failure stops the stream at once, whatever it is waiting for.
+    options.sourceOk.catch((error) => {
+        failure ??= error;
+        options.body.destroy(error);
     });
-    counter.pipe(gate, { end: false });
-    const counted = new Promise((resolve) => counter.on('end', resolve));
-    // The gate closes only once the remote side has reported success.
-    const gated = Promise.all([counted, options.sourceOk]).then(() => {
-        gate.end();
-    }, (error) => {
-        gate.destroy(error);
-        throw error;
-    });
-    const upload = new Upload({
-        client: options.client,
-        params: {
-            Bucket: options.bucket,
-            Key: options.key,
-            Body: gate,
-            ContentType: options.contentType ?? 'application/gzip',
-            Metadata: options.metadata,
-        },
-        partSize: options.partSize,
-        queueSize: options.queueSize,
-        leavePartsOnError: false,
-    });
-    const uploading = upload.done();
+    const created = await client.send(new CreateMultipartUploadCommand({
+        Bucket: bucket,
+        Key: key,
+        ContentType: options.contentType ?? 'application/gzip',
+        Metadata: options.metadata,
+    }));
+    const uploadId = created.UploadId;
+    if (!uploadId)
+        throw new Error(`S3 returned no upload id for ${key}`);
+    const free = [];
+    const inFlight = new Set();
+    const parts = [];
+    let current;
+    let filled = 0;
+    let partNumber = 0;
+    const send = (buffer, length) => {
+        const number = ++partNumber;
+        const sending = client
+            .send(unsignedPayload(new UploadPartCommand({
+            Bucket: bucket,
+            Key: key,
+            UploadId: uploadId,
+            PartNumber: number,
+            Body: buffer.subarray(0, length),
+            ContentLength: length,
+        })))
+            .then((res) => {
+            parts.push({ PartNumber: number, ETag: res.ETag });
+            free.push(buffer);
+        }, (error) => {
+            failure ??= error;
+            options.body.destroy(error);
+        })
+            .finally(() => inFlight.delete(sending));
+        inFlight.add(sending);
+    };
     try {
-        const [result] = await Promise.all([uploading, gated]);
-        if (!sourceEnded)
-            throw new Error('the archive stream ended before its end');
-        return { bytes: counter.bytes, sha256: counter.digest(), etag: result.ETag };
+        for await (const chunk of options.body) {
+            hash.update(chunk);
+            bytes += chunk.length;
+            options.onProgress?.(bytes);
+            let at = 0;
+            while (at < chunk.length) {
+                if (!current) {
+                    // Wait for a part to come back when the queue is full: the stream waits with it.
+                    while (inFlight.size >= queueSize && !failure)
+                        await Promise.race(inFlight);
+                    if (failure)
+                        throw failure;
+                    current = free.pop() ?? Buffer.allocUnsafe(partSize);
+                    filled = 0;
+                }
+                const n = chunk.copy(current, filled, at);
+                filled += n;
+                at += n;
+                if (filled === partSize) {
+                    send(current, filled);
+                    current = undefined;
+                }
+            }
+        }
+        if (failure)
+            throw failure;
+        // The last part goes out only once the remote side has reported success.
+        await options.sourceOk;
+        if (current || partNumber === 0)
+            send(current ?? Buffer.alloc(0), filled);
+        current = undefined;
+        while (inFlight.size > 0)
+            await Promise.race(inFlight);
+        if (failure)
+            throw failure;
+        parts.sort((a, b) => (a.PartNumber ?? 0) - (b.PartNumber ?? 0));
+        const done = await client.send(new CompleteMultipartUploadCommand({
+            Bucket: bucket,
+            Key: key,
+            UploadId: uploadId,
+            MultipartUpload: { Parts: parts },
+        }));
+        return { bytes, sha256: hash.digest('hex'), etag: done.ETag };
     }
     catch (error) {
-        await upload.abort().catch(() => undefined);
-        await uploading.catch(() => undefined);
+        const cause = failure ?? error;
         options.body.destroy();
-        throw error;
+        await Promise.allSettled([...inFlight]);
+        await client
+            .send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }))
+            .catch(() => undefined);
+        throw cause;
     }
+}
+/**
+ * Signs a part without hashing its payload first (the SDK hashes a Buffer body for the
+ * signature, even over TLS). The archive's sha256, computed once on the way and kept in its
+ * manifest, proves the bytes end to end; TLS guards each request.
+ */
+function unsignedPayload(command) {
+    command.middlewareStack.add((next) => async (args) => {
+        const request = args.request;
+        if (request.headers)
+            request.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
+        return next(args);
+    }, { step: 'build', name: 'prepSnapshotUnsignedPayload' });
+    return command;
 }
 /**
  * Aborts every in-progress multipart upload of exactly `key` (a safety net for an upload
@@ -89721,7 +89259,7 @@ async function abortUploads(client, bucket, key) {
     let keyMarker;
     let uploadIdMarker;
     for (;;) {
-        const res = await client.send(new dist_cjs.ListMultipartUploadsCommand({
+        const res = await client.send(new dist_cjs/* ListMultipartUploadsCommand */.mo2({
             Bucket: bucket,
             Prefix: key,
             KeyMarker: keyMarker,
@@ -89731,7 +89269,7 @@ async function abortUploads(client, bucket, key) {
             if (u.Key !== key || !u.UploadId)
                 continue;
             await client
-                .send(new dist_cjs.AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: u.UploadId }))
+                .send(new dist_cjs/* AbortMultipartUploadCommand */.tfP({ Bucket: bucket, Key: key, UploadId: u.UploadId }))
                 .catch((error) => {
                 // Gone already (its own abort won the race): nothing left to do.
                 if (error.$metadata?.httpStatusCode !== 404)

@@ -27,7 +27,7 @@ import { NodeControl, currentRunId } from '../node-control.js';
 import { loopchain, pickIdentityDir, type NodeKind } from '../node-kind/loopchain.js';
 import {
   CHANGED_MARK,
-  CHECKPOINT_BYTES,
+  checkpointBytes,
   COMPRESSOR_MARK,
   PROGRESS_MARK,
   archiveCommand,
@@ -420,15 +420,14 @@ async function streamArchive(a: StreamArgs): Promise<Streamed> {
   let compressor: string = a.settings.backup.compression;
   let tarBytes: number | undefined;
   remote.onStderrLine((line) => {
-    const checkpoint = new RegExp(`${PROGRESS_MARK} (\\d+)`).exec(line);
-    if (checkpoint) progress.read = Number(checkpoint[1]) * CHECKPOINT_BYTES;
+    const read = checkpointBytes(line);
+    if (read !== undefined) progress.read = read;
     else if (line.startsWith(COMPRESSOR_MARK))
       compressor = line.slice(COMPRESSOR_MARK.length + 1).trim();
     else if (line === CHANGED_MARK) changed = true;
     else if (/Total bytes written: (\d+)/.test(line))
       tarBytes = Number(/Total bytes written: (\d+)/.exec(line)?.[1]);
   });
-  remote.stdout.on('data', (chunk: Buffer) => (progress.sent += chunk.length));
   const sourceOk = remote.exit.then(async (code) => {
     if (code !== 0) {
       const tail = remote
@@ -471,6 +470,7 @@ async function streamArchive(a: StreamArgs): Promise<Streamed> {
       contentType:
         a.settings.backup.compression === 'zstd' ? 'application/zstd' : 'application/gzip',
       sourceOk,
+      onProgress: (bytes) => (progress.sent = bytes),
     });
     return { ...r, seconds: secondsSince(t), compressor, tarBytes };
   } catch (error) {

@@ -173,8 +173,17 @@ export interface StreamOptions {
 export const PROGRESS_MARK = 'prep-snapshot-progress';
 export const CHANGED_MARK = 'prep-snapshot-tar-changed';
 export const COMPRESSOR_MARK = 'prep-snapshot-compressor';
-/** tar's checkpoint: every 1024 records of 10 KiB. */
-export const CHECKPOINT_BYTES = 1024 * 10240;
+/** tar's record: 20 blocks of 512 bytes (its default blocking factor). */
+const TAR_RECORD_BYTES = 10240;
+
+/**
+ * The bytes tar has read, from one of its checkpoint lines (one every 1024 records, ~10 MiB):
+ * `%u` is the number of records so far, not of checkpoints.
+ */
+export function checkpointBytes(line: string): number | undefined {
+  const m = new RegExp(`${PROGRESS_MARK} (\\d+)`).exec(line);
+  return m ? Number(m[1]) * TAR_RECORD_BYTES : undefined;
+}
 
 /**
  * Streams the archive to stdout: tar of the roots, with the identity directory renamed to

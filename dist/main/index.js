@@ -88934,11 +88934,15 @@ function manifestsCommand(kind, stage) {
 function pruneCommand(stage) {
     return bashScript([`cd -- ${quote(stage)}`, `xargs -0 -r rm -f --`]);
 }
-/** Counts files and bytes under the snapshot's roots. Prints `files=` and `bytes=`. */
-function sizeCommand(kind, dir) {
+/**
+ * Counts files and bytes under the snapshot's roots: prints `files=` and `bytes=`, and with
+ * `withDigest` also `digest=`, the stat digest below (one round trip instead of two).
+ */
+function sizeCommand(kind, dir, withDigest = false) {
     return bashScript([
         `cd -- ${quote(dir)}`,
         `find ${kind.roots.map(quote).join(' ')} -type f -printf '%s\\n' | awk '{n++; s+=$1} END {printf "files=%d\\nbytes=%d\\n", n, s}'`,
+        ...(withDigest ? [`echo "digest=$(${statDigestPipeline(kind)})"`] : []),
     ]);
 }
 const PROGRESS_MARK = 'prep-snapshot-progress';
@@ -88995,10 +88999,10 @@ function archiveCommand(kind, dir, identity, options) {
  * after the stream: no file's content was written meanwhile (a link count change is not a write).
  */
 function statDigestCommand(kind, dir) {
-    return bashScript([
-        `cd -- ${quote(dir)}`,
-        `find ${kind.roots.map(quote).join(' ')} -type f -printf '%p\\t%s\\t%T@\\n' | LC_ALL=C sort | sha256sum | cut -d ' ' -f 1`,
-    ]);
+    return bashScript([`cd -- ${quote(dir)}`, statDigestPipeline(kind)]);
+}
+function statDigestPipeline(kind) {
+    return `find ${kind.roots.map(quote).join(' ')} -type f -printf '%p\\t%s\\t%T@\\n' | LC_ALL=C sort | sha256sum | cut -d ' ' -f 1`;
 }
 /** Deletes local copies (folders named YYYYMMDD under `backupDir`) older than `cutoff`. */
 function pruneLocalCopiesCommand(backupDir, cutoff) {
@@ -90603,7 +90607,7 @@ async function backup(settings, now = () => new Date()) {
         else {
             await group('Stop the node', () => node.stop());
         }
-        const sizes = parseSizes(await session.run('Measuring the snapshot', sizeCommand(kind, source)));
+        const sizes = parseSizes(await session.run('Measuring the snapshot', sizeCommand(kind, source, settings.backup.consistency === 'hardlink')));
         const partSize = settings.s3.partSize ?? choosePartSize(sizes.bytes * 1.05 + 64 * 1024 * 1024);
         const localCopy = settings.backup.localCopy
             ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
@@ -90626,7 +90630,7 @@ async function backup(settings, now = () => new Date()) {
                 partSize,
                 localCopy,
                 totalBytes: sizes.bytes,
-                frozen: settings.backup.consistency === 'hardlink',
+                frozenDigest: sizes.digest,
             });
             info(`Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`);
             return r;
@@ -90749,17 +90753,17 @@ function parseSizes(stdout) {
     const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
     if (!Number.isFinite(files) || !Number.isFinite(bytes))
         throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
-    return { files, bytes };
+    return { files, bytes, digest: /digest=([0-9a-f]{64})/.exec(stdout)?.[1] };
 }
 async function streamArchive(a) {
     const t = performance.now();
     const digest = () => a.session.run('Reading the staged files', statDigestCommand(a.kind, a.source));
-    const before = a.frozen ? (await digest()).trim() : undefined;
+    const before = a.frozenDigest;
     const remote = a.session.stream(archiveCommand(a.kind, a.source, a.identity, {
         compression: a.settings.backup.compression,
         level: a.settings.backup.compressionLevel,
         localCopy: a.localCopy,
-        tolerateChanged: a.frozen,
+        tolerateChanged: before !== undefined,
     }));
     let changed = false;
     const progress = new Progress('Upload', a.totalBytes);

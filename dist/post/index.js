@@ -88660,11 +88660,15 @@ function manifestsCommand(kind, stage) {
 function pruneCommand(stage) {
     return bashScript([`cd -- ${quote(stage)}`, `xargs -0 -r rm -f --`]);
 }
-/** Counts files and bytes under the snapshot's roots. Prints `files=` and `bytes=`. */
-function sizeCommand(kind, dir) {
+/**
+ * Counts files and bytes under the snapshot's roots: prints `files=` and `bytes=`, and with
+ * `withDigest` also `digest=`, the stat digest below (one round trip instead of two).
+ */
+function sizeCommand(kind, dir, withDigest = false) {
     return bashScript([
         `cd -- ${quote(dir)}`,
         `find ${kind.roots.map(quote).join(' ')} -type f -printf '%s\\n' | awk '{n++; s+=$1} END {printf "files=%d\\nbytes=%d\\n", n, s}'`,
+        ...(withDigest ? [`echo "digest=$(${statDigestPipeline(kind)})"`] : []),
     ]);
 }
 const PROGRESS_MARK = 'prep-snapshot-progress';
@@ -88721,10 +88725,10 @@ function archiveCommand(kind, dir, identity, options) {
  * after the stream: no file's content was written meanwhile (a link count change is not a write).
  */
 function statDigestCommand(kind, dir) {
-    return bashScript([
-        `cd -- ${quote(dir)}`,
-        `find ${kind.roots.map(quote).join(' ')} -type f -printf '%p\\t%s\\t%T@\\n' | LC_ALL=C sort | sha256sum | cut -d ' ' -f 1`,
-    ]);
+    return bashScript([`cd -- ${quote(dir)}`, statDigestPipeline(kind)]);
+}
+function statDigestPipeline(kind) {
+    return `find ${kind.roots.map(quote).join(' ')} -type f -printf '%p\\t%s\\t%T@\\n' | LC_ALL=C sort | sha256sum | cut -d ' ' -f 1`;
 }
 /** Deletes local copies (folders named YYYYMMDD under `backupDir`) older than `cutoff`. */
 function pruneLocalCopiesCommand(backupDir, cutoff) {

@@ -190,7 +190,10 @@ export async function backup(
     }
 
     const sizes = parseSizes(
-      await session.run('Measuring the snapshot', sizeCommand(kind, source)),
+      await session.run(
+        'Measuring the snapshot',
+        sizeCommand(kind, source, settings.backup.consistency === 'hardlink'),
+      ),
     );
     const partSize = settings.s3.partSize ?? choosePartSize(sizes.bytes * 1.05 + 64 * 1024 * 1024);
     const localCopy = settings.backup.localCopy
@@ -217,7 +220,7 @@ export async function backup(
         partSize,
         localCopy,
         totalBytes: sizes.bytes,
-        frozen: settings.backup.consistency === 'hardlink',
+        frozenDigest: sizes.digest,
       });
       core.info(
         `Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`,
@@ -371,12 +374,12 @@ function explainFreeze(error: unknown): unknown {
   return error;
 }
 
-function parseSizes(stdout: string): { files: number; bytes: number } {
+function parseSizes(stdout: string): { files: number; bytes: number; digest?: string } {
   const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
   const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
   if (!Number.isFinite(files) || !Number.isFinite(bytes))
     throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
-  return { files, bytes };
+  return { files, bytes, digest: /digest=([0-9a-f]{64})/.exec(stdout)?.[1] };
 }
 
 interface StreamArgs {
@@ -390,8 +393,11 @@ interface StreamArgs {
   partSize: number;
   localCopy?: string;
   totalBytes: number;
-  /** The source is a staging folder of hard links that the running node shares. */
-  frozen: boolean;
+  /**
+   * The source is a staging folder of hard links that the running node shares: the stat
+   * digest of its files taken before the stream, to compare with the one after.
+   */
+  frozenDigest?: string;
 }
 
 interface Streamed {
@@ -406,13 +412,13 @@ async function streamArchive(a: StreamArgs): Promise<Streamed> {
   const t = performance.now();
   const digest = () =>
     a.session.run('Reading the staged files', statDigestCommand(a.kind, a.source));
-  const before = a.frozen ? (await digest()).trim() : undefined;
+  const before = a.frozenDigest;
   const remote = a.session.stream(
     archiveCommand(a.kind, a.source, a.identity, {
       compression: a.settings.backup.compression,
       level: a.settings.backup.compressionLevel,
       localCopy: a.localCopy,
-      tolerateChanged: a.frozen,
+      tolerateChanged: before !== undefined,
     }),
   );
   let changed = false;

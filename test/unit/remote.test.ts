@@ -280,6 +280,11 @@ describe('tar exit statuses in a staging folder of hard links', () => {
       writeFileSync(join(root, '.storage', '000001.ldb'), 'table');
       execFileSync('ln', [join(root, '.storage', '000001.ldb'), join(root, 'other-link')]);
       const d0 = sh(statDigestCommand(loopchain, root)).toString();
+      // The size command carries the same digest, to save a round trip before the stream.
+      const sized = sh(sizeCommand(loopchain, root, true)).toString();
+      assert.match(sized, /^files=1\nbytes=5\ndigest=[0-9a-f]{64}\n$/);
+      assert.equal(/digest=(\w+)/.exec(sized)?.[1], d0.trim());
+      assert.doesNotMatch(sh(sizeCommand(loopchain, root)).toString(), /digest=/);
       rmSync(join(root, 'other-link'));
       assert.equal(sh(statDigestCommand(loopchain, root)).toString(), d0);
       writeFileSync(join(root, '.storage', '000001.ldb'), 'tab');

@@ -90564,6 +90564,7 @@ async function backup(settings, now = () => new Date()) {
         const name = archiveName(settings.s3.service, height, snapshotAt, settings.backup.compression);
         const key = archiveKey(settings.s3.prefix, name);
         let source = settings.node.dataDir;
+        let measured;
         if (settings.backup.consistency === 'hardlink') {
             stage = probe.sameDevice
                 ? `${dirname(settings.node.dataDir)}/.prep-snapshot-staging-${runId}`
@@ -90574,40 +90575,34 @@ async function backup(settings, now = () => new Date()) {
                 const t = performance.now();
                 try {
                     await node.stop();
-                    await session.run('Freezing the data into the staging folder', freezeCommand(kind, settings.node.dataDir, frozen), {
-                        timeoutMs: 30 * 60_000,
-                    });
+                    await session.run('Freezing the data into the staging folder', freezeCommand(kind, settings.node.dataDir, frozen), { timeoutMs: 30 * 60_000 });
                 }
                 catch (error) {
+                    await node.ensureStarted();
                     throw explainFreeze(error);
                 }
-                finally {
-                    await node.ensureStarted();
-                }
+                // The node comes back up while its frozen copy is read: they share no file that changes.
+                const [, prepared] = await Promise.allSettled([
+                    node.ensureStarted(),
+                    prepareFrozen(session, kind, frozen),
+                ]);
                 if (node.isStopped) {
                     throw new HostError(`The node did not start again after the freeze. The watchdog on the host retries within ` +
                         `${settings.node.maxDowntimeSeconds} s; check the node now. No snapshot was published.`);
                 }
                 timings.downtime = node.downtimeSeconds ?? secondsSince(t);
                 info(`The node was down for ${formatDuration(timings.downtime)}.`);
+                if (prepared.status === 'rejected')
+                    throw prepared.reason;
+                measured = prepared.value;
             });
             source = stage;
-            await group('Drop tables the MANIFESTs do not list', async () => {
-                const dbs = parseManifestsOutput(await session.run('Reading the MANIFESTs', manifestsCommand(kind, frozen)));
-                const plan = planPrune(dbs);
-                if (plan.garbage.length > 0) {
-                    await session.run('Pruning the staging folder', pruneCommand(frozen), {
-                        stdin: plan.garbage.map((g) => `${g}\0`).join(''),
-                    });
-                }
-                info(`${plan.databases} LevelDB databases, ${plan.liveTables} live tables; ` +
-                    `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`);
-            });
         }
         else {
             await group('Stop the node', () => node.stop());
+            measured = await session.run('Measuring the snapshot', sizeCommand(kind, source));
         }
-        const sizes = parseSizes(await session.run('Measuring the snapshot', sizeCommand(kind, source, settings.backup.consistency === 'hardlink')));
+        const sizes = parseSizes(measured ?? '');
         const partSize = settings.s3.partSize ?? choosePartSize(sizes.bytes * 1.05 + 64 * 1024 * 1024);
         const localCopy = settings.backup.localCopy
             ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
@@ -90747,6 +90742,22 @@ function explainFreeze(error) {
             `Set 'consistency: stop' to archive while the node is stopped.`);
     }
     return error;
+}
+/**
+ * Leaves out the tables that the frozen MANIFESTs do not list, then measures what is left
+ * (with the stat digest that the stream is checked against). Returns the measurement.
+ */
+async function prepareFrozen(session, kind, frozen) {
+    const dbs = parseManifestsOutput(await session.run('Reading the MANIFESTs', manifestsCommand(kind, frozen)));
+    const plan = planPrune(dbs);
+    if (plan.garbage.length > 0) {
+        await session.run('Pruning the staging folder', pruneCommand(frozen), {
+            stdin: plan.garbage.map((g) => `${g}\0`).join(''),
+        });
+    }
+    info(`${plan.databases} LevelDB databases, ${plan.liveTables} live tables; ` +
+        `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`);
+    return session.run('Measuring the snapshot', sizeCommand(kind, frozen, true));
 }
 function parseSizes(stdout) {
     const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);

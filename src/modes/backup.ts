@@ -137,6 +137,7 @@ export async function backup(
     const name = archiveName(settings.s3.service, height, snapshotAt, settings.backup.compression);
     const key = archiveKey(settings.s3.prefix, name);
     let source = settings.node.dataDir;
+    let measured: string | undefined;
 
     if (settings.backup.consistency === 'hardlink') {
       stage = probe.sameDevice
@@ -151,15 +152,17 @@ export async function backup(
           await session.run(
             'Freezing the data into the staging folder',
             freezeCommand(kind, settings.node.dataDir, frozen),
-            {
-              timeoutMs: 30 * 60_000,
-            },
+            { timeoutMs: 30 * 60_000 },
           );
         } catch (error) {
-          throw explainFreeze(error);
-        } finally {
           await node.ensureStarted();
+          throw explainFreeze(error);
         }
+        // The node comes back up while its frozen copy is read: they share no file that changes.
+        const [, prepared] = await Promise.allSettled([
+          node.ensureStarted(),
+          prepareFrozen(session, kind, frozen),
+        ]);
         if (node.isStopped) {
           throw new HostError(
             `The node did not start again after the freeze. The watchdog on the host retries within ` +
@@ -168,33 +171,15 @@ export async function backup(
         }
         timings.downtime = node.downtimeSeconds ?? secondsSince(t);
         core.info(`The node was down for ${formatDuration(timings.downtime)}.`);
+        if (prepared.status === 'rejected') throw prepared.reason;
+        measured = prepared.value;
       });
       source = stage;
-      await core.group('Drop tables the MANIFESTs do not list', async () => {
-        const dbs = parseManifestsOutput(
-          await session.run('Reading the MANIFESTs', manifestsCommand(kind, frozen)),
-        );
-        const plan = planPrune(dbs);
-        if (plan.garbage.length > 0) {
-          await session.run('Pruning the staging folder', pruneCommand(frozen), {
-            stdin: plan.garbage.map((g) => `${g}\0`).join(''),
-          });
-        }
-        core.info(
-          `${plan.databases} LevelDB databases, ${plan.liveTables} live tables; ` +
-            `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`,
-        );
-      });
     } else {
       await core.group('Stop the node', () => node.stop());
+      measured = await session.run('Measuring the snapshot', sizeCommand(kind, source));
     }
-
-    const sizes = parseSizes(
-      await session.run(
-        'Measuring the snapshot',
-        sizeCommand(kind, source, settings.backup.consistency === 'hardlink'),
-      ),
-    );
+    const sizes = parseSizes(measured ?? '');
     const partSize = settings.s3.partSize ?? choosePartSize(sizes.bytes * 1.05 + 64 * 1024 * 1024);
     const localCopy = settings.backup.localCopy
       ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
@@ -372,6 +357,27 @@ function explainFreeze(error: unknown): unknown {
     );
   }
   return error;
+}
+
+/**
+ * Leaves out the tables that the frozen MANIFESTs do not list, then measures what is left
+ * (with the stat digest that the stream is checked against). Returns the measurement.
+ */
+async function prepareFrozen(session: SshSession, kind: NodeKind, frozen: string): Promise<string> {
+  const dbs = parseManifestsOutput(
+    await session.run('Reading the MANIFESTs', manifestsCommand(kind, frozen)),
+  );
+  const plan = planPrune(dbs);
+  if (plan.garbage.length > 0) {
+    await session.run('Pruning the staging folder', pruneCommand(frozen), {
+      stdin: plan.garbage.map((g) => `${g}\0`).join(''),
+    });
+  }
+  core.info(
+    `${plan.databases} LevelDB databases, ${plan.liveTables} live tables; ` +
+      `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`,
+  );
+  return session.run('Measuring the snapshot', sizeCommand(kind, frozen, true));
 }
 
 function parseSizes(stdout: string): { files: number; bytes: number; digest?: string } {

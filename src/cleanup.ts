@@ -9,7 +9,7 @@ import { rmSync } from 'node:fs';
 import { State } from './constants.js';
 import { errorMessage } from './errors.js';
 import { manifestKey } from './naming.js';
-import { disarmWatchdogCommand, removeCommand } from './node-kind/remote.js';
+import { disarmWatchdogCommand, removeStagingCommand } from './node-kind/remote.js';
 import { readBackupList } from './s3/backup-list.js';
 import { createClient } from './s3/client.js';
 import { deleteKeys } from './s3/store.js';
@@ -62,7 +62,7 @@ async function cleanHost(
     }
     if (watchdog) await session.exec(disarmWatchdogCommand(watchdog), { timeoutMs: 60_000 });
     if (staging) {
-      const res = await session.exec(removeCommand(staging), { timeoutMs: 30 * 60_000 });
+      const res = await session.exec(removeStagingCommand(staging), { timeoutMs: 30 * 60_000 });
       if (res.code === 0) core.info(`Removed the staging folder ${staging}.`);
       else core.warning(`Could not remove the staging folder ${staging}: ${res.stderr.trim()}`);
     }

@@ -89014,9 +89014,25 @@ function pruneLocalCopiesCommand(backupDir, cutoff) {
         `done`,
     ]);
 }
-/** Removes a staging folder; safe to run twice. */
+/** Removes a folder; safe to run twice. */
 function removeCommand(path) {
     return argv('rm', '-rf', '--', path);
+}
+/** Seconds that a removal waits for an extraction into the folder to end. */
+const STAGE_LOCK_WAIT_SECONDS = 300;
+/**
+ * Removes a staging folder once nothing extracts into it. An extraction holds a lock on the
+ * folder (see `extractCommand`) until its last process ends; a cut connection can leave
+ * tar writing for a while after the runner has given up on it, and a removal racing it
+ * would leave a partial folder behind.
+ */
+function removeStagingCommand(stage, waitSeconds = STAGE_LOCK_WAIT_SECONDS) {
+    return bashScript([
+        `if [ -d ${quote(stage)} ] && command -v flock >/dev/null 2>&1; then`,
+        `  flock -w ${waitSeconds} ${quote(stage)} true || echo ${quote(`an extraction into the staging folder still runs after ${waitSeconds} s`)} >&2`,
+        `fi`,
+        `rm -rf -- ${quote(stage)}`,
+    ]);
 }
 /**
  * Arms the watchdog: a detached process on the host that runs the start command after
@@ -89114,10 +89130,18 @@ function extractCommand(kind, stage, decoder, ip) {
     const missing = (what) => `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
     return bashScript([
         WIDE_PIPES,
-        `rm -rf -- ${quote(stage)}`,
-        `mkdir -p -- ${quote(stage)}`,
-        `wide ${decoder.command} | tar -x -f - -C ${quote(stage)}`,
-        `cd -- ${quote(stage)}`,
+        // A failed extraction (cut input, full disk, not a snapshot) removes its own folder: the
+        // runner that would remove it may be gone.
+        `stage=${quote(stage)}`,
+        `trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
+        `rm -rf -- "$stage"`,
+        `mkdir -p -- "$stage"`,
+        // The lock lives on the folder's open file, which every process below inherits: it is
+        // released when the last of them ends, however the script itself ends.
+        `exec 9<"$stage"`,
+        `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
+        `wide ${decoder.command} | tar -x -f - -C "$stage"`,
+        `cd -- "$stage"`,
         ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
         `[ -d ${quote(placeholder)} ] || ${missing(placeholder)}`,
         `mv -- ${quote(placeholder)} ${quote(`${kind.identityParent}/${kind.identityDir(ip)}`)}`,
@@ -91408,7 +91432,7 @@ async function restore(settings) {
     finally {
         if (!swapped) {
             await session
-                .run('Removing the staging folder', removeCommand(stage), { timeoutMs: 30 * 60_000 })
+                .run('Removing the staging folder', removeStagingCommand(stage), { timeoutMs: 30 * 60_000 })
                 .then(() => saveState(State.StagingDir, ''))
                 .catch((e) => warning(`Could not remove the staging folder ${stage}: ${errorMessage(e)}`));
         }
@@ -91462,13 +91486,19 @@ async function streamInto(session, client, settings, key, into, size, expectedSh
         progress.read = counter.bytes;
     });
     let downloadError;
+    let giveUp;
     body.on('error', (error) => {
         downloadError = error;
-        remote.kill();
+        // The host sees the end of its input and its extraction ends on its own; the staging
+        // folder is removed after that, not while tar still writes into it.
+        body.unpipe(counter);
+        counter.end();
+        giveUp = setTimeout(() => remote.kill(), 60_000);
     });
     body.pipe(counter).pipe(remote.stdin);
     remote.stdin.on('error', () => undefined);
     const code = await remote.exit;
+    clearTimeout(giveUp);
     progress.stop();
     body.destroy();
     if (downloadError) {

@@ -88514,7 +88514,7 @@ function shell_quote(value) {
     return `'${value.replace(/'/g, `'\\''`)}'`;
 }
 /** Joins an argv into one command line, quoting each word. */
-function argv(...words) {
+function shell_argv(...words) {
     return words.map(shell_quote).join(' ');
 }
 /** Runs a multi-line bash script, whatever the login shell of the remote user is. */
@@ -88740,9 +88740,25 @@ function pruneLocalCopiesCommand(backupDir, cutoff) {
         `done`,
     ]);
 }
-/** Removes a staging folder; safe to run twice. */
+/** Removes a folder; safe to run twice. */
 function removeCommand(path) {
     return argv('rm', '-rf', '--', path);
+}
+/** Seconds that a removal waits for an extraction into the folder to end. */
+const STAGE_LOCK_WAIT_SECONDS = 300;
+/**
+ * Removes a staging folder once nothing extracts into it. An extraction holds a lock on the
+ * folder (see `extractCommand`) until its last process ends; a cut connection can leave
+ * tar writing for a while after the runner has given up on it, and a removal racing it
+ * would leave a partial folder behind.
+ */
+function removeStagingCommand(stage, waitSeconds = STAGE_LOCK_WAIT_SECONDS) {
+    return shell_bashScript([
+        `if [ -d ${shell_quote(stage)} ] && command -v flock >/dev/null 2>&1; then`,
+        `  flock -w ${waitSeconds} ${shell_quote(stage)} true || echo ${shell_quote(`an extraction into the staging folder still runs after ${waitSeconds} s`)} >&2`,
+        `fi`,
+        `rm -rf -- ${shell_quote(stage)}`,
+    ]);
 }
 /**
  * Arms the watchdog: a detached process on the host that runs the start command after
@@ -88840,10 +88856,18 @@ function extractCommand(kind, stage, decoder, ip) {
     const missing = (what) => `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
     return bashScript([
         WIDE_PIPES,
-        `rm -rf -- ${quote(stage)}`,
-        `mkdir -p -- ${quote(stage)}`,
-        `wide ${decoder.command} | tar -x -f - -C ${quote(stage)}`,
-        `cd -- ${quote(stage)}`,
+        // A failed extraction (cut input, full disk, not a snapshot) removes its own folder: the
+        // runner that would remove it may be gone.
+        `stage=${quote(stage)}`,
+        `trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
+        `rm -rf -- "$stage"`,
+        `mkdir -p -- "$stage"`,
+        // The lock lives on the folder's open file, which every process below inherits: it is
+        // released when the last of them ends, however the script itself ends.
+        `exec 9<"$stage"`,
+        `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
+        `wide ${decoder.command} | tar -x -f - -C "$stage"`,
+        `cd -- "$stage"`,
         ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
         `[ -d ${quote(placeholder)} ] || ${missing(placeholder)}`,
         `mv -- ${quote(placeholder)} ${quote(`${kind.identityParent}/${kind.identityDir(ip)}`)}`,
@@ -90002,7 +90026,7 @@ async function cleanHost(settings, stopped, staging, watchdog) {
         if (watchdog)
             await session.exec(disarmWatchdogCommand(watchdog), { timeoutMs: 60_000 });
         if (staging) {
-            const res = await session.exec(removeCommand(staging), { timeoutMs: 30 * 60_000 });
+            const res = await session.exec(removeStagingCommand(staging), { timeoutMs: 30 * 60_000 });
             if (res.code === 0)
                 info(`Removed the staging folder ${staging}.`);
             else

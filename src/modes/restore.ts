@@ -25,6 +25,7 @@ import {
   prepareRestoreCommand,
   processCheckCommand,
   removeCommand,
+  removeStagingCommand,
   requireArchiveTools,
   rollbackCommand,
   swapCommand,
@@ -244,7 +245,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
   } finally {
     if (!swapped) {
       await session
-        .run('Removing the staging folder', removeCommand(stage), { timeoutMs: 30 * 60_000 })
+        .run('Removing the staging folder', removeStagingCommand(stage), { timeoutMs: 30 * 60_000 })
         .then(() => core.saveState(State.StagingDir, ''))
         .catch((e) =>
           core.warning(`Could not remove the staging folder ${stage}: ${errorMessage(e)}`),
@@ -311,13 +312,19 @@ async function streamInto(
     progress.read = counter.bytes;
   });
   let downloadError: Error | undefined;
+  let giveUp: NodeJS.Timeout | undefined;
   body.on('error', (error) => {
     downloadError = error;
-    remote.kill();
+    // The host sees the end of its input and its extraction ends on its own; the staging
+    // folder is removed after that, not while tar still writes into it.
+    body.unpipe(counter);
+    counter.end();
+    giveUp = setTimeout(() => remote.kill(), 60_000);
   });
   body.pipe(counter).pipe(remote.stdin);
   remote.stdin.on('error', () => undefined);
   const code = await remote.exit;
+  clearTimeout(giveUp);
   progress.stop();
   body.destroy();
   if (downloadError) {

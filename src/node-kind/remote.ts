@@ -258,9 +258,27 @@ export function pruneLocalCopiesCommand(backupDir: string, cutoff: string): stri
   ]);
 }
 
-/** Removes a staging folder; safe to run twice. */
+/** Removes a folder; safe to run twice. */
 export function removeCommand(path: string): string {
   return argv('rm', '-rf', '--', path);
+}
+
+/** Seconds that a removal waits for an extraction into the folder to end. */
+export const STAGE_LOCK_WAIT_SECONDS = 300;
+
+/**
+ * Removes a staging folder once nothing extracts into it. An extraction holds a lock on the
+ * folder (see `extractCommand`) until its last process ends; a cut connection can leave
+ * tar writing for a while after the runner has given up on it, and a removal racing it
+ * would leave a partial folder behind.
+ */
+export function removeStagingCommand(stage: string, waitSeconds = STAGE_LOCK_WAIT_SECONDS): string {
+  return bashScript([
+    `if [ -d ${quote(stage)} ] && command -v flock >/dev/null 2>&1; then`,
+    `  flock -w ${waitSeconds} ${quote(stage)} true || echo ${quote(`an extraction into the staging folder still runs after ${waitSeconds} s`)} >&2`,
+    `fi`,
+    `rm -rf -- ${quote(stage)}`,
+  ]);
 }
 
 /**
@@ -378,10 +396,18 @@ export function extractCommand(
     `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
   return bashScript([
     WIDE_PIPES,
-    `rm -rf -- ${quote(stage)}`,
-    `mkdir -p -- ${quote(stage)}`,
-    `wide ${decoder.command} | tar -x -f - -C ${quote(stage)}`,
-    `cd -- ${quote(stage)}`,
+    // A failed extraction (cut input, full disk, not a snapshot) removes its own folder: the
+    // runner that would remove it may be gone.
+    `stage=${quote(stage)}`,
+    `trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
+    `rm -rf -- "$stage"`,
+    `mkdir -p -- "$stage"`,
+    // The lock lives on the folder's open file, which every process below inherits: it is
+    // released when the last of them ends, however the script itself ends.
+    `exec 9<"$stage"`,
+    `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
+    `wide ${decoder.command} | tar -x -f - -C "$stage"`,
+    `cd -- "$stage"`,
     ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
     `[ -d ${quote(placeholder)} ] || ${missing(placeholder)}`,
     `mv -- ${quote(placeholder)} ${quote(`${kind.identityParent}/${kind.identityDir(ip)}`)}`,

@@ -4,10 +4,11 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, afterEach, before, describe, it } from 'node:test';
 import { startCutProxy } from '../bed/cut-proxy.js';
+import type { RunResult } from '../bed/runner.js';
 import {
   errors,
   getBytes,
@@ -79,9 +80,15 @@ describe('restore faults', () => {
     return variant;
   }
 
-  function assertUntouched(before: string, parent = data): void {
-    assert.equal(treeHash(victim.dataDir), before, 'the data dir is as it was');
-    assert.deepEqual(stagingLeft(parent), [], 'no staging folder');
+  // A folder that one test leaves must not fail the next ones too.
+  afterEach(() => {
+    for (const n of stagingLeft(data)) rmSync(join(data, n), { recursive: true, force: true });
+  });
+
+  function assertUntouched(before: string, run: { main: RunResult; post: RunResult }): void {
+    const log = `${said(run.main)}\n--- post ---\n${said(run.post)}`;
+    assert.equal(treeHash(victim.dataDir), before, `the data dir is as it was\n${log}`);
+    assert.deepEqual(stagingLeft(data), [], `no staging folder\n${log}`);
   }
 
   it('S3 stream cut mid-restore', async () => {
@@ -101,7 +108,7 @@ describe('restore faults', () => {
         errors(run.main),
         /The download of .* broke off after .*The data dir was not touched; run again/,
       );
-      assertUntouched(before);
+      assertUntouched(before, run);
     } finally {
       await proxy.stop();
     }
@@ -125,7 +132,7 @@ describe('restore faults', () => {
         errors(run.main),
         /The SSH connection was lost during the extraction.*The data dir was not touched; run again/s,
       );
-      assertUntouched(before);
+      assertUntouched(before, run);
     } finally {
       await proxy.stop();
     }
@@ -193,7 +200,7 @@ describe('restore faults', () => {
       /sha256 [0-9a-f]{64} differs from the manifest's [0-9a-f]{64}: the stored archive is damaged/,
     );
     assert.match(errors(run.main), /restore another snapshot/);
-    assertUntouched(before);
+    assertUntouched(before, run);
   });
 
   it('a truncated archive without a manifest: the decompressor says so', async () => {
@@ -209,7 +216,7 @@ describe('restore faults', () => {
       errors(run.main),
       /did not extract \(exit \d+\): .*truncated or damaged; the data dir was not touched/s,
     );
-    assertUntouched(before);
+    assertUntouched(before, run);
   });
 
   it('a whole gzip tar that is not a node snapshot: refused before the swap', async () => {
@@ -225,7 +232,7 @@ describe('restore faults', () => {
       errors(run.main),
       /is not a snapshot of a .* node: the archive holds no \.score_data\. The data dir was not touched/,
     );
-    assertUntouched(before);
+    assertUntouched(before, run);
   });
 
   it("the action's process killed mid-restore: the post step removes the staging folder", async () => {
@@ -240,8 +247,10 @@ describe('restore faults', () => {
     assert.match(run.main.state.stagingDir ?? '', /\.prep-snapshot-restore-/);
     assert.equal(run.post.code, 0, said(run.post));
     assert.match(run.post.stdout, /Removed the staging folder .*\.prep-snapshot-restore-/);
-    // The killed runner's extraction may still be draining on the host: give it a moment.
-    await new Promise((r) => setTimeout(r, 1500));
-    assertUntouched(before);
+    // The killed runner's ssh may reach the host after the post step: its extraction then
+    // ends on an empty input and removes its own folder.
+    for (let i = 0; i < 100 && stagingLeft(data).length > 0; i++)
+      await new Promise((r) => setTimeout(r, 100));
+    assertUntouched(before, run);
   });
 });

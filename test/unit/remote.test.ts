@@ -3,7 +3,7 @@
  * what the action sends over SSH is exactly what runs here.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   existsSync,
@@ -18,6 +18,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ClassicLevel } from 'classic-level';
 import { parseManifestsOutput, planPrune } from '../../src/freeze.ts';
 import { parseManifest } from '../../src/node-kind/leveldb-manifest.ts';
@@ -29,9 +30,11 @@ import {
   extractCommand,
   freezeCommand,
   manifestsCommand,
+  NOT_A_SNAPSHOT,
   parseProbe,
   probeCommand,
   pruneCommand,
+  removeStagingCommand,
   sizeCommand,
   statDigestCommand,
   WIDE_PIPES,
@@ -352,8 +355,25 @@ describe('extraction on the host', () => {
         },
       );
       assert.notEqual(r.status, 0);
+      assert.equal(existsSync(stage), false, 'the failed extraction removed its folder');
     });
   }
+
+  it('an archive that is not a snapshot exits 3 and leaves no folder', () => {
+    const stage = join(root, 'stage-other');
+    const other = join(root, 'other');
+    mkdirSync(join(other, 'photos'), { recursive: true });
+    writeFileSync(join(other, 'photos', 'a.jpg'), 'x');
+    const body = execFileSync('tar', ['-czf', '-', '-C', other, 'photos']);
+    const r = spawnSync(
+      'sh',
+      ['-c', extractCommand(loopchain, stage, chooseDecoder(new Set(['gzip']), 'gzip'), IP)],
+      { input: body },
+    );
+    assert.equal(r.status, NOT_A_SNAPSHOT, r.stderr.toString());
+    assert.match(r.stderr.toString(), /the archive holds no \.score_data/);
+    assert.equal(existsSync(stage), false);
+  });
 
   it('the wrapped command sees 1 MiB pipes on both sides, and its exit status comes back', () => {
     // F_GETPIPE_SZ is 1032 on Linux.
@@ -385,4 +405,58 @@ describe('extraction on the host', () => {
       rmSync(bin, { recursive: true, force: true });
     }
   });
+
+  it('a removal of the staging folder waits for the extraction into it to end', async () => {
+    const stage = join(root, 'stage-locked');
+    const decoder = chooseDecoder(new Set(['igzip']), 'gzip');
+    const extraction = spawn('sh', ['-c', extractCommand(loopchain, stage, decoder, IP)], {
+      stdio: ['pipe', 'ignore', 'ignore'],
+    });
+    const extracted = new Promise<number | null>((r) => extraction.on('close', r));
+    // Half of the archive, and the input stays open: the extraction is under way.
+    extraction.stdin.write(archive.subarray(0, Math.floor(archive.length / 2)));
+    // The extraction holds the folder's lock once it has started.
+    await until(() => existsSync(stage) && spawnSync('flock', ['-n', stage, 'true']).status !== 0);
+
+    const removal = spawn('sh', ['-c', removeStagingCommand(stage)], { stdio: 'ignore' });
+    let removed: number | null | undefined;
+    const removing = new Promise<number | null>((r) =>
+      removal.on('close', (code) => r((removed = code))),
+    );
+    await sleep(500);
+    assert.equal(removed, undefined, 'the removal waits while the extraction runs');
+    assert.ok(existsSync(stage));
+
+    // The connection is cut: the input ends short, the extraction fails, then the removal goes.
+    extraction.stdin.end();
+    assert.notEqual(await extracted, 0);
+    assert.equal(await removing, 0);
+    assert.equal(existsSync(stage), false, 'no staging folder left');
+  });
+
+  it('a removal that waited too long says so and removes what it can', () => {
+    const stage = join(root, 'stage-stuck');
+    mkdirSync(join(stage, 'x'), { recursive: true });
+    // Something holds the lock and never lets go within the wait.
+    const holder = spawn('flock', [stage, 'sleep', '30'], { stdio: 'ignore' });
+    try {
+      execFileSync('sleep', ['0.3']);
+      const r = spawnSync('sh', ['-c', removeStagingCommand(stage, 1)]);
+      assert.match(
+        r.stderr.toString(),
+        /an extraction into the staging folder still runs after 1 s/,
+      );
+      assert.equal(existsSync(stage), false);
+    } finally {
+      holder.kill();
+    }
+  });
 });
+
+async function until(ready: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!ready()) {
+    if (Date.now() > deadline) throw new Error('timed out waiting');
+    await sleep(20);
+  }
+}

@@ -89084,29 +89084,71 @@ function detectIpCommand() {
         `printf '%s\\n' "$ip"`,
     ]);
 }
-/** Creates the install directory and the data dir's parent on a fresh host; prints free bytes there. */
-function prepareRestoreCommand(prepDir, dataDir) {
-    const parent = dirname(dataDir);
+/**
+ * What the restore needs to know about the host, read only: free space where the staging
+ * folder will be (the nearest existing folder above the data dir on a fresh host), whether
+ * the data dir exists, and the tools.
+ */
+function restoreProbeCommand(dataDir) {
     return bashScript([
-        `mkdir -p -- ${quote(prepDir)} ${quote(parent)}`,
-        `echo "free_parent=$(df -P -B1 ${quote(parent)} | awk 'NR==2 {print $4}')"`,
+        `d=${quote(dirname(dataDir))}`,
+        `while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done`,
+        `echo "free_parent=$(df -P -B1 -- "$d" | awk 'NR==2 {print $4}')"`,
         `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
         `for t in tar igzip pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
     ]);
+}
+/**
+ * Runs read-only commands at once on the host, in one round trip. Prints one line per
+ * command: its name, its exit status and its stdout in base64. See `parseBatch`.
+ */
+function batchCommand(commands) {
+    const names = Object.keys(commands);
+    for (const n of names)
+        if (!/^[a-z][a-z0-9_]*$/.test(n))
+            throw new Error(`bad batch name ${n}`);
+    return bashScript([
+        `out=$(mktemp -d)`,
+        `trap 'rm -rf -- "$out"' EXIT`,
+        ...names.map((n) => `{ ${commands[n]} > "$out"/${n} && s=0 || s=$?; echo $s > "$out"/${n}.status; } 2>/dev/null &`),
+        `wait`,
+        ...names.map((n) => `printf '%s %s %s\\n' ${n} "$(cat "$out"/${n}.status)" "$(base64 -w0 < "$out"/${n})"`),
+    ]);
+}
+/** The output of `batchCommand`: each command's exit status and stdout. */
+function parseBatch(stdout) {
+    const results = new Map();
+    for (const line of stdout.split('\n')) {
+        const m = /^([a-z][a-z0-9_]*) (\d+) ?([A-Za-z0-9+/=]*)$/.exec(line.trim());
+        if (m)
+            results.set(m[1], {
+                code: Number(m[2]),
+                stdout: Buffer.from(m[3], 'base64').toString('utf8'),
+            });
+    }
+    return results;
 }
 /**
  * The fastest decompressor the host has for `compression`. Inflate is single-threaded in
  * pigz and gzip alike and is the slowest stage of a restore; igzip (ISA-L, Debian's `isal`)
  * inflates about twice as fast on the same core and checks the CRC the same way.
  */
+/** Every decompressor a restore may use, by name. */
+const DECODERS = {
+    igzip: 'igzip -d -c',
+    pigz: 'pigz -d -c',
+    gzip: 'gzip -d -c',
+    zstd: 'zstd -d -q -c',
+};
 function chooseDecoder(tools, compression) {
+    const pick = (name) => ({ name, command: DECODERS[name] });
     if (compression === 'zstd')
-        return { name: 'zstd', command: 'zstd -d -q -c' };
+        return pick('zstd');
     if (tools.has('igzip'))
-        return { name: 'igzip', command: 'igzip -d -c' };
+        return pick('igzip');
     if (tools.has('pigz'))
-        return { name: 'pigz', command: 'pigz -d -c' };
-    return { name: 'gzip', command: 'gzip -d -c' };
+        return pick('pigz');
+    return pick('gzip');
 }
 /**
  * `wide CMD...` runs CMD with the pipes on its stdin and stdout widened from 64 KiB to 1 MiB
@@ -89121,38 +89163,66 @@ const WIDE_PIPES = `wide() { if command -v perl >/dev/null 2>&1; then ` +
     `exec { $ARGV[0] } @ARGV or die "$ARGV[0]: $!\\n"' -- "$@"; else "$@"; fi; }`;
 /** Exit status of the extraction when the archive is not a snapshot of the node's kind. */
 const NOT_A_SNAPSHOT = 3;
+/** The first line that the extraction reads, before the archive: it names the decompressor. */
+function goLine(decoder) {
+    return `go ${decoder.name}\n`;
+}
 /**
- * Reads the archive from stdin into a fresh staging folder, checks that it holds a snapshot,
- * gives the identity directory the node's IP and prints the number of files: one round trip.
+ * Reads the archive from stdin into a fresh staging folder, checks that it holds a snapshot
+ * and prints the number of files: one round trip.
+ *
+ * The command can start before the runner has decided to restore (its connection then
+ * overlaps the checks of the host): it waits for `goLine` on stdin, and an input that ends
+ * without it ends the command with nothing done.
  */
-function extractCommand(kind, stage, decoder, ip) {
+function extractCommand(kind, prepDir, stage) {
     const placeholder = `${kind.identityParent}/${kind.placeholder}`;
     const missing = (what) => `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
     return bashScript([
         WIDE_PIPES,
+        // bash reads a pipe a byte at a time: the archive starts right after this line.
+        `IFS=' ' read -r word name || exit 0`,
+        `[ "$word" = go ] || exit 0`,
+        `case "$name" in`,
+        ...Object.entries(DECODERS).map(([n, c]) => `  ${n}) decoder=${quote(c)} ;;`),
+        `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
+        `esac`,
         // A failed extraction (cut input, full disk, not a snapshot) removes its own folder: the
         // runner that would remove it may be gone.
         `stage=${quote(stage)}`,
         `trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
+        `mkdir -p -- ${quote(prepDir)}`,
         `rm -rf -- "$stage"`,
         `mkdir -p -- "$stage"`,
         // The lock lives on the folder's open file, which every process below inherits: it is
         // released when the last of them ends, however the script itself ends.
         `exec 9<"$stage"`,
         `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
-        `wide ${decoder.command} | tar -x -f - -C "$stage"`,
+        `wide $decoder | tar -x -f - -C "$stage"`,
         `cd -- "$stage"`,
         ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
         `[ -d ${quote(placeholder)} ] || ${missing(placeholder)}`,
-        `mv -- ${quote(placeholder)} ${quote(`${kind.identityParent}/${kind.identityDir(ip)}`)}`,
         `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
     ]);
 }
-/** Moves the staged snapshot into place; the previous data dir is kept as `previous`. */
-function swapCommand(dataDir, stage, previous) {
+/** The line that lets a waiting `swapCommand` go ahead. */
+const SWAP_LINE = 'swap\n';
+/**
+ * Gives the staged snapshot's identity directory the node's IP and moves the snapshot into
+ * place; the previous data dir is kept as `previous`. Prints `swapped`.
+ *
+ * It starts ahead of time and waits for `SWAP_LINE` on stdin, which the runner sends once
+ * the archive has proved whole; an input that ends without it changes nothing.
+ */
+function swapCommand(kind, dataDir, stage, previous, ip) {
+    const ids = `${stage}/${kind.identityParent}`;
     return bashScript([
+        `IFS= read -r word || exit 0`,
+        `[ "$word" = swap ] || exit 0`,
+        `mv -- ${quote(`${ids}/${kind.placeholder}`)} ${quote(`${ids}/${kind.identityDir(ip)}`)}`,
         `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(previous)}; fi`,
         `mv -- ${quote(stage)} ${quote(dataDir)}`,
+        `echo swapped`,
     ]);
 }
 /** Puts the previous data dir back; the failed one is kept beside it for a look. */
@@ -90075,7 +90145,10 @@ class SshSession {
                 });
             });
             channel.on('error', reject);
-            if (options.stdin !== undefined)
+            if (options.stdin instanceof Promise) {
+                options.stdin.then((input) => channel.end(input), () => channel.end());
+            }
+            else if (options.stdin !== undefined)
                 channel.end(options.stdin);
             else
                 channel.end();
@@ -91317,9 +91390,20 @@ async function restore(settings) {
     let wasRunning = false;
     let hadPrevious = false;
     let swapped = false;
+    // The data channel connects while the host is checked; it does nothing before its go line.
+    const remote = session.stream(extractCommand(kind, settings.node.prepDir, stage));
+    let streamStarted = false;
+    let letSwap = () => undefined;
+    let swap;
     try {
         const { ip, decoder } = await group('Check the host', async () => {
-            const running = await nodeRunning(session, node, settings);
+            const checks = parseBatch(await session.run('Checking the host', batchCommand({
+                peer: peerCommand(settings.node.peerUrl),
+                processes: processCheckCommand(opts.processPattern),
+                probe: restoreProbeCommand(dataDir),
+                ...(opts.nodeIp ? {} : { ip: detectIpCommand() }),
+            })));
+            const running = nodeRunning(kind, checks);
             if (running) {
                 if (!opts.stopNode) {
                     throw new HostError(`The node on ${ssh.host} is running (${running}). Stop it first, or set 'stop-node: true' to let the restore stop it.`);
@@ -91328,7 +91412,7 @@ async function restore(settings) {
                 stopped = true;
                 wasRunning = true;
             }
-            const probe = parseProbe(await session.run('Preparing the host', prepareRestoreCommand(settings.node.prepDir, dataDir)));
+            const probe = parseProbe(checks.get('probe')?.stdout ?? '');
             const needed = (manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
             if (probe.freeBytes < needed) {
                 throw new HostError(`${parent} has ${formatBytes(probe.freeBytes)} free; the snapshot needs ${formatBytes(needed)} ` +
@@ -91341,7 +91425,7 @@ async function restore(settings) {
                 notice(`The host decompresses with ${decoder.name}. Installing igzip there (Debian and Ubuntu package 'isal') ` +
                     `makes the extraction of gzip snapshots about twice as fast.`);
             }
-            const address = opts.nodeIp || (await session.run('Finding the node IP', detectIpCommand())).trim();
+            const address = opts.nodeIp || (checks.get('ip')?.stdout ?? '').trim();
             if (!isIpv4(address)) {
                 throw new HostError(`Could not find the node's IPv4 address on the host (got '${address}'). Set 'node-ip' (for a node behind NAT, its public address).`);
             }
@@ -91349,8 +91433,13 @@ async function restore(settings) {
                 `the block DB becomes ${kind.identityDir(address)}; the archive is decompressed by ${decoder.name}.`);
             return { ip: address, decoder };
         });
+        // The swap waits on the host from now on, for the word that the archive proved whole.
+        swap = session.exec(swapCommand(kind, dataDir, stage, previous, ip), {
+            stdin: new Promise((resolve) => (letSwap = resolve)),
+        });
+        swap.catch(() => undefined);
         saveState(State.StagingDir, stage);
-        const streamed = await group(`Stream ${chosen.key} into ${stage}`, () => streamInto(session, client, settings, chosen.key, { kind, stage, decoder, ip }, size, manifest?.sha256));
+        const streamed = await group(`Stream ${chosen.key} into ${stage}`, () => streamInto(remote, () => (streamStarted = true), client, settings, chosen.key, { kind, stage, decoder }, size, manifest?.sha256));
         timings.stream = streamed.seconds;
         if (manifest && streamed.sha256 !== manifest.sha256) {
             throw new IntegrityError(`${chosen.key}: sha256 ${streamed.sha256} differs from the manifest's ${manifest.sha256}: the stored archive is damaged. ` +
@@ -91361,7 +91450,11 @@ async function restore(settings) {
             throw new IntegrityError(`${chosen.key} extracted ${files} files; its manifest says ${manifest.files}. The data dir was not touched.`);
         }
         await group('Swap the data dir', async () => {
-            await session.run('Moving the snapshot into place', swapCommand(dataDir, stage, previous));
+            letSwap(SWAP_LINE);
+            const res = await swap;
+            if (res.code !== 0 || res.stdout.trim() !== 'swapped') {
+                throw new RemoteCommandError('Moving the snapshot into place', res.code, res.stderr || res.stdout);
+            }
             swapped = true;
             saveState(State.StagingDir, '');
             info(`${dataDir} now holds the snapshot; the previous data (if any) is ${previous}.`);
@@ -91430,7 +91523,12 @@ async function restore(settings) {
         return { key: chosen.key, blockHeight: height, heightReached };
     }
     finally {
-        if (!swapped) {
+        // Unsent go and swap lines: the commands waiting for them end with nothing done.
+        letSwap('');
+        await swap?.catch(() => undefined);
+        if (!streamStarted)
+            await endUnused(remote);
+        if (!swapped && streamStarted) {
             await session
                 .run('Removing the staging folder', removeStagingCommand(stage), { timeoutMs: 30 * 60_000 })
                 .then(() => saveState(State.StagingDir, ''))
@@ -91451,19 +91549,30 @@ async function objectSize(client, bucket, key) {
         throw describeS3Error(error, `s3://${bucket}/${key}`);
     }
 }
-async function nodeRunning(session, node, settings) {
-    // Both read-only: asked at once.
-    const [height, processes] = await Promise.all([
-        node.height().catch(() => undefined),
-        session
-            .run('Looking for node processes', processCheckCommand(settings.restore.processPattern))
-            .then((out) => out.trim()),
-    ]);
+/** What shows that the node runs, from the host's checks; undefined when nothing does. */
+function nodeRunning(kind, checks) {
+    const peer = checks.get('peer');
+    let height;
+    try {
+        if (peer?.code === 0)
+            height = kind.parseHeight(peer.stdout);
+    }
+    catch {
+        /* not a node's answer */
+    }
     if (height !== undefined)
         return `its peer API answers, block height ${height}`;
+    const processes = (checks.get('processes')?.stdout ?? '').trim();
     return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
 }
-async function streamInto(session, client, settings, key, into, size, expectedSha256) {
+/** Ends a data channel that was never given its go line, and waits for it. */
+async function endUnused(remote) {
+    remote.stdin.end();
+    const timer = setTimeout(() => remote.kill(), 30_000);
+    await remote.exit;
+    clearTimeout(timer);
+}
+async function streamInto(remote, onGo, client, settings, key, into, size, expectedSha256) {
     const t = performance.now();
     let body;
     try {
@@ -91473,7 +91582,8 @@ async function streamInto(session, client, settings, key, into, size, expectedSh
     catch (error) {
         throw describeS3Error(error, `s3://${settings.s3.bucket}/${key}`);
     }
-    const remote = session.stream(extractCommand(into.kind, into.stage, into.decoder, into.ip));
+    onGo();
+    remote.stdin.write(goLine(into.decoder));
     let out = '';
     remote.stdout.setEncoding('utf8');
     remote.stdout.on('data', (text) => {

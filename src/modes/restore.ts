@@ -9,26 +9,37 @@ import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/cli
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Readable } from 'node:stream';
 import { Outputs, State } from '../constants.js';
-import { ActionError, HostError, IntegrityError, errorMessage } from '../errors.js';
+import {
+  ActionError,
+  HostError,
+  IntegrityError,
+  RemoteCommandError,
+  errorMessage,
+} from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import { manifestKey } from '../naming.js';
 import { NodeControl, currentRunId } from '../node-control.js';
 import { loopchain, type NodeKind } from '../node-kind/loopchain.js';
 import {
+  batchCommand,
   chooseDecoder,
   type Decoder,
   detectIpCommand,
   dirname,
   extractCommand,
+  goLine,
   NOT_A_SNAPSHOT,
+  parseBatch,
   parseProbe,
-  prepareRestoreCommand,
+  peerCommand,
   processCheckCommand,
   removeCommand,
   removeStagingCommand,
   requireArchiveTools,
+  restoreProbeCommand,
   rollbackCommand,
   swapCommand,
+  SWAP_LINE,
 } from '../node-kind/remote.js';
 import { Progress } from '../progress.js';
 import { createClient, describeS3Error } from '../s3/client.js';
@@ -36,7 +47,7 @@ import { readManifest } from '../s3/store.js';
 import { HashingCounter } from '../s3/upload.js';
 import { isIpv4, type Settings, type SshSettings } from '../settings.js';
 import { chooseSnapshot } from '../snapshots.js';
-import { SshSession } from '../ssh/session.js';
+import { SshSession, type ExecResult, type RemoteStream } from '../ssh/session.js';
 import { writeSummaryTable } from '../summary.js';
 
 export interface RestoreResult {
@@ -92,9 +103,25 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
   let wasRunning = false;
   let hadPrevious = false;
   let swapped = false;
+  // The data channel connects while the host is checked; it does nothing before its go line.
+  const remote = session.stream(extractCommand(kind, settings.node.prepDir, stage));
+  let streamStarted = false;
+  let letSwap: (line: string) => void = () => undefined;
+  let swap: Promise<ExecResult> | undefined;
   try {
     const { ip, decoder } = await core.group('Check the host', async () => {
-      const running = await nodeRunning(session, node, settings);
+      const checks = parseBatch(
+        await session.run(
+          'Checking the host',
+          batchCommand({
+            peer: peerCommand(settings.node.peerUrl),
+            processes: processCheckCommand(opts.processPattern),
+            probe: restoreProbeCommand(dataDir),
+            ...(opts.nodeIp ? {} : { ip: detectIpCommand() }),
+          }),
+        ),
+      );
+      const running = nodeRunning(kind, checks);
       if (running) {
         if (!opts.stopNode) {
           throw new HostError(
@@ -105,12 +132,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
         stopped = true;
         wasRunning = true;
       }
-      const probe = parseProbe(
-        await session.run(
-          'Preparing the host',
-          prepareRestoreCommand(settings.node.prepDir, dataDir),
-        ),
-      );
+      const probe = parseProbe(checks.get('probe')?.stdout ?? '');
       const needed = (manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
       if (probe.freeBytes < needed) {
         throw new HostError(
@@ -127,8 +149,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
             `makes the extraction of gzip snapshots about twice as fast.`,
         );
       }
-      const address =
-        opts.nodeIp || (await session.run('Finding the node IP', detectIpCommand())).trim();
+      const address = opts.nodeIp || (checks.get('ip')?.stdout ?? '').trim();
       if (!isIpv4(address)) {
         throw new HostError(
           `Could not find the node's IPv4 address on the host (got '${address}'). Set 'node-ip' (for a node behind NAT, its public address).`,
@@ -141,14 +162,20 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
       return { ip: address, decoder };
     });
 
+    // The swap waits on the host from now on, for the word that the archive proved whole.
+    swap = session.exec(swapCommand(kind, dataDir, stage, previous, ip), {
+      stdin: new Promise<string>((resolve) => (letSwap = resolve)),
+    });
+    swap.catch(() => undefined);
     core.saveState(State.StagingDir, stage);
     const streamed = await core.group(`Stream ${chosen.key} into ${stage}`, () =>
       streamInto(
-        session,
+        remote,
+        () => (streamStarted = true),
         client,
         settings,
         chosen.key,
-        { kind, stage, decoder, ip },
+        { kind, stage, decoder },
         size,
         manifest?.sha256,
       ),
@@ -168,7 +195,15 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
     }
 
     await core.group('Swap the data dir', async () => {
-      await session.run('Moving the snapshot into place', swapCommand(dataDir, stage, previous));
+      letSwap(SWAP_LINE);
+      const res = await swap!;
+      if (res.code !== 0 || res.stdout.trim() !== 'swapped') {
+        throw new RemoteCommandError(
+          'Moving the snapshot into place',
+          res.code,
+          res.stderr || res.stdout,
+        );
+      }
       swapped = true;
       core.saveState(State.StagingDir, '');
       core.info(`${dataDir} now holds the snapshot; the previous data (if any) is ${previous}.`);
@@ -243,7 +278,11 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
     ]);
     return { key: chosen.key, blockHeight: height, heightReached };
   } finally {
-    if (!swapped) {
+    // Unsent go and swap lines: the commands waiting for them end with nothing done.
+    letSwap('');
+    await swap?.catch(() => undefined);
+    if (!streamStarted) await endUnused(remote);
+    if (!swapped && streamStarted) {
       await session
         .run('Removing the staging folder', removeStagingCommand(stage), { timeoutMs: 30 * 60_000 })
         .then(() => core.saveState(State.StagingDir, ''))
@@ -266,28 +305,38 @@ async function objectSize(client: S3Client, bucket: string, key: string): Promis
   }
 }
 
-async function nodeRunning(
-  session: SshSession,
-  node: NodeControl,
-  settings: Settings,
-): Promise<string | undefined> {
-  // Both read-only: asked at once.
-  const [height, processes] = await Promise.all([
-    node.height().catch(() => undefined),
-    session
-      .run('Looking for node processes', processCheckCommand(settings.restore.processPattern))
-      .then((out) => out.trim()),
-  ]);
+/** What shows that the node runs, from the host's checks; undefined when nothing does. */
+function nodeRunning(
+  kind: NodeKind,
+  checks: Map<string, { code: number; stdout: string }>,
+): string | undefined {
+  const peer = checks.get('peer');
+  let height: number | undefined;
+  try {
+    if (peer?.code === 0) height = kind.parseHeight(peer.stdout);
+  } catch {
+    /* not a node's answer */
+  }
   if (height !== undefined) return `its peer API answers, block height ${height}`;
+  const processes = (checks.get('processes')?.stdout ?? '').trim();
   return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
 }
 
+/** Ends a data channel that was never given its go line, and waits for it. */
+async function endUnused(remote: RemoteStream): Promise<void> {
+  remote.stdin.end();
+  const timer = setTimeout(() => remote.kill(), 30_000);
+  await remote.exit;
+  clearTimeout(timer);
+}
+
 async function streamInto(
-  session: SshSession,
+  remote: RemoteStream,
+  onGo: () => void,
   client: S3Client,
   settings: Settings,
   key: string,
-  into: { kind: NodeKind; stage: string; decoder: Decoder; ip: string },
+  into: { kind: NodeKind; stage: string; decoder: Decoder },
   size: number,
   expectedSha256?: string,
 ): Promise<{ sha256: string; bytes: number; files: number; seconds: number }> {
@@ -299,7 +348,8 @@ async function streamInto(
   } catch (error) {
     throw describeS3Error(error, `s3://${settings.s3.bucket}/${key}`);
   }
-  const remote = session.stream(extractCommand(into.kind, into.stage, into.decoder, into.ip));
+  onGo();
+  remote.stdin.write(goLine(into.decoder));
   let out = '';
   remote.stdout.setEncoding('utf8');
   remote.stdout.on('data', (text: string) => {

@@ -336,15 +336,54 @@ export function detectIpCommand(): string {
   ]);
 }
 
-/** Creates the install directory and the data dir's parent on a fresh host; prints free bytes there. */
-export function prepareRestoreCommand(prepDir: string, dataDir: string): string {
-  const parent = dirname(dataDir);
+/**
+ * What the restore needs to know about the host, read only: free space where the staging
+ * folder will be (the nearest existing folder above the data dir on a fresh host), whether
+ * the data dir exists, and the tools.
+ */
+export function restoreProbeCommand(dataDir: string): string {
   return bashScript([
-    `mkdir -p -- ${quote(prepDir)} ${quote(parent)}`,
-    `echo "free_parent=$(df -P -B1 ${quote(parent)} | awk 'NR==2 {print $4}')"`,
+    `d=${quote(dirname(dataDir))}`,
+    `while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done`,
+    `echo "free_parent=$(df -P -B1 -- "$d" | awk 'NR==2 {print $4}')"`,
     `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
     `for t in tar igzip pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
   ]);
+}
+
+/**
+ * Runs read-only commands at once on the host, in one round trip. Prints one line per
+ * command: its name, its exit status and its stdout in base64. See `parseBatch`.
+ */
+export function batchCommand(commands: Record<string, string>): string {
+  const names = Object.keys(commands);
+  for (const n of names) if (!/^[a-z][a-z0-9_]*$/.test(n)) throw new Error(`bad batch name ${n}`);
+  return bashScript([
+    `out=$(mktemp -d)`,
+    `trap 'rm -rf -- "$out"' EXIT`,
+    ...names.map(
+      (n) =>
+        `{ ${commands[n]} > "$out"/${n} && s=0 || s=$?; echo $s > "$out"/${n}.status; } 2>/dev/null &`,
+    ),
+    `wait`,
+    ...names.map(
+      (n) => `printf '%s %s %s\\n' ${n} "$(cat "$out"/${n}.status)" "$(base64 -w0 < "$out"/${n})"`,
+    ),
+  ]);
+}
+
+/** The output of `batchCommand`: each command's exit status and stdout. */
+export function parseBatch(stdout: string): Map<string, { code: number; stdout: string }> {
+  const results = new Map<string, { code: number; stdout: string }>();
+  for (const line of stdout.split('\n')) {
+    const m = /^([a-z][a-z0-9_]*) (\d+) ?([A-Za-z0-9+/=]*)$/.exec(line.trim());
+    if (m)
+      results.set(m[1]!, {
+        code: Number(m[2]),
+        stdout: Buffer.from(m[3]!, 'base64').toString('utf8'),
+      });
+  }
+  return results;
 }
 
 /** A program on the host that turns the archive back into a tar stream. */
@@ -358,11 +397,20 @@ export interface Decoder {
  * pigz and gzip alike and is the slowest stage of a restore; igzip (ISA-L, Debian's `isal`)
  * inflates about twice as fast on the same core and checks the CRC the same way.
  */
+/** Every decompressor a restore may use, by name. */
+export const DECODERS: Record<Decoder['name'], string> = {
+  igzip: 'igzip -d -c',
+  pigz: 'pigz -d -c',
+  gzip: 'gzip -d -c',
+  zstd: 'zstd -d -q -c',
+};
+
 export function chooseDecoder(tools: Set<string>, compression: Compression): Decoder {
-  if (compression === 'zstd') return { name: 'zstd', command: 'zstd -d -q -c' };
-  if (tools.has('igzip')) return { name: 'igzip', command: 'igzip -d -c' };
-  if (tools.has('pigz')) return { name: 'pigz', command: 'pigz -d -c' };
-  return { name: 'gzip', command: 'gzip -d -c' };
+  const pick = (name: Decoder['name']): Decoder => ({ name, command: DECODERS[name] });
+  if (compression === 'zstd') return pick('zstd');
+  if (tools.has('igzip')) return pick('igzip');
+  if (tools.has('pigz')) return pick('pigz');
+  return pick('gzip');
 }
 
 /**
@@ -381,45 +429,76 @@ export const WIDE_PIPES =
 /** Exit status of the extraction when the archive is not a snapshot of the node's kind. */
 export const NOT_A_SNAPSHOT = 3;
 
+/** The first line that the extraction reads, before the archive: it names the decompressor. */
+export function goLine(decoder: Decoder): string {
+  return `go ${decoder.name}\n`;
+}
+
 /**
- * Reads the archive from stdin into a fresh staging folder, checks that it holds a snapshot,
- * gives the identity directory the node's IP and prints the number of files: one round trip.
+ * Reads the archive from stdin into a fresh staging folder, checks that it holds a snapshot
+ * and prints the number of files: one round trip.
+ *
+ * The command can start before the runner has decided to restore (its connection then
+ * overlaps the checks of the host): it waits for `goLine` on stdin, and an input that ends
+ * without it ends the command with nothing done.
  */
-export function extractCommand(
-  kind: NodeKind,
-  stage: string,
-  decoder: Decoder,
-  ip: string,
-): string {
+export function extractCommand(kind: NodeKind, prepDir: string, stage: string): string {
   const placeholder = `${kind.identityParent}/${kind.placeholder}`;
   const missing = (what: string): string =>
     `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
   return bashScript([
     WIDE_PIPES,
+    // bash reads a pipe a byte at a time: the archive starts right after this line.
+    `IFS=' ' read -r word name || exit 0`,
+    `[ "$word" = go ] || exit 0`,
+    `case "$name" in`,
+    ...Object.entries(DECODERS).map(([n, c]) => `  ${n}) decoder=${quote(c)} ;;`),
+    `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
+    `esac`,
     // A failed extraction (cut input, full disk, not a snapshot) removes its own folder: the
     // runner that would remove it may be gone.
     `stage=${quote(stage)}`,
     `trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
+    `mkdir -p -- ${quote(prepDir)}`,
     `rm -rf -- "$stage"`,
     `mkdir -p -- "$stage"`,
     // The lock lives on the folder's open file, which every process below inherits: it is
     // released when the last of them ends, however the script itself ends.
     `exec 9<"$stage"`,
     `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
-    `wide ${decoder.command} | tar -x -f - -C "$stage"`,
+    `wide $decoder | tar -x -f - -C "$stage"`,
     `cd -- "$stage"`,
     ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
     `[ -d ${quote(placeholder)} ] || ${missing(placeholder)}`,
-    `mv -- ${quote(placeholder)} ${quote(`${kind.identityParent}/${kind.identityDir(ip)}`)}`,
     `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
   ]);
 }
 
-/** Moves the staged snapshot into place; the previous data dir is kept as `previous`. */
-export function swapCommand(dataDir: string, stage: string, previous: string): string {
+/** The line that lets a waiting `swapCommand` go ahead. */
+export const SWAP_LINE = 'swap\n';
+
+/**
+ * Gives the staged snapshot's identity directory the node's IP and moves the snapshot into
+ * place; the previous data dir is kept as `previous`. Prints `swapped`.
+ *
+ * It starts ahead of time and waits for `SWAP_LINE` on stdin, which the runner sends once
+ * the archive has proved whole; an input that ends without it changes nothing.
+ */
+export function swapCommand(
+  kind: NodeKind,
+  dataDir: string,
+  stage: string,
+  previous: string,
+  ip: string,
+): string {
+  const ids = `${stage}/${kind.identityParent}`;
   return bashScript([
+    `IFS= read -r word || exit 0`,
+    `[ "$word" = swap ] || exit 0`,
+    `mv -- ${quote(`${ids}/${kind.placeholder}`)} ${quote(`${ids}/${kind.identityDir(ip)}`)}`,
     `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(previous)}; fi`,
     `mv -- ${quote(stage)} ${quote(dataDir)}`,
+    `echo swapped`,
   ]);
 }
 

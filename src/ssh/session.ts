@@ -22,8 +22,11 @@ export interface ExecResult {
 }
 
 export interface ExecOptions {
-  /** Bytes written to the command's stdin, then closed. */
-  stdin?: string | Buffer;
+  /**
+   * Bytes written to the command's stdin, then closed. A promise is written when it
+   * settles: the command starts now and waits for its input (a rejected one closes stdin).
+   */
+  stdin?: string | Buffer | Promise<string | Buffer>;
   /** Larger outputs are an error: control commands are small by design. */
   maxOutputBytes?: number;
   timeoutMs?: number;
@@ -210,7 +213,12 @@ export class SshSession {
         });
       });
       channel.on('error', reject);
-      if (options.stdin !== undefined) channel.end(options.stdin);
+      if (options.stdin instanceof Promise) {
+        options.stdin.then(
+          (input) => channel.end(input),
+          () => channel.end(),
+        );
+      } else if (options.stdin !== undefined) channel.end(options.stdin);
       else channel.end();
     });
   }

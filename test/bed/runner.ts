@@ -31,7 +31,7 @@ export interface RunActionOptions {
   actionDefaults?: boolean;
   /** Set RUNNER_DEBUG=1 (core.isDebug() true, ::debug:: lines shown). */
   debug?: boolean;
-  /** Echo the child's stdout/stderr to this process's stderr as it runs. */
+  /** Echo the child's stdout/stderr to this process's stderr as it runs, each line with its time since the start. */
   echo?: boolean;
   /** Working directory / GITHUB_WORKSPACE (default: a fresh temp dir). */
   cwd?: string;
@@ -265,10 +265,11 @@ export async function runAction(opts: RunActionOptions): Promise<RunResult> {
         }
       }
     };
+    const echo = opts.echo ? lineStamper(performance.now()) : undefined;
     child.stdout.on('data', (b: Buffer) => {
       const s = b.toString('utf8');
       stdout += s;
-      if (opts.echo) process.stderr.write(s);
+      echo?.(s);
       if (!killed && opts.killWhen && opts.killWhen.test(stdout)) {
         killed = true;
         kill(opts.killSignal ?? 'SIGKILL');
@@ -277,7 +278,7 @@ export async function runAction(opts: RunActionOptions): Promise<RunResult> {
     child.stderr.on('data', (b: Buffer) => {
       const s = b.toString('utf8');
       stderr += s;
-      if (opts.echo) process.stderr.write(s);
+      echo?.(s);
     });
     const timer = setTimeout(() => {
       timedOut = true;
@@ -343,4 +344,19 @@ export async function runMainThenPost(
     state: main.state,
   });
   return { main, post };
+}
+
+/** Writes text to stderr with `[+S.mmm s]` (time since `t0`) before each line. */
+function lineStamper(t0: number): (text: string) => void {
+  let atLineStart = true;
+  return (text) => {
+    const stamp = `[+${((performance.now() - t0) / 1000).toFixed(3)} s] `;
+    let out = '';
+    for (const part of text.split(/(?<=\n)/)) {
+      if (atLineStart) out += stamp;
+      out += part;
+      atLineStart = part.endsWith('\n');
+    }
+    process.stderr.write(out);
+  };
 }

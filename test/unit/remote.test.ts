@@ -27,16 +27,22 @@ import {
   archiveCommand,
   CHANGED_MARK,
   chooseDecoder,
+  batchCommand,
   extractCommand,
+  goLine,
   freezeCommand,
   manifestsCommand,
   NOT_A_SNAPSHOT,
+  parseBatch,
   parseProbe,
   probeCommand,
   pruneCommand,
   removeStagingCommand,
+  restoreProbeCommand,
   sizeCommand,
   statDigestCommand,
+  SWAP_LINE,
+  swapCommand,
   WIDE_PIPES,
 } from '../../src/node-kind/remote.ts';
 import { bashScript } from '../../src/shell.ts';
@@ -327,6 +333,7 @@ describe('extraction on the host', () => {
     );
   });
   after(() => rmSync(root, { recursive: true, force: true }));
+  const extract = (stage: string): string => extractCommand(loopchain, join(root, 'prep'), stage);
 
   it('prefers igzip, then pigz, then gzip; zstd archives need zstd', () => {
     assert.equal(chooseDecoder(new Set(['igzip', 'pigz', 'gzip']), 'gzip').name, 'igzip');
@@ -339,25 +346,37 @@ describe('extraction on the host', () => {
     it(`${name} extracts the archive byte for byte`, () => {
       const stage = join(root, `stage-${name}`);
       const decoder = chooseDecoder(new Set([name]), 'gzip');
-      sh(extractCommand(loopchain, stage, decoder, IP), archive);
-      for (const [rel, digest] of want) {
-        const path = join(stage, rel.replace('db_CHANGEIP:', `db_${IP}:`));
-        assert.equal(sha(path), digest, rel);
-      }
+      const out = sh(extract(stage), Buffer.concat([Buffer.from(goLine(decoder)), archive]));
+      assert.equal(out.toString().trim(), String(want.size), 'prints the file count');
+      for (const [rel, digest] of want) assert.equal(sha(join(stage, rel)), digest, rel);
     });
     it(`${name} fails on a truncated archive`, () => {
       const stage = join(root, `cut-${name}`);
-      const r = spawnSync(
-        'sh',
-        ['-c', extractCommand(loopchain, stage, chooseDecoder(new Set([name]), 'gzip'), IP)],
-        {
-          input: archive.subarray(0, Math.floor(archive.length / 2)),
-        },
-      );
+      const r = spawnSync('sh', ['-c', extract(stage)], {
+        input: Buffer.concat([
+          Buffer.from(goLine(chooseDecoder(new Set([name]), 'gzip'))),
+          archive.subarray(0, Math.floor(archive.length / 2)),
+        ]),
+      });
       assert.notEqual(r.status, 0);
       assert.equal(existsSync(stage), false, 'the failed extraction removed its folder');
     });
   }
+
+  it('waits for its go line: an input that ends without one creates nothing', () => {
+    const stage = join(root, 'fresh', 'data', '.stage');
+    for (const input of ['', 'stop\n', archive]) {
+      const r = spawnSync('sh', ['-c', extractCommand(loopchain, join(root, 'fresh'), stage)], {
+        input,
+      });
+      assert.equal(r.status, 0, r.stderr.toString());
+      assert.equal(existsSync(join(root, 'fresh')), false, 'nothing created');
+    }
+    const odd = spawnSync('sh', ['-c', extract(stage)], { input: 'go rm -rf /\n' });
+    assert.equal(odd.status, 2);
+    assert.match(odd.stderr.toString(), /unknown decompressor: rm/);
+    assert.equal(existsSync(stage), false);
+  });
 
   it('an archive that is not a snapshot exits 3 and leaves no folder', () => {
     const stage = join(root, 'stage-other');
@@ -365,11 +384,9 @@ describe('extraction on the host', () => {
     mkdirSync(join(other, 'photos'), { recursive: true });
     writeFileSync(join(other, 'photos', 'a.jpg'), 'x');
     const body = execFileSync('tar', ['-czf', '-', '-C', other, 'photos']);
-    const r = spawnSync(
-      'sh',
-      ['-c', extractCommand(loopchain, stage, chooseDecoder(new Set(['gzip']), 'gzip'), IP)],
-      { input: body },
-    );
+    const r = spawnSync('sh', ['-c', extract(stage)], {
+      input: Buffer.concat([Buffer.from(goLine(chooseDecoder(new Set(['gzip']), 'gzip'))), body]),
+    });
     assert.equal(r.status, NOT_A_SNAPSHOT, r.stderr.toString());
     assert.match(r.stderr.toString(), /the archive holds no \.score_data/);
     assert.equal(existsSync(stage), false);
@@ -409,11 +426,12 @@ describe('extraction on the host', () => {
   it('a removal of the staging folder waits for the extraction into it to end', async () => {
     const stage = join(root, 'stage-locked');
     const decoder = chooseDecoder(new Set(['igzip']), 'gzip');
-    const extraction = spawn('sh', ['-c', extractCommand(loopchain, stage, decoder, IP)], {
+    const extraction = spawn('sh', ['-c', extract(stage)], {
       stdio: ['pipe', 'ignore', 'ignore'],
     });
     const extracted = new Promise<number | null>((r) => extraction.on('close', r));
     // Half of the archive, and the input stays open: the extraction is under way.
+    extraction.stdin.write(goLine(decoder));
     extraction.stdin.write(archive.subarray(0, Math.floor(archive.length / 2)));
     // The extraction holds the folder's lock once it has started.
     await until(() => existsSync(stage) && spawnSync('flock', ['-n', stage, 'true']).status !== 0);
@@ -460,3 +478,75 @@ async function until(ready: () => boolean, timeoutMs = 10_000): Promise<void> {
     await sleep(20);
   }
 }
+
+describe('the swap and the checks of the host', () => {
+  let root: string;
+  before(() => (root = mkdtempSync(join(tmpdir(), 'prep-swap-'))));
+  after(() => rmSync(root, { recursive: true, force: true }));
+
+  function layout(): { data: string; stage: string; previous: string } {
+    const base = mkdtempSync(join(root, 'case-'));
+    const data = join(base, 'loopchain');
+    const stage = join(base, '.stage');
+    mkdirSync(join(data, '.storage', 'db_10.0.0.1:7100_icon_dex'), { recursive: true });
+    writeFileSync(join(data, 'old'), 'old');
+    mkdirSync(join(stage, '.storage', 'db_CHANGEIP:7100_icon_dex'), { recursive: true });
+    writeFileSync(join(stage, 'new'), 'new');
+    return { data, stage, previous: `${data}.prev-x` };
+  }
+
+  it('the swap changes nothing until it reads its line', () => {
+    const { data, stage, previous } = layout();
+    for (const input of ['', 'no\n']) {
+      const r = spawnSync('sh', ['-c', swapCommand(loopchain, data, stage, previous, IP)], {
+        input,
+      });
+      assert.equal(r.status, 0);
+      assert.equal(r.stdout.toString(), '');
+      assert.equal(readFileSync(join(data, 'old'), 'utf8'), 'old');
+      assert.ok(existsSync(join(stage, '.storage', 'db_CHANGEIP:7100_icon_dex')));
+      assert.equal(existsSync(previous), false);
+    }
+  });
+
+  it('the swap names the block DB after the IP and keeps the previous data dir', () => {
+    const { data, stage, previous } = layout();
+    const out = sh(swapCommand(loopchain, data, stage, previous, IP), SWAP_LINE).toString();
+    assert.equal(out.trim(), 'swapped');
+    assert.equal(readFileSync(join(data, 'new'), 'utf8'), 'new');
+    assert.ok(existsSync(join(data, '.storage', `db_${IP}:7100_icon_dex`)));
+    assert.equal(existsSync(join(data, '.storage', 'db_CHANGEIP:7100_icon_dex')), false);
+    assert.equal(readFileSync(join(previous, 'old'), 'utf8'), 'old');
+    assert.equal(existsSync(stage), false);
+  });
+
+  it('a batch runs its commands at once and reports each one', () => {
+    const flag = join(root, 'flag');
+    const out = sh(
+      batchCommand({
+        // Waits for the flag that the next command makes: it passes only if both run at once.
+        first: bashScript([
+          `for i in $(seq 200); do [ -e ${flag} ] && { printf 'two\\nlines\\n'; exit 0; }; sleep 0.05; done`,
+          'exit 1',
+        ]),
+        second: `touch ${flag}`,
+        failing: bashScript(['echo partial', 'exit 7']),
+        silent: 'true',
+      }),
+    ).toString();
+    const r = parseBatch(out);
+    assert.deepEqual(r.get('first'), { code: 0, stdout: 'two\nlines\n' });
+    assert.deepEqual(r.get('second'), { code: 0, stdout: '' });
+    assert.deepEqual(r.get('failing'), { code: 7, stdout: 'partial\n' });
+    assert.deepEqual(r.get('silent'), { code: 0, stdout: '' });
+  });
+
+  it('the probe of a fresh host reads the free space above the missing data dir, creating nothing', () => {
+    const data = join(root, 'not', 'yet', 'data', 'loopchain');
+    const probe = parseProbe(sh(restoreProbeCommand(data)).toString());
+    assert.ok(probe.freeBytes > 0);
+    assert.equal(probe.dataDirPresent, false);
+    assert.ok(probe.tools.has('tar'));
+    assert.equal(existsSync(join(root, 'not')), false);
+  });
+});

@@ -88924,7 +88924,10 @@ function extractCommand(kind, prepDir, stage) {
         // released when the last of them ends, however the script itself ends.
         `exec 9<"$stage"`,
         `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
-        `wide $decoder | tar -x -f - -C "$stage"`,
+        // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
+        // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads
+        // of a pipe into whole records.
+        `wide $decoder | tar -x -b 2048 -B -f - -C "$stage"`,
         `cd -- "$stage"`,
         ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
         `[ -d ${quote(placeholder)} ] || ${missing(placeholder)}`,

@@ -88945,6 +88945,10 @@ function sizeCommand(kind, dir, withDigest = false) {
         ...(withDigest ? [`echo "digest=$(${statDigestPipeline(kind)})"`] : []),
     ]);
 }
+/** The line that starts a command built to wait for it (`archiveCommand`). */
+const GO_LINE = 'go\n';
+/** The start of a script that waits for `GO_LINE`; an input that ends without it ends the script. */
+const WAIT_FOR_GO = [`IFS= read -r word || exit 0`, `[ "$word" = go ] || exit 0`];
 const PROGRESS_MARK = 'prep-snapshot-progress';
 const CHANGED_MARK = 'prep-snapshot-tar-changed';
 const COMPRESSOR_MARK = 'prep-snapshot-compressor';
@@ -88961,6 +88965,10 @@ function checkpointBytes(line) {
 /**
  * Streams the archive to stdout: tar of the roots, with the identity directory renamed to
  * the placeholder, compressed by pigz (gzip where pigz is missing) or zstd.
+ *
+ * It starts by waiting for `GO_LINE` on stdin, so that its connection can be made while the
+ * node stops and the copy freezes; an input that ends without it ends the command with no
+ * output.
  */
 function archiveCommand(kind, dir, identity, options) {
     // The directory itself and what is under it; not a sibling whose name merely starts the same.
@@ -88977,7 +88985,7 @@ function archiveCommand(kind, dir, identity, options) {
         ? `compress() { echo "${COMPRESSOR_MARK} zstd" >&2; zstd -q -T0 -${level} -c; }`
         : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
             `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
-    const lines = [compress, `cd -- ${quote(dir)}`];
+    const lines = [...WAIT_FOR_GO, compress, `cd -- ${quote(dir)}`];
     const copy = options.localCopy ? quote(options.localCopy) : undefined;
     if (options.localCopy)
         lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`);
@@ -90337,6 +90345,16 @@ function summarise(command) {
     const first = command.split('\n')[0] ?? '';
     return first.length > 80 ? `${first.slice(0, 77)}...` : first;
 }
+/**
+ * Ends a remote command that was started ahead and never given its go line, and waits for
+ * it (it ends with nothing done); cut after `graceMs` if it does not.
+ */
+async function closeUnused(remote, graceMs = 30_000) {
+    remote.stdin.end();
+    const timer = setTimeout(() => remote.kill(), graceMs);
+    await remote.exit;
+    clearTimeout(timer);
+}
 
 ;// CONCATENATED MODULE: ./src/summary.ts
 /** The job summary: a heading and a two-column table, the shape every mode reports in. */
@@ -90628,6 +90646,8 @@ async function backup(settings, now = () => new Date()) {
     });
     const node = new NodeControl(session, settings.node, kind, runId);
     let stage;
+    let remote;
+    let streamStarted = false;
     let uploaded = [];
     let published = false;
     try {
@@ -90665,14 +90685,27 @@ async function backup(settings, now = () => new Date()) {
         const key = archiveKey(settings.s3.prefix, name);
         let source = settings.node.dataDir;
         let measured;
+        const localCopy = settings.backup.localCopy
+            ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
+            : undefined;
         if (settings.backup.consistency === 'hardlink') {
             stage = probe.sameDevice
                 ? `${dirname(settings.node.dataDir)}/.prep-snapshot-staging-${runId}`
                 : `${settings.node.dataDir}/.prep-snapshot-staging-${runId}`;
             saveState(State.StagingDir, stage);
-            const frozen = stage;
-            await group('Stop, freeze, start', async () => {
-                const t = performance.now();
+            source = stage;
+        }
+        // The data channel connects while the node stops and the copy freezes; it archives
+        // nothing before its go line.
+        remote = session.stream(archiveCommand(kind, source, identity, {
+            compression: settings.backup.compression,
+            level: settings.backup.compressionLevel,
+            localCopy,
+            tolerateChanged: settings.backup.consistency === 'hardlink',
+        }));
+        if (settings.backup.consistency === 'hardlink') {
+            const frozen = source;
+            measured = await group('Stop, freeze, start', async () => {
                 try {
                     await node.stop();
                     await session.run('Freezing the data into the staging folder', freezeCommand(kind, settings.node.dataDir, frozen), { timeoutMs: 30 * 60_000 });
@@ -90681,22 +90714,21 @@ async function backup(settings, now = () => new Date()) {
                     await node.ensureStarted();
                     throw explainFreeze(error);
                 }
-                // The node comes back up while its frozen copy is read: they share no file that changes.
+                // The node comes back up while its frozen copy is read: they share no file that
+                // changes. The stream waits for the node to run again: a connection lost in the
+                // middle of the stream must not cost the node its start.
                 const [, prepared] = await Promise.allSettled([
                     node.ensureStarted(),
                     prepareFrozen(session, kind, frozen),
                 ]);
-                if (node.isStopped) {
-                    throw new HostError(`The node did not start again after the freeze. The watchdog on the host retries within ` +
-                        `${settings.node.maxDowntimeSeconds} s; check the node now. No snapshot was published.`);
-                }
-                timings.downtime = node.downtimeSeconds ?? secondsSince(t);
+                if (node.isStopped)
+                    throw notStarted(settings);
+                timings.downtime = node.downtimeSeconds ?? 0;
                 info(`The node was down for ${formatDuration(timings.downtime)}.`);
                 if (prepared.status === 'rejected')
                     throw prepared.reason;
-                measured = prepared.value;
+                return prepared.value;
             });
-            source = stage;
         }
         else {
             await group('Stop the node', () => node.stop());
@@ -90704,9 +90736,6 @@ async function backup(settings, now = () => new Date()) {
         }
         const sizes = parseSizes(measured ?? '');
         const partSize = settings.s3.partSize ?? choosePartSize(sizes.bytes * 1.05 + 64 * 1024 * 1024);
-        const localCopy = settings.backup.localCopy
-            ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
-            : undefined;
         const stream = await group(`Stream ${key}`, async () => {
             info(`${sizes.files} files, ${formatBytes(sizes.bytes)}; ${settings.backup.compression} level ${settings.backup.compressionLevel}; ` +
                 `parts of ${formatBytes(partSize)} x ${settings.s3.queueSize} in flight.`);
@@ -90714,16 +90743,16 @@ async function backup(settings, now = () => new Date()) {
             // For the post step: an upload that this run cannot finish or abort is removed there.
             saveState(State.UploadKey, key);
             saveState(State.UploadPublished, 'false');
+            streamStarted = true;
             const r = await streamArchive({
+                remote: remote,
                 session,
                 client,
                 settings,
                 kind,
                 source,
-                identity,
                 key,
                 partSize,
-                localCopy,
                 totalBytes: sizes.bytes,
                 frozenDigest: sizes.digest,
             });
@@ -90805,6 +90834,8 @@ async function backup(settings, now = () => new Date()) {
         throw error;
     }
     finally {
+        if (remote && !streamStarted)
+            await closeUnused(remote);
         await node.ensureStarted();
         if (stage) {
             const s = stage;
@@ -90848,16 +90879,22 @@ function explainFreeze(error) {
  * (with the stat digest that the stream is checked against). Returns the measurement.
  */
 async function prepareFrozen(session, kind, frozen) {
+    // Measured at the same time as the MANIFESTs are read: that is the answer unless there
+    // is something to prune, which is rare (a stop in the middle of a compaction).
+    const measure = () => session.run('Measuring the snapshot', sizeCommand(kind, frozen, true));
+    const measuring = measure();
+    measuring.catch(() => undefined);
     const dbs = parseManifestsOutput(await session.run('Reading the MANIFESTs', manifestsCommand(kind, frozen)));
     const plan = planPrune(dbs);
-    if (plan.garbage.length > 0) {
-        await session.run('Pruning the staging folder', pruneCommand(frozen), {
-            stdin: plan.garbage.map((g) => `${g}\0`).join(''),
-        });
-    }
     info(`${plan.databases} LevelDB databases, ${plan.liveTables} live tables; ` +
         `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`);
-    return session.run('Measuring the snapshot', sizeCommand(kind, frozen, true));
+    if (plan.garbage.length === 0)
+        return measuring;
+    await measuring.catch(() => undefined);
+    await session.run('Pruning the staging folder', pruneCommand(frozen), {
+        stdin: plan.garbage.map((g) => `${g}\0`).join(''),
+    });
+    return measure();
 }
 function parseSizes(stdout) {
     const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
@@ -90870,12 +90907,8 @@ async function streamArchive(a) {
     const t = performance.now();
     const digest = () => a.session.run('Reading the staged files', statDigestCommand(a.kind, a.source));
     const before = a.frozenDigest;
-    const remote = a.session.stream(archiveCommand(a.kind, a.source, a.identity, {
-        compression: a.settings.backup.compression,
-        level: a.settings.backup.compressionLevel,
-        localCopy: a.localCopy,
-        tolerateChanged: before !== undefined,
-    }));
+    const remote = a.remote;
+    remote.stdin.end(GO_LINE);
     let changed = false;
     const progress = new Progress('Upload', a.totalBytes);
     let compressor = a.settings.backup.compression;
@@ -91002,6 +91035,10 @@ async function writeSummary(m, url, timings, permanent, removed, compressor) {
         ],
     ];
     await writeSummaryTable('backup', rows, { text: 'Archive', href: url });
+}
+function notStarted(settings) {
+    return new HostError(`The node did not start again after the freeze. The watchdog on the host retries within ` +
+        `${settings.node.maxDowntimeSeconds} s; check the node now. No snapshot was published.`);
 }
 
 ;// CONCATENATED MODULE: ./src/modes/list.ts
@@ -91530,7 +91567,7 @@ async function restore(settings) {
         letSwap('');
         await swap?.catch(() => undefined);
         if (!streamStarted)
-            await endUnused(remote);
+            await closeUnused(remote);
         if (!swapped && streamStarted) {
             await session
                 .run('Removing the staging folder', removeStagingCommand(stage), { timeoutMs: 30 * 60_000 })
@@ -91567,13 +91604,6 @@ function nodeRunning(kind, checks) {
         return `its peer API answers, block height ${height}`;
     const processes = (checks.get('processes')?.stdout ?? '').trim();
     return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
-}
-/** Ends a data channel that was never given its go line, and waits for it. */
-async function endUnused(remote) {
-    remote.stdin.end();
-    const timer = setTimeout(() => remote.kill(), 30_000);
-    await remote.exit;
-    clearTimeout(timer);
 }
 async function streamInto(remote, onGo, client, settings, key, into, size, expectedSha256) {
     const t = performance.now();

@@ -88671,6 +88671,10 @@ function sizeCommand(kind, dir, withDigest = false) {
         ...(withDigest ? [`echo "digest=$(${statDigestPipeline(kind)})"`] : []),
     ]);
 }
+/** The line that starts a command built to wait for it (`archiveCommand`). */
+const GO_LINE = 'go\n';
+/** The start of a script that waits for `GO_LINE`; an input that ends without it ends the script. */
+const WAIT_FOR_GO = (/* unused pure expression or super */ null && ([`IFS= read -r word || exit 0`, `[ "$word" = go ] || exit 0`]));
 const PROGRESS_MARK = 'prep-snapshot-progress';
 const CHANGED_MARK = 'prep-snapshot-tar-changed';
 const COMPRESSOR_MARK = 'prep-snapshot-compressor';
@@ -88687,6 +88691,10 @@ function checkpointBytes(line) {
 /**
  * Streams the archive to stdout: tar of the roots, with the identity directory renamed to
  * the placeholder, compressed by pigz (gzip where pigz is missing) or zstd.
+ *
+ * It starts by waiting for `GO_LINE` on stdin, so that its connection can be made while the
+ * node stops and the copy freezes; an input that ends without it ends the command with no
+ * output.
  */
 function archiveCommand(kind, dir, identity, options) {
     // The directory itself and what is under it; not a sibling whose name merely starts the same.
@@ -88703,7 +88711,7 @@ function archiveCommand(kind, dir, identity, options) {
         ? `compress() { echo "${COMPRESSOR_MARK} zstd" >&2; zstd -q -T0 -${level} -c; }`
         : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
             `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
-    const lines = [compress, `cd -- ${quote(dir)}`];
+    const lines = [...WAIT_FOR_GO, compress, `cd -- ${quote(dir)}`];
     const copy = options.localCopy ? quote(options.localCopy) : undefined;
     if (options.localCopy)
         lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`);
@@ -90039,6 +90047,16 @@ function hasOpenSsh() {
 function summarise(command) {
     const first = command.split('\n')[0] ?? '';
     return first.length > 80 ? `${first.slice(0, 77)}...` : first;
+}
+/**
+ * Ends a remote command that was started ahead and never given its go line, and waits for
+ * it (it ends with nothing done); cut after `graceMs` if it does not.
+ */
+async function closeUnused(remote, graceMs = 30_000) {
+    remote.stdin.end();
+    const timer = setTimeout(() => remote.kill(), graceMs);
+    await remote.exit;
+    clearTimeout(timer);
 }
 
 ;// CONCATENATED MODULE: ./src/cleanup.ts

@@ -31,6 +31,7 @@ import {
   COMPRESSOR_MARK,
   PROGRESS_MARK,
   archiveCommand,
+  GO_LINE,
   dirname,
   freezeCommand,
   manifestsCommand,
@@ -52,7 +53,7 @@ import { copyObject } from '../s3/copy.js';
 import { deleteKeys, listArchives, listObjects, writeJson } from '../s3/store.js';
 import { abortUploads, choosePartSize, streamUpload } from '../s3/upload.js';
 import type { Settings, SshSettings } from '../settings.js';
-import { SshSession } from '../ssh/session.js';
+import { closeUnused, SshSession, type RemoteStream } from '../ssh/session.js';
 import { writeSummaryTable } from '../summary.js';
 import { verifyStored } from './verify.js';
 
@@ -90,6 +91,8 @@ export async function backup(
 
   const node = new NodeControl(session, settings.node, kind, runId);
   let stage: string | undefined;
+  let remote: RemoteStream | undefined;
+  let streamStarted = false;
   let uploaded: string[] = [];
   let published = false;
   try {
@@ -139,14 +142,30 @@ export async function backup(
     let source = settings.node.dataDir;
     let measured: string | undefined;
 
+    const localCopy = settings.backup.localCopy
+      ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
+      : undefined;
     if (settings.backup.consistency === 'hardlink') {
       stage = probe.sameDevice
         ? `${dirname(settings.node.dataDir)}/.prep-snapshot-staging-${runId}`
         : `${settings.node.dataDir}/.prep-snapshot-staging-${runId}`;
       core.saveState(State.StagingDir, stage);
-      const frozen = stage;
-      await core.group('Stop, freeze, start', async () => {
-        const t = performance.now();
+      source = stage;
+    }
+    // The data channel connects while the node stops and the copy freezes; it archives
+    // nothing before its go line.
+    remote = session.stream(
+      archiveCommand(kind, source, identity, {
+        compression: settings.backup.compression,
+        level: settings.backup.compressionLevel,
+        localCopy,
+        tolerateChanged: settings.backup.consistency === 'hardlink',
+      }),
+    );
+
+    if (settings.backup.consistency === 'hardlink') {
+      const frozen = source;
+      measured = await core.group('Stop, freeze, start', async () => {
         try {
           await node.stop();
           await session.run(
@@ -158,32 +177,25 @@ export async function backup(
           await node.ensureStarted();
           throw explainFreeze(error);
         }
-        // The node comes back up while its frozen copy is read: they share no file that changes.
+        // The node comes back up while its frozen copy is read: they share no file that
+        // changes. The stream waits for the node to run again: a connection lost in the
+        // middle of the stream must not cost the node its start.
         const [, prepared] = await Promise.allSettled([
           node.ensureStarted(),
           prepareFrozen(session, kind, frozen),
         ]);
-        if (node.isStopped) {
-          throw new HostError(
-            `The node did not start again after the freeze. The watchdog on the host retries within ` +
-              `${settings.node.maxDowntimeSeconds} s; check the node now. No snapshot was published.`,
-          );
-        }
-        timings.downtime = node.downtimeSeconds ?? secondsSince(t);
+        if (node.isStopped) throw notStarted(settings);
+        timings.downtime = node.downtimeSeconds ?? 0;
         core.info(`The node was down for ${formatDuration(timings.downtime)}.`);
         if (prepared.status === 'rejected') throw prepared.reason;
-        measured = prepared.value;
+        return prepared.value;
       });
-      source = stage;
     } else {
       await core.group('Stop the node', () => node.stop());
       measured = await session.run('Measuring the snapshot', sizeCommand(kind, source));
     }
     const sizes = parseSizes(measured ?? '');
     const partSize = settings.s3.partSize ?? choosePartSize(sizes.bytes * 1.05 + 64 * 1024 * 1024);
-    const localCopy = settings.backup.localCopy
-      ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
-      : undefined;
 
     const stream = await core.group(`Stream ${key}`, async () => {
       core.info(
@@ -194,19 +206,20 @@ export async function backup(
       // For the post step: an upload that this run cannot finish or abort is removed there.
       core.saveState(State.UploadKey, key);
       core.saveState(State.UploadPublished, 'false');
+      streamStarted = true;
       const r = await streamArchive({
+        remote: remote!,
         session,
         client,
         settings,
         kind,
         source,
-        identity,
         key,
         partSize,
-        localCopy,
         totalBytes: sizes.bytes,
         frozenDigest: sizes.digest,
       });
+
       core.info(
         `Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`,
       );
@@ -308,6 +321,7 @@ export async function backup(
     }
     throw error;
   } finally {
+    if (remote && !streamStarted) await closeUnused(remote);
     await node.ensureStarted();
     if (stage) {
       const s = stage;
@@ -364,20 +378,25 @@ function explainFreeze(error: unknown): unknown {
  * (with the stat digest that the stream is checked against). Returns the measurement.
  */
 async function prepareFrozen(session: SshSession, kind: NodeKind, frozen: string): Promise<string> {
+  // Measured at the same time as the MANIFESTs are read: that is the answer unless there
+  // is something to prune, which is rare (a stop in the middle of a compaction).
+  const measure = () => session.run('Measuring the snapshot', sizeCommand(kind, frozen, true));
+  const measuring = measure();
+  measuring.catch(() => undefined);
   const dbs = parseManifestsOutput(
     await session.run('Reading the MANIFESTs', manifestsCommand(kind, frozen)),
   );
   const plan = planPrune(dbs);
-  if (plan.garbage.length > 0) {
-    await session.run('Pruning the staging folder', pruneCommand(frozen), {
-      stdin: plan.garbage.map((g) => `${g}\0`).join(''),
-    });
-  }
   core.info(
     `${plan.databases} LevelDB databases, ${plan.liveTables} live tables; ` +
       `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`,
   );
-  return session.run('Measuring the snapshot', sizeCommand(kind, frozen, true));
+  if (plan.garbage.length === 0) return measuring;
+  await measuring.catch(() => undefined);
+  await session.run('Pruning the staging folder', pruneCommand(frozen), {
+    stdin: plan.garbage.map((g) => `${g}\0`).join(''),
+  });
+  return measure();
 }
 
 function parseSizes(stdout: string): { files: number; bytes: number; digest?: string } {
@@ -389,15 +408,15 @@ function parseSizes(stdout: string): { files: number; bytes: number; digest?: st
 }
 
 interface StreamArgs {
+  /** The archive command, started ahead and waiting for its go line. */
+  remote: RemoteStream;
   session: SshSession;
   client: S3Client;
   settings: Settings;
   kind: NodeKind;
   source: string;
-  identity: string;
   key: string;
   partSize: number;
-  localCopy?: string;
   totalBytes: number;
   /**
    * The source is a staging folder of hard links that the running node shares: the stat
@@ -419,14 +438,8 @@ async function streamArchive(a: StreamArgs): Promise<Streamed> {
   const digest = () =>
     a.session.run('Reading the staged files', statDigestCommand(a.kind, a.source));
   const before = a.frozenDigest;
-  const remote = a.session.stream(
-    archiveCommand(a.kind, a.source, a.identity, {
-      compression: a.settings.backup.compression,
-      level: a.settings.backup.compressionLevel,
-      localCopy: a.localCopy,
-      tolerateChanged: before !== undefined,
-    }),
-  );
+  const remote = a.remote;
+  remote.stdin.end(GO_LINE);
   let changed = false;
   const progress = new Progress('Upload', a.totalBytes);
   let compressor: string = a.settings.backup.compression;
@@ -581,4 +594,11 @@ async function writeSummary(
     ],
   ];
   await writeSummaryTable('backup', rows, { text: 'Archive', href: url });
+}
+
+function notStarted(settings: Settings): HostError {
+  return new HostError(
+    `The node did not start again after the freeze. The watchdog on the host retries within ` +
+      `${settings.node.maxDowntimeSeconds} s; check the node now. No snapshot was published.`,
+  );
 }

@@ -47,7 +47,7 @@ import { readManifest } from '../s3/store.js';
 import { HashingCounter } from '../s3/upload.js';
 import { isIpv4, type Settings, type SshSettings } from '../settings.js';
 import { chooseSnapshot } from '../snapshots.js';
-import { SshSession, type ExecResult, type RemoteStream } from '../ssh/session.js';
+import { closeUnused, SshSession, type ExecResult, type RemoteStream } from '../ssh/session.js';
 import { writeSummaryTable } from '../summary.js';
 
 export interface RestoreResult {
@@ -281,7 +281,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
     // Unsent go and swap lines: the commands waiting for them end with nothing done.
     letSwap('');
     await swap?.catch(() => undefined);
-    if (!streamStarted) await endUnused(remote);
+    if (!streamStarted) await closeUnused(remote);
     if (!swapped && streamStarted) {
       await session
         .run('Removing the staging folder', removeStagingCommand(stage), { timeoutMs: 30 * 60_000 })
@@ -320,14 +320,6 @@ function nodeRunning(
   if (height !== undefined) return `its peer API answers, block height ${height}`;
   const processes = (checks.get('processes')?.stdout ?? '').trim();
   return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
-}
-
-/** Ends a data channel that was never given its go line, and waits for it. */
-async function endUnused(remote: RemoteStream): Promise<void> {
-  remote.stdin.end();
-  const timer = setTimeout(() => remote.kill(), 30_000);
-  await remote.exit;
-  clearTimeout(timer);
 }
 
 async function streamInto(

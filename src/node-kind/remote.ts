@@ -174,6 +174,12 @@ export interface StreamOptions {
   tolerateChanged?: boolean;
 }
 
+/** The line that starts a command built to wait for it (`archiveCommand`). */
+export const GO_LINE = 'go\n';
+
+/** The start of a script that waits for `GO_LINE`; an input that ends without it ends the script. */
+const WAIT_FOR_GO = [`IFS= read -r word || exit 0`, `[ "$word" = go ] || exit 0`];
+
 export const PROGRESS_MARK = 'prep-snapshot-progress';
 export const CHANGED_MARK = 'prep-snapshot-tar-changed';
 export const COMPRESSOR_MARK = 'prep-snapshot-compressor';
@@ -192,6 +198,10 @@ export function checkpointBytes(line: string): number | undefined {
 /**
  * Streams the archive to stdout: tar of the roots, with the identity directory renamed to
  * the placeholder, compressed by pigz (gzip where pigz is missing) or zstd.
+ *
+ * It starts by waiting for `GO_LINE` on stdin, so that its connection can be made while the
+ * node stops and the copy freezes; an input that ends without it ends the command with no
+ * output.
  */
 export function archiveCommand(
   kind: NodeKind,
@@ -214,7 +224,7 @@ export function archiveCommand(
       ? `compress() { echo "${COMPRESSOR_MARK} zstd" >&2; zstd -q -T0 -${level} -c; }`
       : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
         `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
-  const lines = [compress, `cd -- ${quote(dir)}`];
+  const lines = [...WAIT_FOR_GO, compress, `cd -- ${quote(dir)}`];
   const copy = options.localCopy ? quote(options.localCopy) : undefined;
   if (options.localCopy) lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`);
   const pipeline = copy ? `${tar} | compress | tee -- ${copy}.partial` : `${tar} | compress`;

@@ -414,3 +414,14 @@ function summarise(command: string): string {
   const first = command.split('\n')[0] ?? '';
   return first.length > 80 ? `${first.slice(0, 77)}...` : first;
 }
+
+/**
+ * Ends a remote command that was started ahead and never given its go line, and waits for
+ * it (it ends with nothing done); cut after `graceMs` if it does not.
+ */
+export async function closeUnused(remote: RemoteStream, graceMs = 30_000): Promise<void> {
+  remote.stdin.end();
+  const timer = setTimeout(() => remote.kill(), graceMs);
+  await remote.exit;
+  clearTimeout(timer);
+}

@@ -31,6 +31,7 @@ import {
   extractCommand,
   goLine,
   freezeCommand,
+  GO_LINE,
   manifestsCommand,
   NOT_A_SNAPSHOT,
   parseBatch,
@@ -151,6 +152,7 @@ describe('host commands on real LevelDB files', () => {
     it(`the ${compression} archive renames the identity directory and holds the tables byte for byte`, () => {
       const archive = sh(
         archiveCommand(loopchain, stage, `db_${IP}:7100_icon_dex`, { compression, level: 1 }),
+        GO_LINE,
       );
       const out = join(root, `extract-${compression}`);
       mkdirSync(out);
@@ -182,17 +184,52 @@ describe('host commands on real LevelDB files', () => {
         level: 1,
         localCopy: copy,
       }),
+      GO_LINE,
     );
     assert.ok(readFileSync(copy).equals(archive));
     assert.equal(existsSync(`${copy}.partial`), false);
   });
 
   it('a tar that fails makes the whole command fail (pipefail)', () => {
-    const r = spawnSync('sh', [
-      '-c',
-      archiveCommand(loopchain, join(root, 'nowhere'), 'x', { compression: 'gzip', level: 1 }),
-    ]);
+    const r = spawnSync(
+      'sh',
+      [
+        '-c',
+        archiveCommand(loopchain, join(root, 'nowhere'), 'x', { compression: 'gzip', level: 1 }),
+      ],
+      { input: GO_LINE },
+    );
     assert.notEqual(r.status, 0);
+  });
+});
+
+describe('the archive waits for its go line', () => {
+  it('an input that ends without one gives no output and reads nothing', () => {
+    const root = mkdtempSync(join(tmpdir(), 'prep-go-'));
+    try {
+      mkdirSync(join(root, '.score_data'), { recursive: true });
+      mkdirSync(join(root, '.storage', `db_${IP}:7100_icon_dex`), { recursive: true });
+      const copy = join(root, 'Backup', 'x.tar.gz');
+      for (const input of ['', 'stop\n']) {
+        const r = spawnSync(
+          'sh',
+          [
+            '-c',
+            archiveCommand(loopchain, root, `db_${IP}:7100_icon_dex`, {
+              compression: 'gzip',
+              level: 1,
+              localCopy: copy,
+            }),
+          ],
+          { input },
+        );
+        assert.equal(r.status, 0);
+        assert.equal(r.stdout.length, 0);
+        assert.equal(existsSync(join(root, 'Backup')), false);
+      }
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });
 
@@ -206,7 +243,10 @@ describe('the identity rename', () => {
       mkdirSync(join(root, '.storage', `${id}.old`));
       writeFileSync(join(root, '.storage', id, 'a'), 'a');
       writeFileSync(join(root, '.storage', `${id}.old`, 'b'), 'b');
-      const archive = sh(archiveCommand(loopchain, root, id, { compression: 'gzip', level: 1 }));
+      const archive = sh(
+        archiveCommand(loopchain, root, id, { compression: 'gzip', level: 1 }),
+        GO_LINE,
+      );
       const names = spawnSync('tar', ['-tzf', '-'], { input: archive })
         .stdout.toString()
         .split('\n');
@@ -262,7 +302,7 @@ describe('tar exit statuses in a staging folder of hard links', () => {
             tolerateChanged: tolerate,
           }),
         ],
-        { env: { ...process.env, PATH: `${bin}:${process.env.PATH}` } },
+        { env: { ...process.env, PATH: `${bin}:${process.env.PATH}` }, input: GO_LINE },
       );
       return { status: r.status, stderr: r.stderr.toString() };
     } finally {
@@ -330,6 +370,7 @@ describe('extraction on the host', () => {
     }
     archive = sh(
       archiveCommand(loopchain, src, `db_${IP}:7100_icon_dex`, { compression: 'gzip', level: 1 }),
+      GO_LINE,
     );
   });
   after(() => rmSync(root, { recursive: true, force: true }));

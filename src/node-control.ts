@@ -12,10 +12,9 @@ import {
   dirname,
   disarmWatchdogCommand,
   peerCommand,
-  recordWatchdogPidCommand,
 } from './node-kind/remote.js';
 import type { NodeSettings } from './settings.js';
-import type { SshSession } from './ssh/session.js';
+import type { Prepared, SshSession } from './ssh/session.js';
 
 /** Names this run's files on the host (staging folder, watchdog flag): unique per run, attempt and process. */
 export function currentRunId(): string {
@@ -25,6 +24,8 @@ export function currentRunId(): string {
 export class NodeControl {
   private stopped = false;
   private watchdogFlag: string | undefined;
+  /** The start command and the disarm, opened ahead when the node is to start again soon. */
+  private prepared: { start?: Prepared; disarm?: Prepared } = {};
   stoppedAt?: number;
   startedAt?: number;
 
@@ -46,24 +47,30 @@ export class NodeControl {
     return this.stopped;
   }
 
-  /** Arms the watchdog, records that the node is about to stop, and stops it. */
-  async stop(): Promise<void> {
+  /**
+   * Arms the watchdog, records that the node is about to stop, and stops it. With
+   * `startSoon`, the start command and the disarm are opened ahead (see
+   * `SshSession.prepare`): seconds of downtime are worth the sessions they save.
+   */
+  async stop(options: { startSoon?: boolean } = {}): Promise<void> {
     const flag = `${dirname(this.settings.dataDir)}/.prep-snapshot-watchdog-${this.runId}`;
     core.saveState(State.WatchdogFlag, flag);
     this.watchdogFlag = flag;
-    const pid = Number(
-      (
-        await this.session.run(
-          'Arming the watchdog',
-          armWatchdogCommand(flag, this.settings.maxDowntimeSeconds, this.settings.startCommand),
-        )
-      ).trim(),
+    await this.session.run(
+      'Arming the watchdog',
+      armWatchdogCommand(flag, this.settings.maxDowntimeSeconds, this.settings.startCommand),
     );
-    if (Number.isInteger(pid) && pid > 0)
-      await this.session.run('Arming the watchdog', recordWatchdogPidCommand(flag, pid));
     core.info(
       `Watchdog armed on the host: it starts the node in ${this.settings.maxDowntimeSeconds} s unless this run does.`,
     );
+    if (options.startSoon) {
+      this.prepared = {
+        start: this.session.prepare('The start command', this.settings.startCommand, {
+          timeoutMs: 15 * 60_000,
+        }),
+        disarm: this.session.prepare('Disarming the watchdog', disarmWatchdogCommand(flag)),
+      };
+    }
 
     core.saveState(State.NodeStopped, 'true');
     core.saveState(State.NodeStarted, 'false');
@@ -79,9 +86,13 @@ export class NodeControl {
   /** Starts the node and disarms the watchdog. */
   async start(): Promise<void> {
     core.info(`Starting the node: ${this.settings.startCommand}`);
-    await this.session.run('The start command', this.settings.startCommand, {
-      timeoutMs: 15 * 60_000,
-    });
+    const prepared = this.prepared.start;
+    this.prepared.start = undefined;
+    if (prepared) await prepared.go();
+    else
+      await this.session.run('The start command', this.settings.startCommand, {
+        timeoutMs: 15 * 60_000,
+      });
     this.startedAt = performance.now();
     this.stopped = false;
     core.saveState(State.NodeStarted, 'true');
@@ -102,11 +113,17 @@ export class NodeControl {
     } else {
       await this.disarm().catch(() => undefined);
     }
+    // Whatever was opened ahead and not used ends without running.
+    await Promise.all([this.prepared.start?.cancel(), this.prepared.disarm?.cancel()]);
+    this.prepared = {};
   }
 
   private async disarm(): Promise<void> {
     if (!this.watchdogFlag) return;
-    await this.session.run('Disarming the watchdog', disarmWatchdogCommand(this.watchdogFlag));
+    const prepared = this.prepared.disarm;
+    this.prepared.disarm = undefined;
+    if (prepared) await prepared.go();
+    else await this.session.run('Disarming the watchdog', disarmWatchdogCommand(this.watchdogFlag));
     this.watchdogFlag = undefined;
     core.saveState(State.WatchdogFlag, '');
   }

@@ -27,3 +27,19 @@ export function sedLiteral(value: string, delimiter = '|'): string {
     .split(delimiter)
     .join(`\\${delimiter}`);
 }
+
+/** The line that lets a command built by `gated` (or one like it) go ahead. */
+export const GO_LINE = 'go\n';
+
+/** The start of a script that waits for `GO_LINE`; an input that ends without it ends the script. */
+export const WAIT_FOR_GO = [`IFS= read -r word || exit 0`, `[ "$word" = go ] || exit 0`];
+
+/**
+ * `command`, run once `GO_LINE` arrives on stdin; an input that ends without it runs nothing.
+ * Its SSH session (a login shell, a round trip or two) is set up before it is needed. The
+ * command runs in the user's login shell with nothing on stdin, as an exec of it would.
+ */
+export function gated(command: string): string {
+  const script = [...WAIT_FOR_GO, `exec "\${SHELL:-/bin/sh}" -c ${quote(command)} </dev/null`];
+  return `bash -c ${quote(script.join('\n'))}`;
+}

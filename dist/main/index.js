@@ -88802,6 +88802,19 @@ function sedLiteral(value, delimiter = '|') {
         .split(delimiter)
         .join(`\\${delimiter}`);
 }
+/** The line that lets a command built by `gated` (or one like it) go ahead. */
+const GO_LINE = 'go\n';
+/** The start of a script that waits for `GO_LINE`; an input that ends without it ends the script. */
+const WAIT_FOR_GO = [`IFS= read -r word || exit 0`, `[ "$word" = go ] || exit 0`];
+/**
+ * `command`, run once `GO_LINE` arrives on stdin; an input that ends without it runs nothing.
+ * Its SSH session (a login shell, a round trip or two) is set up before it is needed. The
+ * command runs in the user's login shell with nothing on stdin, as an exec of it would.
+ */
+function gated(command) {
+    const script = [...WAIT_FOR_GO, `exec "\${SHELL:-/bin/sh}" -c ${quote(command)} </dev/null`];
+    return `bash -c ${quote(script.join('\n'))}`;
+}
 
 ;// CONCATENATED MODULE: ./src/node-kind/remote.ts
 /**
@@ -88945,10 +88958,6 @@ function sizeCommand(kind, dir, withDigest = false) {
         ...(withDigest ? [`echo "digest=$(${statDigestPipeline(kind)})"`] : []),
     ]);
 }
-/** The line that starts a command built to wait for it (`archiveCommand`). */
-const GO_LINE = 'go\n';
-/** The start of a script that waits for `GO_LINE`; an input that ends without it ends the script. */
-const WAIT_FOR_GO = [`IFS= read -r word || exit 0`, `[ "$word" = go ] || exit 0`];
 const PROGRESS_MARK = 'prep-snapshot-progress';
 const CHANGED_MARK = 'prep-snapshot-tar-changed';
 const COMPRESSOR_MARK = 'prep-snapshot-compressor';
@@ -89060,6 +89069,8 @@ function armWatchdogCommand(flag, seconds, startCommand) {
         `printf '%s\\n' armed > ${quote(flag)}`,
         `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
         `$detach nohup bash -c ${quote(inner)} </dev/null >>${quote(`${flag}.log`)} 2>&1 &`,
+        // Line 2 of the flag: the PID that the disarm stops.
+        `printf '%s\\n' "$!" >> ${quote(flag)}`,
         `echo "$!"`,
     ]);
 }
@@ -89072,10 +89083,6 @@ function disarmWatchdogCommand(flag) {
         // The log says something only when the watchdog fired: then it stays for the operator.
         `if [ ! -s ${quote(`${flag}.log`)} ]; then rm -f -- ${quote(`${flag}.log`)}; fi`,
     ]);
-}
-/** Records the watchdog's PID in its flag file, for the disarm. */
-function recordWatchdogPidCommand(flag, pid) {
-    return bashScript([`[ -f ${quote(flag)} ] && printf '%s\\n' ${pid} >> ${quote(flag)} || true`]);
 }
 /** Is a node process running? Prints the matching `pid args` lines (excluding this shell). */
 function processCheckCommand(pattern) {
@@ -89266,6 +89273,8 @@ class NodeControl {
     runId;
     stopped = false;
     watchdogFlag;
+    /** The start command and the disarm, opened ahead when the node is to start again soon. */
+    prepared = {};
     stoppedAt;
     startedAt;
     constructor(session, settings, kind, runId) {
@@ -89284,15 +89293,25 @@ class NodeControl {
     get isStopped() {
         return this.stopped;
     }
-    /** Arms the watchdog, records that the node is about to stop, and stops it. */
-    async stop() {
+    /**
+     * Arms the watchdog, records that the node is about to stop, and stops it. With
+     * `startSoon`, the start command and the disarm are opened ahead (see
+     * `SshSession.prepare`): seconds of downtime are worth the sessions they save.
+     */
+    async stop(options = {}) {
         const flag = `${dirname(this.settings.dataDir)}/.prep-snapshot-watchdog-${this.runId}`;
         saveState(State.WatchdogFlag, flag);
         this.watchdogFlag = flag;
-        const pid = Number((await this.session.run('Arming the watchdog', armWatchdogCommand(flag, this.settings.maxDowntimeSeconds, this.settings.startCommand))).trim());
-        if (Number.isInteger(pid) && pid > 0)
-            await this.session.run('Arming the watchdog', recordWatchdogPidCommand(flag, pid));
+        await this.session.run('Arming the watchdog', armWatchdogCommand(flag, this.settings.maxDowntimeSeconds, this.settings.startCommand));
         info(`Watchdog armed on the host: it starts the node in ${this.settings.maxDowntimeSeconds} s unless this run does.`);
+        if (options.startSoon) {
+            this.prepared = {
+                start: this.session.prepare('The start command', this.settings.startCommand, {
+                    timeoutMs: 15 * 60_000,
+                }),
+                disarm: this.session.prepare('Disarming the watchdog', disarmWatchdogCommand(flag)),
+            };
+        }
         saveState(State.NodeStopped, 'true');
         saveState(State.NodeStarted, 'false');
         this.stopped = true;
@@ -89306,9 +89325,14 @@ class NodeControl {
     /** Starts the node and disarms the watchdog. */
     async start() {
         info(`Starting the node: ${this.settings.startCommand}`);
-        await this.session.run('The start command', this.settings.startCommand, {
-            timeoutMs: 15 * 60_000,
-        });
+        const prepared = this.prepared.start;
+        this.prepared.start = undefined;
+        if (prepared)
+            await prepared.go();
+        else
+            await this.session.run('The start command', this.settings.startCommand, {
+                timeoutMs: 15 * 60_000,
+            });
         this.startedAt = performance.now();
         this.stopped = false;
         saveState(State.NodeStarted, 'true');
@@ -89328,11 +89352,19 @@ class NodeControl {
         else {
             await this.disarm().catch(() => undefined);
         }
+        // Whatever was opened ahead and not used ends without running.
+        await Promise.all([this.prepared.start?.cancel(), this.prepared.disarm?.cancel()]);
+        this.prepared = {};
     }
     async disarm() {
         if (!this.watchdogFlag)
             return;
-        await this.session.run('Disarming the watchdog', disarmWatchdogCommand(this.watchdogFlag));
+        const prepared = this.prepared.disarm;
+        this.prepared.disarm = undefined;
+        if (prepared)
+            await prepared.go();
+        else
+            await this.session.run('Disarming the watchdog', disarmWatchdogCommand(this.watchdogFlag));
         this.watchdogFlag = undefined;
         saveState(State.WatchdogFlag, '');
     }
@@ -90021,6 +90053,7 @@ function pinnedAlgorithms(pins) {
 
 
 
+
 class SshSession {
     client;
     settings;
@@ -90126,12 +90159,17 @@ class SshSession {
             let size = 0;
             let code = null;
             let timer;
-            if (options.timeoutMs) {
+            let closed = false;
+            // The time limit counts from when the input is given: a command that waits for it
+            // (see `prepare`) may wait as long as it is not asked to go.
+            const arm = () => {
+                if (!options.timeoutMs || closed)
+                    return;
                 timer = setTimeout(() => {
                     channel.close();
                     reject(new RemoteCommandError(`'${summarise(command)}'`, null, `timed out after ${options.timeoutMs} ms`));
                 }, options.timeoutMs);
-            }
+            };
             const collect = (into) => (chunk) => {
                 size += chunk.length;
                 if (size > maxBytes) {
@@ -90147,6 +90185,7 @@ class SshSession {
                 code = exitCode;
             });
             channel.on('close', () => {
+                closed = true;
                 if (timer)
                     clearTimeout(timer);
                 resolve({
@@ -90157,13 +90196,49 @@ class SshSession {
             });
             channel.on('error', reject);
             if (options.stdin instanceof Promise) {
-                options.stdin.then((input) => channel.end(input), () => channel.end());
+                options.stdin.then((input) => {
+                    arm();
+                    channel.end(input);
+                }, () => channel.end());
             }
-            else if (options.stdin !== undefined)
-                channel.end(options.stdin);
-            else
-                channel.end();
+            else {
+                arm();
+                if (options.stdin !== undefined)
+                    channel.end(options.stdin);
+                else
+                    channel.end();
+            }
         });
+    }
+    /**
+     * Opens a session for `command` now and runs it when `go` is called: the session's set-up
+     * (on the host, a login shell and its rc files; on a far host, round trips) is out of the
+     * way when the command is needed, as in the seconds that the node is down. A prepared
+     * command that is cancelled, or whose connection ends first, runs nothing.
+     */
+    prepare(what, command, options = {}) {
+        let release = () => undefined;
+        const input = new Promise((resolve) => (release = resolve));
+        const result = this.exec(gated(command), { ...options, stdin: input });
+        result.catch(() => undefined);
+        let used = false;
+        return {
+            go: async () => {
+                used = true;
+                release(GO_LINE);
+                const r = await result;
+                if (r.code !== 0)
+                    throw new RemoteCommandError(what, r.code, r.stderr || r.stdout);
+                return r.stdout;
+            },
+            cancel: async () => {
+                if (used)
+                    return;
+                used = true;
+                release('');
+                await result.catch(() => undefined);
+            },
+        };
     }
     /** Runs a command that must succeed; its stdout is returned. */
     async run(what, command, options = {}) {
@@ -90628,6 +90703,7 @@ async function hashRange(client, bucket, key, start, hash) {
 
 
 
+
 async function backup(settings, now = () => new Date()) {
     const ssh = settings.ssh;
     const kind = loopchain;
@@ -90706,11 +90782,14 @@ async function backup(settings, now = () => new Date()) {
         if (settings.backup.consistency === 'hardlink') {
             const frozen = source;
             measured = await group('Stop, freeze, start', async () => {
+                // Opened ahead, like the start: it runs the moment the node has stopped.
+                const freezing = session.prepare('Freezing the data into the staging folder', freezeCommand(kind, settings.node.dataDir, frozen), { timeoutMs: 30 * 60_000 });
                 try {
-                    await node.stop();
-                    await session.run('Freezing the data into the staging folder', freezeCommand(kind, settings.node.dataDir, frozen), { timeoutMs: 30 * 60_000 });
+                    await node.stop({ startSoon: true });
+                    await freezing.go();
                 }
                 catch (error) {
+                    await freezing.cancel();
                     await node.ensureStarted();
                     throw explainFreeze(error);
                 }

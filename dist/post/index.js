@@ -88528,6 +88528,19 @@ function shell_sedLiteral(value, delimiter = '|') {
         .split(delimiter)
         .join(`\\${delimiter}`);
 }
+/** The line that lets a command built by `gated` (or one like it) go ahead. */
+const GO_LINE = 'go\n';
+/** The start of a script that waits for `GO_LINE`; an input that ends without it ends the script. */
+const shell_WAIT_FOR_GO = [`IFS= read -r word || exit 0`, `[ "$word" = go ] || exit 0`];
+/**
+ * `command`, run once `GO_LINE` arrives on stdin; an input that ends without it runs nothing.
+ * Its SSH session (a login shell, a round trip or two) is set up before it is needed. The
+ * command runs in the user's login shell with nothing on stdin, as an exec of it would.
+ */
+function gated(command) {
+    const script = [...shell_WAIT_FOR_GO, `exec "\${SHELL:-/bin/sh}" -c ${shell_quote(command)} </dev/null`];
+    return `bash -c ${shell_quote(script.join('\n'))}`;
+}
 
 ;// CONCATENATED MODULE: ./src/node-kind/remote.ts
 /**
@@ -88671,10 +88684,6 @@ function sizeCommand(kind, dir, withDigest = false) {
         ...(withDigest ? [`echo "digest=$(${statDigestPipeline(kind)})"`] : []),
     ]);
 }
-/** The line that starts a command built to wait for it (`archiveCommand`). */
-const GO_LINE = 'go\n';
-/** The start of a script that waits for `GO_LINE`; an input that ends without it ends the script. */
-const WAIT_FOR_GO = (/* unused pure expression or super */ null && ([`IFS= read -r word || exit 0`, `[ "$word" = go ] || exit 0`]));
 const PROGRESS_MARK = 'prep-snapshot-progress';
 const CHANGED_MARK = 'prep-snapshot-tar-changed';
 const COMPRESSOR_MARK = 'prep-snapshot-compressor';
@@ -88786,6 +88795,8 @@ function armWatchdogCommand(flag, seconds, startCommand) {
         `printf '%s\\n' armed > ${quote(flag)}`,
         `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
         `$detach nohup bash -c ${quote(inner)} </dev/null >>${quote(`${flag}.log`)} 2>&1 &`,
+        // Line 2 of the flag: the PID that the disarm stops.
+        `printf '%s\\n' "$!" >> ${quote(flag)}`,
         `echo "$!"`,
     ]);
 }
@@ -88798,10 +88809,6 @@ function disarmWatchdogCommand(flag) {
         // The log says something only when the watchdog fired: then it stays for the operator.
         `if [ ! -s ${shell_quote(`${flag}.log`)} ]; then rm -f -- ${shell_quote(`${flag}.log`)}; fi`,
     ]);
-}
-/** Records the watchdog's PID in its flag file, for the disarm. */
-function recordWatchdogPidCommand(flag, pid) {
-    return bashScript([`[ -f ${quote(flag)} ] && printf '%s\\n' ${pid} >> ${quote(flag)} || true`]);
 }
 /** Is a node process running? Prints the matching `pid args` lines (excluding this shell). */
 function processCheckCommand(pattern) {
@@ -89724,6 +89731,7 @@ var lib = __nccwpck_require__(5472);
 
 
 
+
 class SshSession {
     client;
     settings;
@@ -89829,12 +89837,17 @@ class SshSession {
             let size = 0;
             let code = null;
             let timer;
-            if (options.timeoutMs) {
+            let closed = false;
+            // The time limit counts from when the input is given: a command that waits for it
+            // (see `prepare`) may wait as long as it is not asked to go.
+            const arm = () => {
+                if (!options.timeoutMs || closed)
+                    return;
                 timer = setTimeout(() => {
                     channel.close();
                     reject(new RemoteCommandError(`'${summarise(command)}'`, null, `timed out after ${options.timeoutMs} ms`));
                 }, options.timeoutMs);
-            }
+            };
             const collect = (into) => (chunk) => {
                 size += chunk.length;
                 if (size > maxBytes) {
@@ -89850,6 +89863,7 @@ class SshSession {
                 code = exitCode;
             });
             channel.on('close', () => {
+                closed = true;
                 if (timer)
                     clearTimeout(timer);
                 resolve({
@@ -89860,13 +89874,49 @@ class SshSession {
             });
             channel.on('error', reject);
             if (options.stdin instanceof Promise) {
-                options.stdin.then((input) => channel.end(input), () => channel.end());
+                options.stdin.then((input) => {
+                    arm();
+                    channel.end(input);
+                }, () => channel.end());
             }
-            else if (options.stdin !== undefined)
-                channel.end(options.stdin);
-            else
-                channel.end();
+            else {
+                arm();
+                if (options.stdin !== undefined)
+                    channel.end(options.stdin);
+                else
+                    channel.end();
+            }
         });
+    }
+    /**
+     * Opens a session for `command` now and runs it when `go` is called: the session's set-up
+     * (on the host, a login shell and its rc files; on a far host, round trips) is out of the
+     * way when the command is needed, as in the seconds that the node is down. A prepared
+     * command that is cancelled, or whose connection ends first, runs nothing.
+     */
+    prepare(what, command, options = {}) {
+        let release = () => undefined;
+        const input = new Promise((resolve) => (release = resolve));
+        const result = this.exec(gated(command), { ...options, stdin: input });
+        result.catch(() => undefined);
+        let used = false;
+        return {
+            go: async () => {
+                used = true;
+                release(GO_LINE);
+                const r = await result;
+                if (r.code !== 0)
+                    throw new RemoteCommandError(what, r.code, r.stderr || r.stdout);
+                return r.stdout;
+            },
+            cancel: async () => {
+                if (used)
+                    return;
+                used = true;
+                release('');
+                await result.catch(() => undefined);
+            },
+        };
     }
     /** Runs a command that must succeed; its stdout is returned. */
     async run(what, command, options = {}) {

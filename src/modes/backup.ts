@@ -31,7 +31,6 @@ import {
   COMPRESSOR_MARK,
   PROGRESS_MARK,
   archiveCommand,
-  GO_LINE,
   dirname,
   freezeCommand,
   manifestsCommand,
@@ -53,6 +52,7 @@ import { copyObject } from '../s3/copy.js';
 import { deleteKeys, listArchives, listObjects, writeJson } from '../s3/store.js';
 import { abortUploads, choosePartSize, streamUpload } from '../s3/upload.js';
 import type { Settings, SshSettings } from '../settings.js';
+import { GO_LINE } from '../shell.js';
 import { closeUnused, SshSession, type RemoteStream } from '../ssh/session.js';
 import { writeSummaryTable } from '../summary.js';
 import { verifyStored } from './verify.js';
@@ -166,14 +166,17 @@ export async function backup(
     if (settings.backup.consistency === 'hardlink') {
       const frozen = source;
       measured = await core.group('Stop, freeze, start', async () => {
+        // Opened ahead, like the start: it runs the moment the node has stopped.
+        const freezing = session.prepare(
+          'Freezing the data into the staging folder',
+          freezeCommand(kind, settings.node.dataDir, frozen),
+          { timeoutMs: 30 * 60_000 },
+        );
         try {
-          await node.stop();
-          await session.run(
-            'Freezing the data into the staging folder',
-            freezeCommand(kind, settings.node.dataDir, frozen),
-            { timeoutMs: 30 * 60_000 },
-          );
+          await node.stop({ startSoon: true });
+          await freezing.go();
         } catch (error) {
+          await freezing.cancel();
           await node.ensureStarted();
           throw explainFreeze(error);
         }

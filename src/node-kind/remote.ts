@@ -3,7 +3,7 @@
  * pure function of its arguments, so that tests can read exactly what the host will run.
  */
 import { HostError } from '../errors.js';
-import { argv, bashScript, quote, sedLiteral } from '../shell.js';
+import { argv, bashScript, quote, sedLiteral, WAIT_FOR_GO } from '../shell.js';
 import type { Compression } from '../settings.js';
 import type { NodeKind } from './loopchain.js';
 
@@ -174,12 +174,6 @@ export interface StreamOptions {
   tolerateChanged?: boolean;
 }
 
-/** The line that starts a command built to wait for it (`archiveCommand`). */
-export const GO_LINE = 'go\n';
-
-/** The start of a script that waits for `GO_LINE`; an input that ends without it ends the script. */
-const WAIT_FOR_GO = [`IFS= read -r word || exit 0`, `[ "$word" = go ] || exit 0`];
-
 export const PROGRESS_MARK = 'prep-snapshot-progress';
 export const CHANGED_MARK = 'prep-snapshot-tar-changed';
 export const COMPRESSOR_MARK = 'prep-snapshot-compressor';
@@ -309,6 +303,8 @@ export function armWatchdogCommand(flag: string, seconds: number, startCommand: 
     `printf '%s\\n' armed > ${quote(flag)}`,
     `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
     `$detach nohup bash -c ${quote(inner)} </dev/null >>${quote(`${flag}.log`)} 2>&1 &`,
+    // Line 2 of the flag: the PID that the disarm stops.
+    `printf '%s\\n' "$!" >> ${quote(flag)}`,
     `echo "$!"`,
   ]);
 }
@@ -322,11 +318,6 @@ export function disarmWatchdogCommand(flag: string): string {
     // The log says something only when the watchdog fired: then it stays for the operator.
     `if [ ! -s ${quote(`${flag}.log`)} ]; then rm -f -- ${quote(`${flag}.log`)}; fi`,
   ]);
-}
-
-/** Records the watchdog's PID in its flag file, for the disarm. */
-export function recordWatchdogPidCommand(flag: string, pid: number): string {
-  return bashScript([`[ -f ${quote(flag)} ] && printf '%s\\n' ${pid} >> ${quote(flag)} || true`]);
 }
 
 /** Is a node process running? Prints the matching `pid args` lines (excluding this shell). */

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
 import { ConnectError, RemoteCommandError } from '../errors.js';
+import { gated, GO_LINE } from '../shell.js';
 import type { SshSettings } from '../settings.js';
 import { fingerprintOf, knownHostsLine, matchesPins, pinnedAlgorithms } from './host-key.js';
 
@@ -30,6 +31,14 @@ export interface ExecOptions {
   /** Larger outputs are an error: control commands are small by design. */
   maxOutputBytes?: number;
   timeoutMs?: number;
+}
+
+/** A command opened ahead of time (see `SshSession.prepare`). */
+export interface Prepared {
+  /** Runs it; resolves with its stdout, or throws as `run` does. */
+  go(): Promise<string>;
+  /** Lets it end without running. Safe to call after `go` (then it does nothing). */
+  cancel(): Promise<void>;
 }
 
 /** A running remote command whose output is a stream (the archive), or whose input is one. */
@@ -172,7 +181,11 @@ export class SshSession {
       let size = 0;
       let code: number | null = null;
       let timer: NodeJS.Timeout | undefined;
-      if (options.timeoutMs) {
+      let closed = false;
+      // The time limit counts from when the input is given: a command that waits for it
+      // (see `prepare`) may wait as long as it is not asked to go.
+      const arm = (): void => {
+        if (!options.timeoutMs || closed) return;
         timer = setTimeout(() => {
           channel.close();
           reject(
@@ -183,7 +196,7 @@ export class SshSession {
             ),
           );
         }, options.timeoutMs);
-      }
+      };
       const collect = (into: Buffer[]) => (chunk: Buffer) => {
         size += chunk.length;
         if (size > maxBytes) {
@@ -205,6 +218,7 @@ export class SshSession {
         code = exitCode;
       });
       channel.on('close', () => {
+        closed = true;
         if (timer) clearTimeout(timer);
         resolve({
           code,
@@ -215,12 +229,47 @@ export class SshSession {
       channel.on('error', reject);
       if (options.stdin instanceof Promise) {
         options.stdin.then(
-          (input) => channel.end(input),
+          (input) => {
+            arm();
+            channel.end(input);
+          },
           () => channel.end(),
         );
-      } else if (options.stdin !== undefined) channel.end(options.stdin);
-      else channel.end();
+      } else {
+        arm();
+        if (options.stdin !== undefined) channel.end(options.stdin);
+        else channel.end();
+      }
     });
+  }
+
+  /**
+   * Opens a session for `command` now and runs it when `go` is called: the session's set-up
+   * (on the host, a login shell and its rc files; on a far host, round trips) is out of the
+   * way when the command is needed, as in the seconds that the node is down. A prepared
+   * command that is cancelled, or whose connection ends first, runs nothing.
+   */
+  prepare(what: string, command: string, options: Omit<ExecOptions, 'stdin'> = {}): Prepared {
+    let release: (input: string) => void = () => undefined;
+    const input = new Promise<string>((resolve) => (release = resolve));
+    const result = this.exec(gated(command), { ...options, stdin: input });
+    result.catch(() => undefined);
+    let used = false;
+    return {
+      go: async () => {
+        used = true;
+        release(GO_LINE);
+        const r = await result;
+        if (r.code !== 0) throw new RemoteCommandError(what, r.code, r.stderr || r.stdout);
+        return r.stdout;
+      },
+      cancel: async () => {
+        if (used) return;
+        used = true;
+        release('');
+        await result.catch(() => undefined);
+      },
+    };
   }
 
   /** Runs a command that must succeed; its stdout is returned. */

@@ -25,13 +25,14 @@ import { parseManifest } from '../../src/node-kind/leveldb-manifest.ts';
 import { loopchain, pickIdentityDir } from '../../src/node-kind/loopchain.ts';
 import {
   archiveCommand,
+  armWatchdogCommand,
+  disarmWatchdogCommand,
   CHANGED_MARK,
   chooseDecoder,
   batchCommand,
   extractCommand,
   goLine,
   freezeCommand,
-  GO_LINE,
   manifestsCommand,
   NOT_A_SNAPSHOT,
   parseBatch,
@@ -46,7 +47,7 @@ import {
   swapCommand,
   WIDE_PIPES,
 } from '../../src/node-kind/remote.ts';
-import { bashScript } from '../../src/shell.ts';
+import { bashScript, GO_LINE } from '../../src/shell.ts';
 
 const IP = '10.20.30.40';
 const DBS = [
@@ -589,5 +590,40 @@ describe('the swap and the checks of the host', () => {
     assert.equal(probe.dataDirPresent, false);
     assert.ok(probe.tools.has('tar'));
     assert.equal(existsSync(join(root, 'not')), false);
+  });
+});
+
+describe('the watchdog on the host', () => {
+  let root: string;
+  before(() => (root = mkdtempSync(join(tmpdir(), 'prep-watchdog-'))));
+  after(() => rmSync(root, { recursive: true, force: true }));
+
+  it('starts the node when nobody disarms it', async () => {
+    const flag = join(root, 'flag-a');
+    const started = join(root, 'started-a');
+    const pid = Number(
+      sh(armWatchdogCommand(flag, 1, `touch ${started}`))
+        .toString()
+        .trim(),
+    );
+    assert.ok(pid > 0);
+    assert.equal(readFileSync(flag, 'utf8'), `armed\n${pid}\n`, 'the flag holds its PID');
+    await until(() => existsSync(started), 10_000);
+    assert.equal(existsSync(flag), false);
+  });
+
+  it('a disarmed watchdog is gone and never starts the node', async () => {
+    const flag = join(root, 'flag-b');
+    const started = join(root, 'started-b');
+    const pid = Number(
+      sh(armWatchdogCommand(flag, 2, `touch ${started}`))
+        .toString()
+        .trim(),
+    );
+    sh(disarmWatchdogCommand(flag));
+    assert.equal(existsSync(flag), false);
+    await until(() => spawnSync('kill', ['-0', String(pid)]).status !== 0, 5_000);
+    await sleep(2500);
+    assert.equal(existsSync(started), false);
   });
 });

@@ -1,0 +1,78 @@
+/**
+ * Commands opened ahead of time (`SshSession.prepare`), against a real OpenSSH sshd: they
+ * run only when asked, never when cancelled, and their time limit counts from the go.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { RemoteCommandError } from '../../src/errors.ts';
+import { parseHostKeyPins } from '../../src/ssh/host-key.ts';
+import { SshSession } from '../../src/ssh/session.ts';
+import { startSshd, type Sshd } from '../bed/sshd.ts';
+
+describe('commands opened ahead', () => {
+  let sshd: Sshd;
+  let session: SshSession;
+  let dir: string;
+  before(async () => {
+    sshd = await startSshd();
+    session = await SshSession.connect(
+      {
+        host: sshd.host,
+        port: sshd.port,
+        username: sshd.username,
+        privateKey: sshd.privateKey,
+        hostKeys: parseHostKeyPins(sshd.hostKeyFingerprint),
+        transport: 'ssh2',
+      },
+      { keyDirParent: tmpdir() },
+    );
+    dir = mkdtempSync(join(tmpdir(), 'prep-prepared-'));
+  });
+  after(async () => {
+    session?.close();
+    await sshd?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('runs only on go, in the login shell, and returns its output', async () => {
+    const mark = join(dir, 'ran');
+    const p = session.prepare('Marking', `touch ${mark}; echo "from $0"`);
+    // Its session is open on the host by now; the command waits.
+    await sleep(800);
+    assert.equal(existsSync(mark), false, 'nothing ran before the go');
+    const out = await p.go();
+    assert.ok(existsSync(mark));
+    assert.match(out, /^from .*sh\n$/);
+  });
+
+  it('a cancelled command never runs', async () => {
+    const mark = join(dir, 'cancelled');
+    const p = session.prepare('Marking', `touch ${mark}`);
+    await sleep(300);
+    await p.cancel();
+    await sleep(300);
+    assert.equal(existsSync(mark), false);
+    await p.cancel();
+  });
+
+  it('a failing command throws with its exit status and message', async () => {
+    const p = session.prepare('The start command', `echo 'no such service' >&2; exit 4`);
+    await assert.rejects(p.go(), (e: unknown) => {
+      assert.ok(e instanceof RemoteCommandError);
+      assert.match(e.message, /The start command.*4.*no such service/s);
+      return true;
+    });
+  });
+
+  it('the time limit counts from the go, not from the opening', async () => {
+    const p = session.prepare('Waiting', 'sleep 0.2; echo done', { timeoutMs: 1500 });
+    await sleep(2500);
+    assert.equal(await p.go(), 'done\n');
+    const slow = session.prepare('Sleeping', 'sleep 30', { timeoutMs: 500 });
+    await assert.rejects(slow.go(), /timed out after 500 ms/);
+  });
+});

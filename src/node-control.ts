@@ -9,6 +9,7 @@ import { errorMessage } from './errors.js';
 import type { NodeKind } from './node-kind/loopchain.js';
 import {
   armWatchdogCommand,
+  detachedCommand,
   dirname,
   disarmWatchdogCommand,
   peerCommand,
@@ -65,9 +66,13 @@ export class NodeControl {
     );
     if (options.startSoon) {
       this.prepared = {
-        start: this.session.prepare('The start command', this.settings.startCommand, {
-          timeoutMs: 15 * 60_000,
-        }),
+        start: this.session.prepare(
+          'The start command',
+          detachedCommand(this.settings.startCommand),
+          {
+            timeoutMs: 15 * 60_000,
+          },
+        ),
         disarm: this.session.prepare('Disarming the watchdog', disarmWatchdogCommand(flag)),
       };
     }
@@ -90,7 +95,7 @@ export class NodeControl {
     this.prepared.start = undefined;
     if (prepared) await prepared.go();
     else
-      await this.session.run('The start command', this.settings.startCommand, {
+      await this.session.run('The start command', detachedCommand(this.settings.startCommand), {
         timeoutMs: 15 * 60_000,
       });
     this.startedAt = performance.now();

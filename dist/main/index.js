@@ -89074,6 +89074,26 @@ function armWatchdogCommand(flag, seconds, startCommand) {
         `echo "$!"`,
     ]);
 }
+/**
+ * Runs an operator's command (the node's start) detached from the SSH session: in its own
+ * session, its output in a file that is printed when it ends. A connection lost meanwhile
+ * no longer kills it halfway (through SIGPIPE on its next line of output); it finishes on the
+ * host. Exits with the command's status.
+ */
+function detachedCommand(command) {
+    return bashScript([
+        `log=$(mktemp)`,
+        `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
+        `$detach nohup "\${SHELL:-/bin/sh}" -c ${quote(command)} </dev/null >"$log" 2>&1 &`,
+        `pid=$!`,
+        `set +e`,
+        `wait "$pid"`,
+        `rc=$?`,
+        `cat -- "$log" >&2`,
+        `rm -f -- "$log"`,
+        `exit "$rc"`,
+    ]);
+}
 /** Disarms the watchdog: the flag goes first, so that a watchdog that wakes now does nothing. */
 function disarmWatchdogCommand(flag) {
     return bashScript([
@@ -89306,7 +89326,7 @@ class NodeControl {
         info(`Watchdog armed on the host: it starts the node in ${this.settings.maxDowntimeSeconds} s unless this run does.`);
         if (options.startSoon) {
             this.prepared = {
-                start: this.session.prepare('The start command', this.settings.startCommand, {
+                start: this.session.prepare('The start command', detachedCommand(this.settings.startCommand), {
                     timeoutMs: 15 * 60_000,
                 }),
                 disarm: this.session.prepare('Disarming the watchdog', disarmWatchdogCommand(flag)),
@@ -89330,7 +89350,7 @@ class NodeControl {
         if (prepared)
             await prepared.go();
         else
-            await this.session.run('The start command', this.settings.startCommand, {
+            await this.session.run('The start command', detachedCommand(this.settings.startCommand), {
                 timeoutMs: 15 * 60_000,
             });
         this.startedAt = performance.now();
@@ -90724,6 +90744,8 @@ async function backup(settings, now = () => new Date()) {
     let stage;
     let remote;
     let streamStarted = false;
+    // Settles once the node's start after the freeze has run: true when the node runs again.
+    let starting = Promise.resolve(true);
     let uploaded = [];
     let published = false;
     try {
@@ -90793,20 +90815,26 @@ async function backup(settings, now = () => new Date()) {
                     await node.ensureStarted();
                     throw explainFreeze(error);
                 }
-                // The node comes back up while its frozen copy is read: they share no file that
-                // changes. The stream waits for the node to run again: a connection lost in the
-                // middle of the stream must not cost the node its start.
-                const [, prepared] = await Promise.allSettled([
-                    node.ensureStarted(),
-                    prepareFrozen(session, kind, frozen),
-                ]);
-                if (node.isStopped)
-                    throw notStarted(settings);
-                timings.downtime = node.downtimeSeconds ?? 0;
-                info(`The node was down for ${formatDuration(timings.downtime)}.`);
-                if (prepared.status === 'rejected')
-                    throw prepared.reason;
-                return prepared.value;
+                // The node comes back up while its frozen copy is read and streamed: they share no
+                // file that changes. Its start runs detached on the host, so a connection lost
+                // meanwhile does not stop it halfway; the archive is published only once it has run.
+                starting = node.ensureStarted().then(() => {
+                    if (node.isStopped) {
+                        remote?.kill();
+                        return false;
+                    }
+                    timings.downtime = node.downtimeSeconds ?? 0;
+                    info(`The node is running again: it was down for ${formatDuration(timings.downtime)}.`);
+                    return true;
+                });
+                try {
+                    return await prepareFrozen(session, kind, frozen);
+                }
+                catch (error) {
+                    if (!(await starting))
+                        throw notStarted(settings);
+                    throw error;
+                }
             });
         }
         else {
@@ -90823,7 +90851,7 @@ async function backup(settings, now = () => new Date()) {
             saveState(State.UploadKey, key);
             saveState(State.UploadPublished, 'false');
             streamStarted = true;
-            const r = await streamArchive({
+            const streaming = streamArchive({
                 remote: remote,
                 session,
                 client,
@@ -90835,6 +90863,17 @@ async function backup(settings, now = () => new Date()) {
                 totalBytes: sizes.bytes,
                 frozenDigest: sizes.digest,
             });
+            const [streamed, running] = await Promise.all([
+                streaming.then((value) => ({ ok: true, value }), (error) => ({ ok: false, error })),
+                starting,
+            ]);
+            if (!running) {
+                const also = streamed.ok ? '' : ` The stream failed too: ${errorMessage(streamed.error)}`;
+                throw new HostError(`${notStarted(settings).message}${also}`);
+            }
+            if (!streamed.ok)
+                throw streamed.error;
+            const r = streamed.value;
             info(`Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`);
             return r;
         });
@@ -90915,6 +90954,7 @@ async function backup(settings, now = () => new Date()) {
     finally {
         if (remote && !streamStarted)
             await closeUnused(remote);
+        await starting;
         await node.ensureStarted();
         if (stage) {
             const s = stage;
@@ -91116,7 +91156,8 @@ async function writeSummary(m, url, timings, permanent, removed, compressor) {
     await writeSummaryTable('backup', rows, { text: 'Archive', href: url });
 }
 function notStarted(settings) {
-    return new HostError(`The node did not start again after the freeze. The watchdog on the host retries within ` +
+    return new HostError(`The node did not start again after the freeze (if the connection was lost, the start command ` +
+        `goes on on the host by itself). The watchdog on the host retries within ` +
         `${settings.node.maxDowntimeSeconds} s; check the node now. No snapshot was published.`);
 }
 

@@ -88800,6 +88800,26 @@ function armWatchdogCommand(flag, seconds, startCommand) {
         `echo "$!"`,
     ]);
 }
+/**
+ * Runs an operator's command (the node's start) detached from the SSH session: in its own
+ * session, its output in a file that is printed when it ends. A connection lost meanwhile
+ * no longer kills it halfway (through SIGPIPE on its next line of output); it finishes on the
+ * host. Exits with the command's status.
+ */
+function detachedCommand(command) {
+    return bashScript([
+        `log=$(mktemp)`,
+        `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
+        `$detach nohup "\${SHELL:-/bin/sh}" -c ${quote(command)} </dev/null >"$log" 2>&1 &`,
+        `pid=$!`,
+        `set +e`,
+        `wait "$pid"`,
+        `rc=$?`,
+        `cat -- "$log" >&2`,
+        `rm -f -- "$log"`,
+        `exit "$rc"`,
+    ]);
+}
 /** Disarms the watchdog: the flag goes first, so that a watchdog that wakes now does nothing. */
 function disarmWatchdogCommand(flag) {
     return shell_bashScript([

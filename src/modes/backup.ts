@@ -93,6 +93,8 @@ export async function backup(
   let stage: string | undefined;
   let remote: RemoteStream | undefined;
   let streamStarted = false;
+  // Settles once the node's start after the freeze has run: true when the node runs again.
+  let starting: Promise<boolean> = Promise.resolve(true);
   let uploaded: string[] = [];
   let published = false;
   try {
@@ -180,18 +182,26 @@ export async function backup(
           await node.ensureStarted();
           throw explainFreeze(error);
         }
-        // The node comes back up while its frozen copy is read: they share no file that
-        // changes. The stream waits for the node to run again: a connection lost in the
-        // middle of the stream must not cost the node its start.
-        const [, prepared] = await Promise.allSettled([
-          node.ensureStarted(),
-          prepareFrozen(session, kind, frozen),
-        ]);
-        if (node.isStopped) throw notStarted(settings);
-        timings.downtime = node.downtimeSeconds ?? 0;
-        core.info(`The node was down for ${formatDuration(timings.downtime)}.`);
-        if (prepared.status === 'rejected') throw prepared.reason;
-        return prepared.value;
+        // The node comes back up while its frozen copy is read and streamed: they share no
+        // file that changes. Its start runs detached on the host, so a connection lost
+        // meanwhile does not stop it halfway; the archive is published only once it has run.
+        starting = node.ensureStarted().then(() => {
+          if (node.isStopped) {
+            remote?.kill();
+            return false;
+          }
+          timings.downtime = node.downtimeSeconds ?? 0;
+          core.info(
+            `The node is running again: it was down for ${formatDuration(timings.downtime)}.`,
+          );
+          return true;
+        });
+        try {
+          return await prepareFrozen(session, kind, frozen);
+        } catch (error) {
+          if (!(await starting)) throw notStarted(settings);
+          throw error;
+        }
       });
     } else {
       await core.group('Stop the node', () => node.stop());
@@ -210,7 +220,7 @@ export async function backup(
       core.saveState(State.UploadKey, key);
       core.saveState(State.UploadPublished, 'false');
       streamStarted = true;
-      const r = await streamArchive({
+      const streaming = streamArchive({
         remote: remote!,
         session,
         client,
@@ -222,6 +232,19 @@ export async function backup(
         totalBytes: sizes.bytes,
         frozenDigest: sizes.digest,
       });
+      const [streamed, running] = await Promise.all([
+        streaming.then(
+          (value) => ({ ok: true as const, value }),
+          (error: unknown) => ({ ok: false as const, error }),
+        ),
+        starting,
+      ]);
+      if (!running) {
+        const also = streamed.ok ? '' : ` The stream failed too: ${errorMessage(streamed.error)}`;
+        throw new HostError(`${notStarted(settings).message}${also}`);
+      }
+      if (!streamed.ok) throw streamed.error;
+      const r = streamed.value;
 
       core.info(
         `Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`,
@@ -325,6 +348,7 @@ export async function backup(
     throw error;
   } finally {
     if (remote && !streamStarted) await closeUnused(remote);
+    await starting;
     await node.ensureStarted();
     if (stage) {
       const s = stage;
@@ -601,7 +625,8 @@ async function writeSummary(
 
 function notStarted(settings: Settings): HostError {
   return new HostError(
-    `The node did not start again after the freeze. The watchdog on the host retries within ` +
+    `The node did not start again after the freeze (if the connection was lost, the start command ` +
+      `goes on on the host by itself). The watchdog on the host retries within ` +
       `${settings.node.maxDowntimeSeconds} s; check the node now. No snapshot was published.`,
   );
 }

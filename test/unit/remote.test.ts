@@ -26,6 +26,7 @@ import { loopchain, pickIdentityDir } from '../../src/node-kind/loopchain.ts';
 import {
   archiveCommand,
   armWatchdogCommand,
+  detachedCommand,
   disarmWatchdogCommand,
   CHANGED_MARK,
   chooseDecoder,
@@ -625,5 +626,36 @@ describe('the watchdog on the host', () => {
     await until(() => spawnSync('kill', ['-0', String(pid)]).status !== 0, 5_000);
     await sleep(2500);
     assert.equal(existsSync(started), false);
+  });
+});
+
+describe("the node's start, detached from the session", () => {
+  let root: string;
+  before(() => (root = mkdtempSync(join(tmpdir(), 'prep-detached-'))));
+  after(() => rmSync(root, { recursive: true, force: true }));
+
+  it('passes on its exit status and its output', () => {
+    const r = spawnSync('sh', [
+      '-c',
+      detachedCommand(`echo starting; echo 'no compose file' >&2; exit 5`),
+    ]);
+    assert.equal(r.status, 5);
+    assert.match(r.stderr.toString(), /starting\nno compose file\n/);
+  });
+
+  it('finishes on the host when the session that ran it is gone', async () => {
+    const mark = join(root, 'started');
+    // The start writes as it goes, as docker-compose does: a plain child would die of SIGPIPE.
+    const child = spawn(
+      'sh',
+      ['-c', detachedCommand(`echo one; sleep 1; echo two; touch ${mark}`)],
+      { stdio: ['ignore', 'pipe', 'pipe'], detached: true },
+    );
+    await sleep(300);
+    // The connection drops: the session's processes are killed and their pipes closed.
+    process.kill(-child.pid!, 'SIGKILL');
+    child.stdout.destroy();
+    child.stderr.destroy();
+    await until(() => existsSync(mark), 10_000);
   });
 });

@@ -9,7 +9,11 @@ import { rmSync } from 'node:fs';
 import { State } from './constants.js';
 import { errorMessage } from './errors.js';
 import { manifestKey } from './naming.js';
-import { disarmWatchdogCommand, removeStagingCommand } from './node-kind/remote.js';
+import {
+  detachedCommand,
+  disarmWatchdogCommand,
+  removeStagingCommand,
+} from './node-kind/remote.js';
 import { readBackupList } from './s3/backup-list.js';
 import { createClient } from './s3/client.js';
 import { deleteKeys } from './s3/store.js';
@@ -53,7 +57,9 @@ async function cleanHost(
     session = await SshSession.connect({ ...settings.ssh, transport: 'ssh2' });
     if (stopped) {
       core.warning('The main step ended while the node was stopped: starting it.');
-      const res = await session.exec(settings.node.startCommand, { timeoutMs: 15 * 60_000 });
+      const res = await session.exec(detachedCommand(settings.node.startCommand), {
+        timeoutMs: 15 * 60_000,
+      });
       if (res.code === 0) core.info('The node was started.');
       else
         core.warning(

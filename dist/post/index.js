@@ -88807,10 +88807,10 @@ function armWatchdogCommand(flag, seconds, startCommand) {
  * host. Exits with the command's status.
  */
 function detachedCommand(command) {
-    return bashScript([
+    return shell_bashScript([
         `log=$(mktemp)`,
         `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
-        `$detach nohup "\${SHELL:-/bin/sh}" -c ${quote(command)} </dev/null >"$log" 2>&1 &`,
+        `$detach nohup "\${SHELL:-/bin/sh}" -c ${shell_quote(command)} </dev/null >"$log" 2>&1 &`,
         `pid=$!`,
         `set +e`,
         `wait "$pid"`,
@@ -90181,7 +90181,9 @@ async function cleanHost(settings, stopped, staging, watchdog) {
         session = await SshSession.connect({ ...settings.ssh, transport: 'ssh2' });
         if (stopped) {
             warning('The main step ended while the node was stopped: starting it.');
-            const res = await session.exec(settings.node.startCommand, { timeoutMs: 15 * 60_000 });
+            const res = await session.exec(detachedCommand(settings.node.startCommand), {
+                timeoutMs: 15 * 60_000,
+            });
             if (res.code === 0)
                 info('The node was started.');
             else

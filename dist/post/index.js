@@ -88902,7 +88902,7 @@ const DECODERS = {
     zstd: 'zstd -d -q -c',
 };
 function chooseDecoder(tools, compression) {
-    const pick = (name) => ({ name, command: DECODERS[name] });
+    const pick = (name) => ({ name });
     if (compression === 'zstd')
         return pick('zstd');
     if (tools.has('igzip'))

@@ -410,8 +410,8 @@ export function parseBatch(stdout: string): Map<string, { code: number; stdout: 
 
 /** A program on the host that turns the archive back into a tar stream. */
 export interface Decoder {
+  /** Its command is `DECODERS[name]`, chosen on the host by this name (see `goLine`). */
   name: 'igzip' | 'pigz' | 'gzip' | 'zstd';
-  command: string;
 }
 
 /**
@@ -428,7 +428,7 @@ export const DECODERS: Record<Decoder['name'], string> = {
 };
 
 export function chooseDecoder(tools: Set<string>, compression: Compression): Decoder {
-  const pick = (name: Decoder['name']): Decoder => ({ name, command: DECODERS[name] });
+  const pick = (name: Decoder['name']): Decoder => ({ name });
   if (compression === 'zstd') return pick('zstd');
   if (tools.has('igzip')) return pick('igzip');
   if (tools.has('pigz')) return pick('pigz');

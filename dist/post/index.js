@@ -88687,10 +88687,15 @@ function sizeCommand(kind, dir, withDigest = false) {
 const PROGRESS_MARK = 'prep-snapshot-progress';
 const CHANGED_MARK = 'prep-snapshot-tar-changed';
 const COMPRESSOR_MARK = 'prep-snapshot-compressor';
-/** tar's record: 20 blocks of 512 bytes (its default blocking factor). */
-const TAR_RECORD_BYTES = 10240;
 /**
- * The bytes tar has read, from one of its checkpoint lines (one every 1024 records, ~10 MiB):
+ * tar's record when it archives: 2048 blocks of 512 bytes. It reads the files and writes to
+ * the compressor in 1 MiB at a time instead of its default 10 KiB, a hundred times fewer
+ * system calls on both sides of the pipe; the stream ends padded to a whole record, which
+ * every tar reads (its end is marked before the padding).
+ */
+const TAR_RECORD_BYTES = (/* unused pure expression or super */ null && (1024 * 1024));
+/**
+ * The bytes tar has read, from one of its checkpoint lines (one every 10 records, 10 MiB):
  * `%u` is the number of records so far, not of checkpoints.
  */
 function checkpointBytes(line) {
@@ -88710,8 +88715,8 @@ function archiveCommand(kind, dir, identity, options) {
     const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
     const to = `${kind.identityParent}/${kind.placeholder}`;
     const tar = [
-        'tar --create --file=- --totals',
-        `--checkpoint=1024 --checkpoint-action=${quote(`echo=${PROGRESS_MARK} %u`)}`,
+        'tar --create --file=- --totals --blocking-factor=2048',
+        `--checkpoint=10 --checkpoint-action=${quote(`echo=${PROGRESS_MARK} %u`)}`,
         `--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`,
         `-- ${kind.roots.map(quote).join(' ')}`,
     ].join(' ');

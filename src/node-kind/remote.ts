@@ -177,11 +177,16 @@ export interface StreamOptions {
 export const PROGRESS_MARK = 'prep-snapshot-progress';
 export const CHANGED_MARK = 'prep-snapshot-tar-changed';
 export const COMPRESSOR_MARK = 'prep-snapshot-compressor';
-/** tar's record: 20 blocks of 512 bytes (its default blocking factor). */
-const TAR_RECORD_BYTES = 10240;
+/**
+ * tar's record when it archives: 2048 blocks of 512 bytes. It reads the files and writes to
+ * the compressor in 1 MiB at a time instead of its default 10 KiB, a hundred times fewer
+ * system calls on both sides of the pipe; the stream ends padded to a whole record, which
+ * every tar reads (its end is marked before the padding).
+ */
+const TAR_RECORD_BYTES = 1024 * 1024;
 
 /**
- * The bytes tar has read, from one of its checkpoint lines (one every 1024 records, ~10 MiB):
+ * The bytes tar has read, from one of its checkpoint lines (one every 10 records, 10 MiB):
  * `%u` is the number of records so far, not of checkpoints.
  */
 export function checkpointBytes(line: string): number | undefined {
@@ -207,8 +212,8 @@ export function archiveCommand(
   const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
   const to = `${kind.identityParent}/${kind.placeholder}`;
   const tar = [
-    'tar --create --file=- --totals',
-    `--checkpoint=1024 --checkpoint-action=${quote(`echo=${PROGRESS_MARK} %u`)}`,
+    'tar --create --file=- --totals --blocking-factor=2048',
+    `--checkpoint=10 --checkpoint-action=${quote(`echo=${PROGRESS_MARK} %u`)}`,
     `--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`,
     `-- ${kind.roots.map(quote).join(' ')}`,
   ].join(' ');

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   existsSync,
   mkdirSync,
@@ -19,6 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { gunzipSync } from 'node:zlib';
 import { ClassicLevel } from 'classic-level';
 import { parseManifestsOutput, planPrune } from '../../src/freeze.ts';
 import { parseManifest } from '../../src/node-kind/leveldb-manifest.ts';
@@ -29,6 +30,7 @@ import {
   detachedCommand,
   disarmWatchdogCommand,
   CHANGED_MARK,
+  checkpointBytes,
   chooseDecoder,
   batchCommand,
   extractCommand,
@@ -202,6 +204,45 @@ describe('host commands on real LevelDB files', () => {
       { input: GO_LINE },
     );
     assert.notEqual(r.status, 0);
+  });
+});
+
+describe('the archive in 1 MiB records', () => {
+  it('tar writes whole 1 MiB records, and its progress lines count the bytes it has read', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'records-'));
+    try {
+      const id = `db_${IP}:7100_icon_dex`;
+      mkdirSync(join(dir, '.score_data/db'), { recursive: true });
+      mkdirSync(join(dir, '.storage', id), { recursive: true });
+      const big = randomBytes(27 * 1024 * 1024 + 333);
+      writeFileSync(join(dir, '.score_data/db/000005.ldb'), big);
+      writeFileSync(join(dir, '.storage', id, 'CURRENT'), 'MANIFEST-000001\n');
+      const r = spawnSync(
+        'sh',
+        ['-c', archiveCommand(loopchain, dir, id, { compression: 'gzip', level: 1 })],
+        { input: GO_LINE, maxBuffer: 1 << 30 },
+      );
+      assert.equal(r.status, 0, r.stderr.toString());
+      const tarBytes = gunzipSync(r.stdout);
+      assert.equal(tarBytes.length % (1024 * 1024), 0, 'whole 1 MiB records');
+      const lines = r.stderr.toString().split('\n');
+      const total = Number(/Total bytes written: (\d+)/.exec(r.stderr.toString())?.[1]);
+      assert.equal(total, tarBytes.length, "tar's total is the stream's size");
+      const progress = lines.map(checkpointBytes).filter((b) => b !== undefined);
+      // One line every 10 records (10 MiB): at 10 and 20 MiB of a 28 MiB stream.
+      assert.deepEqual(
+        progress,
+        [10, 20].map((m) => m * 1024 * 1024),
+      );
+      // The original restore reads it: tar with its default 10 KiB records.
+      const out = join(dir, 'out');
+      mkdirSync(out);
+      const x = spawnSync('tar', ['-xzf', '-', '-C', out], { input: r.stdout });
+      assert.equal(x.status, 0, x.stderr.toString());
+      assert.ok(readFileSync(join(out, '.score_data/db/000005.ldb')).equals(big));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -154,7 +154,7 @@ export async function backup(
     }
     // The data channel connects while the node stops and the copy freezes; it archives
     // nothing before its go line.
-    remote = session.stream(
+    remote = await session.streamOut(
       archiveCommand(kind, source, identity, {
         compression: settings.backup.compression,
         level: settings.backup.compressionLevel,
@@ -493,7 +493,7 @@ async function streamArchive(a: StreamArgs): Promise<Streamed> {
       client: a.client,
       bucket: a.settings.s3.bucket,
       key: a.key,
-      body: remote.stdout,
+      body: remote.source,
       partSize: a.partSize,
       queueSize: a.settings.s3.queueSize,
       contentType:

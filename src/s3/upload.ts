@@ -14,6 +14,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { createHash } from 'node:crypto';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { readableSource, type ByteSink, type ByteSource } from '../byte-source.js';
 
 export const MIN_PART_SIZE = 8 * 1024 * 1024;
 export const MAX_PART_SIZE = 5 * 1024 ** 3;
@@ -48,7 +49,8 @@ export interface StreamUploadOptions {
   client: S3Client;
   bucket: string;
   key: string;
-  body: Readable;
+  /** The bytes: a ByteSource writes them into the parts in place, a Readable is copied. */
+  body: Readable | ByteSource;
   partSize: number;
   queueSize: number;
   contentType?: string;
@@ -68,24 +70,31 @@ export interface StreamUploadResult {
   etag?: string;
 }
 
+function isByteSource(body: Readable | ByteSource): body is ByteSource {
+  return typeof (body as ByteSource).flow === 'function';
+}
+
 /**
- * The multipart upload, fed from a small pool of part buffers that are reused: the stream's
- * chunks are copied once into the current part, which goes out when full while the next one
- * fills. Memory is (queueSize + 1) x partSize whatever the archive's size, and the runner
- * allocates no new part-sized buffer per part (with fresh buffers per part, the garbage
- * collector, page faults and the concatenation took a third of the runner's CPU).
+ * The multipart upload, fed from a small pool of part buffers that are reused. A ByteSource
+ * reads straight into the part being filled; a Readable's chunks are copied into it. A full
+ * part goes out while the next one fills; when queueSize parts are in flight the source
+ * pauses until one comes back. Memory is (queueSize + 1) x partSize whatever the archive's
+ * size, and the runner allocates no part-sized buffer per part (with fresh buffers per part,
+ * the garbage collector, page faults and the concatenation took a third of its CPU).
  */
 export async function streamUpload(options: StreamUploadOptions): Promise<StreamUploadResult> {
   const { client, bucket, key, partSize } = options;
   const queueSize = Math.max(1, options.queueSize);
+  const source = isByteSource(options.body) ? options.body : readableSource(options.body);
   const hash = createHash('sha256');
   let bytes = 0;
   let failure: Error | undefined;
-  // A remote failure stops the stream at once, whatever it is waiting for.
-  options.sourceOk.catch((error: Error) => {
+  const fail = (error: Error): void => {
     failure ??= error;
-    options.body.destroy(error);
-  });
+    source.destroy(error);
+  };
+  // A remote failure stops the stream at once, whatever it is waiting for.
+  options.sourceOk.catch(fail);
 
   const created = await client.send(
     new CreateMultipartUploadCommand({
@@ -104,6 +113,55 @@ export async function streamUpload(options: StreamUploadOptions): Promise<Stream
   let current: Buffer | undefined;
   let filled = 0;
   let partNumber = 0;
+  // Bytes that arrived while every part buffer was busy (copies), and whether the source waits.
+  const pending: Buffer[] = [];
+  let waiting = false;
+
+  /** The part being filled; a new one only while fewer than queueSize parts are in flight. */
+  const take = (): Buffer | undefined => {
+    if (!current && inFlight.size < queueSize && !failure) {
+      current = free.pop() ?? Buffer.allocUnsafe(partSize);
+      filled = 0;
+    }
+    return current;
+  };
+  const filledUp = (n: number): void => {
+    filled += n;
+    if (filled === partSize && current) {
+      send(current, filled);
+      current = undefined;
+    }
+  };
+  /** Copies `chunk` into parts; what finds no part is kept in `pending`. False when some was kept. */
+  const put = (chunk: Buffer): boolean => {
+    let at = 0;
+    while (at < chunk.length) {
+      const part = take();
+      if (!part) {
+        pending.push(Buffer.from(chunk.subarray(at)));
+        return false;
+      }
+      const n = chunk.copy(part, filled, at);
+      at += n;
+      filledUp(n);
+    }
+    return true;
+  };
+  /** A part came back: place what was kept, and let the source go on when there is room. */
+  const drain = (): void => {
+    while (pending.length > 0) {
+      const chunk = pending.shift() as Buffer;
+      if (!put(chunk)) {
+        // put() kept the rest of this chunk at the end: move it back to the front.
+        pending.unshift(pending.pop() as Buffer);
+        return;
+      }
+    }
+    if (waiting && take()) {
+      waiting = false;
+      source.resume();
+    }
+  };
 
   const send = (buffer: Buffer, length: number): void => {
     const number = ++partNumber;
@@ -122,45 +180,54 @@ export async function streamUpload(options: StreamUploadOptions): Promise<Stream
       )
       .then(
         (res) => {
+          inFlight.delete(sending);
           parts.push({ PartNumber: number, ETag: res.ETag });
           free.push(buffer);
+          drain();
         },
         (error: Error) => {
-          failure ??= error;
-          options.body.destroy(error);
+          inFlight.delete(sending);
+          fail(error);
         },
-      )
-      .finally(() => inFlight.delete(sending));
+      );
     inFlight.add(sending);
   };
 
-  try {
-    for await (const chunk of options.body as AsyncIterable<Buffer>) {
+  const sink: ByteSink = {
+    space: () => take()?.subarray(filled),
+    wrote: (chunk) => {
       hash.update(chunk);
       bytes += chunk.length;
       options.onProgress?.(bytes);
-      let at = 0;
-      while (at < chunk.length) {
-        if (!current) {
-          // Wait for a part to come back when the queue is full: the stream waits with it.
-          while (inFlight.size >= queueSize && !failure) await Promise.race(inFlight);
-          if (failure) throw failure;
-          current = free.pop() ?? Buffer.allocUnsafe(partSize);
-          filled = 0;
-        }
-        const n = chunk.copy(current, filled, at);
-        filled += n;
-        at += n;
-        if (filled === partSize) {
-          send(current, filled);
-          current = undefined;
-        }
+      if (pending.length > 0)
+        pending.push(Buffer.from(chunk)); // in order, behind what waits
+      else if (
+        current !== undefined &&
+        chunk.buffer === current.buffer &&
+        chunk.byteOffset === current.byteOffset + filled
+      )
+        filledUp(chunk.length); // read in place
+      else put(chunk);
+      if (pending.length > 0 || !take()) {
+        waiting = true;
+        return false;
       }
-    }
+      return true;
+    },
+  };
+
+  try {
+    await source.flow(sink);
     if (failure) throw failure;
-    // The last part goes out only once the remote side has reported success.
+    // Every byte in a part, then the last part goes out only once the remote side has
+    // reported success.
+    while (pending.length > 0 && !failure) await Promise.race(inFlight);
+    if (failure) throw failure;
     await options.sourceOk;
-    if (current || partNumber === 0) send(current ?? Buffer.alloc(0), filled);
+    // The part being filled may be empty (taken ahead for the next read): it goes out only
+    // with bytes in it, or as the single empty part of an empty archive.
+    if (current && filled > 0) send(current, filled);
+    else if (partNumber === 0) send(Buffer.alloc(0), 0);
     current = undefined;
     while (inFlight.size > 0) await Promise.race(inFlight);
     if (failure) throw failure;
@@ -176,7 +243,7 @@ export async function streamUpload(options: StreamUploadOptions): Promise<Stream
     return { bytes, sha256: hash.digest('hex'), etag: done.ETag };
   } catch (error) {
     const cause = failure ?? (error as Error);
-    options.body.destroy();
+    source.destroy();
     await Promise.allSettled([...inFlight]);
     await client
       .send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }))

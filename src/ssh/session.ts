@@ -8,9 +8,11 @@ import * as core from '@actions/core';
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
-import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { PassThrough, Readable, type Writable } from 'node:stream';
 import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
+import { readableSource, socketSource, type ByteSource } from '../byte-source.js';
 import { ConnectError, RemoteCommandError } from '../errors.js';
 import { gated, GO_LINE } from '../shell.js';
 import type { SshSettings } from '../settings.js';
@@ -43,7 +45,10 @@ export interface Prepared {
 
 /** A running remote command whose output is a stream (the archive), or whose input is one. */
 export interface RemoteStream {
+  /** The command's stdout as a stream; empty from `streamOut` over OpenSSH (read `source`). */
   stdout: Readable;
+  /** The command's stdout for the upload: read into its part buffers where the transport can. */
+  source: ByteSource;
   stdin: Writable;
   /** The remote command's exit code (null when killed or cut off), once it has ended. */
   exit: Promise<number | null>;
@@ -285,9 +290,33 @@ export class SshSession {
     return this.useOpenSsh ? this.streamOpenSsh(command) : this.streamSsh2(command);
   }
 
-  private streamOpenSsh(command: string): RemoteStream {
+  /**
+   * Starts a command whose stdout is the large stream. Over OpenSSH, the client's stdout is
+   * a Unix socket that the upload reads straight into its part buffers (see byte-source.ts);
+   * where that socket cannot be made (a path too long for one), a pipe as `stream` has.
+   */
+  async streamOut(command: string): Promise<RemoteStream> {
+    if (!this.useOpenSsh) return this.streamSsh2(command);
+    let pair: Awaited<ReturnType<typeof socketSource>>;
+    try {
+      pair = await socketSource(this.keyDir as string);
+    } catch (error) {
+      core.debug(
+        `No Unix socket for the data channel (${(error as Error).message}); a pipe instead.`,
+      );
+      return this.streamOpenSsh(command);
+    }
+    try {
+      return this.streamOpenSsh(command, pair);
+    } finally {
+      // The child holds its own copy of the writing end: EOF comes when it exits.
+      pair.writer.destroy();
+    }
+  }
+
+  private openSshArgs(command: string): string[] {
     const dir = this.keyDir as string;
-    const args = [
+    return [
       '-p',
       String(this.settings.port),
       '-i',
@@ -333,6 +362,10 @@ export class SshSession {
       '--',
       command,
     ];
+  }
+
+  private openSshEnv(): NodeJS.ProcessEnv {
+    const dir = this.keyDir as string;
     const env: NodeJS.ProcessEnv = { ...process.env };
     if (this.settings.passphrase) {
       env.SSH_ASKPASS = join(dir, 'askpass');
@@ -340,16 +373,30 @@ export class SshSession {
       env.DISPLAY = env.DISPLAY ?? 'none';
       env.PREP_SNAPSHOT_PASSPHRASE = this.settings.passphrase;
     }
-    const child = spawn('ssh', args, { stdio: ['pipe', 'pipe', 'pipe'], env });
-    const stderr = new StderrLines(child.stderr);
+    return env;
+  }
+
+  private streamOpenSsh(
+    command: string,
+    pair?: { writer: Socket; source: ByteSource },
+  ): RemoteStream {
+    const child = spawn('ssh', this.openSshArgs(command), {
+      stdio: ['pipe', pair ? pair.writer : 'pipe', 'pipe'],
+      env: this.openSshEnv(),
+    });
+    const stderr = new StderrLines(child.stderr as Readable);
     const exit = new Promise<number | null>((resolve) => {
       child.on('close', (code) => resolve(code === 255 ? null : code));
       child.on('error', () => resolve(null));
     });
-    child.stdin.on('error', () => undefined);
+    // stdin and stderr are pipes here; stdout is one unless the socket pair took its place.
+    const stdin = child.stdin as Writable;
+    stdin.on('error', () => undefined);
+    const stdout = child.stdout ?? Readable.from([]);
     return {
-      stdout: child.stdout,
-      stdin: child.stdin,
+      stdout,
+      source: pair ? pair.source : readableSource(stdout),
+      stdin,
       exit,
       onStderrLine: (l) => stderr.listen(l),
       stderrTail: () => stderr.tail(),
@@ -384,6 +431,7 @@ export class SshSession {
     );
     return {
       stdout,
+      source: readableSource(stdout),
       stdin,
       exit,
       onStderrLine: (l) => stderr.listen(l),
@@ -473,4 +521,5 @@ export async function closeUnused(remote: RemoteStream, graceMs = 30_000): Promi
   const timer = setTimeout(() => remote.kill(), graceMs);
   await remote.exit;
   clearTimeout(timer);
+  remote.source.destroy();
 }

@@ -2,7 +2,8 @@
  * SSH data channel throughput, run by bench.ts under the runner's Node 24 with tsx
  * (`node24 --import tsx test/bench/ssh-throughput.ts`). It uses the action's own SshSession
  * (src/ssh/session.ts) with each transport, reads `cat FILE` from the host through
- * session.stream() and hashes every byte with sha256, as the backup does.
+ * session.streamOut() into reused part-sized buffers and hashes every byte with sha256, as
+ * the backup does.
  *
  * Input: env BENCH_SSH (JSON: host, port, username, privateKey, hostKey, file, transports).
  * Output: one line `BENCH_SSH_RESULT {json}` on stdout.
@@ -43,14 +44,29 @@ async function measure(input: Input, transport: SshTransport): Promise<Measured>
   try {
     const q = `'${input.file.replace(/'/g, `'\\''`)}'`;
     const t = performance.now();
-    const remote = session.stream(`cat -- ${q}`);
+    // As the backup reads the archive: into reused part-sized buffers, hashing each read.
+    const remote = await session.streamOut(`cat -- ${q}`);
     remote.stdin.end();
     const hash = createHash('sha256');
     let bytes = 0;
-    for await (const chunk of remote.stdout as AsyncIterable<Buffer>) {
-      bytes += chunk.length;
-      hash.update(chunk);
-    }
+    const parts = [Buffer.allocUnsafe(8 * 1024 * 1024), Buffer.allocUnsafe(8 * 1024 * 1024)];
+    let part = 0;
+    let filled = 0;
+    await remote.source.flow({
+      space: () => parts[part % 2]?.subarray(filled),
+      wrote: (chunk) => {
+        hash.update(chunk);
+        bytes += chunk.length;
+        const target = parts[part % 2] as Buffer;
+        if (chunk.buffer !== target.buffer) chunk.copy(target, filled);
+        filled += chunk.length;
+        if (filled >= target.length) {
+          part++;
+          filled = 0;
+        }
+        return true;
+      },
+    });
     const exitCode = await remote.exit;
     const seconds = (performance.now() - t) / 1000;
     return {

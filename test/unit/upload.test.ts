@@ -4,9 +4,14 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { socketSource, type ByteSource } from '../../src/byte-source.ts';
 import { streamUpload } from '../../src/s3/upload.ts';
 import { startMinio, type S3Server } from '../bed/minio.js';
 
@@ -23,6 +28,17 @@ function source(data: Buffer, chunk = 65_521): Readable {
       at += chunk;
     },
   });
+}
+
+/** The bytes as the data channel delivers them: a child process writes into a socket pair. */
+async function socketBody(data: Buffer): Promise<ByteSource> {
+  const dir = mkdtempSync(join(tmpdir(), 'upload-src-'));
+  writeFileSync(join(dir, 'data'), data);
+  const { writer, source } = await socketSource(dir);
+  const child = spawn('cat', [join(dir, 'data')], { stdio: ['ignore', writer, 'inherit'] });
+  writer.destroy();
+  child.on('close', () => rmSync(dir, { recursive: true, force: true }));
+  return source;
 }
 
 async function getBytes(client: S3Client, key: string): Promise<Buffer> {
@@ -42,35 +58,41 @@ describe('streamUpload against MinIO', () => {
     await s3?.stop();
   });
 
-  for (const [name, bytes] of [
-    ['several parts and a short last one', 20 * MiB + 12_345],
-    ['exactly two parts', 16 * MiB],
-    ['less than one part', 3_000],
-    ['nothing at all', 0],
+  for (const [name, bytes, queueSize] of [
+    ['several parts and a short last one', 20 * MiB + 12_345, 2],
+    ['exactly two parts', 16 * MiB, 2],
+    ['less than one part', 3_000, 2],
+    ['nothing at all', 0, 2],
+    ['one part in flight at a time', 41 * MiB + 77, 1],
   ] as const) {
-    it(`${name}: the object is the bytes read, and the sha256 theirs`, async () => {
-      const data = randomBytes(bytes);
-      const key = `t/${name.replace(/ /g, '-')}`;
-      let progress = 0;
-      const r = await streamUpload({
-        client,
-        bucket: BUCKET,
-        key,
-        body: source(data),
-        partSize: 8 * MiB,
-        queueSize: 2,
-        sourceOk: Promise.resolve(),
-        onProgress: (b) => (progress = b),
+    for (const kind of ['a stream', 'a socket'] as const) {
+      it(`${name}, from ${kind}: the object is the bytes read, and the sha256 theirs`, async () => {
+        const data = randomBytes(bytes);
+        const key = `t/${name.replace(/ /g, '-')}-${kind.replace(/ /g, '-')}`;
+        let progress = 0;
+        const r = await streamUpload({
+          client,
+          bucket: BUCKET,
+          key,
+          body: kind === 'a stream' ? source(data) : await socketBody(data),
+          partSize: 8 * MiB,
+          queueSize,
+          sourceOk: Promise.resolve(),
+          onProgress: (b) => (progress = b),
+        });
+        assert.equal(r.bytes, bytes);
+        assert.equal(progress, bytes);
+        assert.equal(r.sha256, createHash('sha256').update(data).digest('hex'));
+        assert.ok(
+          (await getBytes(client, key)).equals(data),
+          'the stored object equals the source',
+        );
+        const head = await client.send(new HeadObjectCommand({ Bucket: BUCKET, Key: key }));
+        const parts = Math.max(1, Math.ceil(bytes / (8 * MiB)));
+        assert.match(head.ETag ?? '', new RegExp(`-${parts}"?$`), `${parts} part(s)`);
+        assert.equal(await s3.listMultipartUploads(BUCKET, key), 0);
       });
-      assert.equal(r.bytes, bytes);
-      assert.equal(progress, bytes);
-      assert.equal(r.sha256, createHash('sha256').update(data).digest('hex'));
-      assert.ok((await getBytes(client, key)).equals(data), 'the stored object equals the source');
-      const head = await client.send(new HeadObjectCommand({ Bucket: BUCKET, Key: key }));
-      const parts = Math.max(1, Math.ceil(bytes / (8 * MiB)));
-      assert.match(head.ETag ?? '', new RegExp(`-${parts}"?$`), `${parts} part(s)`);
-      assert.equal(await s3.listMultipartUploads(BUCKET, key), 0);
-    });
+    }
   }
 
   it('memory stays near (queue + 1) part buffers however long the stream', async () => {

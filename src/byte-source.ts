@@ -1,0 +1,135 @@
+/**
+ * Where the archive's bytes come from on the runner, read into buffers that the reader lends.
+ *
+ * The upload keeps a few part-sized buffers and reuses them. A Readable hands it one new
+ * 64 KiB buffer per read, which it copies into a part; over a 1 GiB archive those 16,000
+ * buffers kept the garbage collector busy for a fifth of the runner's CPU. A Unix socket
+ * read with `onread` writes each read straight into the part: nothing is allocated per
+ * read, nothing is copied, and a read takes what the socket holds (about 4x fewer reads).
+ */
+import { randomBytes } from 'node:crypto';
+import { createConnection, createServer, type Socket } from 'node:net';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+
+export interface ByteSink {
+  /** Free space in the part being filled, or undefined when every part buffer is busy. */
+  space(): Buffer | undefined;
+  /**
+   * `chunk` holds the bytes just read. They are in place when `chunk` is the start of the
+   * last `space()`, copied otherwise. Returns false when the source should pause.
+   */
+  wrote(chunk: Buffer): boolean;
+}
+
+export interface ByteSource {
+  /** Starts the flow into `sink`: resolves when the bytes end, rejects when they stop short. */
+  flow(sink: ByteSink): Promise<void>;
+  /** Resumes a flow that `wrote` paused. */
+  resume(): void;
+  destroy(error?: Error): void;
+}
+
+/** A Readable as a ByteSource: each chunk is copied into the sink. */
+export function readableSource(body: Readable): ByteSource {
+  return {
+    flow: (sink) =>
+      new Promise<void>((resolve, reject) => {
+        let ended = false;
+        body.on('data', (chunk: Buffer) => {
+          if (!sink.wrote(chunk)) body.pause();
+        });
+        body.once('end', () => {
+          ended = true;
+          resolve();
+        });
+        body.once('error', reject);
+        body.once('close', () => {
+          if (!ended) reject(new Error('the stream closed before its end'));
+        });
+      }),
+    resume: () => body.resume(),
+    destroy: (error) => body.destroy(error),
+  };
+}
+
+/** Where reads land while the sink has no space: the source is paused then, so it is rarely used. */
+const PARKING_BYTES = 256 * 1024;
+
+/**
+ * A connected pair of Unix sockets in `dir`: `writer` goes to a child process as its stdout
+ * (spawn's stdio; close it here once spawned), `source` reads what the child writes.
+ */
+export async function socketSource(dir: string): Promise<{ writer: Socket; source: ByteSource }> {
+  const path = join(dir, `o-${randomBytes(4).toString('hex')}.sock`);
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => resolve());
+  });
+  let sink: ByteSink | undefined;
+  const parking = Buffer.allocUnsafe(PARKING_BYTES);
+  const early: Buffer[] = [];
+  let paused = false;
+  let reader: Socket | undefined;
+  try {
+    const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve));
+    reader = createConnection({
+      path,
+      onread: {
+        buffer: () => sink?.space() ?? parking,
+        callback: (n: number, buffer: Uint8Array) => {
+          const chunk = Buffer.from(buffer.buffer, buffer.byteOffset, n);
+          if (!sink) {
+            // Bytes before the flow starts: kept (copied, the parking space is reused) and held.
+            early.push(Buffer.from(chunk));
+            paused = true;
+            return false;
+          }
+          const more = sink.wrote(chunk);
+          paused = !more;
+          return more;
+        },
+      },
+    });
+    const r = reader;
+    await new Promise<void>((resolve, reject) => {
+      r.once('connect', resolve);
+      r.once('error', reject);
+    });
+    const writer = await accepted;
+    const ended = new Promise<void>((resolve, reject) => {
+      let done = false;
+      r.once('end', () => {
+        done = true;
+        resolve();
+      });
+      r.once('error', reject);
+      r.once('close', () => {
+        if (!done) reject(new Error('the stream closed before its end'));
+      });
+    });
+    ended.catch(() => undefined);
+    const source: ByteSource = {
+      flow: (s) => {
+        sink = s;
+        for (const chunk of early.splice(0)) paused = !s.wrote(chunk);
+        if (!paused) r.resume();
+        return ended;
+      },
+      resume: () => {
+        if (!paused) return;
+        paused = false;
+        r.resume();
+      },
+      destroy: (error) => r.destroy(error),
+    };
+    return { writer, source };
+  } catch (error) {
+    reader?.destroy();
+    throw error;
+  } finally {
+    // The pair is connected (or failed): the listening socket and its path are not needed.
+    server.close();
+  }
+}

@@ -62,6 +62,9 @@ const PARKING_BYTES = 256 * 1024;
  */
 export async function socketSource(dir: string): Promise<{ writer: Socket; source: ByteSource }> {
   const path = join(dir, `o-${randomBytes(4).toString('hex')}.sock`);
+  // sun_path holds 108 bytes with its NUL. Some Node versions cut a longer path short
+  // silently, which would put the socket outside `dir`: refuse it here, whatever the version.
+  if (Buffer.byteLength(path) > 107) throw new Error(`the socket path would be too long: ${path}`);
   const server = createServer();
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

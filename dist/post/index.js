@@ -89281,6 +89281,10 @@ const PARKING_BYTES = 256 * 1024;
  */
 async function socketSource(dir) {
     const path = (0,external_node_path_.join)(dir, `o-${(0,external_node_crypto_.randomBytes)(4).toString('hex')}.sock`);
+    // sun_path holds 108 bytes with its NUL. Some Node versions cut a longer path short
+    // silently, which would put the socket outside `dir`: refuse it here, whatever the version.
+    if (Buffer.byteLength(path) > 107)
+        throw new Error(`the socket path would be too long: ${path}`);
     const server = (0,external_node_net_.createServer)();
     await new Promise((resolve, reject) => {
         server.once('error', reject);

@@ -1,9 +1,10 @@
 /**
- * Commands opened ahead of time (`SshSession.prepare`), against a real OpenSSH sshd: they
- * run only when asked, never when cancelled, and their time limit counts from the go.
+ * Against a real OpenSSH sshd: commands opened ahead of time (`SshSession.prepare`) run only
+ * when asked, never when cancelled, and their time limit counts from the go; the archive's
+ * data channel carries its bytes through a Unix socket pair, or a pipe where none can be made.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -74,5 +75,82 @@ describe('commands opened ahead', () => {
     assert.equal(await p.go(), 'done\n');
     const slow = session.prepare('Sleeping', 'sleep 30', { timeoutMs: 500 });
     await assert.rejects(slow.go(), /timed out after 500 ms/);
+  });
+});
+
+describe("the archive's data channel over OpenSSH", () => {
+  let sshd: Sshd;
+  let parent: string;
+  before(async () => {
+    sshd = await startSshd();
+    parent = mkdtempSync(join(tmpdir(), 'prep-channel-'));
+  });
+  after(async () => {
+    await sshd?.stop();
+    rmSync(parent, { recursive: true, force: true });
+  });
+
+  async function connect(keyDirParent: string): Promise<SshSession> {
+    return SshSession.connect(
+      {
+        host: sshd.host,
+        port: sshd.port,
+        username: sshd.username,
+        privateKey: sshd.privateKey,
+        hostKeys: parseHostKeyPins(sshd.hostKeyFingerprint),
+        transport: 'openssh',
+      },
+      { keyDirParent },
+    );
+  }
+
+  /** Reads a remote command's stdout through `source`, into lent 1 MiB buffers. */
+  async function readAll(
+    session: SshSession,
+    command: string,
+  ): Promise<{ out: Buffer; stdout: number }> {
+    const remote = await session.streamOut(command);
+    remote.stdin.end();
+    let stdout = 0;
+    remote.stdout.on('data', (b: Buffer) => (stdout += b.length));
+    const chunks: Buffer[] = [];
+    let lent = Buffer.alloc(1 << 20);
+    await remote.source.flow({
+      space: () => lent,
+      wrote: (chunk) => {
+        chunks.push(Buffer.from(chunk));
+        lent = Buffer.alloc(1 << 20);
+        return true;
+      },
+    });
+    assert.equal(await remote.exit, 0);
+    return { out: Buffer.concat(chunks), stdout };
+  }
+
+  const expected = Buffer.from(Array.from({ length: 200_000 }, (_, i) => `${i + 1}\n`).join(''));
+
+  it('carries the bytes through the socket pair; the stdout stream stays empty', async () => {
+    const session = await connect(parent);
+    try {
+      const { out, stdout } = await readAll(session, 'seq 1 200000');
+      assert.ok(out.equals(expected), 'the bytes are the command output');
+      assert.equal(stdout, 0, 'nothing came through the stdout stream');
+    } finally {
+      session.close();
+    }
+  });
+
+  it('falls back to a pipe where the socket path would be too long', async () => {
+    // A Unix socket path holds at most 107 bytes; the key dir is made under this parent.
+    const deep = join(parent, 'd'.repeat(120));
+    mkdirSync(deep);
+    const session = await connect(deep);
+    try {
+      const { out, stdout } = await readAll(session, 'seq 1 200000');
+      assert.ok(out.equals(expected), 'the bytes are the command output');
+      assert.equal(stdout, expected.length, 'the stdout pipe carried them');
+    } finally {
+      session.close();
+    }
   });
 });

@@ -88890,17 +88890,18 @@ function parseProbe(stdout) {
     return probe;
 }
 /**
- * Checks that the host has tar and a program for `compression` (pigz or gzip; zstd);
- * `what` names the archive in the error.
+ * Checks that the host has tar and a program for `compression`: to write gzip, pigz or gzip;
+ * to read it (`reading`), igzip too; zstd either way. `what` names the archive in the error.
  */
-function requireArchiveTools(tools, compression, what) {
+function requireArchiveTools(tools, compression, what, reading = false) {
     if (!tools.has('tar'))
         throw new HostError(`The host has no 'tar'.`);
     if (compression === 'zstd' && !tools.has('zstd')) {
         throw new HostError(`${what} is zstd-compressed and the host has no 'zstd': install it (apt install zstd) or use gzip.`);
     }
-    if (compression === 'gzip' && !tools.has('pigz') && !tools.has('gzip')) {
-        throw new HostError(`The host has neither pigz nor gzip.`);
+    const gzips = reading ? ['igzip', 'pigz', 'gzip'] : ['pigz', 'gzip'];
+    if (compression === 'gzip' && !gzips.some((t) => tools.has(t))) {
+        throw new HostError(`The host has none of ${gzips.join(', ')} for ${what}: install one (apt install pigz).`);
     }
 }
 /** Asks the node's own API for its height, from the host (the API listens on the host's loopback). */
@@ -89168,11 +89169,6 @@ function parseBatch(stdout) {
     }
     return results;
 }
-/**
- * The fastest decompressor the host has for `compression`. Inflate is single-threaded in
- * pigz and gzip alike and is the slowest stage of a restore; igzip (ISA-L, Debian's `isal`)
- * inflates about twice as fast on the same core and checks the CRC the same way.
- */
 /** Every decompressor a restore may use, by name. */
 const DECODERS = {
     igzip: 'igzip -d -c',
@@ -89180,6 +89176,11 @@ const DECODERS = {
     gzip: 'gzip -d -c',
     zstd: 'zstd -d -q -c',
 };
+/**
+ * The fastest decompressor the host has for `compression`. Inflate is single-threaded in
+ * pigz and gzip alike and is the slowest stage of a restore; igzip (ISA-L, Debian's `isal`)
+ * inflates about twice as fast on the same core and checks the CRC the same way.
+ */
 function chooseDecoder(tools, compression) {
     const pick = (name) => ({ name });
     if (compression === 'zstd')
@@ -91796,7 +91797,7 @@ async function restore(settings) {
                     `(its ${manifest ? '' : 'estimated '}size plus 'disk-margin'). Free some space and run again.`);
             }
             hadPrevious = probe.dataDirPresent;
-            requireArchiveTools(probe.tools, chosen.name.compression, chosen.key);
+            requireArchiveTools(probe.tools, chosen.name.compression, chosen.key, true);
             const decoder = chooseDecoder(probe.tools, chosen.name.compression);
             if (decoder.name === 'pigz' || decoder.name === 'gzip') {
                 notice(`The host decompresses with ${decoder.name}. Installing igzip there (Debian and Ubuntu package 'isal') ` +

@@ -88616,17 +88616,18 @@ function parseProbe(stdout) {
     return probe;
 }
 /**
- * Checks that the host has tar and a program for `compression` (pigz or gzip; zstd);
- * `what` names the archive in the error.
+ * Checks that the host has tar and a program for `compression`: to write gzip, pigz or gzip;
+ * to read it (`reading`), igzip too; zstd either way. `what` names the archive in the error.
  */
-function requireArchiveTools(tools, compression, what) {
+function requireArchiveTools(tools, compression, what, reading = false) {
     if (!tools.has('tar'))
         throw new HostError(`The host has no 'tar'.`);
     if (compression === 'zstd' && !tools.has('zstd')) {
         throw new HostError(`${what} is zstd-compressed and the host has no 'zstd': install it (apt install zstd) or use gzip.`);
     }
-    if (compression === 'gzip' && !tools.has('pigz') && !tools.has('gzip')) {
-        throw new HostError(`The host has neither pigz nor gzip.`);
+    const gzips = reading ? ['igzip', 'pigz', 'gzip'] : ['pigz', 'gzip'];
+    if (compression === 'gzip' && !gzips.some((t) => tools.has(t))) {
+        throw new HostError(`The host has none of ${gzips.join(', ')} for ${what}: install one (apt install pigz).`);
     }
 }
 /** Asks the node's own API for its height, from the host (the API listens on the host's loopback). */
@@ -88894,11 +88895,6 @@ function parseBatch(stdout) {
     }
     return results;
 }
-/**
- * The fastest decompressor the host has for `compression`. Inflate is single-threaded in
- * pigz and gzip alike and is the slowest stage of a restore; igzip (ISA-L, Debian's `isal`)
- * inflates about twice as fast on the same core and checks the CRC the same way.
- */
 /** Every decompressor a restore may use, by name. */
 const DECODERS = {
     igzip: 'igzip -d -c',
@@ -88906,6 +88902,11 @@ const DECODERS = {
     gzip: 'gzip -d -c',
     zstd: 'zstd -d -q -c',
 };
+/**
+ * The fastest decompressor the host has for `compression`. Inflate is single-threaded in
+ * pigz and gzip alike and is the slowest stage of a restore; igzip (ISA-L, Debian's `isal`)
+ * inflates about twice as fast on the same core and checks the CRC the same way.
+ */
 function chooseDecoder(tools, compression) {
     const pick = (name) => ({ name });
     if (compression === 'zstd')

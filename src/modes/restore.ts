@@ -141,7 +141,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
         );
       }
       hadPrevious = probe.dataDirPresent;
-      requireArchiveTools(probe.tools, chosen.name.compression, chosen.key);
+      requireArchiveTools(probe.tools, chosen.name.compression, chosen.key, true);
       const decoder = chooseDecoder(probe.tools, chosen.name.compression);
       if (decoder.name === 'pigz' || decoder.name === 'gzip') {
         core.notice(

@@ -82,13 +82,14 @@ export function parseProbe(stdout: string): Probe {
 }
 
 /**
- * Checks that the host has tar and a program for `compression` (pigz or gzip; zstd);
- * `what` names the archive in the error.
+ * Checks that the host has tar and a program for `compression`: to write gzip, pigz or gzip;
+ * to read it (`reading`), igzip too; zstd either way. `what` names the archive in the error.
  */
 export function requireArchiveTools(
   tools: Set<string>,
   compression: Compression,
   what: string,
+  reading = false,
 ): void {
   if (!tools.has('tar')) throw new HostError(`The host has no 'tar'.`);
   if (compression === 'zstd' && !tools.has('zstd')) {
@@ -96,8 +97,11 @@ export function requireArchiveTools(
       `${what} is zstd-compressed and the host has no 'zstd': install it (apt install zstd) or use gzip.`,
     );
   }
-  if (compression === 'gzip' && !tools.has('pigz') && !tools.has('gzip')) {
-    throw new HostError(`The host has neither pigz nor gzip.`);
+  const gzips = reading ? ['igzip', 'pigz', 'gzip'] : ['pigz', 'gzip'];
+  if (compression === 'gzip' && !gzips.some((t) => tools.has(t))) {
+    throw new HostError(
+      `The host has none of ${gzips.join(', ')} for ${what}: install one (apt install pigz).`,
+    );
   }
 }
 
@@ -419,11 +423,6 @@ export interface Decoder {
   name: 'igzip' | 'pigz' | 'gzip' | 'zstd';
 }
 
-/**
- * The fastest decompressor the host has for `compression`. Inflate is single-threaded in
- * pigz and gzip alike and is the slowest stage of a restore; igzip (ISA-L, Debian's `isal`)
- * inflates about twice as fast on the same core and checks the CRC the same way.
- */
 /** Every decompressor a restore may use, by name. */
 export const DECODERS: Record<Decoder['name'], string> = {
   igzip: 'igzip -d -c',
@@ -432,6 +431,11 @@ export const DECODERS: Record<Decoder['name'], string> = {
   zstd: 'zstd -d -q -c',
 };
 
+/**
+ * The fastest decompressor the host has for `compression`. Inflate is single-threaded in
+ * pigz and gzip alike and is the slowest stage of a restore; igzip (ISA-L, Debian's `isal`)
+ * inflates about twice as fast on the same core and checks the CRC the same way.
+ */
 export function chooseDecoder(tools: Set<string>, compression: Compression): Decoder {
   const pick = (name: Decoder['name']): Decoder => ({ name });
   if (compression === 'zstd') return pick('zstd');

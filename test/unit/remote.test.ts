@@ -31,6 +31,7 @@ import {
   disarmWatchdogCommand,
   CHANGED_MARK,
   checkpointBytes,
+  requireArchiveTools,
   chooseDecoder,
   batchCommand,
   extractCommand,
@@ -424,6 +425,22 @@ describe('extraction on the host', () => {
     assert.equal(chooseDecoder(new Set(['pigz', 'gzip']), 'gzip').name, 'pigz');
     assert.equal(chooseDecoder(new Set(['gzip']), 'gzip').name, 'gzip');
     assert.equal(chooseDecoder(new Set(['igzip', 'pigz', 'zstd']), 'zstd').name, 'zstd');
+  });
+
+  it('a host with igzip alone can read gzip, not write it', () => {
+    const tools = new Set(['tar', 'igzip']);
+    assert.doesNotThrow(() => requireArchiveTools(tools, 'gzip', 'x.tar.gz', true));
+    assert.equal(chooseDecoder(tools, 'gzip').name, 'igzip');
+    assert.throws(
+      () => requireArchiveTools(tools, 'gzip', 'The archive'),
+      /none of pigz, gzip for The archive/,
+    );
+    assert.throws(
+      () => requireArchiveTools(new Set(['tar']), 'gzip', 'x.tar.gz', true),
+      /none of igzip, pigz, gzip/,
+    );
+    assert.throws(() => requireArchiveTools(tools, 'zstd', 'x.tar.zst', true), /no 'zstd'/);
+    assert.throws(() => requireArchiveTools(new Set(['gzip']), 'gzip', 'x', true), /no 'tar'/);
   });
 
   for (const name of ['igzip', 'pigz', 'gzip'] as const) {

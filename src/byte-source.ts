@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { createConnection, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 
 export interface ByteSink {
   /** Free space in the part being filled, or undefined when every part buffer is busy. */
@@ -33,21 +34,13 @@ export interface ByteSource {
 /** A Readable as a ByteSource: each chunk is copied into the sink. */
 export function readableSource(body: Readable): ByteSource {
   return {
-    flow: (sink) =>
-      new Promise<void>((resolve, reject) => {
-        let ended = false;
-        body.on('data', (chunk: Buffer) => {
-          if (!sink.wrote(chunk)) body.pause();
-        });
-        body.once('end', () => {
-          ended = true;
-          resolve();
-        });
-        body.once('error', reject);
-        body.once('close', () => {
-          if (!ended) reject(new Error('the stream closed before its end'));
-        });
-      }),
+    flow: (sink) => {
+      body.on('data', (chunk: Buffer) => {
+        if (!sink.wrote(chunk)) body.pause();
+      });
+      // Resolves at the end, rejects on an error or a close before the end.
+      return finished(body, { writable: false });
+    },
     resume: () => body.resume(),
     destroy: (error) => body.destroy(error),
   };
@@ -101,17 +94,7 @@ export async function socketSource(dir: string): Promise<{ writer: Socket; sourc
       r.once('error', reject);
     });
     const writer = await accepted;
-    const ended = new Promise<void>((resolve, reject) => {
-      let done = false;
-      r.once('end', () => {
-        done = true;
-        resolve();
-      });
-      r.once('error', reject);
-      r.once('close', () => {
-        if (!done) reject(new Error('the stream closed before its end'));
-      });
-    });
+    const ended = finished(r, { writable: false });
     ended.catch(() => undefined);
     const source: ByteSource = {
       flow: (s) => {

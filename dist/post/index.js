@@ -89238,6 +89238,8 @@ var external_node_stream_ = __nccwpck_require__(7075);
 var external_node_net_ = __nccwpck_require__(7030);
 // EXTERNAL MODULE: external "node:path"
 var external_node_path_ = __nccwpck_require__(6760);
+;// CONCATENATED MODULE: external "node:stream/promises"
+const external_node_stream_promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:stream/promises");
 ;// CONCATENATED MODULE: ./src/byte-source.ts
 /**
  * Where the archive's bytes come from on the runner, read into buffers that the reader lends.
@@ -89251,25 +89253,18 @@ var external_node_path_ = __nccwpck_require__(6760);
 
 
 
+
 /** A Readable as a ByteSource: each chunk is copied into the sink. */
 function byte_source_readableSource(body) {
     return {
-        flow: (sink) => new Promise((resolve, reject) => {
-            let ended = false;
+        flow: (sink) => {
             body.on('data', (chunk) => {
                 if (!sink.wrote(chunk))
                     body.pause();
             });
-            body.once('end', () => {
-                ended = true;
-                resolve();
-            });
-            body.once('error', reject);
-            body.once('close', () => {
-                if (!ended)
-                    reject(new Error('the stream closed before its end'));
-            });
-        }),
+            // Resolves at the end, rejects on an error or a close before the end.
+            return (0,external_node_stream_promises_namespaceObject.finished)(body, { writable: false });
+        },
         resume: () => body.resume(),
         destroy: (error) => body.destroy(error),
     };
@@ -89322,18 +89317,7 @@ async function socketSource(dir) {
             r.once('error', reject);
         });
         const writer = await accepted;
-        const ended = new Promise((resolve, reject) => {
-            let done = false;
-            r.once('end', () => {
-                done = true;
-                resolve();
-            });
-            r.once('error', reject);
-            r.once('close', () => {
-                if (!done)
-                    reject(new Error('the stream closed before its end'));
-            });
-        });
+        const ended = (0,external_node_stream_promises_namespaceObject.finished)(r, { writable: false });
         ended.catch(() => undefined);
         const source = {
             flow: (s) => {

@@ -66,14 +66,8 @@ export class NodeControl {
     );
     if (options.startSoon) {
       this.prepared = {
-        start: this.session.prepare(
-          'The start command',
-          detachedCommand(this.settings.startCommand),
-          {
-            timeoutMs: 15 * 60_000,
-          },
-        ),
-        disarm: this.session.prepare('Disarming the watchdog', disarmWatchdogCommand(flag)),
+        start: this.openAhead('start'),
+        disarm: this.openAhead('disarm'),
       };
     }
 
@@ -91,13 +85,7 @@ export class NodeControl {
   /** Starts the node and disarms the watchdog. */
   async start(): Promise<void> {
     core.info(`Starting the node: ${this.settings.startCommand}`);
-    const prepared = this.prepared.start;
-    this.prepared.start = undefined;
-    if (prepared) await prepared.go();
-    else
-      await this.session.run('The start command', detachedCommand(this.settings.startCommand), {
-        timeoutMs: 15 * 60_000,
-      });
+    await this.runOnce('start');
     this.startedAt = performance.now();
     this.stopped = false;
     core.saveState(State.NodeStarted, 'true');
@@ -125,12 +113,45 @@ export class NodeControl {
 
   private async disarm(): Promise<void> {
     if (!this.watchdogFlag) return;
-    const prepared = this.prepared.disarm;
-    this.prepared.disarm = undefined;
-    if (prepared) await prepared.go();
-    else await this.session.run('Disarming the watchdog', disarmWatchdogCommand(this.watchdogFlag));
+    await this.runOnce('disarm');
     this.watchdogFlag = undefined;
     core.saveState(State.WatchdogFlag, '');
+  }
+
+  /** The start command and the disarm, as they run, opened ahead or not. */
+  private command(slot: 'start' | 'disarm'): {
+    what: string;
+    command: string;
+    options: { timeoutMs?: number };
+  } {
+    return slot === 'start'
+      ? {
+          what: 'The start command',
+          command: detachedCommand(this.settings.startCommand),
+          options: { timeoutMs: 15 * 60_000 },
+        }
+      : {
+          what: 'Disarming the watchdog',
+          command: disarmWatchdogCommand(this.watchdogFlag ?? ''),
+          options: {},
+        };
+  }
+
+  private openAhead(slot: 'start' | 'disarm'): Prepared {
+    const c = this.command(slot);
+    return this.session.prepare(c.what, c.command, c.options);
+  }
+
+  /** Runs the copy opened ahead when there is one (once), in a new session otherwise. */
+  private async runOnce(slot: 'start' | 'disarm'): Promise<void> {
+    const prepared = this.prepared[slot];
+    this.prepared[slot] = undefined;
+    if (prepared) {
+      await prepared.go();
+      return;
+    }
+    const c = this.command(slot);
+    await this.session.run(c.what, c.command, c.options);
   }
 
   get downtimeSeconds(): number | undefined {

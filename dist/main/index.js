@@ -89332,10 +89332,8 @@ class NodeControl {
         info(`Watchdog armed on the host: it starts the node in ${this.settings.maxDowntimeSeconds} s unless this run does.`);
         if (options.startSoon) {
             this.prepared = {
-                start: this.session.prepare('The start command', detachedCommand(this.settings.startCommand), {
-                    timeoutMs: 15 * 60_000,
-                }),
-                disarm: this.session.prepare('Disarming the watchdog', disarmWatchdogCommand(flag)),
+                start: this.openAhead('start'),
+                disarm: this.openAhead('disarm'),
             };
         }
         saveState(State.NodeStopped, 'true');
@@ -89351,14 +89349,7 @@ class NodeControl {
     /** Starts the node and disarms the watchdog. */
     async start() {
         info(`Starting the node: ${this.settings.startCommand}`);
-        const prepared = this.prepared.start;
-        this.prepared.start = undefined;
-        if (prepared)
-            await prepared.go();
-        else
-            await this.session.run('The start command', detachedCommand(this.settings.startCommand), {
-                timeoutMs: 15 * 60_000,
-            });
+        await this.runOnce('start');
         this.startedAt = performance.now();
         this.stopped = false;
         saveState(State.NodeStarted, 'true');
@@ -89385,14 +89376,38 @@ class NodeControl {
     async disarm() {
         if (!this.watchdogFlag)
             return;
-        const prepared = this.prepared.disarm;
-        this.prepared.disarm = undefined;
-        if (prepared)
-            await prepared.go();
-        else
-            await this.session.run('Disarming the watchdog', disarmWatchdogCommand(this.watchdogFlag));
+        await this.runOnce('disarm');
         this.watchdogFlag = undefined;
         saveState(State.WatchdogFlag, '');
+    }
+    /** The start command and the disarm, as they run, opened ahead or not. */
+    command(slot) {
+        return slot === 'start'
+            ? {
+                what: 'The start command',
+                command: detachedCommand(this.settings.startCommand),
+                options: { timeoutMs: 15 * 60_000 },
+            }
+            : {
+                what: 'Disarming the watchdog',
+                command: disarmWatchdogCommand(this.watchdogFlag ?? ''),
+                options: {},
+            };
+    }
+    openAhead(slot) {
+        const c = this.command(slot);
+        return this.session.prepare(c.what, c.command, c.options);
+    }
+    /** Runs the copy opened ahead when there is one (once), in a new session otherwise. */
+    async runOnce(slot) {
+        const prepared = this.prepared[slot];
+        this.prepared[slot] = undefined;
+        if (prepared) {
+            await prepared.go();
+            return;
+        }
+        const c = this.command(slot);
+        await this.session.run(c.what, c.command, c.options);
     }
     get downtimeSeconds() {
         if (this.stoppedAt === undefined || this.startedAt === undefined)

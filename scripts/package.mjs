@@ -2,6 +2,7 @@
 // ssh2's native crypto binding is left out (built for another Node ABI it would not load;
 // ssh2 falls back to its JavaScript ciphers), and CommonJS code in the bundle that reads
 // __dirname gets it from import.meta.url.
+// `--out DIR` builds into DIR instead of dist/ (a private bundle for tests: PREP_TEST_DIST).
 import { execFileSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 
@@ -11,8 +12,12 @@ const SHIM =
   'const __filename = __shimFileURLToPath(import.meta.url);\n' +
   'const __dirname = __shimDirname(__filename);\n';
 
+const outFlag = process.argv.indexOf('--out');
+const root = outFlag > 0 ? process.argv[outFlag + 1] : 'dist';
+if (!root) throw new Error('--out needs a directory');
+
 for (const entry of ['main', 'post']) {
-  const out = `dist/${entry}`;
+  const out = `${root}/${entry}`;
   rmSync(out, { recursive: true, force: true });
   const args = ['build', `src/${entry}.ts`, '-o', out, '--target', 'es2022', '--quiet'];
   if (entry === 'main') args.push('--license', 'licenses.txt');

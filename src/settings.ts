@@ -101,12 +101,11 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
 
   const prepDir = absolutePath(Inputs.PrepDir, get(Inputs.PrepDir) || '/app/prep');
   const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) || `${prepDir}/data/loopchain`);
-  const compose = `cd ${quoteForDefault(prepDir)} && docker-compose -f docker-compose.yml`;
   const node: NodeSettings = {
     prepDir,
     dataDir,
-    stopCommand: get(Inputs.StopCommand) || `${compose} down`,
-    startCommand: get(Inputs.StartCommand) || `${compose} up -d`,
+    stopCommand: get(Inputs.StopCommand) || composeCommand(prepDir, 'down'),
+    startCommand: get(Inputs.StartCommand) || composeCommand(prepDir, 'up -d'),
     peerUrl: get(Inputs.PeerUrl) || 'http://localhost:9000/api/v1/avail/peer',
     maxDowntimeSeconds: duration(Inputs.MaxDowntime, get(Inputs.MaxDowntime) || '30m', 10),
   };
@@ -304,6 +303,19 @@ function keyPrefix(name: Inputs, text: string): string {
     );
   }
   return value;
+}
+
+/**
+ * The default stop and start: Compose in the prep dir, as the original guide runs the node.
+ * `docker-compose` (Compose v1, the guide's) where the host has it, else `docker compose`
+ * (v2, the plugin that replaced it), so that either works without setting the commands.
+ */
+export function composeCommand(prepDir: string, verb: 'down' | 'up -d'): string {
+  const args = `-f docker-compose.yml ${verb}`;
+  return (
+    `cd ${quoteForDefault(prepDir)} && if command -v docker-compose >/dev/null 2>&1; ` +
+    `then docker-compose ${args}; else docker compose ${args}; fi`
+  );
 }
 
 function quoteForDefault(path: string): string {

@@ -15,9 +15,16 @@ export function argv(...words: string[]): string {
   return words.map(quote).join(' ');
 }
 
+/**
+ * A word on the command line of every shell the action starts on the host (its `$0`), so
+ * that a check for the node's processes can leave the action's own out: their scripts name
+ * the data dir (`.../data/loopchain`) as the node's do.
+ */
+export const OWN_MARK = 'prep-snapshot-cmd';
+
 /** Runs a multi-line bash script, whatever the login shell of the remote user is. */
 export function bashScript(lines: string[]): string {
-  return `bash -c ${quote(['set -eu -o pipefail', ...lines].join('\n'))}`;
+  return `bash -c ${quote(['set -eu -o pipefail', ...lines].join('\n'))} ${OWN_MARK}`;
 }
 
 /** Escapes a literal for the left side of a `tar --transform` sed expression. */

@@ -3,7 +3,7 @@
  * pure function of its arguments, so that tests can read exactly what the host will run.
  */
 import { HostError } from '../errors.js';
-import { argv, bashScript, quote, sedLiteral, WAIT_FOR_GO } from '../shell.js';
+import { argv, bashScript, OWN_MARK, quote, sedLiteral, WAIT_FOR_GO } from '../shell.js';
 import type { Compression } from '../settings.js';
 import type { NodeKind } from './loopchain.js';
 
@@ -311,7 +311,7 @@ export function armWatchdogCommand(flag: string, seconds: number, startCommand: 
   return bashScript([
     `printf '%s\\n' armed > ${quote(flag)}`,
     `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
-    `$detach nohup bash -c ${quote(inner)} </dev/null >>${quote(`${flag}.log`)} 2>&1 &`,
+    `$detach nohup bash -c ${quote(inner)} ${OWN_MARK} </dev/null >>${quote(`${flag}.log`)} 2>&1 &`,
     // Line 2 of the flag: the PID that the disarm stops.
     `printf '%s\\n' "$!" >> ${quote(flag)}`,
     `echo "$!"`,
@@ -350,10 +350,14 @@ export function disarmWatchdogCommand(flag: string): string {
   ]);
 }
 
-/** Is a node process running? Prints the matching `pid args` lines (excluding this shell). */
+/**
+ * Is a node process running? Prints the matching `pid args` lines. The action's own shells
+ * (marked with `OWN_MARK`, see `bashScript`) and this check's grep are left out: they name
+ * the data dir too.
+ */
 export function processCheckCommand(pattern: string): string {
   return bashScript([
-    `ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`,
+    `ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -v -F -e ${OWN_MARK} | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`,
   ]);
 }
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { InputError } from '../../src/errors.ts';
-import { parseSettings } from '../../src/settings.ts';
+import { composeCommand, parseSettings } from '../../src/settings.ts';
 
 const KEY = '-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----';
 const FP = 'SHA256:' + 'A'.repeat(43);
@@ -17,8 +17,8 @@ describe('parseSettings', () => {
     assert.equal(s.mode, 'backup');
     assert.equal(s.node.prepDir, '/app/prep');
     assert.equal(s.node.dataDir, '/app/prep/data/loopchain');
-    assert.equal(s.node.stopCommand, 'cd /app/prep && docker-compose -f docker-compose.yml down');
-    assert.equal(s.node.startCommand, 'cd /app/prep && docker-compose -f docker-compose.yml up -d');
+    assert.equal(s.node.stopCommand, composeCommand('/app/prep', 'down'));
+    assert.equal(s.node.startCommand, composeCommand('/app/prep', 'up -d'));
     assert.equal(s.s3.prefix, 'PRep');
     assert.equal(s.s3.permanentPrefix, 'Permanent/PRep');
     assert.equal(s.backup.compression, 'gzip');

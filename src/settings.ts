@@ -4,7 +4,7 @@
  */
 import * as core from '@actions/core';
 import { Inputs } from './constants.js';
-import { parseDuration, parseSize } from './duration.js';
+import { formatDurationInput, parseDuration, parseSize } from './duration.js';
 import { InputError } from './errors.js';
 import { parseHostKeyPins, type HostKeyPin } from './ssh/host-key.js';
 
@@ -80,6 +80,32 @@ export interface Settings {
   restore: RestoreSettings;
 }
 
+/**
+ * The most runner memory that an upload's part buffers may take: it holds
+ * (upload-concurrency + 1) x part-size (one part filling while the others are in flight; see
+ * s3/upload.ts). GitHub-hosted runners have 7 to 16 GiB; an explicit 'part-size' and
+ * 'upload-concurrency' whose buffers exceed this are refused.
+ */
+export const MAX_UPLOAD_BUFFER_BYTES = 2 * 1024 ** 3;
+
+/** What an upload's part buffers take on the runner (see MAX_UPLOAD_BUFFER_BYTES). */
+export function uploadBufferBytes(partSize: number, uploadConcurrency: number): number {
+  return (uploadConcurrency + 1) * partSize;
+}
+
+/** S3's bounds on a multipart upload's part size. */
+export const MIN_PART_SIZE = 5 * 1024 ** 2;
+export const MAX_PART_SIZE = 5 * 1024 ** 3;
+
+/**
+ * The longest 'max-downtime' and 'health-timeout': 5 days, the longest that a GitHub Actions
+ * job may run (on a self-hosted runner); no run can use more.
+ */
+export const MAX_DURATION_SECONDS = 5 * 86_400;
+
+/** The largest 'disk-margin': 5 TiB, the size of the largest S3 object. */
+export const MAX_DISK_MARGIN_BYTES = 5 * 1024 ** 4;
+
 /** Reads an input; the getter is injectable so that tests need no environment. */
 export type InputReader = (name: string) => string;
 
@@ -131,8 +157,19 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
   }
   const partSizeText = get(Inputs.PartSize);
   const partSize = partSizeText ? parseSize(Inputs.PartSize, partSizeText) : undefined;
-  if (partSize !== undefined && (partSize < 5 * 1024 ** 2 || partSize > 5 * 1024 ** 3)) {
-    throw new InputError(`Input 'part-size' must be between 5 MiB and 5 GiB (S3's limits).`);
+  if (partSize !== undefined && (partSize < MIN_PART_SIZE || partSize > MAX_PART_SIZE)) {
+    throw new InputError(
+      `Input 'part-size' is '${partSizeText}'. It must be between 5 MiB and 5 GiB (S3's limits).`,
+    );
+  }
+  const queueSize = int(Inputs.UploadConcurrency, 4, 1, 16);
+  if (partSize !== undefined && uploadBufferBytes(partSize, queueSize) > MAX_UPLOAD_BUFFER_BYTES) {
+    throw new InputError(
+      `Inputs 'part-size' (${partSizeText}) and 'upload-concurrency' (${queueSize}) would hold ` +
+        `${queueSize + 1} part buffers of ${partSizeText} (${(uploadBufferBytes(partSize, queueSize) / 1024 ** 3).toFixed(1)} GiB) ` +
+        `in the runner's memory, more than the 2 GiB allowed. Lower one of them (with ${queueSize}, a part of at most ` +
+        `${Math.floor(MAX_UPLOAD_BUFFER_BYTES / (queueSize + 1) / 1024 ** 2)}MiB), or leave 'part-size' empty to have it chosen from the database's size.`,
+    );
   }
   const s3: S3Settings = {
     bucket,
@@ -151,8 +188,13 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
       get(Inputs.ManifestPrefix) || '_prep-snapshot',
     ),
     partSize,
-    queueSize: int(Inputs.UploadConcurrency, 4, 1, 16),
+    queueSize,
   };
+  separatePrefixes([
+    [Inputs.Prefix, s3.prefix],
+    [Inputs.PermanentPrefix, s3.permanentPrefix],
+    [Inputs.ManifestPrefix, s3.manifestPrefix],
+  ]);
 
   const compression = get(Inputs.Compression) || 'gzip';
   if (compression !== 'gzip' && compression !== 'zstd') {
@@ -186,14 +228,21 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
   if (nodeIp && !isIpv4(nodeIp)) {
     throw new InputError(`Input 'node-ip' is '${nodeIp}', which is not an IPv4 address.`);
   }
+  const snapshot = get(Inputs.Snapshot) || 'latest';
+  const height = /^(?:BH)?(\d+)$/i.exec(snapshot)?.[1];
+  if (height !== undefined && !/^\d{8}$/.test(snapshot) && !Number.isSafeInteger(Number(height))) {
+    throw new InputError(
+      `Input 'snapshot' is '${snapshot}', whose block height is too large. Use 'latest', a date (YYYYMMDD), a block height (BH123) or a key.`,
+    );
+  }
   const restore: RestoreSettings = {
-    snapshot: get(Inputs.Snapshot) || 'latest',
+    snapshot,
     nodeIp,
     stopNode: bool(Inputs.StopNode, false),
     startNode: bool(Inputs.StartNode, true),
     keepPrevious: bool(Inputs.KeepPrevious, true),
     healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
-    diskMarginBytes: parseSize(Inputs.DiskMargin, get(Inputs.DiskMargin) || '1GiB'),
+    diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
     processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
   };
 
@@ -228,6 +277,7 @@ function parseSsh(
   const passphrase = get(Inputs.SshKeyPassphrase) || undefined;
   if (passphrase) core.setSecret(passphrase);
 
+  const port = int(Inputs.Port, 22, 1, 65535);
   const insecure = bool(Inputs.InsecureSkipHostKey, false);
   const hostKeyText = get(Inputs.HostKey);
   if (!hostKeyText && !insecure) {
@@ -244,11 +294,11 @@ function parseSsh(
   }
   return {
     host,
-    port: int(Inputs.Port, 22, 1, 65535),
+    port,
     username: get(Inputs.Username) || 'root',
     privateKey: privateKey.endsWith('\n') ? privateKey : `${privateKey}\n`,
     passphrase,
-    hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText) : [],
+    hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText, { host, port }) : [],
     transport,
   };
 }
@@ -268,16 +318,30 @@ export function parseInteger(
   max: number,
 ): number {
   if (text === '') return fallback;
-  if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) {
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min || value > max) {
     throw new InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
   }
-  return Number(text);
+  return value;
 }
 
+/** A duration in whole seconds, from `min` to MAX_DURATION_SECONDS. */
 function duration(name: Inputs, text: string, min: number): number {
   const seconds = parseDuration(name, text);
-  if (seconds < min) throw new InputError(`Input '${name}' must be at least ${min} s.`);
+  if (seconds < min || seconds > MAX_DURATION_SECONDS) {
+    throw new InputError(
+      `Input '${name}' is '${text}'. Use a duration from ${formatDurationInput(min)} to ${formatDurationInput(MAX_DURATION_SECONDS)}.`,
+    );
+  }
   return seconds;
+}
+
+function diskMargin(text: string): number {
+  const bytes = parseSize(Inputs.DiskMargin, text);
+  if (bytes > MAX_DISK_MARGIN_BYTES) {
+    throw new InputError(`Input 'disk-margin' is '${text}'. Use a size from 0 to 5TiB.`);
+  }
+  return bytes;
 }
 
 function absolutePath(name: Inputs, text: string): string {
@@ -285,10 +349,39 @@ function absolutePath(name: Inputs, text: string): string {
     throw new InputError(`Input '${name}' is '${text}'. Use an absolute path on the node.`);
   }
   const normal = text.replace(/\/+$/, '') || '/';
-  if (normal === '/' || normal.split('/').includes('..')) {
+  if (normal === '/') {
     throw new InputError(`Input '${name}' is '${text}', which cannot be a node's directory.`);
   }
+  // The path is compared, quoted and joined as written: each segment must name a directory.
+  const segments = normal.slice(1).split('/');
+  if (segments.some((p) => p === '' || p === '.' || p === '..')) {
+    throw new InputError(
+      `Input '${name}' is '${text}'. Write the directory's path without '.', '..' or '//' segments, such as '/app/prep'.`,
+    );
+  }
   return normal;
+}
+
+/** No two of the key prefixes may be equal or one inside another: retention would delete the other's keys. */
+function separatePrefixes(prefixes: Array<[Inputs, string]>): void {
+  const inside = (outer: string, inner: string): boolean =>
+    inner === outer || inner.startsWith(`${outer}/`);
+  for (const [i, [nameA, a]] of prefixes.entries()) {
+    for (const [nameB, b] of prefixes.slice(i + 1)) {
+      if (!inside(a, b) && !inside(b, a)) continue;
+      const relation =
+        a === b
+          ? 'are the same'
+          : inside(a, b)
+            ? `overlap: '${b}' lies inside '${a}'`
+            : `overlap: '${a}' lies inside '${b}'`;
+      throw new InputError(
+        `Inputs '${nameA}' ('${a}') and '${nameB}' ('${b}') ${relation}. ` +
+          `Snapshots, permanent copies and manifests need separate prefixes, or retention and listings of one reach the others ` +
+          `(the defaults are '{service}', 'Permanent/{service}' and '_prep-snapshot').`,
+      );
+    }
+  }
 }
 
 function keyPrefix(name: Inputs, text: string): string {
@@ -296,7 +389,7 @@ function keyPrefix(name: Inputs, text: string): string {
   if (
     !value ||
     !/^[A-Za-z0-9_.\-/]+$/.test(value) ||
-    value.split('/').some((p) => p === '' || p === '..')
+    value.split('/').some((p) => p === '' || p === '.' || p === '..')
   ) {
     throw new InputError(
       `Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`,

@@ -16,7 +16,14 @@ import { readableSource, socketSource, type ByteSource } from '../byte-source.js
 import { ConnectError, RemoteCommandError } from '../errors.js';
 import { gated, GO_LINE } from '../shell.js';
 import type { SshSettings } from '../settings.js';
-import { fingerprintOf, knownHostsLine, matchesPins, pinnedAlgorithms } from './host-key.js';
+import {
+  algorithmsOfKeyType,
+  blobKeyType,
+  fingerprintOf,
+  knownHostsLine,
+  matchesPins,
+  pinnedAlgorithms,
+} from './host-key.js';
 
 export interface ExecResult {
   code: number | null;
@@ -65,75 +72,75 @@ export class SshSession {
     private readonly client: Client,
     private readonly settings: SshSettings,
     readonly hostKey: Buffer,
+    /** The host key algorithm that the verified key was presented under. */
+    readonly hostKeyAlgorithm: string,
     private readonly keyDir: string | undefined,
     private readonly useOpenSsh: boolean,
   ) {}
 
-  /** Connects, proves the host key and logs in; each failure is a ConnectError that names it. */
+  /**
+   * Connects, proves the host key and logs in; each failure is a ConnectError that names it.
+   * A server presents one host key a connection, of the first type the client offers that it
+   * has: when that key is not pinned, the connection is made again offering only the types not
+   * yet seen, until a pinned key is presented or no type is left.
+   */
   static async connect(
     settings: SshSettings,
     options: { keyDirParent?: string; onKeyDir?: (dir: string) => void } = {},
   ): Promise<SshSession> {
-    const client = new Client();
-    let seenKey: Buffer | undefined;
-    let keyRejected = false;
-    const config: ConnectConfig = {
-      host: settings.host,
-      port: settings.port,
-      username: settings.username,
-      privateKey: settings.privateKey,
-      passphrase: settings.passphrase,
-      readyTimeout: 30_000,
-      keepaliveInterval: 15_000,
-      keepaliveCountMax: 4,
-      hostVerifier: (key: Buffer) => {
-        seenKey = Buffer.from(key);
-        if (settings.hostKeys.length === 0) return true;
-        keyRejected = !matchesPins(seenKey, settings.hostKeys);
-        return !keyRejected;
-      },
-    };
-    const algorithms = pinnedAlgorithms(settings.hostKeys);
-    if (algorithms) config.algorithms = { serverHostKey: algorithms as never };
-
     const where = `${settings.username}@${settings.host}:${settings.port}`;
-    try {
-      await new Promise<void>((resolve, reject) => {
-        client.once('ready', () => resolve());
-        client.once('error', reject);
-        client.connect(config);
-      });
-    } catch (error) {
-      client.end();
-      const err = error as Error & { level?: string; code?: string };
-      if (keyRejected && seenKey) {
+    const pinned = settings.hostKeys.length > 0;
+    let offer = pinned ? pinnedAlgorithms(settings.hostKeys) : undefined;
+    const refused: Buffer[] = [];
+    let connected: Connected | undefined;
+    while (!connected) {
+      const attempt = await attemptConnect(settings, offer);
+      if (attempt.kind === 'connected') {
+        connected = attempt;
+      } else if (attempt.kind === 'refused') {
+        refused.push(attempt.key);
+        const keyType = blobKeyType(attempt.key) ?? '';
+        const seenAlgorithms = algorithmsOfKeyType(keyType);
+        const left = (offer ?? []).filter((a) => !seenAlgorithms.includes(a));
+        if (left.length === 0 || left.length === offer?.length) {
+          throw hostKeyMismatch(settings, refused);
+        }
+        core.info(
+          `${settings.host}:${settings.port} presented its ${keyType} key ${fingerprintOf(attempt.key)}, which 'host-key' does not pin; asking for its other key types.`,
+        );
+        offer = left;
+      } else {
+        const err = attempt.error;
+        if (offer && err.level === 'handshake' && /no matching host key/i.test(err.message)) {
+          if (refused.length > 0) throw hostKeyMismatch(settings, refused);
+          throw new ConnectError(
+            `The host key of ${settings.host}:${settings.port} does not match 'host-key': the server has no key of the pinned type ` +
+              `(${offer.join(', ')}). Pin the key that 'ssh-keyscan${settings.port === 22 ? '' : ` -p ${settings.port}`} ${settings.host}' prints on a trusted path.`,
+          );
+        }
+        if (err.level === 'client-authentication') {
+          throw new ConnectError(
+            `${where} refused the login with 'ssh-key'. Check the user name and that the key's public half is in ~/.ssh/authorized_keys on the node.`,
+          );
+        }
+        if (/passphrase|encrypted|Cannot parse privateKey/i.test(err.message)) {
+          throw new ConnectError(
+            `'ssh-key' could not be read: ${err.message}. Check the key and 'ssh-key-passphrase'.`,
+          );
+        }
         throw new ConnectError(
-          `The host key of ${settings.host}:${settings.port} (${fingerprintOf(seenKey)}) does not match 'host-key'. ` +
-            `If the node was rebuilt, check the new key on a trusted path and update 'host-key'; otherwise someone may be in between.`,
+          `Could not reach ${where}: ${err.code ?? err.message}. Check 'host', 'port' and the firewall.`,
         );
       }
-      if (err.level === 'client-authentication') {
-        throw new ConnectError(
-          `${where} refused the login with 'ssh-key'. Check the user name and that the key's public half is in ~/.ssh/authorized_keys on the node.`,
-        );
-      }
-      if (/passphrase|encrypted|Cannot parse privateKey/i.test(err.message)) {
-        throw new ConnectError(
-          `'ssh-key' could not be read: ${err.message}. Check the key and 'ssh-key-passphrase'.`,
-        );
-      }
-      throw new ConnectError(
-        `Could not reach ${where}: ${err.code ?? err.message}. Check 'host', 'port' and the firewall.`,
-      );
     }
-    if (!seenKey) throw new ConnectError(`${where} presented no host key.`);
+    const { client, key: seenKey, algorithm } = connected;
     if (settings.hostKeys.length === 0) {
       core.warning(
         `Host key checking is off ('insecure-skip-host-key-check'). ${settings.host} presented ${fingerprintOf(seenKey)}: ` +
           `pin it with 'host-key: ${fingerprintOf(seenKey)}'.`,
       );
     } else {
-      core.info(`Host key ${fingerprintOf(seenKey)} matches the pin.`);
+      core.info(`Host key ${fingerprintOf(seenKey)} (${algorithm}) matches the pin.`);
     }
 
     const useOpenSsh =
@@ -169,7 +176,7 @@ export class SshSession {
         );
       }
     }
-    return new SshSession(client, settings, seenKey, keyDir, useOpenSsh);
+    return new SshSession(client, settings, seenKey, algorithm, keyDir, useOpenSsh);
   }
 
   get dataTransport(): 'openssh' | 'ssh2' {
@@ -333,6 +340,9 @@ export class SshSession {
       'StrictHostKeyChecking=yes',
       '-o',
       'UpdateHostKeys=no',
+      // The server presents the key that known_hosts holds only when asked for its type.
+      '-o',
+      `HostKeyAlgorithms=${this.hostKeyAlgorithm}`,
       '-o',
       `BatchMode=${this.settings.passphrase ? 'no' : 'yes'}`,
       '-o',
@@ -454,6 +464,92 @@ export class SshSession {
     this.client.end();
     if (this.keyDir) rmSync(this.keyDir, { recursive: true, force: true });
   }
+}
+
+interface Connected {
+  kind: 'connected';
+  client: Client;
+  /** The host key the server presented (checked against the pins unless there are none). */
+  key: Buffer;
+  /** The host key algorithm it was presented under. */
+  algorithm: string;
+}
+
+type Attempt =
+  | Connected
+  /** The server presented `key`, which no pin matches. */
+  | { kind: 'refused'; key: Buffer }
+  | { kind: 'failed'; error: Error & { level?: string; code?: string } };
+
+/** One connection that offers the host key algorithms `offer` (ssh2's defaults when absent). */
+function attemptConnect(settings: SshSettings, offer: string[] | undefined): Promise<Attempt> {
+  const client = new Client();
+  let seenKey: Buffer | undefined;
+  let algorithm: string | undefined;
+  let refused = false;
+  const config: ConnectConfig = {
+    host: settings.host,
+    port: settings.port,
+    username: settings.username,
+    privateKey: settings.privateKey,
+    passphrase: settings.passphrase,
+    readyTimeout: 30_000,
+    keepaliveInterval: 15_000,
+    keepaliveCountMax: 4,
+    hostVerifier: (key: Buffer) => {
+      seenKey = Buffer.from(key);
+      if (settings.hostKeys.length === 0) return true;
+      refused = !matchesPins(seenKey, settings.hostKeys);
+      return !refused;
+    },
+  };
+  if (offer) config.algorithms = { serverHostKey: offer as never };
+  client.once('handshake', (negotiated) => (algorithm = negotiated.serverHostKey));
+  return new Promise<Attempt>((resolve) => {
+    let settled = false;
+    client.once('ready', () => {
+      settled = true;
+      if (!seenKey) {
+        client.end();
+        resolve({ kind: 'failed', error: new Error('the server presented no host key') });
+        return;
+      }
+      resolve({
+        kind: 'connected',
+        client,
+        key: seenKey,
+        algorithm: algorithm ?? algorithmsOfKeyType(blobKeyType(seenKey) ?? '')[0] ?? '',
+      });
+    });
+    // Stays attached: a connection that failed can report a second error (the reset that
+    // follows a refused handshake), and one that is up reports its end through its channels.
+    client.on('error', (error: Error & { level?: string; code?: string }) => {
+      if (settled) return;
+      settled = true;
+      client.end();
+      resolve(refused && seenKey ? { kind: 'refused', key: seenKey } : { kind: 'failed', error });
+    });
+    try {
+      client.connect(config);
+    } catch (error) {
+      // A key that cannot be read is thrown here, before any connection.
+      settled = true;
+      client.end();
+      resolve({ kind: 'failed', error: error as Error });
+    }
+  });
+}
+
+/** The error for host keys that match no pin: the fingerprints of every key presented. */
+function hostKeyMismatch(settings: SshSettings, keys: Buffer[]): ConnectError {
+  const fingerprints = [...new Set(keys.map(fingerprintOf))];
+  const which =
+    fingerprints.length === 1
+      ? `The host key of ${settings.host}:${settings.port} (${fingerprints[0]}) does not match 'host-key'.`
+      : `The host keys of ${settings.host}:${settings.port} (${fingerprints.join(', ')}) do not match 'host-key'.`;
+  return new ConnectError(
+    `${which} If the node was rebuilt, check the new key on a trusted path and update 'host-key'; otherwise someone may be in between.`,
+  );
 }
 
 class StderrLines {

@@ -1,4 +1,5 @@
-// A real OpenSSH server on 127.0.0.1 for tests: fresh host key, fresh user key, pinned known_hosts line.
+// A real OpenSSH server for tests, on 127.0.0.1 by default: fresh host key, fresh user key,
+// pinned known_hosts line. A command prefix can run it inside namespaces of a test host.
 import { mkdir, mkdtemp, readFile, rm, writeFile, appendFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { connect } from 'node:net';
@@ -56,10 +57,38 @@ export interface SshdOptions {
   authorizedKeys?: string[];
   /** Milliseconds to wait for the server to come up (default 10 s). */
   startTimeoutMs?: number;
+  /** The address sshd listens on and clients connect to (default 127.0.0.1). */
+  listenAddress?: string;
+  /** The port (default: a free port of 127.0.0.1). */
+  port?: number;
+  /**
+   * A command that runs sshd: sshd's own argv is appended to it (e.g. `ip netns exec NS ...`
+   * to run it inside a network namespace). The server is stopped through its process group.
+   */
+  commandPrefix?: string[];
+  /**
+   * The server's host key types (default ['ed25519']). The first one is the key that
+   * hostKeyFingerprint, knownHostsLine and hostPublicKey describe; `hostKeys` lists them all.
+   */
+  hostKeyTypes?: HostKeyType[];
+}
+
+export type HostKeyType = 'ed25519' | 'ecdsa' | 'rsa';
+
+/** One of the server's host keys. */
+export interface BedHostKey {
+  type: HostKeyType;
+  /** "SHA256:..." */
+  fingerprint: string;
+  /** "ssh-rsa AAAA..." (no comment) */
+  publicKey: string;
+  /** "[127.0.0.1]:PORT ssh-rsa AAAA..." */
+  knownHostsLine: string;
 }
 
 export interface Sshd {
-  host: '127.0.0.1';
+  /** The listen address (127.0.0.1 unless `listenAddress` was given). */
+  host: string;
   port: number;
   /** The current user (root here): the one the generated key logs in as. */
   username: string;
@@ -67,14 +96,16 @@ export interface Sshd {
   /** OpenSSH private key text of the authorized user key. */
   privateKey: string;
   publicKey: string;
-  /** "SHA256:..." of the server's ed25519 host key. */
+  /** "SHA256:..." of the server's first host key (ed25519 unless hostKeyTypes says otherwise). */
   hostKeyFingerprint: string;
-  /** "[127.0.0.1]:PORT ssh-ed25519 AAAA..." */
+  /** "[127.0.0.1]:PORT ssh-ed25519 AAAA..." (on port 22: "HOST ssh-ed25519 AAAA...") */
   knownHostsLine: string;
   /** A known_hosts file holding knownHostsLine. */
   knownHostsPath: string;
   /** "ssh-ed25519 AAAA..." (no comment) */
   hostPublicKey: string;
+  /** Every host key of the server, in the order of `hostKeyTypes`. */
+  hostKeys: BedHostKey[];
   /** Temp dir of this server (keys, config, logs). Removed by stop(). */
   dir: string;
   /** sshd's log (it runs with -D -e, so the log is its stderr). */
@@ -83,12 +114,17 @@ export interface Sshd {
   authorize(publicKey: string): Promise<void>;
   /** Arguments for the OpenSSH client: pinned host key, StrictHostKeyChecking=yes, this key, batch mode. Append user@host and the command. */
   sshArgs(): string[];
-  /** PID of the sshd listener. */
+  /** PID of the sshd listener (with a command prefix: of the prefix's process). */
   pid: number;
   stop(): Promise<void>;
 }
 
-function waitForBanner(port: number, timeoutMs: number, server: Server): Promise<void> {
+function waitForBanner(
+  host: string,
+  port: number,
+  timeoutMs: number,
+  server: Server,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   return new Promise((resolveBanner, reject) => {
     const attempt = (): void => {
@@ -96,14 +132,14 @@ function waitForBanner(port: number, timeoutMs: number, server: Server): Promise
         reject(new Error(`sshd exited before it listened:\n${server.log()}`));
         return;
       }
-      const s = connect({ host: '127.0.0.1', port });
+      const s = connect({ host, port });
       let buf = '';
       const retry = (): void => {
         s.destroy();
         if (Date.now() > deadline)
           reject(
             new Error(
-              `sshd on port ${port} did not answer within ${timeoutMs} ms:\n${server.log()}`,
+              `sshd on ${host}:${port} did not answer within ${timeoutMs} ms:\n${server.log()}`,
             ),
           );
         else setTimeout(attempt, 50);
@@ -125,7 +161,7 @@ function waitForBanner(port: number, timeoutMs: number, server: Server): Promise
   });
 }
 
-/** Start sshd on a free port of 127.0.0.1. Throws (never skips) if it cannot start. */
+/** Start sshd (default: on a free port of 127.0.0.1). Throws (never skips) if it cannot start. */
 export async function startSshd(opts: SshdOptions = {}): Promise<Sshd> {
   if (!existsSync(sshdBin)) throw new Error(`${sshdBin} not found: run bash test/bed/install.sh`);
   // Privilege separation directory; sshd refuses to start without it.
@@ -134,12 +170,28 @@ export async function startSshd(opts: SshdOptions = {}): Promise<Sshd> {
   removeAtExit(dir);
   let server: Server | undefined;
   try {
-    const hostKeyPath = join(dir, 'ssh_host_ed25519_key');
-    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'bed-host', '-f', hostKeyPath]);
-    const hostPubText = (await readFile(`${hostKeyPath}.pub`, 'utf8')).trim();
-    const [kt, kb] = hostPubText.split(/\s+/);
-    const hostPublicKey = `${kt} ${kb}`;
-    const hostKeyFingerprint = await fingerprint(`${hostKeyPath}.pub`);
+    const hostKeyFiles: Array<{
+      type: HostKeyType;
+      path: string;
+      publicKey: string;
+      fingerprint: string;
+    }> = [];
+    for (const type of opts.hostKeyTypes ?? ['ed25519']) {
+      const path = join(dir, `ssh_host_${type}_key`);
+      const size = type === 'rsa' ? ['-b', '2048'] : [];
+      await run('ssh-keygen', ['-q', '-t', type, ...size, '-N', '', '-C', 'bed-host', '-f', path]);
+      const [kt, kb] = (await readFile(`${path}.pub`, 'utf8')).trim().split(/\s+/);
+      hostKeyFiles.push({
+        type,
+        path,
+        publicKey: `${kt} ${kb}`,
+        fingerprint: await fingerprint(`${path}.pub`),
+      });
+    }
+    const firstHostKey = hostKeyFiles[0];
+    if (!firstHostKey) throw new Error('startSshd: hostKeyTypes is empty');
+    const hostPublicKey = firstHostKey.publicKey;
+    const hostKeyFingerprint = firstHostKey.fingerprint;
     const user = await generateKey(join(dir, 'user'));
     const authorizedKeysPath = join(dir, 'authorized_keys');
     await writeFile(
@@ -148,12 +200,13 @@ export async function startSshd(opts: SshdOptions = {}): Promise<Sshd> {
       { mode: 0o600 },
     );
 
-    const port = await freePort();
+    const host = opts.listenAddress ?? '127.0.0.1';
+    const port = opts.port ?? (await freePort());
     const cfg = [
       ...(opts.extraConfig ?? []),
-      `ListenAddress 127.0.0.1`,
+      `ListenAddress ${host}`,
       `Port ${port}`,
-      `HostKey ${hostKeyPath}`,
+      ...hostKeyFiles.map((k) => `HostKey ${k.path}`),
       `AuthorizedKeysFile ${authorizedKeysPath}`,
       `PermitRootLogin prohibit-password`,
       `PubkeyAuthentication yes`,
@@ -177,16 +230,24 @@ export async function startSshd(opts: SshdOptions = {}): Promise<Sshd> {
     // Validate first: a bad config then fails with sshd's own message.
     await run(sshdBin, ['-t', '-f', cfgPath]);
 
-    const srv = spawnServer(sshdBin, ['-D', '-e', '-f', cfgPath], { cwd: dir, group: true });
+    const [cmd, ...args] = [...(opts.commandPrefix ?? []), sshdBin, '-D', '-e', '-f', cfgPath];
+    const srv = spawnServer(cmd as string, args, { cwd: dir, group: true });
     server = srv;
-    await waitForBanner(port, opts.startTimeoutMs ?? 10_000, server);
-    const knownHostsLine = `[127.0.0.1]:${port} ${hostPublicKey}`;
+    await waitForBanner(host, port, opts.startTimeoutMs ?? 10_000, server);
+    const knownHostsName = port === 22 ? host : `[${host}]:${port}`;
+    const knownHostsLine = `${knownHostsName} ${hostPublicKey}`;
+    const hostKeys: BedHostKey[] = hostKeyFiles.map((k) => ({
+      type: k.type,
+      fingerprint: k.fingerprint,
+      publicKey: k.publicKey,
+      knownHostsLine: `${knownHostsName} ${k.publicKey}`,
+    }));
     const knownHostsPath = join(dir, 'known_hosts');
-    await writeFile(knownHostsPath, knownHostsLine + '\n');
+    await writeFile(knownHostsPath, hostKeys.map((k) => k.knownHostsLine).join('\n') + '\n');
     const username = userInfo().username;
     let stopped = false;
     return {
-      host: '127.0.0.1',
+      host,
       port,
       username,
       privateKeyPath: user.privateKeyPath,
@@ -196,6 +257,7 @@ export async function startSshd(opts: SshdOptions = {}): Promise<Sshd> {
       knownHostsLine,
       knownHostsPath,
       hostPublicKey,
+      hostKeys,
       dir,
       pid: srv.child.pid ?? -1,
       log: srv.log,

@@ -38,7 +38,7 @@ async function measure(input: Input, transport: SshTransport): Promise<Measured>
     port: input.port,
     username: input.username,
     privateKey: input.privateKey,
-    hostKeys: parseHostKeyPins(input.hostKey),
+    hostKeys: parseHostKeyPins(input.hostKey, { host: input.host, port: input.port }),
     transport,
   });
   try {

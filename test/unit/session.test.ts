@@ -1,7 +1,8 @@
 /**
  * Against a real OpenSSH sshd: commands opened ahead of time (`SshSession.prepare`) run only
  * when asked, never when cancelled, and their time limit counts from the go; the archive's
- * data channel carries its bytes through a Unix socket pair, or a pipe where none can be made.
+ * data channel carries its bytes through a Unix socket pair, or a pipe where none can be made;
+ * a pin of any of the server's host keys connects both transports, and only a pinned key does.
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -9,8 +10,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { RemoteCommandError } from '../../src/errors.ts';
-import { parseHostKeyPins } from '../../src/ssh/host-key.ts';
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { ConnectError, RemoteCommandError } from '../../src/errors.ts';
+import type { SshSettings } from '../../src/settings.ts';
+import { fingerprintOf, parseHostKeyPins } from '../../src/ssh/host-key.ts';
 import { SshSession } from '../../src/ssh/session.ts';
 import { startSshd, type Sshd } from '../bed/sshd.ts';
 
@@ -26,7 +30,7 @@ describe('commands opened ahead', () => {
         port: sshd.port,
         username: sshd.username,
         privateKey: sshd.privateKey,
-        hostKeys: parseHostKeyPins(sshd.hostKeyFingerprint),
+        hostKeys: parseHostKeyPins(sshd.hostKeyFingerprint, sshd),
         transport: 'ssh2',
       },
       { keyDirParent: tmpdir() },
@@ -97,7 +101,7 @@ describe("the archive's data channel over OpenSSH", () => {
         port: sshd.port,
         username: sshd.username,
         privateKey: sshd.privateKey,
-        hostKeys: parseHostKeyPins(sshd.hostKeyFingerprint),
+        hostKeys: parseHostKeyPins(sshd.hostKeyFingerprint, sshd),
         transport: 'openssh',
       },
       { keyDirParent },
@@ -153,4 +157,149 @@ describe("the archive's data channel over OpenSSH", () => {
       session.close();
     }
   });
+});
+
+describe('host keys of every type', () => {
+  let sshd: Sshd;
+  before(async () => {
+    sshd = await startSshd({ hostKeyTypes: ['ed25519', 'ecdsa', 'rsa'] });
+  });
+  after(async () => {
+    await sshd?.stop();
+  });
+
+  function settings(hostKey: string, transport: 'ssh2' | 'openssh'): SshSettings {
+    return {
+      host: sshd.host,
+      port: sshd.port,
+      username: sshd.username,
+      privateKey: sshd.privateKey,
+      hostKeys: parseHostKeyPins(hostKey, sshd),
+      transport,
+    };
+  }
+
+  /** A command over the control channel and one over the data channel. */
+  async function useBoth(session: SshSession): Promise<void> {
+    assert.equal(await session.run('Echo', 'echo control'), 'control\n');
+    const remote = session.stream('echo data');
+    remote.stdin.end();
+    const chunks: Buffer[] = [];
+    remote.stdout.on('data', (b: Buffer) => chunks.push(b));
+    assert.equal(await remote.exit, 0, remote.stderrTail());
+    assert.equal(Buffer.concat(chunks).toString(), 'data\n');
+  }
+
+  for (const type of ['ed25519', 'ecdsa', 'rsa'] as const) {
+    for (const form of ['fingerprint', 'known_hosts line'] as const) {
+      for (const transport of ['ssh2', 'openssh'] as const) {
+        it(`an ${type} key pinned by its ${form} connects over ${transport}`, async () => {
+          const key = sshd.hostKeys.find((k) => k.type === type)!;
+          const pin = form === 'fingerprint' ? key.fingerprint : key.knownHostsLine;
+          const session = await SshSession.connect(settings(pin, transport), {
+            keyDirParent: tmpdir(),
+          });
+          try {
+            assert.equal(fingerprintOf(session.hostKey), key.fingerprint);
+            assert.equal(session.dataTransport, transport);
+            await useBoth(session);
+          } finally {
+            session.close();
+          }
+        });
+      }
+    }
+  }
+
+  it('a pin among stale ones connects: a wrong ed25519 key line and the ecdsa fingerprint', async () => {
+    const ecdsa = sshd.hostKeys.find((k) => k.type === 'ecdsa')!;
+    const stale = `[${sshd.host}]:${sshd.port} ${freshKey('ed25519')}`;
+    const session = await SshSession.connect(
+      settings(`${stale}\n${ecdsa.fingerprint}`, 'openssh'),
+      { keyDirParent: tmpdir() },
+    );
+    try {
+      assert.equal(fingerprintOf(session.hostKey), ecdsa.fingerprint);
+      await useBoth(session);
+    } finally {
+      session.close();
+    }
+  });
+
+  for (const transport of ['ssh2', 'openssh'] as const) {
+    it(`a wrong fingerprint fails over ${transport}, naming every key the server presented`, async () => {
+      const wrong = `SHA256:${'B'.repeat(43)}`;
+      await assert.rejects(
+        SshSession.connect(settings(wrong, transport), { keyDirParent: tmpdir() }),
+        (e: unknown) => {
+          assert.ok(e instanceof ConnectError);
+          assert.match(
+            e.message,
+            /^The host keys of 127\.0\.0\.1:\d+ \(.+\) do not match 'host-key'/,
+          );
+          assert.match(e.message, /someone may be in between/);
+          for (const k of sshd.hostKeys) assert.ok(e.message.includes(k.fingerprint), k.type);
+          return true;
+        },
+      );
+    });
+  }
+
+  it('a wrong rsa key line fails, naming the rsa key the server presented', async () => {
+    const rsa = sshd.hostKeys.find((k) => k.type === 'rsa')!;
+    const wrong = `[${sshd.host}]:${sshd.port} ${freshKey('rsa')}`;
+    await assert.rejects(
+      SshSession.connect(settings(wrong, 'ssh2'), { keyDirParent: tmpdir() }),
+      (e: unknown) =>
+        e instanceof ConnectError &&
+        e.message.startsWith(
+          `The host key of 127.0.0.1:${sshd.port} (${rsa.fingerprint}) does not match 'host-key'.`,
+        ),
+    );
+  });
+
+  it('when no type is left to ask for, the mismatch names the keys presented', async () => {
+    const ed25519 = sshd.hostKeys.find((k) => k.type === 'ed25519')!;
+    const pins = [
+      `[${sshd.host}]:${sshd.port} ${freshKey('ed25519')}`,
+      `[${sshd.host}]:${sshd.port} ${freshKey('ecdsa', '384')}`,
+    ].join('\n');
+    await assert.rejects(
+      SshSession.connect(settings(pins, 'openssh'), { keyDirParent: tmpdir() }),
+      (e: unknown) =>
+        e instanceof ConnectError &&
+        e.message.startsWith(
+          `The host key of 127.0.0.1:${sshd.port} (${ed25519.fingerprint}) does not match 'host-key'.`,
+        ),
+    );
+  });
+
+  it('a key line of a type the server does not have fails as a mismatch', async () => {
+    const wrong = freshKey('ecdsa', '384');
+    await assert.rejects(
+      SshSession.connect(settings(wrong, 'ssh2'), { keyDirParent: tmpdir() }),
+      (e: unknown) =>
+        e instanceof ConnectError &&
+        /does not match 'host-key': the server has no key of the pinned type \(ecdsa-sha2-nistp384\)/.test(
+          e.message,
+        ),
+    );
+  });
+
+  let freshKeys = 0;
+  /** A new public key of `type` ("type base64"), held by no server. */
+  function freshKey(type: string, bits?: string): string {
+    const file = join(sshd.dir, `fresh-${++freshKeys}`);
+    execFileSync('ssh-keygen', [
+      '-q',
+      '-t',
+      type,
+      ...(bits ? ['-b', bits] : []),
+      '-N',
+      '',
+      '-f',
+      file,
+    ]);
+    return readFileSync(`${file}.pub`, 'utf8').trim().split(' ').slice(0, 2).join(' ');
+  }
 });

@@ -1,3 +1,4 @@
+/* global process */
 // Builds dist/: one ncc bundle per entry (main, post), ESM, for the runner's Node 24.
 // ssh2's native crypto binding is left out (built for another Node ABI it would not load;
 // ssh2 falls back to its JavaScript ciphers), and CommonJS code in the bundle that reads

@@ -38,6 +38,14 @@ export class StorageError extends ActionError {
   override name = 'StorageError';
 }
 
+/**
+ * The watchdog on the host started the node while the run held it down: the run no longer
+ * owns the node, and what it was about to do with it is not done.
+ */
+export class NodeLostError extends ActionError {
+  override name = 'NodeLostError';
+}
+
 /** A stored snapshot is not whole. */
 export class IntegrityError extends ActionError {
   override name = 'IntegrityError';

@@ -32,15 +32,24 @@ export function archiveName(
   return { date, file, service, height, stamp: `${date}_${time}`, compression };
 }
 
-const FILE_PATTERN = /^(.+)_BH(\d+)_data-(\d{8})_(\d{4})\.(tar\.gz|tar\.zst)$/;
+/** The service, as the 'service' input allows it: no character a shell or HTML would read. */
+const FILE_PATTERN = /^([A-Za-z0-9_.-]+)_BH(\d{1,15})_data-(\d{8})_(\d{4})\.(tar\.gz|tar\.zst)$/;
+/** A folder of a key prefix, as the prefix inputs allow it. */
+const PREFIX_SEGMENT = /^[A-Za-z0-9_.-]+$/;
 
-/** Reads `YYYYMMDD/FILE` (a backup_list line) or `{prefix}/YYYYMMDD/FILE` (a key). */
+/**
+ * Reads `YYYYMMDD/FILE` (a backup_list line) or `{prefix}/YYYYMMDD/FILE` (a key). Anything
+ * else is not an archive of ours or of the original script, and is never used as one: a
+ * line read from the bucket reaches shells, outputs and the job summary only through here.
+ */
 export function parseArchivePath(path: string): ArchiveName | undefined {
   const parts = path.split('/');
   const file = parts.at(-1) ?? '';
   const date = parts.at(-2) ?? '';
   const m = FILE_PATTERN.exec(file);
   if (!m || !/^\d{8}$/.test(date)) return undefined;
+  if (!parts.slice(0, -2).every((p) => PREFIX_SEGMENT.test(p) && p !== '..' && p !== '.'))
+    return undefined;
   return {
     date,
     file,

@@ -5,13 +5,16 @@
  */
 import * as core from '@actions/core';
 import { State } from './constants.js';
-import { errorMessage } from './errors.js';
+import { errorMessage, NodeLostError, RemoteCommandError } from './errors.js';
 import type { NodeKind } from './node-kind/loopchain.js';
 import {
   armWatchdogCommand,
   detachedCommand,
   dirname,
   disarmWatchdogCommand,
+  NODE_LOST,
+  nodeLostAt,
+  parseDisarm,
   peerCommand,
 } from './node-kind/remote.js';
 import type { NodeSettings } from './settings.js';
@@ -24,9 +27,13 @@ export function currentRunId(): string {
 
 export class NodeControl {
   private stopped = false;
-  private watchdogFlag: string | undefined;
+  private armed = false;
   /** The start command and the disarm, opened ahead when the node is to start again soon. */
   private prepared: { start?: Prepared; disarm?: Prepared } = {};
+  /** This run's watchdog flag on the host (see `armWatchdogCommand`): armed or not, its name. */
+  readonly watchdogFlag: string;
+  /** When the watchdog started the node while this run held it down; then the run has lost it. */
+  lostAt?: string;
   stoppedAt?: number;
   startedAt?: number;
 
@@ -34,8 +41,10 @@ export class NodeControl {
     private readonly session: SshSession,
     private readonly settings: NodeSettings,
     private readonly kind: NodeKind,
-    private readonly runId: string,
-  ) {}
+    runId: string,
+  ) {
+    this.watchdogFlag = `${dirname(settings.dataDir)}/.prep-snapshot-watchdog-${runId}`;
+  }
 
   /** The height the node reports, or undefined when its API does not answer. */
   async height(): Promise<number | undefined> {
@@ -54,13 +63,16 @@ export class NodeControl {
    * `SshSession.prepare`): seconds of downtime are worth the sessions they save.
    */
   async stop(options: { startSoon?: boolean } = {}): Promise<void> {
-    const flag = `${dirname(this.settings.dataDir)}/.prep-snapshot-watchdog-${this.runId}`;
-    core.saveState(State.WatchdogFlag, flag);
-    this.watchdogFlag = flag;
+    core.saveState(State.WatchdogFlag, this.watchdogFlag);
     await this.session.run(
       'Arming the watchdog',
-      armWatchdogCommand(flag, this.settings.maxDowntimeSeconds, this.settings.startCommand),
+      armWatchdogCommand(
+        this.watchdogFlag,
+        this.settings.maxDowntimeSeconds,
+        this.settings.startCommand,
+      ),
     );
+    this.armed = true;
     core.info(
       `Watchdog armed on the host: it starts the node in ${this.settings.maxDowntimeSeconds} s unless this run does.`,
     );
@@ -82,13 +94,27 @@ export class NodeControl {
     core.info('The node is stopped.');
   }
 
-  /** Starts the node and disarms the watchdog. */
+  /**
+   * The one way the action starts the node: the start command detached on the host (a
+   * connection lost meanwhile does not kill it halfway), then the watchdog disarmed if this
+   * run armed one. Whether or not this run stopped the node.
+   */
   async start(): Promise<void> {
     core.info(`Starting the node: ${this.settings.startCommand}`);
     await this.runOnce('start');
     this.startedAt = performance.now();
     this.stopped = false;
     core.saveState(State.NodeStarted, 'true');
+    await this.disarm();
+  }
+
+  /**
+   * Leaves a node that this run stopped down on purpose (it was down before the run): the
+   * watchdog is disarmed and the post step will not start it.
+   */
+  async leaveStopped(): Promise<void> {
+    this.stopped = false;
+    core.saveState(State.NodeStopped, 'false');
     await this.disarm();
   }
 
@@ -111,11 +137,43 @@ export class NodeControl {
     this.prepared = {};
   }
 
+  /**
+   * Throws when the watchdog started the node while this run held it down: whatever the
+   * run was about to do next (`what`) assumed the node still down, and is not done.
+   */
+  assertOwned(what: string): void {
+    if (this.lostAt === undefined) return;
+    throw new NodeLostError(
+      `The node was down longer than 'max-downtime' (${this.settings.maxDowntimeSeconds} s): the watchdog on the ` +
+        `host started it at ${this.lostAt}. ${what}`,
+    );
+  }
+
+  /** Records what `watchdogFiredCommand` printed: the time the watchdog fired, if it did. */
+  noteFired(stdout: string): void {
+    if (this.armed && stdout.trim()) this.lostAt = stdout.trim();
+  }
+
+  /** Records a step on the host that found the node taken by the watchdog (exit `NODE_LOST`). */
+  noteLost(error: unknown): void {
+    if (error instanceof RemoteCommandError && error.code === NODE_LOST) {
+      this.lostAt = nodeLostAt(error.stderr) ?? 'an unknown time';
+    }
+  }
+
   private async disarm(): Promise<void> {
-    if (!this.watchdogFlag) return;
-    await this.runOnce('disarm');
-    this.watchdogFlag = undefined;
+    if (!this.armed) return;
+    const out = await this.runOnce('disarm');
+    this.armed = false;
     core.saveState(State.WatchdogFlag, '');
+    const fired = parseDisarm(out);
+    if (fired !== undefined) {
+      this.lostAt = fired;
+      core.warning(
+        `The watchdog on the host started the node at ${fired}: it was down longer than 'max-downtime' ` +
+          `(${this.settings.maxDowntimeSeconds} s). Its log is ${this.watchdogFlag}.log.`,
+      );
+    }
   }
 
   /** The start command and the disarm, as they run, opened ahead or not. */
@@ -132,7 +190,7 @@ export class NodeControl {
         }
       : {
           what: 'Disarming the watchdog',
-          command: disarmWatchdogCommand(this.watchdogFlag ?? ''),
+          command: disarmWatchdogCommand(this.watchdogFlag),
           options: {},
         };
   }
@@ -143,15 +201,12 @@ export class NodeControl {
   }
 
   /** Runs the copy opened ahead when there is one (once), in a new session otherwise. */
-  private async runOnce(slot: 'start' | 'disarm'): Promise<void> {
+  private async runOnce(slot: 'start' | 'disarm'): Promise<string> {
     const prepared = this.prepared[slot];
     this.prepared[slot] = undefined;
-    if (prepared) {
-      await prepared.go();
-      return;
-    }
+    if (prepared) return prepared.go();
     const c = this.command(slot);
-    await this.session.run(c.what, c.command, c.options);
+    return this.session.run(c.what, c.command, c.options);
   }
 
   get downtimeSeconds(): number | undefined {

@@ -406,7 +406,7 @@ function keyPrefix(name: Inputs, text: string): string {
 export function composeCommand(prepDir: string, verb: 'down' | 'up -d'): string {
   const args = `-f docker-compose.yml ${verb}`;
   return (
-    `cd ${quoteForDefault(prepDir)} && if command -v docker-compose >/dev/null 2>&1; ` +
+    `cd ${quoteForDefault(prepDir)} && if [ -x "$(command -v docker-compose)" ]; ` +
     `then docker-compose ${args}; else docker compose ${args}; fi`
   );
 }

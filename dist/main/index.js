@@ -88349,6 +88349,13 @@ class RemoteCommandError extends ActionError {
 class StorageError extends ActionError {
     name = 'StorageError';
 }
+/**
+ * The watchdog on the host started the node while the run held it down: the run no longer
+ * owns the node, and what it was about to do with it is not done.
+ */
+class NodeLostError extends ActionError {
+    name = 'NodeLostError';
+}
 /** A stored snapshot is not whole. */
 class IntegrityError extends ActionError {
     name = 'IntegrityError';
@@ -88729,14 +88736,23 @@ function archiveName(service, height, at, compression) {
     const file = `${service}_BH${height}_data-${date}_${time}${EXTENSIONS[compression]}`;
     return { date, file, service, height, stamp: `${date}_${time}`, compression };
 }
-const FILE_PATTERN = /^(.+)_BH(\d+)_data-(\d{8})_(\d{4})\.(tar\.gz|tar\.zst)$/;
-/** Reads `YYYYMMDD/FILE` (a backup_list line) or `{prefix}/YYYYMMDD/FILE` (a key). */
+/** The service, as the 'service' input allows it: no character a shell or HTML would read. */
+const FILE_PATTERN = /^([A-Za-z0-9_.-]+)_BH(\d{1,15})_data-(\d{8})_(\d{4})\.(tar\.gz|tar\.zst)$/;
+/** A folder of a key prefix, as the prefix inputs allow it. */
+const PREFIX_SEGMENT = /^[A-Za-z0-9_.-]+$/;
+/**
+ * Reads `YYYYMMDD/FILE` (a backup_list line) or `{prefix}/YYYYMMDD/FILE` (a key). Anything
+ * else is not an archive of ours or of the original script, and is never used as one: a
+ * line read from the bucket reaches shells, outputs and the job summary only through here.
+ */
 function parseArchivePath(path) {
     const parts = path.split('/');
     const file = parts.at(-1) ?? '';
     const date = parts.at(-2) ?? '';
     const m = FILE_PATTERN.exec(file);
     if (!m || !/^\d{8}$/.test(date))
+        return undefined;
+    if (!parts.slice(0, -2).every((p) => PREFIX_SEGMENT.test(p) && p !== '..' && p !== '.'))
         return undefined;
     return {
         date,
@@ -88791,9 +88807,15 @@ function quote(value) {
 function argv(...words) {
     return words.map(quote).join(' ');
 }
+/**
+ * A word on the command line of every shell the action starts on the host (its `$0`), so
+ * that a check for the node's processes can leave the action's own out: their scripts name
+ * the data dir (`.../data/loopchain`) as the node's do.
+ */
+const OWN_MARK = 'prep-snapshot-cmd';
 /** Runs a multi-line bash script, whatever the login shell of the remote user is. */
 function bashScript(lines) {
-    return `bash -c ${quote(['set -eu -o pipefail', ...lines].join('\n'))}`;
+    return `bash -c ${quote(['set -eu -o pipefail', ...lines].join('\n'))} ${OWN_MARK}`;
 }
 /** Escapes a literal for the left side of a `tar --transform` sed expression. */
 function sedLiteral(value, delimiter = '|') {
@@ -88844,8 +88866,14 @@ function probeCommand(kind, dataDir) {
         `echo "dev_data=$(stat -c %d "$data")"`,
         `echo "dev_parent=$(stat -c %d ${quote(parent)})"`,
         `echo "free_parent=$(df -P -B1 ${quote(parent)} | awk 'NR==2 {print $4}')"`,
+        // The size before the stop, to plan the upload's parts while nothing is down yet.
+        `echo "data_bytes=$(cd -- "$data" && find ${kind.roots.map(quote).join(' ')} -type f -printf '%s\\n' 2>/dev/null | awk '{s+=$1} END {printf "%d", s}' || true)"`,
         // Staging folders of runs that vanished a day or more ago: links that pin deleted tables.
-        `find ${quote(parent)} "$data" -maxdepth 1 -type d -name '.prep-snapshot-staging-*' -mmin +1440 -printf 'stale=%p\\n' 2>/dev/null || true`,
+        // One that a stream still reads holds a lock on it (see archiveCommand): not stale.
+        `find ${quote(parent)} "$data" -maxdepth 1 -type d -name '.prep-snapshot-staging-*' -mmin +1440 -print 2>/dev/null | while IFS= read -r d; do`,
+        `  if command -v flock >/dev/null 2>&1 && ! flock -n -- "$d" true 2>/dev/null; then continue; fi`,
+        `  printf 'stale=%s\\n' "$d"`,
+        `done; true`,
     ]);
 }
 function parseProbe(stdout) {
@@ -88858,6 +88886,7 @@ function parseProbe(stdout) {
         tools: new Set(),
         sameDevice: false,
         freeBytes: 0,
+        dataBytes: 0,
     };
     let devData = '';
     let devParent = '';
@@ -88883,6 +88912,8 @@ function parseProbe(stdout) {
             devParent = value;
         else if (key === 'free_parent')
             probe.freeBytes = Number(value) || 0;
+        else if (key === 'data_bytes')
+            probe.dataBytes = Number(value) || 0;
         else if (key === 'stale')
             probe.stale.push(value);
     }
@@ -88916,9 +88947,11 @@ function peerCommand(peerUrl) {
  * file (metadata only, seconds for any size), then a real copy in place of every file that
  * the node may change after it starts again (everything but the immutable table files).
  */
-function freezeCommand(kind, dataDir, stage) {
+function freezeCommand(kind, dataDir, stage, watchdogFlag) {
     const mutable = ['*.ldb', '*.sst'].map((p) => `! -name ${quote(p)}`).join(' ');
     return bashScript([
+        // The copy is consistent only while the node is down: the watchdog waits for it.
+        ...heldLines(watchdogFlag),
         `data=${quote(dataDir)}`,
         `stage=${quote(stage)}`,
         `rm -rf -- "$stage"`,
@@ -89000,7 +89033,15 @@ function archiveCommand(kind, dir, identity, options) {
         ? `compress() { echo "${COMPRESSOR_MARK} zstd" >&2; zstd -q -T0 -${level} -c; }`
         : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
             `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
-    const lines = [...WAIT_FOR_GO, compress, `cd -- ${quote(dir)}`];
+    const lines = [
+        ...WAIT_FOR_GO,
+        compress,
+        `cd -- ${quote(dir)}`,
+        // A shared lock on the folder while it is read: a later run's probe leaves it alone,
+        // however old the folder is (see probeCommand).
+        `exec 9<.`,
+        `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
+    ];
     const copy = options.localCopy ? quote(options.localCopy) : undefined;
     if (options.localCopy)
         lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`);
@@ -89057,28 +89098,92 @@ function removeStagingCommand(stage, waitSeconds = STAGE_LOCK_WAIT_SECONDS) {
         `rm -rf -- ${quote(stage)}`,
     ]);
 }
+/*
+ * The watchdog's files on the host, beside the data dir. Whoever renames `flag` first owns
+ * the stopped node: the watchdog, to start it (`flag.fired`), or the run, for a step that
+ * needs the node down (`flag.held`, see `heldLines`). A rename is atomic, so the two can
+ * never both act.
+ *   flag        armed: the run holds the node down
+ *   flag.held   the run is in a step that needs the node down; the watchdog waits for it
+ *   flag.fired  the watchdog started the node (it holds the time); the run has lost the node
+ *   flag.pid    the watchdog's PID, for the disarm
+ *   flag.log    what the watchdog said, kept when it fired
+ */
 /**
- * Arms the watchdog: a detached process on the host that runs the start command after
- * `seconds` unless the flag file is gone by then. It holds when the runner vanishes.
- * Prints the watchdog's PID.
+ * How long past 'max-downtime' a hold lasts before the watchdog takes it as left by a run
+ * that vanished in the middle of a step (its script killed with SIGKILL; an SSH cut ends it
+ * through its HUP trap, which gives the hold back). Steps under a hold take seconds.
+ */
+const ABANDONED_HOLD_SECONDS = 300;
+/** Exit status of a step on the host that found that the watchdog had started the node. */
+const NODE_LOST = 75;
+/**
+ * Arms the watchdog: a detached process on the host that runs the start command once the
+ * node has been down for `seconds`, unless the run has disarmed it by then. It holds when
+ * the runner vanishes. A step the run holds (`heldLines`) is waited for, up to
+ * `ABANDONED_HOLD_SECONDS` more. Prints the PID.
  */
 function armWatchdogCommand(flag, seconds, startCommand) {
+    const n = Math.ceil(seconds);
+    const f = quote(flag);
     const inner = [
-        `sleep ${Math.ceil(seconds)}`,
-        `if [ -f ${quote(flag)} ]; then`,
-        `  rm -f -- ${quote(flag)}`,
-        `  echo "$(date -u +%FT%TZ) prep-snapshot watchdog: the node was still down after ${Math.ceil(seconds)} s; starting it"`,
-        `  ${startCommand}`,
-        `fi`,
+        `f=${f}`,
+        `trap 'rm -f -- "$f.pid"' EXIT`,
+        `deadline=$(( $(date +%s) + ${n} ))`,
+        // Until the deadline: a disarm (no flag, held or not) ends the watchdog.
+        `while [ "$(date +%s)" -lt "$deadline" ]; do`,
+        `  [ -e "$f" ] || [ -e "$f.held" ] || exit 0`,
+        `  sleep 1`,
+        `done`,
+        `while :; do`,
+        `  if mv -- "$f" "$f.fired" 2>/dev/null; then break; fi`,
+        `  [ -e "$f.held" ] || exit 0`,
+        `  held=$(stat -c %Y -- "$f.held" 2>/dev/null || echo 0)`,
+        `  if [ $(( $(date +%s) - held )) -ge ${n + ABANDONED_HOLD_SECONDS} ] && mv -- "$f.held" "$f.fired" 2>/dev/null; then break; fi`,
+        `  sleep 1`,
+        `done`,
+        `date -u +%FT%TZ > "$f.fired"`,
+        `echo "$(date -u +%FT%TZ) prep-snapshot watchdog: the node was still down after ${n} s; starting it"`,
+        startCommand,
     ].join('\n');
     return bashScript([
-        `printf '%s\\n' armed > ${quote(flag)}`,
+        `rm -f -- ${quote(`${flag}.fired`)} ${quote(`${flag}.held`)}`,
+        `printf '%s\\n' armed > ${f}`,
         `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
-        `$detach nohup bash -c ${quote(inner)} </dev/null >>${quote(`${flag}.log`)} 2>&1 &`,
-        // Line 2 of the flag: the PID that the disarm stops.
-        `printf '%s\\n' "$!" >> ${quote(flag)}`,
+        `$detach nohup bash -c ${quote(inner)} ${OWN_MARK} </dev/null >>${quote(`${flag}.log`)} 2>&1 &`,
+        `printf '%s\\n' "$!" > ${quote(`${flag}.pid`)}`,
         `echo "$!"`,
     ]);
+}
+/**
+ * Script lines that take the node from the watchdog for the rest of the script, or exit
+ * with `NODE_LOST` when the watchdog has started it already. The hold is given back when
+ * the script ends, however it ends. Where no watchdog was armed for this run (no flag of
+ * any kind), they do nothing: the run did not stop the node.
+ */
+function heldLines(flag) {
+    return [
+        `wd_flag=${quote(flag)}`,
+        `lost() { echo "prep-snapshot-node-lost: the watchdog started the node at $(cat -- "$wd_flag.fired" 2>/dev/null)" >&2; exit ${NODE_LOST}; }`,
+        `if [ -e "$wd_flag.fired" ]; then lost; fi`,
+        `if [ -e "$wd_flag" ]; then`,
+        `  mv -- "$wd_flag" "$wd_flag.held" 2>/dev/null || lost`,
+        `  touch -- "$wd_flag.held"`,
+        // Given back at the end; a hold that is gone by then was taken as abandoned (see
+        // `armWatchdogCommand`): what the step did may have raced the node's start.
+        `  trap 'rc=$?; if mv -- "$wd_flag.held" "$wd_flag" 2>/dev/null; then exit $rc; fi; [ $rc -ne 0 ] && exit $rc; lost' EXIT`,
+        `  trap 'exit 129' HUP; trap 'exit 143' TERM; trap 'exit 130' INT`,
+        `fi`,
+    ];
+}
+/** Prints the time the watchdog started the node, if it did (read only). */
+function watchdogFiredCommand(flag) {
+    return bashScript([`cat -- ${quote(`${flag}.fired`)} 2>/dev/null || true`]);
+}
+/** The time the watchdog started the node, from a step's stderr that exited with `NODE_LOST`. */
+function nodeLostAt(stderr) {
+    const m = /prep-snapshot-node-lost: the watchdog started the node at (\S*)/.exec(stderr);
+    return m ? m[1] || 'an unknown time' : undefined;
 }
 /**
  * Runs an operator's command (the node's start) detached from the SSH session: in its own
@@ -89100,20 +89205,35 @@ function detachedCommand(command) {
         `exit "$rc"`,
     ]);
 }
-/** Disarms the watchdog: the flag goes first, so that a watchdog that wakes now does nothing. */
+/**
+ * Disarms the watchdog: the flag goes first, so that a watchdog that wakes now does
+ * nothing. Prints `fired=TIME` when the watchdog had started the node before (its log is
+ * then kept for the operator).
+ */
 function disarmWatchdogCommand(flag) {
+    const f = (suffix = '') => quote(`${flag}${suffix}`);
     return bashScript([
-        `pid=$(sed -n 2p -- ${quote(flag)} 2>/dev/null || true)`,
-        `rm -f -- ${quote(flag)}`,
+        `pid=$(cat -- ${f('.pid')} 2>/dev/null || true)`,
+        `rm -f -- ${f()} ${f('.held')} ${f('.pid')}`,
         `if [ -n "$pid" ]; then kill -- "-$pid" 2>/dev/null || kill -- "$pid" 2>/dev/null || true; fi`,
+        `if [ -e ${f('.fired')} ]; then echo "fired=$(cat -- ${f('.fired')})"; rm -f -- ${f('.fired')}; fi`,
         // The log says something only when the watchdog fired: then it stays for the operator.
-        `if [ ! -s ${quote(`${flag}.log`)} ]; then rm -f -- ${quote(`${flag}.log`)}; fi`,
+        `if [ ! -s ${f('.log')} ]; then rm -f -- ${f('.log')}; fi`,
     ]);
 }
-/** Is a node process running? Prints the matching `pid args` lines (excluding this shell). */
+/** The time the watchdog fired, from the output of `disarmWatchdogCommand`; undefined if it did not. */
+function parseDisarm(stdout) {
+    const m = /^fired=(.*)$/m.exec(stdout);
+    return m ? m[1]?.trim() || 'an unknown time' : undefined;
+}
+/**
+ * Is a node process running? Prints the matching `pid args` lines. The action's own shells
+ * (marked with `OWN_MARK`, see `bashScript`) and this check's grep are left out: they name
+ * the data dir too.
+ */
 function processCheckCommand(pattern) {
     return bashScript([
-        `ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`,
+        `ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -v -F -e ${OWN_MARK} | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`,
     ]);
 }
 /** The host's primary IPv4 address: the source address of its default route. */
@@ -89204,6 +89324,86 @@ const WIDE_PIPES = `wide() { if command -v perl >/dev/null 2>&1; then ` +
     `exec { $ARGV[0] } @ARGV or die "$ARGV[0]: $!\\n"' -- "$@"; else "$@"; fi; }`;
 /** Exit status of the extraction when the archive is not a snapshot of the node's kind. */
 const NOT_A_SNAPSHOT = 3;
+/**
+ * Exit status of the extraction when the archive holds what a snapshot never does (see
+ * `extractCommand`); EX_DATAERR of sysexits.h, which neither tar nor a decompressor uses.
+ */
+const UNSAFE_ARCHIVE = 65;
+/** Starts each line of stderr that names an entry for which the extraction refused an archive. */
+const UNSAFE_MARK = 'prep-snapshot-unsafe';
+/** How many refused entries the extraction names; it counts the others. */
+const UNSAFE_SHOWN = 5;
+/** Prints the first lines of its input, then how many more there were. */
+const FIRST_FEW = `NR <= ${UNSAFE_SHOWN} { print } END { if (NR > ${UNSAFE_SHOWN}) print "and " NR - ${UNSAFE_SHOWN} " more" }`;
+/**
+ * Reads tar's `-vv` listing of what it extracts (`--numeric-owner`, C locale: `MODE UID/GID
+ * SIZE DATE TIME NAME`, with ` -> TARGET` or ` link to TARGET` after a link) and prints the
+ * members that a snapshot never has: anything but a regular file or a directory, a file with
+ * the setuid, setgid or sticky bit, an absolute name. tar has dropped those bits by then and
+ * turned the absolute name into a relative one; the headers are where they still show.
+ */
+const LISTING_CHECK = [
+    `{`,
+    `  t = substr($0, 1, 1); name = $0; why = ""`,
+    `  sub(/^[^ ]+ [^ ]+ +[^ ]+ [^ ]+ [^ ]+ /, "", name)`,
+    `  if (t == "l") why = "a symbolic link"`,
+    `  else if (t == "h") why = "a hard link"`,
+    `  else if (t == "c") why = "a character device"`,
+    `  else if (t == "b") why = "a block device"`,
+    `  else if (t == "p") why = "a fifo"`,
+    `  else if (t != "-" && t != "d") why = "an entry of type " t`,
+    `  else if (t == "-" && substr($0, 4, 1) ~ /[sS]/) why = "a setuid file"`,
+    `  else if (t == "-" && substr($0, 7, 1) ~ /[sS]/) why = "a setgid file"`,
+    `  else if (t == "-" && substr($0, 10, 1) ~ /[tT]/) why = "a file with the sticky bit"`,
+    `  else if (name ~ /^\\//) why = "an absolute name"`,
+    `  if (why != "" && ++n <= ${UNSAFE_SHOWN}) print name " (" why ")"`,
+    `}`,
+    `END { if (n > ${UNSAFE_SHOWN}) print "and " n - ${UNSAFE_SHOWN} " more" }`,
+].join('\n');
+/**
+ * Passes tar's stderr through and prints the members that tar skipped for a `..` in their
+ * name: those never reach its listing.
+ */
+const ERRORS_CHECK = [
+    `{ print > "/dev/stderr" }`,
+    `/^tar: .*: Member name contains / {`,
+    `  name = $0; sub(/^tar: /, "", name); sub(/: Member name contains .*$/, "", name)`,
+    `  if (++n <= ${UNSAFE_SHOWN}) print name " (a name with ..)"`,
+    `}`,
+    `END { if (n > ${UNSAFE_SHOWN}) print "and " n - ${UNSAFE_SHOWN} " more" }`,
+].join('\n');
+/**
+ * A `find` in the staging folder that prints (NUL-terminated) every entry that a snapshot of
+ * `kind` never has: one outside its roots, anything but a regular file or a directory, a file
+ * with more than one name, a file with the setuid, setgid or sticky bit. It looks at what
+ * tar made rather than at what the headers said, so it holds whatever tar does with them.
+ */
+function treeCheck(kind) {
+    const glob = (path) => path.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
+    // A root, a folder on the way to one, or anything under one.
+    const allowed = new Set();
+    for (const root of kind.roots) {
+        const parts = root.split('/');
+        for (let i = 1; i <= parts.length; i++)
+            allowed.add(`-path ${quote(`./${glob(parts.slice(0, i).join('/'))}`)}`);
+        allowed.add(`-path ${quote(`./${glob(root)}/*`)}`);
+    }
+    const where = kind.roots.join(' and ').replace(/[%\\]/g, (c) => `${c}${c}`);
+    const entry = (test, why) => `\\( ${test} -printf ${quote(`%P (${why})\\0`)} \\)`;
+    return [
+        `find . -mindepth 1`,
+        `\\( ! \\( ${[...allowed].join(' -o ')} \\) -printf ${quote(`%P (outside ${where})\\0`)} -prune \\)`,
+        ...[
+            entry('-type l', 'a symbolic link to %l'),
+            entry('-type c', 'a character device'),
+            entry('-type b', 'a block device'),
+            entry('-type p', 'a fifo'),
+            entry('! -type f ! -type d', 'neither a file nor a directory'),
+            entry('-type f -links +1', 'a hard link, %n names'),
+            entry('-type f -perm /7000', 'mode %m: setuid, setgid or sticky'),
+        ].map((e) => `-o ${e}`),
+    ].join(' ');
+}
 /** The first line that the extraction reads, before the archive: it names the decompressor. */
 function goLine(decoder) {
     return `go ${decoder.name}\n`;
@@ -89215,10 +89415,34 @@ function goLine(decoder) {
  * The command can start before the runner has decided to restore (its connection then
  * overlaps the checks of the host): it waits for `goLine` on stdin, and an input that ends
  * without it ends the command with nothing done.
+ *
+ * It runs as whoever the SSH user is, often root, and the archive is not trusted: tar keeps
+ * no owner of the archive (files belong to the SSH user) and no mode bits beyond 0777 less
+ * the umask. Then it refuses (exit `UNSAFE_ARCHIVE`, one `UNSAFE_MARK` line per entry on
+ * stderr) an archive with anything but regular files and directories under the kind's roots:
+ * a symbolic link (a placeholder that is one would take the block DB outside the data dir
+ * at the swap), a device, a fifo, a hard link, a setuid, setgid or sticky file, an absolute
+ * name or one with `..`. The staging folder is removed; the data dir is not touched.
+ *
+ * GNU tar (seen with 1.34, as root, umask 022) already keeps a hostile archive inside the
+ * folder while it extracts: it skips a member whose name has a `..` and exits 2; it strips
+ * the leading `/` of an absolute name and extracts it inside; it strips the leading `/` or
+ * `../` of a hard link's target and links to that name inside the folder (and fails when
+ * there is none); a symbolic link whose target is absolute or has a `..` holds its place as
+ * a plain file until everything else is extracted, so that no member is written through it.
+ * With `--no-same-permissions` it drops the setuid, setgid and sticky bits of files and
+ * directories (a 4755 file becomes 0755), where the check cannot see them: the listing
+ * check reads them from the headers.
  */
 function extractCommand(kind, prepDir, stage) {
     const placeholder = `${kind.identityParent}/${kind.placeholder}`;
     const missing = (what) => `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
+    // A real directory: `-d` alone follows a symbolic link.
+    const isDir = (path) => `[ -d ${quote(path)} ] && [ ! -L ${quote(path)} ]`;
+    // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
+    // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads
+    // of a pipe into whole records.
+    const tar = 'LC_ALL=C tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
     return bashScript([
         WIDE_PIPES,
         // bash reads a pipe a byte at a time: the archive starts right after this line.
@@ -89228,10 +89452,11 @@ function extractCommand(kind, prepDir, stage) {
         ...Object.entries(DECODERS).map(([n, c]) => `  ${n}) decoder=${quote(c)} ;;`),
         `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
         `esac`,
-        // A failed extraction (cut input, full disk, not a snapshot) removes its own folder: the
-        // runner that would remove it may be gone.
+        // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
+        // folder: the runner that would remove it may be gone.
         `stage=${quote(stage)}`,
         `trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
+        `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`,
         `mkdir -p -- ${quote(prepDir)}`,
         `rm -rf -- "$stage"`,
         `mkdir -p -- "$stage"`,
@@ -89239,13 +89464,19 @@ function extractCommand(kind, prepDir, stage) {
         // released when the last of them ends, however the script itself ends.
         `exec 9<"$stage"`,
         `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
-        // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
-        // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads
-        // of a pipe into whole records.
-        `wide $decoder | tar -x -b 2048 -B -f - -C "$stage"`,
+        // tar's listing goes to one check and its stderr (and the decompressor's) through the
+        // other; what they find comes out on fd 3. The status is the decompressor's or tar's.
+        `rc=0`,
+        `found=$({ { wide $decoder | ${tar} | awk ${quote(LISTING_CHECK)}; } 2>&1 >&3 | awk ${quote(ERRORS_CHECK)}; } 3>&1) || rc=$?`,
+        `if [ -n "$found" ]; then refuse "$found"; fi`,
+        `[ "$rc" = 0 ] || exit "$rc"`,
         `cd -- "$stage"`,
+        // A root that is a symbolic link passes here, for the tree check to name it.
         ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
-        `[ -d ${quote(placeholder)} ] || ${missing(placeholder)}`,
+        // Names go to the runner's log: whatever is not printable becomes '?'.
+        `found=$(${treeCheck(kind)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
+        `if [ -n "$found" ]; then refuse "$found"; fi`,
+        ...[...kind.roots, placeholder].map((d) => `${isDir(d)} || ${missing(d)}`),
         `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
     ]);
 }
@@ -89258,11 +89489,13 @@ const SWAP_LINE = 'swap\n';
  * It starts ahead of time and waits for `SWAP_LINE` on stdin, which the runner sends once
  * the archive has proved whole; an input that ends without it changes nothing.
  */
-function swapCommand(kind, dataDir, stage, previous, ip) {
+function swapCommand(kind, dataDir, stage, previous, ip, watchdogFlag) {
     const ids = `${stage}/${kind.identityParent}`;
     return bashScript([
         `IFS= read -r word || exit 0`,
         `[ "$word" = swap ] || exit 0`,
+        // Where this run stopped the node, it moves the data dir only while it still holds it.
+        ...heldLines(watchdogFlag),
         `mv -- ${quote(`${ids}/${kind.placeholder}`)} ${quote(`${ids}/${kind.identityDir(ip)}`)}`,
         `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(previous)}; fi`,
         `mv -- ${quote(stage)} ${quote(dataDir)}`,
@@ -89270,8 +89503,9 @@ function swapCommand(kind, dataDir, stage, previous, ip) {
     ]);
 }
 /** Puts the previous data dir back; the failed one is kept beside it for a look. */
-function rollbackCommand(dataDir, previous, failed) {
+function rollbackCommand(dataDir, previous, failed, watchdogFlag) {
     return bashScript([
+        ...heldLines(watchdogFlag),
         `[ -e ${quote(previous)} ] || { echo 'no previous data dir to roll back to' >&2; exit 3; }`,
         `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(failed)}; fi`,
         `mv -- ${quote(previous)} ${quote(dataDir)}`,
@@ -89296,18 +89530,21 @@ class NodeControl {
     session;
     settings;
     kind;
-    runId;
     stopped = false;
-    watchdogFlag;
+    armed = false;
     /** The start command and the disarm, opened ahead when the node is to start again soon. */
     prepared = {};
+    /** This run's watchdog flag on the host (see `armWatchdogCommand`): armed or not, its name. */
+    watchdogFlag;
+    /** When the watchdog started the node while this run held it down; then the run has lost it. */
+    lostAt;
     stoppedAt;
     startedAt;
     constructor(session, settings, kind, runId) {
         this.session = session;
         this.settings = settings;
         this.kind = kind;
-        this.runId = runId;
+        this.watchdogFlag = `${dirname(settings.dataDir)}/.prep-snapshot-watchdog-${runId}`;
     }
     /** The height the node reports, or undefined when its API does not answer. */
     async height() {
@@ -89325,10 +89562,9 @@ class NodeControl {
      * `SshSession.prepare`): seconds of downtime are worth the sessions they save.
      */
     async stop(options = {}) {
-        const flag = `${dirname(this.settings.dataDir)}/.prep-snapshot-watchdog-${this.runId}`;
-        saveState(State.WatchdogFlag, flag);
-        this.watchdogFlag = flag;
-        await this.session.run('Arming the watchdog', armWatchdogCommand(flag, this.settings.maxDowntimeSeconds, this.settings.startCommand));
+        saveState(State.WatchdogFlag, this.watchdogFlag);
+        await this.session.run('Arming the watchdog', armWatchdogCommand(this.watchdogFlag, this.settings.maxDowntimeSeconds, this.settings.startCommand));
+        this.armed = true;
         info(`Watchdog armed on the host: it starts the node in ${this.settings.maxDowntimeSeconds} s unless this run does.`);
         if (options.startSoon) {
             this.prepared = {
@@ -89346,13 +89582,26 @@ class NodeControl {
         });
         info('The node is stopped.');
     }
-    /** Starts the node and disarms the watchdog. */
+    /**
+     * The one way the action starts the node: the start command detached on the host (a
+     * connection lost meanwhile does not kill it halfway), then the watchdog disarmed if this
+     * run armed one. Whether or not this run stopped the node.
+     */
     async start() {
         info(`Starting the node: ${this.settings.startCommand}`);
         await this.runOnce('start');
         this.startedAt = performance.now();
         this.stopped = false;
         saveState(State.NodeStarted, 'true');
+        await this.disarm();
+    }
+    /**
+     * Leaves a node that this run stopped down on purpose (it was down before the run): the
+     * watchdog is disarmed and the post step will not start it.
+     */
+    async leaveStopped() {
+        this.stopped = false;
+        saveState(State.NodeStopped, 'false');
         await this.disarm();
     }
     /** For `finally`: starts the node if this run stopped it and has not started it. Never throws. */
@@ -89373,12 +89622,39 @@ class NodeControl {
         await Promise.all([this.prepared.start?.cancel(), this.prepared.disarm?.cancel()]);
         this.prepared = {};
     }
-    async disarm() {
-        if (!this.watchdogFlag)
+    /**
+     * Throws when the watchdog started the node while this run held it down: whatever the
+     * run was about to do next (`what`) assumed the node still down, and is not done.
+     */
+    assertOwned(what) {
+        if (this.lostAt === undefined)
             return;
-        await this.runOnce('disarm');
-        this.watchdogFlag = undefined;
+        throw new NodeLostError(`The node was down longer than 'max-downtime' (${this.settings.maxDowntimeSeconds} s): the watchdog on the ` +
+            `host started it at ${this.lostAt}. ${what}`);
+    }
+    /** Records what `watchdogFiredCommand` printed: the time the watchdog fired, if it did. */
+    noteFired(stdout) {
+        if (this.armed && stdout.trim())
+            this.lostAt = stdout.trim();
+    }
+    /** Records a step on the host that found the node taken by the watchdog (exit `NODE_LOST`). */
+    noteLost(error) {
+        if (error instanceof RemoteCommandError && error.code === NODE_LOST) {
+            this.lostAt = nodeLostAt(error.stderr) ?? 'an unknown time';
+        }
+    }
+    async disarm() {
+        if (!this.armed)
+            return;
+        const out = await this.runOnce('disarm');
+        this.armed = false;
         saveState(State.WatchdogFlag, '');
+        const fired = parseDisarm(out);
+        if (fired !== undefined) {
+            this.lostAt = fired;
+            warning(`The watchdog on the host started the node at ${fired}: it was down longer than 'max-downtime' ` +
+                `(${this.settings.maxDowntimeSeconds} s). Its log is ${this.watchdogFlag}.log.`);
+        }
     }
     /** The start command and the disarm, as they run, opened ahead or not. */
     command(slot) {
@@ -89390,7 +89666,7 @@ class NodeControl {
             }
             : {
                 what: 'Disarming the watchdog',
-                command: disarmWatchdogCommand(this.watchdogFlag ?? ''),
+                command: disarmWatchdogCommand(this.watchdogFlag),
                 options: {},
             };
     }
@@ -89402,12 +89678,10 @@ class NodeControl {
     async runOnce(slot) {
         const prepared = this.prepared[slot];
         this.prepared[slot] = undefined;
-        if (prepared) {
-            await prepared.go();
-            return;
-        }
+        if (prepared)
+            return prepared.go();
         const c = this.command(slot);
-        await this.session.run(c.what, c.command, c.options);
+        return this.session.run(c.what, c.command, c.options);
     }
     get downtimeSeconds() {
         if (this.stoppedAt === undefined || this.startedAt === undefined)
@@ -89928,6 +90202,8 @@ async function socketSource(dir) {
 
 
 
+
+
 const MIN_PART_SIZE = 8 * 1024 * 1024;
 const MAX_PART_SIZE = 5 * 1024 ** 3;
 const MAX_PARTS = 10_000;
@@ -89938,6 +90214,26 @@ function choosePartSize(expectedBytes) {
     const mib = 1024 * 1024;
     const needed = Math.ceil(expectedBytes / (MAX_PARTS * PART_HEADROOM) / mib) * mib;
     return Math.min(MAX_PART_SIZE, Math.max(MIN_PART_SIZE, needed));
+}
+/**
+ * Plans the upload of an archive of at most `expectedBytes` before anything is stopped: an
+ * explicit `partSize` must fit it in 10,000 parts, and the part buffers must stay within
+ * `maxBufferBytes` of memory (fewer parts in flight where a large database needs large parts).
+ */
+function planParts(expectedBytes, settings, maxBufferBytes) {
+    const partSize = settings.partSize ?? choosePartSize(expectedBytes);
+    if (settings.partSize !== undefined && settings.partSize * MAX_PARTS < expectedBytes) {
+        throw new InputError(`Input 'part-size' (${formatBytes(settings.partSize)}) allows an archive of at most ` +
+            `${formatBytes(settings.partSize * MAX_PARTS)} in S3's ${MAX_PARTS} parts; this one may reach ` +
+            `${formatBytes(expectedBytes)}. Raise it, or leave it empty to have it chosen from the database's size.`);
+    }
+    // One part fills while the others are in flight.
+    const fits = Math.floor(maxBufferBytes / partSize) - 1;
+    if (fits < 1) {
+        throw new InputError(`An archive of up to ${formatBytes(expectedBytes)} needs parts of ${formatBytes(partSize)} (S3 takes at most ` +
+            `${MAX_PARTS} parts); two of them exceed the ${formatBytes(maxBufferBytes)} of part buffers the runner may hold.`);
+    }
+    return { partSize, queueSize: Math.min(settings.queueSize, fits) };
 }
 /** Counts and hashes the bytes that pass through it. */
 class HashingCounter extends external_node_stream_.Transform {
@@ -90173,49 +90469,199 @@ async function abortUploads(client, bucket, key) {
     }
 }
 
-// EXTERNAL MODULE: external "node:child_process"
-var external_node_child_process_ = __nccwpck_require__(1421);
-// EXTERNAL MODULE: external "node:fs"
-var external_node_fs_ = __nccwpck_require__(3024);
-// EXTERNAL MODULE: external "node:os"
-var external_node_os_ = __nccwpck_require__(8161);
-// EXTERNAL MODULE: ./node_modules/ssh2/lib/index.js
-var lib = __nccwpck_require__(5472);
+;// CONCATENATED MODULE: ./src/duration.ts
+
+const UNIT_SECONDS = { s: 1, m: 60, h: 3600, d: 86400 };
+/**
+ * Parses `90`, `90s`, `15m`, `2h`, `1h30m`, `1.5h`, `1d` into a whole number of seconds;
+ * anything else (a fraction of a second, a number too large to be exact) is an error.
+ */
+function parseDuration(name, text) {
+    const value = text.trim();
+    const parts = /^\d+$/.test(value)
+        ? [[value, value, 's']]
+        : [...value.matchAll(/(\d+(?:\.\d+)?)([smhd])/g)];
+    if (parts.length === 0 || parts.map((p) => p[0]).join('') !== value) {
+        throw new InputError(`Input '${name}' is '${text}', which is not a duration. Use seconds ('90') or units s, m, h, d ('15m', '1h30m').`);
+    }
+    const sum = parts.reduce((total, p) => total + Number(p[1]) * UNIT_SECONDS[p[2]], 0);
+    // '1.1h' is 3960 s, though binary fractions make it 3960.0000000000005.
+    const seconds = Math.round(sum * 1e6) / 1e6;
+    if (!Number.isSafeInteger(seconds)) {
+        throw new InputError(Number.isInteger(seconds) || !Number.isFinite(seconds)
+            ? `Input '${name}' is '${text}', which is too long a duration.`
+            : `Input '${name}' is '${text}', which is not a whole number of seconds.`);
+    }
+    return seconds;
+}
+/** A number of seconds as an input would say it: `10s`, `30m`, `5d`, `1h30m`. */
+function formatDurationInput(seconds) {
+    let rest = seconds;
+    let text = '';
+    for (const [unit, size] of Object.entries(UNIT_SECONDS).reverse()) {
+        const n = Math.floor(rest / size);
+        if (n > 0)
+            text += `${n}${unit}`;
+        rest -= n * size;
+    }
+    return text || '0s';
+}
+const SIZE_UNITS = {
+    '': 1,
+    b: 1,
+    k: 1024,
+    kb: 1000,
+    kib: 1024,
+    m: 1024 ** 2,
+    mb: 1000 ** 2,
+    mib: 1024 ** 2,
+    g: 1024 ** 3,
+    gb: 1000 ** 3,
+    gib: 1024 ** 3,
+    t: 1024 ** 4,
+    tb: 1000 ** 4,
+    tib: 1024 ** 4,
+};
+/** Parses `64MiB`, `100MB`, `5242880` into bytes (a whole number that is exact). */
+function parseSize(name, text) {
+    const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
+    const factor = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
+    if (!m || factor === undefined) {
+        throw new InputError(`Input '${name}' is '${text}', which is not a size. Use bytes or units such as '64MiB'.`);
+    }
+    const bytes = Math.round(Number(m[1]) * factor);
+    if (!Number.isSafeInteger(bytes)) {
+        throw new InputError(`Input '${name}' is '${text}', which is too large a size.`);
+    }
+    return bytes;
+}
+
 ;// CONCATENATED MODULE: ./src/ssh/host-key.ts
 /** Pinning the node's SSH host key: by SHA256 fingerprint or by a known_hosts / public key line. */
 
 
-/** Accepts one pin a line: `SHA256:...`, `[host]:port type base64`, `host type base64` or `type base64`. */
-function parseHostKeyPins(text) {
+/**
+ * The key types that can be pinned, each with the host key algorithms that make a server
+ * present a key of that type, in the order they are offered (ssh2's own order).
+ */
+const ALGORITHMS_OF_TYPE = {
+    'ssh-ed25519': ['ssh-ed25519'],
+    'ecdsa-sha2-nistp256': ['ecdsa-sha2-nistp256'],
+    'ecdsa-sha2-nistp384': ['ecdsa-sha2-nistp384'],
+    'ecdsa-sha2-nistp521': ['ecdsa-sha2-nistp521'],
+    'ssh-rsa': ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'],
+};
+/** Every host key algorithm the connection can check a key of, most preferred first. */
+const HOST_KEY_ALGORITHMS = Object.values(ALGORITHMS_OF_TYPE).flat();
+/** The host key algorithms under which a server presents its key of `keyType`. */
+function algorithmsOfKeyType(keyType) {
+    return ALGORITHMS_OF_TYPE[keyType] ?? [];
+}
+/**
+ * Accepts one pin a line: `SHA256:...`, a public key line (`type base64 [comment]`) or a
+ * known_hosts line (`names type base64 [comment]`) whose names match the target as OpenSSH
+ * matches them: `host` on port 22, `[host]:port` on any other, a comma-separated list of
+ * patterns with `*`, `?` and `!` negation, or a hashed `|1|salt|hash` name.
+ */
+function parseHostKeyPins(text, target) {
     const pins = [];
-    for (const raw of text.split('\n')) {
+    const lines = text.split('\n');
+    for (const [index, raw] of lines.entries()) {
         const line = raw.trim();
         if (!line || line.startsWith('#'))
             continue;
+        const where = lines.length > 1 ? `Input 'host-key' line ${index + 1}` : `Input 'host-key'`;
         if (line.startsWith('SHA256:')) {
             const fingerprint = line.replace(/=+$/, '');
             if (!/^SHA256:[A-Za-z0-9+/]{43}$/.test(fingerprint)) {
-                throw new InputError(`Input 'host-key' has a malformed fingerprint: '${line}'.`);
+                throw new InputError(`${where} is a malformed fingerprint: '${line}'.`);
             }
             pins.push({ kind: 'fingerprint', fingerprint });
             continue;
         }
         const words = line.split(/\s+/);
-        const typeIndex = words.findIndex((w) => /^(ssh-|ecdsa-|sk-)/.test(w));
-        const keyType = typeIndex >= 0 ? words[typeIndex] : undefined;
-        const base64 = typeIndex >= 0 ? words[typeIndex + 1] : undefined;
-        if (!keyType || !base64 || !/^[A-Za-z0-9+/]+=*$/.test(base64)) {
-            throw new InputError(`Input 'host-key' line '${line}' is neither a 'SHA256:...' fingerprint nor a known_hosts line.`);
+        const first = words[0];
+        if (first === '@revoked') {
+            throw new InputError(`${where} is a '@revoked' line: it names a key that must never be trusted, so it is no pin. ` +
+                `Pin the node's current key instead.`);
+        }
+        if (first === '@cert-authority') {
+            throw new InputError(`${where} is a '@cert-authority' line: host certificates are not supported. ` +
+                `Pin the node's own host key ('ssh-keyscan HOST' prints it).`);
+        }
+        if (first.startsWith('@')) {
+            throw new InputError(`${where} starts with the marker '${first}', which is not accepted. Pin a key without a marker.`);
+        }
+        // `names type base64` or `type base64`: a key type never looks like base64 (it has a '-').
+        const names = words.length >= 2 && looksLikeKeyType(words[1]) ? first : undefined;
+        const [keyType, base64] = names === undefined ? words : words.slice(1);
+        if (!keyType || !looksLikeKeyType(keyType) || !base64 || !/^[A-Za-z0-9+/]+=*$/.test(base64)) {
+            throw new InputError(`${where} ('${line}') is neither a 'SHA256:...' fingerprint nor a known_hosts line.`);
         }
         const blob = Buffer.from(base64, 'base64');
         if (blobKeyType(blob) !== keyType) {
-            throw new InputError(`Input 'host-key' line '${line}' holds a key whose type is not '${keyType}'.`);
+            throw new InputError(`${where} holds a key whose type is not '${keyType}'.`);
+        }
+        if (!(keyType in ALGORITHMS_OF_TYPE)) {
+            throw new InputError(`${where} holds a '${keyType}' key, which cannot be checked here. ` +
+                `Pin the node's ${Object.keys(ALGORITHMS_OF_TYPE).join(', ')} key.`);
+        }
+        if (names !== undefined && !knownHostsNamesMatch(names, target)) {
+            const expected = knownHostsName(target);
+            const hint = target.port !== 22 &&
+                !names.startsWith('|') &&
+                knownHostsNamesMatch(names, { ...target, port: 22 })
+                ? ` On port ${target.port}, known_hosts names the host '${expected}', as 'ssh-keyscan -p ${target.port} ${target.host}' prints it.`
+                : '';
+            const named = names.startsWith('|1|') ? 'a hashed host name' : `'${names}'`;
+            throw new InputError(`${where} names ${named}, not '${expected}' (input 'host' and 'port').${hint} ` +
+                `Pin the key of this host: a line from 'ssh-keyscan${target.port === 22 ? '' : ` -p ${target.port}`} ${target.host}', ` +
+                `its 'SHA256:...' fingerprint, or the bare 'type base64' key.`);
         }
         pins.push({ kind: 'key', keyType, blob });
     }
     if (pins.length === 0)
         throw new InputError(`Input 'host-key' holds no key.`);
     return pins;
+}
+function looksLikeKeyType(word) {
+    return /^(ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+$/.test(word);
+}
+/** The name OpenSSH looks the host up by in known_hosts. */
+function knownHostsName(target) {
+    return target.port === 22 ? target.host : `[${target.host}]:${target.port}`;
+}
+/** Whether a known_hosts names field applies to the target, as OpenSSH decides it. */
+function knownHostsNamesMatch(names, target) {
+    const name = knownHostsName(target);
+    if (names.startsWith('|1|')) {
+        // One hashed name: |1|base64(salt)|base64(HMAC-SHA1(salt, name)).
+        const [, , salt, hash] = names.split('|');
+        if (!salt || !hash)
+            return false;
+        return [name, name.toLowerCase()].some((n) => (0,external_node_crypto_.createHmac)('sha1', Buffer.from(salt, 'base64')).update(n).digest('base64') === hash);
+    }
+    // match_hostname: lower case; a negated pattern that matches excludes the line.
+    const host = name.toLowerCase();
+    let positive = false;
+    for (const raw of names.split(',')) {
+        const negated = raw.startsWith('!');
+        const pattern = (negated ? raw.slice(1) : raw).toLowerCase();
+        if (!globMatch(host, pattern))
+            continue;
+        if (negated)
+            return false;
+        positive = true;
+    }
+    return positive;
+}
+/** OpenSSH's match_pattern: `*` any run of characters, `?` any one, all else literal. */
+function globMatch(text, pattern) {
+    const source = pattern
+        .split('')
+        .map((c) => (c === '*' ? '.*' : c === '?' ? '.' : c.replace(/[\\^$.|+()[\]{}]/g, '\\$&')))
+        .join('');
+    return new RegExp(`^${source}$`, 's').test(text);
 }
 function fingerprintOf(blob) {
     return `SHA256:${(0,external_node_crypto_.createHash)('sha256').update(blob).digest('base64').replace(/=+$/, '')}`;
@@ -90235,24 +90681,308 @@ function matchesPins(blob, pins) {
 }
 /** A known_hosts line for OpenSSH that names exactly the key that was verified. */
 function knownHostsLine(host, port, blob) {
-    const name = port === 22 ? host : `[${host}]:${port}`;
-    return `${name} ${blobKeyType(blob)} ${blob.toString('base64')}`;
+    return `${knownHostsName({ host, port })} ${blobKeyType(blob)} ${blob.toString('base64')}`;
 }
-/** The host key algorithms to offer, so that the server presents the pinned kind of key. */
+/**
+ * The host key algorithms to offer first. A fingerprint does not say its key's type, so
+ * with one among the pins every checkable algorithm is offered; with key lines only, those
+ * of their types. The connection then offers what is left, type by type, until the server
+ * presents a pinned key (see session.ts).
+ */
 function pinnedAlgorithms(pins) {
-    const types = pins.flatMap((p) => (p.kind === 'key' ? [p.keyType] : []));
-    if (types.length === 0 || types.length !== pins.length)
-        return undefined;
-    const algorithms = new Set();
-    for (const t of types) {
-        if (t === 'ssh-rsa')
-            ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'].forEach((a) => algorithms.add(a));
-        else
-            algorithms.add(t);
-    }
-    return [...algorithms];
+    if (pins.some((p) => p.kind === 'fingerprint'))
+        return [...HOST_KEY_ALGORITHMS];
+    const types = new Set(pins.flatMap((p) => (p.kind === 'key' ? [p.keyType] : [])));
+    return HOST_KEY_ALGORITHMS.filter((a) => [...types].some((t) => algorithmsOfKeyType(t).includes(a)));
 }
 
+;// CONCATENATED MODULE: ./src/settings.ts
+/**
+ * The one input parser: it reads every input once, checks it, and returns typed settings.
+ * Nothing after it calls core.getInput. A bad value fails the run before the node is touched.
+ */
+
+
+
+
+
+/**
+ * The most runner memory that an upload's part buffers may take: it holds
+ * (upload-concurrency + 1) x part-size (one part filling while the others are in flight; see
+ * s3/upload.ts). GitHub-hosted runners have 7 to 16 GiB; an explicit 'part-size' and
+ * 'upload-concurrency' whose buffers exceed this are refused.
+ */
+const MAX_UPLOAD_BUFFER_BYTES = 2 * 1024 ** 3;
+/** What an upload's part buffers take on the runner (see MAX_UPLOAD_BUFFER_BYTES). */
+function uploadBufferBytes(partSize, uploadConcurrency) {
+    return (uploadConcurrency + 1) * partSize;
+}
+/** S3's bounds on a multipart upload's part size. */
+const settings_MIN_PART_SIZE = 5 * 1024 ** 2;
+const settings_MAX_PART_SIZE = 5 * 1024 ** 3;
+/**
+ * The longest 'max-downtime' and 'health-timeout': 5 days, the longest that a GitHub Actions
+ * job may run (on a self-hosted runner); no run can use more.
+ */
+const MAX_DURATION_SECONDS = 5 * 86_400;
+/** The largest 'disk-margin': 5 TiB, the size of the largest S3 object. */
+const MAX_DISK_MARGIN_BYTES = 5 * 1024 ** 4;
+const readActionInput = (name) => getInput(name);
+const MODES = ['backup', 'restore', 'list', 'verify'];
+function parseSettings(read = readActionInput) {
+    const get = (name) => read(name).trim();
+    const bool = (name, fallback) => parseBoolean(name, get(name), fallback);
+    const int = (name, fallback, min, max) => parseInteger(name, get(name), fallback, min, max);
+    const mode = get(Inputs.Mode) || 'backup';
+    if (!MODES.includes(mode)) {
+        throw new InputError(`Input 'mode' is '${mode}'. Use one of: ${MODES.join(', ')}.`);
+    }
+    const prepDir = absolutePath(Inputs.PrepDir, get(Inputs.PrepDir) || '/app/prep');
+    const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) || `${prepDir}/data/loopchain`);
+    const node = {
+        prepDir,
+        dataDir,
+        stopCommand: get(Inputs.StopCommand) || composeCommand(prepDir, 'down'),
+        startCommand: get(Inputs.StartCommand) || composeCommand(prepDir, 'up -d'),
+        peerUrl: get(Inputs.PeerUrl) || 'http://localhost:9000/api/v1/avail/peer',
+        maxDowntimeSeconds: duration(Inputs.MaxDowntime, get(Inputs.MaxDowntime) || '30m', 10),
+    };
+    if (!/^https?:\/\/[^\s'"]+$/.test(node.peerUrl)) {
+        throw new InputError(`Input 'peer-url' is '${node.peerUrl}'. Use an http:// or https:// URL.`);
+    }
+    const service = get(Inputs.Service) || 'PRep';
+    if (!/^[A-Za-z0-9_.-]+$/.test(service)) {
+        throw new InputError(`Input 'service' is '${service}'. Use letters, digits, '_', '.' or '-'.`);
+    }
+    const bucket = get(Inputs.Bucket);
+    if (!bucket)
+        throw new InputError(`Input 'bucket' is required: the S3 bucket that holds the snapshots.`);
+    if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
+        throw new InputError(`Input 'bucket' is '${bucket}', which is not a valid S3 bucket name.`);
+    }
+    const endpoint = get(Inputs.Endpoint) || undefined;
+    if (endpoint && !/^https?:\/\/\S+$/.test(endpoint)) {
+        throw new InputError(`Input 'endpoint' is '${endpoint}'. Use a URL such as https://s3.example.com.`);
+    }
+    const partSizeText = get(Inputs.PartSize);
+    const partSize = partSizeText ? parseSize(Inputs.PartSize, partSizeText) : undefined;
+    if (partSize !== undefined && (partSize < settings_MIN_PART_SIZE || partSize > settings_MAX_PART_SIZE)) {
+        throw new InputError(`Input 'part-size' is '${partSizeText}'. It must be between 5 MiB and 5 GiB (S3's limits).`);
+    }
+    const queueSize = int(Inputs.UploadConcurrency, 4, 1, 16);
+    if (partSize !== undefined && uploadBufferBytes(partSize, queueSize) > MAX_UPLOAD_BUFFER_BYTES) {
+        throw new InputError(`Inputs 'part-size' (${partSizeText}) and 'upload-concurrency' (${queueSize}) would hold ` +
+            `${queueSize + 1} part buffers of ${partSizeText} (${(uploadBufferBytes(partSize, queueSize) / 1024 ** 3).toFixed(1)} GiB) ` +
+            `in the runner's memory, more than the 2 GiB allowed. Lower one of them (with ${queueSize}, a part of at most ` +
+            `${Math.floor(MAX_UPLOAD_BUFFER_BYTES / (queueSize + 1) / 1024 ** 2)}MiB), or leave 'part-size' empty to have it chosen from the database's size.`);
+    }
+    const s3 = {
+        bucket,
+        region: get(Inputs.Region) || undefined,
+        endpoint,
+        forcePathStyle: bool(Inputs.ForcePathStyle, endpoint !== undefined),
+        unsigned: bool(Inputs.Unsigned, false),
+        service,
+        prefix: keyPrefix(Inputs.Prefix, get(Inputs.Prefix) || service),
+        permanentPrefix: keyPrefix(Inputs.PermanentPrefix, get(Inputs.PermanentPrefix) || `Permanent/${service}`),
+        manifestPrefix: keyPrefix(Inputs.ManifestPrefix, get(Inputs.ManifestPrefix) || '_prep-snapshot'),
+        partSize,
+        queueSize,
+    };
+    separatePrefixes([
+        [Inputs.Prefix, s3.prefix],
+        [Inputs.PermanentPrefix, s3.permanentPrefix],
+        [Inputs.ManifestPrefix, s3.manifestPrefix],
+    ]);
+    const compression = get(Inputs.Compression) || 'gzip';
+    if (compression !== 'gzip' && compression !== 'zstd') {
+        throw new InputError(`Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`);
+    }
+    const consistency = get(Inputs.Consistency) || 'hardlink';
+    if (consistency !== 'hardlink' && consistency !== 'stop') {
+        throw new InputError(`Input 'consistency' is '${consistency}'. Use 'hardlink' (default) or 'stop'.`);
+    }
+    const backup = {
+        compression,
+        compressionLevel: compression === 'gzip'
+            ? int(Inputs.CompressionLevel, 3, 1, 9)
+            : // LevelDB tables are snappy-compressed already: zstd -1 runs twice as fast as -3 on
+                // them for an archive 3% larger (measured on a 2 GiB database here).
+                int(Inputs.CompressionLevel, 1, 1, 19),
+        consistency,
+        permanentCopy: bool(Inputs.PermanentCopy, true),
+        retentionDays: int(Inputs.RetentionDays, 15, 0, 36500),
+        localCopy: bool(Inputs.LocalCopy, false),
+        localCopyDays: int(Inputs.LocalCopyDays, 7, 1, 3650),
+        verify: bool(Inputs.Verify, false),
+    };
+    const nodeIp = get(Inputs.NodeIp);
+    if (nodeIp && !isIpv4(nodeIp)) {
+        throw new InputError(`Input 'node-ip' is '${nodeIp}', which is not an IPv4 address.`);
+    }
+    const snapshot = get(Inputs.Snapshot) || 'latest';
+    const height = /^(?:BH)?(\d+)$/i.exec(snapshot)?.[1];
+    if (height !== undefined && !/^\d{8}$/.test(snapshot) && !Number.isSafeInteger(Number(height))) {
+        throw new InputError(`Input 'snapshot' is '${snapshot}', whose block height is too large. Use 'latest', a date (YYYYMMDD), a block height (BH123) or a key.`);
+    }
+    const restore = {
+        snapshot,
+        nodeIp,
+        stopNode: bool(Inputs.StopNode, false),
+        startNode: bool(Inputs.StartNode, true),
+        keepPrevious: bool(Inputs.KeepPrevious, true),
+        healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
+        diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
+        processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
+    };
+    const needsHost = mode === 'backup' || mode === 'restore';
+    const ssh = needsHost ? parseSsh(get, bool, int) : undefined;
+    return { mode: mode, ssh, node, s3, backup, restore };
+}
+function parseSsh(get, bool, int) {
+    const host = get(Inputs.Host);
+    if (!host)
+        throw new InputError(`Input 'host' is required for this mode: the node's address.`);
+    if (!/^[A-Za-z0-9.:_-]+$/.test(host) || host.startsWith('-')) {
+        throw new InputError(`Input 'host' is '${host}', which is not a host name or address.`);
+    }
+    const privateKey = get(Inputs.SshKey);
+    if (!privateKey) {
+        throw new InputError(`Input 'ssh-key' is required: the private key (contents, not a path) that logs in to the node.`);
+    }
+    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(privateKey)) {
+        throw new InputError(`Input 'ssh-key' does not hold a private key in PEM or OpenSSH form.`);
+    }
+    // The runner masks line by line: register every line of the key, not only the whole.
+    core_setSecret(privateKey);
+    for (const line of privateKey.split('\n'))
+        if (line.trim().length >= 8 && !line.startsWith('-----'))
+            core_setSecret(line.trim());
+    const passphrase = get(Inputs.SshKeyPassphrase) || undefined;
+    if (passphrase)
+        core_setSecret(passphrase);
+    const port = int(Inputs.Port, 22, 1, 65535);
+    const insecure = bool(Inputs.InsecureSkipHostKey, false);
+    const hostKeyText = get(Inputs.HostKey);
+    if (!hostKeyText && !insecure) {
+        throw new InputError(`Input 'host-key' is required: pin the node's SSH host key (a 'SHA256:...' fingerprint or a known_hosts line; ` +
+            `'ssh-keyscan HOST' on a trusted machine prints it). To connect without checking it, set 'insecure-skip-host-key-check: true'.`);
+    }
+    const transport = get(Inputs.SshTransport) || 'auto';
+    if (transport !== 'auto' && transport !== 'openssh' && transport !== 'ssh2') {
+        throw new InputError(`Input 'ssh-transport' is '${transport}'. Use 'auto', 'openssh' or 'ssh2'.`);
+    }
+    return {
+        host,
+        port,
+        username: get(Inputs.Username) || 'root',
+        privateKey: privateKey.endsWith('\n') ? privateKey : `${privateKey}\n`,
+        passphrase,
+        hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText, { host, port }) : [],
+        transport,
+    };
+}
+function parseBoolean(name, text, fallback) {
+    if (text === '')
+        return fallback;
+    if (['true', 'True', 'TRUE'].includes(text))
+        return true;
+    if (['false', 'False', 'FALSE'].includes(text))
+        return false;
+    throw new InputError(`Input '${name}' is '${text}'. Use 'true' or 'false'.`);
+}
+function parseInteger(name, text, fallback, min, max) {
+    if (text === '')
+        return fallback;
+    const value = Number(text);
+    if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min || value > max) {
+        throw new InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
+    }
+    return value;
+}
+/** A duration in whole seconds, from `min` to MAX_DURATION_SECONDS. */
+function duration(name, text, min) {
+    const seconds = parseDuration(name, text);
+    if (seconds < min || seconds > MAX_DURATION_SECONDS) {
+        throw new InputError(`Input '${name}' is '${text}'. Use a duration from ${formatDurationInput(min)} to ${formatDurationInput(MAX_DURATION_SECONDS)}.`);
+    }
+    return seconds;
+}
+function diskMargin(text) {
+    const bytes = parseSize(Inputs.DiskMargin, text);
+    if (bytes > MAX_DISK_MARGIN_BYTES) {
+        throw new InputError(`Input 'disk-margin' is '${text}'. Use a size from 0 to 5TiB.`);
+    }
+    return bytes;
+}
+function absolutePath(name, text) {
+    if (!text.startsWith('/') || text.includes('\n') || text.includes('\0')) {
+        throw new InputError(`Input '${name}' is '${text}'. Use an absolute path on the node.`);
+    }
+    const normal = text.replace(/\/+$/, '') || '/';
+    if (normal === '/') {
+        throw new InputError(`Input '${name}' is '${text}', which cannot be a node's directory.`);
+    }
+    // The path is compared, quoted and joined as written: each segment must name a directory.
+    const segments = normal.slice(1).split('/');
+    if (segments.some((p) => p === '' || p === '.' || p === '..')) {
+        throw new InputError(`Input '${name}' is '${text}'. Write the directory's path without '.', '..' or '//' segments, such as '/app/prep'.`);
+    }
+    return normal;
+}
+/** No two of the key prefixes may be equal or one inside another: retention would delete the other's keys. */
+function separatePrefixes(prefixes) {
+    const inside = (outer, inner) => inner === outer || inner.startsWith(`${outer}/`);
+    for (const [i, [nameA, a]] of prefixes.entries()) {
+        for (const [nameB, b] of prefixes.slice(i + 1)) {
+            if (!inside(a, b) && !inside(b, a))
+                continue;
+            const relation = a === b
+                ? 'are the same'
+                : inside(a, b)
+                    ? `overlap: '${b}' lies inside '${a}'`
+                    : `overlap: '${a}' lies inside '${b}'`;
+            throw new InputError(`Inputs '${nameA}' ('${a}') and '${nameB}' ('${b}') ${relation}. ` +
+                `Snapshots, permanent copies and manifests need separate prefixes, or retention and listings of one reach the others ` +
+                `(the defaults are '{service}', 'Permanent/{service}' and '_prep-snapshot').`);
+        }
+    }
+}
+function keyPrefix(name, text) {
+    const value = text.replace(/^\/+|\/+$/g, '');
+    if (!value ||
+        !/^[A-Za-z0-9_.\-/]+$/.test(value) ||
+        value.split('/').some((p) => p === '' || p === '.' || p === '..')) {
+        throw new InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
+    }
+    return value;
+}
+/**
+ * The default stop and start: Compose in the prep dir, as the original guide runs the node.
+ * `docker-compose` (Compose v1, the guide's) where the host has it, else `docker compose`
+ * (v2, the plugin that replaced it), so that either works without setting the commands.
+ */
+function composeCommand(prepDir, verb) {
+    const args = `-f docker-compose.yml ${verb}`;
+    return (`cd ${quoteForDefault(prepDir)} && if [ -x "$(command -v docker-compose)" ]; ` +
+        `then docker-compose ${args}; else docker compose ${args}; fi`);
+}
+function quoteForDefault(path) {
+    return /^[A-Za-z0-9_./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
+}
+function isIpv4(text) {
+    const parts = text.split('.');
+    return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255);
+}
+
+// EXTERNAL MODULE: external "node:child_process"
+var external_node_child_process_ = __nccwpck_require__(1421);
+// EXTERNAL MODULE: external "node:fs"
+var external_node_fs_ = __nccwpck_require__(3024);
+// EXTERNAL MODULE: external "node:os"
+var external_node_os_ = __nccwpck_require__(8161);
+// EXTERNAL MODULE: ./node_modules/ssh2/lib/index.js
+var lib = __nccwpck_require__(5472);
 ;// CONCATENATED MODULE: ./src/ssh/session.ts
 /**
  * The SSH side. ssh2 carries control (short commands whose output is small); the archive's
@@ -90275,71 +91005,71 @@ class SshSession {
     client;
     settings;
     hostKey;
+    hostKeyAlgorithm;
     keyDir;
     useOpenSsh;
-    constructor(client, settings, hostKey, keyDir, useOpenSsh) {
+    constructor(client, settings, hostKey, 
+    /** The host key algorithm that the verified key was presented under. */
+    hostKeyAlgorithm, keyDir, useOpenSsh) {
         this.client = client;
         this.settings = settings;
         this.hostKey = hostKey;
+        this.hostKeyAlgorithm = hostKeyAlgorithm;
         this.keyDir = keyDir;
         this.useOpenSsh = useOpenSsh;
     }
-    /** Connects, proves the host key and logs in; each failure is a ConnectError that names it. */
+    /**
+     * Connects, proves the host key and logs in; each failure is a ConnectError that names it.
+     * A server presents one host key a connection, of the first type the client offers that it
+     * has: when that key is not pinned, the connection is made again offering only the types not
+     * yet seen, until a pinned key is presented or no type is left.
+     */
     static async connect(settings, options = {}) {
-        const client = new lib.Client();
-        let seenKey;
-        let keyRejected = false;
-        const config = {
-            host: settings.host,
-            port: settings.port,
-            username: settings.username,
-            privateKey: settings.privateKey,
-            passphrase: settings.passphrase,
-            readyTimeout: 30_000,
-            keepaliveInterval: 15_000,
-            keepaliveCountMax: 4,
-            hostVerifier: (key) => {
-                seenKey = Buffer.from(key);
-                if (settings.hostKeys.length === 0)
-                    return true;
-                keyRejected = !matchesPins(seenKey, settings.hostKeys);
-                return !keyRejected;
-            },
-        };
-        const algorithms = pinnedAlgorithms(settings.hostKeys);
-        if (algorithms)
-            config.algorithms = { serverHostKey: algorithms };
         const where = `${settings.username}@${settings.host}:${settings.port}`;
-        try {
-            await new Promise((resolve, reject) => {
-                client.once('ready', () => resolve());
-                client.once('error', reject);
-                client.connect(config);
-            });
+        const pinned = settings.hostKeys.length > 0;
+        let offer = pinned ? pinnedAlgorithms(settings.hostKeys) : undefined;
+        const refused = [];
+        let connected;
+        while (!connected) {
+            const attempt = await attemptConnect(settings, offer);
+            if (attempt.kind === 'connected') {
+                connected = attempt;
+            }
+            else if (attempt.kind === 'refused') {
+                refused.push(attempt.key);
+                const keyType = blobKeyType(attempt.key) ?? '';
+                const seenAlgorithms = algorithmsOfKeyType(keyType);
+                const left = (offer ?? []).filter((a) => !seenAlgorithms.includes(a));
+                if (left.length === 0 || left.length === offer?.length) {
+                    throw hostKeyMismatch(settings, refused);
+                }
+                info(`${settings.host}:${settings.port} presented its ${keyType} key ${fingerprintOf(attempt.key)}, which 'host-key' does not pin; asking for its other key types.`);
+                offer = left;
+            }
+            else {
+                const err = attempt.error;
+                if (offer && err.level === 'handshake' && /no matching host key/i.test(err.message)) {
+                    if (refused.length > 0)
+                        throw hostKeyMismatch(settings, refused);
+                    throw new ConnectError(`The host key of ${settings.host}:${settings.port} does not match 'host-key': the server has no key of the pinned type ` +
+                        `(${offer.join(', ')}). Pin the key that 'ssh-keyscan${settings.port === 22 ? '' : ` -p ${settings.port}`} ${settings.host}' prints on a trusted path.`);
+                }
+                if (err.level === 'client-authentication') {
+                    throw new ConnectError(`${where} refused the login with 'ssh-key'. Check the user name and that the key's public half is in ~/.ssh/authorized_keys on the node.`);
+                }
+                if (/passphrase|encrypted|Cannot parse privateKey/i.test(err.message)) {
+                    throw new ConnectError(`'ssh-key' could not be read: ${err.message}. Check the key and 'ssh-key-passphrase'.`);
+                }
+                throw new ConnectError(`Could not reach ${where}: ${err.code ?? err.message}. Check 'host', 'port' and the firewall.`);
+            }
         }
-        catch (error) {
-            client.end();
-            const err = error;
-            if (keyRejected && seenKey) {
-                throw new ConnectError(`The host key of ${settings.host}:${settings.port} (${fingerprintOf(seenKey)}) does not match 'host-key'. ` +
-                    `If the node was rebuilt, check the new key on a trusted path and update 'host-key'; otherwise someone may be in between.`);
-            }
-            if (err.level === 'client-authentication') {
-                throw new ConnectError(`${where} refused the login with 'ssh-key'. Check the user name and that the key's public half is in ~/.ssh/authorized_keys on the node.`);
-            }
-            if (/passphrase|encrypted|Cannot parse privateKey/i.test(err.message)) {
-                throw new ConnectError(`'ssh-key' could not be read: ${err.message}. Check the key and 'ssh-key-passphrase'.`);
-            }
-            throw new ConnectError(`Could not reach ${where}: ${err.code ?? err.message}. Check 'host', 'port' and the firewall.`);
-        }
-        if (!seenKey)
-            throw new ConnectError(`${where} presented no host key.`);
+        const { client, key: seenKey, algorithm } = connected;
         if (settings.hostKeys.length === 0) {
             warning(`Host key checking is off ('insecure-skip-host-key-check'). ${settings.host} presented ${fingerprintOf(seenKey)}: ` +
                 `pin it with 'host-key: ${fingerprintOf(seenKey)}'.`);
         }
         else {
-            info(`Host key ${fingerprintOf(seenKey)} matches the pin.`);
+            info(`Host key ${fingerprintOf(seenKey)} (${algorithm}) matches the pin.`);
         }
         const useOpenSsh = settings.transport !== 'ssh2' && (settings.transport === 'openssh' || (await hasOpenSsh()));
         if (settings.transport === 'openssh' && !(await hasOpenSsh())) {
@@ -90361,7 +91091,7 @@ class SshSession {
                 });
             }
         }
-        return new SshSession(client, settings, seenKey, keyDir, useOpenSsh);
+        return new SshSession(client, settings, seenKey, algorithm, keyDir, useOpenSsh);
     }
     get dataTransport() {
         return this.useOpenSsh ? 'openssh' : 'ssh2';
@@ -90511,6 +91241,9 @@ class SshSession {
             'StrictHostKeyChecking=yes',
             '-o',
             'UpdateHostKeys=no',
+            // The server presents the key that known_hosts holds only when asked for its type.
+            '-o',
+            `HostKeyAlgorithms=${this.hostKeyAlgorithm}`,
             '-o',
             `BatchMode=${this.settings.passphrase ? 'no' : 'yes'}`,
             '-o',
@@ -90623,6 +91356,76 @@ class SshSession {
             (0,external_node_fs_.rmSync)(this.keyDir, { recursive: true, force: true });
     }
 }
+/** One connection that offers the host key algorithms `offer` (ssh2's defaults when absent). */
+function attemptConnect(settings, offer) {
+    const client = new lib.Client();
+    let seenKey;
+    let algorithm;
+    let refused = false;
+    const config = {
+        host: settings.host,
+        port: settings.port,
+        username: settings.username,
+        privateKey: settings.privateKey,
+        passphrase: settings.passphrase,
+        readyTimeout: 30_000,
+        keepaliveInterval: 15_000,
+        keepaliveCountMax: 4,
+        hostVerifier: (key) => {
+            seenKey = Buffer.from(key);
+            if (settings.hostKeys.length === 0)
+                return true;
+            refused = !matchesPins(seenKey, settings.hostKeys);
+            return !refused;
+        },
+    };
+    if (offer)
+        config.algorithms = { serverHostKey: offer };
+    client.once('handshake', (negotiated) => (algorithm = negotiated.serverHostKey));
+    return new Promise((resolve) => {
+        let settled = false;
+        client.once('ready', () => {
+            settled = true;
+            if (!seenKey) {
+                client.end();
+                resolve({ kind: 'failed', error: new Error('the server presented no host key') });
+                return;
+            }
+            resolve({
+                kind: 'connected',
+                client,
+                key: seenKey,
+                algorithm: algorithm ?? algorithmsOfKeyType(blobKeyType(seenKey) ?? '')[0] ?? '',
+            });
+        });
+        // Stays attached: a connection that failed can report a second error (the reset that
+        // follows a refused handshake), and one that is up reports its end through its channels.
+        client.on('error', (error) => {
+            if (settled)
+                return;
+            settled = true;
+            client.end();
+            resolve(refused && seenKey ? { kind: 'refused', key: seenKey } : { kind: 'failed', error });
+        });
+        try {
+            client.connect(config);
+        }
+        catch (error) {
+            // A key that cannot be read is thrown here, before any connection.
+            settled = true;
+            client.end();
+            resolve({ kind: 'failed', error: error });
+        }
+    });
+}
+/** The error for host keys that match no pin: the fingerprints of every key presented. */
+function hostKeyMismatch(settings, keys) {
+    const fingerprints = [...new Set(keys.map(fingerprintOf))];
+    const which = fingerprints.length === 1
+        ? `The host key of ${settings.host}:${settings.port} (${fingerprints[0]}) does not match 'host-key'.`
+        : `The host keys of ${settings.host}:${settings.port} (${fingerprints.join(', ')}) do not match 'host-key'.`;
+    return new ConnectError(`${which} If the node was rebuilt, check the new key on a trusted path and update 'host-key'; otherwise someone may be in between.`);
+}
 class StderrLines {
     listeners = [];
     lines = [];
@@ -90688,18 +91491,46 @@ async function closeUnused(remote, graceMs = 30_000) {
 }
 
 ;// CONCATENATED MODULE: ./src/summary.ts
-/** The job summary: a heading and a two-column table, the shape every mode reports in. */
+/**
+ * The job summary: a heading and a two-column table, the shape every mode reports in.
+ * Every value is HTML-escaped on its way in: a key read from the bucket is data, never markup.
+ */
 
+/** Markup built by `html` or `code`, whose values were escaped; plain strings are escaped whole. */
+class Html {
+    markup;
+    constructor(markup) {
+        this.markup = markup;
+    }
+}
+function escapeHtml(text) {
+    return text.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c] ?? c);
+}
+/** A template whose values are escaped (an `Html` value is kept as it is). */
+function html(strings, ...values) {
+    let out = strings[0] ?? '';
+    values.forEach((v, i) => {
+        out += (v instanceof Html ? v.markup : escapeHtml(String(v))) + (strings[i + 1] ?? '');
+    });
+    return new Html(out);
+}
+function code(text) {
+    return html `<code>${text}</code>`;
+}
+/** The markup of a cell. */
+function cellMarkup(cell) {
+    return cell instanceof Html ? cell.markup : escapeHtml(cell);
+}
 async function writeSummaryTable(title, rows, link) {
-    summary.addHeading(`prep-snapshot: ${title}`, 3).addTable([
+    summary.addHeading(escapeHtml(`prep-snapshot: ${title}`), 3).addTable([
         [
             { data: 'What', header: true },
             { data: 'Value', header: true },
         ],
-        ...rows,
+        ...rows.map(([what, value]) => [escapeHtml(what), cellMarkup(value)]),
     ]);
     if (link)
-        summary.addLink(link.text, link.href);
+        summary.addLink(escapeHtml(link.text), escapeHtml(link.href));
     await summary.write();
 }
 
@@ -90803,11 +91634,12 @@ async function verify(settings) {
     if (manifest)
         setOutput(Outputs.BlockHeight, String(manifest.blockHeight));
     await writeSummaryTable('verify', [
-        ['Key', `<code>${report.key}</code>`],
+        ['Key', code(report.key)],
         ['Result', 'whole: every entry complete, the expected directories present'],
         [
             'sha256',
-            `<code>${report.sha256}</code> ${report.hasManifest ? '(matches the manifest)' : '(no manifest to compare)'}`,
+            html `${code(report.sha256)}
+      ${report.hasManifest ? '(matches the manifest)' : '(no manifest to compare)'}`,
         ],
         ['Archive', formatBytes(report.compressedBytes)],
         ['Content', `${report.files} files, ${formatBytes(report.bytes)}`],
@@ -90958,6 +91790,7 @@ async function hashRange(client, bucket, key, start, hash) {
 
 
 
+
 async function backup(settings, now = () => new Date()) {
     const ssh = settings.ssh;
     const kind = loopchain;
@@ -91002,13 +91835,19 @@ async function backup(settings, now = () => new Date()) {
         if (height === undefined) {
             warning(`The node's peer API (${settings.node.peerUrl}) does not answer: no backup is taken of a node that is not ` +
                 `in service. Starting the node in case it is down; the next scheduled run will take the backup.`);
-            await group('Start the node', () => session.run('The start command', settings.node.startCommand));
+            await group('Start the node', () => node.start());
             setOutput(Outputs.Skipped, 'true');
             await summary
                 .addHeading('prep-snapshot: backup skipped', 3)
                 .addRaw(`The peer API of ${ssh.host} did not answer; the start command was run.`, true)
                 .write();
             return { skipped: true };
+        }
+        // The parts are planned, and a part size too small refused, before the node stops.
+        const parts = planParts(archiveBound(probe.dataBytes), settings.s3, MAX_UPLOAD_BUFFER_BYTES);
+        if (parts.queueSize < settings.s3.queueSize) {
+            info(`Parts of ${formatBytes(parts.partSize)}: ${parts.queueSize} in flight instead of ${settings.s3.queueSize}, to keep ` +
+                `the runner's part buffers within ${formatBytes(MAX_UPLOAD_BUFFER_BYTES)}.`);
         }
         const snapshotAt = now();
         const name = archiveName(settings.s3.service, height, snapshotAt, settings.backup.compression);
@@ -91037,14 +91876,16 @@ async function backup(settings, now = () => new Date()) {
             const frozen = source;
             measured = await group('Stop, freeze, start', async () => {
                 // Opened ahead, like the start: it runs the moment the node has stopped.
-                const freezing = session.prepare('Freezing the data into the staging folder', freezeCommand(kind, settings.node.dataDir, frozen), { timeoutMs: 30 * 60_000 });
+                const freezing = session.prepare('Freezing the data into the staging folder', freezeCommand(kind, settings.node.dataDir, frozen, node.watchdogFlag), { timeoutMs: 30 * 60_000 });
                 try {
                     await node.stop({ startSoon: true });
                     await freezing.go();
                 }
                 catch (error) {
                     await freezing.cancel();
+                    node.noteLost(error);
                     await node.ensureStarted();
+                    node.assertOwned('The copy was not frozen; nothing was published.');
                     throw explainFreeze(error);
                 }
                 // The node comes back up while its frozen copy is read: they share no file that
@@ -91069,10 +91910,10 @@ async function backup(settings, now = () => new Date()) {
             measured = await session.run('Measuring the snapshot', sizeCommand(kind, source));
         }
         const sizes = parseSizes(measured ?? '');
-        const partSize = settings.s3.partSize ?? choosePartSize(sizes.bytes * 1.05 + 64 * 1024 * 1024);
+        const { partSize, queueSize } = parts;
         const stream = await group(`Stream ${key}`, async () => {
             info(`${sizes.files} files, ${formatBytes(sizes.bytes)}; ${settings.backup.compression} level ${settings.backup.compressionLevel}; ` +
-                `parts of ${formatBytes(partSize)} x ${settings.s3.queueSize} in flight.`);
+                `parts of ${formatBytes(partSize)} x ${queueSize} in flight.`);
             uploaded = [key];
             // For the post step: an upload that this run cannot finish or abort is removed there.
             saveState(State.UploadKey, key);
@@ -91087,6 +91928,7 @@ async function backup(settings, now = () => new Date()) {
                 source,
                 key,
                 partSize,
+                queueSize,
                 totalBytes: sizes.bytes,
                 frozenDigest: sizes.digest,
             });
@@ -91097,6 +91939,9 @@ async function backup(settings, now = () => new Date()) {
         if (settings.backup.consistency === 'stop') {
             await node.start();
             timings.downtime = node.downtimeSeconds ?? 0;
+            // tar read the live files: they were still only while the run held the node down.
+            node.assertOwned(`The archive may hold files that changed while tar read them: nothing was published. Raise ` +
+                `'max-downtime' above the time the stream takes, or use 'consistency: hardlink'.`);
         }
         const manifest = {
             format: 'prep-snapshot/1',
@@ -91160,7 +92005,15 @@ async function backup(settings, now = () => new Date()) {
         saveState(State.UploadKey, '');
         return { skipped: false, key };
     }
-    catch (error) {
+    catch (caught) {
+        let error = caught;
+        if (node.isStopped)
+            await node.ensureStarted();
+        if (node.lostAt !== undefined && !(error instanceof NodeLostError)) {
+            // What failed may be the watchdog's doing (tar sees files change under it): say so first.
+            error = new NodeLostError(`The node was down longer than 'max-downtime' (${settings.node.maxDowntimeSeconds} s): the watchdog on the ` +
+                `host started it at ${node.lostAt}. ${errorMessage(caught)}`);
+        }
         if (!published && uploaded.length > 0) {
             // Nothing half-made stays behind: an archive that is not listed is removed.
             await deleteKeys(client, settings.s3.bucket, uploaded).catch((e) => warning(`Could not remove the unpublished ${uploaded.join(', ')}: ${errorMessage(e)}`));
@@ -91230,6 +92083,13 @@ async function prepareFrozen(session, kind, frozen) {
     });
     return measure();
 }
+/**
+ * The largest archive a database of `bytes` makes: LevelDB tables are compressed already, so
+ * the archive is about their size, plus tar's headers and records.
+ */
+function archiveBound(bytes) {
+    return bytes * 1.05 + 64 * 1024 * 1024;
+}
 function parseSizes(stdout) {
     const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
     const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
@@ -91290,7 +92150,7 @@ async function streamArchive(a) {
             key: a.key,
             body: remote.source,
             partSize: a.partSize,
-            queueSize: a.settings.s3.queueSize,
+            queueSize: a.queueSize,
             contentType: a.settings.backup.compression === 'zstd' ? 'application/zstd' : 'application/gzip',
             sourceOk,
             onProgress: (bytes) => (progress.sent = bytes),
@@ -91345,7 +92205,7 @@ async function writeSummary(m, url, timings, permanent, removed, compressor) {
     const ratio = m.compressedBytes > 0 ? (m.uncompressedBytes / m.compressedBytes).toFixed(2) : '?';
     const rows = [
         ['Block height', String(m.blockHeight)],
-        ['Key', `<code>${m.key}</code>`],
+        ['Key', code(m.key)],
         ['Archive', `${formatBytes(m.compressedBytes)} (${compressor}, level ${m.compressionLevel})`],
         ['Data', `${formatBytes(m.uncompressedBytes)} in ${m.files} files`],
         ['Compression ratio', `${ratio} : 1`],
@@ -91356,15 +92216,12 @@ async function writeSummary(m, url, timings, permanent, removed, compressor) {
         ],
         ['Stop to listed', formatDuration(timings.stopToListed ?? 0)],
         ['Total', formatDuration(timings.total ?? 0)],
-        ['sha256', `<code>${m.sha256}</code>`],
-        [
-            'Permanent copy',
-            permanent ? `<code>${permanent}</code>` : 'not made (today has one, or it is off)',
-        ],
+        ['sha256', code(m.sha256)],
+        ['Permanent copy', permanent ? code(permanent) : 'not made (today has one, or it is off)'],
         [
             'Retention',
             removed.length
-                ? `removed ${removed.length}: ${removed.map((r) => `<code>${r}</code>`).join(', ')}`
+                ? html `removed ${removed.length}: ${new Html(removed.map((r) => code(r).markup).join(', '))}`
                 : 'nothing removed',
         ],
     ];
@@ -91378,6 +92235,7 @@ function notStarted(settings) {
 
 ;// CONCATENATED MODULE: ./src/modes/list.ts
 /** mode: list. What is stored, newest first, as a job summary table and a JSON output. */
+
 
 
 
@@ -91437,14 +92295,14 @@ async function list(settings, now = new Date()) {
     if (rows.length === 0)
         info(`Nothing is stored under s3://${bucket}/${prefix}/.`);
     await summary
-        .addHeading(`prep-snapshot: ${rows.length} snapshot(s) in s3://${bucket}/${prefix}`, 3)
+        .addHeading(escapeHtml(`prep-snapshot: ${rows.length} snapshot(s) in s3://${bucket}/${prefix}`), 3)
         .addTable([
         ['Key', 'Block height', 'Size', 'Age', 'Listed', 'Manifest', 'Permanent copy'].map((h) => ({
             data: h,
             header: true,
         })),
         ...rows.map((r) => [
-            `<code>${r.key}</code>`,
+            code(r.key).markup,
             String(r.blockHeight),
             formatBytes(r.size),
             formatAge(r.ageHours),
@@ -91466,241 +92324,6 @@ function formatAge(hours) {
     if (hours < 48)
         return `${hours.toFixed(1)} h`;
     return `${(hours / 24).toFixed(1)} d`;
-}
-
-;// CONCATENATED MODULE: ./src/duration.ts
-
-const UNIT_SECONDS = { s: 1, m: 60, h: 3600, d: 86400 };
-/** Parses `90`, `90s`, `15m`, `2h`, `1h30m`, `1d` into seconds; anything else is an error. */
-function parseDuration(name, text) {
-    const value = text.trim();
-    if (/^\d+$/.test(value))
-        return Number(value);
-    const parts = [...value.matchAll(/(\d+(?:\.\d+)?)([smhd])/g)];
-    if (parts.length === 0 || parts.map((p) => p[0]).join('') !== value) {
-        throw new InputError(`Input '${name}' is '${text}', which is not a duration. Use seconds ('90') or units s, m, h, d ('15m', '1h30m').`);
-    }
-    return parts.reduce((sum, p) => sum + Number(p[1]) * UNIT_SECONDS[p[2]], 0);
-}
-const SIZE_UNITS = {
-    '': 1,
-    b: 1,
-    k: 1024,
-    kb: 1000,
-    kib: 1024,
-    m: 1024 ** 2,
-    mb: 1000 ** 2,
-    mib: 1024 ** 2,
-    g: 1024 ** 3,
-    gb: 1000 ** 3,
-    gib: 1024 ** 3,
-};
-/** Parses `64MiB`, `100MB`, `5242880` into bytes. */
-function parseSize(name, text) {
-    const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
-    const factor = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
-    if (!m || factor === undefined) {
-        throw new InputError(`Input '${name}' is '${text}', which is not a size. Use bytes or units such as '64MiB'.`);
-    }
-    return Math.round(Number(m[1]) * factor);
-}
-
-;// CONCATENATED MODULE: ./src/settings.ts
-/**
- * The one input parser: it reads every input once, checks it, and returns typed settings.
- * Nothing after it calls core.getInput. A bad value fails the run before the node is touched.
- */
-
-
-
-
-
-const readActionInput = (name) => getInput(name);
-const MODES = ['backup', 'restore', 'list', 'verify'];
-function parseSettings(read = readActionInput) {
-    const get = (name) => read(name).trim();
-    const bool = (name, fallback) => parseBoolean(name, get(name), fallback);
-    const int = (name, fallback, min, max) => parseInteger(name, get(name), fallback, min, max);
-    const mode = get(Inputs.Mode) || 'backup';
-    if (!MODES.includes(mode)) {
-        throw new InputError(`Input 'mode' is '${mode}'. Use one of: ${MODES.join(', ')}.`);
-    }
-    const prepDir = absolutePath(Inputs.PrepDir, get(Inputs.PrepDir) || '/app/prep');
-    const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) || `${prepDir}/data/loopchain`);
-    const compose = `cd ${quoteForDefault(prepDir)} && docker-compose -f docker-compose.yml`;
-    const node = {
-        prepDir,
-        dataDir,
-        stopCommand: get(Inputs.StopCommand) || `${compose} down`,
-        startCommand: get(Inputs.StartCommand) || `${compose} up -d`,
-        peerUrl: get(Inputs.PeerUrl) || 'http://localhost:9000/api/v1/avail/peer',
-        maxDowntimeSeconds: duration(Inputs.MaxDowntime, get(Inputs.MaxDowntime) || '30m', 10),
-    };
-    if (!/^https?:\/\/[^\s'"]+$/.test(node.peerUrl)) {
-        throw new InputError(`Input 'peer-url' is '${node.peerUrl}'. Use an http:// or https:// URL.`);
-    }
-    const service = get(Inputs.Service) || 'PRep';
-    if (!/^[A-Za-z0-9_.-]+$/.test(service)) {
-        throw new InputError(`Input 'service' is '${service}'. Use letters, digits, '_', '.' or '-'.`);
-    }
-    const bucket = get(Inputs.Bucket);
-    if (!bucket)
-        throw new InputError(`Input 'bucket' is required: the S3 bucket that holds the snapshots.`);
-    if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
-        throw new InputError(`Input 'bucket' is '${bucket}', which is not a valid S3 bucket name.`);
-    }
-    const endpoint = get(Inputs.Endpoint) || undefined;
-    if (endpoint && !/^https?:\/\/\S+$/.test(endpoint)) {
-        throw new InputError(`Input 'endpoint' is '${endpoint}'. Use a URL such as https://s3.example.com.`);
-    }
-    const partSizeText = get(Inputs.PartSize);
-    const partSize = partSizeText ? parseSize(Inputs.PartSize, partSizeText) : undefined;
-    if (partSize !== undefined && (partSize < 5 * 1024 ** 2 || partSize > 5 * 1024 ** 3)) {
-        throw new InputError(`Input 'part-size' must be between 5 MiB and 5 GiB (S3's limits).`);
-    }
-    const s3 = {
-        bucket,
-        region: get(Inputs.Region) || undefined,
-        endpoint,
-        forcePathStyle: bool(Inputs.ForcePathStyle, endpoint !== undefined),
-        unsigned: bool(Inputs.Unsigned, false),
-        service,
-        prefix: keyPrefix(Inputs.Prefix, get(Inputs.Prefix) || service),
-        permanentPrefix: keyPrefix(Inputs.PermanentPrefix, get(Inputs.PermanentPrefix) || `Permanent/${service}`),
-        manifestPrefix: keyPrefix(Inputs.ManifestPrefix, get(Inputs.ManifestPrefix) || '_prep-snapshot'),
-        partSize,
-        queueSize: int(Inputs.UploadConcurrency, 4, 1, 16),
-    };
-    const compression = get(Inputs.Compression) || 'gzip';
-    if (compression !== 'gzip' && compression !== 'zstd') {
-        throw new InputError(`Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`);
-    }
-    const consistency = get(Inputs.Consistency) || 'hardlink';
-    if (consistency !== 'hardlink' && consistency !== 'stop') {
-        throw new InputError(`Input 'consistency' is '${consistency}'. Use 'hardlink' (default) or 'stop'.`);
-    }
-    const backup = {
-        compression,
-        compressionLevel: compression === 'gzip'
-            ? int(Inputs.CompressionLevel, 3, 1, 9)
-            : // LevelDB tables are snappy-compressed already: zstd -1 runs twice as fast as -3 on
-                // them for an archive 3% larger (measured on a 2 GiB database here).
-                int(Inputs.CompressionLevel, 1, 1, 19),
-        consistency,
-        permanentCopy: bool(Inputs.PermanentCopy, true),
-        retentionDays: int(Inputs.RetentionDays, 15, 0, 36500),
-        localCopy: bool(Inputs.LocalCopy, false),
-        localCopyDays: int(Inputs.LocalCopyDays, 7, 1, 3650),
-        verify: bool(Inputs.Verify, false),
-    };
-    const nodeIp = get(Inputs.NodeIp);
-    if (nodeIp && !isIpv4(nodeIp)) {
-        throw new InputError(`Input 'node-ip' is '${nodeIp}', which is not an IPv4 address.`);
-    }
-    const restore = {
-        snapshot: get(Inputs.Snapshot) || 'latest',
-        nodeIp,
-        stopNode: bool(Inputs.StopNode, false),
-        startNode: bool(Inputs.StartNode, true),
-        keepPrevious: bool(Inputs.KeepPrevious, true),
-        healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
-        diskMarginBytes: parseSize(Inputs.DiskMargin, get(Inputs.DiskMargin) || '1GiB'),
-        processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
-    };
-    const needsHost = mode === 'backup' || mode === 'restore';
-    const ssh = needsHost ? parseSsh(get, bool, int) : undefined;
-    return { mode: mode, ssh, node, s3, backup, restore };
-}
-function parseSsh(get, bool, int) {
-    const host = get(Inputs.Host);
-    if (!host)
-        throw new InputError(`Input 'host' is required for this mode: the node's address.`);
-    if (!/^[A-Za-z0-9.:_-]+$/.test(host) || host.startsWith('-')) {
-        throw new InputError(`Input 'host' is '${host}', which is not a host name or address.`);
-    }
-    const privateKey = get(Inputs.SshKey);
-    if (!privateKey) {
-        throw new InputError(`Input 'ssh-key' is required: the private key (contents, not a path) that logs in to the node.`);
-    }
-    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(privateKey)) {
-        throw new InputError(`Input 'ssh-key' does not hold a private key in PEM or OpenSSH form.`);
-    }
-    // The runner masks line by line: register every line of the key, not only the whole.
-    core_setSecret(privateKey);
-    for (const line of privateKey.split('\n'))
-        if (line.trim().length >= 8 && !line.startsWith('-----'))
-            core_setSecret(line.trim());
-    const passphrase = get(Inputs.SshKeyPassphrase) || undefined;
-    if (passphrase)
-        core_setSecret(passphrase);
-    const insecure = bool(Inputs.InsecureSkipHostKey, false);
-    const hostKeyText = get(Inputs.HostKey);
-    if (!hostKeyText && !insecure) {
-        throw new InputError(`Input 'host-key' is required: pin the node's SSH host key (a 'SHA256:...' fingerprint or a known_hosts line; ` +
-            `'ssh-keyscan HOST' on a trusted machine prints it). To connect without checking it, set 'insecure-skip-host-key-check: true'.`);
-    }
-    const transport = get(Inputs.SshTransport) || 'auto';
-    if (transport !== 'auto' && transport !== 'openssh' && transport !== 'ssh2') {
-        throw new InputError(`Input 'ssh-transport' is '${transport}'. Use 'auto', 'openssh' or 'ssh2'.`);
-    }
-    return {
-        host,
-        port: int(Inputs.Port, 22, 1, 65535),
-        username: get(Inputs.Username) || 'root',
-        privateKey: privateKey.endsWith('\n') ? privateKey : `${privateKey}\n`,
-        passphrase,
-        hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText) : [],
-        transport,
-    };
-}
-function parseBoolean(name, text, fallback) {
-    if (text === '')
-        return fallback;
-    if (['true', 'True', 'TRUE'].includes(text))
-        return true;
-    if (['false', 'False', 'FALSE'].includes(text))
-        return false;
-    throw new InputError(`Input '${name}' is '${text}'. Use 'true' or 'false'.`);
-}
-function parseInteger(name, text, fallback, min, max) {
-    if (text === '')
-        return fallback;
-    if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) {
-        throw new InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
-    }
-    return Number(text);
-}
-function duration(name, text, min) {
-    const seconds = parseDuration(name, text);
-    if (seconds < min)
-        throw new InputError(`Input '${name}' must be at least ${min} s.`);
-    return seconds;
-}
-function absolutePath(name, text) {
-    if (!text.startsWith('/') || text.includes('\n') || text.includes('\0')) {
-        throw new InputError(`Input '${name}' is '${text}'. Use an absolute path on the node.`);
-    }
-    const normal = text.replace(/\/+$/, '') || '/';
-    if (normal === '/' || normal.split('/').includes('..')) {
-        throw new InputError(`Input '${name}' is '${text}', which cannot be a node's directory.`);
-    }
-    return normal;
-}
-function keyPrefix(name, text) {
-    const value = text.replace(/^\/+|\/+$/g, '');
-    if (!value ||
-        !/^[A-Za-z0-9_.\-/]+$/.test(value) ||
-        value.split('/').some((p) => p === '' || p === '..')) {
-        throw new InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
-    }
-    return value;
-}
-function quoteForDefault(path) {
-    return /^[A-Za-z0-9_./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
-}
-function isIpv4(text) {
-    const parts = text.split('.');
-    return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255);
 }
 
 ;// CONCATENATED MODULE: ./src/modes/restore.ts
@@ -91761,7 +92384,7 @@ async function restore(settings) {
     const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
     const stage = `${parent}/.prep-snapshot-restore-${runId}`;
     const previous = `${dataDir}.prev-${stamp}`;
-    let stopped = false;
+    const failed = `${dataDir}.failed-${stamp}`;
     let wasRunning = false;
     let hadPrevious = false;
     let swapped = false;
@@ -91773,20 +92396,14 @@ async function restore(settings) {
     try {
         const { ip, decoder } = await group('Check the host', async () => {
             const checks = parseBatch(await session.run('Checking the host', batchCommand({
-                peer: peerCommand(settings.node.peerUrl),
-                processes: processCheckCommand(opts.processPattern),
+                ...nodeChecks(settings),
                 probe: restoreProbeCommand(dataDir),
                 ...(opts.nodeIp ? {} : { ip: detectIpCommand() }),
             })));
             const running = nodeRunning(kind, checks);
-            if (running) {
-                if (!opts.stopNode) {
-                    throw new HostError(`The node on ${ssh.host} is running (${running}). Stop it first, or set 'stop-node: true' to let the restore stop it.`);
-                }
-                await node.stop();
-                stopped = true;
-                wasRunning = true;
-            }
+            if (running && !opts.stopNode)
+                throw runningRefused(ssh.host, running);
+            wasRunning = running !== undefined;
             const probe = parseProbe(checks.get('probe')?.stdout ?? '');
             const needed = (manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
             if (probe.freeBytes < needed) {
@@ -91806,10 +92423,14 @@ async function restore(settings) {
             }
             info(`Free space ${formatBytes(probe.freeBytes)}; data dir ${probe.dataDirPresent ? 'present (it will be kept)' : 'absent (fresh host)'}; ` +
                 `the block DB becomes ${kind.identityDir(address)}; the archive is decompressed by ${decoder.name}.`);
+            if (running) {
+                info(`The node runs (${running}): it goes on serving on its current data while the snapshot streams, and is ` +
+                    `stopped only for the swap.`);
+            }
             return { ip: address, decoder };
         });
         // The swap waits on the host from now on, for the word that the archive proved whole.
-        swap = session.exec(swapCommand(kind, dataDir, stage, previous, ip), {
+        swap = session.exec(swapCommand(kind, dataDir, stage, previous, ip, node.watchdogFlag), {
             stdin: new Promise((resolve) => (letSwap = resolve)),
         });
         swap.catch(() => undefined);
@@ -91825,8 +92446,25 @@ async function restore(settings) {
             throw new IntegrityError(`${chosen.key} extracted ${files} files; its manifest says ${manifest.files}. The data dir was not touched.`);
         }
         await group('Swap the data dir', async () => {
+            // Checked again: a node that started while the snapshot streamed must not have its data
+            // dir moved from under it.
+            const untouched = 'The data dir was not touched: the node runs on its previous data.';
+            const running = await runningNode(session, settings, kind, node, untouched);
+            if (running) {
+                if (!opts.stopNode)
+                    throw runningRefused(ssh.host, running);
+                await node.stop({ startSoon: opts.startNode });
+                const still = await runningNode(session, settings, kind, node, untouched);
+                if (still) {
+                    throw new HostError(`The stop command ran, yet the node still runs (${still}). The data dir was not touched.`);
+                }
+            }
             letSwap(SWAP_LINE);
             const res = await swap;
+            if (res.code === NODE_LOST) {
+                node.noteLost(new RemoteCommandError('The swap', res.code, res.stderr));
+                node.assertOwned(untouched);
+            }
             if (res.code !== 0 || res.stdout.trim() !== 'swapped') {
                 throw new RemoteCommandError('Moving the snapshot into place', res.code, res.stderr || res.stdout);
             }
@@ -91835,16 +92473,15 @@ async function restore(settings) {
             info(`${dataDir} now holds the snapshot; the previous data (if any) is ${previous}.`);
         });
         let heightReached;
+        if (!opts.startNode && node.isStopped) {
+            await node.leaveStopped();
+            info(`The node is left stopped ('start-node: false').`);
+        }
         if (opts.startNode) {
             heightReached = await group('Start the node and wait for its height', async () => {
                 const t = performance.now();
-                if (stopped)
-                    await node.start();
-                else
-                    await session.run('The start command', settings.node.startCommand, {
-                        timeoutMs: 15 * 60_000,
-                    });
-                stopped = false;
+                await node.start();
+                timings.downtime = node.downtimeSeconds ?? 0;
                 const reached = await waitForHeight(node, height, opts.healthTimeoutSeconds);
                 timings.health = secondsSince(t);
                 if (reached === undefined) {
@@ -91858,17 +92495,18 @@ async function restore(settings) {
                     throw new ActionError(`${errorMessage(error)} The host had no previous data dir to roll back to; the restored data stays in ` +
                         `${dataDir}. Look at the node's logs.`);
                 }
-                await rollback(session, settings, dataDir, previous, stamp, wasRunning);
+                await rollback(session, settings, kind, node, { dataDir, previous, failed }, wasRunning).catch((e) => {
+                    throw new ActionError(`${errorMessage(error)} ${errorMessage(e)}`);
+                });
                 throw new ActionError(`${errorMessage(error)} The previous data dir was put back in place (the restored one is kept as ` +
-                    `${dataDir}.failed-${stamp})${wasRunning ? ' and the node started on it' : ''}. Look at the node's logs before running again.`);
+                    `${failed})${wasRunning ? ' and the node started on it' : ''}. Look at the node's logs before running again.`);
             });
         }
-        if (!opts.keepPrevious) {
-            await session.run('Removing the previous data dir', removeCommand(previous), {
-                timeoutMs: 60 * 60_000,
-            });
-            info(`Removed ${previous} ('keep-previous: false').`);
-        }
+        const previousKept = await group('The previous data dir', () => settlePrevious(session, node, opts, { previous, hadPrevious }));
+        // The watchdog acted while this run held the node down: the restore stands, but the run
+        // says so rather than pass as if nothing had happened.
+        node.assertOwned(`The restore itself went through${heightReached !== undefined ? ` and the node reached block height ${heightReached}` : ''}; ` +
+            `the previous data dir is kept as ${previous}. Raise 'max-downtime' above the time the stop, the swap and the start take.`);
         timings.total = secondsSince(t0);
         setOutput(Outputs.Key, chosen.key);
         setOutput(Outputs.BlockHeight, String(height));
@@ -91878,7 +92516,7 @@ async function restore(settings) {
         setOutput(Outputs.Size, String(streamed.bytes));
         setOutput(Outputs.DurationSeconds, timings.total.toFixed(1));
         await writeSummaryTable('restore', [
-            ['Snapshot', `<code>${chosen.key}</code>`],
+            ['Snapshot', code(chosen.key)],
             ['Host', `${ssh.host} (block DB ${kind.identityDir(ip)})`],
             [
                 'Block height',
@@ -91892,7 +92530,13 @@ async function restore(settings) {
                 'Stream and extract',
                 `${formatDuration(timings.stream)} (${formatRate(streamed.bytes, timings.stream)}; decompressed by ${decoder.name})`,
             ],
-            ['Previous data', opts.keepPrevious ? `<code>${previous}</code>` : 'removed'],
+            [
+                'Node downtime',
+                wasRunning && timings.downtime !== undefined
+                    ? `${formatDuration(timings.downtime)} (stopped only for the swap)`
+                    : 'the node was not running',
+            ],
+            ['Previous data', previousKept ? code(previousKept) : hadPrevious ? 'removed' : 'none'],
             ['Total', formatDuration(timings.total)],
         ]);
         return { key: chosen.key, blockHeight: height, heightReached };
@@ -91909,11 +92553,56 @@ async function restore(settings) {
                 .then(() => saveState(State.StagingDir, ''))
                 .catch((e) => warning(`Could not remove the staging folder ${stage}: ${errorMessage(e)}`));
         }
-        if (stopped)
-            await node.ensureStarted();
+        await node.ensureStarted();
         session.close();
         saveState(State.KeyDir, '');
     }
+}
+/**
+ * Removes the previous data dir when 'keep-previous' is false, and only once the node has
+ * proved itself on the new data: started by this run, at the snapshot's height, and never
+ * taken by the watchdog. Returns the path kept, if any.
+ */
+async function settlePrevious(session, node, opts, dirs) {
+    if (!dirs.hadPrevious)
+        return undefined;
+    if (opts.keepPrevious) {
+        info(`The previous data dir is kept as ${dirs.previous} ('keep-previous: true').`);
+        return dirs.previous;
+    }
+    if (!opts.startNode) {
+        warning(`The previous data dir is kept as ${dirs.previous}: 'keep-previous: false' removes it only once the node ` +
+            `has reached the snapshot's height, and 'start-node: false' started nothing to prove it.`);
+        return dirs.previous;
+    }
+    if (node.lostAt !== undefined)
+        return dirs.previous;
+    await session.run('Removing the previous data dir', removeCommand(dirs.previous), {
+        timeoutMs: 60 * 60_000,
+    });
+    info(`Removed ${dirs.previous} ('keep-previous: false'; the node reached the height).`);
+    return undefined;
+}
+/** The checks that tell whether the node runs: its API, and its processes. */
+function nodeChecks(settings) {
+    return {
+        peer: peerCommand(settings.node.peerUrl),
+        processes: processCheckCommand(settings.restore.processPattern),
+    };
+}
+/**
+ * What shows that the node runs, asked of the host now; undefined when nothing does. Where
+ * this run stopped the node, a node that runs again may be the watchdog's doing: then the
+ * run has lost it, and says so.
+ */
+async function runningNode(session, settings, kind, node, lostMeans) {
+    const checks = parseBatch(await session.run('Checking whether the node runs', batchCommand({ ...nodeChecks(settings), fired: watchdogFiredCommand(node.watchdogFlag) })));
+    node.noteFired(checks.get('fired')?.stdout ?? '');
+    node.assertOwned(lostMeans);
+    return nodeRunning(kind, checks);
+}
+function runningRefused(host, running) {
+    return new HostError(`The node on ${host} is running (${running}). Stop it first, or set 'stop-node: true' to let the restore stop it.`);
 }
 async function objectSize(client, bucket, key) {
     try {
@@ -91996,6 +92685,16 @@ async function streamInto(remote, onGo, client, settings, key, into, size, expec
         if (code === NOT_A_SNAPSHOT) {
             throw new IntegrityError(`${key} is not a snapshot of a ${into.kind.name} node: ${tail}. The data dir was not touched.`);
         }
+        if (code === UNSAFE_ARCHIVE) {
+            const found = tail
+                .split('\n')
+                .filter((l) => l.startsWith(`${UNSAFE_MARK} `))
+                .map((l) => l.slice(UNSAFE_MARK.length + 1));
+            throw new IntegrityError(`${key} was refused as unsafe: it holds ${found.length ? found.join('; ') : tail}. A snapshot holds only ` +
+                `regular files and directories under ${into.kind.roots.join(' and ')}, none of them setuid, setgid or sticky. ` +
+                `The staging folder was removed and the data dir was not touched. Restore another snapshot ('snapshot' input) ` +
+                `and find out how this one got into the bucket.`);
+        }
         if (code === null) {
             throw new ActionError(`The SSH connection was lost during the extraction${tail ? `: ${tail}` : ''}. The data dir was not touched; run again.`);
         }
@@ -92019,15 +92718,36 @@ async function waitForHeight(node, height, timeoutSeconds) {
     }
     return undefined;
 }
-async function rollback(session, settings, dataDir, previous, stamp, startAfter) {
-    warning(`Rolling back: stopping the node and putting ${previous} back in place.`);
-    await session.exec(settings.node.stopCommand, { timeoutMs: 15 * 60_000 });
-    const res = await session.exec(rollbackCommand(dataDir, previous, `${dataDir}.failed-${stamp}`));
+/**
+ * Puts the previous data dir back after a failed start. Nothing moves unless the node is
+ * proved down: a failed stop command, or a node that still answers, ends the rollback with
+ * both dirs where they are.
+ */
+async function rollback(session, settings, kind, node, dirs, startAfter) {
+    warning(`Rolling back: stopping the node and putting ${dirs.previous} back in place.`);
+    const nothingMoved = `Nothing was moved: the restored data is in ${dirs.dataDir}, the previous in ${dirs.previous}.`;
+    try {
+        await node.stop();
+    }
+    catch (error) {
+        throw new HostError(`The rollback could not stop the node (${errorMessage(error)}). ${nothingMoved}`);
+    }
+    const running = await runningNode(session, settings, kind, node, nothingMoved);
+    if (running) {
+        throw new HostError(`The rollback stopped the node, yet it still runs (${running}). ${nothingMoved}`);
+    }
+    const res = await session.exec(rollbackCommand(dirs.dataDir, dirs.previous, dirs.failed, node.watchdogFlag));
+    if (res.code === NODE_LOST) {
+        node.noteLost(new RemoteCommandError('The rollback', res.code, res.stderr));
+        node.assertOwned(nothingMoved);
+    }
     if (res.code !== 0) {
-        throw new HostError(`The rollback failed: ${res.stderr.trim()}. The previous data is ${previous}; put it back by hand.`);
+        throw new HostError(`The rollback failed: ${res.stderr.trim()}. The previous data is ${dirs.previous}; put it back by hand.`);
     }
     if (startAfter)
-        await session.exec(settings.node.startCommand, { timeoutMs: 15 * 60_000 });
+        await node.start();
+    else
+        await node.leaveStopped();
 }
 
 ;// CONCATENATED MODULE: ./src/run.ts

@@ -88402,7 +88402,7 @@ class ActionError extends Error {
     name = 'ActionError';
 }
 /** An input is missing or cannot be accepted. Raised before anything touches the node. */
-class InputError extends ActionError {
+class errors_InputError extends ActionError {
     name = 'InputError';
 }
 /** The host could not be reached, did not prove its key, or refused the login. */
@@ -88430,6 +88430,13 @@ class RemoteCommandError extends ActionError {
 class errors_StorageError extends ActionError {
     name = 'StorageError';
 }
+/**
+ * The watchdog on the host started the node while the run held it down: the run no longer
+ * owns the node, and what it was about to do with it is not done.
+ */
+class NodeLostError extends (/* unused pure expression or super */ null && (ActionError)) {
+    name = 'NodeLostError';
+}
 /** A stored snapshot is not whole. */
 class IntegrityError extends (/* unused pure expression or super */ null && (ActionError)) {
     name = 'IntegrityError';
@@ -88455,14 +88462,23 @@ function archiveName(service, height, at, compression) {
     const file = `${service}_BH${height}_data-${date}_${time}${EXTENSIONS[compression]}`;
     return { date, file, service, height, stamp: `${date}_${time}`, compression };
 }
-const FILE_PATTERN = /^(.+)_BH(\d+)_data-(\d{8})_(\d{4})\.(tar\.gz|tar\.zst)$/;
-/** Reads `YYYYMMDD/FILE` (a backup_list line) or `{prefix}/YYYYMMDD/FILE` (a key). */
+/** The service, as the 'service' input allows it: no character a shell or HTML would read. */
+const FILE_PATTERN = /^([A-Za-z0-9_.-]+)_BH(\d{1,15})_data-(\d{8})_(\d{4})\.(tar\.gz|tar\.zst)$/;
+/** A folder of a key prefix, as the prefix inputs allow it. */
+const PREFIX_SEGMENT = /^[A-Za-z0-9_.-]+$/;
+/**
+ * Reads `YYYYMMDD/FILE` (a backup_list line) or `{prefix}/YYYYMMDD/FILE` (a key). Anything
+ * else is not an archive of ours or of the original script, and is never used as one: a
+ * line read from the bucket reaches shells, outputs and the job summary only through here.
+ */
 function naming_parseArchivePath(path) {
     const parts = path.split('/');
     const file = parts.at(-1) ?? '';
     const date = parts.at(-2) ?? '';
     const m = FILE_PATTERN.exec(file);
     if (!m || !/^\d{8}$/.test(date))
+        return undefined;
+    if (!parts.slice(0, -2).every((p) => PREFIX_SEGMENT.test(p) && p !== '..' && p !== '.'))
         return undefined;
     return {
         date,
@@ -88517,9 +88533,15 @@ function shell_quote(value) {
 function shell_argv(...words) {
     return words.map(shell_quote).join(' ');
 }
+/**
+ * A word on the command line of every shell the action starts on the host (its `$0`), so
+ * that a check for the node's processes can leave the action's own out: their scripts name
+ * the data dir (`.../data/loopchain`) as the node's do.
+ */
+const shell_OWN_MARK = 'prep-snapshot-cmd';
 /** Runs a multi-line bash script, whatever the login shell of the remote user is. */
 function shell_bashScript(lines) {
-    return `bash -c ${shell_quote(['set -eu -o pipefail', ...lines].join('\n'))}`;
+    return `bash -c ${shell_quote(['set -eu -o pipefail', ...lines].join('\n'))} ${shell_OWN_MARK}`;
 }
 /** Escapes a literal for the left side of a `tar --transform` sed expression. */
 function shell_sedLiteral(value, delimiter = '|') {
@@ -88570,8 +88592,14 @@ function probeCommand(kind, dataDir) {
         `echo "dev_data=$(stat -c %d "$data")"`,
         `echo "dev_parent=$(stat -c %d ${quote(parent)})"`,
         `echo "free_parent=$(df -P -B1 ${quote(parent)} | awk 'NR==2 {print $4}')"`,
+        // The size before the stop, to plan the upload's parts while nothing is down yet.
+        `echo "data_bytes=$(cd -- "$data" && find ${kind.roots.map(quote).join(' ')} -type f -printf '%s\\n' 2>/dev/null | awk '{s+=$1} END {printf "%d", s}' || true)"`,
         // Staging folders of runs that vanished a day or more ago: links that pin deleted tables.
-        `find ${quote(parent)} "$data" -maxdepth 1 -type d -name '.prep-snapshot-staging-*' -mmin +1440 -printf 'stale=%p\\n' 2>/dev/null || true`,
+        // One that a stream still reads holds a lock on it (see archiveCommand): not stale.
+        `find ${quote(parent)} "$data" -maxdepth 1 -type d -name '.prep-snapshot-staging-*' -mmin +1440 -print 2>/dev/null | while IFS= read -r d; do`,
+        `  if command -v flock >/dev/null 2>&1 && ! flock -n -- "$d" true 2>/dev/null; then continue; fi`,
+        `  printf 'stale=%s\\n' "$d"`,
+        `done; true`,
     ]);
 }
 function parseProbe(stdout) {
@@ -88584,6 +88612,7 @@ function parseProbe(stdout) {
         tools: new Set(),
         sameDevice: false,
         freeBytes: 0,
+        dataBytes: 0,
     };
     let devData = '';
     let devParent = '';
@@ -88609,6 +88638,8 @@ function parseProbe(stdout) {
             devParent = value;
         else if (key === 'free_parent')
             probe.freeBytes = Number(value) || 0;
+        else if (key === 'data_bytes')
+            probe.dataBytes = Number(value) || 0;
         else if (key === 'stale')
             probe.stale.push(value);
     }
@@ -88642,9 +88673,11 @@ function peerCommand(peerUrl) {
  * file (metadata only, seconds for any size), then a real copy in place of every file that
  * the node may change after it starts again (everything but the immutable table files).
  */
-function freezeCommand(kind, dataDir, stage) {
+function freezeCommand(kind, dataDir, stage, watchdogFlag) {
     const mutable = ['*.ldb', '*.sst'].map((p) => `! -name ${quote(p)}`).join(' ');
     return bashScript([
+        // The copy is consistent only while the node is down: the watchdog waits for it.
+        ...heldLines(watchdogFlag),
         `data=${quote(dataDir)}`,
         `stage=${quote(stage)}`,
         `rm -rf -- "$stage"`,
@@ -88726,7 +88759,15 @@ function archiveCommand(kind, dir, identity, options) {
         ? `compress() { echo "${COMPRESSOR_MARK} zstd" >&2; zstd -q -T0 -${level} -c; }`
         : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
             `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
-    const lines = [...WAIT_FOR_GO, compress, `cd -- ${quote(dir)}`];
+    const lines = [
+        ...WAIT_FOR_GO,
+        compress,
+        `cd -- ${quote(dir)}`,
+        // A shared lock on the folder while it is read: a later run's probe leaves it alone,
+        // however old the folder is (see probeCommand).
+        `exec 9<.`,
+        `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
+    ];
     const copy = options.localCopy ? quote(options.localCopy) : undefined;
     if (options.localCopy)
         lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`);
@@ -88783,28 +88824,92 @@ function removeStagingCommand(stage, waitSeconds = STAGE_LOCK_WAIT_SECONDS) {
         `rm -rf -- ${shell_quote(stage)}`,
     ]);
 }
+/*
+ * The watchdog's files on the host, beside the data dir. Whoever renames `flag` first owns
+ * the stopped node: the watchdog, to start it (`flag.fired`), or the run, for a step that
+ * needs the node down (`flag.held`, see `heldLines`). A rename is atomic, so the two can
+ * never both act.
+ *   flag        armed: the run holds the node down
+ *   flag.held   the run is in a step that needs the node down; the watchdog waits for it
+ *   flag.fired  the watchdog started the node (it holds the time); the run has lost the node
+ *   flag.pid    the watchdog's PID, for the disarm
+ *   flag.log    what the watchdog said, kept when it fired
+ */
 /**
- * Arms the watchdog: a detached process on the host that runs the start command after
- * `seconds` unless the flag file is gone by then. It holds when the runner vanishes.
- * Prints the watchdog's PID.
+ * How long past 'max-downtime' a hold lasts before the watchdog takes it as left by a run
+ * that vanished in the middle of a step (its script killed with SIGKILL; an SSH cut ends it
+ * through its HUP trap, which gives the hold back). Steps under a hold take seconds.
+ */
+const ABANDONED_HOLD_SECONDS = 300;
+/** Exit status of a step on the host that found that the watchdog had started the node. */
+const NODE_LOST = 75;
+/**
+ * Arms the watchdog: a detached process on the host that runs the start command once the
+ * node has been down for `seconds`, unless the run has disarmed it by then. It holds when
+ * the runner vanishes. A step the run holds (`heldLines`) is waited for, up to
+ * `ABANDONED_HOLD_SECONDS` more. Prints the PID.
  */
 function armWatchdogCommand(flag, seconds, startCommand) {
+    const n = Math.ceil(seconds);
+    const f = quote(flag);
     const inner = [
-        `sleep ${Math.ceil(seconds)}`,
-        `if [ -f ${quote(flag)} ]; then`,
-        `  rm -f -- ${quote(flag)}`,
-        `  echo "$(date -u +%FT%TZ) prep-snapshot watchdog: the node was still down after ${Math.ceil(seconds)} s; starting it"`,
-        `  ${startCommand}`,
-        `fi`,
+        `f=${f}`,
+        `trap 'rm -f -- "$f.pid"' EXIT`,
+        `deadline=$(( $(date +%s) + ${n} ))`,
+        // Until the deadline: a disarm (no flag, held or not) ends the watchdog.
+        `while [ "$(date +%s)" -lt "$deadline" ]; do`,
+        `  [ -e "$f" ] || [ -e "$f.held" ] || exit 0`,
+        `  sleep 1`,
+        `done`,
+        `while :; do`,
+        `  if mv -- "$f" "$f.fired" 2>/dev/null; then break; fi`,
+        `  [ -e "$f.held" ] || exit 0`,
+        `  held=$(stat -c %Y -- "$f.held" 2>/dev/null || echo 0)`,
+        `  if [ $(( $(date +%s) - held )) -ge ${n + ABANDONED_HOLD_SECONDS} ] && mv -- "$f.held" "$f.fired" 2>/dev/null; then break; fi`,
+        `  sleep 1`,
+        `done`,
+        `date -u +%FT%TZ > "$f.fired"`,
+        `echo "$(date -u +%FT%TZ) prep-snapshot watchdog: the node was still down after ${n} s; starting it"`,
+        startCommand,
     ].join('\n');
     return bashScript([
-        `printf '%s\\n' armed > ${quote(flag)}`,
+        `rm -f -- ${quote(`${flag}.fired`)} ${quote(`${flag}.held`)}`,
+        `printf '%s\\n' armed > ${f}`,
         `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
-        `$detach nohup bash -c ${quote(inner)} </dev/null >>${quote(`${flag}.log`)} 2>&1 &`,
-        // Line 2 of the flag: the PID that the disarm stops.
-        `printf '%s\\n' "$!" >> ${quote(flag)}`,
+        `$detach nohup bash -c ${quote(inner)} ${OWN_MARK} </dev/null >>${quote(`${flag}.log`)} 2>&1 &`,
+        `printf '%s\\n' "$!" > ${quote(`${flag}.pid`)}`,
         `echo "$!"`,
     ]);
+}
+/**
+ * Script lines that take the node from the watchdog for the rest of the script, or exit
+ * with `NODE_LOST` when the watchdog has started it already. The hold is given back when
+ * the script ends, however it ends. Where no watchdog was armed for this run (no flag of
+ * any kind), they do nothing: the run did not stop the node.
+ */
+function heldLines(flag) {
+    return [
+        `wd_flag=${quote(flag)}`,
+        `lost() { echo "prep-snapshot-node-lost: the watchdog started the node at $(cat -- "$wd_flag.fired" 2>/dev/null)" >&2; exit ${NODE_LOST}; }`,
+        `if [ -e "$wd_flag.fired" ]; then lost; fi`,
+        `if [ -e "$wd_flag" ]; then`,
+        `  mv -- "$wd_flag" "$wd_flag.held" 2>/dev/null || lost`,
+        `  touch -- "$wd_flag.held"`,
+        // Given back at the end; a hold that is gone by then was taken as abandoned (see
+        // `armWatchdogCommand`): what the step did may have raced the node's start.
+        `  trap 'rc=$?; if mv -- "$wd_flag.held" "$wd_flag" 2>/dev/null; then exit $rc; fi; [ $rc -ne 0 ] && exit $rc; lost' EXIT`,
+        `  trap 'exit 129' HUP; trap 'exit 143' TERM; trap 'exit 130' INT`,
+        `fi`,
+    ];
+}
+/** Prints the time the watchdog started the node, if it did (read only). */
+function watchdogFiredCommand(flag) {
+    return bashScript([`cat -- ${quote(`${flag}.fired`)} 2>/dev/null || true`]);
+}
+/** The time the watchdog started the node, from a step's stderr that exited with `NODE_LOST`. */
+function nodeLostAt(stderr) {
+    const m = /prep-snapshot-node-lost: the watchdog started the node at (\S*)/.exec(stderr);
+    return m ? m[1] || 'an unknown time' : undefined;
 }
 /**
  * Runs an operator's command (the node's start) detached from the SSH session: in its own
@@ -88826,20 +88931,35 @@ function detachedCommand(command) {
         `exit "$rc"`,
     ]);
 }
-/** Disarms the watchdog: the flag goes first, so that a watchdog that wakes now does nothing. */
+/**
+ * Disarms the watchdog: the flag goes first, so that a watchdog that wakes now does
+ * nothing. Prints `fired=TIME` when the watchdog had started the node before (its log is
+ * then kept for the operator).
+ */
 function disarmWatchdogCommand(flag) {
+    const f = (suffix = '') => shell_quote(`${flag}${suffix}`);
     return shell_bashScript([
-        `pid=$(sed -n 2p -- ${shell_quote(flag)} 2>/dev/null || true)`,
-        `rm -f -- ${shell_quote(flag)}`,
+        `pid=$(cat -- ${f('.pid')} 2>/dev/null || true)`,
+        `rm -f -- ${f()} ${f('.held')} ${f('.pid')}`,
         `if [ -n "$pid" ]; then kill -- "-$pid" 2>/dev/null || kill -- "$pid" 2>/dev/null || true; fi`,
+        `if [ -e ${f('.fired')} ]; then echo "fired=$(cat -- ${f('.fired')})"; rm -f -- ${f('.fired')}; fi`,
         // The log says something only when the watchdog fired: then it stays for the operator.
-        `if [ ! -s ${shell_quote(`${flag}.log`)} ]; then rm -f -- ${shell_quote(`${flag}.log`)}; fi`,
+        `if [ ! -s ${f('.log')} ]; then rm -f -- ${f('.log')}; fi`,
     ]);
 }
-/** Is a node process running? Prints the matching `pid args` lines (excluding this shell). */
+/** The time the watchdog fired, from the output of `disarmWatchdogCommand`; undefined if it did not. */
+function parseDisarm(stdout) {
+    const m = /^fired=(.*)$/m.exec(stdout);
+    return m ? m[1]?.trim() || 'an unknown time' : undefined;
+}
+/**
+ * Is a node process running? Prints the matching `pid args` lines. The action's own shells
+ * (marked with `OWN_MARK`, see `bashScript`) and this check's grep are left out: they name
+ * the data dir too.
+ */
 function processCheckCommand(pattern) {
     return bashScript([
-        `ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`,
+        `ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -v -F -e ${OWN_MARK} | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`,
     ]);
 }
 /** The host's primary IPv4 address: the source address of its default route. */
@@ -88930,6 +89050,86 @@ const WIDE_PIPES = (/* unused pure expression or super */ null && (`wide() { if 
     `exec { $ARGV[0] } @ARGV or die "$ARGV[0]: $!\\n"' -- "$@"; else "$@"; fi; }`));
 /** Exit status of the extraction when the archive is not a snapshot of the node's kind. */
 const NOT_A_SNAPSHOT = 3;
+/**
+ * Exit status of the extraction when the archive holds what a snapshot never does (see
+ * `extractCommand`); EX_DATAERR of sysexits.h, which neither tar nor a decompressor uses.
+ */
+const UNSAFE_ARCHIVE = 65;
+/** Starts each line of stderr that names an entry for which the extraction refused an archive. */
+const UNSAFE_MARK = 'prep-snapshot-unsafe';
+/** How many refused entries the extraction names; it counts the others. */
+const UNSAFE_SHOWN = 5;
+/** Prints the first lines of its input, then how many more there were. */
+const FIRST_FEW = (/* unused pure expression or super */ null && (`NR <= ${UNSAFE_SHOWN} { print } END { if (NR > ${UNSAFE_SHOWN}) print "and " NR - ${UNSAFE_SHOWN} " more" }`));
+/**
+ * Reads tar's `-vv` listing of what it extracts (`--numeric-owner`, C locale: `MODE UID/GID
+ * SIZE DATE TIME NAME`, with ` -> TARGET` or ` link to TARGET` after a link) and prints the
+ * members that a snapshot never has: anything but a regular file or a directory, a file with
+ * the setuid, setgid or sticky bit, an absolute name. tar has dropped those bits by then and
+ * turned the absolute name into a relative one; the headers are where they still show.
+ */
+const LISTING_CHECK = [
+    `{`,
+    `  t = substr($0, 1, 1); name = $0; why = ""`,
+    `  sub(/^[^ ]+ [^ ]+ +[^ ]+ [^ ]+ [^ ]+ /, "", name)`,
+    `  if (t == "l") why = "a symbolic link"`,
+    `  else if (t == "h") why = "a hard link"`,
+    `  else if (t == "c") why = "a character device"`,
+    `  else if (t == "b") why = "a block device"`,
+    `  else if (t == "p") why = "a fifo"`,
+    `  else if (t != "-" && t != "d") why = "an entry of type " t`,
+    `  else if (t == "-" && substr($0, 4, 1) ~ /[sS]/) why = "a setuid file"`,
+    `  else if (t == "-" && substr($0, 7, 1) ~ /[sS]/) why = "a setgid file"`,
+    `  else if (t == "-" && substr($0, 10, 1) ~ /[tT]/) why = "a file with the sticky bit"`,
+    `  else if (name ~ /^\\//) why = "an absolute name"`,
+    `  if (why != "" && ++n <= ${UNSAFE_SHOWN}) print name " (" why ")"`,
+    `}`,
+    `END { if (n > ${UNSAFE_SHOWN}) print "and " n - ${UNSAFE_SHOWN} " more" }`,
+].join('\n');
+/**
+ * Passes tar's stderr through and prints the members that tar skipped for a `..` in their
+ * name: those never reach its listing.
+ */
+const ERRORS_CHECK = [
+    `{ print > "/dev/stderr" }`,
+    `/^tar: .*: Member name contains / {`,
+    `  name = $0; sub(/^tar: /, "", name); sub(/: Member name contains .*$/, "", name)`,
+    `  if (++n <= ${UNSAFE_SHOWN}) print name " (a name with ..)"`,
+    `}`,
+    `END { if (n > ${UNSAFE_SHOWN}) print "and " n - ${UNSAFE_SHOWN} " more" }`,
+].join('\n');
+/**
+ * A `find` in the staging folder that prints (NUL-terminated) every entry that a snapshot of
+ * `kind` never has: one outside its roots, anything but a regular file or a directory, a file
+ * with more than one name, a file with the setuid, setgid or sticky bit. It looks at what
+ * tar made rather than at what the headers said, so it holds whatever tar does with them.
+ */
+function treeCheck(kind) {
+    const glob = (path) => path.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
+    // A root, a folder on the way to one, or anything under one.
+    const allowed = new Set();
+    for (const root of kind.roots) {
+        const parts = root.split('/');
+        for (let i = 1; i <= parts.length; i++)
+            allowed.add(`-path ${quote(`./${glob(parts.slice(0, i).join('/'))}`)}`);
+        allowed.add(`-path ${quote(`./${glob(root)}/*`)}`);
+    }
+    const where = kind.roots.join(' and ').replace(/[%\\]/g, (c) => `${c}${c}`);
+    const entry = (test, why) => `\\( ${test} -printf ${quote(`%P (${why})\\0`)} \\)`;
+    return [
+        `find . -mindepth 1`,
+        `\\( ! \\( ${[...allowed].join(' -o ')} \\) -printf ${quote(`%P (outside ${where})\\0`)} -prune \\)`,
+        ...[
+            entry('-type l', 'a symbolic link to %l'),
+            entry('-type c', 'a character device'),
+            entry('-type b', 'a block device'),
+            entry('-type p', 'a fifo'),
+            entry('! -type f ! -type d', 'neither a file nor a directory'),
+            entry('-type f -links +1', 'a hard link, %n names'),
+            entry('-type f -perm /7000', 'mode %m: setuid, setgid or sticky'),
+        ].map((e) => `-o ${e}`),
+    ].join(' ');
+}
 /** The first line that the extraction reads, before the archive: it names the decompressor. */
 function goLine(decoder) {
     return `go ${decoder.name}\n`;
@@ -88941,10 +89141,34 @@ function goLine(decoder) {
  * The command can start before the runner has decided to restore (its connection then
  * overlaps the checks of the host): it waits for `goLine` on stdin, and an input that ends
  * without it ends the command with nothing done.
+ *
+ * It runs as whoever the SSH user is, often root, and the archive is not trusted: tar keeps
+ * no owner of the archive (files belong to the SSH user) and no mode bits beyond 0777 less
+ * the umask. Then it refuses (exit `UNSAFE_ARCHIVE`, one `UNSAFE_MARK` line per entry on
+ * stderr) an archive with anything but regular files and directories under the kind's roots:
+ * a symbolic link (a placeholder that is one would take the block DB outside the data dir
+ * at the swap), a device, a fifo, a hard link, a setuid, setgid or sticky file, an absolute
+ * name or one with `..`. The staging folder is removed; the data dir is not touched.
+ *
+ * GNU tar (seen with 1.34, as root, umask 022) already keeps a hostile archive inside the
+ * folder while it extracts: it skips a member whose name has a `..` and exits 2; it strips
+ * the leading `/` of an absolute name and extracts it inside; it strips the leading `/` or
+ * `../` of a hard link's target and links to that name inside the folder (and fails when
+ * there is none); a symbolic link whose target is absolute or has a `..` holds its place as
+ * a plain file until everything else is extracted, so that no member is written through it.
+ * With `--no-same-permissions` it drops the setuid, setgid and sticky bits of files and
+ * directories (a 4755 file becomes 0755), where the check cannot see them: the listing
+ * check reads them from the headers.
  */
 function extractCommand(kind, prepDir, stage) {
     const placeholder = `${kind.identityParent}/${kind.placeholder}`;
     const missing = (what) => `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
+    // A real directory: `-d` alone follows a symbolic link.
+    const isDir = (path) => `[ -d ${quote(path)} ] && [ ! -L ${quote(path)} ]`;
+    // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
+    // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads
+    // of a pipe into whole records.
+    const tar = 'LC_ALL=C tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
     return bashScript([
         WIDE_PIPES,
         // bash reads a pipe a byte at a time: the archive starts right after this line.
@@ -88954,10 +89178,11 @@ function extractCommand(kind, prepDir, stage) {
         ...Object.entries(DECODERS).map(([n, c]) => `  ${n}) decoder=${quote(c)} ;;`),
         `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
         `esac`,
-        // A failed extraction (cut input, full disk, not a snapshot) removes its own folder: the
-        // runner that would remove it may be gone.
+        // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
+        // folder: the runner that would remove it may be gone.
         `stage=${quote(stage)}`,
         `trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
+        `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`,
         `mkdir -p -- ${quote(prepDir)}`,
         `rm -rf -- "$stage"`,
         `mkdir -p -- "$stage"`,
@@ -88965,13 +89190,19 @@ function extractCommand(kind, prepDir, stage) {
         // released when the last of them ends, however the script itself ends.
         `exec 9<"$stage"`,
         `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
-        // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
-        // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads
-        // of a pipe into whole records.
-        `wide $decoder | tar -x -b 2048 -B -f - -C "$stage"`,
+        // tar's listing goes to one check and its stderr (and the decompressor's) through the
+        // other; what they find comes out on fd 3. The status is the decompressor's or tar's.
+        `rc=0`,
+        `found=$({ { wide $decoder | ${tar} | awk ${quote(LISTING_CHECK)}; } 2>&1 >&3 | awk ${quote(ERRORS_CHECK)}; } 3>&1) || rc=$?`,
+        `if [ -n "$found" ]; then refuse "$found"; fi`,
+        `[ "$rc" = 0 ] || exit "$rc"`,
         `cd -- "$stage"`,
+        // A root that is a symbolic link passes here, for the tree check to name it.
         ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
-        `[ -d ${quote(placeholder)} ] || ${missing(placeholder)}`,
+        // Names go to the runner's log: whatever is not printable becomes '?'.
+        `found=$(${treeCheck(kind)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
+        `if [ -n "$found" ]; then refuse "$found"; fi`,
+        ...[...kind.roots, placeholder].map((d) => `${isDir(d)} || ${missing(d)}`),
         `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
     ]);
 }
@@ -88984,11 +89215,13 @@ const SWAP_LINE = 'swap\n';
  * It starts ahead of time and waits for `SWAP_LINE` on stdin, which the runner sends once
  * the archive has proved whole; an input that ends without it changes nothing.
  */
-function swapCommand(kind, dataDir, stage, previous, ip) {
+function swapCommand(kind, dataDir, stage, previous, ip, watchdogFlag) {
     const ids = `${stage}/${kind.identityParent}`;
     return bashScript([
         `IFS= read -r word || exit 0`,
         `[ "$word" = swap ] || exit 0`,
+        // Where this run stopped the node, it moves the data dir only while it still holds it.
+        ...heldLines(watchdogFlag),
         `mv -- ${quote(`${ids}/${kind.placeholder}`)} ${quote(`${ids}/${kind.identityDir(ip)}`)}`,
         `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(previous)}; fi`,
         `mv -- ${quote(stage)} ${quote(dataDir)}`,
@@ -88996,8 +89229,9 @@ function swapCommand(kind, dataDir, stage, previous, ip) {
     ]);
 }
 /** Puts the previous data dir back; the failed one is kept beside it for a look. */
-function rollbackCommand(dataDir, previous, failed) {
+function rollbackCommand(dataDir, previous, failed, watchdogFlag) {
     return bashScript([
+        ...heldLines(watchdogFlag),
         `[ -e ${quote(previous)} ] || { echo 'no previous data dir to roll back to' >&2; exit 3; }`,
         `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(failed)}; fi`,
         `mv -- ${quote(previous)} ${quote(dataDir)}`,
@@ -89358,6 +89592,8 @@ async function socketSource(dir) {
 
 
 
+
+
 const MIN_PART_SIZE = (/* unused pure expression or super */ null && (8 * 1024 * 1024));
 const MAX_PART_SIZE = (/* unused pure expression or super */ null && (5 * 1024 ** 3));
 const MAX_PARTS = 10_000;
@@ -89368,6 +89604,26 @@ function choosePartSize(expectedBytes) {
     const mib = 1024 * 1024;
     const needed = Math.ceil(expectedBytes / (MAX_PARTS * PART_HEADROOM) / mib) * mib;
     return Math.min(MAX_PART_SIZE, Math.max(MIN_PART_SIZE, needed));
+}
+/**
+ * Plans the upload of an archive of at most `expectedBytes` before anything is stopped: an
+ * explicit `partSize` must fit it in 10,000 parts, and the part buffers must stay within
+ * `maxBufferBytes` of memory (fewer parts in flight where a large database needs large parts).
+ */
+function planParts(expectedBytes, settings, maxBufferBytes) {
+    const partSize = settings.partSize ?? choosePartSize(expectedBytes);
+    if (settings.partSize !== undefined && settings.partSize * MAX_PARTS < expectedBytes) {
+        throw new InputError(`Input 'part-size' (${formatBytes(settings.partSize)}) allows an archive of at most ` +
+            `${formatBytes(settings.partSize * MAX_PARTS)} in S3's ${MAX_PARTS} parts; this one may reach ` +
+            `${formatBytes(expectedBytes)}. Raise it, or leave it empty to have it chosen from the database's size.`);
+    }
+    // One part fills while the others are in flight.
+    const fits = Math.floor(maxBufferBytes / partSize) - 1;
+    if (fits < 1) {
+        throw new InputError(`An archive of up to ${formatBytes(expectedBytes)} needs parts of ${formatBytes(partSize)} (S3 takes at most ` +
+            `${MAX_PARTS} parts); two of them exceed the ${formatBytes(maxBufferBytes)} of part buffers the runner may hold.`);
+    }
+    return { partSize, queueSize: Math.min(settings.queueSize, fits) };
 }
 /** Counts and hashes the bytes that pass through it. */
 class HashingCounter extends (/* unused pure expression or super */ null && (Transform)) {
@@ -89606,16 +89862,39 @@ async function abortUploads(client, bucket, key) {
 ;// CONCATENATED MODULE: ./src/duration.ts
 
 const UNIT_SECONDS = { s: 1, m: 60, h: 3600, d: 86400 };
-/** Parses `90`, `90s`, `15m`, `2h`, `1h30m`, `1d` into seconds; anything else is an error. */
+/**
+ * Parses `90`, `90s`, `15m`, `2h`, `1h30m`, `1.5h`, `1d` into a whole number of seconds;
+ * anything else (a fraction of a second, a number too large to be exact) is an error.
+ */
 function parseDuration(name, text) {
     const value = text.trim();
-    if (/^\d+$/.test(value))
-        return Number(value);
-    const parts = [...value.matchAll(/(\d+(?:\.\d+)?)([smhd])/g)];
+    const parts = /^\d+$/.test(value)
+        ? [[value, value, 's']]
+        : [...value.matchAll(/(\d+(?:\.\d+)?)([smhd])/g)];
     if (parts.length === 0 || parts.map((p) => p[0]).join('') !== value) {
-        throw new InputError(`Input '${name}' is '${text}', which is not a duration. Use seconds ('90') or units s, m, h, d ('15m', '1h30m').`);
+        throw new errors_InputError(`Input '${name}' is '${text}', which is not a duration. Use seconds ('90') or units s, m, h, d ('15m', '1h30m').`);
     }
-    return parts.reduce((sum, p) => sum + Number(p[1]) * UNIT_SECONDS[p[2]], 0);
+    const sum = parts.reduce((total, p) => total + Number(p[1]) * UNIT_SECONDS[p[2]], 0);
+    // '1.1h' is 3960 s, though binary fractions make it 3960.0000000000005.
+    const seconds = Math.round(sum * 1e6) / 1e6;
+    if (!Number.isSafeInteger(seconds)) {
+        throw new errors_InputError(Number.isInteger(seconds) || !Number.isFinite(seconds)
+            ? `Input '${name}' is '${text}', which is too long a duration.`
+            : `Input '${name}' is '${text}', which is not a whole number of seconds.`);
+    }
+    return seconds;
+}
+/** A number of seconds as an input would say it: `10s`, `30m`, `5d`, `1h30m`. */
+function formatDurationInput(seconds) {
+    let rest = seconds;
+    let text = '';
+    for (const [unit, size] of Object.entries(UNIT_SECONDS).reverse()) {
+        const n = Math.floor(rest / size);
+        if (n > 0)
+            text += `${n}${unit}`;
+        rest -= n * size;
+    }
+    return text || '0s';
 }
 const SIZE_UNITS = {
     '': 1,
@@ -89629,52 +89908,150 @@ const SIZE_UNITS = {
     g: 1024 ** 3,
     gb: 1000 ** 3,
     gib: 1024 ** 3,
+    t: 1024 ** 4,
+    tb: 1000 ** 4,
+    tib: 1024 ** 4,
 };
-/** Parses `64MiB`, `100MB`, `5242880` into bytes. */
+/** Parses `64MiB`, `100MB`, `5242880` into bytes (a whole number that is exact). */
 function parseSize(name, text) {
     const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
     const factor = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
     if (!m || factor === undefined) {
-        throw new InputError(`Input '${name}' is '${text}', which is not a size. Use bytes or units such as '64MiB'.`);
+        throw new errors_InputError(`Input '${name}' is '${text}', which is not a size. Use bytes or units such as '64MiB'.`);
     }
-    return Math.round(Number(m[1]) * factor);
+    const bytes = Math.round(Number(m[1]) * factor);
+    if (!Number.isSafeInteger(bytes)) {
+        throw new errors_InputError(`Input '${name}' is '${text}', which is too large a size.`);
+    }
+    return bytes;
 }
 
 ;// CONCATENATED MODULE: ./src/ssh/host-key.ts
 /** Pinning the node's SSH host key: by SHA256 fingerprint or by a known_hosts / public key line. */
 
 
-/** Accepts one pin a line: `SHA256:...`, `[host]:port type base64`, `host type base64` or `type base64`. */
-function parseHostKeyPins(text) {
+/**
+ * The key types that can be pinned, each with the host key algorithms that make a server
+ * present a key of that type, in the order they are offered (ssh2's own order).
+ */
+const ALGORITHMS_OF_TYPE = {
+    'ssh-ed25519': ['ssh-ed25519'],
+    'ecdsa-sha2-nistp256': ['ecdsa-sha2-nistp256'],
+    'ecdsa-sha2-nistp384': ['ecdsa-sha2-nistp384'],
+    'ecdsa-sha2-nistp521': ['ecdsa-sha2-nistp521'],
+    'ssh-rsa': ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'],
+};
+/** Every host key algorithm the connection can check a key of, most preferred first. */
+const HOST_KEY_ALGORITHMS = Object.values(ALGORITHMS_OF_TYPE).flat();
+/** The host key algorithms under which a server presents its key of `keyType`. */
+function algorithmsOfKeyType(keyType) {
+    return ALGORITHMS_OF_TYPE[keyType] ?? [];
+}
+/**
+ * Accepts one pin a line: `SHA256:...`, a public key line (`type base64 [comment]`) or a
+ * known_hosts line (`names type base64 [comment]`) whose names match the target as OpenSSH
+ * matches them: `host` on port 22, `[host]:port` on any other, a comma-separated list of
+ * patterns with `*`, `?` and `!` negation, or a hashed `|1|salt|hash` name.
+ */
+function parseHostKeyPins(text, target) {
     const pins = [];
-    for (const raw of text.split('\n')) {
+    const lines = text.split('\n');
+    for (const [index, raw] of lines.entries()) {
         const line = raw.trim();
         if (!line || line.startsWith('#'))
             continue;
+        const where = lines.length > 1 ? `Input 'host-key' line ${index + 1}` : `Input 'host-key'`;
         if (line.startsWith('SHA256:')) {
             const fingerprint = line.replace(/=+$/, '');
             if (!/^SHA256:[A-Za-z0-9+/]{43}$/.test(fingerprint)) {
-                throw new InputError(`Input 'host-key' has a malformed fingerprint: '${line}'.`);
+                throw new errors_InputError(`${where} is a malformed fingerprint: '${line}'.`);
             }
             pins.push({ kind: 'fingerprint', fingerprint });
             continue;
         }
         const words = line.split(/\s+/);
-        const typeIndex = words.findIndex((w) => /^(ssh-|ecdsa-|sk-)/.test(w));
-        const keyType = typeIndex >= 0 ? words[typeIndex] : undefined;
-        const base64 = typeIndex >= 0 ? words[typeIndex + 1] : undefined;
-        if (!keyType || !base64 || !/^[A-Za-z0-9+/]+=*$/.test(base64)) {
-            throw new InputError(`Input 'host-key' line '${line}' is neither a 'SHA256:...' fingerprint nor a known_hosts line.`);
+        const first = words[0];
+        if (first === '@revoked') {
+            throw new errors_InputError(`${where} is a '@revoked' line: it names a key that must never be trusted, so it is no pin. ` +
+                `Pin the node's current key instead.`);
+        }
+        if (first === '@cert-authority') {
+            throw new errors_InputError(`${where} is a '@cert-authority' line: host certificates are not supported. ` +
+                `Pin the node's own host key ('ssh-keyscan HOST' prints it).`);
+        }
+        if (first.startsWith('@')) {
+            throw new errors_InputError(`${where} starts with the marker '${first}', which is not accepted. Pin a key without a marker.`);
+        }
+        // `names type base64` or `type base64`: a key type never looks like base64 (it has a '-').
+        const names = words.length >= 2 && looksLikeKeyType(words[1]) ? first : undefined;
+        const [keyType, base64] = names === undefined ? words : words.slice(1);
+        if (!keyType || !looksLikeKeyType(keyType) || !base64 || !/^[A-Za-z0-9+/]+=*$/.test(base64)) {
+            throw new errors_InputError(`${where} ('${line}') is neither a 'SHA256:...' fingerprint nor a known_hosts line.`);
         }
         const blob = Buffer.from(base64, 'base64');
         if (blobKeyType(blob) !== keyType) {
-            throw new InputError(`Input 'host-key' line '${line}' holds a key whose type is not '${keyType}'.`);
+            throw new errors_InputError(`${where} holds a key whose type is not '${keyType}'.`);
+        }
+        if (!(keyType in ALGORITHMS_OF_TYPE)) {
+            throw new errors_InputError(`${where} holds a '${keyType}' key, which cannot be checked here. ` +
+                `Pin the node's ${Object.keys(ALGORITHMS_OF_TYPE).join(', ')} key.`);
+        }
+        if (names !== undefined && !knownHostsNamesMatch(names, target)) {
+            const expected = knownHostsName(target);
+            const hint = target.port !== 22 &&
+                !names.startsWith('|') &&
+                knownHostsNamesMatch(names, { ...target, port: 22 })
+                ? ` On port ${target.port}, known_hosts names the host '${expected}', as 'ssh-keyscan -p ${target.port} ${target.host}' prints it.`
+                : '';
+            const named = names.startsWith('|1|') ? 'a hashed host name' : `'${names}'`;
+            throw new errors_InputError(`${where} names ${named}, not '${expected}' (input 'host' and 'port').${hint} ` +
+                `Pin the key of this host: a line from 'ssh-keyscan${target.port === 22 ? '' : ` -p ${target.port}`} ${target.host}', ` +
+                `its 'SHA256:...' fingerprint, or the bare 'type base64' key.`);
         }
         pins.push({ kind: 'key', keyType, blob });
     }
     if (pins.length === 0)
-        throw new InputError(`Input 'host-key' holds no key.`);
+        throw new errors_InputError(`Input 'host-key' holds no key.`);
     return pins;
+}
+function looksLikeKeyType(word) {
+    return /^(ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+$/.test(word);
+}
+/** The name OpenSSH looks the host up by in known_hosts. */
+function knownHostsName(target) {
+    return target.port === 22 ? target.host : `[${target.host}]:${target.port}`;
+}
+/** Whether a known_hosts names field applies to the target, as OpenSSH decides it. */
+function knownHostsNamesMatch(names, target) {
+    const name = knownHostsName(target);
+    if (names.startsWith('|1|')) {
+        // One hashed name: |1|base64(salt)|base64(HMAC-SHA1(salt, name)).
+        const [, , salt, hash] = names.split('|');
+        if (!salt || !hash)
+            return false;
+        return [name, name.toLowerCase()].some((n) => (0,external_node_crypto_.createHmac)('sha1', Buffer.from(salt, 'base64')).update(n).digest('base64') === hash);
+    }
+    // match_hostname: lower case; a negated pattern that matches excludes the line.
+    const host = name.toLowerCase();
+    let positive = false;
+    for (const raw of names.split(',')) {
+        const negated = raw.startsWith('!');
+        const pattern = (negated ? raw.slice(1) : raw).toLowerCase();
+        if (!globMatch(host, pattern))
+            continue;
+        if (negated)
+            return false;
+        positive = true;
+    }
+    return positive;
+}
+/** OpenSSH's match_pattern: `*` any run of characters, `?` any one, all else literal. */
+function globMatch(text, pattern) {
+    const source = pattern
+        .split('')
+        .map((c) => (c === '*' ? '.*' : c === '?' ? '.' : c.replace(/[\\^$.|+()[\]{}]/g, '\\$&')))
+        .join('');
+    return new RegExp(`^${source}$`, 's').test(text);
 }
 function fingerprintOf(blob) {
     return `SHA256:${(0,external_node_crypto_.createHash)('sha256').update(blob).digest('base64').replace(/=+$/, '')}`;
@@ -89694,22 +90071,19 @@ function matchesPins(blob, pins) {
 }
 /** A known_hosts line for OpenSSH that names exactly the key that was verified. */
 function knownHostsLine(host, port, blob) {
-    const name = port === 22 ? host : `[${host}]:${port}`;
-    return `${name} ${blobKeyType(blob)} ${blob.toString('base64')}`;
+    return `${knownHostsName({ host, port })} ${blobKeyType(blob)} ${blob.toString('base64')}`;
 }
-/** The host key algorithms to offer, so that the server presents the pinned kind of key. */
+/**
+ * The host key algorithms to offer first. A fingerprint does not say its key's type, so
+ * with one among the pins every checkable algorithm is offered; with key lines only, those
+ * of their types. The connection then offers what is left, type by type, until the server
+ * presents a pinned key (see session.ts).
+ */
 function pinnedAlgorithms(pins) {
-    const types = pins.flatMap((p) => (p.kind === 'key' ? [p.keyType] : []));
-    if (types.length === 0 || types.length !== pins.length)
-        return undefined;
-    const algorithms = new Set();
-    for (const t of types) {
-        if (t === 'ssh-rsa')
-            ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'].forEach((a) => algorithms.add(a));
-        else
-            algorithms.add(t);
-    }
-    return [...algorithms];
+    if (pins.some((p) => p.kind === 'fingerprint'))
+        return [...HOST_KEY_ALGORITHMS];
+    const types = new Set(pins.flatMap((p) => (p.kind === 'key' ? [p.keyType] : [])));
+    return HOST_KEY_ALGORITHMS.filter((a) => [...types].some((t) => algorithmsOfKeyType(t).includes(a)));
 }
 
 ;// CONCATENATED MODULE: ./src/settings.ts
@@ -89722,6 +90096,27 @@ function pinnedAlgorithms(pins) {
 
 
 
+/**
+ * The most runner memory that an upload's part buffers may take: it holds
+ * (upload-concurrency + 1) x part-size (one part filling while the others are in flight; see
+ * s3/upload.ts). GitHub-hosted runners have 7 to 16 GiB; an explicit 'part-size' and
+ * 'upload-concurrency' whose buffers exceed this are refused.
+ */
+const MAX_UPLOAD_BUFFER_BYTES = 2 * 1024 ** 3;
+/** What an upload's part buffers take on the runner (see MAX_UPLOAD_BUFFER_BYTES). */
+function uploadBufferBytes(partSize, uploadConcurrency) {
+    return (uploadConcurrency + 1) * partSize;
+}
+/** S3's bounds on a multipart upload's part size. */
+const settings_MIN_PART_SIZE = 5 * 1024 ** 2;
+const settings_MAX_PART_SIZE = 5 * 1024 ** 3;
+/**
+ * The longest 'max-downtime' and 'health-timeout': 5 days, the longest that a GitHub Actions
+ * job may run (on a self-hosted runner); no run can use more.
+ */
+const MAX_DURATION_SECONDS = 5 * 86_400;
+/** The largest 'disk-margin': 5 TiB, the size of the largest S3 object. */
+const MAX_DISK_MARGIN_BYTES = 5 * 1024 ** 4;
 const readActionInput = (name) => getInput(name);
 const MODES = ['backup', 'restore', 'list', 'verify'];
 function parseSettings(read = readActionInput) {
@@ -89730,40 +90125,46 @@ function parseSettings(read = readActionInput) {
     const int = (name, fallback, min, max) => parseInteger(name, get(name), fallback, min, max);
     const mode = get(Inputs.Mode) || 'backup';
     if (!MODES.includes(mode)) {
-        throw new InputError(`Input 'mode' is '${mode}'. Use one of: ${MODES.join(', ')}.`);
+        throw new errors_InputError(`Input 'mode' is '${mode}'. Use one of: ${MODES.join(', ')}.`);
     }
     const prepDir = absolutePath(Inputs.PrepDir, get(Inputs.PrepDir) || '/app/prep');
     const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) || `${prepDir}/data/loopchain`);
-    const compose = `cd ${quoteForDefault(prepDir)} && docker-compose -f docker-compose.yml`;
     const node = {
         prepDir,
         dataDir,
-        stopCommand: get(Inputs.StopCommand) || `${compose} down`,
-        startCommand: get(Inputs.StartCommand) || `${compose} up -d`,
+        stopCommand: get(Inputs.StopCommand) || composeCommand(prepDir, 'down'),
+        startCommand: get(Inputs.StartCommand) || composeCommand(prepDir, 'up -d'),
         peerUrl: get(Inputs.PeerUrl) || 'http://localhost:9000/api/v1/avail/peer',
         maxDowntimeSeconds: duration(Inputs.MaxDowntime, get(Inputs.MaxDowntime) || '30m', 10),
     };
     if (!/^https?:\/\/[^\s'"]+$/.test(node.peerUrl)) {
-        throw new InputError(`Input 'peer-url' is '${node.peerUrl}'. Use an http:// or https:// URL.`);
+        throw new errors_InputError(`Input 'peer-url' is '${node.peerUrl}'. Use an http:// or https:// URL.`);
     }
     const service = get(Inputs.Service) || 'PRep';
     if (!/^[A-Za-z0-9_.-]+$/.test(service)) {
-        throw new InputError(`Input 'service' is '${service}'. Use letters, digits, '_', '.' or '-'.`);
+        throw new errors_InputError(`Input 'service' is '${service}'. Use letters, digits, '_', '.' or '-'.`);
     }
     const bucket = get(Inputs.Bucket);
     if (!bucket)
-        throw new InputError(`Input 'bucket' is required: the S3 bucket that holds the snapshots.`);
+        throw new errors_InputError(`Input 'bucket' is required: the S3 bucket that holds the snapshots.`);
     if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
-        throw new InputError(`Input 'bucket' is '${bucket}', which is not a valid S3 bucket name.`);
+        throw new errors_InputError(`Input 'bucket' is '${bucket}', which is not a valid S3 bucket name.`);
     }
     const endpoint = get(Inputs.Endpoint) || undefined;
     if (endpoint && !/^https?:\/\/\S+$/.test(endpoint)) {
-        throw new InputError(`Input 'endpoint' is '${endpoint}'. Use a URL such as https://s3.example.com.`);
+        throw new errors_InputError(`Input 'endpoint' is '${endpoint}'. Use a URL such as https://s3.example.com.`);
     }
     const partSizeText = get(Inputs.PartSize);
     const partSize = partSizeText ? parseSize(Inputs.PartSize, partSizeText) : undefined;
-    if (partSize !== undefined && (partSize < 5 * 1024 ** 2 || partSize > 5 * 1024 ** 3)) {
-        throw new InputError(`Input 'part-size' must be between 5 MiB and 5 GiB (S3's limits).`);
+    if (partSize !== undefined && (partSize < settings_MIN_PART_SIZE || partSize > settings_MAX_PART_SIZE)) {
+        throw new errors_InputError(`Input 'part-size' is '${partSizeText}'. It must be between 5 MiB and 5 GiB (S3's limits).`);
+    }
+    const queueSize = int(Inputs.UploadConcurrency, 4, 1, 16);
+    if (partSize !== undefined && uploadBufferBytes(partSize, queueSize) > MAX_UPLOAD_BUFFER_BYTES) {
+        throw new errors_InputError(`Inputs 'part-size' (${partSizeText}) and 'upload-concurrency' (${queueSize}) would hold ` +
+            `${queueSize + 1} part buffers of ${partSizeText} (${(uploadBufferBytes(partSize, queueSize) / 1024 ** 3).toFixed(1)} GiB) ` +
+            `in the runner's memory, more than the 2 GiB allowed. Lower one of them (with ${queueSize}, a part of at most ` +
+            `${Math.floor(MAX_UPLOAD_BUFFER_BYTES / (queueSize + 1) / 1024 ** 2)}MiB), or leave 'part-size' empty to have it chosen from the database's size.`);
     }
     const s3 = {
         bucket,
@@ -89776,15 +90177,20 @@ function parseSettings(read = readActionInput) {
         permanentPrefix: keyPrefix(Inputs.PermanentPrefix, get(Inputs.PermanentPrefix) || `Permanent/${service}`),
         manifestPrefix: keyPrefix(Inputs.ManifestPrefix, get(Inputs.ManifestPrefix) || '_prep-snapshot'),
         partSize,
-        queueSize: int(Inputs.UploadConcurrency, 4, 1, 16),
+        queueSize,
     };
+    separatePrefixes([
+        [Inputs.Prefix, s3.prefix],
+        [Inputs.PermanentPrefix, s3.permanentPrefix],
+        [Inputs.ManifestPrefix, s3.manifestPrefix],
+    ]);
     const compression = get(Inputs.Compression) || 'gzip';
     if (compression !== 'gzip' && compression !== 'zstd') {
-        throw new InputError(`Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`);
+        throw new errors_InputError(`Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`);
     }
     const consistency = get(Inputs.Consistency) || 'hardlink';
     if (consistency !== 'hardlink' && consistency !== 'stop') {
-        throw new InputError(`Input 'consistency' is '${consistency}'. Use 'hardlink' (default) or 'stop'.`);
+        throw new errors_InputError(`Input 'consistency' is '${consistency}'. Use 'hardlink' (default) or 'stop'.`);
     }
     const backup = {
         compression,
@@ -89802,16 +90208,21 @@ function parseSettings(read = readActionInput) {
     };
     const nodeIp = get(Inputs.NodeIp);
     if (nodeIp && !isIpv4(nodeIp)) {
-        throw new InputError(`Input 'node-ip' is '${nodeIp}', which is not an IPv4 address.`);
+        throw new errors_InputError(`Input 'node-ip' is '${nodeIp}', which is not an IPv4 address.`);
+    }
+    const snapshot = get(Inputs.Snapshot) || 'latest';
+    const height = /^(?:BH)?(\d+)$/i.exec(snapshot)?.[1];
+    if (height !== undefined && !/^\d{8}$/.test(snapshot) && !Number.isSafeInteger(Number(height))) {
+        throw new errors_InputError(`Input 'snapshot' is '${snapshot}', whose block height is too large. Use 'latest', a date (YYYYMMDD), a block height (BH123) or a key.`);
     }
     const restore = {
-        snapshot: get(Inputs.Snapshot) || 'latest',
+        snapshot,
         nodeIp,
         stopNode: bool(Inputs.StopNode, false),
         startNode: bool(Inputs.StartNode, true),
         keepPrevious: bool(Inputs.KeepPrevious, true),
         healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
-        diskMarginBytes: parseSize(Inputs.DiskMargin, get(Inputs.DiskMargin) || '1GiB'),
+        diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
         processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
     };
     const needsHost = mode === 'backup' || mode === 'restore';
@@ -89821,16 +90232,16 @@ function parseSettings(read = readActionInput) {
 function parseSsh(get, bool, int) {
     const host = get(Inputs.Host);
     if (!host)
-        throw new InputError(`Input 'host' is required for this mode: the node's address.`);
+        throw new errors_InputError(`Input 'host' is required for this mode: the node's address.`);
     if (!/^[A-Za-z0-9.:_-]+$/.test(host) || host.startsWith('-')) {
-        throw new InputError(`Input 'host' is '${host}', which is not a host name or address.`);
+        throw new errors_InputError(`Input 'host' is '${host}', which is not a host name or address.`);
     }
     const privateKey = get(Inputs.SshKey);
     if (!privateKey) {
-        throw new InputError(`Input 'ssh-key' is required: the private key (contents, not a path) that logs in to the node.`);
+        throw new errors_InputError(`Input 'ssh-key' is required: the private key (contents, not a path) that logs in to the node.`);
     }
     if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(privateKey)) {
-        throw new InputError(`Input 'ssh-key' does not hold a private key in PEM or OpenSSH form.`);
+        throw new errors_InputError(`Input 'ssh-key' does not hold a private key in PEM or OpenSSH form.`);
     }
     // The runner masks line by line: register every line of the key, not only the whole.
     core_setSecret(privateKey);
@@ -89840,23 +90251,24 @@ function parseSsh(get, bool, int) {
     const passphrase = get(Inputs.SshKeyPassphrase) || undefined;
     if (passphrase)
         core_setSecret(passphrase);
+    const port = int(Inputs.Port, 22, 1, 65535);
     const insecure = bool(Inputs.InsecureSkipHostKey, false);
     const hostKeyText = get(Inputs.HostKey);
     if (!hostKeyText && !insecure) {
-        throw new InputError(`Input 'host-key' is required: pin the node's SSH host key (a 'SHA256:...' fingerprint or a known_hosts line; ` +
+        throw new errors_InputError(`Input 'host-key' is required: pin the node's SSH host key (a 'SHA256:...' fingerprint or a known_hosts line; ` +
             `'ssh-keyscan HOST' on a trusted machine prints it). To connect without checking it, set 'insecure-skip-host-key-check: true'.`);
     }
     const transport = get(Inputs.SshTransport) || 'auto';
     if (transport !== 'auto' && transport !== 'openssh' && transport !== 'ssh2') {
-        throw new InputError(`Input 'ssh-transport' is '${transport}'. Use 'auto', 'openssh' or 'ssh2'.`);
+        throw new errors_InputError(`Input 'ssh-transport' is '${transport}'. Use 'auto', 'openssh' or 'ssh2'.`);
     }
     return {
         host,
-        port: int(Inputs.Port, 22, 1, 65535),
+        port,
         username: get(Inputs.Username) || 'root',
         privateKey: privateKey.endsWith('\n') ? privateKey : `${privateKey}\n`,
         passphrase,
-        hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText) : [],
+        hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText, { host, port }) : [],
         transport,
     };
 }
@@ -89867,40 +90279,83 @@ function parseBoolean(name, text, fallback) {
         return true;
     if (['false', 'False', 'FALSE'].includes(text))
         return false;
-    throw new InputError(`Input '${name}' is '${text}'. Use 'true' or 'false'.`);
+    throw new errors_InputError(`Input '${name}' is '${text}'. Use 'true' or 'false'.`);
 }
 function parseInteger(name, text, fallback, min, max) {
     if (text === '')
         return fallback;
-    if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) {
-        throw new InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
+    const value = Number(text);
+    if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min || value > max) {
+        throw new errors_InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
     }
-    return Number(text);
+    return value;
 }
+/** A duration in whole seconds, from `min` to MAX_DURATION_SECONDS. */
 function duration(name, text, min) {
     const seconds = parseDuration(name, text);
-    if (seconds < min)
-        throw new InputError(`Input '${name}' must be at least ${min} s.`);
+    if (seconds < min || seconds > MAX_DURATION_SECONDS) {
+        throw new errors_InputError(`Input '${name}' is '${text}'. Use a duration from ${formatDurationInput(min)} to ${formatDurationInput(MAX_DURATION_SECONDS)}.`);
+    }
     return seconds;
+}
+function diskMargin(text) {
+    const bytes = parseSize(Inputs.DiskMargin, text);
+    if (bytes > MAX_DISK_MARGIN_BYTES) {
+        throw new errors_InputError(`Input 'disk-margin' is '${text}'. Use a size from 0 to 5TiB.`);
+    }
+    return bytes;
 }
 function absolutePath(name, text) {
     if (!text.startsWith('/') || text.includes('\n') || text.includes('\0')) {
-        throw new InputError(`Input '${name}' is '${text}'. Use an absolute path on the node.`);
+        throw new errors_InputError(`Input '${name}' is '${text}'. Use an absolute path on the node.`);
     }
     const normal = text.replace(/\/+$/, '') || '/';
-    if (normal === '/' || normal.split('/').includes('..')) {
-        throw new InputError(`Input '${name}' is '${text}', which cannot be a node's directory.`);
+    if (normal === '/') {
+        throw new errors_InputError(`Input '${name}' is '${text}', which cannot be a node's directory.`);
+    }
+    // The path is compared, quoted and joined as written: each segment must name a directory.
+    const segments = normal.slice(1).split('/');
+    if (segments.some((p) => p === '' || p === '.' || p === '..')) {
+        throw new errors_InputError(`Input '${name}' is '${text}'. Write the directory's path without '.', '..' or '//' segments, such as '/app/prep'.`);
     }
     return normal;
+}
+/** No two of the key prefixes may be equal or one inside another: retention would delete the other's keys. */
+function separatePrefixes(prefixes) {
+    const inside = (outer, inner) => inner === outer || inner.startsWith(`${outer}/`);
+    for (const [i, [nameA, a]] of prefixes.entries()) {
+        for (const [nameB, b] of prefixes.slice(i + 1)) {
+            if (!inside(a, b) && !inside(b, a))
+                continue;
+            const relation = a === b
+                ? 'are the same'
+                : inside(a, b)
+                    ? `overlap: '${b}' lies inside '${a}'`
+                    : `overlap: '${a}' lies inside '${b}'`;
+            throw new errors_InputError(`Inputs '${nameA}' ('${a}') and '${nameB}' ('${b}') ${relation}. ` +
+                `Snapshots, permanent copies and manifests need separate prefixes, or retention and listings of one reach the others ` +
+                `(the defaults are '{service}', 'Permanent/{service}' and '_prep-snapshot').`);
+        }
+    }
 }
 function keyPrefix(name, text) {
     const value = text.replace(/^\/+|\/+$/g, '');
     if (!value ||
         !/^[A-Za-z0-9_.\-/]+$/.test(value) ||
-        value.split('/').some((p) => p === '' || p === '..')) {
-        throw new InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
+        value.split('/').some((p) => p === '' || p === '.' || p === '..')) {
+        throw new errors_InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
     }
     return value;
+}
+/**
+ * The default stop and start: Compose in the prep dir, as the original guide runs the node.
+ * `docker-compose` (Compose v1, the guide's) where the host has it, else `docker compose`
+ * (v2, the plugin that replaced it), so that either works without setting the commands.
+ */
+function composeCommand(prepDir, verb) {
+    const args = `-f docker-compose.yml ${verb}`;
+    return (`cd ${quoteForDefault(prepDir)} && if [ -x "$(command -v docker-compose)" ]; ` +
+        `then docker-compose ${args}; else docker compose ${args}; fi`);
 }
 function quoteForDefault(path) {
     return /^[A-Za-z0-9_./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
@@ -89938,71 +90393,71 @@ class SshSession {
     client;
     settings;
     hostKey;
+    hostKeyAlgorithm;
     keyDir;
     useOpenSsh;
-    constructor(client, settings, hostKey, keyDir, useOpenSsh) {
+    constructor(client, settings, hostKey, 
+    /** The host key algorithm that the verified key was presented under. */
+    hostKeyAlgorithm, keyDir, useOpenSsh) {
         this.client = client;
         this.settings = settings;
         this.hostKey = hostKey;
+        this.hostKeyAlgorithm = hostKeyAlgorithm;
         this.keyDir = keyDir;
         this.useOpenSsh = useOpenSsh;
     }
-    /** Connects, proves the host key and logs in; each failure is a ConnectError that names it. */
+    /**
+     * Connects, proves the host key and logs in; each failure is a ConnectError that names it.
+     * A server presents one host key a connection, of the first type the client offers that it
+     * has: when that key is not pinned, the connection is made again offering only the types not
+     * yet seen, until a pinned key is presented or no type is left.
+     */
     static async connect(settings, options = {}) {
-        const client = new lib.Client();
-        let seenKey;
-        let keyRejected = false;
-        const config = {
-            host: settings.host,
-            port: settings.port,
-            username: settings.username,
-            privateKey: settings.privateKey,
-            passphrase: settings.passphrase,
-            readyTimeout: 30_000,
-            keepaliveInterval: 15_000,
-            keepaliveCountMax: 4,
-            hostVerifier: (key) => {
-                seenKey = Buffer.from(key);
-                if (settings.hostKeys.length === 0)
-                    return true;
-                keyRejected = !matchesPins(seenKey, settings.hostKeys);
-                return !keyRejected;
-            },
-        };
-        const algorithms = pinnedAlgorithms(settings.hostKeys);
-        if (algorithms)
-            config.algorithms = { serverHostKey: algorithms };
         const where = `${settings.username}@${settings.host}:${settings.port}`;
-        try {
-            await new Promise((resolve, reject) => {
-                client.once('ready', () => resolve());
-                client.once('error', reject);
-                client.connect(config);
-            });
+        const pinned = settings.hostKeys.length > 0;
+        let offer = pinned ? pinnedAlgorithms(settings.hostKeys) : undefined;
+        const refused = [];
+        let connected;
+        while (!connected) {
+            const attempt = await attemptConnect(settings, offer);
+            if (attempt.kind === 'connected') {
+                connected = attempt;
+            }
+            else if (attempt.kind === 'refused') {
+                refused.push(attempt.key);
+                const keyType = blobKeyType(attempt.key) ?? '';
+                const seenAlgorithms = algorithmsOfKeyType(keyType);
+                const left = (offer ?? []).filter((a) => !seenAlgorithms.includes(a));
+                if (left.length === 0 || left.length === offer?.length) {
+                    throw hostKeyMismatch(settings, refused);
+                }
+                info(`${settings.host}:${settings.port} presented its ${keyType} key ${fingerprintOf(attempt.key)}, which 'host-key' does not pin; asking for its other key types.`);
+                offer = left;
+            }
+            else {
+                const err = attempt.error;
+                if (offer && err.level === 'handshake' && /no matching host key/i.test(err.message)) {
+                    if (refused.length > 0)
+                        throw hostKeyMismatch(settings, refused);
+                    throw new ConnectError(`The host key of ${settings.host}:${settings.port} does not match 'host-key': the server has no key of the pinned type ` +
+                        `(${offer.join(', ')}). Pin the key that 'ssh-keyscan${settings.port === 22 ? '' : ` -p ${settings.port}`} ${settings.host}' prints on a trusted path.`);
+                }
+                if (err.level === 'client-authentication') {
+                    throw new ConnectError(`${where} refused the login with 'ssh-key'. Check the user name and that the key's public half is in ~/.ssh/authorized_keys on the node.`);
+                }
+                if (/passphrase|encrypted|Cannot parse privateKey/i.test(err.message)) {
+                    throw new ConnectError(`'ssh-key' could not be read: ${err.message}. Check the key and 'ssh-key-passphrase'.`);
+                }
+                throw new ConnectError(`Could not reach ${where}: ${err.code ?? err.message}. Check 'host', 'port' and the firewall.`);
+            }
         }
-        catch (error) {
-            client.end();
-            const err = error;
-            if (keyRejected && seenKey) {
-                throw new ConnectError(`The host key of ${settings.host}:${settings.port} (${fingerprintOf(seenKey)}) does not match 'host-key'. ` +
-                    `If the node was rebuilt, check the new key on a trusted path and update 'host-key'; otherwise someone may be in between.`);
-            }
-            if (err.level === 'client-authentication') {
-                throw new ConnectError(`${where} refused the login with 'ssh-key'. Check the user name and that the key's public half is in ~/.ssh/authorized_keys on the node.`);
-            }
-            if (/passphrase|encrypted|Cannot parse privateKey/i.test(err.message)) {
-                throw new ConnectError(`'ssh-key' could not be read: ${err.message}. Check the key and 'ssh-key-passphrase'.`);
-            }
-            throw new ConnectError(`Could not reach ${where}: ${err.code ?? err.message}. Check 'host', 'port' and the firewall.`);
-        }
-        if (!seenKey)
-            throw new ConnectError(`${where} presented no host key.`);
+        const { client, key: seenKey, algorithm } = connected;
         if (settings.hostKeys.length === 0) {
             warning(`Host key checking is off ('insecure-skip-host-key-check'). ${settings.host} presented ${fingerprintOf(seenKey)}: ` +
                 `pin it with 'host-key: ${fingerprintOf(seenKey)}'.`);
         }
         else {
-            info(`Host key ${fingerprintOf(seenKey)} matches the pin.`);
+            info(`Host key ${fingerprintOf(seenKey)} (${algorithm}) matches the pin.`);
         }
         const useOpenSsh = settings.transport !== 'ssh2' && (settings.transport === 'openssh' || (await hasOpenSsh()));
         if (settings.transport === 'openssh' && !(await hasOpenSsh())) {
@@ -90024,7 +90479,7 @@ class SshSession {
                 });
             }
         }
-        return new SshSession(client, settings, seenKey, keyDir, useOpenSsh);
+        return new SshSession(client, settings, seenKey, algorithm, keyDir, useOpenSsh);
     }
     get dataTransport() {
         return this.useOpenSsh ? 'openssh' : 'ssh2';
@@ -90174,6 +90629,9 @@ class SshSession {
             'StrictHostKeyChecking=yes',
             '-o',
             'UpdateHostKeys=no',
+            // The server presents the key that known_hosts holds only when asked for its type.
+            '-o',
+            `HostKeyAlgorithms=${this.hostKeyAlgorithm}`,
             '-o',
             `BatchMode=${this.settings.passphrase ? 'no' : 'yes'}`,
             '-o',
@@ -90285,6 +90743,76 @@ class SshSession {
         if (this.keyDir)
             (0,external_node_fs_.rmSync)(this.keyDir, { recursive: true, force: true });
     }
+}
+/** One connection that offers the host key algorithms `offer` (ssh2's defaults when absent). */
+function attemptConnect(settings, offer) {
+    const client = new lib.Client();
+    let seenKey;
+    let algorithm;
+    let refused = false;
+    const config = {
+        host: settings.host,
+        port: settings.port,
+        username: settings.username,
+        privateKey: settings.privateKey,
+        passphrase: settings.passphrase,
+        readyTimeout: 30_000,
+        keepaliveInterval: 15_000,
+        keepaliveCountMax: 4,
+        hostVerifier: (key) => {
+            seenKey = Buffer.from(key);
+            if (settings.hostKeys.length === 0)
+                return true;
+            refused = !matchesPins(seenKey, settings.hostKeys);
+            return !refused;
+        },
+    };
+    if (offer)
+        config.algorithms = { serverHostKey: offer };
+    client.once('handshake', (negotiated) => (algorithm = negotiated.serverHostKey));
+    return new Promise((resolve) => {
+        let settled = false;
+        client.once('ready', () => {
+            settled = true;
+            if (!seenKey) {
+                client.end();
+                resolve({ kind: 'failed', error: new Error('the server presented no host key') });
+                return;
+            }
+            resolve({
+                kind: 'connected',
+                client,
+                key: seenKey,
+                algorithm: algorithm ?? algorithmsOfKeyType(blobKeyType(seenKey) ?? '')[0] ?? '',
+            });
+        });
+        // Stays attached: a connection that failed can report a second error (the reset that
+        // follows a refused handshake), and one that is up reports its end through its channels.
+        client.on('error', (error) => {
+            if (settled)
+                return;
+            settled = true;
+            client.end();
+            resolve(refused && seenKey ? { kind: 'refused', key: seenKey } : { kind: 'failed', error });
+        });
+        try {
+            client.connect(config);
+        }
+        catch (error) {
+            // A key that cannot be read is thrown here, before any connection.
+            settled = true;
+            client.end();
+            resolve({ kind: 'failed', error: error });
+        }
+    });
+}
+/** The error for host keys that match no pin: the fingerprints of every key presented. */
+function hostKeyMismatch(settings, keys) {
+    const fingerprints = [...new Set(keys.map(fingerprintOf))];
+    const which = fingerprints.length === 1
+        ? `The host key of ${settings.host}:${settings.port} (${fingerprints[0]}) does not match 'host-key'.`
+        : `The host keys of ${settings.host}:${settings.port} (${fingerprints.join(', ')}) do not match 'host-key'.`;
+    return new ConnectError(`${which} If the node was rebuilt, check the new key on a trusted path and update 'host-key'; otherwise someone may be in between.`);
 }
 class StderrLines {
     listeners = [];

@@ -8,6 +8,7 @@ import { ACTION_VERSION, Outputs, State } from '../constants.js';
 import {
   ActionError,
   HostError,
+  NodeLostError,
   RemoteCommandError,
   StorageError,
   errorMessage,
@@ -50,11 +51,11 @@ import { addEntry, removeEntries, updateBackupList } from '../s3/backup-list.js'
 import { checkBucket, createClient, objectUrl } from '../s3/client.js';
 import { copyObject } from '../s3/copy.js';
 import { deleteKeys, listArchives, listObjects, writeJson } from '../s3/store.js';
-import { abortUploads, choosePartSize, streamUpload } from '../s3/upload.js';
-import type { Settings, SshSettings } from '../settings.js';
+import { abortUploads, planParts, streamUpload } from '../s3/upload.js';
+import { MAX_UPLOAD_BUFFER_BYTES, type Settings, type SshSettings } from '../settings.js';
 import { GO_LINE } from '../shell.js';
 import { closeUnused, SshSession, type RemoteStream } from '../ssh/session.js';
-import { writeSummaryTable } from '../summary.js';
+import { code, html, Html, writeSummaryTable, type Cell } from '../summary.js';
 import { verifyStored } from './verify.js';
 
 export interface BackupResult {
@@ -125,15 +126,22 @@ export async function backup(
         `The node's peer API (${settings.node.peerUrl}) does not answer: no backup is taken of a node that is not ` +
           `in service. Starting the node in case it is down; the next scheduled run will take the backup.`,
       );
-      await core.group('Start the node', () =>
-        session.run('The start command', settings.node.startCommand),
-      );
+      await core.group('Start the node', () => node.start());
       core.setOutput(Outputs.Skipped, 'true');
       await core.summary
         .addHeading('prep-snapshot: backup skipped', 3)
         .addRaw(`The peer API of ${ssh.host} did not answer; the start command was run.`, true)
         .write();
       return { skipped: true };
+    }
+
+    // The parts are planned, and a part size too small refused, before the node stops.
+    const parts = planParts(archiveBound(probe.dataBytes), settings.s3, MAX_UPLOAD_BUFFER_BYTES);
+    if (parts.queueSize < settings.s3.queueSize) {
+      core.info(
+        `Parts of ${formatBytes(parts.partSize)}: ${parts.queueSize} in flight instead of ${settings.s3.queueSize}, to keep ` +
+          `the runner's part buffers within ${formatBytes(MAX_UPLOAD_BUFFER_BYTES)}.`,
+      );
     }
 
     const snapshotAt = now();
@@ -169,7 +177,7 @@ export async function backup(
         // Opened ahead, like the start: it runs the moment the node has stopped.
         const freezing = session.prepare(
           'Freezing the data into the staging folder',
-          freezeCommand(kind, settings.node.dataDir, frozen),
+          freezeCommand(kind, settings.node.dataDir, frozen, node.watchdogFlag),
           { timeoutMs: 30 * 60_000 },
         );
         try {
@@ -177,7 +185,9 @@ export async function backup(
           await freezing.go();
         } catch (error) {
           await freezing.cancel();
+          node.noteLost(error);
           await node.ensureStarted();
+          node.assertOwned('The copy was not frozen; nothing was published.');
           throw explainFreeze(error);
         }
         // The node comes back up while its frozen copy is read: they share no file that
@@ -199,12 +209,12 @@ export async function backup(
       measured = await session.run('Measuring the snapshot', sizeCommand(kind, source));
     }
     const sizes = parseSizes(measured ?? '');
-    const partSize = settings.s3.partSize ?? choosePartSize(sizes.bytes * 1.05 + 64 * 1024 * 1024);
+    const { partSize, queueSize } = parts;
 
     const stream = await core.group(`Stream ${key}`, async () => {
       core.info(
         `${sizes.files} files, ${formatBytes(sizes.bytes)}; ${settings.backup.compression} level ${settings.backup.compressionLevel}; ` +
-          `parts of ${formatBytes(partSize)} x ${settings.s3.queueSize} in flight.`,
+          `parts of ${formatBytes(partSize)} x ${queueSize} in flight.`,
       );
       uploaded = [key];
       // For the post step: an upload that this run cannot finish or abort is removed there.
@@ -220,6 +230,7 @@ export async function backup(
         source,
         key,
         partSize,
+        queueSize,
         totalBytes: sizes.bytes,
         frozenDigest: sizes.digest,
       });
@@ -233,6 +244,11 @@ export async function backup(
     if (settings.backup.consistency === 'stop') {
       await node.start();
       timings.downtime = node.downtimeSeconds ?? 0;
+      // tar read the live files: they were still only while the run held the node down.
+      node.assertOwned(
+        `The archive may hold files that changed while tar read them: nothing was published. Raise ` +
+          `'max-downtime' above the time the stream takes, or use 'consistency: hardlink'.`,
+      );
     }
 
     const manifest: Manifest = {
@@ -316,7 +332,16 @@ export async function backup(
     await writeSummary(manifest, url, timings, permanent, removed, stream.compressor);
     core.saveState(State.UploadKey, '');
     return { skipped: false, key };
-  } catch (error) {
+  } catch (caught) {
+    let error = caught;
+    if (node.isStopped) await node.ensureStarted();
+    if (node.lostAt !== undefined && !(error instanceof NodeLostError)) {
+      // What failed may be the watchdog's doing (tar sees files change under it): say so first.
+      error = new NodeLostError(
+        `The node was down longer than 'max-downtime' (${settings.node.maxDowntimeSeconds} s): the watchdog on the ` +
+          `host started it at ${node.lostAt}. ${errorMessage(caught)}`,
+      );
+    }
     if (!published && uploaded.length > 0) {
       // Nothing half-made stays behind: an archive that is not listed is removed.
       await deleteKeys(client, settings.s3.bucket, uploaded).catch((e) =>
@@ -403,6 +428,14 @@ async function prepareFrozen(session: SshSession, kind: NodeKind, frozen: string
   return measure();
 }
 
+/**
+ * The largest archive a database of `bytes` makes: LevelDB tables are compressed already, so
+ * the archive is about their size, plus tar's headers and records.
+ */
+function archiveBound(bytes: number): number {
+  return bytes * 1.05 + 64 * 1024 * 1024;
+}
+
 function parseSizes(stdout: string): { files: number; bytes: number; digest?: string } {
   const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
   const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
@@ -421,6 +454,7 @@ interface StreamArgs {
   source: string;
   key: string;
   partSize: number;
+  queueSize: number;
   totalBytes: number;
   /**
    * The source is a staging folder of hard links that the running node shares: the stat
@@ -495,7 +529,7 @@ async function streamArchive(a: StreamArgs): Promise<Streamed> {
       key: a.key,
       body: remote.source,
       partSize: a.partSize,
-      queueSize: a.settings.s3.queueSize,
+      queueSize: a.queueSize,
       contentType:
         a.settings.backup.compression === 'zstd' ? 'application/zstd' : 'application/gzip',
       sourceOk,
@@ -572,9 +606,9 @@ async function writeSummary(
   compressor: string,
 ): Promise<void> {
   const ratio = m.compressedBytes > 0 ? (m.uncompressedBytes / m.compressedBytes).toFixed(2) : '?';
-  const rows: Array<[string, string]> = [
+  const rows: Array<[string, Cell]> = [
     ['Block height', String(m.blockHeight)],
-    ['Key', `<code>${m.key}</code>`],
+    ['Key', code(m.key)],
     ['Archive', `${formatBytes(m.compressedBytes)} (${compressor}, level ${m.compressionLevel})`],
     ['Data', `${formatBytes(m.uncompressedBytes)} in ${m.files} files`],
     ['Compression ratio', `${ratio} : 1`],
@@ -585,15 +619,12 @@ async function writeSummary(
     ],
     ['Stop to listed', formatDuration(timings.stopToListed ?? 0)],
     ['Total', formatDuration(timings.total ?? 0)],
-    ['sha256', `<code>${m.sha256}</code>`],
-    [
-      'Permanent copy',
-      permanent ? `<code>${permanent}</code>` : 'not made (today has one, or it is off)',
-    ],
+    ['sha256', code(m.sha256)],
+    ['Permanent copy', permanent ? code(permanent) : 'not made (today has one, or it is off)'],
     [
       'Retention',
       removed.length
-        ? `removed ${removed.length}: ${removed.map((r) => `<code>${r}</code>`).join(', ')}`
+        ? html`removed ${removed.length}: ${new Html(removed.map((r) => code(r).markup).join(', '))}`
         : 'nothing removed',
     ],
   ];

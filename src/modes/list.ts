@@ -3,6 +3,7 @@ import * as core from '@actions/core';
 import { Outputs } from '../constants.js';
 import { formatBytes } from '../format.js';
 import { listEntry, manifestKey, parseArchivePath } from '../naming.js';
+import { code, escapeHtml } from '../summary.js';
 import { readBackupList } from '../s3/backup-list.js';
 import { createClient } from '../s3/client.js';
 import { listArchives, listObjects, readManifest } from '../s3/store.js';
@@ -73,14 +74,17 @@ export async function list(settings: Settings, now: Date = new Date()): Promise<
   }
   if (rows.length === 0) core.info(`Nothing is stored under s3://${bucket}/${prefix}/.`);
   await core.summary
-    .addHeading(`prep-snapshot: ${rows.length} snapshot(s) in s3://${bucket}/${prefix}`, 3)
+    .addHeading(
+      escapeHtml(`prep-snapshot: ${rows.length} snapshot(s) in s3://${bucket}/${prefix}`),
+      3,
+    )
     .addTable([
       ['Key', 'Block height', 'Size', 'Age', 'Listed', 'Manifest', 'Permanent copy'].map((h) => ({
         data: h,
         header: true,
       })),
       ...rows.map((r) => [
-        `<code>${r.key}</code>`,
+        code(r.key).markup,
         String(r.blockHeight),
         formatBytes(r.size),
         formatAge(r.ageHours),

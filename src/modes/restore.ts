@@ -28,6 +28,7 @@ import {
   dirname,
   extractCommand,
   goLine,
+  NODE_LOST,
   NOT_A_SNAPSHOT,
   parseBatch,
   parseProbe,
@@ -40,6 +41,9 @@ import {
   rollbackCommand,
   swapCommand,
   SWAP_LINE,
+  UNSAFE_ARCHIVE,
+  UNSAFE_MARK,
+  watchdogFiredCommand,
 } from '../node-kind/remote.js';
 import { Progress } from '../progress.js';
 import { createClient, describeS3Error } from '../s3/client.js';
@@ -48,7 +52,7 @@ import { HashingCounter } from '../s3/upload.js';
 import { isIpv4, type Settings, type SshSettings } from '../settings.js';
 import { chooseSnapshot } from '../snapshots.js';
 import { closeUnused, SshSession, type ExecResult, type RemoteStream } from '../ssh/session.js';
-import { writeSummaryTable } from '../summary.js';
+import { code, writeSummaryTable } from '../summary.js';
 
 export interface RestoreResult {
   key: string;
@@ -99,7 +103,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
   const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
   const stage = `${parent}/.prep-snapshot-restore-${runId}`;
   const previous = `${dataDir}.prev-${stamp}`;
-  let stopped = false;
+  const failed = `${dataDir}.failed-${stamp}`;
   let wasRunning = false;
   let hadPrevious = false;
   let swapped = false;
@@ -114,24 +118,15 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
         await session.run(
           'Checking the host',
           batchCommand({
-            peer: peerCommand(settings.node.peerUrl),
-            processes: processCheckCommand(opts.processPattern),
+            ...nodeChecks(settings),
             probe: restoreProbeCommand(dataDir),
             ...(opts.nodeIp ? {} : { ip: detectIpCommand() }),
           }),
         ),
       );
       const running = nodeRunning(kind, checks);
-      if (running) {
-        if (!opts.stopNode) {
-          throw new HostError(
-            `The node on ${ssh.host} is running (${running}). Stop it first, or set 'stop-node: true' to let the restore stop it.`,
-          );
-        }
-        await node.stop();
-        stopped = true;
-        wasRunning = true;
-      }
+      if (running && !opts.stopNode) throw runningRefused(ssh.host, running);
+      wasRunning = running !== undefined;
       const probe = parseProbe(checks.get('probe')?.stdout ?? '');
       const needed = (manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
       if (probe.freeBytes < needed) {
@@ -159,11 +154,17 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
         `Free space ${formatBytes(probe.freeBytes)}; data dir ${probe.dataDirPresent ? 'present (it will be kept)' : 'absent (fresh host)'}; ` +
           `the block DB becomes ${kind.identityDir(address)}; the archive is decompressed by ${decoder.name}.`,
       );
+      if (running) {
+        core.info(
+          `The node runs (${running}): it goes on serving on its current data while the snapshot streams, and is ` +
+            `stopped only for the swap.`,
+        );
+      }
       return { ip: address, decoder };
     });
 
     // The swap waits on the host from now on, for the word that the archive proved whole.
-    swap = session.exec(swapCommand(kind, dataDir, stage, previous, ip), {
+    swap = session.exec(swapCommand(kind, dataDir, stage, previous, ip, node.watchdogFlag), {
       stdin: new Promise<string>((resolve) => (letSwap = resolve)),
     });
     swap.catch(() => undefined);
@@ -195,8 +196,26 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
     }
 
     await core.group('Swap the data dir', async () => {
+      // Checked again: a node that started while the snapshot streamed must not have its data
+      // dir moved from under it.
+      const untouched = 'The data dir was not touched: the node runs on its previous data.';
+      const running = await runningNode(session, settings, kind, node, untouched);
+      if (running) {
+        if (!opts.stopNode) throw runningRefused(ssh.host, running);
+        await node.stop({ startSoon: opts.startNode });
+        const still = await runningNode(session, settings, kind, node, untouched);
+        if (still) {
+          throw new HostError(
+            `The stop command ran, yet the node still runs (${still}). The data dir was not touched.`,
+          );
+        }
+      }
       letSwap(SWAP_LINE);
       const res = await swap!;
+      if (res.code === NODE_LOST) {
+        node.noteLost(new RemoteCommandError('The swap', res.code, res.stderr));
+        node.assertOwned(untouched);
+      }
       if (res.code !== 0 || res.stdout.trim() !== 'swapped') {
         throw new RemoteCommandError(
           'Moving the snapshot into place',
@@ -210,16 +229,16 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
     });
 
     let heightReached: number | undefined;
+    if (!opts.startNode && node.isStopped) {
+      await node.leaveStopped();
+      core.info(`The node is left stopped ('start-node: false').`);
+    }
     if (opts.startNode) {
       heightReached = await core
         .group('Start the node and wait for its height', async () => {
           const t = performance.now();
-          if (stopped) await node.start();
-          else
-            await session.run('The start command', settings.node.startCommand, {
-              timeoutMs: 15 * 60_000,
-            });
-          stopped = false;
+          await node.start();
+          timings.downtime = node.downtimeSeconds ?? 0;
           const reached = await waitForHeight(node, height, opts.healthTimeoutSeconds);
           timings.health = secondsSince(t);
           if (reached === undefined) {
@@ -237,19 +256,31 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
                 `${dataDir}. Look at the node's logs.`,
             );
           }
-          await rollback(session, settings, dataDir, previous, stamp, wasRunning);
+          await rollback(
+            session,
+            settings,
+            kind,
+            node,
+            { dataDir, previous, failed },
+            wasRunning,
+          ).catch((e) => {
+            throw new ActionError(`${errorMessage(error)} ${errorMessage(e)}`);
+          });
           throw new ActionError(
             `${errorMessage(error)} The previous data dir was put back in place (the restored one is kept as ` +
-              `${dataDir}.failed-${stamp})${wasRunning ? ' and the node started on it' : ''}. Look at the node's logs before running again.`,
+              `${failed})${wasRunning ? ' and the node started on it' : ''}. Look at the node's logs before running again.`,
           );
         });
     }
-    if (!opts.keepPrevious) {
-      await session.run('Removing the previous data dir', removeCommand(previous), {
-        timeoutMs: 60 * 60_000,
-      });
-      core.info(`Removed ${previous} ('keep-previous: false').`);
-    }
+    const previousKept = await core.group('The previous data dir', () =>
+      settlePrevious(session, node, opts, { previous, hadPrevious }),
+    );
+    // The watchdog acted while this run held the node down: the restore stands, but the run
+    // says so rather than pass as if nothing had happened.
+    node.assertOwned(
+      `The restore itself went through${heightReached !== undefined ? ` and the node reached block height ${heightReached}` : ''}; ` +
+        `the previous data dir is kept as ${previous}. Raise 'max-downtime' above the time the stop, the swap and the start take.`,
+    );
 
     timings.total = secondsSince(t0);
     core.setOutput(Outputs.Key, chosen.key);
@@ -259,7 +290,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
     core.setOutput(Outputs.Size, String(streamed.bytes));
     core.setOutput(Outputs.DurationSeconds, timings.total.toFixed(1));
     await writeSummaryTable('restore', [
-      ['Snapshot', `<code>${chosen.key}</code>`],
+      ['Snapshot', code(chosen.key)],
       ['Host', `${ssh.host} (block DB ${kind.identityDir(ip)})`],
       [
         'Block height',
@@ -273,7 +304,13 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
         'Stream and extract',
         `${formatDuration(timings.stream)} (${formatRate(streamed.bytes, timings.stream)}; decompressed by ${decoder.name})`,
       ],
-      ['Previous data', opts.keepPrevious ? `<code>${previous}</code>` : 'removed'],
+      [
+        'Node downtime',
+        wasRunning && timings.downtime !== undefined
+          ? `${formatDuration(timings.downtime)} (stopped only for the swap)`
+          : 'the node was not running',
+      ],
+      ['Previous data', previousKept ? code(previousKept) : hadPrevious ? 'removed' : 'none'],
       ['Total', formatDuration(timings.total)],
     ]);
     return { key: chosen.key, blockHeight: height, heightReached };
@@ -290,10 +327,78 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
           core.warning(`Could not remove the staging folder ${stage}: ${errorMessage(e)}`),
         );
     }
-    if (stopped) await node.ensureStarted();
+    await node.ensureStarted();
     session.close();
     core.saveState(State.KeyDir, '');
   }
+}
+
+/**
+ * Removes the previous data dir when 'keep-previous' is false, and only once the node has
+ * proved itself on the new data: started by this run, at the snapshot's height, and never
+ * taken by the watchdog. Returns the path kept, if any.
+ */
+async function settlePrevious(
+  session: SshSession,
+  node: NodeControl,
+  opts: Settings['restore'],
+  dirs: { previous: string; hadPrevious: boolean },
+): Promise<string | undefined> {
+  if (!dirs.hadPrevious) return undefined;
+  if (opts.keepPrevious) {
+    core.info(`The previous data dir is kept as ${dirs.previous} ('keep-previous: true').`);
+    return dirs.previous;
+  }
+  if (!opts.startNode) {
+    core.warning(
+      `The previous data dir is kept as ${dirs.previous}: 'keep-previous: false' removes it only once the node ` +
+        `has reached the snapshot's height, and 'start-node: false' started nothing to prove it.`,
+    );
+    return dirs.previous;
+  }
+  if (node.lostAt !== undefined) return dirs.previous;
+  await session.run('Removing the previous data dir', removeCommand(dirs.previous), {
+    timeoutMs: 60 * 60_000,
+  });
+  core.info(`Removed ${dirs.previous} ('keep-previous: false'; the node reached the height).`);
+  return undefined;
+}
+
+/** The checks that tell whether the node runs: its API, and its processes. */
+function nodeChecks(settings: Settings): Record<string, string> {
+  return {
+    peer: peerCommand(settings.node.peerUrl),
+    processes: processCheckCommand(settings.restore.processPattern),
+  };
+}
+
+/**
+ * What shows that the node runs, asked of the host now; undefined when nothing does. Where
+ * this run stopped the node, a node that runs again may be the watchdog's doing: then the
+ * run has lost it, and says so.
+ */
+async function runningNode(
+  session: SshSession,
+  settings: Settings,
+  kind: NodeKind,
+  node: NodeControl,
+  lostMeans: string,
+): Promise<string | undefined> {
+  const checks = parseBatch(
+    await session.run(
+      'Checking whether the node runs',
+      batchCommand({ ...nodeChecks(settings), fired: watchdogFiredCommand(node.watchdogFlag) }),
+    ),
+  );
+  node.noteFired(checks.get('fired')?.stdout ?? '');
+  node.assertOwned(lostMeans);
+  return nodeRunning(kind, checks);
+}
+
+function runningRefused(host: string, running: string): HostError {
+  return new HostError(
+    `The node on ${host} is running (${running}). Stop it first, or set 'stop-node: true' to let the restore stop it.`,
+  );
 }
 
 async function objectSize(client: S3Client, bucket: string, key: string): Promise<number> {
@@ -394,6 +499,18 @@ async function streamInto(
         `${key} is not a snapshot of a ${into.kind.name} node: ${tail}. The data dir was not touched.`,
       );
     }
+    if (code === UNSAFE_ARCHIVE) {
+      const found = tail
+        .split('\n')
+        .filter((l) => l.startsWith(`${UNSAFE_MARK} `))
+        .map((l) => l.slice(UNSAFE_MARK.length + 1));
+      throw new IntegrityError(
+        `${key} was refused as unsafe: it holds ${found.length ? found.join('; ') : tail}. A snapshot holds only ` +
+          `regular files and directories under ${into.kind.roots.join(' and ')}, none of them setuid, setgid or sticky. ` +
+          `The staging folder was removed and the data dir was not touched. Restore another snapshot ('snapshot' input) ` +
+          `and find out how this one got into the bucket.`,
+      );
+    }
     if (code === null) {
       throw new ActionError(
         `The SSH connection was lost during the extraction${tail ? `: ${tail}` : ''}. The data dir was not touched; run again.`,
@@ -430,21 +547,46 @@ async function waitForHeight(
   return undefined;
 }
 
+/**
+ * Puts the previous data dir back after a failed start. Nothing moves unless the node is
+ * proved down: a failed stop command, or a node that still answers, ends the rollback with
+ * both dirs where they are.
+ */
 async function rollback(
   session: SshSession,
   settings: Settings,
-  dataDir: string,
-  previous: string,
-  stamp: string,
+  kind: NodeKind,
+  node: NodeControl,
+  dirs: { dataDir: string; previous: string; failed: string },
   startAfter: boolean,
 ): Promise<void> {
-  core.warning(`Rolling back: stopping the node and putting ${previous} back in place.`);
-  await session.exec(settings.node.stopCommand, { timeoutMs: 15 * 60_000 });
-  const res = await session.exec(rollbackCommand(dataDir, previous, `${dataDir}.failed-${stamp}`));
-  if (res.code !== 0) {
+  core.warning(`Rolling back: stopping the node and putting ${dirs.previous} back in place.`);
+  const nothingMoved = `Nothing was moved: the restored data is in ${dirs.dataDir}, the previous in ${dirs.previous}.`;
+  try {
+    await node.stop();
+  } catch (error) {
     throw new HostError(
-      `The rollback failed: ${res.stderr.trim()}. The previous data is ${previous}; put it back by hand.`,
+      `The rollback could not stop the node (${errorMessage(error)}). ${nothingMoved}`,
     );
   }
-  if (startAfter) await session.exec(settings.node.startCommand, { timeoutMs: 15 * 60_000 });
+  const running = await runningNode(session, settings, kind, node, nothingMoved);
+  if (running) {
+    throw new HostError(
+      `The rollback stopped the node, yet it still runs (${running}). ${nothingMoved}`,
+    );
+  }
+  const res = await session.exec(
+    rollbackCommand(dirs.dataDir, dirs.previous, dirs.failed, node.watchdogFlag),
+  );
+  if (res.code === NODE_LOST) {
+    node.noteLost(new RemoteCommandError('The rollback', res.code, res.stderr));
+    node.assertOwned(nothingMoved);
+  }
+  if (res.code !== 0) {
+    throw new HostError(
+      `The rollback failed: ${res.stderr.trim()}. The previous data is ${dirs.previous}; put it back by hand.`,
+    );
+  }
+  if (startAfter) await node.start();
+  else await node.leaveStopped();
 }

@@ -20,7 +20,7 @@ import { createClient, describeS3Error } from '../s3/client.js';
 import { readManifest } from '../s3/store.js';
 import type { Settings } from '../settings.js';
 import { chooseSnapshot } from '../snapshots.js';
-import { writeSummaryTable } from '../summary.js';
+import { code, html, writeSummaryTable } from '../summary.js';
 
 export interface VerifyReport {
   key: string;
@@ -54,11 +54,12 @@ export async function verify(settings: Settings): Promise<VerifyReport> {
   core.setOutput(Outputs.UncompressedSize, String(report.bytes));
   if (manifest) core.setOutput(Outputs.BlockHeight, String(manifest.blockHeight));
   await writeSummaryTable('verify', [
-    ['Key', `<code>${report.key}</code>`],
+    ['Key', code(report.key)],
     ['Result', 'whole: every entry complete, the expected directories present'],
     [
       'sha256',
-      `<code>${report.sha256}</code> ${report.hasManifest ? '(matches the manifest)' : '(no manifest to compare)'}`,
+      html`${code(report.sha256)}
+      ${report.hasManifest ? '(matches the manifest)' : '(no manifest to compare)'}`,
     ],
     ['Archive', formatBytes(report.compressedBytes)],
     ['Content', `${report.files} files, ${formatBytes(report.bytes)}`],

@@ -32,8 +32,14 @@ export function probeCommand(kind: NodeKind, dataDir: string): string {
     `echo "dev_data=$(stat -c %d "$data")"`,
     `echo "dev_parent=$(stat -c %d ${quote(parent)})"`,
     `echo "free_parent=$(df -P -B1 ${quote(parent)} | awk 'NR==2 {print $4}')"`,
+    // The size before the stop, to plan the upload's parts while nothing is down yet.
+    `echo "data_bytes=$(cd -- "$data" && find ${kind.roots.map(quote).join(' ')} -type f -printf '%s\\n' 2>/dev/null | awk '{s+=$1} END {printf "%d", s}' || true)"`,
     // Staging folders of runs that vanished a day or more ago: links that pin deleted tables.
-    `find ${quote(parent)} "$data" -maxdepth 1 -type d -name '.prep-snapshot-staging-*' -mmin +1440 -printf 'stale=%p\\n' 2>/dev/null || true`,
+    // One that a stream still reads holds a lock on it (see archiveCommand): not stale.
+    `find ${quote(parent)} "$data" -maxdepth 1 -type d -name '.prep-snapshot-staging-*' -mmin +1440 -print 2>/dev/null | while IFS= read -r d; do`,
+    `  if command -v flock >/dev/null 2>&1 && ! flock -n -- "$d" true 2>/dev/null; then continue; fi`,
+    `  printf 'stale=%s\\n' "$d"`,
+    `done; true`,
   ]);
 }
 
@@ -47,6 +53,8 @@ export interface Probe {
   tools: Set<string>;
   sameDevice: boolean;
   freeBytes: number;
+  /** Bytes under the snapshot's roots when the probe ran. */
+  dataBytes: number;
 }
 
 export function parseProbe(stdout: string): Probe {
@@ -59,6 +67,7 @@ export function parseProbe(stdout: string): Probe {
     tools: new Set(),
     sameDevice: false,
     freeBytes: 0,
+    dataBytes: 0,
   };
   let devData = '';
   let devParent = '';
@@ -75,6 +84,7 @@ export function parseProbe(stdout: string): Probe {
     else if (key === 'dev_data') devData = value;
     else if (key === 'dev_parent') devParent = value;
     else if (key === 'free_parent') probe.freeBytes = Number(value) || 0;
+    else if (key === 'data_bytes') probe.dataBytes = Number(value) || 0;
     else if (key === 'stale') probe.stale.push(value);
   }
   probe.sameDevice = devData !== '' && devData === devParent;
@@ -118,9 +128,16 @@ export function peerCommand(peerUrl: string): string {
  * file (metadata only, seconds for any size), then a real copy in place of every file that
  * the node may change after it starts again (everything but the immutable table files).
  */
-export function freezeCommand(kind: NodeKind, dataDir: string, stage: string): string {
+export function freezeCommand(
+  kind: NodeKind,
+  dataDir: string,
+  stage: string,
+  watchdogFlag: string,
+): string {
   const mutable = ['*.ldb', '*.sst'].map((p) => `! -name ${quote(p)}`).join(' ');
   return bashScript([
+    // The copy is consistent only while the node is down: the watchdog waits for it.
+    ...heldLines(watchdogFlag),
     `data=${quote(dataDir)}`,
     `stage=${quote(stage)}`,
     `rm -rf -- "$stage"`,
@@ -227,7 +244,15 @@ export function archiveCommand(
       ? `compress() { echo "${COMPRESSOR_MARK} zstd" >&2; zstd -q -T0 -${level} -c; }`
       : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
         `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
-  const lines = [...WAIT_FOR_GO, compress, `cd -- ${quote(dir)}`];
+  const lines = [
+    ...WAIT_FOR_GO,
+    compress,
+    `cd -- ${quote(dir)}`,
+    // A shared lock on the folder while it is read: a later run's probe leaves it alone,
+    // however old the folder is (see probeCommand).
+    `exec 9<.`,
+    `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
+  ];
   const copy = options.localCopy ? quote(options.localCopy) : undefined;
   if (options.localCopy) lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`);
   const pipeline = copy ? `${tar} | compress | tee -- ${copy}.partial` : `${tar} | compress`;
@@ -294,28 +319,98 @@ export function removeStagingCommand(stage: string, waitSeconds = STAGE_LOCK_WAI
   ]);
 }
 
+/*
+ * The watchdog's files on the host, beside the data dir. Whoever renames `flag` first owns
+ * the stopped node: the watchdog, to start it (`flag.fired`), or the run, for a step that
+ * needs the node down (`flag.held`, see `heldLines`). A rename is atomic, so the two can
+ * never both act.
+ *   flag        armed: the run holds the node down
+ *   flag.held   the run is in a step that needs the node down; the watchdog waits for it
+ *   flag.fired  the watchdog started the node (it holds the time); the run has lost the node
+ *   flag.pid    the watchdog's PID, for the disarm
+ *   flag.log    what the watchdog said, kept when it fired
+ */
+
 /**
- * Arms the watchdog: a detached process on the host that runs the start command after
- * `seconds` unless the flag file is gone by then. It holds when the runner vanishes.
- * Prints the watchdog's PID.
+ * How long past 'max-downtime' a hold lasts before the watchdog takes it as left by a run
+ * that vanished in the middle of a step (its script killed with SIGKILL; an SSH cut ends it
+ * through its HUP trap, which gives the hold back). Steps under a hold take seconds.
+ */
+export const ABANDONED_HOLD_SECONDS = 300;
+
+/** Exit status of a step on the host that found that the watchdog had started the node. */
+export const NODE_LOST = 75;
+
+/**
+ * Arms the watchdog: a detached process on the host that runs the start command once the
+ * node has been down for `seconds`, unless the run has disarmed it by then. It holds when
+ * the runner vanishes. A step the run holds (`heldLines`) is waited for, up to
+ * `ABANDONED_HOLD_SECONDS` more. Prints the PID.
  */
 export function armWatchdogCommand(flag: string, seconds: number, startCommand: string): string {
+  const n = Math.ceil(seconds);
+  const f = quote(flag);
   const inner = [
-    `sleep ${Math.ceil(seconds)}`,
-    `if [ -f ${quote(flag)} ]; then`,
-    `  rm -f -- ${quote(flag)}`,
-    `  echo "$(date -u +%FT%TZ) prep-snapshot watchdog: the node was still down after ${Math.ceil(seconds)} s; starting it"`,
-    `  ${startCommand}`,
-    `fi`,
+    `f=${f}`,
+    `trap 'rm -f -- "$f.pid"' EXIT`,
+    `deadline=$(( $(date +%s) + ${n} ))`,
+    // Until the deadline: a disarm (no flag, held or not) ends the watchdog.
+    `while [ "$(date +%s)" -lt "$deadline" ]; do`,
+    `  [ -e "$f" ] || [ -e "$f.held" ] || exit 0`,
+    `  sleep 1`,
+    `done`,
+    `while :; do`,
+    `  if mv -- "$f" "$f.fired" 2>/dev/null; then break; fi`,
+    `  [ -e "$f.held" ] || exit 0`,
+    `  held=$(stat -c %Y -- "$f.held" 2>/dev/null || echo 0)`,
+    `  if [ $(( $(date +%s) - held )) -ge ${n + ABANDONED_HOLD_SECONDS} ] && mv -- "$f.held" "$f.fired" 2>/dev/null; then break; fi`,
+    `  sleep 1`,
+    `done`,
+    `date -u +%FT%TZ > "$f.fired"`,
+    `echo "$(date -u +%FT%TZ) prep-snapshot watchdog: the node was still down after ${n} s; starting it"`,
+    startCommand,
   ].join('\n');
   return bashScript([
-    `printf '%s\\n' armed > ${quote(flag)}`,
+    `rm -f -- ${quote(`${flag}.fired`)} ${quote(`${flag}.held`)}`,
+    `printf '%s\\n' armed > ${f}`,
     `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
     `$detach nohup bash -c ${quote(inner)} ${OWN_MARK} </dev/null >>${quote(`${flag}.log`)} 2>&1 &`,
-    // Line 2 of the flag: the PID that the disarm stops.
-    `printf '%s\\n' "$!" >> ${quote(flag)}`,
+    `printf '%s\\n' "$!" > ${quote(`${flag}.pid`)}`,
     `echo "$!"`,
   ]);
+}
+
+/**
+ * Script lines that take the node from the watchdog for the rest of the script, or exit
+ * with `NODE_LOST` when the watchdog has started it already. The hold is given back when
+ * the script ends, however it ends. Where no watchdog was armed for this run (no flag of
+ * any kind), they do nothing: the run did not stop the node.
+ */
+export function heldLines(flag: string): string[] {
+  return [
+    `wd_flag=${quote(flag)}`,
+    `lost() { echo "prep-snapshot-node-lost: the watchdog started the node at $(cat -- "$wd_flag.fired" 2>/dev/null)" >&2; exit ${NODE_LOST}; }`,
+    `if [ -e "$wd_flag.fired" ]; then lost; fi`,
+    `if [ -e "$wd_flag" ]; then`,
+    `  mv -- "$wd_flag" "$wd_flag.held" 2>/dev/null || lost`,
+    `  touch -- "$wd_flag.held"`,
+    // Given back at the end; a hold that is gone by then was taken as abandoned (see
+    // `armWatchdogCommand`): what the step did may have raced the node's start.
+    `  trap 'rc=$?; if mv -- "$wd_flag.held" "$wd_flag" 2>/dev/null; then exit $rc; fi; [ $rc -ne 0 ] && exit $rc; lost' EXIT`,
+    `  trap 'exit 129' HUP; trap 'exit 143' TERM; trap 'exit 130' INT`,
+    `fi`,
+  ];
+}
+
+/** Prints the time the watchdog started the node, if it did (read only). */
+export function watchdogFiredCommand(flag: string): string {
+  return bashScript([`cat -- ${quote(`${flag}.fired`)} 2>/dev/null || true`]);
+}
+
+/** The time the watchdog started the node, from a step's stderr that exited with `NODE_LOST`. */
+export function nodeLostAt(stderr: string): string | undefined {
+  const m = /prep-snapshot-node-lost: the watchdog started the node at (\S*)/.exec(stderr);
+  return m ? m[1] || 'an unknown time' : undefined;
 }
 
 /**
@@ -339,15 +434,27 @@ export function detachedCommand(command: string): string {
   ]);
 }
 
-/** Disarms the watchdog: the flag goes first, so that a watchdog that wakes now does nothing. */
+/**
+ * Disarms the watchdog: the flag goes first, so that a watchdog that wakes now does
+ * nothing. Prints `fired=TIME` when the watchdog had started the node before (its log is
+ * then kept for the operator).
+ */
 export function disarmWatchdogCommand(flag: string): string {
+  const f = (suffix = '') => quote(`${flag}${suffix}`);
   return bashScript([
-    `pid=$(sed -n 2p -- ${quote(flag)} 2>/dev/null || true)`,
-    `rm -f -- ${quote(flag)}`,
+    `pid=$(cat -- ${f('.pid')} 2>/dev/null || true)`,
+    `rm -f -- ${f()} ${f('.held')} ${f('.pid')}`,
     `if [ -n "$pid" ]; then kill -- "-$pid" 2>/dev/null || kill -- "$pid" 2>/dev/null || true; fi`,
+    `if [ -e ${f('.fired')} ]; then echo "fired=$(cat -- ${f('.fired')})"; rm -f -- ${f('.fired')}; fi`,
     // The log says something only when the watchdog fired: then it stays for the operator.
-    `if [ ! -s ${quote(`${flag}.log`)} ]; then rm -f -- ${quote(`${flag}.log`)}; fi`,
+    `if [ ! -s ${f('.log')} ]; then rm -f -- ${f('.log')}; fi`,
   ]);
+}
+
+/** The time the watchdog fired, from the output of `disarmWatchdogCommand`; undefined if it did not. */
+export function parseDisarm(stdout: string): string | undefined {
+  const m = /^fired=(.*)$/m.exec(stdout);
+  return m ? m[1]?.trim() || 'an unknown time' : undefined;
 }
 
 /**
@@ -464,6 +571,94 @@ export const WIDE_PIPES =
 /** Exit status of the extraction when the archive is not a snapshot of the node's kind. */
 export const NOT_A_SNAPSHOT = 3;
 
+/**
+ * Exit status of the extraction when the archive holds what a snapshot never does (see
+ * `extractCommand`); EX_DATAERR of sysexits.h, which neither tar nor a decompressor uses.
+ */
+export const UNSAFE_ARCHIVE = 65;
+
+/** Starts each line of stderr that names an entry for which the extraction refused an archive. */
+export const UNSAFE_MARK = 'prep-snapshot-unsafe';
+
+/** How many refused entries the extraction names; it counts the others. */
+const UNSAFE_SHOWN = 5;
+
+/** Prints the first lines of its input, then how many more there were. */
+const FIRST_FEW = `NR <= ${UNSAFE_SHOWN} { print } END { if (NR > ${UNSAFE_SHOWN}) print "and " NR - ${UNSAFE_SHOWN} " more" }`;
+
+/**
+ * Reads tar's `-vv` listing of what it extracts (`--numeric-owner`, C locale: `MODE UID/GID
+ * SIZE DATE TIME NAME`, with ` -> TARGET` or ` link to TARGET` after a link) and prints the
+ * members that a snapshot never has: anything but a regular file or a directory, a file with
+ * the setuid, setgid or sticky bit, an absolute name. tar has dropped those bits by then and
+ * turned the absolute name into a relative one; the headers are where they still show.
+ */
+const LISTING_CHECK = [
+  `{`,
+  `  t = substr($0, 1, 1); name = $0; why = ""`,
+  `  sub(/^[^ ]+ [^ ]+ +[^ ]+ [^ ]+ [^ ]+ /, "", name)`,
+  `  if (t == "l") why = "a symbolic link"`,
+  `  else if (t == "h") why = "a hard link"`,
+  `  else if (t == "c") why = "a character device"`,
+  `  else if (t == "b") why = "a block device"`,
+  `  else if (t == "p") why = "a fifo"`,
+  `  else if (t != "-" && t != "d") why = "an entry of type " t`,
+  `  else if (t == "-" && substr($0, 4, 1) ~ /[sS]/) why = "a setuid file"`,
+  `  else if (t == "-" && substr($0, 7, 1) ~ /[sS]/) why = "a setgid file"`,
+  `  else if (t == "-" && substr($0, 10, 1) ~ /[tT]/) why = "a file with the sticky bit"`,
+  `  else if (name ~ /^\\//) why = "an absolute name"`,
+  `  if (why != "" && ++n <= ${UNSAFE_SHOWN}) print name " (" why ")"`,
+  `}`,
+  `END { if (n > ${UNSAFE_SHOWN}) print "and " n - ${UNSAFE_SHOWN} " more" }`,
+].join('\n');
+
+/**
+ * Passes tar's stderr through and prints the members that tar skipped for a `..` in their
+ * name: those never reach its listing.
+ */
+const ERRORS_CHECK = [
+  `{ print > "/dev/stderr" }`,
+  `/^tar: .*: Member name contains / {`,
+  `  name = $0; sub(/^tar: /, "", name); sub(/: Member name contains .*$/, "", name)`,
+  `  if (++n <= ${UNSAFE_SHOWN}) print name " (a name with ..)"`,
+  `}`,
+  `END { if (n > ${UNSAFE_SHOWN}) print "and " n - ${UNSAFE_SHOWN} " more" }`,
+].join('\n');
+
+/**
+ * A `find` in the staging folder that prints (NUL-terminated) every entry that a snapshot of
+ * `kind` never has: one outside its roots, anything but a regular file or a directory, a file
+ * with more than one name, a file with the setuid, setgid or sticky bit. It looks at what
+ * tar made rather than at what the headers said, so it holds whatever tar does with them.
+ */
+function treeCheck(kind: NodeKind): string {
+  const glob = (path: string): string => path.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
+  // A root, a folder on the way to one, or anything under one.
+  const allowed = new Set<string>();
+  for (const root of kind.roots) {
+    const parts = root.split('/');
+    for (let i = 1; i <= parts.length; i++)
+      allowed.add(`-path ${quote(`./${glob(parts.slice(0, i).join('/'))}`)}`);
+    allowed.add(`-path ${quote(`./${glob(root)}/*`)}`);
+  }
+  const where = kind.roots.join(' and ').replace(/[%\\]/g, (c) => `${c}${c}`);
+  const entry = (test: string, why: string): string =>
+    `\\( ${test} -printf ${quote(`%P (${why})\\0`)} \\)`;
+  return [
+    `find . -mindepth 1`,
+    `\\( ! \\( ${[...allowed].join(' -o ')} \\) -printf ${quote(`%P (outside ${where})\\0`)} -prune \\)`,
+    ...[
+      entry('-type l', 'a symbolic link to %l'),
+      entry('-type c', 'a character device'),
+      entry('-type b', 'a block device'),
+      entry('-type p', 'a fifo'),
+      entry('! -type f ! -type d', 'neither a file nor a directory'),
+      entry('-type f -links +1', 'a hard link, %n names'),
+      entry('-type f -perm /7000', 'mode %m: setuid, setgid or sticky'),
+    ].map((e) => `-o ${e}`),
+  ].join(' ');
+}
+
 /** The first line that the extraction reads, before the archive: it names the decompressor. */
 export function goLine(decoder: Decoder): string {
   return `go ${decoder.name}\n`;
@@ -476,11 +671,36 @@ export function goLine(decoder: Decoder): string {
  * The command can start before the runner has decided to restore (its connection then
  * overlaps the checks of the host): it waits for `goLine` on stdin, and an input that ends
  * without it ends the command with nothing done.
+ *
+ * It runs as whoever the SSH user is, often root, and the archive is not trusted: tar keeps
+ * no owner of the archive (files belong to the SSH user) and no mode bits beyond 0777 less
+ * the umask. Then it refuses (exit `UNSAFE_ARCHIVE`, one `UNSAFE_MARK` line per entry on
+ * stderr) an archive with anything but regular files and directories under the kind's roots:
+ * a symbolic link (a placeholder that is one would take the block DB outside the data dir
+ * at the swap), a device, a fifo, a hard link, a setuid, setgid or sticky file, an absolute
+ * name or one with `..`. The staging folder is removed; the data dir is not touched.
+ *
+ * GNU tar (seen with 1.34, as root, umask 022) already keeps a hostile archive inside the
+ * folder while it extracts: it skips a member whose name has a `..` and exits 2; it strips
+ * the leading `/` of an absolute name and extracts it inside; it strips the leading `/` or
+ * `../` of a hard link's target and links to that name inside the folder (and fails when
+ * there is none); a symbolic link whose target is absolute or has a `..` holds its place as
+ * a plain file until everything else is extracted, so that no member is written through it.
+ * With `--no-same-permissions` it drops the setuid, setgid and sticky bits of files and
+ * directories (a 4755 file becomes 0755), where the check cannot see them: the listing
+ * check reads them from the headers.
  */
 export function extractCommand(kind: NodeKind, prepDir: string, stage: string): string {
   const placeholder = `${kind.identityParent}/${kind.placeholder}`;
   const missing = (what: string): string =>
     `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
+  // A real directory: `-d` alone follows a symbolic link.
+  const isDir = (path: string): string => `[ -d ${quote(path)} ] && [ ! -L ${quote(path)} ]`;
+  // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
+  // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads
+  // of a pipe into whole records.
+  const tar =
+    'LC_ALL=C tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
   return bashScript([
     WIDE_PIPES,
     // bash reads a pipe a byte at a time: the archive starts right after this line.
@@ -490,10 +710,11 @@ export function extractCommand(kind: NodeKind, prepDir: string, stage: string): 
     ...Object.entries(DECODERS).map(([n, c]) => `  ${n}) decoder=${quote(c)} ;;`),
     `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
     `esac`,
-    // A failed extraction (cut input, full disk, not a snapshot) removes its own folder: the
-    // runner that would remove it may be gone.
+    // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
+    // folder: the runner that would remove it may be gone.
     `stage=${quote(stage)}`,
     `trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
+    `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`,
     `mkdir -p -- ${quote(prepDir)}`,
     `rm -rf -- "$stage"`,
     `mkdir -p -- "$stage"`,
@@ -501,13 +722,19 @@ export function extractCommand(kind: NodeKind, prepDir: string, stage: string): 
     // released when the last of them ends, however the script itself ends.
     `exec 9<"$stage"`,
     `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
-    // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
-    // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads
-    // of a pipe into whole records.
-    `wide $decoder | tar -x -b 2048 -B -f - -C "$stage"`,
+    // tar's listing goes to one check and its stderr (and the decompressor's) through the
+    // other; what they find comes out on fd 3. The status is the decompressor's or tar's.
+    `rc=0`,
+    `found=$({ { wide $decoder | ${tar} | awk ${quote(LISTING_CHECK)}; } 2>&1 >&3 | awk ${quote(ERRORS_CHECK)}; } 3>&1) || rc=$?`,
+    `if [ -n "$found" ]; then refuse "$found"; fi`,
+    `[ "$rc" = 0 ] || exit "$rc"`,
     `cd -- "$stage"`,
+    // A root that is a symbolic link passes here, for the tree check to name it.
     ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
-    `[ -d ${quote(placeholder)} ] || ${missing(placeholder)}`,
+    // Names go to the runner's log: whatever is not printable becomes '?'.
+    `found=$(${treeCheck(kind)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
+    `if [ -n "$found" ]; then refuse "$found"; fi`,
+    ...[...kind.roots, placeholder].map((d) => `${isDir(d)} || ${missing(d)}`),
     `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
   ]);
 }
@@ -528,11 +755,14 @@ export function swapCommand(
   stage: string,
   previous: string,
   ip: string,
+  watchdogFlag: string,
 ): string {
   const ids = `${stage}/${kind.identityParent}`;
   return bashScript([
     `IFS= read -r word || exit 0`,
     `[ "$word" = swap ] || exit 0`,
+    // Where this run stopped the node, it moves the data dir only while it still holds it.
+    ...heldLines(watchdogFlag),
     `mv -- ${quote(`${ids}/${kind.placeholder}`)} ${quote(`${ids}/${kind.identityDir(ip)}`)}`,
     `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(previous)}; fi`,
     `mv -- ${quote(stage)} ${quote(dataDir)}`,
@@ -541,8 +771,14 @@ export function swapCommand(
 }
 
 /** Puts the previous data dir back; the failed one is kept beside it for a look. */
-export function rollbackCommand(dataDir: string, previous: string, failed: string): string {
+export function rollbackCommand(
+  dataDir: string,
+  previous: string,
+  failed: string,
+  watchdogFlag: string,
+): string {
   return bashScript([
+    ...heldLines(watchdogFlag),
     `[ -e ${quote(previous)} ] || { echo 'no previous data dir to roll back to' >&2; exit 3; }`,
     `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(failed)}; fi`,
     `mv -- ${quote(previous)} ${quote(dataDir)}`,

@@ -13,6 +13,8 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { createHash } from 'node:crypto';
+import { InputError } from '../errors.js';
+import { formatBytes } from '../format.js';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { readableSource, type ByteSink, type ByteSource } from '../byte-source.js';
 
@@ -27,6 +29,41 @@ export function choosePartSize(expectedBytes: number): number {
   const mib = 1024 * 1024;
   const needed = Math.ceil(expectedBytes / (MAX_PARTS * PART_HEADROOM) / mib) * mib;
   return Math.min(MAX_PART_SIZE, Math.max(MIN_PART_SIZE, needed));
+}
+
+/** The parts of an upload: their size, and how many are in flight at once. */
+export interface PartPlan {
+  partSize: number;
+  queueSize: number;
+}
+
+/**
+ * Plans the upload of an archive of at most `expectedBytes` before anything is stopped: an
+ * explicit `partSize` must fit it in 10,000 parts, and the part buffers must stay within
+ * `maxBufferBytes` of memory (fewer parts in flight where a large database needs large parts).
+ */
+export function planParts(
+  expectedBytes: number,
+  settings: { partSize?: number; queueSize: number },
+  maxBufferBytes: number,
+): PartPlan {
+  const partSize = settings.partSize ?? choosePartSize(expectedBytes);
+  if (settings.partSize !== undefined && settings.partSize * MAX_PARTS < expectedBytes) {
+    throw new InputError(
+      `Input 'part-size' (${formatBytes(settings.partSize)}) allows an archive of at most ` +
+        `${formatBytes(settings.partSize * MAX_PARTS)} in S3's ${MAX_PARTS} parts; this one may reach ` +
+        `${formatBytes(expectedBytes)}. Raise it, or leave it empty to have it chosen from the database's size.`,
+    );
+  }
+  // One part fills while the others are in flight.
+  const fits = Math.floor(maxBufferBytes / partSize) - 1;
+  if (fits < 1) {
+    throw new InputError(
+      `An archive of up to ${formatBytes(expectedBytes)} needs parts of ${formatBytes(partSize)} (S3 takes at most ` +
+        `${MAX_PARTS} parts); two of them exceed the ${formatBytes(maxBufferBytes)} of part buffers the runner may hold.`,
+    );
+  }
+  return { partSize, queueSize: Math.min(settings.queueSize, fits) };
 }
 
 /** Counts and hashes the bytes that pass through it. */

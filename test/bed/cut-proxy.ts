@@ -1,5 +1,6 @@
 // A TCP proxy on 127.0.0.1 that can cut every connection it carries: on demand, or once
 // a number of bytes has gone through in one direction. For "connection lost mid-stream" tests.
+// It can also cap each connection's throughput in each direction, as a slow link does.
 import { createServer, connect, type Socket } from 'node:net';
 
 export interface CutLimits {
@@ -14,6 +15,8 @@ export interface CutProxyOptions extends CutLimits {
   targetHost?: string;
   /** After a cut, refuse (reset) new connections too, until heal(). Default false: new connections go through. */
   refuseAfterCut?: boolean;
+  /** Caps each connection, in each direction, at this many bytes a second. */
+  bytesPerSecond?: number;
 }
 
 export interface CutProxy {
@@ -67,6 +70,7 @@ export function startCutProxy(opts: CutProxyOptions): Promise<CutProxy> {
 
   // Forward chunk from src to dst, counting it in direction dir; cut at the limit.
   const pipe = (src: Socket, dst: Socket, dir: 'up' | 'down'): void => {
+    let due = 0;
     src.on('data', (chunk: Buffer) => {
       if (pendingCut) return; // a cut is under way: nothing more goes through
       const limit = limits[dir];
@@ -86,6 +90,16 @@ export function startCutProxy(opts: CutProxyOptions): Promise<CutProxy> {
         }
       }
       state.bytes[dir] += chunk.length;
+      const rate = opts.bytesPerSecond;
+      if (rate !== undefined) {
+        // The chunk goes now; the connection takes nothing more until its time has passed.
+        dst.write(chunk);
+        src.pause();
+        const now = performance.now();
+        due = Math.max(due, now) + (chunk.length / rate) * 1000;
+        setTimeout(() => src.resume(), due - now);
+        return;
+      }
       if (!dst.write(chunk)) {
         src.pause();
         dst.once('drain', () => src.resume());

@@ -4,7 +4,8 @@
 # Cache dir: ${PREP_SNAPSHOT_CACHE:-$HOME/.cache/prep-snapshot}  (test/bed/paths.ts reads the same)
 #   $CACHE/bin/minio                      MinIO server (go install, pinned below)
 #   $CACHE/node24/node_modules/.bin/node  Node 24, to run dist/ like GitHub's runner
-# Also: apt packages openssh-server openssh-client pigz zstd isal curl; npm ci if node_modules is missing.
+# Also: apt packages openssh-server openssh-client pigz zstd isal curl python3 iproute2 util-linux;
+# npm ci if node_modules is missing.
 # Exports nothing.
 set -euo pipefail
 
@@ -28,6 +29,11 @@ have_cmd zstd || need_pkgs+=(zstd)
 # igzip (ISA-L): the restore's preferred gzip decoder; the tests run it beside pigz and gzip.
 have_cmd igzip || need_pkgs+=(isal)
 have_cmd curl || need_pkgs+=(curl)
+# python3: crafts exact tar headers for the hostile-archive tests. ip (iproute2), unshare and
+# nsenter (util-linux): the host laid out as the original guide's runs in namespaces of its own.
+have_cmd python3 || need_pkgs+=(python3)
+have_cmd ip || need_pkgs+=(iproute2)
+have_cmd unshare && have_cmd nsenter && have_cmd flock || need_pkgs+=(util-linux)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   SUDO=
   [ "$(id -u)" -eq 0 ] || SUDO=sudo

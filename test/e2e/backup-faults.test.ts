@@ -41,10 +41,10 @@ function leftovers(node: SimNode): string[] {
   );
 }
 
-/** Watchdog flag files still armed (the `.log` of a watchdog that fired is kept on purpose). */
+/** Watchdog files still armed (the `.log` and `.fired` of a watchdog that fired are kept on purpose). */
 function armedWatchdogs(node: SimNode): string[] {
   return readdirSync(join(node.home, 'data')).filter(
-    (n) => n.startsWith('.prep-snapshot-watchdog-') && !n.endsWith('.log'),
+    (n) => n.startsWith('.prep-snapshot-watchdog-') && !/\.(log|fired)$/.test(n),
   );
 }
 
@@ -268,6 +268,10 @@ describe('backup faults and operations', () => {
     const logs = readdirSync(data).filter(
       (n) => n.startsWith('.prep-snapshot-watchdog-') && n.endsWith('.log'),
     );
+    const fired = readdirSync(data).filter(
+      (n) => n.startsWith('.prep-snapshot-watchdog-') && n.endsWith('.fired'),
+    );
+    assert.equal(fired.length, 1, 'the watchdog left the time it fired');
     assert.equal(logs.length, 1, 'the watchdog left its log');
     assert.match(
       readFileSync(join(data, logs[0] as string), 'utf8'),
@@ -277,7 +281,7 @@ describe('backup faults and operations', () => {
     assert.equal(await world.s3.listMultipartUploads(world.bucket), 0);
     assert.deepEqual(armedWatchdogs(world.node), []);
     // What a vanished runner leaves (no post step ran): tidy it for the other tests.
-    for (const l of logs) rmSync(join(data, l), { force: true });
+    for (const l of [...logs, ...fired]) rmSync(join(data, l), { force: true });
     for (const s of leftovers(world.node)) rmSync(s, { recursive: true, force: true });
   });
 

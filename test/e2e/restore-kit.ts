@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { freePort } from '../bed/ports.js';
 import type { RunActionOptions, RunMainThenPostOptions } from '../bed/runner.js';
-import { SIM, TSX, type World } from './world.js';
+import { bundles, SIM, TSX, type World } from './world.js';
 
 const exec = promisify(execFile);
 const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -73,14 +73,8 @@ export function restoreInputs(
   });
 }
 
-/**
- * The bundles to run: dist/ by default; PREP_TEST_DIST names a private copy of dist/ (other
- * engineers rebuild dist/ in the same tree while tests run).
- */
-export function scripts(): { main?: string; post?: string } {
-  const d = process.env.PREP_TEST_DIST;
-  return d ? { main: join(d, 'main/index.js'), post: join(d, 'post/index.js') } : {};
-}
+/** The bundles to run (see `bundles`). */
+export const scripts = bundles;
 
 /** The main step alone, with these inputs. */
 export function runMain(

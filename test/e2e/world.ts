@@ -11,7 +11,12 @@ import { promisify } from 'node:util';
 import { startMinio, s3Env, type S3Server } from '../bed/minio.js';
 import { repoRoot } from '../bed/paths.js';
 import { freePort } from '../bed/ports.js';
-import { runAction, runMainThenPost, type RunActionOptions } from '../bed/runner.js';
+import {
+  runAction,
+  runMainThenPost,
+  type RunActionOptions,
+  type RunMainThenPostOptions,
+} from '../bed/runner.js';
 import { startSshd, type Sshd } from '../bed/sshd.js';
 import { parseEvents, type NodeEvent } from '../sim/chain.js';
 
@@ -89,6 +94,16 @@ export async function startNode(
   return node;
 }
 
+/**
+ * The bundles to run: dist/ by default; PREP_TEST_DIST names a private copy of dist/ (built
+ * with `node scripts/package.mjs --out DIR`), so that a rebuild of dist/ meanwhile does not
+ * change what a running test runs.
+ */
+export function bundles(): { main?: string; post?: string } {
+  const d = process.env.PREP_TEST_DIST;
+  return d ? { main: join(d, 'main/index.js'), post: join(d, 'post/index.js') } : {};
+}
+
 export interface World {
   root: string;
   sshd: Sshd;
@@ -150,16 +165,20 @@ export async function startWorld(opts: Parameters<typeof startNode>[1] = {}): Pr
         inputs: world.inputs(extra),
         env: world.env(),
         timeoutMs: 300_000,
+        script: bundles().main,
         ...o,
       });
     },
     mainThenPost(extra, o = {}) {
+      const b = bundles();
       return runMainThenPost({
         inputs: world.inputs(extra),
         env: world.env(),
         timeoutMs: 300_000,
         ...o,
-      });
+        main: { script: b.main, ...(o as Partial<RunMainThenPostOptions>).main },
+        post: { script: b.post, ...(o as Partial<RunMainThenPostOptions>).post },
+      } as Parameters<typeof runMainThenPost>[0]);
     },
     keys(prefix) {
       return s3.listKeys(bucket, prefix);

@@ -68,6 +68,16 @@ describe('the default stop and start commands', () => {
     );
   });
 
+  it('pass over a docker-compose that cannot run (not executable)', () => {
+    const { bin, log } = binDir('v2-stale-v1', ['docker', 'docker-compose']);
+    chmodSync(join(bin, 'docker-compose'), 0o644);
+    assert.equal(runWithPath(composeCommand(prep, 'down'), bin), 0);
+    assert.equal(
+      readFileSync(log, 'utf8'),
+      `docker compose -f docker-compose.yml down in ${prep}\n`,
+    );
+  });
+
   it('are what the settings hold when the inputs are left empty', () => {
     const s = parseSettings((name) =>
       name === 'bucket'

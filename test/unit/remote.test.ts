@@ -26,9 +26,7 @@ import { parseManifest } from '../../src/node-kind/leveldb-manifest.ts';
 import { loopchain, pickIdentityDir } from '../../src/node-kind/loopchain.ts';
 import {
   archiveCommand,
-  armWatchdogCommand,
   detachedCommand,
-  disarmWatchdogCommand,
   CHANGED_MARK,
   checkpointBytes,
   requireArchiveTools,
@@ -121,7 +119,7 @@ describe('host commands on real LevelDB files', () => {
   });
 
   it('freeze links the tables, copies the mutable files, and the prune drops what the MANIFEST does not list', () => {
-    sh(freezeCommand(loopchain, data, stage));
+    sh(freezeCommand(loopchain, data, stage, join(root, 'no-watchdog')));
     const blockDb = `.storage/db_${IP}:7100_icon_dex`;
     for (const name of readdirSync(join(data, blockDb))) {
       const a = statSync(join(data, blockDb, name));
@@ -315,6 +313,35 @@ describe('stale staging folders', () => {
       execFileSync('touch', ['-d', '2 days ago', old]);
       const probe = parseProbe(sh(probeCommand(loopchain, data)).toString());
       assert.deepEqual(probe.stale, [old]);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('a folder over a day old that a stream still reads is not stale', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'prep-stale-'));
+    try {
+      const data = join(root, 'data', 'loopchain');
+      const stage = join(root, 'data', '.prep-snapshot-staging-3-1-1');
+      for (const r of loopchain.roots) mkdirSync(join(stage, r, 'db'), { recursive: true });
+      mkdirSync(join(stage, '.storage', 'db_10.0.0.1:7100_icon_dex'), { recursive: true });
+      writeFileSync(join(stage, '.score_data', 'db', 'f'), randomBytes(1 << 20));
+      mkdirSync(data, { recursive: true });
+      execFileSync('touch', ['-d', '2 days ago', stage]);
+      // The real archive command, reading the folder slowly (a slow upload holds it back).
+      const reader = spawn(
+        'sh',
+        [
+          '-c',
+          `${archiveCommand(loopchain, stage, 'db_10.0.0.1:7100_icon_dex', { compression: 'gzip', level: 1 })} | (sleep 3; cat >/dev/null)`,
+        ],
+        { stdio: ['pipe', 'ignore', 'ignore'] },
+      );
+      reader.stdin.end(GO_LINE);
+      await until(() => spawnSync('flock', ['-n', stage, 'true']).status !== 0);
+      assert.deepEqual(parseProbe(sh(probeCommand(loopchain, data)).toString()).stale, []);
+      await new Promise((r) => reader.once('exit', r));
+      assert.deepEqual(parseProbe(sh(probeCommand(loopchain, data)).toString()).stale, [stage]);
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
@@ -599,9 +626,13 @@ describe('the swap and the checks of the host', () => {
   it('the swap changes nothing until it reads its line', () => {
     const { data, stage, previous } = layout();
     for (const input of ['', 'no\n']) {
-      const r = spawnSync('sh', ['-c', swapCommand(loopchain, data, stage, previous, IP)], {
-        input,
-      });
+      const r = spawnSync(
+        'sh',
+        ['-c', swapCommand(loopchain, data, stage, previous, IP, `${data}.no-watchdog`)],
+        {
+          input,
+        },
+      );
       assert.equal(r.status, 0);
       assert.equal(r.stdout.toString(), '');
       assert.equal(readFileSync(join(data, 'old'), 'utf8'), 'old');
@@ -612,7 +643,10 @@ describe('the swap and the checks of the host', () => {
 
   it('the swap names the block DB after the IP and keeps the previous data dir', () => {
     const { data, stage, previous } = layout();
-    const out = sh(swapCommand(loopchain, data, stage, previous, IP), SWAP_LINE).toString();
+    const out = sh(
+      swapCommand(loopchain, data, stage, previous, IP, `${data}.no-watchdog`),
+      SWAP_LINE,
+    ).toString();
     assert.equal(out.trim(), 'swapped');
     assert.equal(readFileSync(join(data, 'new'), 'utf8'), 'new');
     assert.ok(existsSync(join(data, '.storage', `db_${IP}:7100_icon_dex`)));
@@ -649,41 +683,6 @@ describe('the swap and the checks of the host', () => {
     assert.equal(probe.dataDirPresent, false);
     assert.ok(probe.tools.has('tar'));
     assert.equal(existsSync(join(root, 'not')), false);
-  });
-});
-
-describe('the watchdog on the host', () => {
-  let root: string;
-  before(() => (root = mkdtempSync(join(tmpdir(), 'prep-watchdog-'))));
-  after(() => rmSync(root, { recursive: true, force: true }));
-
-  it('starts the node when nobody disarms it', async () => {
-    const flag = join(root, 'flag-a');
-    const started = join(root, 'started-a');
-    const pid = Number(
-      sh(armWatchdogCommand(flag, 1, `touch ${started}`))
-        .toString()
-        .trim(),
-    );
-    assert.ok(pid > 0);
-    assert.equal(readFileSync(flag, 'utf8'), `armed\n${pid}\n`, 'the flag holds its PID');
-    await until(() => existsSync(started), 10_000);
-    assert.equal(existsSync(flag), false);
-  });
-
-  it('a disarmed watchdog is gone and never starts the node', async () => {
-    const flag = join(root, 'flag-b');
-    const started = join(root, 'started-b');
-    const pid = Number(
-      sh(armWatchdogCommand(flag, 2, `touch ${started}`))
-        .toString()
-        .trim(),
-    );
-    sh(disarmWatchdogCommand(flag));
-    assert.equal(existsSync(flag), false);
-    await until(() => spawnSync('kill', ['-0', String(pid)]).status !== 0, 5_000);
-    await sleep(2500);
-    assert.equal(existsSync(started), false);
   });
 });
 

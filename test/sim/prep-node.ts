@@ -5,12 +5,17 @@
  *
  *   init     --home H --ip 10.1.2.3 [--blocks 100] [--value-bytes 2048]
  *   start    --home H --port P [--rate 20] [--value-bytes 2048] [--write-buffer-kb 256]
- *            [--timeout 120] [--verify auto|full|tail|none]
+ *            [--timeout 120] [--verify auto|full|tail|none] [--data-dir H/data/loopchain]
  *   stop     --home H [--mode graceful|kill-mid-compaction] [--timeout 120]
  *   check    --home H [--data DIR]          (DIR defaults to H/data/loopchain)
  *   status   --home H
  *   generate --home H --ip IP --gib 2 [--block-bytes 32768]
  *   (daemon  --home H --port P ...          internal: the node process itself)
+ *
+ * `--data-dir` (it must be H/data/loopchain) is passed on to the daemon's command line, so
+ * that the node's process names its data dir as a real loopchain node's does: a process
+ * check with the default pattern `icon_service|loopchain` then finds it (a daemon started
+ * without it matches nothing of that pattern).
  *
  * Layout under H (H plays /app/prep):
  *   H/data/loopchain/.score_data/db/{icon_dex,iiss,meta,rc}   LevelDB
@@ -555,6 +560,9 @@ async function cmdStart(opts: Opts): Promise<void> {
   if (!Number.isInteger(port) || port <= 0) throw new CliError('--port is required', 2);
   const timeoutMs = num(opts, 'timeout', 120) * 1000;
   const p = paths(home);
+  const dataDirArg = opts['data-dir'];
+  if (dataDirArg !== undefined && resolve(dataDirArg) !== p.data)
+    throw new CliError(`--data-dir must be ${p.data}, the data dir of --home`, 2);
   mkdirSync(home, { recursive: true });
   const existing = runningPid(home);
   if (existing) {
@@ -581,6 +589,7 @@ async function cmdStart(opts: Opts): Promise<void> {
     String(num(opts, 'write-buffer-kb', 256)),
     '--verify',
     opts.verify ?? process.env.PREP_SIM_VERIFY ?? 'auto',
+    ...(dataDirArg === undefined ? [] : ['--data-dir', p.data]),
   ];
   const logFd = openSync(p.log, 'a');
   const child = spawn(process.execPath, args, {
@@ -1021,7 +1030,7 @@ async function cmdGenerate(opts: Opts): Promise<void> {
 
 const USAGE = `usage: prep-node.ts <init|start|stop|check|status|generate> --home H [options]
   init     --home H --ip IP [--blocks 100] [--value-bytes 2048]
-  start    --home H --port P [--rate 20] [--value-bytes 2048] [--write-buffer-kb 256] [--verify auto|full|tail|none] [--timeout 120]
+  start    --home H --port P [--rate 20] [--value-bytes 2048] [--write-buffer-kb 256] [--verify auto|full|tail|none] [--timeout 120] [--data-dir H/data/loopchain]
   stop     --home H [--mode graceful|kill-mid-compaction] [--timeout 120]
   check    --home H | --data DIR
   status   --home H

@@ -1,0 +1,576 @@
+/**
+ * A node host laid out as the original guide's, in namespaces of its own: the install in
+ * `/app/prep` with its `docker-compose.yml`, the node's peer API on port 9000 of the host's
+ * loopback, `docker-compose` (Compose v1) or `docker` with `compose` (v2) on the PATH, a real
+ * sshd on port 22 of the host's address, and a default route whose source is that address
+ * (the node IP that a restore finds with `ip -4 -o route get`).
+ *
+ * A host is:
+ * - a network namespace `prep-guide-N` with `lo` and `eth0`, one end of a veth pair whose
+ *   other end `pgN` stays in the machine's namespace. The pair holds the /30 number N of
+ *   10.213.0.0/16 (the namespace's name reserves N, so hosts exist side by side). The
+ *   host's default route points at the machine's end; the machine does not forward what
+ *   arrives there (forwarding is off on that end), so nothing leaves the pair. IPv6 is off
+ *   on both ends: no neighbour discovery on the link.
+ * - a mount namespace with private propagation: a temp dir is bind-mounted on `/app` and a
+ *   dir of stand-ins on `/usr/local/bin` (which hides what the machine has there, such as a
+ *   real `docker` client); a `docker` or `docker-compose` elsewhere on the PATH is removed
+ *   by an overlay with whiteouts. A Compose v1 host has `docker-compose` only, a v2 host
+ *   `docker` only.
+ * - a PID namespace with its own `/proc`: `ps` on the host lists the host's processes, so a
+ *   check for a running node never sees the node of another host on the same machine.
+ * Its PID 1 is a shell that runs sshd and reaps what is left to it (the node's daemon,
+ * detached by its start); when PID 1 ends, the kernel ends every process of the host.
+ *
+ * The stand-ins drive the simulated loopchain node (test/sim/prep-node.ts) with home
+ * `/app/prep` and port 9000. The action runs on the machine's side and connects to the
+ * host's address; the test reads the host's files through `appDir` and runs commands on
+ * the host with `sh()`.
+ */
+import { execFileSync } from 'node:child_process';
+import {
+  existsSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  rmdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { chmod, mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { quote as q } from '../../src/shell.js';
+import { parseEvents, type NodeEvent } from '../sim/chain.js';
+import { repoRoot } from './paths.js';
+import { run } from './proc.js';
+import { startSshd, type Sshd } from './sshd.js';
+
+/** Which Compose the host has: `docker-compose` (v1) or `docker compose` (v2). */
+export type Compose = 'v1' | 'v2';
+
+/** The guide's install directory and the node's peer API port, as the host sees them. */
+export const GUIDE_PREP_DIR = '/app/prep';
+export const GUIDE_PEER_PORT = 9000;
+
+const TSX = join(repoRoot, 'node_modules/.bin/tsx');
+const SIM = join(repoRoot, 'test/sim/prep-node.ts');
+/** The PATH of a login on the host (sshd's default for root). */
+const HOST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/**
+ * Dirs of a login's PATH besides `/usr/local/bin` (the system's, and this process's, which a
+ * root shell's rc files resemble): a `docker` or `docker-compose` in them is removed.
+ */
+function otherBinDirs(): string[] {
+  const dirs = ['/usr/local/sbin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
+  dirs.push(...(process.env.PATH ?? '').split(':'));
+  return [...new Set(dirs)].filter(
+    (d) => d.startsWith('/') && !d.includes(':') && d !== '/usr/local/bin',
+  );
+}
+const NETNS_PREFIX = 'prep-guide-';
+/** The $0 of each host's PID 1, to recognise it before a signal. */
+const INIT_NAME = 'prep-guide-host-init';
+
+export interface GuideHost {
+  /** Which Compose the host has. */
+  kind: Compose;
+  /** The host's network namespace. */
+  netns: string;
+  /** The host's address on its `eth0`: where its sshd listens, and its node IP. */
+  ip: string;
+  /** The machine's end of the veth pair. */
+  peerIp: string;
+  sshd: Sshd;
+  /** The machine's path of the host's `/app`. */
+  appDir: string;
+  /** The machine's path of the host's `/app/prep`. */
+  prepDir: string;
+  /** The machine's path of the host's `/app/prep/data/loopchain`. */
+  dataDir: string;
+  /** The machine's PID of the host's PID 1. */
+  initPid: number;
+  /** The inputs that reach this host: host, port, username, ssh-key, host-key. */
+  sshInputs(): Record<string, string>;
+  /** Runs a `sh` script on the host, in its namespaces, with a login's PATH and HOME. */
+  sh(script: string): Promise<{ stdout: string; stderr: string }>;
+  /** The guide's stop or start, with the host's Compose, in `/app/prep`. */
+  compose(verb: 'down' | 'up -d'): Promise<string>;
+  /** Creates the node's databases in `/app/prep` (the simulator's init) for this host's IP. */
+  initNode(opts?: { blocks?: number; valueBytes?: number }): Promise<void>;
+  /** The simulator's status of `/app/prep` (`pid` as the host sees it). */
+  status(): Promise<{ running: boolean; pid?: number | null; height?: number | null }>;
+  /** `pid args` of the host's processes whose command line matches (a JS RegExp). */
+  processes(pattern: string): Promise<string[]>;
+  /** The node's events (see test/sim/prep-node.ts). */
+  events(): NodeEvent[];
+  /** Ends every process of the host and removes the namespaces, the veth pair and the dirs. */
+  stop(): Promise<void>;
+}
+
+/** The shell of a Compose stand-in: `[-f FILE] down|up -d` on the node whose home is FILE's folder. */
+function composeBody(prog: string, node: string): string {
+  const sim = `${q(node)} ${q(TSX)} ${q(SIM)}`;
+  return [
+    `file=docker-compose.yml`,
+    `while [ $# -gt 0 ]; do`,
+    `  case "$1" in`,
+    `    -f|--file) file=$2; shift 2 ;;`,
+    `    *) break ;;`,
+    `  esac`,
+    `done`,
+    `if [ ! -f "$file" ]; then`,
+    `  echo "${prog}: no configuration file $file in $(pwd)" >&2`,
+    `  exit 14`,
+    `fi`,
+    `home=$(cd "$(dirname "$file")" && pwd -P)`,
+    `case "$*" in`,
+    `  down) exec ${sim} stop --home "$home" ;;`,
+    `  'up -d') exec ${sim} start --home "$home" --port ${GUIDE_PEER_PORT} --rate 20 --value-bytes 4096 --data-dir "$home/data/loopchain" ;;`,
+    `  *) echo "${prog}: this host simulates 'down' and 'up -d' only, not: $*" >&2; exit 2 ;;`,
+    `esac`,
+  ].join('\n');
+}
+
+/** `docker-compose` (v1) or `docker` (v2: its `compose` subcommand only). */
+function standIn(compose: Compose, node: string): { name: string; text: string } {
+  if (compose === 'v1') {
+    return {
+      name: 'docker-compose',
+      text: [
+        '#!/bin/sh',
+        '# Compose v1 stand-in: starts and stops the simulated loopchain node of the compose file.',
+        'set -eu',
+        composeBody('docker-compose', node),
+        '',
+      ].join('\n'),
+    };
+  }
+  return {
+    name: 'docker',
+    text: [
+      '#!/bin/sh',
+      '# Docker CLI stand-in with Compose v2: `docker compose` starts and stops the simulated',
+      '# loopchain node of the compose file; there is no other subcommand.',
+      'set -eu',
+      'if [ "${1:-}" != compose ]; then',
+      `  echo "docker: '\${1:-}' is not simulated on this host (only 'docker compose')" >&2`,
+      '  exit 1',
+      'fi',
+      'shift',
+      composeBody('docker compose', node),
+      '',
+    ].join('\n'),
+  };
+}
+
+/** The guide's compose file: the node image with host networking and ./data mounted. */
+const COMPOSE_YML = `# The P-Rep node of the guide (on this test host, the Compose stand-in runs a simulator).
+version: '3'
+services:
+  prep:
+    image: 'iconloop/prep-node:1910211829xc2286d'
+    container_name: 'prep-mainnet'
+    network_mode: host
+    restart: 'always'
+    environment:
+      NETWORK_ENV: 'mainnet'
+      LOG_OUTPUT_TYPE: 'file'
+      CERT_PATH: '/cert'
+      FASTEST_START: 'no'
+    cap_add:
+      - SYS_TIME
+    volumes:
+      - ./data:/data
+      - ./cert:/cert
+`;
+
+/**
+ * PID 1 of a host: bind-mounts the node runtime (a file in the temp dir, so that it stays
+ * reachable whatever `/usr/local/bin` held), `/app` and `/usr/local/bin`; removes `docker`
+ * and `docker-compose` from the other dirs of `$6` (colon-separated) with a read-only
+ * overlay whose upper layer holds whiteouts for them (a file laid over them would still be
+ * found by bash's `command -v`); then runs sshd (its argv follows) and waits. `wait` reaps
+ * any child, the orphans handed to PID 1 included.
+ */
+const INIT_SCRIPT = [
+  'set -eu',
+  'app=$1 bin=$2 node_src=$3 node_dst=$4 layers=$5 cover=$6',
+  'shift 6',
+  'mount --bind "$node_src" "$node_dst"',
+  'mount --bind "$app" /app',
+  'mount --bind "$bin" /usr/local/bin',
+  'mount -t tmpfs -o size=1m,mode=755 tmpfs "$layers"',
+  'seen= i=0',
+  'IFS=:',
+  'for d in $cover; do',
+  '  [ -d "$d" ] || continue',
+  '  r=$(readlink -f "$d")',
+  '  case " $seen " in *" $r "*) continue ;; esac',
+  '  seen="$seen $r" w="$layers/$i" i=$((i + 1))',
+  '  for n in docker docker-compose; do',
+  '    if [ -e "$r/$n" ] || [ -L "$r/$n" ]; then mkdir -p "$w" && mknod "$w/$n" c 0 0; fi',
+  '  done',
+  '  if [ -d "$w" ]; then mount -t overlay overlay -o "ro,lowerdir=$w:$r" "$r"; fi',
+  'done',
+  'unset IFS',
+  '"$@" &',
+  'wait $!',
+].join('\n');
+
+// ---- the machine's side: /app, names, cleanup at exit ----------------------------------------
+
+/** What to undo for a host that a test did not stop. */
+interface Undo {
+  root: string;
+  netns?: string;
+  veth?: string;
+  initPid?: number;
+}
+
+let appUsers = 0;
+let appCreated = false;
+const live = new Set<Undo>();
+let exitHook = false;
+
+async function useApp(): Promise<void> {
+  if (appUsers === 0 && !existsSync('/app')) {
+    await mkdir('/app', { mode: 0o755 });
+    appCreated = true;
+  }
+  appUsers++;
+}
+
+/** Removes `/app` when this process made it, no host uses it and it is empty. */
+function releaseApp(): void {
+  appUsers = Math.max(0, appUsers - 1);
+  if (appUsers > 0 || !appCreated) return;
+  // A host of another test process may use the mountpoint that this one made.
+  const others = existsSync('/run/netns')
+    ? readdirSync('/run/netns').some((n) => n.startsWith(NETNS_PREFIX))
+    : false;
+  if (others) return;
+  try {
+    rmdirSync('/app');
+    appCreated = false;
+  } catch {
+    /* not empty, or in use: leave it */
+  }
+}
+
+function ipCmd(...args: string[]): Promise<{ stdout: string; stderr: string }> {
+  return run('ip', args);
+}
+
+function ipSync(...args: string[]): void {
+  try {
+    execFileSync('ip', args, { stdio: 'ignore' });
+  } catch {
+    /* already gone */
+  }
+}
+
+/** The /30 number `n` of 10.213.0.0/16: network, the machine's end, the host's end. */
+function subnet(n: number): { net: string; peer: string; host: string } {
+  const a = `10.213.${n >> 6}`;
+  const base = (n & 63) * 4;
+  return { net: `${a}.${base}`, peer: `${a}.${base + 1}`, host: `${a}.${base + 2}` };
+}
+
+/** Sets a sysctl file if it exists; false when it could not be set. */
+function writeSysctl(path: string, value: string): boolean {
+  try {
+    if (existsSync(path)) writeFileSync(path, `${value}\n`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Forwarding off for what arrives on the machine's end: the host reaches nothing beyond it. */
+function noForwarding(veth: string): void {
+  const path = `/proc/sys/net/ipv4/conf/${veth}/forwarding`;
+  writeSysctl(path, '0');
+  if (readFileSync(path, 'utf8').trim() !== '0')
+    throw new Error(`could not turn forwarding off on ${veth}: the host could reach the network`);
+}
+
+/** The children of a process (its main thread's). */
+function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number);
+  } catch {
+    return [];
+  }
+}
+
+function isHostInit(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(INIT_NAME);
+  } catch {
+    return false;
+  }
+}
+
+function killInit(pid: number): void {
+  if (!isHostInit(pid)) return;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    /* gone */
+  }
+}
+
+/** Last resort at exit: the hosts that a test did not stop. */
+function installExitHook(): void {
+  if (exitHook) return;
+  exitHook = true;
+  process.on('exit', () => {
+    for (const u of live) {
+      if (u.initPid !== undefined) killInit(u.initPid);
+      if (u.veth) ipSync('link', 'del', u.veth);
+      if (u.netns) ipSync('netns', 'del', u.netns);
+      rmSync(u.root, { recursive: true, force: true });
+      releaseApp();
+    }
+    live.clear();
+  });
+}
+
+async function preflight(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('a guide host needs root (namespaces, mounts)');
+  for (const tool of ['ip', 'unshare', 'nsenter', 'mount']) {
+    await run('sh', ['-c', `command -v ${tool}`]).catch(() => {
+      throw new Error(`a guide host needs '${tool}' (iproute2, util-linux)`);
+    });
+  }
+  if (!existsSync(TSX)) throw new Error(`${TSX} not found: run bash test/bed/install.sh`);
+}
+
+/** Reserves a namespace name and its /30, creates the veth pair and sets addresses and routes. */
+async function makeNetwork(): Promise<{ netns: string; veth: string; ip: string; peerIp: string }> {
+  for (let attempt = 0; attempt < 40; attempt++) {
+    const n = Math.floor(Math.random() * 16384);
+    const netns = `${NETNS_PREFIX}${n}`;
+    const veth = `pg${n}`;
+    const inner = `pg${n}h`;
+    const { net, peer, host } = subnet(n);
+    // The /30 must be unused on the machine.
+    const used = (await ipCmd('-4', '-o', 'addr', 'show', 'to', `${net}/30`)).stdout.trim();
+    if (used) continue;
+    // `ip netns add` fails when the name exists: the name reserves n.
+    const reserved = await ipCmd('netns', 'add', netns).then(
+      () => true,
+      () => false,
+    );
+    if (!reserved) continue;
+    try {
+      await ipCmd('link', 'add', veth, 'type', 'veth', 'peer', 'name', inner);
+    } catch {
+      await ipCmd('netns', 'del', netns).catch(() => undefined);
+      continue;
+    }
+    try {
+      writeSysctl(`/proc/sys/net/ipv6/conf/${veth}/disable_ipv6`, '1');
+      noForwarding(veth);
+      await ipCmd('link', 'set', inner, 'netns', netns);
+      await ipCmd('addr', 'add', `${peer}/30`, 'dev', veth);
+      await ipCmd('link', 'set', veth, 'up');
+      await run('ip', [
+        'netns',
+        'exec',
+        netns,
+        'sh',
+        '-c',
+        [
+          'set -e',
+          `ip link set ${inner} name eth0`,
+          `[ ! -e /proc/sys/net/ipv6/conf/eth0/disable_ipv6 ] || echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6`,
+          `ip addr add ${host}/30 dev eth0`,
+          'ip link set lo up',
+          'ip link set eth0 up',
+          `ip route add default via ${peer} dev eth0`,
+        ].join('\n'),
+      ]);
+      return { netns, veth, ip: host, peerIp: peer };
+    } catch (err) {
+      await ipCmd('link', 'del', veth).catch(() => undefined);
+      await ipCmd('netns', 'del', netns).catch(() => undefined);
+      throw err;
+    }
+  }
+  throw new Error('no free /30 of 10.213.0.0/16 for a guide host');
+}
+
+async function waitForChild(pid: number): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const [child] = childrenOf(pid);
+    if (child !== undefined && isHostInit(child)) return child;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`the guide host's PID 1 (child of ${pid}) did not appear`);
+}
+
+/** Starts a guide host with the given Compose; `/app/prep` holds the compose file, no data. */
+export async function startGuideHost(opts: { compose: Compose }): Promise<GuideHost> {
+  await preflight();
+  installExitHook();
+  const root = await mkdtemp(join(tmpdir(), 'guide-host-'));
+  const appDir = join(root, 'app');
+  const binDir = join(root, 'bin');
+  const prepDir = join(appDir, 'prep');
+  const nodeMount = join(root, 'node');
+  const layers = join(root, 'layers');
+  await mkdir(join(prepDir, 'data'), { recursive: true });
+  await mkdir(binDir);
+  await writeFile(join(prepDir, 'docker-compose.yml'), COMPOSE_YML);
+  await writeFile(nodeMount, '');
+  await mkdir(layers);
+  const tool = standIn(opts.compose, nodeMount);
+  await writeFile(join(binDir, tool.name), tool.text);
+  await chmod(join(binDir, tool.name), 0o755);
+
+  await useApp();
+  const undo: Undo = { root };
+  live.add(undo);
+  let net: Awaited<ReturnType<typeof makeNetwork>> | undefined;
+  let sshd: Sshd | undefined;
+  let initPid = -1;
+  const teardown = async (): Promise<void> => {
+    live.delete(undo);
+    await sshd?.stop();
+    if (initPid > 0) killInit(initPid);
+    if (net) {
+      // The namespace is gone once its last process is; wait for that before removing it.
+      for (let i = 0; i < 200; i++) {
+        const pids = await ipCmd('netns', 'pids', net.netns).then(
+          (r) => r.stdout.trim(),
+          () => '',
+        );
+        if (!pids) break;
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      await ipCmd('link', 'del', net.veth).catch(() => undefined);
+      await ipCmd('netns', 'del', net.netns).catch(() => undefined);
+    }
+    rmSync(root, { recursive: true, force: true });
+    releaseApp();
+  };
+  try {
+    net = await makeNetwork();
+    const { netns, ip } = net;
+    undo.netns = netns;
+    undo.veth = net.veth;
+    sshd = await startSshd({
+      listenAddress: ip,
+      port: 22,
+      commandPrefix: [
+        'ip',
+        'netns',
+        'exec',
+        netns,
+        'unshare',
+        '--mount',
+        '--propagation',
+        'private',
+        '--pid',
+        '--fork',
+        '--mount-proc',
+        '--kill-child=SIGKILL',
+        '--',
+        '/bin/sh',
+        '-c',
+        INIT_SCRIPT,
+        INIT_NAME,
+        appDir,
+        binDir,
+        realpathSync(process.execPath),
+        nodeMount,
+        layers,
+        otherBinDirs().join(':'),
+      ],
+    });
+    initPid = await waitForChild(sshd.pid);
+    undo.initPid = initPid;
+  } catch (err) {
+    await teardown();
+    throw err;
+  }
+  const s = sshd;
+  const n = net;
+  const hostEnv = { PATH: HOST_PATH, HOME: '/root', LANG: 'C.UTF-8', USER: 'root' };
+  const sh = (script: string) =>
+    run('nsenter', ['-t', String(initPid), '-n', '-m', '-p', '--', '/bin/sh', '-c', script], {
+      env: hostEnv,
+    });
+  const sim = async (...args: string[]): Promise<string> =>
+    (await sh(`cd / && exec ${q(nodeMount)} ${q(TSX)} ${q(SIM)} ${args.map(q).join(' ')}`)).stdout;
+  let stopped = false;
+  const host: GuideHost = {
+    kind: opts.compose,
+    netns: n.netns,
+    ip: n.ip,
+    peerIp: n.peerIp,
+    sshd: s,
+    appDir,
+    prepDir,
+    dataDir: join(prepDir, 'data/loopchain'),
+    initPid,
+    sshInputs: () => ({
+      host: s.host,
+      port: String(s.port),
+      username: s.username,
+      'ssh-key': s.privateKey,
+      'host-key': s.hostKeyFingerprint,
+    }),
+    sh,
+    async compose(verb) {
+      const cli = opts.compose === 'v1' ? 'docker-compose' : 'docker compose';
+      const r = await sh(`cd ${GUIDE_PREP_DIR} && ${cli} -f docker-compose.yml ${verb}`);
+      return r.stdout + r.stderr;
+    },
+    async initNode(o = {}) {
+      await sim(
+        'init',
+        '--home',
+        GUIDE_PREP_DIR,
+        '--ip',
+        n.ip,
+        '--blocks',
+        String(o.blocks ?? 300),
+        '--value-bytes',
+        String(o.valueBytes ?? 4096),
+      );
+    },
+    async status() {
+      return JSON.parse(await sim('status', '--home', GUIDE_PREP_DIR)) as {
+        running: boolean;
+        pid?: number | null;
+        height?: number | null;
+      };
+    },
+    async processes(pattern) {
+      // Matched here, not by a grep on the host: a grep's own command line would match.
+      const re = new RegExp(pattern);
+      const { stdout } = await sh('ps -eo pid=,args=');
+      return stdout
+        .split('\n')
+        .map((l) => l.trim())
+        .filter((l) => l && re.test(l));
+    },
+    events() {
+      const file = join(prepDir, 'node-events.log');
+      return existsSync(file) ? parseEvents(readFileSync(file, 'utf8')) : [];
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await teardown();
+    },
+  };
+  return host;
+}

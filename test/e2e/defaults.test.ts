@@ -1,0 +1,241 @@
+/**
+ * Every input at its default, as a user keeps them: on hosts laid out as the original guide's
+ * (test/bed/guide-host.ts), only mode, host, port, username, ssh-key, host-key, bucket and
+ * endpoint are set, and action.yml's defaults apply as on a runner. `/app/prep`, the peer
+ * API on localhost:9000, the Compose stop and start, the process check and the node IP
+ * found on the host are then the action's own. Once with Compose v1 (`docker-compose`),
+ * once with v2 (`docker compose`, no `docker-compose` binary).
+ */
+import assert from 'node:assert/strict';
+import { readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { startGuideHost, type Compose, type GuideHost } from '../bed/guide-host.js';
+import { actionInputDefaults, type RunResult } from '../bed/runner.js';
+import { check, errors, runBoth, said, stagingLeft } from './restore-kit.js';
+import { startWorld, type World } from './world.js';
+
+/** action.yml's `node-process-pattern`: what a restore takes for a running node. */
+const DEFAULT_PATTERN = actionInputDefaults()['node-process-pattern'] ?? '';
+const KEY = /^PRep\/(\d{8})\/(PRep_BH(\d+)_data-\d{8}_\d{4}\.tar\.gz)$/;
+const TEN_MINUTES = 600_000;
+
+/** The only inputs set: the rest comes from action.yml. */
+function minimal(
+  world: World,
+  host: GuideHost,
+  mode: 'backup' | 'restore',
+  bucket = world.bucket,
+): Record<string, string> {
+  return { mode, ...host.sshInputs(), bucket, endpoint: world.s3.endpoint };
+}
+
+/** The MinIO of the world; its loopback node is not used here (the nodes live on the hosts). */
+async function quietWorld(): Promise<World> {
+  const world = await startWorld({ blocks: 20, rate: 1 });
+  await world.node.stop();
+  return world;
+}
+
+/** A guide host with a running node (300 blocks at the start), started by its own Compose. */
+async function sourceHost(compose: Compose, hosts: GuideHost[]): Promise<GuideHost> {
+  const host = await startGuideHost({ compose });
+  hosts.push(host);
+  await host.initNode({ blocks: 300 });
+  await host.compose('up -d');
+  return host;
+}
+
+/** Checks what the host has of Compose, as bash (the shell of the action's commands) finds it. */
+async function assertOnlyCompose(host: GuideHost): Promise<void> {
+  const { stdout } = await host.sh(
+    `exec bash -c 'for c in docker-compose docker; do command -v "$c" || echo "no $c"; done'`,
+  );
+  assert.deepEqual(
+    stdout.trim().split('\n'),
+    host.kind === 'v1'
+      ? ['/usr/local/bin/docker-compose', 'no docker']
+      : ['no docker-compose', '/usr/local/bin/docker'],
+  );
+}
+
+/** A backup's archive: it exists, the list names it, and the day's permanent copy is made. */
+async function assertPublished(
+  world: World,
+  run: { main: RunResult; post: RunResult },
+  bucket = world.bucket,
+): Promise<{ key: string; height: number }> {
+  assert.equal(run.main.code, 0, said(run.main));
+  assert.equal(run.post.code, 0, said(run.post));
+  const key = run.main.outputs.key ?? '';
+  const m = KEY.exec(key);
+  assert.ok(m, `key ${key}`);
+  const height = Number(run.main.outputs['block-height']);
+  assert.equal(Number(m[3]), height);
+  const keys = await world.s3.listKeys(bucket);
+  assert.ok(keys.includes(key), keys.join('\n'));
+  assert.ok(keys.includes(`Permanent/PRep/${m[1]}/${m[2]}`), keys.join('\n'));
+  const list = (await world.s3.getText(bucket, 'PRep/backup_list')).split('\n').filter(Boolean);
+  assert.equal(list[0], `${m[1]}/${m[2]}`);
+  return { key, height };
+}
+
+/** Staging folders of a backup (the frozen copy) left beside or in the data dir. */
+function frozenLeft(host: GuideHost): string[] {
+  return [join(host.prepDir, 'data'), host.dataDir].flatMap((d) =>
+    readdirSync(d).filter((n) => n.startsWith('.prep-snapshot-staging-')),
+  );
+}
+
+/** The default stop and start ran on the source: the node was stopped, then started again. */
+async function assertRestarted(host: GuideHost, since: number): Promise<void> {
+  const events = host.events().filter((e) => e.ms >= since);
+  const stop = events.findIndex((e) => e.event === 'stop-requested');
+  const start = events.findIndex((e) => e.event === 'start-requested');
+  assert.ok(stop >= 0 && start > stop, JSON.stringify(events));
+  const status = await host.status();
+  assert.equal(status.running, true);
+}
+
+/** A restore onto a fresh host of `compose` with the minimal inputs, and what it must leave. */
+async function restoreOntoFresh(
+  world: World,
+  compose: Compose,
+  snap: { key: string; height: number },
+  hosts: GuideHost[],
+  bucket = world.bucket,
+): Promise<void> {
+  const target = await startGuideHost({ compose });
+  hosts.push(target);
+  await assertOnlyCompose(target);
+  assert.deepEqual(readdirSync(join(target.prepDir, 'data')), []);
+
+  const run = await runBoth(world, minimal(world, target, 'restore', bucket));
+  assert.equal(run.main.code, 0, said(run.main));
+  assert.equal(run.post.code, 0, said(run.post));
+  assert.equal(run.main.outputs.key, snap.key);
+  assert.ok(Number(run.main.outputs['height-reached']) >= snap.height, said(run.main));
+
+  const status = await target.status();
+  assert.equal(status.running, true);
+  assert.ok((status.height ?? -1) >= snap.height, JSON.stringify(status));
+  // The node IP is the one the host routes from; the node's process is what the default
+  // pattern finds.
+  assert.deepEqual(readdirSync(join(target.dataDir, '.storage')), [
+    `db_${target.ip}:7100_icon_dex`,
+  ]);
+  assert.match(DEFAULT_PATTERN, /loopchain/);
+  assert.equal((await target.processes(DEFAULT_PATTERN)).length, 1);
+  assert.deepEqual(stagingLeft(join(target.prepDir, 'data')), []);
+  assert.deepEqual(
+    readdirSync(join(target.prepDir, 'data')).filter((n) => n.includes('.prev-')),
+    [],
+  );
+
+  await target.compose('down');
+  const c = await check(target.dataDir);
+  assert.equal(c.ok, true, JSON.stringify(c));
+  assert.ok(c.height >= snap.height, JSON.stringify(c));
+  assert.equal(c.block_dir, `.storage/db_${target.ip}:7100_icon_dex`);
+}
+
+describe('every input at its default, Compose v1 (docker-compose)', () => {
+  let world: World;
+  let source: GuideHost;
+  let since: number;
+  let backup: { main: RunResult; post: RunResult };
+  const hosts: GuideHost[] = [];
+
+  before(
+    async () => {
+      world = await quietWorld();
+      source = await sourceHost('v1', hosts);
+      since = Date.now();
+      backup = await runBoth(world, minimal(world, source, 'backup'));
+    },
+    { timeout: TEN_MINUTES },
+  );
+  after(async () => {
+    for (const h of hosts) await h.stop();
+    await world?.close();
+  });
+
+  it('backs up /app/prep with the default stop, start and peer API; backup_list names the archive', async () => {
+    await assertOnlyCompose(source);
+    await assertPublished(world, backup);
+    await assertRestarted(source, since);
+    assert.deepEqual(frozenLeft(source), []);
+  });
+
+  it(
+    "restores onto a fresh host: the host's own IP names the block DB, the node runs at the snapshot's height",
+    { timeout: TEN_MINUTES },
+    async () => {
+      assert.equal(backup.main.code, 0, said(backup.main));
+      const snap = {
+        key: backup.main.outputs.key ?? '',
+        height: Number(backup.main.outputs['block-height']),
+      };
+      await restoreOntoFresh(world, 'v1', snap, hosts);
+    },
+  );
+
+  it("refuses a restore onto the running source ('stop-node' is false) and changes nothing", async () => {
+    const before = await source.status();
+    assert.equal(before.running, true);
+    const data = join(source.prepDir, 'data');
+    const entries = readdirSync(data).sort();
+    const storage = readdirSync(join(source.dataDir, '.storage'));
+    const inode = statSync(source.dataDir).ino;
+    const t0 = Date.now();
+
+    const run = await runBoth(world, minimal(world, source, 'restore'));
+    assert.notEqual(run.main.code, 0, said(run.main));
+    assert.match(errors(run.main), /running/);
+    assert.match(errors(run.main), /stop-node/);
+    assert.equal(run.post.code, 0, said(run.post));
+
+    const now = await source.status();
+    assert.equal(now.running, true);
+    assert.equal(now.pid, before.pid);
+    assert.deepEqual(
+      source.events().filter((e) => e.ms >= t0),
+      [],
+      'no stop or start on the source',
+    );
+    assert.deepEqual(readdirSync(data).sort(), entries);
+    assert.deepEqual(readdirSync(join(source.dataDir, '.storage')), storage);
+    assert.equal(statSync(source.dataDir).ino, inode);
+    assert.deepEqual(stagingLeft(data), []);
+  });
+});
+
+describe('every input at its default, Compose v2 (docker compose)', () => {
+  let world: World;
+  const hosts: GuideHost[] = [];
+  const bucket = 'compose-v2';
+
+  before(async () => {
+    world = await quietWorld();
+    await world.s3.createBucket(bucket);
+  });
+  after(async () => {
+    for (const h of hosts) await h.stop();
+    await world?.close();
+  });
+
+  it(
+    'backs up and restores onto a fresh host with only docker compose',
+    { timeout: TEN_MINUTES },
+    async () => {
+      const source = await sourceHost('v2', hosts);
+      await assertOnlyCompose(source);
+      const since = Date.now();
+      const backup = await runBoth(world, minimal(world, source, 'backup', bucket));
+      const snap = await assertPublished(world, backup, bucket);
+      await assertRestarted(source, since);
+      assert.deepEqual(frozenLeft(source), []);
+      await restoreOntoFresh(world, 'v2', snap, hosts, bucket);
+    },
+  );
+});

@@ -88869,6 +88869,9 @@ function armWatchdogCommand(flag, seconds, startCommand) {
         `  sleep 1`,
         `done`,
         `date -u +%FT%TZ > "$f.fired"`,
+        // The log is written only when the watchdog acts: nothing else it might print (a signal
+        // that ends it when disarmed) can leave a file for the operator to wonder about.
+        `exec >>"$f.log" 2>&1`,
         `echo "$(date -u +%FT%TZ) prep-snapshot watchdog: the node was still down after ${n} s; starting it"`,
         startCommand,
     ].join('\n');
@@ -88876,7 +88879,7 @@ function armWatchdogCommand(flag, seconds, startCommand) {
         `rm -f -- ${quote(`${flag}.fired`)} ${quote(`${flag}.held`)}`,
         `printf '%s\\n' armed > ${f}`,
         `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
-        `$detach nohup bash -c ${quote(inner)} ${OWN_MARK} </dev/null >>${quote(`${flag}.log`)} 2>&1 &`,
+        `$detach nohup bash -c ${quote(inner)} ${OWN_MARK} </dev/null >/dev/null 2>&1 &`,
         `printf '%s\\n' "$!" > ${quote(`${flag}.pid`)}`,
         `echo "$!"`,
     ]);
@@ -88933,8 +88936,8 @@ function detachedCommand(command) {
 }
 /**
  * Disarms the watchdog: the flag goes first, so that a watchdog that wakes now does
- * nothing. Prints `fired=TIME` when the watchdog had started the node before (its log is
- * then kept for the operator).
+ * nothing. Prints `fired=TIME` when the watchdog had started the node before (its log,
+ * written only then, stays for the operator).
  */
 function disarmWatchdogCommand(flag) {
     const f = (suffix = '') => shell_quote(`${flag}${suffix}`);
@@ -88943,8 +88946,6 @@ function disarmWatchdogCommand(flag) {
         `rm -f -- ${f()} ${f('.held')} ${f('.pid')}`,
         `if [ -n "$pid" ]; then kill -- "-$pid" 2>/dev/null || kill -- "$pid" 2>/dev/null || true; fi`,
         `if [ -e ${f('.fired')} ]; then echo "fired=$(cat -- ${f('.fired')})"; rm -f -- ${f('.fired')}; fi`,
-        // The log says something only when the watchdog fired: then it stays for the operator.
-        `if [ ! -s ${f('.log')} ]; then rm -f -- ${f('.log')}; fi`,
     ]);
 }
 /** The time the watchdog fired, from the output of `disarmWatchdogCommand`; undefined if it did not. */

@@ -4,6 +4,10 @@
 # Cache dir: ${PREP_SNAPSHOT_CACHE:-$HOME/.cache/prep-snapshot}  (test/bed/paths.ts reads the same)
 #   $CACHE/bin/minio                      MinIO server (go install, pinned below)
 #   $CACHE/node24/node_modules/.bin/node  Node 24, to run dist/ like GitHub's runner
+#   $CACHE/bin/goloop                     goloop v1.4.4 (ICON 2 node), built from the vendored
+#                                         source tarball; GOLOOP_TARBALL overrides its path
+#                                         (default: ../shared/vendor/goloop/goloop-1.4.4.tar.gz
+#                                         beside the repo)
 # Also: apt packages openssh-server openssh-client pigz zstd isal curl python3 iproute2 util-linux;
 # npm ci if node_modules is missing.
 # Exports nothing.
@@ -63,6 +67,50 @@ if ! minio_ok; then
   minio_ok || { say "MinIO build finished but $MINIO_BIN --version fails"; exit 1; }
 fi
 
+# --- goloop (ICON 2 node) ---------------------------------------------------------------
+# The Go module proxy that test machines reach does not serve github.com/icon-project/goloop
+# (it does serve its dependencies), so it is built from a source tarball kept outside the repo.
+GOLOOP_VERSION=v1.4.4
+GOLOOP_SHA256=19ec43eb10c61da8f176b28b33c7df75452676b59b4d4b726ee66d031b3872df
+GOLOOP_TARBALL=${GOLOOP_TARBALL:-$REPO/../shared/vendor/goloop/goloop-1.4.4.tar.gz}
+GOLOOP_BIN=$CACHE/bin/goloop
+goloop_ok() { [ -x "$GOLOOP_BIN" ] && "$GOLOOP_BIN" version 2>/dev/null | grep -qw "$GOLOOP_VERSION"; }
+if ! goloop_ok; then
+  have_cmd go || { say "go is required to build goloop (apt-get install golang-go, or https://go.dev/dl)"; exit 1; }
+  if [ -f "$GOLOOP_TARBALL" ]; then
+    got=$(sha256sum "$GOLOOP_TARBALL" | cut -d' ' -f1)
+    if [ "$got" != "$GOLOOP_SHA256" ]; then
+      say "$GOLOOP_TARBALL: sha256 $got, expected $GOLOOP_SHA256; refusing to build it"
+      exit 1
+    fi
+    say "building goloop ${GOLOOP_VERSION} from $GOLOOP_TARBALL into $CACHE/bin (about a minute)"
+    GOLOOP_SRC=$(mktemp -d "${TMPDIR:-/tmp}/goloop-src.XXXXXX")
+    trap 'rm -rf "$GOLOOP_SRC"' EXIT
+    tar -xzf "$GOLOOP_TARBALL" -C "$GOLOOP_SRC"
+    # Build to a temp name and rename, so that a concurrent reader never sees half a binary.
+    (cd "$GOLOOP_SRC/goloop-1.4.4" &&
+      CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=${GOLOOP_VERSION}" \
+        -o "$GOLOOP_BIN.tmp.$$" ./cmd/goloop)
+    mv -f "$GOLOOP_BIN.tmp.$$" "$GOLOOP_BIN"
+    rm -rf "$GOLOOP_SRC"
+    trap - EXIT
+  else
+    say "no goloop source tarball at $GOLOOP_TARBALL (set GOLOOP_TARBALL); trying go install"
+    GOBIN=$CACHE/bin CGO_ENABLED=0 go install -trimpath -ldflags "-X main.version=${GOLOOP_VERSION}" \
+      "github.com/icon-project/goloop/cmd/goloop@${GOLOOP_VERSION}" ||
+      {
+        # Not fatal: the tests of a real goloop node say they were skipped, and why.
+        say "WARNING: cannot get goloop ${GOLOOP_VERSION}: no tarball at $GOLOOP_TARBALL and go install failed."
+        say "Put goloop-1.4.4.tar.gz (git archive --prefix=goloop-1.4.4/ v1.4.4 of icon-project/goloop,"
+        say "sha256 $GOLOOP_SHA256) there, or point GOLOOP_TARBALL at it; the goloop tests are skipped until then."
+      }
+  fi
+  if [ -f "$GOLOOP_TARBALL" ] && ! goloop_ok; then
+    say "goloop build finished but '$GOLOOP_BIN version' does not print ${GOLOOP_VERSION}"
+    exit 1
+  fi
+fi
+
 # --- Node 24 ------------------------------------------------------------------------
 NODE24_DIR=$CACHE/node24
 NODE24=$NODE24_DIR/node_modules/.bin/node
@@ -93,4 +141,4 @@ fi
 # sshd's privilege separation dir (tests create it too).
 [ -d /run/sshd ] || { mkdir -p /run/sshd 2>/dev/null || true; }
 
-say "ready: minio=$MINIO_BIN node24=$NODE24 ($("$NODE24" --version))"
+say "ready: minio=$MINIO_BIN goloop=$GOLOOP_BIN node24=$NODE24 ($("$NODE24" --version))"

@@ -72,7 +72,7 @@ export interface GoloopNode {
   load(n: number, opts?: { amount?: bigint; concurrency?: number }): Promise<GoloopTransfer[]>;
   /** Resolve once the chain is started and at height h or above. */
   waitForHeight(h: number, timeoutMs?: number): Promise<number>;
-  /** POST /chain/{cid}/stop on the control socket. */
+  /** POST /chain/{cid}/stop on the control socket; resolves once the chain has left the stopping state. */
   chainStop(): Promise<string>;
   /** POST /chain/{cid}/start on the control socket. */
   chainStart(): Promise<string>;
@@ -423,7 +423,17 @@ export async function startGoloop(opts: GoloopOptions = {}): Promise<GoloopNode>
       transfer,
       load,
       waitForHeight,
-      chainStop: () => socketRequest(sock, 'POST', `/chain/${cidParam}/stop`),
+      // The socket answers a stop before the chain has stopped ('stopping'): a start or a
+      // backup sent then is refused with InvalidState, so the stop waits for the state to settle.
+      chainStop: async () => {
+        const answer = await socketRequest(sock, 'POST', `/chain/${cidParam}/stop`);
+        const deadline = Date.now() + 30_000;
+        while ((await chain()).state === 'stopping') {
+          if (Date.now() > deadline) throw new Error(`chain ${cidParam} still stopping after 30 s`);
+          await sleep(20);
+        }
+        return answer;
+      },
       chainStart: () => socketRequest(sock, 'POST', `/chain/${cidParam}/start`),
       chainBackupManual: () =>
         socketRequest(sock, 'POST', `/chain/${cidParam}/backup`, { manual: true }),

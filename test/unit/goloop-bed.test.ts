@@ -106,10 +106,16 @@ describe('goloop node', { skip: goloopMissing() }, () => {
 
   it('the goloop CLI drives the same socket', async () => {
     const cid = `0x${g.cid}`;
+    // Like the socket, the CLI's stop returns while the chain may still be stopping.
+    const settled = async () => {
+      while ((await g.chain()).state === 'stopping') await new Promise((r) => setTimeout(r, 20));
+    };
     await g.cli(['chain', 'stop', cid]);
+    await settled();
     await g.cli(['chain', 'backup', '--manual', cid]);
     assert.equal((await g.chain()).state, 'backup manual');
     await g.cli(['chain', 'stop', cid]);
+    await settled();
     await g.cli(['chain', 'start', cid]);
     await g.waitForHeight((await g.height()) + 3);
   });

@@ -1,4 +1,5 @@
 /** The JSON manifest stored for each archive: what a restore and a verify check against. */
+import type { KindFacts } from './node-kind/host.js';
 import type { Compression } from './settings.js';
 
 export interface Manifest {
@@ -16,9 +17,11 @@ export interface Manifest {
   compressor: string;
   compressionLevel: number;
   consistency: 'hardlink' | 'stop';
-  /** The directory name that the restore renames to `db_{IP}:7100_icon_dex`. */
-  placeholder: string;
-  source: { host: string; dataDir: string; identity: string };
+  /** loopchain: the directory name that the restore renames to `db_{IP}:7100_icon_dex`. */
+  placeholder?: string;
+  /** What the node's kind recorded of the snapshot (see `NodeHost.facts`). */
+  facts?: KindFacts;
+  source: { host: string; dataDir: string; identity?: string };
   createdAt: string;
   actionVersion: string;
   timings: Record<string, number>;

@@ -6,7 +6,6 @@
 import * as core from '@actions/core';
 import { State } from './constants.js';
 import { errorMessage, NodeLostError, RemoteCommandError } from './errors.js';
-import type { NodeKind } from './node-kind/loopchain.js';
 import {
   armWatchdogCommand,
   detachedCommand,
@@ -15,10 +14,10 @@ import {
   NODE_LOST,
   nodeLostAt,
   parseDisarm,
-  peerCommand,
 } from './node-kind/remote.js';
 import type { NodeSettings } from './settings.js';
-import type { Prepared, SshSession } from './ssh/session.js';
+import type { Shell } from './node-kind/index.js';
+import type { Prepared } from './ssh/session.js';
 
 /** Names this run's files on the host (staging folder, watchdog flag): unique per run, attempt and process. */
 export function currentRunId(): string {
@@ -38,19 +37,11 @@ export class NodeControl {
   startedAt?: number;
 
   constructor(
-    private readonly session: SshSession,
+    private readonly session: Shell,
     private readonly settings: NodeSettings,
-    private readonly kind: NodeKind,
     runId: string,
   ) {
     this.watchdogFlag = `${dirname(settings.dataDir)}/.prep-snapshot-watchdog-${runId}`;
-  }
-
-  /** The height the node reports, or undefined when its API does not answer. */
-  async height(): Promise<number | undefined> {
-    const res = await this.session.exec(peerCommand(this.settings.peerUrl), { timeoutMs: 30_000 });
-    if (res.code !== 0) return undefined;
-    return this.kind.parseHeight(res.stdout);
   }
 
   get isStopped(): boolean {

@@ -88479,251 +88479,6 @@ function secondsSince(start) {
     return (performance.now() - start) / 1000;
 }
 
-;// CONCATENATED MODULE: ./src/node-kind/leveldb-manifest.ts
-/**
- * Reads a LevelDB MANIFEST: a log file (32 KiB blocks of checksummed records) whose
- * records are VersionEdits. Replaying the edits gives the set of table files that the
- * database's current version uses. Tables on disk that are not in that set are left over
- * from an interrupted compaction: they belong to nobody and must not enter a snapshot.
- */
-const BLOCK_SIZE = 32 * 1024;
-const HEADER_SIZE = 7;
-var RecordType;
-(function (RecordType) {
-    RecordType[RecordType["Zero"] = 0] = "Zero";
-    RecordType[RecordType["Full"] = 1] = "Full";
-    RecordType[RecordType["First"] = 2] = "First";
-    RecordType[RecordType["Middle"] = 3] = "Middle";
-    RecordType[RecordType["Last"] = 4] = "Last";
-})(RecordType || (RecordType = {}));
-var Tag;
-(function (Tag) {
-    Tag[Tag["Comparator"] = 1] = "Comparator";
-    Tag[Tag["LogNumber"] = 2] = "LogNumber";
-    Tag[Tag["NextFileNumber"] = 3] = "NextFileNumber";
-    Tag[Tag["LastSequence"] = 4] = "LastSequence";
-    Tag[Tag["CompactPointer"] = 5] = "CompactPointer";
-    Tag[Tag["DeletedFile"] = 6] = "DeletedFile";
-    Tag[Tag["NewFile"] = 7] = "NewFile";
-    Tag[Tag["PrevLogNumber"] = 9] = "PrevLogNumber";
-})(Tag || (Tag = {}));
-class ManifestError extends Error {
-    name = 'ManifestError';
-}
-/** Splits a LevelDB log into its logical records, checking each record's CRC32C. */
-function readLogRecords(buf) {
-    const records = [];
-    let pending;
-    let offset = 0;
-    while (offset < buf.length) {
-        const leftInBlock = BLOCK_SIZE - (offset % BLOCK_SIZE);
-        if (leftInBlock < HEADER_SIZE) {
-            offset += leftInBlock; // trailer padding
-            continue;
-        }
-        if (offset + HEADER_SIZE > buf.length)
-            break;
-        const storedCrc = buf.readUInt32LE(offset);
-        const length = buf.readUInt16LE(offset + 4);
-        const type = buf[offset + 6];
-        if (type === RecordType.Zero && length === 0) {
-            offset += leftInBlock; // preallocated, zero-filled tail of a block
-            continue;
-        }
-        const start = offset + HEADER_SIZE;
-        const end = start + length;
-        if (end > buf.length || length > leftInBlock - HEADER_SIZE) {
-            // A record cut short by a crash: LevelDB ignores the torn tail as well.
-            break;
-        }
-        const actual = maskCrc(crc32c(buf.subarray(offset + 6, end)));
-        if (actual !== storedCrc) {
-            throw new ManifestError(`MANIFEST record at byte ${offset} fails its checksum`);
-        }
-        const data = buf.subarray(start, end);
-        switch (type) {
-            case RecordType.Full:
-                records.push(Buffer.from(data));
-                pending = undefined;
-                break;
-            case RecordType.First:
-                pending = [Buffer.from(data)];
-                break;
-            case RecordType.Middle:
-                if (pending)
-                    pending.push(Buffer.from(data));
-                break;
-            case RecordType.Last:
-                if (pending) {
-                    pending.push(Buffer.from(data));
-                    records.push(Buffer.concat(pending));
-                }
-                pending = undefined;
-                break;
-            default:
-                throw new ManifestError(`MANIFEST record at byte ${offset} has unknown type ${type}`);
-        }
-        offset = end;
-    }
-    return records;
-}
-class Reader {
-    buf;
-    pos = 0;
-    constructor(buf) {
-        this.buf = buf;
-    }
-    get done() {
-        return this.pos >= this.buf.length;
-    }
-    varint() {
-        let result = 0;
-        let factor = 1;
-        for (let i = 0; i < 10; i++) {
-            const byte = this.buf[this.pos++];
-            if (byte === undefined)
-                throw new ManifestError('VersionEdit ends inside a varint');
-            result += (byte & 0x7f) * factor;
-            if ((byte & 0x80) === 0)
-                return result;
-            factor *= 128;
-        }
-        throw new ManifestError('VersionEdit has a varint longer than 10 bytes');
-    }
-    bytes() {
-        const length = this.varint();
-        if (this.pos + length > this.buf.length) {
-            throw new ManifestError('VersionEdit ends inside a string');
-        }
-        const out = this.buf.subarray(this.pos, this.pos + length);
-        this.pos += length;
-        return out;
-    }
-}
-/** Replays every VersionEdit of a MANIFEST and returns the resulting version. */
-function parseManifest(buf) {
-    const state = { tables: new Map() };
-    for (const record of readLogRecords(buf)) {
-        const r = new Reader(record);
-        while (!r.done) {
-            const tag = r.varint();
-            switch (tag) {
-                case Tag.Comparator:
-                    state.comparator = r.bytes().toString('utf8');
-                    break;
-                case Tag.LogNumber:
-                    state.logNumber = r.varint();
-                    break;
-                case Tag.NextFileNumber:
-                    state.nextFileNumber = r.varint();
-                    break;
-                case Tag.LastSequence:
-                case Tag.PrevLogNumber:
-                    r.varint();
-                    break;
-                case Tag.CompactPointer:
-                    r.varint();
-                    r.bytes();
-                    break;
-                case Tag.DeletedFile: {
-                    r.varint(); // level
-                    state.tables.delete(r.varint());
-                    break;
-                }
-                case Tag.NewFile: {
-                    const level = r.varint();
-                    const fileNumber = r.varint();
-                    const size = r.varint();
-                    r.bytes(); // smallest key
-                    r.bytes(); // largest key
-                    state.tables.set(fileNumber, { level, fileNumber, size });
-                    break;
-                }
-                default:
-                    throw new ManifestError(`VersionEdit has unknown tag ${tag}`);
-            }
-        }
-    }
-    return state;
-}
-/** The table file number of `000123.ldb` or `000123.sst`, or undefined for other files. */
-function tableFileNumber(name) {
-    const m = /^(\d+)\.(ldb|sst)$/.exec(name);
-    return m ? Number(m[1]) : undefined;
-}
-const CRC_TABLE = (() => {
-    const table = new Uint32Array(256);
-    for (let n = 0; n < 256; n++) {
-        let c = n;
-        for (let k = 0; k < 8; k++)
-            c = c & 1 ? 0x82f63b78 ^ (c >>> 1) : c >>> 1;
-        table[n] = c >>> 0;
-    }
-    return table;
-})();
-function crc32c(buf) {
-    let crc = 0xffffffff;
-    for (const byte of buf)
-        crc = CRC_TABLE[(crc ^ byte) & 0xff] ^ (crc >>> 8);
-    return (crc ^ 0xffffffff) >>> 0;
-}
-function maskCrc(crc) {
-    return ((((crc >>> 15) | (crc << 17)) >>> 0) + 0xa282ead8) >>> 0;
-}
-
-;// CONCATENATED MODULE: ./src/freeze.ts
-/**
- * After the freeze, the staging folder may hold tables left by a compaction that the node
- * was killed in: the MANIFEST does not list them, and a restarted LevelDB may reuse their
- * numbers and truncate the shared inode. This reads each database's MANIFEST and names
- * the tables to drop, and the listed tables that are missing (a snapshot that would not open).
- */
-
-
-function parseManifestsOutput(stdout) {
-    const dbs = [];
-    let db;
-    for (const line of stdout.split('\n')) {
-        const [kind, a, b] = line.split('\t');
-        if (kind === 'db' && a !== undefined) {
-            db = { dir: a, current: b ?? '', tables: [] };
-            dbs.push(db);
-        }
-        else if (kind === 'manifest' && db) {
-            db.manifest = Buffer.from(a ?? '', 'base64');
-        }
-        else if (kind === 'table' && db && a) {
-            db.tables.push(a);
-        }
-    }
-    return dbs;
-}
-function planPrune(dbs) {
-    const plan = { databases: dbs.length, liveTables: 0, garbage: [] };
-    for (const db of dbs) {
-        if (!/^MANIFEST-\d+$/.test(db.current) || !db.manifest) {
-            throw new HostError(`${db.dir}/CURRENT names '${db.current}', not a MANIFEST: the database is damaged.`);
-        }
-        const live = parseManifest(db.manifest).tables;
-        const present = new Set();
-        for (const file of db.tables) {
-            const number = tableFileNumber(file);
-            if (number === undefined)
-                continue;
-            present.add(number);
-            if (!live.has(number))
-                plan.garbage.push(`${db.dir}/${file}`);
-        }
-        const missing = [...live.keys()].filter((n) => !present.has(n));
-        if (missing.length > 0) {
-            throw new HostError(`${db.dir}: its MANIFEST lists ${missing.length} table file(s) that are not there ` +
-                `(${missing.slice(0, 5).join(', ')}): the database is damaged; no snapshot was taken of it.`);
-        }
-        plan.liveTables += live.size;
-    }
-    return plan;
-}
-
 ;// CONCATENATED MODULE: ./src/naming.ts
 const EXTENSIONS = { gzip: '.tar.gz', zstd: '.tar.zst' };
 /** `YYYYMMDD` and `HHMM` of a moment, in UTC. */
@@ -89530,7 +89285,6 @@ function currentRunId() {
 class NodeControl {
     session;
     settings;
-    kind;
     stopped = false;
     armed = false;
     /** The start command and the disarm, opened ahead when the node is to start again soon. */
@@ -89541,18 +89295,10 @@ class NodeControl {
     lostAt;
     stoppedAt;
     startedAt;
-    constructor(session, settings, kind, runId) {
+    constructor(session, settings, runId) {
         this.session = session;
         this.settings = settings;
-        this.kind = kind;
         this.watchdogFlag = `${dirname(settings.dataDir)}/.prep-snapshot-watchdog-${runId}`;
-    }
-    /** The height the node reports, or undefined when its API does not answer. */
-    async height() {
-        const res = await this.session.exec(peerCommand(this.settings.peerUrl), { timeoutMs: 30_000 });
-        if (res.code !== 0)
-            return undefined;
-        return this.kind.parseHeight(res.stdout);
     }
     get isStopped() {
         return this.stopped;
@@ -89691,400 +89437,24 @@ class NodeControl {
     }
 }
 
-;// CONCATENATED MODULE: ./src/node-kind/loopchain.ts
-/**
- * What is specific to an ICON 1 (loopchain) node: which paths are archived, the per-IP
- * directory and its placeholder, where the block height comes from, which files never
- * change once written. A second kind of node (goloop) is another module of this shape.
- */
-
-
-const loopchain = {
-    name: 'loopchain',
-    roots: ['.score_data', '.storage'],
-    identityParent: '.storage',
-    identityGlob: 'db_*:7100_icon_dex',
-    identityPattern: /^db_(.+):7100_icon_dex$/,
-    placeholder: 'db_CHANGEIP:7100_icon_dex',
-    identityDir: (ip) => `db_${ip}:7100_icon_dex`,
-    isImmutable: (name) => tableFileNumber(name) !== undefined,
-    parseHeight(body) {
-        let parsed;
-        try {
-            parsed = JSON.parse(body);
-        }
-        catch {
-            throw new HostError(`The peer API did not answer with JSON: '${body.slice(0, 200)}'.`);
-        }
-        const height = parsed.block_height;
-        if (typeof height !== 'number' || !Number.isInteger(height) || height < 0) {
-            throw new HostError(`The peer API's answer has no block_height: '${body.slice(0, 200)}'.`);
-        }
-        return height;
-    },
-};
-/** The single identity directory among `names`; none or several is an error the operator can fix. */
-function pickIdentityDir(kind, names, dataDir) {
-    const matches = names.filter((n) => kind.identityPattern.test(n) && n !== kind.placeholder);
-    if (matches.length === 1)
-        return matches[0];
-    const where = `${dataDir}/${kind.identityParent}`;
-    if (matches.length === 0) {
-        throw new HostError(`${where} holds no ${kind.identityGlob} directory: is 'data-dir' the node's data directory?`);
-    }
-    throw new HostError(`${where} holds ${matches.length} directories named ${kind.identityGlob} (${matches.join(', ')}): ` +
-        `keep only the one of this node's IP, then run again.`);
-}
-
-;// CONCATENATED MODULE: ./src/progress.ts
-/** A progress line on a timer during a long transfer: bytes, rate and an estimate of the time left. */
-
-
-class Progress {
-    label;
-    totalSource;
-    timer;
-    started = performance.now();
-    /** Bytes sent (compressed). */
-    sent = 0;
-    /** Bytes of the source read so far, when the remote side reports it. */
-    read = 0;
-    constructor(label, totalSource, intervalMs = 10_000) {
-        this.label = label;
-        this.totalSource = totalSource;
-        this.timer = setInterval(() => info(this.line()), intervalMs);
-        this.timer.unref();
-    }
-    line() {
-        const seconds = (performance.now() - this.started) / 1000;
-        const parts = [
-            `${this.label}: ${formatBytes(this.sent)} sent, ${formatRate(this.sent, seconds)}`,
-        ];
-        if (this.totalSource > 0 && this.read > 0) {
-            const fraction = Math.min(1, this.read / this.totalSource);
-            const eta = fraction > 0 ? (seconds / fraction) * (1 - fraction) : Number.NaN;
-            parts.push(`${(fraction * 100).toFixed(0)}% of ${formatBytes(this.totalSource)} read`, `ETA ${formatDuration(eta)}`);
-        }
-        return parts.join(', ');
-    }
-    stop() {
-        if (this.timer)
-            clearInterval(this.timer);
-        this.timer = undefined;
-    }
-}
-
-;// CONCATENATED MODULE: ./src/retention.ts
-/** Which archives retention removes: those dated more than `days` before today (UTC). */
-
-/** `days` 0 keeps everything. The permanent prefix is never given to this function. */
-function chooseExpired(archives, now, days) {
-    if (days <= 0)
-        return [];
-    const cutoff = dateDaysAgo(now, days);
-    return archives.filter((a) => a.name.date < cutoff);
-}
-function entriesOf(archives) {
-    return archives.map((a) => listEntry(a.name));
-}
-
-// EXTERNAL MODULE: ./node_modules/@aws-sdk/client-s3/dist-cjs/index.js
-var dist_cjs = __nccwpck_require__(3711);
-;// CONCATENATED MODULE: external "node:timers/promises"
-const promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:timers/promises");
-;// CONCATENATED MODULE: ./src/s3/client.ts
-/** The S3 client, from the default credential chain (OIDC from configure-aws-credentials works as is). */
-
-
-function createClient(settings) {
-    const config = {
-        region: settings.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
-        endpoint: settings.endpoint,
-        forcePathStyle: settings.forcePathStyle,
-        maxAttempts: 5,
-        // The archive is proved whole end to end by the sha256 in its manifest (and TLS guards
-        // each request); a CRC32 of every part on top cost the runner CPU the stream needs.
-        requestChecksumCalculation: 'WHEN_REQUIRED',
-    };
-    if (settings.unsigned) {
-        // A public bucket: requests go out unsigned, no credentials needed.
-        config.credentials = { accessKeyId: '', secretAccessKey: '' };
-        config.signer = { sign: async (request) => request };
-    }
-    return new dist_cjs/* S3Client */.YxF(config);
-}
-/** Proves, before the node is touched, that the credentials work and the bucket exists. */
-async function checkBucket(client, settings) {
-    try {
-        await client.send(new dist_cjs/* HeadBucketCommand */.kuI({ Bucket: settings.bucket }));
-    }
-    catch (error) {
-        throw describeS3Error(error, `bucket '${settings.bucket}'`);
-    }
-}
-/** Turns an SDK error into one the operator can act on. */
-function describeS3Error(error, what) {
-    if (error instanceof StorageError)
-        return error;
-    const err = error;
-    const status = err.$metadata?.httpStatusCode;
-    if (err.name === 'CredentialsProviderError' ||
-        /Could not load credentials/i.test(err.message ?? '')) {
-        return new StorageError(`No AWS credentials were found for ${what}. Add a step with aws-actions/configure-aws-credentials before this one ` +
-            `(or set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).`);
-    }
-    if (status === 404 || err.name === 'NotFound' || err.name === 'NoSuchBucket') {
-        return new StorageError(`S3 answered 404 for ${what}: check 'bucket', 'region' and 'endpoint'.`);
-    }
-    if (status === 403 || err.name === 'AccessDenied' || err.name === 'Forbidden') {
-        return new StorageError(`S3 refused access to ${what} (403): the credentials lack a permission (see the IAM policy in the README) or are wrong.`);
-    }
-    if (status === 301 || err.name === 'PermanentRedirect') {
-        return new StorageError(`${what} is in another region: set 'region' to the bucket's region.`);
-    }
-    if (error instanceof dist_cjs/* S3ServiceException */.Hcp) {
-        return new StorageError(`S3 error on ${what}: ${err.name} (${status ?? '?'}): ${err.message}`);
-    }
-    return new StorageError(`S3 error on ${what}: ${err.code ?? err.name ?? ''} ${err.message}`.trim());
-}
-function isStatus(error, ...statuses) {
-    const status = error.$metadata?.httpStatusCode;
-    return status !== undefined && statuses.includes(status);
-}
-function objectUrl(settings, key) {
-    const path = key.split('/').map(encodeURIComponent).join('/');
-    if (settings.endpoint)
-        return `${settings.endpoint.replace(/\/+$/, '')}/${settings.bucket}/${path}`;
-    return `s3://${settings.bucket}/${key}`;
-}
-
-;// CONCATENATED MODULE: ./src/s3/backup-list.ts
-/**
- * `{prefix}/backup_list`: one `YYYYMMDD/FILE` a line, newest first, as the original scripts
- * read it (`head -n 1` is the latest). Edits are pure; the write is conditional on the ETag
- * that was read, and retried, so that two runs that finish together both keep their entry.
- */
-
-
-
-
-
-function parseBackupList(text) {
-    return text
-        .split('\n')
-        .map((l) => l.trim())
-        .filter((l) => l !== '');
-}
-function formatBackupList(entries) {
-    return entries.length ? `${entries.join('\n')}\n` : '';
-}
-/** Sorts newest first; lines that are not archive names keep their order, after the rest. */
-function sortNewestFirst(entries) {
-    const unique = [...new Set(entries)];
-    const named = unique.flatMap((e) => {
-        const name = parseArchivePath(e);
-        return name ? [{ e, name }] : [];
-    });
-    const other = unique.filter((e) => !parseArchivePath(e));
-    named.sort((a, b) => compareNewestFirst(a.name, b.name));
-    return [...named.map((n) => n.e), ...other];
-}
-function addEntry(entries, entry) {
-    return sortNewestFirst([...entries, entry]);
-}
-function removeEntries(entries, remove) {
-    const gone = new Set(remove);
-    return entries.filter((e) => !gone.has(e));
-}
-async function readBackupList(client, bucket, key) {
-    try {
-        const res = await client.send(new dist_cjs/* GetObjectCommand */.jLs({ Bucket: bucket, Key: key }));
-        const text = (await res.Body?.transformToString('utf8')) ?? '';
-        return { entries: parseBackupList(text), etag: res.ETag };
-    }
-    catch (error) {
-        if (isStatus(error, 404) || error.name === 'NoSuchKey')
-            return { entries: [] };
-        throw describeS3Error(error, `s3://${bucket}/${key}`);
-    }
-}
-/**
- * Applies `edit` to the list and writes it only if nobody wrote it in between
- * (If-Match on the ETag read, or If-None-Match when it did not exist); retries otherwise.
- */
-async function updateBackupList(client, bucket, key, edit, attempts = 12) {
-    for (let attempt = 1;; attempt++) {
-        const current = await readBackupList(client, bucket, key);
-        const next = edit(current.entries);
-        try {
-            await client.send(new dist_cjs/* PutObjectCommand */.wKZ({
-                Bucket: bucket,
-                Key: key,
-                Body: formatBackupList(next),
-                ContentType: 'text/plain; charset=utf-8',
-                ...(current.etag ? { IfMatch: current.etag } : { IfNoneMatch: '*' }),
-            }));
-            return next;
-        }
-        catch (error) {
-            // 412: someone wrote it since it was read; 404: someone removed it since. Read again.
-            const conflict = isStatus(error, 412, 409, 404) || error.name === 'PreconditionFailed';
-            if (!conflict)
-                throw describeS3Error(error, `s3://${bucket}/${key}`);
-            if (attempt >= attempts) {
-                throw new StorageError(`backup_list kept changing under this run (${attempts} attempts); run again.`);
-            }
-            await (0,promises_namespaceObject.setTimeout)(Math.min(2000, 50 * 2 ** attempt) * (0.5 + Math.random()));
-        }
-    }
-}
-
-;// CONCATENATED MODULE: ./src/s3/copy.ts
-/** Server-side copies. One CopyObject holds at most 5 GB; larger objects are copied in parts. */
-
-
-const COPY_OBJECT_LIMIT = 5 * 1000 ** 3;
-/** Byte ranges for UploadPartCopy: parts of at least 5 MiB (but the last), at most 10,000 of them. */
-function copyRanges(size, partSize) {
-    const part = Math.max(partSize ?? Math.ceil(size / 9000), 5 * 1024 * 1024);
-    const ranges = [];
-    for (let start = 0; start < size; start += part)
-        ranges.push({ start, end: Math.min(size, start + part) - 1 });
-    return ranges;
-}
-async function copyObject(client, bucket, source, target, size, options = {}) {
-    const copySource = `${bucket}/${source.split('/').map(encodeURIComponent).join('/')}`;
-    if (size <= (options.threshold ?? COPY_OBJECT_LIMIT)) {
-        try {
-            await client.send(new dist_cjs/* CopyObjectCommand */.s9Z({ Bucket: bucket, Key: target, CopySource: copySource }));
-            return;
-        }
-        catch (error) {
-            throw describeS3Error(error, `the copy to s3://${bucket}/${target}`);
-        }
-    }
-    const created = await client.send(new dist_cjs/* CreateMultipartUploadCommand */.nG4({ Bucket: bucket, Key: target }));
-    const uploadId = created.UploadId;
-    try {
-        const parts = [];
-        const ranges = copyRanges(size, options.partSize);
-        let next = 0;
-        const worker = async () => {
-            while (next < ranges.length) {
-                const index = next++;
-                const range = ranges[index];
-                const res = await client.send(new dist_cjs/* UploadPartCopyCommand */.Xp2({
-                    Bucket: bucket,
-                    Key: target,
-                    UploadId: uploadId,
-                    PartNumber: index + 1,
-                    CopySource: copySource,
-                    CopySourceRange: `bytes=${range.start}-${range.end}`,
-                }));
-                parts[index] = { PartNumber: index + 1, ETag: res.CopyPartResult?.ETag };
-            }
-        };
-        await Promise.all([worker(), worker(), worker(), worker()]);
-        await client.send(new dist_cjs/* CompleteMultipartUploadCommand */.Gym({
-            Bucket: bucket,
-            Key: target,
-            UploadId: uploadId,
-            MultipartUpload: { Parts: parts },
-        }));
-    }
-    catch (error) {
-        await client
-            .send(new dist_cjs/* AbortMultipartUploadCommand */.tfP({ Bucket: bucket, Key: target, UploadId: uploadId }))
-            .catch(() => undefined);
-        throw describeS3Error(error, `the multipart copy to s3://${bucket}/${target}`);
-    }
-}
-
-;// CONCATENATED MODULE: ./src/s3/store.ts
-/** Listing what is stored: archives under a prefix, their manifests, their permanent copies. */
-
-
-
-async function listObjects(client, bucket, prefix) {
-    const out = [];
-    let token;
-    try {
-        do {
-            const res = await client.send(new dist_cjs/* ListObjectsV2Command */.u6x({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
-            for (const o of res.Contents ?? []) {
-                if (o.Key)
-                    out.push({ key: o.Key, size: o.Size ?? 0, lastModified: o.LastModified });
-            }
-            token = res.IsTruncated ? res.NextContinuationToken : undefined;
-        } while (token);
-    }
-    catch (error) {
-        throw describeS3Error(error, `the listing of s3://${bucket}/${prefix}`);
-    }
-    return out;
-}
-/** Archives exactly at `{prefix}/YYYYMMDD/FILE`; anything else under the prefix is not ours to judge. */
-async function listArchives(client, bucket, prefix) {
-    const objects = await listObjects(client, bucket, `${prefix}/`);
-    return objects.flatMap((o) => {
-        const name = parseArchivePath(o.key);
-        return name && o.key === `${prefix}/${name.date}/${name.file}` ? [{ ...o, name }] : [];
-    });
-}
-async function deleteKeys(client, bucket, keys) {
-    for (let i = 0; i < keys.length; i += 1000) {
-        const batch = keys.slice(i, i + 1000);
-        try {
-            const res = await client.send(new dist_cjs/* DeleteObjectsCommand */.xvx({
-                Bucket: bucket,
-                Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true },
-            }));
-            const failed = res.Errors?.[0];
-            if (failed)
-                throw new Error(`${failed.Key}: ${failed.Code} ${failed.Message}`);
-        }
-        catch (error) {
-            throw describeS3Error(error, `the deletion of ${batch.length} objects`);
-        }
-    }
-}
-async function readManifest(client, bucket, key) {
-    try {
-        const res = await client.send(new dist_cjs/* GetObjectCommand */.jLs({ Bucket: bucket, Key: key }));
-        return JSON.parse((await res.Body?.transformToString('utf8')) ?? '');
-    }
-    catch (error) {
-        if (isStatus(error, 404) || error.name === 'NoSuchKey')
-            return undefined;
-        if (error instanceof SyntaxError)
-            return undefined;
-        throw describeS3Error(error, `s3://${bucket}/${key}`);
-    }
-}
-async function writeJson(client, bucket, key, value) {
-    try {
-        await client.send(new dist_cjs/* PutObjectCommand */.wKZ({
-            Bucket: bucket,
-            Key: key,
-            Body: `${JSON.stringify(value, null, 2)}\n`,
-            ContentType: 'application/json',
-        }));
-    }
-    catch (error) {
-        throw describeS3Error(error, `s3://${bucket}/${key}`);
-    }
-}
-
-// EXTERNAL MODULE: external "node:crypto"
-var external_node_crypto_ = __nccwpck_require__(7598);
-// EXTERNAL MODULE: external "node:stream"
-var external_node_stream_ = __nccwpck_require__(7075);
-// EXTERNAL MODULE: external "node:net"
-var external_node_net_ = __nccwpck_require__(7030);
+// EXTERNAL MODULE: external "node:child_process"
+var external_node_child_process_ = __nccwpck_require__(1421);
+// EXTERNAL MODULE: external "node:fs"
+var external_node_fs_ = __nccwpck_require__(3024);
+// EXTERNAL MODULE: external "node:os"
+var external_node_os_ = __nccwpck_require__(8161);
 // EXTERNAL MODULE: external "node:path"
 var external_node_path_ = __nccwpck_require__(6760);
+// EXTERNAL MODULE: external "node:stream"
+var external_node_stream_ = __nccwpck_require__(7075);
+// EXTERNAL MODULE: ./node_modules/ssh2/lib/index.js
+var lib = __nccwpck_require__(5472);
+// EXTERNAL MODULE: external "node:crypto"
+var external_node_crypto_ = __nccwpck_require__(7598);
+// EXTERNAL MODULE: external "node:net"
+var external_node_net_ = __nccwpck_require__(7030);
 ;// CONCATENATED MODULE: external "node:stream/promises"
-const external_node_stream_promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:stream/promises");
+const promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:stream/promises");
 ;// CONCATENATED MODULE: ./src/byte-source.ts
 /**
  * Where the archive's bytes come from on the runner, read into buffers that the reader lends.
@@ -90108,7 +89478,7 @@ function readableSource(body) {
                     body.pause();
             });
             // Resolves at the end, rejects on an error or a close before the end.
-            return (0,external_node_stream_promises_namespaceObject.finished)(body, { writable: false });
+            return (0,promises_namespaceObject.finished)(body, { writable: false });
         },
         resume: () => body.resume(),
         destroy: (error) => body.destroy(error),
@@ -90162,7 +89532,7 @@ async function socketSource(dir) {
             r.once('error', reject);
         });
         const writer = await accepted;
-        const ended = (0,external_node_stream_promises_namespaceObject.finished)(r, { writable: false });
+        const ended = (0,promises_namespaceObject.finished)(r, { writable: false });
         ended.catch(() => undefined);
         const source = {
             flow: (s) => {
@@ -90191,350 +89561,6 @@ async function socketSource(dir) {
         // The pair is connected (or failed): the listening socket and its path are not needed.
         server.close();
     }
-}
-
-;// CONCATENATED MODULE: ./src/s3/upload.ts
-/**
- * Streams an archive into a multipart upload. The part size follows the expected size, so
- * that the archive fits in S3's 10,000 parts; memory stays near part size x queue size.
- * A failed or aborted stream aborts the multipart upload: no orphan parts.
- */
-
-
-
-
-
-
-const MIN_PART_SIZE = 8 * 1024 * 1024;
-const MAX_PART_SIZE = 5 * 1024 ** 3;
-const MAX_PARTS = 10_000;
-/** Parts kept in reserve for an archive larger than expected (compression can expand data). */
-const PART_HEADROOM = 0.8;
-/** The smallest part size (a whole MiB, at least 8 MiB) that fits `expectedBytes` in 8,000 parts. */
-function choosePartSize(expectedBytes) {
-    const mib = 1024 * 1024;
-    const needed = Math.ceil(expectedBytes / (MAX_PARTS * PART_HEADROOM) / mib) * mib;
-    return Math.min(MAX_PART_SIZE, Math.max(MIN_PART_SIZE, needed));
-}
-/**
- * Plans the upload of an archive of at most `expectedBytes` before anything is stopped: an
- * explicit `partSize` must fit it in 10,000 parts, and the part buffers must stay within
- * `maxBufferBytes` of memory (fewer parts in flight where a large database needs large parts).
- */
-function planParts(expectedBytes, settings, maxBufferBytes) {
-    const partSize = settings.partSize ?? choosePartSize(expectedBytes);
-    if (settings.partSize !== undefined && settings.partSize * MAX_PARTS < expectedBytes) {
-        throw new InputError(`Input 'part-size' (${formatBytes(settings.partSize)}) allows an archive of at most ` +
-            `${formatBytes(settings.partSize * MAX_PARTS)} in S3's ${MAX_PARTS} parts; this one may reach ` +
-            `${formatBytes(expectedBytes)}. Raise it, or leave it empty to have it chosen from the database's size.`);
-    }
-    // One part fills while the others are in flight.
-    const fits = Math.floor(maxBufferBytes / partSize) - 1;
-    if (fits < 1) {
-        throw new InputError(`An archive of up to ${formatBytes(expectedBytes)} needs parts of ${formatBytes(partSize)} (S3 takes at most ` +
-            `${MAX_PARTS} parts); two of them exceed the ${formatBytes(maxBufferBytes)} of part buffers the runner may hold.`);
-    }
-    return { partSize, queueSize: Math.min(settings.queueSize, fits) };
-}
-/** Counts and hashes the bytes that pass through it. */
-class HashingCounter extends external_node_stream_.Transform {
-    hash = (0,external_node_crypto_.createHash)('sha256');
-    bytes = 0;
-    _transform(chunk, _encoding, callback) {
-        this.hash.update(chunk);
-        this.bytes += chunk.length;
-        callback(null, chunk);
-    }
-    digest() {
-        return this.hash.digest('hex');
-    }
-}
-function isByteSource(body) {
-    return typeof body.flow === 'function';
-}
-/**
- * The multipart upload, fed from a small pool of part buffers that are reused. A ByteSource
- * reads straight into the part being filled; a Readable's chunks are copied into it. A full
- * part goes out while the next one fills; when queueSize parts are in flight the source
- * pauses until one comes back. Memory is (queueSize + 1) x partSize whatever the archive's
- * size, and the runner allocates no part-sized buffer per part (with fresh buffers per part,
- * the garbage collector, page faults and the concatenation took a third of its CPU).
- */
-async function streamUpload(options) {
-    const { client, bucket, key, partSize } = options;
-    const queueSize = Math.max(1, options.queueSize);
-    const source = isByteSource(options.body) ? options.body : readableSource(options.body);
-    const hash = (0,external_node_crypto_.createHash)('sha256');
-    let bytes = 0;
-    let failure;
-    const fail = (error) => {
-        failure ??= error;
-        source.destroy(error);
-    };
-    // A remote failure stops the stream at once, whatever it is waiting for.
-    options.sourceOk.catch(fail);
-    const created = await client.send(new dist_cjs/* CreateMultipartUploadCommand */.nG4({
-        Bucket: bucket,
-        Key: key,
-        ContentType: options.contentType ?? 'application/gzip',
-        Metadata: options.metadata,
-    }));
-    const uploadId = created.UploadId;
-    if (!uploadId)
-        throw new Error(`S3 returned no upload id for ${key}`);
-    const free = [];
-    const inFlight = new Set();
-    const parts = [];
-    let current;
-    let filled = 0;
-    let partNumber = 0;
-    // Bytes that arrived while every part buffer was busy (copies), and whether the source waits.
-    const pending = [];
-    let waiting = false;
-    /** The part being filled; a new one only while fewer than queueSize parts are in flight. */
-    const take = () => {
-        if (!current && inFlight.size < queueSize && !failure) {
-            current = free.pop() ?? Buffer.allocUnsafe(partSize);
-            filled = 0;
-        }
-        return current;
-    };
-    const filledUp = (n) => {
-        filled += n;
-        if (filled === partSize && current) {
-            send(current, filled);
-            current = undefined;
-        }
-    };
-    /** Copies `chunk` into parts; what finds no part is kept in `pending`. False when some was kept. */
-    const put = (chunk) => {
-        let at = 0;
-        while (at < chunk.length) {
-            const part = take();
-            if (!part) {
-                pending.push(Buffer.from(chunk.subarray(at)));
-                return false;
-            }
-            const n = chunk.copy(part, filled, at);
-            at += n;
-            filledUp(n);
-        }
-        return true;
-    };
-    /** A part came back: place what was kept, and let the source go on when there is room. */
-    const drain = () => {
-        while (pending.length > 0) {
-            const chunk = pending.shift();
-            if (!put(chunk)) {
-                // put() kept the rest of this chunk at the end: move it back to the front.
-                pending.unshift(pending.pop());
-                return;
-            }
-        }
-        if (waiting && take()) {
-            waiting = false;
-            source.resume();
-        }
-    };
-    const send = (buffer, length) => {
-        const number = ++partNumber;
-        const sending = client
-            .send(unsignedPayload(new dist_cjs/* UploadPartCommand */.iVK({
-            Bucket: bucket,
-            Key: key,
-            UploadId: uploadId,
-            PartNumber: number,
-            Body: buffer.subarray(0, length),
-            ContentLength: length,
-        })))
-            .then((res) => {
-            inFlight.delete(sending);
-            parts.push({ PartNumber: number, ETag: res.ETag });
-            free.push(buffer);
-            drain();
-        }, (error) => {
-            inFlight.delete(sending);
-            fail(error);
-        });
-        inFlight.add(sending);
-    };
-    const sink = {
-        space: () => take()?.subarray(filled),
-        wrote: (chunk) => {
-            hash.update(chunk);
-            bytes += chunk.length;
-            options.onProgress?.(bytes);
-            if (pending.length > 0)
-                pending.push(Buffer.from(chunk)); // in order, behind what waits
-            else if (current !== undefined &&
-                chunk.buffer === current.buffer &&
-                chunk.byteOffset === current.byteOffset + filled)
-                filledUp(chunk.length); // read in place
-            else
-                put(chunk);
-            if (pending.length > 0 || !take()) {
-                waiting = true;
-                return false;
-            }
-            return true;
-        },
-    };
-    try {
-        await source.flow(sink);
-        if (failure)
-            throw failure;
-        // Every byte in a part, then the last part goes out only once the remote side has
-        // reported success.
-        while (pending.length > 0 && !failure)
-            await Promise.race(inFlight);
-        if (failure)
-            throw failure;
-        await options.sourceOk;
-        // The part being filled may be empty (taken ahead for the next read): it goes out only
-        // with bytes in it, or as the single empty part of an empty archive.
-        if (current && filled > 0)
-            send(current, filled);
-        else if (partNumber === 0)
-            send(Buffer.alloc(0), 0);
-        current = undefined;
-        while (inFlight.size > 0)
-            await Promise.race(inFlight);
-        if (failure)
-            throw failure;
-        parts.sort((a, b) => (a.PartNumber ?? 0) - (b.PartNumber ?? 0));
-        const done = await client.send(new dist_cjs/* CompleteMultipartUploadCommand */.Gym({
-            Bucket: bucket,
-            Key: key,
-            UploadId: uploadId,
-            MultipartUpload: { Parts: parts },
-        }));
-        return { bytes, sha256: hash.digest('hex'), etag: done.ETag };
-    }
-    catch (error) {
-        const cause = failure ?? error;
-        source.destroy();
-        await Promise.allSettled([...inFlight]);
-        await client
-            .send(new dist_cjs/* AbortMultipartUploadCommand */.tfP({ Bucket: bucket, Key: key, UploadId: uploadId }))
-            .catch(() => undefined);
-        throw cause;
-    }
-}
-/**
- * Signs a part without hashing its payload first (the SDK hashes a Buffer body for the
- * signature, even over TLS). The archive's sha256, computed once on the way and kept in its
- * manifest, proves the bytes end to end; TLS guards each request.
- */
-function unsignedPayload(command) {
-    command.middlewareStack.add((next) => async (args) => {
-        const request = args.request;
-        if (request.headers)
-            request.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
-        return next(args);
-    }, { step: 'build', name: 'prepSnapshotUnsignedPayload' });
-    return command;
-}
-/**
- * Aborts every in-progress multipart upload of exactly `key` (a safety net for an upload
- * whose own abort could not reach S3, and for the post step). Returns how many it aborted.
- * The Prefix is the key itself: S3 matches it as a prefix, MinIO as the exact key; only
- * uploads of `key` itself are touched either way.
- */
-async function abortUploads(client, bucket, key) {
-    let aborted = 0;
-    let keyMarker;
-    let uploadIdMarker;
-    for (;;) {
-        const res = await client.send(new dist_cjs/* ListMultipartUploadsCommand */.mo2({
-            Bucket: bucket,
-            Prefix: key,
-            KeyMarker: keyMarker,
-            UploadIdMarker: uploadIdMarker,
-        }));
-        for (const u of res.Uploads ?? []) {
-            if (u.Key !== key || !u.UploadId)
-                continue;
-            await client
-                .send(new dist_cjs/* AbortMultipartUploadCommand */.tfP({ Bucket: bucket, Key: key, UploadId: u.UploadId }))
-                .catch((error) => {
-                // Gone already (its own abort won the race): nothing left to do.
-                if (error.$metadata?.httpStatusCode !== 404)
-                    throw error;
-            });
-            aborted++;
-        }
-        if (!res.IsTruncated)
-            return aborted;
-        keyMarker = res.NextKeyMarker;
-        uploadIdMarker = res.NextUploadIdMarker;
-    }
-}
-
-;// CONCATENATED MODULE: ./src/duration.ts
-
-const UNIT_SECONDS = { s: 1, m: 60, h: 3600, d: 86400 };
-/**
- * Parses `90`, `90s`, `15m`, `2h`, `1h30m`, `1.5h`, `1d` into a whole number of seconds;
- * anything else (a fraction of a second, a number too large to be exact) is an error.
- */
-function parseDuration(name, text) {
-    const value = text.trim();
-    const parts = /^\d+$/.test(value)
-        ? [[value, value, 's']]
-        : [...value.matchAll(/(\d+(?:\.\d+)?)([smhd])/g)];
-    if (parts.length === 0 || parts.map((p) => p[0]).join('') !== value) {
-        throw new InputError(`Input '${name}' is '${text}', which is not a duration. Use seconds ('90') or units s, m, h, d ('15m', '1h30m').`);
-    }
-    const sum = parts.reduce((total, p) => total + Number(p[1]) * UNIT_SECONDS[p[2]], 0);
-    // '1.1h' is 3960 s, though binary fractions make it 3960.0000000000005.
-    const seconds = Math.round(sum * 1e6) / 1e6;
-    if (!Number.isSafeInteger(seconds)) {
-        throw new InputError(Number.isInteger(seconds) || !Number.isFinite(seconds)
-            ? `Input '${name}' is '${text}', which is too long a duration.`
-            : `Input '${name}' is '${text}', which is not a whole number of seconds.`);
-    }
-    return seconds;
-}
-/** A number of seconds as an input would say it: `10s`, `30m`, `5d`, `1h30m`. */
-function formatDurationInput(seconds) {
-    let rest = seconds;
-    let text = '';
-    for (const [unit, size] of Object.entries(UNIT_SECONDS).reverse()) {
-        const n = Math.floor(rest / size);
-        if (n > 0)
-            text += `${n}${unit}`;
-        rest -= n * size;
-    }
-    return text || '0s';
-}
-const SIZE_UNITS = {
-    '': 1,
-    b: 1,
-    k: 1024,
-    kb: 1000,
-    kib: 1024,
-    m: 1024 ** 2,
-    mb: 1000 ** 2,
-    mib: 1024 ** 2,
-    g: 1024 ** 3,
-    gb: 1000 ** 3,
-    gib: 1024 ** 3,
-    t: 1024 ** 4,
-    tb: 1000 ** 4,
-    tib: 1024 ** 4,
-};
-/** Parses `64MiB`, `100MB`, `5242880` into bytes (a whole number that is exact). */
-function parseSize(name, text) {
-    const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
-    const factor = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
-    if (!m || factor === undefined) {
-        throw new InputError(`Input '${name}' is '${text}', which is not a size. Use bytes or units such as '64MiB'.`);
-    }
-    const bytes = Math.round(Number(m[1]) * factor);
-    if (!Number.isSafeInteger(bytes)) {
-        throw new InputError(`Input '${name}' is '${text}', which is too large a size.`);
-    }
-    return bytes;
 }
 
 ;// CONCATENATED MODULE: ./src/ssh/host-key.ts
@@ -90697,293 +89723,6 @@ function pinnedAlgorithms(pins) {
     return HOST_KEY_ALGORITHMS.filter((a) => [...types].some((t) => algorithmsOfKeyType(t).includes(a)));
 }
 
-;// CONCATENATED MODULE: ./src/settings.ts
-/**
- * The one input parser: it reads every input once, checks it, and returns typed settings.
- * Nothing after it calls core.getInput. A bad value fails the run before the node is touched.
- */
-
-
-
-
-
-/**
- * The most runner memory that an upload's part buffers may take: it holds
- * (upload-concurrency + 1) x part-size (one part filling while the others are in flight; see
- * s3/upload.ts). GitHub-hosted runners have 7 to 16 GiB; an explicit 'part-size' and
- * 'upload-concurrency' whose buffers exceed this are refused.
- */
-const MAX_UPLOAD_BUFFER_BYTES = 2 * 1024 ** 3;
-/** What an upload's part buffers take on the runner (see MAX_UPLOAD_BUFFER_BYTES). */
-function uploadBufferBytes(partSize, uploadConcurrency) {
-    return (uploadConcurrency + 1) * partSize;
-}
-/** S3's bounds on a multipart upload's part size. */
-const settings_MIN_PART_SIZE = 5 * 1024 ** 2;
-const settings_MAX_PART_SIZE = 5 * 1024 ** 3;
-/**
- * The longest 'max-downtime' and 'health-timeout': 5 days, the longest that a GitHub Actions
- * job may run (on a self-hosted runner); no run can use more.
- */
-const MAX_DURATION_SECONDS = 5 * 86_400;
-/** The largest 'disk-margin': 5 TiB, the size of the largest S3 object. */
-const MAX_DISK_MARGIN_BYTES = 5 * 1024 ** 4;
-const readActionInput = (name) => getInput(name);
-const MODES = ['backup', 'restore', 'list', 'verify'];
-function parseSettings(read = readActionInput) {
-    const get = (name) => read(name).trim();
-    const bool = (name, fallback) => parseBoolean(name, get(name), fallback);
-    const int = (name, fallback, min, max) => parseInteger(name, get(name), fallback, min, max);
-    const mode = get(Inputs.Mode) || 'backup';
-    if (!MODES.includes(mode)) {
-        throw new InputError(`Input 'mode' is '${mode}'. Use one of: ${MODES.join(', ')}.`);
-    }
-    const prepDir = absolutePath(Inputs.PrepDir, get(Inputs.PrepDir) || '/app/prep');
-    const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) || `${prepDir}/data/loopchain`);
-    const node = {
-        prepDir,
-        dataDir,
-        stopCommand: get(Inputs.StopCommand) || composeCommand(prepDir, 'down'),
-        startCommand: get(Inputs.StartCommand) || composeCommand(prepDir, 'up -d'),
-        peerUrl: get(Inputs.PeerUrl) || 'http://localhost:9000/api/v1/avail/peer',
-        maxDowntimeSeconds: duration(Inputs.MaxDowntime, get(Inputs.MaxDowntime) || '30m', 10),
-    };
-    if (!/^https?:\/\/[^\s'"]+$/.test(node.peerUrl)) {
-        throw new InputError(`Input 'peer-url' is '${node.peerUrl}'. Use an http:// or https:// URL.`);
-    }
-    const service = get(Inputs.Service) || 'PRep';
-    if (!/^[A-Za-z0-9_.-]+$/.test(service)) {
-        throw new InputError(`Input 'service' is '${service}'. Use letters, digits, '_', '.' or '-'.`);
-    }
-    const bucket = get(Inputs.Bucket);
-    if (!bucket)
-        throw new InputError(`Input 'bucket' is required: the S3 bucket that holds the snapshots.`);
-    if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
-        throw new InputError(`Input 'bucket' is '${bucket}', which is not a valid S3 bucket name.`);
-    }
-    const endpoint = get(Inputs.Endpoint) || undefined;
-    if (endpoint && !/^https?:\/\/\S+$/.test(endpoint)) {
-        throw new InputError(`Input 'endpoint' is '${endpoint}'. Use a URL such as https://s3.example.com.`);
-    }
-    const partSizeText = get(Inputs.PartSize);
-    const partSize = partSizeText ? parseSize(Inputs.PartSize, partSizeText) : undefined;
-    if (partSize !== undefined && (partSize < settings_MIN_PART_SIZE || partSize > settings_MAX_PART_SIZE)) {
-        throw new InputError(`Input 'part-size' is '${partSizeText}'. It must be between 5 MiB and 5 GiB (S3's limits).`);
-    }
-    const queueSize = int(Inputs.UploadConcurrency, 4, 1, 16);
-    if (partSize !== undefined && uploadBufferBytes(partSize, queueSize) > MAX_UPLOAD_BUFFER_BYTES) {
-        throw new InputError(`Inputs 'part-size' (${partSizeText}) and 'upload-concurrency' (${queueSize}) would hold ` +
-            `${queueSize + 1} part buffers of ${partSizeText} (${(uploadBufferBytes(partSize, queueSize) / 1024 ** 3).toFixed(1)} GiB) ` +
-            `in the runner's memory, more than the 2 GiB allowed. Lower one of them (with ${queueSize}, a part of at most ` +
-            `${Math.floor(MAX_UPLOAD_BUFFER_BYTES / (queueSize + 1) / 1024 ** 2)}MiB), or leave 'part-size' empty to have it chosen from the database's size.`);
-    }
-    const s3 = {
-        bucket,
-        region: get(Inputs.Region) || undefined,
-        endpoint,
-        forcePathStyle: bool(Inputs.ForcePathStyle, endpoint !== undefined),
-        unsigned: bool(Inputs.Unsigned, false),
-        service,
-        prefix: keyPrefix(Inputs.Prefix, get(Inputs.Prefix) || service),
-        permanentPrefix: keyPrefix(Inputs.PermanentPrefix, get(Inputs.PermanentPrefix) || `Permanent/${service}`),
-        manifestPrefix: keyPrefix(Inputs.ManifestPrefix, get(Inputs.ManifestPrefix) || '_prep-snapshot'),
-        partSize,
-        queueSize,
-    };
-    separatePrefixes([
-        [Inputs.Prefix, s3.prefix],
-        [Inputs.PermanentPrefix, s3.permanentPrefix],
-        [Inputs.ManifestPrefix, s3.manifestPrefix],
-    ]);
-    const compression = get(Inputs.Compression) || 'gzip';
-    if (compression !== 'gzip' && compression !== 'zstd') {
-        throw new InputError(`Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`);
-    }
-    const consistency = get(Inputs.Consistency) || 'hardlink';
-    if (consistency !== 'hardlink' && consistency !== 'stop') {
-        throw new InputError(`Input 'consistency' is '${consistency}'. Use 'hardlink' (default) or 'stop'.`);
-    }
-    const backup = {
-        compression,
-        compressionLevel: compression === 'gzip'
-            ? int(Inputs.CompressionLevel, 3, 1, 9)
-            : // LevelDB tables are snappy-compressed already: zstd -1 runs twice as fast as -3 on
-                // them for an archive 3% larger (measured on a 2 GiB database here).
-                int(Inputs.CompressionLevel, 1, 1, 19),
-        consistency,
-        permanentCopy: bool(Inputs.PermanentCopy, true),
-        retentionDays: int(Inputs.RetentionDays, 15, 0, 36500),
-        localCopy: bool(Inputs.LocalCopy, false),
-        localCopyDays: int(Inputs.LocalCopyDays, 7, 1, 3650),
-        verify: bool(Inputs.Verify, false),
-    };
-    const nodeIp = get(Inputs.NodeIp);
-    if (nodeIp && !isIpv4(nodeIp)) {
-        throw new InputError(`Input 'node-ip' is '${nodeIp}', which is not an IPv4 address.`);
-    }
-    const snapshot = get(Inputs.Snapshot) || 'latest';
-    const height = /^(?:BH)?(\d+)$/i.exec(snapshot)?.[1];
-    if (height !== undefined && !/^\d{8}$/.test(snapshot) && !Number.isSafeInteger(Number(height))) {
-        throw new InputError(`Input 'snapshot' is '${snapshot}', whose block height is too large. Use 'latest', a date (YYYYMMDD), a block height (BH123) or a key.`);
-    }
-    const restore = {
-        snapshot,
-        nodeIp,
-        stopNode: bool(Inputs.StopNode, false),
-        startNode: bool(Inputs.StartNode, true),
-        keepPrevious: bool(Inputs.KeepPrevious, true),
-        healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
-        diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
-        processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
-    };
-    const needsHost = mode === 'backup' || mode === 'restore';
-    const ssh = needsHost ? parseSsh(get, bool, int) : undefined;
-    return { mode: mode, ssh, node, s3, backup, restore };
-}
-function parseSsh(get, bool, int) {
-    const host = get(Inputs.Host);
-    if (!host)
-        throw new InputError(`Input 'host' is required for this mode: the node's address.`);
-    if (!/^[A-Za-z0-9.:_-]+$/.test(host) || host.startsWith('-')) {
-        throw new InputError(`Input 'host' is '${host}', which is not a host name or address.`);
-    }
-    const privateKey = get(Inputs.SshKey);
-    if (!privateKey) {
-        throw new InputError(`Input 'ssh-key' is required: the private key (contents, not a path) that logs in to the node.`);
-    }
-    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(privateKey)) {
-        throw new InputError(`Input 'ssh-key' does not hold a private key in PEM or OpenSSH form.`);
-    }
-    // The runner masks line by line: register every line of the key, not only the whole.
-    core_setSecret(privateKey);
-    for (const line of privateKey.split('\n'))
-        if (line.trim().length >= 8 && !line.startsWith('-----'))
-            core_setSecret(line.trim());
-    const passphrase = get(Inputs.SshKeyPassphrase) || undefined;
-    if (passphrase)
-        core_setSecret(passphrase);
-    const port = int(Inputs.Port, 22, 1, 65535);
-    const insecure = bool(Inputs.InsecureSkipHostKey, false);
-    const hostKeyText = get(Inputs.HostKey);
-    if (!hostKeyText && !insecure) {
-        throw new InputError(`Input 'host-key' is required: pin the node's SSH host key (a 'SHA256:...' fingerprint or a known_hosts line; ` +
-            `'ssh-keyscan HOST' on a trusted machine prints it). To connect without checking it, set 'insecure-skip-host-key-check: true'.`);
-    }
-    const transport = get(Inputs.SshTransport) || 'auto';
-    if (transport !== 'auto' && transport !== 'openssh' && transport !== 'ssh2') {
-        throw new InputError(`Input 'ssh-transport' is '${transport}'. Use 'auto', 'openssh' or 'ssh2'.`);
-    }
-    return {
-        host,
-        port,
-        username: get(Inputs.Username) || 'root',
-        privateKey: privateKey.endsWith('\n') ? privateKey : `${privateKey}\n`,
-        passphrase,
-        hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText, { host, port }) : [],
-        transport,
-    };
-}
-function parseBoolean(name, text, fallback) {
-    if (text === '')
-        return fallback;
-    if (['true', 'True', 'TRUE'].includes(text))
-        return true;
-    if (['false', 'False', 'FALSE'].includes(text))
-        return false;
-    throw new InputError(`Input '${name}' is '${text}'. Use 'true' or 'false'.`);
-}
-function parseInteger(name, text, fallback, min, max) {
-    if (text === '')
-        return fallback;
-    const value = Number(text);
-    if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min || value > max) {
-        throw new InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
-    }
-    return value;
-}
-/** A duration in whole seconds, from `min` to MAX_DURATION_SECONDS. */
-function duration(name, text, min) {
-    const seconds = parseDuration(name, text);
-    if (seconds < min || seconds > MAX_DURATION_SECONDS) {
-        throw new InputError(`Input '${name}' is '${text}'. Use a duration from ${formatDurationInput(min)} to ${formatDurationInput(MAX_DURATION_SECONDS)}.`);
-    }
-    return seconds;
-}
-function diskMargin(text) {
-    const bytes = parseSize(Inputs.DiskMargin, text);
-    if (bytes > MAX_DISK_MARGIN_BYTES) {
-        throw new InputError(`Input 'disk-margin' is '${text}'. Use a size from 0 to 5TiB.`);
-    }
-    return bytes;
-}
-function absolutePath(name, text) {
-    if (!text.startsWith('/') || text.includes('\n') || text.includes('\0')) {
-        throw new InputError(`Input '${name}' is '${text}'. Use an absolute path on the node.`);
-    }
-    const normal = text.replace(/\/+$/, '') || '/';
-    if (normal === '/') {
-        throw new InputError(`Input '${name}' is '${text}', which cannot be a node's directory.`);
-    }
-    // The path is compared, quoted and joined as written: each segment must name a directory.
-    const segments = normal.slice(1).split('/');
-    if (segments.some((p) => p === '' || p === '.' || p === '..')) {
-        throw new InputError(`Input '${name}' is '${text}'. Write the directory's path without '.', '..' or '//' segments, such as '/app/prep'.`);
-    }
-    return normal;
-}
-/** No two of the key prefixes may be equal or one inside another: retention would delete the other's keys. */
-function separatePrefixes(prefixes) {
-    const inside = (outer, inner) => inner === outer || inner.startsWith(`${outer}/`);
-    for (const [i, [nameA, a]] of prefixes.entries()) {
-        for (const [nameB, b] of prefixes.slice(i + 1)) {
-            if (!inside(a, b) && !inside(b, a))
-                continue;
-            const relation = a === b
-                ? 'are the same'
-                : inside(a, b)
-                    ? `overlap: '${b}' lies inside '${a}'`
-                    : `overlap: '${a}' lies inside '${b}'`;
-            throw new InputError(`Inputs '${nameA}' ('${a}') and '${nameB}' ('${b}') ${relation}. ` +
-                `Snapshots, permanent copies and manifests need separate prefixes, or retention and listings of one reach the others ` +
-                `(the defaults are '{service}', 'Permanent/{service}' and '_prep-snapshot').`);
-        }
-    }
-}
-function keyPrefix(name, text) {
-    const value = text.replace(/^\/+|\/+$/g, '');
-    if (!value ||
-        !/^[A-Za-z0-9_.\-/]+$/.test(value) ||
-        value.split('/').some((p) => p === '' || p === '.' || p === '..')) {
-        throw new InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
-    }
-    return value;
-}
-/**
- * The default stop and start: Compose in the prep dir, as the original guide runs the node.
- * `docker-compose` (Compose v1, the guide's) where the host has it, else `docker compose`
- * (v2, the plugin that replaced it), so that either works without setting the commands.
- */
-function composeCommand(prepDir, verb) {
-    const args = `-f docker-compose.yml ${verb}`;
-    return (`cd ${quoteForDefault(prepDir)} && if [ -x "$(command -v docker-compose)" ]; ` +
-        `then docker-compose ${args}; else docker compose ${args}; fi`);
-}
-function quoteForDefault(path) {
-    return /^[A-Za-z0-9_./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
-}
-function isIpv4(text) {
-    const parts = text.split('.');
-    return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255);
-}
-
-// EXTERNAL MODULE: external "node:child_process"
-var external_node_child_process_ = __nccwpck_require__(1421);
-// EXTERNAL MODULE: external "node:fs"
-var external_node_fs_ = __nccwpck_require__(3024);
-// EXTERNAL MODULE: external "node:os"
-var external_node_os_ = __nccwpck_require__(8161);
-// EXTERNAL MODULE: ./node_modules/ssh2/lib/index.js
-var lib = __nccwpck_require__(5472);
 ;// CONCATENATED MODULE: ./src/ssh/session.ts
 /**
  * The SSH side. ssh2 carries control (short commands whose output is small); the archive's
@@ -91491,6 +90230,1462 @@ async function closeUnused(remote, graceMs = 30_000) {
     remote.source.destroy();
 }
 
+;// CONCATENATED MODULE: ./src/node-kind/leveldb-manifest.ts
+/**
+ * Reads a LevelDB MANIFEST: a log file (32 KiB blocks of checksummed records) whose
+ * records are VersionEdits. Replaying the edits gives the set of table files that the
+ * database's current version uses. Tables on disk that are not in that set are left over
+ * from an interrupted compaction: they belong to nobody and must not enter a snapshot.
+ */
+const BLOCK_SIZE = 32 * 1024;
+const HEADER_SIZE = 7;
+var RecordType;
+(function (RecordType) {
+    RecordType[RecordType["Zero"] = 0] = "Zero";
+    RecordType[RecordType["Full"] = 1] = "Full";
+    RecordType[RecordType["First"] = 2] = "First";
+    RecordType[RecordType["Middle"] = 3] = "Middle";
+    RecordType[RecordType["Last"] = 4] = "Last";
+})(RecordType || (RecordType = {}));
+var Tag;
+(function (Tag) {
+    Tag[Tag["Comparator"] = 1] = "Comparator";
+    Tag[Tag["LogNumber"] = 2] = "LogNumber";
+    Tag[Tag["NextFileNumber"] = 3] = "NextFileNumber";
+    Tag[Tag["LastSequence"] = 4] = "LastSequence";
+    Tag[Tag["CompactPointer"] = 5] = "CompactPointer";
+    Tag[Tag["DeletedFile"] = 6] = "DeletedFile";
+    Tag[Tag["NewFile"] = 7] = "NewFile";
+    Tag[Tag["PrevLogNumber"] = 9] = "PrevLogNumber";
+})(Tag || (Tag = {}));
+class ManifestError extends Error {
+    name = 'ManifestError';
+}
+/** Splits a LevelDB log into its logical records, checking each record's CRC32C. */
+function readLogRecords(buf) {
+    const records = [];
+    let pending;
+    let offset = 0;
+    while (offset < buf.length) {
+        const leftInBlock = BLOCK_SIZE - (offset % BLOCK_SIZE);
+        if (leftInBlock < HEADER_SIZE) {
+            offset += leftInBlock; // trailer padding
+            continue;
+        }
+        if (offset + HEADER_SIZE > buf.length)
+            break;
+        const storedCrc = buf.readUInt32LE(offset);
+        const length = buf.readUInt16LE(offset + 4);
+        const type = buf[offset + 6];
+        if (type === RecordType.Zero && length === 0) {
+            offset += leftInBlock; // preallocated, zero-filled tail of a block
+            continue;
+        }
+        const start = offset + HEADER_SIZE;
+        const end = start + length;
+        if (end > buf.length || length > leftInBlock - HEADER_SIZE) {
+            // A record cut short by a crash: LevelDB ignores the torn tail as well.
+            break;
+        }
+        const actual = maskCrc(crc32c(buf.subarray(offset + 6, end)));
+        if (actual !== storedCrc) {
+            throw new ManifestError(`MANIFEST record at byte ${offset} fails its checksum`);
+        }
+        const data = buf.subarray(start, end);
+        switch (type) {
+            case RecordType.Full:
+                records.push(Buffer.from(data));
+                pending = undefined;
+                break;
+            case RecordType.First:
+                pending = [Buffer.from(data)];
+                break;
+            case RecordType.Middle:
+                if (pending)
+                    pending.push(Buffer.from(data));
+                break;
+            case RecordType.Last:
+                if (pending) {
+                    pending.push(Buffer.from(data));
+                    records.push(Buffer.concat(pending));
+                }
+                pending = undefined;
+                break;
+            default:
+                throw new ManifestError(`MANIFEST record at byte ${offset} has unknown type ${type}`);
+        }
+        offset = end;
+    }
+    return records;
+}
+class Reader {
+    buf;
+    pos = 0;
+    constructor(buf) {
+        this.buf = buf;
+    }
+    get done() {
+        return this.pos >= this.buf.length;
+    }
+    varint() {
+        let result = 0;
+        let factor = 1;
+        for (let i = 0; i < 10; i++) {
+            const byte = this.buf[this.pos++];
+            if (byte === undefined)
+                throw new ManifestError('VersionEdit ends inside a varint');
+            result += (byte & 0x7f) * factor;
+            if ((byte & 0x80) === 0)
+                return result;
+            factor *= 128;
+        }
+        throw new ManifestError('VersionEdit has a varint longer than 10 bytes');
+    }
+    bytes() {
+        const length = this.varint();
+        if (this.pos + length > this.buf.length) {
+            throw new ManifestError('VersionEdit ends inside a string');
+        }
+        const out = this.buf.subarray(this.pos, this.pos + length);
+        this.pos += length;
+        return out;
+    }
+}
+/** Replays every VersionEdit of a MANIFEST and returns the resulting version. */
+function parseManifest(buf) {
+    const state = { tables: new Map() };
+    for (const record of readLogRecords(buf)) {
+        const r = new Reader(record);
+        while (!r.done) {
+            const tag = r.varint();
+            switch (tag) {
+                case Tag.Comparator:
+                    state.comparator = r.bytes().toString('utf8');
+                    break;
+                case Tag.LogNumber:
+                    state.logNumber = r.varint();
+                    break;
+                case Tag.NextFileNumber:
+                    state.nextFileNumber = r.varint();
+                    break;
+                case Tag.LastSequence:
+                case Tag.PrevLogNumber:
+                    r.varint();
+                    break;
+                case Tag.CompactPointer:
+                    r.varint();
+                    r.bytes();
+                    break;
+                case Tag.DeletedFile: {
+                    r.varint(); // level
+                    state.tables.delete(r.varint());
+                    break;
+                }
+                case Tag.NewFile: {
+                    const level = r.varint();
+                    const fileNumber = r.varint();
+                    const size = r.varint();
+                    r.bytes(); // smallest key
+                    r.bytes(); // largest key
+                    state.tables.set(fileNumber, { level, fileNumber, size });
+                    break;
+                }
+                default:
+                    throw new ManifestError(`VersionEdit has unknown tag ${tag}`);
+            }
+        }
+    }
+    return state;
+}
+/** The table file number of `000123.ldb` or `000123.sst`, or undefined for other files. */
+function tableFileNumber(name) {
+    const m = /^(\d+)\.(ldb|sst)$/.exec(name);
+    return m ? Number(m[1]) : undefined;
+}
+const CRC_TABLE = (() => {
+    const table = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+        let c = n;
+        for (let k = 0; k < 8; k++)
+            c = c & 1 ? 0x82f63b78 ^ (c >>> 1) : c >>> 1;
+        table[n] = c >>> 0;
+    }
+    return table;
+})();
+function crc32c(buf) {
+    let crc = 0xffffffff;
+    for (const byte of buf)
+        crc = CRC_TABLE[(crc ^ byte) & 0xff] ^ (crc >>> 8);
+    return (crc ^ 0xffffffff) >>> 0;
+}
+function maskCrc(crc) {
+    return ((((crc >>> 15) | (crc << 17)) >>> 0) + 0xa282ead8) >>> 0;
+}
+
+;// CONCATENATED MODULE: ./src/freeze.ts
+/**
+ * After the freeze, the staging folder may hold tables left by a compaction that the node
+ * was killed in: the MANIFEST does not list them, and a restarted LevelDB may reuse their
+ * numbers and truncate the shared inode. This reads each database's MANIFEST and names
+ * the tables to drop, and the listed tables that are missing (a snapshot that would not open).
+ */
+
+
+function parseManifestsOutput(stdout) {
+    const dbs = [];
+    let db;
+    for (const line of stdout.split('\n')) {
+        const [kind, a, b] = line.split('\t');
+        if (kind === 'db' && a !== undefined) {
+            db = { dir: a, current: b ?? '', tables: [] };
+            dbs.push(db);
+        }
+        else if (kind === 'manifest' && db) {
+            db.manifest = Buffer.from(a ?? '', 'base64');
+        }
+        else if (kind === 'table' && db && a) {
+            db.tables.push(a);
+        }
+    }
+    return dbs;
+}
+function planPrune(dbs) {
+    const plan = { databases: dbs.length, liveTables: 0, garbage: [] };
+    for (const db of dbs) {
+        if (!/^MANIFEST-\d+$/.test(db.current) || !db.manifest) {
+            throw new HostError(`${db.dir}/CURRENT names '${db.current}', not a MANIFEST: the database is damaged.`);
+        }
+        const live = parseManifest(db.manifest).tables;
+        const present = new Set();
+        for (const file of db.tables) {
+            const number = tableFileNumber(file);
+            if (number === undefined)
+                continue;
+            present.add(number);
+            if (!live.has(number))
+                plan.garbage.push(`${db.dir}/${file}`);
+        }
+        const missing = [...live.keys()].filter((n) => !present.has(n));
+        if (missing.length > 0) {
+            throw new HostError(`${db.dir}: its MANIFEST lists ${missing.length} table file(s) that are not there ` +
+                `(${missing.slice(0, 5).join(', ')}): the database is damaged; no snapshot was taken of it.`);
+        }
+        plan.liveTables += live.size;
+    }
+    return plan;
+}
+
+;// CONCATENATED MODULE: ./src/duration.ts
+
+const UNIT_SECONDS = { s: 1, m: 60, h: 3600, d: 86400 };
+/**
+ * Parses `90`, `90s`, `15m`, `2h`, `1h30m`, `1.5h`, `1d` into a whole number of seconds;
+ * anything else (a fraction of a second, a number too large to be exact) is an error.
+ */
+function parseDuration(name, text) {
+    const value = text.trim();
+    const parts = /^\d+$/.test(value)
+        ? [[value, value, 's']]
+        : [...value.matchAll(/(\d+(?:\.\d+)?)([smhd])/g)];
+    if (parts.length === 0 || parts.map((p) => p[0]).join('') !== value) {
+        throw new InputError(`Input '${name}' is '${text}', which is not a duration. Use seconds ('90') or units s, m, h, d ('15m', '1h30m').`);
+    }
+    const sum = parts.reduce((total, p) => total + Number(p[1]) * UNIT_SECONDS[p[2]], 0);
+    // '1.1h' is 3960 s, though binary fractions make it 3960.0000000000005.
+    const seconds = Math.round(sum * 1e6) / 1e6;
+    if (!Number.isSafeInteger(seconds)) {
+        throw new InputError(Number.isInteger(seconds) || !Number.isFinite(seconds)
+            ? `Input '${name}' is '${text}', which is too long a duration.`
+            : `Input '${name}' is '${text}', which is not a whole number of seconds.`);
+    }
+    return seconds;
+}
+/** A number of seconds as an input would say it: `10s`, `30m`, `5d`, `1h30m`. */
+function formatDurationInput(seconds) {
+    let rest = seconds;
+    let text = '';
+    for (const [unit, size] of Object.entries(UNIT_SECONDS).reverse()) {
+        const n = Math.floor(rest / size);
+        if (n > 0)
+            text += `${n}${unit}`;
+        rest -= n * size;
+    }
+    return text || '0s';
+}
+const SIZE_UNITS = {
+    '': 1,
+    b: 1,
+    k: 1024,
+    kb: 1000,
+    kib: 1024,
+    m: 1024 ** 2,
+    mb: 1000 ** 2,
+    mib: 1024 ** 2,
+    g: 1024 ** 3,
+    gb: 1000 ** 3,
+    gib: 1024 ** 3,
+    t: 1024 ** 4,
+    tb: 1000 ** 4,
+    tib: 1024 ** 4,
+};
+/** Parses `64MiB`, `100MB`, `5242880` into bytes (a whole number that is exact). */
+function parseSize(name, text) {
+    const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
+    const factor = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
+    if (!m || factor === undefined) {
+        throw new InputError(`Input '${name}' is '${text}', which is not a size. Use bytes or units such as '64MiB'.`);
+    }
+    const bytes = Math.round(Number(m[1]) * factor);
+    if (!Number.isSafeInteger(bytes)) {
+        throw new InputError(`Input '${name}' is '${text}', which is too large a size.`);
+    }
+    return bytes;
+}
+
+;// CONCATENATED MODULE: ./src/settings.ts
+/**
+ * The one input parser: it reads every input once, checks it, and returns typed settings.
+ * Nothing after it calls core.getInput. A bad value fails the run before the node is touched.
+ */
+
+
+
+
+
+/**
+ * The most runner memory that an upload's part buffers may take: it holds
+ * (upload-concurrency + 1) x part-size (one part filling while the others are in flight; see
+ * s3/upload.ts). GitHub-hosted runners have 7 to 16 GiB; an explicit 'part-size' and
+ * 'upload-concurrency' whose buffers exceed this are refused.
+ */
+const MAX_UPLOAD_BUFFER_BYTES = 2 * 1024 ** 3;
+/** What an upload's part buffers take on the runner (see MAX_UPLOAD_BUFFER_BYTES). */
+function uploadBufferBytes(partSize, uploadConcurrency) {
+    return (uploadConcurrency + 1) * partSize;
+}
+/** S3's bounds on a multipart upload's part size. */
+const MIN_PART_SIZE = 5 * 1024 ** 2;
+const MAX_PART_SIZE = 5 * 1024 ** 3;
+/**
+ * The longest 'max-downtime' and 'health-timeout': 5 days, the longest that a GitHub Actions
+ * job may run (on a self-hosted runner); no run can use more.
+ */
+const MAX_DURATION_SECONDS = 5 * 86_400;
+/** The largest 'disk-margin': 5 TiB, the size of the largest S3 object. */
+const MAX_DISK_MARGIN_BYTES = 5 * 1024 ** 4;
+const readActionInput = (name) => getInput(name);
+const MODES = ['backup', 'restore', 'list', 'verify'];
+function parseSettings(read = readActionInput) {
+    const get = (name) => read(name).trim();
+    const bool = (name, fallback) => parseBoolean(name, get(name), fallback);
+    const int = (name, fallback, min, max) => parseInteger(name, get(name), fallback, min, max);
+    const mode = get(Inputs.Mode) || 'backup';
+    if (!MODES.includes(mode)) {
+        throw new InputError(`Input 'mode' is '${mode}'. Use one of: ${MODES.join(', ')}.`);
+    }
+    const prepDir = absolutePath(Inputs.PrepDir, get(Inputs.PrepDir) || '/app/prep');
+    const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) || `${prepDir}/data/loopchain`);
+    const node = {
+        prepDir,
+        dataDir,
+        stopCommand: get(Inputs.StopCommand) || composeCommand(prepDir, 'down'),
+        startCommand: get(Inputs.StartCommand) || composeCommand(prepDir, 'up -d'),
+        peerUrl: get(Inputs.PeerUrl) || 'http://localhost:9000/api/v1/avail/peer',
+        maxDowntimeSeconds: duration(Inputs.MaxDowntime, get(Inputs.MaxDowntime) || '30m', 10),
+    };
+    if (!/^https?:\/\/[^\s'"]+$/.test(node.peerUrl)) {
+        throw new InputError(`Input 'peer-url' is '${node.peerUrl}'. Use an http:// or https:// URL.`);
+    }
+    const service = get(Inputs.Service) || 'PRep';
+    if (!/^[A-Za-z0-9_.-]+$/.test(service)) {
+        throw new InputError(`Input 'service' is '${service}'. Use letters, digits, '_', '.' or '-'.`);
+    }
+    const bucket = get(Inputs.Bucket);
+    if (!bucket)
+        throw new InputError(`Input 'bucket' is required: the S3 bucket that holds the snapshots.`);
+    if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
+        throw new InputError(`Input 'bucket' is '${bucket}', which is not a valid S3 bucket name.`);
+    }
+    const endpoint = get(Inputs.Endpoint) || undefined;
+    if (endpoint && !/^https?:\/\/\S+$/.test(endpoint)) {
+        throw new InputError(`Input 'endpoint' is '${endpoint}'. Use a URL such as https://s3.example.com.`);
+    }
+    const partSizeText = get(Inputs.PartSize);
+    const partSize = partSizeText ? parseSize(Inputs.PartSize, partSizeText) : undefined;
+    if (partSize !== undefined && (partSize < MIN_PART_SIZE || partSize > MAX_PART_SIZE)) {
+        throw new InputError(`Input 'part-size' is '${partSizeText}'. It must be between 5 MiB and 5 GiB (S3's limits).`);
+    }
+    const queueSize = int(Inputs.UploadConcurrency, 4, 1, 16);
+    if (partSize !== undefined && uploadBufferBytes(partSize, queueSize) > MAX_UPLOAD_BUFFER_BYTES) {
+        throw new InputError(`Inputs 'part-size' (${partSizeText}) and 'upload-concurrency' (${queueSize}) would hold ` +
+            `${queueSize + 1} part buffers of ${partSizeText} (${(uploadBufferBytes(partSize, queueSize) / 1024 ** 3).toFixed(1)} GiB) ` +
+            `in the runner's memory, more than the 2 GiB allowed. Lower one of them (with ${queueSize}, a part of at most ` +
+            `${Math.floor(MAX_UPLOAD_BUFFER_BYTES / (queueSize + 1) / 1024 ** 2)}MiB), or leave 'part-size' empty to have it chosen from the database's size.`);
+    }
+    const s3 = {
+        bucket,
+        region: get(Inputs.Region) || undefined,
+        endpoint,
+        forcePathStyle: bool(Inputs.ForcePathStyle, endpoint !== undefined),
+        unsigned: bool(Inputs.Unsigned, false),
+        service,
+        prefix: keyPrefix(Inputs.Prefix, get(Inputs.Prefix) || service),
+        permanentPrefix: keyPrefix(Inputs.PermanentPrefix, get(Inputs.PermanentPrefix) || `Permanent/${service}`),
+        manifestPrefix: keyPrefix(Inputs.ManifestPrefix, get(Inputs.ManifestPrefix) || '_prep-snapshot'),
+        partSize,
+        queueSize,
+    };
+    separatePrefixes([
+        [Inputs.Prefix, s3.prefix],
+        [Inputs.PermanentPrefix, s3.permanentPrefix],
+        [Inputs.ManifestPrefix, s3.manifestPrefix],
+    ]);
+    const compression = get(Inputs.Compression) || 'gzip';
+    if (compression !== 'gzip' && compression !== 'zstd') {
+        throw new InputError(`Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`);
+    }
+    const consistency = get(Inputs.Consistency) || 'hardlink';
+    if (consistency !== 'hardlink' && consistency !== 'stop') {
+        throw new InputError(`Input 'consistency' is '${consistency}'. Use 'hardlink' (default) or 'stop'.`);
+    }
+    const backup = {
+        compression,
+        compressionLevel: compression === 'gzip'
+            ? int(Inputs.CompressionLevel, 3, 1, 9)
+            : // LevelDB tables are snappy-compressed already: zstd -1 runs twice as fast as -3 on
+                // them for an archive 3% larger (measured on a 2 GiB database here).
+                int(Inputs.CompressionLevel, 1, 1, 19),
+        consistency,
+        permanentCopy: bool(Inputs.PermanentCopy, true),
+        retentionDays: int(Inputs.RetentionDays, 15, 0, 36500),
+        localCopy: bool(Inputs.LocalCopy, false),
+        localCopyDays: int(Inputs.LocalCopyDays, 7, 1, 3650),
+        verify: bool(Inputs.Verify, false),
+    };
+    const nodeIp = get(Inputs.NodeIp);
+    if (nodeIp && !isIpv4(nodeIp)) {
+        throw new InputError(`Input 'node-ip' is '${nodeIp}', which is not an IPv4 address.`);
+    }
+    const snapshot = get(Inputs.Snapshot) || 'latest';
+    const height = /^(?:BH)?(\d+)$/i.exec(snapshot)?.[1];
+    if (height !== undefined && !/^\d{8}$/.test(snapshot) && !Number.isSafeInteger(Number(height))) {
+        throw new InputError(`Input 'snapshot' is '${snapshot}', whose block height is too large. Use 'latest', a date (YYYYMMDD), a block height (BH123) or a key.`);
+    }
+    const restore = {
+        snapshot,
+        nodeIp,
+        stopNode: bool(Inputs.StopNode, false),
+        startNode: bool(Inputs.StartNode, true),
+        keepPrevious: bool(Inputs.KeepPrevious, true),
+        healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
+        diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
+        processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
+    };
+    const needsHost = mode === 'backup' || mode === 'restore';
+    const ssh = needsHost ? parseSsh(get, bool, int) : undefined;
+    return { mode: mode, ssh, node, s3, backup, restore };
+}
+function parseSsh(get, bool, int) {
+    const host = get(Inputs.Host);
+    if (!host)
+        throw new InputError(`Input 'host' is required for this mode: the node's address.`);
+    if (!/^[A-Za-z0-9.:_-]+$/.test(host) || host.startsWith('-')) {
+        throw new InputError(`Input 'host' is '${host}', which is not a host name or address.`);
+    }
+    const privateKey = get(Inputs.SshKey);
+    if (!privateKey) {
+        throw new InputError(`Input 'ssh-key' is required: the private key (contents, not a path) that logs in to the node.`);
+    }
+    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(privateKey)) {
+        throw new InputError(`Input 'ssh-key' does not hold a private key in PEM or OpenSSH form.`);
+    }
+    // The runner masks line by line: register every line of the key, not only the whole.
+    core_setSecret(privateKey);
+    for (const line of privateKey.split('\n'))
+        if (line.trim().length >= 8 && !line.startsWith('-----'))
+            core_setSecret(line.trim());
+    const passphrase = get(Inputs.SshKeyPassphrase) || undefined;
+    if (passphrase)
+        core_setSecret(passphrase);
+    const port = int(Inputs.Port, 22, 1, 65535);
+    const insecure = bool(Inputs.InsecureSkipHostKey, false);
+    const hostKeyText = get(Inputs.HostKey);
+    if (!hostKeyText && !insecure) {
+        throw new InputError(`Input 'host-key' is required: pin the node's SSH host key (a 'SHA256:...' fingerprint or a known_hosts line; ` +
+            `'ssh-keyscan HOST' on a trusted machine prints it). To connect without checking it, set 'insecure-skip-host-key-check: true'.`);
+    }
+    const transport = get(Inputs.SshTransport) || 'auto';
+    if (transport !== 'auto' && transport !== 'openssh' && transport !== 'ssh2') {
+        throw new InputError(`Input 'ssh-transport' is '${transport}'. Use 'auto', 'openssh' or 'ssh2'.`);
+    }
+    return {
+        host,
+        port,
+        username: get(Inputs.Username) || 'root',
+        privateKey: privateKey.endsWith('\n') ? privateKey : `${privateKey}\n`,
+        passphrase,
+        hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText, { host, port }) : [],
+        transport,
+    };
+}
+function parseBoolean(name, text, fallback) {
+    if (text === '')
+        return fallback;
+    if (['true', 'True', 'TRUE'].includes(text))
+        return true;
+    if (['false', 'False', 'FALSE'].includes(text))
+        return false;
+    throw new InputError(`Input '${name}' is '${text}'. Use 'true' or 'false'.`);
+}
+function parseInteger(name, text, fallback, min, max) {
+    if (text === '')
+        return fallback;
+    const value = Number(text);
+    if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min || value > max) {
+        throw new InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
+    }
+    return value;
+}
+/** A duration in whole seconds, from `min` to MAX_DURATION_SECONDS. */
+function duration(name, text, min) {
+    const seconds = parseDuration(name, text);
+    if (seconds < min || seconds > MAX_DURATION_SECONDS) {
+        throw new InputError(`Input '${name}' is '${text}'. Use a duration from ${formatDurationInput(min)} to ${formatDurationInput(MAX_DURATION_SECONDS)}.`);
+    }
+    return seconds;
+}
+function diskMargin(text) {
+    const bytes = parseSize(Inputs.DiskMargin, text);
+    if (bytes > MAX_DISK_MARGIN_BYTES) {
+        throw new InputError(`Input 'disk-margin' is '${text}'. Use a size from 0 to 5TiB.`);
+    }
+    return bytes;
+}
+function absolutePath(name, text) {
+    if (!text.startsWith('/') || text.includes('\n') || text.includes('\0')) {
+        throw new InputError(`Input '${name}' is '${text}'. Use an absolute path on the node.`);
+    }
+    const normal = text.replace(/\/+$/, '') || '/';
+    if (normal === '/') {
+        throw new InputError(`Input '${name}' is '${text}', which cannot be a node's directory.`);
+    }
+    // The path is compared, quoted and joined as written: each segment must name a directory.
+    const segments = normal.slice(1).split('/');
+    if (segments.some((p) => p === '' || p === '.' || p === '..')) {
+        throw new InputError(`Input '${name}' is '${text}'. Write the directory's path without '.', '..' or '//' segments, such as '/app/prep'.`);
+    }
+    return normal;
+}
+/** No two of the key prefixes may be equal or one inside another: retention would delete the other's keys. */
+function separatePrefixes(prefixes) {
+    const inside = (outer, inner) => inner === outer || inner.startsWith(`${outer}/`);
+    for (const [i, [nameA, a]] of prefixes.entries()) {
+        for (const [nameB, b] of prefixes.slice(i + 1)) {
+            if (!inside(a, b) && !inside(b, a))
+                continue;
+            const relation = a === b
+                ? 'are the same'
+                : inside(a, b)
+                    ? `overlap: '${b}' lies inside '${a}'`
+                    : `overlap: '${a}' lies inside '${b}'`;
+            throw new InputError(`Inputs '${nameA}' ('${a}') and '${nameB}' ('${b}') ${relation}. ` +
+                `Snapshots, permanent copies and manifests need separate prefixes, or retention and listings of one reach the others ` +
+                `(the defaults are '{service}', 'Permanent/{service}' and '_prep-snapshot').`);
+        }
+    }
+}
+function keyPrefix(name, text) {
+    const value = text.replace(/^\/+|\/+$/g, '');
+    if (!value ||
+        !/^[A-Za-z0-9_.\-/]+$/.test(value) ||
+        value.split('/').some((p) => p === '' || p === '.' || p === '..')) {
+        throw new InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
+    }
+    return value;
+}
+/**
+ * The default stop and start: Compose in the prep dir, as the original guide runs the node.
+ * `docker-compose` (Compose v1, the guide's) where the host has it, else `docker compose`
+ * (v2, the plugin that replaced it), so that either works without setting the commands.
+ */
+function composeCommand(prepDir, verb) {
+    const args = `-f docker-compose.yml ${verb}`;
+    return (`cd ${quoteForDefault(prepDir)} && if [ -x "$(command -v docker-compose)" ]; ` +
+        `then docker-compose ${args}; else docker compose ${args}; fi`);
+}
+function quoteForDefault(path) {
+    return /^[A-Za-z0-9_./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
+}
+function isIpv4(text) {
+    const parts = text.split('.');
+    return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255);
+}
+
+;// CONCATENATED MODULE: ./src/node-kind/loopchain/layout.ts
+/**
+ * What is specific to an ICON 1 (loopchain) node: which paths are archived, the per-IP
+ * directory and its placeholder, where the block height comes from, which files never
+ * change once written. A second kind of node (goloop) is another module of this shape.
+ */
+
+
+const loopchain = {
+    name: 'loopchain',
+    roots: ['.score_data', '.storage'],
+    identityParent: '.storage',
+    identityGlob: 'db_*:7100_icon_dex',
+    identityPattern: /^db_(.+):7100_icon_dex$/,
+    placeholder: 'db_CHANGEIP:7100_icon_dex',
+    identityDir: (ip) => `db_${ip}:7100_icon_dex`,
+    isImmutable: (name) => tableFileNumber(name) !== undefined,
+    parseHeight(body) {
+        let parsed;
+        try {
+            parsed = JSON.parse(body);
+        }
+        catch {
+            throw new HostError(`The peer API did not answer with JSON: '${body.slice(0, 200)}'.`);
+        }
+        const height = parsed.block_height;
+        if (typeof height !== 'number' || !Number.isInteger(height) || height < 0) {
+            throw new HostError(`The peer API's answer has no block_height: '${body.slice(0, 200)}'.`);
+        }
+        return height;
+    },
+};
+/** The single identity directory among `names`; none or several is an error the operator can fix. */
+function pickIdentityDir(kind, names, dataDir) {
+    const matches = names.filter((n) => kind.identityPattern.test(n) && n !== kind.placeholder);
+    if (matches.length === 1)
+        return matches[0];
+    const where = `${dataDir}/${kind.identityParent}`;
+    if (matches.length === 0) {
+        throw new HostError(`${where} holds no ${kind.identityGlob} directory: is 'data-dir' the node's data directory?`);
+    }
+    throw new HostError(`${where} holds ${matches.length} directories named ${kind.identityGlob} (${matches.join(', ')}): ` +
+        `keep only the one of this node's IP, then run again.`);
+}
+
+;// CONCATENATED MODULE: ./src/node-kind/loopchain/host.ts
+/**
+ * An ICON 1 (loopchain) node behind the `NodeHost` seam, over an SSH session: the data dir
+ * `{prep-dir}/data/loopchain` with `.score_data` and `.storage`, the block DB named after the
+ * node's IP (`db_{IP}:7100_icon_dex`, archived as `db_CHANGEIP:7100_icon_dex`), and the
+ * height from the peer API.
+ */
+
+
+
+
+
+
+class LoopchainHost {
+    session;
+    node;
+    restoreSettings;
+    kind = 'loopchain';
+    layout = loopchain;
+    /** The identity directory found by `inspect`. */
+    identity;
+    constructor(session, node, restoreSettings) {
+        this.session = session;
+        this.node = node;
+        this.restoreSettings = restoreSettings;
+    }
+    get dataDir() {
+        return this.node.dataDir;
+    }
+    expectedContent() {
+        return this.layout.roots.join(' and ');
+    }
+    async inspect(needs) {
+        const dataDir = this.dataDir;
+        const probe = parseProbe(await this.session.run('Probing the host', probeCommand(this.layout, dataDir)));
+        if (!probe.dataDirPresent) {
+            throw new HostError(`${dataDir} does not exist on the host: set 'data-dir' (or 'prep-dir') to the node's data directory.`);
+        }
+        if (probe.missingRoots.length > 0) {
+            throw new HostError(`${dataDir} lacks ${probe.missingRoots.join(' and ')}: it is not a loopchain data directory (expected ${this.expectedContent()}).`);
+        }
+        this.identity = pickIdentityDir(this.layout, probe.identities, dataDir);
+        requireArchiveTools(probe.tools, needs.compression, 'The archive (compression: zstd)');
+        if (needs.consistency === 'hardlink' && !probe.tools.has('base64')) {
+            throw new HostError(`The host has no 'base64' (coreutils), needed to read the LevelDB MANIFESTs.`);
+        }
+        if (!probe.tools.has('curl') && !probe.tools.has('wget')) {
+            throw new HostError(`The host has neither curl nor wget to ask the node for its block height.`);
+        }
+        return {
+            description: `${dataDir}: ${this.layout.roots.join(', ')}; identity directory ${this.identity}`,
+            sameDevice: probe.sameDevice,
+            dataBytes: probe.dataBytes,
+            stale: probe.stale,
+        };
+    }
+    async height() {
+        const res = await this.session.exec(peerCommand(this.node.peerUrl), { timeoutMs: 30_000 });
+        if (res.code !== 0)
+            return undefined;
+        return this.layout.parseHeight(res.stdout);
+    }
+    facts() {
+        return Promise.resolve({ placeholder: this.layout.placeholder, identity: this.identity });
+    }
+    archive(dir, options) {
+        if (!this.identity)
+            throw new Error('inspect() names the identity directory before archive()');
+        return this.session.streamOut(archiveCommand(this.layout, dir, this.identity, options));
+    }
+    freeze(stage, watchdogFlag) {
+        return this.session.prepare('Freezing the data into the staging folder', freezeCommand(this.layout, this.dataDir, stage, watchdogFlag), { timeoutMs: 30 * 60_000 });
+    }
+    /**
+     * Leaves out the tables that the frozen MANIFESTs do not list, then measures what is left
+     * (with the stat digest that the stream is checked against).
+     */
+    async settleFrozen(stage) {
+        // Measured at the same time as the MANIFESTs are read: that is the answer unless there
+        // is something to prune, which is rare (a stop in the middle of a compaction).
+        const measure = () => this.session.run('Measuring the snapshot', sizeCommand(this.layout, stage, true));
+        const measuring = measure();
+        measuring.catch(() => undefined);
+        const dbs = parseManifestsOutput(await this.session.run('Reading the MANIFESTs', manifestsCommand(this.layout, stage)));
+        const plan = planPrune(dbs);
+        info(`${plan.databases} LevelDB databases, ${plan.liveTables} live tables; ` +
+            `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`);
+        if (plan.garbage.length === 0)
+            return parseSizes(await measuring);
+        await measuring.catch(() => undefined);
+        await this.session.run('Pruning the staging folder', pruneCommand(stage), {
+            stdin: plan.garbage.map((g) => `${g}\0`).join(''),
+        });
+        return parseSizes(await measure());
+    }
+    async measure(dir) {
+        return parseSizes(await this.session.run('Measuring the snapshot', sizeCommand(this.layout, dir)));
+    }
+    async statDigest(dir) {
+        return (await this.session.run('Reading the staged files', statDigestCommand(this.layout, dir))).trim();
+    }
+    async checkForRestore(options) {
+        const checks = parseBatch(await this.session.run('Checking the host', batchCommand({
+            ...this.nodeChecks(),
+            probe: restoreProbeCommand(this.dataDir),
+            ...(options.nodeIp ? {} : { ip: detectIpCommand() }),
+        })));
+        const probe = parseProbe(checks.get('probe')?.stdout ?? '');
+        const address = options.nodeIp || (checks.get('ip')?.stdout ?? '').trim();
+        if (!isIpv4(address)) {
+            throw new HostError(`Could not find the node's IPv4 address on the host (got '${address}'). Set 'node-ip' (for a node behind NAT, its public address).`);
+        }
+        return {
+            running: this.running(checks),
+            freeBytes: probe.freeBytes,
+            dataDirPresent: probe.dataDirPresent,
+            tools: probe.tools,
+            address,
+        };
+    }
+    async runningNow(watchdogFlag) {
+        const checks = parseBatch(await this.session.run('Checking whether the node runs', batchCommand({ ...this.nodeChecks(), fired: watchdogFiredCommand(watchdogFlag) })));
+        const fired = (checks.get('fired')?.stdout ?? '').trim();
+        return { running: this.running(checks), firedAt: fired || undefined };
+    }
+    extract(stage) {
+        return this.session.stream(extractCommand(this.layout, this.node.prepDir, stage));
+    }
+    swap(stage, previous, address, watchdogFlag) {
+        let release = () => undefined;
+        const result = this.session.exec(swapCommand(this.layout, this.dataDir, stage, previous, address, watchdogFlag), { stdin: new Promise((resolve) => (release = resolve)) });
+        result.catch(() => undefined);
+        return {
+            go: () => {
+                release(SWAP_LINE);
+                return result;
+            },
+            cancel: () => release(''),
+        };
+    }
+    rollback(previous, failed, watchdogFlag) {
+        return this.session.exec(rollbackCommand(this.dataDir, previous, failed, watchdogFlag));
+    }
+    async restoredHeight(facts) {
+        const height = await this.height().catch(() => undefined);
+        return height !== undefined && height >= Number(facts.blockHeight) ? height : undefined;
+    }
+    restoredAs(address) {
+        return `block DB ${this.layout.identityDir(address)}`;
+    }
+    async remove(path) {
+        await this.session.run(`Removing ${path}`, removeCommand(path), { timeoutMs: 60 * 60_000 });
+    }
+    async removeStaging(stage) {
+        await this.session.run('Removing the staging folder', removeStagingCommand(stage), {
+            timeoutMs: 30 * 60_000,
+        });
+    }
+    /** The checks that tell whether the node runs: its API, and its processes. */
+    nodeChecks() {
+        return {
+            peer: peerCommand(this.node.peerUrl),
+            processes: processCheckCommand(this.restoreSettings.processPattern),
+        };
+    }
+    /** What shows that the node runs, from the host's checks; undefined when nothing does. */
+    running(checks) {
+        const peer = checks.get('peer');
+        let height;
+        try {
+            if (peer?.code === 0)
+                height = this.layout.parseHeight(peer.stdout);
+        }
+        catch {
+            /* not a node's answer */
+        }
+        if (height !== undefined)
+            return `its peer API answers, block height ${height}`;
+        const processes = (checks.get('processes')?.stdout ?? '').trim();
+        return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
+    }
+}
+function parseSizes(stdout) {
+    const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
+    const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
+    if (!Number.isFinite(files) || !Number.isFinite(bytes))
+        throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
+    return { files, bytes, digest: /digest=([0-9a-f]{64})/.exec(stdout)?.[1] };
+}
+
+;// CONCATENATED MODULE: ./src/node-kind/index.ts
+
+
+/** Connects over SSH to the node that the settings name, as the kind it is. */
+const connectNode = async (settings, onKeyDir) => {
+    const session = await SshSession.connect(settings.ssh, { onKeyDir });
+    return {
+        host: new LoopchainHost(session, settings.node, settings.restore),
+        shell: session,
+        transport: session.dataTransport,
+        close: () => session.close(),
+    };
+};
+
+;// CONCATENATED MODULE: ./src/progress.ts
+/** A progress line on a timer during a long transfer: bytes, rate and an estimate of the time left. */
+
+
+class Progress {
+    label;
+    totalSource;
+    timer;
+    started = performance.now();
+    /** Bytes sent (compressed). */
+    sent = 0;
+    /** Bytes of the source read so far, when the remote side reports it. */
+    read = 0;
+    constructor(label, totalSource, intervalMs = 10_000) {
+        this.label = label;
+        this.totalSource = totalSource;
+        this.timer = setInterval(() => info(this.line()), intervalMs);
+        this.timer.unref();
+    }
+    line() {
+        const seconds = (performance.now() - this.started) / 1000;
+        const parts = [
+            `${this.label}: ${formatBytes(this.sent)} sent, ${formatRate(this.sent, seconds)}`,
+        ];
+        if (this.totalSource > 0 && this.read > 0) {
+            const fraction = Math.min(1, this.read / this.totalSource);
+            const eta = fraction > 0 ? (seconds / fraction) * (1 - fraction) : Number.NaN;
+            parts.push(`${(fraction * 100).toFixed(0)}% of ${formatBytes(this.totalSource)} read`, `ETA ${formatDuration(eta)}`);
+        }
+        return parts.join(', ');
+    }
+    stop() {
+        if (this.timer)
+            clearInterval(this.timer);
+        this.timer = undefined;
+    }
+}
+
+;// CONCATENATED MODULE: ./src/retention.ts
+/** Which archives retention removes: those dated more than `days` before today (UTC). */
+
+/** `days` 0 keeps everything. The permanent prefix is never given to this function. */
+function chooseExpired(archives, now, days) {
+    if (days <= 0)
+        return [];
+    const cutoff = dateDaysAgo(now, days);
+    return archives.filter((a) => a.name.date < cutoff);
+}
+function entriesOf(archives) {
+    return archives.map((a) => listEntry(a.name));
+}
+
+// EXTERNAL MODULE: ./node_modules/@aws-sdk/client-s3/dist-cjs/index.js
+var dist_cjs = __nccwpck_require__(3711);
+;// CONCATENATED MODULE: external "node:timers/promises"
+const external_node_timers_promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:timers/promises");
+;// CONCATENATED MODULE: ./src/s3/client.ts
+/** The S3 client, from the default credential chain (OIDC from configure-aws-credentials works as is). */
+
+
+function createClient(settings) {
+    const config = {
+        region: settings.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+        endpoint: settings.endpoint,
+        forcePathStyle: settings.forcePathStyle,
+        maxAttempts: 5,
+        // The archive is proved whole end to end by the sha256 in its manifest (and TLS guards
+        // each request); a CRC32 of every part on top cost the runner CPU the stream needs.
+        requestChecksumCalculation: 'WHEN_REQUIRED',
+    };
+    if (settings.unsigned) {
+        // A public bucket: requests go out unsigned, no credentials needed.
+        config.credentials = { accessKeyId: '', secretAccessKey: '' };
+        config.signer = { sign: async (request) => request };
+    }
+    return new dist_cjs/* S3Client */.YxF(config);
+}
+/** Proves, before the node is touched, that the credentials work and the bucket exists. */
+async function checkBucket(client, settings) {
+    try {
+        await client.send(new dist_cjs/* HeadBucketCommand */.kuI({ Bucket: settings.bucket }));
+    }
+    catch (error) {
+        throw describeS3Error(error, `bucket '${settings.bucket}'`);
+    }
+}
+/** Turns an SDK error into one the operator can act on. */
+function describeS3Error(error, what) {
+    if (error instanceof StorageError)
+        return error;
+    const err = error;
+    const status = err.$metadata?.httpStatusCode;
+    if (err.name === 'CredentialsProviderError' ||
+        /Could not load credentials/i.test(err.message ?? '')) {
+        return new StorageError(`No AWS credentials were found for ${what}. Add a step with aws-actions/configure-aws-credentials before this one ` +
+            `(or set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).`);
+    }
+    if (status === 404 || err.name === 'NotFound' || err.name === 'NoSuchBucket') {
+        return new StorageError(`S3 answered 404 for ${what}: check 'bucket', 'region' and 'endpoint'.`);
+    }
+    if (status === 403 || err.name === 'AccessDenied' || err.name === 'Forbidden') {
+        return new StorageError(`S3 refused access to ${what} (403): the credentials lack a permission (see the IAM policy in the README) or are wrong.`);
+    }
+    if (status === 301 || err.name === 'PermanentRedirect') {
+        return new StorageError(`${what} is in another region: set 'region' to the bucket's region.`);
+    }
+    if (error instanceof dist_cjs/* S3ServiceException */.Hcp) {
+        return new StorageError(`S3 error on ${what}: ${err.name} (${status ?? '?'}): ${err.message}`);
+    }
+    return new StorageError(`S3 error on ${what}: ${err.code ?? err.name ?? ''} ${err.message}`.trim());
+}
+function isStatus(error, ...statuses) {
+    const status = error.$metadata?.httpStatusCode;
+    return status !== undefined && statuses.includes(status);
+}
+function objectUrl(settings, key) {
+    const path = key.split('/').map(encodeURIComponent).join('/');
+    if (settings.endpoint)
+        return `${settings.endpoint.replace(/\/+$/, '')}/${settings.bucket}/${path}`;
+    return `s3://${settings.bucket}/${key}`;
+}
+
+;// CONCATENATED MODULE: ./src/s3/backup-list.ts
+/**
+ * `{prefix}/backup_list`: one `YYYYMMDD/FILE` a line, newest first, as the original scripts
+ * read it (`head -n 1` is the latest). Edits are pure; the write is conditional on the ETag
+ * that was read, and retried, so that two runs that finish together both keep their entry.
+ */
+
+
+
+
+
+function parseBackupList(text) {
+    return text
+        .split('\n')
+        .map((l) => l.trim())
+        .filter((l) => l !== '');
+}
+function formatBackupList(entries) {
+    return entries.length ? `${entries.join('\n')}\n` : '';
+}
+/** Sorts newest first; lines that are not archive names keep their order, after the rest. */
+function sortNewestFirst(entries) {
+    const unique = [...new Set(entries)];
+    const named = unique.flatMap((e) => {
+        const name = parseArchivePath(e);
+        return name ? [{ e, name }] : [];
+    });
+    const other = unique.filter((e) => !parseArchivePath(e));
+    named.sort((a, b) => compareNewestFirst(a.name, b.name));
+    return [...named.map((n) => n.e), ...other];
+}
+function addEntry(entries, entry) {
+    return sortNewestFirst([...entries, entry]);
+}
+function removeEntries(entries, remove) {
+    const gone = new Set(remove);
+    return entries.filter((e) => !gone.has(e));
+}
+async function readBackupList(client, bucket, key) {
+    try {
+        const res = await client.send(new dist_cjs/* GetObjectCommand */.jLs({ Bucket: bucket, Key: key }));
+        const text = (await res.Body?.transformToString('utf8')) ?? '';
+        return { entries: parseBackupList(text), etag: res.ETag };
+    }
+    catch (error) {
+        if (isStatus(error, 404) || error.name === 'NoSuchKey')
+            return { entries: [] };
+        throw describeS3Error(error, `s3://${bucket}/${key}`);
+    }
+}
+/**
+ * Applies `edit` to the list and writes it only if nobody wrote it in between
+ * (If-Match on the ETag read, or If-None-Match when it did not exist); retries otherwise.
+ */
+async function updateBackupList(client, bucket, key, edit, attempts = 12) {
+    for (let attempt = 1;; attempt++) {
+        const current = await readBackupList(client, bucket, key);
+        const next = edit(current.entries);
+        try {
+            await client.send(new dist_cjs/* PutObjectCommand */.wKZ({
+                Bucket: bucket,
+                Key: key,
+                Body: formatBackupList(next),
+                ContentType: 'text/plain; charset=utf-8',
+                ...(current.etag ? { IfMatch: current.etag } : { IfNoneMatch: '*' }),
+            }));
+            return next;
+        }
+        catch (error) {
+            // 412: someone wrote it since it was read; 404: someone removed it since. Read again.
+            const conflict = isStatus(error, 412, 409, 404) || error.name === 'PreconditionFailed';
+            if (!conflict)
+                throw describeS3Error(error, `s3://${bucket}/${key}`);
+            if (attempt >= attempts) {
+                throw new StorageError(`backup_list kept changing under this run (${attempts} attempts); run again.`);
+            }
+            await (0,external_node_timers_promises_namespaceObject.setTimeout)(Math.min(2000, 50 * 2 ** attempt) * (0.5 + Math.random()));
+        }
+    }
+}
+
+;// CONCATENATED MODULE: ./src/s3/copy.ts
+/** Server-side copies. One CopyObject holds at most 5 GB; larger objects are copied in parts. */
+
+
+const COPY_OBJECT_LIMIT = 5 * 1000 ** 3;
+/** Byte ranges for UploadPartCopy: parts of at least 5 MiB (but the last), at most 10,000 of them. */
+function copyRanges(size, partSize) {
+    const part = Math.max(partSize ?? Math.ceil(size / 9000), 5 * 1024 * 1024);
+    const ranges = [];
+    for (let start = 0; start < size; start += part)
+        ranges.push({ start, end: Math.min(size, start + part) - 1 });
+    return ranges;
+}
+async function copyObject(client, bucket, source, target, size, options = {}) {
+    const copySource = `${bucket}/${source.split('/').map(encodeURIComponent).join('/')}`;
+    if (size <= (options.threshold ?? COPY_OBJECT_LIMIT)) {
+        try {
+            await client.send(new dist_cjs/* CopyObjectCommand */.s9Z({ Bucket: bucket, Key: target, CopySource: copySource }));
+            return;
+        }
+        catch (error) {
+            throw describeS3Error(error, `the copy to s3://${bucket}/${target}`);
+        }
+    }
+    const created = await client.send(new dist_cjs/* CreateMultipartUploadCommand */.nG4({ Bucket: bucket, Key: target }));
+    const uploadId = created.UploadId;
+    try {
+        const parts = [];
+        const ranges = copyRanges(size, options.partSize);
+        let next = 0;
+        const worker = async () => {
+            while (next < ranges.length) {
+                const index = next++;
+                const range = ranges[index];
+                const res = await client.send(new dist_cjs/* UploadPartCopyCommand */.Xp2({
+                    Bucket: bucket,
+                    Key: target,
+                    UploadId: uploadId,
+                    PartNumber: index + 1,
+                    CopySource: copySource,
+                    CopySourceRange: `bytes=${range.start}-${range.end}`,
+                }));
+                parts[index] = { PartNumber: index + 1, ETag: res.CopyPartResult?.ETag };
+            }
+        };
+        await Promise.all([worker(), worker(), worker(), worker()]);
+        await client.send(new dist_cjs/* CompleteMultipartUploadCommand */.Gym({
+            Bucket: bucket,
+            Key: target,
+            UploadId: uploadId,
+            MultipartUpload: { Parts: parts },
+        }));
+    }
+    catch (error) {
+        await client
+            .send(new dist_cjs/* AbortMultipartUploadCommand */.tfP({ Bucket: bucket, Key: target, UploadId: uploadId }))
+            .catch(() => undefined);
+        throw describeS3Error(error, `the multipart copy to s3://${bucket}/${target}`);
+    }
+}
+
+;// CONCATENATED MODULE: ./src/s3/store.ts
+/** Listing what is stored: archives under a prefix, their manifests, their permanent copies. */
+
+
+
+async function listObjects(client, bucket, prefix) {
+    const out = [];
+    let token;
+    try {
+        do {
+            const res = await client.send(new dist_cjs/* ListObjectsV2Command */.u6x({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
+            for (const o of res.Contents ?? []) {
+                if (o.Key)
+                    out.push({ key: o.Key, size: o.Size ?? 0, lastModified: o.LastModified });
+            }
+            token = res.IsTruncated ? res.NextContinuationToken : undefined;
+        } while (token);
+    }
+    catch (error) {
+        throw describeS3Error(error, `the listing of s3://${bucket}/${prefix}`);
+    }
+    return out;
+}
+/** Archives exactly at `{prefix}/YYYYMMDD/FILE`; anything else under the prefix is not ours to judge. */
+async function listArchives(client, bucket, prefix) {
+    const objects = await listObjects(client, bucket, `${prefix}/`);
+    return objects.flatMap((o) => {
+        const name = parseArchivePath(o.key);
+        return name && o.key === `${prefix}/${name.date}/${name.file}` ? [{ ...o, name }] : [];
+    });
+}
+async function deleteKeys(client, bucket, keys) {
+    for (let i = 0; i < keys.length; i += 1000) {
+        const batch = keys.slice(i, i + 1000);
+        try {
+            const res = await client.send(new dist_cjs/* DeleteObjectsCommand */.xvx({
+                Bucket: bucket,
+                Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true },
+            }));
+            const failed = res.Errors?.[0];
+            if (failed)
+                throw new Error(`${failed.Key}: ${failed.Code} ${failed.Message}`);
+        }
+        catch (error) {
+            throw describeS3Error(error, `the deletion of ${batch.length} objects`);
+        }
+    }
+}
+async function readManifest(client, bucket, key) {
+    try {
+        const res = await client.send(new dist_cjs/* GetObjectCommand */.jLs({ Bucket: bucket, Key: key }));
+        return JSON.parse((await res.Body?.transformToString('utf8')) ?? '');
+    }
+    catch (error) {
+        if (isStatus(error, 404) || error.name === 'NoSuchKey')
+            return undefined;
+        if (error instanceof SyntaxError)
+            return undefined;
+        throw describeS3Error(error, `s3://${bucket}/${key}`);
+    }
+}
+async function writeJson(client, bucket, key, value) {
+    try {
+        await client.send(new dist_cjs/* PutObjectCommand */.wKZ({
+            Bucket: bucket,
+            Key: key,
+            Body: `${JSON.stringify(value, null, 2)}\n`,
+            ContentType: 'application/json',
+        }));
+    }
+    catch (error) {
+        throw describeS3Error(error, `s3://${bucket}/${key}`);
+    }
+}
+
+;// CONCATENATED MODULE: ./src/s3/upload.ts
+/**
+ * Streams an archive into a multipart upload. The part size follows the expected size, so
+ * that the archive fits in S3's 10,000 parts; memory stays near part size x queue size.
+ * A failed or aborted stream aborts the multipart upload: no orphan parts.
+ */
+
+
+
+
+
+
+const upload_MIN_PART_SIZE = 8 * 1024 * 1024;
+const upload_MAX_PART_SIZE = 5 * 1024 ** 3;
+const MAX_PARTS = 10_000;
+/** Parts kept in reserve for an archive larger than expected (compression can expand data). */
+const PART_HEADROOM = 0.8;
+/** The smallest part size (a whole MiB, at least 8 MiB) that fits `expectedBytes` in 8,000 parts. */
+function choosePartSize(expectedBytes) {
+    const mib = 1024 * 1024;
+    const needed = Math.ceil(expectedBytes / (MAX_PARTS * PART_HEADROOM) / mib) * mib;
+    return Math.min(upload_MAX_PART_SIZE, Math.max(upload_MIN_PART_SIZE, needed));
+}
+/**
+ * Plans the upload of an archive of at most `expectedBytes` before anything is stopped: an
+ * explicit `partSize` must fit it in 10,000 parts, and the part buffers must stay within
+ * `maxBufferBytes` of memory (fewer parts in flight where a large database needs large parts).
+ */
+function planParts(expectedBytes, settings, maxBufferBytes) {
+    const partSize = settings.partSize ?? choosePartSize(expectedBytes);
+    if (settings.partSize !== undefined && settings.partSize * MAX_PARTS < expectedBytes) {
+        throw new InputError(`Input 'part-size' (${formatBytes(settings.partSize)}) allows an archive of at most ` +
+            `${formatBytes(settings.partSize * MAX_PARTS)} in S3's ${MAX_PARTS} parts; this one may reach ` +
+            `${formatBytes(expectedBytes)}. Raise it, or leave it empty to have it chosen from the database's size.`);
+    }
+    // One part fills while the others are in flight.
+    const fits = Math.floor(maxBufferBytes / partSize) - 1;
+    if (fits < 1) {
+        throw new InputError(`An archive of up to ${formatBytes(expectedBytes)} needs parts of ${formatBytes(partSize)} (S3 takes at most ` +
+            `${MAX_PARTS} parts); two of them exceed the ${formatBytes(maxBufferBytes)} of part buffers the runner may hold.`);
+    }
+    return { partSize, queueSize: Math.min(settings.queueSize, fits) };
+}
+/** Counts and hashes the bytes that pass through it. */
+class HashingCounter extends external_node_stream_.Transform {
+    hash = (0,external_node_crypto_.createHash)('sha256');
+    bytes = 0;
+    _transform(chunk, _encoding, callback) {
+        this.hash.update(chunk);
+        this.bytes += chunk.length;
+        callback(null, chunk);
+    }
+    digest() {
+        return this.hash.digest('hex');
+    }
+}
+function isByteSource(body) {
+    return typeof body.flow === 'function';
+}
+/**
+ * The multipart upload, fed from a small pool of part buffers that are reused. A ByteSource
+ * reads straight into the part being filled; a Readable's chunks are copied into it. A full
+ * part goes out while the next one fills; when queueSize parts are in flight the source
+ * pauses until one comes back. Memory is (queueSize + 1) x partSize whatever the archive's
+ * size, and the runner allocates no part-sized buffer per part (with fresh buffers per part,
+ * the garbage collector, page faults and the concatenation took a third of its CPU).
+ */
+async function streamUpload(options) {
+    const { client, bucket, key, partSize } = options;
+    const queueSize = Math.max(1, options.queueSize);
+    const source = isByteSource(options.body) ? options.body : readableSource(options.body);
+    const hash = (0,external_node_crypto_.createHash)('sha256');
+    let bytes = 0;
+    let failure;
+    const fail = (error) => {
+        failure ??= error;
+        source.destroy(error);
+    };
+    // A remote failure stops the stream at once, whatever it is waiting for.
+    options.sourceOk.catch(fail);
+    const created = await client.send(new dist_cjs/* CreateMultipartUploadCommand */.nG4({
+        Bucket: bucket,
+        Key: key,
+        ContentType: options.contentType ?? 'application/gzip',
+        Metadata: options.metadata,
+    }));
+    const uploadId = created.UploadId;
+    if (!uploadId)
+        throw new Error(`S3 returned no upload id for ${key}`);
+    const free = [];
+    const inFlight = new Set();
+    const parts = [];
+    let current;
+    let filled = 0;
+    let partNumber = 0;
+    // Bytes that arrived while every part buffer was busy (copies), and whether the source waits.
+    const pending = [];
+    let waiting = false;
+    /** The part being filled; a new one only while fewer than queueSize parts are in flight. */
+    const take = () => {
+        if (!current && inFlight.size < queueSize && !failure) {
+            current = free.pop() ?? Buffer.allocUnsafe(partSize);
+            filled = 0;
+        }
+        return current;
+    };
+    const filledUp = (n) => {
+        filled += n;
+        if (filled === partSize && current) {
+            send(current, filled);
+            current = undefined;
+        }
+    };
+    /** Copies `chunk` into parts; what finds no part is kept in `pending`. False when some was kept. */
+    const put = (chunk) => {
+        let at = 0;
+        while (at < chunk.length) {
+            const part = take();
+            if (!part) {
+                pending.push(Buffer.from(chunk.subarray(at)));
+                return false;
+            }
+            const n = chunk.copy(part, filled, at);
+            at += n;
+            filledUp(n);
+        }
+        return true;
+    };
+    /** A part came back: place what was kept, and let the source go on when there is room. */
+    const drain = () => {
+        while (pending.length > 0) {
+            const chunk = pending.shift();
+            if (!put(chunk)) {
+                // put() kept the rest of this chunk at the end: move it back to the front.
+                pending.unshift(pending.pop());
+                return;
+            }
+        }
+        if (waiting && take()) {
+            waiting = false;
+            source.resume();
+        }
+    };
+    const send = (buffer, length) => {
+        const number = ++partNumber;
+        const sending = client
+            .send(unsignedPayload(new dist_cjs/* UploadPartCommand */.iVK({
+            Bucket: bucket,
+            Key: key,
+            UploadId: uploadId,
+            PartNumber: number,
+            Body: buffer.subarray(0, length),
+            ContentLength: length,
+        })))
+            .then((res) => {
+            inFlight.delete(sending);
+            parts.push({ PartNumber: number, ETag: res.ETag });
+            free.push(buffer);
+            drain();
+        }, (error) => {
+            inFlight.delete(sending);
+            fail(error);
+        });
+        inFlight.add(sending);
+    };
+    const sink = {
+        space: () => take()?.subarray(filled),
+        wrote: (chunk) => {
+            hash.update(chunk);
+            bytes += chunk.length;
+            options.onProgress?.(bytes);
+            if (pending.length > 0)
+                pending.push(Buffer.from(chunk)); // in order, behind what waits
+            else if (current !== undefined &&
+                chunk.buffer === current.buffer &&
+                chunk.byteOffset === current.byteOffset + filled)
+                filledUp(chunk.length); // read in place
+            else
+                put(chunk);
+            if (pending.length > 0 || !take()) {
+                waiting = true;
+                return false;
+            }
+            return true;
+        },
+    };
+    try {
+        await source.flow(sink);
+        if (failure)
+            throw failure;
+        // Every byte in a part, then the last part goes out only once the remote side has
+        // reported success.
+        while (pending.length > 0 && !failure)
+            await Promise.race(inFlight);
+        if (failure)
+            throw failure;
+        await options.sourceOk;
+        // The part being filled may be empty (taken ahead for the next read): it goes out only
+        // with bytes in it, or as the single empty part of an empty archive.
+        if (current && filled > 0)
+            send(current, filled);
+        else if (partNumber === 0)
+            send(Buffer.alloc(0), 0);
+        current = undefined;
+        while (inFlight.size > 0)
+            await Promise.race(inFlight);
+        if (failure)
+            throw failure;
+        parts.sort((a, b) => (a.PartNumber ?? 0) - (b.PartNumber ?? 0));
+        const done = await client.send(new dist_cjs/* CompleteMultipartUploadCommand */.Gym({
+            Bucket: bucket,
+            Key: key,
+            UploadId: uploadId,
+            MultipartUpload: { Parts: parts },
+        }));
+        return { bytes, sha256: hash.digest('hex'), etag: done.ETag };
+    }
+    catch (error) {
+        const cause = failure ?? error;
+        source.destroy();
+        await Promise.allSettled([...inFlight]);
+        await client
+            .send(new dist_cjs/* AbortMultipartUploadCommand */.tfP({ Bucket: bucket, Key: key, UploadId: uploadId }))
+            .catch(() => undefined);
+        throw cause;
+    }
+}
+/**
+ * Signs a part without hashing its payload first (the SDK hashes a Buffer body for the
+ * signature, even over TLS). The archive's sha256, computed once on the way and kept in its
+ * manifest, proves the bytes end to end; TLS guards each request.
+ */
+function unsignedPayload(command) {
+    command.middlewareStack.add((next) => async (args) => {
+        const request = args.request;
+        if (request.headers)
+            request.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
+        return next(args);
+    }, { step: 'build', name: 'prepSnapshotUnsignedPayload' });
+    return command;
+}
+/**
+ * Aborts every in-progress multipart upload of exactly `key` (a safety net for an upload
+ * whose own abort could not reach S3, and for the post step). Returns how many it aborted.
+ * The Prefix is the key itself: S3 matches it as a prefix, MinIO as the exact key; only
+ * uploads of `key` itself are touched either way.
+ */
+async function abortUploads(client, bucket, key) {
+    let aborted = 0;
+    let keyMarker;
+    let uploadIdMarker;
+    for (;;) {
+        const res = await client.send(new dist_cjs/* ListMultipartUploadsCommand */.mo2({
+            Bucket: bucket,
+            Prefix: key,
+            KeyMarker: keyMarker,
+            UploadIdMarker: uploadIdMarker,
+        }));
+        for (const u of res.Uploads ?? []) {
+            if (u.Key !== key || !u.UploadId)
+                continue;
+            await client
+                .send(new dist_cjs/* AbortMultipartUploadCommand */.tfP({ Bucket: bucket, Key: key, UploadId: u.UploadId }))
+                .catch((error) => {
+                // Gone already (its own abort won the race): nothing left to do.
+                if (error.$metadata?.httpStatusCode !== 404)
+                    throw error;
+            });
+            aborted++;
+        }
+        if (!res.IsTruncated)
+            return aborted;
+        keyMarker = res.NextKeyMarker;
+        uploadIdMarker = res.NextUploadIdMarker;
+    }
+}
+
 ;// CONCATENATED MODULE: ./src/summary.ts
 /**
  * The job summary: a heading and a two-column table, the shape every mode reports in.
@@ -91710,7 +91905,7 @@ async function verifyStored(client, settings, key, manifest, kind = loopchain) {
         },
     });
     try {
-        await (0,external_node_stream_promises_namespaceObject.pipeline)(body, tap, parser);
+        await (0,promises_namespaceObject.pipeline)(body, tap, parser);
     }
     catch (error) {
         // A damaged archive usually breaks the tar stream too. With a manifest, read the rest of
@@ -91791,44 +91986,38 @@ async function hashRange(client, bucket, key, start, hash) {
 
 
 
-
-async function backup(settings, now = () => new Date()) {
+async function backup(settings, now = () => new Date(), connect = connectNode) {
     const ssh = settings.ssh;
-    const kind = loopchain;
     const runId = currentRunId();
     const timings = {};
     const t0 = performance.now();
-    const { session, client } = await group('Connect', async () => {
+    const { connection, client } = await group('Connect', async () => {
         const s3 = createClient(settings.s3);
         await checkBucket(s3, settings.s3);
         info(`Bucket '${settings.s3.bucket}' is reachable.`);
-        const s = await SshSession.connect(ssh, {
-            onKeyDir: (dir) => saveState(State.KeyDir, dir),
-        });
-        info(`Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${s.dataTransport}.`);
-        return { session: s, client: s3 };
+        const c = await connect(settings, (dir) => saveState(State.KeyDir, dir));
+        info(`Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${c.transport}.`);
+        return { connection: c, client: s3 };
     });
-    const node = new NodeControl(session, settings.node, kind, runId);
+    const { host, shell } = connection;
+    const node = new NodeControl(shell, settings.node, runId);
     let stage;
     let remote;
     let streamStarted = false;
     let uploaded = [];
     let published = false;
     try {
-        const { probe, identity } = await group('Check the host', async () => {
-            const p = parseProbe(await session.run('Probing the host', probeCommand(kind, settings.node.dataDir)));
-            const id = checkProbe(p, settings, kind);
-            for (const stale of p.stale) {
+        const layout = await group('Check the host', async () => {
+            const l = await host.inspect(settings.backup);
+            for (const stale of l.stale) {
                 warning(`Removing ${stale}, the staging folder of a run that vanished over a day ago.`);
-                await session.run('Removing a stale staging folder', removeCommand(stale), {
-                    timeoutMs: 30 * 60_000,
-                });
+                await host.remove(stale);
             }
-            info(`Data dir ${settings.node.dataDir}: ${kind.roots.join(', ')}; identity directory ${id}.`);
-            return { probe: p, identity: id };
+            info(`Data dir ${l.description}.`);
+            return l;
         });
         const height = await group('Block height', async () => {
-            const h = await node.height();
+            const h = await host.height();
             if (h !== undefined)
                 info(`The node reports block height ${h}.`);
             return h;
@@ -91845,7 +92034,7 @@ async function backup(settings, now = () => new Date()) {
             return { skipped: true };
         }
         // The parts are planned, and a part size too small refused, before the node stops.
-        const parts = planParts(archiveBound(probe.dataBytes), settings.s3, MAX_UPLOAD_BUFFER_BYTES);
+        const parts = planParts(archiveBound(layout.dataBytes), settings.s3, MAX_UPLOAD_BUFFER_BYTES);
         if (parts.queueSize < settings.s3.queueSize) {
             info(`Parts of ${formatBytes(parts.partSize)}: ${parts.queueSize} in flight instead of ${settings.s3.queueSize}, to keep ` +
                 `the runner's part buffers within ${formatBytes(MAX_UPLOAD_BUFFER_BYTES)}.`);
@@ -91853,31 +92042,31 @@ async function backup(settings, now = () => new Date()) {
         const snapshotAt = now();
         const name = archiveName(settings.s3.service, height, snapshotAt, settings.backup.compression);
         const key = archiveKey(settings.s3.prefix, name);
-        let source = settings.node.dataDir;
-        let measured;
+        let source = host.dataDir;
+        let sizes;
         const localCopy = settings.backup.localCopy
             ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
             : undefined;
         if (settings.backup.consistency === 'hardlink') {
-            stage = probe.sameDevice
-                ? `${dirname(settings.node.dataDir)}/.prep-snapshot-staging-${runId}`
-                : `${settings.node.dataDir}/.prep-snapshot-staging-${runId}`;
+            stage = layout.sameDevice
+                ? `${dirname(host.dataDir)}/.prep-snapshot-staging-${runId}`
+                : `${host.dataDir}/.prep-snapshot-staging-${runId}`;
             saveState(State.StagingDir, stage);
             source = stage;
         }
         // The data channel connects while the node stops and the copy freezes; it archives
         // nothing before its go line.
-        remote = await session.streamOut(archiveCommand(kind, source, identity, {
+        remote = await host.archive(source, {
             compression: settings.backup.compression,
             level: settings.backup.compressionLevel,
             localCopy,
             tolerateChanged: settings.backup.consistency === 'hardlink',
-        }));
+        });
         if (settings.backup.consistency === 'hardlink') {
             const frozen = source;
-            measured = await group('Stop, freeze, start', async () => {
+            sizes = await group('Stop, freeze, start', async () => {
                 // Opened ahead, like the start: it runs the moment the node has stopped.
-                const freezing = session.prepare('Freezing the data into the staging folder', freezeCommand(kind, settings.node.dataDir, frozen, node.watchdogFlag), { timeoutMs: 30 * 60_000 });
+                const freezing = host.freeze(frozen, node.watchdogFlag);
                 try {
                     await node.stop({ startSoon: true });
                     await freezing.go();
@@ -91895,7 +92084,7 @@ async function backup(settings, now = () => new Date()) {
                 // the bench) for no earlier listing.
                 const [, prepared] = await Promise.allSettled([
                     node.ensureStarted(),
-                    prepareFrozen(session, kind, frozen),
+                    host.settleFrozen(frozen),
                 ]);
                 if (node.isStopped)
                     throw notStarted(settings);
@@ -91908,9 +92097,8 @@ async function backup(settings, now = () => new Date()) {
         }
         else {
             await group('Stop the node', () => node.stop());
-            measured = await session.run('Measuring the snapshot', sizeCommand(kind, source));
+            sizes = await host.measure(source);
         }
-        const sizes = parseSizes(measured ?? '');
         const { partSize, queueSize } = parts;
         const stream = await group(`Stream ${key}`, async () => {
             info(`${sizes.files} files, ${formatBytes(sizes.bytes)}; ${settings.backup.compression} level ${settings.backup.compressionLevel}; ` +
@@ -91922,10 +92110,9 @@ async function backup(settings, now = () => new Date()) {
             streamStarted = true;
             const r = await streamArchive({
                 remote: remote,
-                session,
+                host,
                 client,
                 settings,
-                kind,
                 source,
                 key,
                 partSize,
@@ -91944,11 +92131,12 @@ async function backup(settings, now = () => new Date()) {
             node.assertOwned(`The archive may hold files that changed while tar read them: nothing was published. Raise ` +
                 `'max-downtime' above the time the stream takes, or use 'consistency: hardlink'.`);
         }
+        const facts = await host.facts(height);
         const manifest = {
             format: 'prep-snapshot/1',
             key,
             entry: listEntry(name),
-            nodeKind: kind.name,
+            nodeKind: host.kind,
             blockHeight: height,
             sha256: stream.sha256,
             compressedBytes: stream.bytes,
@@ -91958,8 +92146,13 @@ async function backup(settings, now = () => new Date()) {
             compressor: stream.compressor,
             compressionLevel: settings.backup.compressionLevel,
             consistency: settings.backup.consistency,
-            placeholder: kind.placeholder,
-            source: { host: ssh.host, dataDir: settings.node.dataDir, identity },
+            ...(facts.placeholder !== undefined ? { placeholder: String(facts.placeholder) } : {}),
+            facts,
+            source: {
+                host: ssh.host,
+                dataDir: host.dataDir,
+                ...(facts.identity !== undefined ? { identity: String(facts.identity) } : {}),
+            },
             createdAt: snapshotAt.toISOString(),
             actionVersion: ACTION_VERSION,
             timings,
@@ -91989,7 +92182,7 @@ async function backup(settings, now = () => new Date()) {
         if (localCopy) {
             await group('Local copies on the host', async () => {
                 const cutoff = dateDaysAgo(now(), settings.backup.localCopyDays);
-                const out = await session.run('Pruning local copies', pruneLocalCopiesCommand(`${settings.node.prepDir}/data/Backup`, cutoff));
+                const out = await shell.run('Pruning local copies', pruneLocalCopiesCommand(`${settings.node.prepDir}/data/Backup`, cutoff));
                 info(`Kept ${localCopy} on the host.${out.trim() ? ` ${out.trim().replace(/\n/g, '; ')}.` : ''}`);
             });
         }
@@ -92027,32 +92220,14 @@ async function backup(settings, now = () => new Date()) {
         await node.ensureStarted();
         if (stage) {
             const s = stage;
-            await session
-                .run('Removing the staging folder', removeCommand(s), { timeoutMs: 30 * 60_000 })
+            await host
+                .remove(s)
                 .then(() => saveState(State.StagingDir, ''))
                 .catch((e) => warning(`Could not remove the staging folder ${s}: ${errorMessage(e)}`));
         }
-        session.close();
+        connection.close();
         saveState(State.KeyDir, '');
     }
-}
-function checkProbe(probe, settings, kind) {
-    const dataDir = settings.node.dataDir;
-    if (!probe.dataDirPresent) {
-        throw new HostError(`${dataDir} does not exist on the host: set 'data-dir' (or 'prep-dir') to the node's data directory.`);
-    }
-    if (probe.missingRoots.length > 0) {
-        throw new HostError(`${dataDir} lacks ${probe.missingRoots.join(' and ')}: it is not a loopchain data directory (expected ${kind.roots.join(', ')}).`);
-    }
-    const identity = pickIdentityDir(kind, probe.identities, dataDir);
-    requireArchiveTools(probe.tools, settings.backup.compression, 'The archive (compression: zstd)');
-    if (settings.backup.consistency === 'hardlink' && !probe.tools.has('base64')) {
-        throw new HostError(`The host has no 'base64' (coreutils), needed to read the LevelDB MANIFESTs.`);
-    }
-    if (!probe.tools.has('curl') && !probe.tools.has('wget')) {
-        throw new HostError(`The host has neither curl nor wget to ask the node for its block height.`);
-    }
-    return identity;
 }
 function explainFreeze(error) {
     if (error instanceof RemoteCommandError &&
@@ -92063,44 +92238,15 @@ function explainFreeze(error) {
     return error;
 }
 /**
- * Leaves out the tables that the frozen MANIFESTs do not list, then measures what is left
- * (with the stat digest that the stream is checked against). Returns the measurement.
- */
-async function prepareFrozen(session, kind, frozen) {
-    // Measured at the same time as the MANIFESTs are read: that is the answer unless there
-    // is something to prune, which is rare (a stop in the middle of a compaction).
-    const measure = () => session.run('Measuring the snapshot', sizeCommand(kind, frozen, true));
-    const measuring = measure();
-    measuring.catch(() => undefined);
-    const dbs = parseManifestsOutput(await session.run('Reading the MANIFESTs', manifestsCommand(kind, frozen)));
-    const plan = planPrune(dbs);
-    info(`${plan.databases} LevelDB databases, ${plan.liveTables} live tables; ` +
-        `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`);
-    if (plan.garbage.length === 0)
-        return measuring;
-    await measuring.catch(() => undefined);
-    await session.run('Pruning the staging folder', pruneCommand(frozen), {
-        stdin: plan.garbage.map((g) => `${g}\0`).join(''),
-    });
-    return measure();
-}
-/**
  * The largest archive a database of `bytes` makes: LevelDB tables are compressed already, so
  * the archive is about their size, plus tar's headers and records.
  */
 function archiveBound(bytes) {
     return bytes * 1.05 + 64 * 1024 * 1024;
 }
-function parseSizes(stdout) {
-    const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
-    const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
-    if (!Number.isFinite(files) || !Number.isFinite(bytes))
-        throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
-    return { files, bytes, digest: /digest=([0-9a-f]{64})/.exec(stdout)?.[1] };
-}
 async function streamArchive(a) {
     const t = performance.now();
-    const digest = () => a.session.run('Reading the staged files', statDigestCommand(a.kind, a.source));
+    const digest = () => a.host.statDigest(a.source);
     const before = a.frozenDigest;
     const remote = a.remote;
     remote.stdin.end(GO_LINE);
@@ -92351,10 +92497,8 @@ function formatAge(hours) {
 
 
 
-
-async function restore(settings) {
+async function restore(settings, connect = connectNode) {
     const ssh = settings.ssh;
-    const kind = loopchain;
     const opts = settings.restore;
     const t0 = performance.now();
     const timings = {};
@@ -92372,15 +92516,14 @@ async function restore(settings) {
             `recorded sha256; the decompressor's own check and tar's are all there is.`);
     }
     const height = manifest?.blockHeight ?? chosen.name.height;
-    const session = await group('Connect', async () => {
-        const s = await SshSession.connect(ssh, {
-            onKeyDir: (dir) => saveState(State.KeyDir, dir),
-        });
-        info(`Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${s.dataTransport}.`);
-        return s;
+    const connection = await group('Connect', async () => {
+        const c = await connect(settings, (dir) => saveState(State.KeyDir, dir));
+        info(`Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${c.transport}.`);
+        return c;
     });
-    const node = new NodeControl(session, settings.node, kind, runId);
-    const dataDir = settings.node.dataDir;
+    const { host, shell } = connection;
+    const node = new NodeControl(shell, settings.node, runId);
+    const dataDir = host.dataDir;
     const parent = dirname(dataDir);
     const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
     const stage = `${parent}/.prep-snapshot-restore-${runId}`;
@@ -92390,22 +92533,16 @@ async function restore(settings) {
     let hadPrevious = false;
     let swapped = false;
     // The data channel connects while the host is checked; it does nothing before its go line.
-    const remote = session.stream(extractCommand(kind, settings.node.prepDir, stage));
+    const remote = host.extract(stage);
     let streamStarted = false;
-    let letSwap = () => undefined;
     let swap;
     try {
         const { ip, decoder } = await group('Check the host', async () => {
-            const checks = parseBatch(await session.run('Checking the host', batchCommand({
-                ...nodeChecks(settings),
-                probe: restoreProbeCommand(dataDir),
-                ...(opts.nodeIp ? {} : { ip: detectIpCommand() }),
-            })));
-            const running = nodeRunning(kind, checks);
+            const probe = await host.checkForRestore({ nodeIp: opts.nodeIp });
+            const running = probe.running;
             if (running && !opts.stopNode)
                 throw runningRefused(ssh.host, running);
             wasRunning = running !== undefined;
-            const probe = parseProbe(checks.get('probe')?.stdout ?? '');
             const needed = (manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
             if (probe.freeBytes < needed) {
                 throw new HostError(`${parent} has ${formatBytes(probe.freeBytes)} free; the snapshot needs ${formatBytes(needed)} ` +
@@ -92418,12 +92555,9 @@ async function restore(settings) {
                 notice(`The host decompresses with ${decoder.name}. Installing igzip there (Debian and Ubuntu package 'isal') ` +
                     `makes the extraction of gzip snapshots about twice as fast.`);
             }
-            const address = opts.nodeIp || (checks.get('ip')?.stdout ?? '').trim();
-            if (!isIpv4(address)) {
-                throw new HostError(`Could not find the node's IPv4 address on the host (got '${address}'). Set 'node-ip' (for a node behind NAT, its public address).`);
-            }
+            const address = probe.address;
             info(`Free space ${formatBytes(probe.freeBytes)}; data dir ${probe.dataDirPresent ? 'present (it will be kept)' : 'absent (fresh host)'}; ` +
-                `the block DB becomes ${kind.identityDir(address)}; the archive is decompressed by ${decoder.name}.`);
+                `the ${host.restoredAs(address)}; the archive is decompressed by ${decoder.name}.`);
             if (running) {
                 info(`The node runs (${running}): it goes on serving on its current data while the snapshot streams, and is ` +
                     `stopped only for the swap.`);
@@ -92431,12 +92565,9 @@ async function restore(settings) {
             return { ip: address, decoder };
         });
         // The swap waits on the host from now on, for the word that the archive proved whole.
-        swap = session.exec(swapCommand(kind, dataDir, stage, previous, ip, node.watchdogFlag), {
-            stdin: new Promise((resolve) => (letSwap = resolve)),
-        });
-        swap.catch(() => undefined);
+        swap = host.swap(stage, previous, ip, node.watchdogFlag);
         saveState(State.StagingDir, stage);
-        const streamed = await group(`Stream ${chosen.key} into ${stage}`, () => streamInto(remote, () => (streamStarted = true), client, settings, chosen.key, { kind, stage, decoder }, size, manifest?.sha256));
+        const streamed = await group(`Stream ${chosen.key} into ${stage}`, () => streamInto(remote, () => (streamStarted = true), client, settings, chosen.key, { host, stage, decoder }, size, manifest?.sha256));
         timings.stream = streamed.seconds;
         if (manifest && streamed.sha256 !== manifest.sha256) {
             throw new IntegrityError(`${chosen.key}: sha256 ${streamed.sha256} differs from the manifest's ${manifest.sha256}: the stored archive is damaged. ` +
@@ -92450,18 +92581,17 @@ async function restore(settings) {
             // Checked again: a node that started while the snapshot streamed must not have its data
             // dir moved from under it.
             const untouched = 'The data dir was not touched: the node runs on its previous data.';
-            const running = await runningNode(session, settings, kind, node, untouched);
+            const running = await runningNode(host, node, untouched);
             if (running) {
                 if (!opts.stopNode)
                     throw runningRefused(ssh.host, running);
                 await node.stop({ startSoon: opts.startNode });
-                const still = await runningNode(session, settings, kind, node, untouched);
+                const still = await runningNode(host, node, untouched);
                 if (still) {
                     throw new HostError(`The stop command ran, yet the node still runs (${still}). The data dir was not touched.`);
                 }
             }
-            letSwap(SWAP_LINE);
-            const res = await swap;
+            const res = await swap.go();
             if (res.code === NODE_LOST) {
                 node.noteLost(new RemoteCommandError('The swap', res.code, res.stderr));
                 node.assertOwned(untouched);
@@ -92483,7 +92613,7 @@ async function restore(settings) {
                 const t = performance.now();
                 await node.start();
                 timings.downtime = node.downtimeSeconds ?? 0;
-                const reached = await waitForHeight(node, height, opts.healthTimeoutSeconds);
+                const reached = await waitForHeight(host, { ...manifest?.facts, blockHeight: height }, opts.healthTimeoutSeconds);
                 timings.health = secondsSince(t);
                 if (reached === undefined) {
                     throw new ActionError(`The node did not reach block height ${height} within ${formatDuration(opts.healthTimeoutSeconds)}.`);
@@ -92496,14 +92626,14 @@ async function restore(settings) {
                     throw new ActionError(`${errorMessage(error)} The host had no previous data dir to roll back to; the restored data stays in ` +
                         `${dataDir}. Look at the node's logs.`);
                 }
-                await rollback(session, settings, kind, node, { dataDir, previous, failed }, wasRunning).catch((e) => {
+                await rollback(host, node, { dataDir, previous, failed }, wasRunning).catch((e) => {
                     throw new ActionError(`${errorMessage(error)} ${errorMessage(e)}`);
                 });
                 throw new ActionError(`${errorMessage(error)} The previous data dir was put back in place (the restored one is kept as ` +
                     `${failed})${wasRunning ? ' and the node started on it' : ''}. Look at the node's logs before running again.`);
             });
         }
-        const previousKept = await group('The previous data dir', () => settlePrevious(session, node, opts, { previous, hadPrevious }));
+        const previousKept = await group('The previous data dir', () => settlePrevious(host, node, opts, { previous, hadPrevious }));
         // The watchdog acted while this run held the node down: the restore stands, but the run
         // says so rather than pass as if nothing had happened.
         node.assertOwned(`The restore itself went through${heightReached !== undefined ? ` and the node reached block height ${heightReached}` : ''}; ` +
@@ -92518,7 +92648,7 @@ async function restore(settings) {
         setOutput(Outputs.DurationSeconds, timings.total.toFixed(1));
         await writeSummaryTable('restore', [
             ['Snapshot', code(chosen.key)],
-            ['Host', `${ssh.host} (block DB ${kind.identityDir(ip)})`],
+            ['Host', `${ssh.host} (${host.restoredAs(ip)})`],
             [
                 'Block height',
                 `${height} in the snapshot${heightReached !== undefined ? `, ${heightReached} reached` : ''}`,
@@ -92544,18 +92674,17 @@ async function restore(settings) {
     }
     finally {
         // Unsent go and swap lines: the commands waiting for them end with nothing done.
-        letSwap('');
-        await swap?.catch(() => undefined);
+        swap?.cancel();
         if (!streamStarted)
             await closeUnused(remote);
         if (!swapped && streamStarted) {
-            await session
-                .run('Removing the staging folder', removeStagingCommand(stage), { timeoutMs: 30 * 60_000 })
+            await host
+                .removeStaging(stage)
                 .then(() => saveState(State.StagingDir, ''))
                 .catch((e) => warning(`Could not remove the staging folder ${stage}: ${errorMessage(e)}`));
         }
         await node.ensureStarted();
-        session.close();
+        connection.close();
         saveState(State.KeyDir, '');
     }
 }
@@ -92564,7 +92693,7 @@ async function restore(settings) {
  * proved itself on the new data: started by this run, at the snapshot's height, and never
  * taken by the watchdog. Returns the path kept, if any.
  */
-async function settlePrevious(session, node, opts, dirs) {
+async function settlePrevious(host, node, opts, dirs) {
     if (!dirs.hadPrevious)
         return undefined;
     if (opts.keepPrevious) {
@@ -92578,29 +92707,20 @@ async function settlePrevious(session, node, opts, dirs) {
     }
     if (node.lostAt !== undefined)
         return dirs.previous;
-    await session.run('Removing the previous data dir', removeCommand(dirs.previous), {
-        timeoutMs: 60 * 60_000,
-    });
+    await host.remove(dirs.previous);
     info(`Removed ${dirs.previous} ('keep-previous: false'; the node reached the height).`);
     return undefined;
-}
-/** The checks that tell whether the node runs: its API, and its processes. */
-function nodeChecks(settings) {
-    return {
-        peer: peerCommand(settings.node.peerUrl),
-        processes: processCheckCommand(settings.restore.processPattern),
-    };
 }
 /**
  * What shows that the node runs, asked of the host now; undefined when nothing does. Where
  * this run stopped the node, a node that runs again may be the watchdog's doing: then the
  * run has lost it, and says so.
  */
-async function runningNode(session, settings, kind, node, lostMeans) {
-    const checks = parseBatch(await session.run('Checking whether the node runs', batchCommand({ ...nodeChecks(settings), fired: watchdogFiredCommand(node.watchdogFlag) })));
-    node.noteFired(checks.get('fired')?.stdout ?? '');
+async function runningNode(host, node, lostMeans) {
+    const now = await host.runningNow(node.watchdogFlag);
+    node.noteFired(now.firedAt ?? '');
     node.assertOwned(lostMeans);
-    return nodeRunning(kind, checks);
+    return now.running;
 }
 function runningRefused(host, running) {
     return new HostError(`The node on ${host} is running (${running}). Stop it first, or set 'stop-node: true' to let the restore stop it.`);
@@ -92613,22 +92733,6 @@ async function objectSize(client, bucket, key) {
     catch (error) {
         throw describeS3Error(error, `s3://${bucket}/${key}`);
     }
-}
-/** What shows that the node runs, from the host's checks; undefined when nothing does. */
-function nodeRunning(kind, checks) {
-    const peer = checks.get('peer');
-    let height;
-    try {
-        if (peer?.code === 0)
-            height = kind.parseHeight(peer.stdout);
-    }
-    catch {
-        /* not a node's answer */
-    }
-    if (height !== undefined)
-        return `its peer API answers, block height ${height}`;
-    const processes = (checks.get('processes')?.stdout ?? '').trim();
-    return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
 }
 async function streamInto(remote, onGo, client, settings, key, into, size, expectedSha256) {
     const t = performance.now();
@@ -92684,7 +92788,7 @@ async function streamInto(remote, onGo, client, settings, key, into, size, expec
             throw new HostError(`The host's disk filled up during the extraction (${dirname(into.stage)}). The data dir was not touched; free space and run again.`);
         }
         if (code === NOT_A_SNAPSHOT) {
-            throw new IntegrityError(`${key} is not a snapshot of a ${into.kind.name} node: ${tail}. The data dir was not touched.`);
+            throw new IntegrityError(`${key} is not a snapshot of a ${into.host.kind} node: ${tail}. The data dir was not touched.`);
         }
         if (code === UNSAFE_ARCHIVE) {
             const found = tail
@@ -92692,7 +92796,7 @@ async function streamInto(remote, onGo, client, settings, key, into, size, expec
                 .filter((l) => l.startsWith(`${UNSAFE_MARK} `))
                 .map((l) => l.slice(UNSAFE_MARK.length + 1));
             throw new IntegrityError(`${key} was refused as unsafe: it holds ${found.length ? found.join('; ') : tail}. A snapshot holds only ` +
-                `regular files and directories under ${into.kind.roots.join(' and ')}, none of them setuid, setgid or sticky. ` +
+                `regular files and directories under ${into.host.expectedContent()}, none of them setuid, setgid or sticky. ` +
                 `The staging folder was removed and the data dir was not touched. Restore another snapshot ('snapshot' input) ` +
                 `and find out how this one got into the bucket.`);
         }
@@ -92708,14 +92812,13 @@ async function streamInto(remote, onGo, client, settings, key, into, size, expec
     info(`${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}).`);
     return { sha256, bytes: counter.bytes, files: Number(out.trim()), seconds };
 }
-async function waitForHeight(node, height, timeoutSeconds) {
+async function waitForHeight(host, facts, timeoutSeconds) {
     const deadline = performance.now() + timeoutSeconds * 1000;
-    let last;
     while (performance.now() < deadline) {
-        last = await node.height().catch(() => undefined);
-        if (last !== undefined && last >= height)
-            return last;
-        await (0,promises_namespaceObject.setTimeout)(Math.min(5000, Math.max(250, deadline - performance.now())));
+        const reached = await host.restoredHeight(facts).catch(() => undefined);
+        if (reached !== undefined)
+            return reached;
+        await (0,external_node_timers_promises_namespaceObject.setTimeout)(Math.min(5000, Math.max(250, deadline - performance.now())));
     }
     return undefined;
 }
@@ -92724,7 +92827,7 @@ async function waitForHeight(node, height, timeoutSeconds) {
  * proved down: a failed stop command, or a node that still answers, ends the rollback with
  * both dirs where they are.
  */
-async function rollback(session, settings, kind, node, dirs, startAfter) {
+async function rollback(host, node, dirs, startAfter) {
     warning(`Rolling back: stopping the node and putting ${dirs.previous} back in place.`);
     const nothingMoved = `Nothing was moved: the restored data is in ${dirs.dataDir}, the previous in ${dirs.previous}.`;
     try {
@@ -92733,11 +92836,11 @@ async function rollback(session, settings, kind, node, dirs, startAfter) {
     catch (error) {
         throw new HostError(`The rollback could not stop the node (${errorMessage(error)}). ${nothingMoved}`);
     }
-    const running = await runningNode(session, settings, kind, node, nothingMoved);
+    const running = await runningNode(host, node, nothingMoved);
     if (running) {
         throw new HostError(`The rollback stopped the node, yet it still runs (${running}). ${nothingMoved}`);
     }
-    const res = await session.exec(rollbackCommand(dirs.dataDir, dirs.previous, dirs.failed, node.watchdogFlag));
+    const res = await host.rollback(dirs.previous, dirs.failed, node.watchdogFlag);
     if (res.code === NODE_LOST) {
         node.noteLost(new RemoteCommandError('The rollback', res.code, res.stderr));
         node.assertOwned(nothingMoved);

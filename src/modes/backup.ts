@@ -14,7 +14,6 @@ import {
   errorMessage,
 } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
-import { parseManifestsOutput, planPrune } from '../freeze.js';
 import type { Manifest } from '../manifest.js';
 import {
   archiveKey,
@@ -25,25 +24,15 @@ import {
   type ArchiveName,
 } from '../naming.js';
 import { NodeControl, currentRunId } from '../node-control.js';
-import { loopchain, pickIdentityDir, type NodeKind } from '../node-kind/loopchain.js';
+import type { Sizes } from '../node-kind/host.js';
+import { connectNode, type Connect, type NodeHost } from '../node-kind/index.js';
 import {
   CHANGED_MARK,
   checkpointBytes,
   COMPRESSOR_MARK,
   PROGRESS_MARK,
-  archiveCommand,
   dirname,
-  freezeCommand,
-  manifestsCommand,
-  parseProbe,
-  probeCommand,
-  pruneCommand,
   pruneLocalCopiesCommand,
-  requireArchiveTools,
-  removeCommand,
-  sizeCommand,
-  statDigestCommand,
-  type Probe,
 } from '../node-kind/remote.js';
 import { Progress } from '../progress.js';
 import { chooseExpired, entriesOf } from '../retention.js';
@@ -54,7 +43,7 @@ import { deleteKeys, listArchives, listObjects, writeJson } from '../s3/store.js
 import { abortUploads, planParts, streamUpload } from '../s3/upload.js';
 import { MAX_UPLOAD_BUFFER_BYTES, type Settings, type SshSettings } from '../settings.js';
 import { GO_LINE } from '../shell.js';
-import { closeUnused, SshSession, type RemoteStream } from '../ssh/session.js';
+import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import { code, html, Html, writeSummaryTable, type Cell } from '../summary.js';
 import { verifyStored } from './verify.js';
 
@@ -70,54 +59,46 @@ interface Timings {
 export async function backup(
   settings: Settings,
   now: () => Date = () => new Date(),
+  connect: Connect = connectNode,
 ): Promise<BackupResult> {
   const ssh = settings.ssh as SshSettings;
-  const kind: NodeKind = loopchain;
   const runId = currentRunId();
   const timings: Timings = {};
   const t0 = performance.now();
 
-  const { session, client } = await core.group('Connect', async () => {
+  const { connection, client } = await core.group('Connect', async () => {
     const s3 = createClient(settings.s3);
     await checkBucket(s3, settings.s3);
     core.info(`Bucket '${settings.s3.bucket}' is reachable.`);
-    const s = await SshSession.connect(ssh, {
-      onKeyDir: (dir) => core.saveState(State.KeyDir, dir),
-    });
+    const c = await connect(settings, (dir) => core.saveState(State.KeyDir, dir));
     core.info(
-      `Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${s.dataTransport}.`,
+      `Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${c.transport}.`,
     );
-    return { session: s, client: s3 };
+    return { connection: c, client: s3 };
   });
 
-  const node = new NodeControl(session, settings.node, kind, runId);
+  const { host, shell } = connection;
+  const node = new NodeControl(shell, settings.node, runId);
   let stage: string | undefined;
   let remote: RemoteStream | undefined;
   let streamStarted = false;
   let uploaded: string[] = [];
   let published = false;
   try {
-    const { probe, identity } = await core.group('Check the host', async () => {
-      const p = parseProbe(
-        await session.run('Probing the host', probeCommand(kind, settings.node.dataDir)),
-      );
-      const id = checkProbe(p, settings, kind);
-      for (const stale of p.stale) {
+    const layout = await core.group('Check the host', async () => {
+      const l = await host.inspect(settings.backup);
+      for (const stale of l.stale) {
         core.warning(
           `Removing ${stale}, the staging folder of a run that vanished over a day ago.`,
         );
-        await session.run('Removing a stale staging folder', removeCommand(stale), {
-          timeoutMs: 30 * 60_000,
-        });
+        await host.remove(stale);
       }
-      core.info(
-        `Data dir ${settings.node.dataDir}: ${kind.roots.join(', ')}; identity directory ${id}.`,
-      );
-      return { probe: p, identity: id };
+      core.info(`Data dir ${l.description}.`);
+      return l;
     });
 
     const height = await core.group('Block height', async () => {
-      const h = await node.height();
+      const h = await host.height();
       if (h !== undefined) core.info(`The node reports block height ${h}.`);
       return h;
     });
@@ -136,7 +117,7 @@ export async function backup(
     }
 
     // The parts are planned, and a part size too small refused, before the node stops.
-    const parts = planParts(archiveBound(probe.dataBytes), settings.s3, MAX_UPLOAD_BUFFER_BYTES);
+    const parts = planParts(archiveBound(layout.dataBytes), settings.s3, MAX_UPLOAD_BUFFER_BYTES);
     if (parts.queueSize < settings.s3.queueSize) {
       core.info(
         `Parts of ${formatBytes(parts.partSize)}: ${parts.queueSize} in flight instead of ${settings.s3.queueSize}, to keep ` +
@@ -147,39 +128,33 @@ export async function backup(
     const snapshotAt = now();
     const name = archiveName(settings.s3.service, height, snapshotAt, settings.backup.compression);
     const key = archiveKey(settings.s3.prefix, name);
-    let source = settings.node.dataDir;
-    let measured: string | undefined;
+    let source = host.dataDir;
+    let sizes: Sizes;
 
     const localCopy = settings.backup.localCopy
       ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
       : undefined;
     if (settings.backup.consistency === 'hardlink') {
-      stage = probe.sameDevice
-        ? `${dirname(settings.node.dataDir)}/.prep-snapshot-staging-${runId}`
-        : `${settings.node.dataDir}/.prep-snapshot-staging-${runId}`;
+      stage = layout.sameDevice
+        ? `${dirname(host.dataDir)}/.prep-snapshot-staging-${runId}`
+        : `${host.dataDir}/.prep-snapshot-staging-${runId}`;
       core.saveState(State.StagingDir, stage);
       source = stage;
     }
     // The data channel connects while the node stops and the copy freezes; it archives
     // nothing before its go line.
-    remote = await session.streamOut(
-      archiveCommand(kind, source, identity, {
-        compression: settings.backup.compression,
-        level: settings.backup.compressionLevel,
-        localCopy,
-        tolerateChanged: settings.backup.consistency === 'hardlink',
-      }),
-    );
+    remote = await host.archive(source, {
+      compression: settings.backup.compression,
+      level: settings.backup.compressionLevel,
+      localCopy,
+      tolerateChanged: settings.backup.consistency === 'hardlink',
+    });
 
     if (settings.backup.consistency === 'hardlink') {
       const frozen = source;
-      measured = await core.group('Stop, freeze, start', async () => {
+      sizes = await core.group('Stop, freeze, start', async () => {
         // Opened ahead, like the start: it runs the moment the node has stopped.
-        const freezing = session.prepare(
-          'Freezing the data into the staging folder',
-          freezeCommand(kind, settings.node.dataDir, frozen, node.watchdogFlag),
-          { timeoutMs: 30 * 60_000 },
-        );
+        const freezing = host.freeze(frozen, node.watchdogFlag);
         try {
           await node.stop({ startSoon: true });
           await freezing.go();
@@ -196,7 +171,7 @@ export async function backup(
         // the bench) for no earlier listing.
         const [, prepared] = await Promise.allSettled([
           node.ensureStarted(),
-          prepareFrozen(session, kind, frozen),
+          host.settleFrozen(frozen),
         ]);
         if (node.isStopped) throw notStarted(settings);
         timings.downtime = node.downtimeSeconds ?? 0;
@@ -206,9 +181,8 @@ export async function backup(
       });
     } else {
       await core.group('Stop the node', () => node.stop());
-      measured = await session.run('Measuring the snapshot', sizeCommand(kind, source));
+      sizes = await host.measure(source);
     }
-    const sizes = parseSizes(measured ?? '');
     const { partSize, queueSize } = parts;
 
     const stream = await core.group(`Stream ${key}`, async () => {
@@ -223,10 +197,9 @@ export async function backup(
       streamStarted = true;
       const r = await streamArchive({
         remote: remote!,
-        session,
+        host,
         client,
         settings,
-        kind,
         source,
         key,
         partSize,
@@ -251,11 +224,12 @@ export async function backup(
       );
     }
 
+    const facts = await host.facts(height);
     const manifest: Manifest = {
       format: 'prep-snapshot/1',
       key,
       entry: listEntry(name),
-      nodeKind: kind.name,
+      nodeKind: host.kind,
       blockHeight: height,
       sha256: stream.sha256,
       compressedBytes: stream.bytes,
@@ -265,8 +239,13 @@ export async function backup(
       compressor: stream.compressor,
       compressionLevel: settings.backup.compressionLevel,
       consistency: settings.backup.consistency,
-      placeholder: kind.placeholder,
-      source: { host: ssh.host, dataDir: settings.node.dataDir, identity },
+      ...(facts.placeholder !== undefined ? { placeholder: String(facts.placeholder) } : {}),
+      facts,
+      source: {
+        host: ssh.host,
+        dataDir: host.dataDir,
+        ...(facts.identity !== undefined ? { identity: String(facts.identity) } : {}),
+      },
       createdAt: snapshotAt.toISOString(),
       actionVersion: ACTION_VERSION,
       timings,
@@ -310,7 +289,7 @@ export async function backup(
     if (localCopy) {
       await core.group('Local copies on the host', async () => {
         const cutoff = dateDaysAgo(now(), settings.backup.localCopyDays);
-        const out = await session.run(
+        const out = await shell.run(
           'Pruning local copies',
           pruneLocalCopiesCommand(`${settings.node.prepDir}/data/Backup`, cutoff),
         );
@@ -354,39 +333,14 @@ export async function backup(
     await node.ensureStarted();
     if (stage) {
       const s = stage;
-      await session
-        .run('Removing the staging folder', removeCommand(s), { timeoutMs: 30 * 60_000 })
+      await host
+        .remove(s)
         .then(() => core.saveState(State.StagingDir, ''))
         .catch((e) => core.warning(`Could not remove the staging folder ${s}: ${errorMessage(e)}`));
     }
-    session.close();
+    connection.close();
     core.saveState(State.KeyDir, '');
   }
-}
-
-function checkProbe(probe: Probe, settings: Settings, kind: NodeKind): string {
-  const dataDir = settings.node.dataDir;
-  if (!probe.dataDirPresent) {
-    throw new HostError(
-      `${dataDir} does not exist on the host: set 'data-dir' (or 'prep-dir') to the node's data directory.`,
-    );
-  }
-  if (probe.missingRoots.length > 0) {
-    throw new HostError(
-      `${dataDir} lacks ${probe.missingRoots.join(' and ')}: it is not a loopchain data directory (expected ${kind.roots.join(', ')}).`,
-    );
-  }
-  const identity = pickIdentityDir(kind, probe.identities, dataDir);
-  requireArchiveTools(probe.tools, settings.backup.compression, 'The archive (compression: zstd)');
-  if (settings.backup.consistency === 'hardlink' && !probe.tools.has('base64')) {
-    throw new HostError(
-      `The host has no 'base64' (coreutils), needed to read the LevelDB MANIFESTs.`,
-    );
-  }
-  if (!probe.tools.has('curl') && !probe.tools.has('wget')) {
-    throw new HostError(`The host has neither curl nor wget to ask the node for its block height.`);
-  }
-  return identity;
 }
 
 function explainFreeze(error: unknown): unknown {
@@ -403,32 +357,6 @@ function explainFreeze(error: unknown): unknown {
 }
 
 /**
- * Leaves out the tables that the frozen MANIFESTs do not list, then measures what is left
- * (with the stat digest that the stream is checked against). Returns the measurement.
- */
-async function prepareFrozen(session: SshSession, kind: NodeKind, frozen: string): Promise<string> {
-  // Measured at the same time as the MANIFESTs are read: that is the answer unless there
-  // is something to prune, which is rare (a stop in the middle of a compaction).
-  const measure = () => session.run('Measuring the snapshot', sizeCommand(kind, frozen, true));
-  const measuring = measure();
-  measuring.catch(() => undefined);
-  const dbs = parseManifestsOutput(
-    await session.run('Reading the MANIFESTs', manifestsCommand(kind, frozen)),
-  );
-  const plan = planPrune(dbs);
-  core.info(
-    `${plan.databases} LevelDB databases, ${plan.liveTables} live tables; ` +
-      `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`,
-  );
-  if (plan.garbage.length === 0) return measuring;
-  await measuring.catch(() => undefined);
-  await session.run('Pruning the staging folder', pruneCommand(frozen), {
-    stdin: plan.garbage.map((g) => `${g}\0`).join(''),
-  });
-  return measure();
-}
-
-/**
  * The largest archive a database of `bytes` makes: LevelDB tables are compressed already, so
  * the archive is about their size, plus tar's headers and records.
  */
@@ -436,21 +364,12 @@ function archiveBound(bytes: number): number {
   return bytes * 1.05 + 64 * 1024 * 1024;
 }
 
-function parseSizes(stdout: string): { files: number; bytes: number; digest?: string } {
-  const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
-  const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
-  if (!Number.isFinite(files) || !Number.isFinite(bytes))
-    throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
-  return { files, bytes, digest: /digest=([0-9a-f]{64})/.exec(stdout)?.[1] };
-}
-
 interface StreamArgs {
   /** The archive command, started ahead and waiting for its go line. */
   remote: RemoteStream;
-  session: SshSession;
+  host: NodeHost;
   client: S3Client;
   settings: Settings;
-  kind: NodeKind;
   source: string;
   key: string;
   partSize: number;
@@ -473,8 +392,7 @@ interface Streamed {
 
 async function streamArchive(a: StreamArgs): Promise<Streamed> {
   const t = performance.now();
-  const digest = () =>
-    a.session.run('Reading the staged files', statDigestCommand(a.kind, a.source));
+  const digest = () => a.host.statDigest(a.source);
   const before = a.frozenDigest;
   const remote = a.remote;
   remote.stdin.end(GO_LINE);

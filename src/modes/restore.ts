@@ -19,39 +19,26 @@ import {
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import { manifestKey } from '../naming.js';
 import { NodeControl, currentRunId } from '../node-control.js';
-import { loopchain, type NodeKind } from '../node-kind/loopchain.js';
+import type { KindFacts, PreparedStep } from '../node-kind/host.js';
+import { connectNode, type Connect, type NodeHost } from '../node-kind/index.js';
 import {
-  batchCommand,
   chooseDecoder,
   type Decoder,
-  detectIpCommand,
   dirname,
-  extractCommand,
   goLine,
   NODE_LOST,
   NOT_A_SNAPSHOT,
-  parseBatch,
-  parseProbe,
-  peerCommand,
-  processCheckCommand,
-  removeCommand,
-  removeStagingCommand,
   requireArchiveTools,
-  restoreProbeCommand,
-  rollbackCommand,
-  swapCommand,
-  SWAP_LINE,
   UNSAFE_ARCHIVE,
   UNSAFE_MARK,
-  watchdogFiredCommand,
 } from '../node-kind/remote.js';
 import { Progress } from '../progress.js';
 import { createClient, describeS3Error } from '../s3/client.js';
 import { readManifest } from '../s3/store.js';
 import { HashingCounter } from '../s3/upload.js';
-import { isIpv4, type Settings, type SshSettings } from '../settings.js';
+import type { Settings, SshSettings } from '../settings.js';
 import { chooseSnapshot } from '../snapshots.js';
-import { closeUnused, SshSession, type ExecResult, type RemoteStream } from '../ssh/session.js';
+import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import { code, writeSummaryTable } from '../summary.js';
 
 export interface RestoreResult {
@@ -60,9 +47,11 @@ export interface RestoreResult {
   heightReached?: number;
 }
 
-export async function restore(settings: Settings): Promise<RestoreResult> {
+export async function restore(
+  settings: Settings,
+  connect: Connect = connectNode,
+): Promise<RestoreResult> {
   const ssh = settings.ssh as SshSettings;
-  const kind: NodeKind = loopchain;
   const opts = settings.restore;
   const t0 = performance.now();
   const timings: Record<string, number> = {};
@@ -88,17 +77,16 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
   }
   const height = manifest?.blockHeight ?? chosen.name.height;
 
-  const session = await core.group('Connect', async () => {
-    const s = await SshSession.connect(ssh, {
-      onKeyDir: (dir) => core.saveState(State.KeyDir, dir),
-    });
+  const connection = await core.group('Connect', async () => {
+    const c = await connect(settings, (dir) => core.saveState(State.KeyDir, dir));
     core.info(
-      `Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${s.dataTransport}.`,
+      `Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${c.transport}.`,
     );
-    return s;
+    return c;
   });
-  const node = new NodeControl(session, settings.node, kind, runId);
-  const dataDir = settings.node.dataDir;
+  const { host, shell } = connection;
+  const node = new NodeControl(shell, settings.node, runId);
+  const dataDir = host.dataDir;
   const parent = dirname(dataDir);
   const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
   const stage = `${parent}/.prep-snapshot-restore-${runId}`;
@@ -108,26 +96,15 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
   let hadPrevious = false;
   let swapped = false;
   // The data channel connects while the host is checked; it does nothing before its go line.
-  const remote = session.stream(extractCommand(kind, settings.node.prepDir, stage));
+  const remote = host.extract(stage);
   let streamStarted = false;
-  let letSwap: (line: string) => void = () => undefined;
-  let swap: Promise<ExecResult> | undefined;
+  let swap: PreparedStep | undefined;
   try {
     const { ip, decoder } = await core.group('Check the host', async () => {
-      const checks = parseBatch(
-        await session.run(
-          'Checking the host',
-          batchCommand({
-            ...nodeChecks(settings),
-            probe: restoreProbeCommand(dataDir),
-            ...(opts.nodeIp ? {} : { ip: detectIpCommand() }),
-          }),
-        ),
-      );
-      const running = nodeRunning(kind, checks);
+      const probe = await host.checkForRestore({ nodeIp: opts.nodeIp });
+      const running = probe.running;
       if (running && !opts.stopNode) throw runningRefused(ssh.host, running);
       wasRunning = running !== undefined;
-      const probe = parseProbe(checks.get('probe')?.stdout ?? '');
       const needed = (manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
       if (probe.freeBytes < needed) {
         throw new HostError(
@@ -144,15 +121,10 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
             `makes the extraction of gzip snapshots about twice as fast.`,
         );
       }
-      const address = opts.nodeIp || (checks.get('ip')?.stdout ?? '').trim();
-      if (!isIpv4(address)) {
-        throw new HostError(
-          `Could not find the node's IPv4 address on the host (got '${address}'). Set 'node-ip' (for a node behind NAT, its public address).`,
-        );
-      }
+      const address = probe.address;
       core.info(
         `Free space ${formatBytes(probe.freeBytes)}; data dir ${probe.dataDirPresent ? 'present (it will be kept)' : 'absent (fresh host)'}; ` +
-          `the block DB becomes ${kind.identityDir(address)}; the archive is decompressed by ${decoder.name}.`,
+          `the ${host.restoredAs(address)}; the archive is decompressed by ${decoder.name}.`,
       );
       if (running) {
         core.info(
@@ -164,10 +136,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
     });
 
     // The swap waits on the host from now on, for the word that the archive proved whole.
-    swap = session.exec(swapCommand(kind, dataDir, stage, previous, ip, node.watchdogFlag), {
-      stdin: new Promise<string>((resolve) => (letSwap = resolve)),
-    });
-    swap.catch(() => undefined);
+    swap = host.swap(stage, previous, ip, node.watchdogFlag);
     core.saveState(State.StagingDir, stage);
     const streamed = await core.group(`Stream ${chosen.key} into ${stage}`, () =>
       streamInto(
@@ -176,7 +145,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
         client,
         settings,
         chosen.key,
-        { kind, stage, decoder },
+        { host, stage, decoder },
         size,
         manifest?.sha256,
       ),
@@ -199,19 +168,18 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
       // Checked again: a node that started while the snapshot streamed must not have its data
       // dir moved from under it.
       const untouched = 'The data dir was not touched: the node runs on its previous data.';
-      const running = await runningNode(session, settings, kind, node, untouched);
+      const running = await runningNode(host, node, untouched);
       if (running) {
         if (!opts.stopNode) throw runningRefused(ssh.host, running);
         await node.stop({ startSoon: opts.startNode });
-        const still = await runningNode(session, settings, kind, node, untouched);
+        const still = await runningNode(host, node, untouched);
         if (still) {
           throw new HostError(
             `The stop command ran, yet the node still runs (${still}). The data dir was not touched.`,
           );
         }
       }
-      letSwap(SWAP_LINE);
-      const res = await swap!;
+      const res = await swap!.go();
       if (res.code === NODE_LOST) {
         node.noteLost(new RemoteCommandError('The swap', res.code, res.stderr));
         node.assertOwned(untouched);
@@ -239,7 +207,11 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
           const t = performance.now();
           await node.start();
           timings.downtime = node.downtimeSeconds ?? 0;
-          const reached = await waitForHeight(node, height, opts.healthTimeoutSeconds);
+          const reached = await waitForHeight(
+            host,
+            { ...manifest?.facts, blockHeight: height },
+            opts.healthTimeoutSeconds,
+          );
           timings.health = secondsSince(t);
           if (reached === undefined) {
             throw new ActionError(
@@ -256,14 +228,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
                 `${dataDir}. Look at the node's logs.`,
             );
           }
-          await rollback(
-            session,
-            settings,
-            kind,
-            node,
-            { dataDir, previous, failed },
-            wasRunning,
-          ).catch((e) => {
+          await rollback(host, node, { dataDir, previous, failed }, wasRunning).catch((e) => {
             throw new ActionError(`${errorMessage(error)} ${errorMessage(e)}`);
           });
           throw new ActionError(
@@ -273,7 +238,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
         });
     }
     const previousKept = await core.group('The previous data dir', () =>
-      settlePrevious(session, node, opts, { previous, hadPrevious }),
+      settlePrevious(host, node, opts, { previous, hadPrevious }),
     );
     // The watchdog acted while this run held the node down: the restore stands, but the run
     // says so rather than pass as if nothing had happened.
@@ -291,7 +256,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
     core.setOutput(Outputs.DurationSeconds, timings.total.toFixed(1));
     await writeSummaryTable('restore', [
       ['Snapshot', code(chosen.key)],
-      ['Host', `${ssh.host} (block DB ${kind.identityDir(ip)})`],
+      ['Host', `${ssh.host} (${host.restoredAs(ip)})`],
       [
         'Block height',
         `${height} in the snapshot${heightReached !== undefined ? `, ${heightReached} reached` : ''}`,
@@ -316,19 +281,18 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
     return { key: chosen.key, blockHeight: height, heightReached };
   } finally {
     // Unsent go and swap lines: the commands waiting for them end with nothing done.
-    letSwap('');
-    await swap?.catch(() => undefined);
+    swap?.cancel();
     if (!streamStarted) await closeUnused(remote);
     if (!swapped && streamStarted) {
-      await session
-        .run('Removing the staging folder', removeStagingCommand(stage), { timeoutMs: 30 * 60_000 })
+      await host
+        .removeStaging(stage)
         .then(() => core.saveState(State.StagingDir, ''))
         .catch((e) =>
           core.warning(`Could not remove the staging folder ${stage}: ${errorMessage(e)}`),
         );
     }
     await node.ensureStarted();
-    session.close();
+    connection.close();
     core.saveState(State.KeyDir, '');
   }
 }
@@ -339,7 +303,7 @@ export async function restore(settings: Settings): Promise<RestoreResult> {
  * taken by the watchdog. Returns the path kept, if any.
  */
 async function settlePrevious(
-  session: SshSession,
+  host: NodeHost,
   node: NodeControl,
   opts: Settings['restore'],
   dirs: { previous: string; hadPrevious: boolean },
@@ -357,19 +321,9 @@ async function settlePrevious(
     return dirs.previous;
   }
   if (node.lostAt !== undefined) return dirs.previous;
-  await session.run('Removing the previous data dir', removeCommand(dirs.previous), {
-    timeoutMs: 60 * 60_000,
-  });
+  await host.remove(dirs.previous);
   core.info(`Removed ${dirs.previous} ('keep-previous: false'; the node reached the height).`);
   return undefined;
-}
-
-/** The checks that tell whether the node runs: its API, and its processes. */
-function nodeChecks(settings: Settings): Record<string, string> {
-  return {
-    peer: peerCommand(settings.node.peerUrl),
-    processes: processCheckCommand(settings.restore.processPattern),
-  };
 }
 
 /**
@@ -378,21 +332,14 @@ function nodeChecks(settings: Settings): Record<string, string> {
  * run has lost it, and says so.
  */
 async function runningNode(
-  session: SshSession,
-  settings: Settings,
-  kind: NodeKind,
+  host: NodeHost,
   node: NodeControl,
   lostMeans: string,
 ): Promise<string | undefined> {
-  const checks = parseBatch(
-    await session.run(
-      'Checking whether the node runs',
-      batchCommand({ ...nodeChecks(settings), fired: watchdogFiredCommand(node.watchdogFlag) }),
-    ),
-  );
-  node.noteFired(checks.get('fired')?.stdout ?? '');
+  const now = await host.runningNow(node.watchdogFlag);
+  node.noteFired(now.firedAt ?? '');
   node.assertOwned(lostMeans);
-  return nodeRunning(kind, checks);
+  return now.running;
 }
 
 function runningRefused(host: string, running: string): HostError {
@@ -410,30 +357,13 @@ async function objectSize(client: S3Client, bucket: string, key: string): Promis
   }
 }
 
-/** What shows that the node runs, from the host's checks; undefined when nothing does. */
-function nodeRunning(
-  kind: NodeKind,
-  checks: Map<string, { code: number; stdout: string }>,
-): string | undefined {
-  const peer = checks.get('peer');
-  let height: number | undefined;
-  try {
-    if (peer?.code === 0) height = kind.parseHeight(peer.stdout);
-  } catch {
-    /* not a node's answer */
-  }
-  if (height !== undefined) return `its peer API answers, block height ${height}`;
-  const processes = (checks.get('processes')?.stdout ?? '').trim();
-  return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
-}
-
 async function streamInto(
   remote: RemoteStream,
   onGo: () => void,
   client: S3Client,
   settings: Settings,
   key: string,
-  into: { kind: NodeKind; stage: string; decoder: Decoder },
+  into: { host: NodeHost; stage: string; decoder: Decoder },
   size: number,
   expectedSha256?: string,
 ): Promise<{ sha256: string; bytes: number; files: number; seconds: number }> {
@@ -496,7 +426,7 @@ async function streamInto(
     }
     if (code === NOT_A_SNAPSHOT) {
       throw new IntegrityError(
-        `${key} is not a snapshot of a ${into.kind.name} node: ${tail}. The data dir was not touched.`,
+        `${key} is not a snapshot of a ${into.host.kind} node: ${tail}. The data dir was not touched.`,
       );
     }
     if (code === UNSAFE_ARCHIVE) {
@@ -506,7 +436,7 @@ async function streamInto(
         .map((l) => l.slice(UNSAFE_MARK.length + 1));
       throw new IntegrityError(
         `${key} was refused as unsafe: it holds ${found.length ? found.join('; ') : tail}. A snapshot holds only ` +
-          `regular files and directories under ${into.kind.roots.join(' and ')}, none of them setuid, setgid or sticky. ` +
+          `regular files and directories under ${into.host.expectedContent()}, none of them setuid, setgid or sticky. ` +
           `The staging folder was removed and the data dir was not touched. Restore another snapshot ('snapshot' input) ` +
           `and find out how this one got into the bucket.`,
       );
@@ -533,15 +463,14 @@ async function streamInto(
 }
 
 async function waitForHeight(
-  node: NodeControl,
-  height: number,
+  host: NodeHost,
+  facts: KindFacts,
   timeoutSeconds: number,
 ): Promise<number | undefined> {
   const deadline = performance.now() + timeoutSeconds * 1000;
-  let last: number | undefined;
   while (performance.now() < deadline) {
-    last = await node.height().catch(() => undefined);
-    if (last !== undefined && last >= height) return last;
+    const reached = await host.restoredHeight(facts).catch(() => undefined);
+    if (reached !== undefined) return reached;
     await sleep(Math.min(5000, Math.max(250, deadline - performance.now())));
   }
   return undefined;
@@ -553,9 +482,7 @@ async function waitForHeight(
  * both dirs where they are.
  */
 async function rollback(
-  session: SshSession,
-  settings: Settings,
-  kind: NodeKind,
+  host: NodeHost,
   node: NodeControl,
   dirs: { dataDir: string; previous: string; failed: string },
   startAfter: boolean,
@@ -569,15 +496,13 @@ async function rollback(
       `The rollback could not stop the node (${errorMessage(error)}). ${nothingMoved}`,
     );
   }
-  const running = await runningNode(session, settings, kind, node, nothingMoved);
+  const running = await runningNode(host, node, nothingMoved);
   if (running) {
     throw new HostError(
       `The rollback stopped the node, yet it still runs (${running}). ${nothingMoved}`,
     );
   }
-  const res = await session.exec(
-    rollbackCommand(dirs.dataDir, dirs.previous, dirs.failed, node.watchdogFlag),
-  );
+  const res = await host.rollback(dirs.previous, dirs.failed, node.watchdogFlag);
   if (res.code === NODE_LOST) {
     node.noteLost(new RemoteCommandError('The rollback', res.code, res.stderr));
     node.assertOwned(nothingMoved);

@@ -14,7 +14,7 @@ import { IntegrityError, errorMessage } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import type { Manifest } from '../manifest.js';
 import { manifestKey } from '../naming.js';
-import { loopchain, type NodeKind } from '../node-kind/loopchain.js';
+import { loopchain, type NodeKind } from '../node-kind/loopchain/layout.js';
 import { Progress } from '../progress.js';
 import { createClient, describeS3Error } from '../s3/client.js';
 import { readManifest } from '../s3/store.js';

@@ -5,7 +5,7 @@
 import { HostError } from '../errors.js';
 import { argv, bashScript, OWN_MARK, quote, sedLiteral, WAIT_FOR_GO } from '../shell.js';
 import type { Compression } from '../settings.js';
-import type { NodeKind } from './loopchain.js';
+import type { NodeKind } from './loopchain/layout.js';
 
 export function dirname(path: string): string {
   const i = path.lastIndexOf('/');

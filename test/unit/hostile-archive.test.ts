@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import { loopchain } from '../../src/node-kind/loopchain.ts';
+import { loopchain } from '../../src/node-kind/loopchain/layout.ts';
 import {
   chooseDecoder,
   extractCommand,

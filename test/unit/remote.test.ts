@@ -23,7 +23,7 @@ import { gunzipSync } from 'node:zlib';
 import { ClassicLevel } from 'classic-level';
 import { parseManifestsOutput, planPrune } from '../../src/freeze.ts';
 import { parseManifest } from '../../src/node-kind/leveldb-manifest.ts';
-import { loopchain, pickIdentityDir } from '../../src/node-kind/loopchain.ts';
+import { loopchain, pickIdentityDir } from '../../src/node-kind/loopchain/layout.ts';
 import {
   archiveCommand,
   detachedCommand,

@@ -3,8 +3,8 @@
  * directory and its placeholder, where the block height comes from, which files never
  * change once written. A second kind of node (goloop) is another module of this shape.
  */
-import { HostError } from '../errors.js';
-import { tableFileNumber } from './leveldb-manifest.js';
+import { HostError } from '../../errors.js';
+import { tableFileNumber } from '../leveldb-manifest.js';
 
 export interface NodeKind {
   name: string;

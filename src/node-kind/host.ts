@@ -1,0 +1,114 @@
+/**
+ * The one seam between the modes and a kind of node. A mode reads as its procedure and
+ * speaks only to a `NodeHost`: what the data looks like on the host, how high the node is,
+ * how its files are frozen, archived, extracted and swapped, and whether it is healthy.
+ * Each kind of node (ICON 1 loopchain, ICON 2 goloop) is one folder under `node-kind/` that
+ * implements it over an SSH session; tests implement it in memory.
+ */
+import type { Compression, Consistency } from '../settings.js';
+import type { ExecResult, Prepared, RemoteStream } from '../ssh/session.js';
+
+export type NodeKindName = 'loopchain' | 'goloop';
+
+/** What a backup found on the host before anything changed. */
+export interface BackupLayout {
+  /** One line for the log: the data dir and what it holds. */
+  description: string;
+  /** Hard links between the data dir and a staging folder beside it are possible. */
+  sameDevice: boolean;
+  /** Bytes under the archived paths: the upload is planned from it before the stop. */
+  dataBytes: number;
+  /** Staging folders left by runs that vanished (removed by the mode, with a warning). */
+  stale: string[];
+}
+
+/** Files and bytes of a snapshot; `digest` is its stat digest (see `statDigest`). */
+export interface Sizes {
+  files: number;
+  bytes: number;
+  digest?: string;
+}
+
+export interface ArchiveOptions {
+  compression: Compression;
+  level: number;
+  /** Also writes the archive to this path on the host. */
+  localCopy?: string;
+  /** The source is a staging folder of hard links that the running node shares. */
+  tolerateChanged?: boolean;
+}
+
+/** What the node's kind records in a snapshot's manifest, and checks after a restore. */
+export interface KindFacts {
+  [fact: string]: string | number | undefined;
+}
+
+/** What a restore learns of the host in one round trip before anything changes. */
+export interface RestoreChecks {
+  /** What shows that the node runs (its API or a process); undefined when nothing does. */
+  running?: string;
+  freeBytes: number;
+  dataDirPresent: boolean;
+  tools: Set<string>;
+  /**
+   * The node's address where the kind names its data after it (loopchain: the block DB is
+   * `db_{IP}:7100_icon_dex`): 'node-ip', else found on the host. Empty for other kinds.
+   */
+  address: string;
+}
+
+export interface NodeHost {
+  readonly kind: NodeKindName;
+  /** The folder whose contents the archive holds (entries are relative to it). */
+  readonly dataDir: string;
+  /** The archived paths, for messages (e.g. '.score_data and .storage'). */
+  expectedContent(): string;
+
+  // --- backup ------------------------------------------------------------------------
+  /** Checks the layout and the tools for a backup; throws a HostError naming what to fix. */
+  inspect(needs: { compression: Compression; consistency: Consistency }): Promise<BackupLayout>;
+  /** The node's block height, or undefined when it is not in service (its API silent). */
+  height(): Promise<number | undefined>;
+  /** The facts of the manifest, for a snapshot at `height`. */
+  facts(height: number): Promise<KindFacts>;
+  /** The archive of `dir` streamed to stdout, opened now; it starts on its go line. */
+  archive(dir: string, options: ArchiveOptions): Promise<RemoteStream>;
+  /** Links and copies the node's files into `stage`, holding the watchdog's flag; run on `go`. */
+  freeze(stage: string, watchdogFlag: string): Prepared;
+  /** Leaves out of a frozen `stage` what is not part of the snapshot, then measures it. */
+  settleFrozen(stage: string): Promise<Sizes>;
+  /** Files and bytes under `dir`. */
+  measure(dir: string): Promise<Sizes>;
+  /** A digest of every archived file's path, size and mtime under `dir`. */
+  statDigest(dir: string): Promise<string>;
+
+  // --- restore -----------------------------------------------------------------------
+  /** The restore's checks of the host, in one round trip. */
+  checkForRestore(options: { nodeIp: string }): Promise<RestoreChecks>;
+  /** Whether the node runs now, and when the watchdog of `watchdogFlag` fired, if it did. */
+  runningNow(watchdogFlag: string): Promise<{ running?: string; firedAt?: string }>;
+  /** Reads an archive from stdin into `stage`, opened now; it starts on its go line. */
+  extract(stage: string): RemoteStream;
+  /** Moves `stage` into place (the previous data to `previous`) once `go` is called. */
+  swap(stage: string, previous: string, address: string, watchdogFlag: string): PreparedStep;
+  /** Puts `previous` back in place, the failed data kept as `failed`. */
+  rollback(previous: string, failed: string, watchdogFlag: string): Promise<ExecResult>;
+  /**
+   * The height the restored node reports once it serves the snapshot (`facts` holds its
+   * `blockHeight` and what the kind recorded, such as a block hash); undefined until then.
+   */
+  restoredHeight(facts: KindFacts): Promise<number | undefined>;
+  /** One line for the summary: where the restored data went (e.g. the block DB's name). */
+  restoredAs(address: string): string;
+
+  // --- housekeeping ------------------------------------------------------------------
+  remove(path: string): Promise<void>;
+  removeStaging(stage: string): Promise<void>;
+}
+
+/** A command on the host opened ahead, that runs once `go` is called (with its result). */
+export interface PreparedStep {
+  go(): Promise<ExecResult>;
+  /** Lets it end without running. */
+  cancel(): void;
+}

@@ -1,0 +1,277 @@
+/**
+ * An ICON 1 (loopchain) node behind the `NodeHost` seam, over an SSH session: the data dir
+ * `{prep-dir}/data/loopchain` with `.score_data` and `.storage`, the block DB named after the
+ * node's IP (`db_{IP}:7100_icon_dex`, archived as `db_CHANGEIP:7100_icon_dex`), and the
+ * height from the peer API.
+ */
+import * as core from '@actions/core';
+import { HostError } from '../../errors.js';
+import { parseManifestsOutput, planPrune } from '../../freeze.js';
+import { isIpv4, type NodeSettings, type RestoreSettings } from '../../settings.js';
+import type { ExecResult, Prepared, RemoteStream, SshSession } from '../../ssh/session.js';
+import type {
+  ArchiveOptions,
+  BackupLayout,
+  KindFacts,
+  NodeHost,
+  PreparedStep,
+  RestoreChecks,
+  Sizes,
+} from '../host.js';
+import {
+  archiveCommand,
+  batchCommand,
+  detectIpCommand,
+  extractCommand,
+  freezeCommand,
+  manifestsCommand,
+  parseBatch,
+  parseProbe,
+  peerCommand,
+  probeCommand,
+  processCheckCommand,
+  pruneCommand,
+  removeCommand,
+  removeStagingCommand,
+  requireArchiveTools,
+  restoreProbeCommand,
+  rollbackCommand,
+  sizeCommand,
+  statDigestCommand,
+  SWAP_LINE,
+  swapCommand,
+  watchdogFiredCommand,
+} from '../remote.js';
+import { loopchain, pickIdentityDir } from './layout.js';
+
+export class LoopchainHost implements NodeHost {
+  readonly kind = 'loopchain' as const;
+  readonly layout = loopchain;
+  /** The identity directory found by `inspect`. */
+  private identity?: string;
+
+  constructor(
+    private readonly session: SshSession,
+    private readonly node: NodeSettings,
+    private readonly restoreSettings: RestoreSettings,
+  ) {}
+
+  get dataDir(): string {
+    return this.node.dataDir;
+  }
+
+  expectedContent(): string {
+    return this.layout.roots.join(' and ');
+  }
+
+  async inspect(needs: {
+    compression: 'gzip' | 'zstd';
+    consistency: 'hardlink' | 'stop';
+  }): Promise<BackupLayout> {
+    const dataDir = this.dataDir;
+    const probe = parseProbe(
+      await this.session.run('Probing the host', probeCommand(this.layout, dataDir)),
+    );
+    if (!probe.dataDirPresent) {
+      throw new HostError(
+        `${dataDir} does not exist on the host: set 'data-dir' (or 'prep-dir') to the node's data directory.`,
+      );
+    }
+    if (probe.missingRoots.length > 0) {
+      throw new HostError(
+        `${dataDir} lacks ${probe.missingRoots.join(' and ')}: it is not a loopchain data directory (expected ${this.expectedContent()}).`,
+      );
+    }
+    this.identity = pickIdentityDir(this.layout, probe.identities, dataDir);
+    requireArchiveTools(probe.tools, needs.compression, 'The archive (compression: zstd)');
+    if (needs.consistency === 'hardlink' && !probe.tools.has('base64')) {
+      throw new HostError(
+        `The host has no 'base64' (coreutils), needed to read the LevelDB MANIFESTs.`,
+      );
+    }
+    if (!probe.tools.has('curl') && !probe.tools.has('wget')) {
+      throw new HostError(
+        `The host has neither curl nor wget to ask the node for its block height.`,
+      );
+    }
+    return {
+      description: `${dataDir}: ${this.layout.roots.join(', ')}; identity directory ${this.identity}`,
+      sameDevice: probe.sameDevice,
+      dataBytes: probe.dataBytes,
+      stale: probe.stale,
+    };
+  }
+
+  async height(): Promise<number | undefined> {
+    const res = await this.session.exec(peerCommand(this.node.peerUrl), { timeoutMs: 30_000 });
+    if (res.code !== 0) return undefined;
+    return this.layout.parseHeight(res.stdout);
+  }
+
+  facts(): Promise<KindFacts> {
+    return Promise.resolve({ placeholder: this.layout.placeholder, identity: this.identity });
+  }
+
+  archive(dir: string, options: ArchiveOptions): Promise<RemoteStream> {
+    if (!this.identity) throw new Error('inspect() names the identity directory before archive()');
+    return this.session.streamOut(archiveCommand(this.layout, dir, this.identity, options));
+  }
+
+  freeze(stage: string, watchdogFlag: string): Prepared {
+    return this.session.prepare(
+      'Freezing the data into the staging folder',
+      freezeCommand(this.layout, this.dataDir, stage, watchdogFlag),
+      { timeoutMs: 30 * 60_000 },
+    );
+  }
+
+  /**
+   * Leaves out the tables that the frozen MANIFESTs do not list, then measures what is left
+   * (with the stat digest that the stream is checked against).
+   */
+  async settleFrozen(stage: string): Promise<Sizes> {
+    // Measured at the same time as the MANIFESTs are read: that is the answer unless there
+    // is something to prune, which is rare (a stop in the middle of a compaction).
+    const measure = () =>
+      this.session.run('Measuring the snapshot', sizeCommand(this.layout, stage, true));
+    const measuring = measure();
+    measuring.catch(() => undefined);
+    const dbs = parseManifestsOutput(
+      await this.session.run('Reading the MANIFESTs', manifestsCommand(this.layout, stage)),
+    );
+    const plan = planPrune(dbs);
+    core.info(
+      `${plan.databases} LevelDB databases, ${plan.liveTables} live tables; ` +
+        `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`,
+    );
+    if (plan.garbage.length === 0) return parseSizes(await measuring);
+    await measuring.catch(() => undefined);
+    await this.session.run('Pruning the staging folder', pruneCommand(stage), {
+      stdin: plan.garbage.map((g) => `${g}\0`).join(''),
+    });
+    return parseSizes(await measure());
+  }
+
+  async measure(dir: string): Promise<Sizes> {
+    return parseSizes(
+      await this.session.run('Measuring the snapshot', sizeCommand(this.layout, dir)),
+    );
+  }
+
+  async statDigest(dir: string): Promise<string> {
+    return (
+      await this.session.run('Reading the staged files', statDigestCommand(this.layout, dir))
+    ).trim();
+  }
+
+  async checkForRestore(options: { nodeIp: string }): Promise<RestoreChecks> {
+    const checks = parseBatch(
+      await this.session.run(
+        'Checking the host',
+        batchCommand({
+          ...this.nodeChecks(),
+          probe: restoreProbeCommand(this.dataDir),
+          ...(options.nodeIp ? {} : { ip: detectIpCommand() }),
+        }),
+      ),
+    );
+    const probe = parseProbe(checks.get('probe')?.stdout ?? '');
+    const address = options.nodeIp || (checks.get('ip')?.stdout ?? '').trim();
+    if (!isIpv4(address)) {
+      throw new HostError(
+        `Could not find the node's IPv4 address on the host (got '${address}'). Set 'node-ip' (for a node behind NAT, its public address).`,
+      );
+    }
+    return {
+      running: this.running(checks),
+      freeBytes: probe.freeBytes,
+      dataDirPresent: probe.dataDirPresent,
+      tools: probe.tools,
+      address,
+    };
+  }
+
+  async runningNow(watchdogFlag: string): Promise<{ running?: string; firedAt?: string }> {
+    const checks = parseBatch(
+      await this.session.run(
+        'Checking whether the node runs',
+        batchCommand({ ...this.nodeChecks(), fired: watchdogFiredCommand(watchdogFlag) }),
+      ),
+    );
+    const fired = (checks.get('fired')?.stdout ?? '').trim();
+    return { running: this.running(checks), firedAt: fired || undefined };
+  }
+
+  extract(stage: string): RemoteStream {
+    return this.session.stream(extractCommand(this.layout, this.node.prepDir, stage));
+  }
+
+  swap(stage: string, previous: string, address: string, watchdogFlag: string): PreparedStep {
+    let release: (line: string) => void = () => undefined;
+    const result = this.session.exec(
+      swapCommand(this.layout, this.dataDir, stage, previous, address, watchdogFlag),
+      { stdin: new Promise<string>((resolve) => (release = resolve)) },
+    );
+    result.catch(() => undefined);
+    return {
+      go: () => {
+        release(SWAP_LINE);
+        return result;
+      },
+      cancel: () => release(''),
+    };
+  }
+
+  rollback(previous: string, failed: string, watchdogFlag: string): Promise<ExecResult> {
+    return this.session.exec(rollbackCommand(this.dataDir, previous, failed, watchdogFlag));
+  }
+
+  async restoredHeight(facts: KindFacts): Promise<number | undefined> {
+    const height = await this.height().catch(() => undefined);
+    return height !== undefined && height >= Number(facts.blockHeight) ? height : undefined;
+  }
+
+  restoredAs(address: string): string {
+    return `block DB ${this.layout.identityDir(address)}`;
+  }
+
+  async remove(path: string): Promise<void> {
+    await this.session.run(`Removing ${path}`, removeCommand(path), { timeoutMs: 60 * 60_000 });
+  }
+
+  async removeStaging(stage: string): Promise<void> {
+    await this.session.run('Removing the staging folder', removeStagingCommand(stage), {
+      timeoutMs: 30 * 60_000,
+    });
+  }
+
+  /** The checks that tell whether the node runs: its API, and its processes. */
+  private nodeChecks(): Record<string, string> {
+    return {
+      peer: peerCommand(this.node.peerUrl),
+      processes: processCheckCommand(this.restoreSettings.processPattern),
+    };
+  }
+
+  /** What shows that the node runs, from the host's checks; undefined when nothing does. */
+  private running(checks: Map<string, { code: number; stdout: string }>): string | undefined {
+    const peer = checks.get('peer');
+    let height: number | undefined;
+    try {
+      if (peer?.code === 0) height = this.layout.parseHeight(peer.stdout);
+    } catch {
+      /* not a node's answer */
+    }
+    if (height !== undefined) return `its peer API answers, block height ${height}`;
+    const processes = (checks.get('processes')?.stdout ?? '').trim();
+    return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
+  }
+}
+
+function parseSizes(stdout: string): Sizes {
+  const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
+  const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
+  if (!Number.isFinite(files) || !Number.isFinite(bytes))
+    throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
+  return { files, bytes, digest: /digest=([0-9a-f]{64})/.exec(stdout)?.[1] };
+}

@@ -1,0 +1,301 @@
+/**
+ * A node in memory behind the `NodeHost` seam, with the shell that `NodeControl` drives (the
+ * watchdog, the stop and the start). Its data is a map of files; an archive is that map as
+ * JSON, so that a backup made of it restores into it. Every call is written to `calls`, so
+ * that a test reads the order in which a mode did things. Faults are set on `faults`.
+ */
+import { PassThrough, Writable } from 'node:stream';
+import type {
+  ArchiveOptions,
+  BackupLayout,
+  KindFacts,
+  NodeHost,
+  PreparedStep,
+  RestoreChecks,
+  Sizes,
+} from '../../src/node-kind/host.js';
+import type { Connect, NodeConnection, Shell } from '../../src/node-kind/index.js';
+import { NODE_LOST } from '../../src/node-kind/remote.js';
+import { readableSource } from '../../src/byte-source.js';
+import { RemoteCommandError } from '../../src/errors.js';
+import type { ExecResult, Prepared, RemoteStream } from '../../src/ssh/session.js';
+
+export type Files = Record<string, string>;
+
+export interface Faults {
+  /** The freeze fails (as a filesystem without hard links does). */
+  freeze?: boolean;
+  /** The watchdog has fired by the time the run disarms it, or checks, or swaps. */
+  watchdogFired?: boolean;
+  /** The stop command fails. */
+  stop?: boolean;
+  /** After the restore, the node never reaches the snapshot's height. */
+  unhealthy?: boolean;
+  /** The node's API is silent (not in service). */
+  silent?: boolean;
+}
+
+export class FakeNode implements NodeHost, Shell {
+  readonly kind = 'loopchain' as const;
+  readonly dataDir = '/app/prep/data/loopchain';
+  readonly calls: string[] = [];
+  faults: Faults = {};
+  running = true;
+  height_ = 1000;
+  files: Files | undefined;
+  previous: Files | undefined;
+  private staged: Files | undefined;
+
+  constructor(files?: Files) {
+    this.files = files;
+  }
+
+  connect: Connect = () => {
+    const connection: NodeConnection = {
+      host: this,
+      shell: this,
+      transport: 'fake',
+      close: () => this.calls.push('close'),
+    };
+    return Promise.resolve(connection);
+  };
+
+  // --- the shell NodeControl drives ---------------------------------------------------
+  run(what: string): Promise<string> {
+    this.calls.push(what);
+    if (what === 'The stop command') {
+      if (this.faults.stop)
+        return Promise.reject(new RemoteCommandError(what, 1, 'no such service'));
+      this.running = false;
+    } else if (what === 'The start command') {
+      this.running = true;
+    } else if (what === 'Disarming the watchdog') {
+      return Promise.resolve(this.faults.watchdogFired ? 'fired=2026-11-29T00:00:00Z\n' : '');
+    }
+    return Promise.resolve('');
+  }
+
+  prepare(what: string): Prepared {
+    let used = false;
+    return {
+      go: () => {
+        used = true;
+        return this.run(what);
+      },
+      cancel: () => {
+        if (!used) this.calls.push(`cancelled: ${what}`);
+        used = true;
+        return Promise.resolve();
+      },
+    };
+  }
+
+  // --- the seam --------------------------------------------------------------------------
+  expectedContent(): string {
+    return 'the fake roots';
+  }
+
+  inspect(): Promise<BackupLayout> {
+    this.calls.push('inspect');
+    if (!this.files) return Promise.reject(new Error('no data dir'));
+    return Promise.resolve({
+      description: `${this.dataDir}: fake`,
+      sameDevice: true,
+      dataBytes: JSON.stringify(this.files).length,
+      stale: [],
+    });
+  }
+
+  height(): Promise<number | undefined> {
+    this.calls.push('height');
+    if (this.faults.silent || !this.running) return Promise.resolve(undefined);
+    return Promise.resolve(this.height_);
+  }
+
+  facts(height: number): Promise<KindFacts> {
+    return Promise.resolve({ hashAtHeight: `hash-${height}` });
+  }
+
+  archive(dir: string, _options: ArchiveOptions): Promise<RemoteStream> {
+    this.calls.push(`archive opened: ${dir}`);
+    const out = new PassThrough();
+    let exited: (code: number | null) => void = () => undefined;
+    const exit = new Promise<number | null>((r) => (exited = r));
+    // It waits for its go line, as the real one does, then writes what was frozen.
+    const stdin = new Writable({
+      write: (chunk: Buffer, _e, cb) => {
+        if (chunk.toString().startsWith('go')) {
+          this.calls.push('archive streams');
+          out.end(Buffer.from(JSON.stringify(this.staged ?? this.files)));
+          exited(0);
+        }
+        cb();
+      },
+      final: (cb) => {
+        exited(0);
+        cb();
+      },
+    });
+    return Promise.resolve(this.stream(new PassThrough(), stdin, out, exit));
+  }
+
+  freeze(stage: string): Prepared {
+    return {
+      go: () => {
+        this.calls.push(`freeze ${stage}`);
+        if (this.faults.freeze) {
+          return Promise.reject(new RemoteCommandError('Freezing', 1, 'Invalid cross-device link'));
+        }
+        if (this.running) throw new Error('frozen while the node runs');
+        this.staged = { ...this.files };
+        return Promise.resolve('');
+      },
+      cancel: () => Promise.resolve(),
+    };
+  }
+
+  settleFrozen(): Promise<Sizes> {
+    this.calls.push('settle');
+    return Promise.resolve(this.sizes(this.staged ?? {}));
+  }
+
+  measure(): Promise<Sizes> {
+    this.calls.push('measure');
+    return Promise.resolve(this.sizes(this.files ?? {}));
+  }
+
+  statDigest(): Promise<string> {
+    return Promise.resolve('same');
+  }
+
+  checkForRestore(): Promise<RestoreChecks> {
+    this.calls.push('check for restore');
+    return Promise.resolve({
+      running: this.running ? 'its peer API answers' : undefined,
+      freeBytes: 1e12,
+      dataDirPresent: this.files !== undefined,
+      tools: new Set(['tar', 'gzip', 'pigz', 'zstd', 'curl']),
+      address: '10.1.2.3',
+    });
+  }
+
+  runningNow(): Promise<{ running?: string; firedAt?: string }> {
+    this.calls.push('running now?');
+    return Promise.resolve({ running: this.running ? 'its peer API answers' : undefined });
+  }
+
+  extract(stage: string): RemoteStream {
+    this.calls.push(`extract opened: ${stage}`);
+    const out = new PassThrough();
+    let exited: (code: number | null) => void = () => undefined;
+    const exit = new Promise<number | null>((r) => (exited = r));
+    const chunks: Buffer[] = [];
+    let started = false;
+    const stdin = new Writable({
+      write: (chunk: Buffer, _e, cb) => {
+        if (!started) {
+          // The go line, then the archive.
+          const text = chunk.toString('latin1');
+          const nl = text.indexOf('\n');
+          started = true;
+          this.calls.push('extract streams');
+          chunks.push(chunk.subarray(nl + 1));
+        } else chunks.push(chunk);
+        cb();
+      },
+      final: (cb) => {
+        if (!started) {
+          exited(0);
+          out.end();
+          cb();
+          return;
+        }
+        this.staged = JSON.parse(Buffer.concat(chunks).toString()) as Files;
+        this.calls.push('extracted');
+        out.end(`${Object.keys(this.staged).length}\n`);
+        exited(0);
+        cb();
+      },
+    });
+    return this.stream(out, stdin, new PassThrough(), exit);
+  }
+
+  swap(_stage: string, previous: string): PreparedStep {
+    return {
+      go: (): Promise<ExecResult> => {
+        this.calls.push('swap');
+        if (this.running) throw new Error('swapped under a running node');
+        if (this.faults.watchdogFired) {
+          return Promise.resolve({
+            code: NODE_LOST,
+            stdout: '',
+            stderr:
+              'prep-snapshot-node-lost: the watchdog started the node at 2026-11-29T00:00:00Z',
+          });
+        }
+        this.previous = this.files;
+        this.files = this.staged;
+        this.calls.push(`previous kept as ${previous}`);
+        return Promise.resolve({ code: 0, stdout: 'swapped\n', stderr: '' });
+      },
+      cancel: () => undefined,
+    };
+  }
+
+  rollback(): Promise<ExecResult> {
+    this.calls.push('rollback');
+    if (this.running) throw new Error('rolled back under a running node');
+    this.files = this.previous;
+    return Promise.resolve({ code: 0, stdout: '', stderr: '' });
+  }
+
+  restoredHeight(facts: KindFacts): Promise<number | undefined> {
+    this.calls.push('health');
+    if (this.faults.unhealthy || !this.running) return Promise.resolve(undefined);
+    return Promise.resolve(Number(facts.blockHeight) + 5);
+  }
+
+  restoredAs(address: string): string {
+    return `fake data of ${address}`;
+  }
+
+  remove(path: string): Promise<void> {
+    this.calls.push(`remove ${path}`);
+    if (path.includes('.prev-')) this.previous = undefined;
+    return Promise.resolve();
+  }
+
+  removeStaging(stage: string): Promise<void> {
+    this.calls.push(`remove staging ${stage}`);
+    return Promise.resolve();
+  }
+
+  private sizes(files: Files): Sizes {
+    return {
+      files: Object.keys(files).length,
+      bytes: Object.values(files).reduce((n, v) => n + v.length, 0),
+      digest: 'same',
+    };
+  }
+
+  private stream(
+    stdout: PassThrough,
+    stdin: Writable,
+    source: PassThrough,
+    exit: Promise<number | null>,
+  ): RemoteStream {
+    return {
+      stdout,
+      source: readableSource(source),
+      stdin,
+      exit,
+      onStderrLine: () => undefined,
+      stderrTail: () => '',
+      kill: () => {
+        stdin.destroy();
+        source.destroy();
+      },
+      transport: 'ssh2',
+    };
+  }
+}

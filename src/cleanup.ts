@@ -57,7 +57,9 @@ async function cleanHost(
     session = await SshSession.connect({ ...settings.ssh, transport: 'ssh2' });
     if (stopped) {
       core.warning('The main step ended while the node was stopped: starting it.');
-      const res = await session.exec(detachedCommand(settings.node.startCommand), {
+      // The start as the main step resolved it for the node's kind; the input's otherwise.
+      const start = core.getState(State.StartCommand) || settings.node.startCommand;
+      const res = await session.exec(detachedCommand(start), {
         timeoutMs: 15 * 60_000,
       });
       if (res.code === 0) core.info('The node was started.');

@@ -43,6 +43,8 @@ export enum Inputs {
   HealthTimeout = 'health-timeout',
   DiskMargin = 'disk-margin',
   NodeProcessPattern = 'node-process-pattern',
+  NodeKind = 'node-kind',
+  Chain = 'chain',
 }
 
 export enum Outputs {
@@ -72,6 +74,8 @@ export enum State {
   UploadKey = 'uploadKey',
   /** 'true' once backup_list names the archive of UploadKey. */
   UploadPublished = 'uploadPublished',
+  /** The command that starts the node, as this run resolved it for its kind. */
+  StartCommand = 'startCommand',
 }
 
 export const ACTION_NAME = 'prep-snapshot';

@@ -16,6 +16,7 @@ import {
   parseDisarm,
 } from './node-kind/remote.js';
 import type { NodeSettings } from './settings.js';
+import type { NodeCommands } from './node-kind/host.js';
 import type { Shell } from './node-kind/index.js';
 import type { Prepared } from './ssh/session.js';
 
@@ -39,6 +40,8 @@ export class NodeControl {
   constructor(
     private readonly session: Shell,
     private readonly settings: NodeSettings,
+    /** The stop and start commands of the node's kind; asked when they run. */
+    private readonly commands: () => NodeCommands,
     runId: string,
   ) {
     this.watchdogFlag = `${dirname(settings.dataDir)}/.prep-snapshot-watchdog-${runId}`;
@@ -54,14 +57,12 @@ export class NodeControl {
    * `SshSession.prepare`): seconds of downtime are worth the sessions they save.
    */
   async stop(options: { startSoon?: boolean } = {}): Promise<void> {
+    const { stop, start, says } = this.commands();
     core.saveState(State.WatchdogFlag, this.watchdogFlag);
+    core.saveState(State.StartCommand, start);
     await this.session.run(
       'Arming the watchdog',
-      armWatchdogCommand(
-        this.watchdogFlag,
-        this.settings.maxDowntimeSeconds,
-        this.settings.startCommand,
-      ),
+      armWatchdogCommand(this.watchdogFlag, this.settings.maxDowntimeSeconds, start),
     );
     this.armed = true;
     core.info(
@@ -78,8 +79,8 @@ export class NodeControl {
     core.saveState(State.NodeStarted, 'false');
     this.stopped = true;
     this.stoppedAt = performance.now();
-    core.info(`Stopping the node: ${this.settings.stopCommand}`);
-    await this.session.run('The stop command', this.settings.stopCommand, {
+    core.info(`Stopping the node: ${says?.stop ?? stop}`);
+    await this.session.run('The stop command', stop, {
       timeoutMs: 15 * 60_000,
     });
     core.info('The node is stopped.');
@@ -91,7 +92,8 @@ export class NodeControl {
    * run armed one. Whether or not this run stopped the node.
    */
   async start(): Promise<void> {
-    core.info(`Starting the node: ${this.settings.startCommand}`);
+    const c = this.commands();
+    core.info(`Starting the node: ${c.says?.start ?? c.start}`);
     await this.runOnce('start');
     this.startedAt = performance.now();
     this.stopped = false;
@@ -176,7 +178,7 @@ export class NodeControl {
     return slot === 'start'
       ? {
           what: 'The start command',
-          command: detachedCommand(this.settings.startCommand),
+          command: detachedCommand(this.commands().start),
           options: { timeoutMs: 15 * 60_000 },
         }
       : {

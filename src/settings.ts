@@ -24,13 +24,23 @@ export interface SshSettings {
   transport: SshTransport;
 }
 
+export type NodeKindChoice = 'auto' | 'loopchain' | 'goloop';
+
 export interface NodeSettings {
+  /** 'auto': found on the host (see `node-kind/index.ts`). */
+  kind: NodeKindChoice;
   prepDir: string;
   dataDir: string;
+  /** The stop and start commands: as given, or Compose in the prep dir. */
   stopCommand: string;
   startCommand: string;
+  /** The stop and start commands when the inputs give them (a kind may have other defaults). */
+  stopCommandGiven?: string;
+  startCommandGiven?: string;
   peerUrl: string;
   maxDowntimeSeconds: number;
+  /** goloop: the chain, by channel (MainNet's is icon_dex) or by cid (0x…). */
+  chain: string;
 }
 
 export interface S3Settings {
@@ -72,6 +82,8 @@ export interface RestoreSettings {
 
 export interface Settings {
   mode: Mode;
+  /** The inputs left empty whose default depends on the node's kind (see `forKind`). */
+  kindDefaults: { dataDir: boolean; peerUrl: boolean; compression: boolean };
   /** Absent for modes that need no host (list, verify). */
   ssh?: SshSettings;
   node: NodeSettings;
@@ -125,15 +137,36 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
     throw new InputError(`Input 'mode' is '${mode}'. Use one of: ${MODES.join(', ')}.`);
   }
 
+  const kind = get(Inputs.NodeKind) || 'auto';
+  if (kind !== 'auto' && kind !== 'loopchain' && kind !== 'goloop') {
+    throw new InputError(
+      `Input 'node-kind' is '${kind}'. Use 'auto', 'loopchain' (ICON 1) or 'goloop' (ICON 2).`,
+    );
+  }
+  const chain = get(Inputs.Chain) || 'icon_dex';
+  if (!/^(0x[0-9a-fA-F]{1,8}|[A-Za-z0-9_.-]{1,64})$/.test(chain)) {
+    throw new InputError(
+      `Input 'chain' is '${chain}'. Use the chain's channel (icon_dex on MainNet) or its cid (0x…).`,
+    );
+  }
   const prepDir = absolutePath(Inputs.PrepDir, get(Inputs.PrepDir) || '/app/prep');
-  const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) || `${prepDir}/data/loopchain`);
+  const dataDir = absolutePath(
+    Inputs.DataDir,
+    get(Inputs.DataDir) ||
+      KIND_DEFAULTS[kind === 'goloop' ? 'goloop' : 'loopchain'].dataDir(prepDir),
+  );
   const node: NodeSettings = {
+    kind,
     prepDir,
     dataDir,
     stopCommand: get(Inputs.StopCommand) || composeCommand(prepDir, 'down'),
     startCommand: get(Inputs.StartCommand) || composeCommand(prepDir, 'up -d'),
-    peerUrl: get(Inputs.PeerUrl) || 'http://localhost:9000/api/v1/avail/peer',
+    stopCommandGiven: get(Inputs.StopCommand) || undefined,
+    startCommandGiven: get(Inputs.StartCommand) || undefined,
+    peerUrl:
+      get(Inputs.PeerUrl) || KIND_DEFAULTS[kind === 'goloop' ? 'goloop' : 'loopchain'].peerUrl,
     maxDowntimeSeconds: duration(Inputs.MaxDowntime, get(Inputs.MaxDowntime) || '30m', 10),
+    chain: /^0x/i.test(chain) ? chain.toLowerCase() : chain,
   };
   if (!/^https?:\/\/[^\s'"]+$/.test(node.peerUrl)) {
     throw new InputError(`Input 'peer-url' is '${node.peerUrl}'. Use an http:// or https:// URL.`);
@@ -196,7 +229,9 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
     [Inputs.ManifestPrefix, s3.manifestPrefix],
   ]);
 
-  const compression = get(Inputs.Compression) || 'gzip';
+  const compression =
+    get(Inputs.Compression) ||
+    KIND_DEFAULTS[kind === 'goloop' ? 'goloop' : 'loopchain'].compression;
   if (compression !== 'gzip' && compression !== 'zstd') {
     throw new InputError(
       `Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`,
@@ -248,7 +283,12 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
 
   const needsHost = mode === 'backup' || mode === 'restore';
   const ssh = needsHost ? parseSsh(get, bool, int) : undefined;
-  return { mode: mode as Mode, ssh, node, s3, backup, restore };
+  const kindDefaults = {
+    dataDir: !get(Inputs.DataDir),
+    peerUrl: !get(Inputs.PeerUrl),
+    compression: !get(Inputs.Compression) && !get(Inputs.CompressionLevel),
+  };
+  return { mode: mode as Mode, kindDefaults, ssh, node, s3, backup, restore };
 }
 
 function parseSsh(
@@ -396,6 +436,40 @@ function keyPrefix(name: Inputs, text: string): string {
     );
   }
   return value;
+}
+
+/** What a node kind's defaults are, where the inputs leave them empty. */
+export const KIND_DEFAULTS = {
+  loopchain: {
+    dataDir: (prepDir: string) => `${prepDir}/data/loopchain`,
+    peerUrl: 'http://localhost:9000/api/v1/avail/peer',
+    compression: 'gzip' as Compression,
+  },
+  goloop: {
+    /** The node dir beside icon2-node's compose file (`./data:/goloop/data`). */
+    dataDir: (prepDir: string) => `${prepDir}/data`,
+    peerUrl: 'http://localhost:9000/admin/chain',
+    /** The original scripts, which read only gzip, never restore a goloop snapshot. */
+    compression: 'zstd' as Compression,
+  },
+};
+
+/**
+ * The settings for a node of `kind`: the inputs left empty take that kind's defaults. The
+ * parser fills loopchain's, the original guide's; a goloop node found by 'node-kind: auto'
+ * gets its own here.
+ */
+export function forKind(settings: Settings, kind: 'loopchain' | 'goloop'): Settings {
+  const d = KIND_DEFAULTS[kind];
+  const node = { ...settings.node, kind };
+  if (settings.kindDefaults.dataDir) node.dataDir = d.dataDir(node.prepDir);
+  if (settings.kindDefaults.peerUrl) node.peerUrl = d.peerUrl;
+  const backup = { ...settings.backup };
+  if (settings.kindDefaults.compression) {
+    backup.compression = d.compression;
+    backup.compressionLevel = d.compression === 'zstd' ? 1 : 3;
+  }
+  return { ...settings, node, backup };
 }
 
 /**

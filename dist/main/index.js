@@ -88415,6 +88415,8 @@ var Inputs;
     Inputs["HealthTimeout"] = "health-timeout";
     Inputs["DiskMargin"] = "disk-margin";
     Inputs["NodeProcessPattern"] = "node-process-pattern";
+    Inputs["NodeKind"] = "node-kind";
+    Inputs["Chain"] = "chain";
 })(Inputs || (Inputs = {}));
 var Outputs;
 (function (Outputs) {
@@ -88444,6 +88446,8 @@ var State;
     State["UploadKey"] = "uploadKey";
     /** 'true' once backup_list names the archive of UploadKey. */
     State["UploadPublished"] = "uploadPublished";
+    /** The command that starts the node, as this run resolved it for its kind. */
+    State["StartCommand"] = "startCommand";
 })(State || (State = {}));
 const ACTION_NAME = 'prep-snapshot';
 const ACTION_VERSION = '0.1.0';
@@ -88616,7 +88620,11 @@ function probeCommand(kind, dataDir) {
         `if [ ! -d "$data" ]; then echo "datadir=missing"; exit 0; fi`,
         `echo "datadir=present"`,
         ...kind.roots.map((r) => `[ -d "$data"/${quote(r)} ] && echo ${quote(`root=${r}`)} || echo ${quote(`missingroot=${r}`)}`),
-        `for d in "$data"/${quote(kind.identityParent)}/${kind.identityGlob}; do [ -d "$d" ] && printf 'identity=%s\\n' "\${d##*/}"; done; true`,
+        ...(kind.identityParent && kind.identityGlob
+            ? [
+                `for d in "$data"/${quote(kind.identityParent)}/${kind.identityGlob}; do [ -d "$d" ] && printf 'identity=%s\\n' "\${d##*/}"; done; true`,
+            ]
+            : []),
         `for t in tar pigz gzip zstd curl wget base64 setsid; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
         `echo "dev_data=$(stat -c %d "$data")"`,
         `echo "dev_parent=$(stat -c %d ${quote(parent)})"`,
@@ -88702,7 +88710,9 @@ function peerCommand(peerUrl) {
  * file (metadata only, seconds for any size), then a real copy in place of every file that
  * the node may change after it starts again (everything but the immutable table files).
  */
-function freezeCommand(kind, dataDir, stage, watchdogFlag) {
+function freezeCommand(kind, dataDir, stage, watchdogFlag, 
+/** Paths under the roots (relative to the data dir) that a snapshot leaves out. */
+leaveOut = []) {
     const mutable = ['*.ldb', '*.sst'].map((p) => `! -name ${quote(p)}`).join(' ');
     return bashScript([
         // The copy is consistent only while the node is down: the watchdog waits for it.
@@ -88714,6 +88724,7 @@ function freezeCommand(kind, dataDir, stage, watchdogFlag) {
         `cd -- "$data"`,
         `cp -al -- ${kind.roots.map(quote).join(' ')} "$stage"/`,
         `cd -- "$stage"`,
+        ...(leaveOut.length ? [`rm -rf -- ${leaveOut.map(quote).join(' ')}`] : []),
         `find ${kind.roots.map(quote).join(' ')} -type f ${mutable} -print0 | while IFS= read -r -d '' f; do cp -p --remove-destination -- "$data/$f" "$f"; done`,
     ]);
 }
@@ -88747,6 +88758,14 @@ function sizeCommand(kind, dir, withDigest = false) {
         ...(withDigest ? [`echo "digest=$(${statDigestPipeline(kind)})"`] : []),
     ]);
 }
+/** The output of `sizeCommand`. */
+function parseSizes(stdout) {
+    const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
+    const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
+    if (!Number.isFinite(files) || !Number.isFinite(bytes))
+        throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
+    return { files, bytes, digest: /digest=([0-9a-f]{64})/.exec(stdout)?.[1] };
+}
 const PROGRESS_MARK = 'prep-snapshot-progress';
 const CHANGED_MARK = 'prep-snapshot-tar-changed';
 const COMPRESSOR_MARK = 'prep-snapshot-compressor';
@@ -88774,13 +88793,17 @@ function checkpointBytes(line) {
  * output.
  */
 function archiveCommand(kind, dir, identity, options) {
-    // The directory itself and what is under it; not a sibling whose name merely starts the same.
-    const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
-    const to = `${kind.identityParent}/${kind.placeholder}`;
+    const transform = [];
+    if (identity !== undefined && kind.identityParent && kind.placeholder) {
+        // The directory itself and what is under it; not a sibling whose name merely starts the same.
+        const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
+        const to = `${kind.identityParent}/${kind.placeholder}`;
+        transform.push(`--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`);
+    }
     const tar = [
         'tar --create --file=- --totals --blocking-factor=2048',
         `--checkpoint=10 --checkpoint-action=${quote(`echo=${PROGRESS_MARK} %u`)}`,
-        `--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`,
+        ...transform,
         `-- ${kind.roots.map(quote).join(' ')}`,
     ].join(' ');
     const level = String(options.level);
@@ -89191,7 +89214,12 @@ function goLine(decoder) {
  * check reads them from the headers.
  */
 function extractCommand(kind, prepDir, stage) {
-    const placeholder = `${kind.identityParent}/${kind.placeholder}`;
+    const required = [
+        ...(kind.required ?? []),
+        ...(kind.identityParent && kind.placeholder
+            ? [`${kind.identityParent}/${kind.placeholder}`]
+            : []),
+    ];
     const missing = (what) => `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
     // A real directory: `-d` alone follows a symbolic link.
     const isDir = (path) => `[ -d ${quote(path)} ] && [ ! -L ${quote(path)} ]`;
@@ -89232,7 +89260,7 @@ function extractCommand(kind, prepDir, stage) {
         // Names go to the runner's log: whatever is not printable becomes '?'.
         `found=$(${treeCheck(kind)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
         `if [ -n "$found" ]; then refuse "$found"; fi`,
-        ...[...kind.roots, placeholder].map((d) => `${isDir(d)} || ${missing(d)}`),
+        ...[...kind.roots, ...required].map((d) => `${isDir(d)} || ${missing(d)}`),
         `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
     ]);
 }
@@ -89285,6 +89313,7 @@ function currentRunId() {
 class NodeControl {
     session;
     settings;
+    commands;
     stopped = false;
     armed = false;
     /** The start command and the disarm, opened ahead when the node is to start again soon. */
@@ -89295,9 +89324,12 @@ class NodeControl {
     lostAt;
     stoppedAt;
     startedAt;
-    constructor(session, settings, runId) {
+    constructor(session, settings, 
+    /** The stop and start commands of the node's kind; asked when they run. */
+    commands, runId) {
         this.session = session;
         this.settings = settings;
+        this.commands = commands;
         this.watchdogFlag = `${dirname(settings.dataDir)}/.prep-snapshot-watchdog-${runId}`;
     }
     get isStopped() {
@@ -89309,8 +89341,10 @@ class NodeControl {
      * `SshSession.prepare`): seconds of downtime are worth the sessions they save.
      */
     async stop(options = {}) {
+        const { stop, start, says } = this.commands();
         saveState(State.WatchdogFlag, this.watchdogFlag);
-        await this.session.run('Arming the watchdog', armWatchdogCommand(this.watchdogFlag, this.settings.maxDowntimeSeconds, this.settings.startCommand));
+        saveState(State.StartCommand, start);
+        await this.session.run('Arming the watchdog', armWatchdogCommand(this.watchdogFlag, this.settings.maxDowntimeSeconds, start));
         this.armed = true;
         info(`Watchdog armed on the host: it starts the node in ${this.settings.maxDowntimeSeconds} s unless this run does.`);
         if (options.startSoon) {
@@ -89323,8 +89357,8 @@ class NodeControl {
         saveState(State.NodeStarted, 'false');
         this.stopped = true;
         this.stoppedAt = performance.now();
-        info(`Stopping the node: ${this.settings.stopCommand}`);
-        await this.session.run('The stop command', this.settings.stopCommand, {
+        info(`Stopping the node: ${says?.stop ?? stop}`);
+        await this.session.run('The stop command', stop, {
             timeoutMs: 15 * 60_000,
         });
         info('The node is stopped.');
@@ -89335,7 +89369,8 @@ class NodeControl {
      * run armed one. Whether or not this run stopped the node.
      */
     async start() {
-        info(`Starting the node: ${this.settings.startCommand}`);
+        const c = this.commands();
+        info(`Starting the node: ${c.says?.start ?? c.start}`);
         await this.runOnce('start');
         this.startedAt = performance.now();
         this.stopped = false;
@@ -89408,7 +89443,7 @@ class NodeControl {
         return slot === 'start'
             ? {
                 what: 'The start command',
-                command: detachedCommand(this.settings.startCommand),
+                command: detachedCommand(this.commands().start),
                 options: { timeoutMs: 15 * 60_000 },
             }
             : {
@@ -89437,132 +89472,75 @@ class NodeControl {
     }
 }
 
-// EXTERNAL MODULE: external "node:child_process"
-var external_node_child_process_ = __nccwpck_require__(1421);
-// EXTERNAL MODULE: external "node:fs"
-var external_node_fs_ = __nccwpck_require__(3024);
-// EXTERNAL MODULE: external "node:os"
-var external_node_os_ = __nccwpck_require__(8161);
-// EXTERNAL MODULE: external "node:path"
-var external_node_path_ = __nccwpck_require__(6760);
-// EXTERNAL MODULE: external "node:stream"
-var external_node_stream_ = __nccwpck_require__(7075);
-// EXTERNAL MODULE: ./node_modules/ssh2/lib/index.js
-var lib = __nccwpck_require__(5472);
+;// CONCATENATED MODULE: ./src/duration.ts
+
+const UNIT_SECONDS = { s: 1, m: 60, h: 3600, d: 86400 };
+/**
+ * Parses `90`, `90s`, `15m`, `2h`, `1h30m`, `1.5h`, `1d` into a whole number of seconds;
+ * anything else (a fraction of a second, a number too large to be exact) is an error.
+ */
+function parseDuration(name, text) {
+    const value = text.trim();
+    const parts = /^\d+$/.test(value)
+        ? [[value, value, 's']]
+        : [...value.matchAll(/(\d+(?:\.\d+)?)([smhd])/g)];
+    if (parts.length === 0 || parts.map((p) => p[0]).join('') !== value) {
+        throw new InputError(`Input '${name}' is '${text}', which is not a duration. Use seconds ('90') or units s, m, h, d ('15m', '1h30m').`);
+    }
+    const sum = parts.reduce((total, p) => total + Number(p[1]) * UNIT_SECONDS[p[2]], 0);
+    // '1.1h' is 3960 s, though binary fractions make it 3960.0000000000005.
+    const seconds = Math.round(sum * 1e6) / 1e6;
+    if (!Number.isSafeInteger(seconds)) {
+        throw new InputError(Number.isInteger(seconds) || !Number.isFinite(seconds)
+            ? `Input '${name}' is '${text}', which is too long a duration.`
+            : `Input '${name}' is '${text}', which is not a whole number of seconds.`);
+    }
+    return seconds;
+}
+/** A number of seconds as an input would say it: `10s`, `30m`, `5d`, `1h30m`. */
+function formatDurationInput(seconds) {
+    let rest = seconds;
+    let text = '';
+    for (const [unit, size] of Object.entries(UNIT_SECONDS).reverse()) {
+        const n = Math.floor(rest / size);
+        if (n > 0)
+            text += `${n}${unit}`;
+        rest -= n * size;
+    }
+    return text || '0s';
+}
+const SIZE_UNITS = {
+    '': 1,
+    b: 1,
+    k: 1024,
+    kb: 1000,
+    kib: 1024,
+    m: 1024 ** 2,
+    mb: 1000 ** 2,
+    mib: 1024 ** 2,
+    g: 1024 ** 3,
+    gb: 1000 ** 3,
+    gib: 1024 ** 3,
+    t: 1024 ** 4,
+    tb: 1000 ** 4,
+    tib: 1024 ** 4,
+};
+/** Parses `64MiB`, `100MB`, `5242880` into bytes (a whole number that is exact). */
+function parseSize(name, text) {
+    const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
+    const factor = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
+    if (!m || factor === undefined) {
+        throw new InputError(`Input '${name}' is '${text}', which is not a size. Use bytes or units such as '64MiB'.`);
+    }
+    const bytes = Math.round(Number(m[1]) * factor);
+    if (!Number.isSafeInteger(bytes)) {
+        throw new InputError(`Input '${name}' is '${text}', which is too large a size.`);
+    }
+    return bytes;
+}
+
 // EXTERNAL MODULE: external "node:crypto"
 var external_node_crypto_ = __nccwpck_require__(7598);
-// EXTERNAL MODULE: external "node:net"
-var external_node_net_ = __nccwpck_require__(7030);
-;// CONCATENATED MODULE: external "node:stream/promises"
-const promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:stream/promises");
-;// CONCATENATED MODULE: ./src/byte-source.ts
-/**
- * Where the archive's bytes come from on the runner, read into buffers that the reader lends.
- *
- * The upload keeps a few part-sized buffers and reuses them. A Readable hands it one new
- * 64 KiB buffer per read, which it copies into a part; over a 1 GiB archive those 16,000
- * buffers kept the garbage collector busy for a fifth of the runner's CPU. A Unix socket
- * read with `onread` writes each read straight into the part: nothing is allocated per
- * read, nothing is copied, and a read takes what the socket holds (about 4x fewer reads).
- */
-
-
-
-
-/** A Readable as a ByteSource: each chunk is copied into the sink. */
-function readableSource(body) {
-    return {
-        flow: (sink) => {
-            body.on('data', (chunk) => {
-                if (!sink.wrote(chunk))
-                    body.pause();
-            });
-            // Resolves at the end, rejects on an error or a close before the end.
-            return (0,promises_namespaceObject.finished)(body, { writable: false });
-        },
-        resume: () => body.resume(),
-        destroy: (error) => body.destroy(error),
-    };
-}
-/** Where reads land while the sink has no space: the source is paused then, so it is rarely used. */
-const PARKING_BYTES = 256 * 1024;
-/**
- * A connected pair of Unix sockets in `dir`: `writer` goes to a child process as its stdout
- * (spawn's stdio; close it here once spawned), `source` reads what the child writes.
- */
-async function socketSource(dir) {
-    const path = (0,external_node_path_.join)(dir, `o-${(0,external_node_crypto_.randomBytes)(4).toString('hex')}.sock`);
-    // sun_path holds 108 bytes with its NUL. Some Node versions cut a longer path short
-    // silently, which would put the socket outside `dir`: refuse it here, whatever the version.
-    if (Buffer.byteLength(path) > 107)
-        throw new Error(`the socket path would be too long: ${path}`);
-    const server = (0,external_node_net_.createServer)();
-    await new Promise((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(path, () => resolve());
-    });
-    let sink;
-    const parking = Buffer.allocUnsafe(PARKING_BYTES);
-    const early = [];
-    let paused = false;
-    let reader;
-    try {
-        const accepted = new Promise((resolve) => server.once('connection', resolve));
-        reader = (0,external_node_net_.createConnection)({
-            path,
-            onread: {
-                buffer: () => sink?.space() ?? parking,
-                callback: (n, buffer) => {
-                    const chunk = Buffer.from(buffer.buffer, buffer.byteOffset, n);
-                    if (!sink) {
-                        // Bytes before the flow starts: kept (copied, the parking space is reused) and held.
-                        early.push(Buffer.from(chunk));
-                        paused = true;
-                        return false;
-                    }
-                    const more = sink.wrote(chunk);
-                    paused = !more;
-                    return more;
-                },
-            },
-        });
-        const r = reader;
-        await new Promise((resolve, reject) => {
-            r.once('connect', resolve);
-            r.once('error', reject);
-        });
-        const writer = await accepted;
-        const ended = (0,promises_namespaceObject.finished)(r, { writable: false });
-        ended.catch(() => undefined);
-        const source = {
-            flow: (s) => {
-                sink = s;
-                for (const chunk of early.splice(0))
-                    paused = !s.wrote(chunk);
-                if (!paused)
-                    r.resume();
-                return ended;
-            },
-            resume: () => {
-                if (!paused)
-                    return;
-                paused = false;
-                r.resume();
-            },
-            destroy: (error) => r.destroy(error),
-        };
-        return { writer, source };
-    }
-    catch (error) {
-        reader?.destroy();
-        throw error;
-    }
-    finally {
-        // The pair is connected (or failed): the listening socket and its path are not needed.
-        server.close();
-    }
-}
-
 ;// CONCATENATED MODULE: ./src/ssh/host-key.ts
 /** Pinning the node's SSH host key: by SHA256 fingerprint or by a known_hosts / public key line. */
 
@@ -89721,6 +89699,462 @@ function pinnedAlgorithms(pins) {
         return [...HOST_KEY_ALGORITHMS];
     const types = new Set(pins.flatMap((p) => (p.kind === 'key' ? [p.keyType] : [])));
     return HOST_KEY_ALGORITHMS.filter((a) => [...types].some((t) => algorithmsOfKeyType(t).includes(a)));
+}
+
+;// CONCATENATED MODULE: ./src/settings.ts
+/**
+ * The one input parser: it reads every input once, checks it, and returns typed settings.
+ * Nothing after it calls core.getInput. A bad value fails the run before the node is touched.
+ */
+
+
+
+
+
+/**
+ * The most runner memory that an upload's part buffers may take: it holds
+ * (upload-concurrency + 1) x part-size (one part filling while the others are in flight; see
+ * s3/upload.ts). GitHub-hosted runners have 7 to 16 GiB; an explicit 'part-size' and
+ * 'upload-concurrency' whose buffers exceed this are refused.
+ */
+const MAX_UPLOAD_BUFFER_BYTES = 2 * 1024 ** 3;
+/** What an upload's part buffers take on the runner (see MAX_UPLOAD_BUFFER_BYTES). */
+function uploadBufferBytes(partSize, uploadConcurrency) {
+    return (uploadConcurrency + 1) * partSize;
+}
+/** S3's bounds on a multipart upload's part size. */
+const MIN_PART_SIZE = 5 * 1024 ** 2;
+const MAX_PART_SIZE = 5 * 1024 ** 3;
+/**
+ * The longest 'max-downtime' and 'health-timeout': 5 days, the longest that a GitHub Actions
+ * job may run (on a self-hosted runner); no run can use more.
+ */
+const MAX_DURATION_SECONDS = 5 * 86_400;
+/** The largest 'disk-margin': 5 TiB, the size of the largest S3 object. */
+const MAX_DISK_MARGIN_BYTES = 5 * 1024 ** 4;
+const readActionInput = (name) => getInput(name);
+const MODES = ['backup', 'restore', 'list', 'verify'];
+function parseSettings(read = readActionInput) {
+    const get = (name) => read(name).trim();
+    const bool = (name, fallback) => parseBoolean(name, get(name), fallback);
+    const int = (name, fallback, min, max) => parseInteger(name, get(name), fallback, min, max);
+    const mode = get(Inputs.Mode) || 'backup';
+    if (!MODES.includes(mode)) {
+        throw new InputError(`Input 'mode' is '${mode}'. Use one of: ${MODES.join(', ')}.`);
+    }
+    const kind = get(Inputs.NodeKind) || 'auto';
+    if (kind !== 'auto' && kind !== 'loopchain' && kind !== 'goloop') {
+        throw new InputError(`Input 'node-kind' is '${kind}'. Use 'auto', 'loopchain' (ICON 1) or 'goloop' (ICON 2).`);
+    }
+    const chain = get(Inputs.Chain) || 'icon_dex';
+    if (!/^(0x[0-9a-fA-F]{1,8}|[A-Za-z0-9_.-]{1,64})$/.test(chain)) {
+        throw new InputError(`Input 'chain' is '${chain}'. Use the chain's channel (icon_dex on MainNet) or its cid (0x…).`);
+    }
+    const prepDir = absolutePath(Inputs.PrepDir, get(Inputs.PrepDir) || '/app/prep');
+    const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) ||
+        KIND_DEFAULTS[kind === 'goloop' ? 'goloop' : 'loopchain'].dataDir(prepDir));
+    const node = {
+        kind,
+        prepDir,
+        dataDir,
+        stopCommand: get(Inputs.StopCommand) || composeCommand(prepDir, 'down'),
+        startCommand: get(Inputs.StartCommand) || composeCommand(prepDir, 'up -d'),
+        stopCommandGiven: get(Inputs.StopCommand) || undefined,
+        startCommandGiven: get(Inputs.StartCommand) || undefined,
+        peerUrl: get(Inputs.PeerUrl) || KIND_DEFAULTS[kind === 'goloop' ? 'goloop' : 'loopchain'].peerUrl,
+        maxDowntimeSeconds: duration(Inputs.MaxDowntime, get(Inputs.MaxDowntime) || '30m', 10),
+        chain: /^0x/i.test(chain) ? chain.toLowerCase() : chain,
+    };
+    if (!/^https?:\/\/[^\s'"]+$/.test(node.peerUrl)) {
+        throw new InputError(`Input 'peer-url' is '${node.peerUrl}'. Use an http:// or https:// URL.`);
+    }
+    const service = get(Inputs.Service) || 'PRep';
+    if (!/^[A-Za-z0-9_.-]+$/.test(service)) {
+        throw new InputError(`Input 'service' is '${service}'. Use letters, digits, '_', '.' or '-'.`);
+    }
+    const bucket = get(Inputs.Bucket);
+    if (!bucket)
+        throw new InputError(`Input 'bucket' is required: the S3 bucket that holds the snapshots.`);
+    if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
+        throw new InputError(`Input 'bucket' is '${bucket}', which is not a valid S3 bucket name.`);
+    }
+    const endpoint = get(Inputs.Endpoint) || undefined;
+    if (endpoint && !/^https?:\/\/\S+$/.test(endpoint)) {
+        throw new InputError(`Input 'endpoint' is '${endpoint}'. Use a URL such as https://s3.example.com.`);
+    }
+    const partSizeText = get(Inputs.PartSize);
+    const partSize = partSizeText ? parseSize(Inputs.PartSize, partSizeText) : undefined;
+    if (partSize !== undefined && (partSize < MIN_PART_SIZE || partSize > MAX_PART_SIZE)) {
+        throw new InputError(`Input 'part-size' is '${partSizeText}'. It must be between 5 MiB and 5 GiB (S3's limits).`);
+    }
+    const queueSize = int(Inputs.UploadConcurrency, 4, 1, 16);
+    if (partSize !== undefined && uploadBufferBytes(partSize, queueSize) > MAX_UPLOAD_BUFFER_BYTES) {
+        throw new InputError(`Inputs 'part-size' (${partSizeText}) and 'upload-concurrency' (${queueSize}) would hold ` +
+            `${queueSize + 1} part buffers of ${partSizeText} (${(uploadBufferBytes(partSize, queueSize) / 1024 ** 3).toFixed(1)} GiB) ` +
+            `in the runner's memory, more than the 2 GiB allowed. Lower one of them (with ${queueSize}, a part of at most ` +
+            `${Math.floor(MAX_UPLOAD_BUFFER_BYTES / (queueSize + 1) / 1024 ** 2)}MiB), or leave 'part-size' empty to have it chosen from the database's size.`);
+    }
+    const s3 = {
+        bucket,
+        region: get(Inputs.Region) || undefined,
+        endpoint,
+        forcePathStyle: bool(Inputs.ForcePathStyle, endpoint !== undefined),
+        unsigned: bool(Inputs.Unsigned, false),
+        service,
+        prefix: keyPrefix(Inputs.Prefix, get(Inputs.Prefix) || service),
+        permanentPrefix: keyPrefix(Inputs.PermanentPrefix, get(Inputs.PermanentPrefix) || `Permanent/${service}`),
+        manifestPrefix: keyPrefix(Inputs.ManifestPrefix, get(Inputs.ManifestPrefix) || '_prep-snapshot'),
+        partSize,
+        queueSize,
+    };
+    separatePrefixes([
+        [Inputs.Prefix, s3.prefix],
+        [Inputs.PermanentPrefix, s3.permanentPrefix],
+        [Inputs.ManifestPrefix, s3.manifestPrefix],
+    ]);
+    const compression = get(Inputs.Compression) ||
+        KIND_DEFAULTS[kind === 'goloop' ? 'goloop' : 'loopchain'].compression;
+    if (compression !== 'gzip' && compression !== 'zstd') {
+        throw new InputError(`Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`);
+    }
+    const consistency = get(Inputs.Consistency) || 'hardlink';
+    if (consistency !== 'hardlink' && consistency !== 'stop') {
+        throw new InputError(`Input 'consistency' is '${consistency}'. Use 'hardlink' (default) or 'stop'.`);
+    }
+    const backup = {
+        compression,
+        compressionLevel: compression === 'gzip'
+            ? int(Inputs.CompressionLevel, 3, 1, 9)
+            : // LevelDB tables are snappy-compressed already: zstd -1 runs twice as fast as -3 on
+                // them for an archive 3% larger (measured on a 2 GiB database here).
+                int(Inputs.CompressionLevel, 1, 1, 19),
+        consistency,
+        permanentCopy: bool(Inputs.PermanentCopy, true),
+        retentionDays: int(Inputs.RetentionDays, 15, 0, 36500),
+        localCopy: bool(Inputs.LocalCopy, false),
+        localCopyDays: int(Inputs.LocalCopyDays, 7, 1, 3650),
+        verify: bool(Inputs.Verify, false),
+    };
+    const nodeIp = get(Inputs.NodeIp);
+    if (nodeIp && !isIpv4(nodeIp)) {
+        throw new InputError(`Input 'node-ip' is '${nodeIp}', which is not an IPv4 address.`);
+    }
+    const snapshot = get(Inputs.Snapshot) || 'latest';
+    const height = /^(?:BH)?(\d+)$/i.exec(snapshot)?.[1];
+    if (height !== undefined && !/^\d{8}$/.test(snapshot) && !Number.isSafeInteger(Number(height))) {
+        throw new InputError(`Input 'snapshot' is '${snapshot}', whose block height is too large. Use 'latest', a date (YYYYMMDD), a block height (BH123) or a key.`);
+    }
+    const restore = {
+        snapshot,
+        nodeIp,
+        stopNode: bool(Inputs.StopNode, false),
+        startNode: bool(Inputs.StartNode, true),
+        keepPrevious: bool(Inputs.KeepPrevious, true),
+        healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
+        diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
+        processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
+    };
+    const needsHost = mode === 'backup' || mode === 'restore';
+    const ssh = needsHost ? parseSsh(get, bool, int) : undefined;
+    const kindDefaults = {
+        dataDir: !get(Inputs.DataDir),
+        peerUrl: !get(Inputs.PeerUrl),
+        compression: !get(Inputs.Compression) && !get(Inputs.CompressionLevel),
+    };
+    return { mode: mode, kindDefaults, ssh, node, s3, backup, restore };
+}
+function parseSsh(get, bool, int) {
+    const host = get(Inputs.Host);
+    if (!host)
+        throw new InputError(`Input 'host' is required for this mode: the node's address.`);
+    if (!/^[A-Za-z0-9.:_-]+$/.test(host) || host.startsWith('-')) {
+        throw new InputError(`Input 'host' is '${host}', which is not a host name or address.`);
+    }
+    const privateKey = get(Inputs.SshKey);
+    if (!privateKey) {
+        throw new InputError(`Input 'ssh-key' is required: the private key (contents, not a path) that logs in to the node.`);
+    }
+    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(privateKey)) {
+        throw new InputError(`Input 'ssh-key' does not hold a private key in PEM or OpenSSH form.`);
+    }
+    // The runner masks line by line: register every line of the key, not only the whole.
+    core_setSecret(privateKey);
+    for (const line of privateKey.split('\n'))
+        if (line.trim().length >= 8 && !line.startsWith('-----'))
+            core_setSecret(line.trim());
+    const passphrase = get(Inputs.SshKeyPassphrase) || undefined;
+    if (passphrase)
+        core_setSecret(passphrase);
+    const port = int(Inputs.Port, 22, 1, 65535);
+    const insecure = bool(Inputs.InsecureSkipHostKey, false);
+    const hostKeyText = get(Inputs.HostKey);
+    if (!hostKeyText && !insecure) {
+        throw new InputError(`Input 'host-key' is required: pin the node's SSH host key (a 'SHA256:...' fingerprint or a known_hosts line; ` +
+            `'ssh-keyscan HOST' on a trusted machine prints it). To connect without checking it, set 'insecure-skip-host-key-check: true'.`);
+    }
+    const transport = get(Inputs.SshTransport) || 'auto';
+    if (transport !== 'auto' && transport !== 'openssh' && transport !== 'ssh2') {
+        throw new InputError(`Input 'ssh-transport' is '${transport}'. Use 'auto', 'openssh' or 'ssh2'.`);
+    }
+    return {
+        host,
+        port,
+        username: get(Inputs.Username) || 'root',
+        privateKey: privateKey.endsWith('\n') ? privateKey : `${privateKey}\n`,
+        passphrase,
+        hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText, { host, port }) : [],
+        transport,
+    };
+}
+function parseBoolean(name, text, fallback) {
+    if (text === '')
+        return fallback;
+    if (['true', 'True', 'TRUE'].includes(text))
+        return true;
+    if (['false', 'False', 'FALSE'].includes(text))
+        return false;
+    throw new InputError(`Input '${name}' is '${text}'. Use 'true' or 'false'.`);
+}
+function parseInteger(name, text, fallback, min, max) {
+    if (text === '')
+        return fallback;
+    const value = Number(text);
+    if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min || value > max) {
+        throw new InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
+    }
+    return value;
+}
+/** A duration in whole seconds, from `min` to MAX_DURATION_SECONDS. */
+function duration(name, text, min) {
+    const seconds = parseDuration(name, text);
+    if (seconds < min || seconds > MAX_DURATION_SECONDS) {
+        throw new InputError(`Input '${name}' is '${text}'. Use a duration from ${formatDurationInput(min)} to ${formatDurationInput(MAX_DURATION_SECONDS)}.`);
+    }
+    return seconds;
+}
+function diskMargin(text) {
+    const bytes = parseSize(Inputs.DiskMargin, text);
+    if (bytes > MAX_DISK_MARGIN_BYTES) {
+        throw new InputError(`Input 'disk-margin' is '${text}'. Use a size from 0 to 5TiB.`);
+    }
+    return bytes;
+}
+function absolutePath(name, text) {
+    if (!text.startsWith('/') || text.includes('\n') || text.includes('\0')) {
+        throw new InputError(`Input '${name}' is '${text}'. Use an absolute path on the node.`);
+    }
+    const normal = text.replace(/\/+$/, '') || '/';
+    if (normal === '/') {
+        throw new InputError(`Input '${name}' is '${text}', which cannot be a node's directory.`);
+    }
+    // The path is compared, quoted and joined as written: each segment must name a directory.
+    const segments = normal.slice(1).split('/');
+    if (segments.some((p) => p === '' || p === '.' || p === '..')) {
+        throw new InputError(`Input '${name}' is '${text}'. Write the directory's path without '.', '..' or '//' segments, such as '/app/prep'.`);
+    }
+    return normal;
+}
+/** No two of the key prefixes may be equal or one inside another: retention would delete the other's keys. */
+function separatePrefixes(prefixes) {
+    const inside = (outer, inner) => inner === outer || inner.startsWith(`${outer}/`);
+    for (const [i, [nameA, a]] of prefixes.entries()) {
+        for (const [nameB, b] of prefixes.slice(i + 1)) {
+            if (!inside(a, b) && !inside(b, a))
+                continue;
+            const relation = a === b
+                ? 'are the same'
+                : inside(a, b)
+                    ? `overlap: '${b}' lies inside '${a}'`
+                    : `overlap: '${a}' lies inside '${b}'`;
+            throw new InputError(`Inputs '${nameA}' ('${a}') and '${nameB}' ('${b}') ${relation}. ` +
+                `Snapshots, permanent copies and manifests need separate prefixes, or retention and listings of one reach the others ` +
+                `(the defaults are '{service}', 'Permanent/{service}' and '_prep-snapshot').`);
+        }
+    }
+}
+function keyPrefix(name, text) {
+    const value = text.replace(/^\/+|\/+$/g, '');
+    if (!value ||
+        !/^[A-Za-z0-9_.\-/]+$/.test(value) ||
+        value.split('/').some((p) => p === '' || p === '.' || p === '..')) {
+        throw new InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
+    }
+    return value;
+}
+/** What a node kind's defaults are, where the inputs leave them empty. */
+const KIND_DEFAULTS = {
+    loopchain: {
+        dataDir: (prepDir) => `${prepDir}/data/loopchain`,
+        peerUrl: 'http://localhost:9000/api/v1/avail/peer',
+        compression: 'gzip',
+    },
+    goloop: {
+        /** The node dir beside icon2-node's compose file (`./data:/goloop/data`). */
+        dataDir: (prepDir) => `${prepDir}/data`,
+        peerUrl: 'http://localhost:9000/admin/chain',
+        /** The original scripts, which read only gzip, never restore a goloop snapshot. */
+        compression: 'zstd',
+    },
+};
+/**
+ * The settings for a node of `kind`: the inputs left empty take that kind's defaults. The
+ * parser fills loopchain's, the original guide's; a goloop node found by 'node-kind: auto'
+ * gets its own here.
+ */
+function forKind(settings, kind) {
+    const d = KIND_DEFAULTS[kind];
+    const node = { ...settings.node, kind };
+    if (settings.kindDefaults.dataDir)
+        node.dataDir = d.dataDir(node.prepDir);
+    if (settings.kindDefaults.peerUrl)
+        node.peerUrl = d.peerUrl;
+    const backup = { ...settings.backup };
+    if (settings.kindDefaults.compression) {
+        backup.compression = d.compression;
+        backup.compressionLevel = d.compression === 'zstd' ? 1 : 3;
+    }
+    return { ...settings, node, backup };
+}
+/**
+ * The default stop and start: Compose in the prep dir, as the original guide runs the node.
+ * `docker-compose` (Compose v1, the guide's) where the host has it, else `docker compose`
+ * (v2, the plugin that replaced it), so that either works without setting the commands.
+ */
+function composeCommand(prepDir, verb) {
+    const args = `-f docker-compose.yml ${verb}`;
+    return (`cd ${quoteForDefault(prepDir)} && if [ -x "$(command -v docker-compose)" ]; ` +
+        `then docker-compose ${args}; else docker compose ${args}; fi`);
+}
+function quoteForDefault(path) {
+    return /^[A-Za-z0-9_./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
+}
+function isIpv4(text) {
+    const parts = text.split('.');
+    return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255);
+}
+
+// EXTERNAL MODULE: external "node:child_process"
+var external_node_child_process_ = __nccwpck_require__(1421);
+// EXTERNAL MODULE: external "node:fs"
+var external_node_fs_ = __nccwpck_require__(3024);
+// EXTERNAL MODULE: external "node:os"
+var external_node_os_ = __nccwpck_require__(8161);
+// EXTERNAL MODULE: external "node:path"
+var external_node_path_ = __nccwpck_require__(6760);
+// EXTERNAL MODULE: external "node:stream"
+var external_node_stream_ = __nccwpck_require__(7075);
+// EXTERNAL MODULE: ./node_modules/ssh2/lib/index.js
+var lib = __nccwpck_require__(5472);
+// EXTERNAL MODULE: external "node:net"
+var external_node_net_ = __nccwpck_require__(7030);
+;// CONCATENATED MODULE: external "node:stream/promises"
+const promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:stream/promises");
+;// CONCATENATED MODULE: ./src/byte-source.ts
+/**
+ * Where the archive's bytes come from on the runner, read into buffers that the reader lends.
+ *
+ * The upload keeps a few part-sized buffers and reuses them. A Readable hands it one new
+ * 64 KiB buffer per read, which it copies into a part; over a 1 GiB archive those 16,000
+ * buffers kept the garbage collector busy for a fifth of the runner's CPU. A Unix socket
+ * read with `onread` writes each read straight into the part: nothing is allocated per
+ * read, nothing is copied, and a read takes what the socket holds (about 4x fewer reads).
+ */
+
+
+
+
+/** A Readable as a ByteSource: each chunk is copied into the sink. */
+function readableSource(body) {
+    return {
+        flow: (sink) => {
+            body.on('data', (chunk) => {
+                if (!sink.wrote(chunk))
+                    body.pause();
+            });
+            // Resolves at the end, rejects on an error or a close before the end.
+            return (0,promises_namespaceObject.finished)(body, { writable: false });
+        },
+        resume: () => body.resume(),
+        destroy: (error) => body.destroy(error),
+    };
+}
+/** Where reads land while the sink has no space: the source is paused then, so it is rarely used. */
+const PARKING_BYTES = 256 * 1024;
+/**
+ * A connected pair of Unix sockets in `dir`: `writer` goes to a child process as its stdout
+ * (spawn's stdio; close it here once spawned), `source` reads what the child writes.
+ */
+async function socketSource(dir) {
+    const path = (0,external_node_path_.join)(dir, `o-${(0,external_node_crypto_.randomBytes)(4).toString('hex')}.sock`);
+    // sun_path holds 108 bytes with its NUL. Some Node versions cut a longer path short
+    // silently, which would put the socket outside `dir`: refuse it here, whatever the version.
+    if (Buffer.byteLength(path) > 107)
+        throw new Error(`the socket path would be too long: ${path}`);
+    const server = (0,external_node_net_.createServer)();
+    await new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(path, () => resolve());
+    });
+    let sink;
+    const parking = Buffer.allocUnsafe(PARKING_BYTES);
+    const early = [];
+    let paused = false;
+    let reader;
+    try {
+        const accepted = new Promise((resolve) => server.once('connection', resolve));
+        reader = (0,external_node_net_.createConnection)({
+            path,
+            onread: {
+                buffer: () => sink?.space() ?? parking,
+                callback: (n, buffer) => {
+                    const chunk = Buffer.from(buffer.buffer, buffer.byteOffset, n);
+                    if (!sink) {
+                        // Bytes before the flow starts: kept (copied, the parking space is reused) and held.
+                        early.push(Buffer.from(chunk));
+                        paused = true;
+                        return false;
+                    }
+                    const more = sink.wrote(chunk);
+                    paused = !more;
+                    return more;
+                },
+            },
+        });
+        const r = reader;
+        await new Promise((resolve, reject) => {
+            r.once('connect', resolve);
+            r.once('error', reject);
+        });
+        const writer = await accepted;
+        const ended = (0,promises_namespaceObject.finished)(r, { writable: false });
+        ended.catch(() => undefined);
+        const source = {
+            flow: (s) => {
+                sink = s;
+                for (const chunk of early.splice(0))
+                    paused = !s.wrote(chunk);
+                if (!paused)
+                    r.resume();
+                return ended;
+            },
+            resume: () => {
+                if (!paused)
+                    return;
+                paused = false;
+                r.resume();
+            },
+            destroy: (error) => r.destroy(error),
+        };
+        return { writer, source };
+    }
+    catch (error) {
+        reader?.destroy();
+        throw error;
+    }
+    finally {
+        // The pair is connected (or failed): the listening socket and its path are not needed.
+        server.close();
+    }
 }
 
 ;// CONCATENATED MODULE: ./src/ssh/session.ts
@@ -90475,350 +90909,496 @@ function planPrune(dbs) {
     return plan;
 }
 
-;// CONCATENATED MODULE: ./src/duration.ts
-
-const UNIT_SECONDS = { s: 1, m: 60, h: 3600, d: 86400 };
+;// CONCATENATED MODULE: ./src/node-kind/goloop/commands.ts
 /**
- * Parses `90`, `90s`, `15m`, `2h`, `1h30m`, `1.5h`, `1d` into a whole number of seconds;
- * anything else (a fraction of a second, a number too large to be exact) is an error.
- */
-function parseDuration(name, text) {
-    const value = text.trim();
-    const parts = /^\d+$/.test(value)
-        ? [[value, value, 's']]
-        : [...value.matchAll(/(\d+(?:\.\d+)?)([smhd])/g)];
-    if (parts.length === 0 || parts.map((p) => p[0]).join('') !== value) {
-        throw new InputError(`Input '${name}' is '${text}', which is not a duration. Use seconds ('90') or units s, m, h, d ('15m', '1h30m').`);
-    }
-    const sum = parts.reduce((total, p) => total + Number(p[1]) * UNIT_SECONDS[p[2]], 0);
-    // '1.1h' is 3960 s, though binary fractions make it 3960.0000000000005.
-    const seconds = Math.round(sum * 1e6) / 1e6;
-    if (!Number.isSafeInteger(seconds)) {
-        throw new InputError(Number.isInteger(seconds) || !Number.isFinite(seconds)
-            ? `Input '${name}' is '${text}', which is too long a duration.`
-            : `Input '${name}' is '${text}', which is not a whole number of seconds.`);
-    }
-    return seconds;
-}
-/** A number of seconds as an input would say it: `10s`, `30m`, `5d`, `1h30m`. */
-function formatDurationInput(seconds) {
-    let rest = seconds;
-    let text = '';
-    for (const [unit, size] of Object.entries(UNIT_SECONDS).reverse()) {
-        const n = Math.floor(rest / size);
-        if (n > 0)
-            text += `${n}${unit}`;
-        rest -= n * size;
-    }
-    return text || '0s';
-}
-const SIZE_UNITS = {
-    '': 1,
-    b: 1,
-    k: 1024,
-    kb: 1000,
-    kib: 1024,
-    m: 1024 ** 2,
-    mb: 1000 ** 2,
-    mib: 1024 ** 2,
-    g: 1024 ** 3,
-    gb: 1000 ** 3,
-    gib: 1024 ** 3,
-    t: 1024 ** 4,
-    tb: 1000 ** 4,
-    tib: 1024 ** 4,
-};
-/** Parses `64MiB`, `100MB`, `5242880` into bytes (a whole number that is exact). */
-function parseSize(name, text) {
-    const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
-    const factor = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
-    if (!m || factor === undefined) {
-        throw new InputError(`Input '${name}' is '${text}', which is not a size. Use bytes or units such as '64MiB'.`);
-    }
-    const bytes = Math.round(Number(m[1]) * factor);
-    if (!Number.isSafeInteger(bytes)) {
-        throw new InputError(`Input '${name}' is '${text}', which is too large a size.`);
-    }
-    return bytes;
-}
-
-;// CONCATENATED MODULE: ./src/settings.ts
-/**
- * The one input parser: it reads every input once, checks it, and returns typed settings.
- * Nothing after it calls core.getInput. A bad value fails the run before the node is touched.
+ * The commands that drive an ICON 2 (goloop) node on its host, built as strings from quoted
+ * values. The chain is controlled through the node's own control socket (`{node dir}/cli.sock`,
+ * what `goloop chain stop|backup|start` speaks to): the container keeps running and its peers
+ * stay connected while the chain's database is closed for the freeze.
  */
 
 
-
-
-
 /**
- * The most runner memory that an upload's part buffers may take: it holds
- * (upload-concurrency + 1) x part-size (one part filling while the others are in flight; see
- * s3/upload.ts). GitHub-hosted runners have 7 to 16 GiB; an explicit 'part-size' and
- * 'upload-concurrency' whose buffers exceed this are refused.
+ * Shell functions over the control socket, for chain `cid` (`0x…`): `post ACTION [BODY]`,
+ * `state` (the chain's state as the socket reports it), and `settle_*`, which wait up to
+ * five minutes for the chain to reach a state. A stop is answered before the chain has
+ * stopped ('stopping'), and a start or a backup sent then is refused: hence the waits.
  */
-const MAX_UPLOAD_BUFFER_BYTES = 2 * 1024 ** 3;
-/** What an upload's part buffers take on the runner (see MAX_UPLOAD_BUFFER_BYTES). */
-function uploadBufferBytes(partSize, uploadConcurrency) {
-    return (uploadConcurrency + 1) * partSize;
+function socketFunctions(sock, cid) {
+    const url = (path) => `"http://localhost/chain/$cid${path}"`;
+    const settle = (name, states) => `settle_${name}() { i=0; while :; do s=$(state || true); case "$s" in ${states}) return 0 ;; esac; ` +
+        `i=$((i + 1)); if [ "$i" -ge 3000 ]; then echo "the chain is '$s' after 300 s" >&2; return 1; fi; sleep 0.1; done; }`;
+    return [
+        `sock=${quote(sock)}`,
+        `cid=${quote(cid)}`,
+        `post() { curl -fsS --max-time 120 --unix-socket "$sock" -X POST -H 'Content-Type: application/json' -d "\${2:-}" ${url('/$1')} >/dev/null; }`,
+        `state() { curl -fsS --max-time 10 --unix-socket "$sock" ${url('')} | sed -n 's/.*"state" *: *"\\([^"]*\\)".*/\\1/p'; }`,
+        settle('stopped', `stopped|'backup done'|failed`),
+        settle('manual', `'backup manual'`),
+        settle('started', 'started'),
+    ];
 }
-/** S3's bounds on a multipart upload's part size. */
-const MIN_PART_SIZE = 5 * 1024 ** 2;
-const MAX_PART_SIZE = 5 * 1024 ** 3;
 /**
- * The longest 'max-downtime' and 'health-timeout': 5 days, the longest that a GitHub Actions
- * job may run (on a self-hosted runner); no run can use more.
+ * Stops the chain and releases its database (a manual backup, which only closes it), so that
+ * its files are still: the freeze's stop. The goloop process and its peers stay up.
  */
-const MAX_DURATION_SECONDS = 5 * 86_400;
-/** The largest 'disk-margin': 5 TiB, the size of the largest S3 object. */
-const MAX_DISK_MARGIN_BYTES = 5 * 1024 ** 4;
-const readActionInput = (name) => getInput(name);
-const MODES = ['backup', 'restore', 'list', 'verify'];
-function parseSettings(read = readActionInput) {
-    const get = (name) => read(name).trim();
-    const bool = (name, fallback) => parseBoolean(name, get(name), fallback);
-    const int = (name, fallback, min, max) => parseInteger(name, get(name), fallback, min, max);
-    const mode = get(Inputs.Mode) || 'backup';
-    if (!MODES.includes(mode)) {
-        throw new InputError(`Input 'mode' is '${mode}'. Use one of: ${MODES.join(', ')}.`);
-    }
-    const prepDir = absolutePath(Inputs.PrepDir, get(Inputs.PrepDir) || '/app/prep');
-    const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) || `${prepDir}/data/loopchain`);
-    const node = {
-        prepDir,
-        dataDir,
-        stopCommand: get(Inputs.StopCommand) || composeCommand(prepDir, 'down'),
-        startCommand: get(Inputs.StartCommand) || composeCommand(prepDir, 'up -d'),
-        peerUrl: get(Inputs.PeerUrl) || 'http://localhost:9000/api/v1/avail/peer',
-        maxDowntimeSeconds: duration(Inputs.MaxDowntime, get(Inputs.MaxDowntime) || '30m', 10),
-    };
-    if (!/^https?:\/\/[^\s'"]+$/.test(node.peerUrl)) {
-        throw new InputError(`Input 'peer-url' is '${node.peerUrl}'. Use an http:// or https:// URL.`);
-    }
-    const service = get(Inputs.Service) || 'PRep';
-    if (!/^[A-Za-z0-9_.-]+$/.test(service)) {
-        throw new InputError(`Input 'service' is '${service}'. Use letters, digits, '_', '.' or '-'.`);
-    }
-    const bucket = get(Inputs.Bucket);
-    if (!bucket)
-        throw new InputError(`Input 'bucket' is required: the S3 bucket that holds the snapshots.`);
-    if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
-        throw new InputError(`Input 'bucket' is '${bucket}', which is not a valid S3 bucket name.`);
-    }
-    const endpoint = get(Inputs.Endpoint) || undefined;
-    if (endpoint && !/^https?:\/\/\S+$/.test(endpoint)) {
-        throw new InputError(`Input 'endpoint' is '${endpoint}'. Use a URL such as https://s3.example.com.`);
-    }
-    const partSizeText = get(Inputs.PartSize);
-    const partSize = partSizeText ? parseSize(Inputs.PartSize, partSizeText) : undefined;
-    if (partSize !== undefined && (partSize < MIN_PART_SIZE || partSize > MAX_PART_SIZE)) {
-        throw new InputError(`Input 'part-size' is '${partSizeText}'. It must be between 5 MiB and 5 GiB (S3's limits).`);
-    }
-    const queueSize = int(Inputs.UploadConcurrency, 4, 1, 16);
-    if (partSize !== undefined && uploadBufferBytes(partSize, queueSize) > MAX_UPLOAD_BUFFER_BYTES) {
-        throw new InputError(`Inputs 'part-size' (${partSizeText}) and 'upload-concurrency' (${queueSize}) would hold ` +
-            `${queueSize + 1} part buffers of ${partSizeText} (${(uploadBufferBytes(partSize, queueSize) / 1024 ** 3).toFixed(1)} GiB) ` +
-            `in the runner's memory, more than the 2 GiB allowed. Lower one of them (with ${queueSize}, a part of at most ` +
-            `${Math.floor(MAX_UPLOAD_BUFFER_BYTES / (queueSize + 1) / 1024 ** 2)}MiB), or leave 'part-size' empty to have it chosen from the database's size.`);
-    }
-    const s3 = {
-        bucket,
-        region: get(Inputs.Region) || undefined,
-        endpoint,
-        forcePathStyle: bool(Inputs.ForcePathStyle, endpoint !== undefined),
-        unsigned: bool(Inputs.Unsigned, false),
-        service,
-        prefix: keyPrefix(Inputs.Prefix, get(Inputs.Prefix) || service),
-        permanentPrefix: keyPrefix(Inputs.PermanentPrefix, get(Inputs.PermanentPrefix) || `Permanent/${service}`),
-        manifestPrefix: keyPrefix(Inputs.ManifestPrefix, get(Inputs.ManifestPrefix) || '_prep-snapshot'),
-        partSize,
-        queueSize,
-    };
-    separatePrefixes([
-        [Inputs.Prefix, s3.prefix],
-        [Inputs.PermanentPrefix, s3.permanentPrefix],
-        [Inputs.ManifestPrefix, s3.manifestPrefix],
+function chainReleaseCommand(sock, cid) {
+    return bashScript([
+        ...socketFunctions(sock, cid),
+        `case "$(state)" in started|starting) post stop ;; esac`,
+        `settle_stopped`,
+        `post backup '{"manual":true}'`,
+        `settle_manual`,
     ]);
-    const compression = get(Inputs.Compression) || 'gzip';
-    if (compression !== 'gzip' && compression !== 'zstd') {
-        throw new InputError(`Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`);
-    }
-    const consistency = get(Inputs.Consistency) || 'hardlink';
-    if (consistency !== 'hardlink' && consistency !== 'stop') {
-        throw new InputError(`Input 'consistency' is '${consistency}'. Use 'hardlink' (default) or 'stop'.`);
-    }
-    const backup = {
-        compression,
-        compressionLevel: compression === 'gzip'
-            ? int(Inputs.CompressionLevel, 3, 1, 9)
-            : // LevelDB tables are snappy-compressed already: zstd -1 runs twice as fast as -3 on
-                // them for an archive 3% larger (measured on a 2 GiB database here).
-                int(Inputs.CompressionLevel, 1, 1, 19),
-        consistency,
-        permanentCopy: bool(Inputs.PermanentCopy, true),
-        retentionDays: int(Inputs.RetentionDays, 15, 0, 36500),
-        localCopy: bool(Inputs.LocalCopy, false),
-        localCopyDays: int(Inputs.LocalCopyDays, 7, 1, 3650),
-        verify: bool(Inputs.Verify, false),
-    };
-    const nodeIp = get(Inputs.NodeIp);
-    if (nodeIp && !isIpv4(nodeIp)) {
-        throw new InputError(`Input 'node-ip' is '${nodeIp}', which is not an IPv4 address.`);
-    }
-    const snapshot = get(Inputs.Snapshot) || 'latest';
-    const height = /^(?:BH)?(\d+)$/i.exec(snapshot)?.[1];
-    if (height !== undefined && !/^\d{8}$/.test(snapshot) && !Number.isSafeInteger(Number(height))) {
-        throw new InputError(`Input 'snapshot' is '${snapshot}', whose block height is too large. Use 'latest', a date (YYYYMMDD), a block height (BH123) or a key.`);
-    }
-    const restore = {
-        snapshot,
-        nodeIp,
-        stopNode: bool(Inputs.StopNode, false),
-        startNode: bool(Inputs.StartNode, true),
-        keepPrevious: bool(Inputs.KeepPrevious, true),
-        healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
-        diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
-        processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
-    };
-    const needsHost = mode === 'backup' || mode === 'restore';
-    const ssh = needsHost ? parseSsh(get, bool, int) : undefined;
-    return { mode: mode, ssh, node, s3, backup, restore };
 }
-function parseSsh(get, bool, int) {
-    const host = get(Inputs.Host);
-    if (!host)
-        throw new InputError(`Input 'host' is required for this mode: the node's address.`);
-    if (!/^[A-Za-z0-9.:_-]+$/.test(host) || host.startsWith('-')) {
-        throw new InputError(`Input 'host' is '${host}', which is not a host name or address.`);
-    }
-    const privateKey = get(Inputs.SshKey);
-    if (!privateKey) {
-        throw new InputError(`Input 'ssh-key' is required: the private key (contents, not a path) that logs in to the node.`);
-    }
-    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(privateKey)) {
-        throw new InputError(`Input 'ssh-key' does not hold a private key in PEM or OpenSSH form.`);
-    }
-    // The runner masks line by line: register every line of the key, not only the whole.
-    core_setSecret(privateKey);
-    for (const line of privateKey.split('\n'))
-        if (line.trim().length >= 8 && !line.startsWith('-----'))
-            core_setSecret(line.trim());
-    const passphrase = get(Inputs.SshKeyPassphrase) || undefined;
-    if (passphrase)
-        core_setSecret(passphrase);
-    const port = int(Inputs.Port, 22, 1, 65535);
-    const insecure = bool(Inputs.InsecureSkipHostKey, false);
-    const hostKeyText = get(Inputs.HostKey);
-    if (!hostKeyText && !insecure) {
-        throw new InputError(`Input 'host-key' is required: pin the node's SSH host key (a 'SHA256:...' fingerprint or a known_hosts line; ` +
-            `'ssh-keyscan HOST' on a trusted machine prints it). To connect without checking it, set 'insecure-skip-host-key-check: true'.`);
-    }
-    const transport = get(Inputs.SshTransport) || 'auto';
-    if (transport !== 'auto' && transport !== 'openssh' && transport !== 'ssh2') {
-        throw new InputError(`Input 'ssh-transport' is '${transport}'. Use 'auto', 'openssh' or 'ssh2'.`);
-    }
-    return {
-        host,
-        port,
-        username: get(Inputs.Username) || 'root',
-        privateKey: privateKey.endsWith('\n') ? privateKey : `${privateKey}\n`,
-        passphrase,
-        hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText, { host, port }) : [],
-        transport,
-    };
+/**
+ * Starts the chain again: a chain whose database was released is stopped first (which
+ * reopens it), then started. Where the socket is missing (goloop itself is down, as on a
+ * fresh host), `fallback` (the operator's start, e.g. Compose up) runs first, and the chain
+ * is started once the socket answers.
+ */
+function chainStartCommand(sock, cid, fallback) {
+    return bashScript([
+        `if [ ! -S ${quote(sock)} ]; then`,
+        `  "\${SHELL:-/bin/sh}" -c ${quote(fallback)} </dev/null`,
+        `  i=0; until [ -S ${quote(sock)} ]; do i=$((i + 1)); if [ "$i" -ge 3000 ]; then echo ${quote(`${sock} did not appear within 300 s of the start command`)} >&2; exit 1; fi; sleep 0.1; done`,
+        `fi`,
+        ...socketFunctions(sock, cid),
+        // The socket may take a moment to list the chains after it appears.
+        `i=0; until [ -n "$(state || true)" ]; do i=$((i + 1)); if [ "$i" -ge 600 ]; then echo "the chain $cid is not on the node" >&2; exit 1; fi; sleep 0.1; done`,
+        `case "$(state)" in`,
+        `  started) exit 0 ;;`,
+        `  stopped|failed|'backup done') ;;`,
+        `  *) post stop; settle_stopped ;;`,
+        `esac`,
+        `post start`,
+        `settle_started`,
+    ]);
 }
-function parseBoolean(name, text, fallback) {
-    if (text === '')
-        return fallback;
-    if (['true', 'True', 'TRUE'].includes(text))
-        return true;
-    if (['false', 'False', 'FALSE'].includes(text))
-        return false;
-    throw new InputError(`Input '${name}' is '${text}'. Use 'true' or 'false'.`);
+/**
+ * What a goloop backup needs to know about the host, read only: the node dir, its socket,
+ * the chain folder and its database, the tools. Prints `key=value` lines.
+ */
+function goloopProbeCommand(nodeDir, folder) {
+    return bashScript([
+        `node=${quote(nodeDir)}`,
+        `if [ ! -d "$node" ]; then echo "nodedir=missing"; exit 0; fi`,
+        `echo "nodedir=present"`,
+        `[ -S "$node/cli.sock" ] && echo "socket=present" || true`,
+        `[ -f "$node"/${quote(folder)}/config.json ] && echo "chainconfig=present" || true`,
+        `[ -d "$node"/${quote(folder)}/db ] && echo "db=present" || true`,
+        `for t in tar pigz gzip zstd curl base64 setsid flock; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+        `echo "dev_data=$(stat -c %d "$node")"`,
+        `echo "dev_parent=$(stat -c %d "$(dirname -- "$node")")"`,
+        `echo "free_parent=$(df -P -B1 "$(dirname -- "$node")" | awk 'NR==2 {print $4}')"`,
+        `echo "data_bytes=$(cd -- "$node" && find ${quote(folder)} -type f -printf '%s\\n' 2>/dev/null | awk '{s+=$1} END {printf "%d", s}' || true)"`,
+        `parent=$(dirname -- "$node")`,
+        `find "$parent" "$node" -maxdepth 1 -type d -name '.prep-snapshot-staging-*' -mmin +1440 -print 2>/dev/null | while IFS= read -r d; do`,
+        `  if command -v flock >/dev/null 2>&1 && ! flock -n -- "$d" true 2>/dev/null; then continue; fi`,
+        `  printf 'stale=%s\\n' "$d"`,
+        `done; true`,
+    ]);
 }
-function parseInteger(name, text, fallback, min, max) {
-    if (text === '')
-        return fallback;
-    const value = Number(text);
-    if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min || value > max) {
-        throw new InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
-    }
-    return value;
+/** Asks the node's JSON-RPC for the block at `height`, from the host. */
+function blockCommand(rpcUrl, height) {
+    const body = JSON.stringify({
+        jsonrpc: '2.0',
+        id: 1,
+        method: 'icx_getBlockByHeight',
+        params: { height: `0x${height.toString(16)}` },
+    });
+    return bashScript([
+        `curl -fsS --max-time 10 -H 'Content-Type: application/json' -d ${quote(body)} ${quote(rpcUrl)}`,
+    ]);
 }
-/** A duration in whole seconds, from `min` to MAX_DURATION_SECONDS. */
-function duration(name, text, min) {
-    const seconds = parseDuration(name, text);
-    if (seconds < min || seconds > MAX_DURATION_SECONDS) {
-        throw new InputError(`Input '${name}' is '${text}'. Use a duration from ${formatDurationInput(min)} to ${formatDurationInput(MAX_DURATION_SECONDS)}.`);
-    }
-    return seconds;
+/** The line that lets a waiting `chainSwapCommand` go ahead. */
+const CHAIN_SWAP_LINE = 'swap\n';
+/**
+ * Moves the staged chain folder into the node dir; the chain's previous folder goes into
+ * `previous` (a folder beside the node dir: goloop loads every folder of its node dir that
+ * holds a config.json as a chain, and two of one cid would stop it from starting). Prints
+ * `swapped`. Waits for `CHAIN_SWAP_LINE`, as the loopchain swap does.
+ */
+function chainSwapCommand(nodeDir, folder, stage, previous, watchdogFlag) {
+    const current = `${nodeDir}/${folder}`;
+    return bashScript([
+        `IFS= read -r word || exit 0`,
+        `[ "$word" = swap ] || exit 0`,
+        ...heldLines(watchdogFlag),
+        `mkdir -p -- ${quote(nodeDir)}`,
+        `if [ -e ${quote(current)} ]; then mkdir -p -- ${quote(previous)}; mv -- ${quote(current)} ${quote(`${previous}/${folder}`)}; fi`,
+        `mv -- ${quote(`${stage}/${folder}`)} ${quote(current)}`,
+        `rmdir -- ${quote(stage)} 2>/dev/null || rm -rf -- ${quote(stage)}`,
+        `echo swapped`,
+    ]);
 }
-function diskMargin(text) {
-    const bytes = parseSize(Inputs.DiskMargin, text);
-    if (bytes > MAX_DISK_MARGIN_BYTES) {
-        throw new InputError(`Input 'disk-margin' is '${text}'. Use a size from 0 to 5TiB.`);
-    }
-    return bytes;
+/** Puts the chain's previous folder back; the failed one is kept beside it, in `failed`. */
+function chainRollbackCommand(nodeDir, folder, previous, failed, watchdogFlag) {
+    const current = `${nodeDir}/${folder}`;
+    return bashScript([
+        ...heldLines(watchdogFlag),
+        `[ -e ${quote(`${previous}/${folder}`)} ] || { echo 'no previous chain folder to roll back to' >&2; exit 3; }`,
+        `if [ -e ${quote(current)} ]; then mkdir -p -- ${quote(failed)}; mv -- ${quote(current)} ${quote(`${failed}/${folder}`)}; fi`,
+        `mv -- ${quote(`${previous}/${folder}`)} ${quote(current)}`,
+        `rmdir -- ${quote(previous)} 2>/dev/null || true`,
+    ]);
 }
-function absolutePath(name, text) {
-    if (!text.startsWith('/') || text.includes('\n') || text.includes('\0')) {
-        throw new InputError(`Input '${name}' is '${text}'. Use an absolute path on the node.`);
-    }
-    const normal = text.replace(/\/+$/, '') || '/';
-    if (normal === '/') {
-        throw new InputError(`Input '${name}' is '${text}', which cannot be a node's directory.`);
-    }
-    // The path is compared, quoted and joined as written: each segment must name a directory.
-    const segments = normal.slice(1).split('/');
-    if (segments.some((p) => p === '' || p === '.' || p === '..')) {
-        throw new InputError(`Input '${name}' is '${text}'. Write the directory's path without '.', '..' or '//' segments, such as '/app/prep'.`);
-    }
-    return normal;
+
+;// CONCATENATED MODULE: ./src/node-kind/goloop/layout.ts
+/**
+ * What is specific to an ICON 2 (goloop) node, as pure functions: the chains that its admin
+ * API lists, the chain a run wants (by channel or by cid), the chain folder's name, the
+ * block hash in a JSON-RPC answer. goloop keeps one folder per chain in its node dir, named
+ * by the cid in hex (`{node dir}/{cid}`), with the goleveldb database in `db/{nid}`.
+ */
+
+/** The chain folder's name: the cid in hex, without `0x` (goloop's `_mkChainDir`). */
+function chainFolder(cid) {
+    return cid.replace(/^0x/, '');
 }
-/** No two of the key prefixes may be equal or one inside another: retention would delete the other's keys. */
-function separatePrefixes(prefixes) {
-    const inside = (outer, inner) => inner === outer || inner.startsWith(`${outer}/`);
-    for (const [i, [nameA, a]] of prefixes.entries()) {
-        for (const [nameB, b] of prefixes.slice(i + 1)) {
-            if (!inside(a, b) && !inside(b, a))
-                continue;
-            const relation = a === b
-                ? 'are the same'
-                : inside(a, b)
-                    ? `overlap: '${b}' lies inside '${a}'`
-                    : `overlap: '${a}' lies inside '${b}'`;
-            throw new InputError(`Inputs '${nameA}' ('${a}') and '${nameB}' ('${b}') ${relation}. ` +
-                `Snapshots, permanent copies and manifests need separate prefixes, or retention and listings of one reach the others ` +
-                `(the defaults are '{service}', 'Permanent/{service}' and '_prep-snapshot').`);
+/** The chains in an answer of `GET /admin/chain`. */
+function parseChains(body) {
+    let parsed;
+    try {
+        parsed = JSON.parse(body);
+    }
+    catch {
+        throw new HostError(`The admin API did not answer with JSON: '${body.slice(0, 200)}'.`);
+    }
+    if (!Array.isArray(parsed)) {
+        throw new HostError(`The admin API's answer is not a list of chains: '${body.slice(0, 200)}'.`);
+    }
+    return parsed.map((c) => {
+        const cid = String(c.cid ?? '');
+        if (!/^0x[0-9a-f]{1,8}$/.test(cid)) {
+            throw new HostError(`The admin API names a chain with the cid '${cid.slice(0, 40)}'.`);
+        }
+        return {
+            cid,
+            nid: String(c.nid ?? ''),
+            channel: String(c.channel ?? ''),
+            state: String(c.state ?? ''),
+            height: Number(c.height ?? NaN),
+            lastError: String(c.lastError ?? ''),
+        };
+    });
+}
+/** The chain that `want` names: a cid (`0x…`) or a channel (`icon_dex` on MainNet). */
+function pickChain(chains, want) {
+    const byCid = /^0x[0-9a-f]+$/i.test(want);
+    const found = chains.filter((c) => (byCid ? c.cid === want.toLowerCase() : c.channel === want));
+    if (found.length === 1)
+        return found[0];
+    const known = chains.map((c) => `${c.channel} (${c.cid}, ${c.state})`).join(', ') || 'none';
+    if (found.length === 0) {
+        throw new HostError(`The node has no chain ${byCid ? 'with the cid' : 'on the channel'} '${want}' (it has: ${known}). Set 'chain' to one of them.`);
+    }
+    throw new HostError(`The node has ${found.length} chains on the channel '${want}' (${known}): set 'chain' to the cid of one.`);
+}
+/** A chain that produces blocks: the only kind a backup is taken of. */
+function isStarted(chain) {
+    return chain.state === 'started';
+}
+/** A chain whose database is closed or not open (a swap of its folder is safe). */
+function isAtRest(chain) {
+    return ['stopped', 'backup done', 'backup manual', 'failed', 'created'].includes(chain.state);
+}
+/** The block hash in an answer of `icx_getBlockByHeight` (hex, without `0x`). */
+function parseBlockHash(body) {
+    let hash;
+    try {
+        const parsed = JSON.parse(body);
+        hash = parsed.result?.block_hash;
+        if (hash === undefined && parsed.error !== undefined) {
+            throw new HostError(`The node's JSON-RPC answered with an error: ${JSON.stringify(parsed.error)}.`);
         }
     }
-}
-function keyPrefix(name, text) {
-    const value = text.replace(/^\/+|\/+$/g, '');
-    if (!value ||
-        !/^[A-Za-z0-9_.\-/]+$/.test(value) ||
-        value.split('/').some((p) => p === '' || p === '.' || p === '..')) {
-        throw new InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
+    catch (error) {
+        if (error instanceof HostError)
+            throw error;
+        throw new HostError(`The node's JSON-RPC did not answer with JSON: '${body.slice(0, 200)}'.`);
     }
-    return value;
+    if (typeof hash !== 'string' || !/^(0x)?[0-9a-f]{64}$/.test(hash)) {
+        throw new HostError(`The node's JSON-RPC answer has no block_hash: '${body.slice(0, 200)}'.`);
+    }
+    return hash.replace(/^0x/, '');
 }
+/** The goloop version in an answer of `GET /admin/system` (`buildVersion`), or ''. */
+function parseBuildVersion(body) {
+    try {
+        const v = JSON.parse(body).buildVersion;
+        return typeof v === 'string' && /^[\w.+-]{1,40}$/.test(v) ? v : '';
+    }
+    catch {
+        return '';
+    }
+}
+/** The RPC base URL (`http://host:port`) of an admin URL such as `http://localhost:9000/admin/chain`. */
+function rpcBase(adminUrl) {
+    const u = new URL(adminUrl);
+    return `${u.protocol}//${u.host}`;
+}
+
+;// CONCATENATED MODULE: ./src/node-kind/goloop/host.ts
 /**
- * The default stop and start: Compose in the prep dir, as the original guide runs the node.
- * `docker-compose` (Compose v1, the guide's) where the host has it, else `docker compose`
- * (v2, the plugin that replaced it), so that either works without setting the commands.
+ * An ICON 2 (goloop) node behind the `NodeHost` seam, over an SSH session. Its data dir is
+ * goloop's node dir (`/goloop/data` in the icon2-node container, `./data` beside its compose
+ * file on the host); a snapshot is one chain's folder, `{cid}` in it, without the chain's
+ * `cache/` and `tmp/` and the database's `LOCK`. The height and the chain's state come from
+ * the admin API (`GET /admin/chain`), the proof of a restore from the block hash at the
+ * snapshot's height (`icx_getBlockByHeight`).
  */
-function composeCommand(prepDir, verb) {
-    const args = `-f docker-compose.yml ${verb}`;
-    return (`cd ${quoteForDefault(prepDir)} && if [ -x "$(command -v docker-compose)" ]; ` +
-        `then docker-compose ${args}; else docker compose ${args}; fi`);
+
+
+
+
+
+
+class GoloopHost {
+    session;
+    node;
+    kind = 'goloop';
+    chain;
+    constructor(session, node, 
+    /** The chain the snapshot holds, for a restore (from its manifest). */
+    snapshotChain) {
+        this.session = session;
+        this.node = node;
+        this.chain = snapshotChain;
+    }
+    get dataDir() {
+        return this.node.dataDir;
+    }
+    get sock() {
+        return `${this.dataDir}/cli.sock`;
+    }
+    get id() {
+        if (!this.chain)
+            throw new Error('the chain is known after inspect() or from the snapshot');
+        return this.chain;
+    }
+    get folder() {
+        return chainFolder(this.id.cid);
+    }
+    /** The snapshot's files: the chain folder, which must hold its config and its database. */
+    get tree() {
+        return { name: 'goloop', roots: [this.folder], required: [`${this.folder}/db`] };
+    }
+    expectedContent() {
+        return this.chain ? `the chain folder ${this.folder}` : 'a chain folder';
+    }
+    /**
+     * The stop releases the chain's database through the control socket (or runs the operator's
+     * 'stop-command'). The start always ends with the chain started through the socket: where
+     * goloop itself is down, 'start-command' (Compose up by default) brings it up first.
+     */
+    commands() {
+        const { cid } = this.id;
+        const via = `through ${this.sock}`;
+        return {
+            stop: this.node.stopCommandGiven ?? chainReleaseCommand(this.sock, cid),
+            start: chainStartCommand(this.sock, cid, this.node.startCommand),
+            says: {
+                stop: this.node.stopCommandGiven ??
+                    `chain ${cid} stop, then backup --manual (its database closed), ${via}`,
+                start: `chain ${cid} stop (its database reopened) and start ${via}; where goloop is down, ` +
+                    `'${this.node.startCommandGiven ?? 'Compose up'}' first`,
+            },
+        };
+    }
+    async inspect(needs) {
+        if (needs.consistency !== 'hardlink') {
+            throw new HostError(`'consistency: stop' is for loopchain nodes: a goloop chain is frozen through its control socket in seconds, ` +
+                `with hard links. Leave 'consistency' at its default.`);
+        }
+        const chain = await this.findChain();
+        if (!isStarted(chain)) {
+            throw new HostError(`The chain ${chain.channel} (${chain.cid}) is '${chain.state}'${chain.lastError ? ` (${chain.lastError})` : ''}: ` +
+                `no backup is taken of a chain that is not started.`);
+        }
+        this.chain = { cid: chain.cid, nid: chain.nid, channel: chain.channel };
+        const out = await this.session.run('Probing the host', goloopProbeCommand(this.dataDir, this.folder));
+        const probe = parseProbe(out);
+        const has = (key) => new RegExp(`^${key}=present$`, 'm').test(out);
+        if (!has('nodedir')) {
+            throw new HostError(`${this.dataDir} does not exist on the host: set 'data-dir' to goloop's node dir (the folder mounted as /goloop/data).`);
+        }
+        if (!has('chainconfig') || !has('db')) {
+            throw new HostError(`${this.dataDir}/${this.folder} is not the folder of the chain ${chain.cid} (no config.json or db/): is 'data-dir' ` +
+                `the node dir of the node that answers at '${this.node.peerUrl}'?`);
+        }
+        if (!this.node.stopCommandGiven && !has('socket')) {
+            throw new HostError(`${this.sock} is missing: the chain is stopped and started through goloop's control socket. Set 'data-dir' to ` +
+                `the node dir, or 'stop-command' and 'start-command' to stop and start the node another way.`);
+        }
+        requireArchiveTools(probe.tools, needs.compression, 'The archive (compression: zstd)');
+        if (!probe.tools.has('base64')) {
+            throw new HostError(`The host has no 'base64' (coreutils), needed to read the database's MANIFEST.`);
+        }
+        if (!probe.tools.has('curl')) {
+            throw new HostError(`The host has no 'curl', needed to speak to goloop's admin API and socket.`);
+        }
+        return {
+            description: `${this.dataDir}: chain ${chain.channel} (${chain.cid}, nid ${chain.nid}) in ${this.folder}/`,
+            sameDevice: probe.sameDevice,
+            dataBytes: probe.dataBytes,
+            stale: probe.stale,
+        };
+    }
+    async height() {
+        const chain = await this.findChain().catch(() => undefined);
+        return chain && isStarted(chain) ? chain.height : undefined;
+    }
+    async facts(height) {
+        const { cid, nid, channel } = this.id;
+        const [block, system] = await Promise.all([
+            this.session.run('Reading the block hash', blockCommand(this.rpcUrl(channel), height)),
+            this.session
+                .exec(peerCommand(`${rpcBase(this.node.peerUrl)}/admin/system`), { timeoutMs: 30_000 })
+                .catch(() => undefined),
+        ]);
+        return {
+            cid,
+            nid,
+            channel,
+            blockHash: parseBlockHash(block),
+            goloopVersion: system?.code === 0 ? parseBuildVersion(system.stdout) : '',
+        };
+    }
+    archive(dir, options) {
+        return this.session.streamOut(archiveCommand(this.tree, dir, undefined, options));
+    }
+    freeze(stage, watchdogFlag) {
+        const f = this.folder;
+        const leaveOut = [`${f}/cache`, `${f}/tmp`, `${f}/db/${this.id.nid.replace(/^0x/, '')}/LOCK`];
+        return this.session.prepare('Freezing the chain folder into the staging folder', freezeCommand(this.tree, this.dataDir, stage, watchdogFlag, leaveOut), { timeoutMs: 30 * 60_000 });
+    }
+    async settleFrozen(stage) {
+        const measure = () => this.session.run('Measuring the snapshot', sizeCommand(this.tree, stage, true));
+        const measuring = measure();
+        measuring.catch(() => undefined);
+        const plan = planPrune(parseManifestsOutput(await this.session.run('Reading the MANIFEST', manifestsCommand(this.tree, stage))));
+        info(`${plan.databases} goleveldb database(s), ${plan.liveTables} live tables; ` +
+            `${plan.garbage.length} leftover table(s) left out.`);
+        if (plan.garbage.length === 0)
+            return parseSizes(await measuring);
+        await measuring.catch(() => undefined);
+        await this.session.run('Pruning the staging folder', pruneCommand(stage), {
+            stdin: plan.garbage.map((g) => `${g}\0`).join(''),
+        });
+        return parseSizes(await measure());
+    }
+    async measure(dir) {
+        return parseSizes(await this.session.run('Measuring the snapshot', sizeCommand(this.tree, dir)));
+    }
+    async statDigest(dir) {
+        return (await this.session.run('Reading the staged files', statDigestCommand(this.tree, dir))).trim();
+    }
+    async checkForRestore() {
+        if (!this.chain) {
+            throw new HostError(`The snapshot names no goloop chain (it has no manifest of ours): its chain folder is not known.`);
+        }
+        const checks = parseBatch(await this.session.run('Checking the host', batchCommand({
+            peer: peerCommand(this.node.peerUrl),
+            probe: restoreProbeCommand(`${this.dataDir}/${this.folder}`),
+        })));
+        const probe = parseProbe(checks.get('probe')?.stdout ?? '');
+        return {
+            running: this.running(checks.get('peer')),
+            freeBytes: probe.freeBytes,
+            dataDirPresent: probe.dataDirPresent,
+            tools: probe.tools,
+            address: '',
+        };
+    }
+    async runningNow(watchdogFlag) {
+        const checks = parseBatch(await this.session.run('Checking whether the chain runs', batchCommand({
+            peer: peerCommand(this.node.peerUrl),
+            fired: watchdogFiredCommand(watchdogFlag),
+        })));
+        const fired = (checks.get('fired')?.stdout ?? '').trim();
+        return { running: this.running(checks.get('peer')), firedAt: fired || undefined };
+    }
+    extract(stage) {
+        return this.session.stream(extractCommand(this.tree, parentOf(this.dataDir), stage));
+    }
+    swap(stage, previous, _address, watchdogFlag) {
+        let release = () => undefined;
+        const result = this.session.exec(chainSwapCommand(this.dataDir, this.folder, stage, previous, watchdogFlag), { stdin: new Promise((resolve) => (release = resolve)) });
+        result.catch(() => undefined);
+        return {
+            go: () => {
+                release(CHAIN_SWAP_LINE);
+                return result;
+            },
+            cancel: () => release(''),
+        };
+    }
+    rollback(previous, failed, watchdogFlag) {
+        return this.session.exec(chainRollbackCommand(this.dataDir, this.folder, previous, failed, watchdogFlag));
+    }
+    async restoredHeight(facts) {
+        const chain = await this.findChain().catch(() => undefined);
+        const height = Number(facts.blockHeight);
+        if (!chain || !isStarted(chain) || chain.height < height)
+            return undefined;
+        if (typeof facts.blockHash !== 'string' || facts.blockHash === '')
+            return chain.height;
+        const block = await this.session
+            .run('Reading the block hash', blockCommand(this.rpcUrl(chain.channel), height))
+            .catch(() => undefined);
+        if (block === undefined)
+            return undefined;
+        const hash = parseBlockHash(block);
+        if (hash !== facts.blockHash) {
+            throw new HostError(`The restored chain has the block hash ${hash} at height ${height}; the snapshot recorded ${facts.blockHash}: ` +
+                `it is not the chain of the snapshot.`);
+        }
+        return chain.height;
+    }
+    restoredAs() {
+        return `chain folder ${this.dataDir}/${this.folder}`;
+    }
+    async remove(path) {
+        await this.session.run(`Removing ${path}`, removeCommand(path), { timeoutMs: 60 * 60_000 });
+    }
+    async removeStaging(stage) {
+        await this.session.run('Removing the staging folder', removeStagingCommand(stage), {
+            timeoutMs: 30 * 60_000,
+        });
+    }
+    rpcUrl(channel) {
+        return `${rpcBase(this.node.peerUrl)}/api/v3/${encodeURIComponent(channel)}`;
+    }
+    /** The chain the run is about, as the admin API reports it now. */
+    async findChain() {
+        const res = await this.session.exec(peerCommand(this.node.peerUrl), { timeoutMs: 30_000 });
+        if (res.code !== 0) {
+            throw new HostError(`goloop's admin API (${this.node.peerUrl}) does not answer on the host: is the node running, and is 'peer-url' its /admin/chain?`);
+        }
+        const chains = parseChains(res.stdout);
+        return pickChain(chains, this.chain?.cid ?? this.node.chain);
+    }
+    /** What shows that the chain runs (its database open), from the admin API's answer. */
+    running(peer) {
+        if (!peer || peer.code !== 0)
+            return undefined;
+        let chains;
+        try {
+            chains = parseChains(peer.stdout);
+        }
+        catch {
+            return undefined;
+        }
+        const chain = chains.find((c) => c.cid === this.chain?.cid);
+        if (!chain || isAtRest(chain))
+            return undefined;
+        return `the chain ${chain.channel} (${chain.cid}) is '${chain.state}' at height ${chain.height}`;
+    }
 }
-function quoteForDefault(path) {
-    return /^[A-Za-z0-9_./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
-}
-function isIpv4(text) {
-    const parts = text.split('.');
-    return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255);
+function parentOf(path) {
+    const i = path.lastIndexOf('/');
+    return i <= 0 ? '/' : path.slice(0, i);
 }
 
 ;// CONCATENATED MODULE: ./src/node-kind/loopchain/layout.ts
@@ -90897,6 +91477,17 @@ class LoopchainHost {
     }
     expectedContent() {
         return this.layout.roots.join(' and ');
+    }
+    commands() {
+        const compose = `Compose in ${this.node.prepDir} (docker-compose, or docker compose where it is missing)`;
+        return {
+            stop: this.node.stopCommand,
+            start: this.node.startCommand,
+            says: {
+                stop: this.node.stopCommandGiven ?? `${compose}: down`,
+                start: this.node.startCommandGiven ?? `${compose}: up -d`,
+            },
+        };
     }
     async inspect(needs) {
         const dataDir = this.dataDir;
@@ -91048,27 +91639,100 @@ class LoopchainHost {
         return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
     }
 }
-function parseSizes(stdout) {
-    const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
-    const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
-    if (!Number.isFinite(files) || !Number.isFinite(bytes))
-        throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
-    return { files, bytes, digest: /digest=([0-9a-f]{64})/.exec(stdout)?.[1] };
-}
 
 ;// CONCATENATED MODULE: ./src/node-kind/index.ts
+/** The node kinds, and the one place that connects a run to its node and chooses the kind. */
 
 
-/** Connects over SSH to the node that the settings name, as the kind it is. */
-const connectNode = async (settings, onKeyDir) => {
+
+
+
+
+
+
+
+/**
+ * Connects over SSH to the node that the settings name, as the kind it is: the input, else
+ * the snapshot's (restore), else what the host's layout shows ('node-kind: auto').
+ */
+const connectNode = async (settings, onKeyDir, snapshot) => {
     const session = await SshSession.connect(settings.ssh, { onKeyDir });
-    return {
-        host: new LoopchainHost(session, settings.node, settings.restore),
-        shell: session,
-        transport: session.dataTransport,
-        close: () => session.close(),
-    };
+    try {
+        const kind = await chooseKind(session, settings, snapshot);
+        const s = forKind(settings, kind);
+        const host = kind === 'goloop'
+            ? new GoloopHost(session, s.node, snapshotChain(snapshot))
+            : new LoopchainHost(session, s.node, s.restore);
+        return {
+            host,
+            shell: session,
+            settings: s,
+            transport: session.dataTransport,
+            close: () => session.close(),
+        };
+    }
+    catch (error) {
+        session.close();
+        throw error;
+    }
 };
+async function chooseKind(session, settings, snapshot) {
+    const snapshotKind = snapshot?.nodeKind === 'goloop' ? 'goloop' : snapshot ? 'loopchain' : undefined;
+    if (settings.node.kind !== 'auto') {
+        if (snapshotKind && snapshotKind !== settings.node.kind) {
+            throw new HostError(`The snapshot is of a ${snapshotKind} node; 'node-kind' is '${settings.node.kind}'. Restore a snapshot of that kind.`);
+        }
+        return settings.node.kind;
+    }
+    if (snapshotKind) {
+        info(`Node kind: ${snapshotKind}, as the snapshot's manifest says.`);
+        return snapshotKind;
+    }
+    const found = (await session.run('Finding the node kind', detectKindCommand(settings))).trim();
+    const [kind, where] = found.split(' ');
+    if (kind === 'loopchain' || kind === 'goloop') {
+        info(`Node kind: ${kind} (found ${where} on the host; set 'node-kind' to say so).`);
+        return kind;
+    }
+    info(`Node kind: loopchain (nothing on the host says goloop; the data dir of either kind is not there yet).`);
+    return 'loopchain';
+}
+/**
+ * Looks at the host for the layout of either kind: loopchain's `.storage` under its data dir,
+ * or goloop's control socket or a chain folder (`*\/config.json`) under its node dir. Prints
+ * `KIND PATH`, or nothing.
+ */
+function detectKindCommand(settings) {
+    const loopchainDir = settings.kindDefaults.dataDir
+        ? `${settings.node.prepDir}/data/loopchain`
+        : settings.node.dataDir;
+    const goloopDir = settings.kindDefaults.dataDir
+        ? `${settings.node.prepDir}/data`
+        : settings.node.dataDir;
+    return bashScript([
+        `l=${quote(loopchainDir)}`,
+        `g=${quote(goloopDir)}`,
+        `if [ -d "$l/.storage" ]; then echo "loopchain $l/.storage"; exit 0; fi`,
+        `if [ -S "$g/cli.sock" ]; then echo "goloop $g/cli.sock"; exit 0; fi`,
+        `for c in "$g"/*/config.json; do if [ -f "$c" ] && [ -d "\${c%/config.json}/db" ]; then echo "goloop $c"; exit 0; fi; done`,
+        `true`,
+    ]);
+}
+/** The files a stored snapshot holds, from its manifest (an archive without one is loopchain's). */
+function snapshotTree(manifest) {
+    const chain = snapshotChain(manifest);
+    if (manifest?.nodeKind === 'goloop' && chain) {
+        const folder = chainFolder(chain.cid);
+        return { name: 'goloop', roots: [folder], required: [`${folder}/db`] };
+    }
+    return loopchain;
+}
+function snapshotChain(snapshot) {
+    const f = snapshot?.facts;
+    if (!f || typeof f.cid !== 'string' || !/^0x[0-9a-f]{1,8}$/.test(f.cid))
+        return undefined;
+    return { cid: f.cid, nid: String(f.nid ?? ''), channel: String(f.channel ?? '') };
+}
 
 ;// CONCATENATED MODULE: ./src/progress.ts
 /** A progress line on a timer during a long transfer: bytes, rate and an estimate of the time left. */
@@ -91847,7 +92511,7 @@ async function verify(settings) {
     return report;
 }
 /** Reads the whole object, hashing the bytes and parsing the tar stream inside them. */
-async function verifyStored(client, settings, key, manifest, kind = loopchain) {
+async function verifyStored(client, settings, key, manifest, kind = snapshotTree(manifest)) {
     const t = performance.now();
     let body;
     let length;
@@ -91878,7 +92542,13 @@ async function verifyStored(client, settings, key, manifest, kind = loopchain) {
     let bytes = 0;
     const roots = new Set();
     let incomplete;
-    const placeholderPath = `${kind.identityParent}/${kind.placeholder}`;
+    // Directories the archive must hold besides its roots (loopchain's placeholder, goloop's db/).
+    const required = [
+        ...(kind.required ?? []),
+        ...(kind.identityParent && kind.placeholder
+            ? [`${kind.identityParent}/${kind.placeholder}`]
+            : []),
+    ];
     const parser = new rt({
         strict: true,
         zstd: key.endsWith('.tar.zst') ? true : undefined,
@@ -91888,8 +92558,9 @@ async function verifyStored(client, settings, key, manifest, kind = loopchain) {
             const top = path.split('/')[0] ?? '';
             if (kind.roots.includes(top))
                 roots.add(top);
-            if (path === placeholderPath || path.startsWith(`${placeholderPath}/`))
-                roots.add(placeholderPath);
+            for (const r of required)
+                if (path === r || path.startsWith(`${r}/`))
+                    roots.add(r);
             if (entry.type === 'File' || entry.type === 'OldFile' || entry.type === 'ContiguousFile') {
                 files++;
                 const expected = entry.size;
@@ -91934,7 +92605,7 @@ async function verifyStored(client, settings, key, manifest, kind = loopchain) {
     }
     if (incomplete)
         throw new IntegrityError(`${key} has an incomplete entry: ${incomplete}.`);
-    const needed = [...kind.roots, placeholderPath].filter((r) => !roots.has(r));
+    const needed = [...kind.roots, ...required].filter((r) => !roots.has(r));
     if (needed.length > 0) {
         throw new IntegrityError(`${key} lacks ${needed.join(' and ')}: it is not a snapshot of a ${kind.name} node.`);
     }
@@ -92000,7 +92671,8 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
         return { connection: c, client: s3 };
     });
     const { host, shell } = connection;
-    const node = new NodeControl(shell, settings.node, runId);
+    settings = connection.settings;
+    const node = new NodeControl(shell, settings.node, () => host.commands(), runId);
     let stage;
     let remote;
     let streamStarted = false;
@@ -92517,12 +93189,16 @@ async function restore(settings, connect = connectNode) {
     }
     const height = manifest?.blockHeight ?? chosen.name.height;
     const connection = await group('Connect', async () => {
-        const c = await connect(settings, (dir) => saveState(State.KeyDir, dir));
+        const c = await connect(settings, (dir) => saveState(State.KeyDir, dir), {
+            nodeKind: manifest?.nodeKind ?? 'loopchain',
+            facts: manifest?.facts,
+        });
         info(`Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${c.transport}.`);
         return c;
     });
     const { host, shell } = connection;
-    const node = new NodeControl(shell, settings.node, runId);
+    settings = connection.settings;
+    const node = new NodeControl(shell, settings.node, () => host.commands(), runId);
     const dataDir = host.dataDir;
     const parent = dirname(dataDir);
     const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '');

@@ -88363,6 +88363,8 @@ var Inputs;
     Inputs["HealthTimeout"] = "health-timeout";
     Inputs["DiskMargin"] = "disk-margin";
     Inputs["NodeProcessPattern"] = "node-process-pattern";
+    Inputs["NodeKind"] = "node-kind";
+    Inputs["Chain"] = "chain";
 })(Inputs || (Inputs = {}));
 var Outputs;
 (function (Outputs) {
@@ -88392,6 +88394,8 @@ var State;
     State["UploadKey"] = "uploadKey";
     /** 'true' once backup_list names the archive of UploadKey. */
     State["UploadPublished"] = "uploadPublished";
+    /** The command that starts the node, as this run resolved it for its kind. */
+    State["StartCommand"] = "startCommand";
 })(State || (State = {}));
 const ACTION_NAME = 'prep-snapshot';
 const ACTION_VERSION = '0.1.0';
@@ -88587,7 +88591,11 @@ function probeCommand(kind, dataDir) {
         `if [ ! -d "$data" ]; then echo "datadir=missing"; exit 0; fi`,
         `echo "datadir=present"`,
         ...kind.roots.map((r) => `[ -d "$data"/${quote(r)} ] && echo ${quote(`root=${r}`)} || echo ${quote(`missingroot=${r}`)}`),
-        `for d in "$data"/${quote(kind.identityParent)}/${kind.identityGlob}; do [ -d "$d" ] && printf 'identity=%s\\n' "\${d##*/}"; done; true`,
+        ...(kind.identityParent && kind.identityGlob
+            ? [
+                `for d in "$data"/${quote(kind.identityParent)}/${kind.identityGlob}; do [ -d "$d" ] && printf 'identity=%s\\n' "\${d##*/}"; done; true`,
+            ]
+            : []),
         `for t in tar pigz gzip zstd curl wget base64 setsid; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
         `echo "dev_data=$(stat -c %d "$data")"`,
         `echo "dev_parent=$(stat -c %d ${quote(parent)})"`,
@@ -88673,7 +88681,9 @@ function peerCommand(peerUrl) {
  * file (metadata only, seconds for any size), then a real copy in place of every file that
  * the node may change after it starts again (everything but the immutable table files).
  */
-function freezeCommand(kind, dataDir, stage, watchdogFlag) {
+function freezeCommand(kind, dataDir, stage, watchdogFlag, 
+/** Paths under the roots (relative to the data dir) that a snapshot leaves out. */
+leaveOut = []) {
     const mutable = ['*.ldb', '*.sst'].map((p) => `! -name ${quote(p)}`).join(' ');
     return bashScript([
         // The copy is consistent only while the node is down: the watchdog waits for it.
@@ -88685,6 +88695,7 @@ function freezeCommand(kind, dataDir, stage, watchdogFlag) {
         `cd -- "$data"`,
         `cp -al -- ${kind.roots.map(quote).join(' ')} "$stage"/`,
         `cd -- "$stage"`,
+        ...(leaveOut.length ? [`rm -rf -- ${leaveOut.map(quote).join(' ')}`] : []),
         `find ${kind.roots.map(quote).join(' ')} -type f ${mutable} -print0 | while IFS= read -r -d '' f; do cp -p --remove-destination -- "$data/$f" "$f"; done`,
     ]);
 }
@@ -88718,6 +88729,14 @@ function sizeCommand(kind, dir, withDigest = false) {
         ...(withDigest ? [`echo "digest=$(${statDigestPipeline(kind)})"`] : []),
     ]);
 }
+/** The output of `sizeCommand`. */
+function parseSizes(stdout) {
+    const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
+    const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
+    if (!Number.isFinite(files) || !Number.isFinite(bytes))
+        throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
+    return { files, bytes, digest: /digest=([0-9a-f]{64})/.exec(stdout)?.[1] };
+}
 const PROGRESS_MARK = 'prep-snapshot-progress';
 const CHANGED_MARK = 'prep-snapshot-tar-changed';
 const COMPRESSOR_MARK = 'prep-snapshot-compressor';
@@ -88745,13 +88764,17 @@ function checkpointBytes(line) {
  * output.
  */
 function archiveCommand(kind, dir, identity, options) {
-    // The directory itself and what is under it; not a sibling whose name merely starts the same.
-    const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
-    const to = `${kind.identityParent}/${kind.placeholder}`;
+    const transform = [];
+    if (identity !== undefined && kind.identityParent && kind.placeholder) {
+        // The directory itself and what is under it; not a sibling whose name merely starts the same.
+        const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
+        const to = `${kind.identityParent}/${kind.placeholder}`;
+        transform.push(`--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`);
+    }
     const tar = [
         'tar --create --file=- --totals --blocking-factor=2048',
         `--checkpoint=10 --checkpoint-action=${quote(`echo=${PROGRESS_MARK} %u`)}`,
-        `--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`,
+        ...transform,
         `-- ${kind.roots.map(quote).join(' ')}`,
     ].join(' ');
     const level = String(options.level);
@@ -89162,7 +89185,12 @@ function goLine(decoder) {
  * check reads them from the headers.
  */
 function extractCommand(kind, prepDir, stage) {
-    const placeholder = `${kind.identityParent}/${kind.placeholder}`;
+    const required = [
+        ...(kind.required ?? []),
+        ...(kind.identityParent && kind.placeholder
+            ? [`${kind.identityParent}/${kind.placeholder}`]
+            : []),
+    ];
     const missing = (what) => `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
     // A real directory: `-d` alone follows a symbolic link.
     const isDir = (path) => `[ -d ${quote(path)} ] && [ ! -L ${quote(path)} ]`;
@@ -89203,7 +89231,7 @@ function extractCommand(kind, prepDir, stage) {
         // Names go to the runner's log: whatever is not printable becomes '?'.
         `found=$(${treeCheck(kind)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
         `if [ -n "$found" ]; then refuse "$found"; fi`,
-        ...[...kind.roots, placeholder].map((d) => `${isDir(d)} || ${missing(d)}`),
+        ...[...kind.roots, ...required].map((d) => `${isDir(d)} || ${missing(d)}`),
         `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
     ]);
 }
@@ -90128,15 +90156,28 @@ function parseSettings(read = readActionInput) {
     if (!MODES.includes(mode)) {
         throw new errors_InputError(`Input 'mode' is '${mode}'. Use one of: ${MODES.join(', ')}.`);
     }
+    const kind = get(Inputs.NodeKind) || 'auto';
+    if (kind !== 'auto' && kind !== 'loopchain' && kind !== 'goloop') {
+        throw new errors_InputError(`Input 'node-kind' is '${kind}'. Use 'auto', 'loopchain' (ICON 1) or 'goloop' (ICON 2).`);
+    }
+    const chain = get(Inputs.Chain) || 'icon_dex';
+    if (!/^(0x[0-9a-fA-F]{1,8}|[A-Za-z0-9_.-]{1,64})$/.test(chain)) {
+        throw new errors_InputError(`Input 'chain' is '${chain}'. Use the chain's channel (icon_dex on MainNet) or its cid (0x…).`);
+    }
     const prepDir = absolutePath(Inputs.PrepDir, get(Inputs.PrepDir) || '/app/prep');
-    const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) || `${prepDir}/data/loopchain`);
+    const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) ||
+        KIND_DEFAULTS[kind === 'goloop' ? 'goloop' : 'loopchain'].dataDir(prepDir));
     const node = {
+        kind,
         prepDir,
         dataDir,
         stopCommand: get(Inputs.StopCommand) || composeCommand(prepDir, 'down'),
         startCommand: get(Inputs.StartCommand) || composeCommand(prepDir, 'up -d'),
-        peerUrl: get(Inputs.PeerUrl) || 'http://localhost:9000/api/v1/avail/peer',
+        stopCommandGiven: get(Inputs.StopCommand) || undefined,
+        startCommandGiven: get(Inputs.StartCommand) || undefined,
+        peerUrl: get(Inputs.PeerUrl) || KIND_DEFAULTS[kind === 'goloop' ? 'goloop' : 'loopchain'].peerUrl,
         maxDowntimeSeconds: duration(Inputs.MaxDowntime, get(Inputs.MaxDowntime) || '30m', 10),
+        chain: /^0x/i.test(chain) ? chain.toLowerCase() : chain,
     };
     if (!/^https?:\/\/[^\s'"]+$/.test(node.peerUrl)) {
         throw new errors_InputError(`Input 'peer-url' is '${node.peerUrl}'. Use an http:// or https:// URL.`);
@@ -90185,7 +90226,8 @@ function parseSettings(read = readActionInput) {
         [Inputs.PermanentPrefix, s3.permanentPrefix],
         [Inputs.ManifestPrefix, s3.manifestPrefix],
     ]);
-    const compression = get(Inputs.Compression) || 'gzip';
+    const compression = get(Inputs.Compression) ||
+        KIND_DEFAULTS[kind === 'goloop' ? 'goloop' : 'loopchain'].compression;
     if (compression !== 'gzip' && compression !== 'zstd') {
         throw new errors_InputError(`Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`);
     }
@@ -90228,7 +90270,12 @@ function parseSettings(read = readActionInput) {
     };
     const needsHost = mode === 'backup' || mode === 'restore';
     const ssh = needsHost ? parseSsh(get, bool, int) : undefined;
-    return { mode: mode, ssh, node, s3, backup, restore };
+    const kindDefaults = {
+        dataDir: !get(Inputs.DataDir),
+        peerUrl: !get(Inputs.PeerUrl),
+        compression: !get(Inputs.Compression) && !get(Inputs.CompressionLevel),
+    };
+    return { mode: mode, kindDefaults, ssh, node, s3, backup, restore };
 }
 function parseSsh(get, bool, int) {
     const host = get(Inputs.Host);
@@ -90347,6 +90394,40 @@ function keyPrefix(name, text) {
         throw new errors_InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
     }
     return value;
+}
+/** What a node kind's defaults are, where the inputs leave them empty. */
+const KIND_DEFAULTS = {
+    loopchain: {
+        dataDir: (prepDir) => `${prepDir}/data/loopchain`,
+        peerUrl: 'http://localhost:9000/api/v1/avail/peer',
+        compression: 'gzip',
+    },
+    goloop: {
+        /** The node dir beside icon2-node's compose file (`./data:/goloop/data`). */
+        dataDir: (prepDir) => `${prepDir}/data`,
+        peerUrl: 'http://localhost:9000/admin/chain',
+        /** The original scripts, which read only gzip, never restore a goloop snapshot. */
+        compression: 'zstd',
+    },
+};
+/**
+ * The settings for a node of `kind`: the inputs left empty take that kind's defaults. The
+ * parser fills loopchain's, the original guide's; a goloop node found by 'node-kind: auto'
+ * gets its own here.
+ */
+function forKind(settings, kind) {
+    const d = KIND_DEFAULTS[kind];
+    const node = { ...settings.node, kind };
+    if (settings.kindDefaults.dataDir)
+        node.dataDir = d.dataDir(node.prepDir);
+    if (settings.kindDefaults.peerUrl)
+        node.peerUrl = d.peerUrl;
+    const backup = { ...settings.backup };
+    if (settings.kindDefaults.compression) {
+        backup.compression = d.compression;
+        backup.compressionLevel = d.compression === 'zstd' ? 1 : 3;
+    }
+    return { ...settings, node, backup };
 }
 /**
  * The default stop and start: Compose in the prep dir, as the original guide runs the node.
@@ -90931,7 +91012,9 @@ async function cleanHost(settings, stopped, staging, watchdog) {
         session = await SshSession.connect({ ...settings.ssh, transport: 'ssh2' });
         if (stopped) {
             warning('The main step ended while the node was stopped: starting it.');
-            const res = await session.exec(detachedCommand(settings.node.startCommand), {
+            // The start as the main step resolved it for the node's kind; the input's otherwise.
+            const start = getState(State.StartCommand) || settings.node.startCommand;
+            const res = await session.exec(detachedCommand(start), {
                 timeoutMs: 15 * 60_000,
             });
             if (res.code === 0)

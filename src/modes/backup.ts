@@ -78,7 +78,8 @@ export async function backup(
   });
 
   const { host, shell } = connection;
-  const node = new NodeControl(shell, settings.node, runId);
+  settings = connection.settings;
+  const node = new NodeControl(shell, settings.node, () => host.commands(), runId);
   let stage: string | undefined;
   let remote: RemoteStream | undefined;
   let streamStarted = false;

@@ -78,14 +78,18 @@ export async function restore(
   const height = manifest?.blockHeight ?? chosen.name.height;
 
   const connection = await core.group('Connect', async () => {
-    const c = await connect(settings, (dir) => core.saveState(State.KeyDir, dir));
+    const c = await connect(settings, (dir) => core.saveState(State.KeyDir, dir), {
+      nodeKind: manifest?.nodeKind ?? 'loopchain',
+      facts: manifest?.facts,
+    });
     core.info(
       `Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${c.transport}.`,
     );
     return c;
   });
   const { host, shell } = connection;
-  const node = new NodeControl(shell, settings.node, runId);
+  settings = connection.settings;
+  const node = new NodeControl(shell, settings.node, () => host.commands(), runId);
   const dataDir = host.dataDir;
   const parent = dirname(dataDir);
   const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '');

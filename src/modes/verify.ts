@@ -14,7 +14,8 @@ import { IntegrityError, errorMessage } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import type { Manifest } from '../manifest.js';
 import { manifestKey } from '../naming.js';
-import { loopchain, type NodeKind } from '../node-kind/loopchain/layout.js';
+import type { Tree } from '../node-kind/host.js';
+import { snapshotTree } from '../node-kind/index.js';
 import { Progress } from '../progress.js';
 import { createClient, describeS3Error } from '../s3/client.js';
 import { readManifest } from '../s3/store.js';
@@ -77,7 +78,7 @@ export async function verifyStored(
   settings: Settings,
   key: string,
   manifest: Manifest | undefined,
-  kind: NodeKind = loopchain,
+  kind: Tree = snapshotTree(manifest),
 ): Promise<VerifyReport> {
   const t = performance.now();
   let body: Readable;
@@ -110,7 +111,13 @@ export async function verifyStored(
   let bytes = 0;
   const roots = new Set<string>();
   let incomplete: string | undefined;
-  const placeholderPath = `${kind.identityParent}/${kind.placeholder}`;
+  // Directories the archive must hold besides its roots (loopchain's placeholder, goloop's db/).
+  const required = [
+    ...(kind.required ?? []),
+    ...(kind.identityParent && kind.placeholder
+      ? [`${kind.identityParent}/${kind.placeholder}`]
+      : []),
+  ];
   const parser = new Parser({
     strict: true,
     zstd: key.endsWith('.tar.zst') ? true : undefined,
@@ -119,8 +126,7 @@ export async function verifyStored(
       const path = entry.path.replace(/^\.\//, '').replace(/\/$/, '');
       const top = path.split('/')[0] ?? '';
       if (kind.roots.includes(top)) roots.add(top);
-      if (path === placeholderPath || path.startsWith(`${placeholderPath}/`))
-        roots.add(placeholderPath);
+      for (const r of required) if (path === r || path.startsWith(`${r}/`)) roots.add(r);
       if (entry.type === 'File' || entry.type === 'OldFile' || entry.type === 'ContiguousFile') {
         files++;
         const expected = entry.size;
@@ -171,7 +177,7 @@ export async function verifyStored(
     );
   }
   if (incomplete) throw new IntegrityError(`${key} has an incomplete entry: ${incomplete}.`);
-  const needed = [...kind.roots, placeholderPath].filter((r) => !roots.has(r));
+  const needed = [...kind.roots, ...required].filter((r) => !roots.has(r));
   if (needed.length > 0) {
     throw new IntegrityError(
       `${key} lacks ${needed.join(' and ')}: it is not a snapshot of a ${kind.name} node.`,

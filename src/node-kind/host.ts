@@ -10,6 +10,20 @@ import type { ExecResult, Prepared, RemoteStream } from '../ssh/session.js';
 
 export type NodeKindName = 'loopchain' | 'goloop';
 
+/** The files of a snapshot, as the commands on the host see them. */
+export interface Tree {
+  /** The kind's name, for messages. */
+  name: string;
+  /** Paths relative to the data dir that make up a snapshot. */
+  roots: string[];
+  /** Directories that an archive must hold besides the roots (relative to the data dir). */
+  required?: string[];
+  /** Where the kind names a directory after the node (loopchain's block DB): its parent, glob and archived name. */
+  identityParent?: string;
+  identityGlob?: string;
+  placeholder?: string;
+}
+
 /** What a backup found on the host before anything changed. */
 export interface BackupLayout {
   /** One line for the log: the data dir and what it holds. */
@@ -57,8 +71,18 @@ export interface RestoreChecks {
   address: string;
 }
 
+/** The commands that stop and start the node (run by `NodeControl`, with its watchdog). */
+export interface NodeCommands {
+  stop: string;
+  start: string;
+  /** What they do, for the log, where they are the action's own scripts. */
+  says?: { stop: string; start: string };
+}
+
 export interface NodeHost {
   readonly kind: NodeKindName;
+  /** How this kind stops and starts the node: the inputs', or the kind's own default. */
+  commands(): NodeCommands;
   /** The folder whose contents the archive holds (entries are relative to it). */
   readonly dataDir: string;
   /** The archived paths, for messages (e.g. '.score_data and .storage'). */

@@ -5,6 +5,7 @@
 import { HostError } from '../errors.js';
 import { argv, bashScript, OWN_MARK, quote, sedLiteral, WAIT_FOR_GO } from '../shell.js';
 import type { Compression } from '../settings.js';
+import type { Sizes, Tree } from './host.js';
 import type { NodeKind } from './loopchain/layout.js';
 
 export function dirname(path: string): string {
@@ -17,7 +18,7 @@ export function dirname(path: string): string {
  * directories, the tools, and whether the data dir's parent is on the same filesystem.
  * Prints `key=value` lines.
  */
-export function probeCommand(kind: NodeKind, dataDir: string): string {
+export function probeCommand(kind: Tree, dataDir: string): string {
   const parent = dirname(dataDir);
   return bashScript([
     `data=${quote(dataDir)}`,
@@ -27,7 +28,11 @@ export function probeCommand(kind: NodeKind, dataDir: string): string {
       (r) =>
         `[ -d "$data"/${quote(r)} ] && echo ${quote(`root=${r}`)} || echo ${quote(`missingroot=${r}`)}`,
     ),
-    `for d in "$data"/${quote(kind.identityParent)}/${kind.identityGlob}; do [ -d "$d" ] && printf 'identity=%s\\n' "\${d##*/}"; done; true`,
+    ...(kind.identityParent && kind.identityGlob
+      ? [
+          `for d in "$data"/${quote(kind.identityParent)}/${kind.identityGlob}; do [ -d "$d" ] && printf 'identity=%s\\n' "\${d##*/}"; done; true`,
+        ]
+      : []),
     `for t in tar pigz gzip zstd curl wget base64 setsid; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
     `echo "dev_data=$(stat -c %d "$data")"`,
     `echo "dev_parent=$(stat -c %d ${quote(parent)})"`,
@@ -129,10 +134,12 @@ export function peerCommand(peerUrl: string): string {
  * the node may change after it starts again (everything but the immutable table files).
  */
 export function freezeCommand(
-  kind: NodeKind,
+  kind: Tree,
   dataDir: string,
   stage: string,
   watchdogFlag: string,
+  /** Paths under the roots (relative to the data dir) that a snapshot leaves out. */
+  leaveOut: string[] = [],
 ): string {
   const mutable = ['*.ldb', '*.sst'].map((p) => `! -name ${quote(p)}`).join(' ');
   return bashScript([
@@ -145,6 +152,7 @@ export function freezeCommand(
     `cd -- "$data"`,
     `cp -al -- ${kind.roots.map(quote).join(' ')} "$stage"/`,
     `cd -- "$stage"`,
+    ...(leaveOut.length ? [`rm -rf -- ${leaveOut.map(quote).join(' ')}`] : []),
     `find ${kind.roots.map(quote).join(' ')} -type f ${mutable} -print0 | while IFS= read -r -d '' f; do cp -p --remove-destination -- "$data/$f" "$f"; done`,
   ]);
 }
@@ -153,7 +161,7 @@ export function freezeCommand(
  * Lists, for each LevelDB database in `stage`, its CURRENT manifest (base64) and its table
  * files, so the runner can tell live tables from the leftovers of a compaction.
  */
-export function manifestsCommand(kind: NodeKind, stage: string): string {
+export function manifestsCommand(kind: Tree, stage: string): string {
   return bashScript([
     `cd -- ${quote(stage)}`,
     `find ${kind.roots.map(quote).join(' ')} -type f -name CURRENT -printf '%h\\n' | sort | while IFS= read -r d; do`,
@@ -174,12 +182,21 @@ export function pruneCommand(stage: string): string {
  * Counts files and bytes under the snapshot's roots: prints `files=` and `bytes=`, and with
  * `withDigest` also `digest=`, the stat digest below (one round trip instead of two).
  */
-export function sizeCommand(kind: NodeKind, dir: string, withDigest = false): string {
+export function sizeCommand(kind: Tree, dir: string, withDigest = false): string {
   return bashScript([
     `cd -- ${quote(dir)}`,
     `find ${kind.roots.map(quote).join(' ')} -type f -printf '%s\\n' | awk '{n++; s+=$1} END {printf "files=%d\\nbytes=%d\\n", n, s}'`,
     ...(withDigest ? [`echo "digest=$(${statDigestPipeline(kind)})"`] : []),
   ]);
+}
+
+/** The output of `sizeCommand`. */
+export function parseSizes(stdout: string): Sizes {
+  const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
+  const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
+  if (!Number.isFinite(files) || !Number.isFinite(bytes))
+    throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
+  return { files, bytes, digest: /digest=([0-9a-f]{64})/.exec(stdout)?.[1] };
 }
 
 export interface StreamOptions {
@@ -224,18 +241,24 @@ export function checkpointBytes(line: string): number | undefined {
  * output.
  */
 export function archiveCommand(
-  kind: NodeKind,
+  kind: Tree,
   dir: string,
-  identity: string,
+  identity: string | undefined,
   options: StreamOptions,
 ): string {
-  // The directory itself and what is under it; not a sibling whose name merely starts the same.
-  const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
-  const to = `${kind.identityParent}/${kind.placeholder}`;
+  const transform: string[] = [];
+  if (identity !== undefined && kind.identityParent && kind.placeholder) {
+    // The directory itself and what is under it; not a sibling whose name merely starts the same.
+    const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
+    const to = `${kind.identityParent}/${kind.placeholder}`;
+    transform.push(
+      `--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`,
+    );
+  }
   const tar = [
     'tar --create --file=- --totals --blocking-factor=2048',
     `--checkpoint=10 --checkpoint-action=${quote(`echo=${PROGRESS_MARK} %u`)}`,
-    `--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`,
+    ...transform,
     `-- ${kind.roots.map(quote).join(' ')}`,
   ].join(' ');
   const level = String(options.level);
@@ -277,11 +300,11 @@ export function archiveCommand(
  * A digest of every file's path, size and mtime under the snapshot's roots. Equal before and
  * after the stream: no file's content was written meanwhile (a link count change is not a write).
  */
-export function statDigestCommand(kind: NodeKind, dir: string): string {
+export function statDigestCommand(kind: Tree, dir: string): string {
   return bashScript([`cd -- ${quote(dir)}`, statDigestPipeline(kind)]);
 }
 
-function statDigestPipeline(kind: NodeKind): string {
+function statDigestPipeline(kind: Tree): string {
   return `find ${kind.roots.map(quote).join(' ')} -type f -printf '%p\\t%s\\t%T@\\n' | LC_ALL=C sort | sha256sum | cut -d ' ' -f 1`;
 }
 
@@ -632,7 +655,7 @@ const ERRORS_CHECK = [
  * with more than one name, a file with the setuid, setgid or sticky bit. It looks at what
  * tar made rather than at what the headers said, so it holds whatever tar does with them.
  */
-function treeCheck(kind: NodeKind): string {
+function treeCheck(kind: Tree): string {
   const glob = (path: string): string => path.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
   // A root, a folder on the way to one, or anything under one.
   const allowed = new Set<string>();
@@ -691,8 +714,13 @@ export function goLine(decoder: Decoder): string {
  * directories (a 4755 file becomes 0755), where the check cannot see them: the listing
  * check reads them from the headers.
  */
-export function extractCommand(kind: NodeKind, prepDir: string, stage: string): string {
-  const placeholder = `${kind.identityParent}/${kind.placeholder}`;
+export function extractCommand(kind: Tree, prepDir: string, stage: string): string {
+  const required = [
+    ...(kind.required ?? []),
+    ...(kind.identityParent && kind.placeholder
+      ? [`${kind.identityParent}/${kind.placeholder}`]
+      : []),
+  ];
   const missing = (what: string): string =>
     `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
   // A real directory: `-d` alone follows a symbolic link.
@@ -735,7 +763,7 @@ export function extractCommand(kind: NodeKind, prepDir: string, stage: string): 
     // Names go to the runner's log: whatever is not printable becomes '?'.
     `found=$(${treeCheck(kind)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
     `if [ -n "$found" ]; then refuse "$found"; fi`,
-    ...[...kind.roots, placeholder].map((d) => `${isDir(d)} || ${missing(d)}`),
+    ...[...kind.roots, ...required].map((d) => `${isDir(d)} || ${missing(d)}`),
     `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
   ]);
 }

@@ -50,10 +50,11 @@ export class FakeNode implements NodeHost, Shell {
     this.files = files;
   }
 
-  connect: Connect = () => {
+  connect: Connect = (settings) => {
     const connection: NodeConnection = {
       host: this,
       shell: this,
+      settings,
       transport: 'fake',
       close: () => this.calls.push('close'),
     };
@@ -91,6 +92,10 @@ export class FakeNode implements NodeHost, Shell {
   }
 
   // --- the seam --------------------------------------------------------------------------
+  commands(): { stop: string; start: string } {
+    return { stop: 'fake stop', start: 'fake start' };
+  }
+
   expectedContent(): string {
     return 'the fake roots';
   }

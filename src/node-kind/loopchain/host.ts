@@ -13,6 +13,7 @@ import type {
   ArchiveOptions,
   BackupLayout,
   KindFacts,
+  NodeCommands,
   NodeHost,
   PreparedStep,
   RestoreChecks,
@@ -27,6 +28,7 @@ import {
   manifestsCommand,
   parseBatch,
   parseProbe,
+  parseSizes,
   peerCommand,
   probeCommand,
   processCheckCommand,
@@ -62,6 +64,18 @@ export class LoopchainHost implements NodeHost {
 
   expectedContent(): string {
     return this.layout.roots.join(' and ');
+  }
+
+  commands(): NodeCommands {
+    const compose = `Compose in ${this.node.prepDir} (docker-compose, or docker compose where it is missing)`;
+    return {
+      stop: this.node.stopCommand,
+      start: this.node.startCommand,
+      says: {
+        stop: this.node.stopCommandGiven ?? `${compose}: down`,
+        start: this.node.startCommandGiven ?? `${compose}: up -d`,
+      },
+    };
   }
 
   async inspect(needs: {
@@ -266,12 +280,4 @@ export class LoopchainHost implements NodeHost {
     const processes = (checks.get('processes')?.stdout ?? '').trim();
     return processes ? `process ${processes.split('\n')[0]?.trim()}` : undefined;
   }
-}
-
-function parseSizes(stdout: string): Sizes {
-  const files = Number(/files=(\d+)/.exec(stdout)?.[1] ?? NaN);
-  const bytes = Number(/bytes=(\d+)/.exec(stdout)?.[1] ?? NaN);
-  if (!Number.isFinite(files) || !Number.isFinite(bytes))
-    throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
-  return { files, bytes, digest: /digest=([0-9a-f]{64})/.exec(stdout)?.[1] };
 }

@@ -1,0 +1,154 @@
+/**
+ * The commands that drive an ICON 2 (goloop) node on its host, built as strings from quoted
+ * values. The chain is controlled through the node's own control socket (`{node dir}/cli.sock`,
+ * what `goloop chain stop|backup|start` speaks to): the container keeps running and its peers
+ * stay connected while the chain's database is closed for the freeze.
+ */
+import { bashScript, quote } from '../../shell.js';
+import { heldLines } from '../remote.js';
+
+/**
+ * Shell functions over the control socket, for chain `cid` (`0x…`): `post ACTION [BODY]`,
+ * `state` (the chain's state as the socket reports it), and `settle_*`, which wait up to
+ * five minutes for the chain to reach a state. A stop is answered before the chain has
+ * stopped ('stopping'), and a start or a backup sent then is refused: hence the waits.
+ */
+export function socketFunctions(sock: string, cid: string): string[] {
+  const url = (path: string) => `"http://localhost/chain/$cid${path}"`;
+  const settle = (name: string, states: string) =>
+    `settle_${name}() { i=0; while :; do s=$(state || true); case "$s" in ${states}) return 0 ;; esac; ` +
+    `i=$((i + 1)); if [ "$i" -ge 3000 ]; then echo "the chain is '$s' after 300 s" >&2; return 1; fi; sleep 0.1; done; }`;
+  return [
+    `sock=${quote(sock)}`,
+    `cid=${quote(cid)}`,
+    `post() { curl -fsS --max-time 120 --unix-socket "$sock" -X POST -H 'Content-Type: application/json' -d "\${2:-}" ${url('/$1')} >/dev/null; }`,
+    `state() { curl -fsS --max-time 10 --unix-socket "$sock" ${url('')} | sed -n 's/.*"state" *: *"\\([^"]*\\)".*/\\1/p'; }`,
+    settle('stopped', `stopped|'backup done'|failed`),
+    settle('manual', `'backup manual'`),
+    settle('started', 'started'),
+  ];
+}
+
+/**
+ * Stops the chain and releases its database (a manual backup, which only closes it), so that
+ * its files are still: the freeze's stop. The goloop process and its peers stay up.
+ */
+export function chainReleaseCommand(sock: string, cid: string): string {
+  return bashScript([
+    ...socketFunctions(sock, cid),
+    `case "$(state)" in started|starting) post stop ;; esac`,
+    `settle_stopped`,
+    `post backup '{"manual":true}'`,
+    `settle_manual`,
+  ]);
+}
+
+/**
+ * Starts the chain again: a chain whose database was released is stopped first (which
+ * reopens it), then started. Where the socket is missing (goloop itself is down, as on a
+ * fresh host), `fallback` (the operator's start, e.g. Compose up) runs first, and the chain
+ * is started once the socket answers.
+ */
+export function chainStartCommand(sock: string, cid: string, fallback: string): string {
+  return bashScript([
+    `if [ ! -S ${quote(sock)} ]; then`,
+    `  "\${SHELL:-/bin/sh}" -c ${quote(fallback)} </dev/null`,
+    `  i=0; until [ -S ${quote(sock)} ]; do i=$((i + 1)); if [ "$i" -ge 3000 ]; then echo ${quote(`${sock} did not appear within 300 s of the start command`)} >&2; exit 1; fi; sleep 0.1; done`,
+    `fi`,
+    ...socketFunctions(sock, cid),
+    // The socket may take a moment to list the chains after it appears.
+    `i=0; until [ -n "$(state || true)" ]; do i=$((i + 1)); if [ "$i" -ge 600 ]; then echo "the chain $cid is not on the node" >&2; exit 1; fi; sleep 0.1; done`,
+    `case "$(state)" in`,
+    `  started) exit 0 ;;`,
+    `  stopped|failed|'backup done') ;;`,
+    `  *) post stop; settle_stopped ;;`,
+    `esac`,
+    `post start`,
+    `settle_started`,
+  ]);
+}
+
+/**
+ * What a goloop backup needs to know about the host, read only: the node dir, its socket,
+ * the chain folder and its database, the tools. Prints `key=value` lines.
+ */
+export function goloopProbeCommand(nodeDir: string, folder: string): string {
+  return bashScript([
+    `node=${quote(nodeDir)}`,
+    `if [ ! -d "$node" ]; then echo "nodedir=missing"; exit 0; fi`,
+    `echo "nodedir=present"`,
+    `[ -S "$node/cli.sock" ] && echo "socket=present" || true`,
+    `[ -f "$node"/${quote(folder)}/config.json ] && echo "chainconfig=present" || true`,
+    `[ -d "$node"/${quote(folder)}/db ] && echo "db=present" || true`,
+    `for t in tar pigz gzip zstd curl base64 setsid flock; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+    `echo "dev_data=$(stat -c %d "$node")"`,
+    `echo "dev_parent=$(stat -c %d "$(dirname -- "$node")")"`,
+    `echo "free_parent=$(df -P -B1 "$(dirname -- "$node")" | awk 'NR==2 {print $4}')"`,
+    `echo "data_bytes=$(cd -- "$node" && find ${quote(folder)} -type f -printf '%s\\n' 2>/dev/null | awk '{s+=$1} END {printf "%d", s}' || true)"`,
+    `parent=$(dirname -- "$node")`,
+    `find "$parent" "$node" -maxdepth 1 -type d -name '.prep-snapshot-staging-*' -mmin +1440 -print 2>/dev/null | while IFS= read -r d; do`,
+    `  if command -v flock >/dev/null 2>&1 && ! flock -n -- "$d" true 2>/dev/null; then continue; fi`,
+    `  printf 'stale=%s\\n' "$d"`,
+    `done; true`,
+  ]);
+}
+
+/** Asks the node's JSON-RPC for the block at `height`, from the host. */
+export function blockCommand(rpcUrl: string, height: number): string {
+  const body = JSON.stringify({
+    jsonrpc: '2.0',
+    id: 1,
+    method: 'icx_getBlockByHeight',
+    params: { height: `0x${height.toString(16)}` },
+  });
+  return bashScript([
+    `curl -fsS --max-time 10 -H 'Content-Type: application/json' -d ${quote(body)} ${quote(rpcUrl)}`,
+  ]);
+}
+
+/** The line that lets a waiting `chainSwapCommand` go ahead. */
+export const CHAIN_SWAP_LINE = 'swap\n';
+
+/**
+ * Moves the staged chain folder into the node dir; the chain's previous folder goes into
+ * `previous` (a folder beside the node dir: goloop loads every folder of its node dir that
+ * holds a config.json as a chain, and two of one cid would stop it from starting). Prints
+ * `swapped`. Waits for `CHAIN_SWAP_LINE`, as the loopchain swap does.
+ */
+export function chainSwapCommand(
+  nodeDir: string,
+  folder: string,
+  stage: string,
+  previous: string,
+  watchdogFlag: string,
+): string {
+  const current = `${nodeDir}/${folder}`;
+  return bashScript([
+    `IFS= read -r word || exit 0`,
+    `[ "$word" = swap ] || exit 0`,
+    ...heldLines(watchdogFlag),
+    `mkdir -p -- ${quote(nodeDir)}`,
+    `if [ -e ${quote(current)} ]; then mkdir -p -- ${quote(previous)}; mv -- ${quote(current)} ${quote(`${previous}/${folder}`)}; fi`,
+    `mv -- ${quote(`${stage}/${folder}`)} ${quote(current)}`,
+    `rmdir -- ${quote(stage)} 2>/dev/null || rm -rf -- ${quote(stage)}`,
+    `echo swapped`,
+  ]);
+}
+
+/** Puts the chain's previous folder back; the failed one is kept beside it, in `failed`. */
+export function chainRollbackCommand(
+  nodeDir: string,
+  folder: string,
+  previous: string,
+  failed: string,
+  watchdogFlag: string,
+): string {
+  const current = `${nodeDir}/${folder}`;
+  return bashScript([
+    ...heldLines(watchdogFlag),
+    `[ -e ${quote(`${previous}/${folder}`)} ] || { echo 'no previous chain folder to roll back to' >&2; exit 3; }`,
+    `if [ -e ${quote(current)} ]; then mkdir -p -- ${quote(failed)}; mv -- ${quote(current)} ${quote(`${failed}/${folder}`)}; fi`,
+    `mv -- ${quote(`${previous}/${folder}`)} ${quote(current)}`,
+    `rmdir -- ${quote(previous)} 2>/dev/null || true`,
+  ]);
+}

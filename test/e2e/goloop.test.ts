@@ -1,0 +1,366 @@
+/**
+ * ICON 2, end to end: the packaged action backs up a real goloop v1.4.4 node (a chain that
+ * produces blocks and holds ICX transfers) over a real sshd into MinIO, freezing it through
+ * the node's control socket, and restores the snapshot onto a fresh node dir, where goloop
+ * starts on it and answers the same block hash at the snapshot's height and the same balances.
+ */
+import assert from 'node:assert/strict';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { startGoloop, type GoloopNode, type GoloopTransfer } from '../bed/goloop.js';
+import { s3Env, startMinio, type S3Server } from '../bed/minio.js';
+import { goloopBin, goloopMissing, repoRoot } from '../bed/paths.js';
+import { freePort } from '../bed/ports.js';
+import { startCutProxy } from '../bed/cut-proxy.js';
+import { runAction, runMainThenPost, type RunResult } from '../bed/runner.js';
+import { startSshd, type Sshd } from '../bed/sshd.js';
+import { bundles } from './world.js';
+
+const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+const SERVER = join(repoRoot, 'test/bed/goloop-server.sh');
+
+function said(run: RunResult): string {
+  return `${run.stdout}\n${run.stderr}`;
+}
+function errors(run: RunResult): string {
+  return run.annotations
+    .filter((a) => a.level === 'error')
+    .map((a) => a.message)
+    .join('\n');
+}
+
+describe('ICON 2: a real goloop node', { skip: goloopMissing() }, () => {
+  let sshd: Sshd;
+  let s3: S3Server;
+  let g: GoloopNode;
+  let root: string;
+  let sent: GoloopTransfer[] = [];
+  const bucket = 'icon2';
+  const servers: string[] = [];
+
+  before(async () => {
+    root = mkdtempSync(join(tmpdir(), 'prep-goloop-'));
+    [sshd, s3, g] = await Promise.all([startSshd(), startMinio(), startGoloop()]);
+    await s3.createBucket(bucket);
+    sent = await g.load(20);
+  });
+  after(async () => {
+    for (const node of servers) await runShell(`bash ${q(SERVER)} stop ${q(node)}`);
+    await g?.stop();
+    await Promise.all([sshd?.stop(), s3?.stop()]);
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  function inputs(extra: Record<string, string>): Record<string, string> {
+    return {
+      host: sshd.host,
+      port: String(sshd.port),
+      username: sshd.username,
+      'ssh-key': sshd.privateKey,
+      'host-key': sshd.hostKeyFingerprint,
+      bucket,
+      endpoint: s3.endpoint,
+      service: 'MainNet',
+      'permanent-copy': 'false',
+      'max-downtime': '5m',
+      ...extra,
+    };
+  }
+
+  function run(extra: Record<string, string>): Promise<RunResult> {
+    return runAction({
+      step: 'main',
+      inputs: inputs(extra),
+      env: s3Env(s3),
+      script: bundles().main,
+      timeoutMs: 300_000,
+    });
+  }
+
+  let key = '';
+  let height = 0;
+
+  it('backs up with the chain frozen through its socket: the manifest names the chain and its block hash', async () => {
+    const before = await g.height();
+    // node-kind is left to 'auto': the data dir's cli.sock says goloop.
+    const r = await run({
+      mode: 'backup',
+      'data-dir': g.nodeDir,
+      'peer-url': `${g.rpcUrl}/admin/chain`,
+    });
+    assert.equal(r.code, 0, said(r));
+    assert.match(said(r), /Node kind: goloop \(found .*cli\.sock/);
+    key = r.outputs.key as string;
+    height = Number(r.outputs['block-height']);
+    assert.match(
+      key,
+      /^MainNet\/\d{8}\/MainNet_BH\d+_data-\d{8}_\d{4}\.tar\.zst$/,
+      'zstd by default',
+    );
+    assert.ok(height >= before);
+    const manifest = JSON.parse(await s3.getText(bucket, `_prep-snapshot/${key}.json`)) as {
+      nodeKind: string;
+      facts: Record<string, string>;
+      files: number;
+    };
+    assert.equal(manifest.nodeKind, 'goloop');
+    assert.equal(manifest.facts.cid, `0x${g.cid}`);
+    assert.equal(manifest.facts.channel, 'icon_dex');
+    assert.equal(manifest.facts.blockHash, await g.blockHash(height));
+    assert.match(manifest.facts.goloopVersion ?? '', /1\.4\.4/);
+    // The chain goes on: started, and past the snapshot.
+    await g.waitForHeight(height + 5);
+    assert.equal((await g.chain()).state, 'started');
+    assert.equal(
+      (await s3.getText(bucket, 'MainNet/backup_list')).trim(),
+      key.replace(/^MainNet\//, ''),
+    );
+    // Nothing of the freeze is left beside the node dir.
+    assert.deepEqual(
+      readdirSync(join(g.nodeDir, '..')).filter((n) => n.startsWith('.prep-snapshot')),
+      [],
+    );
+  });
+
+  it('list names the goloop snapshot and verify proves it whole', async () => {
+    assert.ok(key, 'the backup ran');
+    const listed = await run({ mode: 'list' });
+    assert.equal(listed.code, 0, said(listed));
+    assert.ok(
+      (JSON.parse(listed.outputs.snapshots as string) as Array<{ key: string }>).some(
+        (r) => r.key === key,
+      ),
+    );
+    const verified = await run({ mode: 'verify', snapshot: key });
+    assert.equal(verified.code, 0, said(verified));
+    assert.equal(verified.outputs['block-height'], String(height));
+    // A goloop archive is checked for its chain folder, not for loopchain's directories.
+    assert.match(said(verified), /whole\. \d+ files/);
+  });
+
+  it('refuses a chain it does not have, before it stops anything', async () => {
+    const r = await run({
+      mode: 'backup',
+      'node-kind': 'goloop',
+      'data-dir': g.nodeDir,
+      'peer-url': `${g.rpcUrl}/admin/chain`,
+      chain: 'no_such_channel',
+    });
+    assert.notEqual(r.code, 0);
+    assert.match(errors(r), /has no chain on the channel 'no_such_channel' \(it has: icon_dex/);
+    assert.doesNotMatch(said(r), /Stopping the node/);
+    assert.equal((await g.chain()).state, 'started');
+  });
+
+  /**
+   * After a failed backup: the chain runs, nothing was listed or left half-made. A runner
+   * that vanished (no post step) leaves its staging folder: `vanished` allows it.
+   */
+  async function assertCleanFailure(listBefore: string, vanished = false): Promise<void> {
+    await waitFor(async () => (await g.chain()).state === 'started', 60_000);
+    const h = await g.height();
+    await g.waitForHeight(h + 3);
+    assert.equal(await listText(), listBefore, 'nothing new in backup_list');
+    assert.equal(await s3.listMultipartUploads(bucket), 0, 'no incomplete upload');
+    assert.deepEqual(
+      readdirSync(join(g.nodeDir, '..')).filter(
+        (n) =>
+          n.startsWith('.prep-snapshot') &&
+          !/\.(log|fired)$/.test(n) &&
+          !(vanished && n.startsWith('.prep-snapshot-staging-')),
+      ),
+      [],
+      'no staging folder and no armed watchdog',
+    );
+  }
+
+  async function listText(): Promise<string> {
+    return s3.getText(bucket, 'MainNet/backup_list').catch(() => '');
+  }
+
+  const backupInputs = () => ({
+    mode: 'backup',
+    'node-kind': 'goloop',
+    'data-dir': g.nodeDir,
+    'peer-url': `${g.rpcUrl}/admin/chain`,
+  });
+
+  it('refuses a chain that is not started, and a node dir without its control socket', async () => {
+    await g.chainStop();
+    try {
+      const r = await run(backupInputs());
+      assert.notEqual(r.code, 0);
+      assert.match(
+        errors(r),
+        /The chain icon_dex \(0x[0-9a-f]+\) is 'stopped'.*no backup is taken of a chain that is not started/,
+      );
+      assert.doesNotMatch(said(r), /Stopping the node/);
+    } finally {
+      await g.chainStart();
+    }
+    // The node dir of another host, with the chain's folder but no socket.
+    const other = join(root, 'nosock');
+    mkdirSync(join(other, g.cid, 'db'), { recursive: true });
+    writeFileSync(join(other, g.cid, 'config.json'), '{}');
+    const r = await run({ ...backupInputs(), 'data-dir': other });
+    assert.notEqual(r.code, 0);
+    assert.match(
+      errors(r),
+      /cli\.sock is missing: the chain is stopped and started through goloop's control socket/,
+    );
+    assert.equal((await g.chain()).state, 'started');
+  });
+
+  it("the action's process killed while the chain is stopped: the post step starts it", async () => {
+    const listBefore = await listText();
+    const r = await runMainThenPost({
+      inputs: inputs(backupInputs()),
+      env: s3Env(s3),
+      timeoutMs: 300_000,
+      main: { script: bundles().main, killWhen: /The node is stopped\./ },
+      post: { script: bundles().post },
+    });
+    assert.equal(r.main.killed, true, said(r.main));
+    assert.equal(r.post.code, 0, said(r.post));
+    assert.match(r.post.stdout, /The main step ended while the node was stopped: starting it/);
+    await assertCleanFailure(listBefore);
+  });
+
+  it('the runner vanishes while the chain is stopped: the watchdog on the host starts it', async () => {
+    const listBefore = await listText();
+    const main = await runAction({
+      step: 'main',
+      inputs: inputs({ ...backupInputs(), 'max-downtime': '10s' }),
+      env: s3Env(s3),
+      script: bundles().main,
+      timeoutMs: 300_000,
+      killWhen: /The node is stopped\./,
+    });
+    assert.equal(main.killed, true, said(main));
+    // No post step: only the watchdog can start the chain.
+    await assertCleanFailure(listBefore, true).catch(async (e: Error) => {
+      throw new Error(`${e.message}\n${said(main)}\n${await g.log()}`);
+    });
+    const parent = join(g.nodeDir, '..');
+    const logs = readdirSync(parent).filter((n) => /^\.prep-snapshot-watchdog-.*\.log$/.test(n));
+    assert.equal(logs.length, 1, 'the watchdog left its log');
+    // What a vanished runner leaves: tidy it for the other tests.
+    for (const n of readdirSync(parent).filter((x) => x.startsWith('.prep-snapshot-')))
+      rmSync(join(parent, n), { recursive: true, force: true });
+  });
+
+  it('S3 failing mid-stream: the chain runs, nothing is published', async () => {
+    const listBefore = await listText();
+    // S3 goes away after the first 32 KiB of the upload, retries included.
+    const proxy = await startCutProxy({
+      targetPort: s3.port,
+      upBytes: 32 * 1024,
+      refuseAfterCut: true,
+    });
+    try {
+      const failing = inputs({ ...backupInputs(), endpoint: `http://127.0.0.1:${proxy.port}` });
+      const r = await runAction({
+        step: 'main',
+        inputs: failing,
+        env: s3Env(s3),
+        script: bundles().main,
+        timeoutMs: 300_000,
+      });
+      assert.notEqual(r.code, 0, said(r));
+      assert.ok(proxy.cuts >= 1, 'the proxy cut');
+      // S3 is back for the post step, which removes what the main step could not abort.
+      proxy.heal();
+      const post = await runAction({
+        step: 'post',
+        inputs: failing,
+        env: s3Env(s3),
+        state: r.state,
+        script: bundles().post,
+        timeoutMs: 300_000,
+      });
+      assert.equal(post.code, 0, said(post));
+      await assertCleanFailure(listBefore);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('restores onto a fresh node dir: goloop starts on it, with the same block hash and balances', async () => {
+    assert.ok(key, 'the backup ran');
+    const balances = await Promise.all(sent.slice(0, 5).map((t) => g.balance(t.to)));
+    // The validator moves to the new host: the old one stops (its files stay), the key goes along.
+    const keystore = join(root, 'keystore.json');
+    copyFileSync(g.keystore, keystore);
+    await g.stop();
+    const node = join(root, 'host2', 'data');
+    const [rpc, p2p] = [await freePort(), await freePort()];
+    servers.push(node);
+    const r = await run({
+      mode: 'restore',
+      'data-dir': node,
+      'peer-url': `http://127.0.0.1:${rpc}/admin/chain`,
+      'start-command': `bash ${q(SERVER)} start ${q(goloopBin())} ${q(node)} ${q(keystore)} ${q(g.keyPassword)} ${rpc} ${p2p}`,
+      'stop-command': `bash ${q(SERVER)} stop ${q(node)}`,
+      'health-timeout': '120s',
+      'disk-margin': '1MiB',
+    });
+    assert.equal(r.code, 0, said(r));
+    assert.match(said(r), /Node kind: goloop, as the snapshot's manifest says/);
+    assert.ok(Number(r.outputs['height-reached']) >= height);
+    assert.ok(existsSync(join(node, g.cid, 'db')));
+    const rpcUrl = `http://127.0.0.1:${rpc}/api/v3/icon_dex`;
+    const restoredHash = await blockHash(rpcUrl, height);
+    const manifest = JSON.parse(await s3.getText(bucket, `_prep-snapshot/${key}.json`)) as {
+      facts: Record<string, string>;
+    };
+    assert.equal(restoredHash, manifest.facts.blockHash);
+    const restoredBalances = await Promise.all(sent.slice(0, 5).map((t) => balance(rpcUrl, t.to)));
+    assert.deepEqual(restoredBalances, balances);
+  });
+});
+
+async function rpcCall<T>(url: string, method: string, params: unknown): Promise<T> {
+  const res = await fetch(url, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }),
+    signal: AbortSignal.timeout(10_000),
+  });
+  const body = (await res.json()) as { result?: T; error?: unknown };
+  if (body.result === undefined) throw new Error(`${method}: ${JSON.stringify(body.error)}`);
+  return body.result;
+}
+
+async function blockHash(url: string, height: number): Promise<string> {
+  const b = await rpcCall<{ block_hash: string }>(url, 'icx_getBlockByHeight', {
+    height: `0x${height.toString(16)}`,
+  });
+  return b.block_hash.replace(/^0x/, '');
+}
+
+async function balance(url: string, address: string): Promise<bigint> {
+  return BigInt(await rpcCall<string>(url, 'icx_getBalance', { address }));
+}
+
+async function waitFor(ready: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await ready().catch(() => false))) {
+    if (Date.now() > deadline) throw new Error(`not ready within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+async function runShell(command: string): Promise<void> {
+  const { execFile } = await import('node:child_process');
+  await new Promise<void>((resolve) => execFile('bash', ['-c', command], () => resolve()));
+}

@@ -1,0 +1,136 @@
+/**
+ * The goloop kind's pure parts: the admin API's chains, the chain a run wants, the block
+ * hash, the kind's defaults, and how 'node-kind: auto' tells the kinds apart on a host.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { HostError } from '../../src/errors.ts';
+import {
+  chainFolder,
+  isAtRest,
+  parseBlockHash,
+  parseBuildVersion,
+  parseChains,
+  pickChain,
+  rpcBase,
+} from '../../src/node-kind/goloop/layout.ts';
+import { detectKindCommand } from '../../src/node-kind/index.ts';
+import { forKind, parseSettings } from '../../src/settings.ts';
+
+const KEY = '-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----';
+const base: Record<string, string> = {
+  bucket: 'snapshots',
+  host: 'node.example',
+  'ssh-key': KEY,
+  'insecure-skip-host-key-check': 'true',
+};
+const settings = (extra: Record<string, string> = {}) =>
+  parseSettings((n) => ({ ...base, ...extra })[n] ?? '');
+
+const ADMIN = JSON.stringify([
+  { cid: '0x1', nid: '0x1', channel: 'icon_dex', state: 'started', height: 1234, lastError: '' },
+  { cid: '0xabc', nid: '0x2', channel: 'other', state: 'stopped', height: 5, lastError: '' },
+]);
+
+describe('the goloop kind', () => {
+  it('reads the chains of the admin API and picks one by channel or by cid', () => {
+    const chains = parseChains(ADMIN);
+    assert.equal(pickChain(chains, 'icon_dex').height, 1234);
+    assert.equal(pickChain(chains, '0xABC').channel, 'other');
+    assert.throws(
+      () => pickChain(chains, 'nope'),
+      (e: unknown) =>
+        e instanceof HostError &&
+        /no chain on the channel 'nope' \(it has: icon_dex \(0x1, started\), other \(0xabc, stopped\)\)/.test(
+          e.message,
+        ),
+    );
+    assert.throws(() => parseChains('<html>'), /did not answer with JSON/);
+    assert.throws(() => parseChains('[{"cid":"../x"}]'), /names a chain with the cid/);
+  });
+
+  it('names the chain folder as goloop does, and knows which states leave the database closed', () => {
+    assert.equal(chainFolder('0x6b8c59'), '6b8c59');
+    const [started, stopped] = parseChains(ADMIN);
+    assert.equal(isAtRest(started!), false);
+    assert.equal(isAtRest(stopped!), true);
+    assert.equal(isAtRest({ ...started!, state: 'backup manual' }), true);
+  });
+
+  it('reads the block hash and the build version', () => {
+    const hash = 'ab'.repeat(32);
+    assert.equal(parseBlockHash(JSON.stringify({ result: { block_hash: hash } })), hash);
+    assert.equal(parseBlockHash(JSON.stringify({ result: { block_hash: `0x${hash}` } })), hash);
+    assert.throws(
+      () => parseBlockHash(JSON.stringify({ error: { code: -32602, message: 'no block' } })),
+      /answered with an error/,
+    );
+    assert.equal(parseBuildVersion('{"buildVersion":"v1.4.4"}'), 'v1.4.4');
+    assert.equal(parseBuildVersion('{"buildVersion":"$(x)"}'), '');
+    assert.equal(rpcBase('http://localhost:9000/admin/chain'), 'http://localhost:9000');
+  });
+
+  it("takes goloop's defaults where the inputs are left empty, and keeps what they give", () => {
+    const g = forKind(settings(), 'goloop');
+    assert.equal(g.node.dataDir, '/app/prep/data');
+    assert.equal(g.node.peerUrl, 'http://localhost:9000/admin/chain');
+    assert.equal(g.backup.compression, 'zstd');
+    assert.equal(g.backup.compressionLevel, 1);
+    assert.equal(g.node.chain, 'icon_dex');
+    const given = forKind(
+      settings({ 'data-dir': '/srv/icon2/data', compression: 'gzip', chain: '0x1' }),
+      'goloop',
+    );
+    assert.equal(given.node.dataDir, '/srv/icon2/data');
+    assert.equal(given.backup.compression, 'gzip');
+    assert.equal(given.node.chain, '0x1');
+    // loopchain's are the original guide's, as before.
+    const l = forKind(settings(), 'loopchain');
+    assert.equal(l.node.dataDir, '/app/prep/data/loopchain');
+    assert.equal(l.backup.compression, 'gzip');
+    assert.equal(settings({ 'node-kind': 'goloop' }).node.dataDir, '/app/prep/data');
+  });
+
+  it('refuses a node-kind or a chain it does not know', () => {
+    assert.throws(() => settings({ 'node-kind': 'icon3' }), /Input 'node-kind' is 'icon3'/);
+    assert.throws(() => settings({ chain: "icon_dex'; rm -rf /" }), /Input 'chain' is/);
+  });
+});
+
+describe("'node-kind: auto' on a host", () => {
+  const root = mkdtempSync(join(tmpdir(), 'prep-detect-'));
+  after(() => rmSync(root, { recursive: true, force: true }));
+  const detect = (prep: string, extra: Record<string, string> = {}) =>
+    spawnSync('sh', ['-c', detectKindCommand(settings({ 'prep-dir': prep, ...extra }))], {
+      encoding: 'utf8',
+    }).stdout.trim();
+
+  it('finds loopchain by its .storage, goloop by its socket or a chain folder, nothing on a fresh host', async () => {
+    const l = join(root, 'l');
+    mkdirSync(join(l, 'data/loopchain/.storage'), { recursive: true });
+    assert.equal(detect(l), `loopchain ${l}/data/loopchain/.storage`);
+
+    const g = join(root, 'g');
+    mkdirSync(join(g, 'data/6b8c59/db'), { recursive: true });
+    writeFileSync(join(g, 'data/6b8c59/config.json'), '{}');
+    assert.equal(detect(g), `goloop ${g}/data/6b8c59/config.json`);
+
+    const s = join(root, 's');
+    mkdirSync(join(s, 'data'), { recursive: true });
+    const sock = createServer().listen(join(s, 'data/cli.sock'));
+    await new Promise((r) => sock.once('listening', r));
+    assert.equal(detect(s), `goloop ${s}/data/cli.sock`);
+    sock.close();
+
+    assert.equal(detect(join(root, 'fresh')), '');
+    assert.equal(
+      detect(root, { 'data-dir': join(g, 'data') }),
+      `goloop ${g}/data/6b8c59/config.json`,
+    );
+  });
+});

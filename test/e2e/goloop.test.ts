@@ -295,6 +295,78 @@ describe('ICON 2: a real goloop node', { skip: goloopMissing() }, () => {
     }
   });
 
+  it('SSH cut mid-stream: the run fails clearly, the chain runs, nothing is left', async () => {
+    const listBefore = await listText();
+    // Down = sshd -> runner: the archive. Cut a little into it.
+    const proxy = await startCutProxy({ targetPort: sshd.port, downBytes: 48 * 1024 });
+    try {
+      const r = await runMainThenPost({
+        inputs: inputs({ ...backupInputs(), port: String(proxy.port) }),
+        env: s3Env(s3),
+        timeoutMs: 300_000,
+        main: { script: bundles().main },
+        post: { script: bundles().post },
+      });
+      assert.notEqual(r.main.code, 0, said(r.main));
+      assert.ok(proxy.cuts >= 1, 'the proxy cut');
+      assert.match(errors(r.main), /SSH connection was lost|Nothing was published/);
+      await assertCleanFailure(listBefore);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('two goloop nodes backed up at the same time: both are listed', async () => {
+    const g2 = await startGoloop();
+    try {
+      await g2.waitForHeight(3);
+      const both = await Promise.all(
+        [g, g2].map((n) =>
+          run({
+            mode: 'backup',
+            'data-dir': n.nodeDir,
+            'peer-url': `${n.rpcUrl}/admin/chain`,
+            prefix: 'Both',
+          }),
+        ),
+      );
+      for (const r of both) assert.equal(r.code, 0, said(r));
+      const listed = (await s3.getText(bucket, 'Both/backup_list')).trim().split('\n');
+      for (const r of both)
+        assert.ok(listed.includes((r.outputs.key as string).replace(/^Both\//, '')));
+      assert.equal((await g2.chain()).state, 'started');
+    } finally {
+      await g2.stop();
+    }
+  });
+
+  it('restores over the running chain with stop-node: the chain is stopped only for the swap', async () => {
+    assert.ok(key, 'the backup ran');
+    const common = {
+      mode: 'restore',
+      snapshot: key,
+      'data-dir': g.nodeDir,
+      'peer-url': `${g.rpcUrl}/admin/chain`,
+      'health-timeout': '120s',
+      'disk-margin': '1MiB',
+    };
+    const refused = await run(common);
+    assert.notEqual(refused.code, 0);
+    assert.match(errors(refused), /is running \(the chain icon_dex .* is 'started'/);
+    const r = await run({ ...common, 'stop-node': 'true' });
+    assert.equal(r.code, 0, said(r));
+    const log = said(r);
+    assert.ok(
+      log.indexOf('streamed and extracted') < log.indexOf('Stopping the node'),
+      'the snapshot streamed before the chain stopped',
+    );
+    assert.equal(await g.blockHash(height), await blockHash(`${g.rpcUrl}/api/v3/icon_dex`, height));
+    assert.equal((await g.chain()).state, 'started');
+    const previous = readdirSync(join(g.nodeDir, '..')).filter((n) => n.startsWith('data.prev-'));
+    assert.equal(previous.length, 1, 'the previous chain folder is kept outside the node dir');
+    assert.ok(existsSync(join(g.nodeDir, '..', previous[0]!, g.cid, 'db')));
+  });
+
   it('restores onto a fresh node dir: goloop starts on it, with the same block hash and balances', async () => {
     assert.ok(key, 'the backup ran');
     const balances = await Promise.all(sent.slice(0, 5).map((t) => g.balance(t.to)));

@@ -9,11 +9,8 @@ import { rmSync } from 'node:fs';
 import { State } from './constants.js';
 import { errorMessage } from './errors.js';
 import { manifestKey } from './naming.js';
-import {
-  detachedCommand,
-  disarmWatchdogCommand,
-  removeStagingCommand,
-} from './node-kind/remote.js';
+import { detachedCommand, removeStagingCommand } from './node-kind/remote.js';
+import { disarmWatchdogCommand } from './node-kind/watchdog.js';
 import { readBackupList } from './s3/backup-list.js';
 import { createClient } from './s3/client.js';
 import { deleteKeys } from './s3/store.js';

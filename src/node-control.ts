@@ -6,15 +6,14 @@
 import * as core from '@actions/core';
 import { State } from './constants.js';
 import { errorMessage, NodeLostError, RemoteCommandError } from './errors.js';
+import { detachedCommand, dirname } from './node-kind/remote.js';
 import {
   armWatchdogCommand,
-  detachedCommand,
-  dirname,
   disarmWatchdogCommand,
   NODE_LOST,
   nodeLostAt,
   parseDisarm,
-} from './node-kind/remote.js';
+} from './node-kind/watchdog.js';
 import type { NodeSettings } from './settings.js';
 import type { NodeCommands } from './node-kind/host.js';
 import type { Shell } from './node-kind/index.js';

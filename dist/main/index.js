@@ -88597,11 +88597,129 @@ function gated(command) {
     return `bash -c ${quote(script.join('\n'))}`;
 }
 
+;// CONCATENATED MODULE: ./src/node-kind/watchdog.ts
+/**
+ * The watchdog on the node host, and the run's hold on a stopped node: the commands that arm
+ * and disarm it, and the script lines a step runs under the hold. Built as strings from quoted
+ * values, as every command on the host is (see remote.ts).
+ */
+
+/*
+ * The watchdog's files on the host, beside the data dir. Whoever renames `flag` first owns
+ * the stopped node: the watchdog, to start it (`flag.fired`), or the run, for a step that
+ * needs the node down (`flag.held`, see `heldLines`). A rename is atomic, so the two can
+ * never both act.
+ *   flag        armed: the run holds the node down
+ *   flag.held   the run is in a step that needs the node down; the watchdog waits for it
+ *   flag.fired  the watchdog started the node (it holds the time); the run has lost the node
+ *   flag.pid    the watchdog's PID, for the disarm
+ *   flag.log    what the watchdog said, kept when it fired
+ */
+/**
+ * How long past 'max-downtime' a hold lasts before the watchdog takes it as left by a run
+ * that vanished in the middle of a step (its script killed with SIGKILL; an SSH cut ends it
+ * through its HUP trap, which gives the hold back). Steps under a hold take seconds.
+ */
+const ABANDONED_HOLD_SECONDS = 300;
+/** Exit status of a step on the host that found that the watchdog had started the node. */
+const NODE_LOST = 75;
+/**
+ * Arms the watchdog: a detached process on the host that runs the start command once the
+ * node has been down for `seconds`, unless the run has disarmed it by then. It holds when
+ * the runner vanishes. A step the run holds (`heldLines`) is waited for, up to
+ * `ABANDONED_HOLD_SECONDS` more. Prints the PID.
+ */
+function armWatchdogCommand(flag, seconds, startCommand) {
+    const n = Math.ceil(seconds);
+    const f = quote(flag);
+    const inner = [
+        `f=${f}`,
+        `trap 'rm -f -- "$f.pid"' EXIT`,
+        `deadline=$(( $(date +%s) + ${n} ))`,
+        // Until the deadline: a disarm (no flag, held or not) ends the watchdog.
+        `while [ "$(date +%s)" -lt "$deadline" ]; do`,
+        `  [ -e "$f" ] || [ -e "$f.held" ] || exit 0`,
+        `  sleep 1`,
+        `done`,
+        `while :; do`,
+        `  if mv -- "$f" "$f.fired" 2>/dev/null; then break; fi`,
+        `  [ -e "$f.held" ] || exit 0`,
+        `  held=$(stat -c %Y -- "$f.held" 2>/dev/null || echo 0)`,
+        `  if [ $(( $(date +%s) - held )) -ge ${n + ABANDONED_HOLD_SECONDS} ] && mv -- "$f.held" "$f.fired" 2>/dev/null; then break; fi`,
+        `  sleep 1`,
+        `done`,
+        `date -u +%FT%TZ > "$f.fired"`,
+        // The log is written only when the watchdog acts: nothing else it might print (a signal
+        // that ends it when disarmed) can leave a file for the operator to wonder about.
+        `exec >>"$f.log" 2>&1`,
+        `echo "$(date -u +%FT%TZ) prep-snapshot watchdog: the node was still down after ${n} s; starting it"`,
+        startCommand,
+    ].join('\n');
+    return bashScript([
+        `rm -f -- ${quote(`${flag}.fired`)} ${quote(`${flag}.held`)}`,
+        `printf '%s\\n' armed > ${f}`,
+        `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
+        `$detach nohup bash -c ${quote(inner)} ${OWN_MARK} </dev/null >/dev/null 2>&1 &`,
+        `printf '%s\\n' "$!" > ${quote(`${flag}.pid`)}`,
+        `echo "$!"`,
+    ]);
+}
+/**
+ * Script lines that take the node from the watchdog for the rest of the script, or exit
+ * with `NODE_LOST` when the watchdog has started it already. The hold is given back when
+ * the script ends, however it ends. Where no watchdog was armed for this run (no flag of
+ * any kind), they do nothing: the run did not stop the node.
+ */
+function heldLines(flag) {
+    return [
+        `wd_flag=${quote(flag)}`,
+        `lost() { echo "prep-snapshot-node-lost: the watchdog started the node at $(cat -- "$wd_flag.fired" 2>/dev/null)" >&2; exit ${NODE_LOST}; }`,
+        `if [ -e "$wd_flag.fired" ]; then lost; fi`,
+        `if [ -e "$wd_flag" ]; then`,
+        `  mv -- "$wd_flag" "$wd_flag.held" 2>/dev/null || lost`,
+        `  touch -- "$wd_flag.held"`,
+        // Given back at the end; a hold that is gone by then was taken as abandoned (see
+        // `armWatchdogCommand`): what the step did may have raced the node's start.
+        `  trap 'rc=$?; if mv -- "$wd_flag.held" "$wd_flag" 2>/dev/null; then exit $rc; fi; [ $rc -ne 0 ] && exit $rc; lost' EXIT`,
+        `  trap 'exit 129' HUP; trap 'exit 143' TERM; trap 'exit 130' INT`,
+        `fi`,
+    ];
+}
+/** Prints the time the watchdog started the node, if it did (read only). */
+function watchdogFiredCommand(flag) {
+    return bashScript([`cat -- ${quote(`${flag}.fired`)} 2>/dev/null || true`]);
+}
+/** The time the watchdog started the node, from a step's stderr that exited with `NODE_LOST`. */
+function nodeLostAt(stderr) {
+    const m = /prep-snapshot-node-lost: the watchdog started the node at (\S*)/.exec(stderr);
+    return m ? m[1] || 'an unknown time' : undefined;
+}
+/**
+ * Disarms the watchdog: the flag goes first, so that a watchdog that wakes now does
+ * nothing. Prints `fired=TIME` when the watchdog had started the node before (its log,
+ * written only then, stays for the operator).
+ */
+function disarmWatchdogCommand(flag) {
+    const f = (suffix = '') => quote(`${flag}${suffix}`);
+    return bashScript([
+        `pid=$(cat -- ${f('.pid')} 2>/dev/null || true)`,
+        `rm -f -- ${f()} ${f('.held')} ${f('.pid')}`,
+        `if [ -n "$pid" ]; then kill -- "-$pid" 2>/dev/null || kill -- "$pid" 2>/dev/null || true; fi`,
+        `if [ -e ${f('.fired')} ]; then echo "fired=$(cat -- ${f('.fired')})"; rm -f -- ${f('.fired')}; fi`,
+    ]);
+}
+/** The time the watchdog fired, from the output of `disarmWatchdogCommand`; undefined if it did not. */
+function parseDisarm(stdout) {
+    const m = /^fired=(.*)$/m.exec(stdout);
+    return m ? m[1]?.trim() || 'an unknown time' : undefined;
+}
+
 ;// CONCATENATED MODULE: ./src/node-kind/remote.ts
 /**
  * The commands that run on the node host, built as strings from quoted values. Each is a
  * pure function of its arguments, so that tests can read exactly what the host will run.
  */
+
 
 
 function dirname(path) {
@@ -88876,96 +88994,6 @@ function removeStagingCommand(stage, waitSeconds = STAGE_LOCK_WAIT_SECONDS) {
         `rm -rf -- ${quote(stage)}`,
     ]);
 }
-/*
- * The watchdog's files on the host, beside the data dir. Whoever renames `flag` first owns
- * the stopped node: the watchdog, to start it (`flag.fired`), or the run, for a step that
- * needs the node down (`flag.held`, see `heldLines`). A rename is atomic, so the two can
- * never both act.
- *   flag        armed: the run holds the node down
- *   flag.held   the run is in a step that needs the node down; the watchdog waits for it
- *   flag.fired  the watchdog started the node (it holds the time); the run has lost the node
- *   flag.pid    the watchdog's PID, for the disarm
- *   flag.log    what the watchdog said, kept when it fired
- */
-/**
- * How long past 'max-downtime' a hold lasts before the watchdog takes it as left by a run
- * that vanished in the middle of a step (its script killed with SIGKILL; an SSH cut ends it
- * through its HUP trap, which gives the hold back). Steps under a hold take seconds.
- */
-const ABANDONED_HOLD_SECONDS = 300;
-/** Exit status of a step on the host that found that the watchdog had started the node. */
-const NODE_LOST = 75;
-/**
- * Arms the watchdog: a detached process on the host that runs the start command once the
- * node has been down for `seconds`, unless the run has disarmed it by then. It holds when
- * the runner vanishes. A step the run holds (`heldLines`) is waited for, up to
- * `ABANDONED_HOLD_SECONDS` more. Prints the PID.
- */
-function armWatchdogCommand(flag, seconds, startCommand) {
-    const n = Math.ceil(seconds);
-    const f = quote(flag);
-    const inner = [
-        `f=${f}`,
-        `trap 'rm -f -- "$f.pid"' EXIT`,
-        `deadline=$(( $(date +%s) + ${n} ))`,
-        // Until the deadline: a disarm (no flag, held or not) ends the watchdog.
-        `while [ "$(date +%s)" -lt "$deadline" ]; do`,
-        `  [ -e "$f" ] || [ -e "$f.held" ] || exit 0`,
-        `  sleep 1`,
-        `done`,
-        `while :; do`,
-        `  if mv -- "$f" "$f.fired" 2>/dev/null; then break; fi`,
-        `  [ -e "$f.held" ] || exit 0`,
-        `  held=$(stat -c %Y -- "$f.held" 2>/dev/null || echo 0)`,
-        `  if [ $(( $(date +%s) - held )) -ge ${n + ABANDONED_HOLD_SECONDS} ] && mv -- "$f.held" "$f.fired" 2>/dev/null; then break; fi`,
-        `  sleep 1`,
-        `done`,
-        `date -u +%FT%TZ > "$f.fired"`,
-        // The log is written only when the watchdog acts: nothing else it might print (a signal
-        // that ends it when disarmed) can leave a file for the operator to wonder about.
-        `exec >>"$f.log" 2>&1`,
-        `echo "$(date -u +%FT%TZ) prep-snapshot watchdog: the node was still down after ${n} s; starting it"`,
-        startCommand,
-    ].join('\n');
-    return bashScript([
-        `rm -f -- ${quote(`${flag}.fired`)} ${quote(`${flag}.held`)}`,
-        `printf '%s\\n' armed > ${f}`,
-        `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
-        `$detach nohup bash -c ${quote(inner)} ${OWN_MARK} </dev/null >/dev/null 2>&1 &`,
-        `printf '%s\\n' "$!" > ${quote(`${flag}.pid`)}`,
-        `echo "$!"`,
-    ]);
-}
-/**
- * Script lines that take the node from the watchdog for the rest of the script, or exit
- * with `NODE_LOST` when the watchdog has started it already. The hold is given back when
- * the script ends, however it ends. Where no watchdog was armed for this run (no flag of
- * any kind), they do nothing: the run did not stop the node.
- */
-function heldLines(flag) {
-    return [
-        `wd_flag=${quote(flag)}`,
-        `lost() { echo "prep-snapshot-node-lost: the watchdog started the node at $(cat -- "$wd_flag.fired" 2>/dev/null)" >&2; exit ${NODE_LOST}; }`,
-        `if [ -e "$wd_flag.fired" ]; then lost; fi`,
-        `if [ -e "$wd_flag" ]; then`,
-        `  mv -- "$wd_flag" "$wd_flag.held" 2>/dev/null || lost`,
-        `  touch -- "$wd_flag.held"`,
-        // Given back at the end; a hold that is gone by then was taken as abandoned (see
-        // `armWatchdogCommand`): what the step did may have raced the node's start.
-        `  trap 'rc=$?; if mv -- "$wd_flag.held" "$wd_flag" 2>/dev/null; then exit $rc; fi; [ $rc -ne 0 ] && exit $rc; lost' EXIT`,
-        `  trap 'exit 129' HUP; trap 'exit 143' TERM; trap 'exit 130' INT`,
-        `fi`,
-    ];
-}
-/** Prints the time the watchdog started the node, if it did (read only). */
-function watchdogFiredCommand(flag) {
-    return bashScript([`cat -- ${quote(`${flag}.fired`)} 2>/dev/null || true`]);
-}
-/** The time the watchdog started the node, from a step's stderr that exited with `NODE_LOST`. */
-function nodeLostAt(stderr) {
-    const m = /prep-snapshot-node-lost: the watchdog started the node at (\S*)/.exec(stderr);
-    return m ? m[1] || 'an unknown time' : undefined;
-}
 /**
  * Runs an operator's command (the node's start) detached from the SSH session: in its own
  * session, its output in a file that is printed when it ends. A connection lost meanwhile
@@ -88985,25 +89013,6 @@ function detachedCommand(command) {
         `rm -f -- "$log"`,
         `exit "$rc"`,
     ]);
-}
-/**
- * Disarms the watchdog: the flag goes first, so that a watchdog that wakes now does
- * nothing. Prints `fired=TIME` when the watchdog had started the node before (its log,
- * written only then, stays for the operator).
- */
-function disarmWatchdogCommand(flag) {
-    const f = (suffix = '') => quote(`${flag}${suffix}`);
-    return bashScript([
-        `pid=$(cat -- ${f('.pid')} 2>/dev/null || true)`,
-        `rm -f -- ${f()} ${f('.held')} ${f('.pid')}`,
-        `if [ -n "$pid" ]; then kill -- "-$pid" 2>/dev/null || kill -- "$pid" 2>/dev/null || true; fi`,
-        `if [ -e ${f('.fired')} ]; then echo "fired=$(cat -- ${f('.fired')})"; rm -f -- ${f('.fired')}; fi`,
-    ]);
-}
-/** The time the watchdog fired, from the output of `disarmWatchdogCommand`; undefined if it did not. */
-function parseDisarm(stdout) {
-    const m = /^fired=(.*)$/m.exec(stdout);
-    return m ? m[1]?.trim() || 'an unknown time' : undefined;
 }
 /**
  * Is a node process running? Prints the matching `pid args` lines. The action's own shells
@@ -89068,202 +89077,6 @@ function parseBatch(stdout) {
     }
     return results;
 }
-/** Every decompressor a restore may use, by name. */
-const DECODERS = {
-    igzip: 'igzip -d -c',
-    pigz: 'pigz -d -c',
-    gzip: 'gzip -d -c',
-    zstd: 'zstd -d -q -c',
-};
-/**
- * The fastest decompressor the host has for `compression`. Inflate is single-threaded in
- * pigz and gzip alike and is the slowest stage of a restore; igzip (ISA-L, Debian's `isal`)
- * inflates about twice as fast on the same core and checks the CRC the same way.
- */
-function chooseDecoder(tools, compression) {
-    const pick = (name) => ({ name });
-    if (compression === 'zstd')
-        return pick('zstd');
-    if (tools.has('igzip'))
-        return pick('igzip');
-    if (tools.has('pigz'))
-        return pick('pigz');
-    return pick('gzip');
-}
-/**
- * `wide CMD...` runs CMD with the pipes on its stdin and stdout widened from 64 KiB to 1 MiB
- * (F_SETPIPE_SZ, through perl, which Debian and Ubuntu always have). Each time a pipe fills,
- * its writer sleeps and its reader is woken on the other core; on a VM those wake-ups cost
- * more than the copying. Measured on the 2 GiB bench archive: `igzip -d | tar -x` took
- * 13-15 s through 64 KiB pipes and 7.5-8.6 s through 1 MiB ones. Where perl or the fcntl is
- * missing, CMD runs as it is.
- */
-const WIDE_PIPES = `wide() { if command -v perl >/dev/null 2>&1; then ` +
-    `perl -e 'for (*STDIN, *STDOUT) { fcntl($_, 1031, 1048576) if $^O eq "linux" } ` +
-    `exec { $ARGV[0] } @ARGV or die "$ARGV[0]: $!\\n"' -- "$@"; else "$@"; fi; }`;
-/** Exit status of the extraction when the archive is not a snapshot of the node's kind. */
-const NOT_A_SNAPSHOT = 3;
-/**
- * Exit status of the extraction when the archive holds what a snapshot never does (see
- * `extractCommand`); EX_DATAERR of sysexits.h, which neither tar nor a decompressor uses.
- */
-const UNSAFE_ARCHIVE = 65;
-/** Starts each line of stderr that names an entry for which the extraction refused an archive. */
-const UNSAFE_MARK = 'prep-snapshot-unsafe';
-/** How many refused entries the extraction names; it counts the others. */
-const UNSAFE_SHOWN = 5;
-/** Prints the first lines of its input, then how many more there were. */
-const FIRST_FEW = `NR <= ${UNSAFE_SHOWN} { print } END { if (NR > ${UNSAFE_SHOWN}) print "and " NR - ${UNSAFE_SHOWN} " more" }`;
-/**
- * Reads tar's `-vv` listing of what it extracts (`--numeric-owner`, C locale: `MODE UID/GID
- * SIZE DATE TIME NAME`, with ` -> TARGET` or ` link to TARGET` after a link) and prints the
- * members that a snapshot never has: anything but a regular file or a directory, a file with
- * the setuid, setgid or sticky bit, an absolute name. tar has dropped those bits by then and
- * turned the absolute name into a relative one; the headers are where they still show.
- */
-const LISTING_CHECK = [
-    `{`,
-    `  t = substr($0, 1, 1); name = $0; why = ""`,
-    `  sub(/^[^ ]+ [^ ]+ +[^ ]+ [^ ]+ [^ ]+ /, "", name)`,
-    `  if (t == "l") why = "a symbolic link"`,
-    `  else if (t == "h") why = "a hard link"`,
-    `  else if (t == "c") why = "a character device"`,
-    `  else if (t == "b") why = "a block device"`,
-    `  else if (t == "p") why = "a fifo"`,
-    `  else if (t != "-" && t != "d") why = "an entry of type " t`,
-    `  else if (t == "-" && substr($0, 4, 1) ~ /[sS]/) why = "a setuid file"`,
-    `  else if (t == "-" && substr($0, 7, 1) ~ /[sS]/) why = "a setgid file"`,
-    `  else if (t == "-" && substr($0, 10, 1) ~ /[tT]/) why = "a file with the sticky bit"`,
-    `  else if (name ~ /^\\//) why = "an absolute name"`,
-    `  if (why != "" && ++n <= ${UNSAFE_SHOWN}) print name " (" why ")"`,
-    `}`,
-    `END { if (n > ${UNSAFE_SHOWN}) print "and " n - ${UNSAFE_SHOWN} " more" }`,
-].join('\n');
-/**
- * Passes tar's stderr through and prints the members that tar skipped for a `..` in their
- * name: those never reach its listing.
- */
-const ERRORS_CHECK = [
-    `{ print > "/dev/stderr" }`,
-    `/^tar: .*: Member name contains / {`,
-    `  name = $0; sub(/^tar: /, "", name); sub(/: Member name contains .*$/, "", name)`,
-    `  if (++n <= ${UNSAFE_SHOWN}) print name " (a name with ..)"`,
-    `}`,
-    `END { if (n > ${UNSAFE_SHOWN}) print "and " n - ${UNSAFE_SHOWN} " more" }`,
-].join('\n');
-/**
- * A `find` in the staging folder that prints (NUL-terminated) every entry that a snapshot of
- * `kind` never has: one outside its roots, anything but a regular file or a directory, a file
- * with more than one name, a file with the setuid, setgid or sticky bit. It looks at what
- * tar made rather than at what the headers said, so it holds whatever tar does with them.
- */
-function treeCheck(kind) {
-    const glob = (path) => path.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
-    // A root, a folder on the way to one, or anything under one.
-    const allowed = new Set();
-    for (const root of kind.roots) {
-        const parts = root.split('/');
-        for (let i = 1; i <= parts.length; i++)
-            allowed.add(`-path ${quote(`./${glob(parts.slice(0, i).join('/'))}`)}`);
-        allowed.add(`-path ${quote(`./${glob(root)}/*`)}`);
-    }
-    const where = kind.roots.join(' and ').replace(/[%\\]/g, (c) => `${c}${c}`);
-    const entry = (test, why) => `\\( ${test} -printf ${quote(`%P (${why})\\0`)} \\)`;
-    return [
-        `find . -mindepth 1`,
-        `\\( ! \\( ${[...allowed].join(' -o ')} \\) -printf ${quote(`%P (outside ${where})\\0`)} -prune \\)`,
-        ...[
-            entry('-type l', 'a symbolic link to %l'),
-            entry('-type c', 'a character device'),
-            entry('-type b', 'a block device'),
-            entry('-type p', 'a fifo'),
-            entry('! -type f ! -type d', 'neither a file nor a directory'),
-            entry('-type f -links +1', 'a hard link, %n names'),
-            entry('-type f -perm /7000', 'mode %m: setuid, setgid or sticky'),
-        ].map((e) => `-o ${e}`),
-    ].join(' ');
-}
-/** The first line that the extraction reads, before the archive: it names the decompressor. */
-function goLine(decoder) {
-    return `go ${decoder.name}\n`;
-}
-/**
- * Reads the archive from stdin into a fresh staging folder, checks that it holds a snapshot
- * and prints the number of files: one round trip.
- *
- * The command can start before the runner has decided to restore (its connection then
- * overlaps the checks of the host): it waits for `goLine` on stdin, and an input that ends
- * without it ends the command with nothing done.
- *
- * It runs as whoever the SSH user is, often root, and the archive is not trusted: tar keeps
- * no owner of the archive (files belong to the SSH user) and no mode bits beyond 0777 less
- * the umask. Then it refuses (exit `UNSAFE_ARCHIVE`, one `UNSAFE_MARK` line per entry on
- * stderr) an archive with anything but regular files and directories under the kind's roots:
- * a symbolic link (a placeholder that is one would take the block DB outside the data dir
- * at the swap), a device, a fifo, a hard link, a setuid, setgid or sticky file, an absolute
- * name or one with `..`. The staging folder is removed; the data dir is not touched.
- *
- * GNU tar (seen with 1.34, as root, umask 022) already keeps a hostile archive inside the
- * folder while it extracts: it skips a member whose name has a `..` and exits 2; it strips
- * the leading `/` of an absolute name and extracts it inside; it strips the leading `/` or
- * `../` of a hard link's target and links to that name inside the folder (and fails when
- * there is none); a symbolic link whose target is absolute or has a `..` holds its place as
- * a plain file until everything else is extracted, so that no member is written through it.
- * With `--no-same-permissions` it drops the setuid, setgid and sticky bits of files and
- * directories (a 4755 file becomes 0755), where the check cannot see them: the listing
- * check reads them from the headers.
- */
-function extractCommand(kind, prepDir, stage) {
-    const required = [
-        ...(kind.required ?? []),
-        ...(kind.identityParent && kind.placeholder
-            ? [`${kind.identityParent}/${kind.placeholder}`]
-            : []),
-    ];
-    const missing = (what) => `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
-    // A real directory: `-d` alone follows a symbolic link.
-    const isDir = (path) => `[ -d ${quote(path)} ] && [ ! -L ${quote(path)} ]`;
-    // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
-    // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads
-    // of a pipe into whole records.
-    const tar = 'LC_ALL=C tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
-    return bashScript([
-        WIDE_PIPES,
-        // bash reads a pipe a byte at a time: the archive starts right after this line.
-        `IFS=' ' read -r word name || exit 0`,
-        `[ "$word" = go ] || exit 0`,
-        `case "$name" in`,
-        ...Object.entries(DECODERS).map(([n, c]) => `  ${n}) decoder=${quote(c)} ;;`),
-        `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
-        `esac`,
-        // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
-        // folder: the runner that would remove it may be gone.
-        `stage=${quote(stage)}`,
-        `trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
-        `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`,
-        `mkdir -p -- ${quote(prepDir)}`,
-        `rm -rf -- "$stage"`,
-        `mkdir -p -- "$stage"`,
-        // The lock lives on the folder's open file, which every process below inherits: it is
-        // released when the last of them ends, however the script itself ends.
-        `exec 9<"$stage"`,
-        `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
-        // tar's listing goes to one check and its stderr (and the decompressor's) through the
-        // other; what they find comes out on fd 3. The status is the decompressor's or tar's.
-        `rc=0`,
-        `found=$({ { wide $decoder | ${tar} | awk ${quote(LISTING_CHECK)}; } 2>&1 >&3 | awk ${quote(ERRORS_CHECK)}; } 3>&1) || rc=$?`,
-        `if [ -n "$found" ]; then refuse "$found"; fi`,
-        `[ "$rc" = 0 ] || exit "$rc"`,
-        `cd -- "$stage"`,
-        // A root that is a symbolic link passes here, for the tree check to name it.
-        ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
-        // Names go to the runner's log: whatever is not printable becomes '?'.
-        `found=$(${treeCheck(kind)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
-        `if [ -n "$found" ]; then refuse "$found"; fi`,
-        ...[...kind.roots, ...required].map((d) => `${isDir(d)} || ${missing(d)}`),
-        `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
-    ]);
-}
 /** The line that lets a waiting `swapCommand` go ahead. */
 const SWAP_LINE = 'swap\n';
 /**
@@ -89302,6 +89115,7 @@ function rollbackCommand(dataDir, previous, failed, watchdogFlag) {
  * state saved before the stop (the post step restarts it), a watchdog on the host (holds
  * when the runner vanishes), and a start in `finally` by the caller.
  */
+
 
 
 
@@ -90664,6 +90478,439 @@ async function closeUnused(remote, graceMs = 30_000) {
     remote.source.destroy();
 }
 
+;// CONCATENATED MODULE: ./src/node-kind/extract.ts
+/**
+ * Extracting an archive on the node host, which is not trusted: the decompressors, the pipes
+ * widened for them, and the extraction with its checks of what the archive holds.
+ */
+
+/** Every decompressor a restore may use, by name. */
+const DECODERS = {
+    igzip: 'igzip -d -c',
+    pigz: 'pigz -d -c',
+    gzip: 'gzip -d -c',
+    zstd: 'zstd -d -q -c',
+};
+/**
+ * The fastest decompressor the host has for `compression`. Inflate is single-threaded in
+ * pigz and gzip alike and is the slowest stage of a restore; igzip (ISA-L, Debian's `isal`)
+ * inflates about twice as fast on the same core and checks the CRC the same way.
+ */
+function chooseDecoder(tools, compression) {
+    const pick = (name) => ({ name });
+    if (compression === 'zstd')
+        return pick('zstd');
+    if (tools.has('igzip'))
+        return pick('igzip');
+    if (tools.has('pigz'))
+        return pick('pigz');
+    return pick('gzip');
+}
+/**
+ * `wide CMD...` runs CMD with the pipes on its stdin and stdout widened from 64 KiB to 1 MiB
+ * (F_SETPIPE_SZ, through perl, which Debian and Ubuntu always have). Each time a pipe fills,
+ * its writer sleeps and its reader is woken on the other core; on a VM those wake-ups cost
+ * more than the copying. Measured on the 2 GiB bench archive: `igzip -d | tar -x` took
+ * 13-15 s through 64 KiB pipes and 7.5-8.6 s through 1 MiB ones. Where perl or the fcntl is
+ * missing, CMD runs as it is.
+ */
+const WIDE_PIPES = `wide() { if command -v perl >/dev/null 2>&1; then ` +
+    `perl -e 'for (*STDIN, *STDOUT) { fcntl($_, 1031, 1048576) if $^O eq "linux" } ` +
+    `exec { $ARGV[0] } @ARGV or die "$ARGV[0]: $!\\n"' -- "$@"; else "$@"; fi; }`;
+/** Exit status of the extraction when the archive is not a snapshot of the node's kind. */
+const NOT_A_SNAPSHOT = 3;
+/**
+ * Exit status of the extraction when the archive holds what a snapshot never does (see
+ * `extractCommand`); EX_DATAERR of sysexits.h, which neither tar nor a decompressor uses.
+ */
+const UNSAFE_ARCHIVE = 65;
+/** Starts each line of stderr that names an entry for which the extraction refused an archive. */
+const UNSAFE_MARK = 'prep-snapshot-unsafe';
+/** How many refused entries the extraction names; it counts the others. */
+const UNSAFE_SHOWN = 5;
+/** Prints the first lines of its input, then how many more there were. */
+const FIRST_FEW = `NR <= ${UNSAFE_SHOWN} { print } END { if (NR > ${UNSAFE_SHOWN}) print "and " NR - ${UNSAFE_SHOWN} " more" }`;
+/**
+ * Reads tar's `-vv` listing of what it extracts (`--numeric-owner`, C locale: `MODE UID/GID
+ * SIZE DATE TIME NAME`, with ` -> TARGET` or ` link to TARGET` after a link) and prints the
+ * members that a snapshot never has: anything but a regular file or a directory, a file with
+ * the setuid, setgid or sticky bit, an absolute name. tar has dropped those bits by then and
+ * turned the absolute name into a relative one; the headers are where they still show.
+ */
+const LISTING_CHECK = [
+    `{`,
+    `  t = substr($0, 1, 1); name = $0; why = ""`,
+    `  sub(/^[^ ]+ [^ ]+ +[^ ]+ [^ ]+ [^ ]+ /, "", name)`,
+    `  if (t == "l") why = "a symbolic link"`,
+    `  else if (t == "h") why = "a hard link"`,
+    `  else if (t == "c") why = "a character device"`,
+    `  else if (t == "b") why = "a block device"`,
+    `  else if (t == "p") why = "a fifo"`,
+    `  else if (t != "-" && t != "d") why = "an entry of type " t`,
+    `  else if (t == "-" && substr($0, 4, 1) ~ /[sS]/) why = "a setuid file"`,
+    `  else if (t == "-" && substr($0, 7, 1) ~ /[sS]/) why = "a setgid file"`,
+    `  else if (t == "-" && substr($0, 10, 1) ~ /[tT]/) why = "a file with the sticky bit"`,
+    `  else if (name ~ /^\\//) why = "an absolute name"`,
+    `  if (why != "" && ++n <= ${UNSAFE_SHOWN}) print name " (" why ")"`,
+    `}`,
+    `END { if (n > ${UNSAFE_SHOWN}) print "and " n - ${UNSAFE_SHOWN} " more" }`,
+].join('\n');
+/**
+ * Passes tar's stderr through and prints the members that tar skipped for a `..` in their
+ * name: those never reach its listing.
+ */
+const ERRORS_CHECK = [
+    `{ print > "/dev/stderr" }`,
+    `/^tar: .*: Member name contains / {`,
+    `  name = $0; sub(/^tar: /, "", name); sub(/: Member name contains .*$/, "", name)`,
+    `  if (++n <= ${UNSAFE_SHOWN}) print name " (a name with ..)"`,
+    `}`,
+    `END { if (n > ${UNSAFE_SHOWN}) print "and " n - ${UNSAFE_SHOWN} " more" }`,
+].join('\n');
+/**
+ * A `find` in the staging folder that prints (NUL-terminated) every entry that a snapshot of
+ * `kind` never has: one outside its roots, anything but a regular file or a directory, a file
+ * with more than one name, a file with the setuid, setgid or sticky bit. It looks at what
+ * tar made rather than at what the headers said, so it holds whatever tar does with them.
+ */
+function treeCheck(kind) {
+    const glob = (path) => path.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
+    // A root, a folder on the way to one, or anything under one.
+    const allowed = new Set();
+    for (const root of kind.roots) {
+        const parts = root.split('/');
+        for (let i = 1; i <= parts.length; i++)
+            allowed.add(`-path ${quote(`./${glob(parts.slice(0, i).join('/'))}`)}`);
+        allowed.add(`-path ${quote(`./${glob(root)}/*`)}`);
+    }
+    const where = kind.roots.join(' and ').replace(/[%\\]/g, (c) => `${c}${c}`);
+    const entry = (test, why) => `\\( ${test} -printf ${quote(`%P (${why})\\0`)} \\)`;
+    return [
+        `find . -mindepth 1`,
+        `\\( ! \\( ${[...allowed].join(' -o ')} \\) -printf ${quote(`%P (outside ${where})\\0`)} -prune \\)`,
+        ...[
+            entry('-type l', 'a symbolic link to %l'),
+            entry('-type c', 'a character device'),
+            entry('-type b', 'a block device'),
+            entry('-type p', 'a fifo'),
+            entry('! -type f ! -type d', 'neither a file nor a directory'),
+            entry('-type f -links +1', 'a hard link, %n names'),
+            entry('-type f -perm /7000', 'mode %m: setuid, setgid or sticky'),
+        ].map((e) => `-o ${e}`),
+    ].join(' ');
+}
+/** The first line that the extraction reads, before the archive: it names the decompressor. */
+function goLine(decoder) {
+    return `go ${decoder.name}\n`;
+}
+/**
+ * Reads the archive from stdin into a fresh staging folder, checks that it holds a snapshot
+ * and prints the number of files: one round trip.
+ *
+ * The command can start before the runner has decided to restore (its connection then
+ * overlaps the checks of the host): it waits for `goLine` on stdin, and an input that ends
+ * without it ends the command with nothing done.
+ *
+ * It runs as whoever the SSH user is, often root, and the archive is not trusted: tar keeps
+ * no owner of the archive (files belong to the SSH user) and no mode bits beyond 0777 less
+ * the umask. Then it refuses (exit `UNSAFE_ARCHIVE`, one `UNSAFE_MARK` line per entry on
+ * stderr) an archive with anything but regular files and directories under the kind's roots:
+ * a symbolic link (a placeholder that is one would take the block DB outside the data dir
+ * at the swap), a device, a fifo, a hard link, a setuid, setgid or sticky file, an absolute
+ * name or one with `..`. The staging folder is removed; the data dir is not touched.
+ *
+ * GNU tar (seen with 1.34, as root, umask 022) already keeps a hostile archive inside the
+ * folder while it extracts: it skips a member whose name has a `..` and exits 2; it strips
+ * the leading `/` of an absolute name and extracts it inside; it strips the leading `/` or
+ * `../` of a hard link's target and links to that name inside the folder (and fails when
+ * there is none); a symbolic link whose target is absolute or has a `..` holds its place as
+ * a plain file until everything else is extracted, so that no member is written through it.
+ * With `--no-same-permissions` it drops the setuid, setgid and sticky bits of files and
+ * directories (a 4755 file becomes 0755), where the check cannot see them: the listing
+ * check reads them from the headers.
+ */
+function extractCommand(kind, prepDir, stage) {
+    const required = [
+        ...(kind.required ?? []),
+        ...(kind.identityParent && kind.placeholder
+            ? [`${kind.identityParent}/${kind.placeholder}`]
+            : []),
+    ];
+    const missing = (what) => `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
+    // A real directory: `-d` alone follows a symbolic link.
+    const isDir = (path) => `[ -d ${quote(path)} ] && [ ! -L ${quote(path)} ]`;
+    // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
+    // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads
+    // of a pipe into whole records.
+    const tar = 'LC_ALL=C tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
+    return bashScript([
+        WIDE_PIPES,
+        // bash reads a pipe a byte at a time: the archive starts right after this line.
+        `IFS=' ' read -r word name || exit 0`,
+        `[ "$word" = go ] || exit 0`,
+        `case "$name" in`,
+        ...Object.entries(DECODERS).map(([n, c]) => `  ${n}) decoder=${quote(c)} ;;`),
+        `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
+        `esac`,
+        // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
+        // folder: the runner that would remove it may be gone.
+        `stage=${quote(stage)}`,
+        `trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
+        `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`,
+        `mkdir -p -- ${quote(prepDir)}`,
+        `rm -rf -- "$stage"`,
+        `mkdir -p -- "$stage"`,
+        // The lock lives on the folder's open file, which every process below inherits: it is
+        // released when the last of them ends, however the script itself ends.
+        `exec 9<"$stage"`,
+        `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
+        // tar's listing goes to one check and its stderr (and the decompressor's) through the
+        // other; what they find comes out on fd 3. The status is the decompressor's or tar's.
+        `rc=0`,
+        `found=$({ { wide $decoder | ${tar} | awk ${quote(LISTING_CHECK)}; } 2>&1 >&3 | awk ${quote(ERRORS_CHECK)}; } 3>&1) || rc=$?`,
+        `if [ -n "$found" ]; then refuse "$found"; fi`,
+        `[ "$rc" = 0 ] || exit "$rc"`,
+        `cd -- "$stage"`,
+        // A root that is a symbolic link passes here, for the tree check to name it.
+        ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
+        // Names go to the runner's log: whatever is not printable becomes '?'.
+        `found=$(${treeCheck(kind)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
+        `if [ -n "$found" ]; then refuse "$found"; fi`,
+        ...[...kind.roots, ...required].map((d) => `${isDir(d)} || ${missing(d)}`),
+        `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
+    ]);
+}
+
+;// CONCATENATED MODULE: ./src/node-kind/goloop/commands.ts
+/**
+ * The commands that drive an ICON 2 (goloop) node on its host, built as strings from quoted
+ * values. The chain is controlled through the node's own control socket (`{node dir}/cli.sock`,
+ * what `goloop chain stop|backup|start` speaks to): the container keeps running and its peers
+ * stay connected while the chain's database is closed for the freeze.
+ */
+
+
+/**
+ * Shell functions over the control socket, for chain `cid` (`0x…`): `post ACTION [BODY]`,
+ * `state` (the chain's state as the socket reports it), and `settle_*`, which wait up to
+ * five minutes for the chain to reach a state. A stop is answered before the chain has
+ * stopped ('stopping'), and a start or a backup sent then is refused: hence the waits.
+ */
+function socketFunctions(sock, cid) {
+    const url = (path) => `"http://localhost/chain/$cid${path}"`;
+    const settle = (name, states) => `settle_${name}() { i=0; while :; do s=$(state || true); case "$s" in ${states}) return 0 ;; esac; ` +
+        `i=$((i + 1)); if [ "$i" -ge 3000 ]; then echo "the chain is '$s' after 300 s" >&2; return 1; fi; sleep 0.1; done; }`;
+    return [
+        `sock=${quote(sock)}`,
+        `cid=${quote(cid)}`,
+        `post() { curl -fsS --max-time 120 --unix-socket "$sock" -X POST -H 'Content-Type: application/json' -d "\${2:-}" ${url('/$1')} >/dev/null; }`,
+        `state() { curl -fsS --max-time 10 --unix-socket "$sock" ${url('')} | sed -n 's/.*"state" *: *"\\([^"]*\\)".*/\\1/p'; }`,
+        settle('stopped', `stopped|'backup done'|failed`),
+        settle('manual', `'backup manual'`),
+        settle('started', 'started'),
+    ];
+}
+/**
+ * Stops the chain and releases its database (a manual backup, which only closes it), so that
+ * its files are still: the freeze's stop. The goloop process and its peers stay up.
+ */
+function chainReleaseCommand(sock, cid) {
+    return bashScript([
+        ...socketFunctions(sock, cid),
+        `case "$(state)" in started|starting) post stop ;; esac`,
+        `settle_stopped`,
+        `post backup '{"manual":true}'`,
+        `settle_manual`,
+    ]);
+}
+/**
+ * Starts the chain again: a chain whose database was released is stopped first (which
+ * reopens it), then started. Where the socket is missing (goloop itself is down, as on a
+ * fresh host), `fallback` (the operator's start, e.g. Compose up) runs first, and the chain
+ * is started once the socket answers.
+ */
+function chainStartCommand(sock, cid, fallback) {
+    return bashScript([
+        `if [ ! -S ${quote(sock)} ]; then`,
+        `  "\${SHELL:-/bin/sh}" -c ${quote(fallback)} </dev/null`,
+        `  i=0; until [ -S ${quote(sock)} ]; do i=$((i + 1)); if [ "$i" -ge 3000 ]; then echo ${quote(`${sock} did not appear within 300 s of the start command`)} >&2; exit 1; fi; sleep 0.1; done`,
+        `fi`,
+        ...socketFunctions(sock, cid),
+        // The socket may take a moment to list the chains after it appears.
+        `i=0; until [ -n "$(state || true)" ]; do i=$((i + 1)); if [ "$i" -ge 600 ]; then echo "the chain $cid is not on the node" >&2; exit 1; fi; sleep 0.1; done`,
+        `case "$(state)" in`,
+        `  started) exit 0 ;;`,
+        `  stopped|failed|'backup done') ;;`,
+        `  *) post stop; settle_stopped ;;`,
+        `esac`,
+        `post start`,
+        `settle_started`,
+    ]);
+}
+/**
+ * What a goloop backup needs to know about the host, read only: the node dir, its socket,
+ * the chain folder and its database, the tools. Prints `key=value` lines.
+ */
+function goloopProbeCommand(nodeDir, folder) {
+    return bashScript([
+        `node=${quote(nodeDir)}`,
+        `if [ ! -d "$node" ]; then echo "nodedir=missing"; exit 0; fi`,
+        `echo "nodedir=present"`,
+        `[ -S "$node/cli.sock" ] && echo "socket=present" || true`,
+        `[ -f "$node"/${quote(folder)}/config.json ] && echo "chainconfig=present" || true`,
+        `[ -d "$node"/${quote(folder)}/db ] && echo "db=present" || true`,
+        `for t in tar pigz gzip zstd curl base64 setsid flock; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+        `echo "dev_data=$(stat -c %d "$node")"`,
+        `echo "dev_parent=$(stat -c %d "$(dirname -- "$node")")"`,
+        `echo "free_parent=$(df -P -B1 "$(dirname -- "$node")" | awk 'NR==2 {print $4}')"`,
+        `echo "data_bytes=$(cd -- "$node" && find ${quote(folder)} -type f -printf '%s\\n' 2>/dev/null | awk '{s+=$1} END {printf "%d", s}' || true)"`,
+        `parent=$(dirname -- "$node")`,
+        `find "$parent" "$node" -maxdepth 1 -type d -name '.prep-snapshot-staging-*' -mmin +1440 -print 2>/dev/null | while IFS= read -r d; do`,
+        `  if command -v flock >/dev/null 2>&1 && ! flock -n -- "$d" true 2>/dev/null; then continue; fi`,
+        `  printf 'stale=%s\\n' "$d"`,
+        `done; true`,
+    ]);
+}
+/** Asks the node's JSON-RPC for the block at `height`, from the host. */
+function blockCommand(rpcUrl, height) {
+    const body = JSON.stringify({
+        jsonrpc: '2.0',
+        id: 1,
+        method: 'icx_getBlockByHeight',
+        params: { height: `0x${height.toString(16)}` },
+    });
+    return bashScript([
+        `curl -fsS --max-time 10 -H 'Content-Type: application/json' -d ${quote(body)} ${quote(rpcUrl)}`,
+    ]);
+}
+/** The line that lets a waiting `chainSwapCommand` go ahead. */
+const CHAIN_SWAP_LINE = 'swap\n';
+/**
+ * Moves the staged chain folder into the node dir; the chain's previous folder goes into
+ * `previous` (a folder beside the node dir: goloop loads every folder of its node dir that
+ * holds a config.json as a chain, and two of one cid would stop it from starting). Prints
+ * `swapped`. Waits for `CHAIN_SWAP_LINE`, as the loopchain swap does.
+ */
+function chainSwapCommand(nodeDir, folder, stage, previous, watchdogFlag) {
+    const current = `${nodeDir}/${folder}`;
+    return bashScript([
+        `IFS= read -r word || exit 0`,
+        `[ "$word" = swap ] || exit 0`,
+        ...heldLines(watchdogFlag),
+        `mkdir -p -- ${quote(nodeDir)}`,
+        `if [ -e ${quote(current)} ]; then mkdir -p -- ${quote(previous)}; mv -- ${quote(current)} ${quote(`${previous}/${folder}`)}; fi`,
+        `mv -- ${quote(`${stage}/${folder}`)} ${quote(current)}`,
+        `rmdir -- ${quote(stage)} 2>/dev/null || rm -rf -- ${quote(stage)}`,
+        `echo swapped`,
+    ]);
+}
+/** Puts the chain's previous folder back; the failed one is kept beside it, in `failed`. */
+function chainRollbackCommand(nodeDir, folder, previous, failed, watchdogFlag) {
+    const current = `${nodeDir}/${folder}`;
+    return bashScript([
+        ...heldLines(watchdogFlag),
+        `[ -e ${quote(`${previous}/${folder}`)} ] || { echo 'no previous chain folder to roll back to' >&2; exit 3; }`,
+        `if [ -e ${quote(current)} ]; then mkdir -p -- ${quote(failed)}; mv -- ${quote(current)} ${quote(`${failed}/${folder}`)}; fi`,
+        `mv -- ${quote(`${previous}/${folder}`)} ${quote(current)}`,
+        `rmdir -- ${quote(previous)} 2>/dev/null || true`,
+    ]);
+}
+
+;// CONCATENATED MODULE: ./src/node-kind/goloop/layout.ts
+/**
+ * What is specific to an ICON 2 (goloop) node, as pure functions: the chains that its admin
+ * API lists, the chain a run wants (by channel or by cid), the chain folder's name, the
+ * block hash in a JSON-RPC answer. goloop keeps one folder per chain in its node dir, named
+ * by the cid in hex (`{node dir}/{cid}`), with the goleveldb database in `db/{nid}`.
+ */
+
+/** The chain folder's name: the cid in hex, without `0x` (goloop's `_mkChainDir`). */
+function chainFolder(cid) {
+    return cid.replace(/^0x/, '');
+}
+/** The chains in an answer of `GET /admin/chain`. */
+function parseChains(body) {
+    let parsed;
+    try {
+        parsed = JSON.parse(body);
+    }
+    catch {
+        throw new HostError(`The admin API did not answer with JSON: '${body.slice(0, 200)}'.`);
+    }
+    if (!Array.isArray(parsed)) {
+        throw new HostError(`The admin API's answer is not a list of chains: '${body.slice(0, 200)}'.`);
+    }
+    return parsed.map((c) => {
+        const cid = String(c.cid ?? '');
+        if (!/^0x[0-9a-f]{1,8}$/.test(cid)) {
+            throw new HostError(`The admin API names a chain with the cid '${cid.slice(0, 40)}'.`);
+        }
+        return {
+            cid,
+            nid: String(c.nid ?? ''),
+            channel: String(c.channel ?? ''),
+            state: String(c.state ?? ''),
+            height: Number(c.height ?? NaN),
+            lastError: String(c.lastError ?? ''),
+        };
+    });
+}
+/** The chain that `want` names: a cid (`0x…`) or a channel (`icon_dex` on MainNet). */
+function pickChain(chains, want) {
+    const byCid = /^0x[0-9a-f]+$/i.test(want);
+    const found = chains.filter((c) => (byCid ? c.cid === want.toLowerCase() : c.channel === want));
+    if (found.length === 1)
+        return found[0];
+    const known = chains.map((c) => `${c.channel} (${c.cid}, ${c.state})`).join(', ') || 'none';
+    if (found.length === 0) {
+        throw new HostError(`The node has no chain ${byCid ? 'with the cid' : 'on the channel'} '${want}' (it has: ${known}). Set 'chain' to one of them.`);
+    }
+    throw new HostError(`The node has ${found.length} chains on the channel '${want}' (${known}): set 'chain' to the cid of one.`);
+}
+/** A chain that produces blocks: the only kind a backup is taken of. */
+function isStarted(chain) {
+    return chain.state === 'started';
+}
+/** A chain whose database is closed or not open (a swap of its folder is safe). */
+function isAtRest(chain) {
+    return ['stopped', 'backup done', 'backup manual', 'failed', 'created'].includes(chain.state);
+}
+/** The block hash in an answer of `icx_getBlockByHeight` (hex, without `0x`). */
+function parseBlockHash(body) {
+    let hash;
+    try {
+        const parsed = JSON.parse(body);
+        hash = parsed.result?.block_hash;
+        if (hash === undefined && parsed.error !== undefined) {
+            throw new HostError(`The node's JSON-RPC answered with an error: ${JSON.stringify(parsed.error)}.`);
+        }
+    }
+    catch (error) {
+        if (error instanceof HostError)
+            throw error;
+        throw new HostError(`The node's JSON-RPC did not answer with JSON: '${body.slice(0, 200)}'.`);
+    }
+    if (typeof hash !== 'string' || !/^(0x)?[0-9a-f]{64}$/.test(hash)) {
+        throw new HostError(`The node's JSON-RPC answer has no block_hash: '${body.slice(0, 200)}'.`);
+    }
+    return hash.replace(/^0x/, '');
+}
+/** The goloop version in an answer of `GET /admin/system` (`buildVersion`), or ''. */
+function parseBuildVersion(body) {
+    try {
+        const v = JSON.parse(body).buildVersion;
+        return typeof v === 'string' && /^[\w.+-]{1,40}$/.test(v) ? v : '';
+    }
+    catch {
+        return '';
+    }
+}
+/** The RPC base URL (`http://host:port`) of an admin URL such as `http://localhost:9000/admin/chain`. */
+function rpcBase(adminUrl) {
+    const u = new URL(adminUrl);
+    return `${u.protocol}//${u.host}`;
+}
+
 ;// CONCATENATED MODULE: ./src/node-kind/leveldb-manifest.ts
 /**
  * Reads a LevelDB MANIFEST: a log file (32 KiB blocks of checksummed records) whose
@@ -90909,234 +91156,71 @@ function planPrune(dbs) {
     return plan;
 }
 
-;// CONCATENATED MODULE: ./src/node-kind/goloop/commands.ts
+;// CONCATENATED MODULE: ./src/node-kind/ssh-host.ts
 /**
- * The commands that drive an ICON 2 (goloop) node on its host, built as strings from quoted
- * values. The chain is controlled through the node's own control socket (`{node dir}/cli.sock`,
- * what `goloop chain stop|backup|start` speaks to): the container keeps running and its peers
- * stay connected while the chain's database is closed for the freeze.
+ * What every kind of node does the same way over SSH, once it has said which files make up
+ * its snapshot (`tree`): the frozen copy settled and measured, the stat digest, a step opened
+ * ahead that waits for its line, and removals.
  */
 
 
-/**
- * Shell functions over the control socket, for chain `cid` (`0x…`): `post ACTION [BODY]`,
- * `state` (the chain's state as the socket reports it), and `settle_*`, which wait up to
- * five minutes for the chain to reach a state. A stop is answered before the chain has
- * stopped ('stopping'), and a start or a backup sent then is refused: hence the waits.
- */
-function socketFunctions(sock, cid) {
-    const url = (path) => `"http://localhost/chain/$cid${path}"`;
-    const settle = (name, states) => `settle_${name}() { i=0; while :; do s=$(state || true); case "$s" in ${states}) return 0 ;; esac; ` +
-        `i=$((i + 1)); if [ "$i" -ge 3000 ]; then echo "the chain is '$s' after 300 s" >&2; return 1; fi; sleep 0.1; done; }`;
-    return [
-        `sock=${quote(sock)}`,
-        `cid=${quote(cid)}`,
-        `post() { curl -fsS --max-time 120 --unix-socket "$sock" -X POST -H 'Content-Type: application/json' -d "\${2:-}" ${url('/$1')} >/dev/null; }`,
-        `state() { curl -fsS --max-time 10 --unix-socket "$sock" ${url('')} | sed -n 's/.*"state" *: *"\\([^"]*\\)".*/\\1/p'; }`,
-        settle('stopped', `stopped|'backup done'|failed`),
-        settle('manual', `'backup manual'`),
-        settle('started', 'started'),
-    ];
-}
-/**
- * Stops the chain and releases its database (a manual backup, which only closes it), so that
- * its files are still: the freeze's stop. The goloop process and its peers stay up.
- */
-function chainReleaseCommand(sock, cid) {
-    return bashScript([
-        ...socketFunctions(sock, cid),
-        `case "$(state)" in started|starting) post stop ;; esac`,
-        `settle_stopped`,
-        `post backup '{"manual":true}'`,
-        `settle_manual`,
-    ]);
-}
-/**
- * Starts the chain again: a chain whose database was released is stopped first (which
- * reopens it), then started. Where the socket is missing (goloop itself is down, as on a
- * fresh host), `fallback` (the operator's start, e.g. Compose up) runs first, and the chain
- * is started once the socket answers.
- */
-function chainStartCommand(sock, cid, fallback) {
-    return bashScript([
-        `if [ ! -S ${quote(sock)} ]; then`,
-        `  "\${SHELL:-/bin/sh}" -c ${quote(fallback)} </dev/null`,
-        `  i=0; until [ -S ${quote(sock)} ]; do i=$((i + 1)); if [ "$i" -ge 3000 ]; then echo ${quote(`${sock} did not appear within 300 s of the start command`)} >&2; exit 1; fi; sleep 0.1; done`,
-        `fi`,
-        ...socketFunctions(sock, cid),
-        // The socket may take a moment to list the chains after it appears.
-        `i=0; until [ -n "$(state || true)" ]; do i=$((i + 1)); if [ "$i" -ge 600 ]; then echo "the chain $cid is not on the node" >&2; exit 1; fi; sleep 0.1; done`,
-        `case "$(state)" in`,
-        `  started) exit 0 ;;`,
-        `  stopped|failed|'backup done') ;;`,
-        `  *) post stop; settle_stopped ;;`,
-        `esac`,
-        `post start`,
-        `settle_started`,
-    ]);
-}
-/**
- * What a goloop backup needs to know about the host, read only: the node dir, its socket,
- * the chain folder and its database, the tools. Prints `key=value` lines.
- */
-function goloopProbeCommand(nodeDir, folder) {
-    return bashScript([
-        `node=${quote(nodeDir)}`,
-        `if [ ! -d "$node" ]; then echo "nodedir=missing"; exit 0; fi`,
-        `echo "nodedir=present"`,
-        `[ -S "$node/cli.sock" ] && echo "socket=present" || true`,
-        `[ -f "$node"/${quote(folder)}/config.json ] && echo "chainconfig=present" || true`,
-        `[ -d "$node"/${quote(folder)}/db ] && echo "db=present" || true`,
-        `for t in tar pigz gzip zstd curl base64 setsid flock; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
-        `echo "dev_data=$(stat -c %d "$node")"`,
-        `echo "dev_parent=$(stat -c %d "$(dirname -- "$node")")"`,
-        `echo "free_parent=$(df -P -B1 "$(dirname -- "$node")" | awk 'NR==2 {print $4}')"`,
-        `echo "data_bytes=$(cd -- "$node" && find ${quote(folder)} -type f -printf '%s\\n' 2>/dev/null | awk '{s+=$1} END {printf "%d", s}' || true)"`,
-        `parent=$(dirname -- "$node")`,
-        `find "$parent" "$node" -maxdepth 1 -type d -name '.prep-snapshot-staging-*' -mmin +1440 -print 2>/dev/null | while IFS= read -r d; do`,
-        `  if command -v flock >/dev/null 2>&1 && ! flock -n -- "$d" true 2>/dev/null; then continue; fi`,
-        `  printf 'stale=%s\\n' "$d"`,
-        `done; true`,
-    ]);
-}
-/** Asks the node's JSON-RPC for the block at `height`, from the host. */
-function blockCommand(rpcUrl, height) {
-    const body = JSON.stringify({
-        jsonrpc: '2.0',
-        id: 1,
-        method: 'icx_getBlockByHeight',
-        params: { height: `0x${height.toString(16)}` },
-    });
-    return bashScript([
-        `curl -fsS --max-time 10 -H 'Content-Type: application/json' -d ${quote(body)} ${quote(rpcUrl)}`,
-    ]);
-}
-/** The line that lets a waiting `chainSwapCommand` go ahead. */
-const CHAIN_SWAP_LINE = 'swap\n';
-/**
- * Moves the staged chain folder into the node dir; the chain's previous folder goes into
- * `previous` (a folder beside the node dir: goloop loads every folder of its node dir that
- * holds a config.json as a chain, and two of one cid would stop it from starting). Prints
- * `swapped`. Waits for `CHAIN_SWAP_LINE`, as the loopchain swap does.
- */
-function chainSwapCommand(nodeDir, folder, stage, previous, watchdogFlag) {
-    const current = `${nodeDir}/${folder}`;
-    return bashScript([
-        `IFS= read -r word || exit 0`,
-        `[ "$word" = swap ] || exit 0`,
-        ...heldLines(watchdogFlag),
-        `mkdir -p -- ${quote(nodeDir)}`,
-        `if [ -e ${quote(current)} ]; then mkdir -p -- ${quote(previous)}; mv -- ${quote(current)} ${quote(`${previous}/${folder}`)}; fi`,
-        `mv -- ${quote(`${stage}/${folder}`)} ${quote(current)}`,
-        `rmdir -- ${quote(stage)} 2>/dev/null || rm -rf -- ${quote(stage)}`,
-        `echo swapped`,
-    ]);
-}
-/** Puts the chain's previous folder back; the failed one is kept beside it, in `failed`. */
-function chainRollbackCommand(nodeDir, folder, previous, failed, watchdogFlag) {
-    const current = `${nodeDir}/${folder}`;
-    return bashScript([
-        ...heldLines(watchdogFlag),
-        `[ -e ${quote(`${previous}/${folder}`)} ] || { echo 'no previous chain folder to roll back to' >&2; exit 3; }`,
-        `if [ -e ${quote(current)} ]; then mkdir -p -- ${quote(failed)}; mv -- ${quote(current)} ${quote(`${failed}/${folder}`)}; fi`,
-        `mv -- ${quote(`${previous}/${folder}`)} ${quote(current)}`,
-        `rmdir -- ${quote(previous)} 2>/dev/null || true`,
-    ]);
-}
 
-;// CONCATENATED MODULE: ./src/node-kind/goloop/layout.ts
-/**
- * What is specific to an ICON 2 (goloop) node, as pure functions: the chains that its admin
- * API lists, the chain a run wants (by channel or by cid), the chain folder's name, the
- * block hash in a JSON-RPC answer. goloop keeps one folder per chain in its node dir, named
- * by the cid in hex (`{node dir}/{cid}`), with the goleveldb database in `db/{nid}`.
- */
-
-/** The chain folder's name: the cid in hex, without `0x` (goloop's `_mkChainDir`). */
-function chainFolder(cid) {
-    return cid.replace(/^0x/, '');
-}
-/** The chains in an answer of `GET /admin/chain`. */
-function parseChains(body) {
-    let parsed;
-    try {
-        parsed = JSON.parse(body);
+class SshHost {
+    session;
+    constructor(session) {
+        this.session = session;
     }
-    catch {
-        throw new HostError(`The admin API did not answer with JSON: '${body.slice(0, 200)}'.`);
+    /**
+     * Leaves out of a frozen `stage` the tables that its MANIFESTs do not list (the leftovers
+     * of a compaction the node was stopped in), then measures what is left, with the stat
+     * digest that the stream is checked against.
+     */
+    async settleFrozen(stage) {
+        // Measured at the same time as the MANIFESTs are read: that is the answer unless there
+        // is something to prune, which is rare.
+        const measure = () => this.session.run('Measuring the snapshot', sizeCommand(this.tree, stage, true));
+        const measuring = measure();
+        measuring.catch(() => undefined);
+        const plan = planPrune(parseManifestsOutput(await this.session.run('Reading the MANIFESTs', manifestsCommand(this.tree, stage))));
+        info(`${plan.databases} LevelDB database(s), ${plan.liveTables} live tables; ` +
+            `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`);
+        if (plan.garbage.length === 0)
+            return parseSizes(await measuring);
+        await measuring.catch(() => undefined);
+        await this.session.run('Pruning the staging folder', pruneCommand(stage), {
+            stdin: plan.garbage.map((g) => `${g}\0`).join(''),
+        });
+        return parseSizes(await measure());
     }
-    if (!Array.isArray(parsed)) {
-        throw new HostError(`The admin API's answer is not a list of chains: '${body.slice(0, 200)}'.`);
+    async measure(dir) {
+        return parseSizes(await this.session.run('Measuring the snapshot', sizeCommand(this.tree, dir)));
     }
-    return parsed.map((c) => {
-        const cid = String(c.cid ?? '');
-        if (!/^0x[0-9a-f]{1,8}$/.test(cid)) {
-            throw new HostError(`The admin API names a chain with the cid '${cid.slice(0, 40)}'.`);
-        }
+    async statDigest(dir) {
+        return (await this.session.run('Reading the staged files', statDigestCommand(this.tree, dir))).trim();
+    }
+    async remove(path) {
+        await this.session.run(`Removing ${path}`, removeCommand(path), { timeoutMs: 60 * 60_000 });
+    }
+    async removeStaging(stage) {
+        await this.session.run('Removing the staging folder', removeStagingCommand(stage), {
+            timeoutMs: 30 * 60_000,
+        });
+    }
+    /** `command`, started now; it runs once `line` is written to it (see the swap commands). */
+    openAhead(command, line) {
+        let release = () => undefined;
+        const result = this.session.exec(command, {
+            stdin: new Promise((resolve) => (release = resolve)),
+        });
+        result.catch(() => undefined);
         return {
-            cid,
-            nid: String(c.nid ?? ''),
-            channel: String(c.channel ?? ''),
-            state: String(c.state ?? ''),
-            height: Number(c.height ?? NaN),
-            lastError: String(c.lastError ?? ''),
+            go: () => {
+                release(line);
+                return result;
+            },
+            cancel: () => release(''),
         };
-    });
-}
-/** The chain that `want` names: a cid (`0x…`) or a channel (`icon_dex` on MainNet). */
-function pickChain(chains, want) {
-    const byCid = /^0x[0-9a-f]+$/i.test(want);
-    const found = chains.filter((c) => (byCid ? c.cid === want.toLowerCase() : c.channel === want));
-    if (found.length === 1)
-        return found[0];
-    const known = chains.map((c) => `${c.channel} (${c.cid}, ${c.state})`).join(', ') || 'none';
-    if (found.length === 0) {
-        throw new HostError(`The node has no chain ${byCid ? 'with the cid' : 'on the channel'} '${want}' (it has: ${known}). Set 'chain' to one of them.`);
     }
-    throw new HostError(`The node has ${found.length} chains on the channel '${want}' (${known}): set 'chain' to the cid of one.`);
-}
-/** A chain that produces blocks: the only kind a backup is taken of. */
-function isStarted(chain) {
-    return chain.state === 'started';
-}
-/** A chain whose database is closed or not open (a swap of its folder is safe). */
-function isAtRest(chain) {
-    return ['stopped', 'backup done', 'backup manual', 'failed', 'created'].includes(chain.state);
-}
-/** The block hash in an answer of `icx_getBlockByHeight` (hex, without `0x`). */
-function parseBlockHash(body) {
-    let hash;
-    try {
-        const parsed = JSON.parse(body);
-        hash = parsed.result?.block_hash;
-        if (hash === undefined && parsed.error !== undefined) {
-            throw new HostError(`The node's JSON-RPC answered with an error: ${JSON.stringify(parsed.error)}.`);
-        }
-    }
-    catch (error) {
-        if (error instanceof HostError)
-            throw error;
-        throw new HostError(`The node's JSON-RPC did not answer with JSON: '${body.slice(0, 200)}'.`);
-    }
-    if (typeof hash !== 'string' || !/^(0x)?[0-9a-f]{64}$/.test(hash)) {
-        throw new HostError(`The node's JSON-RPC answer has no block_hash: '${body.slice(0, 200)}'.`);
-    }
-    return hash.replace(/^0x/, '');
-}
-/** The goloop version in an answer of `GET /admin/system` (`buildVersion`), or ''. */
-function parseBuildVersion(body) {
-    try {
-        const v = JSON.parse(body).buildVersion;
-        return typeof v === 'string' && /^[\w.+-]{1,40}$/.test(v) ? v : '';
-    }
-    catch {
-        return '';
-    }
-}
-/** The RPC base URL (`http://host:port`) of an admin URL such as `http://localhost:9000/admin/chain`. */
-function rpcBase(adminUrl) {
-    const u = new URL(adminUrl);
-    return `${u.protocol}//${u.host}`;
 }
 
 ;// CONCATENATED MODULE: ./src/node-kind/goloop/host.ts
@@ -91154,15 +91238,15 @@ function rpcBase(adminUrl) {
 
 
 
-class GoloopHost {
-    session;
+
+class GoloopHost extends SshHost {
     node;
     kind = 'goloop';
     chain;
     constructor(session, node, 
     /** The chain the snapshot holds, for a restore (from its manifest). */
     snapshotChain) {
-        this.session = session;
+        super(session);
         this.node = node;
         this.chain = snapshotChain;
     }
@@ -91273,27 +91357,6 @@ class GoloopHost {
         const leaveOut = [`${f}/cache`, `${f}/tmp`, `${f}/db/${this.id.nid.replace(/^0x/, '')}/LOCK`];
         return this.session.prepare('Freezing the chain folder into the staging folder', freezeCommand(this.tree, this.dataDir, stage, watchdogFlag, leaveOut), { timeoutMs: 30 * 60_000 });
     }
-    async settleFrozen(stage) {
-        const measure = () => this.session.run('Measuring the snapshot', sizeCommand(this.tree, stage, true));
-        const measuring = measure();
-        measuring.catch(() => undefined);
-        const plan = planPrune(parseManifestsOutput(await this.session.run('Reading the MANIFEST', manifestsCommand(this.tree, stage))));
-        info(`${plan.databases} goleveldb database(s), ${plan.liveTables} live tables; ` +
-            `${plan.garbage.length} leftover table(s) left out.`);
-        if (plan.garbage.length === 0)
-            return parseSizes(await measuring);
-        await measuring.catch(() => undefined);
-        await this.session.run('Pruning the staging folder', pruneCommand(stage), {
-            stdin: plan.garbage.map((g) => `${g}\0`).join(''),
-        });
-        return parseSizes(await measure());
-    }
-    async measure(dir) {
-        return parseSizes(await this.session.run('Measuring the snapshot', sizeCommand(this.tree, dir)));
-    }
-    async statDigest(dir) {
-        return (await this.session.run('Reading the staged files', statDigestCommand(this.tree, dir))).trim();
-    }
     async checkForRestore() {
         if (!this.chain) {
             throw new HostError(`The snapshot names no goloop chain (it has no manifest of ours): its chain folder is not known.`);
@@ -91323,16 +91386,7 @@ class GoloopHost {
         return this.session.stream(extractCommand(this.tree, parentOf(this.dataDir), stage));
     }
     swap(stage, previous, _address, watchdogFlag) {
-        let release = () => undefined;
-        const result = this.session.exec(chainSwapCommand(this.dataDir, this.folder, stage, previous, watchdogFlag), { stdin: new Promise((resolve) => (release = resolve)) });
-        result.catch(() => undefined);
-        return {
-            go: () => {
-                release(CHAIN_SWAP_LINE);
-                return result;
-            },
-            cancel: () => release(''),
-        };
+        return this.openAhead(chainSwapCommand(this.dataDir, this.folder, stage, previous, watchdogFlag), CHAIN_SWAP_LINE);
     }
     rollback(previous, failed, watchdogFlag) {
         return this.session.exec(chainRollbackCommand(this.dataDir, this.folder, previous, failed, watchdogFlag));
@@ -91358,14 +91412,6 @@ class GoloopHost {
     }
     restoredAs() {
         return `chain folder ${this.dataDir}/${this.folder}`;
-    }
-    async remove(path) {
-        await this.session.run(`Removing ${path}`, removeCommand(path), { timeoutMs: 60 * 60_000 });
-    }
-    async removeStaging(stage) {
-        await this.session.run('Removing the staging folder', removeStagingCommand(stage), {
-            timeoutMs: 30 * 60_000,
-        });
     }
     rpcUrl(channel) {
         return `${rpcBase(this.node.peerUrl)}/api/v3/${encodeURIComponent(channel)}`;
@@ -91459,8 +91505,8 @@ function pickIdentityDir(kind, names, dataDir) {
 
 
 
-class LoopchainHost {
-    session;
+
+class LoopchainHost extends SshHost {
     node;
     restoreSettings;
     kind = 'loopchain';
@@ -91468,9 +91514,12 @@ class LoopchainHost {
     /** The identity directory found by `inspect`. */
     identity;
     constructor(session, node, restoreSettings) {
-        this.session = session;
+        super(session);
         this.node = node;
         this.restoreSettings = restoreSettings;
+    }
+    get tree() {
+        return this.layout;
     }
     get dataDir() {
         return this.node.dataDir;
@@ -91530,34 +91579,6 @@ class LoopchainHost {
     freeze(stage, watchdogFlag) {
         return this.session.prepare('Freezing the data into the staging folder', freezeCommand(this.layout, this.dataDir, stage, watchdogFlag), { timeoutMs: 30 * 60_000 });
     }
-    /**
-     * Leaves out the tables that the frozen MANIFESTs do not list, then measures what is left
-     * (with the stat digest that the stream is checked against).
-     */
-    async settleFrozen(stage) {
-        // Measured at the same time as the MANIFESTs are read: that is the answer unless there
-        // is something to prune, which is rare (a stop in the middle of a compaction).
-        const measure = () => this.session.run('Measuring the snapshot', sizeCommand(this.layout, stage, true));
-        const measuring = measure();
-        measuring.catch(() => undefined);
-        const dbs = parseManifestsOutput(await this.session.run('Reading the MANIFESTs', manifestsCommand(this.layout, stage)));
-        const plan = planPrune(dbs);
-        info(`${plan.databases} LevelDB databases, ${plan.liveTables} live tables; ` +
-            `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`);
-        if (plan.garbage.length === 0)
-            return parseSizes(await measuring);
-        await measuring.catch(() => undefined);
-        await this.session.run('Pruning the staging folder', pruneCommand(stage), {
-            stdin: plan.garbage.map((g) => `${g}\0`).join(''),
-        });
-        return parseSizes(await measure());
-    }
-    async measure(dir) {
-        return parseSizes(await this.session.run('Measuring the snapshot', sizeCommand(this.layout, dir)));
-    }
-    async statDigest(dir) {
-        return (await this.session.run('Reading the staged files', statDigestCommand(this.layout, dir))).trim();
-    }
     async checkForRestore(options) {
         const checks = parseBatch(await this.session.run('Checking the host', batchCommand({
             ...this.nodeChecks(),
@@ -91586,16 +91607,7 @@ class LoopchainHost {
         return this.session.stream(extractCommand(this.layout, this.node.prepDir, stage));
     }
     swap(stage, previous, address, watchdogFlag) {
-        let release = () => undefined;
-        const result = this.session.exec(swapCommand(this.layout, this.dataDir, stage, previous, address, watchdogFlag), { stdin: new Promise((resolve) => (release = resolve)) });
-        result.catch(() => undefined);
-        return {
-            go: () => {
-                release(SWAP_LINE);
-                return result;
-            },
-            cancel: () => release(''),
-        };
+        return this.openAhead(swapCommand(this.layout, this.dataDir, stage, previous, address, watchdogFlag), SWAP_LINE);
     }
     rollback(previous, failed, watchdogFlag) {
         return this.session.exec(rollbackCommand(this.dataDir, previous, failed, watchdogFlag));
@@ -91606,14 +91618,6 @@ class LoopchainHost {
     }
     restoredAs(address) {
         return `block DB ${this.layout.identityDir(address)}`;
-    }
-    async remove(path) {
-        await this.session.run(`Removing ${path}`, removeCommand(path), { timeoutMs: 60 * 60_000 });
-    }
-    async removeStaging(stage) {
-        await this.session.run('Removing the staging folder', removeStagingCommand(stage), {
-            timeoutMs: 30 * 60_000,
-        });
     }
     /** The checks that tell whether the node runs: its API, and its processes. */
     nodeChecks() {
@@ -93152,6 +93156,8 @@ function formatAge(hours) {
  * is checked, and only then takes the data dir's place; the old one is kept until the node
  * has come back up to the snapshot's height.
  */
+
+
 
 
 

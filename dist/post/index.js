@@ -88575,6 +88575,7 @@ function gated(command) {
  */
 
 
+
 function dirname(path) {
     const i = path.lastIndexOf('/');
     return i <= 0 ? '/' : path.slice(0, i);
@@ -88847,6 +88848,128 @@ function removeStagingCommand(stage, waitSeconds = STAGE_LOCK_WAIT_SECONDS) {
         `rm -rf -- ${shell_quote(stage)}`,
     ]);
 }
+/**
+ * Runs an operator's command (the node's start) detached from the SSH session: in its own
+ * session, its output in a file that is printed when it ends. A connection lost meanwhile
+ * no longer kills it halfway (through SIGPIPE on its next line of output); it finishes on the
+ * host. Exits with the command's status.
+ */
+function detachedCommand(command) {
+    return shell_bashScript([
+        `log=$(mktemp)`,
+        `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
+        `$detach nohup "\${SHELL:-/bin/sh}" -c ${shell_quote(command)} </dev/null >"$log" 2>&1 &`,
+        `pid=$!`,
+        `set +e`,
+        `wait "$pid"`,
+        `rc=$?`,
+        `cat -- "$log" >&2`,
+        `rm -f -- "$log"`,
+        `exit "$rc"`,
+    ]);
+}
+/**
+ * Is a node process running? Prints the matching `pid args` lines. The action's own shells
+ * (marked with `OWN_MARK`, see `bashScript`) and this check's grep are left out: they name
+ * the data dir too.
+ */
+function processCheckCommand(pattern) {
+    return bashScript([
+        `ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -v -F -e ${OWN_MARK} | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`,
+    ]);
+}
+/** The host's primary IPv4 address: the source address of its default route. */
+function detectIpCommand() {
+    return bashScript([
+        `ip=""`,
+        `if command -v ip >/dev/null 2>&1; then ip=$(ip -4 -o route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'); fi`,
+        `if [ -z "$ip" ] && command -v hostname >/dev/null 2>&1; then ip=$(hostname -I 2>/dev/null | awk '{print $1}'); fi`,
+        `printf '%s\\n' "$ip"`,
+    ]);
+}
+/**
+ * What the restore needs to know about the host, read only: free space where the staging
+ * folder will be (the nearest existing folder above the data dir on a fresh host), whether
+ * the data dir exists, and the tools.
+ */
+function restoreProbeCommand(dataDir) {
+    return bashScript([
+        `d=${quote(dirname(dataDir))}`,
+        `while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done`,
+        `echo "free_parent=$(df -P -B1 -- "$d" | awk 'NR==2 {print $4}')"`,
+        `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
+        `for t in tar igzip pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+    ]);
+}
+/**
+ * Runs read-only commands at once on the host, in one round trip. Prints one line per
+ * command: its name, its exit status and its stdout in base64. See `parseBatch`.
+ */
+function batchCommand(commands) {
+    const names = Object.keys(commands);
+    for (const n of names)
+        if (!/^[a-z][a-z0-9_]*$/.test(n))
+            throw new Error(`bad batch name ${n}`);
+    return bashScript([
+        `out=$(mktemp -d)`,
+        `trap 'rm -rf -- "$out"' EXIT`,
+        ...names.map((n) => `{ ${commands[n]} > "$out"/${n} && s=0 || s=$?; echo $s > "$out"/${n}.status; } 2>/dev/null &`),
+        `wait`,
+        ...names.map((n) => `printf '%s %s %s\\n' ${n} "$(cat "$out"/${n}.status)" "$(base64 -w0 < "$out"/${n})"`),
+    ]);
+}
+/** The output of `batchCommand`: each command's exit status and stdout. */
+function parseBatch(stdout) {
+    const results = new Map();
+    for (const line of stdout.split('\n')) {
+        const m = /^([a-z][a-z0-9_]*) (\d+) ?([A-Za-z0-9+/=]*)$/.exec(line.trim());
+        if (m)
+            results.set(m[1], {
+                code: Number(m[2]),
+                stdout: Buffer.from(m[3], 'base64').toString('utf8'),
+            });
+    }
+    return results;
+}
+/** The line that lets a waiting `swapCommand` go ahead. */
+const SWAP_LINE = 'swap\n';
+/**
+ * Gives the staged snapshot's identity directory the node's IP and moves the snapshot into
+ * place; the previous data dir is kept as `previous`. Prints `swapped`.
+ *
+ * It starts ahead of time and waits for `SWAP_LINE` on stdin, which the runner sends once
+ * the archive has proved whole; an input that ends without it changes nothing.
+ */
+function swapCommand(kind, dataDir, stage, previous, ip, watchdogFlag) {
+    const ids = `${stage}/${kind.identityParent}`;
+    return bashScript([
+        `IFS= read -r word || exit 0`,
+        `[ "$word" = swap ] || exit 0`,
+        // Where this run stopped the node, it moves the data dir only while it still holds it.
+        ...heldLines(watchdogFlag),
+        `mv -- ${quote(`${ids}/${kind.placeholder}`)} ${quote(`${ids}/${kind.identityDir(ip)}`)}`,
+        `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(previous)}; fi`,
+        `mv -- ${quote(stage)} ${quote(dataDir)}`,
+        `echo swapped`,
+    ]);
+}
+/** Puts the previous data dir back; the failed one is kept beside it for a look. */
+function rollbackCommand(dataDir, previous, failed, watchdogFlag) {
+    return bashScript([
+        ...heldLines(watchdogFlag),
+        `[ -e ${quote(previous)} ] || { echo 'no previous data dir to roll back to' >&2; exit 3; }`,
+        `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(failed)}; fi`,
+        `mv -- ${quote(previous)} ${quote(dataDir)}`,
+    ]);
+}
+
+;// CONCATENATED MODULE: ./src/node-kind/watchdog.ts
+/**
+ * The watchdog on the node host, and the run's hold on a stopped node: the commands that arm
+ * and disarm it, and the script lines a step runs under the hold. Built as strings from quoted
+ * values, as every command on the host is (see remote.ts).
+ */
+
 /*
  * The watchdog's files on the host, beside the data dir. Whoever renames `flag` first owns
  * the stopped node: the watchdog, to start it (`flag.fired`), or the run, for a step that
@@ -88913,7 +89036,7 @@ function armWatchdogCommand(flag, seconds, startCommand) {
  * the script ends, however it ends. Where no watchdog was armed for this run (no flag of
  * any kind), they do nothing: the run did not stop the node.
  */
-function heldLines(flag) {
+function watchdog_heldLines(flag) {
     return [
         `wd_flag=${quote(flag)}`,
         `lost() { echo "prep-snapshot-node-lost: the watchdog started the node at $(cat -- "$wd_flag.fired" 2>/dev/null)" >&2; exit ${NODE_LOST}; }`,
@@ -88938,26 +89061,6 @@ function nodeLostAt(stderr) {
     return m ? m[1] || 'an unknown time' : undefined;
 }
 /**
- * Runs an operator's command (the node's start) detached from the SSH session: in its own
- * session, its output in a file that is printed when it ends. A connection lost meanwhile
- * no longer kills it halfway (through SIGPIPE on its next line of output); it finishes on the
- * host. Exits with the command's status.
- */
-function detachedCommand(command) {
-    return shell_bashScript([
-        `log=$(mktemp)`,
-        `if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi`,
-        `$detach nohup "\${SHELL:-/bin/sh}" -c ${shell_quote(command)} </dev/null >"$log" 2>&1 &`,
-        `pid=$!`,
-        `set +e`,
-        `wait "$pid"`,
-        `rc=$?`,
-        `cat -- "$log" >&2`,
-        `rm -f -- "$log"`,
-        `exit "$rc"`,
-    ]);
-}
-/**
  * Disarms the watchdog: the flag goes first, so that a watchdog that wakes now does
  * nothing. Prints `fired=TIME` when the watchdog had started the node before (its log,
  * written only then, stays for the operator).
@@ -88975,296 +89078,6 @@ function disarmWatchdogCommand(flag) {
 function parseDisarm(stdout) {
     const m = /^fired=(.*)$/m.exec(stdout);
     return m ? m[1]?.trim() || 'an unknown time' : undefined;
-}
-/**
- * Is a node process running? Prints the matching `pid args` lines. The action's own shells
- * (marked with `OWN_MARK`, see `bashScript`) and this check's grep are left out: they name
- * the data dir too.
- */
-function processCheckCommand(pattern) {
-    return bashScript([
-        `ps -eo pid=,args= | awk -v self="$$" '$1 != self' | grep -v -F -e ${OWN_MARK} | grep -E -- ${quote(pattern)} | grep -v -e 'grep -E' || true`,
-    ]);
-}
-/** The host's primary IPv4 address: the source address of its default route. */
-function detectIpCommand() {
-    return bashScript([
-        `ip=""`,
-        `if command -v ip >/dev/null 2>&1; then ip=$(ip -4 -o route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'); fi`,
-        `if [ -z "$ip" ] && command -v hostname >/dev/null 2>&1; then ip=$(hostname -I 2>/dev/null | awk '{print $1}'); fi`,
-        `printf '%s\\n' "$ip"`,
-    ]);
-}
-/**
- * What the restore needs to know about the host, read only: free space where the staging
- * folder will be (the nearest existing folder above the data dir on a fresh host), whether
- * the data dir exists, and the tools.
- */
-function restoreProbeCommand(dataDir) {
-    return bashScript([
-        `d=${quote(dirname(dataDir))}`,
-        `while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done`,
-        `echo "free_parent=$(df -P -B1 -- "$d" | awk 'NR==2 {print $4}')"`,
-        `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
-        `for t in tar igzip pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
-    ]);
-}
-/**
- * Runs read-only commands at once on the host, in one round trip. Prints one line per
- * command: its name, its exit status and its stdout in base64. See `parseBatch`.
- */
-function batchCommand(commands) {
-    const names = Object.keys(commands);
-    for (const n of names)
-        if (!/^[a-z][a-z0-9_]*$/.test(n))
-            throw new Error(`bad batch name ${n}`);
-    return bashScript([
-        `out=$(mktemp -d)`,
-        `trap 'rm -rf -- "$out"' EXIT`,
-        ...names.map((n) => `{ ${commands[n]} > "$out"/${n} && s=0 || s=$?; echo $s > "$out"/${n}.status; } 2>/dev/null &`),
-        `wait`,
-        ...names.map((n) => `printf '%s %s %s\\n' ${n} "$(cat "$out"/${n}.status)" "$(base64 -w0 < "$out"/${n})"`),
-    ]);
-}
-/** The output of `batchCommand`: each command's exit status and stdout. */
-function parseBatch(stdout) {
-    const results = new Map();
-    for (const line of stdout.split('\n')) {
-        const m = /^([a-z][a-z0-9_]*) (\d+) ?([A-Za-z0-9+/=]*)$/.exec(line.trim());
-        if (m)
-            results.set(m[1], {
-                code: Number(m[2]),
-                stdout: Buffer.from(m[3], 'base64').toString('utf8'),
-            });
-    }
-    return results;
-}
-/** Every decompressor a restore may use, by name. */
-const DECODERS = {
-    igzip: 'igzip -d -c',
-    pigz: 'pigz -d -c',
-    gzip: 'gzip -d -c',
-    zstd: 'zstd -d -q -c',
-};
-/**
- * The fastest decompressor the host has for `compression`. Inflate is single-threaded in
- * pigz and gzip alike and is the slowest stage of a restore; igzip (ISA-L, Debian's `isal`)
- * inflates about twice as fast on the same core and checks the CRC the same way.
- */
-function chooseDecoder(tools, compression) {
-    const pick = (name) => ({ name });
-    if (compression === 'zstd')
-        return pick('zstd');
-    if (tools.has('igzip'))
-        return pick('igzip');
-    if (tools.has('pigz'))
-        return pick('pigz');
-    return pick('gzip');
-}
-/**
- * `wide CMD...` runs CMD with the pipes on its stdin and stdout widened from 64 KiB to 1 MiB
- * (F_SETPIPE_SZ, through perl, which Debian and Ubuntu always have). Each time a pipe fills,
- * its writer sleeps and its reader is woken on the other core; on a VM those wake-ups cost
- * more than the copying. Measured on the 2 GiB bench archive: `igzip -d | tar -x` took
- * 13-15 s through 64 KiB pipes and 7.5-8.6 s through 1 MiB ones. Where perl or the fcntl is
- * missing, CMD runs as it is.
- */
-const WIDE_PIPES = (/* unused pure expression or super */ null && (`wide() { if command -v perl >/dev/null 2>&1; then ` +
-    `perl -e 'for (*STDIN, *STDOUT) { fcntl($_, 1031, 1048576) if $^O eq "linux" } ` +
-    `exec { $ARGV[0] } @ARGV or die "$ARGV[0]: $!\\n"' -- "$@"; else "$@"; fi; }`));
-/** Exit status of the extraction when the archive is not a snapshot of the node's kind. */
-const NOT_A_SNAPSHOT = 3;
-/**
- * Exit status of the extraction when the archive holds what a snapshot never does (see
- * `extractCommand`); EX_DATAERR of sysexits.h, which neither tar nor a decompressor uses.
- */
-const UNSAFE_ARCHIVE = 65;
-/** Starts each line of stderr that names an entry for which the extraction refused an archive. */
-const UNSAFE_MARK = 'prep-snapshot-unsafe';
-/** How many refused entries the extraction names; it counts the others. */
-const UNSAFE_SHOWN = 5;
-/** Prints the first lines of its input, then how many more there were. */
-const FIRST_FEW = (/* unused pure expression or super */ null && (`NR <= ${UNSAFE_SHOWN} { print } END { if (NR > ${UNSAFE_SHOWN}) print "and " NR - ${UNSAFE_SHOWN} " more" }`));
-/**
- * Reads tar's `-vv` listing of what it extracts (`--numeric-owner`, C locale: `MODE UID/GID
- * SIZE DATE TIME NAME`, with ` -> TARGET` or ` link to TARGET` after a link) and prints the
- * members that a snapshot never has: anything but a regular file or a directory, a file with
- * the setuid, setgid or sticky bit, an absolute name. tar has dropped those bits by then and
- * turned the absolute name into a relative one; the headers are where they still show.
- */
-const LISTING_CHECK = [
-    `{`,
-    `  t = substr($0, 1, 1); name = $0; why = ""`,
-    `  sub(/^[^ ]+ [^ ]+ +[^ ]+ [^ ]+ [^ ]+ /, "", name)`,
-    `  if (t == "l") why = "a symbolic link"`,
-    `  else if (t == "h") why = "a hard link"`,
-    `  else if (t == "c") why = "a character device"`,
-    `  else if (t == "b") why = "a block device"`,
-    `  else if (t == "p") why = "a fifo"`,
-    `  else if (t != "-" && t != "d") why = "an entry of type " t`,
-    `  else if (t == "-" && substr($0, 4, 1) ~ /[sS]/) why = "a setuid file"`,
-    `  else if (t == "-" && substr($0, 7, 1) ~ /[sS]/) why = "a setgid file"`,
-    `  else if (t == "-" && substr($0, 10, 1) ~ /[tT]/) why = "a file with the sticky bit"`,
-    `  else if (name ~ /^\\//) why = "an absolute name"`,
-    `  if (why != "" && ++n <= ${UNSAFE_SHOWN}) print name " (" why ")"`,
-    `}`,
-    `END { if (n > ${UNSAFE_SHOWN}) print "and " n - ${UNSAFE_SHOWN} " more" }`,
-].join('\n');
-/**
- * Passes tar's stderr through and prints the members that tar skipped for a `..` in their
- * name: those never reach its listing.
- */
-const ERRORS_CHECK = [
-    `{ print > "/dev/stderr" }`,
-    `/^tar: .*: Member name contains / {`,
-    `  name = $0; sub(/^tar: /, "", name); sub(/: Member name contains .*$/, "", name)`,
-    `  if (++n <= ${UNSAFE_SHOWN}) print name " (a name with ..)"`,
-    `}`,
-    `END { if (n > ${UNSAFE_SHOWN}) print "and " n - ${UNSAFE_SHOWN} " more" }`,
-].join('\n');
-/**
- * A `find` in the staging folder that prints (NUL-terminated) every entry that a snapshot of
- * `kind` never has: one outside its roots, anything but a regular file or a directory, a file
- * with more than one name, a file with the setuid, setgid or sticky bit. It looks at what
- * tar made rather than at what the headers said, so it holds whatever tar does with them.
- */
-function treeCheck(kind) {
-    const glob = (path) => path.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
-    // A root, a folder on the way to one, or anything under one.
-    const allowed = new Set();
-    for (const root of kind.roots) {
-        const parts = root.split('/');
-        for (let i = 1; i <= parts.length; i++)
-            allowed.add(`-path ${quote(`./${glob(parts.slice(0, i).join('/'))}`)}`);
-        allowed.add(`-path ${quote(`./${glob(root)}/*`)}`);
-    }
-    const where = kind.roots.join(' and ').replace(/[%\\]/g, (c) => `${c}${c}`);
-    const entry = (test, why) => `\\( ${test} -printf ${quote(`%P (${why})\\0`)} \\)`;
-    return [
-        `find . -mindepth 1`,
-        `\\( ! \\( ${[...allowed].join(' -o ')} \\) -printf ${quote(`%P (outside ${where})\\0`)} -prune \\)`,
-        ...[
-            entry('-type l', 'a symbolic link to %l'),
-            entry('-type c', 'a character device'),
-            entry('-type b', 'a block device'),
-            entry('-type p', 'a fifo'),
-            entry('! -type f ! -type d', 'neither a file nor a directory'),
-            entry('-type f -links +1', 'a hard link, %n names'),
-            entry('-type f -perm /7000', 'mode %m: setuid, setgid or sticky'),
-        ].map((e) => `-o ${e}`),
-    ].join(' ');
-}
-/** The first line that the extraction reads, before the archive: it names the decompressor. */
-function goLine(decoder) {
-    return `go ${decoder.name}\n`;
-}
-/**
- * Reads the archive from stdin into a fresh staging folder, checks that it holds a snapshot
- * and prints the number of files: one round trip.
- *
- * The command can start before the runner has decided to restore (its connection then
- * overlaps the checks of the host): it waits for `goLine` on stdin, and an input that ends
- * without it ends the command with nothing done.
- *
- * It runs as whoever the SSH user is, often root, and the archive is not trusted: tar keeps
- * no owner of the archive (files belong to the SSH user) and no mode bits beyond 0777 less
- * the umask. Then it refuses (exit `UNSAFE_ARCHIVE`, one `UNSAFE_MARK` line per entry on
- * stderr) an archive with anything but regular files and directories under the kind's roots:
- * a symbolic link (a placeholder that is one would take the block DB outside the data dir
- * at the swap), a device, a fifo, a hard link, a setuid, setgid or sticky file, an absolute
- * name or one with `..`. The staging folder is removed; the data dir is not touched.
- *
- * GNU tar (seen with 1.34, as root, umask 022) already keeps a hostile archive inside the
- * folder while it extracts: it skips a member whose name has a `..` and exits 2; it strips
- * the leading `/` of an absolute name and extracts it inside; it strips the leading `/` or
- * `../` of a hard link's target and links to that name inside the folder (and fails when
- * there is none); a symbolic link whose target is absolute or has a `..` holds its place as
- * a plain file until everything else is extracted, so that no member is written through it.
- * With `--no-same-permissions` it drops the setuid, setgid and sticky bits of files and
- * directories (a 4755 file becomes 0755), where the check cannot see them: the listing
- * check reads them from the headers.
- */
-function extractCommand(kind, prepDir, stage) {
-    const required = [
-        ...(kind.required ?? []),
-        ...(kind.identityParent && kind.placeholder
-            ? [`${kind.identityParent}/${kind.placeholder}`]
-            : []),
-    ];
-    const missing = (what) => `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
-    // A real directory: `-d` alone follows a symbolic link.
-    const isDir = (path) => `[ -d ${quote(path)} ] && [ ! -L ${quote(path)} ]`;
-    // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
-    // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads
-    // of a pipe into whole records.
-    const tar = 'LC_ALL=C tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
-    return bashScript([
-        WIDE_PIPES,
-        // bash reads a pipe a byte at a time: the archive starts right after this line.
-        `IFS=' ' read -r word name || exit 0`,
-        `[ "$word" = go ] || exit 0`,
-        `case "$name" in`,
-        ...Object.entries(DECODERS).map(([n, c]) => `  ${n}) decoder=${quote(c)} ;;`),
-        `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
-        `esac`,
-        // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
-        // folder: the runner that would remove it may be gone.
-        `stage=${quote(stage)}`,
-        `trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
-        `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`,
-        `mkdir -p -- ${quote(prepDir)}`,
-        `rm -rf -- "$stage"`,
-        `mkdir -p -- "$stage"`,
-        // The lock lives on the folder's open file, which every process below inherits: it is
-        // released when the last of them ends, however the script itself ends.
-        `exec 9<"$stage"`,
-        `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
-        // tar's listing goes to one check and its stderr (and the decompressor's) through the
-        // other; what they find comes out on fd 3. The status is the decompressor's or tar's.
-        `rc=0`,
-        `found=$({ { wide $decoder | ${tar} | awk ${quote(LISTING_CHECK)}; } 2>&1 >&3 | awk ${quote(ERRORS_CHECK)}; } 3>&1) || rc=$?`,
-        `if [ -n "$found" ]; then refuse "$found"; fi`,
-        `[ "$rc" = 0 ] || exit "$rc"`,
-        `cd -- "$stage"`,
-        // A root that is a symbolic link passes here, for the tree check to name it.
-        ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
-        // Names go to the runner's log: whatever is not printable becomes '?'.
-        `found=$(${treeCheck(kind)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
-        `if [ -n "$found" ]; then refuse "$found"; fi`,
-        ...[...kind.roots, ...required].map((d) => `${isDir(d)} || ${missing(d)}`),
-        `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
-    ]);
-}
-/** The line that lets a waiting `swapCommand` go ahead. */
-const SWAP_LINE = 'swap\n';
-/**
- * Gives the staged snapshot's identity directory the node's IP and moves the snapshot into
- * place; the previous data dir is kept as `previous`. Prints `swapped`.
- *
- * It starts ahead of time and waits for `SWAP_LINE` on stdin, which the runner sends once
- * the archive has proved whole; an input that ends without it changes nothing.
- */
-function swapCommand(kind, dataDir, stage, previous, ip, watchdogFlag) {
-    const ids = `${stage}/${kind.identityParent}`;
-    return bashScript([
-        `IFS= read -r word || exit 0`,
-        `[ "$word" = swap ] || exit 0`,
-        // Where this run stopped the node, it moves the data dir only while it still holds it.
-        ...heldLines(watchdogFlag),
-        `mv -- ${quote(`${ids}/${kind.placeholder}`)} ${quote(`${ids}/${kind.identityDir(ip)}`)}`,
-        `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(previous)}; fi`,
-        `mv -- ${quote(stage)} ${quote(dataDir)}`,
-        `echo swapped`,
-    ]);
-}
-/** Puts the previous data dir back; the failed one is kept beside it for a look. */
-function rollbackCommand(dataDir, previous, failed, watchdogFlag) {
-    return bashScript([
-        ...heldLines(watchdogFlag),
-        `[ -e ${quote(previous)} ] || { echo 'no previous data dir to roll back to' >&2; exit 3; }`,
-        `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(failed)}; fi`,
-        `mv -- ${quote(previous)} ${quote(dataDir)}`,
-    ]);
 }
 
 // EXTERNAL MODULE: ./node_modules/@aws-sdk/client-s3/dist-cjs/index.js
@@ -90967,6 +90780,7 @@ async function closeUnused(remote, graceMs = 30_000) {
  * archive upload that the main step neither published nor could abort (S3 was unreachable,
  * or the process died mid-stream). It warns, never fails.
  */
+
 
 
 

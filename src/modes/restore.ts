@@ -21,17 +21,16 @@ import { manifestKey } from '../naming.js';
 import { NodeControl, currentRunId } from '../node-control.js';
 import type { KindFacts, PreparedStep } from '../node-kind/host.js';
 import { connectNode, type Connect, type NodeHost } from '../node-kind/index.js';
+import { dirname, requireArchiveTools } from '../node-kind/remote.js';
+import { NODE_LOST } from '../node-kind/watchdog.js';
 import {
   chooseDecoder,
   type Decoder,
-  dirname,
   goLine,
-  NODE_LOST,
   NOT_A_SNAPSHOT,
-  requireArchiveTools,
   UNSAFE_ARCHIVE,
   UNSAFE_MARK,
-} from '../node-kind/remote.js';
+} from '../node-kind/extract.js';
 import { Progress } from '../progress.js';
 import { createClient, describeS3Error } from '../s3/client.js';
 import { readManifest } from '../s3/store.js';

@@ -15,7 +15,7 @@ import type {
   Sizes,
 } from '../../src/node-kind/host.js';
 import type { Connect, NodeConnection, Shell } from '../../src/node-kind/index.js';
-import { NODE_LOST } from '../../src/node-kind/remote.js';
+import { NODE_LOST } from '../../src/node-kind/watchdog.js';
 import { readableSource } from '../../src/byte-source.js';
 import { RemoteCommandError } from '../../src/errors.js';
 import type { ExecResult, Prepared, RemoteStream } from '../../src/ssh/session.js';

@@ -29,7 +29,7 @@ import {
   NOT_A_SNAPSHOT,
   UNSAFE_ARCHIVE,
   UNSAFE_MARK,
-} from '../../src/node-kind/remote.ts';
+} from '../../src/node-kind/extract.ts';
 import { craftTar, type Member } from '../bed/craft-tar.ts';
 
 const PLACEHOLDER = `.storage/${loopchain.placeholder}`;

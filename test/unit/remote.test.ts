@@ -30,13 +30,9 @@ import {
   CHANGED_MARK,
   checkpointBytes,
   requireArchiveTools,
-  chooseDecoder,
   batchCommand,
-  extractCommand,
-  goLine,
   freezeCommand,
   manifestsCommand,
-  NOT_A_SNAPSHOT,
   parseBatch,
   parseProbe,
   probeCommand,
@@ -47,8 +43,14 @@ import {
   statDigestCommand,
   SWAP_LINE,
   swapCommand,
-  WIDE_PIPES,
 } from '../../src/node-kind/remote.ts';
+import {
+  chooseDecoder,
+  extractCommand,
+  goLine,
+  NOT_A_SNAPSHOT,
+  WIDE_PIPES,
+} from '../../src/node-kind/extract.ts';
 import { bashScript, GO_LINE } from '../../src/shell.ts';
 
 const IP = '10.20.30.40';

@@ -19,7 +19,7 @@ import {
   NODE_LOST,
   nodeLostAt,
   parseDisarm,
-} from '../../src/node-kind/remote.ts';
+} from '../../src/node-kind/watchdog.ts';
 import { bashScript } from '../../src/shell.ts';
 
 function sh(command: string): { code: number | null; stdout: string; stderr: string } {

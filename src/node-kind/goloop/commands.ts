@@ -5,7 +5,7 @@
  * stay connected while the chain's database is closed for the freeze.
  */
 import { bashScript, quote } from '../../shell.js';
-import { heldLines } from '../remote.js';
+import { heldLines } from '../watchdog.js';
 
 /**
  * Shell functions over the control socket, for chain `cid` (`0x…`): `post ACTION [BODY]`,

@@ -6,9 +6,7 @@
  * the admin API (`GET /admin/chain`), the proof of a restore from the block hash at the
  * snapshot's height (`icx_getBlockByHeight`).
  */
-import * as core from '@actions/core';
 import { HostError } from '../../errors.js';
-import { parseManifestsOutput, planPrune } from '../../freeze.js';
 import type { NodeSettings } from '../../settings.js';
 import type { ExecResult, Prepared, RemoteStream, SshSession } from '../../ssh/session.js';
 import type {
@@ -19,28 +17,20 @@ import type {
   NodeHost,
   PreparedStep,
   RestoreChecks,
-  Sizes,
   Tree,
 } from '../host.js';
 import {
   archiveCommand,
   batchCommand,
-  extractCommand,
   freezeCommand,
-  manifestsCommand,
   parseBatch,
   parseProbe,
-  parseSizes,
   peerCommand,
-  pruneCommand,
-  removeCommand,
-  removeStagingCommand,
   requireArchiveTools,
   restoreProbeCommand,
-  sizeCommand,
-  statDigestCommand,
-  watchdogFiredCommand,
 } from '../remote.js';
+import { watchdogFiredCommand } from '../watchdog.js';
+import { extractCommand } from '../extract.js';
 import {
   blockCommand,
   CHAIN_SWAP_LINE,
@@ -61,6 +51,7 @@ import {
   rpcBase,
   type Chain,
 } from './layout.js';
+import { SshHost } from '../ssh-host.js';
 
 /** The chain a run is about: from the admin API (backup) or from the snapshot (restore). */
 interface ChainId {
@@ -69,16 +60,17 @@ interface ChainId {
   channel: string;
 }
 
-export class GoloopHost implements NodeHost {
+export class GoloopHost extends SshHost implements NodeHost {
   readonly kind = 'goloop' as const;
   private chain?: ChainId;
 
   constructor(
-    private readonly session: SshSession,
+    session: SshSession,
     private readonly node: NodeSettings,
     /** The chain the snapshot holds, for a restore (from its manifest). */
     snapshotChain?: ChainId,
   ) {
+    super(session);
     this.chain = snapshotChain;
   }
 
@@ -100,7 +92,7 @@ export class GoloopHost implements NodeHost {
   }
 
   /** The snapshot's files: the chain folder, which must hold its config and its database. */
-  private get tree(): Tree {
+  protected get tree(): Tree {
     return { name: 'goloop', roots: [this.folder], required: [`${this.folder}/db`] };
   }
 
@@ -226,40 +218,6 @@ export class GoloopHost implements NodeHost {
     );
   }
 
-  async settleFrozen(stage: string): Promise<Sizes> {
-    const measure = () =>
-      this.session.run('Measuring the snapshot', sizeCommand(this.tree, stage, true));
-    const measuring = measure();
-    measuring.catch(() => undefined);
-    const plan = planPrune(
-      parseManifestsOutput(
-        await this.session.run('Reading the MANIFEST', manifestsCommand(this.tree, stage)),
-      ),
-    );
-    core.info(
-      `${plan.databases} goleveldb database(s), ${plan.liveTables} live tables; ` +
-        `${plan.garbage.length} leftover table(s) left out.`,
-    );
-    if (plan.garbage.length === 0) return parseSizes(await measuring);
-    await measuring.catch(() => undefined);
-    await this.session.run('Pruning the staging folder', pruneCommand(stage), {
-      stdin: plan.garbage.map((g) => `${g}\0`).join(''),
-    });
-    return parseSizes(await measure());
-  }
-
-  async measure(dir: string): Promise<Sizes> {
-    return parseSizes(
-      await this.session.run('Measuring the snapshot', sizeCommand(this.tree, dir)),
-    );
-  }
-
-  async statDigest(dir: string): Promise<string> {
-    return (
-      await this.session.run('Reading the staged files', statDigestCommand(this.tree, dir))
-    ).trim();
-  }
-
   async checkForRestore(): Promise<RestoreChecks> {
     if (!this.chain) {
       throw new HostError(
@@ -304,19 +262,10 @@ export class GoloopHost implements NodeHost {
   }
 
   swap(stage: string, previous: string, _address: string, watchdogFlag: string): PreparedStep {
-    let release: (line: string) => void = () => undefined;
-    const result = this.session.exec(
+    return this.openAhead(
       chainSwapCommand(this.dataDir, this.folder, stage, previous, watchdogFlag),
-      { stdin: new Promise<string>((resolve) => (release = resolve)) },
+      CHAIN_SWAP_LINE,
     );
-    result.catch(() => undefined);
-    return {
-      go: () => {
-        release(CHAIN_SWAP_LINE);
-        return result;
-      },
-      cancel: () => release(''),
-    };
   }
 
   rollback(previous: string, failed: string, watchdogFlag: string): Promise<ExecResult> {
@@ -346,16 +295,6 @@ export class GoloopHost implements NodeHost {
 
   restoredAs(): string {
     return `chain folder ${this.dataDir}/${this.folder}`;
-  }
-
-  async remove(path: string): Promise<void> {
-    await this.session.run(`Removing ${path}`, removeCommand(path), { timeoutMs: 60 * 60_000 });
-  }
-
-  async removeStaging(stage: string): Promise<void> {
-    await this.session.run('Removing the staging folder', removeStagingCommand(stage), {
-      timeoutMs: 30 * 60_000,
-    });
   }
 
   private rpcUrl(channel: string): string {

@@ -4,9 +4,7 @@
  * node's IP (`db_{IP}:7100_icon_dex`, archived as `db_CHANGEIP:7100_icon_dex`), and the
  * height from the peer API.
  */
-import * as core from '@actions/core';
 import { HostError } from '../../errors.js';
-import { parseManifestsOutput, planPrune } from '../../freeze.js';
 import { isIpv4, type NodeSettings, type RestoreSettings } from '../../settings.js';
 import type { ExecResult, Prepared, RemoteStream, SshSession } from '../../ssh/session.js';
 import type {
@@ -17,46 +15,46 @@ import type {
   NodeHost,
   PreparedStep,
   RestoreChecks,
-  Sizes,
+  Tree,
 } from '../host.js';
 import {
   archiveCommand,
   batchCommand,
   detectIpCommand,
-  extractCommand,
   freezeCommand,
-  manifestsCommand,
   parseBatch,
   parseProbe,
-  parseSizes,
   peerCommand,
   probeCommand,
   processCheckCommand,
-  pruneCommand,
-  removeCommand,
-  removeStagingCommand,
   requireArchiveTools,
   restoreProbeCommand,
   rollbackCommand,
-  sizeCommand,
-  statDigestCommand,
   SWAP_LINE,
   swapCommand,
-  watchdogFiredCommand,
 } from '../remote.js';
+import { watchdogFiredCommand } from '../watchdog.js';
+import { extractCommand } from '../extract.js';
+import { SshHost } from '../ssh-host.js';
 import { loopchain, pickIdentityDir } from './layout.js';
 
-export class LoopchainHost implements NodeHost {
+export class LoopchainHost extends SshHost implements NodeHost {
   readonly kind = 'loopchain' as const;
   readonly layout = loopchain;
   /** The identity directory found by `inspect`. */
   private identity?: string;
 
   constructor(
-    private readonly session: SshSession,
+    session: SshSession,
     private readonly node: NodeSettings,
     private readonly restoreSettings: RestoreSettings,
-  ) {}
+  ) {
+    super(session);
+  }
+
+  protected get tree(): Tree {
+    return this.layout;
+  }
 
   get dataDir(): string {
     return this.node.dataDir;
@@ -139,45 +137,6 @@ export class LoopchainHost implements NodeHost {
     );
   }
 
-  /**
-   * Leaves out the tables that the frozen MANIFESTs do not list, then measures what is left
-   * (with the stat digest that the stream is checked against).
-   */
-  async settleFrozen(stage: string): Promise<Sizes> {
-    // Measured at the same time as the MANIFESTs are read: that is the answer unless there
-    // is something to prune, which is rare (a stop in the middle of a compaction).
-    const measure = () =>
-      this.session.run('Measuring the snapshot', sizeCommand(this.layout, stage, true));
-    const measuring = measure();
-    measuring.catch(() => undefined);
-    const dbs = parseManifestsOutput(
-      await this.session.run('Reading the MANIFESTs', manifestsCommand(this.layout, stage)),
-    );
-    const plan = planPrune(dbs);
-    core.info(
-      `${plan.databases} LevelDB databases, ${plan.liveTables} live tables; ` +
-        `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`,
-    );
-    if (plan.garbage.length === 0) return parseSizes(await measuring);
-    await measuring.catch(() => undefined);
-    await this.session.run('Pruning the staging folder', pruneCommand(stage), {
-      stdin: plan.garbage.map((g) => `${g}\0`).join(''),
-    });
-    return parseSizes(await measure());
-  }
-
-  async measure(dir: string): Promise<Sizes> {
-    return parseSizes(
-      await this.session.run('Measuring the snapshot', sizeCommand(this.layout, dir)),
-    );
-  }
-
-  async statDigest(dir: string): Promise<string> {
-    return (
-      await this.session.run('Reading the staged files', statDigestCommand(this.layout, dir))
-    ).trim();
-  }
-
   async checkForRestore(options: { nodeIp: string }): Promise<RestoreChecks> {
     const checks = parseBatch(
       await this.session.run(
@@ -221,19 +180,10 @@ export class LoopchainHost implements NodeHost {
   }
 
   swap(stage: string, previous: string, address: string, watchdogFlag: string): PreparedStep {
-    let release: (line: string) => void = () => undefined;
-    const result = this.session.exec(
+    return this.openAhead(
       swapCommand(this.layout, this.dataDir, stage, previous, address, watchdogFlag),
-      { stdin: new Promise<string>((resolve) => (release = resolve)) },
+      SWAP_LINE,
     );
-    result.catch(() => undefined);
-    return {
-      go: () => {
-        release(SWAP_LINE);
-        return result;
-      },
-      cancel: () => release(''),
-    };
   }
 
   rollback(previous: string, failed: string, watchdogFlag: string): Promise<ExecResult> {
@@ -247,16 +197,6 @@ export class LoopchainHost implements NodeHost {
 
   restoredAs(address: string): string {
     return `block DB ${this.layout.identityDir(address)}`;
-  }
-
-  async remove(path: string): Promise<void> {
-    await this.session.run(`Removing ${path}`, removeCommand(path), { timeoutMs: 60 * 60_000 });
-  }
-
-  async removeStaging(stage: string): Promise<void> {
-    await this.session.run('Removing the staging folder', removeStagingCommand(stage), {
-      timeoutMs: 30 * 60_000,
-    });
   }
 
   /** The checks that tell whether the node runs: its API, and its processes. */

@@ -73,7 +73,9 @@ describe('socketSource: a child writes, the reader lends the buffers', () => {
     // The socket was handed its first buffer (the parking space) before the flow began: at
     // most that first read is copied, every later one lands in the lent space.
     assert.ok(sink.copied <= 1, `${sink.copied} reads copied`);
-    assert.ok(sink.inPlace > 10, `${sink.inPlace} reads in place`);
+    // How many reads it takes depends on how far cat runs ahead of the reader (a loaded
+    // machine gives fewer, larger reads): it is more than the one that may be copied.
+    assert.ok(sink.inPlace >= 2, `${sink.inPlace} reads in place`);
   });
 
   it('a sink that pauses after every read gets every byte when it resumes, even from the parking space', async () => {

@@ -91405,7 +91405,7 @@ class GoloopHost extends SshHost {
             return undefined;
         const hash = parseBlockHash(block);
         if (hash !== facts.blockHash) {
-            throw new HostError(`The restored chain has the block hash ${hash} at height ${height}; the snapshot recorded ${facts.blockHash}: ` +
+            throw new IntegrityError(`The restored chain has the block hash ${hash} at height ${height}; the snapshot recorded ${facts.blockHash}: ` +
                 `it is not the chain of the snapshot.`);
         }
         return chain.height;
@@ -93497,7 +93497,12 @@ async function streamInto(remote, onGo, client, settings, key, into, size, expec
 async function waitForHeight(host, facts, timeoutSeconds) {
     const deadline = performance.now() + timeoutSeconds * 1000;
     while (performance.now() < deadline) {
-        const reached = await host.restoredHeight(facts).catch(() => undefined);
+        // A node that does not answer yet is waited for; one that answers with another chain is not.
+        const reached = await host.restoredHeight(facts).catch((error) => {
+            if (error instanceof IntegrityError)
+                throw error;
+            return undefined;
+        });
         if (reached !== undefined)
             return reached;
         await (0,external_node_timers_promises_namespaceObject.setTimeout)(Math.min(5000, Math.max(250, deadline - performance.now())));

@@ -120,6 +120,7 @@ export interface NodeHost {
   /**
    * The height the restored node reports once it serves the snapshot (`facts` holds its
    * `blockHeight` and what the kind recorded, such as a block hash); undefined until then.
+   * Throws an IntegrityError when the node answers with what is not the snapshot's chain.
    */
   restoredHeight(facts: KindFacts): Promise<number | undefined>;
   /** One line for the summary: where the restored data went (e.g. the block DB's name). */

@@ -367,6 +367,54 @@ describe('ICON 2: a real goloop node', { skip: goloopMissing() }, () => {
     assert.ok(existsSync(join(g.nodeDir, '..', previous[0]!, g.cid, 'db')));
   });
 
+  it('a restored chain that answers another block hash is rolled back at once', async () => {
+    assert.ok(key, 'the backup ran');
+    // The same archive under another name, with a manifest whose block hash is not the chain's.
+    const forged = key.replace(
+      /_(\d{4})\.tar\.zst$/,
+      (_m, hhmm: string) => `_${String((Number(hhmm) + 1) % 2400).padStart(4, '0')}.tar.zst`,
+    );
+    const client = s3.client();
+    const { CopyObjectCommand, PutObjectCommand } = await import('@aws-sdk/client-s3');
+    await client.send(
+      new CopyObjectCommand({ Bucket: bucket, Key: forged, CopySource: `${bucket}/${key}` }),
+    );
+    const manifest = JSON.parse(await s3.getText(bucket, `_prep-snapshot/${key}.json`)) as {
+      facts: Record<string, string>;
+    };
+    await client.send(
+      new PutObjectCommand({
+        Bucket: bucket,
+        Key: `_prep-snapshot/${forged}.json`,
+        Body: JSON.stringify({
+          ...manifest,
+          key: forged,
+          facts: { ...manifest.facts, blockHash: '00'.repeat(32) },
+        }),
+      }),
+    );
+    const folderBefore = readdirSync(g.chainDir).sort();
+    const r = await run({
+      mode: 'restore',
+      snapshot: forged,
+      'data-dir': g.nodeDir,
+      'peer-url': `${g.rpcUrl}/admin/chain`,
+      'stop-node': 'true',
+      'health-timeout': '300s',
+      'disk-margin': '1MiB',
+    });
+    assert.notEqual(r.code, 0);
+    assert.match(
+      errors(r),
+      /it is not the chain of the snapshot.*previous data dir was put back in place/s,
+    );
+    assert.doesNotMatch(said(r), /did not reach block height/, 'no wait for the health timeout');
+    await g.waitForHeight((await g.height()) + 3);
+    assert.deepEqual(readdirSync(g.chainDir).sort(), folderBefore);
+    const failed = readdirSync(join(g.nodeDir, '..')).filter((n) => n.startsWith('data.failed-'));
+    assert.equal(failed.length, 1, 'the restored folder is kept beside the node dir for a look');
+  });
+
   it('restores onto a fresh node dir: goloop starts on it, with the same block hash and balances', async () => {
     assert.ok(key, 'the backup ran');
     const balances = await Promise.all(sent.slice(0, 5).map((t) => g.balance(t.to)));

@@ -6,7 +6,7 @@
  * the admin API (`GET /admin/chain`), the proof of a restore from the block hash at the
  * snapshot's height (`icx_getBlockByHeight`).
  */
-import { HostError } from '../../errors.js';
+import { HostError, IntegrityError } from '../../errors.js';
 import type { NodeSettings } from '../../settings.js';
 import type { ExecResult, Prepared, RemoteStream, SshSession } from '../../ssh/session.js';
 import type {
@@ -285,7 +285,7 @@ export class GoloopHost extends SshHost implements NodeHost {
     if (block === undefined) return undefined;
     const hash = parseBlockHash(block);
     if (hash !== facts.blockHash) {
-      throw new HostError(
+      throw new IntegrityError(
         `The restored chain has the block hash ${hash} at height ${height}; the snapshot recorded ${facts.blockHash}: ` +
           `it is not the chain of the snapshot.`,
       );

@@ -6,8 +6,9 @@
  * Options (argv wins over env):
  *   --size GiB      BENCH_SIZE_GIB   database size (default 2). Generated once with the simulator
  *                                    and cached in ~/.cache/prep-snapshot/bench-db-<size>.
- *   --parts LIST    BENCH_PARTS      comma list of seed,gzip,zstd,ssh,restore (default all).
+ *   --parts LIST    BENCH_PARTS      comma list of seed,gzip,zstd,ssh,restore,goloop (default all).
  *                                    restore needs an archive: it adds gzip when neither gzip nor seed runs.
+ *   --goloop-sizes L BENCH_GOLOOP_SIZES  GiB of the goloop node's database (default 0.2,2): see goloop/index.ts.
  *   --ssh-mib N     BENCH_SSH_MIB    MiB streamed for the SSH data channel figure (default 1024).
  *   --backup-runs N BENCH_BACKUP_RUNS   backup rounds (seed, gzip, zstd in turn), default 1. With
  *                                    more, each column shows the run with the median stop to
@@ -40,56 +41,56 @@
  *                   and the action's SshSession.stream() with transport openssh and ssh2, read and
  *                   sha256-hashed under Node 24.
  */
-import { execFile, spawn } from 'node:child_process';
-import {
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  statfsSync,
-  writeFileSync,
-  chmodSync,
-} from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { ListObjectsV2Command } from '@aws-sdk/client-s3';
-import { startMinio, s3Env, type S3Server } from '../bed/minio.js';
+import { startMinio, type S3Server } from '../bed/minio.js';
 import { cacheDir, node24Bin, repoRoot } from '../bed/paths.js';
 import { freePort } from '../bed/ports.js';
-import { runAction, type RunResult } from '../bed/runner.js';
 import { startSshd, type Sshd } from '../bed/sshd.js';
 import { downtimes, parseEvents, type NodeEvent } from '../sim/chain.js';
+import { goloopBench, goloopReport, parseGoloopSizes, type GoloopFigures } from './goloop/index.js';
+import { sshReport, sshThroughput, type SshFigures } from './ssh-channel.js';
+import {
+  assertActionOk,
+  cachedOnce,
+  DiskSampler,
+  du,
+  exec,
+  flag,
+  fmtB,
+  fmtS,
+  log,
+  MiB,
+  modifiedMs,
+  option,
+  parseDurationText,
+  phases,
+  q,
+  ratio,
+  runScript,
+  runTimed,
+  s3Shell,
+  secondsSince,
+  summaryRow,
+  table,
+  timeWrapper,
+  verdict,
+  type ActionBed,
+  type ScriptResult,
+} from './kit.js';
 
-const exec = promisify(execFile);
 const TSX = join(repoRoot, 'node_modules/.bin/tsx');
 const SIM = join(repoRoot, 'test/sim/prep-node.ts');
 const NODE24 = node24Bin();
 const IP = '10.11.12.13';
 const BUCKET = 'snapshots';
 const PREFIX = 'PRep';
-const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
 // ---- options -------------------------------------------------------------------------------
 
-type Part = 'seed' | 'gzip' | 'zstd' | 'ssh' | 'restore';
-const ALL_PARTS: Part[] = ['seed', 'gzip', 'zstd', 'ssh', 'restore'];
-
-function option(name: string, env: string): string | undefined {
-  const argv = process.argv.slice(2);
-  const i = argv.findIndex((a) => a === `--${name}` || a.startsWith(`--${name}=`));
-  if (i >= 0) {
-    const a = argv[i] as string;
-    if (a.includes('=')) return a.slice(a.indexOf('=') + 1);
-    const next = argv[i + 1];
-    return next === undefined || next.startsWith('--') ? 'true' : next;
-  }
-  return process.env[env];
-}
-const flag = (name: string, env: string): boolean =>
-  /^(1|true|yes)$/i.test(option(name, env) ?? '');
+type Part = 'seed' | 'gzip' | 'zstd' | 'ssh' | 'restore' | 'goloop';
+const ALL_PARTS: Part[] = ['seed', 'gzip', 'zstd', 'ssh', 'restore', 'goloop'];
 
 const sizeGib = Number(option('size', 'BENCH_SIZE_GIB') ?? '2');
 if (!(sizeGib > 0)) throw new Error(`--size must be a positive number of GiB`);
@@ -105,194 +106,56 @@ const parts = new Set<Part>(
     }),
 );
 if (parts.has('restore') && !parts.has('gzip') && !parts.has('seed')) parts.add('gzip');
+const goloopSizes = parseGoloopSizes(option('goloop-sizes', 'BENCH_GOLOOP_SIZES'));
 const sshMib = Number(option('ssh-mib', 'BENCH_SSH_MIB') ?? '1024');
 const restoreRuns = Math.max(1, Number(option('restore-runs', 'BENCH_RESTORE_RUNS') ?? '3'));
 const backupRuns = Math.max(1, Number(option('backup-runs', 'BENCH_BACKUP_RUNS') ?? '1'));
 const seedLiteral = flag('seed-literal', 'BENCH_SEED_LITERAL');
 const keep = flag('keep', 'BENCH_KEEP');
 
-// ---- small helpers -------------------------------------------------------------------------
-
-function log(msg: string): void {
-  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
-}
-
-async function du(path: string): Promise<number> {
-  try {
-    const { stdout } = await exec('du', ['-sB1', path], { maxBuffer: 1 << 20 });
-    return Number(stdout.split(/\s/)[0]);
-  } catch (error) {
-    // du exits 1 when a file vanished while it walked (the node compacts); its total still stands.
-    const out = (error as { stdout?: string }).stdout ?? '';
-    const n = Number(out.split(/\s/)[0]);
-    return Number.isFinite(n) && out ? n : NaN;
-  }
-}
-
-function freeBytes(path: string): number {
-  const s = statfsSync(path);
-  return s.bavail * s.bsize;
-}
-
-/** Samples disk use of `dir` (du) and free space of its filesystem (statfs) every 200 ms. */
-class DiskSampler {
-  private timer: NodeJS.Timeout | undefined;
-  private busy = false;
-  private baseDu = 0;
-  private baseFree = 0;
-  private baseMinio = 0;
-  peakDu = 0;
-  maxDfDrop = 0;
-  samples = 0;
-
-  constructor(
-    private readonly dir: string,
-    private readonly minioDir: string,
-  ) {}
-
-  async start(): Promise<void> {
-    this.baseDu = (await du(this.dir)) || 0;
-    this.baseMinio = (await du(this.minioDir)) || 0;
-    this.baseFree = freeBytes(this.dir);
-    this.peakDu = this.baseDu;
-    this.timer = setInterval(() => void this.sample(), 200);
-  }
-
-  private async sample(): Promise<void> {
-    if (this.busy) return;
-    this.busy = true;
-    try {
-      const [d, m] = await Promise.all([du(this.dir), du(this.minioDir)]);
-      const free = freeBytes(this.dir);
-      if (Number.isFinite(d)) this.peakDu = Math.max(this.peakDu, d);
-      if (Number.isFinite(m))
-        this.maxDfDrop = Math.max(this.maxDfDrop, this.baseFree - free - (m - this.baseMinio));
-      this.samples++;
-    } finally {
-      this.busy = false;
-    }
-  }
-
-  async stop(): Promise<{
-    baselineDu: number;
-    peakDu: number;
-    extraDu: number;
-    maxDfDrop: number;
-    samples: number;
-  }> {
-    if (this.timer) clearInterval(this.timer);
-    while (this.busy) await new Promise((r) => setTimeout(r, 20));
-    await this.sample();
-    return {
-      baselineDu: this.baseDu,
-      peakDu: this.peakDu,
-      extraDu: this.peakDu - this.baseDu,
-      maxDfDrop: this.maxDfDrop,
-      samples: this.samples,
-    };
-  }
-}
-
-interface ScriptResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-  marks: Record<string, number>;
-  values: Record<string, string>;
-}
-
 let scripts = 0;
 /** Runs a bash script on the host over OpenSSH (from a file there), like cron would run it. */
 function sshScript(sshd: Sshd, root: string, script: string): Promise<ScriptResult> {
   const file = join(root, `script-${++scripts}.sh`);
-  writeFileSync(file, script);
-  return new Promise((resolve, reject) => {
-    const t = Date.now();
-    const child = spawn(
-      'ssh',
-      [...sshd.sshArgs(), `${sshd.username}@${sshd.host}`, `bash ${q(file)}`],
-      {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const marks: Record<string, number> = {};
-      const values: Record<string, string> = {};
-      for (const line of stdout.split('\n')) {
-        const m = /^MARK (\S+) (\d+)$/.exec(line);
-        if (m) marks[m[1] as string] = Number(m[2]);
-        const v = /^VALUE (\S+) (.*)$/.exec(line);
-        if (v) values[v[1] as string] = v[2] as string;
-      }
-      resolve({ code, stdout, stderr, ms: Date.now() - t, marks, values });
-    });
-  });
+  return runScript(file, script, 'ssh', [
+    ...sshd.sshArgs(),
+    `${sshd.username}@${sshd.host}`,
+    `bash ${q(file)}`,
+  ]);
 }
 
-function parseDurationText(text: string | undefined): number | undefined {
-  if (!text) return undefined;
-  const t = text.trim();
-  let m = /^([\d.]+) s$/.exec(t);
-  if (m) return Number(m[1]);
-  m = /^(\d+) min (\d+) s$/.exec(t);
-  if (m) return Number(m[1]) * 60 + Number(m[2]);
-  m = /^(\d+) h (\d+) min$/.exec(t);
-  if (m) return Number(m[1]) * 3600 + Number(m[2]) * 60;
-  return undefined;
-}
-
-function summaryRow(summary: string, name: string): string | undefined {
-  const m = new RegExp(`<td>${name}</td>\\s*<td>([^<]*)</td>`).exec(summary);
-  return m?.[1];
-}
-
-async function backupListModifiedMs(s3: S3Server): Promise<number | undefined> {
-  const r = await s3
-    .client()
-    .send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: `${PREFIX}/backup_list` }));
-  const o = (r.Contents ?? []).find((c) => c.Key === `${PREFIX}/backup_list`);
-  return o?.LastModified?.getTime();
-}
+const backupListModifiedMs = (s3: S3Server): Promise<number | undefined> =>
+  modifiedMs(s3, BUCKET, `${PREFIX}/backup_list`);
 
 // ---- the database and the node -------------------------------------------------------------
 
 async function cachedDatabase(): Promise<string> {
-  const home = join(cacheDir(), `bench-db-${sizeGib}`);
-  if (existsSync(join(home, '.bench-complete'))) {
-    log(`reusing the ${sizeGib} GiB database in ${home}`);
-    return home;
-  }
-  const partial = `${home}.partial`;
-  rmSync(partial, { recursive: true, force: true });
-  mkdirSync(cacheDir(), { recursive: true });
-  log(`generating a ${sizeGib} GiB database in ${partial} (once; about 75 s per 2 GiB)`);
-  const t = Date.now();
-  // The simulator's size check (readdir, then stat) can race a LevelDB compaction that deletes a
-  // file in between (ENOENT): try again from scratch.
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await exec(TSX, [SIM, 'generate', '--home', partial, '--ip', IP, '--gib', String(sizeGib)], {
-        maxBuffer: 1 << 26,
-      });
-      break;
-    } catch (error) {
-      const msg = String((error as { stderr?: string }).stderr || error);
-      if (attempt >= 3 || !/ENOENT/.test(msg)) throw error;
-      log(`generate failed (${msg.trim().split('\n')[0]}); again`);
-      rmSync(partial, { recursive: true, force: true });
+  const say = {
+    log,
+    reusing: `reusing the ${sizeGib} GiB database`,
+    making: (partial: string) =>
+      `generating a ${sizeGib} GiB database in ${partial} (once; about 75 s per 2 GiB)`,
+    made: 'generated',
+  };
+  return cachedOnce(join(cacheDir(), `bench-db-${sizeGib}`), say, async (partial) => {
+    // The simulator's size check (readdir, then stat) can race a LevelDB compaction that deletes a
+    // file in between (ENOENT): try again from scratch.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await exec(
+          TSX,
+          [SIM, 'generate', '--home', partial, '--ip', IP, '--gib', String(sizeGib)],
+          { maxBuffer: 1 << 26 },
+        );
+        break;
+      } catch (error) {
+        const msg = String((error as { stderr?: string }).stderr || error);
+        if (attempt >= 3 || !/ENOENT/.test(msg)) throw error;
+        log(`generate failed (${msg.trim().split('\n')[0]}); again`);
+        rmSync(partial, { recursive: true, force: true });
+      }
     }
-  }
-  writeFileSync(join(partial, '.bench-complete'), `${new Date().toISOString()}\n`);
-  rmSync(home, { recursive: true, force: true });
-  renameSync(partial, home);
-  log(`generated in ${((Date.now() - t) / 1000).toFixed(1)} s`);
-  return home;
+  });
 }
 
 interface BenchNode {
@@ -329,7 +192,7 @@ async function startCopy(cache: string, home: string): Promise<BenchNode> {
   ]) {
     rmSync(join(home, f), { force: true });
   }
-  log(`copied the database to ${home} in ${((Date.now() - t) / 1000).toFixed(1)} s`);
+  log(`copied the database to ${home} in ${secondsSince(t)} s`);
   const port = await freePort();
   const cmds = nodeCommands(home, port);
   await exec('bash', ['-c', cmds.startCommand], { maxBuffer: 1 << 24 });
@@ -401,23 +264,8 @@ interface RestoreFigures {
   runnerPeakRssBytes?: number;
 }
 
-interface Ctx {
-  root: string;
+interface Ctx extends ActionBed {
   cache: string;
-  sshd: Sshd;
-  s3: S3Server;
-  timeWrapper?: string;
-}
-
-function s3ShellEnv(ctx: Ctx): string {
-  const e = { ...s3Env(ctx.s3), BENCH_S3_ENDPOINT: ctx.s3.endpoint };
-  return Object.entries(e)
-    .map(([k, v]) => `export ${k}=${q(v)}`)
-    .join('\n');
-}
-
-function s3Function(): string {
-  return `s3() { ( cd ${q(repoRoot)} && ${q(NODE24)} --import tsx test/bench/seed-s3.ts "$@" ); }`;
 }
 
 async function seedBackup(ctx: Ctx): Promise<BackupFigures> {
@@ -430,8 +278,7 @@ async function seedBackup(ctx: Ctx): Promise<BackupFigures> {
     // The seed's backup script, with its paths and commands pointed at this bed.
     const script = `set -euo pipefail
 ms() { date +%s%3N; }
-${s3ShellEnv(ctx)}
-${s3Function()}
+${s3Shell(ctx.s3)}
 SERVICE=${PREFIX}
 BH=\`curl -s ${q(node.peerUrl)} | jq .block_height\`
 TODAY=\`date "+%Y%m%d"\`
@@ -482,9 +329,7 @@ echo "VALUE bytes $(stat -c %s "\${BACKUP_DIR}/\${FILE_NAME}")"
       hostDfDropBytes: disk.maxDfDrop,
       archiveBytes: Number(r.values.bytes),
       key: r.values.key,
-      phases: Object.fromEntries(
-        Object.entries(m).map(([k, v]) => [k, (v - (m.stop ?? v)) / 1000]),
-      ),
+      phases: phases(m, 'stop'),
     };
   } catch (error) {
     await sampler.stop();
@@ -499,42 +344,6 @@ echo "VALUE bytes $(stat -c %s "\${BACKUP_DIR}/\${FILE_NAME}")"
   }
 }
 
-function rssFrom(file: string): number | undefined {
-  if (!existsSync(file)) return undefined;
-  const m = /Maximum resident set size \(kbytes\): (\d+)/.exec(readFileSync(file, 'utf8'));
-  return m ? Number(m[1]) * 1024 : undefined;
-}
-
-function sshInputs(ctx: Ctx): Record<string, string> {
-  return {
-    host: ctx.sshd.host,
-    port: String(ctx.sshd.port),
-    username: ctx.sshd.username,
-    'ssh-key': ctx.sshd.privateKey,
-    'host-key': ctx.sshd.hostKeyFingerprint,
-    bucket: BUCKET,
-    endpoint: ctx.s3.endpoint,
-  };
-}
-
-async function runTimed(
-  ctx: Ctx,
-  name: string,
-  inputs: Record<string, string>,
-): Promise<{ r: RunResult; rss?: number }> {
-  const timeOut = join(ctx.root, `${name}.time.txt`);
-  const r = await runAction({
-    step: 'main',
-    inputs,
-    env: { ...s3Env(ctx.s3), BENCH_TIME_OUT: timeOut },
-    timeoutMs: 60 * 60_000,
-    node: ctx.timeWrapper,
-    echo: process.env.BENCH_ECHO === '1',
-  });
-  writeFileSync(join(ctx.root, `${name}.stdout.txt`), r.stdout + '\n--- stderr\n' + r.stderr);
-  return { r, rss: rssFrom(timeOut) };
-}
-
 async function actionBackup(ctx: Ctx, compression: 'gzip' | 'zstd'): Promise<BackupFigures> {
   const name = `action-${compression}`;
   const node = await startCopy(ctx.cache, join(ctx.root, name));
@@ -544,7 +353,6 @@ async function actionBackup(ctx: Ctx, compression: 'gzip' | 'zstd'): Promise<Bac
     await sampler.start();
     log(`action backup, ${compression}`);
     const { r, rss } = await runTimed(ctx, name, {
-      ...sshInputs(ctx),
       mode: 'backup',
       'prep-dir': node.home,
       'stop-command': node.stopCommand,
@@ -554,15 +362,7 @@ async function actionBackup(ctx: Ctx, compression: 'gzip' | 'zstd'): Promise<Bac
       compression,
     });
     const disk = await sampler.stop();
-    if (r.code !== 0) {
-      const err = r.annotations
-        .filter((a) => a.level === 'error')
-        .map((a) => a.message)
-        .join('; ');
-      throw new Error(
-        `the action failed (${r.code}${r.timedOut ? ', timed out' : ''}): ${err || r.stderr.slice(-2000)}`,
-      );
-    }
+    assertActionOk(r);
     const d = downtimeAfter(node, since);
     const listed = await backupListModifiedMs(ctx.s3);
     return {
@@ -626,8 +426,7 @@ async function seedRestore(ctx: Ctx, key: string): Promise<RestoreFigures> {
     // The seed's restore: remove, download the archive to disk (axel there; the SDK here), extract, rename.
     const script = `set -euo pipefail
 ms() { date +%s%3N; }
-${s3ShellEnv(ctx)}
-${s3Function()}
+${s3Shell(ctx.s3)}
 PREP_DIR=${q(home)}
 RESTORE_DIR="\${PREP_DIR}/data/loopchain"
 NOW_IP=${IP}
@@ -679,7 +478,6 @@ async function actionRestore(ctx: Ctx, key: string): Promise<RestoreFigures> {
     const cmds = nodeCommands(home, deadPort);
     log('action restore');
     const { r, rss } = await runTimed(ctx, 'action-restore', {
-      ...sshInputs(ctx),
       mode: 'restore',
       snapshot: key,
       'prep-dir': home,
@@ -691,15 +489,7 @@ async function actionRestore(ctx: Ctx, key: string): Promise<RestoreFigures> {
       'start-command': cmds.startCommand,
     });
     const disk = await sampler.stop();
-    if (r.code !== 0) {
-      const err = r.annotations
-        .filter((a) => a.level === 'error')
-        .map((a) => a.message)
-        .join('; ');
-      throw new Error(
-        `the action failed (${r.code}${r.timedOut ? ', timed out' : ''}): ${err || r.stderr.slice(-2000)}`,
-      );
-    }
+    assertActionOk(r);
     const restored = await restoredSize(home);
     return {
       name: 'action',
@@ -723,126 +513,7 @@ async function actionRestore(ctx: Ctx, key: string): Promise<RestoreFigures> {
   }
 }
 
-interface SshFigures {
-  bytes: number;
-  plainOpenSshMiBs?: number;
-  plainRunsMiBs?: number[];
-  plainSha256sumMiBs?: number;
-  actionOpenSshMiBs?: number;
-  actionSsh2MiBs?: number;
-  node?: string;
-  error?: string;
-}
-
-async function sshThroughput(ctx: Ctx): Promise<SshFigures> {
-  const file = join(ctx.root, 'random.bin');
-  const bytes = sshMib * 1024 * 1024;
-  const out: SshFigures = { bytes };
-  try {
-    log(`SSH data channel: ${sshMib} MiB of random bytes`);
-    await exec('bash', [
-      '-c',
-      `head -c ${bytes} /dev/urandom > ${q(file)} && cat ${q(file)} > /dev/null`,
-    ]);
-    // Plain OpenSSH, as a reference: ssh host 'cat file' > /dev/null. Run before and after the
-    // action's channels (the machine is shared); the better of the two is the reference.
-    const plain = async (): Promise<number> => {
-      const t = Date.now();
-      await exec('bash', [
-        '-c',
-        `ssh ${ctx.sshd.sshArgs().map(q).join(' ')} ${q(`${ctx.sshd.username}@${ctx.sshd.host}`)} ${q(`cat ${q(file)}`)} > /dev/null`,
-      ]);
-      return sshMib / ((Date.now() - t) / 1000);
-    };
-    out.plainRunsMiBs = [await plain()];
-    // The same with the bytes hashed, as the action hashes them: what sha256 itself costs here.
-    {
-      const t = Date.now();
-      await exec('bash', [
-        '-c',
-        `ssh ${ctx.sshd.sshArgs().map(q).join(' ')} ${q(`${ctx.sshd.username}@${ctx.sshd.host}`)} ${q(`cat ${q(file)}`)} | sha256sum > /dev/null`,
-      ]);
-      out.plainSha256sumMiBs = sshMib / ((Date.now() - t) / 1000);
-    }
-    const { stdout } = await exec(
-      NODE24,
-      ['--import', 'tsx', join(repoRoot, 'test/bench/ssh-throughput.ts')],
-      {
-        cwd: repoRoot,
-        maxBuffer: 1 << 24,
-        env: {
-          ...process.env,
-          NODE_OPTIONS: '',
-          BENCH_SSH: JSON.stringify({
-            host: ctx.sshd.host,
-            port: ctx.sshd.port,
-            username: ctx.sshd.username,
-            privateKey: ctx.sshd.privateKey,
-            hostKey: ctx.sshd.hostKeyFingerprint,
-            file,
-            transports: ['openssh', 'ssh2'],
-          }),
-        },
-      },
-    );
-    const line = stdout.split('\n').find((l) => l.startsWith('BENCH_SSH_RESULT '));
-    if (!line) throw new Error(`no result from ssh-throughput.ts: ${stdout.slice(-1000)}`);
-    const res = JSON.parse(line.slice('BENCH_SSH_RESULT '.length)) as {
-      node: string;
-      results: Array<{
-        transport: string;
-        bytes: number;
-        mibPerSecond: number;
-        exitCode: number | null;
-      }>;
-    };
-    out.node = res.node;
-    for (const m of res.results) {
-      if (m.bytes !== bytes || m.exitCode !== 0)
-        throw new Error(`${m.transport}: got ${m.bytes} of ${bytes} bytes, exit ${m.exitCode}`);
-      if (m.transport === 'openssh') out.actionOpenSshMiBs = m.mibPerSecond;
-      if (m.transport === 'ssh2') out.actionSsh2MiBs = m.mibPerSecond;
-    }
-    out.plainRunsMiBs.push(await plain());
-    out.plainOpenSshMiBs = Math.max(...out.plainRunsMiBs);
-  } catch (error) {
-    out.error = String(error);
-  } finally {
-    rmSync(file, { force: true });
-  }
-  return out;
-}
-
 // ---- report --------------------------------------------------------------------------------
-
-const MiB = 1024 * 1024;
-const fmtS = (s?: number): string =>
-  s === undefined || !Number.isFinite(s) ? '-' : s < 10 ? s.toFixed(2) + ' s' : s.toFixed(1) + ' s';
-const fmtB = (b?: number): string =>
-  b === undefined || !Number.isFinite(b)
-    ? '-'
-    : Math.abs(b) >= 1024 ** 3
-      ? (b / 1024 ** 3).toFixed(2) + ' GiB'
-      : (b / MiB).toFixed(1) + ' MiB';
-const ratio = (a?: number, b?: number): string =>
-  a === undefined || b === undefined || !Number.isFinite(a) || !Number.isFinite(b) || b === 0
-    ? '-'
-    : (a / b).toFixed(3) + 'x';
-
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  const line = (r: string[]): string =>
-    '| ' + r.map((c, i) => c.padEnd(widths[i]!)).join(' | ') + ' |';
-  return [
-    line(rows[0]!),
-    '|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|',
-    ...rows.slice(1).map(line),
-  ].join('\n');
-}
-
-function verdict(ok: boolean | undefined): string {
-  return ok === undefined ? '?' : ok ? 'met' : 'NOT met';
-}
 
 function report(
   meta: Record<string, unknown>,
@@ -943,46 +614,7 @@ function report(
     }
     if (tgt.length > 1) out.push('', table(tgt));
   }
-  if (ssh) {
-    out.push(
-      '',
-      `SSH data channel (${fmtB(ssh.bytes)} of random bytes from the host, Node ${ssh.node ?? '?'})`,
-    );
-    if (ssh.error) out.push(`  error: ${ssh.error}`);
-    const mbs = (v?: number): string => (v === undefined ? '-' : `${v.toFixed(0)} MiB/s`);
-    out.push(
-      table([
-        ['channel', 'throughput', 'vs plain OpenSSH'],
-        [
-          `plain \`ssh host cat > /dev/null\` (best of ${(ssh.plainRunsMiBs ?? []).map((v) => v.toFixed(0)).join(', ')})`,
-          mbs(ssh.plainOpenSshMiBs),
-          '1.000x',
-        ],
-        [
-          'plain `ssh host cat | sha256sum`',
-          mbs(ssh.plainSha256sumMiBs),
-          ratio(ssh.plainSha256sumMiBs, ssh.plainOpenSshMiBs),
-        ],
-        [
-          'action: OpenSSH spawned by Node + sha256',
-          mbs(ssh.actionOpenSshMiBs),
-          ratio(ssh.actionOpenSshMiBs, ssh.plainOpenSshMiBs),
-        ],
-        [
-          'action: ssh2 JavaScript channel + sha256',
-          mbs(ssh.actionSsh2MiBs),
-          ratio(ssh.actionSsh2MiBs, ssh.plainOpenSshMiBs),
-        ],
-      ]),
-    );
-    const r =
-      ssh.actionOpenSshMiBs && ssh.plainOpenSshMiBs
-        ? ssh.actionOpenSshMiBs / ssh.plainOpenSshMiBs
-        : undefined;
-    out.push(
-      `target: the action's data channel >= 0.8x OpenSSH: ${verdict(r === undefined ? undefined : r >= 0.8)}`,
-    );
-  }
+  if (ssh) out.push(...sshReport(ssh));
   const rs = restores.seed;
   const ra = restores.action;
   if (rs || ra) {
@@ -1059,21 +691,11 @@ async function main(): Promise<void> {
   log(`work dir ${root}`);
   const [sshd, s3] = await Promise.all([startSshd(), startMinio()]);
   await s3.createBucket(BUCKET);
-  const ctx: Ctx = { root, cache, sshd, s3 };
-  if (existsSync('/usr/bin/time')) {
-    const nodeArgs = process.env.BENCH_NODE_ARGS ?? '';
-    ctx.timeWrapper = join(root, 'node24-timed.sh');
-    writeFileSync(
-      ctx.timeWrapper,
-      `#!/bin/bash\n# bash, not sh: dash drops INPUT_SSH-KEY and the other hyphenated names from the environment.\nexec /usr/bin/time -v -o "$BENCH_TIME_OUT" ${q(NODE24)} ${nodeArgs} "$@"\n`,
-    );
-    chmodSync(ctx.timeWrapper, 0o755);
-  } else {
-    log('/usr/bin/time is missing: no runner peak RSS');
-  }
+  const ctx: Ctx = { root, cache, sshd, s3, bucket: BUCKET, timeWrapper: timeWrapper(root) };
   const backups: Partial<Record<'seed' | 'gzip' | 'zstd', BackupFigures>> = {};
   const restores: Partial<Record<'seed' | 'action', RestoreFigures>> = {};
   let ssh: SshFigures | undefined;
+  let goloop: GoloopFigures | undefined;
   const meta: Record<string, unknown> = {
     sizeGib,
     date: new Date().toISOString(),
@@ -1107,7 +729,7 @@ async function main(): Promise<void> {
     for (const kind of ['seed', 'gzip', 'zstd'] as const) {
       if (backupRounds[kind].length > 0) backups[kind] = medianBackup(backupRounds[kind]);
     }
-    if (parts.has('ssh')) ssh = await sshThroughput(ctx);
+    if (parts.has('ssh')) ssh = await sshThroughput(ctx, sshMib);
     if (parts.has('restore')) {
       const key =
         (backups.gzip?.ok && backups.gzip.key) ||
@@ -1126,14 +748,15 @@ async function main(): Promise<void> {
         restores.action = medianRun(actionRuns);
       }
     }
+    if (parts.has('goloop')) goloop = await goloopBench({ ...ctx, keep }, goloopSizes);
   } finally {
     await Promise.all([sshd.stop(), s3.stop()]);
     if (!keep) rmSync(root, { recursive: true, force: true });
     else log(`kept ${root}`);
   }
-  const text = report(meta, backups, ssh, restores);
+  const text = report(meta, backups, ssh, restores) + (goloop ? goloopReport(goloop) : '');
   const json = join(resultsDir, 'bench-results.json');
-  writeFileSync(json, JSON.stringify({ meta, backups, ssh, restores }, null, 2) + '\n');
+  writeFileSync(json, JSON.stringify({ meta, backups, ssh, restores, goloop }, null, 2) + '\n');
   writeFileSync(join(resultsDir, 'bench-results.txt'), text + '\n');
   process.stdout.write(text + '\n\n' + `figures written to ${json}\n`);
 }

@@ -1,0 +1,116 @@
+/**
+ * The goloop part of `npm run bench` (`--parts goloop`, sizes from `--goloop-sizes 0.2,2` or
+ * BENCH_GOLOOP_SIZES, default 0.2,2): a real goloop v1.4.4 node (test/bed/goloop.ts) whose
+ * database has been grown to each size, backed up and restored by icon2-docker's procedure
+ * (ctx/manager/backup_v2.py, and the restore that reverses it) and by this action. At each size,
+ * once each and in this order: their backup, ours, their restore, ours; the first tables of a size
+ * are read from the page cache alike (each copy of the node was just made).
+ *
+ * Files: cache.ts (the grown node), node.ts (a node in a home of its own, its blocks),
+ * theirs.ts (icon2-docker's procedure), ours.ts (the action), figures.ts (what is recorded, one
+ * scenario's frame), report.ts (the tables); what they share with bench.ts is in ../kit.ts.
+ *
+ * The node: a single-validator chain (100 ms blocks) whose goleveldb database
+ * (`{node dir}/{cid}/db/{nid}`) is grown, while the server is stopped, with ballast: random
+ * 4 KiB values under keys that start with eight 0xff bytes and are not 32 bytes long. goloop
+ * reads its database only by key (a 32-byte hash, or a key under one of its bucket prefixes
+ * S, T, H, C, L, I) and never iterates it, so it never reads them; they sort after every key it
+ * writes, so its compactions leave them alone. Written with classic-level (LevelDB 1.20, the same
+ * on-disk format), compression off, until the table files (`*.ldb`) make up the size. Built once
+ * per size in ~/.cache/prep-snapshot/bench-goloop-<size> (checked: goloop starts on it and
+ * produces blocks) and copied for each scenario with `cp -a --reflink=auto`.
+ *
+ * Theirs (backup_v2.py with control_chain): height and cid from /admin/chain; chain stop over
+ * cli.sock, waited until the chain is `stopped`; `cd {node dir}; tar -cf - {cid} | zstd -T0 |
+ * split -b 1000m - {backup}/temp/{name}.tar.zst.` in a folder beside the node dir; chain start;
+ * the parts uploaded at once (a thread each there; here a process each, with the SDK's multipart
+ * upload that bench.ts uses for the seed's archive). Their filelist.json (an md5 per part) is not made: listed = the
+ * last part uploaded. Restore: download the parts (at once), `cat | zstd -d | tar -x` into a
+ * fresh node dir, start goloop on it, wait for a block above the snapshot's height.
+ *
+ * Ours: the packaged action (`node-kind: goloop`), whose freeze goes through cli.sock; restore into
+ * a fresh node dir with `start-command` = the script that starts goloop there, then the same wait
+ * for a new block. dist/ by default; PREP_TEST_DIST names a private bundle (as in test/e2e:
+ * `node scripts/package.mjs --out DIR`). Not run while the bundle has no `node-kind` input.
+ *
+ * How each figure is taken:
+ *   downtime        the node's own view: the largest gap between consecutive blocks' time_stamp
+ *                   (icx_getBlockByHeight, microseconds) from the height before the run to the
+ *                   height after it. 100 ms blocks: a figure holds up to a block interval of no stop.
+ *   stop to listed  from the time_stamp of the last block before that gap (the node's view of the
+ *                   stop, for both) to the LastModified of {prefix}/backup_list for ours, of the last
+ *                   part for theirs (MinIO, ms precision, same clock). Theirs also by its own marks.
+ *   runner peak RSS /usr/bin/time -v around the action's Node 24 process, as bench.ts takes it.
+ *   host extra disk peak `du -sB1` of the node's home (node dir, backup folder, keystore) every
+ *                   200 ms, less its size before; for restores, less the restored node dir.
+ *   restore         from the start of the download (theirs) or of the action (ours) to the first
+ *                   block above the snapshot's height on the restored node.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { goloopBin } from '../../bed/paths.js';
+import { du, errorText, logger } from '../kit.js';
+import { cachedNode, tableFiles } from './cache.js';
+import type { GoloopBenchContext, GoloopFigures, GoloopSizeFigures } from './figures.js';
+import { readMeta } from './node.js';
+import { oursBackup, oursMissing, oursRestore } from './ours.js';
+import { theirsBackup, theirsRestore } from './theirs.js';
+
+export type { GoloopBenchContext, GoloopFigures } from './figures.js';
+export { goloopReport } from './report.js';
+
+const log = logger('goloop');
+
+/** `--goloop-sizes`: a comma list of GiB, default 0.2,2. */
+export function parseGoloopSizes(text: string | undefined): number[] {
+  const sizes = (text ?? '0.2,2')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map(Number);
+  if (sizes.length === 0 || sizes.some((s) => !(s > 0)))
+    throw new Error(`--goloop-sizes must be a comma list of positive GiB, got '${text}'`);
+  return sizes;
+}
+
+export async function goloopBench(
+  ctx: GoloopBenchContext,
+  sizes: number[],
+): Promise<GoloopFigures> {
+  const missing = oursMissing();
+  const out: GoloopFigures = { sizes: [], oursMissing: missing };
+  if (!existsSync(goloopBin())) {
+    out.error = `${goloopBin()} not found: run bash test/bed/install.sh`;
+    return out;
+  }
+  if (missing) log(`ours is not run: ${missing}`);
+  const skipped = { ok: false, skipped: missing ?? '', wallSeconds: 0 } as const;
+  for (const sizeGib of sizes) {
+    let cache: string;
+    try {
+      cache = await cachedNode(sizeGib);
+    } catch (error) {
+      out.error = `growing the ${sizeGib} GiB node: ${errorText(error)}`;
+      return out;
+    }
+    const meta = readMeta(cache);
+    const dbDir = join(cache, 'data', meta.cid, 'db', meta.nid);
+    const tables = tableFiles(dbDir);
+    const fig: GoloopSizeFigures = {
+      sizeGib,
+      tableBytes: tables.bytes,
+      tableFiles: tables.files,
+      dbBytes: await du(dbDir),
+      backups: {},
+      restores: {},
+    };
+    out.sizes.push(fig);
+    const b = fig.backups;
+    b.theirs = await theirsBackup(ctx, cache, sizeGib);
+    b.ours = missing ? { name: 'ours', ...skipped } : await oursBackup(ctx, cache, sizeGib);
+    if (b.theirs.ok) fig.restores.theirs = await theirsRestore(ctx, cache, sizeGib, b.theirs);
+    if (b.ours.ok) fig.restores.ours = await oursRestore(ctx, cache, sizeGib, b.ours);
+    else if (missing) fig.restores.ours = { name: 'ours', ...skipped };
+  }
+  return out;
+}

@@ -1,0 +1,90 @@
+/**
+ * One scenario's frame: its home (a started copy of the cached node, or a fresh one for a
+ * restore), its disk sampler, its failure as a figure, the home's goloop stopped at the end.
+ */
+import { join } from 'node:path';
+import { DiskSampler, du, errorText, logger } from '../kit.js';
+import type { GoloopBackupFigures, GoloopBenchContext, GoloopRestoreFigures } from './figures.js';
+import { freshHome, removeHome, waitAbove, type Gap, type Home } from './node.js';
+
+const log = logger('goloop');
+
+/** The last height in a snapshot: the last block before the stop (the node's view). */
+export function snapshotHeight(backup: GoloopBackupFigures): number {
+  return Math.max(backup.lastHeightBeforeStop ?? 0, backup.height || 0);
+}
+
+/** One scenario in a home of its own: a failure becomes a figure, and the home's goloop is stopped. */
+export async function scenario<F extends GoloopBackupFigures | GoloopRestoreFigures>(
+  name: F['name'],
+  keep: boolean,
+  makeHome: () => Promise<Home>,
+  body: (home: Home, sampler: DiskSampler) => Promise<F>,
+): Promise<F> {
+  const since = Date.now();
+  let home: Home | undefined;
+  let sampler: DiskSampler | undefined;
+  try {
+    home = await makeHome();
+    sampler = new DiskSampler(home.dir);
+    return await body(home, sampler);
+  } catch (error) {
+    await sampler?.stop();
+    const wallSeconds = (Date.now() - since) / 1000;
+    return { name, ok: false, error: errorText(error), wallSeconds } as F;
+  } finally {
+    if (home) await removeHome(home, keep);
+  }
+}
+
+/** The figures of the node's view of a stop. */
+export function gapFigures(
+  gap: Gap,
+): Pick<GoloopBackupFigures, 'downtimeSeconds' | 'gapBlocks' | 'lastHeightBeforeStop'> {
+  return {
+    downtimeSeconds: gap.seconds,
+    gapBlocks: gap.blocks,
+    lastHeightBeforeStop: gap.lastBeforeHeight,
+  };
+}
+
+/**
+ * A restore into a fresh home: `run` restores (and starts the node); the wall time runs from
+ * before it to the first block above the snapshot's height. `peakDu`: a peak the script saw
+ * itself, which a 200 ms sample can miss.
+ */
+export async function restoreScenario(
+  who: GoloopRestoreFigures['name'],
+  ctx: GoloopBenchContext,
+  cache: string,
+  sizeGib: number,
+  backup: GoloopBackupFigures,
+  run: (
+    home: Home,
+  ) => Promise<Pick<GoloopRestoreFigures, 'phases' | 'runnerPeakRssBytes'> & { peakDu?: number }>,
+): Promise<GoloopRestoreFigures> {
+  const dir = join(ctx.root, `goloop-${sizeGib}-${who}-restore`);
+  return scenario(
+    who,
+    ctx.keep,
+    () => freshHome(cache, dir),
+    async (home, sampler) => {
+      await sampler.start();
+      const since = Date.now();
+      log(`${who}: restore, ${sizeGib} GiB`);
+      const { peakDu, ...rest } = await run(home);
+      await waitAbove(home, snapshotHeight(backup));
+      const wall = (Date.now() - since) / 1000;
+      const disk = await sampler.stop();
+      const restored = await du(home.nodeDir);
+      return {
+        name: who,
+        ok: true,
+        wallSeconds: wall,
+        hostExtraDiskBytes: Math.max(disk.peakDu, peakDu ?? 0) - restored,
+        restoredBytes: restored,
+        ...rest,
+      };
+    },
+  );
+}

@@ -422,7 +422,9 @@ async function streamInto(
   }
   if (code !== 0) {
     const tail = remote.stderrTail().trim();
-    if (/No space left on device/i.test(tail)) {
+    // With 1 MiB records, tar can meet a full disk in the middle of a record and say only
+    // that it wrote less than it had.
+    if (/No space left on device|Wrote only \d+ of \d+ bytes/i.test(tail)) {
       throw new HostError(
         `The host's disk filled up during the extraction (${dirname(into.stage)}). The data dir was not touched; free space and run again.`,
       );
@@ -470,7 +472,8 @@ async function waitForHeight(
   facts: KindFacts,
   timeoutSeconds: number,
 ): Promise<number | undefined> {
-  const deadline = performance.now() + timeoutSeconds * 1000;
+  const start = performance.now();
+  const deadline = start + timeoutSeconds * 1000;
   while (performance.now() < deadline) {
     // A node that does not answer yet is waited for; one that answers with another chain is not.
     const reached = await host.restoredHeight(facts).catch((error: unknown) => {
@@ -478,7 +481,10 @@ async function waitForHeight(
       return undefined;
     });
     if (reached !== undefined) return reached;
-    await sleep(Math.min(5000, Math.max(250, deadline - performance.now())));
+    // A node usually serves within seconds of its start: asked every half second at first,
+    // then every five (each ask is a session on the host).
+    const every = performance.now() - start < 60_000 ? 500 : 5000;
+    await sleep(Math.min(every, Math.max(250, deadline - performance.now())));
   }
   return undefined;
 }

@@ -5,7 +5,7 @@
  */
 import * as core from '@actions/core';
 import { State } from './constants.js';
-import { errorMessage, NodeLostError, RemoteCommandError } from './errors.js';
+import { errorMessage, NodeLostError } from './errors.js';
 import { detachedCommand, dirname } from './node-kind/remote.js';
 import {
   armWatchdogCommand,
@@ -134,8 +134,14 @@ export class NodeControl {
    * run was about to do next (`what`) assumed the node still down, and is not done.
    */
   assertOwned(what: string): void {
-    if (this.lostAt === undefined) return;
-    throw new NodeLostError(
+    const lost = this.lostError(what);
+    if (lost) throw lost;
+  }
+
+  /** The error that says the watchdog took the node, followed by `what`; undefined if it did not. */
+  lostError(what: string): NodeLostError | undefined {
+    if (this.lostAt === undefined) return undefined;
+    return new NodeLostError(
       `The node was down longer than 'max-downtime' (${this.settings.maxDowntimeSeconds} s): the watchdog on the ` +
         `host started it at ${this.lostAt}. ${what}`,
     );
@@ -146,11 +152,13 @@ export class NodeControl {
     if (this.armed && stdout.trim()) this.lostAt = stdout.trim();
   }
 
-  /** Records a step on the host that found the node taken by the watchdog (exit `NODE_LOST`). */
-  noteLost(error: unknown): void {
-    if (error instanceof RemoteCommandError && error.code === NODE_LOST) {
-      this.lostAt = nodeLostAt(error.stderr) ?? 'an unknown time';
-    }
+  /**
+   * Records a step on the host that found the node taken by the watchdog (exit `NODE_LOST`):
+   * its result, or the RemoteCommandError it failed with.
+   */
+  noteLost(step: unknown): void {
+    const s = step as Partial<{ code: number | null; stderr: string }> | undefined;
+    if (s?.code === NODE_LOST) this.lostAt = nodeLostAt(s.stderr ?? '') ?? 'an unknown time';
   }
 
   private async disarm(): Promise<void> {

@@ -89223,9 +89223,15 @@ class NodeControl {
      * run was about to do next (`what`) assumed the node still down, and is not done.
      */
     assertOwned(what) {
+        const lost = this.lostError(what);
+        if (lost)
+            throw lost;
+    }
+    /** The error that says the watchdog took the node, followed by `what`; undefined if it did not. */
+    lostError(what) {
         if (this.lostAt === undefined)
-            return;
-        throw new NodeLostError(`The node was down longer than 'max-downtime' (${this.settings.maxDowntimeSeconds} s): the watchdog on the ` +
+            return undefined;
+        return new NodeLostError(`The node was down longer than 'max-downtime' (${this.settings.maxDowntimeSeconds} s): the watchdog on the ` +
             `host started it at ${this.lostAt}. ${what}`);
     }
     /** Records what `watchdogFiredCommand` printed: the time the watchdog fired, if it did. */
@@ -89233,11 +89239,14 @@ class NodeControl {
         if (this.armed && stdout.trim())
             this.lostAt = stdout.trim();
     }
-    /** Records a step on the host that found the node taken by the watchdog (exit `NODE_LOST`). */
-    noteLost(error) {
-        if (error instanceof RemoteCommandError && error.code === NODE_LOST) {
-            this.lostAt = nodeLostAt(error.stderr) ?? 'an unknown time';
-        }
+    /**
+     * Records a step on the host that found the node taken by the watchdog (exit `NODE_LOST`):
+     * its result, or the RemoteCommandError it failed with.
+     */
+    noteLost(step) {
+        const s = step;
+        if (s?.code === NODE_LOST)
+            this.lostAt = nodeLostAt(s.stderr ?? '') ?? 'an unknown time';
     }
     async disarm() {
         if (!this.armed)
@@ -89564,9 +89573,10 @@ function parseSettings(read = readActionInput) {
     if (!/^(0x[0-9a-fA-F]{1,8}|[A-Za-z0-9_.-]{1,64})$/.test(chain)) {
         throw new InputError(`Input 'chain' is '${chain}'. Use the chain's channel (icon_dex on MainNet) or its cid (0x…).`);
     }
+    // Until the kind is known ('auto'), loopchain's defaults: the original guide's.
+    const defaults = KIND_DEFAULTS[kind === 'goloop' ? 'goloop' : 'loopchain'];
     const prepDir = absolutePath(Inputs.PrepDir, get(Inputs.PrepDir) || '/app/prep');
-    const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) ||
-        KIND_DEFAULTS[kind === 'goloop' ? 'goloop' : 'loopchain'].dataDir(prepDir));
+    const dataDir = absolutePath(Inputs.DataDir, get(Inputs.DataDir) || defaults.dataDir(prepDir));
     const node = {
         kind,
         prepDir,
@@ -89575,7 +89585,7 @@ function parseSettings(read = readActionInput) {
         startCommand: get(Inputs.StartCommand) || composeCommand(prepDir, 'up -d'),
         stopCommandGiven: get(Inputs.StopCommand) || undefined,
         startCommandGiven: get(Inputs.StartCommand) || undefined,
-        peerUrl: get(Inputs.PeerUrl) || KIND_DEFAULTS[kind === 'goloop' ? 'goloop' : 'loopchain'].peerUrl,
+        peerUrl: get(Inputs.PeerUrl) || defaults.peerUrl,
         maxDowntimeSeconds: duration(Inputs.MaxDowntime, get(Inputs.MaxDowntime) || '30m', 10),
         chain: /^0x/i.test(chain) ? chain.toLowerCase() : chain,
     };
@@ -89626,8 +89636,7 @@ function parseSettings(read = readActionInput) {
         [Inputs.PermanentPrefix, s3.permanentPrefix],
         [Inputs.ManifestPrefix, s3.manifestPrefix],
     ]);
-    const compression = get(Inputs.Compression) ||
-        KIND_DEFAULTS[kind === 'goloop' ? 'goloop' : 'loopchain'].compression;
+    const compression = get(Inputs.Compression) || defaults.compression;
     if (compression !== 'gzip' && compression !== 'zstd') {
         throw new InputError(`Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`);
     }
@@ -89638,10 +89647,8 @@ function parseSettings(read = readActionInput) {
     const backup = {
         compression,
         compressionLevel: compression === 'gzip'
-            ? int(Inputs.CompressionLevel, 3, 1, 9)
-            : // LevelDB tables are snappy-compressed already: zstd -1 runs twice as fast as -3 on
-                // them for an archive 3% larger (measured on a 2 GiB database here).
-                int(Inputs.CompressionLevel, 1, 1, 19),
+            ? int(Inputs.CompressionLevel, DEFAULT_LEVEL.gzip, 1, 9)
+            : int(Inputs.CompressionLevel, DEFAULT_LEVEL.zstd, 1, 19),
         consistency,
         permanentCopy: bool(Inputs.PermanentCopy, true),
         retentionDays: int(Inputs.RetentionDays, 15, 0, 36500),
@@ -89795,6 +89802,12 @@ function keyPrefix(name, text) {
     }
     return value;
 }
+/**
+ * The compression level where 'compression-level' is empty. LevelDB tables are
+ * snappy-compressed already: zstd -1 runs twice as fast as -3 on them for an archive 3%
+ * larger (measured on a 2 GiB database here).
+ */
+const DEFAULT_LEVEL = { gzip: 3, zstd: 1 };
 /** What a node kind's defaults are, where the inputs leave them empty. */
 const KIND_DEFAULTS = {
     loopchain: {
@@ -89825,7 +89838,7 @@ function forKind(settings, kind) {
     const backup = { ...settings.backup };
     if (settings.kindDefaults.compression) {
         backup.compression = d.compression;
-        backup.compressionLevel = d.compression === 'zstd' ? 1 : 3;
+        backup.compressionLevel = DEFAULT_LEVEL[d.compression];
     }
     return { ...settings, node, backup };
 }
@@ -90692,22 +90705,25 @@ function extractCommand(kind, prepDir, stage) {
 
 /**
  * Shell functions over the control socket, for chain `cid` (`0x…`): `post ACTION [BODY]`,
- * `state` (the chain's state as the socket reports it), and `settle_*`, which wait up to
- * five minutes for the chain to reach a state. A stop is answered before the chain has
- * stopped ('stopping'), and a start or a backup sent then is refused: hence the waits.
+ * `state` (the chain's state as the socket reports it), the tests `is_stopped`, `is_manual`,
+ * `is_started` and `is_listed`, and `wait_for SECONDS WHAT TEST...`, which runs TEST every
+ * tenth of a second until it passes. A stop is answered before the chain has stopped
+ * ('stopping'), and a start or a backup sent then is refused: hence the waits.
  */
 function socketFunctions(sock, cid) {
     const url = (path) => `"http://localhost/chain/$cid${path}"`;
-    const settle = (name, states) => `settle_${name}() { i=0; while :; do s=$(state || true); case "$s" in ${states}) return 0 ;; esac; ` +
-        `i=$((i + 1)); if [ "$i" -ge 3000 ]; then echo "the chain is '$s' after 300 s" >&2; return 1; fi; sleep 0.1; done; }`;
+    const isIn = (name, states) => `is_${name}() { case "$(state || true)" in ${states}) ;; *) return 1 ;; esac; }`;
     return [
         `sock=${quote(sock)}`,
         `cid=${quote(cid)}`,
         `post() { curl -fsS --max-time 120 --unix-socket "$sock" -X POST -H 'Content-Type: application/json' -d "\${2:-}" ${url('/$1')} >/dev/null; }`,
         `state() { curl -fsS --max-time 10 --unix-socket "$sock" ${url('')} | sed -n 's/.*"state" *: *"\\([^"]*\\)".*/\\1/p'; }`,
-        settle('stopped', `stopped|'backup done'|failed`),
-        settle('manual', `'backup manual'`),
-        settle('started', 'started'),
+        isIn('stopped', `stopped|'backup done'|failed`),
+        isIn('manual', `'backup manual'`),
+        isIn('started', 'started'),
+        `is_listed() { [ -n "$(state || true)" ]; }`,
+        `wait_for() { n=$(( $1 * 10 )); what=$2; shift 2; i=0; until "$@"; do i=$((i + 1)); ` +
+            `if [ "$i" -ge "$n" ]; then echo "$what within $((n / 10)) s (the chain is '$(state || true)')" >&2; return 1; fi; sleep 0.1; done; }`,
     ];
 }
 /**
@@ -90718,9 +90734,9 @@ function chainReleaseCommand(sock, cid) {
     return bashScript([
         ...socketFunctions(sock, cid),
         `case "$(state)" in started|starting) post stop ;; esac`,
-        `settle_stopped`,
+        `wait_for 300 'the chain did not stop' is_stopped`,
         `post backup '{"manual":true}'`,
-        `settle_manual`,
+        `wait_for 300 'the database was not released' is_manual`,
     ]);
 }
 /**
@@ -90731,20 +90747,20 @@ function chainReleaseCommand(sock, cid) {
  */
 function chainStartCommand(sock, cid, fallback) {
     return bashScript([
-        `if [ ! -S ${quote(sock)} ]; then`,
-        `  "\${SHELL:-/bin/sh}" -c ${quote(fallback)} </dev/null`,
-        `  i=0; until [ -S ${quote(sock)} ]; do i=$((i + 1)); if [ "$i" -ge 3000 ]; then echo ${quote(`${sock} did not appear within 300 s of the start command`)} >&2; exit 1; fi; sleep 0.1; done`,
-        `fi`,
         ...socketFunctions(sock, cid),
+        `if [ ! -S "$sock" ]; then`,
+        `  "\${SHELL:-/bin/sh}" -c ${quote(fallback)} </dev/null`,
+        `  wait_for 300 "$sock did not appear after the start command" test -S "$sock"`,
+        `fi`,
         // The socket may take a moment to list the chains after it appears.
-        `i=0; until [ -n "$(state || true)" ]; do i=$((i + 1)); if [ "$i" -ge 600 ]; then echo "the chain $cid is not on the node" >&2; exit 1; fi; sleep 0.1; done`,
+        `wait_for 60 "the chain $cid is not on the node" is_listed`,
         `case "$(state)" in`,
         `  started) exit 0 ;;`,
         `  stopped|failed|'backup done') ;;`,
-        `  *) post stop; settle_stopped ;;`,
+        `  *) post stop; wait_for 300 'the chain did not stop' is_stopped ;;`,
         `esac`,
         `post start`,
-        `settle_started`,
+        `wait_for 300 'the chain did not start' is_started`,
     ]);
 }
 /**
@@ -91383,7 +91399,7 @@ class GoloopHost extends SshHost {
         return { running: this.running(checks.get('peer')), firedAt: fired || undefined };
     }
     extract(stage) {
-        return this.session.stream(extractCommand(this.tree, parentOf(this.dataDir), stage));
+        return this.session.stream(extractCommand(this.tree, dirname(this.dataDir), stage));
     }
     swap(stage, previous, _address, watchdogFlag) {
         return this.openAhead(chainSwapCommand(this.dataDir, this.folder, stage, previous, watchdogFlag), CHAIN_SWAP_LINE);
@@ -91441,10 +91457,6 @@ class GoloopHost extends SshHost {
             return undefined;
         return `the chain ${chain.channel} (${chain.cid}) is '${chain.state}' at height ${chain.height}`;
     }
-}
-function parentOf(path) {
-    const i = path.lastIndexOf('/');
-    return i <= 0 ? '/' : path.slice(0, i);
 }
 
 ;// CONCATENATED MODULE: ./src/node-kind/loopchain/layout.ts
@@ -92752,7 +92764,7 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
                     node.noteLost(error);
                     await node.ensureStarted();
                     node.assertOwned('The copy was not frozen; nothing was published.');
-                    throw explainFreeze(error);
+                    throw explainFreeze(error, host);
                 }
                 // The node comes back up while its frozen copy is read: they share no file that
                 // changes. The stream waits for the node to run again: started together, the two
@@ -92879,10 +92891,9 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
         let error = caught;
         if (node.isStopped)
             await node.ensureStarted();
-        if (node.lostAt !== undefined && !(error instanceof NodeLostError)) {
+        if (!(error instanceof NodeLostError)) {
             // What failed may be the watchdog's doing (tar sees files change under it): say so first.
-            error = new NodeLostError(`The node was down longer than 'max-downtime' (${settings.node.maxDowntimeSeconds} s): the watchdog on the ` +
-                `host started it at ${node.lostAt}. ${errorMessage(caught)}`);
+            error = node.lostError(errorMessage(caught)) ?? error;
         }
         if (!published && uploaded.length > 0) {
             // Nothing half-made stays behind: an archive that is not listed is removed.
@@ -92905,11 +92916,14 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
         saveState(State.KeyDir, '');
     }
 }
-function explainFreeze(error) {
+function explainFreeze(error, host) {
     if (error instanceof RemoteCommandError &&
         /Invalid cross-device link|Operation not permitted|hard link/i.test(error.stderr)) {
-        return new HostError(`Hard links are not possible in the data dir's filesystem (${error.stderr.trim().split('\n')[0]}). ` +
-            `Set 'consistency: stop' to archive while the node is stopped.`);
+        // 'consistency: stop' is loopchain's way around it; a goloop chain is only frozen with links.
+        const instead = host.kind === 'loopchain'
+            ? `Set 'consistency: stop' to archive while the node is stopped.`
+            : `A goloop chain is frozen with hard links only: keep its node dir on a filesystem that has them.`;
+        return new HostError(`Hard links are not possible in the data dir's filesystem (${error.stderr.trim().split('\n')[0]}). ${instead}`);
     }
     return error;
 }
@@ -93275,7 +93289,7 @@ async function restore(settings, connect = connectNode) {
             }
             const res = await swap.go();
             if (res.code === NODE_LOST) {
-                node.noteLost(new RemoteCommandError('The swap', res.code, res.stderr));
+                node.noteLost(res);
                 node.assertOwned(untouched);
             }
             if (res.code !== 0 || res.stdout.trim() !== 'swapped') {
@@ -93535,7 +93549,7 @@ async function rollback(host, node, dirs, startAfter) {
     }
     const res = await host.rollback(dirs.previous, dirs.failed, node.watchdogFlag);
     if (res.code === NODE_LOST) {
-        node.noteLost(new RemoteCommandError('The rollback', res.code, res.stderr));
+        node.noteLost(res);
         node.assertOwned(nothingMoved);
     }
     if (res.code !== 0) {

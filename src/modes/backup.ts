@@ -164,7 +164,7 @@ export async function backup(
           node.noteLost(error);
           await node.ensureStarted();
           node.assertOwned('The copy was not frozen; nothing was published.');
-          throw explainFreeze(error);
+          throw explainFreeze(error, host);
         }
         // The node comes back up while its frozen copy is read: they share no file that
         // changes. The stream waits for the node to run again: started together, the two
@@ -315,12 +315,9 @@ export async function backup(
   } catch (caught) {
     let error = caught;
     if (node.isStopped) await node.ensureStarted();
-    if (node.lostAt !== undefined && !(error instanceof NodeLostError)) {
+    if (!(error instanceof NodeLostError)) {
       // What failed may be the watchdog's doing (tar sees files change under it): say so first.
-      error = new NodeLostError(
-        `The node was down longer than 'max-downtime' (${settings.node.maxDowntimeSeconds} s): the watchdog on the ` +
-          `host started it at ${node.lostAt}. ${errorMessage(caught)}`,
-      );
+      error = node.lostError(errorMessage(caught)) ?? error;
     }
     if (!published && uploaded.length > 0) {
       // Nothing half-made stays behind: an archive that is not listed is removed.
@@ -344,14 +341,18 @@ export async function backup(
   }
 }
 
-function explainFreeze(error: unknown): unknown {
+function explainFreeze(error: unknown, host: NodeHost): unknown {
   if (
     error instanceof RemoteCommandError &&
     /Invalid cross-device link|Operation not permitted|hard link/i.test(error.stderr)
   ) {
+    // 'consistency: stop' is loopchain's way around it; a goloop chain is only frozen with links.
+    const instead =
+      host.kind === 'loopchain'
+        ? `Set 'consistency: stop' to archive while the node is stopped.`
+        : `A goloop chain is frozen with hard links only: keep its node dir on a filesystem that has them.`;
     return new HostError(
-      `Hard links are not possible in the data dir's filesystem (${error.stderr.trim().split('\n')[0]}). ` +
-        `Set 'consistency: stop' to archive while the node is stopped.`,
+      `Hard links are not possible in the data dir's filesystem (${error.stderr.trim().split('\n')[0]}). ${instead}`,
     );
   }
   return error;

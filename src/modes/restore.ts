@@ -184,7 +184,7 @@ export async function restore(
       }
       const res = await swap!.go();
       if (res.code === NODE_LOST) {
-        node.noteLost(new RemoteCommandError('The swap', res.code, res.stderr));
+        node.noteLost(res);
         node.assertOwned(untouched);
       }
       if (res.code !== 0 || res.stdout.trim() !== 'swapped') {
@@ -517,7 +517,7 @@ async function rollback(
   }
   const res = await host.rollback(dirs.previous, dirs.failed, node.watchdogFlag);
   if (res.code === NODE_LOST) {
-    node.noteLost(new RemoteCommandError('The rollback', res.code, res.stderr));
+    node.noteLost(res);
     node.assertOwned(nothingMoved);
   }
   if (res.code !== 0) {

@@ -9,23 +9,26 @@ import { heldLines } from '../watchdog.js';
 
 /**
  * Shell functions over the control socket, for chain `cid` (`0x…`): `post ACTION [BODY]`,
- * `state` (the chain's state as the socket reports it), and `settle_*`, which wait up to
- * five minutes for the chain to reach a state. A stop is answered before the chain has
- * stopped ('stopping'), and a start or a backup sent then is refused: hence the waits.
+ * `state` (the chain's state as the socket reports it), the tests `is_stopped`, `is_manual`,
+ * `is_started` and `is_listed`, and `wait_for SECONDS WHAT TEST...`, which runs TEST every
+ * tenth of a second until it passes. A stop is answered before the chain has stopped
+ * ('stopping'), and a start or a backup sent then is refused: hence the waits.
  */
 export function socketFunctions(sock: string, cid: string): string[] {
   const url = (path: string) => `"http://localhost/chain/$cid${path}"`;
-  const settle = (name: string, states: string) =>
-    `settle_${name}() { i=0; while :; do s=$(state || true); case "$s" in ${states}) return 0 ;; esac; ` +
-    `i=$((i + 1)); if [ "$i" -ge 3000 ]; then echo "the chain is '$s' after 300 s" >&2; return 1; fi; sleep 0.1; done; }`;
+  const isIn = (name: string, states: string) =>
+    `is_${name}() { case "$(state || true)" in ${states}) ;; *) return 1 ;; esac; }`;
   return [
     `sock=${quote(sock)}`,
     `cid=${quote(cid)}`,
     `post() { curl -fsS --max-time 120 --unix-socket "$sock" -X POST -H 'Content-Type: application/json' -d "\${2:-}" ${url('/$1')} >/dev/null; }`,
     `state() { curl -fsS --max-time 10 --unix-socket "$sock" ${url('')} | sed -n 's/.*"state" *: *"\\([^"]*\\)".*/\\1/p'; }`,
-    settle('stopped', `stopped|'backup done'|failed`),
-    settle('manual', `'backup manual'`),
-    settle('started', 'started'),
+    isIn('stopped', `stopped|'backup done'|failed`),
+    isIn('manual', `'backup manual'`),
+    isIn('started', 'started'),
+    `is_listed() { [ -n "$(state || true)" ]; }`,
+    `wait_for() { n=$(( $1 * 10 )); what=$2; shift 2; i=0; until "$@"; do i=$((i + 1)); ` +
+      `if [ "$i" -ge "$n" ]; then echo "$what within $((n / 10)) s (the chain is '$(state || true)')" >&2; return 1; fi; sleep 0.1; done; }`,
   ];
 }
 
@@ -37,9 +40,9 @@ export function chainReleaseCommand(sock: string, cid: string): string {
   return bashScript([
     ...socketFunctions(sock, cid),
     `case "$(state)" in started|starting) post stop ;; esac`,
-    `settle_stopped`,
+    `wait_for 300 'the chain did not stop' is_stopped`,
     `post backup '{"manual":true}'`,
-    `settle_manual`,
+    `wait_for 300 'the database was not released' is_manual`,
   ]);
 }
 
@@ -51,20 +54,20 @@ export function chainReleaseCommand(sock: string, cid: string): string {
  */
 export function chainStartCommand(sock: string, cid: string, fallback: string): string {
   return bashScript([
-    `if [ ! -S ${quote(sock)} ]; then`,
-    `  "\${SHELL:-/bin/sh}" -c ${quote(fallback)} </dev/null`,
-    `  i=0; until [ -S ${quote(sock)} ]; do i=$((i + 1)); if [ "$i" -ge 3000 ]; then echo ${quote(`${sock} did not appear within 300 s of the start command`)} >&2; exit 1; fi; sleep 0.1; done`,
-    `fi`,
     ...socketFunctions(sock, cid),
+    `if [ ! -S "$sock" ]; then`,
+    `  "\${SHELL:-/bin/sh}" -c ${quote(fallback)} </dev/null`,
+    `  wait_for 300 "$sock did not appear after the start command" test -S "$sock"`,
+    `fi`,
     // The socket may take a moment to list the chains after it appears.
-    `i=0; until [ -n "$(state || true)" ]; do i=$((i + 1)); if [ "$i" -ge 600 ]; then echo "the chain $cid is not on the node" >&2; exit 1; fi; sleep 0.1; done`,
+    `wait_for 60 "the chain $cid is not on the node" is_listed`,
     `case "$(state)" in`,
     `  started) exit 0 ;;`,
     `  stopped|failed|'backup done') ;;`,
-    `  *) post stop; settle_stopped ;;`,
+    `  *) post stop; wait_for 300 'the chain did not stop' is_stopped ;;`,
     `esac`,
     `post start`,
-    `settle_started`,
+    `wait_for 300 'the chain did not start' is_started`,
   ]);
 }
 

@@ -22,6 +22,7 @@ import type {
 import {
   archiveCommand,
   batchCommand,
+  dirname,
   freezeCommand,
   parseBatch,
   parseProbe,
@@ -258,7 +259,7 @@ export class GoloopHost extends SshHost implements NodeHost {
   }
 
   extract(stage: string): RemoteStream {
-    return this.session.stream(extractCommand(this.tree, parentOf(this.dataDir), stage));
+    return this.session.stream(extractCommand(this.tree, dirname(this.dataDir), stage));
   }
 
   swap(stage: string, previous: string, _address: string, watchdogFlag: string): PreparedStep {
@@ -326,9 +327,4 @@ export class GoloopHost extends SshHost implements NodeHost {
     if (!chain || isAtRest(chain)) return undefined;
     return `the chain ${chain.channel} (${chain.cid}) is '${chain.state}' at height ${chain.height}`;
   }
-}
-
-function parentOf(path: string): string {
-  const i = path.lastIndexOf('/');
-  return i <= 0 ? '/' : path.slice(0, i);
 }

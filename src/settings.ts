@@ -4,8 +4,18 @@
  */
 import * as core from '@actions/core';
 import { Inputs } from './constants.js';
-import { formatDurationInput, parseDuration, parseSize } from './duration.js';
+import { parseSize } from './duration.js';
 import { InputError } from './errors.js';
+import {
+  absolutePath,
+  diskMargin,
+  duration,
+  isIpv4,
+  keyPrefix,
+  parseBoolean,
+  parseInteger,
+  separatePrefixes,
+} from './input-values.js';
 import { parseHostKeyPins, type HostKeyPin } from './ssh/host-key.js';
 
 export type Mode = 'backup' | 'restore' | 'list' | 'verify';
@@ -108,15 +118,6 @@ export function uploadBufferBytes(partSize: number, uploadConcurrency: number): 
 /** S3's bounds on a multipart upload's part size. */
 export const MIN_PART_SIZE = 5 * 1024 ** 2;
 export const MAX_PART_SIZE = 5 * 1024 ** 3;
-
-/**
- * The longest 'max-downtime' and 'health-timeout': 5 days, the longest that a GitHub Actions
- * job may run (on a self-hosted runner); no run can use more.
- */
-export const MAX_DURATION_SECONDS = 5 * 86_400;
-
-/** The largest 'disk-margin': 5 TiB, the size of the largest S3 object. */
-export const MAX_DISK_MARGIN_BYTES = 5 * 1024 ** 4;
 
 /** Reads an input; the getter is injectable so that tests need no environment. */
 export type InputReader = (name: string) => string;
@@ -336,101 +337,6 @@ function parseSsh(
   };
 }
 
-export function parseBoolean(name: string, text: string, fallback: boolean): boolean {
-  if (text === '') return fallback;
-  if (['true', 'True', 'TRUE'].includes(text)) return true;
-  if (['false', 'False', 'FALSE'].includes(text)) return false;
-  throw new InputError(`Input '${name}' is '${text}'. Use 'true' or 'false'.`);
-}
-
-export function parseInteger(
-  name: string,
-  text: string,
-  fallback: number,
-  min: number,
-  max: number,
-): number {
-  if (text === '') return fallback;
-  const value = Number(text);
-  if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min || value > max) {
-    throw new InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
-  }
-  return value;
-}
-
-/** A duration in whole seconds, from `min` to MAX_DURATION_SECONDS. */
-function duration(name: Inputs, text: string, min: number): number {
-  const seconds = parseDuration(name, text);
-  if (seconds < min || seconds > MAX_DURATION_SECONDS) {
-    throw new InputError(
-      `Input '${name}' is '${text}'. Use a duration from ${formatDurationInput(min)} to ${formatDurationInput(MAX_DURATION_SECONDS)}.`,
-    );
-  }
-  return seconds;
-}
-
-function diskMargin(text: string): number {
-  const bytes = parseSize(Inputs.DiskMargin, text);
-  if (bytes > MAX_DISK_MARGIN_BYTES) {
-    throw new InputError(`Input 'disk-margin' is '${text}'. Use a size from 0 to 5TiB.`);
-  }
-  return bytes;
-}
-
-function absolutePath(name: Inputs, text: string): string {
-  if (!text.startsWith('/') || text.includes('\n') || text.includes('\0')) {
-    throw new InputError(`Input '${name}' is '${text}'. Use an absolute path on the node.`);
-  }
-  const normal = text.replace(/\/+$/, '') || '/';
-  if (normal === '/') {
-    throw new InputError(`Input '${name}' is '${text}', which cannot be a node's directory.`);
-  }
-  // The path is compared, quoted and joined as written: each segment must name a directory.
-  const segments = normal.slice(1).split('/');
-  if (segments.some((p) => p === '' || p === '.' || p === '..')) {
-    throw new InputError(
-      `Input '${name}' is '${text}'. Write the directory's path without '.', '..' or '//' segments, such as '/app/prep'.`,
-    );
-  }
-  return normal;
-}
-
-/** No two of the key prefixes may be equal or one inside another: retention would delete the other's keys. */
-function separatePrefixes(prefixes: Array<[Inputs, string]>): void {
-  const inside = (outer: string, inner: string): boolean =>
-    inner === outer || inner.startsWith(`${outer}/`);
-  for (const [i, [nameA, a]] of prefixes.entries()) {
-    for (const [nameB, b] of prefixes.slice(i + 1)) {
-      if (!inside(a, b) && !inside(b, a)) continue;
-      const relation =
-        a === b
-          ? 'are the same'
-          : inside(a, b)
-            ? `overlap: '${b}' lies inside '${a}'`
-            : `overlap: '${a}' lies inside '${b}'`;
-      throw new InputError(
-        `Inputs '${nameA}' ('${a}') and '${nameB}' ('${b}') ${relation}. ` +
-          `Snapshots, permanent copies and manifests need separate prefixes, or retention and listings of one reach the others ` +
-          `(the defaults are '{service}', 'Permanent/{service}' and '_prep-snapshot').`,
-      );
-    }
-  }
-}
-
-function keyPrefix(name: Inputs, text: string): string {
-  const value = text.replace(/^\/+|\/+$/g, '');
-  if (
-    !value ||
-    !/^[A-Za-z0-9_.\-/]+$/.test(value) ||
-    value.split('/').some((p) => p === '' || p === '.' || p === '..')
-  ) {
-    throw new InputError(
-      `Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`,
-    );
-  }
-  return value;
-}
-
 /**
  * The compression level where 'compression-level' is empty. LevelDB tables are
  * snappy-compressed already: zstd -1 runs twice as fast as -3 on them for an archive 3%
@@ -487,9 +393,4 @@ export function composeCommand(prepDir: string, verb: 'down' | 'up -d'): string 
 
 function quoteForDefault(path: string): string {
   return /^[A-Za-z0-9_./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
-}
-
-export function isIpv4(text: string): boolean {
-  const parts = text.split('.');
-  return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255);
 }

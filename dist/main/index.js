@@ -89362,6 +89362,102 @@ function parseSize(name, text) {
     return bytes;
 }
 
+;// CONCATENATED MODULE: ./src/input-values.ts
+/**
+ * The checks of single input values, each a pure function that returns the value or throws an
+ * InputError saying how to fix it: booleans, whole numbers, durations, sizes, paths on the
+ * node, S3 key prefixes, IPv4 addresses. settings.ts puts them together.
+ */
+
+
+
+/**
+ * The longest 'max-downtime' and 'health-timeout': 5 days, the longest that a GitHub Actions
+ * job may run (on a self-hosted runner); no run can use more.
+ */
+const MAX_DURATION_SECONDS = 5 * 86_400;
+/** The largest 'disk-margin': 5 TiB, the size of the largest S3 object. */
+const MAX_DISK_MARGIN_BYTES = 5 * 1024 ** 4;
+function parseBoolean(name, text, fallback) {
+    if (text === '')
+        return fallback;
+    if (['true', 'True', 'TRUE'].includes(text))
+        return true;
+    if (['false', 'False', 'FALSE'].includes(text))
+        return false;
+    throw new InputError(`Input '${name}' is '${text}'. Use 'true' or 'false'.`);
+}
+function parseInteger(name, text, fallback, min, max) {
+    if (text === '')
+        return fallback;
+    const value = Number(text);
+    if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min || value > max) {
+        throw new InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
+    }
+    return value;
+}
+/** A duration in whole seconds, from `min` to MAX_DURATION_SECONDS. */
+function duration(name, text, min) {
+    const seconds = parseDuration(name, text);
+    if (seconds < min || seconds > MAX_DURATION_SECONDS) {
+        throw new InputError(`Input '${name}' is '${text}'. Use a duration from ${formatDurationInput(min)} to ${formatDurationInput(MAX_DURATION_SECONDS)}.`);
+    }
+    return seconds;
+}
+function diskMargin(text) {
+    const bytes = parseSize(Inputs.DiskMargin, text);
+    if (bytes > MAX_DISK_MARGIN_BYTES) {
+        throw new InputError(`Input 'disk-margin' is '${text}'. Use a size from 0 to 5TiB.`);
+    }
+    return bytes;
+}
+function absolutePath(name, text) {
+    if (!text.startsWith('/') || text.includes('\n') || text.includes('\0')) {
+        throw new InputError(`Input '${name}' is '${text}'. Use an absolute path on the node.`);
+    }
+    const normal = text.replace(/\/+$/, '') || '/';
+    if (normal === '/') {
+        throw new InputError(`Input '${name}' is '${text}', which cannot be a node's directory.`);
+    }
+    // The path is compared, quoted and joined as written: each segment must name a directory.
+    const segments = normal.slice(1).split('/');
+    if (segments.some((p) => p === '' || p === '.' || p === '..')) {
+        throw new InputError(`Input '${name}' is '${text}'. Write the directory's path without '.', '..' or '//' segments, such as '/app/prep'.`);
+    }
+    return normal;
+}
+/** No two of the key prefixes may be equal or one inside another: retention would delete the other's keys. */
+function separatePrefixes(prefixes) {
+    const inside = (outer, inner) => inner === outer || inner.startsWith(`${outer}/`);
+    for (const [i, [nameA, a]] of prefixes.entries()) {
+        for (const [nameB, b] of prefixes.slice(i + 1)) {
+            if (!inside(a, b) && !inside(b, a))
+                continue;
+            const relation = a === b
+                ? 'are the same'
+                : inside(a, b)
+                    ? `overlap: '${b}' lies inside '${a}'`
+                    : `overlap: '${a}' lies inside '${b}'`;
+            throw new InputError(`Inputs '${nameA}' ('${a}') and '${nameB}' ('${b}') ${relation}. ` +
+                `Snapshots, permanent copies and manifests need separate prefixes, or retention and listings of one reach the others ` +
+                `(the defaults are '{service}', 'Permanent/{service}' and '_prep-snapshot').`);
+        }
+    }
+}
+function keyPrefix(name, text) {
+    const value = text.replace(/^\/+|\/+$/g, '');
+    if (!value ||
+        !/^[A-Za-z0-9_.\-/]+$/.test(value) ||
+        value.split('/').some((p) => p === '' || p === '.' || p === '..')) {
+        throw new InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
+    }
+    return value;
+}
+function isIpv4(text) {
+    const parts = text.split('.');
+    return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255);
+}
+
 // EXTERNAL MODULE: external "node:crypto"
 var external_node_crypto_ = __nccwpck_require__(7598);
 ;// CONCATENATED MODULE: ./src/ssh/host-key.ts
@@ -89534,6 +89630,7 @@ function pinnedAlgorithms(pins) {
 
 
 
+
 /**
  * The most runner memory that an upload's part buffers may take: it holds
  * (upload-concurrency + 1) x part-size (one part filling while the others are in flight; see
@@ -89548,13 +89645,6 @@ function uploadBufferBytes(partSize, uploadConcurrency) {
 /** S3's bounds on a multipart upload's part size. */
 const MIN_PART_SIZE = 5 * 1024 ** 2;
 const MAX_PART_SIZE = 5 * 1024 ** 3;
-/**
- * The longest 'max-downtime' and 'health-timeout': 5 days, the longest that a GitHub Actions
- * job may run (on a self-hosted runner); no run can use more.
- */
-const MAX_DURATION_SECONDS = 5 * 86_400;
-/** The largest 'disk-margin': 5 TiB, the size of the largest S3 object. */
-const MAX_DISK_MARGIN_BYTES = 5 * 1024 ** 4;
 const readActionInput = (name) => getInput(name);
 const MODES = ['backup', 'restore', 'list', 'verify'];
 function parseSettings(read = readActionInput) {
@@ -89727,81 +89817,6 @@ function parseSsh(get, bool, int) {
         transport,
     };
 }
-function parseBoolean(name, text, fallback) {
-    if (text === '')
-        return fallback;
-    if (['true', 'True', 'TRUE'].includes(text))
-        return true;
-    if (['false', 'False', 'FALSE'].includes(text))
-        return false;
-    throw new InputError(`Input '${name}' is '${text}'. Use 'true' or 'false'.`);
-}
-function parseInteger(name, text, fallback, min, max) {
-    if (text === '')
-        return fallback;
-    const value = Number(text);
-    if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min || value > max) {
-        throw new InputError(`Input '${name}' is '${text}'. Use a whole number from ${min} to ${max}.`);
-    }
-    return value;
-}
-/** A duration in whole seconds, from `min` to MAX_DURATION_SECONDS. */
-function duration(name, text, min) {
-    const seconds = parseDuration(name, text);
-    if (seconds < min || seconds > MAX_DURATION_SECONDS) {
-        throw new InputError(`Input '${name}' is '${text}'. Use a duration from ${formatDurationInput(min)} to ${formatDurationInput(MAX_DURATION_SECONDS)}.`);
-    }
-    return seconds;
-}
-function diskMargin(text) {
-    const bytes = parseSize(Inputs.DiskMargin, text);
-    if (bytes > MAX_DISK_MARGIN_BYTES) {
-        throw new InputError(`Input 'disk-margin' is '${text}'. Use a size from 0 to 5TiB.`);
-    }
-    return bytes;
-}
-function absolutePath(name, text) {
-    if (!text.startsWith('/') || text.includes('\n') || text.includes('\0')) {
-        throw new InputError(`Input '${name}' is '${text}'. Use an absolute path on the node.`);
-    }
-    const normal = text.replace(/\/+$/, '') || '/';
-    if (normal === '/') {
-        throw new InputError(`Input '${name}' is '${text}', which cannot be a node's directory.`);
-    }
-    // The path is compared, quoted and joined as written: each segment must name a directory.
-    const segments = normal.slice(1).split('/');
-    if (segments.some((p) => p === '' || p === '.' || p === '..')) {
-        throw new InputError(`Input '${name}' is '${text}'. Write the directory's path without '.', '..' or '//' segments, such as '/app/prep'.`);
-    }
-    return normal;
-}
-/** No two of the key prefixes may be equal or one inside another: retention would delete the other's keys. */
-function separatePrefixes(prefixes) {
-    const inside = (outer, inner) => inner === outer || inner.startsWith(`${outer}/`);
-    for (const [i, [nameA, a]] of prefixes.entries()) {
-        for (const [nameB, b] of prefixes.slice(i + 1)) {
-            if (!inside(a, b) && !inside(b, a))
-                continue;
-            const relation = a === b
-                ? 'are the same'
-                : inside(a, b)
-                    ? `overlap: '${b}' lies inside '${a}'`
-                    : `overlap: '${a}' lies inside '${b}'`;
-            throw new InputError(`Inputs '${nameA}' ('${a}') and '${nameB}' ('${b}') ${relation}. ` +
-                `Snapshots, permanent copies and manifests need separate prefixes, or retention and listings of one reach the others ` +
-                `(the defaults are '{service}', 'Permanent/{service}' and '_prep-snapshot').`);
-        }
-    }
-}
-function keyPrefix(name, text) {
-    const value = text.replace(/^\/+|\/+$/g, '');
-    if (!value ||
-        !/^[A-Za-z0-9_.\-/]+$/.test(value) ||
-        value.split('/').some((p) => p === '' || p === '.' || p === '..')) {
-        throw new InputError(`Input '${name}' is '${text}'. Use an S3 key prefix such as 'PRep' or 'Permanent/PRep'.`);
-    }
-    return value;
-}
 /**
  * The compression level where 'compression-level' is empty. LevelDB tables are
  * snappy-compressed already: zstd -1 runs twice as fast as -3 on them for an archive 3%
@@ -89854,10 +89869,6 @@ function composeCommand(prepDir, verb) {
 }
 function quoteForDefault(path) {
     return /^[A-Za-z0-9_./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
-}
-function isIpv4(text) {
-    const parts = text.split('.');
-    return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255);
 }
 
 // EXTERNAL MODULE: external "node:child_process"

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync, rmSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { isIpv4 } from '../../src/settings.js';
+import { isIpv4 } from '../../src/input-values.js';
 import {
   check,
   errors,

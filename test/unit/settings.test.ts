@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { InputError } from '../../src/errors.ts';
+import { MAX_DURATION_SECONDS } from '../../src/input-values.ts';
 import {
   composeCommand,
-  MAX_DURATION_SECONDS,
   MAX_UPLOAD_BUFFER_BYTES,
   parseSettings,
   uploadBufferBytes,

@@ -5,7 +5,8 @@
  * height from the peer API.
  */
 import { HostError } from '../../errors.js';
-import { isIpv4, type NodeSettings, type RestoreSettings } from '../../settings.js';
+import { isIpv4 } from '../../input-values.js';
+import type { NodeSettings, RestoreSettings } from '../../settings.js';
 import type { ExecResult, Prepared, RemoteStream, SshSession } from '../../ssh/session.js';
 import type {
   ArchiveOptions,

@@ -27,34 +27,23 @@
  * host's address; the test reads the host's files through `appDir` and runs commands on
  * the host with `sh()`.
  */
-import { execFileSync } from 'node:child_process';
-import {
-  existsSync,
-  readdirSync,
-  readFileSync,
-  realpathSync,
-  rmdirSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { existsSync, readdirSync, readFileSync, realpathSync, rmdirSync, rmSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { quote as q } from '../../src/shell.js';
 import { parseEvents, type NodeEvent } from '../sim/chain.js';
-import { repoRoot } from './paths.js';
 import { run } from './proc.js';
 import { startSshd, type Sshd } from './sshd.js';
+import { ipCmd, ipSync, makeNetwork, NETNS_PREFIX } from './netns.js';
+import { COMPOSE_YML, SIM, standIn, TSX, type Compose } from './compose-stand-in.js';
 
-/** Which Compose the host has: `docker-compose` (v1) or `docker compose` (v2). */
-export type Compose = 'v1' | 'v2';
+export type { Compose } from './compose-stand-in.js';
 
 /** The guide's install directory and the node's peer API port, as the host sees them. */
 export const GUIDE_PREP_DIR = '/app/prep';
 export const GUIDE_PEER_PORT = 9000;
 
-const TSX = join(repoRoot, 'node_modules/.bin/tsx');
-const SIM = join(repoRoot, 'test/sim/prep-node.ts');
 /** The PATH of a login on the host (sshd's default for root). */
 const HOST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 /**
@@ -68,7 +57,7 @@ function otherBinDirs(): string[] {
     (d) => d.startsWith('/') && !d.includes(':') && d !== '/usr/local/bin',
   );
 }
-const NETNS_PREFIX = 'prep-guide-';
+
 /** The $0 of each host's PID 1, to recognise it before a signal. */
 const INIT_NAME = 'prep-guide-host-init';
 
@@ -107,83 +96,6 @@ export interface GuideHost {
   /** Ends every process of the host and removes the namespaces, the veth pair and the dirs. */
   stop(): Promise<void>;
 }
-
-/** The shell of a Compose stand-in: `[-f FILE] down|up -d` on the node whose home is FILE's folder. */
-function composeBody(prog: string, node: string): string {
-  const sim = `${q(node)} ${q(TSX)} ${q(SIM)}`;
-  return [
-    `file=docker-compose.yml`,
-    `while [ $# -gt 0 ]; do`,
-    `  case "$1" in`,
-    `    -f|--file) file=$2; shift 2 ;;`,
-    `    *) break ;;`,
-    `  esac`,
-    `done`,
-    `if [ ! -f "$file" ]; then`,
-    `  echo "${prog}: no configuration file $file in $(pwd)" >&2`,
-    `  exit 14`,
-    `fi`,
-    `home=$(cd "$(dirname "$file")" && pwd -P)`,
-    `case "$*" in`,
-    `  down) exec ${sim} stop --home "$home" ;;`,
-    `  'up -d') exec ${sim} start --home "$home" --port ${GUIDE_PEER_PORT} --rate 20 --value-bytes 4096 --data-dir "$home/data/loopchain" ;;`,
-    `  *) echo "${prog}: this host simulates 'down' and 'up -d' only, not: $*" >&2; exit 2 ;;`,
-    `esac`,
-  ].join('\n');
-}
-
-/** `docker-compose` (v1) or `docker` (v2: its `compose` subcommand only). */
-function standIn(compose: Compose, node: string): { name: string; text: string } {
-  if (compose === 'v1') {
-    return {
-      name: 'docker-compose',
-      text: [
-        '#!/bin/sh',
-        '# Compose v1 stand-in: starts and stops the simulated loopchain node of the compose file.',
-        'set -eu',
-        composeBody('docker-compose', node),
-        '',
-      ].join('\n'),
-    };
-  }
-  return {
-    name: 'docker',
-    text: [
-      '#!/bin/sh',
-      '# Docker CLI stand-in with Compose v2: `docker compose` starts and stops the simulated',
-      '# loopchain node of the compose file; there is no other subcommand.',
-      'set -eu',
-      'if [ "${1:-}" != compose ]; then',
-      `  echo "docker: '\${1:-}' is not simulated on this host (only 'docker compose')" >&2`,
-      '  exit 1',
-      'fi',
-      'shift',
-      composeBody('docker compose', node),
-      '',
-    ].join('\n'),
-  };
-}
-
-/** The guide's compose file: the node image with host networking and ./data mounted. */
-const COMPOSE_YML = `# The P-Rep node of the guide (on this test host, the Compose stand-in runs a simulator).
-version: '3'
-services:
-  prep:
-    image: 'iconloop/prep-node:1910211829xc2286d'
-    container_name: 'prep-mainnet'
-    network_mode: host
-    restart: 'always'
-    environment:
-      NETWORK_ENV: 'mainnet'
-      LOG_OUTPUT_TYPE: 'file'
-      CERT_PATH: '/cert'
-      FASTEST_START: 'no'
-    cap_add:
-      - SYS_TIME
-    volumes:
-      - ./data:/data
-      - ./cert:/cert
-`;
 
 /**
  * PID 1 of a host: bind-mounts the node runtime (a file in the temp dir, so that it stays
@@ -258,43 +170,6 @@ function releaseApp(): void {
   }
 }
 
-function ipCmd(...args: string[]): Promise<{ stdout: string; stderr: string }> {
-  return run('ip', args);
-}
-
-function ipSync(...args: string[]): void {
-  try {
-    execFileSync('ip', args, { stdio: 'ignore' });
-  } catch {
-    /* already gone */
-  }
-}
-
-/** The /30 number `n` of 10.213.0.0/16: network, the machine's end, the host's end. */
-function subnet(n: number): { net: string; peer: string; host: string } {
-  const a = `10.213.${n >> 6}`;
-  const base = (n & 63) * 4;
-  return { net: `${a}.${base}`, peer: `${a}.${base + 1}`, host: `${a}.${base + 2}` };
-}
-
-/** Sets a sysctl file if it exists; false when it could not be set. */
-function writeSysctl(path: string, value: string): boolean {
-  try {
-    if (existsSync(path)) writeFileSync(path, `${value}\n`);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Forwarding off for what arrives on the machine's end: the host reaches nothing beyond it. */
-function noForwarding(veth: string): void {
-  const path = `/proc/sys/net/ipv4/conf/${veth}/forwarding`;
-  writeSysctl(path, '0');
-  if (readFileSync(path, 'utf8').trim() !== '0')
-    throw new Error(`could not turn forwarding off on ${veth}: the host could reach the network`);
-}
-
 /** The children of a process (its main thread's). */
 function childrenOf(pid: number): number[] {
   try {
@@ -352,60 +227,6 @@ async function preflight(): Promise<void> {
 }
 
 /** Reserves a namespace name and its /30, creates the veth pair and sets addresses and routes. */
-async function makeNetwork(): Promise<{ netns: string; veth: string; ip: string; peerIp: string }> {
-  for (let attempt = 0; attempt < 40; attempt++) {
-    const n = Math.floor(Math.random() * 16384);
-    const netns = `${NETNS_PREFIX}${n}`;
-    const veth = `pg${n}`;
-    const inner = `pg${n}h`;
-    const { net, peer, host } = subnet(n);
-    // The /30 must be unused on the machine.
-    const used = (await ipCmd('-4', '-o', 'addr', 'show', 'to', `${net}/30`)).stdout.trim();
-    if (used) continue;
-    // `ip netns add` fails when the name exists: the name reserves n.
-    const reserved = await ipCmd('netns', 'add', netns).then(
-      () => true,
-      () => false,
-    );
-    if (!reserved) continue;
-    try {
-      await ipCmd('link', 'add', veth, 'type', 'veth', 'peer', 'name', inner);
-    } catch {
-      await ipCmd('netns', 'del', netns).catch(() => undefined);
-      continue;
-    }
-    try {
-      writeSysctl(`/proc/sys/net/ipv6/conf/${veth}/disable_ipv6`, '1');
-      noForwarding(veth);
-      await ipCmd('link', 'set', inner, 'netns', netns);
-      await ipCmd('addr', 'add', `${peer}/30`, 'dev', veth);
-      await ipCmd('link', 'set', veth, 'up');
-      await run('ip', [
-        'netns',
-        'exec',
-        netns,
-        'sh',
-        '-c',
-        [
-          'set -e',
-          `ip link set ${inner} name eth0`,
-          `[ ! -e /proc/sys/net/ipv6/conf/eth0/disable_ipv6 ] || echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6`,
-          `ip addr add ${host}/30 dev eth0`,
-          'ip link set lo up',
-          'ip link set eth0 up',
-          `ip route add default via ${peer} dev eth0`,
-        ].join('\n'),
-      ]);
-      return { netns, veth, ip: host, peerIp: peer };
-    } catch (err) {
-      await ipCmd('link', 'del', veth).catch(() => undefined);
-      await ipCmd('netns', 'del', netns).catch(() => undefined);
-      throw err;
-    }
-  }
-  throw new Error('no free /30 of 10.213.0.0/16 for a guide host');
-}
-
 async function waitForChild(pid: number): Promise<number> {
   for (let i = 0; i < 200; i++) {
     const [child] = childrenOf(pid);
@@ -430,7 +251,7 @@ export async function startGuideHost(opts: { compose: Compose }): Promise<GuideH
   await writeFile(join(prepDir, 'docker-compose.yml'), COMPOSE_YML);
   await writeFile(nodeMount, '');
   await mkdir(layers);
-  const tool = standIn(opts.compose, nodeMount);
+  const tool = standIn(opts.compose, nodeMount, GUIDE_PEER_PORT);
   await writeFile(join(binDir, tool.name), tool.text);
   await chmod(join(binDir, tool.name), 0o755);
 

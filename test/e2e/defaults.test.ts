@@ -10,7 +10,11 @@ import assert from 'node:assert/strict';
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { startGuideHost, type Compose, type GuideHost } from '../bed/guide-host.js';
+import { goloopBin, goloopMissing, repoRoot } from '../bed/paths.js';
+import { quote as q } from '../../src/shell.js';
 import { actionInputDefaults, type RunResult } from '../bed/runner.js';
 import { check, errors, runBoth, said, stagingLeft } from './restore-kit.js';
 import { startWorld, type World } from './world.js';
@@ -19,6 +23,8 @@ import { startWorld, type World } from './world.js';
 const DEFAULT_PATTERN = actionInputDefaults()['node-process-pattern'] ?? '';
 const KEY = /^PRep\/(\d{8})\/(PRep_BH(\d+)_data-\d{8}_\d{4}\.tar\.gz)$/;
 const TEN_MINUTES = 600_000;
+const execFileAsync = promisify(execFile);
+const SERVER = join(repoRoot, 'test/bed/goloop-server.sh');
 
 /** The only inputs set: the rest comes from action.yml. */
 function minimal(
@@ -238,4 +244,67 @@ describe('every input at its default, Compose v2 (docker compose)', () => {
       await restoreOntoFresh(world, 'v2', snap, hosts, bucket);
     },
   );
+});
+
+/**
+ * ICON 2 with every input at its default: a real goloop on a host laid out as icon2-node's
+ * (its node dir in `{prep-dir}/data`, the admin API on localhost:9000, the control socket
+ * `data/cli.sock`). node-kind, data-dir, peer-url, chain and compression are the action's own.
+ */
+describe('every input at its default, a goloop node', { skip: goloopMissing() }, () => {
+  let world: World;
+  let host: GuideHost;
+
+  before(
+    async () => {
+      world = await quietWorld();
+      host = await startGuideHost({ compose: 'v1' });
+      // Keystore and genesis made on the machine, in the host's /app/prep.
+      const goloop = (...args: string[]) =>
+        execFileAsync(goloopBin(), args, { cwd: host.prepDir, env: { PATH: process.env.PATH } });
+      const ks = join(host.prepDir, 'keystore.json');
+      await goloop('ks', 'gen', '--out', ks, '--password', 'gx');
+      await goloop('gn', 'gen', '--out', join(host.prepDir, 'genesis.json'), '--god', ks, ks);
+      await goloop(
+        'gs',
+        'gen',
+        '--input',
+        join(host.prepDir, 'genesis.json'),
+        '--out',
+        join(host.prepDir, 'gs.zip'),
+      );
+      // On the host: goloop on /app/prep/data with its RPC on port 9000, the chain joined as icon_dex.
+      const g = q(goloopBin());
+      const sock = '/app/prep/data/cli.sock';
+      await host.sh(
+        [
+          `bash ${q(SERVER)} start ${g} /app/prep/data /app/prep/keystore.json gx 9000 7100`,
+          `cid=$(GOLOOP_NODE_SOCK=${sock} ${g} chain join --genesis /app/prep/gs.zip --channel icon_dex --seed 127.0.0.1:7100)`,
+          `GOLOOP_NODE_SOCK=${sock} ${g} chain start "$cid" >/dev/null`,
+          `for i in $(seq 1 600); do curl -fsS localhost:9000/admin/chain | grep -q '"height":[1-9]' && exit 0; sleep 0.1; done; exit 1`,
+        ].join(' && '),
+      );
+    },
+    { timeout: TEN_MINUTES },
+  );
+  after(async () => {
+    await host?.stop();
+    await world?.close();
+  });
+
+  it('backs up the chain through its socket, found on its own, as tar.zst', async () => {
+    const run = await runBoth(world, minimal(world, host, 'backup'));
+    assert.equal(run.main.code, 0, said(run.main));
+    assert.match(said(run.main), /Node kind: goloop \(found \/app\/prep\/data\/cli\.sock/);
+    const key = run.main.outputs.key ?? '';
+    assert.match(key, /^PRep\/\d{8}\/PRep_BH\d+_data-\d{8}_\d{4}\.tar\.zst$/);
+    const manifest = JSON.parse(
+      await world.s3.getText(world.bucket, `_prep-snapshot/${key}.json`),
+    ) as { nodeKind: string; facts: { channel: string }; source: { dataDir: string } };
+    assert.equal(manifest.nodeKind, 'goloop');
+    assert.equal(manifest.facts.channel, 'icon_dex');
+    assert.equal(manifest.source.dataDir, '/app/prep/data');
+    const { stdout } = await host.sh(`curl -fsS localhost:9000/admin/chain`);
+    assert.match(stdout, /"state":"started"/);
+  });
 });

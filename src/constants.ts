@@ -34,6 +34,7 @@ export enum Inputs {
   MaxDowntime = 'max-downtime',
   PartSize = 'part-size',
   UploadConcurrency = 'upload-concurrency',
+  DownloadConnections = 'download-connections',
   Verify = 'verify',
   Snapshot = 'snapshot',
   NodeIp = 'node-ip',
@@ -45,6 +46,11 @@ export enum Inputs {
   NodeProcessPattern = 'node-process-pattern',
   NodeKind = 'node-kind',
   Chain = 'chain',
+  Format = 'format',
+  FilesInFlight = 'files-in-flight',
+  BytesInFlight = 'bytes-in-flight',
+  PublicUrl = 'public-url',
+  Deep = 'deep',
 }
 
 export enum Outputs {

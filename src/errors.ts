@@ -46,6 +46,22 @@ export class NodeLostError extends ActionError {
   override name = 'NodeLostError';
 }
 
+/**
+ * A read of a stored object could not be finished: one of its ranges failed on every attempt,
+ * or S3 refused it outright. The message names the range and the last reason.
+ */
+export class DownloadError extends StorageError {
+  override name = 'DownloadError';
+}
+
+/**
+ * The stored object is no longer the one the read began with: S3 refused a ranged read pinned
+ * to its first ETag (412), or the object is gone. Nothing read so far can be trusted with the rest.
+ */
+export class ObjectChangedError extends StorageError {
+  override name = 'ObjectChangedError';
+}
+
 /** A stored snapshot is not whole. */
 export class IntegrityError extends ActionError {
   override name = 'IntegrityError';

@@ -1,7 +1,15 @@
-/** Archive names and keys, in the layout of the original backup script. */
+/**
+ * Snapshot names and keys, in the layout of the original backup script: an archive is a file
+ * `{SERVICE}_BH{height}_data-{YYYYMMDD}_{HHMM}.tar.gz` (or `.tar.zst`); a tree (see
+ * tree/layout.ts) is a folder of the same name ending `.tree`.
+ */
 import type { Compression } from './settings.js';
 
 export const EXTENSIONS: Record<Compression, string> = { gzip: '.tar.gz', zstd: '.tar.zst' };
+export const TREE_EXTENSION = '.tree';
+
+/** What a backup writes: an archive compressed so, or a tree. */
+export type SnapshotFormat = Compression | 'tree';
 
 export interface ArchiveName {
   /** `YYYYMMDD`, the folder under the prefix. */
@@ -12,7 +20,10 @@ export interface ArchiveName {
   height: number;
   /** `YYYYMMDD_HHMM` from the file name: the order of snapshots. */
   stamp: string;
-  compression: Compression;
+  /** 'tree' for a tree snapshot (a folder of small files, see tree/layout.ts). */
+  format: 'archive' | 'tree';
+  /** An archive's compression; undefined for a tree. */
+  compression?: Compression;
 }
 
 /** `YYYYMMDD` and `HHMM` of a moment, in UTC. */
@@ -25,15 +36,20 @@ export function archiveName(
   service: string,
   height: number,
   at: Date,
-  compression: Compression,
+  format: SnapshotFormat,
 ): ArchiveName {
   const { date, time } = utcStamp(at);
-  const file = `${service}_BH${height}_data-${date}_${time}${EXTENSIONS[compression]}`;
-  return { date, file, service, height, stamp: `${date}_${time}`, compression };
+  const tree = format === 'tree';
+  const file = `${service}_BH${height}_data-${date}_${time}${tree ? TREE_EXTENSION : EXTENSIONS[format]}`;
+  const stamp = `${date}_${time}`;
+  return tree
+    ? { date, file, service, height, stamp, format: 'tree' }
+    : { date, file, service, height, stamp, format: 'archive', compression: format };
 }
 
 /** The service, as the 'service' input allows it: no character a shell or HTML would read. */
-const FILE_PATTERN = /^([A-Za-z0-9_.-]+)_BH(\d{1,15})_data-(\d{8})_(\d{4})\.(tar\.gz|tar\.zst)$/;
+const FILE_PATTERN =
+  /^([A-Za-z0-9_.-]+)_BH(\d{1,15})_data-(\d{8})_(\d{4})\.(tar\.gz|tar\.zst|tree)$/;
 /** A folder of a key prefix, as the prefix inputs allow it. */
 const PREFIX_SEGMENT = /^[A-Za-z0-9_.-]+$/;
 
@@ -56,7 +72,9 @@ export function parseArchivePath(path: string): ArchiveName | undefined {
     service: m[1] as string,
     height: Number(m[2]),
     stamp: `${m[3]}_${m[4]}`,
-    compression: m[5] === 'tar.zst' ? 'zstd' : 'gzip',
+    ...(m[5] === 'tree'
+      ? { format: 'tree' as const }
+      : { format: 'archive' as const, compression: m[5] === 'tar.zst' ? 'zstd' : 'gzip' }),
   };
 }
 

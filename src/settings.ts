@@ -21,6 +21,8 @@ import { parseHostKeyPins, type HostKeyPin } from './ssh/host-key.js';
 export type Mode = 'backup' | 'restore' | 'list' | 'verify';
 export type Compression = 'gzip' | 'zstd';
 export type Consistency = 'hardlink' | 'stop';
+/** An archive (one tar stream, compressed) or a tree (each file stored once, see tree/layout.ts). */
+export type Format = 'archive' | 'tree';
 export type SshTransport = 'auto' | 'openssh' | 'ssh2';
 
 export interface SshSettings {
@@ -65,9 +67,17 @@ export interface S3Settings {
   manifestPrefix: string;
   partSize?: number;
   queueSize: number;
+  /** Ranged GETs in flight when an archive is read (restore, verify); see s3/download.ts. */
+  downloadConnections: number;
+  /** Trees: files and bytes held on the runner at once, in both directions. */
+  filesInFlight: number;
+  bytesInFlight: number;
+  /** Trees: the URL under which a public reader (aria2c) finds the bucket's keys. */
+  publicUrl?: string;
 }
 
 export interface BackupSettings {
+  format: Format;
   compression: Compression;
   compressionLevel: number;
   consistency: Consistency;
@@ -88,12 +98,14 @@ export interface RestoreSettings {
   diskMarginBytes: number;
   /** A running process whose command line matches this (grep -E) means the node is up. */
   processPattern: string;
+  /** verify of a tree: read every object back and check its sha256 (else sizes only). */
+  deep: boolean;
 }
 
 export interface Settings {
   mode: Mode;
   /** The inputs left empty whose default depends on the node's kind (see `forKind`). */
-  kindDefaults: { dataDir: boolean; peerUrl: boolean; compression: boolean };
+  kindDefaults: { dataDir: boolean; peerUrl: boolean; compression: boolean; format: boolean };
   /** Absent for modes that need no host (list, verify). */
   ssh?: SshSettings;
   node: NodeSettings;
@@ -202,6 +214,12 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
         `${Math.floor(MAX_UPLOAD_BUFFER_BYTES / (queueSize + 1) / 1024 ** 2)}MiB), or leave 'part-size' empty to have it chosen from the database's size.`,
     );
   }
+  const publicUrl = get(Inputs.PublicUrl).replace(/\/+$/, '') || undefined;
+  if (publicUrl && !/^https?:\/\/[^\s'"<>]+$/.test(publicUrl)) {
+    throw new InputError(
+      `Input 'public-url' is '${publicUrl}'. Use the http(s) URL under which the bucket's keys are read (e.g. https://cdn.example.com).`,
+    );
+  }
   const s3: S3Settings = {
     bucket,
     region: get(Inputs.Region) || undefined,
@@ -220,7 +238,16 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
     ),
     partSize,
     queueSize,
+    downloadConnections: int(Inputs.DownloadConnections, 8, 1, 16),
+    filesInFlight: int(Inputs.FilesInFlight, 16, 1, 256),
+    bytesInFlight: parseSize(Inputs.BytesInFlight, get(Inputs.BytesInFlight) || '256MiB'),
+    publicUrl,
   };
+  if (s3.bytesInFlight < 16 * 1024 ** 2 || s3.bytesInFlight > MAX_UPLOAD_BUFFER_BYTES) {
+    throw new InputError(
+      `Input 'bytes-in-flight' is '${get(Inputs.BytesInFlight)}'. It must be between 16MiB and 2GiB.`,
+    );
+  }
   separatePrefixes([
     [Inputs.Prefix, s3.prefix],
     [Inputs.PermanentPrefix, s3.permanentPrefix],
@@ -233,6 +260,13 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
       `Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`,
     );
   }
+  const format = get(Inputs.Format) || defaults.format;
+  if (format !== 'archive' && format !== 'tree') {
+    throw new InputError(
+      `Input 'format' is '${format}'. Use 'archive' (one tar stream; the original scripts read it as tar.gz) or 'tree' ` +
+        `(each file stored once: a backup sends only what changed).`,
+    );
+  }
   const consistency = get(Inputs.Consistency) || 'hardlink';
   if (consistency !== 'hardlink' && consistency !== 'stop') {
     throw new InputError(
@@ -240,6 +274,7 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
     );
   }
   const backup: BackupSettings = {
+    format,
     compression,
     compressionLevel:
       compression === 'gzip'
@@ -273,6 +308,7 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
     healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
     diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
     processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
+    deep: bool(Inputs.Deep, false),
   };
 
   const needsHost = mode === 'backup' || mode === 'restore';
@@ -281,6 +317,7 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
     dataDir: !get(Inputs.DataDir),
     peerUrl: !get(Inputs.PeerUrl),
     compression: !get(Inputs.Compression) && !get(Inputs.CompressionLevel),
+    format: !get(Inputs.Format),
   };
   return { mode: mode as Mode, kindDefaults, ssh, node, s3, backup, restore };
 }
@@ -350,6 +387,8 @@ export const KIND_DEFAULTS = {
     dataDir: (prepDir: string) => `${prepDir}/data/loopchain`,
     peerUrl: 'http://localhost:9000/api/v1/avail/peer',
     compression: 'gzip' as Compression,
+    /** The original restore script reads only a tar.gz. */
+    format: 'archive' as Format,
   },
   goloop: {
     /** The node dir beside icon2-node's compose file (`./data:/goloop/data`). */
@@ -357,6 +396,8 @@ export const KIND_DEFAULTS = {
     peerUrl: 'http://localhost:9000/admin/chain',
     /** The original scripts, which read only gzip, never restore a goloop snapshot. */
     compression: 'zstd' as Compression,
+    /** A daily backup sends only the tables written since the last; icon2-node restores it natively. */
+    format: 'tree' as Format,
   },
 };
 
@@ -371,6 +412,7 @@ export function forKind(settings: Settings, kind: 'loopchain' | 'goloop'): Setti
   if (settings.kindDefaults.dataDir) node.dataDir = d.dataDir(node.prepDir);
   if (settings.kindDefaults.peerUrl) node.peerUrl = d.peerUrl;
   const backup = { ...settings.backup };
+  if (settings.kindDefaults.format) backup.format = d.format;
   if (settings.kindDefaults.compression) {
     backup.compression = d.compression;
     backup.compressionLevel = DEFAULT_LEVEL[d.compression];

@@ -15,14 +15,7 @@ import {
 } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import type { Manifest } from '../manifest.js';
-import {
-  archiveKey,
-  archiveName,
-  dateDaysAgo,
-  listEntry,
-  manifestKey,
-  type ArchiveName,
-} from '../naming.js';
+import { archiveKey, archiveName, dateDaysAgo, listEntry, manifestKey } from '../naming.js';
 import { NodeControl, currentRunId } from '../node-control.js';
 import type { Sizes } from '../node-kind/host.js';
 import { connectNode, type Connect, type NodeHost } from '../node-kind/index.js';
@@ -35,25 +28,27 @@ import {
   pruneLocalCopiesCommand,
 } from '../node-kind/remote.js';
 import { Progress } from '../progress.js';
-import { chooseExpired, entriesOf } from '../retention.js';
-import { addEntry, removeEntries, updateBackupList } from '../s3/backup-list.js';
+import { addEntry, updateBackupList } from '../s3/backup-list.js';
 import { checkBucket, createClient, objectUrl } from '../s3/client.js';
-import { copyObject } from '../s3/copy.js';
-import { deleteKeys, listArchives, listObjects, writeJson } from '../s3/store.js';
+import { deleteKeys, writeJson } from '../s3/store.js';
 import { abortUploads, planParts, streamUpload } from '../s3/upload.js';
 import { MAX_UPLOAD_BUFFER_BYTES, type Settings, type SshSettings } from '../settings.js';
 import { GO_LINE } from '../shell.js';
 import { closeUnused, type RemoteStream } from '../ssh/session.js';
-import { code, html, Html, writeSummaryTable, type Cell } from '../summary.js';
 import { verifyStored } from './verify.js';
+import { backupTree } from './backup-tree.js';
+import {
+  applyRetention,
+  permanentCopy,
+  permanentTreeCopy,
+  writeSummary,
+  writeTreeSummary,
+  type Timings,
+} from './backup-publish.js';
 
 export interface BackupResult {
   skipped: boolean;
   key?: string;
-}
-
-interface Timings {
-  [phase: string]: number;
 }
 
 export async function backup(
@@ -80,6 +75,7 @@ export async function backup(
   const { host, shell } = connection;
   settings = connection.settings;
   const node = new NodeControl(shell, settings.node, () => host.commands(), runId);
+  const tree = settings.backup.format === 'tree';
   let stage: string | undefined;
   let remote: RemoteStream | undefined;
   let streamStarted = false;
@@ -87,7 +83,10 @@ export async function backup(
   let published = false;
   try {
     const layout = await core.group('Check the host', async () => {
-      const l = await host.inspect(settings.backup);
+      const l = await host.inspect({
+        compression: tree ? undefined : settings.backup.compression,
+        consistency: settings.backup.consistency,
+      });
       for (const stale of l.stale) {
         core.warning(
           `Removing ${stale}, the staging folder of a run that vanished over a day ago.`,
@@ -118,8 +117,12 @@ export async function backup(
     }
 
     // The parts are planned, and a part size too small refused, before the node stops.
-    const parts = planParts(archiveBound(layout.dataBytes), settings.s3, MAX_UPLOAD_BUFFER_BYTES);
-    if (parts.queueSize < settings.s3.queueSize) {
+    const parts = planParts(
+      tree ? 0 : archiveBound(layout.dataBytes),
+      settings.s3,
+      MAX_UPLOAD_BUFFER_BYTES,
+    );
+    if (!tree && parts.queueSize < settings.s3.queueSize) {
       core.info(
         `Parts of ${formatBytes(parts.partSize)}: ${parts.queueSize} in flight instead of ${settings.s3.queueSize}, to keep ` +
           `the runner's part buffers within ${formatBytes(MAX_UPLOAD_BUFFER_BYTES)}.`,
@@ -127,14 +130,20 @@ export async function backup(
     }
 
     const snapshotAt = now();
-    const name = archiveName(settings.s3.service, height, snapshotAt, settings.backup.compression);
+    const name = archiveName(
+      settings.s3.service,
+      height,
+      snapshotAt,
+      tree ? 'tree' : settings.backup.compression,
+    );
     const key = archiveKey(settings.s3.prefix, name);
     let source = host.dataDir;
     let sizes: Sizes;
 
-    const localCopy = settings.backup.localCopy
-      ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
-      : undefined;
+    const localCopy =
+      settings.backup.localCopy && !tree
+        ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
+        : undefined;
     if (settings.backup.consistency === 'hardlink') {
       stage = layout.sameDevice
         ? `${dirname(host.dataDir)}/.prep-snapshot-staging-${runId}`
@@ -144,12 +153,14 @@ export async function backup(
     }
     // The data channel connects while the node stops and the copy freezes; it archives
     // nothing before its go line.
-    remote = await host.archive(source, {
-      compression: settings.backup.compression,
-      level: settings.backup.compressionLevel,
-      localCopy,
-      tolerateChanged: settings.backup.consistency === 'hardlink',
-    });
+    if (!tree) {
+      remote = await host.archive(source, {
+        compression: settings.backup.compression,
+        level: settings.backup.compressionLevel,
+        localCopy,
+        tolerateChanged: settings.backup.consistency === 'hardlink',
+      });
+    }
 
     if (settings.backup.consistency === 'hardlink') {
       const frozen = source;
@@ -184,6 +195,49 @@ export async function backup(
       await core.group('Stop the node', () => node.stop());
       sizes = await host.measure(source);
     }
+
+    if (tree) {
+      const done = await backupTree({
+        settings,
+        client,
+        host,
+        dir: source,
+        name,
+        height,
+        facts: await host.facts(height),
+        snapshotAt,
+        runId,
+        timings,
+        beforePublish: async () => {
+          if (settings.backup.consistency !== 'stop') return;
+          await node.start();
+          timings.downtime = node.downtimeSeconds ?? 0;
+          node.assertOwned(
+            `Files may have changed while they were read: nothing was published. Raise 'max-downtime' above the time ` +
+              `the transfer takes, or use 'consistency: hardlink'.`,
+          );
+        },
+      });
+      published = true;
+      timings.stopToListed =
+        node.stoppedAt !== undefined ? (performance.now() - node.stoppedAt) / 1000 : 0;
+      const permanent = settings.backup.permanentCopy
+        ? await core.group('Permanent copy', () => permanentTreeCopy(client, settings, name))
+        : undefined;
+      const removed = await core.group('Retention', () => applyRetention(client, settings, now()));
+      const m = done.manifest;
+      core.setOutput(Outputs.Skipped, 'false');
+      core.setOutput(Outputs.Key, done.key);
+      core.setOutput(Outputs.Url, done.indexUrl);
+      core.setOutput(Outputs.BlockHeight, String(height));
+      core.setOutput(Outputs.Size, String(m.bytes));
+      core.setOutput(Outputs.Files, String(m.files.length));
+      core.setOutput(Outputs.DowntimeSeconds, (timings.downtime ?? 0).toFixed(3));
+      timings.total = secondsSince(t0);
+      await writeTreeSummary(m, done.indexUrl, timings, permanent, removed);
+      return { skipped: false, key: done.key };
+    }
+
     const { partSize, queueSize } = parts;
 
     const stream = await core.group(`Stream ${key}`, async () => {
@@ -454,6 +508,7 @@ async function streamArchive(a: StreamArgs): Promise<Streamed> {
         a.settings.backup.compression === 'zstd' ? 'application/zstd' : 'application/gzip',
       sourceOk,
       onProgress: (bytes) => (progress.sent = bytes),
+      onRetry: (message) => core.info(`Upload: ${message}`),
     });
     return { ...r, seconds: secondsSince(t), compressor, tarBytes };
   } catch (error) {
@@ -473,82 +528,6 @@ async function streamArchive(a: StreamArgs): Promise<Streamed> {
   } finally {
     progress.stop();
   }
-}
-
-async function permanentCopy(
-  client: S3Client,
-  settings: Settings,
-  name: ArchiveName,
-  key: string,
-  size: number,
-  manifest: Manifest,
-): Promise<string | undefined> {
-  const folder = `${settings.s3.permanentPrefix}/${name.date}/`;
-  const existing = await listObjects(client, settings.s3.bucket, folder);
-  if (existing.length > 0) {
-    core.info(`${folder} already holds today's permanent copy (${existing[0]?.key}).`);
-    return undefined;
-  }
-  const target = `${settings.s3.permanentPrefix}/${listEntry(name)}`;
-  await copyObject(client, settings.s3.bucket, key, target, size);
-  await writeJson(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, target), {
-    ...manifest,
-    key: target,
-  });
-  core.info(`First snapshot of ${name.date}: copied to ${target}.`);
-  return target;
-}
-
-async function applyRetention(client: S3Client, settings: Settings, now: Date): Promise<string[]> {
-  const archives = await listArchives(client, settings.s3.bucket, settings.s3.prefix);
-  const expired = chooseExpired(archives, now, settings.backup.retentionDays);
-  if (expired.length === 0) {
-    core.info(`Nothing is older than ${settings.backup.retentionDays} days.`);
-    return [];
-  }
-  // Unlist first, so that no reader ever finds a listed archive gone.
-  await updateBackupList(client, settings.s3.bucket, `${settings.s3.prefix}/backup_list`, (e) =>
-    removeEntries(e, entriesOf(expired)),
-  );
-  const keys = expired.flatMap((a) => [a.key, manifestKey(settings.s3.manifestPrefix, a.key)]);
-  await deleteKeys(client, settings.s3.bucket, keys);
-  for (const a of expired)
-    core.info(`Removed ${a.key} (older than ${settings.backup.retentionDays} days).`);
-  return expired.map((a) => a.key);
-}
-
-async function writeSummary(
-  m: Manifest,
-  url: string,
-  timings: Timings,
-  permanent: string | undefined,
-  removed: string[],
-  compressor: string,
-): Promise<void> {
-  const ratio = m.compressedBytes > 0 ? (m.uncompressedBytes / m.compressedBytes).toFixed(2) : '?';
-  const rows: Array<[string, Cell]> = [
-    ['Block height', String(m.blockHeight)],
-    ['Key', code(m.key)],
-    ['Archive', `${formatBytes(m.compressedBytes)} (${compressor}, level ${m.compressionLevel})`],
-    ['Data', `${formatBytes(m.uncompressedBytes)} in ${m.files} files`],
-    ['Compression ratio', `${ratio} : 1`],
-    ['Node downtime', formatDuration(timings.downtime ?? 0)],
-    [
-      'Stream and upload',
-      `${formatDuration(timings.stream ?? 0)} (${formatRate(m.compressedBytes, timings.stream ?? 0)})`,
-    ],
-    ['Stop to listed', formatDuration(timings.stopToListed ?? 0)],
-    ['Total', formatDuration(timings.total ?? 0)],
-    ['sha256', code(m.sha256)],
-    ['Permanent copy', permanent ? code(permanent) : 'not made (today has one, or it is off)'],
-    [
-      'Retention',
-      removed.length
-        ? html`removed ${removed.length}: ${new Html(removed.map((r) => code(r).markup).join(', '))}`
-        : 'nothing removed',
-    ],
-  ];
-  await writeSummaryTable('backup', rows, { text: 'Archive', href: url });
 }
 
 function notStarted(settings: Settings): HostError {

@@ -7,13 +7,17 @@ import { code, escapeHtml } from '../summary.js';
 import { readBackupList } from '../s3/backup-list.js';
 import { createClient } from '../s3/client.js';
 import { listArchives, listObjects, readManifest } from '../s3/store.js';
+import { treeFiles } from '../tree/layout.js';
+import { listTrees, readTreeManifest } from '../tree/store.js';
 import type { Settings } from '../settings.js';
 
 export interface ListedSnapshot {
   key: string;
   entry: string;
   blockHeight: number;
+  /** An archive's size, or a tree's data. */
   size: number;
+  format: 'archive' | 'tree';
   createdAt: string;
   ageHours: number;
   listed: boolean;
@@ -25,10 +29,17 @@ export interface ListedSnapshot {
 export async function list(settings: Settings, now: Date = new Date()): Promise<ListedSnapshot[]> {
   const client = createClient(settings.s3);
   const { bucket, prefix, permanentPrefix, manifestPrefix } = settings.s3;
+  const both = async (p: string) => {
+    const [archives, trees] = await Promise.all([
+      listArchives(client, bucket, p),
+      listTrees(client, bucket, p),
+    ]);
+    return [...archives, ...trees];
+  };
   const [archives, { entries }, permanents, manifests] = await Promise.all([
-    listArchives(client, bucket, prefix),
+    both(prefix),
     readBackupList(client, bucket, `${prefix}/backup_list`),
-    listArchives(client, bucket, permanentPrefix),
+    both(permanentPrefix),
     listObjects(client, bucket, `${manifestPrefix}/${prefix}/`),
   ]);
   const manifestKeys = new Set(manifests.map((m) => m.key));
@@ -49,7 +60,13 @@ export async function list(settings: Settings, now: Date = new Date()): Promise<
     const name = parseArchivePath(entry);
     if (!a || !name) continue;
     const mKey = manifestKey(manifestPrefix, a.key);
-    const manifest = manifestKeys.has(mKey) ? await readManifest(client, bucket, mKey) : undefined;
+    // A tree's manifest is its own folder's; it gives the data's size (the tree has no one object).
+    const tree =
+      name.format === 'tree'
+        ? await readTreeManifest(client, bucket, treeFiles(a.key).manifest).catch(() => undefined)
+        : undefined;
+    const manifest =
+      tree ?? (manifestKeys.has(mKey) ? await readManifest(client, bucket, mKey) : undefined);
     const created = manifest?.createdAt
       ? new Date(manifest.createdAt)
       : (stampDate(name.stamp) ?? a.lastModified ?? now);
@@ -57,12 +74,13 @@ export async function list(settings: Settings, now: Date = new Date()): Promise<
       key: a.key,
       entry,
       blockHeight: name.height,
-      size: a.size,
+      size: tree ? tree.bytes : a.size,
+      format: name.format,
       createdAt: created.toISOString(),
       ageHours: Math.max(0, (now.getTime() - created.getTime()) / 3_600_000),
       listed: listed.has(entry),
       manifest: manifest !== undefined,
-      sha256: manifest?.sha256,
+      sha256: tree ? undefined : (manifest as { sha256?: string } | undefined)?.sha256,
       permanent: permanentEntries.has(entry),
     });
   }

@@ -5,15 +5,16 @@
  * has come back up to the snapshot's height.
  */
 import * as core from '@actions/core';
-import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Readable } from 'node:stream';
 import { Outputs, State } from '../constants.js';
 import {
   ActionError,
   HostError,
   IntegrityError,
+  ObjectChangedError,
   RemoteCommandError,
+  StorageError,
   errorMessage,
 } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
@@ -33,10 +34,16 @@ import {
 } from '../node-kind/extract.js';
 import { Progress } from '../progress.js';
 import { createClient, describeS3Error } from '../s3/client.js';
+import { headObject, rangedDownload } from '../s3/download.js';
 import { readManifest } from '../s3/store.js';
 import { HashingCounter } from '../s3/upload.js';
 import type { Settings, SshSettings } from '../settings.js';
 import { chooseSnapshot } from '../snapshots.js';
+import { fetchTree } from '../tree/fetch.js';
+import { foreignTree, ourTree, type TreeSource } from './restore-tree.js';
+
+/** A `snapshot` that names a tree in icon2-node's form: the URL of its `{SERVICE}.json`. */
+const FOREIGN_POINTER = /^https?:\/\/[^\s]+\.json$/;
 import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import { code, writeSummaryTable } from '../summary.js';
 
@@ -57,29 +64,40 @@ export async function restore(
   const runId = currentRunId();
 
   const client = createClient(settings.s3);
-  const chosen = await core.group('Choose the snapshot', async () => {
+  const { chosen, tree } = await core.group('Choose the snapshot', async () => {
+    if (FOREIGN_POINTER.test(opts.snapshot)) {
+      core.info(`Snapshot: the tree that ${opts.snapshot} points at`);
+      return { chosen: undefined, tree: await foreignTree(opts.snapshot, settings.node.chain) };
+    }
     const c = await chooseSnapshot(client, settings.s3, opts.snapshot);
     core.info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list: it may be incomplete)'}`);
-    return c;
+    return {
+      chosen: c,
+      tree: c.name.format === 'tree' ? await ourTree(client, settings, c.key) : undefined,
+    };
   });
-  const manifest = await readManifest(
-    client,
-    settings.s3.bucket,
-    manifestKey(settings.s3.manifestPrefix, chosen.key),
-  );
-  const size = await objectSize(client, settings.s3.bucket, chosen.key);
-  if (!manifest) {
+  const snapshotKey = tree?.key ?? chosen?.key ?? '';
+  const manifest =
+    chosen && !tree
+      ? await readManifest(
+          client,
+          settings.s3.bucket,
+          manifestKey(settings.s3.manifestPrefix, chosen.key),
+        )
+      : undefined;
+  const size = tree ? tree.bytes : await objectSize(client, settings.s3.bucket, snapshotKey);
+  if (!manifest && !tree) {
     core.warning(
-      `${chosen.key} has no manifest (an archive of the original backup script?): its bytes cannot be checked against a ` +
+      `${snapshotKey} has no manifest (an archive of the original backup script?): its bytes cannot be checked against a ` +
         `recorded sha256; the decompressor's own check and tar's are all there is.`,
     );
   }
-  const height = manifest?.blockHeight ?? chosen.name.height;
+  const height = tree?.height ?? manifest?.blockHeight ?? chosen?.name.height ?? 0;
 
   const connection = await core.group('Connect', async () => {
     const c = await connect(settings, (dir) => core.saveState(State.KeyDir, dir), {
-      nodeKind: manifest?.nodeKind ?? 'loopchain',
-      facts: manifest?.facts,
+      nodeKind: tree?.nodeKind ?? manifest?.nodeKind ?? 'loopchain',
+      facts: tree?.facts ?? manifest?.facts,
     });
     core.info(
       `Connected to ${ssh.username}@${ssh.host}:${ssh.port}; archive bytes travel over ${c.transport}.`,
@@ -92,14 +110,19 @@ export async function restore(
   const dataDir = host.dataDir;
   const parent = dirname(dataDir);
   const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
-  const stage = `${parent}/.prep-snapshot-restore-${runId}`;
+  // A tree's staging folder is named after the snapshot. One of ours is kept when a run fails:
+  // the next run of the same snapshot goes on from what the manifest's sha256 proves there. One
+  // in icon2-node's form proves nothing that could be kept, and is removed.
+  const stage = tree
+    ? `${parent}/.prep-snapshot-restore-tree-${tree.stageId}`
+    : `${parent}/.prep-snapshot-restore-${runId}`;
   const previous = `${dataDir}.prev-${stamp}`;
   const failed = `${dataDir}.failed-${stamp}`;
   let wasRunning = false;
   let hadPrevious = false;
   let swapped = false;
   // The data channel connects while the host is checked; it does nothing before its go line.
-  const remote = host.extract(stage);
+  const remote = tree ? host.receiveTree(stage) : host.extract(stage);
   let streamStarted = false;
   let swap: PreparedStep | undefined;
   try {
@@ -108,16 +131,20 @@ export async function restore(
       const running = probe.running;
       if (running && !opts.stopNode) throw runningRefused(ssh.host, running);
       wasRunning = running !== undefined;
-      const needed = (manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
+      const needed =
+        (tree?.bytes ?? manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
       if (probe.freeBytes < needed) {
         throw new HostError(
           `${parent} has ${formatBytes(probe.freeBytes)} free; the snapshot needs ${formatBytes(needed)} ` +
-            `(its ${manifest ? '' : 'estimated '}size plus 'disk-margin'). Free some space and run again.`,
+            `(its ${manifest || tree ? '' : 'estimated '}size plus 'disk-margin'). Free some space and run again.`,
         );
       }
       hadPrevious = probe.dataDirPresent;
-      requireArchiveTools(probe.tools, chosen.name.compression, chosen.key, true);
-      const decoder = chooseDecoder(probe.tools, chosen.name.compression);
+      const compression = chosen?.name.compression;
+      if (compression) requireArchiveTools(probe.tools, compression, snapshotKey, true);
+      const decoder: Decoder = compression
+        ? chooseDecoder(probe.tools, compression)
+        : { name: 'none' };
       if (decoder.name === 'pigz' || decoder.name === 'gzip') {
         core.notice(
           `The host decompresses with ${decoder.name}. Installing igzip there (Debian and Ubuntu package 'isal') ` +
@@ -127,7 +154,7 @@ export async function restore(
       const address = probe.address;
       core.info(
         `Free space ${formatBytes(probe.freeBytes)}; data dir ${probe.dataDirPresent ? 'present (it will be kept)' : 'absent (fresh host)'}; ` +
-          `the ${host.restoredAs(address)}; the archive is decompressed by ${decoder.name}.`,
+          `the ${host.restoredAs(address)}; ${tree ? 'files arrive as they are stored' : `the archive is decompressed by ${decoder.name}`}.`,
       );
       if (running) {
         core.info(
@@ -140,30 +167,35 @@ export async function restore(
 
     // The swap waits on the host from now on, for the word that the archive proved whole.
     swap = host.swap(stage, previous, ip, node.watchdogFlag);
-    core.saveState(State.StagingDir, stage);
-    const streamed = await core.group(`Stream ${chosen.key} into ${stage}`, () =>
-      streamInto(
-        remote,
-        () => (streamStarted = true),
-        client,
-        settings,
-        chosen.key,
-        { host, stage, decoder },
-        size,
-        manifest?.sha256,
-      ),
+    // The post step removes a staging folder that a run leaves, except a tree's of ours: the next
+    // run of the same snapshot goes on from it.
+    if (!tree?.proven) core.saveState(State.StagingDir, stage);
+    const streamed: Streamed = await core.group(`Stream ${snapshotKey} into ${stage}`, () =>
+      tree
+        ? fetchInto(remote, () => (streamStarted = true), settings, tree, { host, stage })
+        : streamInto(
+            remote,
+            () => (streamStarted = true),
+            client,
+            settings,
+            snapshotKey,
+            { host, stage, decoder },
+            size,
+            manifest?.sha256,
+          ),
     );
     timings.stream = streamed.seconds;
     if (manifest && streamed.sha256 !== manifest.sha256) {
       throw new IntegrityError(
-        `${chosen.key}: sha256 ${streamed.sha256} differs from the manifest's ${manifest.sha256}: the stored archive is damaged. ` +
+        `${snapshotKey}: sha256 ${streamed.sha256} differs from the manifest's ${manifest.sha256}: the stored archive is damaged. ` +
           `The data dir was not touched; restore another snapshot ('snapshot' input).`,
       );
     }
     const files = streamed.files;
-    if (manifest && files !== manifest.files) {
+    const expected = tree ? tree.items.length : manifest?.files;
+    if (expected !== undefined && files !== expected) {
       throw new IntegrityError(
-        `${chosen.key} extracted ${files} files; its manifest says ${manifest.files}. The data dir was not touched.`,
+        `${snapshotKey} extracted ${files} files; its manifest says ${expected}. The data dir was not touched.`,
       );
     }
 
@@ -212,7 +244,8 @@ export async function restore(
           timings.downtime = node.downtimeSeconds ?? 0;
           const reached = await waitForHeight(
             host,
-            { ...manifest?.facts, blockHeight: height },
+            // A tree's facts are in its own manifest: the block hash there is the proof.
+            { ...(tree?.facts ?? manifest?.facts), blockHeight: height },
             opts.healthTimeoutSeconds,
           );
           timings.health = secondsSince(t);
@@ -251,26 +284,35 @@ export async function restore(
     );
 
     timings.total = secondsSince(t0);
-    core.setOutput(Outputs.Key, chosen.key);
+    core.setOutput(Outputs.Key, snapshotKey);
     core.setOutput(Outputs.BlockHeight, String(height));
     if (heightReached !== undefined) core.setOutput(Outputs.HeightReached, String(heightReached));
-    core.setOutput(Outputs.Sha256, streamed.sha256);
+    if (streamed.sha256) core.setOutput(Outputs.Sha256, streamed.sha256);
     core.setOutput(Outputs.Size, String(streamed.bytes));
     core.setOutput(Outputs.DurationSeconds, timings.total.toFixed(1));
     await writeSummaryTable('restore', [
-      ['Snapshot', code(chosen.key)],
+      ['Snapshot', code(snapshotKey)],
       ['Host', `${ssh.host} (${host.restoredAs(ip)})`],
       [
         'Block height',
         `${height} in the snapshot${heightReached !== undefined ? `, ${heightReached} reached` : ''}`,
       ],
+      tree
+        ? [
+            'Tree',
+            `${tree.items.length} files, ${formatBytes(tree.bytes)}; ${streamed.line ?? ''}; ` +
+              (tree.proven
+                ? 'every file matches its sha256 in the manifest'
+                : 'sizes and tail hashes only (no manifest of ours)'),
+          ]
+        : [
+            'Archive',
+            `${formatBytes(streamed.bytes)}, ${manifest ? 'sha256 matches the manifest' : 'no manifest (checked by the decompressor)'}`,
+          ],
       [
-        'Archive',
-        `${formatBytes(streamed.bytes)}, ${manifest ? 'sha256 matches the manifest' : 'no manifest (checked by the decompressor)'}`,
-      ],
-      [
-        'Stream and extract',
-        `${formatDuration(timings.stream)} (${formatRate(streamed.bytes, timings.stream)}; decompressed by ${decoder.name})`,
+        tree ? 'Transfer' : 'Stream and extract',
+        `${formatDuration(timings.stream)} (${formatRate(streamed.bytes, timings.stream)}` +
+          `${tree ? '' : `; decompressed by ${decoder.name}`})`,
       ],
       [
         'Node downtime',
@@ -281,12 +323,18 @@ export async function restore(
       ['Previous data', previousKept ? code(previousKept) : hadPrevious ? 'removed' : 'none'],
       ['Total', formatDuration(timings.total)],
     ]);
-    return { key: chosen.key, blockHeight: height, heightReached };
+    return { key: snapshotKey, blockHeight: height, heightReached };
   } finally {
     // Unsent go and swap lines: the commands waiting for them end with nothing done.
     swap?.cancel();
     if (!streamStarted) await closeUnused(remote);
-    if (!swapped && streamStarted) {
+    if (!swapped && streamStarted && tree?.proven) {
+      core.info(
+        `The staging folder ${stage} is kept: a run of the same snapshot goes on from what it holds.`,
+      );
+      // The post step removes the folder that saved state names: not this one.
+      core.saveState(State.StagingDir, '');
+    } else if (!swapped && streamStarted) {
       await host
         .removeStaging(stage)
         .then(() => core.saveState(State.StagingDir, ''))
@@ -345,6 +393,19 @@ async function runningNode(
   return now.running;
 }
 
+/** What the operator reads when the archive's bytes stopped coming. */
+function downloadFailed(key: string, bytes: number, error: unknown): ActionError {
+  if (error instanceof ObjectChangedError) {
+    return new StorageError(
+      `The stored ${key} was replaced during the restore (${error.message}) Nothing was touched: the data dir is ` +
+        `as it was. Run again to restore the snapshot as it is now.`,
+    );
+  }
+  return new ActionError(
+    `The download of ${key} broke off after ${formatBytes(bytes)}: ${errorMessage(error)}. The data dir was not touched; run again.`,
+  );
+}
+
 function runningRefused(host: string, running: string): HostError {
   return new HostError(
     `The node on ${host} is running (${running}). Stop it first, or set 'stop-node: true' to let the restore stop it.`,
@@ -371,12 +432,31 @@ async function streamInto(
   expectedSha256?: string,
 ): Promise<{ sha256: string; bytes: number; files: number; seconds: number }> {
   const t = performance.now();
-  let body: Readable;
+  // The ETag seen here pins every ranged read of the stream to this version of the object.
+  const stored = await headObject(client, settings.s3.bucket, key);
+  if (stored.size !== size) {
+    throw downloadFailed(
+      key,
+      0,
+      new ObjectChangedError(`its size went from ${size} to ${stored.size} bytes.`),
+    );
+  }
+  const connections = settings.s3.downloadConnections;
+  const body = rangedDownload({
+    client,
+    bucket: settings.s3.bucket,
+    key,
+    object: stored,
+    connections,
+    onRetry: (message) => core.info(`Download: ${message}`),
+  });
+  // The extraction begins once S3 has sent a first byte: a read that S3 refuses leaves nothing
+  // begun on the host.
   try {
-    const res = await client.send(new GetObjectCommand({ Bucket: settings.s3.bucket, Key: key }));
-    body = res.Body as Readable;
+    await body.started;
   } catch (error) {
-    throw describeS3Error(error, `s3://${settings.s3.bucket}/${key}`);
+    body.destroy();
+    throw downloadFailed(key, 0, error);
   }
   onGo();
   remote.stdin.write(goLine(into.decoder));
@@ -407,11 +487,7 @@ async function streamInto(
   clearTimeout(giveUp);
   progress.stop();
   body.destroy();
-  if (downloadError) {
-    throw new ActionError(
-      `The download of ${key} broke off after ${formatBytes(counter.bytes)}: ${downloadError.message}. The data dir was not touched; run again.`,
-    );
-  }
+  if (downloadError) throw downloadFailed(key, counter.bytes, downloadError);
   // A damaged archive usually breaks the decompressor too: the sha256 says what happened.
   const sha256 = counter.digest();
   if (expectedSha256 && counter.bytes === size && sha256 !== expectedSha256) {
@@ -462,7 +538,9 @@ async function streamInto(
   }
   const seconds = secondsSince(t);
   core.info(
-    `${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}).`,
+    `${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}; ` +
+      `${connections} connection${connections === 1 ? '' : 's'} to S3, ranges of ${formatBytes(body.rangeBytes)}` +
+      `${body.retries > 0 ? `; ${body.retries} reads again after a failure` : ''}).`,
   );
   return { sha256, bytes: counter.bytes, files: Number(out.trim()), seconds };
 }
@@ -527,4 +605,43 @@ async function rollback(
   }
   if (startAfter) await node.start();
   else await node.leaveStopped();
+}
+
+interface Streamed {
+  /** An archive's, computed on the way. */
+  sha256?: string;
+  bytes: number;
+  files: number;
+  seconds: number;
+  /** A tree's figures, for the summary. */
+  line?: string;
+}
+
+/** A tree's files into the staging folder (see tree/fetch.ts), with the figures the summary shows. */
+async function fetchInto(
+  remote: RemoteStream,
+  onGo: () => void,
+  settings: Settings,
+  tree: TreeSource,
+  into: { host: NodeHost; stage: string },
+): Promise<Streamed> {
+  const t = performance.now();
+  const got = await fetchTree({
+    host: into.host,
+    stage: into.stage,
+    remote,
+    onGo,
+    items: tree.items,
+    dirs: tree.dirs,
+    filesInFlight: settings.s3.filesInFlight,
+    bytesInFlight: settings.s3.bytesInFlight,
+  });
+  const seconds = secondsSince(t);
+  const line =
+    `${got.files} files fetched (${formatBytes(got.bytes)})` +
+    (got.kept + got.continued > 0
+      ? `, ${got.kept} kept and ${got.continued} continued from an earlier run`
+      : '');
+  core.info(`${line} in ${formatDuration(seconds)} (${formatRate(got.bytes, seconds)}).`);
+  return { bytes: got.bytes, files: got.counted, seconds, line };
 }

@@ -4,23 +4,33 @@
  * and the directories a node needs are there.
  */
 import * as core from '@actions/core';
-import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { createHash, type Hash } from 'node:crypto';
-import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Parser } from 'tar';
 import { Outputs } from '../constants.js';
-import { IntegrityError, errorMessage } from '../errors.js';
+import {
+  DownloadError,
+  IntegrityError,
+  ObjectChangedError,
+  StorageError,
+  errorMessage,
+} from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import type { Manifest } from '../manifest.js';
 import { manifestKey } from '../naming.js';
 import type { Tree } from '../node-kind/host.js';
 import { snapshotTree } from '../node-kind/index.js';
 import { Progress } from '../progress.js';
-import { createClient, describeS3Error } from '../s3/client.js';
+import { createClient } from '../s3/client.js';
+import { headObject, rangedDownload } from '../s3/download.js';
 import { readManifest } from '../s3/store.js';
 import type { Settings } from '../settings.js';
 import { chooseSnapshot } from '../snapshots.js';
+import { treeFiles } from '../tree/layout.js';
+import { readTreeManifest } from '../tree/store.js';
+import { verifyTree } from '../tree/verify.js';
 import { code, html, writeSummaryTable } from '../summary.js';
 
 export interface VerifyReport {
@@ -40,6 +50,7 @@ export async function verify(settings: Settings): Promise<VerifyReport> {
     core.info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list)'}`);
     return c;
   });
+  if (chosen.name.format === 'tree') return verifyTreeSnapshot(client, settings, chosen.key);
   const manifest = await readManifest(
     client,
     settings.s3.bucket,
@@ -81,15 +92,19 @@ export async function verifyStored(
   kind: Tree = snapshotTree(manifest),
 ): Promise<VerifyReport> {
   const t = performance.now();
-  let body: Readable;
-  let length: number;
-  try {
-    const res = await client.send(new GetObjectCommand({ Bucket: settings.s3.bucket, Key: key }));
-    body = res.Body as Readable;
-    length = res.ContentLength ?? 0;
-  } catch (error) {
-    throw describeS3Error(error, `s3://${settings.s3.bucket}/${key}`);
-  }
+  const stored = await headObject(client, settings.s3.bucket, key);
+  const length = stored.size;
+  const read = (start: number) =>
+    rangedDownload({
+      client,
+      bucket: settings.s3.bucket,
+      key,
+      object: stored,
+      connections: settings.s3.downloadConnections,
+      start,
+      onRetry: (message) => core.info(`Download: ${message}`),
+    });
+  const body = read(0);
   if (!manifest) {
     core.warning(
       `${key} has no manifest (an archive of the original script?): its sha256 cannot be compared, only its structure.`,
@@ -143,12 +158,17 @@ export async function verifyStored(
   try {
     await pipeline(body, tap, parser as unknown as NodeJS.WritableStream);
   } catch (error) {
+    // Bytes that did not come say nothing of the archive: the read failed, not the archive.
+    if (error instanceof DownloadError || error instanceof ObjectChangedError) {
+      throw new StorageError(
+        `${key} could not be read to its end (after ${formatBytes(compressedBytes)}): ${error.message} ` +
+          `Nothing is known of the stored archive's state; run again.`,
+      );
+    }
     // A damaged archive usually breaks the tar stream too. With a manifest, read the rest of
     // the object into the hash: a sha256 that differs from the manifest's says what happened.
     if (manifest && length > compressedBytes) {
-      const rest = await hashRange(client, settings.s3.bucket, key, compressedBytes, hash).catch(
-        () => undefined,
-      );
+      const rest = await hashRest(read(compressedBytes), hash).catch(() => undefined);
       if (rest !== undefined && compressedBytes + rest === manifest.compressedBytes) {
         const sha256 = hash.digest('hex');
         if (sha256 !== manifest.sha256) {
@@ -198,21 +218,54 @@ export async function verifyStored(
   };
 }
 
-/** Feeds the object's bytes from `start` to its end into `hash`; returns how many. */
-async function hashRange(
-  client: S3Client,
-  bucket: string,
-  key: string,
-  start: number,
-  hash: Hash,
-): Promise<number> {
-  const res = await client.send(
-    new GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=${start}-` }),
-  );
+/** Feeds what `rest` reads (the object from some byte to its end) into `hash`; returns how many. */
+async function hashRest(rest: AsyncIterable<unknown>, hash: Hash): Promise<number> {
   let n = 0;
-  for await (const chunk of res.Body as Readable) {
+  for await (const chunk of rest) {
     hash.update(chunk as Buffer);
     n += (chunk as Buffer).length;
   }
   return n;
+}
+
+async function verifyTreeSnapshot(
+  client: S3Client,
+  settings: Settings,
+  key: string,
+): Promise<VerifyReport> {
+  const t = performance.now();
+  const m = await readTreeManifest(client, settings.s3.bucket, treeFiles(key).manifest);
+  if (!m)
+    throw new IntegrityError(`${key} has no manifest.json: the tree is incomplete or not ours.`);
+  const r = await core.group(`Verify ${key}`, () =>
+    verifyTree(client, settings.s3.bucket, m, {
+      deep: settings.restore.deep,
+      inFlight: settings.s3.filesInFlight,
+    }),
+  );
+  const seconds = secondsSince(t);
+  core.setOutput(Outputs.Key, key);
+  core.setOutput(Outputs.Files, String(r.files));
+  core.setOutput(Outputs.UncompressedSize, String(r.bytes));
+  core.setOutput(Outputs.BlockHeight, String(m.blockHeight));
+  await writeSummaryTable('verify', [
+    ['Key', code(key)],
+    [
+      'Result',
+      r.deep
+        ? 'whole: every object read back matches its sha256'
+        : "every object is stored with its file's size (set 'deep: true' to read them back)",
+    ],
+    ['Content', `${r.files} files, ${formatBytes(r.bytes)}, in ${r.objects} objects`],
+    ['Duration', formatDuration(seconds)],
+  ]);
+  return {
+    key,
+    sha256: '',
+    compressedBytes: r.bytes,
+    files: r.files,
+    bytes: r.bytes,
+    hasManifest: true,
+    seconds,
+  };
 }

@@ -9,7 +9,7 @@ import type { Tree } from './host.js';
 /** A program on the host that turns the archive back into a tar stream. */
 export interface Decoder {
   /** Its command is `DECODERS[name]`, chosen on the host by this name (see `goLine`). */
-  name: 'igzip' | 'pigz' | 'gzip' | 'zstd';
+  name: 'igzip' | 'pigz' | 'gzip' | 'zstd' | 'none';
 }
 
 /** Every decompressor a restore may use, by name. */
@@ -18,6 +18,8 @@ export const DECODERS: Record<Decoder['name'], string> = {
   pigz: 'pigz -d -c',
   gzip: 'gzip -d -c',
   zstd: 'zstd -d -q -c',
+  /** A tree's files travel as a plain tar (they are LevelDB tables, compressed already). */
+  none: 'cat',
 };
 
 /**
@@ -168,7 +170,12 @@ export function goLine(decoder: Decoder): string {
  * directories (a 4755 file becomes 0755), where the check cannot see them: the listing
  * check reads them from the headers.
  */
-export function extractCommand(kind: Tree, prepDir: string, stage: string): string {
+export function extractCommand(
+  kind: Tree,
+  prepDir: string,
+  stage: string,
+  options: { keep?: boolean } = {},
+): string {
   const required = [
     ...(kind.required ?? []),
     ...(kind.identityParent && kind.placeholder
@@ -194,12 +201,13 @@ export function extractCommand(kind: Tree, prepDir: string, stage: string): stri
     `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
     `esac`,
     // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
-    // folder: the runner that would remove it may be gone.
+    // folder: the runner that would remove it may be gone. A tree's folder is kept: the next
+    // run goes on from the files it holds (see modes/restore-tree.ts).
     `stage=${quote(stage)}`,
-    `trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
+    ...(options.keep ? [] : [`trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`]),
     `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`,
     `mkdir -p -- ${quote(prepDir)}`,
-    `rm -rf -- "$stage"`,
+    ...(options.keep ? [] : [`rm -rf -- "$stage"`]),
     `mkdir -p -- "$stage"`,
     // The lock lives on the folder's open file, which every process below inherits: it is
     // released when the last of them ends, however the script itself ends.

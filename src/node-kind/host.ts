@@ -90,7 +90,8 @@ export interface NodeHost {
 
   // --- backup ------------------------------------------------------------------------
   /** Checks the layout and the tools for a backup; throws a HostError naming what to fix. */
-  inspect(needs: { compression: Compression; consistency: Consistency }): Promise<BackupLayout>;
+  /** `compression` is an archive's; undefined for a tree. */
+  inspect(needs: { compression?: Compression; consistency: Consistency }): Promise<BackupLayout>;
   /** The node's block height, or undefined when it is not in service (its API silent). */
   height(): Promise<number | undefined>;
   /** The facts of the manifest, for a snapshot at `height`. */
@@ -126,9 +127,47 @@ export interface NodeHost {
   /** One line for the summary: where the restored data went (e.g. the block DB's name). */
   restoredAs(address: string): string;
 
+  // --- trees (see tree/layout.ts) -----------------------------------------------------
+  /** The snapshot's files and directories under `dir`, named as a snapshot stores them. */
+  listTree(dir: string): Promise<TreeListing>;
+  /** icon2-node's tail hash (xxh3 of the last 10,240 bytes) of files under `dir`, by host path. */
+  tailHashes(
+    dir: string,
+    files: Array<{ hostPath: string; size: number }>,
+  ): Promise<Map<string, string>>;
+  /** sha256 of files under `dir` (paths as on the host), computed on the host. */
+  hashFiles(dir: string, paths: string[]): Promise<Map<string, string>>;
+  /** An uncompressed tar of `paths` (as on the host) under `dir`, streamed to stdout now. */
+  sendFiles(dir: string, paths: string[]): Promise<RemoteStream>;
+  /** Reads a plain tar from stdin into `stage`, which is kept across runs; starts on its go line. */
+  receiveTree(stage: string): RemoteStream;
+  /** The regular files already in `stage` (from an earlier run), with their sizes. */
+  stagedFiles(stage: string): Promise<Map<string, number>>;
+  /** Appends stdin to a file in `stage` from `offset`; resolves with the file's sha256. */
+  appendStaged(stage: string, path: string, offset: number): RemoteStream;
+  removeStaged(stage: string, paths: string[]): Promise<void>;
+
   // --- housekeeping ------------------------------------------------------------------
   remove(path: string): Promise<void>;
   removeStaging(stage: string): Promise<void>;
+}
+
+/** A file or directory of a snapshot on the host (see `NodeHost.listTree`). */
+export interface TreeEntry {
+  type: 'file' | 'dir';
+  /** As the snapshot stores it (loopchain: the identity directory as its placeholder). */
+  path: string;
+  /** As it is on the host, relative to the folder listed. */
+  hostPath: string;
+  size: number;
+  ino: number;
+  mtime: string;
+  mode: number;
+}
+
+export interface TreeListing {
+  device: string;
+  entries: TreeEntry[];
 }
 
 /** A command on the host opened ahead, that runs once `go` is called (with its result). */

@@ -6,7 +6,24 @@
 import * as core from '@actions/core';
 import { parseManifestsOutput, planPrune } from '../freeze.js';
 import type { ExecResult, SshSession } from '../ssh/session.js';
-import type { PreparedStep, Sizes, Tree } from './host.js';
+import { HostError, RemoteCommandError } from '../errors.js';
+import { tailHash, TAIL_BYTES } from '../tree/icon2.js';
+import { ChunkReader } from '../tree/tar-stream.js';
+import type { RemoteStream } from '../ssh/session.js';
+import type { PreparedStep, Sizes, Tree, TreeEntry, TreeListing } from './host.js';
+import { extractCommand } from './extract.js';
+import {
+  appendCommand,
+  hashFilesCommand,
+  listTreeCommand,
+  parseHashes,
+  parseListing,
+  parseStaged,
+  removeStagedCommand,
+  sendFilesCommand,
+  stagedFilesCommand,
+  tailsCommand,
+} from './tree-remote.js';
 import {
   manifestsCommand,
   parseSizes,
@@ -22,6 +39,103 @@ export abstract class SshHost {
 
   /** The files of this kind's snapshot, as the commands on the host see them. */
   protected abstract get tree(): Tree;
+
+  /** Where the node names a directory after itself (loopchain), that directory's name. */
+  protected identityName(): string | undefined {
+    return undefined;
+  }
+
+  /** The prep dir, under which a restore's staging folder is made. */
+  protected abstract get prepDir(): string;
+
+  async listTree(dir: string): Promise<TreeListing> {
+    const listing = parseListing(
+      await this.session.run('Listing the snapshot', listTreeCommand(this.tree, dir), {
+        maxOutputBytes: 256 * 1024 ** 2,
+        timeoutMs: 30 * 60_000,
+      }),
+    );
+    const { identityParent, placeholder } = this.tree;
+    const identity = this.identityName();
+    const from = identity && identityParent ? `${identityParent}/${identity}` : undefined;
+    const rename = (p: string): string =>
+      from && placeholder && (p === from || p.startsWith(`${from}/`))
+        ? `${identityParent}/${placeholder}${p.slice(from.length)}`
+        : p;
+    const entries: TreeEntry[] = [];
+    for (const e of listing.entries) {
+      if (e.type === 'other') {
+        throw new HostError(
+          `${dir}/${e.path} is neither a file nor a directory: a tree snapshot holds only those. Remove it, or use 'format: archive'.`,
+        );
+      }
+      entries.push({ ...e, type: e.type, hostPath: e.path, path: rename(e.path) });
+    }
+    return { device: listing.device, entries };
+  }
+
+  async tailHashes(
+    dir: string,
+    files: Array<{ hostPath: string; size: number }>,
+  ): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    if (files.length === 0) return out;
+    const remote = this.session.stream(tailsCommand(dir));
+    remote.stdin.end(files.map((f) => `${f.hostPath}\0`).join(''));
+    const reader = new ChunkReader(remote.stdout[Symbol.asyncIterator]() as AsyncIterator<Buffer>);
+    for (const f of files) {
+      out.set(f.hostPath, await tailHash(await reader.read(Math.min(f.size, TAIL_BYTES))));
+    }
+    await reader.drain();
+    const code = await remote.exit;
+    if (code !== 0)
+      throw new RemoteCommandError('Reading the ends of the files', code, remote.stderrTail());
+    return out;
+  }
+
+  async hashFiles(dir: string, paths: string[]): Promise<Map<string, string>> {
+    if (paths.length === 0) return new Map();
+    return parseHashes(
+      await this.session.run('Hashing files on the host', hashFilesCommand(dir), {
+        stdin: paths.map((p) => `${p}\0`).join(''),
+        maxOutputBytes: 64 * 1024 ** 2,
+        timeoutMs: 24 * 60 * 60_000,
+      }),
+    );
+  }
+
+  async sendFiles(dir: string, paths: string[]): Promise<RemoteStream> {
+    const remote = this.session.stream(sendFilesCommand(dir));
+    remote.stdin.end(paths.map((p) => `${p}\0`).join(''));
+    return remote;
+  }
+
+  receiveTree(stage: string): RemoteStream {
+    return this.session.stream(extractCommand(this.tree, this.prepDir, stage, { keep: true }));
+  }
+
+  async stagedFiles(stage: string): Promise<Map<string, number>> {
+    return parseStaged(
+      await this.session.run('Reading the staging folder', stagedFilesCommand(stage), {
+        maxOutputBytes: 256 * 1024 ** 2,
+      }),
+    );
+  }
+
+  appendStaged(stage: string, path: string, offset: number): RemoteStream {
+    return this.session.stream(appendCommand(stage, path, offset));
+  }
+
+  async removeStaged(stage: string, paths: string[]): Promise<void> {
+    if (paths.length === 0) return;
+    await this.session.run(
+      'Removing damaged files from the staging folder',
+      removeStagedCommand(stage),
+      {
+        stdin: paths.map((p) => `${p}\0`).join(''),
+      },
+    );
+  }
 
   /**
    * Leaves out of a frozen `stage` the tables that its MANIFESTs do not list (the leftovers

@@ -1,7 +1,8 @@
 /**
  * Streams an archive into a multipart upload. The part size follows the expected size, so
  * that the archive fits in S3's 10,000 parts; memory stays near part size x queue size.
- * A failed or aborted stream aborts the multipart upload: no orphan parts.
+ * A failed or aborted stream aborts the multipart upload: no orphan parts. A part whose send
+ * fails is sent again (its buffer is still held) before the upload gives up.
  */
 import {
   AbortMultipartUploadCommand,
@@ -16,7 +17,9 @@ import { createHash } from 'node:crypto';
 import { InputError } from '../errors.js';
 import { formatBytes } from '../format.js';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { readableSource, type ByteSink, type ByteSource } from '../byte-source.js';
+import { backoffMs, isTransient, reason } from './retry.js';
 
 export const MIN_PART_SIZE = 8 * 1024 * 1024;
 export const MAX_PART_SIZE = 5 * 1024 ** 3;
@@ -99,6 +102,15 @@ export interface StreamUploadOptions {
   sourceOk: Promise<void>;
   /** Called with the bytes read so far, after each chunk. */
   onProgress?: (bytes: number) => void;
+  /**
+   * Sends of one part before the upload fails (default 4). Each is the SDK's own request with
+   * its own retries; a part is sent again only for a failure that another send may cure.
+   */
+  partAttempts?: number;
+  /** The wait before a part's second send, doubled before each further one (default 1 s). */
+  retryDelayMs?: number;
+  /** Told of each part sent again, with its number and the reason. */
+  onRetry?: (message: string) => void;
 }
 
 export interface StreamUploadResult {
@@ -126,8 +138,11 @@ export async function streamUpload(options: StreamUploadOptions): Promise<Stream
   const hash = createHash('sha256');
   let bytes = 0;
   let failure: Error | undefined;
+  // Ends the pauses of parts waiting to be sent again.
+  const stopRetries = new AbortController();
   const fail = (error: Error): void => {
     failure ??= error;
+    stopRetries.abort();
     source.destroy(error);
   };
   // A remote failure stops the stream at once, whatever it is waiting for.
@@ -200,33 +215,63 @@ export async function streamUpload(options: StreamUploadOptions): Promise<Stream
     }
   };
 
+  /**
+   * Sends one part until S3 has it. The SDK already sends a request again when it fails before
+   * its response (a reset, a refused connection, a 5xx: up to maxAttempts, client.ts), with the
+   * same Buffer; but within a retry budget shared by the whole client, which a long upload over
+   * a poor link can spend, and not after a send that ran out of its attempts. The part's buffer
+   * is held until S3 has the part, so it is sent again here (partAttempts sends in all, after a
+   * pause each): a blip costs a part, not the backup.
+   */
+  const uploadPart = async (number: number, buffer: Buffer, length: number) => {
+    const attempts = Math.max(1, options.partAttempts ?? 4);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await client.send(
+          unsignedPayload(
+            new UploadPartCommand({
+              Bucket: bucket,
+              Key: key,
+              UploadId: uploadId,
+              PartNumber: number,
+              Body: buffer.subarray(0, length),
+              ContentLength: length,
+            }),
+          ),
+        );
+      } catch (error) {
+        if (failure || !isTransient(error)) throw error;
+        const what = `part ${number} (${formatBytes(length)} from byte ${(number - 1) * partSize})`;
+        if (attempt >= attempts) {
+          throw new Error(`${what} failed ${attempt} times, the last with ${reason(error)}`, {
+            cause: error,
+          });
+        }
+        const wait = backoffMs(attempt, options.retryDelayMs ?? 1000);
+        options.onRetry?.(
+          `${what}: ${reason(error)}; sending it again in ${(wait / 1000).toFixed(1)} s (attempt ${attempt + 1} of ${attempts}).`,
+        );
+        // Another part failed meanwhile: the upload is over.
+        await sleep(wait, undefined, { signal: stopRetries.signal }).catch(() => undefined);
+        if (failure) throw failure;
+      }
+    }
+  };
+
   const send = (buffer: Buffer, length: number): void => {
     const number = ++partNumber;
-    const sending: Promise<void> = client
-      .send(
-        unsignedPayload(
-          new UploadPartCommand({
-            Bucket: bucket,
-            Key: key,
-            UploadId: uploadId,
-            PartNumber: number,
-            Body: buffer.subarray(0, length),
-            ContentLength: length,
-          }),
-        ),
-      )
-      .then(
-        (res) => {
-          inFlight.delete(sending);
-          parts.push({ PartNumber: number, ETag: res.ETag });
-          free.push(buffer);
-          drain();
-        },
-        (error: Error) => {
-          inFlight.delete(sending);
-          fail(error);
-        },
-      );
+    const sending: Promise<void> = uploadPart(number, buffer, length).then(
+      (res) => {
+        inFlight.delete(sending);
+        parts.push({ PartNumber: number, ETag: res.ETag });
+        free.push(buffer);
+        drain();
+      },
+      (error: Error) => {
+        inFlight.delete(sending);
+        fail(error);
+      },
+    );
     inFlight.add(sending);
   };
 

@@ -8,7 +8,8 @@
 #                                         source tarball; GOLOOP_TARBALL overrides its path
 #                                         (default: ../shared/vendor/goloop/goloop-1.4.4.tar.gz
 #                                         beside the repo)
-# Also: apt packages openssh-server openssh-client pigz zstd isal curl python3 iproute2 util-linux;
+# Also: apt packages openssh-server openssh-client pigz zstd isal curl python3 iproute2 util-linux
+# aria2 python3-xxhash axel;
 # npm ci if node_modules is missing.
 # Exports nothing.
 set -euo pipefail
@@ -38,6 +39,14 @@ have_cmd curl || need_pkgs+=(curl)
 have_cmd python3 || need_pkgs+=(python3)
 have_cmd ip || need_pkgs+=(iproute2)
 have_cmd unshare && have_cmd nsenter && have_cmd flock || need_pkgs+=(util-linux)
+# axel: the original restore's download (several connections), run by the benchmark's wan part.
+have_cmd axel || need_pkgs+=(axel)
+# aria2c and Python's xxhash: icon2-node's own restore of a tree (test/bed/icon2-restore.py)
+# fetches with aria2c and checks tail hashes with xxhash. Debian's python3-xxhash goes into the
+# system Python (/usr/bin/python3), which is the one the tests run it with (a python3 found
+# first on PATH, such as pyenv's, may not see it).
+have_cmd aria2c || need_pkgs+=(aria2)
+/usr/bin/python3 -c 'import xxhash' >/dev/null 2>&1 || need_pkgs+=(python3-xxhash)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   SUDO=
   [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -49,6 +58,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     $SUDO apt-get install -y --no-install-recommends "${need_pkgs[@]}"
   fi
 fi
+
+aria2c --version >/dev/null 2>&1 || { say "aria2c --version fails after the apt install"; exit 1; }
+/usr/bin/python3 -c 'import xxhash; xxhash.xxh3_64_hexdigest(b"")' >/dev/null 2>&1 ||
+  { say "/usr/bin/python3 cannot use xxhash after the apt install"; exit 1; }
 
 # --- MinIO ------------------------------------------------------------------------
 MINIO_BIN=$CACHE/bin/minio

@@ -6,9 +6,12 @@
  * Options (argv wins over env):
  *   --size GiB      BENCH_SIZE_GIB   database size (default 2). Generated once with the simulator
  *                                    and cached in ~/.cache/prep-snapshot/bench-db-<size>.
- *   --parts LIST    BENCH_PARTS      comma list of seed,gzip,zstd,ssh,restore,goloop (default all).
+ *   --parts LIST    BENCH_PARTS      comma list of seed,gzip,zstd,ssh,restore,goloop,churn,wan (default all).
  *                                    restore needs an archive: it adds gzip when neither gzip nor seed runs.
  *   --goloop-sizes L BENCH_GOLOOP_SIZES  GiB of the goloop node's database (default 0.2,2): see goloop/index.ts.
+ *   --churn-size GiB BENCH_CHURN_SIZE_GIB  churn: the goloop node's database (default 0.5): see churn/index.ts.
+ *   --wan-cap-mib N BENCH_WAN_CAP_MIB   wan: each connection's cap, MiB/s (default 20): see wan.ts.
+ *   --wan-latency-ms N BENCH_WAN_LATENCY_MS  wan: delay added each way, ms (default 20).
  *   --ssh-mib N     BENCH_SSH_MIB    MiB streamed for the SSH data channel figure (default 1024).
  *   --backup-runs N BENCH_BACKUP_RUNS   backup rounds (seed, gzip, zstd in turn), default 1. With
  *                                    more, each column shows the run with the median stop to
@@ -49,8 +52,10 @@ import { cacheDir, node24Bin, repoRoot } from '../bed/paths.js';
 import { freePort } from '../bed/ports.js';
 import { startSshd, type Sshd } from '../bed/sshd.js';
 import { downtimes, parseEvents, type NodeEvent } from '../sim/chain.js';
+import { churnBench, churnReport, parseChurnSize, type ChurnFigures } from './churn/index.js';
 import { goloopBench, goloopReport, parseGoloopSizes, type GoloopFigures } from './goloop/index.js';
 import { sshReport, sshThroughput, type SshFigures } from './ssh-channel.js';
+import { wanBench, wanReport, type WanFigures } from './wan.js';
 import {
   assertActionOk,
   cachedOnce,
@@ -89,8 +94,8 @@ const PREFIX = 'PRep';
 
 // ---- options -------------------------------------------------------------------------------
 
-type Part = 'seed' | 'gzip' | 'zstd' | 'ssh' | 'restore' | 'goloop';
-const ALL_PARTS: Part[] = ['seed', 'gzip', 'zstd', 'ssh', 'restore', 'goloop'];
+type Part = 'seed' | 'gzip' | 'zstd' | 'ssh' | 'restore' | 'goloop' | 'churn' | 'wan';
+const ALL_PARTS: Part[] = ['seed', 'gzip', 'zstd', 'ssh', 'restore', 'goloop', 'churn', 'wan'];
 
 const sizeGib = Number(option('size', 'BENCH_SIZE_GIB') ?? '2');
 if (!(sizeGib > 0)) throw new Error(`--size must be a positive number of GiB`);
@@ -107,7 +112,12 @@ const parts = new Set<Part>(
 );
 if (parts.has('restore') && !parts.has('gzip') && !parts.has('seed')) parts.add('gzip');
 const goloopSizes = parseGoloopSizes(option('goloop-sizes', 'BENCH_GOLOOP_SIZES'));
+const churnSize = parseChurnSize(option('churn-size', 'BENCH_CHURN_SIZE_GIB'));
 const sshMib = Number(option('ssh-mib', 'BENCH_SSH_MIB') ?? '1024');
+const wanCapMib = Number(option('wan-cap-mib', 'BENCH_WAN_CAP_MIB') ?? '20');
+const wanLatencyMs = Number(option('wan-latency-ms', 'BENCH_WAN_LATENCY_MS') ?? '20');
+if (!(wanCapMib > 0) || !(wanLatencyMs >= 0))
+  throw new Error('--wan-cap-mib must be positive and --wan-latency-ms at least 0');
 const restoreRuns = Math.max(1, Number(option('restore-runs', 'BENCH_RESTORE_RUNS') ?? '3'));
 const backupRuns = Math.max(1, Number(option('backup-runs', 'BENCH_BACKUP_RUNS') ?? '1'));
 const seedLiteral = flag('seed-literal', 'BENCH_SEED_LITERAL');
@@ -685,7 +695,9 @@ async function main(): Promise<void> {
     throw new Error('dist/ is missing: npm run package');
   log(`size ${sizeGib} GiB; parts ${[...parts].join(',')}`);
   const cache =
-    parts.has('seed') || parts.has('gzip') || parts.has('zstd') ? await cachedDatabase() : '';
+    parts.has('seed') || parts.has('gzip') || parts.has('zstd') || parts.has('wan')
+      ? await cachedDatabase()
+      : '';
   const root = mkdtempSync(join(tmpdir(), 'prep-bench-'));
   const resultsDir = mkdtempSync(join(tmpdir(), 'prep-bench-results-'));
   log(`work dir ${root}`);
@@ -696,6 +708,8 @@ async function main(): Promise<void> {
   const restores: Partial<Record<'seed' | 'action', RestoreFigures>> = {};
   let ssh: SshFigures | undefined;
   let goloop: GoloopFigures | undefined;
+  let churn: ChurnFigures | undefined;
+  let wan: WanFigures | undefined;
   const meta: Record<string, unknown> = {
     sizeGib,
     date: new Date().toISOString(),
@@ -749,14 +763,28 @@ async function main(): Promise<void> {
       }
     }
     if (parts.has('goloop')) goloop = await goloopBench({ ...ctx, keep }, goloopSizes);
+    if (parts.has('churn')) churn = await churnBench({ ...ctx, keep }, churnSize);
+    if (parts.has('wan')) {
+      wan = await wanBench(
+        { ...ctx, sizeGib, keep },
+        { capBytesPerSecond: wanCapMib * MiB, latencyMs: wanLatencyMs },
+      );
+    }
   } finally {
     await Promise.all([sshd.stop(), s3.stop()]);
     if (!keep) rmSync(root, { recursive: true, force: true });
     else log(`kept ${root}`);
   }
-  const text = report(meta, backups, ssh, restores) + (goloop ? goloopReport(goloop) : '');
+  const text =
+    report(meta, backups, ssh, restores) +
+    (goloop ? goloopReport(goloop) : '') +
+    (churn ? churnReport(churn) : '') +
+    (wan ? wanReport(wan) : '');
   const json = join(resultsDir, 'bench-results.json');
-  writeFileSync(json, JSON.stringify({ meta, backups, ssh, restores, goloop }, null, 2) + '\n');
+  writeFileSync(
+    json,
+    JSON.stringify({ meta, backups, ssh, restores, goloop, churn, wan }, null, 2) + '\n',
+  );
   writeFileSync(join(resultsDir, 'bench-results.txt'), text + '\n');
   process.stdout.write(text + '\n\n' + `figures written to ${json}\n`);
 }

@@ -1,7 +1,8 @@
 /**
  * What every part of `npm run bench` measures and prints with: options, logging, `du` sampling of
  * the host's disk, scripts whose `MARK`/`VALUE` lines are read, the packaged action under
- * `/usr/bin/time -v` (its peak RSS), S3 listing times, and the report's table and formats.
+ * `/usr/bin/time -v` (its peak RSS), S3 listing times and JSON objects, and the report's table
+ * and formats.
  */
 import { execFile, spawn } from 'node:child_process';
 import {
@@ -16,7 +17,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { s3Env, type S3Server } from '../bed/minio.js';
 import { cacheDir, node24Bin, repoRoot } from '../bed/paths.js';
 import { runAction, type RunResult } from '../bed/runner.js';
@@ -258,6 +259,17 @@ export async function modifiedMs(
   return (await listObjects(s3, bucket, key)).find((o) => o.key === key)?.modifiedMs;
 }
 
+/** The object `key`, parsed as JSON (a tree's manifest). */
+export async function readJson<T>(s3: S3Server, bucket: string, key: string): Promise<T> {
+  const client = s3.client();
+  try {
+    const r = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+    return JSON.parse((await r.Body?.transformToString()) ?? '') as T;
+  } finally {
+    client.destroy();
+  }
+}
+
 // ---- the packaged action -------------------------------------------------------------------
 
 /** Where the action runs: the bed's sshd and MinIO, a work dir, and the `/usr/bin/time` wrapper. */
@@ -388,6 +400,18 @@ export function table(rows: string[][]): string {
     '|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|',
     ...rows.slice(1).map(line),
   ].join('\n');
+}
+
+/** The run with the median wall time (a failed run wins: it must be seen), with every run's time. */
+export function medianRun<T extends { ok: boolean; wallSeconds: number }>(
+  runs: T[],
+): T & { runs: number[] } {
+  const every = runs.map((r) => r.wallSeconds);
+  const failed = runs.find((r) => !r.ok);
+  const sorted = [...runs].sort((a, b) => a.wallSeconds - b.wallSeconds);
+  const pick = failed ?? sorted[Math.floor((sorted.length - 1) / 2)];
+  if (!pick) throw new Error('medianRun of no runs');
+  return { ...pick, runs: every };
 }
 
 // ---- caches --------------------------------------------------------------------------------

@@ -221,6 +221,45 @@ describe('backup faults and operations', () => {
     }
   });
 
+  it('S3 connections reset mid-part 11 times: more than the SDK retries, the part is sent again and the backup succeeds', async () => {
+    // Every connection that carries 1 MiB up is reset, 11 times: a 5 MiB part cannot get
+    // through on any of them. The SDK sends a part at most 5 times; between the two parts, one
+    // is reset 6 times or more, and goes through only because the upload sends it again.
+    const proxy = await startCutProxy({
+      targetPort: world.s3.port,
+      perConnection: { upBytes: MiB },
+      perConnectionCuts: 11,
+    });
+    try {
+      const run = await world.mainThenPost({
+        endpoint: `http://127.0.0.1:${proxy.port}`,
+        'part-size': '5MiB',
+        prefix: 'S3Flaky',
+        'permanent-copy': 'false',
+      });
+      assert.equal(run.main.code, 0, show(run.main));
+      assert.equal(proxy.cuts, 11);
+      assert.match(
+        run.main.stdout,
+        /Upload: part \d \(\d+\.\d+ MiB from byte \d+\): .*; sending it again in \d\.\d s \(attempt 2 of 4\)/,
+      );
+      const key = run.main.outputs.key as string;
+      assert.deepEqual(await world.backupList('S3Flaky'), [key.replace(/^S3Flaky\//, '')]);
+      const dir = tempDir('prep-flaky-');
+      try {
+        assert.equal(
+          sha(await download(world, key, join(dir, 'a.tar.gz'))),
+          run.main.outputs.sha256,
+        );
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+      assert.equal(await world.s3.listMultipartUploads(world.bucket), 0);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
   it("the action's process is killed while the node is stopped: the post step starts it", async () => {
     const listBefore = await world.backupList();
     const since = Date.now();

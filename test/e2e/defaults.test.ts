@@ -292,18 +292,27 @@ describe('every input at its default, a goloop node', { skip: goloopMissing() },
     await world?.close();
   });
 
-  it('backs up the chain through its socket, found on its own, as tar.zst', async () => {
+  it('backs up the chain through its socket, found on its own, as a tree', async () => {
     const run = await runBoth(world, minimal(world, host, 'backup'));
     assert.equal(run.main.code, 0, said(run.main));
     assert.match(said(run.main), /Node kind: goloop \(found \/app\/prep\/data\/cli\.sock/);
     const key = run.main.outputs.key ?? '';
-    assert.match(key, /^PRep\/\d{8}\/PRep_BH\d+_data-\d{8}_\d{4}\.tar\.zst$/);
-    const manifest = JSON.parse(
-      await world.s3.getText(world.bucket, `_prep-snapshot/${key}.json`),
-    ) as { nodeKind: string; facts: { channel: string }; source: { dataDir: string } };
+    assert.match(key, /^PRep\/\d{8}\/PRep_BH\d+_data-\d{8}_\d{4}\.tree$/);
+    const manifest = JSON.parse(await world.s3.getText(world.bucket, `${key}/manifest.json`)) as {
+      nodeKind: string;
+      facts: { channel: string };
+      source: { dataDir: string };
+      files: unknown[];
+    };
     assert.equal(manifest.nodeKind, 'goloop');
     assert.equal(manifest.facts.channel, 'icon_dex');
     assert.equal(manifest.source.dataDir, '/app/prep/data');
+    assert.ok(manifest.files.length > 0);
+    // icon2-node's restore finds it from the service's pointer.
+    const pointer = JSON.parse(await world.s3.getText(world.bucket, 'PRep/PRep.json')) as {
+      index_url: string;
+    };
+    assert.match(pointer.index_url, new RegExp(`/${key}/index\\.txt$`));
     const { stdout } = await host.sh(`curl -fsS localhost:9000/admin/chain`);
     assert.match(stdout, /"state":"started"/);
   });

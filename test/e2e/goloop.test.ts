@@ -1,5 +1,5 @@
 /**
- * ICON 2, end to end: the packaged action backs up a real goloop v1.4.4 node (a chain that
+ * ICON 2, end to end, as an archive (tar.zst): the packaged action backs up a real goloop v1.4.4 node (a chain that
  * produces blocks and holds ICX transfers) over a real sshd into MinIO, freezing it through
  * the node's control socket, and restores the snapshot onto a fresh node dir, where goloop
  * starts on it and answers the same block hash at the snapshot's height and the same balances.
@@ -73,6 +73,8 @@ describe('ICON 2: a real goloop node', { skip: goloopMissing() }, () => {
       service: 'MainNet',
       'permanent-copy': 'false',
       'max-downtime': '5m',
+      // The archive of a goloop chain; test/e2e/tree.test.ts has the tree, its default.
+      format: 'archive',
       ...extra,
     };
   }
@@ -105,7 +107,7 @@ describe('ICON 2: a real goloop node', { skip: goloopMissing() }, () => {
     assert.match(
       key,
       /^MainNet\/\d{8}\/MainNet_BH\d+_data-\d{8}_\d{4}\.tar\.zst$/,
-      'zstd by default',
+      'zstd by default for an archive of a goloop node',
     );
     assert.ok(height >= before);
     const manifest = JSON.parse(await s3.getText(bucket, `_prep-snapshot/${key}.json`)) as {

@@ -10,6 +10,7 @@ import { after, afterEach, before, describe, it } from 'node:test';
 import { startCutProxy } from '../bed/cut-proxy.js';
 import type { RunResult } from '../bed/runner.js';
 import {
+  check,
   errors,
   getBytes,
   putBytes,
@@ -91,11 +92,43 @@ describe('restore faults', () => {
     assert.deepEqual(stagingLeft(data), [], `no staging folder\n${log}`);
   }
 
-  it('S3 stream cut mid-restore', async () => {
+  it('S3 connections cut every 400 kB: each range is read again from where it broke off, and the restore succeeds', async () => {
+    const proxy = await startCutProxy({
+      targetPort: world.s3.port,
+      perConnection: { downBytes: 400_000 },
+    });
+    try {
+      const run = await restoreRun(world, victim, {
+        'node-ip': '10.9.8.7',
+        endpoint: `http://127.0.0.1:${proxy.port}`,
+      });
+      assert.equal(run.main.code, 0, said(run.main));
+      assert.ok(proxy.cuts >= 3, `the proxy cut ${proxy.cuts} connections`);
+      assert.match(
+        run.main.stdout,
+        /Download: bytes \d+-\d+ of s3:\/\/snapshots\/.*; again from byte \d+/,
+      );
+      // The bytes in order: the sha256 is the manifest's, and the restored database is whole.
+      assert.equal(run.main.outputs.sha256, manifest.sha256);
+      const height = Number(manifest.blockHeight);
+      assert.ok(Number(run.main.outputs['height-reached']) >= height);
+      await victim.stop();
+      const restored = await check(victim.dataDir);
+      assert.ok(restored.ok && restored.height >= height, JSON.stringify(restored));
+      assert.deepEqual(stagingLeft(data), []);
+    } finally {
+      await proxy.stop();
+      // The next tests restore onto a stopped node.
+      await victim.stop();
+    }
+  });
+
+  it('S3 unreachable mid-restore: after the last attempt the run says which range and why', async () => {
     const before = treeHash(victim.dataDir);
     const proxy = await startCutProxy({
       targetPort: world.s3.port,
       downBytes: Math.floor(archive.length / 2),
+      refuseAfterCut: true,
     });
     try {
       const run = await restoreRun(world, victim, {
@@ -106,7 +139,36 @@ describe('restore faults', () => {
       assert.ok(proxy.cuts >= 1, 'the proxy cut');
       assert.match(
         errors(run.main),
-        /The download of .* broke off after .*The data dir was not touched; run again/,
+        /The download of .* broke off after .*: bytes \d+-\d+ of s3:\/\/snapshots\/.*: 6 attempts in a row failed at byte \d+, the last with .*The data dir was not touched; run again/,
+      );
+      assertUntouched(before, run);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('the stored archive replaced during the restore: the run says so, nothing is touched', async () => {
+    const before = treeHash(victim.dataDir);
+    const variant = await storeVariant('81', archive, manifest);
+    // Two connections of 256 KiB/s: the first two ranges take seconds, the next are asked for
+    // after the replacement.
+    const proxy = await startCutProxy({ targetPort: world.s3.port, bytesPerSecond: 256 * 1024 });
+    try {
+      const running = restoreRun(world, victim, {
+        snapshot: variant,
+        'node-ip': '10.9.8.7',
+        endpoint: `http://127.0.0.1:${proxy.port}`,
+        'download-connections': '2',
+      });
+      while (proxy.bytes.down < 300_000) await new Promise((r) => setTimeout(r, 50));
+      const other = Buffer.from(archive);
+      other[other.length - 100] = other[other.length - 100]! ^ 0xff;
+      await putBytes(world, variant, other);
+      const run = await running;
+      assert.notEqual(run.main.code, 0);
+      assert.match(
+        errors(run.main),
+        /The stored PRep\/\d{8}\/PRep_BH81_.*\.tar\.gz was replaced during the restore \(.*412.*\) Nothing was touched: the data dir is as it was\./,
       );
       assertUntouched(before, run);
     } finally {

@@ -264,6 +264,33 @@ export class FakeNode implements NodeHost, Shell {
     return `fake data of ${address}`;
   }
 
+  // Tree snapshots move files one by one over the host's own commands: they are tested end
+  // to end (test/e2e/tree*.test.ts) against sshd, MinIO and real nodes, not through this fake.
+  listTree(): never {
+    throw new Error('the fake node keeps archives only');
+  }
+  tailHashes(): never {
+    throw new Error('the fake node keeps archives only');
+  }
+  hashFiles(): never {
+    throw new Error('the fake node keeps archives only');
+  }
+  sendFiles(): never {
+    throw new Error('the fake node keeps archives only');
+  }
+  receiveTree(): never {
+    throw new Error('the fake node keeps archives only');
+  }
+  stagedFiles(): never {
+    throw new Error('the fake node keeps archives only');
+  }
+  appendStaged(): never {
+    throw new Error('the fake node keeps archives only');
+  }
+  removeStaged(): never {
+    throw new Error('the fake node keeps archives only');
+  }
+
   remove(path: string): Promise<void> {
     this.calls.push(`remove ${path}`);
     if (path.includes('.prev-')) this.previous = undefined;

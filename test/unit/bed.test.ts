@@ -314,6 +314,64 @@ describe('cut proxy', () => {
     await p.stop();
   });
 
+  /** Sends `data` on a new connection; resolves with what came back before it closed. */
+  function exchange(port: number, data: string | Buffer): Promise<{ got: Buffer; ms: number }> {
+    return new Promise((res) => {
+      const t = performance.now();
+      const c = connect({ host: '127.0.0.1', port });
+      const chunks: Buffer[] = [];
+      c.on('data', (b: Buffer) => chunks.push(b));
+      const done = () => res({ got: Buffer.concat(chunks), ms: performance.now() - t });
+      c.once('error', done);
+      c.once('close', done);
+      c.write(data);
+      // The echo server answers; end our side once it has.
+      c.once('data', () => setTimeout(() => c.end(), 300));
+    });
+  }
+
+  it('delays what it carries, each way', async () => {
+    const p = await startCutProxy({ targetPort: echoPort, latencyMs: 100 });
+    try {
+      const { got, ms } = await exchange(p.port, 'ping');
+      assert.equal(got.toString(), 'ping');
+      // Up and down: twice the delay, and the 300 ms before the end.
+      assert.ok(ms >= 200 + 300, `${ms.toFixed(0)} ms`);
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it('cuts each connection after it alone carried N bytes', async () => {
+    const p = await startCutProxy({ targetPort: echoPort, perConnection: { downBytes: 1000 } });
+    try {
+      for (let i = 1; i <= 2; i++) {
+        const { got } = await exchange(p.port, Buffer.alloc(5000));
+        assert.ok(got.length <= 1000, `got ${got.length}`);
+        assert.equal(p.cuts, i);
+      }
+      const { got } = await exchange(p.port, 'short');
+      assert.equal(got.toString(), 'short', 'a connection under the limit goes through');
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it('answers every Nth HTTP request with 503 Slow Down', async () => {
+    const p = await startCutProxy({ targetPort: echoPort, slowDownEvery: 2 });
+    try {
+      const request = 'GET /bucket/key HTTP/1.1\r\nHost: x\r\n\r\n';
+      assert.equal((await exchange(p.port, request)).got.toString(), request, 'forwarded');
+      const answer = (await exchange(p.port, request)).got.toString();
+      assert.match(answer, /^HTTP\/1\.1 503 Slow Down\r\n/);
+      assert.match(answer, /Connection: close\r\n\r\n<\?xml.*<Code>SlowDown<\/Code>/s);
+      assert.equal(p.requests, 2);
+      assert.equal(p.slowDowns, 1);
+    } finally {
+      await p.stop();
+    }
+  });
+
   it('breaks an ssh stream mid-way', async () => {
     const s = await startSshd();
     try {

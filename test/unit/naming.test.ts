@@ -34,6 +34,23 @@ describe('archive names', () => {
     assert.equal(parseArchivePath('20240305/PRep_BH1_data-20240305_0000.tar.gz.json'), undefined);
   });
 
+  it('name a tree by its folder, and tell it from an archive', () => {
+    const n = archiveName('MainNet', 7, new Date('2024-03-05T23:07:59Z'), 'tree');
+    assert.equal(n.file, 'MainNet_BH7_data-20240305_2307.tree');
+    assert.deepEqual([n.format, n.compression], ['tree', undefined]);
+    const back = parseArchivePath('MainNet/20240305/MainNet_BH7_data-20240305_2307.tree');
+    assert.deepEqual([back?.format, back?.height], ['tree', 7]);
+    assert.deepEqual(
+      [parseArchivePath('20240305/PRep_BH1_data-20240305_0000.tar.zst')?.compression],
+      ['zstd'],
+    );
+    // A tree's own files are not snapshots.
+    assert.equal(
+      parseArchivePath('MainNet/20240305/MainNet_BH7_data-20240305_2307.tree/index.txt'),
+      undefined,
+    );
+  });
+
   it('keep manifests out of the prefix the original listing reads', () => {
     const key = 'PRep/20240305/PRep_BH1_data-20240305_0000.tar.gz';
     assert.equal(manifestKey('_prep-snapshot', key).startsWith('PRep'), false);

@@ -41,6 +41,11 @@ describe('parseSettings', () => {
     assert.equal(s.node.maxDowntimeSeconds, 1800);
     assert.equal(s.ssh?.port, 22);
     assert.equal(s.ssh?.username, 'root');
+    assert.equal(s.s3.downloadConnections, 8);
+    assert.equal(
+      parseSettings(reader({ ...base, 'download-connections': '1' })).s3.downloadConnections,
+      1,
+    );
   });
 
   it('derives prefixes from the service', () => {
@@ -96,6 +101,12 @@ describe('parseSettings', () => {
       /'upload-concurrency'/,
     ],
     ['a 400-digit retention', { ...base, 'retention-days': HUGE }, /'retention-days'/],
+    [
+      'no download connection',
+      { ...base, 'download-connections': '0' },
+      /'download-connections' is '0'\. Use a whole number from 1 to 16/,
+    ],
+    ['a fraction of a connection', { ...base, 'download-connections': '2.5' }, /from 1 to 16/],
     ['a 400-digit local copy age', { ...base, 'local-copy-days': HUGE }, /'local-copy-days'/],
     [
       'a 400-digit compression level',

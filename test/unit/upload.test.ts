@@ -10,10 +10,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
-import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { socketSource, type ByteSource } from '../../src/byte-source.ts';
+import { createClient } from '../../src/s3/client.ts';
 import { streamUpload } from '../../src/s3/upload.ts';
-import { startMinio, type S3Server } from '../bed/minio.js';
+import type { S3Settings } from '../../src/settings.ts';
+import { startCutProxy, type CutProxy, type CutProxyOptions } from '../bed/cut-proxy.js';
+import { s3Env, startMinio, type S3Server } from '../bed/minio.js';
 
 const MiB = 1024 * 1024;
 const BUCKET = 'uploads';
@@ -209,5 +212,128 @@ describe('streamUpload against MinIO', () => {
     assert.ok(body.destroyed, 'the source was destroyed');
     assert.deepEqual(await s3.listKeys(BUCKET, 't/s3-failed'), []);
     assert.equal(await s3.listMultipartUploads(BUCKET, 't/s3-failed'), 0);
+  });
+});
+
+/**
+ * Parts sent through a proxy that resets connections mid-part. What the SDK does by itself
+ * (the client of src/s3/client.ts: maxAttempts 5) and what the uploader adds (a client that
+ * does not retry at all leaves every resend to it).
+ */
+describe('streamUpload: a part whose connection is reset is sent again', () => {
+  let s3: S3Server;
+  let admin: S3Client;
+  const proxies: CutProxy[] = [];
+  const clients: S3Client[] = [];
+  before(async () => {
+    s3 = await startMinio();
+    await s3.createBucket(BUCKET);
+    admin = s3.client();
+  });
+  after(async () => {
+    for (const c of clients) c.destroy();
+    for (const p of proxies) await p.stop();
+    admin?.destroy();
+    await s3?.stop();
+  });
+
+  async function proxy(opts: Omit<CutProxyOptions, 'targetPort'>): Promise<CutProxy> {
+    const p = await startCutProxy({ targetPort: s3.port, ...opts });
+    proxies.push(p);
+    return p;
+  }
+
+  /** The action's own client (credentials from the environment, as on a runner), through `p`. */
+  function actionClient(p: CutProxy): S3Client {
+    Object.assign(process.env, s3Env(s3));
+    const c = createClient({
+      bucket: BUCKET,
+      region: s3.region,
+      endpoint: `http://127.0.0.1:${p.port}`,
+      forcePathStyle: true,
+      unsigned: false,
+    } as S3Settings);
+    clients.push(c);
+    return c;
+  }
+
+  function noRetryClient(p: CutProxy): S3Client {
+    const c = new S3Client({
+      endpoint: `http://127.0.0.1:${p.port}`,
+      region: s3.region,
+      forcePathStyle: true,
+      credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+      maxAttempts: 1,
+    });
+    clients.push(c);
+    return c;
+  }
+
+  async function upload(client: S3Client, key: string, data: Buffer, retries: string[]) {
+    return streamUpload({
+      client,
+      bucket: BUCKET,
+      key,
+      body: source(data),
+      partSize: 8 * MiB,
+      queueSize: 2,
+      sourceOk: Promise.resolve(),
+      retryDelayMs: 50,
+      onRetry: (m) => retries.push(m),
+    });
+  }
+
+  it("the action's client: the SDK itself sends the part's Buffer again", async () => {
+    // Every connection reset once, when 10 MiB have gone up: in the middle of a part.
+    const p = await proxy({ upBytes: 10 * MiB });
+    const data = randomBytes(30 * MiB);
+    const retries: string[] = [];
+    const r = await upload(actionClient(p), 't/sdk-resends', data, retries);
+    assert.equal(p.cuts, 1, 'the connections were reset');
+    assert.equal(r.sha256, createHash('sha256').update(data).digest('hex'));
+    assert.ok((await getBytes(admin, 't/sdk-resends')).equals(data));
+    assert.deepEqual(retries, [], 'the SDK retried; the uploader had nothing to do');
+    assert.equal(await s3.listMultipartUploads(BUCKET, 't/sdk-resends'), 0);
+  });
+
+  it('a client that does not retry: the uploader sends the part again', async () => {
+    const p = await proxy({ upBytes: 10 * MiB });
+    const data = randomBytes(30 * MiB);
+    const retries: string[] = [];
+    const r = await upload(noRetryClient(p), 't/we-resend', data, retries);
+    assert.equal(p.cuts, 1);
+    assert.equal(r.bytes, data.length);
+    assert.ok((await getBytes(admin, 't/we-resend')).equals(data));
+    assert.ok(retries.length >= 1, 'a part was sent again');
+    assert.match(
+      retries[0] ?? '',
+      /^part \d \(8\.00 MiB from byte \d+\): .*; sending it again in 0\.1 s \(attempt 2 of 4\)\.$/,
+    );
+    assert.equal(await s3.listMultipartUploads(BUCKET, 't/we-resend'), 0);
+  });
+
+  it('a part reset on every send: the upload fails naming the part, and leaves nothing', async () => {
+    // Every connection reset after 1 MiB up: no 8 MiB part can get through.
+    const p = await proxy({ perConnection: { upBytes: MiB } });
+    const retries: string[] = [];
+    const client = noRetryClient(p);
+    await assert.rejects(
+      streamUpload({
+        client,
+        bucket: BUCKET,
+        key: 't/never',
+        body: source(randomBytes(20 * MiB)),
+        partSize: 8 * MiB,
+        queueSize: 1,
+        sourceOk: Promise.resolve(),
+        partAttempts: 3,
+        retryDelayMs: 20,
+        onRetry: (m) => retries.push(m),
+      }),
+      /^Error: part 1 \(8\.00 MiB from byte 0\) failed 3 times, the last with .*(ECONNRESET|EPIPE|socket hang up)/,
+    );
+    assert.equal(retries.length, 2);
+    // The abort is a small request: it got through.
+    assert.equal(await s3.listMultipartUploads(BUCKET, 't/never'), 0);
   });
 });

@@ -79,6 +79,11 @@ export class GoloopHost extends SshHost implements NodeHost {
     return this.node.dataDir;
   }
 
+  /** The node dir's parent, where icon2-node's compose file is. */
+  protected get prepDir(): string {
+    return dirname(this.dataDir);
+  }
+
   private get sock(): string {
     return `${this.dataDir}/cli.sock`;
   }
@@ -124,7 +129,8 @@ export class GoloopHost extends SshHost implements NodeHost {
   }
 
   async inspect(needs: {
-    compression: 'gzip' | 'zstd';
+    /** An archive's compression; undefined for a tree, which needs no compressor. */
+    compression?: 'gzip' | 'zstd';
     consistency: 'hardlink' | 'stop';
   }): Promise<BackupLayout> {
     if (needs.consistency !== 'hardlink') {
@@ -164,7 +170,8 @@ export class GoloopHost extends SshHost implements NodeHost {
           `the node dir, or 'stop-command' and 'start-command' to stop and start the node another way.`,
       );
     }
-    requireArchiveTools(probe.tools, needs.compression, 'The archive (compression: zstd)');
+    if (needs.compression)
+      requireArchiveTools(probe.tools, needs.compression, 'The archive (compression: zstd)');
     if (!probe.tools.has('base64')) {
       throw new HostError(
         `The host has no 'base64' (coreutils), needed to read the database's MANIFEST.`,

@@ -61,6 +61,14 @@ export class LoopchainHost extends SshHost implements NodeHost {
     return this.node.dataDir;
   }
 
+  protected get prepDir(): string {
+    return this.node.prepDir;
+  }
+
+  protected override identityName(): string | undefined {
+    return this.identity;
+  }
+
   expectedContent(): string {
     return this.layout.roots.join(' and ');
   }
@@ -78,7 +86,8 @@ export class LoopchainHost extends SshHost implements NodeHost {
   }
 
   async inspect(needs: {
-    compression: 'gzip' | 'zstd';
+    /** An archive's compression; undefined for a tree, which needs no compressor. */
+    compression?: 'gzip' | 'zstd';
     consistency: 'hardlink' | 'stop';
   }): Promise<BackupLayout> {
     const dataDir = this.dataDir;
@@ -96,7 +105,8 @@ export class LoopchainHost extends SshHost implements NodeHost {
       );
     }
     this.identity = pickIdentityDir(this.layout, probe.identities, dataDir);
-    requireArchiveTools(probe.tools, needs.compression, 'The archive (compression: zstd)');
+    if (needs.compression)
+      requireArchiveTools(probe.tools, needs.compression, 'The archive (compression: zstd)');
     if (needs.consistency === 'hardlink' && !probe.tools.has('base64')) {
       throw new HostError(
         `The host has no 'base64' (coreutils), needed to read the LevelDB MANIFESTs.`,

@@ -1,12 +1,19 @@
-/** What the goloop part records. */
+/** What the goloop part records (and the churn part, which runs the same procedures). */
 import type { ActionBed } from '../kit.js';
 
 export interface GoloopBenchContext extends ActionBed {
   keep: boolean;
 }
 
+/** The action's two formats: a tree (the goloop default) or one tar.zst archive. */
+export const OURS_FORMATS = ['tree', 'archive'] as const;
+export type OursFormat = (typeof OURS_FORMATS)[number];
+
+/** Who ran: icon2-docker's procedure, or the action in one of its formats. */
+export type Who = 'theirs' | `ours ${OursFormat}`;
+
 export interface GoloopBackupFigures {
-  name: 'theirs' | 'ours';
+  name: Who;
   ok: boolean;
   error?: string;
   skipped?: string;
@@ -22,17 +29,28 @@ export interface GoloopBackupFigures {
   wallSeconds: number;
   runnerPeakRssBytes?: number;
   hostExtraDiskBytes?: number;
+  /** What is stored: the archive (theirs: every part), or every file of the tree. */
   archiveBytes?: number;
+  /** What went to S3: an archive's whole size; a tree's files not stored before (its manifest's `sent`). */
+  movedBytes?: number;
+  movedFiles?: number;
   parts?: number;
-  /** Theirs: seconds from the stop sent to each mark. */
+  /**
+   * Seconds from the stop to each mark: theirs, by its own marks (from the stop sent); a tree, by
+   * the bucket's LastModified (from the last block before the gap).
+   */
   phases?: Record<string, number>;
+  /** A tree: its manifest's timings (seconds: downtime, hash on the host, upload). */
+  timings?: Record<string, number>;
+  /** Where it is stored (ours: the restore's `prefix`). */
+  prefix?: string;
   /** What a restore needs: the keys (theirs: the parts in order; ours: the snapshot key). */
   keys?: string[];
   height?: number;
 }
 
 export interface GoloopRestoreFigures {
-  name: 'theirs' | 'ours';
+  name: Who;
   ok: boolean;
   error?: string;
   skipped?: string;
@@ -41,6 +59,8 @@ export interface GoloopRestoreFigures {
   restoredBytes?: number;
   runnerPeakRssBytes?: number;
   phases?: Record<string, number>;
+  /** Every run's wall time, in order, when there were several; the figures are the median run's. */
+  runs?: number[];
 }
 
 export interface GoloopSizeFigures {
@@ -48,8 +68,8 @@ export interface GoloopSizeFigures {
   tableBytes: number;
   tableFiles: number;
   dbBytes: number;
-  backups: { theirs?: GoloopBackupFigures; ours?: GoloopBackupFigures };
-  restores: { theirs?: GoloopRestoreFigures; ours?: GoloopRestoreFigures };
+  backups: Partial<Record<Who, GoloopBackupFigures>>;
+  restores: Partial<Record<Who, GoloopRestoreFigures>>;
 }
 
 export interface GoloopFigures {

@@ -2,9 +2,11 @@
  * The goloop part of `npm run bench` (`--parts goloop`, sizes from `--goloop-sizes 0.2,2` or
  * BENCH_GOLOOP_SIZES, default 0.2,2): a real goloop v1.4.4 node (test/bed/goloop.ts) whose
  * database has been grown to each size, backed up and restored by icon2-docker's procedure
- * (ctx/manager/backup_v2.py, and the restore that reverses it) and by this action. At each size,
- * once each and in this order: their backup, ours, their restore, ours; the first tables of a size
- * are read from the page cache alike (each copy of the node was just made).
+ * (ctx/manager/backup_v2.py, and the restore that reverses it) and by this action, as a tree (its
+ * goloop default: the first tree of a prefix sends every file) and as a tar.zst archive
+ * (`format: archive`). At each size, once each and in this order: their backup, ours as a tree,
+ * ours as an archive, then the three restores in the same order; the first tables of a size are
+ * read from the page cache alike (each copy of the node was just made).
  *
  * Files: cache.ts (the grown node), node.ts (a node in a home of its own, its blocks),
  * theirs.ts (icon2-docker's procedure), ours.ts (the action), figures.ts (what is recorded, one
@@ -28,10 +30,11 @@
  * last part uploaded. Restore: download the parts (at once), `cat | zstd -d | tar -x` into a
  * fresh node dir, start goloop on it, wait for a block above the snapshot's height.
  *
- * Ours: the packaged action (`node-kind: goloop`), whose freeze goes through cli.sock; restore into
- * a fresh node dir with `start-command` = the script that starts goloop there, then the same wait
- * for a new block. dist/ by default; PREP_TEST_DIST names a private bundle (as in test/e2e:
- * `node scripts/package.mjs --out DIR`). Not run while the bundle has no `node-kind` input.
+ * Ours: the packaged action (`node-kind: goloop`, `format` tree or archive, each in a prefix of its
+ * own), whose freeze goes through cli.sock; restore into a fresh node dir with `start-command` =
+ * the script that starts goloop there, then the same wait for a new block. dist/ by default;
+ * PREP_TEST_DIST names a private bundle (as in test/e2e: `node scripts/package.mjs --out DIR`).
+ * Not run while the bundle has no `node-kind` input or no tree format.
  *
  * How each figure is taken:
  *   downtime        the node's own view: the largest gap between consecutive blocks' time_stamp
@@ -40,6 +43,8 @@
  *   stop to listed  from the time_stamp of the last block before that gap (the node's view of the
  *                   stop, for both) to the LastModified of {prefix}/backup_list for ours, of the last
  *                   part for theirs (MinIO, ms precision, same clock). Theirs also by its own marks.
+ *   bytes moved     what went to S3: an archive's size (theirs: every part); a tree's manifest's
+ *                   `sent.bytes` (the files not stored before: here, all of them).
  *   runner peak RSS /usr/bin/time -v around the action's Node 24 process, as bench.ts takes it.
  *   host extra disk peak `du -sB1` of the node's home (node dir, backup folder, keystore) every
  *                   200 ms, less its size before; for restores, less the restored node dir.
@@ -51,7 +56,12 @@ import { join } from 'node:path';
 import { goloopBin } from '../../bed/paths.js';
 import { du, errorText, logger } from '../kit.js';
 import { cachedNode, tableFiles } from './cache.js';
-import type { GoloopBenchContext, GoloopFigures, GoloopSizeFigures } from './figures.js';
+import {
+  OURS_FORMATS,
+  type GoloopBenchContext,
+  type GoloopFigures,
+  type GoloopSizeFigures,
+} from './figures.js';
 import { readMeta } from './node.js';
 import { oursBackup, oursMissing, oursRestore } from './ours.js';
 import { theirsBackup, theirsRestore } from './theirs.js';
@@ -105,12 +115,21 @@ export async function goloopBench(
       restores: {},
     };
     out.sizes.push(fig);
+    const tag = `goloop-${sizeGib}`;
     const b = fig.backups;
+    const r = fig.restores;
     b.theirs = await theirsBackup(ctx, cache, sizeGib);
-    b.ours = missing ? { name: 'ours', ...skipped } : await oursBackup(ctx, cache, sizeGib);
-    if (b.theirs.ok) fig.restores.theirs = await theirsRestore(ctx, cache, sizeGib, b.theirs);
-    if (b.ours.ok) fig.restores.ours = await oursRestore(ctx, cache, sizeGib, b.ours);
-    else if (missing) fig.restores.ours = { name: 'ours', ...skipped };
+    for (const format of OURS_FORMATS) {
+      const who = `ours ${format}` as const;
+      b[who] = missing ? { name: who, ...skipped } : await oursBackup(ctx, cache, sizeGib, format);
+    }
+    if (b.theirs.ok) r.theirs = await theirsRestore(ctx, cache, tag, b.theirs);
+    for (const format of OURS_FORMATS) {
+      const who = `ours ${format}` as const;
+      const backup = b[who];
+      if (backup?.ok) r[who] = await oursRestore(ctx, cache, tag, backup);
+      else if (missing) r[who] = { name: who, ...skipped };
+    }
   }
   return out;
 }

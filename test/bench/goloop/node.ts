@@ -212,21 +212,24 @@ export interface Gap {
   blocks: number;
 }
 
-async function blockTimeUs(home: Home, h: number): Promise<number> {
+/** A JSON-RPC call to the node's channel (`/api/v3/{channel}`); its error is thrown. */
+export async function jsonRpc<T>(home: Home, method: string, params: unknown): Promise<T> {
   const r = await fetch(`${home.rpcUrl}/api/v3/${home.meta.channel}`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({
-      jsonrpc: '2.0',
-      id: h,
-      method: 'icx_getBlockByHeight',
-      params: { height: '0x' + h.toString(16) },
-    }),
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }),
     signal: AbortSignal.timeout(10_000),
   });
-  const j = (await r.json()) as { result?: { time_stamp: number | string } };
-  if (j.result === undefined) throw new Error(`block ${h}: ${JSON.stringify(j)}`);
-  return Number(j.result.time_stamp);
+  const j = (await r.json()) as { result?: T; error?: unknown };
+  if (j.result === undefined) throw new Error(`${method}: ${JSON.stringify(j.error ?? j)}`);
+  return j.result;
+}
+
+async function blockTimeUs(home: Home, h: number): Promise<number> {
+  const b = await jsonRpc<{ time_stamp: number | string }>(home, 'icx_getBlockByHeight', {
+    height: '0x' + h.toString(16),
+  });
+  return Number(b.time_stamp);
 }
 
 /** The largest gap between consecutive blocks' time stamps in heights [from, to]. */

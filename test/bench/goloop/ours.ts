@@ -1,19 +1,31 @@
-/** Ours: the packaged action (`node-kind: goloop`), backup and restore (see index.ts). */
+/**
+ * Ours: the packaged action (`node-kind: goloop`), backup and restore, as a tree (the goloop
+ * default) or as one tar.zst archive (`format: archive`); see index.ts.
+ */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { repoRoot } from '../../bed/paths.js';
 import type { RunResult } from '../../bed/runner.js';
+import type { TreeManifest } from '../../../src/tree/layout.js';
 import {
   assertActionOk,
+  listObjects,
   logger,
   modifiedMs,
   parseDurationText,
   q,
+  readJson,
   runTimed,
   summaryRow,
+  type DiskSampler,
 } from '../kit.js';
-import type { GoloopBackupFigures, GoloopBenchContext, GoloopRestoreFigures } from './figures.js';
-import { chainInfo, gapSince, startCopy } from './node.js';
+import type {
+  GoloopBackupFigures,
+  GoloopBenchContext,
+  GoloopRestoreFigures,
+  OursFormat,
+} from './figures.js';
+import { chainInfo, gapSince, startCopy, type Home } from './node.js';
 import { gapFigures, restoreScenario, scenario } from './scenario.js';
 
 const log = logger('goloop');
@@ -23,14 +35,17 @@ function mainBundle(): string {
   return join(process.env.PREP_TEST_DIST || join(repoRoot, 'dist'), 'main/index.js');
 }
 
-/** Why the action cannot back up a goloop node yet, or undefined when it can. */
+/** Why the action cannot back up a goloop node in both formats yet, or undefined when it can. */
 export function oursMissing(): string | undefined {
   const yml = readFileSync(join(repoRoot, 'action.yml'), 'utf8');
   if (!/^ {2}node-kind:/m.test(yml)) return 'action.yml has no node-kind input yet';
   const bundle = mainBundle();
   if (!existsSync(bundle)) return `${bundle} is missing: npm run package`;
-  if (!/["']node-kind["']/.test(readFileSync(bundle, 'utf8')))
+  const text = readFileSync(bundle, 'utf8');
+  if (!/["']node-kind["']/.test(text))
     return `${bundle} has no node-kind input yet: npm run package`;
+  if (!text.includes('prep-snapshot-tree/1'))
+    return `${bundle} has no tree format yet: npm run package`;
   return undefined;
 }
 
@@ -45,69 +60,127 @@ async function runOurs(
   return ran;
 }
 
-const oursPrefix = (sizeGib: number): string => `ICON2-${String(sizeGib).replace('.', 'p')}`;
+/** Where the goloop part stores ours at a size, in a format. */
+const oursPrefix = (sizeGib: number, format: OursFormat): string =>
+  `ICON2-${String(sizeGib).replace('.', 'p')}-${format}`;
 
 export async function oursBackup(
   ctx: GoloopBenchContext,
   cache: string,
   sizeGib: number,
+  format: OursFormat,
 ): Promise<GoloopBackupFigures> {
-  const prefix = oursPrefix(sizeGib);
-  const dir = join(ctx.root, `goloop-${sizeGib}-ours`);
+  const tag = `goloop-${sizeGib}`;
   return scenario(
-    'ours',
+    `ours ${format}`,
     ctx.keep,
-    () => startCopy(cache, dir),
-    async (home, sampler) => {
-      const h0 = (await chainInfo(home)).height;
-      await sampler.start();
-      log(`ours: backup, ${sizeGib} GiB`);
-      const { r, rss } = await runOurs(ctx, `goloop-${sizeGib}-ours-backup`, {
-        mode: 'backup',
-        'node-kind': 'goloop',
-        'data-dir': home.nodeDir,
-        'peer-url': `${home.rpcUrl}/admin/chain`,
-        chain: home.meta.channel,
-        prefix,
-        'permanent-copy': 'false',
-      });
-      const disk = await sampler.stop();
-      const gap = await gapSince(home, h0);
-      const listed = await modifiedMs(ctx.s3, ctx.bucket, `${prefix}/backup_list`);
-      return {
-        name: 'ours',
-        ok: true,
-        ...gapFigures(gap),
-        downtimeSelfReported: Number(r.outputs['downtime-seconds'] ?? NaN),
-        stopToListedSeconds: listed !== undefined ? (listed - gap.lastBeforeMs) / 1000 : undefined,
-        stopToListedSelfReported: parseDurationText(summaryRow(r.summary, 'Stop to listed')),
-        wallSeconds: r.durationMs / 1000,
-        runnerPeakRssBytes: rss,
-        hostExtraDiskBytes: disk.extraDu,
-        archiveBytes: Number(r.outputs.size),
-        parts: 1,
-        keys: r.outputs.key ? [r.outputs.key] : [],
-        height: Number(r.outputs['block-height']),
-      };
-    },
+    () => startCopy(cache, join(ctx.root, `${tag}-ours-${format}`)),
+    (home, sampler) => oursBackupOn(ctx, home, sampler, format, oursPrefix(sizeGib, format), tag),
   );
 }
 
+/**
+ * The action's backup (`format` set, whatever the default) of the node that runs in `home`,
+ * under `prefix`; `tag` names its output files in the work dir. A tree's bytes moved are its
+ * manifest's `sent`: the files that were not stored before.
+ */
+export async function oursBackupOn(
+  ctx: GoloopBenchContext,
+  home: Home,
+  sampler: DiskSampler,
+  format: OursFormat,
+  prefix: string,
+  tag: string,
+): Promise<GoloopBackupFigures> {
+  const h0 = (await chainInfo(home)).height;
+  await sampler.start();
+  log(`ours ${format}: backup (${tag})`);
+  const { r, rss } = await runOurs(ctx, `${tag}-ours-${format}-backup`, {
+    mode: 'backup',
+    'node-kind': 'goloop',
+    format,
+    'data-dir': home.nodeDir,
+    'peer-url': `${home.rpcUrl}/admin/chain`,
+    chain: home.meta.channel,
+    prefix,
+    'permanent-copy': 'false',
+  });
+  const disk = await sampler.stop();
+  const gap = await gapSince(home, h0);
+  const listed = await modifiedMs(ctx.s3, ctx.bucket, `${prefix}/backup_list`);
+  const key = r.outputs.key ?? '';
+  const size = Number(r.outputs.size);
+  const tree =
+    format === 'tree'
+      ? await readJson<TreeManifest>(ctx.s3, ctx.bucket, `${key}/manifest.json`)
+      : undefined;
+  const marks = tree ? await treeMarks(ctx, prefix, key, gap.lastBeforeMs) : undefined;
+  return {
+    name: `ours ${format}`,
+    ok: true,
+    ...gapFigures(gap),
+    downtimeSelfReported: Number(r.outputs['downtime-seconds'] ?? NaN),
+    stopToListedSeconds: listed !== undefined ? (listed - gap.lastBeforeMs) / 1000 : undefined,
+    stopToListedSelfReported: parseDurationText(summaryRow(r.summary, 'Stop to listed')),
+    wallSeconds: r.durationMs / 1000,
+    runnerPeakRssBytes: rss,
+    hostExtraDiskBytes: disk.extraDu,
+    archiveBytes: size,
+    movedBytes: tree ? tree.sent.bytes : size,
+    movedFiles: tree ? tree.sent.files : 1,
+    parts: tree ? tree.files.length : 1,
+    ...(tree ? { phases: marks, timings: tree.timings } : {}),
+    prefix,
+    keys: key ? [key] : [],
+    height: Number(r.outputs['block-height']),
+  };
+}
+
+/**
+ * A tree backup's course in the bucket's own times: seconds from the stop (the node's view) to
+ * the first and the last object it stored, its manifest, and backup_list.
+ */
+async function treeMarks(
+  ctx: GoloopBenchContext,
+  prefix: string,
+  key: string,
+  stopMs: number,
+): Promise<Record<string, number>> {
+  const listed = await listObjects(ctx.s3, ctx.bucket, `${prefix}/`);
+  const at = (k: string): number | undefined => listed.find((o) => o.key === k)?.modifiedMs;
+  const sent = listed
+    .filter((o) => o.key.startsWith(`${prefix}/objects/`) && o.modifiedMs >= stopMs)
+    .map((o) => o.modifiedMs);
+  const marks: Record<string, number | undefined> = {
+    'first object': sent.length ? Math.min(...sent) : undefined,
+    'last object': sent.length ? Math.max(...sent) : undefined,
+    manifest: at(`${key}/manifest.json`),
+    listed: at(`${prefix}/backup_list`),
+  };
+  return Object.fromEntries(
+    Object.entries(marks)
+      .filter((e): e is [string, number] => e[1] !== undefined)
+      .map(([k, v]) => [k, (v - stopMs) / 1000]),
+  );
+}
+
+/** The action's restore of `backup` (ours, either format) into a fresh home. */
 export async function oursRestore(
   ctx: GoloopBenchContext,
   cache: string,
-  sizeGib: number,
+  tag: string,
   backup: GoloopBackupFigures,
 ): Promise<GoloopRestoreFigures> {
-  return restoreScenario('ours', ctx, cache, sizeGib, backup, async (home) => {
-    const { rss } = await runOurs(ctx, `goloop-${sizeGib}-ours-restore`, {
+  const format = backup.name.replace('ours ', '');
+  return restoreScenario(backup.name, ctx, cache, tag, backup, async (home) => {
+    const { rss } = await runOurs(ctx, `${tag}-ours-${format}-restore`, {
       mode: 'restore',
       'node-kind': 'goloop',
       snapshot: backup.keys?.[0] ?? '',
       'data-dir': home.nodeDir,
       'peer-url': `${home.rpcUrl}/admin/chain`,
       'start-command': `bash ${q(home.startScript)}`,
-      prefix: oursPrefix(sizeGib),
+      prefix: backup.prefix ?? '',
     });
     return { runnerPeakRssBytes: rss };
   });

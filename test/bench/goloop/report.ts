@@ -1,39 +1,59 @@
-/** The goloop part's tables: theirs against ours at each size, and the targets. */
+/** The goloop part's tables: theirs against ours (as a tree and as an archive) at each size, and the targets. */
 import { fmtB, fmtS, MiB, ratio, table, verdict } from '../kit.js';
-import type {
-  GoloopBackupFigures,
-  GoloopFigures,
-  GoloopRestoreFigures,
-  GoloopSizeFigures,
+import {
+  OURS_FORMATS,
+  type GoloopBackupFigures,
+  type GoloopFigures,
+  type GoloopRestoreFigures,
+  type GoloopSizeFigures,
+  type Who,
 } from './figures.js';
+
+type Any = GoloopBackupFigures | GoloopRestoreFigures;
+const OURS = OURS_FORMATS.map((f) => `ours ${f}` as const);
+
+/** A figure's cell: 'not run', 'FAILED', or what `f` makes of it. */
+export function cell<T extends Any>(x: T | undefined, f: (v: T) => string): string {
+  return !x || x.skipped !== undefined ? 'not run' : !x.ok ? 'FAILED' : f(x);
+}
+
+/** The seconds after the stop (or the start) at which each phase of theirs ended. */
+export function phaseLine(who: string, origin: string, x: Any | undefined): string[] {
+  return x?.ok && x.phases
+    ? [
+        `${who}, seconds after the ${origin}: ${Object.entries(x.phases)
+          .map(([k, v]) => `${k} ${v.toFixed(2)}`)
+          .join(', ')}`,
+      ]
+    : [];
+}
 
 export function goloopReport(figures: GoloopFigures): string {
   const out: string[] = [];
   for (const s of figures.sizes) {
     out.push(
       '',
-      `goloop v1.4.4, ${s.sizeGib} GiB database (${fmtB(s.tableBytes)} in ${s.tableFiles} table files, ${fmtB(s.dbBytes)} on disk): icon2-docker's backup_v2.py procedure against the action`,
+      `goloop v1.4.4, ${s.sizeGib} GiB database (${fmtB(s.tableBytes)} in ${s.tableFiles} table files, ${fmtB(s.dbBytes)} on disk): icon2-docker's backup_v2.py procedure against the action, as a tree (its default for goloop) and as a tar.zst archive`,
     );
     const t = s.backups.theirs;
-    const o = s.backups.ours;
-    type Any = GoloopBackupFigures | GoloopRestoreFigures;
-    const cell = <T extends Any>(x: T | undefined, f: (v: T) => string): string =>
-      !x ? 'not run' : x.skipped !== undefined ? 'not run' : !x.ok ? 'FAILED' : f(x);
-    const both = <T extends Any>(x: T | undefined, y: T | undefined): boolean =>
-      Boolean(x?.ok && y?.ok);
-    const brow = (
-      label: string,
-      f: (b: GoloopBackupFigures) => string,
-      num?: (b: GoloopBackupFigures) => number | undefined,
-    ): string[] => [
-      label,
-      cell(t, f),
-      cell(o, f),
-      num && both(t, o) && t && o ? ratio(num(o), num(t)) : '',
-    ];
+    /** One row: theirs, then each of ours with its ratio to theirs. */
+    const rowOf =
+      <T extends Any>(of: Partial<Record<Who, T>>) =>
+      (label: string, f: (x: T) => string, num?: (x: T) => number | undefined): string[] => {
+        const th = of.theirs;
+        return [
+          label,
+          cell(th, f),
+          ...OURS.flatMap((who) => {
+            const o = of[who];
+            return [cell(o, f), num && th?.ok && o?.ok ? ratio(num(o), num(th)) : ''];
+          }),
+        ];
+      };
+    const brow = rowOf(s.backups);
     out.push(
       table([
-        ['backup', 'theirs', 'ours', 'ours/theirs'],
+        ['backup', 'theirs', ...OURS.flatMap((w) => [w, `${w.slice(5)}/theirs`])],
         brow(
           'node downtime (block gap)',
           (b) => fmtS(b.downtimeSeconds),
@@ -54,67 +74,57 @@ export function goloopReport(figures: GoloopFigures): string {
         brow('runner peak RSS', (b) => (b.name === 'theirs' ? 'n/a' : fmtB(b.runnerPeakRssBytes))),
         brow('host extra disk (du)', (b) => fmtB(b.hostExtraDiskBytes)),
         brow(
-          'archive',
-          (b) => `${fmtB(b.archiveBytes)}, ${b.parts ?? '?'} part${b.parts === 1 ? '' : 's'}`,
+          'stored',
+          (b) =>
+            b.name === 'ours tree'
+              ? `${fmtB(b.archiveBytes)}, ${b.parts ?? '?'} files`
+              : `${fmtB(b.archiveBytes)}, ${b.parts ?? '?'} part${b.parts === 1 ? '' : 's'}`,
           (b) => b.archiveBytes,
+        ),
+        brow(
+          'bytes moved',
+          (b) => fmtB(b.movedBytes),
+          (b) => b.movedBytes,
         ),
       ]),
     );
-    if (t?.ok && t.phases)
-      out.push(
-        `theirs, seconds after the stop: ${Object.entries(t.phases)
-          .map(([k, v]) => `${k} ${v.toFixed(2)}`)
-          .join(', ')}`,
-      );
-    const rt = s.restores.theirs;
-    const ro = s.restores.ours;
+    out.push(
+      ...phaseLine('theirs', 'stop', t),
+      ...phaseLine('ours tree', 'stop', s.backups['ours tree']),
+    );
+    const rrow = rowOf(s.restores);
     out.push(
       '',
       table([
-        ['restore (to a new block)', 'theirs', 'ours', 'ours/theirs'],
-        [
+        ['restore (to a new block)', 'theirs', ...OURS.flatMap((w) => [w, `${w.slice(5)}/theirs`])],
+        rrow(
           'wall time',
-          cell(rt, (r) => fmtS(r.wallSeconds)),
-          cell(ro, (r) => fmtS(r.wallSeconds)),
-          both(rt, ro) ? ratio(ro?.wallSeconds, rt?.wallSeconds) : '',
-        ],
-        [
-          'host peak extra disk (du)',
-          cell(rt, (r) => fmtB(r.hostExtraDiskBytes)),
-          cell(ro, (r) => fmtB(r.hostExtraDiskBytes)),
-          '',
-        ],
-        [
-          'restored node dir',
-          cell(rt, (r) => fmtB(r.restoredBytes)),
-          cell(ro, (r) => fmtB(r.restoredBytes)),
-          '',
-        ],
-        ['runner peak RSS', 'n/a', cell(ro, (r) => fmtB(r.runnerPeakRssBytes)), ''],
+          (r) => fmtS(r.wallSeconds),
+          (r) => r.wallSeconds,
+        ),
+        rrow('host peak extra disk (du)', (r) => fmtB(r.hostExtraDiskBytes)),
+        rrow('restored node dir', (r) => fmtB(r.restoredBytes)),
+        rrow('runner peak RSS', (r) => (r.name === 'theirs' ? 'n/a' : fmtB(r.runnerPeakRssBytes))),
       ]),
     );
-    if (rt?.ok && rt.phases)
-      out.push(
-        `theirs, seconds after the start: ${Object.entries(rt.phases)
-          .map(([k, v]) => `${k} ${v.toFixed(2)}`)
-          .join(', ')}`,
-      );
-    for (const x of [t, o, rt, ro])
+    out.push(...phaseLine('theirs', 'start', s.restores.theirs));
+    for (const x of [...Object.values(s.backups), ...Object.values(s.restores)])
       if (x && !x.ok && x.skipped === undefined)
         out.push(`FAILED ${x.name} (${s.sizeGib} GiB): ${x.error}`);
   }
   if (figures.oursMissing) out.push('', `ours not run: ${figures.oursMissing}`);
   if (figures.error) out.push('', `goloop part FAILED: ${figures.error}`);
 
-  // Targets.
+  // Targets, for each of ours.
   const tgt: string[][] = [['target', 'figure', 'verdict']];
   const sizes = figures.sizes;
   for (const s of sizes) {
     const t = s.backups.theirs;
-    const o = s.backups.ours;
-    if (o?.ok) {
+    for (const who of OURS) {
+      const o = s.backups[who];
+      if (!o?.ok) continue;
       tgt.push([
-        `${s.sizeGib} GiB: downtime <= 2 s`,
+        `${s.sizeGib} GiB, ${who}: downtime <= 2 s`,
         fmtS(o.downtimeSeconds),
         verdict(o.downtimeSeconds === undefined ? undefined : o.downtimeSeconds <= 2),
       ]);
@@ -123,44 +133,58 @@ export function goloopReport(figures: GoloopFigures): string {
           ? o.stopToListedSeconds / t.stopToListedSeconds
           : undefined;
       tgt.push([
-        `${s.sizeGib} GiB: stop to listed <= 0.3x theirs`,
+        `${s.sizeGib} GiB, ${who}: stop to listed <= 0.3x theirs`,
         r === undefined ? '-' : `${r.toFixed(3)}x`,
         verdict(r === undefined ? undefined : r <= 0.3),
       ]);
       tgt.push([
-        `${s.sizeGib} GiB: runner peak RSS <= 200 MiB`,
+        `${s.sizeGib} GiB, ${who}: runner peak RSS <= 200 MiB`,
         fmtB(o.runnerPeakRssBytes),
         verdict(o.runnerPeakRssBytes === undefined ? undefined : o.runnerPeakRssBytes <= 200 * MiB),
       ]);
     }
     const rt = s.restores.theirs;
-    const ro = s.restores.ours;
-    if (rt?.ok && ro?.ok) {
+    for (const who of OURS) {
+      const ro = s.restores[who];
+      if (!rt?.ok || !ro?.ok) continue;
       const r = ro.wallSeconds / rt.wallSeconds;
-      tgt.push([`${s.sizeGib} GiB: restore <= 0.7x theirs`, `${r.toFixed(3)}x`, verdict(r <= 0.7)]);
+      tgt.push([
+        `${s.sizeGib} GiB, ${who}: restore <= 0.7x theirs`,
+        `${r.toFixed(3)}x`,
+        verdict(r <= 0.7),
+      ]);
+      tgt.push([
+        `${s.sizeGib} GiB, ${who}: restore runner peak RSS <= 200 MiB`,
+        fmtB(ro.runnerPeakRssBytes),
+        verdict(
+          ro.runnerPeakRssBytes === undefined ? undefined : ro.runnerPeakRssBytes <= 200 * MiB,
+        ),
+      ]);
     }
   }
   // Downtime against the size: ours flat, theirs in proportion.
   const first = sizes[0];
   const last = sizes[sizes.length - 1];
   if (first && last && first !== last) {
-    const d = (s: GoloopSizeFigures, k: 'theirs' | 'ours'): number | undefined =>
-      s.backups[k]?.ok ? s.backups[k]?.downtimeSeconds : undefined;
-    const grow = (k: 'theirs' | 'ours'): string => {
-      const a = d(first, k);
-      const b = d(last, k);
+    const d = (s: GoloopSizeFigures, who: Who): number | undefined =>
+      s.backups[who]?.ok ? s.backups[who]?.downtimeSeconds : undefined;
+    const grow = (who: Who): string => {
+      const a = d(first, who);
+      const b = d(last, who);
       return a === undefined || b === undefined
         ? '-'
         : `${fmtS(a)} -> ${fmtS(b)} (${ratio(b, a)} for ${ratio(last.tableBytes, first.tableBytes)} the data)`;
     };
-    const a = d(first, 'ours');
-    const b = d(last, 'ours');
-    tgt.push([
-      `downtime does not grow with the database (${first.sizeGib} -> ${last.sizeGib} GiB): ours`,
-      grow('ours'),
-      // Flat: within half a second, or a quarter, of the smaller size's figure.
-      verdict(a === undefined || b === undefined ? undefined : b - a <= Math.max(0.5, a / 4)),
-    ]);
+    for (const who of OURS) {
+      const a = d(first, who);
+      const b = d(last, who);
+      tgt.push([
+        `downtime does not grow with the database (${first.sizeGib} -> ${last.sizeGib} GiB): ${who}`,
+        grow(who),
+        // Flat: within half a second, or a quarter, of the smaller size's figure.
+        verdict(a === undefined || b === undefined ? undefined : b - a <= Math.max(0.5, a / 4)),
+      ]);
+    }
     tgt.push(['  theirs, for comparison', grow('theirs'), '']);
   }
   if (tgt.length > 1) out.push('', table(tgt));

@@ -3,9 +3,9 @@
  * reverses it, as bash scripts on this machine (see index.ts).
  */
 import { join } from 'node:path';
-import { bashScript, listObjects, logger, phases, q, s3Shell } from '../kit.js';
+import { bashScript, listObjects, logger, phases, q, s3Shell, type DiskSampler } from '../kit.js';
 import type { GoloopBackupFigures, GoloopBenchContext, GoloopRestoreFigures } from './figures.js';
-import { chainInfo, gapSince, startCopy } from './node.js';
+import { chainInfo, gapSince, startCopy, type Home } from './node.js';
 import { gapFigures, restoreScenario, scenario } from './scenario.js';
 
 const log = logger('goloop');
@@ -15,17 +15,31 @@ export async function theirsBackup(
   cache: string,
   sizeGib: number,
 ): Promise<GoloopBackupFigures> {
-  const prefix = `icon2-docker-${sizeGib}/kr/bk/MainNet`;
-  const dir = join(ctx.root, `goloop-${sizeGib}-theirs`);
+  const tag = `goloop-${sizeGib}`;
   return scenario(
     'theirs',
     ctx.keep,
-    () => startCopy(cache, dir),
-    async (home, sampler) => {
-      const h0 = (await chainInfo(home)).height;
-      await sampler.start();
-      const sock = join(home.nodeDir, 'cli.sock');
-      const script = `set -euo pipefail
+    () => startCopy(cache, join(ctx.root, `${tag}-theirs`)),
+    (home, sampler) =>
+      theirsBackupOn(ctx, home, sampler, `icon2-docker-${sizeGib}/kr/bk/MainNet`, tag),
+  );
+}
+
+/**
+ * Their backup of the node that runs in `home`, its parts under `prefix` (which holds nothing
+ * else: what it lists there is this backup); `tag` names its script in the work dir.
+ */
+export async function theirsBackupOn(
+  ctx: GoloopBenchContext,
+  home: Home,
+  sampler: DiskSampler,
+  prefix: string,
+  tag: string,
+): Promise<GoloopBackupFigures> {
+  const h0 = (await chainInfo(home)).height;
+  await sampler.start();
+  const sock = join(home.nodeDir, 'cli.sock');
+  const script = `set -euo pipefail
 ms() { date +%s%3N; }
 ${s3Shell(ctx.s3)}
 DB_PATH=${q(home.nodeDir)}
@@ -64,42 +78,42 @@ echo "VALUE height $BH"
 echo "VALUE bytes $(cat "$JOB_DIR"/* | wc -c)"
 echo "VALUE parts \${#pids[@]}"
 `;
-      log(`theirs: backup, ${sizeGib} GiB`);
-      const r = await bashScript(join(ctx.root, `goloop-${sizeGib}-theirs-backup.sh`), script);
-      const disk = await sampler.stop();
-      if (r.code !== 0)
-        throw new Error(`their backup failed (${r.code}): ${r.stderr.slice(-2000)}`);
-      const gap = await gapSince(home, h0);
-      const objects = await listObjects(ctx.s3, ctx.bucket, prefix);
-      const listed = Math.max(...objects.map((o) => o.modifiedMs));
-      const m = r.marks;
-      return {
-        name: 'theirs',
-        ok: true,
-        ...gapFigures(gap),
-        downtimeSelfReported:
-          m.started !== undefined && m.stop !== undefined ? (m.started - m.stop) / 1000 : undefined,
-        stopToListedSeconds: (listed - gap.lastBeforeMs) / 1000,
-        stopToListedSelfReported: m.stop !== undefined ? (listed - m.stop) / 1000 : undefined,
-        wallSeconds: r.ms / 1000,
-        hostExtraDiskBytes: disk.extraDu,
-        archiveBytes: Number(r.values.bytes),
-        parts: objects.length,
-        phases: phases(m, 'stop'),
-        keys: objects.map((o) => o.key),
-        height: Number(r.values.height),
-      };
-    },
-  );
+  log(`theirs: backup (${tag})`);
+  const r = await bashScript(join(ctx.root, `${tag}-theirs-backup.sh`), script);
+  const disk = await sampler.stop();
+  if (r.code !== 0) throw new Error(`their backup failed (${r.code}): ${r.stderr.slice(-2000)}`);
+  const gap = await gapSince(home, h0);
+  const objects = await listObjects(ctx.s3, ctx.bucket, prefix);
+  const listed = Math.max(...objects.map((o) => o.modifiedMs));
+  const m = r.marks;
+  return {
+    name: 'theirs',
+    ok: true,
+    ...gapFigures(gap),
+    downtimeSelfReported:
+      m.started !== undefined && m.stop !== undefined ? (m.started - m.stop) / 1000 : undefined,
+    stopToListedSeconds: (listed - gap.lastBeforeMs) / 1000,
+    stopToListedSelfReported: m.stop !== undefined ? (listed - m.stop) / 1000 : undefined,
+    wallSeconds: r.ms / 1000,
+    hostExtraDiskBytes: disk.extraDu,
+    archiveBytes: Number(r.values.bytes),
+    movedBytes: Number(r.values.bytes),
+    movedFiles: objects.length,
+    parts: objects.length,
+    phases: phases(m, 'stop'),
+    prefix,
+    keys: objects.map((o) => o.key),
+    height: Number(r.values.height),
+  };
 }
 
 export async function theirsRestore(
   ctx: GoloopBenchContext,
   cache: string,
-  sizeGib: number,
+  tag: string,
   backup: GoloopBackupFigures,
 ): Promise<GoloopRestoreFigures> {
-  return restoreScenario('theirs', ctx, cache, sizeGib, backup, async (home) => {
+  return restoreScenario('theirs', ctx, cache, tag, backup, async (home) => {
     const keys = backup.keys ?? [];
     const script = `set -euo pipefail
 ms() { date +%s%3N; }
@@ -123,7 +137,7 @@ rm -rf "$DL"
 bash ${q(home.startScript)}
 echo "MARK started $(ms)"
 `;
-    const r = await bashScript(join(ctx.root, `goloop-${sizeGib}-theirs-restore.sh`), script);
+    const r = await bashScript(join(ctx.root, `${tag}-theirs-restore.sh`), script);
     if (r.code !== 0) throw new Error(`their restore failed (${r.code}): ${r.stderr.slice(-2000)}`);
     return { peakDu: Number(r.values.du) || 0, phases: phases(r.marks, 'begin') };
   });

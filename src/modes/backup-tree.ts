@@ -1,0 +1,434 @@
+/**
+ * The tree part of mode: backup, once the copy is frozen: list its files, prove which are
+ * stored already, hash the others on the host, send those whose content is missing, check
+ * that every object the snapshot names exists, then publish its manifest, index and checksum
+ * file, backup_list and the pointer. See tree/layout.ts for the bucket's layout.
+ */
+import * as core from '@actions/core';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { ACTION_VERSION } from '../constants.js';
+import { errorMessage } from '../errors.js';
+import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
+import { listEntry, parseArchivePath, type ArchiveName } from '../naming.js';
+import type { KindFacts, NodeHost, TreeEntry } from '../node-kind/host.js';
+import { addEntry, readBackupList, updateBackupList } from '../s3/backup-list.js';
+import { deleteKeys, writeJson } from '../s3/store.js';
+import type { Settings } from '../settings.js';
+import {
+  checksumJson,
+  httpUrl,
+  indexText,
+  pointerJson,
+  tailHash,
+  TAIL_BYTES,
+} from '../tree/icon2.js';
+import {
+  objectKey,
+  pointerKey,
+  reusable,
+  TREE_FORMAT,
+  treeFiles,
+  treeFolder,
+  type TreeFile,
+  type TreeManifest,
+} from '../tree/layout.js';
+import { LeaseKeeper } from '../tree/lease.js';
+import { SWEEP_WINDOW_MS } from '../tree/sweep.js';
+import { verifyTree } from '../tree/verify.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { sendFiles } from '../tree/send.js';
+import {
+  journalKey,
+  readBytes,
+  readJournals,
+  readTreeManifest,
+  storedObjects,
+  putText,
+  type Journal,
+} from '../tree/store.js';
+
+export interface TreeBackupArgs {
+  settings: Settings;
+  client: S3Client;
+  host: NodeHost;
+  /** The frozen copy (or the data dir, with consistency: stop). */
+  dir: string;
+  name: ArchiveName;
+  height: number;
+  facts: KindFacts;
+  snapshotAt: Date;
+  runId: string;
+  timings: Record<string, number>;
+  /** Runs once every object is stored, before anything is published (a node stopped for the read starts). */
+  beforePublish: () => Promise<void>;
+}
+
+export interface TreeBackupResult {
+  manifest: TreeManifest;
+  key: string;
+  /** Where icon2-node's restore (DOWNLOAD_URL) and aria2c find it. */
+  indexUrl: string;
+}
+
+type Source = TreeManifest['source'];
+
+const sameSource = (a: Source | undefined, b: Source): boolean =>
+  a !== undefined && a.host === b.host && a.dataDir === b.dataDir && a.device === b.device;
+
+export async function backupTree(a: TreeBackupArgs): Promise<TreeBackupResult> {
+  const lease = new LeaseKeeper(a.client, a.settings.s3.bucket, a.settings.s3.prefix, a.runId);
+  try {
+    const done = await backupWithLease(a, lease);
+    // Published: the manifest protects its objects now; the lease expires on its own.
+    await lease.release();
+    return done;
+  } finally {
+    await lease.stop({ hold: false }).catch(() => undefined);
+  }
+}
+
+async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<TreeBackupResult> {
+  const { settings, client, host } = a;
+  const { bucket, prefix } = settings.s3;
+  const folder = treeFolder(prefix, a.name);
+
+  const listing = await core.group('List the snapshot', async () => {
+    const l = await host.listTree(a.dir);
+    const files = l.entries.filter((e) => e.type === 'file');
+    core.info(
+      `${files.length} files, ${formatBytes(files.reduce((s, f) => s + f.size, 0))}, in ` +
+        `${l.entries.length - files.length} directories.`,
+    );
+    return l;
+  });
+  const source: Source = {
+    host: settings.ssh?.host ?? '',
+    dataDir: host.dataDir,
+    device: listing.device,
+    ...(a.facts.identity !== undefined ? { identity: String(a.facts.identity) } : {}),
+  };
+  const files = listing.entries.filter((e) => e.type === 'file');
+
+  // What is stored, and what earlier runs of this host prove. The lease names those runs'
+  // manifests before the stored objects are listed: a sweep from then on keeps what they name,
+  // and what one deleted before is not in the listing.
+  const plan = await core.group('Find what is stored already', async () => {
+    const previous = await previousManifest(client, settings, source);
+    const journals = (await readJournals(client, bucket, prefix)).filter((j) =>
+      sameSource(j.journal.source, source),
+    );
+    await lease.start([...(previous ? [previous.key] : []), ...journals.map((j) => j.key)]);
+    const stored = await storedObjects(client, bucket, prefix);
+    const before = new Map<string, TreeFile>();
+    for (const j of journals) for (const f of j.journal.files) before.set(f.path, f);
+    for (const f of previous?.manifest.files ?? []) before.set(f.path, f);
+    const tailOf = new Map<string, string>();
+    for (const f of before.values()) tailOf.set(f.sha256, f.tail);
+
+    const done = new Map<string, TreeFile>();
+    const unproven: TreeEntry[] = [];
+    const candidates: Array<{ e: TreeEntry; b: TreeFile; sha: string }> = [];
+    for (const e of files) {
+      const b = before.get(e.path);
+      const sha = reusable(e, b);
+      if (sha && b && stored.get(sha) === e.size) candidates.push({ e, b, sha });
+      else unproven.push(e);
+    }
+    // The last proof: the file still ends as it did (its tail hash, as the manifest recorded it).
+    const tails = await host.tailHashes(
+      a.dir,
+      candidates.map((c) => c.e),
+    );
+    for (const c of candidates) {
+      if (tails.get(c.e.hostPath) === c.b.tail) done.set(c.e.path, fileOf(c.e, c.sha, c.b.tail));
+      else unproven.push(c.e);
+    }
+    await lease.add([...done.values()].map((f) => f.sha256));
+    core.info(
+      `${stored.size} objects stored; ${done.size} files proven unchanged since ` +
+        `${previous ? previous.key : 'no earlier snapshot of this host'}` +
+        `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`,
+    );
+    return { stored, done, unproven, tails: tailOf, journals };
+  });
+
+  const t = performance.now();
+  const hashes = await core.group('Hash the other files on the host', async () => {
+    const h = await host.hashFiles(
+      a.dir,
+      plan.unproven.map((e) => e.hostPath),
+    );
+    core.info(
+      `${h.size} files hashed in ${formatDuration(secondsSince(t))} (${formatBytes(plan.unproven.reduce((s, e) => s + e.size, 0))}).`,
+    );
+    return h;
+  });
+  a.timings.hash = secondsSince(t);
+
+  const toSend: Array<{ entry: TreeEntry; sha256: string }> = [];
+  const reused: string[] = [];
+  const waiting = new Map<string, TreeEntry[]>();
+  const sending = new Set<string>();
+  const storedAlready: Array<{ e: TreeEntry; sha: string }> = [];
+  for (const e of plan.unproven) {
+    const sha = hashes.get(e.hostPath);
+    if (!sha) throw new Error(`the host gave no sha256 for ${e.hostPath}`);
+    if (plan.stored.get(sha) === e.size) {
+      storedAlready.push({ e, sha });
+      reused.push(sha);
+    } else if (sending.has(sha)) {
+      waiting.set(sha, [...(waiting.get(sha) ?? []), e]);
+    } else {
+      sending.add(sha);
+      toSend.push({ entry: e, sha256: sha });
+    }
+  }
+
+  // A stored object's tail hash, where no manifest of this host gives it: its last bytes, read
+  // many at once (after a restore onto a new host, every file is one of these).
+  await pool(storedAlready, settings.s3.filesInFlight, async ({ e, sha }) => {
+    const tail = plan.tails.get(sha) ?? (await storedTail(client, bucket, prefix, sha, e.size));
+    plan.tails.set(sha, tail);
+    plan.done.set(e.path, fileOf(e, sha, tail));
+  });
+
+  // Named in the lease before they are relied on (see tree/sweep.ts): a sweep from now on keeps them.
+  await lease.add(reused, { flush: true });
+  const flushedAt = performance.now();
+
+  const journal: Journal = {
+    run: a.runId,
+    source,
+    updatedAt: new Date().toISOString(),
+    files: [],
+  };
+  let lastJournal = performance.now();
+  const writeJournal = async (): Promise<void> => {
+    journal.updatedAt = new Date().toISOString();
+    await writeJson(client, bucket, journalKey(prefix, a.runId), journal);
+  };
+  const tSend = performance.now();
+  const sent = await core.group(
+    `Send ${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))})`,
+    async () => {
+      try {
+        return await sendFiles({
+          host,
+          client,
+          bucket,
+          prefix,
+          dir: a.dir,
+          files: toSend,
+          filesInFlight: settings.s3.filesInFlight,
+          bytesInFlight: settings.s3.bytesInFlight,
+          onStored: (entry, sha, tail) => {
+            const f = fileOf(entry, sha, tail);
+            plan.done.set(entry.path, f);
+            for (const w of waiting.get(sha) ?? []) plan.done.set(w.path, fileOf(w, sha, tail));
+            journal.files.push(f);
+            lease.add([sha]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
+            // Every 30 s, what is stored so far: a run cut short is resumed from it.
+            if (performance.now() - lastJournal > 30_000) {
+              lastJournal = performance.now();
+              writeJournal().catch((e) => core.debug(`journal: ${errorMessage(e)}`));
+            }
+          },
+        });
+      } catch (error) {
+        if (journal.files.length > 0) {
+          await writeJournal().then(
+            () =>
+              core.info(
+                `${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`,
+              ),
+            () => undefined,
+          );
+        }
+        throw error;
+      }
+    },
+  );
+  a.timings.stream = secondsSince(tSend);
+  if (toSend.length > 0) {
+    core.info(
+      `Sent ${sent.files} files, ${formatBytes(sent.bytes)} in ${formatDuration(a.timings.stream)} ` +
+        `(${formatRate(sent.bytes, a.timings.stream)}).`,
+    );
+  }
+
+  // Every object the snapshot names must exist now: a sweep may have removed one that an
+  // earlier snapshot held while this run decided to reuse it (see tree/sweep.ts).
+  const ordered = files.map((e) => plan.done.get(e.path));
+  const missingFile = files.find((e) => !plan.done.has(e.path));
+  if (missingFile) throw new Error(`no object was recorded for ${missingFile.path}`);
+  const treeList = ordered as TreeFile[];
+  await core.group('Check that every object is stored', async () => {
+    // A sweep that read the leases before the flush above deletes within its window: the check
+    // comes after that window, so it sees whatever such a sweep removed.
+    const wait = SWEEP_WINDOW_MS - (performance.now() - flushedAt);
+    if (wait > 0) await sleep(wait);
+    const now = await storedObjects(client, bucket, prefix);
+    const gone = treeList.filter((f) => now.get(f.sha256) !== f.size);
+    if (gone.length === 0) {
+      core.info(`All ${new Set(treeList.map((f) => f.sha256)).size} objects are stored.`);
+      return;
+    }
+    core.warning(
+      `${gone.length} objects went missing meanwhile (a retention sweep): sending them again.`,
+    );
+    const bySha = new Map(gone.map((f) => [f.sha256, f]));
+    const entries = [...bySha.values()].map((f) => ({
+      entry: files.find((e) => e.path === f.path) as TreeEntry,
+      sha256: f.sha256,
+    }));
+    await sendFiles({
+      host,
+      client,
+      bucket,
+      prefix,
+      dir: a.dir,
+      files: entries,
+      filesInFlight: settings.s3.filesInFlight,
+      bytesInFlight: settings.s3.bytesInFlight,
+      onStored: () => undefined,
+    });
+  });
+
+  const bytes = treeList.reduce((s, f) => s + f.size, 0);
+  const manifest: TreeManifest = {
+    format: TREE_FORMAT,
+    key: folder,
+    entry: listEntry(a.name),
+    nodeKind: host.kind,
+    blockHeight: a.height,
+    ...(a.facts.placeholder !== undefined ? { placeholder: String(a.facts.placeholder) } : {}),
+    facts: a.facts,
+    objects: objectKey(prefix, ''),
+    files: treeList,
+    dirs: listing.entries.filter((e) => e.type === 'dir').map((e) => e.path),
+    bytes,
+    sent: { files: sent.files, bytes: sent.bytes },
+    consistency: settings.backup.consistency,
+    source,
+    createdAt: a.snapshotAt.toISOString(),
+    actionVersion: ACTION_VERSION,
+    timings: a.timings,
+  };
+
+  if (settings.backup.verify && journal.files.length > 0) {
+    // Every object is known to be stored with its size (above); what this run sent is read back.
+    await core.group('Verify what was sent', () =>
+      verifyTree(
+        client,
+        bucket,
+        { ...manifest, files: journal.files },
+        {
+          deep: true,
+          inFlight: settings.s3.filesInFlight,
+        },
+      ),
+    );
+  }
+  await a.beforePublish();
+  const indexUrl = httpUrl(settings.s3, treeFiles(folder).index, settings.s3.publicUrl);
+  await core.group('Publish', async () => {
+    const keys = treeFiles(folder);
+    const urlOf = (sha: string) =>
+      httpUrl(settings.s3, objectKey(prefix, sha), settings.s3.publicUrl);
+    await writeJson(client, bucket, keys.manifest, manifest);
+    await putText(
+      client,
+      bucket,
+      keys.index,
+      indexText(
+        treeList.map((f) => ({ path: f.path, url: urlOf(f.sha256) })),
+        { version: a.name.date },
+      ),
+      'text/plain',
+    );
+    await putText(client, bucket, keys.checksum, checksumJson(treeList), 'application/json');
+    const entries = await updateBackupList(client, bucket, `${prefix}/backup_list`, (e) =>
+      addEntry(e, listEntry(a.name)),
+    );
+    core.info(`backup_list now names ${entries.length} snapshot(s); the newest is ${entries[0]}.`);
+    // The pointer names the newest tree: a slower run that finishes later does not turn it back.
+    const newestTree = entries.find((e) => parseArchivePath(e)?.format === 'tree');
+    if (newestTree === listEntry(a.name)) {
+      await putText(
+        client,
+        bucket,
+        pointerKey(prefix, settings.s3.service),
+        pointerJson(indexUrl, httpUrl(settings.s3, keys.checksum, settings.s3.publicUrl), {
+          snapshot: folder,
+          block_height: a.height,
+        }),
+        'application/json',
+      );
+      core.info(`${pointerKey(prefix, settings.s3.service)} points at it.`);
+    }
+  });
+
+  // Published: what this host's unfinished runs stored is in the manifest now.
+  const journals = [...plan.journals.map((j) => j.key), journalKey(prefix, a.runId)];
+  await deleteKeys(client, bucket, journals).catch((e) =>
+    core.warning(`Could not remove the journals ${journals.join(', ')}: ${errorMessage(e)}`),
+  );
+  return { manifest, key: folder, indexUrl };
+}
+
+function fileOf(e: TreeEntry, sha256: string, tail: string): TreeFile {
+  return {
+    path: e.path,
+    size: e.size,
+    sha256,
+    tail,
+    mode: e.mode & 0o777,
+    ino: e.ino,
+    mtime: e.mtime,
+  };
+}
+
+/** The tail hash of a stored object, from its last bytes (one ranged GET). */
+async function storedTail(
+  client: S3Client,
+  bucket: string,
+  prefix: string,
+  sha: string,
+  size: number,
+): Promise<string> {
+  const range = size > TAIL_BYTES ? `bytes=${size - TAIL_BYTES}-${size - 1}` : undefined;
+  const bytes =
+    size === 0 ? Buffer.alloc(0) : await readBytes(client, bucket, objectKey(prefix, sha), range);
+  if (!bytes) throw new Error(`the stored object ${sha} vanished`);
+  return tailHash(bytes);
+}
+
+/** The newest listed tree of the same host and data dir, with its manifest. */
+async function previousManifest(
+  client: S3Client,
+  settings: Settings,
+  source: Source,
+): Promise<{ key: string; manifest: TreeManifest } | undefined> {
+  const { bucket, prefix } = settings.s3;
+  const { entries } = await readBackupList(client, bucket, `${prefix}/backup_list`);
+  // Newest first; a handful is enough (another host's snapshots may be in between).
+  const trees = entries.filter((e) => parseArchivePath(e)?.format === 'tree').slice(0, 8);
+  for (const entry of trees) {
+    const key = treeFiles(`${prefix}/${entry}`).manifest;
+    const manifest = await readTreeManifest(client, bucket, key).catch((e) => {
+      core.warning(`${key} could not be read (${errorMessage(e)}): it is not used to skip files.`);
+      return undefined;
+    });
+    if (manifest && sameSource(manifest.source, source)) return { key, manifest };
+  }
+  return undefined;
+}
+
+/** Runs `work` on every item, `width` at a time. */
+async function pool<T>(items: T[], width: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await work(items[next++] as T);
+  };
+  await Promise.all(Array.from({ length: Math.min(Math.max(1, width), items.length) }, worker));
+}

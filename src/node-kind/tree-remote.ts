@@ -1,0 +1,141 @@
+/**
+ * The commands on the host for tree snapshots (see tree/layout.ts): the listing of a snapshot's
+ * files with what proves them unchanged, their sha256, the tar of the files a backup sends,
+ * and the staging folder of a restore, which a later run resumes.
+ */
+import { HostError } from '../errors.js';
+import { bashScript, quote } from '../shell.js';
+import type { Tree } from './host.js';
+
+/** One entry of a snapshot on the host, as `listTreeCommand` prints it. */
+export interface ListedEntry {
+  type: 'file' | 'dir' | 'other';
+  /** Relative to the folder listed, as on the host. */
+  path: string;
+  size: number;
+  ino: number;
+  /** Seconds since the epoch with the nanoseconds, as `find -printf %T@` prints it. */
+  mtime: string;
+  mode: number;
+}
+
+export interface Listing {
+  /** The device number of the folder listed (`stat -c %d`). */
+  device: string;
+  entries: ListedEntry[];
+}
+
+/**
+ * Every entry under the kind's roots in `dir`, NUL-terminated: type, size, inode, mtime, mode
+ * and path. A shared lock on the folder while it is read, as for an archive.
+ */
+export function listTreeCommand(kind: Tree, dir: string): string {
+  return bashScript([
+    `cd -- ${quote(dir)}`,
+    `exec 9<.`,
+    `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
+    `printf 'device=%s\\0' "$(stat -c %d .)"`,
+    `find ${kind.roots.map(quote).join(' ')} -printf '%y %s %i %T@ %m %p\\0'`,
+  ]);
+}
+
+export function parseListing(stdout: string): Listing {
+  const records = stdout.split('\0').filter((r) => r.length > 0);
+  const device = /^device=(\d+)$/.exec(records[0] ?? '')?.[1];
+  if (device === undefined) throw new HostError(`Could not list the snapshot's files on the host.`);
+  const entries: ListedEntry[] = [];
+  for (const r of records.slice(1)) {
+    const m = /^(\S) (\d+) (\d+) (\d+(?:\.\d+)?) ([0-7]+) ([\s\S]+)$/.exec(r);
+    if (!m) throw new HostError(`Could not read the host's listing line '${r.slice(0, 200)}'.`);
+    entries.push({
+      type: m[1] === 'f' ? 'file' : m[1] === 'd' ? 'dir' : 'other',
+      size: Number(m[2]),
+      ino: Number(m[3]),
+      mtime: m[4] as string,
+      mode: parseInt(m[5] as string, 8),
+      path: m[6] as string,
+    });
+  }
+  return { device, entries };
+}
+
+/** `sha256sum` of the NUL-separated paths on stdin (relative to `dir`), on every core. */
+export function hashFilesCommand(dir: string): string {
+  return bashScript([
+    `cd -- ${quote(dir)}`,
+    `n=$(nproc 2>/dev/null || echo 2)`,
+    `xargs -0 -r -n 16 -P "$n" sha256sum --`,
+  ]);
+}
+
+/** The output of `hashFilesCommand`: path → sha256. */
+export function parseHashes(stdout: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const line of stdout.split('\n')) {
+    if (!line) continue;
+    // sha256sum escapes a name with a backslash or a newline, and starts its line with '\'.
+    const m = /^(\\?)([0-9a-f]{64}) [ *]([\s\S]+)$/.exec(line);
+    if (!m || m[1]) throw new HostError(`Could not read sha256sum's line '${line.slice(0, 200)}'.`);
+    out.set(m[3] as string, m[2] as string);
+  }
+  return out;
+}
+
+/**
+ * The last 10,240 bytes of each NUL-separated path on stdin (the whole file when smaller), one
+ * after the other with nothing between: the runner cuts them apart by the sizes it listed.
+ */
+export function tailsCommand(dir: string): string {
+  return bashScript([`cd -- ${quote(dir)}`, `xargs -0 -r tail -q -c 10240 --`]);
+}
+
+/**
+ * An uncompressed tar of the NUL-separated paths on stdin (relative to `dir`), in that order,
+ * on stdout; files only, each under its name on the host.
+ */
+export function sendFilesCommand(dir: string): string {
+  return bashScript([
+    `cd -- ${quote(dir)}`,
+    `exec 9<.`,
+    `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
+    `LC_ALL=C tar --create --file=- --blocking-factor=2048 --null --no-recursion --files-from=-`,
+  ]);
+}
+
+/** Regular files under `stage`, NUL-terminated `SIZE PATH`; nothing when it does not exist. */
+export function stagedFilesCommand(stage: string): string {
+  return bashScript([
+    `[ -d ${quote(stage)} ] || exit 0`,
+    `cd -- ${quote(stage)}`,
+    `find . -type f -printf '%s %P\\0'`,
+  ]);
+}
+
+export function parseStaged(stdout: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const r of stdout.split('\0')) {
+    const m = /^(\d+) ([\s\S]+)$/.exec(r);
+    if (m) out.set(m[2] as string, Number(m[1]));
+  }
+  return out;
+}
+
+/**
+ * Appends stdin to `path` in `stage` from byte `offset` (what an earlier run wrote of it is
+ * kept), once the go line arrives; then prints the file's sha256.
+ */
+export function appendCommand(stage: string, path: string, offset: number): string {
+  return bashScript([
+    `IFS= read -r word || exit 0`,
+    `[ "$word" = go ] || exit 0`,
+    `cd -- ${quote(stage)}`,
+    `truncate -s ${offset} -- ${quote(path)}`,
+    `cat >> ${quote(path)}`,
+    `sha256sum -- ${quote(path)} | cut -d ' ' -f 1`,
+  ]);
+}
+
+/** Removes the named files (NUL-separated on stdin) from `stage`. */
+export function removeStagedCommand(stage: string): string {
+  return bashScript([`cd -- ${quote(stage)}`, `xargs -0 -r rm -f --`]);
+}

@@ -1,0 +1,356 @@
+/**
+ * Reads a stored object as one stream, in order, with several ranged GETs in flight.
+ *
+ * Over the internet one S3 connection runs far below what the runner and the node can take (the
+ * original restore downloads with `axel -a`, icon2-node with `aria2c -x8`). The object is read
+ * in ranges, `connections` of them in flight at once; each range fills a buffer of its own and
+ * the stream hands the bytes on in the object's order, those of the first range as they arrive.
+ * The window of ranges held (in flight, or whole and waiting for the ranges before them to be
+ * handed on) is twice the connections: a range whose bytes are all in starts the next one at once,
+ * instead of leaving its connection idle until the consumer has taken it. Ranges that all started
+ * together end together, and a window of only `connections` left every connection but one idle
+ * while the consumer took the burst (100 MiB/s instead of 140 on the benchmark's capped link).
+ * Memory is at most 2 x connections x range size (and the one range the consumer has not taken
+ * yet), whatever the object's size, and a slow consumer slows the reads.
+ *
+ * A range that fails (a connection cut, a reset, a 5xx, a stall) is asked again from the byte
+ * where it stopped; the bytes already received are kept. Every GET is pinned to the ETag seen
+ * first (If-Match): bytes of two versions of an object are never mixed, and an object replaced
+ * during the read fails it with ObjectChangedError.
+ */
+import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DownloadError, ObjectChangedError } from '../errors.js';
+import { formatBytes } from '../format.js';
+import { describeS3Error } from './client.js';
+import { backoffMs, httpStatus, isTransient, reason, TransientError } from './retry.js';
+
+const MiB = 1024 * 1024;
+/** Ranges are at least this large (fewer, cheaper requests)... */
+export const MIN_RANGE_BYTES = MiB;
+/**
+ * ...and at most this: memory is 2 x connections x range size (256 MiB with the default 8, 512 MiB
+ * at the input's most, 16). Each range costs a round trip to ask for it, and the time S3 takes
+ * to answer: 16 MiB take 0.8 s at 20 MiB/s, and one connection moved about 0.9 of its cap on the
+ * benchmark's capped link (20 ms each way) where 8 MiB ranges moved 0.8 to 0.87; on a link farther
+ * away the round trip weighs more.
+ */
+export const MAX_RANGE_BYTES = 16 * MiB;
+
+/**
+ * The range size for `size` bytes to read with `connections`: the largest that still gives every
+ * connection two ranges (a small archive is spread over the connections too), in whole MiB, from
+ * MIN_RANGE_BYTES to MAX_RANGE_BYTES.
+ */
+export function chooseRangeBytes(size: number, connections: number): number {
+  const share = Math.ceil(size / Math.max(1, connections) / 2 / MiB) * MiB;
+  return Math.min(MAX_RANGE_BYTES, Math.max(MIN_RANGE_BYTES, share));
+}
+
+/** What a HEAD of the object said: its size, and the ETag that every range is pinned to. */
+export interface StoredObjectInfo {
+  size: number;
+  etag?: string;
+}
+
+export async function headObject(
+  client: S3Client,
+  bucket: string,
+  key: string,
+): Promise<StoredObjectInfo> {
+  try {
+    const head = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+    return { size: head.ContentLength ?? 0, etag: head.ETag };
+  } catch (error) {
+    throw describeS3Error(error, `s3://${bucket}/${key}`);
+  }
+}
+
+export interface RangedReadOptions {
+  client: S3Client;
+  bucket: string;
+  key: string;
+  /** From headObject, before the read: the size to read up to and the ETag to pin. */
+  object: StoredObjectInfo;
+  /** Ranged GETs in flight at once (at least 1). */
+  connections: number;
+  /** The first byte to read (default 0). */
+  start?: number;
+  /** Default: chooseRangeBytes of what is left to read. */
+  rangeBytes?: number;
+  /**
+   * Failed attempts in a row, without a byte received in between, after which a range gives up
+   * (default 6). An attempt that brings bytes starts the count again: a connection cut every
+   * few MB still moves the read on.
+   */
+  attempts?: number;
+  /** The wait after a first failure, doubled after each further one up to 30 s (default 1 s). */
+  backoffMs?: number;
+  /** An attempt that receives nothing for this long is abandoned and retried (default 60 s). */
+  stallMs?: number;
+  /** Told of each retry, with the range, the reason and where it goes on from. */
+  onRetry?: (message: string) => void;
+}
+
+interface Range {
+  /** The object's bytes [start, end). */
+  start: number;
+  end: number;
+  buf: Buffer;
+  /** Bytes of buf received, and handed on. */
+  filled: number;
+  emitted: number;
+  /** Aborts the attempt in flight. */
+  abort?: AbortController;
+}
+
+/** The object's bytes [start, size), in order: see the module's comment. */
+export class RangedDownload extends Readable {
+  /** Attempts that failed and were made again, over all ranges. */
+  retries = 0;
+  /** Bytes received from S3, over all ranges (retried bytes are not received twice). */
+  received = 0;
+  /** The range size in use. */
+  readonly rangeBytes: number;
+  /** The most bytes that the window's range buffers held at once (at most 2 x connections x rangeBytes). */
+  peakHeldBytes = 0;
+  /** Resolves at the first byte received (at once for nothing to read); rejects if the read fails first. */
+  readonly started: Promise<void>;
+
+  private readonly o: RangedReadOptions;
+  private readonly end: number;
+  private readonly attempts: number;
+  private readonly window: Range[] = [];
+  /** Ranges whose bytes are still coming (at most `connections`). */
+  private inFlight = 0;
+  private next: number;
+  private wanted = false;
+  private ended = false;
+  private readonly stopping = new AbortController();
+  private markStarted!: () => void;
+  private failStart!: (error: Error) => void;
+
+  constructor(options: RangedReadOptions) {
+    super({ highWaterMark: MiB });
+    this.o = options;
+    this.end = options.object.size;
+    this.next = Math.min(options.start ?? 0, this.end);
+    this.attempts = Math.max(1, options.attempts ?? 6);
+    this.rangeBytes =
+      options.rangeBytes ?? chooseRangeBytes(this.end - this.next, options.connections);
+    this.started = new Promise<void>((resolve, reject) => {
+      this.markStarted = resolve;
+      this.failStart = reject;
+    });
+    // A caller that never waits for the start must not meet an unhandled rejection.
+    this.started.catch(() => undefined);
+    if (this.next >= this.end) this.markStarted();
+    this.fill();
+  }
+
+  override _read(): void {
+    this.wanted = true;
+    this.pump();
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.stopping.abort();
+    for (const r of this.window) r.abort?.abort();
+    this.window.length = 0;
+    this.failStart(error ?? new Error('the read was stopped'));
+    callback(error);
+  }
+
+  /** Starts ranges while a connection is free and the window has room. */
+  private fill(): void {
+    const connections = Math.max(1, this.o.connections);
+    while (
+      !this.destroyed &&
+      this.inFlight < connections &&
+      this.window.length < 2 * connections &&
+      this.next < this.end
+    ) {
+      const start = this.next;
+      const end = Math.min(this.end, start + this.rangeBytes);
+      this.next = end;
+      const range: Range = {
+        start,
+        end,
+        buf: Buffer.allocUnsafe(end - start),
+        filled: 0,
+        emitted: 0,
+      };
+      this.window.push(range);
+      this.peakHeldBytes = Math.max(
+        this.peakHeldBytes,
+        this.window.reduce((n, r) => n + r.buf.length, 0),
+      );
+      this.inFlight++;
+      this.load(range).then(
+        () => {
+          this.inFlight--;
+          this.fill();
+        },
+        (error: Error) => this.destroy(error),
+      );
+    }
+  }
+
+  /**
+   * Hands on what the first range holds while the consumer wants more, and moves the window on
+   * past the ranges that are whole and handed on.
+   */
+  private pump(): void {
+    while (!this.destroyed) {
+      const head = this.window[0];
+      if (!head) {
+        if (this.next >= this.end && !this.ended) {
+          this.ended = true;
+          this.push(null);
+        }
+        return;
+      }
+      if (head.emitted < head.filled) {
+        if (!this.wanted) return;
+        // A view, not a copy: a range's buffer is never written again where it was handed on.
+        const chunk = head.buf.subarray(head.emitted, head.filled);
+        head.emitted = head.filled;
+        this.wanted = this.push(chunk);
+      } else if (head.filled === head.buf.length) {
+        this.window.shift();
+        this.fill();
+      } else {
+        return;
+      }
+    }
+  }
+
+  private label(r: Range): string {
+    return `bytes ${r.start}-${r.end - 1} of s3://${this.o.bucket}/${this.o.key}`;
+  }
+
+  private async load(r: Range): Promise<void> {
+    let failures = 0;
+    for (;;) {
+      const before = r.filled;
+      try {
+        await this.attempt(r);
+        return;
+      } catch (error) {
+        if (this.destroyed) return;
+        const final = this.finalError(r, error);
+        if (final) throw final;
+        // An attempt that brought bytes was cut, not refused: it goes on at once. Attempts that
+        // bring nothing wait longer each time, and are counted.
+        const moved = r.filled > before;
+        failures = moved ? 0 : failures + 1;
+        if (failures >= this.attempts) {
+          throw new DownloadError(
+            `${this.label(r)}: ${failures} attempts in a row failed at byte ${r.start + r.filled}, the last with ${reason(error)}`,
+          );
+        }
+        this.retries++;
+        const wait = moved ? 0 : backoffMs(failures, this.o.backoffMs ?? 1000);
+        this.o.onRetry?.(
+          `${this.label(r)}: ${reason(error)}; again from byte ${r.start + r.filled}` +
+            `${wait ? ` in ${(wait / 1000).toFixed(1)} s` : ''} (${formatBytes(r.filled)} of ${formatBytes(r.buf.length)} kept).`,
+        );
+        try {
+          await sleep(wait, undefined, { signal: this.stopping.signal });
+        } catch {
+          return; // destroyed while it waited
+        }
+      }
+    }
+  }
+
+  /** The error that ends the read, or undefined when another attempt may cure `error`. */
+  private finalError(r: Range, error: unknown): Error | undefined {
+    if (error instanceof ObjectChangedError || error instanceof DownloadError) return error;
+    const status = httpStatus(error);
+    const object = `s3://${this.o.bucket}/${this.o.key}`;
+    if (status === 412) {
+      return new ObjectChangedError(
+        `${object} was replaced while it was read: S3 answered 412 (Precondition Failed) to a read of ` +
+          `bytes ${r.start + r.filled}-${r.end - 1} pinned to the ETag it had when the read began, ${String(this.o.object.etag)}.`,
+      );
+    }
+    if (status === 404) return new ObjectChangedError(`${object} was deleted while it was read.`);
+    if (status === 416) {
+      return new ObjectChangedError(
+        `${object} is shorter than when its read began: it was replaced.`,
+      );
+    }
+    if (!isTransient(error)) return new DownloadError(`${this.label(r)}: ${reason(error)}`);
+    return undefined;
+  }
+
+  /** One GET of what the range still lacks; resolves when the range is full. */
+  private async attempt(r: Range): Promise<void> {
+    const from = r.start + r.filled;
+    const abort = new AbortController();
+    r.abort = abort;
+    const stallMs = this.o.stallMs ?? 60_000;
+    let stalled = false;
+    let timer: NodeJS.Timeout | undefined;
+    const arm = (): void => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        stalled = true;
+        abort.abort();
+      }, stallMs);
+    };
+    arm();
+    let body: Readable | undefined;
+    try {
+      const res = await this.o.client.send(
+        new GetObjectCommand({
+          Bucket: this.o.bucket,
+          Key: this.o.key,
+          Range: `bytes=${from}-${r.end - 1}`,
+          IfMatch: this.o.object.etag,
+        }),
+        { abortSignal: abort.signal },
+      );
+      body = res.Body as Readable;
+      // A server that ignored the Range would send the object from its first byte.
+      const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(res.ContentRange ?? '');
+      if (!range || Number(range[1]) !== from || Number(range[2]) !== r.end - 1) {
+        throw new DownloadError(
+          `${this.label(r)}: asked for bytes ${from}-${r.end - 1}, S3 sent '${res.ContentRange ?? 'the whole object'}'`,
+        );
+      }
+      if (this.o.object.etag && res.ETag && res.ETag !== this.o.object.etag) {
+        throw new ObjectChangedError(
+          `s3://${this.o.bucket}/${this.o.key} changed while it was read: its ETag was ${this.o.object.etag}, now ${res.ETag}.`,
+        );
+      }
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        arm();
+        const n = chunk.copy(r.buf, r.filled, 0, Math.min(chunk.length, r.buf.length - r.filled));
+        r.filled += n;
+        this.received += n;
+        this.markStarted();
+        if (r === this.window[0]) this.pump();
+      }
+      if (r.filled < r.buf.length) {
+        throw new TransientError(
+          `the response ended after ${formatBytes(r.filled)} of ${formatBytes(r.buf.length)}`,
+        );
+      }
+    } catch (error) {
+      if (stalled) throw new TransientError(`no byte arrived for ${stallMs / 1000} s`);
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      body?.destroy();
+      r.abort = undefined;
+    }
+  }
+}
+
+/** Starts reading `options.object` (see RangedDownload). */
+export function rangedDownload(options: RangedReadOptions): RangedDownload {
+  return new RangedDownload(options);
+}

@@ -1,0 +1,273 @@
+/**
+ * A tree restore's transfer: the snapshot's files fetched in parallel (within a budget of
+ * files and bytes on the runner), each checked, and written to the host as one plain tar into
+ * a staging folder that outlives a failed run. What an earlier run left there is used: a file
+ * complete and proven by its sha256 on the host is kept, a file cut short goes on from its
+ * last byte, anything else is removed.
+ */
+import * as core from '@actions/core';
+import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ActionError, IntegrityError, errorMessage } from '../errors.js';
+import { formatBytes } from '../format.js';
+import type { NodeHost } from '../node-kind/host.js';
+import { GO_LINE } from '../shell.js';
+import type { RemoteStream } from '../ssh/session.js';
+import { TailHasher } from './icon2.js';
+import { FileProgress } from './send.js';
+import { END_OF_TAR, memberHeader, padding } from './tar-stream.js';
+
+/** A file to restore and where its bytes come from. */
+export interface FetchItem {
+  path: string;
+  size: number;
+  mode: number;
+  /** Our manifests prove each file by its sha256. */
+  sha256?: string;
+  /** icon2-node's trees give only the xxh3 of the tail (see icon2.ts), where they give one. */
+  tail?: string;
+  /** The bytes from `start` to the end, as chunks. */
+  open(start: number): Promise<AsyncIterable<Uint8Array>>;
+}
+
+export interface FetchOptions {
+  host: NodeHost;
+  stage: string;
+  /** `host.receiveTree(stage)`, opened ahead: it starts on its go line. */
+  remote: RemoteStream;
+  onGo: () => void;
+  items: FetchItem[];
+  dirs: string[];
+  filesInFlight: number;
+  bytesInFlight: number;
+}
+
+export interface Fetched {
+  files: number;
+  bytes: number;
+  /** Files an earlier run left complete (proven) and partial (continued). */
+  kept: number;
+  continued: number;
+  /** What the extraction counted in the staging folder. */
+  counted: number;
+}
+
+const ATTEMPTS = 4;
+
+export async function fetchTree(o: FetchOptions): Promise<Fetched> {
+  const { host, stage } = o;
+  const byPath = new Map(o.items.map((i) => [i.path, i]));
+  const staged = await host.stagedFiles(stage);
+  const complete: FetchItem[] = [];
+  const partial: Array<{ item: FetchItem; have: number }> = [];
+  const stray: string[] = [];
+  for (const [path, size] of staged) {
+    const item = byPath.get(path);
+    // Only our manifests resume: the sha256 is what proves a kept file on the host.
+    if (!item?.sha256 || size > item.size) stray.push(path);
+    else if (size === item.size) complete.push(item);
+    else if (size > 0) partial.push({ item, have: size });
+    else stray.push(path);
+  }
+  if (complete.length + partial.length > 0) {
+    const hashes = await host.hashFiles(
+      stage,
+      complete.map((i) => i.path),
+    );
+    for (const item of complete.splice(0)) {
+      if (hashes.get(item.path) === item.sha256) complete.push(item);
+      else stray.push(item.path);
+    }
+    core.info(
+      `The staging folder holds ${complete.length} complete files of this snapshot from an earlier run ` +
+        `(proven by their sha256), and ${partial.length} cut short: they are kept.`,
+    );
+  }
+  if (stray.length > 0) await host.removeStaged(stage, stray);
+
+  // A file cut short goes on from where it stopped, then is proven whole on the host.
+  for (const p of partial) {
+    const append = host.appendStaged(stage, p.item.path, p.have);
+    append.stdin.write(GO_LINE);
+    const out: string[] = [];
+    append.stdout.setEncoding('utf8');
+    append.stdout.on('data', (t: string) => out.push(t));
+    for await (const chunk of await p.item.open(p.have)) {
+      if (!append.stdin.write(chunk)) await new Promise((r) => append.stdin.once('drain', r));
+    }
+    append.stdin.end();
+    const code = await append.exit;
+    const sha = out.join('').trim();
+    if (code !== 0 || sha !== p.item.sha256) {
+      await host.removeStaged(stage, [p.item.path]);
+      throw new IntegrityError(
+        `${p.item.path}, continued from byte ${p.have}, does not match the manifest's sha256: it was removed; run again.`,
+      );
+    }
+  }
+
+  const done = new Set([...complete, ...partial.map((p) => p.item)].map((i) => i.path));
+  const todo = o.items.filter((i) => !done.has(i.path));
+  const total = todo.reduce((s, i) => s + i.size, 0);
+  const progress = new FileProgress('Restore', todo.length, total);
+  const stdin = o.remote.stdin;
+  let out = '';
+  o.remote.stdout.setEncoding('utf8');
+  o.remote.stdout.on('data', (t: string) => (out += t));
+  stdin.on('error', () => undefined);
+  let channelGone = false;
+  void o.remote.exit.then(() => (channelGone = true));
+  const write = async (bytes: Uint8Array): Promise<void> => {
+    if (channelGone)
+      throw new ActionError(`The host stopped reading the files: ${o.remote.stderrTail().trim()}`);
+    if (!stdin.write(bytes)) {
+      await Promise.race([
+        new Promise((r) => stdin.once('drain', r)),
+        o.remote.exit.then(() => undefined),
+      ]);
+    }
+  };
+  o.onGo();
+  stdin.write('go none\n');
+  try {
+    for (const d of o.dirs) await write(memberHeader(d, 'Directory', 0, 0o755));
+    const alone = Math.max(8 * 1024 ** 2, Math.floor(o.bytesInFlight / 4));
+    let held = 0;
+    const queue: Array<{ item: FetchItem; body: Promise<Buffer> }> = [];
+    let next = 0;
+    const fill = (): void => {
+      while (next < todo.length) {
+        const item = todo[next] as FetchItem;
+        if (item.size > alone) {
+          if (queue.length > 0) return;
+          break;
+        }
+        if (
+          queue.length >= o.filesInFlight ||
+          (queue.length > 0 && held + item.size > o.bytesInFlight)
+        )
+          return;
+        held += item.size;
+        const body = fetchWhole(item);
+        body.catch(() => undefined);
+        queue.push({ item, body });
+        next++;
+      }
+    };
+    while (next < todo.length || queue.length > 0) {
+      fill();
+      const head = queue.shift();
+      if (head) {
+        const body = await head.body;
+        held -= head.item.size;
+        await write(memberHeader(head.item.path, 'File', body.length, head.item.mode));
+        await write(body);
+        await write(Buffer.alloc(padding(body.length)));
+        progress.files++;
+        progress.bytes += body.length;
+        continue;
+      }
+      // A large file streams alone: header first, its bytes checked as they pass.
+      const item = todo[next++] as FetchItem;
+      await write(memberHeader(item.path, 'File', item.size, item.mode));
+      const check = checker(item);
+      let got = 0;
+      for await (const chunk of await item.open(0)) {
+        got += chunk.length;
+        if (got > item.size) break;
+        check.update(chunk);
+        await write(chunk);
+        progress.bytes += chunk.length;
+      }
+      if (got !== item.size) {
+        throw new ActionError(
+          `The download of ${item.path} broke off after ${formatBytes(got)}; run again to go on from there.`,
+        );
+      }
+      await check.verify();
+      await write(Buffer.alloc(padding(item.size)));
+      progress.files++;
+    }
+    await write(END_OF_TAR);
+    stdin.end();
+  } catch (error) {
+    // What reached the host stays for the next run; the tar is cut, not ended.
+    o.remote.kill();
+    await o.remote.exit.catch(() => undefined);
+    throw error;
+  } finally {
+    progress.stop();
+  }
+  const code = await o.remote.exit;
+  if (code !== 0) {
+    throw new ActionError(
+      `The host could not write the files into ${stage} (exit ${code}): ${o.remote.stderrTail().trim()}. The data dir was not touched.`,
+    );
+  }
+  core.info(progress.line());
+  return {
+    files: todo.length,
+    bytes: total,
+    kept: complete.length,
+    continued: partial.length,
+    counted: Number(out.trim().split('\n').at(-1)),
+  };
+}
+
+/** The sha256 (or, for a foreign tree, the tail hash) of a file, checked as its bytes pass. */
+function checker(item: FetchItem): { update(b: Uint8Array): void; verify(): Promise<void> } {
+  const sha = item.sha256 ? createHash('sha256') : undefined;
+  const tail = item.tail ? new TailHasher() : undefined;
+  return {
+    update: (b) => {
+      sha?.update(b);
+      tail?.update(b);
+    },
+    verify: async () => {
+      const gotSha = sha?.digest('hex');
+      if (sha && gotSha !== item.sha256) {
+        throw new IntegrityError(
+          `${item.path}: the stored object's sha256 is ${gotSha}, not the manifest's ${item.sha256}: the stored snapshot is damaged. ` +
+            `The data dir was not touched.`,
+        );
+      }
+      const gotTail = tail ? await tail.digest() : undefined;
+      if (tail && gotTail !== item.tail) {
+        throw new IntegrityError(
+          `${item.path}: its checksum (xxh3 of the tail) is ${gotTail}, not ${item.tail}: the stored snapshot is damaged. ` +
+            `The data dir was not touched.`,
+        );
+      }
+    },
+  };
+}
+
+/** A whole file, retried from the start when its download breaks, then checked. */
+async function fetchWhole(item: FetchItem): Promise<Buffer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const body = Buffer.allocUnsafe(item.size);
+      const check = checker(item);
+      let got = 0;
+      for await (const chunk of await item.open(0)) {
+        if (got + chunk.length > item.size)
+          throw new Error(`more than the ${item.size} bytes expected`);
+        body.set(chunk, got);
+        got += chunk.length;
+        check.update(chunk);
+      }
+      if (got !== item.size) throw new Error(`${got} of ${item.size} bytes`);
+      await check.verify();
+      return body;
+    } catch (error) {
+      if (error instanceof IntegrityError || attempt >= ATTEMPTS) {
+        throw error instanceof IntegrityError
+          ? error
+          : new ActionError(
+              `The download of ${item.path} failed ${attempt} times: ${errorMessage(error)}`,
+            );
+      }
+      await sleep(500 * 2 ** attempt);
+    }
+  }
+}

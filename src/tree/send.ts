@@ -1,0 +1,252 @@
+/**
+ * A tree backup's transfer: the files whose objects are missing come from the host as one
+ * plain tar over SSH; each is checked against the sha256 the host computed and put under it.
+ * Many files are in flight to S3 at once, within a budget of files and bytes held on the
+ * runner; a file larger than its share of the budget goes up alone, as a multipart upload,
+ * while the tar waits.
+ */
+import * as core from '@actions/core';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { IntegrityError, StorageError, errorMessage } from '../errors.js';
+import { formatBytes, formatDuration, formatRate } from '../format.js';
+import type { NodeHost, TreeEntry } from '../node-kind/host.js';
+import { streamUpload } from '../s3/upload.js';
+import { RemoteCommandError } from '../errors.js';
+import { TailHasher } from './icon2.js';
+import { objectKey } from './layout.js';
+import { putObject } from './store.js';
+import { ChunkReader, nextMember, padding } from './tar-stream.js';
+
+export interface SendOptions {
+  host: NodeHost;
+  client: S3Client;
+  bucket: string;
+  prefix: string;
+  /** The folder on the host the paths are relative to. */
+  dir: string;
+  /** What to send, in order, with the sha256 the host computed for each. */
+  files: Array<{ entry: TreeEntry; sha256: string }>;
+  filesInFlight: number;
+  bytesInFlight: number;
+  /** Called once a file's object is stored, with its tail hash. */
+  onStored: (entry: TreeEntry, sha256: string, tail: string) => void;
+}
+
+/** A budget of files and bytes; `take` waits until both fit. */
+class Budget {
+  private files = 0;
+  private bytes = 0;
+  private waiting: Array<() => void> = [];
+
+  constructor(
+    private readonly maxFiles: number,
+    private readonly maxBytes: number,
+  ) {}
+
+  async take(bytes: number): Promise<void> {
+    while (this.files >= this.maxFiles || (this.files > 0 && this.bytes + bytes > this.maxBytes))
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.files++;
+    this.bytes += bytes;
+  }
+
+  give(bytes: number): void {
+    this.files--;
+    this.bytes -= bytes;
+    for (const w of this.waiting.splice(0)) w();
+  }
+
+  get idle(): boolean {
+    return this.files === 0;
+  }
+}
+
+/** Files and bytes done, with a rate and an estimate of the time left, on a timer. */
+export class FileProgress {
+  private readonly started = performance.now();
+  private readonly timer: NodeJS.Timeout;
+  files = 0;
+  bytes = 0;
+
+  constructor(
+    private readonly label: string,
+    private readonly totalFiles: number,
+    private readonly totalBytes: number,
+    intervalMs = 10_000,
+  ) {
+    this.timer = setInterval(() => core.info(this.line()), intervalMs);
+    this.timer.unref();
+  }
+
+  line(): string {
+    const seconds = (performance.now() - this.started) / 1000;
+    const fraction = this.totalBytes > 0 ? this.bytes / this.totalBytes : 1;
+    const eta = fraction > 0 ? (seconds / fraction) * (1 - fraction) : Number.NaN;
+    return (
+      `${this.label}: ${this.files}/${this.totalFiles} files, ${formatBytes(this.bytes)} of ` +
+      `${formatBytes(this.totalBytes)}, ${formatRate(this.bytes, seconds)}, ETA ${formatDuration(eta)}`
+    );
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+}
+
+export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes: number }> {
+  if (o.files.length === 0) return { files: 0, bytes: 0 };
+  const total = o.files.reduce((s, f) => s + f.entry.size, 0);
+  const progress = new FileProgress('Upload', o.files.length, total);
+  const budget = new Budget(o.filesInFlight, o.bytesInFlight);
+  // A file bigger than this goes up on its own, streamed: never held whole.
+  const alone = Math.max(8 * 1024 ** 2, Math.floor(o.bytesInFlight / 4));
+  const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
+  const remote = await o.host.sendFiles(
+    o.dir,
+    o.files.map((f) => f.entry.hostPath),
+  );
+  let failure: Error | undefined;
+  const uploads = new Set<Promise<void>>();
+  const fail = (error: unknown): void => {
+    failure ??= error instanceof Error ? error : new Error(String(error));
+  };
+  const reader = new ChunkReader(remote.stdout[Symbol.asyncIterator]() as AsyncIterator<Buffer>);
+  let sent = 0;
+  try {
+    for (;;) {
+      if (failure) break;
+      const member = await nextMember(reader);
+      if (!member) {
+        await reader.drain();
+        break;
+      }
+      const file = byPath.get(member.name);
+      if (!file || member.type !== 'file' || member.size !== file.entry.size) {
+        throw new IntegrityError(
+          `The host sent ${member.name} (${member.size} bytes), which is not the file it listed` +
+            `${file ? ` (${file.entry.size} bytes)` : ''}: a file of the frozen copy changed. Nothing was published.`,
+        );
+      }
+      byPath.delete(member.name);
+      const { entry, sha256 } = file;
+      if (entry.size > alone) {
+        // Alone: the uploads in flight finish first, then this one streams.
+        await Promise.all(uploads);
+        if (failure) break;
+        const tail = await uploadStreamed(o, reader, entry, sha256);
+        o.onStored(entry, sha256, tail);
+        progress.files++;
+        progress.bytes += entry.size;
+        sent++;
+        continue;
+      }
+      await budget.take(entry.size);
+      const body = Buffer.allocUnsafe(entry.size);
+      await reader.readInto(body, 0, entry.size);
+      await reader.skip(padding(entry.size));
+      const upload = (async () => {
+        try {
+          const actual = createHash('sha256').update(body).digest('hex');
+          if (actual !== sha256) throw changedError(entry.path, sha256, actual);
+          const tail = new TailHasher();
+          tail.update(body);
+          await putObject(o.client, o.bucket, o.prefix, sha256, body);
+          o.onStored(entry, sha256, await tail.digest());
+          progress.files++;
+          progress.bytes += entry.size;
+        } catch (error) {
+          fail(error);
+        } finally {
+          budget.give(entry.size);
+        }
+      })();
+      uploads.add(upload);
+      void upload.finally(() => uploads.delete(upload));
+      sent++;
+    }
+    await Promise.all(uploads);
+    if (failure) throw failure;
+    const code = await remote.exit;
+    if (code !== 0) {
+      throw code === null
+        ? new StorageError(
+            `The SSH connection was lost while the files streamed. Nothing was published.`,
+          )
+        : new RemoteCommandError('Sending the files', code, remote.stderrTail());
+    }
+    if (byPath.size > 0) {
+      throw new IntegrityError(
+        `The host did not send ${byPath.size} of the files it listed (the first: ${[...byPath.keys()][0]}). Nothing was published.`,
+      );
+    }
+    core.info(progress.line());
+    return { files: sent, bytes: total };
+  } catch (error) {
+    remote.kill();
+    await Promise.allSettled([...uploads]);
+    throw failure && !(error instanceof IntegrityError) ? failure : error;
+  } finally {
+    progress.stop();
+    if (!budget.idle) core.debug('uploads still in flight at the end of the transfer');
+  }
+}
+
+function changedError(path: string, expected: string, actual: string): IntegrityError {
+  return new IntegrityError(
+    `${path} read as sha256 ${actual}, not the ${expected} the host computed a moment before: the file changed ` +
+      `while the backup read it. Nothing was published.`,
+  );
+}
+
+/** A large file, streamed from the tar into a multipart upload, proven before it completes. */
+async function uploadStreamed(
+  o: SendOptions,
+  reader: ChunkReader,
+  entry: TreeEntry,
+  sha256: string,
+): Promise<string> {
+  const hash = createHash('sha256');
+  const tail = new TailHasher();
+  let left = entry.size;
+  let settle: (error?: Error) => void = () => undefined;
+  const sourceOk = new Promise<void>((resolve, reject) => {
+    settle = (error) => (error ? reject(error) : resolve());
+  });
+  sourceOk.catch(() => undefined);
+  const body = Readable.from(
+    (async function* () {
+      while (left > 0) {
+        const piece = await reader.some(Math.min(left, 1024 * 1024));
+        if (!piece) {
+          settle(new Error('the tar stream ended in the middle of a file'));
+          return;
+        }
+        left -= piece.length;
+        hash.update(piece);
+        tail.update(piece);
+        yield Buffer.from(piece);
+      }
+      await reader.skip(padding(entry.size));
+      const actual = hash.digest('hex');
+      settle(actual === sha256 ? undefined : changedError(entry.path, sha256, actual));
+    })(),
+  );
+  try {
+    await streamUpload({
+      client: o.client,
+      bucket: o.bucket,
+      key: objectKey(o.prefix, sha256),
+      body,
+      partSize: 16 * 1024 ** 2,
+      queueSize: Math.max(1, Math.min(4, Math.floor(o.bytesInFlight / (16 * 1024 ** 2)) - 1)),
+      sourceOk,
+    });
+  } catch (error) {
+    throw error instanceof IntegrityError
+      ? error
+      : new StorageError(`The upload of ${entry.path} failed: ${errorMessage(error)}`);
+  }
+  return tail.digest();
+}

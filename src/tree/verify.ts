@@ -1,0 +1,88 @@
+/**
+ * verify of a tree: every object its manifest names is stored with the file's size; `deep`
+ * reads every object back and checks its sha256 (each object once, however many files share it).
+ */
+import * as core from '@actions/core';
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { createHash } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import { IntegrityError } from '../errors.js';
+import { formatBytes } from '../format.js';
+import { describeS3Error } from '../s3/client.js';
+import { FileProgress } from './send.js';
+import { objectSha, type TreeManifest } from './layout.js';
+import { listObjects } from '../s3/store.js';
+
+export interface TreeVerifyReport {
+  files: number;
+  bytes: number;
+  objects: number;
+  deep: boolean;
+}
+
+export async function verifyTree(
+  client: S3Client,
+  bucket: string,
+  m: TreeManifest,
+  options: { deep: boolean; inFlight: number },
+): Promise<TreeVerifyReport> {
+  const stored = new Map<string, number>();
+  for (const o of await listObjects(client, bucket, m.objects)) {
+    const sha = objectSha(m.objects, o.key);
+    if (sha) stored.set(sha, o.size);
+  }
+  const objects = new Map(m.files.map((f) => [f.sha256, f]));
+  const missing = [...objects.values()].filter((f) => stored.get(f.sha256) !== f.size);
+  if (missing.length > 0) {
+    const first = missing[0]!;
+    throw new IntegrityError(
+      `${m.key}: ${missing.length} of its ${objects.size} objects are missing or of the wrong size (the first: ` +
+        `${first.path}, ${m.objects}${first.sha256}: ${stored.has(first.sha256) ? `${stored.get(first.sha256)} bytes, not ${first.size}` : 'missing'}). ` +
+        `The snapshot cannot be restored; take a new backup.`,
+    );
+  }
+  core.info(
+    `${m.key}: every object is stored with its size (${objects.size} objects for ${m.files.length} files).`,
+  );
+  if (!options.deep)
+    return { files: m.files.length, bytes: m.bytes, objects: objects.size, deep: false };
+
+  const list = [...objects.values()];
+  const total = list.reduce((s, f) => s + f.size, 0);
+  const progress = new FileProgress('Verify', list.length, total);
+  let next = 0;
+  const bad: string[] = [];
+  const worker = async (): Promise<void> => {
+    while (next < list.length) {
+      const f = list[next++]!;
+      let body: Readable;
+      try {
+        const res = await client.send(
+          new GetObjectCommand({ Bucket: bucket, Key: `${m.objects}${f.sha256}` }),
+        );
+        body = res.Body as Readable;
+      } catch (error) {
+        throw describeS3Error(error, `s3://${bucket}/${m.objects}${f.sha256}`);
+      }
+      const hash = createHash('sha256');
+      for await (const chunk of body) {
+        hash.update(chunk as Buffer);
+        progress.bytes += (chunk as Buffer).length;
+      }
+      if (hash.digest('hex') !== f.sha256) bad.push(f.path);
+      progress.files++;
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: Math.max(1, options.inFlight) }, worker));
+  } finally {
+    progress.stop();
+  }
+  if (bad.length > 0) {
+    throw new IntegrityError(
+      `${m.key}: ${bad.length} objects do not match their sha256 (the first holds ${bad[0]}): the stored snapshot is damaged.`,
+    );
+  }
+  core.info(`${m.key}: every object read back matches its sha256 (${formatBytes(total)}).`);
+  return { files: m.files.length, bytes: m.bytes, objects: objects.size, deep: true };
+}

@@ -1,0 +1,24 @@
+/** What the churn part records. */
+import type { GoloopBackupFigures, GoloopRestoreFigures, Who } from '../goloop/figures.js';
+import type { LoadFigures, NewTables } from './load.js';
+
+export interface ChurnFigures {
+  sizeGib: number;
+  /** The cached node's database (table files, and the db dir on disk). */
+  tableBytes?: number;
+  tableFiles?: number;
+  dbBytes?: number;
+  /** The full backups of the node, one after another: theirs, ours as an archive, ours as a tree. */
+  full: Partial<Record<Who, GoloopBackupFigures>>;
+  load?: LoadFigures;
+  /** The second tree's db dir against the full one's (their manifests): table files it did not hold. */
+  atSecond?: NewTables;
+  /** After the churn: ours as a tree, as an archive, then theirs (a full backup again). */
+  second: Partial<Record<Who, GoloopBackupFigures>>;
+  /** The second snapshot restored onto fresh node dirs as a tree and as an archive: the median runs. */
+  restores: Partial<Record<Who, GoloopRestoreFigures>>;
+  /** Why ours did not run, when it did not. */
+  oursMissing?: string;
+  /** What stopped the part. */
+  error?: string;
+}

@@ -1,0 +1,116 @@
+/**
+ * Tree snapshots of an ICON 1 (loopchain) node, end to end on the simulator: `format: tree`
+ * backs up the block DB under its placeholder name, a second backup after the node has moved
+ * on sends only what changed, a restore onto a fresh host renames the block DB for its IP and
+ * the node reaches the height, and retention removes an expired tree, its sweep keeping what
+ * the remaining trees name.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import {
+  check,
+  errors,
+  restoreRun,
+  runMain,
+  said,
+  stagingLeft,
+  target,
+  type Target,
+} from './restore-kit.js';
+import { startWorld, type World } from './world.js';
+
+interface Manifest {
+  files: Array<{ path: string; sha256: string; size: number }>;
+  sent: { files: number; bytes: number };
+  blockHeight: number;
+  placeholder?: string;
+}
+
+describe('tree snapshots of a loopchain node', () => {
+  let world: World;
+  const started: Target[] = [];
+  const keys: string[] = [];
+  before(async () => {
+    world = await startWorld({ blocks: 600 });
+  });
+  after(async () => {
+    for (const t of started) await t.stop().catch(() => undefined);
+    await world?.close();
+  });
+
+  const manifestOf = async (key: string): Promise<Manifest> =>
+    JSON.parse(await world.s3.getText(world.bucket, `${key}/manifest.json`)) as Manifest;
+  const backup = () => runMain(world, world.inputs({ format: 'tree', 'permanent-copy': 'false' }));
+
+  it('backs up the block DB under its placeholder; a second backup sends only what changed', async () => {
+    const first = await backup();
+    assert.equal(first.code, 0, said(first));
+    keys.push(first.outputs.key as string);
+    assert.match(keys[0]!, /\.tree$/);
+    const a = await manifestOf(keys[0]!);
+    assert.ok(a.files.some((f) => f.path.startsWith('.storage/db_CHANGEIP:7100_icon_dex/')));
+    assert.ok(a.files.some((f) => f.path.startsWith('.score_data/')));
+    assert.ok(!a.files.some((f) => /db_\d+\.\d+\.\d+\.\d+:7100/.test(f.path)), 'no IP in a path');
+    // The node writes on; the sim makes new tables and rewrites its MANIFEST and journal.
+    await new Promise((r) => setTimeout(r, 3000));
+    const second = await backup();
+    assert.equal(second.code, 0, said(second));
+    keys.push(second.outputs.key as string);
+    const b = await manifestOf(keys[1]!);
+    assert.ok(b.blockHeight > a.blockHeight);
+    assert.ok(b.sent.bytes < b.files.reduce((s, f) => s + f.size, 0) / 2, JSON.stringify(b.sent));
+    assert.match(said(second), /[1-9]\d* files proven unchanged/);
+  });
+
+  it('restores a tree onto a fresh host: the block DB is named for its IP, the node reaches the height', async () => {
+    const t = await target(join(world.root, 'fresh-tree/app/prep'));
+    started.push(t);
+    const run = await restoreRun(world, t, { 'node-ip': '10.20.30.41' });
+    assert.equal(run.main.code, 0, said(run.main));
+    assert.equal(run.main.outputs.key, keys[1]);
+    const height = (await manifestOf(keys[1]!)).blockHeight;
+    assert.ok(Number(run.main.outputs['height-reached']) >= height);
+    assert.deepEqual(readdirSync(join(t.dataDir, '.storage')), ['db_10.20.30.41:7100_icon_dex']);
+    await t.stop();
+    const c = await check(t.dataDir);
+    assert.equal(c.ok, true);
+    assert.ok(c.height >= height);
+    assert.deepEqual(stagingLeft(join(t.home, 'data')), []);
+  });
+
+  // That the sweep deletes old objects no tree names is tested with an injected clock against
+  // MinIO in test/unit/sweep.test.ts: here every object is younger than its grace period.
+  it('retention removes an expired tree; its sweep keeps every object a remaining tree names', async () => {
+    // The first tree, dated long ago: it expires at the next backup.
+    const old = keys[0]!.replace(/\/(\d{8})\/(.*)_data-\d{8}_/, '/20200101/$2_data-20200101_');
+    const { CopyObjectCommand } = await import('@aws-sdk/client-s3');
+    for (const f of ['manifest.json', 'index.txt', 'checksum.json']) {
+      await world.s3.client().send(
+        new CopyObjectCommand({
+          Bucket: world.bucket,
+          Key: `${old}/${f}`,
+          CopySource: `${world.bucket}/${keys[0]}/${f}`,
+        }),
+      );
+    }
+    const run = await runMain(
+      world,
+      world.inputs({ format: 'tree', 'permanent-copy': 'false', 'retention-days': '30' }),
+    );
+    assert.equal(run.code, 0, said(run));
+    assert.match(said(run), new RegExp(`Removed ${old.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+    assert.deepEqual(await world.keys(`${old}/`), []);
+    assert.match(said(run), /Objects: \d+ no longer named by any snapshot removed/);
+    // Every object the remaining trees name is still there (the sweep kept them; the young
+    // objects that nothing names are kept by its grace period).
+    const stored = new Set(await world.keys('PRep/objects/'));
+    for (const key of [...keys, run.outputs.key as string]) {
+      for (const f of (await manifestOf(key)).files)
+        assert.ok(stored.has(`PRep/objects/${f.sha256}`), `${key}: ${f.path}`);
+    }
+    assert.ok(existsSync(world.root));
+    assert.equal(errors(run), '');
+  });
+});

@@ -1,0 +1,339 @@
+/**
+ * Tree snapshots of a real goloop v1.4.4 node, end to end, with the format left at its default
+ * for ICON 2 (tree): the packaged action backs up over a real sshd into MinIO; a second backup
+ * sends only the files written since; a restore onto a fresh node dir is cut by a proxy and
+ * goes on from what the first run left; goloop starts on it with the snapshot's block hash.
+ */
+import assert from 'node:assert/strict';
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { startCutProxy } from '../bed/cut-proxy.js';
+import { startGoloop, type GoloopNode, type GoloopTransfer } from '../bed/goloop.js';
+import { growDatabase } from '../bed/goloop-ballast.js';
+import { s3Env, startMinio, type S3Server } from '../bed/minio.js';
+import { goloopBin, goloopMissing, repoRoot } from '../bed/paths.js';
+import { freePort } from '../bed/ports.js';
+import { runAction, type RunResult } from '../bed/runner.js';
+import { startSshd, type Sshd } from '../bed/sshd.js';
+import { bundles } from './world.js';
+
+const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+const SERVER = join(repoRoot, 'test/bed/goloop-server.sh');
+const said = (r: RunResult): string => `${r.stdout}\n${r.stderr}`;
+const errors = (r: RunResult): string =>
+  r.annotations
+    .filter((a) => a.level === 'error')
+    .map((a) => a.message)
+    .join('\n');
+
+interface Manifest {
+  format: string;
+  blockHeight: number;
+  files: Array<{ path: string; size: number; sha256: string; tail: string }>;
+  bytes: number;
+  sent: { files: number; bytes: number };
+  facts: Record<string, string>;
+}
+
+describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () => {
+  let sshd: Sshd;
+  let s3: S3Server;
+  let g: GoloopNode;
+  let root: string;
+  let sent: GoloopTransfer[] = [];
+  const bucket = 'trees';
+  const servers: string[] = [];
+
+  before(async () => {
+    root = mkdtempSync(join(tmpdir(), 'prep-tree-'));
+    [sshd, s3, g] = await Promise.all([startSshd(), startMinio(), startGoloop()]);
+    await s3.createBucket(bucket);
+    sent = await g.load(20);
+    // Table files of some size: the restore below is cut in the middle of one.
+    await growDatabase(g, 24 * 1024 ** 2);
+  });
+  after(async () => {
+    for (const node of servers) await runShell(`bash ${q(SERVER)} stop ${q(node)}`);
+    await g?.stop();
+    await Promise.all([sshd?.stop(), s3?.stop()]);
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  const inputs = (extra: Record<string, string>): Record<string, string> => ({
+    host: sshd.host,
+    port: String(sshd.port),
+    username: sshd.username,
+    'ssh-key': sshd.privateKey,
+    'host-key': sshd.hostKeyFingerprint,
+    bucket,
+    endpoint: s3.endpoint,
+    service: 'MainNet',
+    ...extra,
+  });
+  const run = (extra: Record<string, string>, endpoint?: string): Promise<RunResult> =>
+    runAction({
+      step: 'main',
+      inputs: { ...inputs(extra), ...(endpoint ? { endpoint } : {}) },
+      env: s3Env(s3),
+      script: bundles().main,
+      timeoutMs: 300_000,
+    });
+  const backupInputs = () => ({
+    mode: 'backup',
+    'data-dir': g.nodeDir,
+    'peer-url': `${g.rpcUrl}/admin/chain`,
+  });
+  const objectTimes = async (): Promise<Map<string, number>> => {
+    const { ListObjectsV2Command } = await import('@aws-sdk/client-s3');
+    const out = new Map<string, number>();
+    let token: string | undefined;
+    do {
+      const res = await s3.client().send(
+        new ListObjectsV2Command({
+          Bucket: bucket,
+          Prefix: 'MainNet/objects/',
+          ContinuationToken: token,
+        }),
+      );
+      for (const o of res.Contents ?? []) out.set(o.Key!, o.LastModified!.getTime());
+      token = res.NextContinuationToken;
+    } while (token);
+    return out;
+  };
+  const manifestOf = async (key: string): Promise<Manifest> =>
+    JSON.parse(await s3.getText(bucket, `${key}/manifest.json`)) as Manifest;
+
+  let first = '';
+  let second = '';
+  let third = '';
+  let height = 0;
+
+  it('backs up as a tree by default: objects by sha256, then the manifest, index, checksum file and pointer', async () => {
+    const r = await run(backupInputs());
+    assert.equal(r.code, 0, said(r));
+    first = r.outputs.key as string;
+    assert.match(first, /^MainNet\/\d{8}\/MainNet_BH\d+_data-\d{8}_\d{4}\.tree$/);
+    const m = await manifestOf(first);
+    assert.equal(m.format, 'prep-snapshot-tree/1');
+    assert.equal(m.facts.blockHash, await g.blockHash(m.blockHeight));
+    assert.ok(
+      m.files.some((f) => /\/db\/[0-9a-f]+\/\d+\.ldb$/.test(f.path)),
+      'table files',
+    );
+    assert.ok(!m.files.some((f) => /\/(cache|tmp)\/|LOCK$|\.sock$/.test(f.path)));
+    assert.equal(m.sent.files, new Set(m.files.map((f) => f.sha256)).size, 'everything sent once');
+    const keys = await s3.listKeys(bucket, 'MainNet/objects/');
+    for (const f of m.files) assert.ok(keys.includes(`MainNet/objects/${f.sha256}`), f.path);
+    // Published: backup_list names the folder, the pointer names its index and checksum file.
+    assert.equal(
+      (await s3.getText(bucket, 'MainNet/backup_list')).trim(),
+      first.replace(/^MainNet\//, ''),
+    );
+    const pointer = JSON.parse(await s3.getText(bucket, 'MainNet/MainNet.json')) as Record<
+      string,
+      string
+    >;
+    assert.equal(pointer.index_url, `${s3.endpoint}/${bucket}/${first}/index.txt`);
+    assert.equal(pointer.checksum_url, `${s3.endpoint}/${bucket}/${first}/checksum.json`);
+    const index = await s3.getText(bucket, `${first}/index.txt`);
+    assert.equal(index.trim().split('\n').length, 2 * m.files.length);
+    const checksums = JSON.parse(await s3.getText(bucket, `${first}/checksum.json`)) as Record<
+      string,
+      { file_size: number; checksum: string }
+    >;
+    for (const f of m.files)
+      assert.deepEqual(checksums[f.path], { file_size: f.size, checksum: f.tail });
+    assert.equal((await g.chain()).state, 'started');
+    assert.deepEqual(
+      readdirSync(join(g.nodeDir, '..')).filter((n) => n.startsWith('.prep-snapshot')),
+      [],
+    );
+  });
+
+  it('a second backup sends only the files written since the first', async () => {
+    assert.ok(first, 'the first backup ran');
+    await g.load(20);
+    await g.waitForHeight((await g.height()) + 10);
+    const r = await run(backupInputs());
+    assert.equal(r.code, 0, said(r));
+    second = r.outputs.key as string;
+    assert.notEqual(second, first);
+    const [a, b] = [await manifestOf(first), await manifestOf(second)];
+    height = b.blockHeight;
+    const before = new Set(a.files.map((f) => f.sha256));
+    const fresh = b.files.filter((f) => !before.has(f.sha256));
+    assert.ok(b.sent.files <= fresh.length, `${b.sent.files} sent, ${fresh.length} new`);
+    assert.ok(b.sent.files < b.files.length / 2, `${b.sent.files} of ${b.files.length} sent`);
+    assert.match(said(r), /files proven unchanged since MainNet\/\d{8}\/.*\.tree\/manifest\.json/);
+    const pointer = JSON.parse(await s3.getText(bucket, 'MainNet/MainNet.json')) as Record<
+      string,
+      string
+    >;
+    assert.match(pointer.index_url ?? '', new RegExp(`${second}/index.txt$`));
+  });
+
+  it('a backup cut part-way keeps what it stored: the next one sends only the rest', async () => {
+    assert.ok(second, 'the second backup ran');
+    await growDatabase(g, 16 * 1024 ** 2);
+    // The SSH connections are cut once 6 MiB have come down: in the middle of the files.
+    const proxy = await startCutProxy({ targetPort: sshd.port, downBytes: 6 * 1024 ** 2 });
+    let cut: RunResult;
+    try {
+      cut = await run({ ...backupInputs(), port: String(proxy.port) });
+    } finally {
+      await proxy.stop();
+    }
+    assert.notEqual(cut.code, 0, said(cut));
+    assert.match(said(cut), /(\d+) files stored before the failure are kept/);
+    const kept = Number(/(\d+) files stored before the failure are kept/.exec(said(cut))?.[1]);
+    assert.ok(kept > 0);
+    assert.equal(
+      (await s3.getText(bucket, 'MainNet/backup_list')).trim().split('\n').length,
+      2,
+      'nothing published',
+    );
+    // What the cut run stored, with when: an object sent again would be written anew.
+    const storedBefore = await objectTimes();
+    const journalKeys = await s3.listKeys(bucket, 'MainNet/partial/');
+    assert.equal(journalKeys.length, 1, 'the cut run left its journal');
+    const journal = JSON.parse(await s3.getText(bucket, journalKeys[0]!)) as {
+      files: Array<{ path: string; sha256: string }>;
+    };
+    await g.waitForHeight((await g.height()) + 3);
+    const r = await run(backupInputs());
+    assert.equal(r.code, 0, said(r));
+    assert.match(said(r), /and 1 unfinished run\(s\)/);
+    third = r.outputs.key as string;
+    const c = await manifestOf(third);
+    const after = await objectTimes();
+    const rewritten = [...storedBefore].filter(([k, t]) => after.get(k) !== t);
+    assert.deepEqual(rewritten, [], 'nothing stored before was sent again');
+    const added = [...after.keys()].filter((k) => !storedBefore.has(k));
+    assert.equal(added.length, c.sent.files, 'the run sent only objects that were missing');
+    // The cut run's journal proves its tables unchanged: they are not even hashed again.
+    const journaled = new Set(
+      journal.files.filter((f) => f.path.endsWith('.ldb')).map((f) => f.sha256),
+    );
+    const stillThere = c.files.filter((f) => journaled.has(f.sha256)).length;
+    const proven = Number(/(\d+) files proven unchanged/.exec(said(r))?.[1]);
+    assert.ok(stillThere > 0, 'tables the cut run stored are in the snapshot');
+    assert.ok(proven >= stillThere, `${proven} proven, ${stillThere} stored by the cut run`);
+    assert.deepEqual(await s3.listKeys(bucket, 'MainNet/partial/'), [], 'its journal is gone');
+    // The newest tree is what the tests below restore.
+    second = third;
+    height = c.blockHeight;
+  });
+
+  it('list shows both trees; verify checks sizes, and with deep every sha256', async () => {
+    const listed = await run({ mode: 'list' });
+    assert.equal(listed.code, 0, said(listed));
+    const rows = JSON.parse(listed.outputs.snapshots as string) as Array<{ key: string }>;
+    assert.ok(rows.some((r) => r.key === second) && rows.some((r) => r.key === first));
+    assert.ok(rows.every((r) => (r as { format?: string }).format === 'tree'));
+    const shallow = await run({ mode: 'verify', snapshot: second });
+    assert.equal(shallow.code, 0, said(shallow));
+    assert.match(said(shallow), /every object is stored with its size/);
+    const deep = await run({ mode: 'verify', snapshot: second, deep: 'true' });
+    assert.equal(deep.code, 0, said(deep));
+    assert.match(said(deep), /every object read back matches its sha256/);
+  });
+
+  it('restores onto a fresh node dir, cut once and resumed: same block hash and balances', async () => {
+    assert.ok(second, 'the second backup ran');
+    const balances = await Promise.all(sent.slice(0, 5).map((t) => g.balance(t.to)));
+    const keystore = join(root, 'keystore.json');
+    copyFileSync(g.keystore, keystore);
+    const node = join(root, 'host2', 'data');
+    const [rpc, p2p] = [await freePort(), await freePort()];
+    servers.push(node);
+    const restoreInputs = {
+      mode: 'restore',
+      'node-kind': 'goloop',
+      'data-dir': node,
+      'peer-url': `http://127.0.0.1:${rpc}/admin/chain`,
+      'start-command': `bash ${q(SERVER)} start ${q(goloopBin())} ${q(node)} ${q(keystore)} ${q(g.keyPassword)} ${rpc} ${p2p}`,
+      'stop-command': `bash ${q(SERVER)} stop ${q(node)}`,
+      'health-timeout': '120s',
+      'disk-margin': '1MiB',
+    };
+    // The SSH connection of the files is cut after 1 MiB: the run fails, its staging folder stays.
+    const proxy = await startCutProxy({ targetPort: sshd.port, upBytes: 1024 * 1024 });
+    try {
+      const cut = await run({ ...restoreInputs, port: String(proxy.port) });
+      assert.notEqual(cut.code, 0, said(cut));
+      assert.ok(proxy.cuts >= 1, 'the proxy cut');
+      assert.match(said(cut), /staging folder .* is kept/);
+    } finally {
+      await proxy.stop();
+    }
+    assert.ok(!existsSync(join(node, g.cid)), 'nothing in place yet');
+    const r = await run(restoreInputs);
+    assert.equal(r.code, 0, said(r));
+    assert.match(said(r), /\d+ kept and \d+ continued from an earlier run/);
+    assert.ok(Number(r.outputs['height-reached']) >= height);
+    const rpcUrl = `http://127.0.0.1:${rpc}/api/v3/icon_dex`;
+    assert.equal(await blockHash(rpcUrl, height), await g.blockHash(height));
+    const restoredBalances = await Promise.all(sent.slice(0, 5).map((t) => balance(rpcUrl, t.to)));
+    assert.deepEqual(restoredBalances, balances);
+    assert.deepEqual(
+      readdirSync(join(root, 'host2')).filter((n) => n.startsWith('.prep-snapshot')),
+      [],
+      'the staging folder is gone once swapped',
+    );
+  });
+
+  it('refuses a tree whose manifest names a path outside the node dir, before anything changes', async () => {
+    assert.ok(second, 'the second backup ran');
+    const m = JSON.parse(await s3.getText(bucket, `${second}/manifest.json`)) as Manifest;
+    const forged = second.replace(/\.tree$/, '').replace(/_(\d{4})$/, '_0000') + '.tree';
+    const { PutObjectCommand } = await import('@aws-sdk/client-s3');
+    const bad = { ...m, files: [...m.files, { ...m.files[0], path: `${g.cid}/../../evil` }] };
+    await s3.client().send(
+      new PutObjectCommand({
+        Bucket: bucket,
+        Key: `${forged}/manifest.json`,
+        Body: JSON.stringify(bad),
+      }),
+    );
+    const r = await run({
+      mode: 'restore',
+      snapshot: forged,
+      'data-dir': join(root, 'host3', 'data'),
+      'node-kind': 'goloop',
+      'peer-url': 'http://127.0.0.1:9/admin/chain',
+    });
+    assert.notEqual(r.code, 0);
+    assert.match(errors(r), /names the path .*evil.*cannot be used/);
+    assert.ok(!existsSync(join(root, 'host3')));
+  });
+});
+
+async function rpcCall<T>(url: string, method: string, params: unknown): Promise<T> {
+  const res = await fetch(url, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }),
+    signal: AbortSignal.timeout(10_000),
+  });
+  const body = (await res.json()) as { result?: T; error?: unknown };
+  if (body.result === undefined) throw new Error(`${method}: ${JSON.stringify(body.error)}`);
+  return body.result;
+}
+
+async function blockHash(url: string, height: number): Promise<string> {
+  const b = await rpcCall<{ block_hash: string }>(url, 'icx_getBlockByHeight', {
+    height: `0x${height.toString(16)}`,
+  });
+  return b.block_hash.replace(/^0x/, '');
+}
+
+async function balance(url: string, address: string): Promise<bigint> {
+  return BigInt(await rpcCall<string>(url, 'icx_getBalance', { address }));
+}
+
+async function runShell(command: string): Promise<void> {
+  const { execFile } = await import('node:child_process');
+  await new Promise<void>((resolve) => execFile('bash', ['-c', command], () => resolve()));
+}

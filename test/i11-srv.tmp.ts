@@ -1,0 +1,13 @@
+import { createReadStream, writeFileSync } from 'node:fs';
+import { Upload } from '@aws-sdk/lib-storage';
+import { startMinio } from './bed/minio.ts';
+import { startCutProxy } from './bed/cut-proxy.ts';
+const MiB = 1024 * 1024;
+const s3 = await startMinio();
+await s3.createBucket('snapshots');
+const c = s3.client();
+await new Upload({ client: c, params: { Bucket: 'snapshots', Key: 'WAN/a', Body: createReadStream(process.env.HOME + '/.cache/prep-snapshot/bench-wan-2/archive.tar.gz', { highWaterMark: MiB }) }, partSize: 64 * MiB, queueSize: 4 }).done();
+const p = await startCutProxy({ targetPort: s3.port, bytesPerSecond: 20 * MiB, latencyMs: 20 });
+writeFileSync('/tmp/i11-srv.json', JSON.stringify({ port: p.port, direct: s3.port, id: s3.accessKeyId, secret: s3.secretAccessKey }));
+await new Promise((r) => setTimeout(r, 240_000));
+await p.stop(); c.destroy(); await s3.stop();

@@ -1,0 +1,182 @@
+/**
+ * The pieces of tree snapshots that run on their own: what proves a file unchanged, read from
+ * real files by the host's own listing command (run here in bash, as on a host); and the tar
+ * that carries files both ways, read from and written for real GNU tar.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { after, before, describe, it } from 'node:test';
+import {
+  listTreeCommand,
+  parseListing,
+  tailsCommand,
+  type ListedEntry,
+} from '../../src/node-kind/tree-remote.js';
+import { tailHash, TAIL_BYTES } from '../../src/tree/icon2.js';
+import { isSafePath, reusable, type TreeFile } from '../../src/tree/layout.js';
+import {
+  ChunkReader,
+  END_OF_TAR,
+  memberHeader,
+  nextMember,
+  padding,
+} from '../../src/tree/tar-stream.js';
+
+const kind = { name: 'goloop', roots: ['abc123'] };
+
+function list(dir: string): Map<string, ListedEntry> {
+  const out = execFileSync('bash', ['-c', listTreeCommand(kind, dir)], { encoding: 'utf8' });
+  return new Map(parseListing(out).entries.map((e) => [e.path, e]));
+}
+
+/** The tail hash of a file as the backup reads it: the host's command, cut by size, hashed here. */
+async function tailOf(dir: string, e: ListedEntry): Promise<string> {
+  const out = execFileSync('bash', ['-c', tailsCommand(dir)], { input: `${e.path}\0` });
+  assert.equal(out.length, Math.min(e.size, TAIL_BYTES));
+  return tailHash(out);
+}
+
+/** What the backup decides: the listing allows reuse, and the file still ends the same. */
+async function proven(dir: string, e: ListedEntry, before: TreeFile): Promise<boolean> {
+  return reusable(e, before) !== undefined && (await tailOf(dir, e)) === before.tail;
+}
+
+async function asStored(dir: string, e: ListedEntry): Promise<TreeFile> {
+  return {
+    path: e.path,
+    size: e.size,
+    sha256: 'a'.repeat(64),
+    tail: await tailOf(dir, e),
+    mode: e.mode,
+    ino: e.ino,
+    mtime: e.mtime,
+  };
+}
+
+describe('what proves a file unchanged since the last tree', () => {
+  let dir: string;
+  const table = 'abc123/db/1/000123.ldb';
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'prep-tree-unit-'));
+    mkdirSync(join(dir, 'abc123/db/1'), { recursive: true });
+    writeFileSync(join(dir, table), randomBytes(64 * 1024));
+    writeFileSync(join(dir, 'abc123/db/1/MANIFEST-000002'), randomBytes(300));
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('the same table file, untouched: reused', async () => {
+    const before = await asStored(dir, list(dir).get(table)!);
+    const e = list(dir).get(table)!;
+    assert.equal(reusable(e, before), 'a'.repeat(64));
+    assert.equal(await proven(dir, e, before), true);
+    assert.match(e.mtime, /^\d+\.\d{9,10}$/, 'mtime to the nanosecond');
+  });
+
+  it('a table number reused after a crash (a new file, same path and size): hashed again', async () => {
+    const before = await asStored(dir, list(dir).get(table)!);
+    rmSync(join(dir, table));
+    writeFileSync(join(dir, table), randomBytes(64 * 1024));
+    let e = list(dir).get(table)!;
+    assert.equal(e.size, before.size);
+    assert.equal(await proven(dir, e, before), false, 'a new mtime');
+    // Worse: its mtime set back to the old one, and ext4 gave it the freed inode number again.
+    // The listing cannot tell; the tail does.
+    const [sec, frac] = before.mtime!.split('.');
+    execFileSync('touch', ['-d', `@${sec}.${frac}`, join(dir, table)]);
+    e = list(dir).get(table)!;
+    if (e.ino === before.ino) assert.ok(reusable(e, before), 'the listing alone would reuse it');
+    assert.equal(await proven(dir, e, before), false);
+  });
+
+  it('a table rewritten in place (truncated and written again, same inode and size): hashed again', async () => {
+    const before = await asStored(dir, list(dir).get(table)!);
+    await new Promise((r) => setTimeout(r, 20));
+    writeFileSync(join(dir, table), randomBytes(64 * 1024));
+    const e = list(dir).get(table)!;
+    assert.equal(e.ino, before.ino, 'same inode');
+    assert.equal(await proven(dir, e, before), false);
+  });
+
+  it('a mutable file (MANIFEST), even untouched, is always hashed', async () => {
+    const e = list(dir).get('abc123/db/1/MANIFEST-000002')!;
+    assert.equal(reusable(e, await asStored(dir, e)), undefined);
+  });
+
+  it('lists directories too, and names with spaces or colons whole', () => {
+    mkdirSync(join(dir, 'abc123/wal'));
+    writeFileSync(join(dir, 'abc123/db_1.2.3.4:7100 x'), 'x');
+    const l = list(dir);
+    assert.equal(l.get('abc123/wal')?.type, 'dir');
+    assert.equal(l.get('abc123/db_1.2.3.4:7100 x')?.size, 1);
+  });
+});
+
+describe('paths a tree may hold', () => {
+  it('refuses what would leave the data dir', () => {
+    for (const bad of ['', '/etc/passwd', '../x', 'a/../b', 'a//b', './a', 'a/.', 'a\nb', 'a b'])
+      assert.equal(isSafePath(bad), false, JSON.stringify(bad));
+    for (const good of ['0x1/db/1/000001.ldb', '.storage/db_CHANGEIP:7100_icon_dex/CURRENT'])
+      assert.equal(isSafePath(good), true, good);
+  });
+});
+
+describe('the tar that carries a tree', () => {
+  let dir: string;
+  before(() => (dir = mkdtempSync(join(tmpdir(), 'prep-tar-unit-'))));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  const long = `${'d'.repeat(60)}/${'e'.repeat(60)}/${'f'.repeat(40)}.ldb`;
+  const files: Array<[string, Buffer]> = [
+    ['a/CURRENT', Buffer.from('MANIFEST-000002\n')],
+    ['a/empty', Buffer.alloc(0)],
+    ['a/block', randomBytes(512)],
+    [`a/${long}`, randomBytes(70_001)],
+  ];
+
+  it('reads what GNU tar writes (long names, empty files, 1 MiB records), member by member', async () => {
+    for (const [p, b] of files) {
+      mkdirSync(join(dir, 'src', p, '..'), { recursive: true });
+      writeFileSync(join(dir, 'src', p), b);
+    }
+    const tar = spawnSync(
+      'tar',
+      ['-c', '-f', '-', '-b', '2048', '--null', '--no-recursion', '-T', '-'],
+      { cwd: join(dir, 'src'), input: files.map(([p]) => `${p}\0`).join(''), maxBuffer: 1 << 26 },
+    );
+    assert.equal(tar.status, 0, tar.stderr.toString());
+    // Chunks of odd sizes, as a pipe gives them.
+    const chunks: Buffer[] = [];
+    for (let i = 0; i < tar.stdout.length; i += 777) chunks.push(tar.stdout.subarray(i, i + 777));
+    const reader = new ChunkReader(Readable.from(chunks)[Symbol.asyncIterator]());
+    for (const [p, b] of files) {
+      const m = await nextMember(reader);
+      assert.deepEqual(m, { name: p, size: b.length, type: 'file' });
+      assert.ok((await reader.read(b.length)).equals(b), p);
+      await reader.skip(padding(b.length));
+    }
+    assert.equal(await nextMember(reader), undefined);
+    await reader.drain();
+  });
+
+  it('writes what GNU tar extracts: directories, modes, long names', () => {
+    const parts: Buffer[] = [memberHeader('a', 'Directory', 0, 0o755)];
+    parts.push(memberHeader('a/wal', 'Directory', 0, 0o700));
+    for (const [p, b] of files) {
+      parts.push(memberHeader(p, 'File', b.length, 0o640), b, Buffer.alloc(padding(b.length)));
+    }
+    parts.push(END_OF_TAR);
+    mkdirSync(join(dir, 'out'));
+    const x = spawnSync('tar', ['-x', '-f', '-', '-C', join(dir, 'out')], {
+      input: Buffer.concat(parts),
+    });
+    assert.equal(x.status, 0, x.stderr.toString());
+    for (const [p, b] of files) assert.ok(readFileSync(join(dir, 'out', p)).equals(b), p);
+    const mode = execFileSync('stat', ['-c', '%a', join(dir, 'out/a/wal')], { encoding: 'utf8' });
+    assert.equal(mode.trim(), '700');
+  });
+});

@@ -88354,6 +88354,7 @@ var Inputs;
     Inputs["MaxDowntime"] = "max-downtime";
     Inputs["PartSize"] = "part-size";
     Inputs["UploadConcurrency"] = "upload-concurrency";
+    Inputs["DownloadConnections"] = "download-connections";
     Inputs["Verify"] = "verify";
     Inputs["Snapshot"] = "snapshot";
     Inputs["NodeIp"] = "node-ip";
@@ -88365,6 +88366,11 @@ var Inputs;
     Inputs["NodeProcessPattern"] = "node-process-pattern";
     Inputs["NodeKind"] = "node-kind";
     Inputs["Chain"] = "chain";
+    Inputs["Format"] = "format";
+    Inputs["FilesInFlight"] = "files-in-flight";
+    Inputs["BytesInFlight"] = "bytes-in-flight";
+    Inputs["PublicUrl"] = "public-url";
+    Inputs["Deep"] = "deep";
 })(Inputs || (Inputs = {}));
 var Outputs;
 (function (Outputs) {
@@ -88441,6 +88447,20 @@ class errors_StorageError extends ActionError {
 class NodeLostError extends (/* unused pure expression or super */ null && (ActionError)) {
     name = 'NodeLostError';
 }
+/**
+ * A read of a stored object could not be finished: one of its ranges failed on every attempt,
+ * or S3 refused it outright. The message names the range and the last reason.
+ */
+class DownloadError extends (/* unused pure expression or super */ null && (errors_StorageError)) {
+    name = 'DownloadError';
+}
+/**
+ * The stored object is no longer the one the read began with: S3 refused a ranged read pinned
+ * to its first ETag (412), or the object is gone. Nothing read so far can be trusted with the rest.
+ */
+class ObjectChangedError extends (/* unused pure expression or super */ null && (errors_StorageError)) {
+    name = 'ObjectChangedError';
+}
 /** A stored snapshot is not whole. */
 class IntegrityError extends (/* unused pure expression or super */ null && (ActionError)) {
     name = 'IntegrityError';
@@ -88456,18 +88476,23 @@ function errorMessage(error) {
 
 ;// CONCATENATED MODULE: ./src/naming.ts
 const EXTENSIONS = { gzip: '.tar.gz', zstd: '.tar.zst' };
+const TREE_EXTENSION = '.tree';
 /** `YYYYMMDD` and `HHMM` of a moment, in UTC. */
 function utcStamp(at) {
     const iso = at.toISOString();
     return { date: iso.slice(0, 10).replace(/-/g, ''), time: iso.slice(11, 16).replace(':', '') };
 }
-function archiveName(service, height, at, compression) {
+function archiveName(service, height, at, format) {
     const { date, time } = utcStamp(at);
-    const file = `${service}_BH${height}_data-${date}_${time}${EXTENSIONS[compression]}`;
-    return { date, file, service, height, stamp: `${date}_${time}`, compression };
+    const tree = format === 'tree';
+    const file = `${service}_BH${height}_data-${date}_${time}${tree ? TREE_EXTENSION : EXTENSIONS[format]}`;
+    const stamp = `${date}_${time}`;
+    return tree
+        ? { date, file, service, height, stamp, format: 'tree' }
+        : { date, file, service, height, stamp, format: 'archive', compression: format };
 }
 /** The service, as the 'service' input allows it: no character a shell or HTML would read. */
-const FILE_PATTERN = /^([A-Za-z0-9_.-]+)_BH(\d{1,15})_data-(\d{8})_(\d{4})\.(tar\.gz|tar\.zst)$/;
+const FILE_PATTERN = /^([A-Za-z0-9_.-]+)_BH(\d{1,15})_data-(\d{8})_(\d{4})\.(tar\.gz|tar\.zst|tree)$/;
 /** A folder of a key prefix, as the prefix inputs allow it. */
 const PREFIX_SEGMENT = /^[A-Za-z0-9_.-]+$/;
 /**
@@ -88490,7 +88515,9 @@ function naming_parseArchivePath(path) {
         service: m[1],
         height: Number(m[2]),
         stamp: `${m[3]}_${m[4]}`,
-        compression: m[5] === 'tar.zst' ? 'zstd' : 'gzip',
+        ...(m[5] === 'tree'
+            ? { format: 'tree' }
+            : { format: 'archive', compression: m[5] === 'tar.zst' ? 'zstd' : 'gzip' }),
     };
 }
 function listEntry(name) {
@@ -89424,12 +89451,96 @@ async function socketSource(dir) {
     }
 }
 
+;// CONCATENATED MODULE: ./src/s3/retry.ts
+/**
+ * What a retry can cure, for the transfers of an archive's bytes (the ranges of a download, the
+ * parts of an upload), and how long to wait before the next attempt.
+ *
+ * The SDK retries a request itself (maxAttempts in client.ts) while it waits for the response's
+ * headers, within a retry budget that it shares across the client. It cannot retry a body that
+ * breaks after the headers, nor a request once its budget is spent; over hundreds of GB both
+ * happen. The transfers retry on top of it, with the bytes they still hold.
+ */
+/** Errors of the network itself: a connection reset, refused, timed out, or cut short. */
+const NETWORK_CODES = new Set([
+    'ECONNRESET',
+    'ECONNREFUSED',
+    'ECONNABORTED',
+    'EPIPE',
+    'ETIMEDOUT',
+    'EHOSTUNREACH',
+    'ENETUNREACH',
+    'ENETDOWN',
+    'EAI_AGAIN',
+    'ERR_STREAM_PREMATURE_CLOSE',
+]);
+/** Names under which the SDK reports a timeout or S3 asks the caller to slow down. */
+const TRANSIENT_NAMES = new Set([
+    'TimeoutError',
+    'RequestTimeout',
+    'RequestTimeoutException',
+    'SlowDown',
+    'Throttling',
+    'ThrottlingException',
+    'InternalError',
+    'ServiceUnavailable',
+]);
+/** An error that this code raises itself and that a new attempt may cure (a stall, a short body). */
+class TransientError extends (/* unused pure expression or super */ null && (Error)) {
+    name = 'TransientError';
+}
+function httpStatus(error) {
+    return error?.$metadata?.httpStatusCode;
+}
+/**
+ * True when another attempt may succeed: a network failure, a 5xx, a 408 or 429, or S3's
+ * SlowDown. An answer that will not change (403, 404, 412, a 400) is not transient; neither is
+ * an error this code does not know (a bug is not retried into a slower failure).
+ */
+function retry_isTransient(error, depth = 0) {
+    if (error instanceof TransientError)
+        return true;
+    const e = error;
+    if (!e || typeof e !== 'object')
+        return false;
+    const status = httpStatus(e);
+    if (status !== undefined && status >= 400)
+        return status >= 500 || status === 408 || status === 429;
+    if (e.code && NETWORK_CODES.has(e.code))
+        return true;
+    if (e.name && TRANSIENT_NAMES.has(e.name))
+        return true;
+    if (/socket hang up|aborted|premature close/i.test(e.message ?? ''))
+        return true;
+    return e.cause !== undefined && depth < 5 && retry_isTransient(e.cause, depth + 1);
+}
+/** A short reason for a log line: the status or code, and the message. */
+function retry_reason(error) {
+    const e = error;
+    if (!e || typeof e !== 'object')
+        return String(error);
+    const status = httpStatus(e);
+    const head = status !== undefined && status >= 400 ? `HTTP ${status} ${e.name ?? ''}`.trim() : e.code;
+    const message = (e.message ?? '').trim() || e.name || 'unknown error';
+    return head && !message.includes(head) ? `${head}: ${message}` : message;
+}
+/**
+ * The wait before attempt `failures + 1`: `firstMs`, doubled after each failure, at most
+ * `maxMs`. No jitter: one runner's few connections are not a herd.
+ */
+function retry_backoffMs(failures, firstMs, maxMs = 30_000) {
+    return Math.min(maxMs, firstMs * 2 ** Math.max(0, failures - 1));
+}
+
 ;// CONCATENATED MODULE: ./src/s3/upload.ts
 /**
  * Streams an archive into a multipart upload. The part size follows the expected size, so
  * that the archive fits in S3's 10,000 parts; memory stays near part size x queue size.
- * A failed or aborted stream aborts the multipart upload: no orphan parts.
+ * A failed or aborted stream aborts the multipart upload: no orphan parts. A part whose send
+ * fails is sent again (its buffer is still held) before the upload gives up.
  */
+
+
 
 
 
@@ -89498,8 +89609,11 @@ async function streamUpload(options) {
     const hash = createHash('sha256');
     let bytes = 0;
     let failure;
+    // Ends the pauses of parts waiting to be sent again.
+    const stopRetries = new AbortController();
     const fail = (error) => {
         failure ??= error;
+        stopRetries.abort();
         source.destroy(error);
     };
     // A remote failure stops the stream at once, whatever it is waiting for.
@@ -89567,18 +89681,48 @@ async function streamUpload(options) {
             source.resume();
         }
     };
+    /**
+     * Sends one part until S3 has it. The SDK already sends a request again when it fails before
+     * its response (a reset, a refused connection, a 5xx: up to maxAttempts, client.ts), with the
+     * same Buffer; but within a retry budget shared by the whole client, which a long upload over
+     * a poor link can spend, and not after a send that ran out of its attempts. The part's buffer
+     * is held until S3 has the part, so it is sent again here (partAttempts sends in all, after a
+     * pause each): a blip costs a part, not the backup.
+     */
+    const uploadPart = async (number, buffer, length) => {
+        const attempts = Math.max(1, options.partAttempts ?? 4);
+        for (let attempt = 1;; attempt++) {
+            try {
+                return await client.send(unsignedPayload(new UploadPartCommand({
+                    Bucket: bucket,
+                    Key: key,
+                    UploadId: uploadId,
+                    PartNumber: number,
+                    Body: buffer.subarray(0, length),
+                    ContentLength: length,
+                })));
+            }
+            catch (error) {
+                if (failure || !isTransient(error))
+                    throw error;
+                const what = `part ${number} (${formatBytes(length)} from byte ${(number - 1) * partSize})`;
+                if (attempt >= attempts) {
+                    throw new Error(`${what} failed ${attempt} times, the last with ${reason(error)}`, {
+                        cause: error,
+                    });
+                }
+                const wait = backoffMs(attempt, options.retryDelayMs ?? 1000);
+                options.onRetry?.(`${what}: ${reason(error)}; sending it again in ${(wait / 1000).toFixed(1)} s (attempt ${attempt + 1} of ${attempts}).`);
+                // Another part failed meanwhile: the upload is over.
+                await sleep(wait, undefined, { signal: stopRetries.signal }).catch(() => undefined);
+                if (failure)
+                    throw failure;
+            }
+        }
+    };
     const send = (buffer, length) => {
         const number = ++partNumber;
-        const sending = client
-            .send(unsignedPayload(new UploadPartCommand({
-            Bucket: bucket,
-            Key: key,
-            UploadId: uploadId,
-            PartNumber: number,
-            Body: buffer.subarray(0, length),
-            ContentLength: length,
-        })))
-            .then((res) => {
+        const sending = uploadPart(number, buffer, length).then((res) => {
             inFlight.delete(sending);
             parts.push({ PartNumber: number, ETag: res.ETag });
             free.push(buffer);
@@ -90112,6 +90256,10 @@ function parseSettings(read = readActionInput) {
             `in the runner's memory, more than the 2 GiB allowed. Lower one of them (with ${queueSize}, a part of at most ` +
             `${Math.floor(MAX_UPLOAD_BUFFER_BYTES / (queueSize + 1) / 1024 ** 2)}MiB), or leave 'part-size' empty to have it chosen from the database's size.`);
     }
+    const publicUrl = get(Inputs.PublicUrl).replace(/\/+$/, '') || undefined;
+    if (publicUrl && !/^https?:\/\/[^\s'"<>]+$/.test(publicUrl)) {
+        throw new errors_InputError(`Input 'public-url' is '${publicUrl}'. Use the http(s) URL under which the bucket's keys are read (e.g. https://cdn.example.com).`);
+    }
     const s3 = {
         bucket,
         region: get(Inputs.Region) || undefined,
@@ -90124,7 +90272,14 @@ function parseSettings(read = readActionInput) {
         manifestPrefix: keyPrefix(Inputs.ManifestPrefix, get(Inputs.ManifestPrefix) || '_prep-snapshot'),
         partSize,
         queueSize,
+        downloadConnections: int(Inputs.DownloadConnections, 8, 1, 16),
+        filesInFlight: int(Inputs.FilesInFlight, 16, 1, 256),
+        bytesInFlight: parseSize(Inputs.BytesInFlight, get(Inputs.BytesInFlight) || '256MiB'),
+        publicUrl,
     };
+    if (s3.bytesInFlight < 16 * 1024 ** 2 || s3.bytesInFlight > MAX_UPLOAD_BUFFER_BYTES) {
+        throw new errors_InputError(`Input 'bytes-in-flight' is '${get(Inputs.BytesInFlight)}'. It must be between 16MiB and 2GiB.`);
+    }
     separatePrefixes([
         [Inputs.Prefix, s3.prefix],
         [Inputs.PermanentPrefix, s3.permanentPrefix],
@@ -90134,11 +90289,17 @@ function parseSettings(read = readActionInput) {
     if (compression !== 'gzip' && compression !== 'zstd') {
         throw new errors_InputError(`Input 'compression' is '${compression}'. Use 'gzip' (readable by the original restore script) or 'zstd'.`);
     }
+    const format = get(Inputs.Format) || defaults.format;
+    if (format !== 'archive' && format !== 'tree') {
+        throw new errors_InputError(`Input 'format' is '${format}'. Use 'archive' (one tar stream; the original scripts read it as tar.gz) or 'tree' ` +
+            `(each file stored once: a backup sends only what changed).`);
+    }
     const consistency = get(Inputs.Consistency) || 'hardlink';
     if (consistency !== 'hardlink' && consistency !== 'stop') {
         throw new errors_InputError(`Input 'consistency' is '${consistency}'. Use 'hardlink' (default) or 'stop'.`);
     }
     const backup = {
+        format,
         compression,
         compressionLevel: compression === 'gzip'
             ? int(Inputs.CompressionLevel, DEFAULT_LEVEL.gzip, 1, 9)
@@ -90168,6 +90329,7 @@ function parseSettings(read = readActionInput) {
         healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
         diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
         processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
+        deep: bool(Inputs.Deep, false),
     };
     const needsHost = mode === 'backup' || mode === 'restore';
     const ssh = needsHost ? parseSsh(get, bool, int) : undefined;
@@ -90175,6 +90337,7 @@ function parseSettings(read = readActionInput) {
         dataDir: !get(Inputs.DataDir),
         peerUrl: !get(Inputs.PeerUrl),
         compression: !get(Inputs.Compression) && !get(Inputs.CompressionLevel),
+        format: !get(Inputs.Format),
     };
     return { mode: mode, kindDefaults, ssh, node, s3, backup, restore };
 }
@@ -90233,6 +90396,8 @@ const KIND_DEFAULTS = {
         dataDir: (prepDir) => `${prepDir}/data/loopchain`,
         peerUrl: 'http://localhost:9000/api/v1/avail/peer',
         compression: 'gzip',
+        /** The original restore script reads only a tar.gz. */
+        format: 'archive',
     },
     goloop: {
         /** The node dir beside icon2-node's compose file (`./data:/goloop/data`). */
@@ -90240,6 +90405,8 @@ const KIND_DEFAULTS = {
         peerUrl: 'http://localhost:9000/admin/chain',
         /** The original scripts, which read only gzip, never restore a goloop snapshot. */
         compression: 'zstd',
+        /** A daily backup sends only the tables written since the last; icon2-node restores it natively. */
+        format: 'tree',
     },
 };
 /**
@@ -90255,6 +90422,8 @@ function forKind(settings, kind) {
     if (settings.kindDefaults.peerUrl)
         node.peerUrl = d.peerUrl;
     const backup = { ...settings.backup };
+    if (settings.kindDefaults.format)
+        backup.format = d.format;
     if (settings.kindDefaults.compression) {
         backup.compression = d.compression;
         backup.compressionLevel = DEFAULT_LEVEL[d.compression];

@@ -1,0 +1,218 @@
+/**
+ * How a restore's bytes reach the staging folder: an archive streamed from S3 (ranged GETs,
+ * see s3/download.ts) into the host's extraction, or a tree's files fetched into it (see
+ * tree/fetch.ts). Both end with what the summary and the checks after them need.
+ */
+import * as core from '@actions/core';
+import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import {
+  ActionError,
+  HostError,
+  IntegrityError,
+  ObjectChangedError,
+  StorageError,
+  errorMessage,
+} from '../errors.js';
+import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
+import type { NodeHost } from '../node-kind/index.js';
+import { dirname } from '../node-kind/remote.js';
+import {
+  type Decoder,
+  goLine,
+  NOT_A_SNAPSHOT,
+  UNSAFE_ARCHIVE,
+  UNSAFE_MARK,
+} from '../node-kind/extract.js';
+import { Progress } from '../progress.js';
+import { describeS3Error } from '../s3/client.js';
+import { headObject, rangedDownload } from '../s3/download.js';
+import { HashingCounter } from '../s3/upload.js';
+import type { Settings } from '../settings.js';
+import type { RemoteStream } from '../ssh/session.js';
+import { fetchTree } from '../tree/fetch.js';
+import type { TreeSource } from './restore-tree.js';
+
+/** What the operator reads when the archive's bytes stopped coming. */
+function downloadFailed(key: string, bytes: number, error: unknown): ActionError {
+  if (error instanceof ObjectChangedError) {
+    return new StorageError(
+      `The stored ${key} was replaced during the restore (${error.message}) Nothing was touched: the data dir is ` +
+        `as it was. Run again to restore the snapshot as it is now.`,
+    );
+  }
+  return new ActionError(
+    `The download of ${key} broke off after ${formatBytes(bytes)}: ${errorMessage(error)}. The data dir was not touched; run again.`,
+  );
+}
+
+export async function objectSize(client: S3Client, bucket: string, key: string): Promise<number> {
+  try {
+    const head = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+    return head.ContentLength ?? 0;
+  } catch (error) {
+    throw describeS3Error(error, `s3://${bucket}/${key}`);
+  }
+}
+
+export async function streamInto(
+  remote: RemoteStream,
+  onGo: () => void,
+  client: S3Client,
+  settings: Settings,
+  key: string,
+  into: { host: NodeHost; stage: string; decoder: Decoder },
+  size: number,
+  expectedSha256?: string,
+): Promise<{ sha256: string; bytes: number; files: number; seconds: number }> {
+  const t = performance.now();
+  // The ETag seen here pins every ranged read of the stream to this version of the object.
+  const stored = await headObject(client, settings.s3.bucket, key);
+  if (stored.size !== size) {
+    throw downloadFailed(
+      key,
+      0,
+      new ObjectChangedError(`its size went from ${size} to ${stored.size} bytes.`),
+    );
+  }
+  const connections = settings.s3.downloadConnections;
+  const body = rangedDownload({
+    client,
+    bucket: settings.s3.bucket,
+    key,
+    object: stored,
+    connections,
+    onRetry: (message) => core.info(`Download: ${message}`),
+  });
+  // The extraction begins once S3 has sent a first byte: a read that S3 refuses leaves nothing
+  // begun on the host.
+  try {
+    await body.started;
+  } catch (error) {
+    body.destroy();
+    throw downloadFailed(key, 0, error);
+  }
+  onGo();
+  remote.stdin.write(goLine(into.decoder));
+  let out = '';
+  remote.stdout.setEncoding('utf8');
+  remote.stdout.on('data', (text: string) => {
+    out += text;
+  });
+  const counter = new HashingCounter();
+  const progress = new Progress('Restore', size);
+  counter.on('data', () => {
+    progress.sent = counter.bytes;
+    progress.read = counter.bytes;
+  });
+  let downloadError: Error | undefined;
+  let giveUp: NodeJS.Timeout | undefined;
+  body.on('error', (error) => {
+    downloadError = error;
+    // The host sees the end of its input and its extraction ends on its own; the staging
+    // folder is removed after that, not while tar still writes into it.
+    body.unpipe(counter);
+    counter.end();
+    giveUp = setTimeout(() => remote.kill(), 60_000);
+  });
+  body.pipe(counter).pipe(remote.stdin);
+  remote.stdin.on('error', () => undefined);
+  const code = await remote.exit;
+  clearTimeout(giveUp);
+  progress.stop();
+  body.destroy();
+  if (downloadError) throw downloadFailed(key, counter.bytes, downloadError);
+  // A damaged archive usually breaks the decompressor too: the sha256 says what happened.
+  const sha256 = counter.digest();
+  if (expectedSha256 && counter.bytes === size && sha256 !== expectedSha256) {
+    throw new IntegrityError(
+      `${key}: sha256 ${sha256} differs from the manifest's ${expectedSha256}: the stored archive is damaged. ` +
+        `The data dir was not touched; restore another snapshot ('snapshot' input).`,
+    );
+  }
+  if (code !== 0) {
+    const tail = remote.stderrTail().trim();
+    // With 1 MiB records, tar can meet a full disk in the middle of a record and say only
+    // that it wrote less than it had.
+    if (/No space left on device|Wrote only \d+ of \d+ bytes/i.test(tail)) {
+      throw new HostError(
+        `The host's disk filled up during the extraction (${dirname(into.stage)}). The data dir was not touched; free space and run again.`,
+      );
+    }
+    if (code === NOT_A_SNAPSHOT) {
+      throw new IntegrityError(
+        `${key} is not a snapshot of a ${into.host.kind} node: ${tail}. The data dir was not touched.`,
+      );
+    }
+    if (code === UNSAFE_ARCHIVE) {
+      const found = tail
+        .split('\n')
+        .filter((l) => l.startsWith(`${UNSAFE_MARK} `))
+        .map((l) => l.slice(UNSAFE_MARK.length + 1));
+      throw new IntegrityError(
+        `${key} was refused as unsafe: it holds ${found.length ? found.join('; ') : tail}. A snapshot holds only ` +
+          `regular files and directories under ${into.host.expectedContent()}, none of them setuid, setgid or sticky. ` +
+          `The staging folder was removed and the data dir was not touched. Restore another snapshot ('snapshot' input) ` +
+          `and find out how this one got into the bucket.`,
+      );
+    }
+    if (code === null) {
+      throw new ActionError(
+        `The SSH connection was lost during the extraction${tail ? `: ${tail}` : ''}. The data dir was not touched; run again.`,
+      );
+    }
+    throw new IntegrityError(
+      `The archive did not extract (exit ${code}): ${tail || 'no message'}. It is truncated or damaged; the data dir was not touched.`,
+    );
+  }
+  if (counter.bytes !== size) {
+    throw new ActionError(
+      `${formatBytes(counter.bytes)} of ${formatBytes(size)} arrived. The data dir was not touched; run again.`,
+    );
+  }
+  const seconds = secondsSince(t);
+  core.info(
+    `${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}; ` +
+      `${connections} connection${connections === 1 ? '' : 's'} to S3, ranges of ${formatBytes(body.rangeBytes)}` +
+      `${body.retries > 0 ? `; ${body.retries} reads again after a failure` : ''}).`,
+  );
+  return { sha256, bytes: counter.bytes, files: Number(out.trim()), seconds };
+}
+
+export interface Streamed {
+  /** An archive's, computed on the way. */
+  sha256?: string;
+  bytes: number;
+  files: number;
+  seconds: number;
+  /** A tree's figures, for the summary. */
+  line?: string;
+}
+
+/** A tree's files into the staging folder (see tree/fetch.ts), with the figures the summary shows. */
+export async function fetchInto(
+  remote: RemoteStream,
+  onGo: () => void,
+  settings: Settings,
+  tree: TreeSource,
+  into: { host: NodeHost; stage: string },
+): Promise<Streamed> {
+  const t = performance.now();
+  const got = await fetchTree({
+    host: into.host,
+    stage: into.stage,
+    remote,
+    onGo,
+    items: tree.items,
+    dirs: tree.dirs,
+    filesInFlight: settings.s3.filesInFlight,
+    bytesInFlight: settings.s3.bytesInFlight,
+  });
+  const seconds = secondsSince(t);
+  const line =
+    `${got.files} files fetched (${formatBytes(got.bytes)})` +
+    (got.kept + got.continued > 0
+      ? `, ${got.kept} kept and ${got.continued} continued from an earlier run`
+      : '');
+  core.info(`${line} in ${formatDuration(seconds)} (${formatRate(got.bytes, seconds)}).`);
+  return { bytes: got.bytes, files: got.counted, seconds, line };
+}

@@ -98752,6 +98752,118 @@ function formatAge(hours) {
     return `${(hours / 24).toFixed(1)} d`;
 }
 
+;// CONCATENATED MODULE: ./src/modes/restore-tree.ts
+/**
+ * Where a tree restore's files come from: a tree of ours (its manifest proves every file by
+ * its sha256) or one published in icon2-node's form (an index and a checksum file, which
+ * prove only sizes and the hashes of the files' tails). Either becomes the list of files that
+ * tree/fetch.ts writes into the staging folder; the swap, the health wait and the rollback
+ * are restore.ts's, as for an archive.
+ */
+
+
+
+
+
+
+
+
+const stageIdOf = (key) => (0,external_node_crypto_.createHash)('sha256').update(key).digest('hex').slice(0, 16);
+/** A tree of ours, from its manifest. */
+async function ourTree(client, settings, key) {
+    const { bucket } = settings.s3;
+    const m = await readTreeManifest(client, bucket, treeFiles(key).manifest);
+    if (!m) {
+        throw new StorageError(`${key} has no manifest.json: the tree is incomplete or not ours. Restore another snapshot ('snapshot' input).`);
+    }
+    const objects = m.objects;
+    const open = (sha) => async (start) => {
+        try {
+            const res = await client.send(new dist_cjs/* GetObjectCommand */.jLs({
+                Bucket: bucket,
+                Key: `${objects}${sha}`,
+                Range: start > 0 ? `bytes=${start}-` : undefined,
+            }));
+            return res.Body;
+        }
+        catch (error) {
+            throw describeS3Error(error, `s3://${bucket}/${objects}${sha}`);
+        }
+    };
+    return {
+        key,
+        nodeKind: m.nodeKind === 'goloop' ? 'goloop' : 'loopchain',
+        facts: m.facts,
+        height: m.blockHeight,
+        bytes: m.bytes,
+        items: m.files.map((f) => ({
+            path: f.path,
+            size: f.size,
+            mode: f.mode,
+            sha256: f.sha256,
+            tail: f.tail,
+            open: open(f.sha256),
+        })),
+        dirs: m.dirs,
+        proven: true,
+        stageId: stageIdOf(key),
+    };
+}
+/**
+ * A tree in icon2-node's form, named by the URL of its `{SERVICE}.json`: a goloop node's
+ * files, read over HTTP(S) as aria2c would. Nothing states its height or block hash: the
+ * restored node is healthy once its chain is started and answering.
+ */
+async function foreignTree(pointerUrl, channel) {
+    const all = await readForeignTree(pointerUrl);
+    // The chain folder is the one named by a cid (hex) that holds a database: `{cid}/db/{nid}/…`.
+    const chain = all
+        .map((f) => /^([0-9a-f]{1,8})\/db\/([0-9a-f]{1,8})\//.exec(f.path))
+        .find((m) => m !== null);
+    if (!chain) {
+        throw new StorageError(`${pointerUrl} names no goloop chain folder ({cid}/db/{nid}/…): it is not a tree of a goloop node.`);
+    }
+    const folder = chain[1];
+    const files = all.filter((f) => f.path.startsWith(`${folder}/`));
+    if (files.length < all.length) {
+        info(`Restoring the chain folder ${folder}; ${all.length - files.length} other files of the tree (node-level files) are left out.`);
+    }
+    const unchecked = files.filter((f) => f.tail === undefined).length;
+    warning(`${pointerUrl} is a tree in icon2-node's form, with no manifest of ours: only each file's size` +
+        `${unchecked < files.length ? ' and the hash of its last 10 KiB' : ''} can be checked, not a sha256 of the whole file, ` +
+        `and it states no block height or hash to prove the restored node by.`);
+    const open = (url) => async (start) => {
+        const res = await fetch(url, start > 0 ? { headers: { Range: `bytes=${start}-` } } : {});
+        if (!res.ok || !res.body) {
+            throw new ActionError(`GET ${url} answered ${res.status} ${res.statusText}.`);
+        }
+        return res.body;
+    };
+    const dirs = new Set();
+    for (const f of files) {
+        const parts = f.path.split('/');
+        for (let i = 1; i < parts.length; i++)
+            dirs.add(parts.slice(0, i).join('/'));
+    }
+    return {
+        key: pointerUrl,
+        nodeKind: 'goloop',
+        facts: { cid: `0x${folder}`, nid: `0x${chain[2]}`, channel },
+        height: 0,
+        bytes: files.reduce((s, f) => s + f.size, 0),
+        items: files.map((f) => ({
+            path: f.path,
+            size: f.size,
+            mode: 0o644,
+            tail: f.tail,
+            open: open(f.url),
+        })),
+        dirs: [...dirs].sort(),
+        proven: false,
+        stageId: stageIdOf(pointerUrl),
+    };
+}
+
 ;// CONCATENATED MODULE: ./src/tree/fetch.ts
 /**
  * A tree restore's transfer: the snapshot's files fetched in parallel (within a budget of
@@ -98980,13 +99092,11 @@ async function fetchWhole(item) {
     }
 }
 
-;// CONCATENATED MODULE: ./src/modes/restore-tree.ts
+;// CONCATENATED MODULE: ./src/modes/restore-stream.ts
 /**
- * Where a tree restore's files come from: a tree of ours (its manifest proves every file by
- * its sha256) or one published in icon2-node's form (an index and a checksum file, which
- * prove only sizes and the hashes of the files' tails). Either becomes the list of files that
- * tree/fetch.ts writes into the staging folder; the swap, the health wait and the rollback
- * are restore.ts's, as for an archive.
+ * How a restore's bytes reach the staging folder: an archive streamed from S3 (ranged GETs,
+ * see s3/download.ts) into the host's extraction, or a tree's files fetched into it (see
+ * tree/fetch.ts). Both end with what the summary and the checks after them need.
  */
 
 
@@ -98996,100 +99106,142 @@ async function fetchWhole(item) {
 
 
 
-const stageIdOf = (key) => (0,external_node_crypto_.createHash)('sha256').update(key).digest('hex').slice(0, 16);
-/** A tree of ours, from its manifest. */
-async function ourTree(client, settings, key) {
-    const { bucket } = settings.s3;
-    const m = await readTreeManifest(client, bucket, treeFiles(key).manifest);
-    if (!m) {
-        throw new StorageError(`${key} has no manifest.json: the tree is incomplete or not ours. Restore another snapshot ('snapshot' input).`);
+
+
+
+/** What the operator reads when the archive's bytes stopped coming. */
+function downloadFailed(key, bytes, error) {
+    if (error instanceof ObjectChangedError) {
+        return new StorageError(`The stored ${key} was replaced during the restore (${error.message}) Nothing was touched: the data dir is ` +
+            `as it was. Run again to restore the snapshot as it is now.`);
     }
-    const objects = m.objects;
-    const open = (sha) => async (start) => {
-        try {
-            const res = await client.send(new dist_cjs/* GetObjectCommand */.jLs({
-                Bucket: bucket,
-                Key: `${objects}${sha}`,
-                Range: start > 0 ? `bytes=${start}-` : undefined,
-            }));
-            return res.Body;
-        }
-        catch (error) {
-            throw describeS3Error(error, `s3://${bucket}/${objects}${sha}`);
-        }
-    };
-    return {
-        key,
-        nodeKind: m.nodeKind === 'goloop' ? 'goloop' : 'loopchain',
-        facts: m.facts,
-        height: m.blockHeight,
-        bytes: m.bytes,
-        items: m.files.map((f) => ({
-            path: f.path,
-            size: f.size,
-            mode: f.mode,
-            sha256: f.sha256,
-            tail: f.tail,
-            open: open(f.sha256),
-        })),
-        dirs: m.dirs,
-        proven: true,
-        stageId: stageIdOf(key),
-    };
+    return new ActionError(`The download of ${key} broke off after ${formatBytes(bytes)}: ${errorMessage(error)}. The data dir was not touched; run again.`);
 }
-/**
- * A tree in icon2-node's form, named by the URL of its `{SERVICE}.json`: a goloop node's
- * files, read over HTTP(S) as aria2c would. Nothing states its height or block hash: the
- * restored node is healthy once its chain is started and answering.
- */
-async function foreignTree(pointerUrl, channel) {
-    const all = await readForeignTree(pointerUrl);
-    // The chain folder is the one named by a cid (hex) that holds a database: `{cid}/db/{nid}/…`.
-    const chain = all
-        .map((f) => /^([0-9a-f]{1,8})\/db\/([0-9a-f]{1,8})\//.exec(f.path))
-        .find((m) => m !== null);
-    if (!chain) {
-        throw new StorageError(`${pointerUrl} names no goloop chain folder ({cid}/db/{nid}/…): it is not a tree of a goloop node.`);
+async function objectSize(client, bucket, key) {
+    try {
+        const head = await client.send(new dist_cjs/* HeadObjectCommand */.l81({ Bucket: bucket, Key: key }));
+        return head.ContentLength ?? 0;
     }
-    const folder = chain[1];
-    const files = all.filter((f) => f.path.startsWith(`${folder}/`));
-    if (files.length < all.length) {
-        info(`Restoring the chain folder ${folder}; ${all.length - files.length} other files of the tree (node-level files) are left out.`);
+    catch (error) {
+        throw describeS3Error(error, `s3://${bucket}/${key}`);
     }
-    const unchecked = files.filter((f) => f.tail === undefined).length;
-    warning(`${pointerUrl} is a tree in icon2-node's form, with no manifest of ours: only each file's size` +
-        `${unchecked < files.length ? ' and the hash of its last 10 KiB' : ''} can be checked, not a sha256 of the whole file, ` +
-        `and it states no block height or hash to prove the restored node by.`);
-    const open = (url) => async (start) => {
-        const res = await fetch(url, start > 0 ? { headers: { Range: `bytes=${start}-` } } : {});
-        if (!res.ok || !res.body) {
-            throw new ActionError(`GET ${url} answered ${res.status} ${res.statusText}.`);
+}
+async function streamInto(remote, onGo, client, settings, key, into, size, expectedSha256) {
+    const t = performance.now();
+    // The ETag seen here pins every ranged read of the stream to this version of the object.
+    const stored = await headObject(client, settings.s3.bucket, key);
+    if (stored.size !== size) {
+        throw downloadFailed(key, 0, new ObjectChangedError(`its size went from ${size} to ${stored.size} bytes.`));
+    }
+    const connections = settings.s3.downloadConnections;
+    const body = rangedDownload({
+        client,
+        bucket: settings.s3.bucket,
+        key,
+        object: stored,
+        connections,
+        onRetry: (message) => info(`Download: ${message}`),
+    });
+    // The extraction begins once S3 has sent a first byte: a read that S3 refuses leaves nothing
+    // begun on the host.
+    try {
+        await body.started;
+    }
+    catch (error) {
+        body.destroy();
+        throw downloadFailed(key, 0, error);
+    }
+    onGo();
+    remote.stdin.write(goLine(into.decoder));
+    let out = '';
+    remote.stdout.setEncoding('utf8');
+    remote.stdout.on('data', (text) => {
+        out += text;
+    });
+    const counter = new HashingCounter();
+    const progress = new Progress('Restore', size);
+    counter.on('data', () => {
+        progress.sent = counter.bytes;
+        progress.read = counter.bytes;
+    });
+    let downloadError;
+    let giveUp;
+    body.on('error', (error) => {
+        downloadError = error;
+        // The host sees the end of its input and its extraction ends on its own; the staging
+        // folder is removed after that, not while tar still writes into it.
+        body.unpipe(counter);
+        counter.end();
+        giveUp = setTimeout(() => remote.kill(), 60_000);
+    });
+    body.pipe(counter).pipe(remote.stdin);
+    remote.stdin.on('error', () => undefined);
+    const code = await remote.exit;
+    clearTimeout(giveUp);
+    progress.stop();
+    body.destroy();
+    if (downloadError)
+        throw downloadFailed(key, counter.bytes, downloadError);
+    // A damaged archive usually breaks the decompressor too: the sha256 says what happened.
+    const sha256 = counter.digest();
+    if (expectedSha256 && counter.bytes === size && sha256 !== expectedSha256) {
+        throw new IntegrityError(`${key}: sha256 ${sha256} differs from the manifest's ${expectedSha256}: the stored archive is damaged. ` +
+            `The data dir was not touched; restore another snapshot ('snapshot' input).`);
+    }
+    if (code !== 0) {
+        const tail = remote.stderrTail().trim();
+        // With 1 MiB records, tar can meet a full disk in the middle of a record and say only
+        // that it wrote less than it had.
+        if (/No space left on device|Wrote only \d+ of \d+ bytes/i.test(tail)) {
+            throw new HostError(`The host's disk filled up during the extraction (${dirname(into.stage)}). The data dir was not touched; free space and run again.`);
         }
-        return res.body;
-    };
-    const dirs = new Set();
-    for (const f of files) {
-        const parts = f.path.split('/');
-        for (let i = 1; i < parts.length; i++)
-            dirs.add(parts.slice(0, i).join('/'));
+        if (code === NOT_A_SNAPSHOT) {
+            throw new IntegrityError(`${key} is not a snapshot of a ${into.host.kind} node: ${tail}. The data dir was not touched.`);
+        }
+        if (code === UNSAFE_ARCHIVE) {
+            const found = tail
+                .split('\n')
+                .filter((l) => l.startsWith(`${UNSAFE_MARK} `))
+                .map((l) => l.slice(UNSAFE_MARK.length + 1));
+            throw new IntegrityError(`${key} was refused as unsafe: it holds ${found.length ? found.join('; ') : tail}. A snapshot holds only ` +
+                `regular files and directories under ${into.host.expectedContent()}, none of them setuid, setgid or sticky. ` +
+                `The staging folder was removed and the data dir was not touched. Restore another snapshot ('snapshot' input) ` +
+                `and find out how this one got into the bucket.`);
+        }
+        if (code === null) {
+            throw new ActionError(`The SSH connection was lost during the extraction${tail ? `: ${tail}` : ''}. The data dir was not touched; run again.`);
+        }
+        throw new IntegrityError(`The archive did not extract (exit ${code}): ${tail || 'no message'}. It is truncated or damaged; the data dir was not touched.`);
     }
-    return {
-        key: pointerUrl,
-        nodeKind: 'goloop',
-        facts: { cid: `0x${folder}`, nid: `0x${chain[2]}`, channel },
-        height: 0,
-        bytes: files.reduce((s, f) => s + f.size, 0),
-        items: files.map((f) => ({
-            path: f.path,
-            size: f.size,
-            mode: 0o644,
-            tail: f.tail,
-            open: open(f.url),
-        })),
-        dirs: [...dirs].sort(),
-        proven: false,
-        stageId: stageIdOf(pointerUrl),
-    };
+    if (counter.bytes !== size) {
+        throw new ActionError(`${formatBytes(counter.bytes)} of ${formatBytes(size)} arrived. The data dir was not touched; run again.`);
+    }
+    const seconds = secondsSince(t);
+    info(`${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}; ` +
+        `${connections} connection${connections === 1 ? '' : 's'} to S3, ranges of ${formatBytes(body.rangeBytes)}` +
+        `${body.retries > 0 ? `; ${body.retries} reads again after a failure` : ''}).`);
+    return { sha256, bytes: counter.bytes, files: Number(out.trim()), seconds };
+}
+/** A tree's files into the staging folder (see tree/fetch.ts), with the figures the summary shows. */
+async function fetchInto(remote, onGo, settings, tree, into) {
+    const t = performance.now();
+    const got = await fetchTree({
+        host: into.host,
+        stage: into.stage,
+        remote,
+        onGo,
+        items: tree.items,
+        dirs: tree.dirs,
+        filesInFlight: settings.s3.filesInFlight,
+        bytesInFlight: settings.s3.bytesInFlight,
+    });
+    const seconds = secondsSince(t);
+    const line = `${got.files} files fetched (${formatBytes(got.bytes)})` +
+        (got.kept + got.continued > 0
+            ? `, ${got.kept} kept and ${got.continued} continued from an earlier run`
+            : '');
+    info(`${line} in ${formatDuration(seconds)} (${formatRate(got.bytes, seconds)}).`);
+    return { bytes: got.bytes, files: got.counted, seconds, line };
 }
 
 ;// CONCATENATED MODULE: ./src/modes/restore.ts
@@ -99117,12 +99269,8 @@ async function foreignTree(pointerUrl, channel) {
 
 
 
-
-
 /** A `snapshot` that names a tree in icon2-node's form: the URL of its `{SERVICE}.json`. */
 const FOREIGN_POINTER = /^https?:\/\/[^\s]+\.json$/;
-
-
 async function restore(settings, connect = connectNode) {
     const ssh = settings.ssh;
     const opts = settings.restore;
@@ -99394,121 +99542,8 @@ async function runningNode(host, node, lostMeans) {
     node.assertOwned(lostMeans);
     return now.running;
 }
-/** What the operator reads when the archive's bytes stopped coming. */
-function downloadFailed(key, bytes, error) {
-    if (error instanceof ObjectChangedError) {
-        return new StorageError(`The stored ${key} was replaced during the restore (${error.message}) Nothing was touched: the data dir is ` +
-            `as it was. Run again to restore the snapshot as it is now.`);
-    }
-    return new ActionError(`The download of ${key} broke off after ${formatBytes(bytes)}: ${errorMessage(error)}. The data dir was not touched; run again.`);
-}
 function runningRefused(host, running) {
     return new HostError(`The node on ${host} is running (${running}). Stop it first, or set 'stop-node: true' to let the restore stop it.`);
-}
-async function objectSize(client, bucket, key) {
-    try {
-        const head = await client.send(new dist_cjs/* HeadObjectCommand */.l81({ Bucket: bucket, Key: key }));
-        return head.ContentLength ?? 0;
-    }
-    catch (error) {
-        throw describeS3Error(error, `s3://${bucket}/${key}`);
-    }
-}
-async function streamInto(remote, onGo, client, settings, key, into, size, expectedSha256) {
-    const t = performance.now();
-    // The ETag seen here pins every ranged read of the stream to this version of the object.
-    const stored = await headObject(client, settings.s3.bucket, key);
-    if (stored.size !== size) {
-        throw downloadFailed(key, 0, new ObjectChangedError(`its size went from ${size} to ${stored.size} bytes.`));
-    }
-    const connections = settings.s3.downloadConnections;
-    const body = rangedDownload({
-        client,
-        bucket: settings.s3.bucket,
-        key,
-        object: stored,
-        connections,
-        onRetry: (message) => info(`Download: ${message}`),
-    });
-    // The extraction begins once S3 has sent a first byte: a read that S3 refuses leaves nothing
-    // begun on the host.
-    try {
-        await body.started;
-    }
-    catch (error) {
-        body.destroy();
-        throw downloadFailed(key, 0, error);
-    }
-    onGo();
-    remote.stdin.write(goLine(into.decoder));
-    let out = '';
-    remote.stdout.setEncoding('utf8');
-    remote.stdout.on('data', (text) => {
-        out += text;
-    });
-    const counter = new HashingCounter();
-    const progress = new Progress('Restore', size);
-    counter.on('data', () => {
-        progress.sent = counter.bytes;
-        progress.read = counter.bytes;
-    });
-    let downloadError;
-    let giveUp;
-    body.on('error', (error) => {
-        downloadError = error;
-        // The host sees the end of its input and its extraction ends on its own; the staging
-        // folder is removed after that, not while tar still writes into it.
-        body.unpipe(counter);
-        counter.end();
-        giveUp = setTimeout(() => remote.kill(), 60_000);
-    });
-    body.pipe(counter).pipe(remote.stdin);
-    remote.stdin.on('error', () => undefined);
-    const code = await remote.exit;
-    clearTimeout(giveUp);
-    progress.stop();
-    body.destroy();
-    if (downloadError)
-        throw downloadFailed(key, counter.bytes, downloadError);
-    // A damaged archive usually breaks the decompressor too: the sha256 says what happened.
-    const sha256 = counter.digest();
-    if (expectedSha256 && counter.bytes === size && sha256 !== expectedSha256) {
-        throw new IntegrityError(`${key}: sha256 ${sha256} differs from the manifest's ${expectedSha256}: the stored archive is damaged. ` +
-            `The data dir was not touched; restore another snapshot ('snapshot' input).`);
-    }
-    if (code !== 0) {
-        const tail = remote.stderrTail().trim();
-        // With 1 MiB records, tar can meet a full disk in the middle of a record and say only
-        // that it wrote less than it had.
-        if (/No space left on device|Wrote only \d+ of \d+ bytes/i.test(tail)) {
-            throw new HostError(`The host's disk filled up during the extraction (${dirname(into.stage)}). The data dir was not touched; free space and run again.`);
-        }
-        if (code === NOT_A_SNAPSHOT) {
-            throw new IntegrityError(`${key} is not a snapshot of a ${into.host.kind} node: ${tail}. The data dir was not touched.`);
-        }
-        if (code === UNSAFE_ARCHIVE) {
-            const found = tail
-                .split('\n')
-                .filter((l) => l.startsWith(`${UNSAFE_MARK} `))
-                .map((l) => l.slice(UNSAFE_MARK.length + 1));
-            throw new IntegrityError(`${key} was refused as unsafe: it holds ${found.length ? found.join('; ') : tail}. A snapshot holds only ` +
-                `regular files and directories under ${into.host.expectedContent()}, none of them setuid, setgid or sticky. ` +
-                `The staging folder was removed and the data dir was not touched. Restore another snapshot ('snapshot' input) ` +
-                `and find out how this one got into the bucket.`);
-        }
-        if (code === null) {
-            throw new ActionError(`The SSH connection was lost during the extraction${tail ? `: ${tail}` : ''}. The data dir was not touched; run again.`);
-        }
-        throw new IntegrityError(`The archive did not extract (exit ${code}): ${tail || 'no message'}. It is truncated or damaged; the data dir was not touched.`);
-    }
-    if (counter.bytes !== size) {
-        throw new ActionError(`${formatBytes(counter.bytes)} of ${formatBytes(size)} arrived. The data dir was not touched; run again.`);
-    }
-    const seconds = secondsSince(t);
-    info(`${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}; ` +
-        `${connections} connection${connections === 1 ? '' : 's'} to S3, ranges of ${formatBytes(body.rangeBytes)}` +
-        `${body.retries > 0 ? `; ${body.retries} reads again after a failure` : ''}).`);
-    return { sha256, bytes: counter.bytes, files: Number(out.trim()), seconds };
 }
 async function waitForHeight(host, facts, timeoutSeconds) {
     const start = performance.now();
@@ -99559,27 +99594,6 @@ async function rollback(host, node, dirs, startAfter) {
         await node.start();
     else
         await node.leaveStopped();
-}
-/** A tree's files into the staging folder (see tree/fetch.ts), with the figures the summary shows. */
-async function fetchInto(remote, onGo, settings, tree, into) {
-    const t = performance.now();
-    const got = await fetchTree({
-        host: into.host,
-        stage: into.stage,
-        remote,
-        onGo,
-        items: tree.items,
-        dirs: tree.dirs,
-        filesInFlight: settings.s3.filesInFlight,
-        bytesInFlight: settings.s3.bytesInFlight,
-    });
-    const seconds = secondsSince(t);
-    const line = `${got.files} files fetched (${formatBytes(got.bytes)})` +
-        (got.kept + got.continued > 0
-            ? `, ${got.kept} kept and ${got.continued} continued from an earlier run`
-            : '');
-    info(`${line} in ${formatDuration(seconds)} (${formatRate(got.bytes, seconds)}).`);
-    return { bytes: got.bytes, files: got.counted, seconds, line };
 }
 
 ;// CONCATENATED MODULE: ./src/run.ts

@@ -138,7 +138,8 @@ function socketRequest(
   });
 }
 
-async function jsonRpc<T>(url: string, method: string, params: unknown): Promise<T> {
+/** One JSON-RPC call (`url` is `{rpc}/api/v3/{channel}`); an error answer throws. */
+export async function jsonRpc<T>(url: string, method: string, params: unknown): Promise<T> {
   const r = await fetch(url, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
@@ -149,6 +150,19 @@ async function jsonRpc<T>(url: string, method: string, params: unknown): Promise
   if (j.error !== undefined || j.result === undefined)
     throw new Error(`${method} at ${url}: ${JSON.stringify(j.error ?? j)}`);
   return j.result;
+}
+
+/** The block hash (hex, no 0x) at `height` of the node whose JSON-RPC is `url`: of any node, not only one started here. */
+export async function blockHashAt(url: string, height: number): Promise<string> {
+  const b = await jsonRpc<{ block_hash: string }>(url, 'icx_getBlockByHeight', {
+    height: `0x${height.toString(16)}`,
+  });
+  return b.block_hash.replace(/^0x/, '');
+}
+
+/** The balance in loop of `address` on the node whose JSON-RPC is `url`. */
+export async function balanceAt(url: string, address: string): Promise<bigint> {
+  return BigInt(await jsonRpc<string>(url, 'icx_getBalance', { address }));
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -416,10 +430,8 @@ export async function startGoloop(opts: GoloopOptions = {}): Promise<GoloopNode>
       pid: srv.child.pid ?? -1,
       chain,
       height: async () => (await chain()).height,
-      blockHash: async (h) =>
-        (await jsonRpc<{ block_hash: string }>(rpc, 'icx_getBlockByHeight', { height: hex(h) }))
-          .block_hash,
-      balance: async (a) => BigInt(await jsonRpc<string>(rpc, 'icx_getBalance', { address: a })),
+      blockHash: (h) => blockHashAt(rpc, h),
+      balance: (a) => balanceAt(rpc, a),
       transfer,
       load,
       waitForHeight,

@@ -17,7 +17,13 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { startGoloop, type GoloopNode, type GoloopTransfer } from '../bed/goloop.js';
+import {
+  balanceAt,
+  blockHashAt,
+  startGoloop,
+  type GoloopNode,
+  type GoloopTransfer,
+} from '../bed/goloop.js';
 import { s3Env, startMinio, type S3Server } from '../bed/minio.js';
 import { goloopBin, goloopMissing, repoRoot } from '../bed/paths.js';
 import { freePort } from '../bed/ports.js';
@@ -362,7 +368,10 @@ describe('ICON 2: a real goloop node', { skip: goloopMissing() }, () => {
       log.indexOf('streamed and extracted') < log.indexOf('Stopping the node'),
       'the snapshot streamed before the chain stopped',
     );
-    assert.equal(await g.blockHash(height), await blockHash(`${g.rpcUrl}/api/v3/icon_dex`, height));
+    assert.equal(
+      await g.blockHash(height),
+      await blockHashAt(`${g.rpcUrl}/api/v3/icon_dex`, height),
+    );
     assert.equal((await g.chain()).state, 'started');
     const previous = readdirSync(join(g.nodeDir, '..')).filter((n) => n.startsWith('data.prev-'));
     assert.equal(previous.length, 1, 'the previous chain folder is kept outside the node dir');
@@ -441,38 +450,17 @@ describe('ICON 2: a real goloop node', { skip: goloopMissing() }, () => {
     assert.ok(Number(r.outputs['height-reached']) >= height);
     assert.ok(existsSync(join(node, g.cid, 'db')));
     const rpcUrl = `http://127.0.0.1:${rpc}/api/v3/icon_dex`;
-    const restoredHash = await blockHash(rpcUrl, height);
+    const restoredHash = await blockHashAt(rpcUrl, height);
     const manifest = JSON.parse(await s3.getText(bucket, `_prep-snapshot/${key}.json`)) as {
       facts: Record<string, string>;
     };
     assert.equal(restoredHash, manifest.facts.blockHash);
-    const restoredBalances = await Promise.all(sent.slice(0, 5).map((t) => balance(rpcUrl, t.to)));
+    const restoredBalances = await Promise.all(
+      sent.slice(0, 5).map((t) => balanceAt(rpcUrl, t.to)),
+    );
     assert.deepEqual(restoredBalances, balances);
   });
 });
-
-async function rpcCall<T>(url: string, method: string, params: unknown): Promise<T> {
-  const res = await fetch(url, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }),
-    signal: AbortSignal.timeout(10_000),
-  });
-  const body = (await res.json()) as { result?: T; error?: unknown };
-  if (body.result === undefined) throw new Error(`${method}: ${JSON.stringify(body.error)}`);
-  return body.result;
-}
-
-async function blockHash(url: string, height: number): Promise<string> {
-  const b = await rpcCall<{ block_hash: string }>(url, 'icx_getBlockByHeight', {
-    height: `0x${height.toString(16)}`,
-  });
-  return b.block_hash.replace(/^0x/, '');
-}
-
-async function balance(url: string, address: string): Promise<bigint> {
-  return BigInt(await rpcCall<string>(url, 'icx_getBalance', { address }));
-}
 
 async function waitFor(ready: () => Promise<boolean>, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;

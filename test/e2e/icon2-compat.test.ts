@@ -35,7 +35,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { PutBucketPolicyCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { startGoloop, type GoloopNode } from '../bed/goloop.js';
+import { blockHashAt, startGoloop, type GoloopNode } from '../bed/goloop.js';
 import { growDatabase } from '../bed/goloop-ballast.js';
 import { s3Env, startMinio, type S3Server } from '../bed/minio.js';
 import { goloopBin, goloopMissing, repoRoot } from '../bed/paths.js';
@@ -123,28 +123,9 @@ function theirIndexedFiles(nodeDir: string): string[] {
   return out.sort();
 }
 
-async function rpcCall<T>(url: string, method: string, params: unknown): Promise<T> {
-  const res = await fetch(url, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }),
-    signal: AbortSignal.timeout(10_000),
-  });
-  const body = (await res.json()) as { result?: T; error?: unknown };
-  if (body.result === undefined) throw new Error(`${method}: ${JSON.stringify(body.error)}`);
-  return body.result;
-}
-
 /** The block hash (hex, no 0x) at `height`, as the node at `rpcUrl` answers it. */
 async function blockHash(rpcUrl: string, channel: string, height: number): Promise<string> {
-  const b = await rpcCall<{ block_hash: string }>(
-    `${rpcUrl}/api/v3/${channel}`,
-    'icx_getBlockByHeight',
-    {
-      height: `0x${height.toString(16)}`,
-    },
-  );
-  return bare(b.block_hash);
+  return blockHashAt(`${rpcUrl}/api/v3/${channel}`, height);
 }
 
 /** The chain `cid` (0x…) in the node's `GET /admin/chain`, or undefined while it does not answer. */

@@ -10,7 +10,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startCutProxy } from '../bed/cut-proxy.js';
-import { startGoloop, type GoloopNode, type GoloopTransfer } from '../bed/goloop.js';
+import {
+  balanceAt,
+  blockHashAt,
+  startGoloop,
+  type GoloopNode,
+  type GoloopTransfer,
+} from '../bed/goloop.js';
 import { growDatabase } from '../bed/goloop-ballast.js';
 import { s3Env, startMinio, type S3Server } from '../bed/minio.js';
 import { goloopBin, goloopMissing, repoRoot } from '../bed/paths.js';
@@ -274,8 +280,10 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
     assert.match(said(r), /\d+ kept and \d+ continued from an earlier run/);
     assert.ok(Number(r.outputs['height-reached']) >= height);
     const rpcUrl = `http://127.0.0.1:${rpc}/api/v3/icon_dex`;
-    assert.equal(await blockHash(rpcUrl, height), await g.blockHash(height));
-    const restoredBalances = await Promise.all(sent.slice(0, 5).map((t) => balance(rpcUrl, t.to)));
+    assert.equal(await blockHashAt(rpcUrl, height), await g.blockHash(height));
+    const restoredBalances = await Promise.all(
+      sent.slice(0, 5).map((t) => balanceAt(rpcUrl, t.to)),
+    );
     assert.deepEqual(restoredBalances, balances);
     assert.deepEqual(
       readdirSync(join(root, 'host2')).filter((n) => n.startsWith('.prep-snapshot')),
@@ -309,29 +317,6 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
     assert.ok(!existsSync(join(root, 'host3')));
   });
 });
-
-async function rpcCall<T>(url: string, method: string, params: unknown): Promise<T> {
-  const res = await fetch(url, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }),
-    signal: AbortSignal.timeout(10_000),
-  });
-  const body = (await res.json()) as { result?: T; error?: unknown };
-  if (body.result === undefined) throw new Error(`${method}: ${JSON.stringify(body.error)}`);
-  return body.result;
-}
-
-async function blockHash(url: string, height: number): Promise<string> {
-  const b = await rpcCall<{ block_hash: string }>(url, 'icx_getBlockByHeight', {
-    height: `0x${height.toString(16)}`,
-  });
-  return b.block_hash.replace(/^0x/, '');
-}
-
-async function balance(url: string, address: string): Promise<bigint> {
-  return BigInt(await rpcCall<string>(url, 'icx_getBalance', { address }));
-}
 
 async function runShell(command: string): Promise<void> {
   const { execFile } = await import('node:child_process');

@@ -40,3 +40,35 @@ export class Progress {
     this.timer = undefined;
   }
 }
+
+/** Files and bytes done, with a rate and an estimate of the time left, on a timer. */
+export class FileProgress {
+  private readonly started = performance.now();
+  private readonly timer: NodeJS.Timeout;
+  files = 0;
+  bytes = 0;
+
+  constructor(
+    private readonly label: string,
+    private readonly totalFiles: number,
+    private readonly totalBytes: number,
+    intervalMs = 10_000,
+  ) {
+    this.timer = setInterval(() => core.info(this.line()), intervalMs);
+    this.timer.unref();
+  }
+
+  line(): string {
+    const seconds = (performance.now() - this.started) / 1000;
+    const fraction = this.totalBytes > 0 ? this.bytes / this.totalBytes : 1;
+    const eta = fraction > 0 ? (seconds / fraction) * (1 - fraction) : Number.NaN;
+    return (
+      `${this.label}: ${this.files}/${this.totalFiles} files, ${formatBytes(this.bytes)} of ` +
+      `${formatBytes(this.totalBytes)}, ${formatRate(this.bytes, seconds)}, ETA ${formatDuration(eta)}`
+    );
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+}

@@ -95400,6 +95400,33 @@ class Progress {
         this.timer = undefined;
     }
 }
+/** Files and bytes done, with a rate and an estimate of the time left, on a timer. */
+class FileProgress {
+    label;
+    totalFiles;
+    totalBytes;
+    started = performance.now();
+    timer;
+    files = 0;
+    bytes = 0;
+    constructor(label, totalFiles, totalBytes, intervalMs = 10_000) {
+        this.label = label;
+        this.totalFiles = totalFiles;
+        this.totalBytes = totalBytes;
+        this.timer = setInterval(() => info(this.line()), intervalMs);
+        this.timer.unref();
+    }
+    line() {
+        const seconds = (performance.now() - this.started) / 1000;
+        const fraction = this.totalBytes > 0 ? this.bytes / this.totalBytes : 1;
+        const eta = fraction > 0 ? (seconds / fraction) * (1 - fraction) : Number.NaN;
+        return (`${this.label}: ${this.files}/${this.totalFiles} files, ${formatBytes(this.bytes)} of ` +
+            `${formatBytes(this.totalBytes)}, ${formatRate(this.bytes, seconds)}, ETA ${formatDuration(eta)}`);
+    }
+    stop() {
+        clearInterval(this.timer);
+    }
+}
 
 // EXTERNAL MODULE: ./node_modules/@aws-sdk/client-s3/dist-cjs/index.js
 var dist_cjs = __nccwpck_require__(3711);
@@ -96372,7 +96399,10 @@ async function chooseSnapshot(client, s3, wanted) {
 
 /** The objects stored under the prefix: sha256 → size. */
 async function storedObjects(client, bucket, prefix) {
-    const objects = objectsPrefix(prefix);
+    return objectsUnder(client, bucket, objectsPrefix(prefix));
+}
+/** The objects under the key prefix `objects` (a manifest's `objects`): sha256 → size. */
+async function objectsUnder(client, bucket, objects) {
     const out = new Map();
     for (const o of await listObjects(client, bucket, objects)) {
         const sha = objectSha(objects, o.key);
@@ -96474,224 +96504,15 @@ async function listTrees(client, bucket, prefix) {
     });
 }
 
-;// CONCATENATED MODULE: ./src/tree/send.ts
-/**
- * A tree backup's transfer: the files whose objects are missing come from the host as one
- * plain tar over SSH; each is checked against the sha256 the host computed and put under it.
- * Many files are in flight to S3 at once, within a budget of files and bytes held on the
- * runner; a file larger than its share of the budget goes up alone, as a multipart upload,
- * while the tar waits.
- */
-
-
-
-
-
-
-
-
-
-
-
-/** A budget of files and bytes; `take` waits until both fit. */
-class Budget {
-    maxFiles;
-    maxBytes;
-    files = 0;
-    bytes = 0;
-    waiting = [];
-    constructor(maxFiles, maxBytes) {
-        this.maxFiles = maxFiles;
-        this.maxBytes = maxBytes;
-    }
-    async take(bytes) {
-        while (this.files >= this.maxFiles || (this.files > 0 && this.bytes + bytes > this.maxBytes))
-            await new Promise((resolve) => this.waiting.push(resolve));
-        this.files++;
-        this.bytes += bytes;
-    }
-    give(bytes) {
-        this.files--;
-        this.bytes -= bytes;
-        for (const w of this.waiting.splice(0))
-            w();
-    }
-    get idle() {
-        return this.files === 0;
-    }
-}
-/** Files and bytes done, with a rate and an estimate of the time left, on a timer. */
-class FileProgress {
-    label;
-    totalFiles;
-    totalBytes;
-    started = performance.now();
-    timer;
-    files = 0;
-    bytes = 0;
-    constructor(label, totalFiles, totalBytes, intervalMs = 10_000) {
-        this.label = label;
-        this.totalFiles = totalFiles;
-        this.totalBytes = totalBytes;
-        this.timer = setInterval(() => info(this.line()), intervalMs);
-        this.timer.unref();
-    }
-    line() {
-        const seconds = (performance.now() - this.started) / 1000;
-        const fraction = this.totalBytes > 0 ? this.bytes / this.totalBytes : 1;
-        const eta = fraction > 0 ? (seconds / fraction) * (1 - fraction) : Number.NaN;
-        return (`${this.label}: ${this.files}/${this.totalFiles} files, ${formatBytes(this.bytes)} of ` +
-            `${formatBytes(this.totalBytes)}, ${formatRate(this.bytes, seconds)}, ETA ${formatDuration(eta)}`);
-    }
-    stop() {
-        clearInterval(this.timer);
-    }
-}
-async function sendFiles(o) {
-    if (o.files.length === 0)
-        return { files: 0, bytes: 0 };
-    const total = o.files.reduce((s, f) => s + f.entry.size, 0);
-    const progress = new FileProgress('Upload', o.files.length, total);
-    const budget = new Budget(o.filesInFlight, o.bytesInFlight);
-    // A file bigger than this goes up on its own, streamed: never held whole.
-    const alone = Math.max(8 * 1024 ** 2, Math.floor(o.bytesInFlight / 4));
-    const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
-    const remote = await o.host.sendFiles(o.dir, o.files.map((f) => f.entry.hostPath));
-    let failure;
-    const uploads = new Set();
-    const fail = (error) => {
-        failure ??= error instanceof Error ? error : new Error(String(error));
+;// CONCATENATED MODULE: ./src/tree/pool.ts
+/** Runs `work` on every item, `width` at a time. */
+async function pool(items, width, work) {
+    let next = 0;
+    const worker = async () => {
+        while (next < items.length)
+            await work(items[next++]);
     };
-    const reader = new ChunkReader(remote.stdout[Symbol.asyncIterator]());
-    let sent = 0;
-    try {
-        for (;;) {
-            if (failure)
-                break;
-            const member = await nextMember(reader);
-            if (!member) {
-                await reader.drain();
-                break;
-            }
-            const file = byPath.get(member.name);
-            if (!file || member.type !== 'file' || member.size !== file.entry.size) {
-                throw new IntegrityError(`The host sent ${member.name} (${member.size} bytes), which is not the file it listed` +
-                    `${file ? ` (${file.entry.size} bytes)` : ''}: a file of the frozen copy changed. Nothing was published.`);
-            }
-            byPath.delete(member.name);
-            const { entry, sha256 } = file;
-            if (entry.size > alone) {
-                // Alone: the uploads in flight finish first, then this one streams.
-                await Promise.all(uploads);
-                if (failure)
-                    break;
-                const tail = await uploadStreamed(o, reader, entry, sha256);
-                o.onStored(entry, sha256, tail);
-                progress.files++;
-                progress.bytes += entry.size;
-                sent++;
-                continue;
-            }
-            await budget.take(entry.size);
-            const body = Buffer.allocUnsafe(entry.size);
-            await reader.readInto(body, 0, entry.size);
-            await reader.skip(padding(entry.size));
-            const upload = (async () => {
-                try {
-                    const actual = (0,external_node_crypto_.createHash)('sha256').update(body).digest('hex');
-                    if (actual !== sha256)
-                        throw changedError(entry.path, sha256, actual);
-                    const tail = new TailHasher();
-                    tail.update(body);
-                    await putObject(o.client, o.bucket, o.prefix, sha256, body);
-                    o.onStored(entry, sha256, await tail.digest());
-                    progress.files++;
-                    progress.bytes += entry.size;
-                }
-                catch (error) {
-                    fail(error);
-                }
-                finally {
-                    budget.give(entry.size);
-                }
-            })();
-            uploads.add(upload);
-            void upload.finally(() => uploads.delete(upload));
-            sent++;
-        }
-        await Promise.all(uploads);
-        if (failure)
-            throw failure;
-        const code = await remote.exit;
-        if (code !== 0) {
-            throw code === null
-                ? new StorageError(`The SSH connection was lost while the files streamed. Nothing was published.`)
-                : new RemoteCommandError('Sending the files', code, remote.stderrTail());
-        }
-        if (byPath.size > 0) {
-            throw new IntegrityError(`The host did not send ${byPath.size} of the files it listed (the first: ${[...byPath.keys()][0]}). Nothing was published.`);
-        }
-        info(progress.line());
-        return { files: sent, bytes: total };
-    }
-    catch (error) {
-        remote.kill();
-        await Promise.allSettled([...uploads]);
-        throw failure && !(error instanceof IntegrityError) ? failure : error;
-    }
-    finally {
-        progress.stop();
-        if (!budget.idle)
-            core_debug('uploads still in flight at the end of the transfer');
-    }
-}
-function changedError(path, expected, actual) {
-    return new IntegrityError(`${path} read as sha256 ${actual}, not the ${expected} the host computed a moment before: the file changed ` +
-        `while the backup read it. Nothing was published.`);
-}
-/** A large file, streamed from the tar into a multipart upload, proven before it completes. */
-async function uploadStreamed(o, reader, entry, sha256) {
-    const hash = (0,external_node_crypto_.createHash)('sha256');
-    const tail = new TailHasher();
-    let left = entry.size;
-    let settle = () => undefined;
-    const sourceOk = new Promise((resolve, reject) => {
-        settle = (error) => (error ? reject(error) : resolve());
-    });
-    sourceOk.catch(() => undefined);
-    const body = external_node_stream_.Readable.from((async function* () {
-        while (left > 0) {
-            const piece = await reader.some(Math.min(left, 1024 * 1024));
-            if (!piece) {
-                settle(new Error('the tar stream ended in the middle of a file'));
-                return;
-            }
-            left -= piece.length;
-            hash.update(piece);
-            tail.update(piece);
-            yield Buffer.from(piece);
-        }
-        await reader.skip(padding(entry.size));
-        const actual = hash.digest('hex');
-        settle(actual === sha256 ? undefined : changedError(entry.path, sha256, actual));
-    })());
-    try {
-        await streamUpload({
-            client: o.client,
-            bucket: o.bucket,
-            key: objectKey(o.prefix, sha256),
-            body,
-            partSize: 16 * 1024 ** 2,
-            queueSize: Math.max(1, Math.min(4, Math.floor(o.bytesInFlight / (16 * 1024 ** 2)) - 1)),
-            sourceOk,
-        });
-    }
-    catch (error) {
-        throw error instanceof IntegrityError
-            ? error
-            : new StorageError(`The upload of ${entry.path} failed: ${errorMessage(error)}`);
-    }
-    return tail.digest();
+    await Promise.all(Array.from({ length: Math.min(Math.max(1, width), items.length) }, worker));
 }
 
 ;// CONCATENATED MODULE: ./src/tree/verify.ts
@@ -96709,12 +96530,7 @@ async function uploadStreamed(o, reader, entry, sha256) {
 
 
 async function verifyTree(client, bucket, m, options) {
-    const stored = new Map();
-    for (const o of await listObjects(client, bucket, m.objects)) {
-        const sha = objectSha(m.objects, o.key);
-        if (sha)
-            stored.set(sha, o.size);
-    }
+    const stored = await objectsUnder(client, bucket, m.objects);
     const objects = new Map(m.files.map((f) => [f.sha256, f]));
     const missing = [...objects.values()].filter((f) => stored.get(f.sha256) !== f.size);
     if (missing.length > 0) {
@@ -96729,11 +96545,9 @@ async function verifyTree(client, bucket, m, options) {
     const list = [...objects.values()];
     const total = list.reduce((s, f) => s + f.size, 0);
     const progress = new FileProgress('Verify', list.length, total);
-    let next = 0;
     const bad = [];
-    const worker = async () => {
-        while (next < list.length) {
-            const f = list[next++];
+    try {
+        await pool(list, options.inFlight, async (f) => {
             let body;
             try {
                 const res = await client.send(new dist_cjs/* GetObjectCommand */.jLs({ Bucket: bucket, Key: `${m.objects}${f.sha256}` }));
@@ -96750,10 +96564,7 @@ async function verifyTree(client, bucket, m, options) {
             if (hash.digest('hex') !== f.sha256)
                 bad.push(f.path);
             progress.files++;
-        }
-    };
-    try {
-        await Promise.all(Array.from({ length: Math.max(1, options.inFlight) }, worker));
+        });
     }
     finally {
         progress.stop();
@@ -97685,6 +97496,199 @@ async function listLevel(client, bucket, folder) {
     return { keys, folders };
 }
 
+;// CONCATENATED MODULE: ./src/tree/send.ts
+/**
+ * A tree backup's transfer: the files whose objects are missing come from the host as one
+ * plain tar over SSH; each is checked against the sha256 the host computed and put under it.
+ * Many files are in flight to S3 at once, within a budget of files and bytes held on the
+ * runner; a file larger than its share of the budget goes up alone, as a multipart upload,
+ * while the tar waits.
+ */
+
+
+
+
+
+
+
+
+
+
+
+/** A budget of files and bytes; `take` waits until both fit. */
+class Budget {
+    maxFiles;
+    maxBytes;
+    files = 0;
+    bytes = 0;
+    waiting = [];
+    constructor(maxFiles, maxBytes) {
+        this.maxFiles = maxFiles;
+        this.maxBytes = maxBytes;
+    }
+    async take(bytes) {
+        while (this.files >= this.maxFiles || (this.files > 0 && this.bytes + bytes > this.maxBytes))
+            await new Promise((resolve) => this.waiting.push(resolve));
+        this.files++;
+        this.bytes += bytes;
+    }
+    give(bytes) {
+        this.files--;
+        this.bytes -= bytes;
+        for (const w of this.waiting.splice(0))
+            w();
+    }
+    get idle() {
+        return this.files === 0;
+    }
+}
+async function sendFiles(o) {
+    if (o.files.length === 0)
+        return { files: 0, bytes: 0 };
+    const total = o.files.reduce((s, f) => s + f.entry.size, 0);
+    const progress = new FileProgress('Upload', o.files.length, total);
+    const budget = new Budget(o.filesInFlight, o.bytesInFlight);
+    // A file bigger than this goes up on its own, streamed: never held whole.
+    const alone = Math.max(8 * 1024 ** 2, Math.floor(o.bytesInFlight / 4));
+    const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
+    const remote = await o.host.sendFiles(o.dir, o.files.map((f) => f.entry.hostPath));
+    let failure;
+    const uploads = new Set();
+    const fail = (error) => {
+        failure ??= error instanceof Error ? error : new Error(String(error));
+    };
+    const reader = new ChunkReader(remote.stdout[Symbol.asyncIterator]());
+    let sent = 0;
+    try {
+        for (;;) {
+            if (failure)
+                break;
+            const member = await nextMember(reader);
+            if (!member) {
+                await reader.drain();
+                break;
+            }
+            const file = byPath.get(member.name);
+            if (!file || member.type !== 'file' || member.size !== file.entry.size) {
+                throw new IntegrityError(`The host sent ${member.name} (${member.size} bytes), which is not the file it listed` +
+                    `${file ? ` (${file.entry.size} bytes)` : ''}: a file of the frozen copy changed. Nothing was published.`);
+            }
+            byPath.delete(member.name);
+            const { entry, sha256 } = file;
+            if (entry.size > alone) {
+                // Alone: the uploads in flight finish first, then this one streams.
+                await Promise.all(uploads);
+                if (failure)
+                    break;
+                const tail = await uploadStreamed(o, reader, entry, sha256);
+                o.onStored(entry, sha256, tail);
+                progress.files++;
+                progress.bytes += entry.size;
+                sent++;
+                continue;
+            }
+            await budget.take(entry.size);
+            const body = Buffer.allocUnsafe(entry.size);
+            await reader.readInto(body, 0, entry.size);
+            await reader.skip(padding(entry.size));
+            const upload = (async () => {
+                try {
+                    const actual = (0,external_node_crypto_.createHash)('sha256').update(body).digest('hex');
+                    if (actual !== sha256)
+                        throw changedError(entry.path, sha256, actual);
+                    const tail = new TailHasher();
+                    tail.update(body);
+                    await putObject(o.client, o.bucket, o.prefix, sha256, body);
+                    o.onStored(entry, sha256, await tail.digest());
+                    progress.files++;
+                    progress.bytes += entry.size;
+                }
+                catch (error) {
+                    fail(error);
+                }
+                finally {
+                    budget.give(entry.size);
+                }
+            })();
+            uploads.add(upload);
+            void upload.finally(() => uploads.delete(upload));
+            sent++;
+        }
+        await Promise.all(uploads);
+        if (failure)
+            throw failure;
+        const code = await remote.exit;
+        if (code !== 0) {
+            throw code === null
+                ? new StorageError(`The SSH connection was lost while the files streamed. Nothing was published.`)
+                : new RemoteCommandError('Sending the files', code, remote.stderrTail());
+        }
+        if (byPath.size > 0) {
+            throw new IntegrityError(`The host did not send ${byPath.size} of the files it listed (the first: ${[...byPath.keys()][0]}). Nothing was published.`);
+        }
+        info(progress.line());
+        return { files: sent, bytes: total };
+    }
+    catch (error) {
+        remote.kill();
+        await Promise.allSettled([...uploads]);
+        throw failure && !(error instanceof IntegrityError) ? failure : error;
+    }
+    finally {
+        progress.stop();
+        if (!budget.idle)
+            core_debug('uploads still in flight at the end of the transfer');
+    }
+}
+function changedError(path, expected, actual) {
+    return new IntegrityError(`${path} read as sha256 ${actual}, not the ${expected} the host computed a moment before: the file changed ` +
+        `while the backup read it. Nothing was published.`);
+}
+/** A large file, streamed from the tar into a multipart upload, proven before it completes. */
+async function uploadStreamed(o, reader, entry, sha256) {
+    const hash = (0,external_node_crypto_.createHash)('sha256');
+    const tail = new TailHasher();
+    let left = entry.size;
+    let settle = () => undefined;
+    const sourceOk = new Promise((resolve, reject) => {
+        settle = (error) => (error ? reject(error) : resolve());
+    });
+    sourceOk.catch(() => undefined);
+    const body = external_node_stream_.Readable.from((async function* () {
+        while (left > 0) {
+            const piece = await reader.some(Math.min(left, 1024 * 1024));
+            if (!piece) {
+                settle(new Error('the tar stream ended in the middle of a file'));
+                return;
+            }
+            left -= piece.length;
+            hash.update(piece);
+            tail.update(piece);
+            yield Buffer.from(piece);
+        }
+        await reader.skip(padding(entry.size));
+        const actual = hash.digest('hex');
+        settle(actual === sha256 ? undefined : changedError(entry.path, sha256, actual));
+    })());
+    try {
+        await streamUpload({
+            client: o.client,
+            bucket: o.bucket,
+            key: objectKey(o.prefix, sha256),
+            body,
+            partSize: 16 * 1024 ** 2,
+            queueSize: Math.max(1, Math.min(4, Math.floor(o.bytesInFlight / (16 * 1024 ** 2)) - 1)),
+            sourceOk,
+        });
+    }
+    catch (error) {
+        throw error instanceof IntegrityError
+            ? error
+            : new StorageError(`The upload of ${entry.path} failed: ${errorMessage(error)}`);
+    }
+    return tail.digest();
+}
+
 ;// CONCATENATED MODULE: ./src/modes/backup-tree.ts
 /**
  * The tree part of mode: backup, once the copy is frozen: list its files, prove which are
@@ -97692,6 +97696,7 @@ async function listLevel(client, bucket, folder) {
  * that every object the snapshot names exists, then publish its manifest, index and checksum
  * file, backup_list and the pointer. See tree/layout.ts for the bucket's layout.
  */
+
 
 
 
@@ -97992,15 +97997,6 @@ async function previousManifest(client, settings, source) {
             return { key, manifest };
     }
     return undefined;
-}
-/** Runs `work` on every item, `width` at a time. */
-async function pool(items, width, work) {
-    let next = 0;
-    const worker = async () => {
-        while (next < items.length)
-            await work(items[next++]);
-    };
-    await Promise.all(Array.from({ length: Math.min(Math.max(1, width), items.length) }, worker));
 }
 
 ;// CONCATENATED MODULE: ./src/retention.ts

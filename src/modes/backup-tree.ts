@@ -35,6 +35,7 @@ import {
 import { LeaseKeeper } from '../tree/lease.js';
 import { SWEEP_WINDOW_MS } from '../tree/sweep.js';
 import { verifyTree } from '../tree/verify.js';
+import { pool } from '../tree/pool.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { sendFiles } from '../tree/send.js';
 import {
@@ -422,13 +423,4 @@ async function previousManifest(
     if (manifest && sameSource(manifest.source, source)) return { key, manifest };
   }
   return undefined;
-}
-
-/** Runs `work` on every item, `width` at a time. */
-async function pool<T>(items: T[], width: number, work: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) await work(items[next++] as T);
-  };
-  await Promise.all(Array.from({ length: Math.min(Math.max(1, width), items.length) }, worker));
 }

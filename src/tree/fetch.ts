@@ -14,7 +14,7 @@ import type { NodeHost } from '../node-kind/host.js';
 import { GO_LINE } from '../shell.js';
 import type { RemoteStream } from '../ssh/session.js';
 import { TailHasher } from './icon2.js';
-import { FileProgress } from './send.js';
+import { FileProgress } from '../progress.js';
 import { END_OF_TAR, memberHeader, padding } from './tar-stream.js';
 
 /** A file to restore and where its bytes come from. */

@@ -10,13 +10,13 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { IntegrityError, StorageError, errorMessage } from '../errors.js';
-import { formatBytes, formatDuration, formatRate } from '../format.js';
 import type { NodeHost, TreeEntry } from '../node-kind/host.js';
 import { streamUpload } from '../s3/upload.js';
 import { RemoteCommandError } from '../errors.js';
 import { TailHasher } from './icon2.js';
 import { objectKey } from './layout.js';
 import { putObject } from './store.js';
+import { FileProgress } from '../progress.js';
 import { ChunkReader, nextMember, padding } from './tar-stream.js';
 
 export interface SendOptions {
@@ -60,38 +60,6 @@ class Budget {
 
   get idle(): boolean {
     return this.files === 0;
-  }
-}
-
-/** Files and bytes done, with a rate and an estimate of the time left, on a timer. */
-export class FileProgress {
-  private readonly started = performance.now();
-  private readonly timer: NodeJS.Timeout;
-  files = 0;
-  bytes = 0;
-
-  constructor(
-    private readonly label: string,
-    private readonly totalFiles: number,
-    private readonly totalBytes: number,
-    intervalMs = 10_000,
-  ) {
-    this.timer = setInterval(() => core.info(this.line()), intervalMs);
-    this.timer.unref();
-  }
-
-  line(): string {
-    const seconds = (performance.now() - this.started) / 1000;
-    const fraction = this.totalBytes > 0 ? this.bytes / this.totalBytes : 1;
-    const eta = fraction > 0 ? (seconds / fraction) * (1 - fraction) : Number.NaN;
-    return (
-      `${this.label}: ${this.files}/${this.totalFiles} files, ${formatBytes(this.bytes)} of ` +
-      `${formatBytes(this.totalBytes)}, ${formatRate(this.bytes, seconds)}, ETA ${formatDuration(eta)}`
-    );
-  }
-
-  stop(): void {
-    clearInterval(this.timer);
   }
 }
 

@@ -26,7 +26,15 @@ export async function storedObjects(
   bucket: string,
   prefix: string,
 ): Promise<Map<string, number>> {
-  const objects = objectsPrefix(prefix);
+  return objectsUnder(client, bucket, objectsPrefix(prefix));
+}
+
+/** The objects under the key prefix `objects` (a manifest's `objects`): sha256 → size. */
+export async function objectsUnder(
+  client: S3Client,
+  bucket: string,
+  objects: string,
+): Promise<Map<string, number>> {
   const out = new Map<string, number>();
   for (const o of await listObjects(client, bucket, objects)) {
     const sha = objectSha(objects, o.key);

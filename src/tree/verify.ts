@@ -9,9 +9,10 @@ import type { Readable } from 'node:stream';
 import { IntegrityError } from '../errors.js';
 import { formatBytes } from '../format.js';
 import { describeS3Error } from '../s3/client.js';
-import { FileProgress } from './send.js';
-import { objectSha, type TreeManifest } from './layout.js';
-import { listObjects } from '../s3/store.js';
+import { FileProgress } from '../progress.js';
+import type { TreeManifest } from './layout.js';
+import { pool } from './pool.js';
+import { objectsUnder } from './store.js';
 
 export interface TreeVerifyReport {
   files: number;
@@ -26,11 +27,7 @@ export async function verifyTree(
   m: TreeManifest,
   options: { deep: boolean; inFlight: number },
 ): Promise<TreeVerifyReport> {
-  const stored = new Map<string, number>();
-  for (const o of await listObjects(client, bucket, m.objects)) {
-    const sha = objectSha(m.objects, o.key);
-    if (sha) stored.set(sha, o.size);
-  }
+  const stored = await objectsUnder(client, bucket, m.objects);
   const objects = new Map(m.files.map((f) => [f.sha256, f]));
   const missing = [...objects.values()].filter((f) => stored.get(f.sha256) !== f.size);
   if (missing.length > 0) {
@@ -50,11 +47,9 @@ export async function verifyTree(
   const list = [...objects.values()];
   const total = list.reduce((s, f) => s + f.size, 0);
   const progress = new FileProgress('Verify', list.length, total);
-  let next = 0;
   const bad: string[] = [];
-  const worker = async (): Promise<void> => {
-    while (next < list.length) {
-      const f = list[next++]!;
+  try {
+    await pool(list, options.inFlight, async (f) => {
       let body: Readable;
       try {
         const res = await client.send(
@@ -71,10 +66,7 @@ export async function verifyTree(
       }
       if (hash.digest('hex') !== f.sha256) bad.push(f.path);
       progress.files++;
-    }
-  };
-  try {
-    await Promise.all(Array.from({ length: Math.max(1, options.inFlight) }, worker));
+    });
   } finally {
     progress.stop();
   }

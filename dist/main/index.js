@@ -93336,12 +93336,25 @@ const WIDE_PIPES = `wide() { if command -v perl >/dev/null 2>&1; then ` +
 /** Exit status of the extraction when the archive is not a snapshot of the node's kind. */
 const NOT_A_SNAPSHOT = 3;
 /**
+ * Starts the line of stderr that says what a refused archive lacks. The host's shell may write
+ * to stderr too (a login file that prints, a version manager that complains): the message is
+ * taken from the marked line only.
+ */
+const MISSING_MARK = 'prep-snapshot-missing';
+/**
  * Exit status of the extraction when the archive holds what a snapshot never does (see
  * `extractCommand`); EX_DATAERR of sysexits.h, which neither tar nor a decompressor uses.
  */
 const UNSAFE_ARCHIVE = 65;
 /** Starts each line of stderr that names an entry for which the extraction refused an archive. */
 const UNSAFE_MARK = 'prep-snapshot-unsafe';
+/** The lines of `stderr` that start with `mark`, without it. */
+function markedLines(stderr, mark) {
+    return stderr
+        .split('\n')
+        .filter((l) => l.startsWith(`${mark} `))
+        .map((l) => l.slice(mark.length + 1));
+}
 /** How many refused entries the extraction names; it counts the others. */
 const UNSAFE_SHOWN = 5;
 /** Prints the first lines of its input, then how many more there were. */
@@ -93452,7 +93465,7 @@ function extractCommand(kind, prepDir, stage, options = {}) {
             ? [`${kind.identityParent}/${kind.placeholder}`]
             : []),
     ];
-    const missing = (what) => `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
+    const missing = (what) => `{ echo ${quote(`${MISSING_MARK} the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
     // A real directory: `-d` alone follows a symbolic link.
     const isDir = (path) => `[ -d ${quote(path)} ] && [ ! -L ${quote(path)} ]`;
     // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
@@ -99192,13 +99205,11 @@ async function streamInto(remote, onGo, client, settings, key, into, size, expec
             throw new HostError(`The host's disk filled up during the extraction (${dirname(into.stage)}). The data dir was not touched; free space and run again.`);
         }
         if (code === NOT_A_SNAPSHOT) {
-            throw new IntegrityError(`${key} is not a snapshot of a ${into.host.kind} node: ${tail}. The data dir was not touched.`);
+            const lacks = markedLines(tail, MISSING_MARK);
+            throw new IntegrityError(`${key} is not a snapshot of a ${into.host.kind} node: ${lacks.length ? lacks.join('; ') : tail}. The data dir was not touched.`);
         }
         if (code === UNSAFE_ARCHIVE) {
-            const found = tail
-                .split('\n')
-                .filter((l) => l.startsWith(`${UNSAFE_MARK} `))
-                .map((l) => l.slice(UNSAFE_MARK.length + 1));
+            const found = markedLines(tail, UNSAFE_MARK);
             throw new IntegrityError(`${key} was refused as unsafe: it holds ${found.length ? found.join('; ') : tail}. A snapshot holds only ` +
                 `regular files and directories under ${into.host.expectedContent()}, none of them setuid, setgid or sticky. ` +
                 `The staging folder was removed and the data dir was not touched. Restore another snapshot ('snapshot' input) ` +

@@ -19,6 +19,8 @@ import { dirname } from '../node-kind/remote.js';
 import {
   type Decoder,
   goLine,
+  MISSING_MARK,
+  markedLines,
   NOT_A_SNAPSHOT,
   UNSAFE_ARCHIVE,
   UNSAFE_MARK,
@@ -139,15 +141,13 @@ export async function streamInto(
       );
     }
     if (code === NOT_A_SNAPSHOT) {
+      const lacks = markedLines(tail, MISSING_MARK);
       throw new IntegrityError(
-        `${key} is not a snapshot of a ${into.host.kind} node: ${tail}. The data dir was not touched.`,
+        `${key} is not a snapshot of a ${into.host.kind} node: ${lacks.length ? lacks.join('; ') : tail}. The data dir was not touched.`,
       );
     }
     if (code === UNSAFE_ARCHIVE) {
-      const found = tail
-        .split('\n')
-        .filter((l) => l.startsWith(`${UNSAFE_MARK} `))
-        .map((l) => l.slice(UNSAFE_MARK.length + 1));
+      const found = markedLines(tail, UNSAFE_MARK);
       throw new IntegrityError(
         `${key} was refused as unsafe: it holds ${found.length ? found.join('; ') : tail}. A snapshot holds only ` +
           `regular files and directories under ${into.host.expectedContent()}, none of them setuid, setgid or sticky. ` +

@@ -52,6 +52,13 @@ export const WIDE_PIPES =
 export const NOT_A_SNAPSHOT = 3;
 
 /**
+ * Starts the line of stderr that says what a refused archive lacks. The host's shell may write
+ * to stderr too (a login file that prints, a version manager that complains): the message is
+ * taken from the marked line only.
+ */
+export const MISSING_MARK = 'prep-snapshot-missing';
+
+/**
  * Exit status of the extraction when the archive holds what a snapshot never does (see
  * `extractCommand`); EX_DATAERR of sysexits.h, which neither tar nor a decompressor uses.
  */
@@ -59,6 +66,14 @@ export const UNSAFE_ARCHIVE = 65;
 
 /** Starts each line of stderr that names an entry for which the extraction refused an archive. */
 export const UNSAFE_MARK = 'prep-snapshot-unsafe';
+
+/** The lines of `stderr` that start with `mark`, without it. */
+export function markedLines(stderr: string, mark: string): string[] {
+  return stderr
+    .split('\n')
+    .filter((l) => l.startsWith(`${mark} `))
+    .map((l) => l.slice(mark.length + 1));
+}
 
 /** How many refused entries the extraction names; it counts the others. */
 const UNSAFE_SHOWN = 5;
@@ -183,7 +198,7 @@ export function extractCommand(
       : []),
   ];
   const missing = (what: string): string =>
-    `{ echo ${quote(`the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
+    `{ echo ${quote(`${MISSING_MARK} the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
   // A real directory: `-d` alone follows a symbolic link.
   const isDir = (path: string): string => `[ -d ${quote(path)} ] && [ ! -L ${quote(path)} ]`;
   // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default

@@ -26,6 +26,7 @@ import {
   chooseDecoder,
   extractCommand,
   goLine,
+  markedLines,
   NOT_A_SNAPSHOT,
   UNSAFE_ARCHIVE,
   UNSAFE_MARK,
@@ -71,10 +72,7 @@ describe('extraction of a hostile archive', () => {
       env: opts.env ?? process.env,
     });
     const stderr = r.stderr.toString();
-    const refused = stderr
-      .split('\n')
-      .filter((l) => l.startsWith(`${UNSAFE_MARK} `))
-      .map((l) => l.slice(UNSAFE_MARK.length + 1));
+    const refused = markedLines(stderr, UNSAFE_MARK);
     return { status: r.status, stdout: r.stdout.toString(), stderr, refused, stage };
   }
 

@@ -3,8 +3,8 @@
  *
  * Over the internet one S3 connection runs far below what the runner and the node can take (the
  * original restore downloads with `axel -a`, icon2-node with `aria2c -x8`). The object is read
- * in ranges, `connections` of them coming at once; each range fills a buffer of its own and the
- * stream hands the bytes on in the object's order, those of the first range as they arrive.
+ * in ranges, `connections` of them coming at once; each range keeps the chunks it received and
+ * the stream hands the bytes on in the object's order, those of the first range as they arrive.
  *
  * Three things keep the connections busy (measured on the benchmark's link, each connection
  * capped at 20 MiB/s with 20 ms each way, 8 connections):
@@ -16,8 +16,13 @@
  *   time to answer, overlap its last bytes instead of following them (so for that moment one
  *   more GET is open). One connection moved 0.80 to 0.87 of its cap without it, 0.98 with it.
  * - Ranges of 8 MiB: 16 MiB moved no more and held twice the memory.
- * Memory is at most 2 x connections x range size (and the one range the consumer has not taken
- * yet), whatever the object's size, and a slow consumer slows the reads.
+ * Memory is the bytes received and not yet handed on, at most `heldBytes` (connections x range
+ * size by default) and a chunk per connection, whatever the object's size. When the consumer is
+ * the slower side (a restore into a host whose SSH channel or disk is slower than S3), the ranges
+ * past the first stop reading at that bound and their connections wait, as TCP makes them; the
+ * first range waits only for the consumer. Ranges hold no buffer of their own: a window of
+ * ready-made 8 MiB buffers took the runner's RSS to 490 MiB in a restore whose consumer was slow,
+ * for bytes that were not needed yet.
  *
  * A range that fails (a connection cut, a reset, a 5xx, a stall) is asked again from the byte
  * where it stopped; the bytes already received are kept. Every GET is pinned to the ETag seen
@@ -35,7 +40,7 @@ import { backoffMs, httpStatus, isTransient, reason, TransientError } from './re
 const MiB = 1024 * 1024;
 /** Ranges are at least this large (fewer, cheaper requests)... */
 export const MIN_RANGE_BYTES = MiB;
-/** ...and at most this: 128 MiB held with the default 8 connections, 256 MiB at the input's most, 16. */
+/** ...and at most this: 64 MiB held with the default 8 connections, 128 MiB at the input's most, 16. */
 export const MAX_RANGE_BYTES = 8 * MiB;
 
 /**
@@ -83,6 +88,11 @@ export interface RangedReadOptions {
   /** Default: chooseRangeBytes of what is left to read. */
   rangeBytes?: number;
   /**
+   * The most bytes received and not yet handed on, beyond which the ranges past the first wait
+   * (default connections x range size; never less than one range).
+   */
+  heldBytes?: number;
+  /**
    * Failed attempts in a row, without a byte received in between, after which a range gives up
    * (default 6). An attempt that brings bytes starts the count again: a connection cut every
    * few MB still moves the read on.
@@ -100,8 +110,9 @@ interface Range {
   /** The object's bytes [start, end). */
   start: number;
   end: number;
-  buf: Buffer;
-  /** Bytes of buf received, and handed on. */
+  /** What was received and not yet handed on, in order. */
+  chunks: Buffer[];
+  /** Bytes of the range received, and handed on. */
   filled: number;
   emitted: number;
   /** Aborts the attempt in flight. */
@@ -118,7 +129,9 @@ export class RangedDownload extends Readable {
   received = 0;
   /** The range size in use. */
   readonly rangeBytes: number;
-  /** The most bytes that the window's range buffers held at once (at most 2 x connections x rangeBytes). */
+  /** The bound on bytes held (received and not handed on). */
+  readonly heldBytes: number;
+  /** The most bytes held at once: at most heldBytes and a chunk per connection. */
   peakHeldBytes = 0;
   /** Resolves at the first byte received (at once for nothing to read); rejects if the read fails first. */
   readonly started: Promise<void>;
@@ -132,6 +145,10 @@ export class RangedDownload extends Readable {
   private next: number;
   private wanted = false;
   private ended = false;
+  /** Bytes received and not handed on, over the window. */
+  private held = 0;
+  /** Ranges that wait for the held bytes to go down (or, the first, for the consumer). */
+  private waiting: (() => void)[] = [];
   private readonly stopping = new AbortController();
   private markStarted!: () => void;
   private failStart!: (error: Error) => void;
@@ -144,6 +161,10 @@ export class RangedDownload extends Readable {
     this.attempts = Math.max(1, options.attempts ?? 6);
     this.rangeBytes =
       options.rangeBytes ?? chooseRangeBytes(this.end - this.next, options.connections);
+    this.heldBytes = Math.max(
+      this.rangeBytes,
+      options.heldBytes ?? Math.max(1, options.connections) * this.rangeBytes,
+    );
     this.started = new Promise<void>((resolve, reject) => {
       this.markStarted = resolve;
       this.failStart = reject;
@@ -163,6 +184,7 @@ export class RangedDownload extends Readable {
     this.stopping.abort();
     for (const r of this.window) r.abort?.abort();
     this.window.length = 0;
+    this.wake();
     this.failStart(error ?? new Error('the read was stopped'));
     callback(error);
   }
@@ -179,19 +201,8 @@ export class RangedDownload extends Readable {
       const start = this.next;
       const end = Math.min(this.end, start + this.rangeBytes);
       this.next = end;
-      const range: Range = {
-        start,
-        end,
-        buf: Buffer.allocUnsafe(end - start),
-        filled: 0,
-        emitted: 0,
-        ending: false,
-      };
+      const range: Range = { start, end, chunks: [], filled: 0, emitted: 0, ending: false };
       this.window.push(range);
-      this.peakHeldBytes = Math.max(
-        this.peakHeldBytes,
-        this.window.reduce((n, r) => n + r.buf.length, 0),
-      );
       this.inFlight++;
       this.load(range).then(
         () => this.release(range),
@@ -222,19 +233,38 @@ export class RangedDownload extends Readable {
         }
         return;
       }
-      if (head.emitted < head.filled) {
+      if (head.chunks.length > 0) {
         if (!this.wanted) return;
-        // A view, not a copy: a range's buffer is never written again where it was handed on.
-        const chunk = head.buf.subarray(head.emitted, head.filled);
-        head.emitted = head.filled;
+        const chunk = head.chunks.shift() as Buffer;
+        head.emitted += chunk.length;
+        this.held -= chunk.length;
+        this.wake();
         this.wanted = this.push(chunk);
-      } else if (head.filled === head.buf.length) {
+      } else if (head.filled === head.end - head.start) {
         this.window.shift();
+        this.wake();
         this.fill();
       } else {
         return;
       }
     }
+  }
+
+  /** Lets the waiting ranges look again at what is held. */
+  private wake(): void {
+    const waiting = this.waiting;
+    this.waiting = [];
+    for (const go of waiting) go();
+  }
+
+  /**
+   * Whether `r` must wait before it reads on: the first range while the consumer wants nothing
+   * and a range's worth of it is held; the others while the held bytes are at their bound.
+   */
+  private mustWait(r: Range): boolean {
+    if (this.destroyed) return false;
+    if (r === this.window[0]) return !this.wanted && r.filled - r.emitted >= this.rangeBytes;
+    return this.held >= this.heldBytes;
   }
 
   private label(r: Range): string {
@@ -265,7 +295,7 @@ export class RangedDownload extends Readable {
         const wait = moved ? 0 : backoffMs(failures, this.o.backoffMs ?? 1000);
         this.o.onRetry?.(
           `${this.label(r)}: ${reason(error)}; again from byte ${r.start + r.filled}` +
-            `${wait ? ` in ${(wait / 1000).toFixed(1)} s` : ''} (${formatBytes(r.filled)} of ${formatBytes(r.buf.length)} kept).`,
+            `${wait ? ` in ${(wait / 1000).toFixed(1)} s` : ''} (${formatBytes(r.filled)} of ${formatBytes(r.end - r.start)} kept).`,
         );
         try {
           await sleep(wait, undefined, { signal: this.stopping.signal });
@@ -337,20 +367,27 @@ export class RangedDownload extends Readable {
           `s3://${this.o.bucket}/${this.o.key} changed while it was read: its ETag was ${this.o.object.etag}, now ${res.ETag}.`,
         );
       }
+      const size = r.end - r.start;
       for await (const chunk of body as AsyncIterable<Buffer>) {
-        arm();
-        const n = chunk.copy(r.buf, r.filled, 0, Math.min(chunk.length, r.buf.length - r.filled));
+        const n = Math.min(chunk.length, size - r.filled);
+        if (n > 0) r.chunks.push(n === chunk.length ? chunk : chunk.subarray(0, n));
         r.filled += n;
+        this.held += n;
+        this.peakHeldBytes = Math.max(this.peakHeldBytes, this.held);
         this.received += n;
         this.markStarted();
         // The next range is asked for while this one's last bytes come: the round trip to ask
         // for it, and S3's time to answer, overlap them instead of following them.
-        if (r.buf.length - r.filled <= r.buf.length / 8) this.release(r);
+        if (size - r.filled <= size / 8) this.release(r);
         if (r === this.window[0]) this.pump();
+        // Waiting for room is not a stall: the clock runs only while the range reads.
+        clearTimeout(timer);
+        while (this.mustWait(r)) await new Promise<void>((go) => this.waiting.push(go));
+        arm();
       }
-      if (r.filled < r.buf.length) {
+      if (r.filled < size) {
         throw new TransientError(
-          `the response ended after ${formatBytes(r.filled)} of ${formatBytes(r.buf.length)}`,
+          `the response ended after ${formatBytes(r.filled)} of ${formatBytes(size)}`,
         );
       }
     } catch (error) {

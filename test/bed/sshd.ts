@@ -67,6 +67,14 @@ export interface SshdOptions {
    */
   commandPrefix?: string[];
   /**
+   * Sessions start without the user's ~/.bashrc (hidden by an empty file in a mount namespace of
+   * sshd's own). bash reads ~/.bashrc before every command that sshd runs; where it sets up a
+   * version manager (as this machine's does, 0.2 s each), that cost would be counted as the
+   * action's. A server's usual .bashrc returns at once when the shell is not interactive. The
+   * benchmark sets it; the tests keep the noise, which the action has to cope with.
+   */
+  plainShell?: boolean;
+  /**
    * The server's host key types (default ['ed25519']). The first one is the key that
    * hostKeyFingerprint, knownHostsLine and hostPublicKey describe; `hostKeys` lists them all.
    */
@@ -230,7 +238,28 @@ export async function startSshd(opts: SshdOptions = {}): Promise<Sshd> {
     // Validate first: a bad config then fails with sshd's own message.
     await run(sshdBin, ['-t', '-f', cfgPath]);
 
-    const [cmd, ...args] = [...(opts.commandPrefix ?? []), sshdBin, '-D', '-e', '-f', cfgPath];
+    const plain = opts.plainShell
+      ? [
+          'unshare',
+          '--mount',
+          '--propagation',
+          'private',
+          '--',
+          '/bin/sh',
+          '-c',
+          'if [ -f "$HOME/.bashrc" ]; then mount --bind /dev/null "$HOME/.bashrc" || exit 1; fi; exec "$@"',
+          'plain-shell',
+        ]
+      : [];
+    const [cmd, ...args] = [
+      ...(opts.commandPrefix ?? []),
+      ...plain,
+      sshdBin,
+      '-D',
+      '-e',
+      '-f',
+      cfgPath,
+    ];
     const srv = spawnServer(cmd as string, args, { cwd: dir, group: true });
     server = srv;
     await waitForBanner(host, port, opts.startTimeoutMs ?? 10_000, server);

@@ -701,7 +701,7 @@ async function main(): Promise<void> {
   const root = mkdtempSync(join(tmpdir(), 'prep-bench-'));
   const resultsDir = mkdtempSync(join(tmpdir(), 'prep-bench-results-'));
   log(`work dir ${root}`);
-  const [sshd, s3] = await Promise.all([startSshd(), startMinio()]);
+  const [sshd, s3] = await Promise.all([startSshd({ plainShell: true }), startMinio()]);
   await s3.createBucket(BUCKET);
   const ctx: Ctx = { root, cache, sshd, s3, bucket: BUCKET, timeWrapper: timeWrapper(root) };
   const backups: Partial<Record<'seed' | 'gzip' | 'zstd', BackupFigures>> = {};

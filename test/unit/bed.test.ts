@@ -130,6 +130,20 @@ describe('sshd', () => {
     }
   });
 
+  it('plainShell: sessions read an empty ~/.bashrc; the file itself is untouched', async () => {
+    const s2 = await startSshd({ plainShell: true });
+    try {
+      const bytes = 'wc -c < ~/.bashrc 2>/dev/null || echo none';
+      const r = await sh('ssh', [...s2.sshArgs(), `${s2.username}@127.0.0.1`, bytes]);
+      assert.equal(r.code, 0, r.stderr + s2.log());
+      const here = await sh('sh', ['-c', bytes]);
+      // Where the user has no ~/.bashrc there is nothing to hide.
+      assert.equal(r.stdout.trim(), here.stdout.trim() === 'none' ? 'none' : '0');
+    } finally {
+      await s2.stop();
+    }
+  });
+
   it('stop() ends the server', async () => {
     const s2 = await startSshd();
     await s2.stop();

@@ -119,6 +119,8 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
       sameSource(j.journal.source, source),
     );
     await lease.start([...(previous ? [previous.key] : []), ...journals.map((j) => j.key)]);
+    // From here a sweep keeps what those runs name (see tree/sweep.ts).
+    const leasedAt = performance.now();
     const stored = await storedObjects(client, bucket, prefix);
     const before = new Map<string, TreeFile>();
     for (const j of journals) for (const f of j.journal.files) before.set(f.path, f);
@@ -150,7 +152,7 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
         `${previous ? previous.key : 'no earlier snapshot of this host'}` +
         `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`,
     );
-    return { stored, done, unproven, tails: tailOf, journals };
+    return { stored, done, unproven, tails: tailOf, journals, leasedAt };
   });
 
   const t = performance.now();
@@ -193,9 +195,14 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
     plan.done.set(e.path, fileOf(e, sha, tail));
   });
 
-  // Named in the lease before they are relied on (see tree/sweep.ts): a sweep from now on keeps them.
-  await lease.add(reused, { flush: true });
-  const flushedAt = performance.now();
+  // Named in the lease before they are relied on (see tree/sweep.ts): a sweep from now on keeps
+  // them. The files proven by an earlier snapshot of this host need no write: its manifest is
+  // the lease's source since the start, and the sweep's window runs from then.
+  let leasedAt = plan.leasedAt;
+  if (reused.length > 0) {
+    await lease.add(reused, { flush: true });
+    leasedAt = performance.now();
+  }
 
   const journal: Journal = {
     run: a.runId,
@@ -264,9 +271,9 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
   if (missingFile) throw new Error(`no object was recorded for ${missingFile.path}`);
   const treeList = ordered as TreeFile[];
   await core.group('Check that every object is stored', async () => {
-    // A sweep that read the leases before the flush above deletes within its window: the check
-    // comes after that window, so it sees whatever such a sweep removed.
-    const wait = SWEEP_WINDOW_MS - (performance.now() - flushedAt);
+    // A sweep that read the leases before the last write that this run relies on deletes within
+    // its window: the check comes after that window, so it sees whatever such a sweep removed.
+    const wait = SWEEP_WINDOW_MS - (performance.now() - leasedAt);
     if (wait > 0) await sleep(wait);
     const now = await storedObjects(client, bucket, prefix);
     const gone = treeList.filter((f) => now.get(f.sha256) !== f.size);

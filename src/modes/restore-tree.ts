@@ -9,13 +9,15 @@ import * as core from '@actions/core';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { ActionError, StorageError } from '../errors.js';
+import { StorageError } from '../errors.js';
 import type { KindFacts, NodeKindName } from '../node-kind/host.js';
 import { describeS3Error } from '../s3/client.js';
+import { isTransient } from '../s3/retry.js';
 import type { Settings } from '../settings.js';
 import type { FetchItem } from '../tree/fetch.js';
 import { readForeignTree } from '../tree/icon2.js';
 import { treeFiles, type TreeManifest } from '../tree/layout.js';
+import { httpRange, resumableRead, type ReadTiming } from '../tree/resumable-read.js';
 import { readTreeManifest } from '../tree/store.js';
 
 export interface TreeSource {
@@ -42,6 +44,7 @@ export async function ourTree(
   client: S3Client,
   settings: Settings,
   key: string,
+  timing: ReadTiming = {},
 ): Promise<TreeSource> {
   const { bucket } = settings.s3;
   const m: TreeManifest | undefined = await readTreeManifest(
@@ -55,20 +58,37 @@ export async function ourTree(
     );
   }
   const objects = m.objects;
-  const open = (sha: string) => async (start: number) => {
-    try {
-      const res = await client.send(
-        new GetObjectCommand({
-          Bucket: bucket,
-          Key: `${objects}${sha}`,
-          Range: start > 0 ? `bytes=${start}-` : undefined,
-        }),
-      );
-      return res.Body as Readable;
-    } catch (error) {
-      throw describeS3Error(error, `s3://${bucket}/${objects}${sha}`);
-    }
-  };
+  // Each object read as the archives are: a stall or a break costs one attempt, and the next
+  // goes on from the byte where it stopped.
+  const request =
+    (sha: string) =>
+    async (from: number, signal: AbortSignal): Promise<AsyncIterable<Uint8Array>> => {
+      try {
+        const res = await client.send(
+          new GetObjectCommand({
+            Bucket: bucket,
+            Key: `${objects}${sha}`,
+            Range: from > 0 ? `bytes=${from}-` : undefined,
+          }),
+          { abortSignal: signal },
+        );
+        return res.Body as Readable;
+      } catch (error) {
+        if (signal.aborted || isTransient(error)) throw error;
+        throw describeS3Error(error, `s3://${bucket}/${objects}${sha}`);
+      }
+    };
+  const open = (f: { path: string; size: number; sha256: string }) => (start: number) =>
+    Promise.resolve(
+      resumableRead({
+        what: `${f.path} (s3://${bucket}/${objects}${f.sha256})`,
+        size: f.size,
+        start,
+        request: request(f.sha256),
+        onRetry: (message) => core.info(`Download: ${message}`),
+        ...timing,
+      }),
+    );
   return {
     key,
     nodeKind: m.nodeKind === 'goloop' ? 'goloop' : 'loopchain',
@@ -81,7 +101,7 @@ export async function ourTree(
       mode: f.mode,
       sha256: f.sha256,
       tail: f.tail,
-      open: open(f.sha256),
+      open: open(f),
     })),
     dirs: m.dirs,
     proven: true,
@@ -91,10 +111,15 @@ export async function ourTree(
 
 /**
  * A tree in icon2-node's form, named by the URL of its `{SERVICE}.json`: a goloop node's
- * files, read over HTTP(S) as aria2c would. Nothing states its height or block hash: the
- * restored node is healthy once its chain is started and answering.
+ * files, read over HTTP(S) as aria2c would, each under the rule of the archives' ranged reads
+ * (see tree/resumable-read.ts; `timing` shortens it in tests). Nothing states its height or
+ * block hash: the restored node is healthy once its chain is started and answering.
  */
-export async function foreignTree(pointerUrl: string, channel: string): Promise<TreeSource> {
+export async function foreignTree(
+  pointerUrl: string,
+  channel: string,
+  timing: ReadTiming = {},
+): Promise<TreeSource> {
   const all = await readForeignTree(pointerUrl);
   // The chain folder is the one named by a cid (hex) that holds a database: `{cid}/db/{nid}/…`.
   const chain = all
@@ -118,13 +143,17 @@ export async function foreignTree(pointerUrl: string, channel: string): Promise<
       `${unchecked < files.length ? ' and the hash of its last 10 KiB' : ''} can be checked, not a sha256 of the whole file, ` +
       `and it states no block height or hash to prove the restored node by.`,
   );
-  const open = (url: string) => async (start: number) => {
-    const res = await fetch(url, start > 0 ? { headers: { Range: `bytes=${start}-` } } : {});
-    if (!res.ok || !res.body) {
-      throw new ActionError(`GET ${url} answered ${res.status} ${res.statusText}.`);
-    }
-    return res.body as unknown as AsyncIterable<Uint8Array>;
-  };
+  const open = (f: { path: string; size: number; url: string }) => (start: number) =>
+    Promise.resolve(
+      resumableRead({
+        what: `${f.path} (${f.url})`,
+        size: f.size,
+        start,
+        request: httpRange(f.url),
+        onRetry: (message) => core.info(`Download: ${message}`),
+        ...timing,
+      }),
+    );
   const dirs = new Set<string>();
   for (const f of files) {
     const parts = f.path.split('/');
@@ -141,7 +170,7 @@ export async function foreignTree(pointerUrl: string, channel: string): Promise<
       size: f.size,
       mode: 0o644,
       tail: f.tail,
-      open: open(f.url),
+      open: open(f),
     })),
     dirs: [...dirs].sort(),
     proven: false,

@@ -242,7 +242,10 @@ function checker(item: FetchItem): { update(b: Uint8Array): void; verify(): Prom
   };
 }
 
-/** A whole file, retried from the start when its download breaks, then checked. */
+/**
+ * A whole file, then checked; fetched again from the start when something else than the read
+ * fails (a read gives up on its own, see tree/resumable-read.ts, and a failed check is final).
+ */
 async function fetchWhole(item: FetchItem): Promise<Buffer> {
   for (let attempt = 1; ; attempt++) {
     try {
@@ -260,8 +263,8 @@ async function fetchWhole(item: FetchItem): Promise<Buffer> {
       await check.verify();
       return body;
     } catch (error) {
-      if (error instanceof IntegrityError || attempt >= ATTEMPTS) {
-        throw error instanceof IntegrityError
+      if (error instanceof ActionError || attempt >= ATTEMPTS) {
+        throw error instanceof ActionError
           ? error
           : new ActionError(
               `The download of ${item.path} failed ${attempt} times: ${errorMessage(error)}`,

@@ -420,13 +420,16 @@ export function forKind(settings: Settings, kind: 'loopchain' | 'goloop'): Setti
   return { ...settings, node, backup };
 }
 
+/** The compose file that the default stop and start name, in the prep dir. */
+export const COMPOSE_FILE = 'docker-compose.yml';
+
 /**
  * The default stop and start: Compose in the prep dir, as the original guide runs the node.
  * `docker-compose` (Compose v1, the guide's) where the host has it, else `docker compose`
  * (v2, the plugin that replaced it), so that either works without setting the commands.
  */
 export function composeCommand(prepDir: string, verb: 'down' | 'up -d'): string {
-  const args = `-f docker-compose.yml ${verb}`;
+  const args = `-f ${COMPOSE_FILE} ${verb}`;
   return (
     `cd ${quoteForDefault(prepDir)} && if [ -x "$(command -v docker-compose)" ]; ` +
     `then docker-compose ${args}; else docker compose ${args}; fi`

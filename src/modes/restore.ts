@@ -17,9 +17,9 @@ import {
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import { manifestKey } from '../naming.js';
 import { NodeControl, currentRunId } from '../node-control.js';
-import type { KindFacts, PreparedStep } from '../node-kind/host.js';
+import type { KindFacts, PreparedStep, StagingFolder } from '../node-kind/host.js';
 import { connectNode, type Connect, type NodeHost } from '../node-kind/index.js';
-import { dirname, requireArchiveTools } from '../node-kind/remote.js';
+import { dirname, requireArchiveTools, RESTORE_STAGE_PREFIX } from '../node-kind/remote.js';
 import { NODE_LOST } from '../node-kind/watchdog.js';
 import { chooseDecoder, type Decoder } from '../node-kind/extract.js';
 import { createClient } from '../s3/client.js';
@@ -101,8 +101,8 @@ export async function restore(
   // the next run of the same snapshot goes on from what the manifest's sha256 proves there. One
   // in icon2-node's form proves nothing that could be kept, and is removed.
   const stage = tree
-    ? `${parent}/.prep-snapshot-restore-tree-${tree.stageId}`
-    : `${parent}/.prep-snapshot-restore-${runId}`;
+    ? `${parent}/${RESTORE_STAGE_PREFIX}tree-${tree.stageId}`
+    : `${parent}/${RESTORE_STAGE_PREFIX}${runId}`;
   const previous = `${dataDir}.prev-${stamp}`;
   const failed = `${dataDir}.failed-${stamp}`;
   let wasRunning = false;
@@ -117,12 +117,21 @@ export async function restore(
       const probe = await host.checkForRestore({ nodeIp: opts.nodeIp });
       const running = probe.running;
       if (running && !opts.stopNode) throw runningRefused(ssh.host, running);
+      if (opts.startNode && probe.cannotStart) {
+        throw new HostError(`${probe.cannotStart} Nothing was changed on the host.`);
+      }
       wasRunning = running !== undefined;
+      const freed = await removeLeftStages(host, probe.stages, stage);
+      // What this snapshot's own staging folder holds from an earlier run is kept, or removed
+      // to make room: either way it is not needed twice.
+      const resumed = probe.stages.find((s) => s.path === stage)?.bytes ?? 0;
       const needed =
         (tree?.bytes ?? manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
-      if (probe.freeBytes < needed) {
+      const free = probe.freeBytes + freed + resumed;
+      if (free < needed) {
         throw new HostError(
-          `${parent} has ${formatBytes(probe.freeBytes)} free; the snapshot needs ${formatBytes(needed)} ` +
+          `${parent} has ${formatBytes(free)} free${resumed > 0 ? ` (counting the ${formatBytes(resumed)} that this snapshot's staging folder holds)` : ''}; ` +
+            `the snapshot needs ${formatBytes(needed)} ` +
             `(its ${manifest || tree ? '' : 'estimated '}size plus 'disk-margin'). Free some space and run again.`,
         );
       }
@@ -335,6 +344,46 @@ export async function restore(
     connection.close();
     core.saveState(State.KeyDir, '');
   }
+}
+
+/**
+ * Removes the staging folders that earlier restores left beside the data dir and that this run
+ * does not go on from: a tree's of another snapshot (kept when its run failed, for a next run
+ * of that snapshot, and as large as a whole database), or an archive's whose run vanished before
+ * it could remove it. The folder of this run's snapshot stays, and so does one that an
+ * extraction still writes into (another restore of this host that runs now). Returns the bytes
+ * freed.
+ */
+async function removeLeftStages(
+  host: NodeHost,
+  stages: StagingFolder[],
+  own: string,
+): Promise<number> {
+  const others = stages.filter((s) => s.path !== own);
+  const busy = others.filter((s) => s.busy);
+  for (const s of busy) {
+    core.warning(
+      `The staging folder ${s.path} (${formatBytes(s.bytes)}) is left alone: a restore still writes into it ` +
+        `(does another run restore this host now?).`,
+    );
+  }
+  const left = others.filter((s) => !s.busy);
+  if (left.length === 0) return 0;
+  const total = left.reduce((n, s) => n + s.bytes, 0);
+  core.info(
+    `Removing ${left.length} staging folder${left.length === 1 ? '' : 's'} that earlier restores left and this ` +
+      `one does not go on from (${formatBytes(total)}): ${left.map((s) => `${s.path} (${formatBytes(s.bytes)})`).join(', ')}.`,
+  );
+  let freed = 0;
+  for (const s of left) {
+    try {
+      await host.removeStaging(s.path);
+      freed += s.bytes;
+    } catch (error) {
+      core.warning(`Could not remove the staging folder ${s.path}: ${errorMessage(error)}`);
+    }
+  }
+  return freed;
 }
 
 /**

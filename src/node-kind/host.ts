@@ -69,6 +69,23 @@ export interface RestoreChecks {
    * `db_{IP}:7100_icon_dex`): 'node-ip', else found on the host. Empty for other kinds.
    */
   address: string;
+  /** The staging folders of restores beside the data dir: this run's, and those earlier runs left. */
+  stages: StagingFolder[];
+  /**
+   * Why the start command could not start the node on this host, where that is known before
+   * anything changes (the default Compose up with no compose file in 'prep-dir'); undefined
+   * when nothing says so.
+   */
+  cannotStart?: string;
+}
+
+/** A restore's staging folder on the host. */
+export interface StagingFolder {
+  path: string;
+  /** What it takes on the disk. */
+  bytes: number;
+  /** An extraction into it still runs (it holds the folder's lock). */
+  busy: boolean;
 }
 
 /** The commands that stop and start the node (run by `NodeControl`, with its watchdog). */

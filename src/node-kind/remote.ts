@@ -5,7 +5,7 @@
 import { HostError } from '../errors.js';
 import { argv, bashScript, OWN_MARK, quote, sedLiteral, WAIT_FOR_GO } from '../shell.js';
 import type { Compression } from '../settings.js';
-import type { Sizes, Tree } from './host.js';
+import type { Sizes, StagingFolder, Tree } from './host.js';
 import type { NodeKind } from './loopchain/layout.js';
 import { heldLines } from './watchdog.js';
 
@@ -49,6 +49,16 @@ export function probeCommand(kind: Tree, dataDir: string): string {
   ]);
 }
 
+/** A restore's staging folder found beside the data dir (see `restoreProbeCommand`). */
+export interface ProbedStage {
+  /** Its name in the folder listed. */
+  name: string;
+  /** What it takes on the disk. */
+  bytes: number;
+  /** An extraction into it holds its lock: a restore still writes there. */
+  busy: boolean;
+}
+
 export interface Probe {
   dataDirPresent: boolean;
   roots: string[];
@@ -61,6 +71,15 @@ export interface Probe {
   freeBytes: number;
   /** Bytes under the snapshot's roots when the probe ran. */
   dataBytes: number;
+  /** A restore's: the names of the paths asked about that exist. */
+  has: Set<string>;
+  /** A restore's: the staging folders of restores beside the data dir. */
+  stages: ProbedStage[];
+}
+
+/** The staging folders that a restore probe found in `parent`, by their paths. */
+export function stagingFolders(parent: string, probe: Probe): StagingFolder[] {
+  return probe.stages.map((s) => ({ path: `${parent}/${s.name}`, bytes: s.bytes, busy: s.busy }));
 }
 
 export function parseProbe(stdout: string): Probe {
@@ -74,6 +93,8 @@ export function parseProbe(stdout: string): Probe {
     sameDevice: false,
     freeBytes: 0,
     dataBytes: 0,
+    has: new Set(),
+    stages: [],
   };
   let devData = '';
   let devParent = '';
@@ -92,6 +113,11 @@ export function parseProbe(stdout: string): Probe {
     else if (key === 'free_parent') probe.freeBytes = Number(value) || 0;
     else if (key === 'data_bytes') probe.dataBytes = Number(value) || 0;
     else if (key === 'stale') probe.stale.push(value);
+    else if (key === 'has') probe.has.add(value);
+    else if (key === 'stage') {
+      const m = /^([01]) (\d*) (\.prep-snapshot-restore-[A-Za-z0-9._-]+)$/.exec(value);
+      if (m) probe.stages.push({ busy: m[1] === '1', bytes: Number(m[2]) || 0, name: m[3]! });
+    }
   }
   probe.sameDevice = devData !== '' && devData === devParent;
   return probe;
@@ -385,18 +411,40 @@ export function detectIpCommand(): string {
   ]);
 }
 
+/** What a restore's staging folder is named, beside the data dir: `{RESTORE_STAGE_PREFIX}{id}`. */
+export const RESTORE_STAGE_PREFIX = '.prep-snapshot-restore-';
+
 /**
  * What the restore needs to know about the host, read only: free space where the staging
  * folder will be (the nearest existing folder above the data dir on a fresh host), whether
- * the data dir exists, and the tools.
+ * the data dir exists, and the tools. With `stagesIn`, the staging folders of restores in that
+ * folder (`stage=BUSY BYTES NAME`: BUSY 1 while an extraction into it holds its lock, BYTES
+ * what it takes on the disk); with `has`, `has=NAME` for each of those paths that exists.
  */
-export function restoreProbeCommand(dataDir: string): string {
+export function restoreProbeCommand(
+  dataDir: string,
+  more: { stagesIn?: string; has?: Record<string, string> } = {},
+): string {
+  const has = Object.entries(more.has ?? {});
+  for (const [name] of has) if (!/^[a-z]+$/.test(name)) throw new Error(`bad probe name ${name}`);
   return bashScript([
     `d=${quote(dirname(dataDir))}`,
     `while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done`,
     `echo "free_parent=$(df -P -B1 -- "$d" | awk 'NR==2 {print $4}')"`,
     `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
     `for t in tar igzip pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+    ...has.map(([name, path]) => `if [ -e ${quote(path)} ]; then echo has=${name}; fi`),
+    ...(more.stagesIn === undefined
+      ? []
+      : [
+          `(cd -- ${quote(more.stagesIn)} 2>/dev/null || exit 0`,
+          `for s in ${RESTORE_STAGE_PREFIX}*; do`,
+          `  if [ ! -d "$s" ] || [ -L "$s" ]; then continue; fi`,
+          `  busy=0`,
+          `  if command -v flock >/dev/null 2>&1 && ! flock -n -- "$s" true 2>/dev/null; then busy=1; fi`,
+          `  printf 'stage=%s %s %s\\n' "$busy" "$(du -s -B1 -- "$s" 2>/dev/null | cut -f 1)" "$s"`,
+          `done)`,
+        ]),
   ]);
 }
 

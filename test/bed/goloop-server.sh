@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts or stops a goloop server on an existing node dir, the way a node operator's own start
 # and stop commands would (a restore's start-command and stop-command in the tests):
-#   goloop-server.sh start GOLOOP NODE_DIR KEYSTORE PASSWORD RPC_PORT P2P_PORT
+#   goloop-server.sh start GOLOOP NODE_DIR KEYSTORE PASSWORD RPC P2P_PORT
 #   goloop-server.sh stop NODE_DIR
+# RPC is a port on 127.0.0.1, or ADDRESS:PORT (`0.0.0.0:9000`, as icon2-node listens on a host).
 # The server runs detached, its PID in NODE_DIR.pid and its output in NODE_DIR.log; start
 # returns once the control socket NODE_DIR/cli.sock is there, stop once the process is gone.
 set -euo pipefail
@@ -10,10 +11,11 @@ cmd=$1
 case "$cmd" in
 start)
   goloop=$2 node=$3 keystore=$4 password=$5 rpc=$6 p2p=$7
+  case "$rpc" in *:*) ;; *) rpc="127.0.0.1:$rpc" ;; esac
   if [ -f "$node.pid" ] && kill -0 "$(cat "$node.pid")" 2>/dev/null; then exit 0; fi
   mkdir -p "$node"
   setsid nohup "$goloop" server start --node_dir "$node" --node_sock "$node/cli.sock" \
-    --rpc_addr "127.0.0.1:$rpc" --p2p "127.0.0.1:$p2p" --p2p_listen "127.0.0.1:$p2p" \
+    --rpc_addr "$rpc" --p2p "127.0.0.1:$p2p" --p2p_listen "127.0.0.1:$p2p" \
     --key_store "$keystore" --key_password "$password" --console_level warn \
     </dev/null >>"$node.log" 2>&1 &
   echo "$!" >"$node.pid"

@@ -167,6 +167,83 @@ export async function balanceAt(url: string, address: string): Promise<bigint> {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Resolves once the transaction is in a block of the node whose JSON-RPC is `url`; throws if it failed. */
+export async function waitForTransaction(
+  url: string,
+  txHash: string,
+  timeoutMs = 30_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let r: { status: string; failure?: unknown } | undefined;
+    let pending: unknown;
+    try {
+      r = await jsonRpc<{ status: string; failure?: unknown }>(url, 'icx_getTransactionResult', {
+        txHash,
+      });
+    } catch (err) {
+      // Pending or not yet known: poll.
+      pending = err;
+    }
+    if (r !== undefined) {
+      if (r.status === '0x1') return;
+      throw new Error(`transaction ${txHash} failed: ${JSON.stringify(r)}`);
+    }
+    if (Date.now() > deadline)
+      throw new Error(
+        `transaction ${txHash} not in a block within ${timeoutMs} ms: ${String(pending)}`,
+        { cause: pending },
+      );
+    await sleep(50);
+  }
+}
+
+/** The wallet that signs a transfer: its keystore file, password, and the network's nid (0x…). */
+export interface GoloopWallet {
+  keystore: string;
+  password: string;
+  nid: string;
+}
+
+/**
+ * Sends `amount` loop from `wallet` to `to` on the node whose JSON-RPC is `url` (any node, not
+ * only one started here), with the goloop CLI, and waits until the transfer is in a block.
+ */
+export async function transferAt(
+  url: string,
+  wallet: GoloopWallet,
+  to: string,
+  amount: bigint,
+): Promise<GoloopTransfer> {
+  const { stdout } = await run(
+    goloopBin(),
+    [
+      'rpc',
+      'sendtx',
+      'transfer',
+      '--uri',
+      url,
+      '--nid',
+      wallet.nid,
+      '--key_store',
+      wallet.keystore,
+      '--key_password',
+      wallet.password,
+      '--step_limit',
+      '100000',
+      '--to',
+      to,
+      '--value',
+      hex(amount),
+    ],
+    // GOLOOP_* variables of the caller would change what the CLI does: a clean env.
+    { env: { PATH: process.env.PATH, HOME: process.env.HOME } },
+  );
+  const txHash = JSON.parse(stdout) as string;
+  await waitForTransaction(url, txHash);
+  return { to, amount, txHash };
+}
+
 /** A random, valid-looking EOA address (hx + 20 bytes). */
 export function randomAddress(): string {
   return 'hx' + randomBytes(20).toString('hex');
@@ -342,57 +419,9 @@ export async function startGoloop(opts: GoloopOptions = {}): Promise<GoloopNode>
     await waitForHeight(1, startTimeoutMs);
     const startMs = Date.now() - t0;
 
-    const waitForResult = async (txHash: string, timeoutMs = 30_000): Promise<void> => {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        let r: { status: string; failure?: unknown } | undefined;
-        let pending: unknown;
-        try {
-          r = await jsonRpc<{ status: string; failure?: unknown }>(
-            rpc,
-            'icx_getTransactionResult',
-            { txHash },
-          );
-        } catch (err) {
-          // Pending or not yet known: poll.
-          pending = err;
-        }
-        if (r !== undefined) {
-          if (r.status === '0x1') return;
-          throw new Error(`transaction ${txHash} failed: ${JSON.stringify(r)}`);
-        }
-        if (Date.now() > deadline)
-          throw new Error(
-            `transaction ${txHash} not in a block within ${timeoutMs} ms: ${String(pending)}`,
-            { cause: pending },
-          );
-        await sleep(50);
-      }
-    };
-    const transfer = async (to: string, amount: bigint): Promise<GoloopTransfer> => {
-      const out = await goloop([
-        'rpc',
-        'sendtx',
-        'transfer',
-        '--uri',
-        rpc,
-        '--nid',
-        hex(nidNum),
-        '--key_store',
-        keystore,
-        '--key_password',
-        KEY_PASSWORD,
-        '--step_limit',
-        '100000',
-        '--to',
-        to,
-        '--value',
-        hex(amount),
-      ]);
-      const txHash = JSON.parse(out) as string;
-      await waitForResult(txHash);
-      return { to, amount, txHash };
-    };
+    const wallet = { keystore, password: KEY_PASSWORD, nid: hex(nidNum) };
+    const transfer = (to: string, amount: bigint): Promise<GoloopTransfer> =>
+      transferAt(rpc, wallet, to, amount);
     const load = async (
       n: number,
       o: { amount?: bigint; concurrency?: number } = {},

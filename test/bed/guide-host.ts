@@ -22,10 +22,14 @@
  * Its PID 1 is a shell that runs sshd and reaps what is left to it (the node's daemon,
  * detached by its start); when PID 1 ends, the kernel ends every process of the host.
  *
- * The stand-ins drive the simulated loopchain node (test/sim/prep-node.ts) with home
- * `/app/prep` and port 9000. The action runs on the machine's side and connects to the
- * host's address; the test reads the host's files through `appDir` and runs commands on
- * the host with `sh()`.
+ * The stand-ins drive the node that the compose file names (see compose-stand-in.ts): on a
+ * host of the guide, the simulated loopchain node (test/sim/prep-node.ts) with home
+ * `/app/prep` and port 9000; on a host of icon2-node (`node: 'goloop'`), a real goloop on the
+ * node dir `/app/prep/data` with its keystore in `/app/prep/config`, its API on port 9000 of
+ * every address of the host (the machine reaches it at `{ip}:9000`, as a host network
+ * container listens). The action runs on the machine's side and connects to the host's
+ * address; the test reads the host's files through `appDir` and runs commands on the host
+ * with `sh()`.
  */
 import { existsSync, readdirSync, readFileSync, realpathSync, rmdirSync, rmSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, writeFile } from 'node:fs/promises';
@@ -36,7 +40,15 @@ import { parseEvents, type NodeEvent } from '../sim/chain.js';
 import { run } from './proc.js';
 import { startSshd, type Sshd } from './sshd.js';
 import { ipCmd, ipSync, makeNetwork, NETNS_PREFIX } from './netns.js';
-import { COMPOSE_YML, SIM, standIn, TSX, type Compose } from './compose-stand-in.js';
+import {
+  COMPOSE_YML,
+  ICON2_COMPOSE_YML,
+  SIM,
+  standIn,
+  TSX,
+  type Compose,
+} from './compose-stand-in.js';
+import { goloopBin } from './paths.js';
 
 export type { Compose } from './compose-stand-in.js';
 
@@ -61,9 +73,14 @@ function otherBinDirs(): string[] {
 /** The $0 of each host's PID 1, to recognise it before a signal. */
 const INIT_NAME = 'prep-guide-host-init';
 
+/** The node that the host's compose file runs: the guide's (loopchain) or icon2-node's (goloop). */
+export type GuideNode = 'loopchain' | 'goloop';
+
 export interface GuideHost {
   /** Which Compose the host has. */
   kind: Compose;
+  /** Which node its compose file runs. */
+  node: GuideNode;
   /** The host's network namespace. */
   netns: string;
   /** The host's address on its `eth0`: where its sshd listens, and its node IP. */
@@ -75,7 +92,10 @@ export interface GuideHost {
   appDir: string;
   /** The machine's path of the host's `/app/prep`. */
   prepDir: string;
-  /** The machine's path of the host's `/app/prep/data/loopchain`. */
+  /**
+   * The machine's path of the node's data: `/app/prep/data/loopchain` (loopchain), or the node
+   * dir `/app/prep/data` (goloop).
+   */
   dataDir: string;
   /** The machine's PID of the host's PID 1. */
   initPid: number;
@@ -236,8 +256,16 @@ async function waitForChild(pid: number): Promise<number> {
   throw new Error(`the guide host's PID 1 (child of ${pid}) did not appear`);
 }
 
-/** Starts a guide host with the given Compose; `/app/prep` holds the compose file, no data. */
-export async function startGuideHost(opts: { compose: Compose }): Promise<GuideHost> {
+/**
+ * Starts a guide host with the given Compose. `/app/prep` holds the compose file and no data:
+ * the guide's with an empty `data/`, or (`node: 'goloop'`) icon2-node's with an empty
+ * `config/` for the keystore and no `data/` (Compose makes it at the first start).
+ */
+export async function startGuideHost(opts: {
+  compose: Compose;
+  node?: GuideNode;
+}): Promise<GuideHost> {
+  const nodeKind = opts.node ?? 'loopchain';
   await preflight();
   installExitHook();
   const root = await mkdtemp(join(tmpdir(), 'guide-host-'));
@@ -246,12 +274,15 @@ export async function startGuideHost(opts: { compose: Compose }): Promise<GuideH
   const prepDir = join(appDir, 'prep');
   const nodeMount = join(root, 'node');
   const layers = join(root, 'layers');
-  await mkdir(join(prepDir, 'data'), { recursive: true });
+  await mkdir(join(prepDir, nodeKind === 'goloop' ? 'config' : 'data'), { recursive: true });
   await mkdir(binDir);
-  await writeFile(join(prepDir, 'docker-compose.yml'), COMPOSE_YML);
+  await writeFile(
+    join(prepDir, 'docker-compose.yml'),
+    nodeKind === 'goloop' ? ICON2_COMPOSE_YML : COMPOSE_YML,
+  );
   await writeFile(nodeMount, '');
   await mkdir(layers);
-  const tool = standIn(opts.compose, nodeMount, GUIDE_PEER_PORT);
+  const tool = standIn(opts.compose, { node: nodeMount, goloop: goloopBin() }, GUIDE_PEER_PORT);
   await writeFile(join(binDir, tool.name), tool.text);
   await chmod(join(binDir, tool.name), 0o755);
 
@@ -333,13 +364,14 @@ export async function startGuideHost(opts: { compose: Compose }): Promise<GuideH
   let stopped = false;
   const host: GuideHost = {
     kind: opts.compose,
+    node: nodeKind,
     netns: n.netns,
     ip: n.ip,
     peerIp: n.peerIp,
     sshd: s,
     appDir,
     prepDir,
-    dataDir: join(prepDir, 'data/loopchain'),
+    dataDir: join(prepDir, nodeKind === 'goloop' ? 'data' : 'data/loopchain'),
     initPid,
     sshInputs: () => ({
       host: s.host,

@@ -1,20 +1,28 @@
 /**
  * Every input at its default, as a user keeps them: on hosts laid out as the original guide's
- * (test/bed/guide-host.ts), only mode, host, port, username, ssh-key, host-key, bucket and
- * endpoint are set, and action.yml's defaults apply as on a runner. `/app/prep`, the peer
- * API on localhost:9000, the Compose stop and start, the process check and the node IP
- * found on the host are then the action's own. Once with Compose v1 (`docker-compose`),
- * once with v2 (`docker compose`, no `docker-compose` binary).
+ * or as icon2-node's (test/bed/guide-host.ts), only mode, host, port, username, ssh-key,
+ * host-key, bucket and endpoint are set, and action.yml's defaults apply as on a runner.
+ * `/app/prep`, the peer API on localhost:9000, the Compose stop and start, the process check
+ * and the node IP found on the host are then the action's own. Once with Compose v1
+ * (`docker-compose`), once with v2 (`docker compose`, no `docker-compose` binary); and for a
+ * goloop node, backed up from one icon2-node host and restored onto a fresh one.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { copyFileSync, existsSync, readdirSync, renameSync, statSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { ICON2_KEYSTORE } from '../bed/compose-stand-in.js';
+import {
+  balanceAt,
+  blockHashAt,
+  randomAddress,
+  transferAt,
+  type GoloopTransfer,
+} from '../bed/goloop.js';
 import { startGuideHost, type Compose, type GuideHost } from '../bed/guide-host.js';
-import { goloopBin, goloopMissing, repoRoot } from '../bed/paths.js';
-import { quote as q } from '../../src/shell.js';
+import { goloopBin, goloopMissing } from '../bed/paths.js';
 import { actionInputDefaults, type RunResult } from '../bed/runner.js';
 import { check, errors, runBoth, said, stagingLeft } from './restore-kit.js';
 import { startWorld, type World } from './world.js';
@@ -24,7 +32,6 @@ const DEFAULT_PATTERN = actionInputDefaults()['node-process-pattern'] ?? '';
 const KEY = /^PRep\/(\d{8})\/(PRep_BH(\d+)_data-\d{8}_\d{4}\.tar\.gz)$/;
 const TEN_MINUTES = 600_000;
 const execFileAsync = promisify(execFile);
-const SERVER = join(repoRoot, 'test/bed/goloop-server.sh');
 
 /** The only inputs set: the rest comes from action.yml. */
 function minimal(
@@ -246,57 +253,109 @@ describe('every input at its default, Compose v2 (docker compose)', () => {
   );
 });
 
+/** A host laid out as icon2-node's, its keystore and the service's genesis in `config/` (see `icon2Config`). */
+async function goloopHost(compose: Compose, hosts: GuideHost[]): Promise<GuideHost> {
+  const host = await startGuideHost({ compose, node: 'goloop' });
+  hosts.push(host);
+  return host;
+}
+
 /**
- * ICON 2 with every input at its default: a real goloop on a host laid out as icon2-node's
- * (its node dir in `{prep-dir}/data`, the admin API on localhost:9000, the control socket
- * `data/cli.sock`). node-kind, data-dir, peer-url, chain and compression are the action's own.
+ * What an operator puts in a new icon2-node's `config/`: the P-Rep's keystore and, where the
+ * image would carry it, the service's genesis. Made once by the goloop CLI in `dir`.
+ */
+async function icon2Config(dir: string): Promise<{ keystore: string; genesis: string }> {
+  const goloop = (...args: string[]) =>
+    execFileAsync(goloopBin(), args, { cwd: dir, env: { PATH: process.env.PATH } });
+  const keystore = join(dir, ICON2_KEYSTORE.file);
+  await goloop('ks', 'gen', '--out', keystore, '--password', ICON2_KEYSTORE.password);
+  const json = join(dir, 'genesis.json');
+  await goloop('gn', 'gen', '--out', json, '--god', keystore, keystore);
+  const genesis = join(dir, 'genesis.zip');
+  await goloop('gs', 'gen', '--input', json, '--out', genesis);
+  return { keystore, genesis };
+}
+
+/** The node's API as the machine reaches it: goloop listens on every address of its host. */
+const apiOf = (host: GuideHost): string => `http://${host.ip}:9000`;
+
+/** The chain of the node on `host`, as its admin API lists it (undefined while it does not answer). */
+async function chainOf(
+  host: GuideHost,
+): Promise<{ cid: string; nid: string; state: string; height: number } | undefined> {
+  try {
+    const r = await fetch(`${apiOf(host)}/admin/chain`, { signal: AbortSignal.timeout(5000) });
+    const chains = (await r.json()) as Array<{
+      cid: string;
+      nid: string;
+      state: string;
+      height: number;
+    }>;
+    return chains[0];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Resolves once the chain on `host` is started at `height` or above. */
+async function chainAt(host: GuideHost, height: number, timeoutMs = 120_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const c = await chainOf(host);
+    if (c?.state === 'started' && c.height >= height) return c.height;
+    if (Date.now() > deadline)
+      throw new Error(`the chain on ${host.ip} is not at ${height}: ${JSON.stringify(c)}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/**
+ * ICON 2 with every input at its default: real goloop nodes on hosts laid out as icon2-node's
+ * (its compose file in `/app/prep`, the node dir `./data`, the keystore in `./config`, the
+ * admin API on localhost:9000, the control socket `data/cli.sock`), started by their own
+ * Compose. node-kind, data-dir, peer-url, chain, format, stop-command and start-command are
+ * the action's own, for the backup and for the restore onto a fresh host.
  */
 describe('every input at its default, a goloop node', { skip: goloopMissing() }, () => {
   let world: World;
-  let host: GuideHost;
+  let source: GuideHost;
+  let config: { keystore: string; genesis: string };
+  const hosts: GuideHost[] = [];
+  const sent: GoloopTransfer[] = [];
+  let key = '';
+  let height = 0;
 
   before(
     async () => {
       world = await quietWorld();
-      host = await startGuideHost({ compose: 'v1' });
-      // Keystore and genesis made on the machine, in the host's /app/prep.
-      const goloop = (...args: string[]) =>
-        execFileAsync(goloopBin(), args, { cwd: host.prepDir, env: { PATH: process.env.PATH } });
-      const ks = join(host.prepDir, 'keystore.json');
-      await goloop('ks', 'gen', '--out', ks, '--password', 'gx');
-      await goloop('gn', 'gen', '--out', join(host.prepDir, 'genesis.json'), '--god', ks, ks);
-      await goloop(
-        'gs',
-        'gen',
-        '--input',
-        join(host.prepDir, 'genesis.json'),
-        '--out',
-        join(host.prepDir, 'gs.zip'),
-      );
-      // On the host: goloop on /app/prep/data with its RPC on port 9000, the chain joined as icon_dex.
-      const g = q(goloopBin());
-      const sock = '/app/prep/data/cli.sock';
-      await host.sh(
-        [
-          `bash ${q(SERVER)} start ${g} /app/prep/data /app/prep/keystore.json gx 9000 7100`,
-          `cid=$(GOLOOP_NODE_SOCK=${sock} ${g} chain join --genesis /app/prep/gs.zip --channel icon_dex --seed 127.0.0.1:7100)`,
-          `GOLOOP_NODE_SOCK=${sock} ${g} chain start "$cid" >/dev/null`,
-          `for i in $(seq 1 600); do curl -fsS localhost:9000/admin/chain | grep -q '"height":[1-9]' && exit 0; sleep 0.1; done; exit 1`,
-        ].join(' && '),
-      );
+      source = await goloopHost('v1', hosts);
+      config = await icon2Config(join(source.prepDir, 'config'));
+      // The operator's start: Compose up, which starts goloop, joins the chain and starts it.
+      await source.compose('up -d');
+      await chainAt(source, 1);
+      const chain = await chainOf(source);
+      const wallet = { ...config, password: ICON2_KEYSTORE.password, nid: chain?.nid ?? '' };
+      for (let i = 0; i < 3; i++) {
+        const to = randomAddress();
+        sent.push(
+          await transferAt(`${apiOf(source)}/api/v3/icon_dex`, wallet, to, 10n ** 18n + BigInt(i)),
+        );
+      }
     },
     { timeout: TEN_MINUTES },
   );
   after(async () => {
-    await host?.stop();
+    for (const h of hosts) await h.stop();
     await world?.close();
   });
 
   it('backs up the chain through its socket, found on its own, as a tree', async () => {
-    const run = await runBoth(world, minimal(world, host, 'backup'));
+    const run = await runBoth(world, minimal(world, source, 'backup'));
     assert.equal(run.main.code, 0, said(run.main));
+    assert.equal(run.post.code, 0, said(run.post));
     assert.match(said(run.main), /Node kind: goloop \(found \/app\/prep\/data\/cli\.sock/);
-    const key = run.main.outputs.key ?? '';
+    key = run.main.outputs.key ?? '';
+    height = Number(run.main.outputs['block-height']);
     assert.match(key, /^PRep\/\d{8}\/PRep_BH\d+_data-\d{8}_\d{4}\.tree$/);
     const manifest = JSON.parse(await world.s3.getText(world.bucket, `${key}/manifest.json`)) as {
       nodeKind: string;
@@ -313,7 +372,72 @@ describe('every input at its default, a goloop node', { skip: goloopMissing() },
       index_url: string;
     };
     assert.match(pointer.index_url, new RegExp(`/${key}/index\\.txt$`));
-    const { stdout } = await host.sh(`curl -fsS localhost:9000/admin/chain`);
-    assert.match(stdout, /"state":"started"/);
+    assert.equal((await chainOf(source))?.state, 'started');
   });
+
+  it(
+    "restores onto a fresh icon2-node host: Compose starts goloop on the chain, at the snapshot's block hash and balances",
+    { timeout: TEN_MINUTES },
+    async () => {
+      assert.ok(key, 'the backup ran');
+      // A new machine: the compose file, and in config/ the P-Rep's keystore (the validator moves
+      // here) and the genesis the image would carry. No node dir yet, nothing running.
+      const target = await goloopHost('v2', hosts);
+      for (const f of [config.keystore, config.genesis]) {
+        copyFileSync(f, join(target.prepDir, 'config', basename(f)));
+      }
+      assert.deepEqual(readdirSync(target.prepDir).sort(), ['config', 'docker-compose.yml']);
+      assert.equal(await chainOf(target), undefined);
+
+      // Without the compose file, nothing would start goloop once the chain is in place: the
+      // restore says which input to set before it changes anything.
+      const compose = join(target.prepDir, 'docker-compose.yml');
+      renameSync(compose, `${compose}.elsewhere`);
+      const refused = await runBoth(world, minimal(world, target, 'restore'));
+      assert.notEqual(refused.main.code, 0, said(refused.main));
+      assert.equal(refused.post.code, 0, said(refused.post));
+      assert.match(
+        errors(refused.main),
+        /goloop is not running on the host .*finds no \/app\/prep\/docker-compose\.yml.*Set 'prep-dir'.*'start-command'.*Nothing was changed on the host\./,
+      );
+      assert.deepEqual(readdirSync(target.prepDir).sort(), [
+        'config',
+        'docker-compose.yml.elsewhere',
+      ]);
+      renameSync(`${compose}.elsewhere`, compose);
+
+      const run = await runBoth(world, minimal(world, target, 'restore'));
+      assert.equal(run.main.code, 0, said(run.main));
+      assert.equal(run.post.code, 0, said(run.post));
+      assert.match(said(run.main), /Node kind: goloop, as the snapshot's manifest says/);
+      assert.equal(run.main.outputs.key, key);
+      assert.ok(Number(run.main.outputs['height-reached']) >= height, said(run.main));
+
+      // The node that Compose started serves the chain at the snapshot's block hash, with the
+      // balances of the source, and goes on making blocks.
+      const manifest = JSON.parse(await world.s3.getText(world.bucket, `${key}/manifest.json`)) as {
+        facts: { cid: string; blockHash: string };
+      };
+      const rpc = `${apiOf(target)}/api/v3/icon_dex`;
+      const sourceRpc = `${apiOf(source)}/api/v3/icon_dex`;
+      assert.equal(await blockHashAt(rpc, height), manifest.facts.blockHash);
+      assert.equal(await blockHashAt(rpc, height), await blockHashAt(sourceRpc, height));
+      for (const t of sent) {
+        assert.equal(await balanceAt(rpc, t.to), t.amount);
+        assert.equal(await balanceAt(rpc, t.to), await balanceAt(sourceRpc, t.to));
+      }
+      const now = await chainAt(target, height);
+      await chainAt(target, now + 2);
+      assert.equal((await chainOf(target))?.cid, manifest.facts.cid);
+      // Only the chain folder came; nothing of the restore is left beside the node dir.
+      assert.ok(existsSync(join(target.dataDir, manifest.facts.cid.replace(/^0x/, ''), 'db')));
+      assert.deepEqual(stagingLeft(target.prepDir), []);
+      assert.deepEqual(
+        readdirSync(target.prepDir).filter(
+          (n) => n.startsWith('.prep-snapshot') || n.includes('.prev-'),
+        ),
+        [],
+      );
+    },
+  );
 });

@@ -1,11 +1,20 @@
 /**
  * Tree snapshots of a real goloop v1.4.4 node, end to end, with the format left at its default
  * for ICON 2 (tree): the packaged action backs up over a real sshd into MinIO; a second backup
- * sends only the files written since; a restore onto a fresh node dir is cut by a proxy and
- * goes on from what the first run left; goloop starts on it with the snapshot's block hash.
+ * sends only the files written since; a restore onto a fresh node dir removes the staging
+ * folder that a restore of another snapshot left, is cut by a proxy and goes on from what the
+ * first run left; goloop starts on it with the snapshot's block hash.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -264,6 +273,11 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
       'health-timeout': '120s',
       'disk-margin': '1MiB',
     };
+    // What a restore of another snapshot, cut long ago, left beside the node dir: never resumed
+    // by a restore of this one.
+    const other = join(root, 'host2', '.prep-snapshot-restore-tree-0123456789abcdef');
+    mkdirSync(join(other, g.cid, 'db'), { recursive: true });
+    writeFileSync(join(other, g.cid, 'db', '000042.ldb'), Buffer.alloc(3 * 1024 * 1024, 7));
     // The SSH connection of the files is cut after 1 MiB: the run fails, its staging folder stays.
     const proxy = await startCutProxy({ targetPort: sshd.port, upBytes: 1024 * 1024 });
     try {
@@ -271,6 +285,17 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
       assert.notEqual(cut.code, 0, said(cut));
       assert.ok(proxy.cuts >= 1, 'the proxy cut');
       assert.match(said(cut), /staging folder .* is kept/);
+      assert.match(
+        said(cut),
+        new RegExp(
+          `Removing 1 staging folder that earlier restores left and this one does not go on from ` +
+            `\\(3\\.0\\d MiB\\): ${other.replace(/[.]/g, '\\.')} \\(3\\.0\\d MiB\\)\\.`,
+        ),
+      );
+      assert.ok(said(cut).indexOf('Removing 1 staging folder') < said(cut).indexOf('Stream '));
+      assert.ok(!existsSync(other), "the other snapshot's staging folder is gone");
+      const kept = readdirSync(join(root, 'host2')).filter((n) => n.startsWith('.prep-snapshot'));
+      assert.equal(kept.length, 1, "this snapshot's staging folder is kept");
     } finally {
       await proxy.stop();
     }
@@ -278,6 +303,11 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
     const r = await run(restoreInputs);
     assert.equal(r.code, 0, said(r));
     assert.match(said(r), /\d+ kept and \d+ continued from an earlier run/);
+    assert.doesNotMatch(
+      said(r),
+      /Removing \d+ staging folder/,
+      'its own folder is resumed, not removed',
+    );
     assert.ok(Number(r.outputs['height-reached']) >= height);
     const rpcUrl = `http://127.0.0.1:${rpc}/api/v3/icon_dex`;
     assert.equal(await blockHashAt(rpcUrl, height), await g.blockHash(height));

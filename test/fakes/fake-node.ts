@@ -13,6 +13,7 @@ import type {
   PreparedStep,
   RestoreChecks,
   Sizes,
+  StagingFolder,
 } from '../../src/node-kind/host.js';
 import type { Connect, NodeConnection, Shell } from '../../src/node-kind/index.js';
 import { NODE_LOST } from '../../src/node-kind/watchdog.js';
@@ -44,6 +45,12 @@ export class FakeNode implements NodeHost, Shell {
   height_ = 1000;
   files: Files | undefined;
   previous: Files | undefined;
+  /** Staging folders of restores on the host (what the restore's check finds). */
+  stages: StagingFolder[] = [];
+  /** Free bytes beside the data dir, as the restore's check finds them. */
+  freeBytes = 1e12;
+  /** Why the start command could not start the node, as the restore's check finds it. */
+  cannotStart: string | undefined;
   private staged: Files | undefined;
 
   constructor(files?: Files) {
@@ -177,10 +184,12 @@ export class FakeNode implements NodeHost, Shell {
     this.calls.push('check for restore');
     return Promise.resolve({
       running: this.running ? 'its peer API answers' : undefined,
-      freeBytes: 1e12,
+      freeBytes: this.freeBytes,
       dataDirPresent: this.files !== undefined,
       tools: new Set(['tar', 'gzip', 'pigz', 'zstd', 'curl']),
       address: '10.1.2.3',
+      stages: this.stages,
+      cannotStart: this.cannotStart,
     });
   }
 
@@ -299,6 +308,7 @@ export class FakeNode implements NodeHost, Shell {
 
   removeStaging(stage: string): Promise<void> {
     this.calls.push(`remove staging ${stage}`);
+    this.stages = this.stages.filter((s) => s.path !== stage);
     return Promise.resolve();
   }
 

@@ -1,9 +1,12 @@
 /**
  * The goloop kind's pure parts: the admin API's chains, the chain a run wants, the block
- * hash, the kind's defaults, and how 'node-kind: auto' tells the kinds apart on a host.
+ * hash, the kind's defaults, and how 'node-kind: auto' tells the kinds apart on a host; and
+ * the chain's start, run by a real bash and curl against a control socket that answers as
+ * goloop's does.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createServer as createHttpServer, type Server } from 'node:http';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -19,6 +22,7 @@ import {
   pickChain,
   rpcBase,
 } from '../../src/node-kind/goloop/layout.ts';
+import { chainStartCommand } from '../../src/node-kind/goloop/commands.ts';
 import { detectKindCommand } from '../../src/node-kind/index.ts';
 import { forKind, parseSettings } from '../../src/settings.ts';
 
@@ -132,5 +136,101 @@ describe("'node-kind: auto' on a host", () => {
       detect(root, { 'data-dir': join(g, 'data') }),
       `goloop ${g}/data/6b8c59/config.json`,
     );
+  });
+});
+
+/**
+ * A control socket that answers as goloop's does for one chain: `GET /chain/{cid}` with its
+ * state (from `states`, one a look, the last one kept), `POST /chain/{cid}/start|stop` by
+ * `answer` (goloop refuses a start or a stop in the wrong state with a 500).
+ */
+async function controlSocket(
+  path: string,
+  cid: string,
+  states: string[],
+  answer: (action: string) => { status: number; then?: string[] },
+): Promise<{ server: Server; posts: string[] }> {
+  const posts: string[] = [];
+  const server = createHttpServer((req, res) => {
+    const url = req.url ?? '';
+    if (req.method === 'GET' && url === `/chain/${cid}`) {
+      const state = states.length > 1 ? states.shift()! : states[0]!;
+      res.end(JSON.stringify({ cid, nid: '0x1', channel: 'icon_dex', state, height: 10 }));
+      return;
+    }
+    const action = new RegExp(`^/chain/${cid}/(\\w+)$`).exec(url)?.[1];
+    if (req.method === 'POST' && action) {
+      posts.push(action);
+      const a = answer(action);
+      if (a.then) states.splice(0, states.length, ...a.then);
+      res.statusCode = a.status;
+      res.end(a.status === 200 ? '' : `{"message":"InvalidState(state=${states[0]})"}`);
+      return;
+    }
+    res.statusCode = 404;
+    res.end();
+  });
+  await new Promise<void>((r) => server.listen(path, r));
+  return { server, posts };
+}
+
+describe("the chain's start through the control socket", () => {
+  const root = mkdtempSync(join(tmpdir(), 'prep-chain-start-'));
+  after(() => rmSync(root, { recursive: true, force: true }));
+  const cid = '0x6b8c59';
+  let n = 0;
+  /** Runs the start against a socket of `states` and `answer`; its exit status and stderr. */
+  async function start(
+    states: string[],
+    answer: (action: string) => { status: number; then?: string[] },
+  ): Promise<{ code: number | null; stderr: string; posts: string[] }> {
+    const sock = join(root, `cli-${++n}.sock`);
+    const { server, posts } = await controlSocket(sock, cid, states, answer);
+    try {
+      // The fallback would run only without the socket.
+      const child = spawn('sh', ['-c', chainStartCommand(sock, cid, 'exit 99')], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+      const code = await new Promise<number | null>((r) => child.on('close', r));
+      return { code, stderr, posts };
+    } finally {
+      server.close();
+    }
+  }
+  const refuse = () => ({ status: 500 });
+
+  it('starts a stopped chain', async () => {
+    const r = await start(['stopped'], () => ({ status: 200, then: ['starting', 'started'] }));
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.posts, ['start']);
+  });
+
+  it("waits for a chain that the node's own start is starting, and sends nothing", async () => {
+    const r = await start(['starting', 'starting', 'starting', 'started'], refuse);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.posts, []);
+  });
+
+  it("takes a start refused because the node's own start came first for the start", async () => {
+    // Stopped when looked at; the node's entrypoint starts it before this start arrives.
+    const r = await start(['stopped'], () => ({ status: 500, then: ['starting', 'started'] }));
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.posts, ['start']);
+  });
+
+  it('fails, saying so, when the chain refuses the start and stays stopped', async () => {
+    const r = await start(['stopped'], refuse);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /the chain refused to start \(it is 'stopped'\)/);
+  });
+
+  it('stops a chain whose database was released, then starts it', async () => {
+    const r = await start(['backup manual'], (a) =>
+      a === 'stop' ? { status: 200, then: ['stopped'] } : { status: 200, then: ['started'] },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.posts, ['stop', 'start']);
   });
 });

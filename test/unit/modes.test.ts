@@ -177,6 +177,61 @@ describe('the modes against a node in memory', () => {
     assert.equal(node.running, false, 'a node that was down before is left down');
   });
 
+  it('restore removes the staging folders that restores of other snapshots left, before it streams; not a busy one', async () => {
+    await backedUp();
+    const node = new FakeNode({ old: 'data' });
+    node.running = false;
+    const GiB = 1024 ** 3;
+    // Less room than the snapshot and 'disk-margin' need, until the left folders are gone.
+    node.freeBytes = 0.5 * GiB;
+    const parent = '/app/prep/data';
+    node.stages = [
+      {
+        path: `${parent}/.prep-snapshot-restore-tree-0123456789abcdef`,
+        bytes: 2 * GiB,
+        busy: false,
+      },
+      { path: `${parent}/.prep-snapshot-restore-1234-1-99`, bytes: 1024, busy: false },
+      { path: `${parent}/.prep-snapshot-restore-tree-fedcba9876543210`, bytes: 4096, busy: true },
+    ];
+    await restore(settingsOf({ mode: 'restore' }), node.connect);
+    const c = node.calls;
+    const removed = c.filter((x) => x.startsWith('remove staging'));
+    assert.deepEqual(removed, [
+      `remove staging ${parent}/.prep-snapshot-restore-tree-0123456789abcdef`,
+      `remove staging ${parent}/.prep-snapshot-restore-1234-1-99`,
+    ]);
+    assert.ok(c.indexOf(removed[1]!) < c.indexOf('extract streams'), c.join('\n'));
+    assert.deepEqual(
+      node.stages.map((s) => s.path),
+      [`${parent}/.prep-snapshot-restore-tree-fedcba9876543210`],
+    );
+    assert.deepEqual(node.files, DATA);
+  });
+
+  it('restore refuses a host where nothing would start the node, before anything changes', async () => {
+    await backedUp();
+    const node = new FakeNode({ old: 'data' });
+    node.running = false;
+    node.cannotStart = `'start-command' is not set, and its default finds no /app/prep/docker-compose.yml.`;
+    const left = {
+      path: '/app/prep/data/.prep-snapshot-restore-tree-0123456789abcdef',
+      bytes: 1,
+      busy: false,
+    };
+    node.stages = [left];
+    await assert.rejects(
+      restore(settingsOf({ mode: 'restore' }), node.connect),
+      /finds no \/app\/prep\/docker-compose\.yml\. Nothing was changed on the host\./,
+    );
+    assert.ok(!node.calls.includes('extract streams'));
+    assert.deepEqual(node.stages, [left]);
+    assert.deepEqual(node.files, { old: 'data' });
+    // With 'start-node: false' nothing is to be started: the restore goes ahead.
+    await restore(settingsOf({ mode: 'restore', 'start-node': 'false' }), node.connect);
+    assert.deepEqual(node.files, DATA);
+  });
+
   it('restore with keep-previous false and start-node false keeps the previous data', async () => {
     await backedUp();
     const node = new FakeNode({ old: 'data' });

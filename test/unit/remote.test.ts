@@ -686,6 +686,51 @@ describe('the swap and the checks of the host', () => {
     assert.ok(probe.tools.has('tar'));
     assert.equal(existsSync(join(root, 'not')), false);
   });
+
+  it("the restore's probe lists the staging folders of restores beside the data dir, with their sizes and locks", async () => {
+    const prep = join(root, 'stages');
+    const data = join(prep, 'data');
+    const left = join(prep, '.prep-snapshot-restore-tree-0123456789abcdef');
+    const busy = join(prep, '.prep-snapshot-restore-tree-fedcba9876543210');
+    mkdirSync(join(left, 'chain', 'db'), { recursive: true });
+    writeFileSync(join(left, 'chain', 'db', '000001.ldb'), randomBytes(300_000));
+    mkdirSync(busy);
+    // Neither a staging folder nor a folder: not listed.
+    mkdirSync(join(prep, '.prep-snapshot-staging-20260101'));
+    writeFileSync(join(prep, '.prep-snapshot-restore-file'), 'x');
+    const holder = spawn('flock', [busy, 'sleep', '30'], { stdio: 'ignore' });
+    try {
+      await until(() => spawnSync('flock', ['-n', busy, 'true']).status !== 0);
+      const compose = join(prep, 'docker-compose.yml');
+      writeFileSync(compose, 'services: {}\n');
+      const probe = parseProbe(
+        sh(
+          restoreProbeCommand(data, {
+            stagesIn: prep,
+            has: { compose, socket: join(data, 'cli.sock') },
+          }),
+        ).toString(),
+      );
+      assert.equal(probe.dataDirPresent, false);
+      assert.deepEqual([...probe.has], ['compose']);
+      const byName = new Map(probe.stages.map((s) => [s.name, s]));
+      assert.deepEqual([...byName.keys()].sort(), [
+        '.prep-snapshot-restore-tree-0123456789abcdef',
+        '.prep-snapshot-restore-tree-fedcba9876543210',
+      ]);
+      const l = byName.get('.prep-snapshot-restore-tree-0123456789abcdef')!;
+      assert.equal(l.busy, false);
+      assert.ok(l.bytes >= 300_000, `${l.bytes} bytes on the disk`);
+      assert.equal(byName.get('.prep-snapshot-restore-tree-fedcba9876543210')!.busy, true);
+      // A folder that does not exist yet (a fresh host) lists nothing.
+      const none = parseProbe(
+        sh(restoreProbeCommand(data, { stagesIn: join(root, 'nowhere') })).toString(),
+      );
+      assert.deepEqual(none.stages, []);
+    } finally {
+      holder.kill();
+    }
+  });
 });
 
 describe("the node's start, detached from the session", () => {

@@ -26,6 +26,10 @@ export function socketFunctions(sock: string, cid: string): string[] {
     isIn('stopped', `stopped|'backup done'|failed`),
     isIn('manual', `'backup manual'`),
     isIn('started', 'started'),
+    // On its way to started: someone else's start (the node's own entrypoint) was accepted.
+    isIn('starting', 'starting|started'),
+    // Not between two states: a start or a stop sent now is not refused for the state.
+    `is_settled() { case "$(state || true)" in ''|created|initializing|*starting|*stopping) return 1 ;; esac; }`,
     `is_listed() { [ -n "$(state || true)" ]; }`,
     `wait_for() { n=$(( $1 * 10 )); what=$2; shift 2; i=0; until "$@"; do i=$((i + 1)); ` +
       `if [ "$i" -ge "$n" ]; then echo "$what within $((n / 10)) s (the chain is '$(state || true)')" >&2; return 1; fi; sleep 0.1; done; }`,
@@ -51,6 +55,12 @@ export function chainReleaseCommand(sock: string, cid: string): string {
  * reopens it), then started. Where the socket is missing (goloop itself is down, as on a
  * fresh host), `fallback` (the operator's start, e.g. Compose up) runs first, and the chain
  * is started once the socket answers.
+ *
+ * The node may start the chain on its own meanwhile: icon2-node's entrypoint starts its
+ * chains once goloop is up, and the chain is then 'starting' when this command looks, or
+ * becomes so between its look and its start (which goloop refuses then). A chain on its way
+ * is waited for, not stopped; a start refused because the chain is already starting is
+ * taken as the start.
  */
 export function chainStartCommand(sock: string, cid: string, fallback: string): string {
   return bashScript([
@@ -61,12 +71,16 @@ export function chainStartCommand(sock: string, cid: string, fallback: string): 
     `fi`,
     // The socket may take a moment to list the chains after it appears.
     `wait_for 60 "the chain $cid is not on the node" is_listed`,
+    `wait_for 300 'the chain did not settle' is_settled`,
     `case "$(state)" in`,
     `  started) exit 0 ;;`,
-    `  stopped|failed|'backup done') ;;`,
+    `  stopped|failed|finished|'backup done') ;;`,
     `  *) post stop; wait_for 300 'the chain did not stop' is_stopped ;;`,
     `esac`,
-    `post start`,
+    `if ! refused=$(post start 2>&1) && ! is_starting; then`,
+    `  echo "the chain refused to start (it is '$(state || true)'): $refused" >&2`,
+    `  exit 1`,
+    `fi`,
     `wait_for 300 'the chain did not start' is_started`,
   ]);
 }

@@ -7,7 +7,7 @@
  * snapshot's height (`icx_getBlockByHeight`).
  */
 import { HostError, IntegrityError } from '../../errors.js';
-import type { NodeSettings } from '../../settings.js';
+import { COMPOSE_FILE, type NodeSettings } from '../../settings.js';
 import type { ExecResult, Prepared, RemoteStream, SshSession } from '../../ssh/session.js';
 import type {
   ArchiveOptions,
@@ -29,6 +29,7 @@ import {
   peerCommand,
   requireArchiveTools,
   restoreProbeCommand,
+  stagingFolders,
 } from '../remote.js';
 import { watchdogFiredCommand } from '../watchdog.js';
 import { extractCommand } from '../extract.js';
@@ -232,22 +233,39 @@ export class GoloopHost extends SshHost implements NodeHost {
         `The snapshot names no goloop chain (it has no manifest of ours): its chain folder is not known.`,
       );
     }
+    const compose = `${this.node.prepDir}/${COMPOSE_FILE}`;
     const checks = parseBatch(
       await this.session.run(
         'Checking the host',
         batchCommand({
           peer: peerCommand(this.node.peerUrl),
-          probe: restoreProbeCommand(`${this.dataDir}/${this.folder}`),
+          probe: restoreProbeCommand(`${this.dataDir}/${this.folder}`, {
+            stagesIn: this.prepDir,
+            has: { compose, socket: this.sock },
+          }),
         }),
       ),
     );
     const probe = parseProbe(checks.get('probe')?.stdout ?? '');
+    // The start goes through the control socket; where goloop is down (no socket), the start
+    // command brings it up first.
+    const startable =
+      this.node.startCommandGiven !== undefined ||
+      probe.has.has('socket') ||
+      probe.has.has('compose');
     return {
       running: this.running(checks.get('peer')),
       freeBytes: probe.freeBytes,
       dataDirPresent: probe.dataDirPresent,
       tools: probe.tools,
       address: '',
+      stages: stagingFolders(this.prepDir, probe),
+      cannotStart: startable
+        ? undefined
+        : `goloop is not running on the host (no ${this.sock}), 'start-command' is not set, and its default ` +
+          `(Compose up in 'prep-dir') finds no ${compose}: nothing would start goloop once the chain is in place. ` +
+          `Set 'prep-dir' to the folder of icon2-node's ${COMPOSE_FILE} (its node dir is 'data' beside it), or ` +
+          `'data-dir' and 'start-command' to where goloop keeps its node dir and how it starts, or 'start-node: false'.`,
     };
   }
 

@@ -6,7 +6,7 @@
  */
 import { HostError } from '../../errors.js';
 import { isIpv4 } from '../../input-values.js';
-import type { NodeSettings, RestoreSettings } from '../../settings.js';
+import { COMPOSE_FILE, type NodeSettings, type RestoreSettings } from '../../settings.js';
 import type { ExecResult, Prepared, RemoteStream, SshSession } from '../../ssh/session.js';
 import type {
   ArchiveOptions,
@@ -22,6 +22,7 @@ import {
   archiveCommand,
   batchCommand,
   detectIpCommand,
+  dirname,
   freezeCommand,
   parseBatch,
   parseProbe,
@@ -31,6 +32,7 @@ import {
   requireArchiveTools,
   restoreProbeCommand,
   rollbackCommand,
+  stagingFolders,
   SWAP_LINE,
   swapCommand,
 } from '../remote.js';
@@ -149,12 +151,16 @@ export class LoopchainHost extends SshHost implements NodeHost {
   }
 
   async checkForRestore(options: { nodeIp: string }): Promise<RestoreChecks> {
+    const compose = `${this.node.prepDir}/${COMPOSE_FILE}`;
     const checks = parseBatch(
       await this.session.run(
         'Checking the host',
         batchCommand({
           ...this.nodeChecks(),
-          probe: restoreProbeCommand(this.dataDir),
+          probe: restoreProbeCommand(this.dataDir, {
+            stagesIn: dirname(this.dataDir),
+            has: { compose },
+          }),
           ...(options.nodeIp ? {} : { ip: detectIpCommand() }),
         }),
       ),
@@ -172,6 +178,13 @@ export class LoopchainHost extends SshHost implements NodeHost {
       dataDirPresent: probe.dataDirPresent,
       tools: probe.tools,
       address,
+      stages: stagingFolders(dirname(this.dataDir), probe),
+      cannotStart:
+        this.node.startCommandGiven || probe.has.has('compose')
+          ? undefined
+          : `'start-command' is not set, and its default (Compose up in 'prep-dir') finds no ${compose} on the host: ` +
+            `nothing would start the node once the snapshot is in place. Set 'prep-dir' to the folder of the node's ` +
+            `${COMPOSE_FILE}, or 'start-command' and 'stop-command' to how the node starts and stops, or 'start-node: false'.`,
     };
   }
 

@@ -118,9 +118,10 @@ export async function waitForHeight(
       return undefined;
     });
     if (reached !== undefined) return reached;
-    // A node usually serves within seconds of its start: asked every half second at first,
-    // then every five (each ask is a session on the host).
-    const every = performance.now() - start < 60_000 ? 500 : 5000;
+    // A node usually serves within seconds of its start: asked four times a second at first,
+    // then every second, then every five after a minute (each ask is a session on the host).
+    const since = performance.now() - start;
+    const every = since < 10_000 ? 250 : since < 60_000 ? 1000 : 5000;
     await sleep(Math.min(every, Math.max(250, deadline - performance.now())));
   }
   return undefined;

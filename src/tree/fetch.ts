@@ -133,7 +133,7 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
     for (const d of o.dirs) await write(memberHeader(d, 'Directory', 0, 0o755));
     const alone = Math.max(8 * 1024 ** 2, Math.floor(o.bytesInFlight / 4));
     let held = 0;
-    const queue: Array<{ item: FetchItem; body: Promise<Buffer> }> = [];
+    const queue: Array<{ item: FetchItem; body: Promise<Buffer[]> }> = [];
     let next = 0;
     const fill = (): void => {
       while (next < todo.length) {
@@ -159,12 +159,13 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
       const head = queue.shift();
       if (head) {
         const body = await head.body;
-        held -= head.item.size;
-        await write(memberHeader(head.item.path, 'File', body.length, head.item.mode));
-        await write(body);
-        await write(Buffer.alloc(padding(body.length)));
+        const size = head.item.size;
+        await write(memberHeader(head.item.path, 'File', size, head.item.mode));
+        for (const chunk of body.splice(0)) await write(chunk);
+        held -= size;
+        await write(Buffer.alloc(padding(size)));
         progress.files++;
-        progress.bytes += body.length;
+        progress.bytes += size;
         continue;
       }
       // A large file streams alone: header first, its bytes checked as they pass.
@@ -245,17 +246,19 @@ function checker(item: FetchItem): { update(b: Uint8Array): void; verify(): Prom
 /**
  * A whole file, then checked; fetched again from the start when something else than the read
  * fails (a read gives up on its own, see tree/resumable-read.ts, and a failed check is final).
+ * The file is kept as the chunks it arrived in: a buffer of its size for each file in flight
+ * (megabytes each, freed in turn) left the runner's memory in pieces that it did not give back.
  */
-async function fetchWhole(item: FetchItem): Promise<Buffer> {
+async function fetchWhole(item: FetchItem): Promise<Buffer[]> {
   for (let attempt = 1; ; attempt++) {
     try {
-      const body = Buffer.allocUnsafe(item.size);
+      const body: Buffer[] = [];
       const check = checker(item);
       let got = 0;
       for await (const chunk of await item.open(0)) {
         if (got + chunk.length > item.size)
           throw new Error(`more than the ${item.size} bytes expected`);
-        body.set(chunk, got);
+        body.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
         got += chunk.length;
         check.update(chunk);
       }

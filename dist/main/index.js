@@ -91522,6 +91522,10 @@ function probeCommand(kind, dataDir) {
         `done; true`,
     ]);
 }
+/** The staging folders that a restore probe found in `parent`, by their paths. */
+function stagingFolders(parent, probe) {
+    return probe.stages.map((s) => ({ path: `${parent}/${s.name}`, bytes: s.bytes, busy: s.busy }));
+}
 function parseProbe(stdout) {
     const probe = {
         dataDirPresent: false,
@@ -91533,6 +91537,8 @@ function parseProbe(stdout) {
         sameDevice: false,
         freeBytes: 0,
         dataBytes: 0,
+        has: new Set(),
+        stages: [],
     };
     let devData = '';
     let devParent = '';
@@ -91562,6 +91568,13 @@ function parseProbe(stdout) {
             probe.dataBytes = Number(value) || 0;
         else if (key === 'stale')
             probe.stale.push(value);
+        else if (key === 'has')
+            probe.has.add(value);
+        else if (key === 'stage') {
+            const m = /^([01]) (\d*) (\.prep-snapshot-restore-[A-Za-z0-9._-]+)$/.exec(value);
+            if (m)
+                probe.stages.push({ busy: m[1] === '1', bytes: Number(m[2]) || 0, name: m[3] });
+        }
     }
     probe.sameDevice = devData !== '' && devData === devParent;
     return probe;
@@ -91798,18 +91811,38 @@ function detectIpCommand() {
         `printf '%s\\n' "$ip"`,
     ]);
 }
+/** What a restore's staging folder is named, beside the data dir: `{RESTORE_STAGE_PREFIX}{id}`. */
+const RESTORE_STAGE_PREFIX = '.prep-snapshot-restore-';
 /**
  * What the restore needs to know about the host, read only: free space where the staging
  * folder will be (the nearest existing folder above the data dir on a fresh host), whether
- * the data dir exists, and the tools.
+ * the data dir exists, and the tools. With `stagesIn`, the staging folders of restores in that
+ * folder (`stage=BUSY BYTES NAME`: BUSY 1 while an extraction into it holds its lock, BYTES
+ * what it takes on the disk); with `has`, `has=NAME` for each of those paths that exists.
  */
-function restoreProbeCommand(dataDir) {
+function restoreProbeCommand(dataDir, more = {}) {
+    const has = Object.entries(more.has ?? {});
+    for (const [name] of has)
+        if (!/^[a-z]+$/.test(name))
+            throw new Error(`bad probe name ${name}`);
     return bashScript([
         `d=${quote(dirname(dataDir))}`,
         `while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done`,
         `echo "free_parent=$(df -P -B1 -- "$d" | awk 'NR==2 {print $4}')"`,
         `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
         `for t in tar igzip pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+        ...has.map(([name, path]) => `if [ -e ${quote(path)} ]; then echo has=${name}; fi`),
+        ...(more.stagesIn === undefined
+            ? []
+            : [
+                `(cd -- ${quote(more.stagesIn)} 2>/dev/null || exit 0`,
+                `for s in ${RESTORE_STAGE_PREFIX}*; do`,
+                `  if [ ! -d "$s" ] || [ -L "$s" ]; then continue; fi`,
+                `  busy=0`,
+                `  if command -v flock >/dev/null 2>&1 && ! flock -n -- "$s" true 2>/dev/null; then busy=1; fi`,
+                `  printf 'stage=%s %s %s\\n' "$busy" "$(du -s -B1 -- "$s" 2>/dev/null | cut -f 1)" "$s"`,
+                `done)`,
+            ]),
     ]);
 }
 /**
@@ -92647,13 +92680,15 @@ function forKind(settings, kind) {
     }
     return { ...settings, node, backup };
 }
+/** The compose file that the default stop and start name, in the prep dir. */
+const COMPOSE_FILE = 'docker-compose.yml';
 /**
  * The default stop and start: Compose in the prep dir, as the original guide runs the node.
  * `docker-compose` (Compose v1, the guide's) where the host has it, else `docker compose`
  * (v2, the plugin that replaced it), so that either works without setting the commands.
  */
 function composeCommand(prepDir, verb) {
-    const args = `-f docker-compose.yml ${verb}`;
+    const args = `-f ${COMPOSE_FILE} ${verb}`;
     return (`cd ${quoteForDefault(prepDir)} && if [ -x "$(command -v docker-compose)" ]; ` +
         `then docker-compose ${args}; else docker compose ${args}; fi`);
 }
@@ -93538,6 +93573,10 @@ function socketFunctions(sock, cid) {
         isIn('stopped', `stopped|'backup done'|failed`),
         isIn('manual', `'backup manual'`),
         isIn('started', 'started'),
+        // On its way to started: someone else's start (the node's own entrypoint) was accepted.
+        isIn('starting', 'starting|started'),
+        // Not between two states: a start or a stop sent now is not refused for the state.
+        `is_settled() { case "$(state || true)" in ''|created|initializing|*starting|*stopping) return 1 ;; esac; }`,
         `is_listed() { [ -n "$(state || true)" ]; }`,
         `wait_for() { n=$(( $1 * 10 )); what=$2; shift 2; i=0; until "$@"; do i=$((i + 1)); ` +
             `if [ "$i" -ge "$n" ]; then echo "$what within $((n / 10)) s (the chain is '$(state || true)')" >&2; return 1; fi; sleep 0.1; done; }`,
@@ -93561,6 +93600,12 @@ function chainReleaseCommand(sock, cid) {
  * reopens it), then started. Where the socket is missing (goloop itself is down, as on a
  * fresh host), `fallback` (the operator's start, e.g. Compose up) runs first, and the chain
  * is started once the socket answers.
+ *
+ * The node may start the chain on its own meanwhile: icon2-node's entrypoint starts its
+ * chains once goloop is up, and the chain is then 'starting' when this command looks, or
+ * becomes so between its look and its start (which goloop refuses then). A chain on its way
+ * is waited for, not stopped; a start refused because the chain is already starting is
+ * taken as the start.
  */
 function chainStartCommand(sock, cid, fallback) {
     return bashScript([
@@ -93571,12 +93616,16 @@ function chainStartCommand(sock, cid, fallback) {
         `fi`,
         // The socket may take a moment to list the chains after it appears.
         `wait_for 60 "the chain $cid is not on the node" is_listed`,
+        `wait_for 300 'the chain did not settle' is_settled`,
         `case "$(state)" in`,
         `  started) exit 0 ;;`,
-        `  stopped|failed|'backup done') ;;`,
+        `  stopped|failed|finished|'backup done') ;;`,
         `  *) post stop; wait_for 300 'the chain did not stop' is_stopped ;;`,
         `esac`,
-        `post start`,
+        `if ! refused=$(post start 2>&1) && ! is_starting; then`,
+        `  echo "the chain refused to start (it is '$(state || true)'): $refused" >&2`,
+        `  exit 1`,
+        `fi`,
         `wait_for 300 'the chain did not start' is_started`,
     ]);
 }
@@ -94869,6 +94918,7 @@ class SshHost {
 
 
 
+
 class GoloopHost extends SshHost {
     node;
     kind = 'goloop';
@@ -94996,17 +95046,33 @@ class GoloopHost extends SshHost {
         if (!this.chain) {
             throw new HostError(`The snapshot names no goloop chain (it has no manifest of ours): its chain folder is not known.`);
         }
+        const compose = `${this.node.prepDir}/${COMPOSE_FILE}`;
         const checks = parseBatch(await this.session.run('Checking the host', batchCommand({
             peer: peerCommand(this.node.peerUrl),
-            probe: restoreProbeCommand(`${this.dataDir}/${this.folder}`),
+            probe: restoreProbeCommand(`${this.dataDir}/${this.folder}`, {
+                stagesIn: this.prepDir,
+                has: { compose, socket: this.sock },
+            }),
         })));
         const probe = parseProbe(checks.get('probe')?.stdout ?? '');
+        // The start goes through the control socket; where goloop is down (no socket), the start
+        // command brings it up first.
+        const startable = this.node.startCommandGiven !== undefined ||
+            probe.has.has('socket') ||
+            probe.has.has('compose');
         return {
             running: this.running(checks.get('peer')),
             freeBytes: probe.freeBytes,
             dataDirPresent: probe.dataDirPresent,
             tools: probe.tools,
             address: '',
+            stages: stagingFolders(this.prepDir, probe),
+            cannotStart: startable
+                ? undefined
+                : `goloop is not running on the host (no ${this.sock}), 'start-command' is not set, and its default ` +
+                    `(Compose up in 'prep-dir') finds no ${compose}: nothing would start goloop once the chain is in place. ` +
+                    `Set 'prep-dir' to the folder of icon2-node's ${COMPOSE_FILE} (its node dir is 'data' beside it), or ` +
+                    `'data-dir' and 'start-command' to where goloop keeps its node dir and how it starts, or 'start-node: false'.`,
         };
     }
     async runningNow(watchdogFlag) {
@@ -95137,6 +95203,7 @@ function pickIdentityDir(kind, names, dataDir) {
 
 
 
+
 class LoopchainHost extends SshHost {
     node;
     restoreSettings;
@@ -95218,9 +95285,13 @@ class LoopchainHost extends SshHost {
         return this.session.prepare('Freezing the data into the staging folder', freezeCommand(this.layout, this.dataDir, stage, watchdogFlag), { timeoutMs: 30 * 60_000 });
     }
     async checkForRestore(options) {
+        const compose = `${this.node.prepDir}/${COMPOSE_FILE}`;
         const checks = parseBatch(await this.session.run('Checking the host', batchCommand({
             ...this.nodeChecks(),
-            probe: restoreProbeCommand(this.dataDir),
+            probe: restoreProbeCommand(this.dataDir, {
+                stagesIn: dirname(this.dataDir),
+                has: { compose },
+            }),
             ...(options.nodeIp ? {} : { ip: detectIpCommand() }),
         })));
         const probe = parseProbe(checks.get('probe')?.stdout ?? '');
@@ -95234,6 +95305,12 @@ class LoopchainHost extends SshHost {
             dataDirPresent: probe.dataDirPresent,
             tools: probe.tools,
             address,
+            stages: stagingFolders(dirname(this.dataDir), probe),
+            cannotStart: this.node.startCommandGiven || probe.has.has('compose')
+                ? undefined
+                : `'start-command' is not set, and its default (Compose up in 'prep-dir') finds no ${compose} on the host: ` +
+                    `nothing would start the node once the snapshot is in place. Set 'prep-dir' to the folder of the node's ` +
+                    `${COMPOSE_FILE}, or 'start-command' and 'stop-command' to how the node starts and stops, or 'start-node: false'.`,
         };
     }
     async runningNow(watchdogFlag) {
@@ -96067,8 +96144,8 @@ async function abortUploads(client, bucket, key) {
  *
  * Over the internet one S3 connection runs far below what the runner and the node can take (the
  * original restore downloads with `axel -a`, icon2-node with `aria2c -x8`). The object is read
- * in ranges, `connections` of them coming at once; each range fills a buffer of its own and the
- * stream hands the bytes on in the object's order, those of the first range as they arrive.
+ * in ranges, `connections` of them coming at once; each range keeps the chunks it received and
+ * the stream hands the bytes on in the object's order, those of the first range as they arrive.
  *
  * Three things keep the connections busy (measured on the benchmark's link, each connection
  * capped at 20 MiB/s with 20 ms each way, 8 connections):
@@ -96080,8 +96157,13 @@ async function abortUploads(client, bucket, key) {
  *   time to answer, overlap its last bytes instead of following them (so for that moment one
  *   more GET is open). One connection moved 0.80 to 0.87 of its cap without it, 0.98 with it.
  * - Ranges of 8 MiB: 16 MiB moved no more and held twice the memory.
- * Memory is at most 2 x connections x range size (and the one range the consumer has not taken
- * yet), whatever the object's size, and a slow consumer slows the reads.
+ * Memory is the bytes received and not yet handed on, at most `heldBytes` (connections x range
+ * size by default) and a chunk per connection, whatever the object's size. When the consumer is
+ * the slower side (a restore into a host whose SSH channel or disk is slower than S3), the ranges
+ * past the first stop reading at that bound and their connections wait, as TCP makes them; the
+ * first range waits only for the consumer. Ranges hold no buffer of their own: a window of
+ * ready-made 8 MiB buffers took the runner's RSS to 490 MiB in a restore whose consumer was slow,
+ * for bytes that were not needed yet.
  *
  * A range that fails (a connection cut, a reset, a 5xx, a stall) is asked again from the byte
  * where it stopped; the bytes already received are kept. Every GET is pinned to the ETag seen
@@ -96098,7 +96180,7 @@ async function abortUploads(client, bucket, key) {
 const MiB = 1024 * 1024;
 /** Ranges are at least this large (fewer, cheaper requests)... */
 const MIN_RANGE_BYTES = MiB;
-/** ...and at most this: 128 MiB held with the default 8 connections, 256 MiB at the input's most, 16. */
+/** ...and at most this: 64 MiB held with the default 8 connections, 128 MiB at the input's most, 16. */
 const MAX_RANGE_BYTES = 8 * MiB;
 /**
  * The range size for `size` bytes to read with `connections`: the largest that still gives every
@@ -96126,7 +96208,9 @@ class RangedDownload extends external_node_stream_.Readable {
     received = 0;
     /** The range size in use. */
     rangeBytes;
-    /** The most bytes that the window's range buffers held at once (at most 2 x connections x rangeBytes). */
+    /** The bound on bytes held (received and not handed on). */
+    heldBytes;
+    /** The most bytes held at once: at most heldBytes and a chunk per connection. */
     peakHeldBytes = 0;
     /** Resolves at the first byte received (at once for nothing to read); rejects if the read fails first. */
     started;
@@ -96139,6 +96223,10 @@ class RangedDownload extends external_node_stream_.Readable {
     next;
     wanted = false;
     ended = false;
+    /** Bytes received and not handed on, over the window. */
+    held = 0;
+    /** Ranges that wait for the held bytes to go down (or, the first, for the consumer). */
+    waiting = [];
     stopping = new AbortController();
     markStarted;
     failStart;
@@ -96150,6 +96238,7 @@ class RangedDownload extends external_node_stream_.Readable {
         this.attempts = Math.max(1, options.attempts ?? 6);
         this.rangeBytes =
             options.rangeBytes ?? chooseRangeBytes(this.end - this.next, options.connections);
+        this.heldBytes = Math.max(this.rangeBytes, options.heldBytes ?? Math.max(1, options.connections) * this.rangeBytes);
         this.started = new Promise((resolve, reject) => {
             this.markStarted = resolve;
             this.failStart = reject;
@@ -96169,6 +96258,7 @@ class RangedDownload extends external_node_stream_.Readable {
         for (const r of this.window)
             r.abort?.abort();
         this.window.length = 0;
+        this.wake();
         this.failStart(error ?? new Error('the read was stopped'));
         callback(error);
     }
@@ -96182,16 +96272,8 @@ class RangedDownload extends external_node_stream_.Readable {
             const start = this.next;
             const end = Math.min(this.end, start + this.rangeBytes);
             this.next = end;
-            const range = {
-                start,
-                end,
-                buf: Buffer.allocUnsafe(end - start),
-                filled: 0,
-                emitted: 0,
-                ending: false,
-            };
+            const range = { start, end, chunks: [], filled: 0, emitted: 0, ending: false };
             this.window.push(range);
-            this.peakHeldBytes = Math.max(this.peakHeldBytes, this.window.reduce((n, r) => n + r.buf.length, 0));
             this.inFlight++;
             this.load(range).then(() => this.release(range), (error) => this.destroy(error));
         }
@@ -96218,22 +96300,42 @@ class RangedDownload extends external_node_stream_.Readable {
                 }
                 return;
             }
-            if (head.emitted < head.filled) {
+            if (head.chunks.length > 0) {
                 if (!this.wanted)
                     return;
-                // A view, not a copy: a range's buffer is never written again where it was handed on.
-                const chunk = head.buf.subarray(head.emitted, head.filled);
-                head.emitted = head.filled;
+                const chunk = head.chunks.shift();
+                head.emitted += chunk.length;
+                this.held -= chunk.length;
+                this.wake();
                 this.wanted = this.push(chunk);
             }
-            else if (head.filled === head.buf.length) {
+            else if (head.filled === head.end - head.start) {
                 this.window.shift();
+                this.wake();
                 this.fill();
             }
             else {
                 return;
             }
         }
+    }
+    /** Lets the waiting ranges look again at what is held. */
+    wake() {
+        const waiting = this.waiting;
+        this.waiting = [];
+        for (const go of waiting)
+            go();
+    }
+    /**
+     * Whether `r` must wait before it reads on: the first range while the consumer wants nothing
+     * and a range's worth of it is held; the others while the held bytes are at their bound.
+     */
+    mustWait(r) {
+        if (this.destroyed)
+            return false;
+        if (r === this.window[0])
+            return !this.wanted && r.filled - r.emitted >= this.rangeBytes;
+        return this.held >= this.heldBytes;
     }
     label(r) {
         return `bytes ${r.start}-${r.end - 1} of s3://${this.o.bucket}/${this.o.key}`;
@@ -96262,7 +96364,7 @@ class RangedDownload extends external_node_stream_.Readable {
                 this.retries++;
                 const wait = moved ? 0 : backoffMs(failures, this.o.backoffMs ?? 1000);
                 this.o.onRetry?.(`${this.label(r)}: ${reason(error)}; again from byte ${r.start + r.filled}` +
-                    `${wait ? ` in ${(wait / 1000).toFixed(1)} s` : ''} (${formatBytes(r.filled)} of ${formatBytes(r.buf.length)} kept).`);
+                    `${wait ? ` in ${(wait / 1000).toFixed(1)} s` : ''} (${formatBytes(r.filled)} of ${formatBytes(r.end - r.start)} kept).`);
                 try {
                     await (0,external_node_timers_promises_namespaceObject.setTimeout)(wait, undefined, { signal: this.stopping.signal });
                 }
@@ -96324,21 +96426,30 @@ class RangedDownload extends external_node_stream_.Readable {
             if (this.o.object.etag && res.ETag && res.ETag !== this.o.object.etag) {
                 throw new ObjectChangedError(`s3://${this.o.bucket}/${this.o.key} changed while it was read: its ETag was ${this.o.object.etag}, now ${res.ETag}.`);
             }
+            const size = r.end - r.start;
             for await (const chunk of body) {
-                arm();
-                const n = chunk.copy(r.buf, r.filled, 0, Math.min(chunk.length, r.buf.length - r.filled));
+                const n = Math.min(chunk.length, size - r.filled);
+                if (n > 0)
+                    r.chunks.push(n === chunk.length ? chunk : chunk.subarray(0, n));
                 r.filled += n;
+                this.held += n;
+                this.peakHeldBytes = Math.max(this.peakHeldBytes, this.held);
                 this.received += n;
                 this.markStarted();
                 // The next range is asked for while this one's last bytes come: the round trip to ask
                 // for it, and S3's time to answer, overlap them instead of following them.
-                if (r.buf.length - r.filled <= r.buf.length / 8)
+                if (size - r.filled <= size / 8)
                     this.release(r);
                 if (r === this.window[0])
                     this.pump();
+                // Waiting for room is not a stall: the clock runs only while the range reads.
+                clearTimeout(timer);
+                while (this.mustWait(r))
+                    await new Promise((go) => this.waiting.push(go));
+                arm();
             }
-            if (r.filled < r.buf.length) {
-                throw new TransientError(`the response ended after ${formatBytes(r.filled)} of ${formatBytes(r.buf.length)}`);
+            if (r.filled < size) {
+                throw new TransientError(`the response ended after ${formatBytes(r.filled)} of ${formatBytes(size)}`);
             }
         }
         catch (error) {
@@ -97763,6 +97874,8 @@ async function backupWithLease(a, lease) {
         const previous = await previousManifest(client, settings, source);
         const journals = (await readJournals(client, bucket, prefix)).filter((j) => sameSource(j.journal.source, source));
         await lease.start([...(previous ? [previous.key] : []), ...journals.map((j) => j.key)]);
+        // From here a sweep keeps what those runs name (see tree/sweep.ts).
+        const leasedAt = performance.now();
         const stored = await storedObjects(client, bucket, prefix);
         const before = new Map();
         for (const j of journals)
@@ -97796,7 +97909,7 @@ async function backupWithLease(a, lease) {
         info(`${stored.size} objects stored; ${done.size} files proven unchanged since ` +
             `${previous ? previous.key : 'no earlier snapshot of this host'}` +
             `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`);
-        return { stored, done, unproven, tails: tailOf, journals };
+        return { stored, done, unproven, tails: tailOf, journals, leasedAt };
     });
     const t = performance.now();
     const hashes = await group('Hash the other files on the host', async () => {
@@ -97833,9 +97946,14 @@ async function backupWithLease(a, lease) {
         plan.tails.set(sha, tail);
         plan.done.set(e.path, fileOf(e, sha, tail));
     });
-    // Named in the lease before they are relied on (see tree/sweep.ts): a sweep from now on keeps them.
-    await lease.add(reused, { flush: true });
-    const flushedAt = performance.now();
+    // Named in the lease before they are relied on (see tree/sweep.ts): a sweep from now on keeps
+    // them. The files proven by an earlier snapshot of this host need no write: its manifest is
+    // the lease's source since the start, and the sweep's window runs from then.
+    let leasedAt = plan.leasedAt;
+    if (reused.length > 0) {
+        await lease.add(reused, { flush: true });
+        leasedAt = performance.now();
+    }
     const journal = {
         run: a.runId,
         source,
@@ -97894,9 +98012,9 @@ async function backupWithLease(a, lease) {
         throw new Error(`no object was recorded for ${missingFile.path}`);
     const treeList = ordered;
     await group('Check that every object is stored', async () => {
-        // A sweep that read the leases before the flush above deletes within its window: the check
-        // comes after that window, so it sees whatever such a sweep removed.
-        const wait = SWEEP_WINDOW_MS - (performance.now() - flushedAt);
+        // A sweep that read the leases before the last write that this run relies on deletes within
+        // its window: the check comes after that window, so it sees whatever such a sweep removed.
+        const wait = SWEEP_WINDOW_MS - (performance.now() - leasedAt);
         if (wait > 0)
             await (0,external_node_timers_promises_namespaceObject.setTimeout)(wait);
         const now = await storedObjects(client, bucket, prefix);
@@ -98761,6 +98879,300 @@ function formatAge(hours) {
     return `${(hours / 24).toFixed(1)} d`;
 }
 
+;// CONCATENATED MODULE: ./src/modes/restore-node.ts
+/**
+ * The node's side of a restore, around the swap: the staging folders that earlier restores
+ * left, the wait for the node's height, the rollback to the previous data dir, and what
+ * becomes of that dir once the node proved itself. restore.ts runs them in its order.
+ */
+
+
+
+
+
+/**
+ * Removes the staging folders that earlier restores left beside the data dir and that this run
+ * does not go on from: a tree's of another snapshot (kept when its run failed, for a next run
+ * of that snapshot, and as large as a whole database), or an archive's whose run vanished before
+ * it could remove it. The folder of this run's snapshot stays, and so does one that an
+ * extraction still writes into (another restore of this host that runs now). Returns the bytes
+ * freed.
+ */
+async function removeLeftStages(host, stages, own) {
+    const others = stages.filter((s) => s.path !== own);
+    const busy = others.filter((s) => s.busy);
+    for (const s of busy) {
+        warning(`The staging folder ${s.path} (${formatBytes(s.bytes)}) is left alone: a restore still writes into it ` +
+            `(does another run restore this host now?).`);
+    }
+    const left = others.filter((s) => !s.busy);
+    if (left.length === 0)
+        return 0;
+    const total = left.reduce((n, s) => n + s.bytes, 0);
+    info(`Removing ${left.length} staging folder${left.length === 1 ? '' : 's'} that earlier restores left and this ` +
+        `one does not go on from (${formatBytes(total)}): ${left.map((s) => `${s.path} (${formatBytes(s.bytes)})`).join(', ')}.`);
+    let freed = 0;
+    for (const s of left) {
+        try {
+            await host.removeStaging(s.path);
+            freed += s.bytes;
+        }
+        catch (error) {
+            warning(`Could not remove the staging folder ${s.path}: ${errorMessage(error)}`);
+        }
+    }
+    return freed;
+}
+/**
+ * Removes the previous data dir when 'keep-previous' is false, and only once the node has
+ * proved itself on the new data: started by this run, at the snapshot's height, and never
+ * taken by the watchdog. Returns the path kept, if any.
+ */
+async function settlePrevious(host, node, opts, dirs) {
+    if (!dirs.hadPrevious)
+        return undefined;
+    if (opts.keepPrevious) {
+        info(`The previous data dir is kept as ${dirs.previous} ('keep-previous: true').`);
+        return dirs.previous;
+    }
+    if (!opts.startNode) {
+        warning(`The previous data dir is kept as ${dirs.previous}: 'keep-previous: false' removes it only once the node ` +
+            `has reached the snapshot's height, and 'start-node: false' started nothing to prove it.`);
+        return dirs.previous;
+    }
+    if (node.lostAt !== undefined)
+        return dirs.previous;
+    await host.remove(dirs.previous);
+    info(`Removed ${dirs.previous} ('keep-previous: false'; the node reached the height).`);
+    return undefined;
+}
+/**
+ * What shows that the node runs, asked of the host now; undefined when nothing does. Where
+ * this run stopped the node, a node that runs again may be the watchdog's doing: then the
+ * run has lost it, and says so.
+ */
+async function runningNode(host, node, lostMeans) {
+    const now = await host.runningNow(node.watchdogFlag);
+    node.noteFired(now.firedAt ?? '');
+    node.assertOwned(lostMeans);
+    return now.running;
+}
+function runningRefused(host, running) {
+    return new HostError(`The node on ${host} is running (${running}). Stop it first, or set 'stop-node: true' to let the restore stop it.`);
+}
+async function waitForHeight(host, facts, timeoutSeconds) {
+    const start = performance.now();
+    const deadline = start + timeoutSeconds * 1000;
+    while (performance.now() < deadline) {
+        // A node that does not answer yet is waited for; one that answers with another chain is not.
+        const reached = await host.restoredHeight(facts).catch((error) => {
+            if (error instanceof IntegrityError)
+                throw error;
+            return undefined;
+        });
+        if (reached !== undefined)
+            return reached;
+        // A node usually serves within seconds of its start: asked four times a second at first,
+        // then every second, then every five after a minute (each ask is a session on the host).
+        const since = performance.now() - start;
+        const every = since < 10_000 ? 250 : since < 60_000 ? 1000 : 5000;
+        await (0,external_node_timers_promises_namespaceObject.setTimeout)(Math.min(every, Math.max(250, deadline - performance.now())));
+    }
+    return undefined;
+}
+/**
+ * Puts the previous data dir back after a failed start. Nothing moves unless the node is
+ * proved down: a failed stop command, or a node that still answers, ends the rollback with
+ * both dirs where they are.
+ */
+async function rollback(host, node, dirs, startAfter) {
+    warning(`Rolling back: stopping the node and putting ${dirs.previous} back in place.`);
+    const nothingMoved = `Nothing was moved: the restored data is in ${dirs.dataDir}, the previous in ${dirs.previous}.`;
+    try {
+        await node.stop();
+    }
+    catch (error) {
+        throw new HostError(`The rollback could not stop the node (${errorMessage(error)}). ${nothingMoved}`);
+    }
+    const running = await runningNode(host, node, nothingMoved);
+    if (running) {
+        throw new HostError(`The rollback stopped the node, yet it still runs (${running}). ${nothingMoved}`);
+    }
+    const res = await host.rollback(dirs.previous, dirs.failed, node.watchdogFlag);
+    if (res.code === NODE_LOST) {
+        node.noteLost(res);
+        node.assertOwned(nothingMoved);
+    }
+    if (res.code !== 0) {
+        throw new HostError(`The rollback failed: ${res.stderr.trim()}. The previous data is ${dirs.previous}; put it back by hand.`);
+    }
+    if (startAfter)
+        await node.start();
+    else
+        await node.leaveStopped();
+}
+
+;// CONCATENATED MODULE: ./src/tree/resumable-read.ts
+/**
+ * One file of a tree read from `start` to its end, under the rule of the ranged archive reads
+ * (s3/download.ts): an attempt that receives no byte for `stallMs` (60 s) is abandoned, as is
+ * one that breaks or ends short; the next asks for the bytes from where the last one stopped.
+ * An attempt that brought bytes was cut, not refused: the next goes at once and the count of
+ * failures starts again. Attempts that bring nothing wait longer each time (1 s, doubled, at
+ * most 30 s), and after `attempts` of them in a row the read ends with a DownloadError that
+ * names the file, the byte and the last reason. An answer that no attempt changes (a 403, a
+ * 404) ends it at once.
+ *
+ * The time the consumer takes with a chunk is not a stall: the clock runs only while the read
+ * waits for the server.
+ */
+
+
+
+
+/** The file's bytes from `start` to its end, as chunks: see the module's comment. */
+async function* resumableRead(o) {
+    const stallMs = o.stallMs ?? 60_000;
+    const attempts = Math.max(1, o.attempts ?? 6);
+    let at = Math.min(o.start ?? 0, o.size);
+    let failures = 0;
+    while (at < o.size) {
+        const before = at;
+        const abort = new AbortController();
+        let stalled = false;
+        let timer;
+        const arm = () => {
+            clearTimeout(timer);
+            timer = setTimeout(() => {
+                stalled = true;
+                abort.abort();
+            }, stallMs);
+        };
+        let chunks;
+        let failed;
+        try {
+            arm();
+            chunks = (await o.request(at, abort.signal))[Symbol.asyncIterator]();
+            for (;;) {
+                const next = await chunks.next();
+                if (next.done)
+                    break;
+                const chunk = next.value;
+                // Bytes came, though none for the file (a server that ignored the Range sends the
+                // ones before it first): not a stall.
+                if (chunk.length === 0) {
+                    arm();
+                    continue;
+                }
+                if (chunk.length > o.size - at) {
+                    throw new IntegrityError(`${o.what} is longer than the ${o.size} bytes recorded for it: the stored file is not the one the snapshot names.`);
+                }
+                clearTimeout(timer);
+                at += chunk.length;
+                yield chunk;
+                arm();
+            }
+            if (at < o.size) {
+                throw new TransientError(`the response ended after ${formatBytes(at - before)}, at byte ${at} of ${o.size}`);
+            }
+        }
+        catch (error) {
+            failed = stalled ? new TransientError(`no byte arrived for ${stallMs / 1000} s`) : error;
+        }
+        finally {
+            clearTimeout(timer);
+            // Whatever ended the attempt (an error, or a consumer that stopped reading), its
+            // connection is let go.
+            abort.abort();
+            chunks?.return?.().catch(() => undefined);
+        }
+        if (failed === undefined)
+            return;
+        if (!isTransient(failed)) {
+            throw failed instanceof ActionError
+                ? failed
+                : new StorageError(`The download of ${o.what} failed at byte ${at}: ${reason(failed)}.`);
+        }
+        const moved = at > before;
+        failures = moved ? 0 : failures + 1;
+        if (failures >= attempts) {
+            throw new DownloadError(`The download of ${o.what} stopped at byte ${at} of ${o.size}: ${failures} attempts in a row failed, ` +
+                `the last with ${reason(failed)}.`);
+        }
+        const wait = moved ? 0 : backoffMs(failures, o.backoffMs ?? 1000);
+        o.onRetry?.(`${o.what}: ${reason(failed)}; again from byte ${at}${wait ? ` in ${(wait / 1000).toFixed(1)} s` : ''}.`);
+        await (0,external_node_timers_promises_namespaceObject.setTimeout)(wait);
+    }
+}
+/** The error under a fetch's own: undici's `fetch failed` and `terminated` carry the reason as a cause. */
+function causeOf(error) {
+    const cause = error?.cause;
+    return cause instanceof Error ? cause : error;
+}
+/**
+ * `request` for a file served over HTTP(S) (a tree in icon2-node's form): a GET with a Range
+ * from `from`. A server that ignores the Range (200) has the bytes before `from` skipped. A
+ * connection that fails or breaks, a 5xx, a 408 or a 429 may pass on another attempt; any
+ * other answer is final.
+ */
+function httpRange(url) {
+    return async (from, signal) => {
+        let res;
+        try {
+            res = await fetch(url, { headers: from > 0 ? { Range: `bytes=${from}-` } : {}, signal });
+        }
+        catch (error) {
+            if (signal.aborted)
+                throw error;
+            throw new TransientError(`GET ${url} failed: ${reason(causeOf(error))}`, { cause: error });
+        }
+        const said = `GET ${url} answered HTTP ${res.status} ${res.statusText}`.trim();
+        if (res.status !== 200 && res.status !== 206) {
+            await res.body?.cancel().catch(() => undefined);
+            if (res.status >= 500 || res.status === 408 || res.status === 429)
+                throw new TransientError(said);
+            throw new StorageError(`${said}.`);
+        }
+        let skip = 0;
+        if (res.status === 206) {
+            const first = /^bytes (\d+)-/.exec(res.headers.get('content-range') ?? '')?.[1];
+            if (Number(first) !== from) {
+                await res.body?.cancel().catch(() => undefined);
+                throw new DownloadError(`GET ${url} asked for the bytes from ${from}; the server sent '${res.headers.get('content-range') ?? 'no Content-Range'}'.`);
+            }
+        }
+        else {
+            skip = from;
+        }
+        return bodyOf(res, skip, signal, url);
+    };
+}
+/**
+ * A response's bytes after the first `skip` (an empty chunk for each one skipped whole); a
+ * break that the caller did not ask for may pass on another attempt.
+ */
+async function* bodyOf(res, skip, signal, url) {
+    if (!res.body)
+        return;
+    let left = skip;
+    try {
+        for await (const chunk of res.body) {
+            if (left >= chunk.length) {
+                left -= chunk.length;
+                yield chunk.subarray(0, 0);
+                continue;
+            }
+            yield left > 0 ? chunk.subarray(left) : chunk;
+            left = 0;
+        }
+    }
+    catch (error) {
+        if (signal.aborted)
+            throw error;
+        throw new TransientError(`GET ${url} broke off: ${reason(causeOf(error))}`, { cause: error });
+    }
+}
+
 ;// CONCATENATED MODULE: ./src/modes/restore-tree.ts
 /**
  * Where a tree restore's files come from: a tree of ours (its manifest proves every file by
@@ -98777,28 +99189,42 @@ function formatAge(hours) {
 
 
 
+
+
 const stageIdOf = (key) => (0,external_node_crypto_.createHash)('sha256').update(key).digest('hex').slice(0, 16);
 /** A tree of ours, from its manifest. */
-async function ourTree(client, settings, key) {
+async function ourTree(client, settings, key, timing = {}) {
     const { bucket } = settings.s3;
     const m = await readTreeManifest(client, bucket, treeFiles(key).manifest);
     if (!m) {
         throw new StorageError(`${key} has no manifest.json: the tree is incomplete or not ours. Restore another snapshot ('snapshot' input).`);
     }
     const objects = m.objects;
-    const open = (sha) => async (start) => {
+    // Each object read as the archives are: a stall or a break costs one attempt, and the next
+    // goes on from the byte where it stopped.
+    const request = (sha) => async (from, signal) => {
         try {
             const res = await client.send(new dist_cjs/* GetObjectCommand */.jLs({
                 Bucket: bucket,
                 Key: `${objects}${sha}`,
-                Range: start > 0 ? `bytes=${start}-` : undefined,
-            }));
+                Range: from > 0 ? `bytes=${from}-` : undefined,
+            }), { abortSignal: signal });
             return res.Body;
         }
         catch (error) {
+            if (signal.aborted || isTransient(error))
+                throw error;
             throw describeS3Error(error, `s3://${bucket}/${objects}${sha}`);
         }
     };
+    const open = (f) => (start) => Promise.resolve(resumableRead({
+        what: `${f.path} (s3://${bucket}/${objects}${f.sha256})`,
+        size: f.size,
+        start,
+        request: request(f.sha256),
+        onRetry: (message) => info(`Download: ${message}`),
+        ...timing,
+    }));
     return {
         key,
         nodeKind: m.nodeKind === 'goloop' ? 'goloop' : 'loopchain',
@@ -98811,7 +99237,7 @@ async function ourTree(client, settings, key) {
             mode: f.mode,
             sha256: f.sha256,
             tail: f.tail,
-            open: open(f.sha256),
+            open: open(f),
         })),
         dirs: m.dirs,
         proven: true,
@@ -98820,10 +99246,11 @@ async function ourTree(client, settings, key) {
 }
 /**
  * A tree in icon2-node's form, named by the URL of its `{SERVICE}.json`: a goloop node's
- * files, read over HTTP(S) as aria2c would. Nothing states its height or block hash: the
- * restored node is healthy once its chain is started and answering.
+ * files, read over HTTP(S) as aria2c would, each under the rule of the archives' ranged reads
+ * (see tree/resumable-read.ts; `timing` shortens it in tests). Nothing states its height or
+ * block hash: the restored node is healthy once its chain is started and answering.
  */
-async function foreignTree(pointerUrl, channel) {
+async function foreignTree(pointerUrl, channel, timing = {}) {
     const all = await readForeignTree(pointerUrl);
     // The chain folder is the one named by a cid (hex) that holds a database: `{cid}/db/{nid}/…`.
     const chain = all
@@ -98841,13 +99268,14 @@ async function foreignTree(pointerUrl, channel) {
     warning(`${pointerUrl} is a tree in icon2-node's form, with no manifest of ours: only each file's size` +
         `${unchecked < files.length ? ' and the hash of its last 10 KiB' : ''} can be checked, not a sha256 of the whole file, ` +
         `and it states no block height or hash to prove the restored node by.`);
-    const open = (url) => async (start) => {
-        const res = await fetch(url, start > 0 ? { headers: { Range: `bytes=${start}-` } } : {});
-        if (!res.ok || !res.body) {
-            throw new ActionError(`GET ${url} answered ${res.status} ${res.statusText}.`);
-        }
-        return res.body;
-    };
+    const open = (f) => (start) => Promise.resolve(resumableRead({
+        what: `${f.path} (${f.url})`,
+        size: f.size,
+        start,
+        request: httpRange(f.url),
+        onRetry: (message) => info(`Download: ${message}`),
+        ...timing,
+    }));
     const dirs = new Set();
     for (const f of files) {
         const parts = f.path.split('/');
@@ -98865,7 +99293,7 @@ async function foreignTree(pointerUrl, channel) {
             size: f.size,
             mode: 0o644,
             tail: f.tail,
-            open: open(f.url),
+            open: open(f),
         })),
         dirs: [...dirs].sort(),
         proven: false,
@@ -98995,12 +99423,14 @@ async function fetchTree(o) {
             const head = queue.shift();
             if (head) {
                 const body = await head.body;
-                held -= head.item.size;
-                await write(memberHeader(head.item.path, 'File', body.length, head.item.mode));
-                await write(body);
-                await write(Buffer.alloc(padding(body.length)));
+                const size = head.item.size;
+                await write(memberHeader(head.item.path, 'File', size, head.item.mode));
+                for (const chunk of body.splice(0))
+                    await write(chunk);
+                held -= size;
+                await write(Buffer.alloc(padding(size)));
                 progress.files++;
-                progress.bytes += body.length;
+                progress.bytes += size;
                 continue;
             }
             // A large file streams alone: header first, its bytes checked as they pass.
@@ -99071,17 +99501,22 @@ function checker(item) {
         },
     };
 }
-/** A whole file, retried from the start when its download breaks, then checked. */
+/**
+ * A whole file, then checked; fetched again from the start when something else than the read
+ * fails (a read gives up on its own, see tree/resumable-read.ts, and a failed check is final).
+ * The file is kept as the chunks it arrived in: a buffer of its size for each file in flight
+ * (megabytes each, freed in turn) left the runner's memory in pieces that it did not give back.
+ */
 async function fetchWhole(item) {
     for (let attempt = 1;; attempt++) {
         try {
-            const body = Buffer.allocUnsafe(item.size);
+            const body = [];
             const check = checker(item);
             let got = 0;
             for await (const chunk of await item.open(0)) {
                 if (got + chunk.length > item.size)
                     throw new Error(`more than the ${item.size} bytes expected`);
-                body.set(chunk, got);
+                body.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
                 got += chunk.length;
                 check.update(chunk);
             }
@@ -99091,8 +99526,8 @@ async function fetchWhole(item) {
             return body;
         }
         catch (error) {
-            if (error instanceof IntegrityError || attempt >= ATTEMPTS) {
-                throw error instanceof IntegrityError
+            if (error instanceof ActionError || attempt >= ATTEMPTS) {
+                throw error instanceof ActionError
                     ? error
                     : new ActionError(`The download of ${item.path} failed ${attempt} times: ${errorMessage(error)}`);
             }
@@ -99325,8 +99760,8 @@ async function restore(settings, connect = connectNode) {
     // the next run of the same snapshot goes on from what the manifest's sha256 proves there. One
     // in icon2-node's form proves nothing that could be kept, and is removed.
     const stage = tree
-        ? `${parent}/.prep-snapshot-restore-tree-${tree.stageId}`
-        : `${parent}/.prep-snapshot-restore-${runId}`;
+        ? `${parent}/${RESTORE_STAGE_PREFIX}tree-${tree.stageId}`
+        : `${parent}/${RESTORE_STAGE_PREFIX}${runId}`;
     const previous = `${dataDir}.prev-${stamp}`;
     const failed = `${dataDir}.failed-${stamp}`;
     let wasRunning = false;
@@ -99342,10 +99777,19 @@ async function restore(settings, connect = connectNode) {
             const running = probe.running;
             if (running && !opts.stopNode)
                 throw runningRefused(ssh.host, running);
+            if (opts.startNode && probe.cannotStart) {
+                throw new HostError(`${probe.cannotStart} Nothing was changed on the host.`);
+            }
             wasRunning = running !== undefined;
+            const freed = await removeLeftStages(host, probe.stages, stage);
+            // What this snapshot's own staging folder holds from an earlier run is kept, or removed
+            // to make room: either way it is not needed twice.
+            const resumed = probe.stages.find((s) => s.path === stage)?.bytes ?? 0;
             const needed = (tree?.bytes ?? manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
-            if (probe.freeBytes < needed) {
-                throw new HostError(`${parent} has ${formatBytes(probe.freeBytes)} free; the snapshot needs ${formatBytes(needed)} ` +
+            const free = probe.freeBytes + freed + resumed;
+            if (free < needed) {
+                throw new HostError(`${parent} has ${formatBytes(free)} free${resumed > 0 ? ` (counting the ${formatBytes(resumed)} that this snapshot's staging folder holds)` : ''}; ` +
+                    `the snapshot needs ${formatBytes(needed)} ` +
                     `(its ${manifest || tree ? '' : 'estimated '}size plus 'disk-margin'). Free some space and run again.`);
             }
             hadPrevious = probe.dataDirPresent;
@@ -99514,93 +99958,6 @@ async function restore(settings, connect = connectNode) {
         connection.close();
         saveState(State.KeyDir, '');
     }
-}
-/**
- * Removes the previous data dir when 'keep-previous' is false, and only once the node has
- * proved itself on the new data: started by this run, at the snapshot's height, and never
- * taken by the watchdog. Returns the path kept, if any.
- */
-async function settlePrevious(host, node, opts, dirs) {
-    if (!dirs.hadPrevious)
-        return undefined;
-    if (opts.keepPrevious) {
-        info(`The previous data dir is kept as ${dirs.previous} ('keep-previous: true').`);
-        return dirs.previous;
-    }
-    if (!opts.startNode) {
-        warning(`The previous data dir is kept as ${dirs.previous}: 'keep-previous: false' removes it only once the node ` +
-            `has reached the snapshot's height, and 'start-node: false' started nothing to prove it.`);
-        return dirs.previous;
-    }
-    if (node.lostAt !== undefined)
-        return dirs.previous;
-    await host.remove(dirs.previous);
-    info(`Removed ${dirs.previous} ('keep-previous: false'; the node reached the height).`);
-    return undefined;
-}
-/**
- * What shows that the node runs, asked of the host now; undefined when nothing does. Where
- * this run stopped the node, a node that runs again may be the watchdog's doing: then the
- * run has lost it, and says so.
- */
-async function runningNode(host, node, lostMeans) {
-    const now = await host.runningNow(node.watchdogFlag);
-    node.noteFired(now.firedAt ?? '');
-    node.assertOwned(lostMeans);
-    return now.running;
-}
-function runningRefused(host, running) {
-    return new HostError(`The node on ${host} is running (${running}). Stop it first, or set 'stop-node: true' to let the restore stop it.`);
-}
-async function waitForHeight(host, facts, timeoutSeconds) {
-    const start = performance.now();
-    const deadline = start + timeoutSeconds * 1000;
-    while (performance.now() < deadline) {
-        // A node that does not answer yet is waited for; one that answers with another chain is not.
-        const reached = await host.restoredHeight(facts).catch((error) => {
-            if (error instanceof IntegrityError)
-                throw error;
-            return undefined;
-        });
-        if (reached !== undefined)
-            return reached;
-        // A node usually serves within seconds of its start: asked every half second at first,
-        // then every five (each ask is a session on the host).
-        const every = performance.now() - start < 60_000 ? 500 : 5000;
-        await (0,external_node_timers_promises_namespaceObject.setTimeout)(Math.min(every, Math.max(250, deadline - performance.now())));
-    }
-    return undefined;
-}
-/**
- * Puts the previous data dir back after a failed start. Nothing moves unless the node is
- * proved down: a failed stop command, or a node that still answers, ends the rollback with
- * both dirs where they are.
- */
-async function rollback(host, node, dirs, startAfter) {
-    warning(`Rolling back: stopping the node and putting ${dirs.previous} back in place.`);
-    const nothingMoved = `Nothing was moved: the restored data is in ${dirs.dataDir}, the previous in ${dirs.previous}.`;
-    try {
-        await node.stop();
-    }
-    catch (error) {
-        throw new HostError(`The rollback could not stop the node (${errorMessage(error)}). ${nothingMoved}`);
-    }
-    const running = await runningNode(host, node, nothingMoved);
-    if (running) {
-        throw new HostError(`The rollback stopped the node, yet it still runs (${running}). ${nothingMoved}`);
-    }
-    const res = await host.rollback(dirs.previous, dirs.failed, node.watchdogFlag);
-    if (res.code === NODE_LOST) {
-        node.noteLost(res);
-        node.assertOwned(nothingMoved);
-    }
-    if (res.code !== 0) {
-        throw new HostError(`The rollback failed: ${res.stderr.trim()}. The previous data is ${dirs.previous}; put it back by hand.`);
-    }
-    if (startAfter)
-        await node.start();
-    else
-        await node.leaveStopped();
 }
 
 ;// CONCATENATED MODULE: ./src/run.ts

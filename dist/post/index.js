@@ -88638,6 +88638,10 @@ function probeCommand(kind, dataDir) {
         `done; true`,
     ]);
 }
+/** The staging folders that a restore probe found in `parent`, by their paths. */
+function stagingFolders(parent, probe) {
+    return probe.stages.map((s) => ({ path: `${parent}/${s.name}`, bytes: s.bytes, busy: s.busy }));
+}
 function parseProbe(stdout) {
     const probe = {
         dataDirPresent: false,
@@ -88649,6 +88653,8 @@ function parseProbe(stdout) {
         sameDevice: false,
         freeBytes: 0,
         dataBytes: 0,
+        has: new Set(),
+        stages: [],
     };
     let devData = '';
     let devParent = '';
@@ -88678,6 +88684,13 @@ function parseProbe(stdout) {
             probe.dataBytes = Number(value) || 0;
         else if (key === 'stale')
             probe.stale.push(value);
+        else if (key === 'has')
+            probe.has.add(value);
+        else if (key === 'stage') {
+            const m = /^([01]) (\d*) (\.prep-snapshot-restore-[A-Za-z0-9._-]+)$/.exec(value);
+            if (m)
+                probe.stages.push({ busy: m[1] === '1', bytes: Number(m[2]) || 0, name: m[3] });
+        }
     }
     probe.sameDevice = devData !== '' && devData === devParent;
     return probe;
@@ -88914,18 +88927,38 @@ function detectIpCommand() {
         `printf '%s\\n' "$ip"`,
     ]);
 }
+/** What a restore's staging folder is named, beside the data dir: `{RESTORE_STAGE_PREFIX}{id}`. */
+const RESTORE_STAGE_PREFIX = '.prep-snapshot-restore-';
 /**
  * What the restore needs to know about the host, read only: free space where the staging
  * folder will be (the nearest existing folder above the data dir on a fresh host), whether
- * the data dir exists, and the tools.
+ * the data dir exists, and the tools. With `stagesIn`, the staging folders of restores in that
+ * folder (`stage=BUSY BYTES NAME`: BUSY 1 while an extraction into it holds its lock, BYTES
+ * what it takes on the disk); with `has`, `has=NAME` for each of those paths that exists.
  */
-function restoreProbeCommand(dataDir) {
+function restoreProbeCommand(dataDir, more = {}) {
+    const has = Object.entries(more.has ?? {});
+    for (const [name] of has)
+        if (!/^[a-z]+$/.test(name))
+            throw new Error(`bad probe name ${name}`);
     return bashScript([
         `d=${quote(dirname(dataDir))}`,
         `while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done`,
         `echo "free_parent=$(df -P -B1 -- "$d" | awk 'NR==2 {print $4}')"`,
         `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
         `for t in tar igzip pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+        ...has.map(([name, path]) => `if [ -e ${quote(path)} ]; then echo has=${name}; fi`),
+        ...(more.stagesIn === undefined
+            ? []
+            : [
+                `(cd -- ${quote(more.stagesIn)} 2>/dev/null || exit 0`,
+                `for s in ${RESTORE_STAGE_PREFIX}*; do`,
+                `  if [ ! -d "$s" ] || [ -L "$s" ]; then continue; fi`,
+                `  busy=0`,
+                `  if command -v flock >/dev/null 2>&1 && ! flock -n -- "$s" true 2>/dev/null; then busy=1; fi`,
+                `  printf 'stage=%s %s %s\\n' "$busy" "$(du -s -B1 -- "$s" 2>/dev/null | cut -f 1)" "$s"`,
+                `done)`,
+            ]),
     ]);
 }
 /**
@@ -90430,13 +90463,15 @@ function forKind(settings, kind) {
     }
     return { ...settings, node, backup };
 }
+/** The compose file that the default stop and start name, in the prep dir. */
+const COMPOSE_FILE = 'docker-compose.yml';
 /**
  * The default stop and start: Compose in the prep dir, as the original guide runs the node.
  * `docker-compose` (Compose v1, the guide's) where the host has it, else `docker compose`
  * (v2, the plugin that replaced it), so that either works without setting the commands.
  */
 function composeCommand(prepDir, verb) {
-    const args = `-f docker-compose.yml ${verb}`;
+    const args = `-f ${COMPOSE_FILE} ${verb}`;
     return (`cd ${quoteForDefault(prepDir)} && if [ -x "$(command -v docker-compose)" ]; ` +
         `then docker-compose ${args}; else docker compose ${args}; fi`);
 }

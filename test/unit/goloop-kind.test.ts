@@ -5,9 +5,9 @@
  * goloop's does.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createServer as createHttpServer, type Server } from 'node:http';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -224,6 +224,44 @@ describe("the chain's start through the control socket", () => {
     const r = await start(['stopped'], refuse);
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /the chain refused to start \(it is 'stopped'\)/);
+  });
+
+  it('runs the start command where a goloop that died left its socket file, then starts the chain', async () => {
+    const sock = join(root, `cli-${++n}.sock`);
+    // A socket file that nothing listens on: Python binds it and exits without removing it.
+    execFileSync('python3', [
+      '-c',
+      `import socket; socket.socket(socket.AF_UNIX).bind(${JSON.stringify(sock)})`,
+    ]);
+    assert.ok(statSync(sock).isSocket());
+    // The start command leaves a mark; goloop then starts as it does: the old file removed, a
+    // socket listened on in its place.
+    const marker = join(root, `started-${n}`);
+    const child = spawn('sh', ['-c', chainStartCommand(sock, cid, `touch ${marker}`)], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    let ended = false;
+    const closed = new Promise<number | null>((r) =>
+      child.on('close', (code) => {
+        ended = true;
+        r(code);
+      }),
+    );
+    while (!existsSync(marker) && !ended) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(existsSync(marker), `the start command did not run: ${stderr}`);
+    rmSync(sock);
+    const { server, posts } = await controlSocket(sock, cid, ['stopped'], () => ({
+      status: 200,
+      then: ['started'],
+    }));
+    try {
+      assert.equal(await closed, 0, stderr);
+      assert.deepEqual(posts, ['start']);
+    } finally {
+      server.close();
+    }
   });
 
   it('stops a chain whose database was released, then starts it', async () => {

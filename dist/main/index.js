@@ -93578,6 +93578,9 @@ function socketFunctions(sock, cid) {
         // Not between two states: a start or a stop sent now is not refused for the state.
         `is_settled() { case "$(state || true)" in ''|created|initializing|*starting|*stopping) return 1 ;; esac; }`,
         `is_listed() { [ -n "$(state || true)" ]; }`,
+        // goloop answers on its socket (any HTTP answer will do): a socket file that a goloop which
+        // died left behind refuses the connection.
+        `answers() { curl -sS -o /dev/null --max-time 10 --unix-socket "$sock" http://localhost/chain 2>/dev/null; }`,
         `wait_for() { n=$(( $1 * 10 )); what=$2; shift 2; i=0; until "$@"; do i=$((i + 1)); ` +
             `if [ "$i" -ge "$n" ]; then echo "$what within $((n / 10)) s (the chain is '$(state || true)')" >&2; return 1; fi; sleep 0.1; done; }`,
     ];
@@ -93597,9 +93600,10 @@ function chainReleaseCommand(sock, cid) {
 }
 /**
  * Starts the chain again: a chain whose database was released is stopped first (which
- * reopens it), then started. Where the socket is missing (goloop itself is down, as on a
- * fresh host), `fallback` (the operator's start, e.g. Compose up) runs first, and the chain
- * is started once the socket answers.
+ * reopens it), then started. Where nothing answers on the socket (goloop itself is down, as on
+ * a fresh host, or died and left its socket file behind, which goloop replaces when it
+ * starts), `fallback` (the operator's start, e.g. Compose up) runs first, and the chain is
+ * started once the socket answers.
  *
  * The node may start the chain on its own meanwhile: icon2-node's entrypoint starts its
  * chains once goloop is up, and the chain is then 'starting' when this command looks, or
@@ -93610,9 +93614,9 @@ function chainReleaseCommand(sock, cid) {
 function chainStartCommand(sock, cid, fallback) {
     return bashScript([
         ...socketFunctions(sock, cid),
-        `if [ ! -S "$sock" ]; then`,
+        `if ! answers; then`,
         `  "\${SHELL:-/bin/sh}" -c ${quote(fallback)} </dev/null`,
-        `  wait_for 300 "$sock did not appear after the start command" test -S "$sock"`,
+        `  wait_for 300 "goloop did not answer on $sock after the start command" answers`,
         `fi`,
         // The socket may take a moment to list the chains after it appears.
         `wait_for 60 "the chain $cid is not on the node" is_listed`,

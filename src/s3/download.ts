@@ -35,7 +35,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DownloadError, ObjectChangedError } from '../errors.js';
 import { formatBytes } from '../format.js';
 import { describeS3Error } from './client.js';
-import { backoffMs, httpStatus, isTransient, reason, TransientError } from './retry.js';
+import { backoffMs, httpStatus, isTransient, reason, StallWatch, TransientError } from './retry.js';
 
 const MiB = 1024 * 1024;
 /** Ranges are at least this large (fewer, cheaper requests)... */
@@ -330,19 +330,9 @@ export class RangedDownload extends Readable {
   /** One GET of what the range still lacks; resolves when the range is full. */
   private async attempt(r: Range): Promise<void> {
     const from = r.start + r.filled;
-    const abort = new AbortController();
-    r.abort = abort;
-    const stallMs = this.o.stallMs ?? 60_000;
-    let stalled = false;
-    let timer: NodeJS.Timeout | undefined;
-    const arm = (): void => {
-      clearTimeout(timer);
-      timer = setTimeout(() => {
-        stalled = true;
-        abort.abort();
-      }, stallMs);
-    };
-    arm();
+    const stall = new StallWatch(this.o.stallMs);
+    r.abort = stall.controller;
+    stall.arm();
     let body: Readable | undefined;
     try {
       const res = await this.o.client.send(
@@ -352,7 +342,7 @@ export class RangedDownload extends Readable {
           Range: `bytes=${from}-${r.end - 1}`,
           IfMatch: this.o.object.etag,
         }),
-        { abortSignal: abort.signal },
+        { abortSignal: stall.signal },
       );
       body = res.Body as Readable;
       // A server that ignored the Range would send the object from its first byte.
@@ -381,9 +371,9 @@ export class RangedDownload extends Readable {
         if (size - r.filled <= size / 8) this.release(r);
         if (r === this.window[0]) this.pump();
         // Waiting for room is not a stall: the clock runs only while the range reads.
-        clearTimeout(timer);
+        stall.pause();
         while (this.mustWait(r)) await new Promise<void>((go) => this.waiting.push(go));
-        arm();
+        stall.arm();
       }
       if (r.filled < size) {
         throw new TransientError(
@@ -391,10 +381,10 @@ export class RangedDownload extends Readable {
         );
       }
     } catch (error) {
-      if (stalled) throw new TransientError(`no byte arrived for ${stallMs / 1000} s`);
+      if (stall.stalled) throw stall.error();
       throw error;
     } finally {
-      clearTimeout(timer);
+      stall.pause();
       body?.destroy();
       r.abort = undefined;
     }

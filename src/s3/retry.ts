@@ -87,3 +87,40 @@ export function reason(error: unknown): string {
 export function backoffMs(failures: number, firstMs: number, maxMs = 30_000): number {
   return Math.min(maxMs, firstMs * 2 ** Math.max(0, failures - 1));
 }
+
+/** How long an attempt may receive nothing before it is abandoned (and made again). */
+export const STALL_MS = 60_000;
+
+/**
+ * The stall clock of one attempt: `arm()` when it starts waiting for the server (at its start,
+ * and after each chunk is taken), `pause()` while the consumer has a chunk, `stop()` at its end.
+ * When it runs out, the attempt's signal aborts and `stalled` says why.
+ */
+export class StallWatch {
+  readonly controller = new AbortController();
+  stalled = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly ms: number = STALL_MS) {}
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  arm(): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.stalled = true;
+      this.controller.abort();
+    }, this.ms);
+  }
+
+  pause(): void {
+    clearTimeout(this.timer);
+  }
+
+  /** The error that a stalled attempt ends with. */
+  error(): TransientError {
+    return new TransientError(`no byte arrived for ${this.ms / 1000} s`);
+  }
+}

@@ -14,7 +14,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ActionError, DownloadError, IntegrityError, StorageError } from '../errors.js';
 import { formatBytes } from '../format.js';
-import { backoffMs, isTransient, reason, TransientError } from '../s3/retry.js';
+import { backoffMs, isTransient, reason, StallWatch, TransientError } from '../s3/retry.js';
 
 export interface ResumableReadOptions {
   /** The file, for messages: its path in the snapshot and where it is read from. */
@@ -44,27 +44,17 @@ export type ReadTiming = Pick<ResumableReadOptions, 'attempts' | 'backoffMs' | '
 
 /** The file's bytes from `start` to its end, as chunks: see the module's comment. */
 export async function* resumableRead(o: ResumableReadOptions): AsyncGenerator<Uint8Array> {
-  const stallMs = o.stallMs ?? 60_000;
   const attempts = Math.max(1, o.attempts ?? 6);
   let at = Math.min(o.start ?? 0, o.size);
   let failures = 0;
   while (at < o.size) {
     const before = at;
-    const abort = new AbortController();
-    let stalled = false;
-    let timer: NodeJS.Timeout | undefined;
-    const arm = (): void => {
-      clearTimeout(timer);
-      timer = setTimeout(() => {
-        stalled = true;
-        abort.abort();
-      }, stallMs);
-    };
+    const stall = new StallWatch(o.stallMs);
     let chunks: AsyncIterator<Uint8Array> | undefined;
     let failed: unknown;
     try {
-      arm();
-      chunks = (await o.request(at, abort.signal))[Symbol.asyncIterator]();
+      stall.arm();
+      chunks = (await o.request(at, stall.signal))[Symbol.asyncIterator]();
       for (;;) {
         const next = await chunks.next();
         if (next.done) break;
@@ -72,7 +62,7 @@ export async function* resumableRead(o: ResumableReadOptions): AsyncGenerator<Ui
         // Bytes came, though none for the file (a server that ignored the Range sends the
         // ones before it first): not a stall.
         if (chunk.length === 0) {
-          arm();
+          stall.arm();
           continue;
         }
         if (chunk.length > o.size - at) {
@@ -80,10 +70,10 @@ export async function* resumableRead(o: ResumableReadOptions): AsyncGenerator<Ui
             `${o.what} is longer than the ${o.size} bytes recorded for it: the stored file is not the one the snapshot names.`,
           );
         }
-        clearTimeout(timer);
+        stall.pause();
         at += chunk.length;
         yield chunk;
-        arm();
+        stall.arm();
       }
       if (at < o.size) {
         throw new TransientError(
@@ -91,12 +81,12 @@ export async function* resumableRead(o: ResumableReadOptions): AsyncGenerator<Ui
         );
       }
     } catch (error) {
-      failed = stalled ? new TransientError(`no byte arrived for ${stallMs / 1000} s`) : error;
+      failed = stall.stalled ? stall.error() : error;
     } finally {
-      clearTimeout(timer);
+      stall.pause();
       // Whatever ended the attempt (an error, or a consumer that stopped reading), its
       // connection is let go.
-      abort.abort();
+      stall.controller.abort();
       chunks?.return?.().catch(() => undefined);
     }
     if (failed === undefined) return;

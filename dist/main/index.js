@@ -95828,6 +95828,39 @@ function reason(error) {
 function backoffMs(failures, firstMs, maxMs = 30_000) {
     return Math.min(maxMs, firstMs * 2 ** Math.max(0, failures - 1));
 }
+/** How long an attempt may receive nothing before it is abandoned (and made again). */
+const STALL_MS = 60_000;
+/**
+ * The stall clock of one attempt: `arm()` when it starts waiting for the server (at its start,
+ * and after each chunk is taken), `pause()` while the consumer has a chunk, `stop()` at its end.
+ * When it runs out, the attempt's signal aborts and `stalled` says why.
+ */
+class StallWatch {
+    ms;
+    controller = new AbortController();
+    stalled = false;
+    timer;
+    constructor(ms = STALL_MS) {
+        this.ms = ms;
+    }
+    get signal() {
+        return this.controller.signal;
+    }
+    arm() {
+        clearTimeout(this.timer);
+        this.timer = setTimeout(() => {
+            this.stalled = true;
+            this.controller.abort();
+        }, this.ms);
+    }
+    pause() {
+        clearTimeout(this.timer);
+    }
+    /** The error that a stalled attempt ends with. */
+    error() {
+        return new TransientError(`no byte arrived for ${this.ms / 1000} s`);
+    }
+}
 
 ;// CONCATENATED MODULE: ./src/s3/upload.ts
 /**
@@ -96400,19 +96433,9 @@ class RangedDownload extends external_node_stream_.Readable {
     /** One GET of what the range still lacks; resolves when the range is full. */
     async attempt(r) {
         const from = r.start + r.filled;
-        const abort = new AbortController();
-        r.abort = abort;
-        const stallMs = this.o.stallMs ?? 60_000;
-        let stalled = false;
-        let timer;
-        const arm = () => {
-            clearTimeout(timer);
-            timer = setTimeout(() => {
-                stalled = true;
-                abort.abort();
-            }, stallMs);
-        };
-        arm();
+        const stall = new StallWatch(this.o.stallMs);
+        r.abort = stall.controller;
+        stall.arm();
         let body;
         try {
             const res = await this.o.client.send(new dist_cjs/* GetObjectCommand */.jLs({
@@ -96420,7 +96443,7 @@ class RangedDownload extends external_node_stream_.Readable {
                 Key: this.o.key,
                 Range: `bytes=${from}-${r.end - 1}`,
                 IfMatch: this.o.object.etag,
-            }), { abortSignal: abort.signal });
+            }), { abortSignal: stall.signal });
             body = res.Body;
             // A server that ignored the Range would send the object from its first byte.
             const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(res.ContentRange ?? '');
@@ -96447,22 +96470,22 @@ class RangedDownload extends external_node_stream_.Readable {
                 if (r === this.window[0])
                     this.pump();
                 // Waiting for room is not a stall: the clock runs only while the range reads.
-                clearTimeout(timer);
+                stall.pause();
                 while (this.mustWait(r))
                     await new Promise((go) => this.waiting.push(go));
-                arm();
+                stall.arm();
             }
             if (r.filled < size) {
                 throw new TransientError(`the response ended after ${formatBytes(r.filled)} of ${formatBytes(size)}`);
             }
         }
         catch (error) {
-            if (stalled)
-                throw new TransientError(`no byte arrived for ${stallMs / 1000} s`);
+            if (stall.stalled)
+                throw stall.error();
             throw error;
         }
         finally {
-            clearTimeout(timer);
+            stall.pause();
             body?.destroy();
             r.abort = undefined;
         }
@@ -99036,27 +99059,17 @@ async function rollback(host, node, dirs, startAfter) {
 
 /** The file's bytes from `start` to its end, as chunks: see the module's comment. */
 async function* resumableRead(o) {
-    const stallMs = o.stallMs ?? 60_000;
     const attempts = Math.max(1, o.attempts ?? 6);
     let at = Math.min(o.start ?? 0, o.size);
     let failures = 0;
     while (at < o.size) {
         const before = at;
-        const abort = new AbortController();
-        let stalled = false;
-        let timer;
-        const arm = () => {
-            clearTimeout(timer);
-            timer = setTimeout(() => {
-                stalled = true;
-                abort.abort();
-            }, stallMs);
-        };
+        const stall = new StallWatch(o.stallMs);
         let chunks;
         let failed;
         try {
-            arm();
-            chunks = (await o.request(at, abort.signal))[Symbol.asyncIterator]();
+            stall.arm();
+            chunks = (await o.request(at, stall.signal))[Symbol.asyncIterator]();
             for (;;) {
                 const next = await chunks.next();
                 if (next.done)
@@ -99065,29 +99078,29 @@ async function* resumableRead(o) {
                 // Bytes came, though none for the file (a server that ignored the Range sends the
                 // ones before it first): not a stall.
                 if (chunk.length === 0) {
-                    arm();
+                    stall.arm();
                     continue;
                 }
                 if (chunk.length > o.size - at) {
                     throw new IntegrityError(`${o.what} is longer than the ${o.size} bytes recorded for it: the stored file is not the one the snapshot names.`);
                 }
-                clearTimeout(timer);
+                stall.pause();
                 at += chunk.length;
                 yield chunk;
-                arm();
+                stall.arm();
             }
             if (at < o.size) {
                 throw new TransientError(`the response ended after ${formatBytes(at - before)}, at byte ${at} of ${o.size}`);
             }
         }
         catch (error) {
-            failed = stalled ? new TransientError(`no byte arrived for ${stallMs / 1000} s`) : error;
+            failed = stall.stalled ? stall.error() : error;
         }
         finally {
-            clearTimeout(timer);
+            stall.pause();
             // Whatever ended the attempt (an error, or a consumer that stopped reading), its
             // connection is let go.
-            abort.abort();
+            stall.controller.abort();
             chunks?.return?.().catch(() => undefined);
         }
         if (failed === undefined)

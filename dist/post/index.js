@@ -89564,6 +89564,39 @@ function retry_reason(error) {
 function retry_backoffMs(failures, firstMs, maxMs = 30_000) {
     return Math.min(maxMs, firstMs * 2 ** Math.max(0, failures - 1));
 }
+/** How long an attempt may receive nothing before it is abandoned (and made again). */
+const STALL_MS = 60_000;
+/**
+ * The stall clock of one attempt: `arm()` when it starts waiting for the server (at its start,
+ * and after each chunk is taken), `pause()` while the consumer has a chunk, `stop()` at its end.
+ * When it runs out, the attempt's signal aborts and `stalled` says why.
+ */
+class StallWatch {
+    ms;
+    controller = new AbortController();
+    stalled = false;
+    timer;
+    constructor(ms = STALL_MS) {
+        this.ms = ms;
+    }
+    get signal() {
+        return this.controller.signal;
+    }
+    arm() {
+        clearTimeout(this.timer);
+        this.timer = setTimeout(() => {
+            this.stalled = true;
+            this.controller.abort();
+        }, this.ms);
+    }
+    pause() {
+        clearTimeout(this.timer);
+    }
+    /** The error that a stalled attempt ends with. */
+    error() {
+        return new TransientError(`no byte arrived for ${this.ms / 1000} s`);
+    }
+}
 
 ;// CONCATENATED MODULE: ./src/s3/upload.ts
 /**

@@ -15,6 +15,7 @@ import type { Settings } from '../settings.js';
 import { code, html, Html, writeSummaryTable, type Cell } from '../summary.js';
 import { treeFiles, type TreeManifest } from '../tree/layout.js';
 import { removeExpiredLeases } from '../tree/lease.js';
+import { removeOldSweepMarks } from '../tree/sweep-marks.js';
 import { sweepObjects } from '../tree/sweep.js';
 import { journalPrefix, listTrees, readBytes, putText } from '../tree/store.js';
 
@@ -153,6 +154,8 @@ export async function applyRetention(
   }
   const leases = await removeExpiredLeases(client, bucket, prefix, now);
   if (leases > 0) core.info(`Removed ${leases} expired lease(s) of earlier runs.`);
+  const marks = await removeOldSweepMarks(client, bucket, prefix, now);
+  if (marks > 0) core.info(`Removed ${marks} mark(s) of sweeps that ended long ago.`);
   return expired.map((a) => a.key);
 }
 

@@ -34,6 +34,7 @@ import {
 } from '../tree/layout.js';
 import { LeaseKeeper } from '../tree/lease.js';
 import { SWEEP_WINDOW_MS } from '../tree/sweep.js';
+import { MARK_MARGIN_MS, SWEEP_MAX_MS, sweepsSince } from '../tree/sweep-marks.js';
 import { verifyTree } from '../tree/verify.js';
 import { pool } from '../tree/pool.js';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -118,9 +119,9 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
     const journals = (await readJournals(client, bucket, prefix)).filter((j) =>
       sameSource(j.journal.source, source),
     );
+    // From the lease's first write a sweep keeps what those runs name (see tree/sweep.ts).
+    const leasedWall = Date.now();
     await lease.start([...(previous ? [previous.key] : []), ...journals.map((j) => j.key)]);
-    // From here a sweep keeps what those runs name (see tree/sweep.ts).
-    const leasedAt = performance.now();
     const stored = await storedObjects(client, bucket, prefix);
     const before = new Map<string, TreeFile>();
     for (const j of journals) for (const f of j.journal.files) before.set(f.path, f);
@@ -152,7 +153,7 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
         `${previous ? previous.key : 'no earlier snapshot of this host'}` +
         `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`,
     );
-    return { stored, done, unproven, tails: tailOf, journals, leasedAt };
+    return { stored, done, unproven, tails: tailOf, journals, leasedWall };
   });
 
   const t = performance.now();
@@ -169,7 +170,6 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
   a.timings.hash = secondsSince(t);
 
   const toSend: Array<{ entry: TreeEntry; sha256: string }> = [];
-  const reused: string[] = [];
   const waiting = new Map<string, TreeEntry[]>();
   const sending = new Set<string>();
   const storedAlready: Array<{ e: TreeEntry; sha: string }> = [];
@@ -178,7 +178,6 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
     if (!sha) throw new Error(`the host gave no sha256 for ${e.hostPath}`);
     if (plan.stored.get(sha) === e.size) {
       storedAlready.push({ e, sha });
-      reused.push(sha);
     } else if (sending.has(sha)) {
       waiting.set(sha, [...(waiting.get(sha) ?? []), e]);
     } else {
@@ -195,14 +194,15 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
     plan.done.set(e.path, fileOf(e, sha, tail));
   });
 
-  // Named in the lease before they are relied on (see tree/sweep.ts): a sweep from now on keeps
-  // them. The files proven by an earlier snapshot of this host need no write: its manifest is
-  // the lease's source since the start, and the sweep's window runs from then.
-  let leasedAt = plan.leasedAt;
-  if (reused.length > 0) {
-    await lease.add(reused, { flush: true });
-    leasedAt = performance.now();
-  }
+  // Every stored object this run relies on is named in its lease before it is relied on: a
+  // sweep from now on keeps them. A sweep already running may not have seen the lease; its
+  // mark says so (tree/sweep-marks.ts), and then the run checks before it publishes.
+  await lease.add(
+    [...plan.done.values()].map((f) => f.sha256),
+    { flush: true },
+  );
+  const leasedAt = performance.now();
+  const sweeps = await sweepsSince(client, bucket, prefix, plan.leasedWall);
 
   const journal: Journal = {
     run: a.runId,
@@ -271,6 +271,16 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
   if (missingFile) throw new Error(`no object was recorded for ${missingFile.path}`);
   const treeList = ordered as TreeFile[];
   await core.group('Check that every object is stored', async () => {
+    if (sweeps.length === 0) {
+      core.info(
+        `No sweep of objects ran since ${formatDuration((SWEEP_MAX_MS + MARK_MARGIN_MS) / 1000)} before this run's lease: ` +
+          `every object it relies on is kept by the lease.`,
+      );
+      return;
+    }
+    core.info(
+      `A sweep of objects may have run while this run started (${sweeps.join(', ')}): checking that every object is still stored.`,
+    );
     // A sweep that read the leases before the last write that this run relies on deletes within
     // its window: the check comes after that window, so it sees whatever such a sweep removed.
     const wait = SWEEP_WINDOW_MS - (performance.now() - leasedAt);

@@ -87,6 +87,8 @@ export const pointerKey = (prefix: string, service: string): string => `${prefix
 export const leasesPrefix = (prefix: string): string => `${prefix}/leases/`;
 export const leaseKey = (prefix: string, runId: string): string =>
   `${leasesPrefix(prefix)}${runId}.json`;
+/** Where sweeps of objects leave their marks (see sweep-marks.ts). */
+export const sweepsPrefix = (prefix: string): string => `${prefix}/sweeps/`;
 
 /** The sha256 of an object key under `objects`, or undefined for anything else. */
 export function objectSha(objects: string, key: string): string | undefined {

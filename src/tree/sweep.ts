@@ -21,6 +21,9 @@
  *   the manifests again, so it either saw that lease or lists that manifest.
  * - What a run is uploading now is newer than the grace period, and was not even listed: the
  *   objects that may be deleted come from a listing taken before anything else.
+ * - Before all of that the sweep writes its mark, and it sends no delete request SWEEP_MAX_MS
+ *   after it (sweep-marks.ts): a run that finds no mark that recent after its lease's first
+ *   write relies on its lease alone, with no window to wait and no check.
  * A manifest or a lease that cannot be read names objects that cannot be marked, so it stops
  * the sweep (with a warning naming it) before anything more is deleted. A journal that cannot
  * be read only warns: no snapshot references its objects, and a backup sends them again.
@@ -32,7 +35,8 @@ import { formatBytes, formatDuration } from '../format.js';
 import { describeS3Error, isStatus } from '../s3/client.js';
 import { deleteKeys, listObjects } from '../s3/store.js';
 import { LEASE_MIN_HOLD_MS, readLeases as readLeaseFiles } from './lease.js';
-import { TREE_FORMAT, leasesPrefix, objectSha, objectsPrefix } from './layout.js';
+import { TREE_FORMAT, leasesPrefix, objectSha, objectsPrefix, sweepsPrefix } from './layout.js';
+import { markSweep, SWEEP_MAX_MS } from './sweep-marks.js';
 import { journalPrefix } from './store.js';
 
 /** An object younger than this is kept: an upload in progress is much younger. */
@@ -87,6 +91,8 @@ export interface SweepOptions {
   windowMs?: number;
   /** The shortest time a run holds its lease. Default: LEASE_MIN_HOLD_MS. */
   leaseMinHoldMs?: number;
+  /** No delete request goes once this long has passed since the sweep's mark. Default: SWEEP_MAX_MS. */
+  maxMs?: number;
   hooks?: SweepHooks;
 }
 
@@ -114,6 +120,7 @@ class Sweep {
   private readonly spacing: number;
   private readonly batchSize: number;
   private readonly hooks: SweepHooks;
+  private readonly maxMs: number;
   /** Objects named by the listed manifests. */
   private readonly referenced = new Set<string>();
   /** Objects named by leases, directly or through their sources. */
@@ -140,9 +147,13 @@ class Sweep {
     this.spacing = (options.leaseMinHoldMs ?? LEASE_MIN_HOLD_MS) / 2;
     this.batchSize = Math.min(MAX_BATCH, Math.max(1, options.batchSize ?? MAX_BATCH));
     this.hooks = options.hooks ?? {};
+    this.maxMs = options.maxMs ?? SWEEP_MAX_MS;
   }
 
   async run(): Promise<SweepResult> {
+    // Before any lease is read: a backup that finds no recent mark relies on it (sweep-marks.ts).
+    const began = performance.now();
+    await markSweep(this.client, this.bucket, this.settings.prefix, new Date());
     const objects = objectsPrefix(this.settings.prefix);
     // First, so that nothing uploaded from here on can be a candidate.
     const stored = (await listObjects(this.client, this.bucket, objects)).flatMap(
@@ -168,6 +179,14 @@ class Sweep {
       if (!(await this.refresh())) break;
       const gone = batch.filter((o) => !this.marked(o.sha));
       if (gone.length === 0) continue;
+      // A minute to spare for the request itself to arrive.
+      if (performance.now() - began > this.maxMs - 60_000) {
+        this.block(
+          `the sweep has run for ${formatDuration((performance.now() - began) / 1000)}, near the ` +
+            `${formatDuration(this.maxMs / 1000)} after which backups no longer wait for it; the next retention goes on`,
+        );
+        break;
+      }
       await deleteKeys(
         this.client,
         this.bucket,
@@ -277,7 +296,7 @@ class Sweep {
   private async listManifests(): Promise<void> {
     this.relistDue = false;
     const { prefix, permanentPrefix } = this.settings;
-    const skip = [objectsPrefix(prefix), leasesPrefix(prefix)];
+    const skip = [objectsPrefix(prefix), leasesPrefix(prefix), sweepsPrefix(prefix)];
     const roots = new Set([`${prefix}/`]);
     if (permanentPrefix) roots.add(`${permanentPrefix}/`);
     for (const root of roots) {

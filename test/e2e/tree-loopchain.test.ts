@@ -112,5 +112,15 @@ describe('tree snapshots of a loopchain node', () => {
     }
     assert.ok(existsSync(world.root));
     assert.equal(errors(run), '');
+
+    // That sweep left its mark: the next backup cannot rely on its lease alone, and checks.
+    assert.equal((await world.keys('PRep/sweeps/')).length, 1);
+    const next = await runMain(world, world.inputs({ format: 'tree', 'permanent-copy': 'false' }));
+    assert.equal(next.code, 0, said(next));
+    assert.match(
+      said(next),
+      /A sweep of objects may have run while this run started \(PRep\/sweeps\//,
+    );
+    assert.match(said(next), /All \d+ objects are stored\./);
   });
 });

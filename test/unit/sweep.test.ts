@@ -22,6 +22,13 @@ import {
 import { LeaseKeeper, readLiveLeases, removeLease, writeLease } from '../../src/tree/lease.ts';
 import { journalKey, type Journal } from '../../src/tree/store.ts';
 import { sweepObjects, type SweepOptions, type SweepResult } from '../../src/tree/sweep.ts';
+import {
+  MARK_MARGIN_MS,
+  markSweep,
+  removeOldSweepMarks,
+  SWEEP_MAX_MS,
+  sweepsSince,
+} from '../../src/tree/sweep-marks.ts';
 import { startMinio, type S3Server } from '../bed/minio.js';
 
 const PREFIX = 'MainNet';
@@ -412,5 +419,57 @@ describe('sweep of tree objects against MinIO', () => {
 
     await sweep(bucket, LATER);
     assert.deepEqual(await stored(bucket), [], 'nothing is protected once the lease is gone');
+  });
+
+  it('writes its mark before it reads a lease, and sends no delete request once its time is out', async () => {
+    const bucket = await newBucket();
+    const [kept] = await putObjects(bucket, 1);
+    await putManifest(bucket, folder(PREFIX, 100), [kept!]);
+    await putObjects(bucket, 3);
+    let marks: string[] = [];
+    const r = await sweep(bucket, LATER, {
+      // 60 s are kept for the request itself: half a second of budget is left, and spent here.
+      maxMs: 60_500,
+      hooks: {
+        afterMark: async () => {
+          marks = await s3.listKeys(bucket, `${PREFIX}/sweeps/`);
+          await sleep(600);
+        },
+      },
+    });
+    assert.equal(marks.length, 1, 'the mark is in the bucket while the sweep marks');
+    assert.match(r.blocked ?? '', /the sweep has run for .* the next retention goes on/);
+    assert.equal(r.deleted, 0);
+    assert.equal((await stored(bucket)).length, 4);
+    // With its time, the next sweep deletes the three, and leaves a mark of its own.
+    const r2 = await sweep(bucket, LATER);
+    assert.equal(r2.deleted, 3);
+    assert.equal((await s3.listKeys(bucket, `${PREFIX}/sweeps/`)).length, 2);
+  });
+
+  it('tells a backup which marks are recent enough to matter, and retention drops old ones', async () => {
+    const bucket = await newBucket();
+    const now = Date.now();
+    const mark = await markSweep(client, bucket, PREFIX, new Date(now));
+    // A run whose lease was written now, or up to SWEEP_MAX_MS and the margin later, must check.
+    assert.deepEqual(await sweepsSince(client, bucket, PREFIX, now), [mark]);
+    assert.deepEqual(
+      await sweepsSince(client, bucket, PREFIX, now + SWEEP_MAX_MS + MARK_MARGIN_MS - 60_000),
+      [mark],
+    );
+    // Later than that the sweep can no longer delete anything: the run needs no check.
+    assert.deepEqual(
+      await sweepsSince(client, bucket, PREFIX, now + SWEEP_MAX_MS + MARK_MARGIN_MS + 60_000),
+      [],
+    );
+    assert.equal(
+      await removeOldSweepMarks(client, bucket, PREFIX, new Date(now + 2 * 24 * HOUR)),
+      0,
+    );
+    assert.equal(
+      await removeOldSweepMarks(client, bucket, PREFIX, new Date(now + 8 * 24 * HOUR)),
+      1,
+    );
+    assert.deepEqual(await s3.listKeys(bucket, `${PREFIX}/sweeps/`), []);
   });
 });

@@ -94075,6 +94075,8 @@ const objectKey = (prefix, sha256) => `${objectsPrefix(prefix)}${sha256}`;
 const pointerKey = (prefix, service) => `${prefix}/${service}.json`;
 const leasesPrefix = (prefix) => `${prefix}/leases/`;
 const leaseKey = (prefix, runId) => `${leasesPrefix(prefix)}${runId}.json`;
+/** Where sweeps of objects leave their marks (see sweep-marks.ts). */
+const sweepsPrefix = (prefix) => `${prefix}/sweeps/`;
 /** The sha256 of an object key under `objects`, or undefined for anything else. */
 function objectSha(objects, key) {
     if (!key.startsWith(objects))
@@ -97293,6 +97295,72 @@ async function removeExpiredLeases(client, bucket, prefix, now) {
     return gone.length;
 }
 
+;// CONCATENATED MODULE: ./src/tree/sweep-marks.ts
+/**
+ * Marks that a sweep of tree objects ran: one small object under `{prefix}/sweeps/`, written
+ * before the sweep reads any lease and left in place until long after it could delete anything.
+ *
+ * A backup needs them to know that no sweep can have deleted what it relies on. Its lease
+ * protects the objects it names from every sweep that reads the leases after the lease's first
+ * write; the case left is a sweep already running then, which read the leases earlier. Such a
+ * sweep deletes nothing more than SWEEP_MAX_MS after its mark, and the mark is in the bucket
+ * from before its first reading until SWEEP_MAX_MS and MARK_MARGIN_MS after it was written. So
+ * a run that wrote its lease at T, named there every object it relies on, and then finds no
+ * mark newer than T - SWEEP_MAX_MS - MARK_MARGIN_MS, knows:
+ * - a sweep that started before that ended before T: what it deleted was gone before the run
+ *   listed the stored objects, and the run relies on none of it;
+ * - a sweep that starts after that listing reads the run's lease, which names everything.
+ * Where a mark is that recent, the run waits out the sweep's window and checks that every
+ * object is still stored (see modes/backup-tree.ts). The marks' times are S3's (LastModified)
+ * and the run's clock; MARK_MARGIN_MS covers the skew between them.
+ */
+
+
+
+
+
+/** A sweep deletes nothing once this long has passed since its mark was written. */
+const SWEEP_MAX_MS = 6 * 3600_000;
+/** The clocks' skew and S3's whole seconds, and then some. */
+const MARK_MARGIN_MS = 10 * 60_000;
+/** Writes a sweep's mark; resolves once it is in the bucket. */
+async function markSweep(client, bucket, prefix, now) {
+    const key = `${sweepsPrefix(prefix)}${now.toISOString().replace(/[:.]/g, '')}-${(0,external_node_crypto_.randomBytes)(4).toString('hex')}.json`;
+    const body = JSON.stringify({
+        startedAt: now.toISOString(),
+        deletesNothingAfterMs: SWEEP_MAX_MS,
+    });
+    try {
+        await client.send(new dist_cjs/* PutObjectCommand */.wKZ({
+            Bucket: bucket,
+            Key: key,
+            Body: body,
+            ContentType: 'application/json',
+        }));
+    }
+    catch (error) {
+        throw describeS3Error(error, `s3://${bucket}/${key}`);
+    }
+    return key;
+}
+/** The marks of sweeps that may have deleted objects at `since` (wall clock, ms) or later. */
+async function sweepsSince(client, bucket, prefix, since) {
+    const from = since - SWEEP_MAX_MS - MARK_MARGIN_MS;
+    return (await listObjects(client, bucket, sweepsPrefix(prefix)))
+        .filter((o) => o.lastModified === undefined || o.lastModified.getTime() > from)
+        .map((o) => o.key);
+}
+/** Removes the marks that no run can need any more (a week past their sweep's end). */
+async function removeOldSweepMarks(client, bucket, prefix, now) {
+    const before = now.getTime() - SWEEP_MAX_MS - MARK_MARGIN_MS - 7 * 24 * 3600_000;
+    const old = (await listObjects(client, bucket, sweepsPrefix(prefix)))
+        .filter((o) => o.lastModified !== undefined && o.lastModified.getTime() < before)
+        .map((o) => o.key);
+    if (old.length > 0)
+        await deleteKeys(client, bucket, old);
+    return old.length;
+}
+
 ;// CONCATENATED MODULE: ./src/tree/sweep.ts
 /**
  * Retention of tree objects by mark and sweep. Removing a snapshot removes only its own small
@@ -97317,10 +97385,14 @@ async function removeExpiredLeases(client, bucket, prefix, now) {
  *   the manifests again, so it either saw that lease or lists that manifest.
  * - What a run is uploading now is newer than the grace period, and was not even listed: the
  *   objects that may be deleted come from a listing taken before anything else.
+ * - Before all of that the sweep writes its mark, and it sends no delete request SWEEP_MAX_MS
+ *   after it (sweep-marks.ts): a run that finds no mark that recent after its lease's first
+ *   write relies on its lease alone, with no window to wait and no check.
  * A manifest or a lease that cannot be read names objects that cannot be marked, so it stops
  * the sweep (with a warning naming it) before anything more is deleted. A journal that cannot
  * be read only warns: no snapshot references its objects, and a backup sends them again.
  */
+
 
 
 
@@ -97354,6 +97426,7 @@ class Sweep {
     spacing;
     batchSize;
     hooks;
+    maxMs;
     /** Objects named by the listed manifests. */
     referenced = new Set();
     /** Objects named by leases, directly or through their sources. */
@@ -97377,8 +97450,12 @@ class Sweep {
         this.spacing = (options.leaseMinHoldMs ?? LEASE_MIN_HOLD_MS) / 2;
         this.batchSize = Math.min(MAX_BATCH, Math.max(1, options.batchSize ?? MAX_BATCH));
         this.hooks = options.hooks ?? {};
+        this.maxMs = options.maxMs ?? SWEEP_MAX_MS;
     }
     async run() {
+        // Before any lease is read: a backup that finds no recent mark relies on it (sweep-marks.ts).
+        const began = external_node_perf_hooks_.performance.now();
+        await markSweep(this.client, this.bucket, this.settings.prefix, new Date());
         const objects = objectsPrefix(this.settings.prefix);
         // First, so that nothing uploaded from here on can be a candidate.
         const stored = (await listObjects(this.client, this.bucket, objects)).flatMap((o) => {
@@ -97405,6 +97482,12 @@ class Sweep {
             const gone = batch.filter((o) => !this.marked(o.sha));
             if (gone.length === 0)
                 continue;
+            // A minute to spare for the request itself to arrive.
+            if (external_node_perf_hooks_.performance.now() - began > this.maxMs - 60_000) {
+                this.block(`the sweep has run for ${formatDuration((external_node_perf_hooks_.performance.now() - began) / 1000)}, near the ` +
+                    `${formatDuration(this.maxMs / 1000)} after which backups no longer wait for it; the next retention goes on`);
+                break;
+            }
             await deleteKeys(this.client, this.bucket, gone.map((o) => o.key));
             for (const o of gone) {
                 deleted.add(o.key);
@@ -97511,7 +97594,7 @@ class Sweep {
     async listManifests() {
         this.relistDue = false;
         const { prefix, permanentPrefix } = this.settings;
-        const skip = [objectsPrefix(prefix), leasesPrefix(prefix)];
+        const skip = [objectsPrefix(prefix), leasesPrefix(prefix), sweepsPrefix(prefix)];
         const roots = new Set([`${prefix}/`]);
         if (permanentPrefix)
             roots.add(`${permanentPrefix}/`);
@@ -97863,6 +97946,7 @@ async function uploadStreamed(o, reader, entry, sha256) {
 
 
 
+
 const sameSource = (a, b) => a !== undefined && a.host === b.host && a.dataDir === b.dataDir && a.device === b.device;
 async function backupTree(a) {
     const lease = new LeaseKeeper(a.client, a.settings.s3.bucket, a.settings.s3.prefix, a.runId);
@@ -97900,9 +97984,9 @@ async function backupWithLease(a, lease) {
     const plan = await group('Find what is stored already', async () => {
         const previous = await previousManifest(client, settings, source);
         const journals = (await readJournals(client, bucket, prefix)).filter((j) => sameSource(j.journal.source, source));
+        // From the lease's first write a sweep keeps what those runs name (see tree/sweep.ts).
+        const leasedWall = Date.now();
         await lease.start([...(previous ? [previous.key] : []), ...journals.map((j) => j.key)]);
-        // From here a sweep keeps what those runs name (see tree/sweep.ts).
-        const leasedAt = performance.now();
         const stored = await storedObjects(client, bucket, prefix);
         const before = new Map();
         for (const j of journals)
@@ -97936,7 +98020,7 @@ async function backupWithLease(a, lease) {
         info(`${stored.size} objects stored; ${done.size} files proven unchanged since ` +
             `${previous ? previous.key : 'no earlier snapshot of this host'}` +
             `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`);
-        return { stored, done, unproven, tails: tailOf, journals, leasedAt };
+        return { stored, done, unproven, tails: tailOf, journals, leasedWall };
     });
     const t = performance.now();
     const hashes = await group('Hash the other files on the host', async () => {
@@ -97946,7 +98030,6 @@ async function backupWithLease(a, lease) {
     });
     a.timings.hash = secondsSince(t);
     const toSend = [];
-    const reused = [];
     const waiting = new Map();
     const sending = new Set();
     const storedAlready = [];
@@ -97956,7 +98039,6 @@ async function backupWithLease(a, lease) {
             throw new Error(`the host gave no sha256 for ${e.hostPath}`);
         if (plan.stored.get(sha) === e.size) {
             storedAlready.push({ e, sha });
-            reused.push(sha);
         }
         else if (sending.has(sha)) {
             waiting.set(sha, [...(waiting.get(sha) ?? []), e]);
@@ -97973,14 +98055,12 @@ async function backupWithLease(a, lease) {
         plan.tails.set(sha, tail);
         plan.done.set(e.path, fileOf(e, sha, tail));
     });
-    // Named in the lease before they are relied on (see tree/sweep.ts): a sweep from now on keeps
-    // them. The files proven by an earlier snapshot of this host need no write: its manifest is
-    // the lease's source since the start, and the sweep's window runs from then.
-    let leasedAt = plan.leasedAt;
-    if (reused.length > 0) {
-        await lease.add(reused, { flush: true });
-        leasedAt = performance.now();
-    }
+    // Every stored object this run relies on is named in its lease before it is relied on: a
+    // sweep from now on keeps them. A sweep already running may not have seen the lease; its
+    // mark says so (tree/sweep-marks.ts), and then the run checks before it publishes.
+    await lease.add([...plan.done.values()].map((f) => f.sha256), { flush: true });
+    const leasedAt = performance.now();
+    const sweeps = await sweepsSince(client, bucket, prefix, plan.leasedWall);
     const journal = {
         run: a.runId,
         source,
@@ -98039,6 +98119,12 @@ async function backupWithLease(a, lease) {
         throw new Error(`no object was recorded for ${missingFile.path}`);
     const treeList = ordered;
     await group('Check that every object is stored', async () => {
+        if (sweeps.length === 0) {
+            info(`No sweep of objects ran since ${formatDuration((SWEEP_MAX_MS + MARK_MARGIN_MS) / 1000)} before this run's lease: ` +
+                `every object it relies on is kept by the lease.`);
+            return;
+        }
+        info(`A sweep of objects may have run while this run started (${sweeps.join(', ')}): checking that every object is still stored.`);
         // A sweep that read the leases before the last write that this run relies on deletes within
         // its window: the check comes after that window, so it sees whatever such a sweep removed.
         const wait = SWEEP_WINDOW_MS - (performance.now() - leasedAt);
@@ -98249,6 +98335,7 @@ async function copyObject(client, bucket, source, target, size, options = {}) {
 
 
 
+
 /** Copies an archive to the permanent prefix when it is the first of its day there. */
 async function permanentCopy(client, settings, name, key, size, manifest) {
     const target = await permanentTarget(client, settings, name);
@@ -98333,6 +98420,9 @@ async function applyRetention(client, settings, now) {
     const leases = await removeExpiredLeases(client, bucket, prefix, now);
     if (leases > 0)
         info(`Removed ${leases} expired lease(s) of earlier runs.`);
+    const marks = await removeOldSweepMarks(client, bucket, prefix, now);
+    if (marks > 0)
+        info(`Removed ${marks} mark(s) of sweeps that ended long ago.`);
     return expired.map((a) => a.key);
 }
 async function writeSummary(m, url, timings, permanent, removed, compressor) {

@@ -10,14 +10,14 @@ import { listEntry, manifestKey, type ArchiveName } from '../naming.js';
 import { chooseExpired, entriesOf } from '../retention.js';
 import { removeEntries, updateBackupList } from '../s3/backup-list.js';
 import { copyObject } from '../s3/copy.js';
-import { deleteKeys, listArchives, listObjects, writeJson } from '../s3/store.js';
+import { deleteKeys, listObjects, writeJson } from '../s3/store.js';
 import type { Settings } from '../settings.js';
 import { code, html, Html, writeSummaryTable, type Cell } from '../summary.js';
 import { treeFiles, type TreeManifest } from '../tree/layout.js';
 import { removeExpiredLeases } from '../tree/lease.js';
 import { removeOldSweepMarks } from '../tree/sweep-marks.js';
 import { sweepObjects } from '../tree/sweep.js';
-import { journalPrefix, listTrees, readBytes, putText } from '../tree/store.js';
+import { journalPrefix, listSnapshots, readBytes, putText } from '../tree/store.js';
 
 export type Timings = Record<string, number>;
 
@@ -106,11 +106,8 @@ export async function applyRetention(
   now: Date,
 ): Promise<string[]> {
   const { bucket, prefix } = settings.s3;
-  const [archives, trees] = await Promise.all([
-    listArchives(client, bucket, prefix),
-    listTrees(client, bucket, prefix),
-  ]);
-  const expired = chooseExpired([...archives, ...trees], now, settings.backup.retentionDays);
+  const snapshots = await listSnapshots(client, bucket, prefix);
+  const expired = chooseExpired(snapshots, now, settings.backup.retentionDays);
   const staleJournals = (await listObjects(client, bucket, journalPrefix(prefix))).filter(
     (o) => o.lastModified && now.getTime() - o.lastModified.getTime() > JOURNAL_DAYS * 86_400_000,
   );

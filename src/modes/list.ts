@@ -6,9 +6,9 @@ import { listEntry, manifestKey, parseArchivePath } from '../naming.js';
 import { code, escapeHtml } from '../summary.js';
 import { readBackupList } from '../s3/backup-list.js';
 import { createClient } from '../s3/client.js';
-import { listArchives, listObjects, readManifest } from '../s3/store.js';
+import { listObjects, readManifest } from '../s3/store.js';
 import { treeFiles } from '../tree/layout.js';
-import { listTrees, readTreeManifest } from '../tree/store.js';
+import { listSnapshots, readTreeManifest } from '../tree/store.js';
 import type { Settings } from '../settings.js';
 
 export interface ListedSnapshot {
@@ -29,17 +29,10 @@ export interface ListedSnapshot {
 export async function list(settings: Settings, now: Date = new Date()): Promise<ListedSnapshot[]> {
   const client = createClient(settings.s3);
   const { bucket, prefix, permanentPrefix, manifestPrefix } = settings.s3;
-  const both = async (p: string) => {
-    const [archives, trees] = await Promise.all([
-      listArchives(client, bucket, p),
-      listTrees(client, bucket, p),
-    ]);
-    return [...archives, ...trees];
-  };
   const [archives, { entries }, permanents, manifests] = await Promise.all([
-    both(prefix),
+    listSnapshots(client, bucket, prefix),
     readBackupList(client, bucket, `${prefix}/backup_list`),
-    both(permanentPrefix),
+    listSnapshots(client, bucket, permanentPrefix),
     listObjects(client, bucket, `${manifestPrefix}/${prefix}/`),
   ]);
   const manifestKeys = new Set(manifests.map((m) => m.key));

@@ -43,13 +43,11 @@ export interface StoredArchive extends StoredObject {
   name: ArchiveName;
 }
 
-/** Archives exactly at `{prefix}/YYYYMMDD/FILE`; anything else under the prefix is not ours to judge. */
-export async function listArchives(
-  client: S3Client,
-  bucket: string,
-  prefix: string,
-): Promise<StoredArchive[]> {
-  const objects = await listObjects(client, bucket, `${prefix}/`);
+/**
+ * The archives among the objects listed under `prefix`: exactly at `{prefix}/YYYYMMDD/FILE`;
+ * anything else under the prefix is not ours to judge.
+ */
+export function archivesIn(objects: StoredObject[], prefix: string): StoredArchive[] {
   return objects.flatMap((o) => {
     const name = parseArchivePath(o.key);
     return name && o.key === `${prefix}/${name.date}/${name.file}` ? [{ ...o, name }] : [];

@@ -10,7 +10,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { describeS3Error, isStatus } from '../s3/client.js';
 import { parseArchivePath } from '../naming.js';
-import { listObjects, type StoredArchive } from '../s3/store.js';
+import { archivesIn, listObjects, type StoredArchive } from '../s3/store.js';
 import {
   checkTreeManifest,
   objectKey,
@@ -164,14 +164,18 @@ export async function putText(
   }
 }
 
-/** Tree snapshots under `prefix`: one per `{prefix}/YYYYMMDD/{name}.tree/manifest.json`. */
-export async function listTrees(
+/**
+ * Every snapshot under `prefix`, from one listing (it holds the tree objects too, which can be
+ * tens of thousands): the archives, and the trees, one per
+ * `{prefix}/YYYYMMDD/{name}.tree/manifest.json`.
+ */
+export async function listSnapshots(
   client: S3Client,
   bucket: string,
   prefix: string,
 ): Promise<StoredArchive[]> {
   const objects = await listObjects(client, bucket, `${prefix}/`);
-  return objects.flatMap((o) => {
+  const trees = objects.flatMap((o) => {
     if (!o.key.endsWith('/manifest.json')) return [];
     const folder = o.key.slice(0, -'/manifest.json'.length);
     const name = parseArchivePath(folder);
@@ -179,4 +183,5 @@ export async function listTrees(
       ? [{ key: folder, size: o.size, lastModified: o.lastModified, name }]
       : [];
   });
+  return [...archivesIn(objects, prefix), ...trees];
 }

@@ -9,12 +9,8 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import {
-  batchCommand,
-  parseBatch,
-  processCheckCommand,
-  restoreProbeCommand,
-} from '../../src/node-kind/remote.ts';
+import { batchCommand, parseBatch, processCheckCommand } from '../../src/node-kind/remote.ts';
+import { restoreProbeCommand } from '../../src/node-kind/restore-commands.ts';
 import { composeCommand, parseSettings } from '../../src/settings.ts';
 import { bashScript } from '../../src/shell.ts';
 

@@ -38,12 +38,14 @@ import {
   probeCommand,
   pruneCommand,
   removeStagingCommand,
-  restoreProbeCommand,
   sizeCommand,
   statDigestCommand,
+} from '../../src/node-kind/remote.ts';
+import {
+  restoreProbeCommand,
   SWAP_LINE,
   swapCommand,
-} from '../../src/node-kind/remote.ts';
+} from '../../src/node-kind/restore-commands.ts';
 import {
   chooseDecoder,
   extractCommand,

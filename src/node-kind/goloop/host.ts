@@ -28,9 +28,9 @@ import {
   parseProbe,
   peerCommand,
   requireArchiveTools,
-  restoreProbeCommand,
   stagingFolders,
 } from '../remote.js';
+import { restoreProbeCommand } from '../restore-commands.js';
 import { watchdogFiredCommand } from '../watchdog.js';
 import { extractCommand } from '../extract.js';
 import {

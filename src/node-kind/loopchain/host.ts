@@ -30,12 +30,14 @@ import {
   probeCommand,
   processCheckCommand,
   requireArchiveTools,
+  stagingFolders,
+} from '../remote.js';
+import {
   restoreProbeCommand,
   rollbackCommand,
-  stagingFolders,
   SWAP_LINE,
   swapCommand,
-} from '../remote.js';
+} from '../restore-commands.js';
 import { watchdogFiredCommand } from '../watchdog.js';
 import { extractCommand } from '../extract.js';
 import { SshHost } from '../ssh-host.js';

@@ -373,13 +373,7 @@ export async function startGuideHost(opts: {
     prepDir,
     dataDir: join(prepDir, nodeKind === 'goloop' ? 'data' : 'data/loopchain'),
     initPid,
-    sshInputs: () => ({
-      host: s.host,
-      port: String(s.port),
-      username: s.username,
-      'ssh-key': s.privateKey,
-      'host-key': s.hostKeyFingerprint,
-    }),
+    sshInputs: () => s.actionInputs(),
     sh,
     async compose(verb) {
       const cli = opts.compose === 'v1' ? 'docker-compose' : 'docker compose';

@@ -9,6 +9,7 @@ import {
   GetObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
+  PutBucketPolicyCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
 import { freePort } from './ports.js';
@@ -48,6 +49,25 @@ export interface MinioOptions {
  * that action sets, so the action under test must be told it another way (an input, or
  * add AWS_ENDPOINT_URL_S3: server.endpoint, which the SDK v3 honours).
  */
+/**
+ * Lets anyone read the objects of `bucket` (under `under/`, when given) over plain HTTP, as a
+ * public snapshot bucket does; listing stays private.
+ */
+export async function publicRead(client: S3Client, bucket: string, under?: string): Promise<void> {
+  const policy = {
+    Version: '2012-10-17',
+    Statement: [
+      {
+        Effect: 'Allow',
+        Principal: { AWS: ['*'] },
+        Action: ['s3:GetObject'],
+        Resource: [`arn:aws:s3:::${bucket}/${under ? `${under}/` : ''}*`],
+      },
+    ],
+  };
+  await client.send(new PutBucketPolicyCommand({ Bucket: bucket, Policy: JSON.stringify(policy) }));
+}
+
 export function s3Env(server: S3Server): Record<string, string> {
   return {
     AWS_ACCESS_KEY_ID: server.accessKeyId,

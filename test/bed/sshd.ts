@@ -120,6 +120,8 @@ export interface Sshd {
   log(): string;
   /** Authorize one more public key ("ssh-ed25519 AAAA..."). */
   authorize(publicKey: string): Promise<void>;
+  /** The action's inputs that reach this server: host, port, username, ssh-key, host-key. */
+  actionInputs(): Record<string, string>;
   /** Arguments for the OpenSSH client: pinned host key, StrictHostKeyChecking=yes, this key, batch mode. Append user@host and the command. */
   sshArgs(): string[];
   /** PID of the sshd listener (with a command prefix: of the prefix's process). */
@@ -291,6 +293,13 @@ export async function startSshd(opts: SshdOptions = {}): Promise<Sshd> {
       pid: srv.child.pid ?? -1,
       log: srv.log,
       authorize: (publicKey: string) => appendFile(authorizedKeysPath, publicKey.trim() + '\n'),
+      actionInputs: () => ({
+        host,
+        port: String(port),
+        username,
+        'ssh-key': user.privateKey,
+        'host-key': hostKeyFingerprint,
+      }),
       sshArgs: () => [
         '-p',
         String(port),

@@ -322,11 +322,7 @@ export async function runTimed(
   const r = await runAction({
     step: 'main',
     inputs: {
-      host: bed.sshd.host,
-      port: String(bed.sshd.port),
-      username: bed.sshd.username,
-      'ssh-key': bed.sshd.privateKey,
-      'host-key': bed.sshd.hostKeyFingerprint,
+      ...bed.sshd.actionInputs(),
       bucket: bed.bucket,
       endpoint: bed.s3.endpoint,
       ...inputs,

@@ -34,10 +34,11 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { PutBucketPolicyCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import type { Manifest } from '../../src/manifest.js';
 import { startCutProxy } from '../bed/cut-proxy.js';
+import { publicRead } from '../bed/minio.js';
 import { cacheDir, repoRoot } from '../bed/paths.js';
 import { actionInputDefaults } from '../bed/runner.js';
 import {
@@ -191,20 +192,7 @@ async function store(ctx: WanContext, archive: Archive): Promise<string> {
         Body: JSON.stringify(manifest),
       }),
     );
-    const policy = {
-      Version: '2012-10-17',
-      Statement: [
-        {
-          Effect: 'Allow',
-          Principal: { AWS: ['*'] },
-          Action: ['s3:GetObject'],
-          Resource: [`arn:aws:s3:::${ctx.bucket}/${PREFIX}/*`],
-        },
-      ],
-    };
-    await client.send(
-      new PutBucketPolicyCommand({ Bucket: ctx.bucket, Policy: JSON.stringify(policy) }),
-    );
+    await publicRead(client, ctx.bucket, PREFIX);
   } finally {
     client.destroy();
   }

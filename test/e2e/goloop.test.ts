@@ -69,11 +69,7 @@ describe('ICON 2: a real goloop node', { skip: goloopMissing() }, () => {
 
   function inputs(extra: Record<string, string>): Record<string, string> {
     return {
-      host: sshd.host,
-      port: String(sshd.port),
-      username: sshd.username,
-      'ssh-key': sshd.privateKey,
-      'host-key': sshd.hostKeyFingerprint,
+      ...sshd.actionInputs(),
       bucket,
       endpoint: s3.endpoint,
       service: 'MainNet',

@@ -34,10 +34,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { PutBucketPolicyCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { blockHashAt, startGoloop, type GoloopNode } from '../bed/goloop.js';
 import { growDatabase } from '../bed/goloop-ballast.js';
-import { s3Env, startMinio, type S3Server } from '../bed/minio.js';
+import { publicRead, s3Env, startMinio, type S3Server } from '../bed/minio.js';
 import { goloopBin, goloopMissing, repoRoot } from '../bed/paths.js';
 import { freePort } from '../bed/ports.js';
 import { runAction, runMainThenPost, type RunResult } from '../bed/runner.js';
@@ -202,21 +202,7 @@ describe(
       [sshd, s3, g] = await Promise.all([startSshd(), startMinio(), startGoloop()]);
       client = s3.client();
       await s3.createBucket(bucket);
-      // Anyone may read objects, as in a public snapshot bucket; listing stays private.
-      const policy = {
-        Version: '2012-10-17',
-        Statement: [
-          {
-            Effect: 'Allow',
-            Principal: { AWS: ['*'] },
-            Action: ['s3:GetObject'],
-            Resource: [`arn:aws:s3:::${bucket}/*`],
-          },
-        ],
-      };
-      await client.send(
-        new PutBucketPolicyCommand({ Bucket: bucket, Policy: JSON.stringify(policy) }),
-      );
+      await publicRead(client, bucket);
       await g.load(10);
       // Table files (*.ldb) in the database, not only its journal.
       await growDatabase(g, 8 * 1024 ** 2);
@@ -259,11 +245,7 @@ describe(
     });
 
     const inputs = (extra: Record<string, string>): Record<string, string> => ({
-      host: sshd.host,
-      port: String(sshd.port),
-      username: sshd.username,
-      'ssh-key': sshd.privateKey,
-      'host-key': sshd.hostKeyFingerprint,
+      ...sshd.actionInputs(),
       bucket,
       endpoint: s3.endpoint,
       service: SERVICE,
@@ -285,11 +267,24 @@ describe(
       const node = join(root, name, 'data');
       const [rpc, p2p] = [await freePort(), await freePort()];
       servers.push(node);
+      const rpcUrl = `http://127.0.0.1:${rpc}`;
+      const start = `bash ${q(SERVER)} start ${q(goloopBin())} ${q(node)} ${q(keystore)} ${q(g.keyPassword)} ${rpc} ${p2p}`;
       return {
         node,
-        rpcUrl: `http://127.0.0.1:${rpc}`,
-        start: `bash ${q(SERVER)} start ${q(goloopBin())} ${q(node)} ${q(keystore)} ${q(g.keyPassword)} ${rpc} ${p2p}`,
-        stop: `bash ${q(SERVER)} stop ${q(node)}`,
+        rpcUrl,
+        start,
+        /** The action's inputs for a restore of `snapshot` into this node dir. */
+        restore: (snapshot: string, healthTimeout: string) => ({
+          mode: 'restore',
+          snapshot,
+          'node-kind': 'goloop',
+          'data-dir': node,
+          'peer-url': `${rpcUrl}/admin/chain`,
+          'start-command': start,
+          'stop-command': `bash ${q(SERVER)} stop ${q(node)}`,
+          'health-timeout': healthTimeout,
+          'disk-margin': '1MiB',
+        }),
       };
     };
 
@@ -391,18 +386,8 @@ describe(
           facts: { ...m.facts, blockHash: 'ab'.repeat(32) },
         }),
       );
-      const { node, rpcUrl, start, stop } = await freshNode('forged');
-      const r = await run({
-        mode: 'restore',
-        snapshot: forged,
-        'node-kind': 'goloop',
-        'data-dir': node,
-        'peer-url': `${rpcUrl}/admin/chain`,
-        'start-command': start,
-        'stop-command': stop,
-        'health-timeout': '60s',
-        'disk-margin': '1MiB',
-      });
+      const { restore } = await freshNode('forged');
+      const r = await run(restore(forged, '60s'));
       assert.notEqual(r.code, 0, said(r));
       assert.match(
         annotated(r, 'error'),
@@ -417,18 +402,8 @@ describe(
         files.some((f) => new RegExp(`^${g.cid}/db/${g.nid}/\\d+\\.ldb$`).test(f)),
         'table files',
       );
-      const { node, rpcUrl, start, stop } = await freshNode('theirs');
-      const r = await run({
-        mode: 'restore',
-        snapshot: pointer,
-        'node-kind': 'goloop',
-        'data-dir': node,
-        'peer-url': `${rpcUrl}/admin/chain`,
-        'start-command': start,
-        'stop-command': stop,
-        'health-timeout': '120s',
-        'disk-margin': '1MiB',
-      });
+      const { node, rpcUrl, restore } = await freshNode('theirs');
+      const r = await run(restore(pointer, '120s'));
       assert.equal(r.code, 0, said(r));
       assert.match(
         annotated(r, 'warning'),
@@ -457,7 +432,7 @@ describe(
       bytes[bytes.length - 1]! ^= 0xff;
       await put(`${prefix}/data/${victim}`, bytes);
 
-      const { node, rpcUrl, start, stop } = await freshNode('damaged');
+      const { node, rpcUrl, restore } = await freshNode('damaged');
       // What the host has now: a chain folder of its own, which must stay as it is.
       const mine = join(node, g.cid, 'config.json');
       mkdirSync(join(node, g.cid), { recursive: true });
@@ -466,17 +441,7 @@ describe(
       assert.deepEqual(readdirSync(beside), ['data']);
       // Main, then post, as a job runs them.
       const { main: r, post } = await runMainThenPost({
-        inputs: inputs({
-          mode: 'restore',
-          snapshot: pointer,
-          'node-kind': 'goloop',
-          'data-dir': node,
-          'peer-url': `${rpcUrl}/admin/chain`,
-          'start-command': start,
-          'stop-command': stop,
-          'health-timeout': '60s',
-          'disk-margin': '1MiB',
-        }),
+        inputs: inputs(restore(pointer, '60s')),
         env: s3Env(s3),
         timeoutMs: 300_000,
         main: { script: bundles().main },

@@ -77,11 +77,7 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
   });
 
   const inputs = (extra: Record<string, string>): Record<string, string> => ({
-    host: sshd.host,
-    port: String(sshd.port),
-    username: sshd.username,
-    'ssh-key': sshd.privateKey,
-    'host-key': sshd.hostKeyFingerprint,
+    ...sshd.actionInputs(),
     bucket,
     endpoint: s3.endpoint,
     service: 'MainNet',

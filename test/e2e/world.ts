@@ -141,11 +141,7 @@ export async function startWorld(opts: Parameters<typeof startNode>[1] = {}): Pr
     inputs(extra = {}) {
       return {
         mode: 'backup',
-        host: sshd.host,
-        port: String(sshd.port),
-        username: sshd.username,
-        'ssh-key': sshd.privateKey,
-        'host-key': sshd.hostKeyFingerprint,
+        ...sshd.actionInputs(),
         'prep-dir': node.home,
         'stop-command': node.stopCommand,
         'start-command': node.startCommand,

@@ -9,7 +9,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { PutBucketPolicyCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { IntegrityError } from '../../src/errors.ts';
 import {
   type AddressedBucket,
@@ -28,7 +28,7 @@ import {
   TAIL_BYTES,
 } from '../../src/tree/icon2.ts';
 import { objectKey, pointerKey, treeFiles } from '../../src/tree/layout.ts';
-import { startMinio, type S3Server } from '../bed/minio.ts';
+import { publicRead, startMinio, type S3Server } from '../bed/minio.ts';
 import { repoRoot } from '../bed/paths.ts';
 
 /**
@@ -514,21 +514,7 @@ describe("icon2-node's restore steps on a tree in MinIO (real aria2c)", () => {
     server = await startMinio();
     await server.createBucket(BUCKET);
     client = server.client();
-    // Anyone may read objects, as in a public snapshot bucket; listing stays private.
-    const policy = {
-      Version: '2012-10-17',
-      Statement: [
-        {
-          Effect: 'Allow',
-          Principal: { AWS: ['*'] },
-          Action: ['s3:GetObject'],
-          Resource: [`arn:aws:s3:::${BUCKET}/*`],
-        },
-      ],
-    };
-    await client.send(
-      new PutBucketPolicyCommand({ Bucket: BUCKET, Policy: JSON.stringify(policy) }),
-    );
+    await publicRead(client, BUCKET);
   });
   after(async () => {
     client?.destroy();

@@ -91811,40 +91811,6 @@ function detectIpCommand() {
         `printf '%s\\n' "$ip"`,
     ]);
 }
-/** What a restore's staging folder is named, beside the data dir: `{RESTORE_STAGE_PREFIX}{id}`. */
-const RESTORE_STAGE_PREFIX = '.prep-snapshot-restore-';
-/**
- * What the restore needs to know about the host, read only: free space where the staging
- * folder will be (the nearest existing folder above the data dir on a fresh host), whether
- * the data dir exists, and the tools. With `stagesIn`, the staging folders of restores in that
- * folder (`stage=BUSY BYTES NAME`: BUSY 1 while an extraction into it holds its lock, BYTES
- * what it takes on the disk); with `has`, `has=NAME` for each of those paths that exists.
- */
-function restoreProbeCommand(dataDir, more = {}) {
-    const has = Object.entries(more.has ?? {});
-    for (const [name] of has)
-        if (!/^[a-z]+$/.test(name))
-            throw new Error(`bad probe name ${name}`);
-    return bashScript([
-        `d=${quote(dirname(dataDir))}`,
-        `while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done`,
-        `echo "free_parent=$(df -P -B1 -- "$d" | awk 'NR==2 {print $4}')"`,
-        `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
-        `for t in tar igzip pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
-        ...has.map(([name, path]) => `if [ -e ${quote(path)} ]; then echo has=${name}; fi`),
-        ...(more.stagesIn === undefined
-            ? []
-            : [
-                `(cd -- ${quote(more.stagesIn)} 2>/dev/null || exit 0`,
-                `for s in ${RESTORE_STAGE_PREFIX}*; do`,
-                `  if [ ! -d "$s" ] || [ -L "$s" ]; then continue; fi`,
-                `  busy=0`,
-                `  if command -v flock >/dev/null 2>&1 && ! flock -n -- "$s" true 2>/dev/null; then busy=1; fi`,
-                `  printf 'stage=%s %s %s\\n' "$busy" "$(du -s -B1 -- "$s" 2>/dev/null | cut -f 1)" "$s"`,
-                `done)`,
-            ]),
-    ]);
-}
 /**
  * Runs read-only commands at once on the host, in one round trip. Prints one line per
  * command: its name, its exit status and its stdout in base64. See `parseBatch`.
@@ -91874,37 +91840,6 @@ function parseBatch(stdout) {
             });
     }
     return results;
-}
-/** The line that lets a waiting `swapCommand` go ahead. */
-const SWAP_LINE = 'swap\n';
-/**
- * Gives the staged snapshot's identity directory the node's IP and moves the snapshot into
- * place; the previous data dir is kept as `previous`. Prints `swapped`.
- *
- * It starts ahead of time and waits for `SWAP_LINE` on stdin, which the runner sends once
- * the archive has proved whole; an input that ends without it changes nothing.
- */
-function swapCommand(kind, dataDir, stage, previous, ip, watchdogFlag) {
-    const ids = `${stage}/${kind.identityParent}`;
-    return bashScript([
-        `IFS= read -r word || exit 0`,
-        `[ "$word" = swap ] || exit 0`,
-        // Where this run stopped the node, it moves the data dir only while it still holds it.
-        ...heldLines(watchdogFlag),
-        `mv -- ${quote(`${ids}/${kind.placeholder}`)} ${quote(`${ids}/${kind.identityDir(ip)}`)}`,
-        `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(previous)}; fi`,
-        `mv -- ${quote(stage)} ${quote(dataDir)}`,
-        `echo swapped`,
-    ]);
-}
-/** Puts the previous data dir back; the failed one is kept beside it for a look. */
-function rollbackCommand(dataDir, previous, failed, watchdogFlag) {
-    return bashScript([
-        ...heldLines(watchdogFlag),
-        `[ -e ${quote(previous)} ] || { echo 'no previous data dir to roll back to' >&2; exit 3; }`,
-        `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(failed)}; fi`,
-        `mv -- ${quote(previous)} ${quote(dataDir)}`,
-    ]);
 }
 
 ;// CONCATENATED MODULE: ./src/node-control.ts
@@ -93325,6 +93260,81 @@ async function closeUnused(remote, graceMs = 30_000) {
     await remote.exit;
     clearTimeout(timer);
     remote.source.destroy();
+}
+
+;// CONCATENATED MODULE: ./src/node-kind/restore-commands.ts
+/**
+ * The commands of a restore on the node host, around its staging folder: what the host has
+ * before anything changes, the swap into place and the rollback. Pure functions of their
+ * arguments, as in remote.ts.
+ */
+
+
+
+/** What a restore's staging folder is named, beside the data dir: `{RESTORE_STAGE_PREFIX}{id}`. */
+const RESTORE_STAGE_PREFIX = '.prep-snapshot-restore-';
+/**
+ * What the restore needs to know about the host, read only: free space where the staging
+ * folder will be (the nearest existing folder above the data dir on a fresh host), whether
+ * the data dir exists, and the tools. With `stagesIn`, the staging folders of restores in that
+ * folder (`stage=BUSY BYTES NAME`: BUSY 1 while an extraction into it holds its lock, BYTES
+ * what it takes on the disk); with `has`, `has=NAME` for each of those paths that exists.
+ */
+function restoreProbeCommand(dataDir, more = {}) {
+    const has = Object.entries(more.has ?? {});
+    for (const [name] of has)
+        if (!/^[a-z]+$/.test(name))
+            throw new Error(`bad probe name ${name}`);
+    return bashScript([
+        `d=${quote(dirname(dataDir))}`,
+        `while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done`,
+        `echo "free_parent=$(df -P -B1 -- "$d" | awk 'NR==2 {print $4}')"`,
+        `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
+        `for t in tar igzip pigz gzip zstd curl wget; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+        ...has.map(([name, path]) => `if [ -e ${quote(path)} ]; then echo has=${name}; fi`),
+        ...(more.stagesIn === undefined
+            ? []
+            : [
+                `(cd -- ${quote(more.stagesIn)} 2>/dev/null || exit 0`,
+                `for s in ${RESTORE_STAGE_PREFIX}*; do`,
+                `  if [ ! -d "$s" ] || [ -L "$s" ]; then continue; fi`,
+                `  busy=0`,
+                `  if command -v flock >/dev/null 2>&1 && ! flock -n -- "$s" true 2>/dev/null; then busy=1; fi`,
+                `  printf 'stage=%s %s %s\\n' "$busy" "$(du -s -B1 -- "$s" 2>/dev/null | cut -f 1)" "$s"`,
+                `done)`,
+            ]),
+    ]);
+}
+/** The line that lets a waiting `swapCommand` go ahead. */
+const SWAP_LINE = 'swap\n';
+/**
+ * Gives the staged snapshot's identity directory the node's IP and moves the snapshot into
+ * place; the previous data dir is kept as `previous`. Prints `swapped`.
+ *
+ * It starts ahead of time and waits for `SWAP_LINE` on stdin, which the runner sends once
+ * the archive has proved whole; an input that ends without it changes nothing.
+ */
+function swapCommand(kind, dataDir, stage, previous, ip, watchdogFlag) {
+    const ids = `${stage}/${kind.identityParent}`;
+    return bashScript([
+        `IFS= read -r word || exit 0`,
+        `[ "$word" = swap ] || exit 0`,
+        // Where this run stopped the node, it moves the data dir only while it still holds it.
+        ...heldLines(watchdogFlag),
+        `mv -- ${quote(`${ids}/${kind.placeholder}`)} ${quote(`${ids}/${kind.identityDir(ip)}`)}`,
+        `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(previous)}; fi`,
+        `mv -- ${quote(stage)} ${quote(dataDir)}`,
+        `echo swapped`,
+    ]);
+}
+/** Puts the previous data dir back; the failed one is kept beside it for a look. */
+function rollbackCommand(dataDir, previous, failed, watchdogFlag) {
+    return bashScript([
+        ...heldLines(watchdogFlag),
+        `[ -e ${quote(previous)} ] || { echo 'no previous data dir to roll back to' >&2; exit 3; }`,
+        `if [ -e ${quote(dataDir)} ]; then mv -- ${quote(dataDir)} ${quote(failed)}; fi`,
+        `mv -- ${quote(previous)} ${quote(dataDir)}`,
+    ]);
 }
 
 ;// CONCATENATED MODULE: ./src/node-kind/extract.ts
@@ -94925,6 +94935,7 @@ class SshHost {
 
 
 
+
 class GoloopHost extends SshHost {
     node;
     kind = 'goloop';
@@ -95202,6 +95213,7 @@ function pickIdentityDir(kind, names, dataDir) {
  * node's IP (`db_{IP}:7100_icon_dex`, archived as `db_CHANGEIP:7100_icon_dex`), and the
  * height from the peer API.
  */
+
 
 
 
@@ -95698,9 +95710,11 @@ async function listObjects(client, bucket, prefix) {
     }
     return out;
 }
-/** Archives exactly at `{prefix}/YYYYMMDD/FILE`; anything else under the prefix is not ours to judge. */
-async function listArchives(client, bucket, prefix) {
-    const objects = await listObjects(client, bucket, `${prefix}/`);
+/**
+ * The archives among the objects listed under `prefix`: exactly at `{prefix}/YYYYMMDD/FILE`;
+ * anything else under the prefix is not ours to judge.
+ */
+function archivesIn(objects, prefix) {
     return objects.flatMap((o) => {
         const name = parseArchivePath(o.key);
         return name && o.key === `${prefix}/${name.date}/${name.file}` ? [{ ...o, name }] : [];
@@ -96643,10 +96657,14 @@ async function putText(client, bucket, key, text, contentType) {
         throw describeS3Error(error, `s3://${bucket}/${key}`);
     }
 }
-/** Tree snapshots under `prefix`: one per `{prefix}/YYYYMMDD/{name}.tree/manifest.json`. */
-async function listTrees(client, bucket, prefix) {
+/**
+ * Every snapshot under `prefix`, from one listing (it holds the tree objects too, which can be
+ * tens of thousands): the archives, and the trees, one per
+ * `{prefix}/YYYYMMDD/{name}.tree/manifest.json`.
+ */
+async function listSnapshots(client, bucket, prefix) {
     const objects = await listObjects(client, bucket, `${prefix}/`);
-    return objects.flatMap((o) => {
+    const trees = objects.flatMap((o) => {
         if (!o.key.endsWith('/manifest.json'))
             return [];
         const folder = o.key.slice(0, -'/manifest.json'.length);
@@ -96655,6 +96673,7 @@ async function listTrees(client, bucket, prefix) {
             ? [{ key: folder, size: o.size, lastModified: o.lastModified, name }]
             : [];
     });
+    return [...archivesIn(objects, prefix), ...trees];
 }
 
 ;// CONCATENATED MODULE: ./src/tree/pool.ts
@@ -98386,11 +98405,8 @@ const JOURNAL_DAYS = 7;
  */
 async function applyRetention(client, settings, now) {
     const { bucket, prefix } = settings.s3;
-    const [archives, trees] = await Promise.all([
-        listArchives(client, bucket, prefix),
-        listTrees(client, bucket, prefix),
-    ]);
-    const expired = chooseExpired([...archives, ...trees], now, settings.backup.retentionDays);
+    const snapshots = await listSnapshots(client, bucket, prefix);
+    const expired = chooseExpired(snapshots, now, settings.backup.retentionDays);
     const staleJournals = (await listObjects(client, bucket, journalPrefix(prefix))).filter((o) => o.lastModified && now.getTime() - o.lastModified.getTime() > JOURNAL_DAYS * 86_400_000);
     if (expired.length > 0) {
         await updateBackupList(client, bucket, `${prefix}/backup_list`, (e) => removeEntries(e, entriesOf(expired)));
@@ -98904,17 +98920,10 @@ function notStarted(settings) {
 async function list(settings, now = new Date()) {
     const client = createClient(settings.s3);
     const { bucket, prefix, permanentPrefix, manifestPrefix } = settings.s3;
-    const both = async (p) => {
-        const [archives, trees] = await Promise.all([
-            listArchives(client, bucket, p),
-            listTrees(client, bucket, p),
-        ]);
-        return [...archives, ...trees];
-    };
     const [archives, { entries }, permanents, manifests] = await Promise.all([
-        both(prefix),
+        listSnapshots(client, bucket, prefix),
         readBackupList(client, bucket, `${prefix}/backup_list`),
-        both(permanentPrefix),
+        listSnapshots(client, bucket, permanentPrefix),
         listObjects(client, bucket, `${manifestPrefix}/${prefix}/`),
     ]);
     const manifestKeys = new Set(manifests.map((m) => m.key));
@@ -99800,6 +99809,7 @@ async function fetchInto(remote, onGo, settings, tree, into) {
  * is checked, and only then takes the data dir's place; the old one is kept until the node
  * has come back up to the snapshot's height.
  */
+
 
 
 

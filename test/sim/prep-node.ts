@@ -616,12 +616,13 @@ async function cmdStart(opts: Opts): Promise<void> {
       );
     }
     try {
-      const s = await httpGetJson(port, '/api/v1/avail/peer', 500);
-      const evs = readEvents(home);
-      const started = evs.find(
+      // The daemon serves HTTP before it writes its first block: ask only once it has logged
+      // `started`, so the height printed is one the node reached after this start.
+      const started = readEvents(home).find(
         (e) => e.event === 'started' && e.ms >= requestedMs && e.pid === child.pid,
       );
-      if (s.service_available === true && started) {
+      const s = started ? await httpGetJson(port, '/api/v1/avail/peer', 500) : undefined;
+      if (s?.service_available === true) {
         console.log(
           JSON.stringify({ ok: true, pid: child.pid, port, block_height: s.block_height }),
         );

@@ -1,6 +1,7 @@
 /**
  * The tree part of mode: backup, once the copy is frozen: list its files, prove which are
- * stored already, hash the others on the host, send those whose content is missing, check
+ * stored already, hash on the host those that may be stored under another name, send those
+ * whose content is missing (hashed as they arrive where the host did not hash them), check
  * that every object the snapshot names exists, then publish its manifest, index and checksum
  * file, backup_list and the pointer. See tree/layout.ts for the bucket's layout.
  */
@@ -23,6 +24,7 @@ import {
   TAIL_BYTES,
 } from '../tree/icon2.js';
 import {
+  isTableFile,
   objectKey,
   pointerKey,
   reusable,
@@ -38,7 +40,7 @@ import { MARK_MARGIN_MS, SWEEP_MAX_MS, sweepsSince } from '../tree/sweep-marks.j
 import { verifyTree } from '../tree/verify.js';
 import { pool } from '../tree/pool.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { sendFiles } from '../tree/send.js';
+import { heldWhole, sendFiles } from '../tree/send.js';
 import {
   journalKey,
   readBytes,
@@ -153,30 +155,56 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
         `${previous ? previous.key : 'no earlier snapshot of this host'}` +
         `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`,
     );
-    return { stored, done, unproven, tails: tailOf, journals, leasedWall };
+    return {
+      stored,
+      done,
+      unproven,
+      tails: tailOf,
+      journals,
+      leasedWall,
+      hasPrevious: previous !== undefined,
+      known: new Set(before.keys()),
+    };
   });
 
+  // Hashing a file on the host reads it there once more; that pays only where its object may
+  // be stored already, under another name (a node restored from this bucket, a file moved, a
+  // run cut short whose journal was not written). It does not when nothing is stored yet, nor
+  // for a table file that appeared since this host's last snapshot: it holds data that no
+  // snapshot has seen. Such a file, when it is held whole on the runner, is hashed there as
+  // it arrives. A wrong guess costs bytes sent again, never a wrong object: every key is the
+  // hash of the bytes put under it.
+  const unseen = (e: TreeEntry): boolean =>
+    plan.stored.size === 0 || (plan.hasPrevious && isTableFile(e.path) && !plan.known.has(e.path));
+  const hashFirst = plan.unproven.filter(
+    (e) => !unseen(e) || !heldWhole(e.size, settings.s3.bytesInFlight),
+  );
+  const hashedFirst = new Set(hashFirst);
   const t = performance.now();
-  const hashes = await core.group('Hash the other files on the host', async () => {
+  const hashes = await core.group('Hash on the host the files that may be stored', async () => {
     const h = await host.hashFiles(
       a.dir,
-      plan.unproven.map((e) => e.hostPath),
+      hashFirst.map((e) => e.hostPath),
     );
+    const unhashed = plan.unproven.length - hashFirst.length;
     core.info(
-      `${h.size} files hashed in ${formatDuration(secondsSince(t))} (${formatBytes(plan.unproven.reduce((s, e) => s + e.size, 0))}).`,
+      `${h.size} files hashed in ${formatDuration(secondsSince(t))} (${formatBytes(hashFirst.reduce((s, e) => s + e.size, 0))}); ` +
+        `${unhashed} ${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'table files new since the last snapshot'} are hashed as they arrive.`,
     );
     return h;
   });
   a.timings.hash = secondsSince(t);
 
-  const toSend: Array<{ entry: TreeEntry; sha256: string }> = [];
+  const toSend: Array<{ entry: TreeEntry; sha256?: string }> = [];
   const waiting = new Map<string, TreeEntry[]>();
   const sending = new Set<string>();
   const storedAlready: Array<{ e: TreeEntry; sha: string }> = [];
   for (const e of plan.unproven) {
     const sha = hashes.get(e.hostPath);
-    if (!sha) throw new Error(`the host gave no sha256 for ${e.hostPath}`);
-    if (plan.stored.get(sha) === e.size) {
+    if (!sha) {
+      if (hashedFirst.has(e)) throw new Error(`the host gave no sha256 for ${e.hostPath}`);
+      toSend.push({ entry: e });
+    } else if (plan.stored.get(sha) === e.size) {
       storedAlready.push({ e, sha });
     } else if (sending.has(sha)) {
       waiting.set(sha, [...(waiting.get(sha) ?? []), e]);

@@ -131,6 +131,9 @@ export function checkTreeManifest(m: TreeManifest, key: string): TreeManifest {
   return m;
 }
 
+/** A LevelDB or goleveldb table file: written once, never changed, removed when compacted. */
+export const isTableFile = (path: string): boolean => /\.(ldb|sst)$/.test(path);
+
 /**
  * The sha256 of a file already stored by the previous snapshot of the same host, if its
  * listing allows it; undefined when it must be read and hashed. What proves it (the caller
@@ -147,7 +150,7 @@ export function reusable(
   now: { path: string; size: number; ino: number; mtime: string },
   before: TreeFile | undefined,
 ): string | undefined {
-  if (!before || !/\.(ldb|sst)$/.test(now.path)) return undefined;
+  if (!before || !isTableFile(now.path)) return undefined;
   if (before.ino === undefined || before.mtime === undefined) return undefined;
   const same =
     before.path === now.path &&

@@ -1,9 +1,11 @@
 /**
  * A tree backup's transfer: the files whose objects are missing come from the host as one
- * plain tar over SSH; each is checked against the sha256 the host computed and put under it.
- * Many files are in flight to S3 at once, within a budget of files and bytes held on the
- * runner; a file larger than its share of the budget goes up alone, as a multipart upload,
- * while the tar waits.
+ * plain tar over SSH and are put under their sha256. Where the host hashed a file first, the
+ * bytes that arrive are checked against that hash; a file the host did not hash (one held
+ * whole on the runner, see `heldWhole`) is named by the hash of what arrived. Many files are
+ * in flight to S3 at once, within a budget of files and bytes held on the runner; a file
+ * larger than its share of the budget goes up alone, as a multipart upload, while the tar
+ * waits: its key is needed before its bytes, so the host must have hashed it.
  */
 import * as core from '@actions/core';
 import type { S3Client } from '@aws-sdk/client-s3';
@@ -26,8 +28,11 @@ export interface SendOptions {
   prefix: string;
   /** The folder on the host the paths are relative to. */
   dir: string;
-  /** What to send, in order, with the sha256 the host computed for each. */
-  files: Array<{ entry: TreeEntry; sha256: string }>;
+  /**
+   * What to send, in order, with the sha256 the host computed for each; without one, a file
+   * must be held whole (`heldWhole`) and is named by the hash of the bytes that arrive.
+   */
+  files: Array<{ entry: TreeEntry; sha256?: string }>;
   filesInFlight: number;
   bytesInFlight: number;
   /** Called once a file's object is stored, with its tail hash. */
@@ -63,13 +68,22 @@ class Budget {
   }
 }
 
+/**
+ * Whether a file of `size` bytes is held whole on the runner before it is put (true), or goes
+ * up alone, streamed as a multipart upload under a key known before its bytes (false).
+ */
+export function heldWhole(size: number, bytesInFlight: number): boolean {
+  return size <= Math.max(8 * 1024 ** 2, Math.floor(bytesInFlight / 4));
+}
+
 export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes: number }> {
   if (o.files.length === 0) return { files: 0, bytes: 0 };
+  const unhashed = o.files.find((f) => !f.sha256 && !heldWhole(f.entry.size, o.bytesInFlight));
+  if (unhashed)
+    throw new Error(`${unhashed.entry.path} is streamed alone: it needs the host's hash`);
   const total = o.files.reduce((s, f) => s + f.entry.size, 0);
   const progress = new FileProgress('Upload', o.files.length, total);
   const budget = new Budget(o.filesInFlight, o.bytesInFlight);
-  // A file bigger than this goes up on its own, streamed: never held whole.
-  const alone = Math.max(8 * 1024 ** 2, Math.floor(o.bytesInFlight / 4));
   const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
   const remote = await o.host.sendFiles(
     o.dir,
@@ -99,7 +113,7 @@ export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes:
       }
       byPath.delete(member.name);
       const { entry, sha256 } = file;
-      if (entry.size > alone) {
+      if (sha256 && !heldWhole(entry.size, o.bytesInFlight)) {
         // Alone: the uploads in flight finish first, then this one streams.
         await Promise.all(uploads);
         if (failure) break;
@@ -117,11 +131,11 @@ export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes:
       const upload = (async () => {
         try {
           const actual = createHash('sha256').update(body).digest('hex');
-          if (actual !== sha256) throw changedError(entry.path, sha256, actual);
+          if (sha256 && actual !== sha256) throw changedError(entry.path, sha256, actual);
           const tail = new TailHasher();
           tail.update(body);
-          await putObject(o.client, o.bucket, o.prefix, sha256, body);
-          o.onStored(entry, sha256, await tail.digest());
+          await putObject(o.client, o.bucket, o.prefix, actual, body);
+          o.onStored(entry, actual, await tail.digest());
           progress.files++;
           progress.bytes += entry.size;
         } catch (error) {

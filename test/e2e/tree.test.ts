@@ -120,6 +120,8 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
   let second = '';
   let third = '';
   let height = 0;
+  /** The node that the restore below provisions: its node dir and RPC port. */
+  let restored: { node: string; rpc: number } | undefined;
 
   it('backs up as a tree by default: objects by sha256, then the manifest, index, checksum file and pointer', async () => {
     const r = await run(backupInputs());
@@ -135,6 +137,11 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
     );
     assert.ok(!m.files.some((f) => /\/(cache|tmp)\/|LOCK$|\.sock$/.test(f.path)));
     assert.equal(m.sent.files, new Set(m.files.map((f) => f.sha256)).size, 'everything sent once');
+    // Nothing was stored: no file is read twice on the host, each is hashed as it arrives.
+    assert.match(
+      said(r),
+      new RegExp(`0 files hashed in .*; ${m.files.length} other files \\(nothing is stored yet\\)`),
+    );
     const keys = await s3.listKeys(bucket, 'MainNet/objects/');
     for (const f of m.files) assert.ok(keys.includes(`MainNet/objects/${f.sha256}`), f.path);
     // Published: backup_list names the folder, the pointer names its index and checksum file.
@@ -178,6 +185,14 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
     assert.ok(b.sent.files <= fresh.length, `${b.sent.files} sent, ${fresh.length} new`);
     assert.ok(b.sent.files < b.files.length / 2, `${b.sent.files} of ${b.files.length} sent`);
     assert.match(said(r), /files proven unchanged since MainNet\/\d{8}\/.*\.tree\/manifest\.json/);
+    // The tables written since the first backup are not read twice on the host; the files that
+    // change in place (MANIFEST, journals, wal) are hashed there first.
+    const hashing = /(\d+) files hashed in .*; (\d+) table files new since the last snapshot/.exec(
+      said(r),
+    );
+    assert.ok(hashing, said(r));
+    assert.ok(Number(hashing[2]) > 0, 'new tables hashed as they arrive');
+    assert.ok(Number(hashing[1]) > 0, 'files changed in place hashed on the host');
     // No sweep ran here: the lease alone keeps what the run relies on, with no wait and no check.
     assert.match(said(r), /No sweep of objects ran since 6 h 10 min before this run's lease/);
     const pointer = JSON.parse(await s3.getText(bucket, 'MainNet/MainNet.json')) as Record<
@@ -318,6 +333,23 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
       [],
       'the staging folder is gone once swapped',
     );
+    restored = { node, rpc };
+  });
+
+  it('a backup of the restored node finds its files stored by their sha256 and sends only what it wrote since', async () => {
+    assert.ok(restored, 'the restore ran');
+    const r = await run({
+      mode: 'backup',
+      'data-dir': restored.node,
+      'peer-url': `http://127.0.0.1:${restored.rpc}/admin/chain`,
+    });
+    assert.equal(r.code, 0, said(r));
+    const m = await manifestOf(r.outputs.key as string);
+    // No snapshot of this data dir yet, and objects stored: every file is hashed on the host
+    // first, and those the restore wrote are found stored.
+    assert.match(said(r), /0 files proven unchanged since no earlier snapshot of this host/);
+    assert.match(said(r), new RegExp(`${m.files.length} files hashed in .*; 0 table files new`));
+    assert.ok(m.sent.files < m.files.length / 4, `${m.sent.files} of ${m.files.length} sent`);
   });
 
   it('refuses a tree whose manifest names a path outside the node dir, before anything changes', async () => {

@@ -194,12 +194,13 @@ export async function fetchInto(
   onGo: () => void,
   settings: Settings,
   tree: TreeSource,
-  into: { host: NodeHost; stage: string },
+  into: { host: NodeHost; stage: string; address: string },
 ): Promise<Streamed> {
   const t = performance.now();
   const got = await fetchTree({
     host: into.host,
     stage: into.stage,
+    address: into.address,
     remote,
     onGo,
     items: tree.items,
@@ -208,10 +209,12 @@ export async function fetchInto(
     bytesInFlight: settings.s3.bytesInFlight,
   });
   const seconds = secondsSince(t);
+  const earlier = got.kept - got.fromDataDir;
   const line =
     `${got.files} files fetched (${formatBytes(got.bytes)})` +
-    (got.kept + got.continued > 0
-      ? `, ${got.kept} kept and ${got.continued} continued from an earlier run`
+    (got.fromDataDir > 0 ? `, ${got.fromDataDir} taken from the data dir` : '') +
+    (earlier + got.continued > 0
+      ? `, ${earlier} kept and ${got.continued} continued from an earlier run`
       : '');
   core.info(`${line} in ${formatDuration(seconds)} (${formatRate(got.bytes, seconds)}).`);
   return { bytes: got.bytes, files: got.counted, seconds, line };

@@ -178,7 +178,11 @@ export async function restore(
       `Stream ${snapshotKey} into ${stage}`,
       () =>
         tree
-          ? fetchInto(remote, () => (streamStarted = true), settings, tree, { host, stage })
+          ? fetchInto(remote, () => (streamStarted = true), settings, tree, {
+              host,
+              stage,
+              address: ip,
+            })
           : streamInto(
               remote,
               () => (streamStarted = true),

@@ -123,10 +123,12 @@ const ERRORS_CHECK = [
 /**
  * A `find` in the staging folder that prints (NUL-terminated) every entry that a snapshot of
  * `kind` never has: one outside its roots, anything but a regular file or a directory, a file
- * with more than one name, a file with the setuid, setgid or sticky bit. It looks at what
- * tar made rather than at what the headers said, so it holds whatever tar does with them.
+ * with more than one name (except in a tree's staging folder, `linked`, where the data dir's
+ * tables are linked on purpose; a link in the tar itself is refused by the listing check), a
+ * file with the setuid, setgid or sticky bit. It looks at what tar made rather than at what
+ * the headers said, so it holds whatever tar does with them.
  */
-function treeCheck(kind: Tree): string {
+function treeCheck(kind: Tree, linked: boolean): string {
   const glob = (path: string): string => path.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
   // A root, a folder on the way to one, or anything under one.
   const allowed = new Set<string>();
@@ -148,7 +150,7 @@ function treeCheck(kind: Tree): string {
       entry('-type b', 'a block device'),
       entry('-type p', 'a fifo'),
       entry('! -type f ! -type d', 'neither a file nor a directory'),
-      entry('-type f -links +1', 'a hard link, %n names'),
+      ...(linked ? [] : [entry('-type f -links +1', 'a hard link, %n names')]),
       entry('-type f -perm /7000', 'mode %m: setuid, setgid or sticky'),
     ].map((e) => `-o ${e}`),
   ].join(' ');
@@ -217,7 +219,7 @@ export function extractCommand(
     `esac`,
     // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
     // folder: the runner that would remove it may be gone. A tree's folder is kept: the next
-    // run goes on from the files it holds (see modes/restore-tree.ts).
+    // run goes on from the files it holds (see tree/fetch.ts), some linked from the data dir.
     `stage=${quote(stage)}`,
     ...(options.keep ? [] : [`trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`]),
     `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`,
@@ -238,7 +240,7 @@ export function extractCommand(
     // A root that is a symbolic link passes here, for the tree check to name it.
     ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
     // Names go to the runner's log: whatever is not printable becomes '?'.
-    `found=$(${treeCheck(kind)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
+    `found=$(${treeCheck(kind, options.keep === true)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
     `if [ -n "$found" ]; then refuse "$found"; fi`,
     ...[...kind.roots, ...required].map((d) => `${isDir(d)} || ${missing(d)}`),
     `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,

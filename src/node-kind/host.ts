@@ -22,6 +22,8 @@ export interface Tree {
   identityParent?: string;
   identityGlob?: string;
   placeholder?: string;
+  /** The directory's name for the node at `address`. */
+  identityDir?: (address: string) => string;
 }
 
 /** What a backup found on the host before anything changed. */
@@ -158,6 +160,18 @@ export interface NodeHost {
   sendFiles(dir: string, paths: string[]): Promise<RemoteStream>;
   /** Reads a plain tar from stdin into `stage`, which is kept across runs; starts on its go line. */
   receiveTree(stage: string): RemoteStream;
+  /**
+   * Hard-links into `stage` each table file (`*.ldb`, `*.sst`) of the data dir that `files`
+   * names at the same path with the same size (paths as a snapshot names them; loopchain's
+   * block DB as the node at `address` names it), where `stage` holds none yet. What it linked
+   * is proven, or removed, like the files an earlier run left there. Resolves with the number
+   * of files it tried to link (0: none matched, nothing ran).
+   */
+  linkTables(
+    stage: string,
+    files: Array<{ path: string; size: number }>,
+    address: string,
+  ): Promise<number>;
   /** The regular files already in `stage` (from an earlier run), with their sizes. */
   stagedFiles(stage: string): Promise<Map<string, number>>;
   /** Appends stdin to a file in `stage` from `offset`; resolves with the file's sha256. */

@@ -15,6 +15,8 @@ import { extractCommand } from './extract.js';
 import {
   appendCommand,
   hashFilesCommand,
+  linkInput,
+  linkIntoStageCommand,
   listTreeCommand,
   parseHashes,
   parseListing,
@@ -22,8 +24,10 @@ import {
   removeStagedCommand,
   sendFilesCommand,
   stagedFilesCommand,
+  tableFilesCommand,
   tailsCommand,
 } from './tree-remote.js';
+import { isTableFile } from '../tree/layout.js';
 import {
   manifestsCommand,
   parseSizes,
@@ -44,6 +48,9 @@ export abstract class SshHost {
   protected identityName(): string | undefined {
     return undefined;
   }
+
+  /** The node's data dir on the host. */
+  abstract get dataDir(): string;
 
   /** The prep dir, under which a restore's staging folder is made. */
   protected abstract get prepDir(): string;
@@ -112,6 +119,41 @@ export abstract class SshHost {
 
   receiveTree(stage: string): RemoteStream {
     return this.session.stream(extractCommand(this.tree, this.prepDir, stage, { keep: true }));
+  }
+
+  async linkTables(
+    stage: string,
+    files: Array<{ path: string; size: number }>,
+    address: string,
+  ): Promise<number> {
+    const { identityParent, placeholder, identityDir } = this.tree;
+    const archived = identityParent && placeholder ? `${identityParent}/${placeholder}/` : '';
+    const onHost = (path: string): string =>
+      archived && identityDir && path.startsWith(archived)
+        ? `${identityParent}/${identityDir(address)}/${path.slice(archived.length)}`
+        : path;
+    const wanted = files
+      .filter((f) => isTableFile(f.path))
+      .map((f) => ({ ...f, from: onHost(f.path) }));
+    if (wanted.length === 0) return 0;
+    const roots = [...new Set(wanted.map((w) => w.from.split('/')[0] as string))];
+    const present = parseStaged(
+      await this.session.run(
+        "Listing the data dir's table files",
+        tableFilesCommand(this.dataDir, roots),
+        { maxOutputBytes: 256 * 1024 ** 2, timeoutMs: 30 * 60_000 },
+      ),
+    );
+    const links = wanted
+      .filter((w) => present.get(w.from) === w.size)
+      .map((w) => ({ from: w.from, to: w.path }));
+    if (links.length === 0) return 0;
+    await this.session.run(
+      "Linking the data dir's table files into the staging folder",
+      linkIntoStageCommand(this.dataDir, stage),
+      { stdin: linkInput(links), maxOutputBytes: 256 * 1024 ** 2, timeoutMs: 30 * 60_000 },
+    );
+    return links.length;
   }
 
   async stagedFiles(stage: string): Promise<Map<string, number>> {

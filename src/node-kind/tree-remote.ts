@@ -121,6 +121,64 @@ export function parseStaged(stdout: string): Map<string, number> {
 }
 
 /**
+ * The table files (`*.ldb`, `*.sst`) under `roots` of `dir`, NUL-terminated `SIZE PATH` (read
+ * with parseStaged); nothing for a root, or a `dir`, that is not there.
+ */
+export function tableFilesCommand(dir: string, roots: string[]): string {
+  return bashScript([
+    `cd -- ${quote(dir)} 2>/dev/null || exit 0`,
+    `for r in ${roots.map(quote).join(' ')}; do`,
+    // A table that compaction removes while find reads its folder is no error.
+    `  [ ! -d "$r" ] || find "$r" -type f \\( -name '*.ldb' -o -name '*.sst' \\) -printf '%s %p\\0' 2>/dev/null || true`,
+    `done`,
+    `true`,
+  ]);
+}
+
+/**
+ * Hard-links files of `dir` into folders of `stage`, each under its own name. Stdin holds
+ * NUL-terminated records: `D` and a folder of `stage`, then `F` and a path under `dir` for each
+ * file to link into that folder (see linkInput). A file gone meanwhile, or one that the folder
+ * holds already, is passed over.
+ */
+export function linkIntoStageCommand(dir: string, stage: string): string {
+  return bashScript([
+    `cd -- ${quote(dir)} || exit 0`,
+    `files=(); target=`,
+    `flush() {`,
+    `  [ \${#files[@]} -gt 0 ] || return 0`,
+    `  mkdir -p -- "$target" && ln -t "$target" -- "\${files[@]}" 2>/dev/null || true`,
+    `  files=()`,
+    `}`,
+    `while IFS= read -r -d '' what && IFS= read -r -d '' value; do`,
+    `  if [ "$what" = D ]; then flush; target=${quote(stage)}/$value`,
+    `  else files+=("$value"); [ \${#files[@]} -lt 1000 ] || flush; fi`,
+    `done`,
+    `flush`,
+    `true`,
+  ]);
+}
+
+/** The stdin of linkIntoStageCommand: each file of `dir` (`from`) to link as `to` in the stage. */
+export function linkInput(links: Array<{ from: string; to: string }>): string {
+  const byFolder = new Map<string, string[]>();
+  for (const l of links) {
+    const cut = l.to.lastIndexOf('/');
+    const folder = cut < 0 ? '.' : l.to.slice(0, cut);
+    if (l.from.slice(l.from.lastIndexOf('/') + 1) !== l.to.slice(cut + 1)) {
+      throw new Error(`${l.from} cannot be linked as ${l.to}: the names differ`);
+    }
+    byFolder.set(folder, [...(byFolder.get(folder) ?? []), l.from]);
+  }
+  let out = '';
+  for (const [folder, files] of byFolder) {
+    out += `D\0${folder}\0`;
+    for (const f of files) out += `F\0${f}\0`;
+  }
+  return out;
+}
+
+/**
  * Appends stdin to `path` in `stage` from byte `offset` (what an earlier run wrote of it is
  * kept), once the go line arrives; then prints the file's sha256.
  */

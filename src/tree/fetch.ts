@@ -3,7 +3,9 @@
  * files and bytes on the runner), each checked, and written to the host as one plain tar into
  * a staging folder that outlives a failed run. What an earlier run left there is used: a file
  * complete and proven by its sha256 on the host is kept, a file cut short goes on from its
- * last byte, anything else is removed.
+ * last byte, anything else is removed. So are the data dir's table files that are the
+ * snapshot's by path and size, linked into the staging folder first: a restore onto the node
+ * that the snapshot came from fetches only what changed since.
  */
 import * as core from '@actions/core';
 import { createHash } from 'node:crypto';
@@ -33,6 +35,8 @@ export interface FetchItem {
 export interface FetchOptions {
   host: NodeHost;
   stage: string;
+  /** The node's address, where the kind names its data after it (see NodeHost.linkTables). */
+  address: string;
   /** `host.receiveTree(stage)`, opened ahead: it starts on its go line. */
   remote: RemoteStream;
   onGo: () => void;
@@ -48,6 +52,8 @@ export interface Fetched {
   /** Files an earlier run left complete (proven) and partial (continued). */
   kept: number;
   continued: number;
+  /** Files linked from the data dir and proven. */
+  fromDataDir: number;
   /** What the extraction counted in the staging folder. */
   counted: number;
 }
@@ -57,7 +63,25 @@ const ATTEMPTS = 4;
 export async function fetchTree(o: FetchOptions): Promise<Fetched> {
   const { host, stage } = o;
   const byPath = new Map(o.items.map((i) => [i.path, i]));
-  const staged = await host.stagedFiles(stage);
+  let staged = await host.stagedFiles(stage);
+  // Only our manifests resume, and only they take files from the data dir: the sha256 is what
+  // proves a kept file on the host.
+  const linked = new Set<string>();
+  if (o.items.every((i) => i.sha256 !== undefined)) {
+    const before = staged;
+    const tried = await host.linkTables(
+      stage,
+      o.items.filter((i) => !before.has(i.path)),
+      o.address,
+    );
+    if (tried > 0) {
+      staged = await host.stagedFiles(stage);
+      for (const path of staged.keys()) if (!before.has(path)) linked.add(path);
+      core.info(
+        `${linked.size} table files of the data dir are the snapshot's by path and size: linked into the staging folder, to be proven by their sha256.`,
+      );
+    }
+  }
   const complete: FetchItem[] = [];
   const partial: Array<{ item: FetchItem; have: number }> = [];
   const stray: string[] = [];
@@ -78,9 +102,12 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
       if (hashes.get(item.path) === item.sha256) complete.push(item);
       else stray.push(item.path);
     }
+    const fromDataDir = complete.filter((i) => linked.has(i.path)).length;
+    const differ = linked.size - fromDataDir;
     core.info(
-      `The staging folder holds ${complete.length} complete files of this snapshot from an earlier run ` +
-        `(proven by their sha256), and ${partial.length} cut short: they are kept.`,
+      `The staging folder holds ${complete.length} complete files of this snapshot (proven by their sha256` +
+        `${linked.size > 0 ? `; ${fromDataDir} of them linked from the data dir` : ''}), and ${partial.length} cut short: they are kept.` +
+        `${differ > 0 ? ` ${differ} linked files differ from the snapshot's: they are fetched.` : ''}`,
     );
   }
   if (stray.length > 0) await host.removeStaged(stage, stray);
@@ -211,6 +238,7 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
     bytes: total,
     kept: complete.length,
     continued: partial.length,
+    fromDataDir: complete.filter((i) => linked.has(i.path)).length,
     counted: Number(out.trim().split('\n').at(-1)),
   };
 }

@@ -2,8 +2,9 @@
  * Tree snapshots of an ICON 1 (loopchain) node, end to end on the simulator: `format: tree`
  * backs up the block DB under its placeholder name, a second backup after the node has moved
  * on sends only what changed, a restore onto a fresh host renames the block DB for its IP and
- * the node reaches the height, and retention removes an expired tree, its sweep keeping what
- * the remaining trees name.
+ * the node reaches the height, a restore onto a host that holds the snapshot takes its tables
+ * from the data dir, and retention removes an expired tree, its sweep keeping what the
+ * remaining trees name.
  */
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
@@ -78,6 +79,30 @@ describe('tree snapshots of a loopchain node', () => {
     assert.equal(c.ok, true);
     assert.ok(c.height >= height);
     assert.deepEqual(stagingLeft(join(t.home, 'data')), []);
+  });
+
+  it('restored onto a host that holds the snapshot already, takes every table from its data dir, the block DB by its IP', async () => {
+    const t = await target(join(world.root, 'again-tree/app/prep'));
+    started.push(t);
+    // First the snapshot as it is: the node is not started, so LevelDB compacts nothing.
+    const first = await restoreRun(world, t, { 'node-ip': '10.20.30.42', 'start-node': 'false' });
+    assert.equal(first.main.code, 0, said(first.main));
+    assert.doesNotMatch(said(first.main), /taken from the data dir/);
+    const run = await restoreRun(world, t, { 'node-ip': '10.20.30.42' });
+    assert.equal(run.main.code, 0, said(run.main));
+    const m = await manifestOf(keys[1]!);
+    const tables = m.files.filter((f) => f.path.endsWith('.ldb'));
+    assert.ok(
+      tables.some((f) => f.path.startsWith('.storage/db_CHANGEIP:7100_icon_dex/')),
+      'block DB tables',
+    );
+    assert.match(said(run.main), new RegExp(`, ${tables.length} taken from the data dir`));
+    const fetched = Number(/(\d+) files fetched/.exec(said(run.main))?.[1]);
+    assert.equal(fetched, m.files.length - tables.length, 'only the files that are not tables');
+    await t.stop();
+    const c = await check(t.dataDir);
+    assert.equal(c.ok, true);
+    assert.ok(c.height >= m.blockHeight);
   });
 
   // That the sweep deletes old objects no tree names is tested with an injected clock against

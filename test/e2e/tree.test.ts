@@ -7,13 +7,17 @@
  */
 import assert from 'node:assert/strict';
 import {
+  closeSync,
   copyFileSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
   readdirSync,
   rmSync,
+  statSync,
   writeFileSync,
+  writeSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -120,8 +124,8 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
   let second = '';
   let third = '';
   let height = 0;
-  /** The node that the restore below provisions: its node dir and RPC port. */
-  let restored: { node: string; rpc: number } | undefined;
+  /** The node that the restore below provisions: its node dir, RPC port and restore inputs. */
+  let restored: { node: string; rpc: number; inputs: Record<string, string> } | undefined;
 
   it('backs up as a tree by default: objects by sha256, then the manifest, index, checksum file and pointer', async () => {
     const r = await run(backupInputs());
@@ -333,7 +337,7 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
       [],
       'the staging folder is gone once swapped',
     );
-    restored = { node, rpc };
+    restored = { node, rpc, inputs: restoreInputs };
   });
 
   it('a backup of the restored node finds its files stored by their sha256 and sends only what it wrote since', async () => {
@@ -350,6 +354,42 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
     assert.match(said(r), /0 files proven unchanged since no earlier snapshot of this host/);
     assert.match(said(r), new RegExp(`${m.files.length} files hashed in .*; 0 table files new`));
     assert.ok(m.sent.files < m.files.length / 4, `${m.sent.files} of ${m.files.length} sent`);
+  });
+
+  it('restores onto a node that holds most of the snapshot: its tables are taken from its data dir, a damaged one is fetched', async () => {
+    assert.ok(restored, 'the restore ran');
+    // The running node's biggest table (ballast, which goloop never reads) damaged in its middle:
+    // the same path and size as the snapshot's, not the same bytes.
+    const db = join(restored.node, g.cid, 'db');
+    const nid = readdirSync(db).find((n) =>
+      readdirSync(join(db, n)).some((f) => f.endsWith('.ldb')),
+    );
+    assert.ok(nid, 'a database folder');
+    const [victim] = readdirSync(join(db, nid))
+      .filter((f) => f.endsWith('.ldb'))
+      .map((f) => ({ f, size: statSync(join(db, nid, f)).size }))
+      .sort((a, b) => b.size - a.size);
+    assert.ok(victim && victim.size > 1024 * 1024, 'a table of some size');
+    const fd = openSync(join(db, nid, victim.f), 'r+');
+    writeSync(fd, Buffer.alloc(64, 0x55), 0, 64, Math.floor(victim.size / 2));
+    closeSync(fd);
+
+    // The newest snapshot: the backup of this very node, just above.
+    const r = await run({ ...restored.inputs, 'stop-node': 'true' });
+    assert.equal(r.code, 0, said(r));
+    const m = await manifestOf(r.outputs.key as string);
+    const linked = Number(
+      /(\d+) table files of the data dir are the snapshot's/.exec(said(r))?.[1],
+    );
+    assert.ok(linked > m.files.length / 2, `${linked} of ${m.files.length} linked`);
+    assert.match(said(r), /1 linked files differ from the snapshot's: they are fetched/);
+    assert.match(said(r), new RegExp(`, ${linked - 1} taken from the data dir`));
+    const fetched = Number(/(\d+) files fetched/.exec(said(r))?.[1]);
+    assert.equal(fetched, m.files.length - (linked - 1), 'the rest fetched');
+    const rpcUrl = `http://127.0.0.1:${restored.rpc}/api/v3/icon_dex`;
+    assert.equal(await blockHashAt(rpcUrl, m.blockHeight), m.facts.blockHash);
+    const fixed = statSync(join(db, nid, victim.f), { throwIfNoEntry: false });
+    assert.ok(!fixed || fixed.size === victim.size);
   });
 
   it('refuses a tree whose manifest names a path outside the node dir, before anything changes', async () => {

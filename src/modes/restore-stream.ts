@@ -194,13 +194,13 @@ export async function fetchInto(
   onGo: () => void,
   settings: Settings,
   tree: TreeSource,
-  into: { host: NodeHost; stage: string; address: string },
+  into: { host: NodeHost; stage: string; inDataDir: { paths: string[]; address: string } },
 ): Promise<Streamed> {
   const t = performance.now();
   const got = await fetchTree({
     host: into.host,
     stage: into.stage,
-    address: into.address,
+    inDataDir: into.inDataDir,
     remote,
     onGo,
     items: tree.items,

@@ -121,7 +121,7 @@ export async function restore(
   let streamStarted = false;
   let swap: PreparedStep | undefined;
   try {
-    const { ip, decoder } = await core.group('Check the host', async () => {
+    const { ip, decoder, inDataDir } = await core.group('Check the host', async () => {
       const probe = await host.checkForRestore({ nodeIp: opts.nodeIp });
       const running = probe.running;
       if (running && !opts.stopNode) throw runningRefused(ssh.host, running);
@@ -133,14 +133,29 @@ export async function restore(
       // What this snapshot's own staging folder holds from an earlier run is kept, or removed
       // to make room: either way it is not needed twice.
       const resumed = probe.stages.find((s) => s.path === stage)?.bytes ?? 0;
+      // A tree of ours onto a data dir that holds tables of it: those are linked into the
+      // staging folder once their sha256 proves them (tree/fetch.ts), and take no more room.
+      const inDataDir =
+        tree?.proven && probe.dataDirPresent
+          ? await host.tablesInDataDir(tree.items, probe.address)
+          : [];
+      const sizes = new Map(tree?.items.map((i) => [i.path, i.size]));
+      const local = inDataDir.reduce((sum, p) => sum + (sizes.get(p) ?? 0), 0);
+      if (inDataDir.length > 0) {
+        core.info(
+          `${inDataDir.length} table files of the data dir (${formatBytes(local)}) have the snapshot's paths and sizes: ` +
+            `once their sha256 proves them they are linked, not fetched.`,
+        );
+      }
       const needed =
-        (tree?.bytes ?? manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
+        (tree ? tree.bytes - local : (manifest?.uncompressedBytes ?? size * 1.2)) +
+        opts.diskMarginBytes;
       const free = probe.freeBytes + freed + resumed;
       if (free < needed) {
         throw new HostError(
           `${parent} has ${formatBytes(free)} free${resumed > 0 ? ` (counting the ${formatBytes(resumed)} that this snapshot's staging folder holds)` : ''}; ` +
             `the snapshot needs ${formatBytes(needed)} ` +
-            `(its ${manifest || tree ? '' : 'estimated '}size plus 'disk-margin'). Free some space and run again.`,
+            `(its ${manifest || tree ? '' : 'estimated '}size${local > 0 ? `, less the ${formatBytes(local)} of tables it may link from the data dir,` : ''} plus 'disk-margin'). Free some space and run again.`,
         );
       }
       hadPrevious = probe.dataDirPresent;
@@ -166,7 +181,7 @@ export async function restore(
             `stopped only for the swap.`,
         );
       }
-      return { ip: address, decoder };
+      return { ip: address, decoder, inDataDir };
     });
 
     // The swap waits on the host from now on, for the word that the archive proved whole.
@@ -181,7 +196,7 @@ export async function restore(
           ? fetchInto(remote, () => (streamStarted = true), settings, tree, {
               host,
               stage,
-              address: ip,
+              inDataDir: { paths: inDataDir, address: ip },
             })
           : streamInto(
               remote,

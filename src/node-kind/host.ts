@@ -161,17 +161,17 @@ export interface NodeHost {
   /** Reads a plain tar from stdin into `stage`, which is kept across runs; starts on its go line. */
   receiveTree(stage: string): RemoteStream;
   /**
-   * Hard-links into `stage` each table file (`*.ldb`, `*.sst`) of the data dir that `files`
-   * names at the same path with the same size (paths as a snapshot names them; loopchain's
-   * block DB as the node at `address` names it), where `stage` holds none yet. What it linked
-   * is proven, or removed, like the files an earlier run left there. Resolves with the number
-   * of files it tried to link (0: none matched, nothing ran).
+   * Of `files` (paths as a snapshot names them), the table files (`*.ldb`, `*.sst`) that the
+   * data dir holds at the same path with the same size (loopchain's block DB as the node at
+   * `address` names it): their paths. Written once and never changed, they may be the
+   * snapshot's own; the sha256 says, once they are linked (linkTables).
    */
-  linkTables(
-    stage: string,
-    files: Array<{ path: string; size: number }>,
-    address: string,
-  ): Promise<number>;
+  tablesInDataDir(files: Array<{ path: string; size: number }>, address: string): Promise<string[]>;
+  /**
+   * Hard-links those tables into `stage` under the snapshot's paths, where it holds none yet.
+   * They are proven, or removed, like the files an earlier run left there.
+   */
+  linkTables(stage: string, paths: string[], address: string): Promise<void>;
   /** The regular files already in `stage` (from an earlier run), with their sizes. */
   stagedFiles(stage: string): Promise<Map<string, number>>;
   /** Appends stdin to a file in `stage` from `offset`; resolves with the file's sha256. */

@@ -121,21 +121,14 @@ export abstract class SshHost {
     return this.session.stream(extractCommand(this.tree, this.prepDir, stage, { keep: true }));
   }
 
-  async linkTables(
-    stage: string,
+  async tablesInDataDir(
     files: Array<{ path: string; size: number }>,
     address: string,
-  ): Promise<number> {
-    const { identityParent, placeholder, identityDir } = this.tree;
-    const archived = identityParent && placeholder ? `${identityParent}/${placeholder}/` : '';
-    const onHost = (path: string): string =>
-      archived && identityDir && path.startsWith(archived)
-        ? `${identityParent}/${identityDir(address)}/${path.slice(archived.length)}`
-        : path;
+  ): Promise<string[]> {
     const wanted = files
       .filter((f) => isTableFile(f.path))
-      .map((f) => ({ ...f, from: onHost(f.path) }));
-    if (wanted.length === 0) return 0;
+      .map((f) => ({ ...f, from: this.onHost(f.path, address) }));
+    if (wanted.length === 0) return [];
     const roots = [...new Set(wanted.map((w) => w.from.split('/')[0] as string))];
     const present = parseStaged(
       await this.session.run(
@@ -144,16 +137,28 @@ export abstract class SshHost {
         { maxOutputBytes: 256 * 1024 ** 2, timeoutMs: 30 * 60_000 },
       ),
     );
-    const links = wanted
-      .filter((w) => present.get(w.from) === w.size)
-      .map((w) => ({ from: w.from, to: w.path }));
-    if (links.length === 0) return 0;
+    return wanted.filter((w) => present.get(w.from) === w.size).map((w) => w.path);
+  }
+
+  async linkTables(stage: string, paths: string[], address: string): Promise<void> {
+    if (paths.length === 0) return;
     await this.session.run(
       "Linking the data dir's table files into the staging folder",
       linkIntoStageCommand(this.dataDir, stage),
-      { stdin: linkInput(links), maxOutputBytes: 256 * 1024 ** 2, timeoutMs: 30 * 60_000 },
+      {
+        stdin: linkInput(paths.map((p) => ({ from: this.onHost(p, address), to: p }))),
+        timeoutMs: 30 * 60_000,
+      },
     );
-    return links.length;
+  }
+
+  /** A snapshot's path as the data dir has it: loopchain's block DB under the node's address. */
+  private onHost(path: string, address: string): string {
+    const { identityParent, placeholder, identityDir } = this.tree;
+    const archived = identityParent && placeholder ? `${identityParent}/${placeholder}/` : '';
+    return archived && identityDir && path.startsWith(archived)
+      ? `${identityParent}/${identityDir(address)}/${path.slice(archived.length)}`
+      : path;
   }
 
   async stagedFiles(stage: string): Promise<Map<string, number>> {

@@ -35,8 +35,8 @@ export interface FetchItem {
 export interface FetchOptions {
   host: NodeHost;
   stage: string;
-  /** The node's address, where the kind names its data after it (see NodeHost.linkTables). */
-  address: string;
+  /** Tables of the data dir that may be the snapshot's (NodeHost.tablesInDataDir), for `address`. */
+  inDataDir: { paths: string[]; address: string };
   /** `host.receiveTree(stage)`, opened ahead: it starts on its go line. */
   remote: RemoteStream;
   onGo: () => void;
@@ -67,20 +67,15 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
   // Only our manifests resume, and only they take files from the data dir: the sha256 is what
   // proves a kept file on the host.
   const linked = new Set<string>();
-  if (o.items.every((i) => i.sha256 !== undefined)) {
+  const linkable = o.inDataDir.paths.filter((p) => byPath.get(p)?.sha256 && !staged.has(p));
+  if (linkable.length > 0) {
     const before = staged;
-    const tried = await host.linkTables(
-      stage,
-      o.items.filter((i) => !before.has(i.path)),
-      o.address,
+    await host.linkTables(stage, linkable, o.inDataDir.address);
+    staged = await host.stagedFiles(stage);
+    for (const path of staged.keys()) if (!before.has(path)) linked.add(path);
+    core.info(
+      `${linked.size} table files of the data dir are the snapshot's by path and size: linked into the staging folder, to be proven by their sha256.`,
     );
-    if (tried > 0) {
-      staged = await host.stagedFiles(stage);
-      for (const path of staged.keys()) if (!before.has(path)) linked.add(path);
-      core.info(
-        `${linked.size} table files of the data dir are the snapshot's by path and size: linked into the staging folder, to be proven by their sha256.`,
-      );
-    }
   }
   const complete: FetchItem[] = [];
   const partial: Array<{ item: FetchItem; have: number }> = [];

@@ -93444,10 +93444,12 @@ const ERRORS_CHECK = [
 /**
  * A `find` in the staging folder that prints (NUL-terminated) every entry that a snapshot of
  * `kind` never has: one outside its roots, anything but a regular file or a directory, a file
- * with more than one name, a file with the setuid, setgid or sticky bit. It looks at what
- * tar made rather than at what the headers said, so it holds whatever tar does with them.
+ * with more than one name (except in a tree's staging folder, `linked`, where the data dir's
+ * tables are linked on purpose; a link in the tar itself is refused by the listing check), a
+ * file with the setuid, setgid or sticky bit. It looks at what tar made rather than at what
+ * the headers said, so it holds whatever tar does with them.
  */
-function treeCheck(kind) {
+function treeCheck(kind, linked) {
     const glob = (path) => path.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
     // A root, a folder on the way to one, or anything under one.
     const allowed = new Set();
@@ -93468,7 +93470,7 @@ function treeCheck(kind) {
             entry('-type b', 'a block device'),
             entry('-type p', 'a fifo'),
             entry('! -type f ! -type d', 'neither a file nor a directory'),
-            entry('-type f -links +1', 'a hard link, %n names'),
+            ...(linked ? [] : [entry('-type f -links +1', 'a hard link, %n names')]),
             entry('-type f -perm /7000', 'mode %m: setuid, setgid or sticky'),
         ].map((e) => `-o ${e}`),
     ].join(' ');
@@ -93528,7 +93530,7 @@ function extractCommand(kind, prepDir, stage, options = {}) {
         `esac`,
         // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
         // folder: the runner that would remove it may be gone. A tree's folder is kept: the next
-        // run goes on from the files it holds (see modes/restore-tree.ts).
+        // run goes on from the files it holds (see tree/fetch.ts), some linked from the data dir.
         `stage=${quote(stage)}`,
         ...(options.keep ? [] : [`trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`]),
         `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`,
@@ -93549,7 +93551,7 @@ function extractCommand(kind, prepDir, stage, options = {}) {
         // A root that is a symbolic link passes here, for the tree check to name it.
         ...kind.roots.map((r) => `[ -d ${quote(r)} ] || ${missing(r)}`),
         // Names go to the runner's log: whatever is not printable becomes '?'.
-        `found=$(${treeCheck(kind)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
+        `found=$(${treeCheck(kind, options.keep === true)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
         `if [ -n "$found" ]; then refuse "$found"; fi`,
         ...[...kind.roots, ...required].map((d) => `${isDir(d)} || ${missing(d)}`),
         `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
@@ -94135,6 +94137,8 @@ function checkTreeManifest(m, key) {
             bad(`it names the directory '${String(d).slice(0, 200)}'`);
     return m;
 }
+/** A LevelDB or goleveldb table file: written once, never changed, removed when compacted. */
+const isTableFile = (path) => /\.(ldb|sst)$/.test(path);
 /**
  * The sha256 of a file already stored by the previous snapshot of the same host, if its
  * listing allows it; undefined when it must be read and hashed. What proves it (the caller
@@ -94148,7 +94152,7 @@ function checkTreeManifest(m, key) {
  * hashed.
  */
 function reusable(now, before) {
-    if (!before || !/\.(ldb|sst)$/.test(now.path))
+    if (!before || !isTableFile(now.path))
         return undefined;
     if (before.ino === undefined || before.mtime === undefined)
         return undefined;
@@ -94756,6 +94760,62 @@ function parseStaged(stdout) {
     return out;
 }
 /**
+ * The table files (`*.ldb`, `*.sst`) under `roots` of `dir`, NUL-terminated `SIZE PATH` (read
+ * with parseStaged); nothing for a root, or a `dir`, that is not there.
+ */
+function tableFilesCommand(dir, roots) {
+    return bashScript([
+        `cd -- ${quote(dir)} 2>/dev/null || exit 0`,
+        `for r in ${roots.map(quote).join(' ')}; do`,
+        // A table that compaction removes while find reads its folder is no error.
+        `  [ ! -d "$r" ] || find "$r" -type f \\( -name '*.ldb' -o -name '*.sst' \\) -printf '%s %p\\0' 2>/dev/null || true`,
+        `done`,
+        `true`,
+    ]);
+}
+/**
+ * Hard-links files of `dir` into folders of `stage`, each under its own name. Stdin holds
+ * NUL-terminated records: `D` and a folder of `stage`, then `F` and a path under `dir` for each
+ * file to link into that folder (see linkInput). A file gone meanwhile, or one that the folder
+ * holds already, is passed over.
+ */
+function linkIntoStageCommand(dir, stage) {
+    return bashScript([
+        `cd -- ${quote(dir)} || exit 0`,
+        `files=(); target=`,
+        `flush() {`,
+        `  [ \${#files[@]} -gt 0 ] || return 0`,
+        `  mkdir -p -- "$target" && ln -t "$target" -- "\${files[@]}" 2>/dev/null || true`,
+        `  files=()`,
+        `}`,
+        `while IFS= read -r -d '' what && IFS= read -r -d '' value; do`,
+        `  if [ "$what" = D ]; then flush; target=${quote(stage)}/$value`,
+        `  else files+=("$value"); [ \${#files[@]} -lt 1000 ] || flush; fi`,
+        `done`,
+        `flush`,
+        `true`,
+    ]);
+}
+/** The stdin of linkIntoStageCommand: each file of `dir` (`from`) to link as `to` in the stage. */
+function linkInput(links) {
+    const byFolder = new Map();
+    for (const l of links) {
+        const cut = l.to.lastIndexOf('/');
+        const folder = cut < 0 ? '.' : l.to.slice(0, cut);
+        if (l.from.slice(l.from.lastIndexOf('/') + 1) !== l.to.slice(cut + 1)) {
+            throw new Error(`${l.from} cannot be linked as ${l.to}: the names differ`);
+        }
+        byFolder.set(folder, [...(byFolder.get(folder) ?? []), l.from]);
+    }
+    let out = '';
+    for (const [folder, files] of byFolder) {
+        out += `D\0${folder}\0`;
+        for (const f of files)
+            out += `F\0${f}\0`;
+    }
+    return out;
+}
+/**
  * Appends stdin to `path` in `stage` from byte `offset` (what an earlier run wrote of it is
  * kept), once the go line arrives; then prints the file's sha256.
  */
@@ -94780,6 +94840,7 @@ function removeStagedCommand(stage) {
  * its snapshot (`tree`): the frozen copy settled and measured, the stat digest, a step opened
  * ahead that waits for its line, and removals.
  */
+
 
 
 
@@ -94849,6 +94910,32 @@ class SshHost {
     }
     receiveTree(stage) {
         return this.session.stream(extractCommand(this.tree, this.prepDir, stage, { keep: true }));
+    }
+    async tablesInDataDir(files, address) {
+        const wanted = files
+            .filter((f) => isTableFile(f.path))
+            .map((f) => ({ ...f, from: this.onHost(f.path, address) }));
+        if (wanted.length === 0)
+            return [];
+        const roots = [...new Set(wanted.map((w) => w.from.split('/')[0]))];
+        const present = parseStaged(await this.session.run("Listing the data dir's table files", tableFilesCommand(this.dataDir, roots), { maxOutputBytes: 256 * 1024 ** 2, timeoutMs: 30 * 60_000 }));
+        return wanted.filter((w) => present.get(w.from) === w.size).map((w) => w.path);
+    }
+    async linkTables(stage, paths, address) {
+        if (paths.length === 0)
+            return;
+        await this.session.run("Linking the data dir's table files into the staging folder", linkIntoStageCommand(this.dataDir, stage), {
+            stdin: linkInput(paths.map((p) => ({ from: this.onHost(p, address), to: p }))),
+            timeoutMs: 30 * 60_000,
+        });
+    }
+    /** A snapshot's path as the data dir has it: loopchain's block DB under the node's address. */
+    onHost(path, address) {
+        const { identityParent, placeholder, identityDir } = this.tree;
+        const archived = identityParent && placeholder ? `${identityParent}/${placeholder}/` : '';
+        return archived && identityDir && path.startsWith(archived)
+            ? `${identityParent}/${identityDir(address)}/${path.slice(archived.length)}`
+            : path;
     }
     async stagedFiles(stage) {
         return parseStaged(await this.session.run('Reading the staging folder', stagedFilesCommand(stage), {
@@ -97752,10 +97839,12 @@ async function listLevel(client, bucket, folder) {
 ;// CONCATENATED MODULE: ./src/tree/send.ts
 /**
  * A tree backup's transfer: the files whose objects are missing come from the host as one
- * plain tar over SSH; each is checked against the sha256 the host computed and put under it.
- * Many files are in flight to S3 at once, within a budget of files and bytes held on the
- * runner; a file larger than its share of the budget goes up alone, as a multipart upload,
- * while the tar waits.
+ * plain tar over SSH and are put under their sha256. Where the host hashed a file first, the
+ * bytes that arrive are checked against that hash; a file the host did not hash (one held
+ * whole on the runner, see `heldWhole`) is named by the hash of what arrived. Many files are
+ * in flight to S3 at once, within a budget of files and bytes held on the runner; a file
+ * larger than its share of the budget goes up alone, as a multipart upload, while the tar
+ * waits: its key is needed before its bytes, so the host must have hashed it.
  */
 
 
@@ -97795,14 +97884,22 @@ class Budget {
         return this.files === 0;
     }
 }
+/**
+ * Whether a file of `size` bytes is held whole on the runner before it is put (true), or goes
+ * up alone, streamed as a multipart upload under a key known before its bytes (false).
+ */
+function heldWhole(size, bytesInFlight) {
+    return size <= Math.max(8 * 1024 ** 2, Math.floor(bytesInFlight / 4));
+}
 async function sendFiles(o) {
     if (o.files.length === 0)
         return { files: 0, bytes: 0 };
+    const unhashed = o.files.find((f) => !f.sha256 && !heldWhole(f.entry.size, o.bytesInFlight));
+    if (unhashed)
+        throw new Error(`${unhashed.entry.path} is streamed alone: it needs the host's hash`);
     const total = o.files.reduce((s, f) => s + f.entry.size, 0);
     const progress = new FileProgress('Upload', o.files.length, total);
     const budget = new Budget(o.filesInFlight, o.bytesInFlight);
-    // A file bigger than this goes up on its own, streamed: never held whole.
-    const alone = Math.max(8 * 1024 ** 2, Math.floor(o.bytesInFlight / 4));
     const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
     const remote = await o.host.sendFiles(o.dir, o.files.map((f) => f.entry.hostPath));
     let failure;
@@ -97828,7 +97925,7 @@ async function sendFiles(o) {
             }
             byPath.delete(member.name);
             const { entry, sha256 } = file;
-            if (entry.size > alone) {
+            if (sha256 && !heldWhole(entry.size, o.bytesInFlight)) {
                 // Alone: the uploads in flight finish first, then this one streams.
                 await Promise.all(uploads);
                 if (failure)
@@ -97847,12 +97944,12 @@ async function sendFiles(o) {
             const upload = (async () => {
                 try {
                     const actual = (0,external_node_crypto_.createHash)('sha256').update(body).digest('hex');
-                    if (actual !== sha256)
+                    if (sha256 && actual !== sha256)
                         throw changedError(entry.path, sha256, actual);
                     const tail = new TailHasher();
                     tail.update(body);
-                    await putObject(o.client, o.bucket, o.prefix, sha256, body);
-                    o.onStored(entry, sha256, await tail.digest());
+                    await putObject(o.client, o.bucket, o.prefix, actual, body);
+                    o.onStored(entry, actual, await tail.digest());
                     progress.files++;
                     progress.bytes += entry.size;
                 }
@@ -97945,7 +98042,8 @@ async function uploadStreamed(o, reader, entry, sha256) {
 ;// CONCATENATED MODULE: ./src/modes/backup-tree.ts
 /**
  * The tree part of mode: backup, once the copy is frozen: list its files, prove which are
- * stored already, hash the others on the host, send those whose content is missing, check
+ * stored already, hash on the host those that may be stored under another name, send those
+ * whose content is missing (hashed as they arrive where the host did not hash them), check
  * that every object the snapshot names exists, then publish its manifest, index and checksum
  * file, backup_list and the pointer. See tree/layout.ts for the bucket's layout.
  */
@@ -98039,12 +98137,33 @@ async function backupWithLease(a, lease) {
         info(`${stored.size} objects stored; ${done.size} files proven unchanged since ` +
             `${previous ? previous.key : 'no earlier snapshot of this host'}` +
             `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`);
-        return { stored, done, unproven, tails: tailOf, journals, leasedWall };
+        return {
+            stored,
+            done,
+            unproven,
+            tails: tailOf,
+            journals,
+            leasedWall,
+            hasPrevious: previous !== undefined,
+            known: new Set(before.keys()),
+        };
     });
+    // Hashing a file on the host reads it there once more; that pays only where its object may
+    // be stored already, under another name (a node restored from this bucket, a file moved, a
+    // run cut short whose journal was not written). It does not when nothing is stored yet, nor
+    // for a table file that appeared since this host's last snapshot: it holds data that no
+    // snapshot has seen. Such a file, when it is held whole on the runner, is hashed there as
+    // it arrives. A wrong guess costs bytes sent again, never a wrong object: every key is the
+    // hash of the bytes put under it.
+    const unseen = (e) => plan.stored.size === 0 || (plan.hasPrevious && isTableFile(e.path) && !plan.known.has(e.path));
+    const hashFirst = plan.unproven.filter((e) => !unseen(e) || !heldWhole(e.size, settings.s3.bytesInFlight));
+    const hashedFirst = new Set(hashFirst);
     const t = performance.now();
-    const hashes = await group('Hash the other files on the host', async () => {
-        const h = await host.hashFiles(a.dir, plan.unproven.map((e) => e.hostPath));
-        info(`${h.size} files hashed in ${formatDuration(secondsSince(t))} (${formatBytes(plan.unproven.reduce((s, e) => s + e.size, 0))}).`);
+    const hashes = await group('Hash on the host the files that may be stored', async () => {
+        const h = await host.hashFiles(a.dir, hashFirst.map((e) => e.hostPath));
+        const unhashed = plan.unproven.length - hashFirst.length;
+        info(`${h.size} files hashed in ${formatDuration(secondsSince(t))} (${formatBytes(hashFirst.reduce((s, e) => s + e.size, 0))}); ` +
+            `${unhashed} ${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'table files new since the last snapshot'} are hashed as they arrive.`);
         return h;
     });
     a.timings.hash = secondsSince(t);
@@ -98054,9 +98173,12 @@ async function backupWithLease(a, lease) {
     const storedAlready = [];
     for (const e of plan.unproven) {
         const sha = hashes.get(e.hostPath);
-        if (!sha)
-            throw new Error(`the host gave no sha256 for ${e.hostPath}`);
-        if (plan.stored.get(sha) === e.size) {
+        if (!sha) {
+            if (hashedFirst.has(e))
+                throw new Error(`the host gave no sha256 for ${e.hostPath}`);
+            toSend.push({ entry: e });
+        }
+        else if (plan.stored.get(sha) === e.size) {
             storedAlready.push({ e, sha });
         }
         else if (sending.has(sha)) {
@@ -99423,7 +99545,9 @@ async function foreignTree(pointerUrl, channel, timing = {}) {
  * files and bytes on the runner), each checked, and written to the host as one plain tar into
  * a staging folder that outlives a failed run. What an earlier run left there is used: a file
  * complete and proven by its sha256 on the host is kept, a file cut short goes on from its
- * last byte, anything else is removed.
+ * last byte, anything else is removed. So are the data dir's table files that are the
+ * snapshot's by path and size, linked into the staging folder first: a restore onto the node
+ * that the snapshot came from fetches only what changed since.
  */
 
 
@@ -99438,7 +99562,20 @@ const ATTEMPTS = 4;
 async function fetchTree(o) {
     const { host, stage } = o;
     const byPath = new Map(o.items.map((i) => [i.path, i]));
-    const staged = await host.stagedFiles(stage);
+    let staged = await host.stagedFiles(stage);
+    // Only our manifests resume, and only they take files from the data dir: the sha256 is what
+    // proves a kept file on the host.
+    const linked = new Set();
+    const linkable = o.inDataDir.paths.filter((p) => byPath.get(p)?.sha256 && !staged.has(p));
+    if (linkable.length > 0) {
+        const before = staged;
+        await host.linkTables(stage, linkable, o.inDataDir.address);
+        staged = await host.stagedFiles(stage);
+        for (const path of staged.keys())
+            if (!before.has(path))
+                linked.add(path);
+        info(`${linked.size} table files of the data dir are the snapshot's by path and size: linked into the staging folder, to be proven by their sha256.`);
+    }
     const complete = [];
     const partial = [];
     const stray = [];
@@ -99462,8 +99599,11 @@ async function fetchTree(o) {
             else
                 stray.push(item.path);
         }
-        info(`The staging folder holds ${complete.length} complete files of this snapshot from an earlier run ` +
-            `(proven by their sha256), and ${partial.length} cut short: they are kept.`);
+        const fromDataDir = complete.filter((i) => linked.has(i.path)).length;
+        const differ = linked.size - fromDataDir;
+        info(`The staging folder holds ${complete.length} complete files of this snapshot (proven by their sha256` +
+            `${linked.size > 0 ? `; ${fromDataDir} of them linked from the data dir` : ''}), and ${partial.length} cut short: they are kept.` +
+            `${differ > 0 ? ` ${differ} linked files differ from the snapshot's: they are fetched.` : ''}`);
     }
     if (stray.length > 0)
         await host.removeStaged(stage, stray);
@@ -99591,6 +99731,7 @@ async function fetchTree(o) {
         bytes: total,
         kept: complete.length,
         continued: partial.length,
+        fromDataDir: complete.filter((i) => linked.has(i.path)).length,
         counted: Number(out.trim().split('\n').at(-1)),
     };
 }
@@ -99786,6 +99927,7 @@ async function fetchInto(remote, onGo, settings, tree, into) {
     const got = await fetchTree({
         host: into.host,
         stage: into.stage,
+        inDataDir: into.inDataDir,
         remote,
         onGo,
         items: tree.items,
@@ -99794,9 +99936,11 @@ async function fetchInto(remote, onGo, settings, tree, into) {
         bytesInFlight: settings.s3.bytesInFlight,
     });
     const seconds = secondsSince(t);
+    const earlier = got.kept - got.fromDataDir;
     const line = `${got.files} files fetched (${formatBytes(got.bytes)})` +
-        (got.kept + got.continued > 0
-            ? `, ${got.kept} kept and ${got.continued} continued from an earlier run`
+        (got.fromDataDir > 0 ? `, ${got.fromDataDir} taken from the data dir` : '') +
+        (earlier + got.continued > 0
+            ? `, ${earlier} kept and ${got.continued} continued from an earlier run`
             : '');
     info(`${line} in ${formatDuration(seconds)} (${formatRate(got.bytes, seconds)}).`);
     return { bytes: got.bytes, files: got.counted, seconds, line };
@@ -99889,7 +100033,7 @@ async function restore(settings, connect = connectNode) {
     let streamStarted = false;
     let swap;
     try {
-        const { ip, decoder } = await group('Check the host', async () => {
+        const { ip, decoder, inDataDir } = await group('Check the host', async () => {
             const probe = await host.checkForRestore({ nodeIp: opts.nodeIp });
             const running = probe.running;
             if (running && !opts.stopNode)
@@ -99902,12 +100046,24 @@ async function restore(settings, connect = connectNode) {
             // What this snapshot's own staging folder holds from an earlier run is kept, or removed
             // to make room: either way it is not needed twice.
             const resumed = probe.stages.find((s) => s.path === stage)?.bytes ?? 0;
-            const needed = (tree?.bytes ?? manifest?.uncompressedBytes ?? size * 1.2) + opts.diskMarginBytes;
+            // A tree of ours onto a data dir that holds tables of it: those are linked into the
+            // staging folder once their sha256 proves them (tree/fetch.ts), and take no more room.
+            const inDataDir = tree?.proven && probe.dataDirPresent
+                ? await host.tablesInDataDir(tree.items, probe.address)
+                : [];
+            const sizes = new Map(tree?.items.map((i) => [i.path, i.size]));
+            const local = inDataDir.reduce((sum, p) => sum + (sizes.get(p) ?? 0), 0);
+            if (inDataDir.length > 0) {
+                info(`${inDataDir.length} table files of the data dir (${formatBytes(local)}) have the snapshot's paths and sizes: ` +
+                    `once their sha256 proves them they are linked, not fetched.`);
+            }
+            const needed = (tree ? tree.bytes - local : (manifest?.uncompressedBytes ?? size * 1.2)) +
+                opts.diskMarginBytes;
             const free = probe.freeBytes + freed + resumed;
             if (free < needed) {
                 throw new HostError(`${parent} has ${formatBytes(free)} free${resumed > 0 ? ` (counting the ${formatBytes(resumed)} that this snapshot's staging folder holds)` : ''}; ` +
                     `the snapshot needs ${formatBytes(needed)} ` +
-                    `(its ${manifest || tree ? '' : 'estimated '}size plus 'disk-margin'). Free some space and run again.`);
+                    `(its ${manifest || tree ? '' : 'estimated '}size${local > 0 ? `, less the ${formatBytes(local)} of tables it may link from the data dir,` : ''} plus 'disk-margin'). Free some space and run again.`);
             }
             hadPrevious = probe.dataDirPresent;
             const compression = chosen?.name.compression;
@@ -99927,7 +100083,7 @@ async function restore(settings, connect = connectNode) {
                 info(`The node runs (${running}): it goes on serving on its current data while the snapshot streams, and is ` +
                     `stopped only for the swap.`);
             }
-            return { ip: address, decoder };
+            return { ip: address, decoder, inDataDir };
         });
         // The swap waits on the host from now on, for the word that the archive proved whole.
         swap = host.swap(stage, previous, ip, node.watchdogFlag);
@@ -99936,7 +100092,11 @@ async function restore(settings, connect = connectNode) {
         if (!tree?.proven)
             saveState(State.StagingDir, stage);
         const streamed = await group(`Stream ${snapshotKey} into ${stage}`, () => tree
-            ? fetchInto(remote, () => (streamStarted = true), settings, tree, { host, stage })
+            ? fetchInto(remote, () => (streamStarted = true), settings, tree, {
+                host,
+                stage,
+                inDataDir: { paths: inDataDir, address: ip },
+            })
             : streamInto(remote, () => (streamStarted = true), client, settings, snapshotKey, { host, stage, decoder }, size, manifest?.sha256));
         timings.stream = streamed.seconds;
         if (manifest && streamed.sha256 !== manifest.sha256) {

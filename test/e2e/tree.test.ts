@@ -383,13 +383,13 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
     );
     assert.ok(linked > m.files.length / 2, `${linked} of ${m.files.length} linked`);
     assert.match(said(r), /1 linked files differ from the snapshot's: they are fetched/);
-    // The disk check counted them: they take no more room.
-    assert.match(
-      said(r),
-      new RegExp(
-        `${linked} table files of the data dir \\([^)]+\\) have the snapshot's paths and sizes`,
-      ),
+    // The disk check counted them (and any that the running node compacted away meanwhile).
+    const found = Number(
+      /(\d+) table files of the data dir \([^)]+\) have the snapshot's paths and sizes/.exec(
+        said(r),
+      )?.[1],
     );
+    assert.ok(found >= linked, `${found} found at the check, ${linked} linked`);
     assert.match(said(r), new RegExp(`, ${linked - 1} taken from the data dir`));
     const fetched = Number(/(\d+) files fetched/.exec(said(r))?.[1]);
     assert.equal(fetched, m.files.length - (linked - 1), 'the rest fetched');

@@ -1,5 +1,6 @@
 /** What the churn part records. */
 import type { GoloopBackupFigures, GoloopRestoreFigures, Who } from '../goloop/figures.js';
+import type { OntoSourceFigures } from '../goloop/ours.js';
 import type { LoadFigures, NewTables } from './load.js';
 
 export interface ChurnFigures {
@@ -15,6 +16,8 @@ export interface ChurnFigures {
   atSecond?: NewTables;
   /** After the churn: ours as a tree, as an archive, then theirs (a full backup again). */
   second: Partial<Record<Who, GoloopBackupFigures>>;
+  /** The second tree restored onto the node it came from, which ran on after it. */
+  ontoSource?: OntoSourceFigures;
   /** The second snapshot restored onto fresh node dirs as a tree and as an archive: the median runs. */
   restores: Partial<Record<Who, GoloopRestoreFigures>>;
   /** Why ours did not run, when it did not. */

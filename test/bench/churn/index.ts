@@ -20,7 +20,9 @@
  *   3. second backups, the load stopped: ours as a tree (same prefix: it sends only what the full
  *      tree does not hold), ours as an archive (its whole size again), theirs (a full backup of
  *      the same data, in a prefix of its own);
- *   4. the node stopped, the second snapshot restored onto fresh node dirs as a tree and as an
+ *   4. the second tree restored onto the node itself, which ran on since (`stop-node`; the
+ *      tables it still holds are linked from its data dir, not fetched), up to a new block;
+ *   5. the node stopped, the second snapshot restored onto fresh node dirs as a tree and as an
  *      archive (as ../goloop/ours.ts restores), each to a new block; three pairs in turn, the
  *      run with the median wall time of each shown (every run's time beside it).
  *
@@ -49,7 +51,7 @@ import type {
   Who,
 } from '../goloop/figures.js';
 import { removeHome, startCopy, type Home } from '../goloop/node.js';
-import { oursBackupOn, oursMissing, oursRestore } from '../goloop/ours.js';
+import { oursBackupOn, oursMissing, oursRestore, oursRestoreOnto } from '../goloop/ours.js';
 import { runOn } from '../goloop/scenario.js';
 import { theirsBackupOn } from '../goloop/theirs.js';
 import type { ChurnFigures } from './figures.js';
@@ -155,6 +157,9 @@ export async function churnBench(ctx: GoloopBenchContext, sizeGib: number): Prom
       const files = new Map(second.files.filter(inDb).map((f) => [f.path, f.size]));
       out.atSecond = newTables(files, new Set(first.files.filter(inDb).map((f) => f.path)));
     }
+    // The second tree back onto the node it came from, which ran on (their backup) since: the
+    // tables it holds are linked from its data dir, not fetched.
+    if (secondTree?.ok) out.ontoSource = await oursRestoreOnto(ctx, home, secondTree, tag);
   } catch (error) {
     out.error = errorText(error);
   } finally {

@@ -158,6 +158,15 @@ export function churnReport(f: ChurnFigures): string {
       ]),
     );
   }
+  const onto = f.ontoSource;
+  if (onto?.ok) {
+    out.push(
+      `the second tree restored onto the node it came from (running, stopped for the swap): ${fmtS(onto.wallSeconds)} to a new block, ` +
+        `${onto.fetchedFiles ?? '?'} files fetched (${onto.fetched ?? '?'}), ${onto.takenFiles ?? '?'} taken from its data dir; runner peak RSS ${fmtB(onto.runnerPeakRssBytes)}.`,
+    );
+  } else if (onto) {
+    out.push(`FAILED the second tree restored onto the node it came from: ${onto.error ?? ''}`);
+  }
   const all = [
     ...Object.values(full).map((x) => ['full', x] as const),
     ...Object.values(second).map((x) => ['second', x] as const),

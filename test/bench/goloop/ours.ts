@@ -9,6 +9,7 @@ import type { RunResult } from '../../bed/runner.js';
 import type { TreeManifest } from '../../../src/tree/layout.js';
 import {
   assertActionOk,
+  errorText,
   listObjects,
   logger,
   modifiedMs,
@@ -25,7 +26,7 @@ import type {
   GoloopRestoreFigures,
   OursFormat,
 } from './figures.js';
-import { chainInfo, gapSince, startCopy, type Home } from './node.js';
+import { chainInfo, gapSince, startCopy, waitAbove, type Home } from './node.js';
 import { gapFigures, restoreScenario, scenario } from './scenario.js';
 
 const log = logger('goloop');
@@ -184,4 +185,54 @@ export async function oursRestore(
     });
     return { runnerPeakRssBytes: rss };
   });
+}
+
+/** A restore onto a node that held most of the snapshot: what it fetched and what it took from its data dir. */
+export interface OntoSourceFigures {
+  ok: boolean;
+  error?: string;
+  wallSeconds?: number;
+  fetchedFiles?: number;
+  fetched?: string;
+  takenFiles?: number;
+  runnerPeakRssBytes?: number;
+}
+
+/**
+ * The action's restore of the tree `backup` onto the node that runs in `home` (the one it was
+ * taken from, which has moved on since): stopped for the swap, started again, up to a block
+ * above the snapshot's height.
+ */
+export async function oursRestoreOnto(
+  ctx: GoloopBenchContext,
+  home: Home,
+  backup: GoloopBackupFigures,
+  tag: string,
+): Promise<OntoSourceFigures> {
+  try {
+    const since = Date.now();
+    log(`ours tree: restore onto the node it came from (${tag})`);
+    const { r, rss } = await runOurs(ctx, `${tag}-ours-tree-restore-onto-source`, {
+      mode: 'restore',
+      'node-kind': 'goloop',
+      snapshot: backup.keys?.[0] ?? '',
+      'data-dir': home.nodeDir,
+      'peer-url': `${home.rpcUrl}/admin/chain`,
+      'start-command': `bash ${q(home.startScript)}`,
+      'stop-node': 'true',
+      prefix: backup.prefix ?? '',
+    });
+    await waitAbove(home, backup.height ?? 0);
+    const m = /(\d+) files fetched \(([^)]+)\)(?:, (\d+) taken from the data dir)?/.exec(r.stdout);
+    return {
+      ok: true,
+      wallSeconds: (Date.now() - since) / 1000,
+      fetchedFiles: m ? Number(m[1]) : undefined,
+      fetched: m?.[2],
+      takenFiles: m ? Number(m[3] ?? 0) : undefined,
+      runnerPeakRssBytes: rss,
+    };
+  } catch (error) {
+    return { ok: false, error: errorText(error) };
+  }
 }

@@ -96392,6 +96392,8 @@ class RangedDownload extends external_node_stream_.Readable {
     _read() {
         this.wanted = true;
         this.pump();
+        // A first range that waited for the consumer reads on.
+        this.wake();
     }
     _destroy(error, callback) {
         this.stopping.abort();
@@ -96467,14 +96469,17 @@ class RangedDownload extends external_node_stream_.Readable {
             go();
     }
     /**
-     * Whether `r` must wait before it reads on: the first range while the consumer wants nothing
-     * and a range's worth of it is held; the others while the held bytes are at their bound.
+     * Whether `r` must wait before it reads on: the others while the held bytes are at their
+     * bound; the first range only while the consumer wants nothing, and then once a range's
+     * worth of it is held or the held bytes are at their bound (it would otherwise take them a
+     * range past it). What the consumer wants, the first range reads at once.
      */
     mustWait(r) {
         if (this.destroyed)
             return false;
-        if (r === this.window[0])
-            return !this.wanted && r.filled - r.emitted >= this.rangeBytes;
+        if (r === this.window[0]) {
+            return (!this.wanted && (r.filled - r.emitted >= this.rangeBytes || this.held >= this.heldBytes));
+        }
         return this.held >= this.heldBytes;
     }
     label(r) {

@@ -1,19 +1,32 @@
 /**
  * The pieces of tree snapshots that run on their own: what proves a file unchanged, read from
- * real files by the host's own listing command (run here in bash, as on a host); and the tar
- * that carries files both ways, read from and written for real GNU tar.
+ * real files by the host's own listing command (run here in bash, as on a host); the data
+ * dir's tables that a restore links into its staging folder; and the tar that carries files
+ * both ways, read from and written for real GNU tar.
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import {
+  linkInput,
+  linkIntoStageCommand,
   listTreeCommand,
   parseListing,
+  parseStaged,
+  tableFilesCommand,
   tailsCommand,
   type ListedEntry,
 } from '../../src/node-kind/tree-remote.js';
@@ -178,5 +191,55 @@ describe('the tar that carries a tree', () => {
     for (const [p, b] of files) assert.ok(readFileSync(join(dir, 'out', p)).equals(b), p);
     const mode = execFileSync('stat', ['-c', '%a', join(dir, 'out/a/wal')], { encoding: 'utf8' });
     assert.equal(mode.trim(), '700');
+  });
+});
+
+describe("the data dir's tables, linked into a restore's staging folder", () => {
+  let dir: string;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'prep-link-'));
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('lists the table files with their sizes, links them under the same names, passes over the rest', () => {
+    const data = join(dir, 'data');
+    const stage = join(dir, 'stage');
+    mkdirSync(join(data, '.storage/db_10.0.0.1:7100_icon_dex'), { recursive: true });
+    mkdirSync(join(data, '.score_data'), { recursive: true });
+    writeFileSync(join(data, '.storage/db_10.0.0.1:7100_icon_dex/000005.ldb'), 'five');
+    writeFileSync(join(data, '.storage/db_10.0.0.1:7100_icon_dex/000006.ldb'), 'six!!');
+    writeFileSync(join(data, '.storage/db_10.0.0.1:7100_icon_dex/MANIFEST-000004'), 'm');
+    writeFileSync(join(data, '.score_data/000002.sst'), 'two');
+    const listed = parseStaged(
+      execFileSync('bash', ['-c', tableFilesCommand(data, ['.storage', '.score_data', 'absent'])], {
+        encoding: 'utf8',
+      }),
+    );
+    assert.deepEqual(
+      new Map([...listed].sort()),
+      new Map([
+        ['.score_data/000002.sst', 3],
+        ['.storage/db_10.0.0.1:7100_icon_dex/000005.ldb', 4],
+        ['.storage/db_10.0.0.1:7100_icon_dex/000006.ldb', 5],
+      ]),
+      'tables only, with their sizes; a missing root is no error',
+    );
+    // 000006 is in the stage already (an earlier run), 000009 went away meanwhile.
+    const block = '.storage/db_CHANGEIP:7100_icon_dex';
+    mkdirSync(join(stage, block), { recursive: true });
+    writeFileSync(join(stage, block, '000006.ldb'), 'other');
+    const links = [
+      { from: '.storage/db_10.0.0.1:7100_icon_dex/000005.ldb', to: `${block}/000005.ldb` },
+      { from: '.storage/db_10.0.0.1:7100_icon_dex/000006.ldb', to: `${block}/000006.ldb` },
+      { from: '.storage/db_10.0.0.1:7100_icon_dex/000009.ldb', to: `${block}/000009.ldb` },
+      { from: '.score_data/000002.sst', to: '.score_data/000002.sst' },
+    ];
+    execFileSync('bash', ['-c', linkIntoStageCommand(data, stage)], { input: linkInput(links) });
+    const five = statSync(join(stage, block, '000005.ldb'));
+    assert.equal(five.ino, statSync(join(data, links[0]!.from)).ino, 'a link, not a copy');
+    assert.equal(readFileSync(join(stage, block, '000006.ldb'), 'utf8'), 'other', 'kept as it was');
+    assert.ok(!existsSync(join(stage, block, '000009.ldb')));
+    assert.equal(readFileSync(join(stage, '.score_data/000002.sst'), 'utf8'), 'two');
+    assert.throws(() => linkInput([{ from: 'a/000001.ldb', to: 'a/000002.ldb' }]), /names differ/);
   });
 });

@@ -94805,7 +94805,11 @@ function linkInput(links) {
         if (l.from.slice(l.from.lastIndexOf('/') + 1) !== l.to.slice(cut + 1)) {
             throw new Error(`${l.from} cannot be linked as ${l.to}: the names differ`);
         }
-        byFolder.set(folder, [...(byFolder.get(folder) ?? []), l.from]);
+        const files = byFolder.get(folder);
+        if (files)
+            files.push(l.from);
+        else
+            byFolder.set(folder, [l.from]);
     }
     let out = '';
     for (const [folder, files] of byFolder) {

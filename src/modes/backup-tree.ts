@@ -3,7 +3,7 @@
  * stored already, hash on the host those that may be stored under another name, send those
  * whose content is missing (hashed as they arrive where the host did not hash them), check
  * that every object the snapshot names exists, then publish its manifest, index and checksum
- * file, backup_list and the pointer. See tree/layout.ts for the bucket's layout.
+ * file, backup_list and the pointer (tree/publish.ts). See tree/layout.ts for the bucket's layout.
  */
 import * as core from '@actions/core';
 import type { S3Client } from '@aws-sdk/client-s3';
@@ -12,21 +12,13 @@ import { errorMessage } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import { listEntry, parseArchivePath, type ArchiveName } from '../naming.js';
 import type { KindFacts, NodeHost, TreeEntry } from '../node-kind/host.js';
-import { addEntry, readBackupList, updateBackupList } from '../s3/backup-list.js';
+import { readBackupList } from '../s3/backup-list.js';
 import { deleteKeys, writeJson } from '../s3/store.js';
 import type { Settings } from '../settings.js';
-import {
-  checksumJson,
-  httpUrl,
-  indexText,
-  pointerJson,
-  tailHash,
-  TAIL_BYTES,
-} from '../tree/icon2.js';
+import { tailHash, TAIL_BYTES } from '../tree/icon2.js';
 import {
   isTableFile,
   objectKey,
-  pointerKey,
   reusable,
   TREE_FORMAT,
   treeFiles,
@@ -40,6 +32,7 @@ import { MARK_MARGIN_MS, SWEEP_MAX_MS, sweepsSince } from '../tree/sweep-marks.j
 import { verifyTree } from '../tree/verify.js';
 import { pool } from '../tree/pool.js';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { publishTree } from '../tree/publish.js';
 import { heldWhole, sendFiles } from '../tree/send.js';
 import {
   journalKey,
@@ -47,7 +40,6 @@ import {
   readJournals,
   readTreeManifest,
   storedObjects,
-  putText,
   type Journal,
 } from '../tree/store.js';
 
@@ -376,43 +368,9 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
     );
   }
   await a.beforePublish();
-  const indexUrl = httpUrl(settings.s3, treeFiles(folder).index, settings.s3.publicUrl);
-  await core.group('Publish', async () => {
-    const keys = treeFiles(folder);
-    const urlOf = (sha: string) =>
-      httpUrl(settings.s3, objectKey(prefix, sha), settings.s3.publicUrl);
-    await writeJson(client, bucket, keys.manifest, manifest);
-    await putText(
-      client,
-      bucket,
-      keys.index,
-      indexText(
-        treeList.map((f) => ({ path: f.path, url: urlOf(f.sha256) })),
-        { version: a.name.date },
-      ),
-      'text/plain',
-    );
-    await putText(client, bucket, keys.checksum, checksumJson(treeList), 'application/json');
-    const entries = await updateBackupList(client, bucket, `${prefix}/backup_list`, (e) =>
-      addEntry(e, listEntry(a.name)),
-    );
-    core.info(`backup_list now names ${entries.length} snapshot(s); the newest is ${entries[0]}.`);
-    // The pointer names the newest tree: a slower run that finishes later does not turn it back.
-    const newestTree = entries.find((e) => parseArchivePath(e)?.format === 'tree');
-    if (newestTree === listEntry(a.name)) {
-      await putText(
-        client,
-        bucket,
-        pointerKey(prefix, settings.s3.service),
-        pointerJson(indexUrl, httpUrl(settings.s3, keys.checksum, settings.s3.publicUrl), {
-          snapshot: folder,
-          block_height: a.height,
-        }),
-        'application/json',
-      );
-      core.info(`${pointerKey(prefix, settings.s3.service)} points at it.`);
-    }
-  });
+  const indexUrl = await core.group('Publish', () =>
+    publishTree(client, settings.s3, folder, a.name, manifest),
+  );
 
   // Published: what this host's unfinished runs stored is in the manifest now.
   const journals = [...plan.journals.map((j) => j.key), journalKey(prefix, a.runId)];

@@ -97845,6 +97845,43 @@ async function listLevel(client, bucket, folder) {
     return { keys, folders };
 }
 
+;// CONCATENATED MODULE: ./src/tree/publish.ts
+/**
+ * A tree's publication, the last step of its backup once every object it names is stored: its
+ * manifest, aria2c index and checksum file, then `backup_list`, then the pointer
+ * `{SERVICE}.json` that icon2-node's restore reads, when this tree is the newest. A reader of
+ * `backup_list` or of the pointer finds every file of the tree there already.
+ */
+
+
+
+
+
+
+
+/** Publishes the tree `manifest` in `folder`; resolves with the URL of its index. */
+async function publishTree(client, s3, folder, name, manifest) {
+    const { bucket, prefix } = s3;
+    const keys = treeFiles(folder);
+    const indexUrl = httpUrl(s3, keys.index, s3.publicUrl);
+    const urlOf = (sha) => httpUrl(s3, objectKey(prefix, sha), s3.publicUrl);
+    await writeJson(client, bucket, keys.manifest, manifest);
+    await putText(client, bucket, keys.index, indexText(manifest.files.map((f) => ({ path: f.path, url: urlOf(f.sha256) })), { version: name.date }), 'text/plain');
+    await putText(client, bucket, keys.checksum, checksumJson(manifest.files), 'application/json');
+    const entries = await updateBackupList(client, bucket, `${prefix}/backup_list`, (e) => addEntry(e, listEntry(name)));
+    info(`backup_list now names ${entries.length} snapshot(s); the newest is ${entries[0]}.`);
+    // The pointer names the newest tree: a slower run that finishes later does not turn it back.
+    const newestTree = entries.find((e) => parseArchivePath(e)?.format === 'tree');
+    if (newestTree === listEntry(name)) {
+        await putText(client, bucket, pointerKey(prefix, s3.service), pointerJson(indexUrl, httpUrl(s3, keys.checksum, s3.publicUrl), {
+            snapshot: folder,
+            block_height: manifest.blockHeight,
+        }), 'application/json');
+        info(`${pointerKey(prefix, s3.service)} points at it.`);
+    }
+    return indexUrl;
+}
+
 ;// CONCATENATED MODULE: ./src/tree/send.ts
 /**
  * A tree backup's transfer: the files whose objects are missing come from the host as one
@@ -98054,8 +98091,9 @@ async function uploadStreamed(o, reader, entry, sha256) {
  * stored already, hash on the host those that may be stored under another name, send those
  * whose content is missing (hashed as they arrive where the host did not hash them), check
  * that every object the snapshot names exists, then publish its manifest, index and checksum
- * file, backup_list and the pointer. See tree/layout.ts for the bucket's layout.
+ * file, backup_list and the pointer (tree/publish.ts). See tree/layout.ts for the bucket's layout.
  */
+
 
 
 
@@ -98332,25 +98370,7 @@ async function backupWithLease(a, lease) {
         }));
     }
     await a.beforePublish();
-    const indexUrl = httpUrl(settings.s3, treeFiles(folder).index, settings.s3.publicUrl);
-    await group('Publish', async () => {
-        const keys = treeFiles(folder);
-        const urlOf = (sha) => httpUrl(settings.s3, objectKey(prefix, sha), settings.s3.publicUrl);
-        await writeJson(client, bucket, keys.manifest, manifest);
-        await putText(client, bucket, keys.index, indexText(treeList.map((f) => ({ path: f.path, url: urlOf(f.sha256) })), { version: a.name.date }), 'text/plain');
-        await putText(client, bucket, keys.checksum, checksumJson(treeList), 'application/json');
-        const entries = await updateBackupList(client, bucket, `${prefix}/backup_list`, (e) => addEntry(e, listEntry(a.name)));
-        info(`backup_list now names ${entries.length} snapshot(s); the newest is ${entries[0]}.`);
-        // The pointer names the newest tree: a slower run that finishes later does not turn it back.
-        const newestTree = entries.find((e) => parseArchivePath(e)?.format === 'tree');
-        if (newestTree === listEntry(a.name)) {
-            await putText(client, bucket, pointerKey(prefix, settings.s3.service), pointerJson(indexUrl, httpUrl(settings.s3, keys.checksum, settings.s3.publicUrl), {
-                snapshot: folder,
-                block_height: a.height,
-            }), 'application/json');
-            info(`${pointerKey(prefix, settings.s3.service)} points at it.`);
-        }
-    });
+    const indexUrl = await group('Publish', () => publishTree(client, settings.s3, folder, a.name, manifest));
     // Published: what this host's unfinished runs stored is in the manifest now.
     const journals = [...plan.journals.map((j) => j.key), journalKey(prefix, a.runId)];
     await deleteKeys(client, bucket, journals).catch((e) => warning(`Could not remove the journals ${journals.join(', ')}: ${errorMessage(e)}`));

@@ -174,17 +174,26 @@ export async function oursRestore(
 ): Promise<GoloopRestoreFigures> {
   const format = backup.name.replace('ours ', '');
   return restoreScenario(backup.name, ctx, cache, tag, backup, async (home) => {
-    const { rss } = await runOurs(ctx, `${tag}-ours-${format}-restore`, {
-      mode: 'restore',
-      'node-kind': 'goloop',
-      snapshot: backup.keys?.[0] ?? '',
-      'data-dir': home.nodeDir,
-      'peer-url': `${home.rpcUrl}/admin/chain`,
-      'start-command': `bash ${q(home.startScript)}`,
-      prefix: backup.prefix ?? '',
-    });
+    const { rss } = await runOurs(
+      ctx,
+      `${tag}-ours-${format}-restore`,
+      restoreInputs(home, backup),
+    );
     return { runnerPeakRssBytes: rss };
   });
+}
+
+/** The inputs of the action's restore of `backup` (ours) onto the node dir of `home`. */
+function restoreInputs(home: Home, backup: GoloopBackupFigures): Record<string, string> {
+  return {
+    mode: 'restore',
+    'node-kind': 'goloop',
+    snapshot: backup.keys?.[0] ?? '',
+    'data-dir': home.nodeDir,
+    'peer-url': `${home.rpcUrl}/admin/chain`,
+    'start-command': `bash ${q(home.startScript)}`,
+    prefix: backup.prefix ?? '',
+  };
 }
 
 /** A restore onto a node that held most of the snapshot: what it fetched and what it took from its data dir. */
@@ -213,14 +222,8 @@ export async function oursRestoreOnto(
     const since = Date.now();
     log(`ours tree: restore onto the node it came from (${tag})`);
     const { r, rss } = await runOurs(ctx, `${tag}-ours-tree-restore-onto-source`, {
-      mode: 'restore',
-      'node-kind': 'goloop',
-      snapshot: backup.keys?.[0] ?? '',
-      'data-dir': home.nodeDir,
-      'peer-url': `${home.rpcUrl}/admin/chain`,
-      'start-command': `bash ${q(home.startScript)}`,
+      ...restoreInputs(home, backup),
       'stop-node': 'true',
-      prefix: backup.prefix ?? '',
     });
     await waitAbove(home, backup.height ?? 0);
     const m = /(\d+) files fetched \(([^)]+)\)(?:, (\d+) taken from the data dir)?/.exec(r.stdout);

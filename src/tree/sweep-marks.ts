@@ -16,10 +16,9 @@
  * object is still stored (see modes/backup-tree.ts). The marks' times are S3's (LastModified)
  * and the run's clock; MARK_MARGIN_MS covers the skew between them.
  */
-import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { randomBytes } from 'node:crypto';
-import { describeS3Error } from '../s3/client.js';
-import { deleteKeys, listObjects } from '../s3/store.js';
+import { deleteKeys, listObjects, writeJson } from '../s3/store.js';
 import { sweepsPrefix } from './layout.js';
 
 /** A sweep deletes nothing once this long has passed since its mark was written. */
@@ -35,22 +34,10 @@ export async function markSweep(
   now: Date,
 ): Promise<string> {
   const key = `${sweepsPrefix(prefix)}${now.toISOString().replace(/[:.]/g, '')}-${randomBytes(4).toString('hex')}.json`;
-  const body = JSON.stringify({
+  await writeJson(client, bucket, key, {
     startedAt: now.toISOString(),
     deletesNothingAfterMs: SWEEP_MAX_MS,
   });
-  try {
-    await client.send(
-      new PutObjectCommand({
-        Bucket: bucket,
-        Key: key,
-        Body: body,
-        ContentType: 'application/json',
-      }),
-    );
-  } catch (error) {
-    throw describeS3Error(error, `s3://${bucket}/${key}`);
-  }
   return key;
 }
 

@@ -88,6 +88,7 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
     else if (size > 0) partial.push({ item, have: size });
     else stray.push(path);
   }
+  let fromDataDir = 0;
   if (complete.length + partial.length > 0) {
     const hashes = await host.hashFiles(
       stage,
@@ -97,7 +98,7 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
       if (hashes.get(item.path) === item.sha256) complete.push(item);
       else stray.push(item.path);
     }
-    const fromDataDir = complete.filter((i) => linked.has(i.path)).length;
+    fromDataDir = complete.filter((i) => linked.has(i.path)).length;
     const differ = linked.size - fromDataDir;
     core.info(
       `The staging folder holds ${complete.length} complete files of this snapshot (proven by their sha256` +
@@ -233,7 +234,7 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
     bytes: total,
     kept: complete.length,
     continued: partial.length,
-    fromDataDir: complete.filter((i) => linked.has(i.path)).length,
+    fromDataDir,
     counted: Number(out.trim().split('\n').at(-1)),
   };
 }

@@ -95939,7 +95939,7 @@ function backoffMs(failures, firstMs, maxMs = 30_000) {
 const STALL_MS = 60_000;
 /**
  * The stall clock of one attempt: `arm()` when it starts waiting for the server (at its start,
- * and after each chunk is taken), `pause()` while the consumer has a chunk, `stop()` at its end.
+ * and after each chunk is taken), `pause()` while the consumer has a chunk and at its end.
  * When it runs out, the attempt's signal aborts and `stalled` says why.
  */
 class StallWatch {
@@ -97411,26 +97411,6 @@ async function removeExpiredLeases(client, bucket, prefix, now) {
 }
 
 ;// CONCATENATED MODULE: ./src/tree/sweep-marks.ts
-/**
- * Marks that a sweep of tree objects ran: one small object under `{prefix}/sweeps/`, written
- * before the sweep reads any lease and left in place until long after it could delete anything.
- *
- * A backup needs them to know that no sweep can have deleted what it relies on. Its lease
- * protects the objects it names from every sweep that reads the leases after the lease's first
- * write; the case left is a sweep already running then, which read the leases earlier. Such a
- * sweep deletes nothing more than SWEEP_MAX_MS after its mark, and the mark is in the bucket
- * from before its first reading until SWEEP_MAX_MS and MARK_MARGIN_MS after it was written. So
- * a run that wrote its lease at T, named there every object it relies on, and then finds no
- * mark newer than T - SWEEP_MAX_MS - MARK_MARGIN_MS, knows:
- * - a sweep that started before that ended before T: what it deleted was gone before the run
- *   listed the stored objects, and the run relies on none of it;
- * - a sweep that starts after that listing reads the run's lease, which names everything.
- * Where a mark is that recent, the run waits out the sweep's window and checks that every
- * object is still stored (see modes/backup-tree.ts). The marks' times are S3's (LastModified)
- * and the run's clock; MARK_MARGIN_MS covers the skew between them.
- */
-
-
 
 
 
@@ -97441,21 +97421,10 @@ const MARK_MARGIN_MS = 10 * 60_000;
 /** Writes a sweep's mark; resolves once it is in the bucket. */
 async function markSweep(client, bucket, prefix, now) {
     const key = `${sweepsPrefix(prefix)}${now.toISOString().replace(/[:.]/g, '')}-${(0,external_node_crypto_.randomBytes)(4).toString('hex')}.json`;
-    const body = JSON.stringify({
+    await writeJson(client, bucket, key, {
         startedAt: now.toISOString(),
         deletesNothingAfterMs: SWEEP_MAX_MS,
     });
-    try {
-        await client.send(new dist_cjs/* PutObjectCommand */.wKZ({
-            Bucket: bucket,
-            Key: key,
-            Body: body,
-            ContentType: 'application/json',
-        }));
-    }
-    catch (error) {
-        throw describeS3Error(error, `s3://${bucket}/${key}`);
-    }
     return key;
 }
 /** The marks of sweeps that may have deleted objects at `since` (wall clock, ms) or later. */
@@ -99620,6 +99589,7 @@ async function fetchTree(o) {
         else
             stray.push(path);
     }
+    let fromDataDir = 0;
     if (complete.length + partial.length > 0) {
         const hashes = await host.hashFiles(stage, complete.map((i) => i.path));
         for (const item of complete.splice(0)) {
@@ -99628,7 +99598,7 @@ async function fetchTree(o) {
             else
                 stray.push(item.path);
         }
-        const fromDataDir = complete.filter((i) => linked.has(i.path)).length;
+        fromDataDir = complete.filter((i) => linked.has(i.path)).length;
         const differ = linked.size - fromDataDir;
         info(`The staging folder holds ${complete.length} complete files of this snapshot (proven by their sha256` +
             `${linked.size > 0 ? `; ${fromDataDir} of them linked from the data dir` : ''}), and ${partial.length} cut short: they are kept.` +
@@ -99760,7 +99730,7 @@ async function fetchTree(o) {
         bytes: total,
         kept: complete.length,
         continued: partial.length,
-        fromDataDir: complete.filter((i) => linked.has(i.path)).length,
+        fromDataDir,
         counted: Number(out.trim().split('\n').at(-1)),
     };
 }

@@ -89505,7 +89505,7 @@ function retry_backoffMs(failures, firstMs, maxMs = 30_000) {
 const STALL_MS = 60_000;
 /**
  * The stall clock of one attempt: `arm()` when it starts waiting for the server (at its start,
- * and after each chunk is taken), `pause()` while the consumer has a chunk, `stop()` at its end.
+ * and after each chunk is taken), `pause()` while the consumer has a chunk and at its end.
  * When it runs out, the attempt's signal aborts and `stalled` says why.
  */
 class StallWatch {

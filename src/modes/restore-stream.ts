@@ -5,6 +5,7 @@
  */
 import * as core from '@actions/core';
 import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { createHash } from 'node:crypto';
 import {
   ActionError,
   HostError,
@@ -28,7 +29,6 @@ import {
 import { Progress } from '../progress.js';
 import { describeS3Error } from '../s3/client.js';
 import { headObject, rangedDownload } from '../s3/download.js';
-import { HashingCounter } from '../s3/upload.js';
 import type { Settings } from '../settings.js';
 import type { RemoteStream } from '../ssh/session.js';
 import { fetchTree } from '../tree/fetch.js';
@@ -100,32 +100,42 @@ export async function streamInto(
   remote.stdout.on('data', (text: string) => {
     out += text;
   });
-  const counter = new HashingCounter();
+  const hash = createHash('sha256');
+  let bytes = 0;
   const progress = new Progress('Restore', size);
-  counter.on('data', () => {
-    progress.sent = counter.bytes;
-    progress.read = counter.bytes;
-  });
+  const stdin = remote.stdin;
+  stdin.on('error', () => undefined);
+  let hostGone = false;
+  void remote.exit.then(() => (hostGone = true));
+  // Each chunk is the download's memory until the next one is asked for: it is written
+  // whole before that (a failed write shows in the host's exit).
+  const written = (chunk: Buffer): Promise<void> =>
+    new Promise<void>((resolve) => stdin.write(chunk, () => resolve()));
   let downloadError: Error | undefined;
-  let giveUp: NodeJS.Timeout | undefined;
-  body.on('error', (error) => {
-    downloadError = error;
-    // The host sees the end of its input and its extraction ends on its own; the staging
-    // folder is removed after that, not while tar still writes into it.
-    body.unpipe(counter);
-    counter.end();
-    giveUp = setTimeout(() => remote.kill(), 60_000);
-  });
-  body.pipe(counter).pipe(remote.stdin);
-  remote.stdin.on('error', () => undefined);
+  try {
+    for await (const chunk of body) {
+      hash.update(chunk);
+      bytes += chunk.length;
+      progress.sent = bytes;
+      progress.read = bytes;
+      if (hostGone) break;
+      await Promise.race([written(chunk), remote.exit]);
+    }
+  } catch (error) {
+    downloadError = error as Error;
+  }
+  // The host sees the end of its input and its extraction ends on its own; after a failed
+  // download the staging folder is removed after that, not while tar still writes into it.
+  stdin.end();
+  const giveUp = downloadError ? setTimeout(() => remote.kill(), 60_000) : undefined;
   const code = await remote.exit;
   clearTimeout(giveUp);
   progress.stop();
   body.destroy();
-  if (downloadError) throw downloadFailed(key, counter.bytes, downloadError);
+  if (downloadError) throw downloadFailed(key, bytes, downloadError);
   // A damaged archive usually breaks the decompressor too: the sha256 says what happened.
-  const sha256 = counter.digest();
-  if (expectedSha256 && counter.bytes === size && sha256 !== expectedSha256) {
+  const sha256 = hash.digest('hex');
+  if (expectedSha256 && bytes === size && sha256 !== expectedSha256) {
     throw new IntegrityError(
       `${key}: sha256 ${sha256} differs from the manifest's ${expectedSha256}: the stored archive is damaged. ` +
         `The data dir was not touched; restore another snapshot ('snapshot' input).`,
@@ -164,18 +174,18 @@ export async function streamInto(
       `The archive did not extract (exit ${code}): ${tail || 'no message'}. It is truncated or damaged; the data dir was not touched.`,
     );
   }
-  if (counter.bytes !== size) {
+  if (bytes !== size) {
     throw new ActionError(
-      `${formatBytes(counter.bytes)} of ${formatBytes(size)} arrived. The data dir was not touched; run again.`,
+      `${formatBytes(bytes)} of ${formatBytes(size)} arrived. The data dir was not touched; run again.`,
     );
   }
   const seconds = secondsSince(t);
   core.info(
-    `${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}; ` +
+    `${formatBytes(bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(bytes, seconds)}; ` +
       `${connections} connection${connections === 1 ? '' : 's'} to S3, ranges of ${formatBytes(body.rangeBytes)}` +
       `${body.retries > 0 ? `; ${body.retries} reads again after a failure` : ''}).`,
   );
-  return { sha256, bytes: counter.bytes, files: Number(out.trim()), seconds };
+  return { sha256, bytes: bytes, files: Number(out.trim()), seconds };
 }
 
 export interface Streamed {

@@ -13,6 +13,7 @@ import { StorageError } from '../errors.js';
 import type { KindFacts, NodeKindName } from '../node-kind/host.js';
 import { describeS3Error } from '../s3/client.js';
 import { isTransient } from '../s3/retry.js';
+import { SocketBody } from '../s3/socket-get.js';
 import type { Settings } from '../settings.js';
 import type { FetchItem } from '../tree/fetch.js';
 import { readForeignTree } from '../tree/icon2.js';
@@ -39,9 +40,10 @@ export interface TreeSource {
 const stageIdOf = (key: string): string =>
   createHash('sha256').update(key).digest('hex').slice(0, 16);
 
-/** A tree of ours, from its manifest. */
+/** A tree of ours, from its manifest; its objects read through `reads` (createReadClient). */
 export async function ourTree(
   client: S3Client,
+  reads: S3Client,
   settings: Settings,
   key: string,
   timing: ReadTiming = {},
@@ -64,7 +66,7 @@ export async function ourTree(
     (sha: string) =>
     async (from: number, signal: AbortSignal): Promise<AsyncIterable<Uint8Array>> => {
       try {
-        const res = await client.send(
+        const res = await reads.send(
           new GetObjectCommand({
             Bucket: bucket,
             Key: `${objects}${sha}`,
@@ -72,7 +74,8 @@ export async function ourTree(
           }),
           { abortSignal: signal },
         );
-        return res.Body as Readable;
+        // The read client's body gives views of its socket's buffer (see tree/fetch.ts).
+        return res.Body instanceof SocketBody ? res.Body.views() : (res.Body as Readable);
       } catch (error) {
         if (signal.aborted || isTransient(error)) throw error;
         throw describeS3Error(error, `s3://${bucket}/${objects}${sha}`);

@@ -22,7 +22,7 @@ import { dirname, requireArchiveTools } from '../node-kind/remote.js';
 import { RESTORE_STAGE_PREFIX } from '../node-kind/restore-commands.js';
 import { NODE_LOST } from '../node-kind/watchdog.js';
 import { chooseDecoder, type Decoder } from '../node-kind/extract.js';
-import { createClient } from '../s3/client.js';
+import { createClient, createReadClient } from '../s3/client.js';
 import { readManifest } from '../s3/store.js';
 import type { Settings, SshSettings } from '../settings.js';
 import { chooseSnapshot } from '../snapshots.js';
@@ -59,6 +59,8 @@ export async function restore(
   const runId = currentRunId();
 
   const client = createClient(settings.s3);
+  // The snapshot's bytes: an archive's ranges, a tree's objects.
+  const reads = createReadClient(settings.s3);
   const { chosen, tree } = await core.group('Choose the snapshot', async () => {
     if (FOREIGN_POINTER.test(opts.snapshot)) {
       core.info(`Snapshot: the tree that ${opts.snapshot} points at`);
@@ -68,7 +70,7 @@ export async function restore(
     core.info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list: it may be incomplete)'}`);
     return {
       chosen: c,
-      tree: c.name.format === 'tree' ? await ourTree(client, settings, c.key) : undefined,
+      tree: c.name.format === 'tree' ? await ourTree(client, reads, settings, c.key) : undefined,
     };
   });
   const snapshotKey = tree?.key ?? chosen?.key ?? '';
@@ -201,7 +203,7 @@ export async function restore(
           : streamInto(
               remote,
               () => (streamStarted = true),
-              client,
+              reads,
               settings,
               snapshotKey,
               { host, stage, decoder },

@@ -6,7 +6,7 @@
 import * as core from '@actions/core';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { createHash, type Hash } from 'node:crypto';
-import { Transform, type TransformCallback } from 'node:stream';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Parser } from 'tar';
 import { Outputs } from '../constants.js';
@@ -23,7 +23,7 @@ import { manifestKey } from '../naming.js';
 import type { Tree } from '../node-kind/host.js';
 import { snapshotTree } from '../node-kind/index.js';
 import { Progress } from '../progress.js';
-import { createClient } from '../s3/client.js';
+import { createClient, createReadClient } from '../s3/client.js';
 import { headObject, rangedDownload } from '../s3/download.js';
 import { readManifest } from '../s3/store.js';
 import type { Settings } from '../settings.js';
@@ -57,7 +57,7 @@ export async function verify(settings: Settings): Promise<VerifyReport> {
     manifestKey(settings.s3.manifestPrefix, chosen.key),
   );
   const report = await core.group(`Verify ${chosen.key}`, () =>
-    verifyStored(client, settings, chosen.key, manifest),
+    verifyStored(createReadClient(settings.s3), settings, chosen.key, manifest),
   );
   core.setOutput(Outputs.Key, report.key);
   core.setOutput(Outputs.Sha256, report.sha256);
@@ -104,7 +104,8 @@ export async function verifyStored(
       start,
       onRetry: (message) => core.info(`Download: ${message}`),
     });
-  const body = read(0);
+  // The tar parser keeps chunks past the next read: it gets copies.
+  const body = Readable.from(copies(read(0)));
   if (!manifest) {
     core.warning(
       `${key} has no manifest (an archive of the original script?): its sha256 cannot be compared, only its structure.`,
@@ -219,6 +220,10 @@ export async function verifyStored(
 }
 
 /** Feeds what `rest` reads (the object from some byte to its end) into `hash`; returns how many. */
+async function* copies(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  for await (const chunk of chunks) yield Buffer.from(chunk);
+}
+
 async function hashRest(rest: AsyncIterable<unknown>, hash: Hash): Promise<number> {
   let n = 0;
   for await (const chunk of rest) {

@@ -7,8 +7,22 @@ import {
 } from '@aws-sdk/client-s3';
 import { StorageError } from '../errors.js';
 import type { S3Settings } from '../settings.js';
+import { SocketGetHandler } from './socket-get.js';
 
 export function createClient(settings: S3Settings): S3Client {
+  return new S3Client(clientConfig(settings));
+}
+
+/**
+ * A client for the bulk reads of a restore or a verify (an archive's ranges, a tree's
+ * objects): its GETs read into reused memory (see socket-get.ts), its other requests go as
+ * createClient's do.
+ */
+export function createReadClient(settings: S3Settings): S3Client {
+  return new S3Client({ ...clientConfig(settings), requestHandler: new SocketGetHandler() });
+}
+
+function clientConfig(settings: S3Settings): S3ClientConfig {
   const config: S3ClientConfig = {
     region:
       settings.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
@@ -24,7 +38,7 @@ export function createClient(settings: S3Settings): S3Client {
     config.credentials = { accessKeyId: '', secretAccessKey: '' };
     config.signer = { sign: async (request) => request };
   }
-  return new S3Client(config);
+  return config;
 }
 
 /** Proves, before the node is touched, that the credentials work and the bucket exists. */

@@ -3,8 +3,9 @@
  *
  * Over the internet one S3 connection runs far below what the runner and the node can take (the
  * original restore downloads with `axel -a`, icon2-node with `aria2c -x8`). The object is read
- * in ranges, `connections` of them coming at once; each range keeps the chunks it received and
- * the stream hands the bytes on in the object's order, those of the first range as they arrive.
+ * in ranges, `connections` of them coming at once; each range copies what it receives into
+ * pieces of reused memory (s3/pieces.ts), and the read hands the pieces on in the object's
+ * order, those of the first range as they fill.
  *
  * Three things keep the connections busy (measured on the benchmark's link, each connection
  * capped at 20 MiB/s with 20 ms each way, 8 connections):
@@ -20,9 +21,9 @@
  * size by default) and a chunk per connection, whatever the object's size. When the consumer is
  * the slower side (a restore into a host whose SSH channel or disk is slower than S3), the ranges
  * past the first stop reading at that bound and their connections wait, as TCP makes them; the
- * first range waits only for the consumer. Ranges hold no buffer of their own: a window of
- * ready-made 8 MiB buffers took the runner's RSS to 490 MiB in a restore whose consumer was slow,
- * for bytes that were not needed yet.
+ * first range waits only for the consumer. A range takes pieces as its bytes come, not a
+ * buffer of its size: a window of ready-made 8 MiB buffers took the runner's RSS to 490 MiB in
+ * a restore whose consumer was slow, for bytes that were not needed yet.
  *
  * A range that fails (a connection cut, a reset, a 5xx, a stall) is asked again from the byte
  * where it stopped; the bytes already received are kept. Every GET is pinned to the ETag seen
@@ -30,12 +31,14 @@
  * during the read fails it with ObjectChangedError.
  */
 import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DownloadError, ObjectChangedError } from '../errors.js';
 import { formatBytes } from '../format.js';
 import { describeS3Error } from './client.js';
 import { backoffMs, httpStatus, isTransient, reason, StallWatch, TransientError } from './retry.js';
+import { MemoryPool, PieceList, type Piece } from './pieces.js';
+import { SocketBody } from './socket-get.js';
 
 const MiB = 1024 * 1024;
 /** Ranges are at least this large (fewer, cheaper requests)... */
@@ -111,7 +114,7 @@ interface Range {
   start: number;
   end: number;
   /** What was received and not yet handed on, in order. */
-  chunks: Buffer[];
+  pieces: PieceList;
   /** Bytes of the range received, and handed on. */
   filled: number;
   emitted: number;
@@ -122,7 +125,7 @@ interface Range {
 }
 
 /** The object's bytes [start, size), in order: see the module's comment. */
-export class RangedDownload extends Readable {
+export class RangedDownload implements AsyncIterable<Buffer> {
   /** Attempts that failed and were made again, over all ranges. */
   retries = 0;
   /** Bytes received from S3, over all ranges (retried bytes are not received twice). */
@@ -140,21 +143,26 @@ export class RangedDownload extends Readable {
   private readonly end: number;
   private readonly attempts: number;
   private readonly window: Range[] = [];
+  private readonly pool = new MemoryPool();
   /** Ranges that hold a connection: coming, and not yet within an eighth of their end. */
   private inFlight = 0;
   private next: number;
+  /** Whether the consumer waits for bytes (it holds none of the download's memory). */
   private wanted = false;
-  private ended = false;
+  /** Why the read stopped, once it has (undefined while it goes on, or at its end). */
+  private failure: Error | undefined;
+  private stopped = false;
   /** Bytes received and not handed on, over the window. */
   private held = 0;
   /** Ranges that wait for the held bytes to go down (or, the first, for the consumer). */
   private waiting: (() => void)[] = [];
+  /** The consumer, waiting for the first range to bring bytes. */
+  private consumer: (() => void) | undefined;
   private readonly stopping = new AbortController();
   private markStarted!: () => void;
   private failStart!: (error: Error) => void;
 
   constructor(options: RangedReadOptions) {
-    super({ highWaterMark: MiB });
     this.o = options;
     this.end = options.object.size;
     this.next = Math.min(options.start ?? 0, this.end);
@@ -175,27 +183,48 @@ export class RangedDownload extends Readable {
     this.fill();
   }
 
-  override _read(): void {
-    this.wanted = true;
-    this.pump();
-    // A first range that waited for the consumer reads on.
-    this.wake();
+  /**
+   * The bytes in order. Each chunk is the download's memory, filled again once the next one is
+   * asked for: a consumer that keeps bytes beyond that (a write still under way, a list of
+   * chunks) waits for it to finish or copies them. Leaving the loop early stops the read.
+   */
+  async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
+    let lent: Buffer | undefined;
+    try {
+      for (;;) {
+        if (lent) this.pool.give(lent);
+        lent = undefined;
+        const chunk = await this.nextChunk();
+        if (!chunk) return;
+        lent = chunk.piece;
+        yield chunk.bytes;
+      }
+    } finally {
+      if (lent) this.pool.give(lent);
+      if (!this.stopped) this.destroy();
+    }
   }
 
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+  /** Stops the read: the ranges' requests are aborted and the consumer gets `error`, if any. */
+  destroy(error?: Error): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.failure = error;
     this.stopping.abort();
-    for (const r of this.window) r.abort?.abort();
+    for (const r of this.window) {
+      r.abort?.abort();
+      r.pieces.clear();
+    }
     this.window.length = 0;
     this.wake();
     this.failStart(error ?? new Error('the read was stopped'));
-    callback(error);
   }
 
   /** Starts ranges while a connection is free and the window has room. */
   private fill(): void {
     const connections = Math.max(1, this.o.connections);
     while (
-      !this.destroyed &&
+      !this.stopped &&
       this.inFlight < connections &&
       this.window.length < 2 * connections &&
       this.next < this.end
@@ -203,7 +232,14 @@ export class RangedDownload extends Readable {
       const start = this.next;
       const end = Math.min(this.end, start + this.rangeBytes);
       this.next = end;
-      const range: Range = { start, end, chunks: [], filled: 0, emitted: 0, ending: false };
+      const range: Range = {
+        start,
+        end,
+        pieces: new PieceList(this.pool),
+        filled: 0,
+        emitted: 0,
+        ending: false,
+      };
       this.window.push(range);
       this.inFlight++;
       this.load(range).then(
@@ -222,41 +258,53 @@ export class RangedDownload extends Readable {
   }
 
   /**
-   * Hands on what the first range holds while the consumer wants more, and moves the window on
-   * past the ranges that are whole and handed on.
+   * The first range's next piece, once it is full (or the range is whole), moving the window
+   * on past the ranges that are whole and handed on; undefined at the end of the object.
    */
-  private pump(): void {
-    while (!this.destroyed) {
+  private async nextChunk(): Promise<Piece | undefined> {
+    for (;;) {
+      if (this.stopped) {
+        if (this.failure) throw this.failure;
+        return undefined;
+      }
       const head = this.window[0];
       if (!head) {
-        if (this.next >= this.end && !this.ended) {
-          this.ended = true;
-          this.push(null);
+        if (this.next >= this.end) {
+          this.stopped = true;
+          return undefined;
         }
-        return;
-      }
-      if (head.chunks.length > 0) {
-        if (!this.wanted) return;
-        const chunk = head.chunks.shift() as Buffer;
-        head.emitted += chunk.length;
-        this.held -= chunk.length;
-        this.wake();
-        this.wanted = this.push(chunk);
-      } else if (head.filled === head.end - head.start) {
-        this.window.shift();
-        this.wake();
-        this.fill();
       } else {
-        return;
+        const whole = head.filled === head.end - head.start;
+        const next = head.pieces.shift(whole);
+        if (next) {
+          head.emitted += next.bytes.length;
+          this.held -= next.bytes.length;
+          this.wanted = false;
+          this.wake();
+          return next;
+        }
+        if (whole) {
+          this.window.shift();
+          this.wake();
+          this.fill();
+          continue;
+        }
       }
+      this.wanted = true;
+      // A first range that waited for the consumer reads on.
+      this.wake();
+      await new Promise<void>((go) => (this.consumer = go));
     }
   }
 
-  /** Lets the waiting ranges look again at what is held. */
+  /** Lets the waiting ranges look again at what is held, and the consumer at what came. */
   private wake(): void {
     const waiting = this.waiting;
     this.waiting = [];
     for (const go of waiting) go();
+    const consumer = this.consumer;
+    this.consumer = undefined;
+    consumer?.();
   }
 
   /**
@@ -266,7 +314,7 @@ export class RangedDownload extends Readable {
    * range past it). What the consumer wants, the first range reads at once.
    */
   private mustWait(r: Range): boolean {
-    if (this.destroyed) return false;
+    if (this.stopped) return false;
     if (r === this.window[0]) {
       return (
         !this.wanted && (r.filled - r.emitted >= this.rangeBytes || this.held >= this.heldBytes)
@@ -287,7 +335,7 @@ export class RangedDownload extends Readable {
         await this.attempt(r);
         return;
       } catch (error) {
-        if (this.destroyed) return;
+        if (this.stopped) return;
         const final = this.finalError(r, error);
         if (final) throw final;
         // An attempt that brought bytes was cut, not refused: it goes on at once. Attempts that
@@ -308,7 +356,7 @@ export class RangedDownload extends Readable {
         try {
           await sleep(wait, undefined, { signal: this.stopping.signal });
         } catch {
-          return; // destroyed while it waited
+          return; // stopped while it waited
         }
       }
     }
@@ -366,9 +414,10 @@ export class RangedDownload extends Readable {
         );
       }
       const size = r.end - r.start;
-      for await (const chunk of body as AsyncIterable<Buffer>) {
-        const n = Math.min(chunk.length, size - r.filled);
-        if (n > 0) r.chunks.push(n === chunk.length ? chunk : chunk.subarray(0, n));
+      const take = (view: Uint8Array): Promise<void> | undefined => {
+        if (this.stopped) throw new Error('the read was stopped');
+        const n = Math.min(view.length, size - r.filled);
+        if (n > 0) r.pieces.add(n === view.length ? view : view.subarray(0, n));
         r.filled += n;
         this.held += n;
         this.peakHeldBytes = Math.max(this.peakHeldBytes, this.held);
@@ -377,11 +426,20 @@ export class RangedDownload extends Readable {
         // The next range is asked for while this one's last bytes come: the round trip to ask
         // for it, and S3's time to answer, overlap them instead of following them.
         if (size - r.filled <= size / 8) this.release(r);
-        if (r === this.window[0]) this.pump();
+        if (r === this.window[0]) this.wake();
+        stall.arm();
+        if (!this.mustWait(r)) return undefined;
         // Waiting for room is not a stall: the clock runs only while the range reads.
         stall.pause();
-        while (this.mustWait(r)) await new Promise<void>((go) => this.waiting.push(go));
-        stall.arm();
+        return (async () => {
+          while (this.mustWait(r)) await new Promise<void>((go) => this.waiting.push(go));
+          stall.arm();
+        })();
+      };
+      if (body instanceof SocketBody) {
+        await body.readInto(take);
+      } else {
+        for await (const chunk of body as AsyncIterable<Uint8Array>) await take(chunk);
       }
       if (r.filled < size) {
         throw new TransientError(

@@ -17,6 +17,7 @@ import { GO_LINE } from '../shell.js';
 import type { RemoteStream } from '../ssh/session.js';
 import { TailHasher } from './icon2.js';
 import { FileProgress } from '../progress.js';
+import { MemoryPool, PieceList } from '../s3/pieces.js';
 import { END_OF_TAR, memberHeader, padding } from './tar-stream.js';
 
 /** A file to restore and where its bytes come from. */
@@ -116,7 +117,7 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
     append.stdout.setEncoding('utf8');
     append.stdout.on('data', (t: string) => out.push(t));
     for await (const chunk of await p.item.open(p.have)) {
-      if (!append.stdin.write(chunk)) await new Promise((r) => append.stdin.once('drain', r));
+      await new Promise<void>((r) => append.stdin.write(chunk, () => r()));
     }
     append.stdin.end();
     const code = await append.exit;
@@ -140,23 +141,24 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
   stdin.on('error', () => undefined);
   let channelGone = false;
   void o.remote.exit.then(() => (channelGone = true));
+  // A chunk may be memory that is filled again once it is written (a piece of the pool, a view
+  // of a socket's buffer): each write is waited for.
   const write = async (bytes: Uint8Array): Promise<void> => {
     if (channelGone)
       throw new ActionError(`The host stopped reading the files: ${o.remote.stderrTail().trim()}`);
-    if (!stdin.write(bytes)) {
-      await Promise.race([
-        new Promise((r) => stdin.once('drain', r)),
-        o.remote.exit.then(() => undefined),
-      ]);
-    }
+    await Promise.race([
+      new Promise<void>((r) => stdin.write(bytes, () => r())),
+      o.remote.exit.then(() => undefined),
+    ]);
   };
+  const pool = new MemoryPool();
   o.onGo();
   stdin.write('go none\n');
   try {
     for (const d of o.dirs) await write(memberHeader(d, 'Directory', 0, 0o755));
     const alone = Math.max(8 * 1024 ** 2, Math.floor(o.bytesInFlight / 4));
     let held = 0;
-    const queue: Array<{ item: FetchItem; body: Promise<Buffer[]> }> = [];
+    const queue: Array<{ item: FetchItem; body: Promise<PieceList> }> = [];
     let next = 0;
     const fill = (): void => {
       while (next < todo.length) {
@@ -171,7 +173,7 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
         )
           return;
         held += item.size;
-        const body = fetchWhole(item);
+        const body = fetchWhole(item, pool);
         body.catch(() => undefined);
         queue.push({ item, body });
         next++;
@@ -184,7 +186,10 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
         const body = await head.body;
         const size = head.item.size;
         await write(memberHeader(head.item.path, 'File', size, head.item.mode));
-        for (const chunk of body.splice(0)) await write(chunk);
+        for (let p = body.shift(true); p; p = body.shift(true)) {
+          await write(p.bytes);
+          pool.give(p.piece);
+        }
         held -= size;
         await write(Buffer.alloc(padding(size)));
         progress.files++;
@@ -242,7 +247,8 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
 /** The sha256 (or, for a foreign tree, the tail hash) of a file, checked as its bytes pass. */
 function checker(item: FetchItem): { update(b: Uint8Array): void; verify(): Promise<void> } {
   const sha = item.sha256 ? createHash('sha256') : undefined;
-  const tail = item.tail ? new TailHasher() : undefined;
+  // A sha256 proves the whole file: the tail's hash is checked only where it is all there is.
+  const tail = item.tail && !sha ? new TailHasher() : undefined;
   return {
     update: (b) => {
       sha?.update(b);
@@ -270,19 +276,20 @@ function checker(item: FetchItem): { update(b: Uint8Array): void; verify(): Prom
 /**
  * A whole file, then checked; fetched again from the start when something else than the read
  * fails (a read gives up on its own, see tree/resumable-read.ts, and a failed check is final).
- * The file is kept as the chunks it arrived in: a buffer of its size for each file in flight
- * (megabytes each, freed in turn) left the runner's memory in pieces that it did not give back.
+ * The file is kept in pieces of `pool`, given back as they are written: a buffer of its size
+ * for each file in flight (megabytes each, freed in turn) left the runner's memory in pieces
+ * that it did not give back.
  */
-async function fetchWhole(item: FetchItem): Promise<Buffer[]> {
+async function fetchWhole(item: FetchItem, pool: MemoryPool): Promise<PieceList> {
   for (let attempt = 1; ; attempt++) {
+    const body = new PieceList(pool);
     try {
-      const body: Buffer[] = [];
       const check = checker(item);
       let got = 0;
       for await (const chunk of await item.open(0)) {
         if (got + chunk.length > item.size)
           throw new Error(`more than the ${item.size} bytes expected`);
-        body.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+        body.add(chunk);
         got += chunk.length;
         check.update(chunk);
       }
@@ -290,6 +297,7 @@ async function fetchWhole(item: FetchItem): Promise<Buffer[]> {
       await check.verify();
       return body;
     } catch (error) {
+      body.clear();
       if (error instanceof ActionError || attempt >= ATTEMPTS) {
         throw error instanceof ActionError
           ? error

@@ -9,7 +9,8 @@
  * 404) ends it at once.
  *
  * The time the consumer takes with a chunk is not a stall: the clock runs only while the read
- * waits for the server.
+ * waits for the server. A chunk may be a view of a buffer that the next read fills again (the
+ * read client's, s3/socket-get.ts): it is valid until the next chunk is asked for.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ActionError, DownloadError, IntegrityError, StorageError } from '../errors.js';

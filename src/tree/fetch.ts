@@ -158,7 +158,7 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
     for (const d of o.dirs) await write(memberHeader(d, 'Directory', 0, 0o755));
     const alone = Math.max(8 * 1024 ** 2, Math.floor(o.bytesInFlight / 4));
     let held = 0;
-    const queue: Array<{ item: FetchItem; body: Promise<PieceList> }> = [];
+    const queue: Array<{ item: FetchItem; fetch: FileFetch }> = [];
     let next = 0;
     const fill = (): void => {
       while (next < todo.length) {
@@ -173,9 +173,7 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
         )
           return;
         held += item.size;
-        const body = fetchWhole(item, pool);
-        body.catch(() => undefined);
-        queue.push({ item, body });
+        queue.push({ item, fetch: new FileFetch(item, pool) });
         next++;
       }
     };
@@ -183,17 +181,27 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
       fill();
       const head = queue.shift();
       if (head) {
-        const body = await head.body;
+        const { fetch } = head;
         const size = head.item.size;
         await write(memberHeader(head.item.path, 'File', size, head.item.mode));
-        for (let p = body.shift(true); p; p = body.shift(true)) {
-          await write(p.bytes);
-          pool.give(p.piece);
+        for (;;) {
+          // Whole pieces while the file comes; once it has ended, the rest.
+          const ended = fetch.ended;
+          if (fetch.failure !== undefined) throw fetch.failure;
+          for (let p = fetch.pieces.shift(ended); p; p = fetch.pieces.shift(ended)) {
+            fetch.taken = true;
+            await write(p.bytes);
+            pool.give(p.piece);
+            progress.bytes += p.bytes.length;
+          }
+          if (ended) break;
+          await fetch.more();
         }
+        // The file's check: bytes already on the host that fail it stop the restore.
+        await fetch.done;
         held -= size;
         await write(Buffer.alloc(padding(size)));
         progress.files++;
-        progress.bytes += size;
         continue;
       }
       // A large file streams alone: header first, its bytes checked as they pass.
@@ -274,38 +282,85 @@ function checker(item: FetchItem): { update(b: Uint8Array): void; verify(): Prom
 }
 
 /**
- * A whole file, then checked; fetched again from the start when something else than the read
- * fails (a read gives up on its own, see tree/resumable-read.ts, and a failed check is final).
- * The file is kept in pieces of `pool`, given back as they are written: a buffer of its size
- * for each file in flight (megabytes each, freed in turn) left the runner's memory in pieces
- * that it did not give back.
+ * A file fetched into pieces of `pool`, then checked; fetched again from the start when
+ * something else than the read fails (a read gives up on its own, see tree/resumable-read.ts,
+ * and a failed check is final), unless its first pieces were written already. The writer takes
+ * the pieces as they fill (the file at the head of the tar goes on to the host while it
+ * arrives, as an archive's first range does) and gives them back once written: a buffer of its
+ * size for each file in flight (megabytes each, freed in turn) left the runner's memory in
+ * pieces that it did not give back.
  */
-async function fetchWhole(item: FetchItem, pool: MemoryPool): Promise<PieceList> {
-  for (let attempt = 1; ; attempt++) {
-    const body = new PieceList(pool);
-    try {
-      const check = checker(item);
-      let got = 0;
-      for await (const chunk of await item.open(0)) {
-        if (got + chunk.length > item.size)
-          throw new Error(`more than the ${item.size} bytes expected`);
-        body.add(chunk);
-        got += chunk.length;
-        check.update(chunk);
+class FileFetch {
+  readonly pieces: PieceList;
+  /** Resolves once the file is whole and checked. */
+  readonly done: Promise<void>;
+  /** Whether the fetch has ended, well or not; and why not. */
+  ended = false;
+  failure: unknown;
+  /** Set once a piece was taken: the fetch can no longer start over. */
+  taken = false;
+  private waiter: (() => void) | undefined;
+
+  constructor(
+    private readonly item: FetchItem,
+    pool: MemoryPool,
+  ) {
+    this.pieces = new PieceList(pool);
+    this.done = this.run().then(
+      () => this.end(),
+      (error: unknown) => {
+        this.failure = error;
+        this.end();
+        throw error;
+      },
+    );
+    this.done.catch(() => undefined);
+  }
+
+  /** Resolves when more bytes came or the fetch ended. */
+  more(): Promise<void> {
+    return this.ended ? Promise.resolve() : new Promise((go) => (this.waiter = go));
+  }
+
+  private end(): void {
+    this.ended = true;
+    this.wake();
+  }
+
+  private wake(): void {
+    const go = this.waiter;
+    this.waiter = undefined;
+    go?.();
+  }
+
+  private async run(): Promise<void> {
+    const item = this.item;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const check = checker(item);
+        let got = 0;
+        for await (const chunk of await item.open(0)) {
+          if (got + chunk.length > item.size)
+            throw new Error(`more than the ${item.size} bytes expected`);
+          this.pieces.add(chunk);
+          got += chunk.length;
+          check.update(chunk);
+          this.wake();
+        }
+        if (got !== item.size) throw new Error(`${got} of ${item.size} bytes`);
+        await check.verify();
+        return;
+      } catch (error) {
+        if (error instanceof ActionError || attempt >= ATTEMPTS || this.taken) {
+          throw error instanceof ActionError
+            ? error
+            : new ActionError(
+                `The download of ${item.path} failed ${attempt} times: ${errorMessage(error)}`,
+              );
+        }
+        this.pieces.clear();
+        await sleep(500 * 2 ** attempt);
       }
-      if (got !== item.size) throw new Error(`${got} of ${item.size} bytes`);
-      await check.verify();
-      return body;
-    } catch (error) {
-      body.clear();
-      if (error instanceof ActionError || attempt >= ATTEMPTS) {
-        throw error instanceof ActionError
-          ? error
-          : new ActionError(
-              `The download of ${item.path} failed ${attempt} times: ${errorMessage(error)}`,
-            );
-      }
-      await sleep(500 * 2 ** attempt);
     }
   }
 }

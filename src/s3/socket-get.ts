@@ -398,7 +398,7 @@ export class SocketGetHandler {
   private readonly idle = new Map<string, Connection[]>();
 
   /**
-   * `tlsOptions` add to tls.connect's (a `ca` in tests; the system's CAs and
+   * `tlsOptions` add to tls.connect's (a `ca` in tests; Node's CAs and
    * NODE_EXTRA_CA_CERTS otherwise, as for the SDK's handler).
    */
   constructor(

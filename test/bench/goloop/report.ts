@@ -143,19 +143,6 @@ export function goloopReport(figures: GoloopFigures): string {
         verdict(o.runnerPeakRssBytes === undefined ? undefined : o.runnerPeakRssBytes <= 200 * MiB),
       ]);
     }
-    // What S3 alone takes to store these bytes: their upload, after their chain runs again.
-    // On this machine no procedure that stores the same bytes in the same MinIO lists sooner.
-    const upload =
-      t?.ok && t.phases?.uploaded !== undefined && t.phases.started !== undefined
-        ? t.phases.uploaded - t.phases.started
-        : undefined;
-    if (upload !== undefined && t?.stopToListedSeconds) {
-      tgt.push([
-        `${s.sizeGib} GiB: the floor here, theirs' upload alone (${fmtS(upload)}) against their stop to listed`,
-        `${(upload / t.stopToListedSeconds).toFixed(3)}x`,
-        '',
-      ]);
-    }
     const rt = s.restores.theirs;
     for (const who of OURS) {
       const ro = s.restores[who];

@@ -13,7 +13,6 @@ import { StorageError } from '../errors.js';
 import type { KindFacts, NodeKindName } from '../node-kind/host.js';
 import { describeS3Error } from '../s3/client.js';
 import { isTransient } from '../s3/retry.js';
-import { SocketBody } from '../s3/socket-get.js';
 import type { Settings } from '../settings.js';
 import type { FetchItem } from '../tree/fetch.js';
 import { readForeignTree } from '../tree/icon2.js';
@@ -74,24 +73,26 @@ export async function ourTree(
           }),
           { abortSignal: signal },
         );
-        // The read client's body gives views of its socket's buffer (see tree/fetch.ts).
-        return res.Body instanceof SocketBody ? res.Body.views() : (res.Body as Readable);
+        return res.Body as Readable;
       } catch (error) {
         if (signal.aborted || isTransient(error)) throw error;
         throw describeS3Error(error, `s3://${bucket}/${objects}${sha}`);
       }
     };
-  const open = (f: { path: string; size: number; sha256: string }) => (start: number) =>
-    Promise.resolve(
-      resumableRead({
-        what: `${f.path} (s3://${bucket}/${objects}${f.sha256})`,
-        size: f.size,
-        start,
-        request: request(f.sha256),
-        onRetry: (message) => core.info(`Download: ${message}`),
-        ...timing,
-      }),
-    );
+  const read =
+    (f: { path: string; size: number; sha256: string }): FetchItem['read'] =>
+    (start, take) =>
+      resumableRead(
+        {
+          what: `${f.path} (s3://${bucket}/${objects}${f.sha256})`,
+          size: f.size,
+          start,
+          request: request(f.sha256),
+          onRetry: (message) => core.info(`Download: ${message}`),
+          ...timing,
+        },
+        take,
+      );
   return {
     key,
     nodeKind: m.nodeKind === 'goloop' ? 'goloop' : 'loopchain',
@@ -104,7 +105,7 @@ export async function ourTree(
       mode: f.mode,
       sha256: f.sha256,
       tail: f.tail,
-      open: open(f),
+      read: read(f),
     })),
     dirs: m.dirs,
     proven: true,
@@ -146,17 +147,20 @@ export async function foreignTree(
       `${unchecked < files.length ? ' and the hash of its last 10 KiB' : ''} can be checked, not a sha256 of the whole file, ` +
       `and it states no block height or hash to prove the restored node by.`,
   );
-  const open = (f: { path: string; size: number; url: string }) => (start: number) =>
-    Promise.resolve(
-      resumableRead({
-        what: `${f.path} (${f.url})`,
-        size: f.size,
-        start,
-        request: httpRange(f.url),
-        onRetry: (message) => core.info(`Download: ${message}`),
-        ...timing,
-      }),
-    );
+  const read =
+    (f: { path: string; size: number; url: string }): FetchItem['read'] =>
+    (start, take) =>
+      resumableRead(
+        {
+          what: `${f.path} (${f.url})`,
+          size: f.size,
+          start,
+          request: httpRange(f.url),
+          onRetry: (message) => core.info(`Download: ${message}`),
+          ...timing,
+        },
+        take,
+      );
   const dirs = new Set<string>();
   for (const f of files) {
     const parts = f.path.split('/');
@@ -173,7 +177,7 @@ export async function foreignTree(
       size: f.size,
       mode: 0o644,
       tail: f.tail,
-      open: open(f),
+      read: read(f),
     })),
     dirs: [...dirs].sort(),
     proven: false,

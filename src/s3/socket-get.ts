@@ -266,50 +266,6 @@ export class SocketBody extends Readable {
     return whole;
   }
 
-  /**
-   * The body's bytes as views of the socket's buffer, each valid until the next is asked for
-   * (the socket waits meanwhile). Leaving the loop early closes the socket.
-   */
-  async *views(): AsyncGenerator<Buffer> {
-    let handed: { view: Buffer; next: () => void } | undefined;
-    let wake: (() => void) | undefined;
-    let ended = false;
-    let failure: Error | undefined;
-    this.readInto(
-      (view) =>
-        new Promise<void>((next) => {
-          handed = { view, next };
-          wake?.();
-        }),
-    ).then(
-      () => {
-        ended = true;
-        wake?.();
-      },
-      (error: Error) => {
-        failure = error;
-        wake?.();
-      },
-    );
-    try {
-      for (;;) {
-        const h = handed;
-        if (h) {
-          handed = undefined;
-          yield h.view;
-          h.next();
-          continue;
-        }
-        if (failure) throw failure;
-        if (ended) return;
-        await new Promise<void>((go) => (wake = go));
-        wake = undefined;
-      }
-    } finally {
-      if (!ended && !failure) this.destroy();
-    }
-  }
-
   override _read(): void {
     if (!this.reader && !this.done) this.start();
   }

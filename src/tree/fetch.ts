@@ -16,6 +16,7 @@ import type { NodeHost } from '../node-kind/host.js';
 import { GO_LINE } from '../shell.js';
 import type { RemoteStream } from '../ssh/session.js';
 import { TailHasher } from './icon2.js';
+import type { Take } from './resumable-read.js';
 import { FileProgress } from '../progress.js';
 import { MemoryPool, PieceList } from '../s3/pieces.js';
 import { END_OF_TAR, memberHeader, padding } from './tar-stream.js';
@@ -29,8 +30,11 @@ export interface FetchItem {
   sha256?: string;
   /** icon2-node's trees give only the xxh3 of the tail (see icon2.ts), where they give one. */
   tail?: string;
-  /** The bytes from `start` to the end, as chunks. */
-  open(start: number): Promise<AsyncIterable<Uint8Array>>;
+  /**
+   * Hands the bytes from `start` to the end to `take`, in order; a chunk is valid during the
+   * call and until a promise that `take` returns settles (see tree/resumable-read.ts).
+   */
+  read(start: number, take: Take): Promise<void>;
 }
 
 export interface FetchOptions {
@@ -116,9 +120,10 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
     const out: string[] = [];
     append.stdout.setEncoding('utf8');
     append.stdout.on('data', (t: string) => out.push(t));
-    for await (const chunk of await p.item.open(p.have)) {
-      await new Promise<void>((r) => append.stdin.write(chunk, () => r()));
-    }
+    await p.item.read(
+      p.have,
+      (chunk) => new Promise<void>((r) => append.stdin.write(chunk, () => r())),
+    );
     append.stdin.end();
     const code = await append.exit;
     const sha = out.join('').trim();
@@ -209,13 +214,12 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
       await write(memberHeader(item.path, 'File', item.size, item.mode));
       const check = checker(item);
       let got = 0;
-      for await (const chunk of await item.open(0)) {
+      await item.read(0, async (chunk) => {
         got += chunk.length;
-        if (got > item.size) break;
         check.update(chunk);
         await write(chunk);
         progress.bytes += chunk.length;
-      }
+      });
       if (got !== item.size) {
         throw new ActionError(
           `The download of ${item.path} broke off after ${formatBytes(got)}; run again to go on from there.`,
@@ -339,14 +343,14 @@ class FileFetch {
       try {
         const check = checker(item);
         let got = 0;
-        for await (const chunk of await item.open(0)) {
+        await item.read(0, (chunk) => {
           if (got + chunk.length > item.size)
             throw new Error(`more than the ${item.size} bytes expected`);
           this.pieces.add(chunk);
           got += chunk.length;
           check.update(chunk);
           this.wake();
-        }
+        });
         if (got !== item.size) throw new Error(`${got} of ${item.size} bytes`);
         await check.verify();
         return;

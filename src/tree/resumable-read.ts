@@ -15,7 +15,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ActionError, DownloadError, IntegrityError, StorageError } from '../errors.js';
 import { formatBytes } from '../format.js';
+import { Readable } from 'node:stream';
 import { backoffMs, isTransient, reason, StallWatch, TransientError } from '../s3/retry.js';
+import { SocketBody } from '../s3/socket-get.js';
 
 export interface ResumableReadOptions {
   /** The file, for messages: its path in the snapshot and where it is read from. */
@@ -43,38 +45,47 @@ export interface ResumableReadOptions {
 /** The timing of a resumable read, for a caller that passes it on (tests shorten it). */
 export type ReadTiming = Pick<ResumableReadOptions, 'attempts' | 'backoffMs' | 'stallMs'>;
 
-/** The file's bytes from `start` to its end, as chunks: see the module's comment. */
-export async function* resumableRead(o: ResumableReadOptions): AsyncGenerator<Uint8Array> {
+/** Takes each chunk of a read; a promise holds the read (not a stall) until it settles. */
+export type Take = (chunk: Uint8Array) => void | Promise<void>;
+
+/**
+ * The file's bytes from `start` to its end, handed to `take` in order: see the module's
+ * comment. A chunk may be a view of a buffer that the next read fills again (the read
+ * client's, s3/socket-get.ts): it is valid during the call, and until a promise that `take`
+ * returns settles.
+ */
+export async function resumableRead(o: ResumableReadOptions, take: Take): Promise<void> {
   const attempts = Math.max(1, o.attempts ?? 6);
   let at = Math.min(o.start ?? 0, o.size);
   let failures = 0;
   while (at < o.size) {
     const before = at;
     const stall = new StallWatch(o.stallMs);
-    let chunks: AsyncIterator<Uint8Array> | undefined;
+    let body: AsyncIterable<Uint8Array> | undefined;
     let failed: unknown;
+    const handle = (chunk: Uint8Array): Promise<void> | undefined => {
+      // Bytes came, though none for the file (a server that ignored the Range sends the ones
+      // before it first): not a stall.
+      stall.arm();
+      if (chunk.length === 0) return undefined;
+      if (chunk.length > o.size - at) {
+        throw new IntegrityError(
+          `${o.what} is longer than the ${o.size} bytes recorded for it: the stored file is not the one the snapshot names.`,
+        );
+      }
+      at += chunk.length;
+      const wait = take(chunk);
+      if (!wait) return undefined;
+      stall.pause();
+      return wait.then(() => stall.arm());
+    };
     try {
       stall.arm();
-      chunks = (await o.request(at, stall.signal))[Symbol.asyncIterator]();
-      for (;;) {
-        const next = await chunks.next();
-        if (next.done) break;
-        const chunk = next.value;
-        // Bytes came, though none for the file (a server that ignored the Range sends the
-        // ones before it first): not a stall.
-        if (chunk.length === 0) {
-          stall.arm();
-          continue;
-        }
-        if (chunk.length > o.size - at) {
-          throw new IntegrityError(
-            `${o.what} is longer than the ${o.size} bytes recorded for it: the stored file is not the one the snapshot names.`,
-          );
-        }
-        stall.pause();
-        at += chunk.length;
-        yield chunk;
-        stall.arm();
+      body = await o.request(at, stall.signal);
+      if (body instanceof SocketBody) {
+        await body.readInto(handle);
+      } else {
+        for await (const chunk of body) await handle(chunk);
       }
       if (at < o.size) {
         throw new TransientError(
@@ -88,7 +99,7 @@ export async function* resumableRead(o: ResumableReadOptions): AsyncGenerator<Ui
       // Whatever ended the attempt (an error, or a consumer that stopped reading), its
       // connection is let go.
       stall.controller.abort();
-      chunks?.return?.().catch(() => undefined);
+      if (body instanceof Readable) body.destroy();
     }
     if (failed === undefined) return;
     if (!isTransient(failed)) {

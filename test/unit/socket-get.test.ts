@@ -133,7 +133,7 @@ describe('socket-get: exchanges', () => {
     return h;
   };
 
-  it('keeps the socket for the next GET, and hands a body as views, as copies or as a stream', async () => {
+  it('keeps the socket for the next GET, and hands a body as views (held while the reader waits) or as a stream', async () => {
     const data = randomBytes(300_000);
     const srv = await scripted((_s, socket) => answer(socket, data));
     servers.push(srv);
@@ -142,11 +142,17 @@ describe('socket-get: exchanges', () => {
     const a = (await h.handle(request(srv.port))).response.body as SocketBody;
     await a.readInto((view) => void got.push(Buffer.from(view)));
     const b = (await h.handle(request(srv.port))).response.body as SocketBody;
-    const viewed: Buffer[] = [];
-    for await (const v of b.views()) viewed.push(Buffer.from(v));
+    const held: Buffer[] = [];
+    // A reader that holds the socket a while with every view.
+    await b.readInto(async (view) => {
+      const copy = Buffer.from(view);
+      await new Promise((r) => setTimeout(r, 1));
+      assert.ok(copy.equals(view), 'the view changed while the reader held it');
+      held.push(copy);
+    });
     const c = (await h.handle(request(srv.port))).response.body;
     const streamed = await readAll(c);
-    for (const bytes of [Buffer.concat(got), Buffer.concat(viewed), streamed])
+    for (const bytes of [Buffer.concat(got), Buffer.concat(held), streamed])
       assert.equal(sha(bytes), sha(data));
     assert.deepEqual(
       srv.seen.map((s) => s.connection),

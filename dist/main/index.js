@@ -93349,8 +93349,6 @@ const DECODERS = {
     pigz: 'pigz -d -c',
     gzip: 'gzip -d -c',
     zstd: 'zstd -d -q -c',
-    /** A tree's files travel as a plain tar (they are LevelDB tables, compressed already). */
-    none: 'cat',
 };
 /**
  * The fastest decompressor the host has for `compression`. Inflate is single-threaded in
@@ -93518,14 +93516,17 @@ function extractCommand(kind, prepDir, stage, options = {}) {
     // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
     // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads
     // of a pipe into whole records.
-    const tar = 'LC_ALL=C tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
+    const tar = 'tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
     return bashScript([
         WIDE_PIPES,
         // bash reads a pipe a byte at a time: the archive starts right after this line.
         `IFS=' ' read -r word name || exit 0`,
         `[ "$word" = go ] || exit 0`,
         `case "$name" in`,
-        ...Object.entries(DECODERS).map(([n, c]) => `  ${n}) decoder=${quote(c)} ;;`),
+        ...Object.entries(DECODERS).map(([n, c]) => `  ${n}) decode() { wide ${c} | LC_ALL=C ${tar}; } ;;`),
+        // A plain tar goes to tar itself: a cat in between cost the host a core-second for
+        // every 2 GiB.
+        `  none) decode() { LC_ALL=C wide ${tar}; } ;;`,
         `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
         `esac`,
         // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
@@ -93544,7 +93545,7 @@ function extractCommand(kind, prepDir, stage, options = {}) {
         // tar's listing goes to one check and its stderr (and the decompressor's) through the
         // other; what they find comes out on fd 3. The status is the decompressor's or tar's.
         `rc=0`,
-        `found=$({ { wide $decoder | ${tar} | awk ${quote(LISTING_CHECK)}; } 2>&1 >&3 | awk ${quote(ERRORS_CHECK)}; } 3>&1) || rc=$?`,
+        `found=$({ { decode | awk ${quote(LISTING_CHECK)}; } 2>&1 >&3 | awk ${quote(ERRORS_CHECK)}; } 3>&1) || rc=$?`,
         `if [ -n "$found" ]; then refuse "$found"; fi`,
         `[ "$rc" = 0 ] || exit "$rc"`,
         `cd -- "$stage"`,
@@ -95631,11 +95632,501 @@ class FileProgress {
 var dist_cjs = __nccwpck_require__(3711);
 ;// CONCATENATED MODULE: external "node:timers/promises"
 const external_node_timers_promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:timers/promises");
+// EXTERNAL MODULE: ./node_modules/@smithy/node-http-handler/dist-cjs/index.js
+var node_http_handler_dist_cjs = __nccwpck_require__(1279);
+// EXTERNAL MODULE: external "node:tls"
+var external_node_tls_ = __nccwpck_require__(1692);
+;// CONCATENATED MODULE: ./src/s3/socket-get.ts
+/**
+ * The GETs of a restore's and a verify's bytes, read into memory that is used again.
+ *
+ * Node's HTTP client reads each socket into a new buffer and hands the body on in those
+ * buffers; the runner frees them only when the garbage collector runs, which Node 24 does
+ * after tens of megabytes of them. Measured on this project's bench, reading 1 GiB from MinIO
+ * with 8 ranged GETs into a pipe: through the SDK's handler, 2.2 CPU-seconds and a peak RSS of
+ * 300 MiB; each socket read into one buffer of its own and copied into reused memory, 0.8
+ * CPU-seconds with a sha256 of every byte, and 138 MiB. On a restore the runner's one thread
+ * is the slowest stage, so its CPU is the restore's speed.
+ *
+ * The SDK builds, signs and retries the request as always; only the exchange goes through
+ * here: one request at a time on a socket kept alive between them (TLS for https), whose
+ * every read lands in the same buffer (`onread`). The answer's head is parsed here. A body
+ * that Content-Length delimits is a SocketBody: `readInto` hands its bytes to a reader as
+ * views of that buffer, valid during the call only, and read as a stream it gives copies, as
+ * any stream does. Whatever this does not read (another method than GET, a body without a
+ * Content-Length, an interim answer) is asked again through the SDK's own handler.
+ */
+
+
+
+
+/** Each socket's read buffer: a plain socket reads up to this at once, TLS a record (16 KiB). */
+const READ_BUFFER_BYTES = 64 * 1024;
+/** A kept-alive socket with no request for this long is closed (S3 closes them after 20 s). */
+const IDLE_MS = 4000;
+/** Connecting, and the TLS handshake, may take this long. */
+const CONNECT_MS = 30_000;
+/**
+ * Whether the runner names an HTTP proxy: its reads then go through the SDK's handler, as
+ * every other request does (Node 24 sends those through the proxy with NODE_USE_ENV_PROXY).
+ */
+function behindProxy() {
+    return ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy'].some((v) => process.env[v]);
+}
+/** An error that the retries (s3/retry.ts) count as a network failure. */
+function networkError(message, code = 'ECONNRESET') {
+    return Object.assign(new Error(message), { code });
+}
+function abortError() {
+    return Object.assign(new Error('The request was aborted'), { name: 'AbortError' });
+}
+/** RFC 3986 escaping, as the SDK signs the query. */
+function socket_get_escape(text) {
+    return encodeURIComponent(text).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+/** The request's path and query, as the SDK's own handler writes them. */
+function requestTarget(request) {
+    const parts = [];
+    for (const key of Object.keys(request.query ?? {}).sort()) {
+        const value = request.query?.[key];
+        if (Array.isArray(value))
+            for (const v of value)
+                parts.push(`${socket_get_escape(key)}=${socket_get_escape(v)}`);
+        else if (value === null || value === undefined)
+            parts.push(socket_get_escape(key));
+        else
+            parts.push(`${socket_get_escape(key)}=${socket_get_escape(value)}`);
+    }
+    return `${request.path}${parts.length > 0 ? `?${parts.join('&')}` : ''}`;
+}
+/** Parses an answer's head (without its blank line); undefined when it is not HTTP/1.x. */
+function parseHead(text) {
+    const lines = text.split('\r\n');
+    const status = /^HTTP\/(1\.[01]) (\d{3})(?: (.*))?$/.exec(lines[0] ?? '');
+    if (!status)
+        return undefined;
+    const headers = {};
+    for (const line of lines.slice(1)) {
+        const colon = line.indexOf(':');
+        if (colon <= 0)
+            return undefined;
+        const name = line.slice(0, colon).trim().toLowerCase();
+        const value = line.slice(colon + 1).trim();
+        headers[name] = name in headers ? `${headers[name]}, ${value}` : value;
+    }
+    return {
+        version: status[1],
+        statusCode: Number(status[2]),
+        reason: status[3] ?? '',
+        headers,
+    };
+}
+/** A socket of the pool, with the buffer that every read of it lands in. */
+class Connection {
+    origin;
+    forget;
+    socket;
+    /** The exchange that the socket's bytes go to, if any. */
+    onBytes;
+    /** Told when the socket ends or fails during an exchange. */
+    onGone;
+    /** Answers that were read whole from it: a reused socket may have been closed by the server. */
+    served = 0;
+    idle;
+    ready;
+    constructor(origin, request, forget, tlsOptions) {
+        this.origin = origin;
+        this.forget = forget;
+        const buffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
+        const onread = {
+            buffer,
+            callback: (n, b) => {
+                const view = Buffer.from(b.buffer, b.byteOffset, n);
+                if (!this.onBytes) {
+                    // Bytes that no request asked for: the socket cannot be trusted for another.
+                    this.socket.destroy();
+                    return false;
+                }
+                return this.onBytes(view);
+            },
+        };
+        const host = request.hostname.replace(/^\[(.*)\]$/, '$1');
+        const https = request.protocol === 'https:';
+        const port = request.port ?? (https ? 443 : 80);
+        // Node's types lack tls.connect's onread, which it takes as net.connect does (Node >= 15).
+        const secure = {
+            ...tlsOptions,
+            host,
+            port,
+            servername: external_node_net_.isIP(host) ? undefined : host,
+            ALPNProtocols: ['http/1.1'],
+            onread,
+        };
+        this.socket = https ? external_node_tls_.connect(secure) : external_node_net_.connect({ host, port, onread });
+        this.socket.setNoDelay(true);
+        this.ready = new Promise((resolve, reject) => {
+            const timer = setTimeout(() => {
+                this.socket.destroy(networkError(`no connection to ${this.origin} in ${CONNECT_MS / 1000} s`, 'ETIMEDOUT'));
+            }, CONNECT_MS);
+            this.socket.once(https ? 'secureConnect' : 'connect', () => {
+                clearTimeout(timer);
+                resolve();
+            });
+            this.socket.once('error', (error) => {
+                clearTimeout(timer);
+                reject(error);
+            });
+        });
+        this.ready.catch(() => undefined);
+        this.socket.on('error', (error) => this.gone(error));
+        this.socket.on('end', () => this.gone(networkError('the server closed the connection')));
+        this.socket.on('close', () => this.gone(networkError('socket hang up')));
+    }
+    /** Kept for the next request; closed after IDLE_MS without one. */
+    rest() {
+        this.onBytes = undefined;
+        this.onGone = undefined;
+        this.served++;
+        this.socket.unref();
+        this.idle = setTimeout(() => this.socket.destroy(), IDLE_MS);
+        this.idle.unref();
+    }
+    /** Taken for a request. */
+    wake() {
+        clearTimeout(this.idle);
+        this.socket.ref();
+        this.socket.resume();
+    }
+    get usable() {
+        return !this.socket.destroyed && this.socket.readyState === 'open';
+    }
+    gone(error) {
+        clearTimeout(this.idle);
+        this.forget(this);
+        if (!this.socket.destroyed)
+            this.socket.destroy();
+        const tell = this.onGone;
+        this.onGone = undefined;
+        this.onBytes = undefined;
+        tell?.(error);
+    }
+}
+/**
+ * A body that Content-Length delimits, read from a socket of the pool: see the module's
+ * comment. The socket goes back to the pool once the last byte is read.
+ */
+class SocketBody extends external_node_stream_.Readable {
+    conn;
+    release;
+    reusable;
+    left;
+    reader;
+    finished;
+    /** Bytes that came with the head, kept until someone reads the body. */
+    pending;
+    done = false;
+    constructor(conn, length, first, release, reusable) {
+        super({ highWaterMark: 1024 * 1024 });
+        this.conn = conn;
+        this.release = release;
+        this.reusable = reusable;
+        this.left = length;
+        this.pending = first.length > 0 ? first : undefined;
+        conn.onBytes = (view) => this.bytes(view);
+        conn.onGone = (error) => this.fail(error);
+        if (length === 0)
+            queueMicrotask(() => this.finish());
+    }
+    /**
+     * Hands every byte of the body to `read`, as views valid during the call only (the socket's
+     * next read overwrites them); a promise from `read` pauses the socket until it settles.
+     * Resolves once the body is read whole. A body is read this way or as a stream, not both.
+     */
+    readInto(read) {
+        this.reader = read;
+        // Its failure is the promise's: the stream's 'error' event has no one to tell.
+        this.on('error', () => undefined);
+        const whole = new Promise((resolve, reject) => {
+            this.finished = { resolve, reject };
+        });
+        if (this.done)
+            this.finished?.resolve();
+        else if (this.errored)
+            this.finished?.reject(this.errored);
+        else
+            this.start();
+        return whole;
+    }
+    _read() {
+        if (!this.reader && !this.done)
+            this.start();
+    }
+    _destroy(error, callback) {
+        if (!this.done) {
+            // A body left unread leaves the socket mid-answer: it cannot serve another.
+            this.done = true;
+            this.conn.onBytes = undefined;
+            this.conn.onGone = undefined;
+            this.release(false);
+            this.finished?.reject(error ?? abortError());
+        }
+        callback(error);
+    }
+    /** The bytes that came with the head first, then the socket's. */
+    start() {
+        const first = this.pending;
+        this.pending = undefined;
+        if (first && !this.bytes(first))
+            return;
+        if (!this.done)
+            this.conn.socket.resume();
+    }
+    /** Takes bytes of the body; false when the socket must wait. */
+    bytes(view) {
+        if (view.length > this.left) {
+            this.fail(networkError(`the server sent ${view.length - this.left} bytes past the body's length`));
+            return false;
+        }
+        this.left -= view.length;
+        let more = true;
+        if (this.reader) {
+            let wait;
+            try {
+                wait = this.reader(view);
+            }
+            catch (error) {
+                this.destroy(error);
+                return false;
+            }
+            if (wait) {
+                // The reader may still use the view: the socket (and its buffer) waits with it, even
+                // after the body's last byte.
+                wait.then(() => {
+                    if (this.left === 0)
+                        this.finish();
+                    else if (!this.done)
+                        this.conn.socket.resume();
+                }, (error) => this.destroy(error));
+                return false;
+            }
+        }
+        else {
+            more = this.push(Buffer.from(view));
+        }
+        if (this.left === 0) {
+            this.finish();
+            return true;
+        }
+        return more;
+    }
+    finish() {
+        if (this.done)
+            return;
+        this.done = true;
+        this.conn.onBytes = undefined;
+        this.conn.onGone = undefined;
+        this.release(this.reusable);
+        if (this.reader)
+            this.finished?.resolve();
+        else
+            this.push(null);
+    }
+    fail(error) {
+        if (!this.done)
+            this.destroy(error);
+    }
+}
+/**
+ * The request handler of the read client (see the module's comment): GETs on pooled sockets,
+ * everything else through `fallback`.
+ */
+class SocketGetHandler {
+    fallback;
+    tlsOptions;
+    metadata = { handlerProtocol: 'http/1.1' };
+    idle = new Map();
+    /**
+     * `tlsOptions` add to tls.connect's (a `ca` in tests; Node's CAs and
+     * NODE_EXTRA_CA_CERTS otherwise, as for the SDK's handler).
+     */
+    constructor(fallback = new node_http_handler_dist_cjs.NodeHttpHandler(), tlsOptions = {}) {
+        this.fallback = fallback;
+        this.tlsOptions = tlsOptions;
+    }
+    async handle(request, options = {}) {
+        if (request.method !== 'GET' ||
+            request.body !== undefined ||
+            request.username ||
+            request.password ||
+            behindProxy()) {
+            return this.fallback.handle(request, options);
+        }
+        // The SDK passes the AbortSignal given to its send().
+        const signal = options.abortSignal;
+        if (signal?.aborted)
+            throw abortError();
+        for (let attempt = 1;; attempt++) {
+            const conn = this.take(request);
+            try {
+                const answer = await this.exchange(conn, request, signal);
+                if (answer === 'fallback') {
+                    return this.fallback.handle(request, options);
+                }
+                return { response: answer };
+            }
+            catch (error) {
+                // A kept-alive socket that the server had closed fails before any answer: the GET
+                // goes once more on a new socket, as Node's own client does.
+                const stale = error.stale === true;
+                if (!stale || attempt > 1 || signal?.aborted)
+                    throw error;
+            }
+        }
+    }
+    /** Closes every idle socket. */
+    destroy() {
+        for (const list of this.idle.values())
+            for (const c of list)
+                c.socket.destroy();
+        this.idle.clear();
+    }
+    updateHttpClientConfig() { }
+    httpHandlerConfigs() {
+        return {};
+    }
+    take(request) {
+        const origin = `${request.protocol}//${request.hostname}:${request.port ?? ''}`;
+        const list = this.idle.get(origin) ?? [];
+        for (let c = list.pop(); c; c = list.pop()) {
+            if (c.usable) {
+                c.wake();
+                return c;
+            }
+        }
+        return new Connection(origin, request, (c) => this.forget(c), this.tlsOptions);
+    }
+    forget(c) {
+        const list = this.idle.get(c.origin);
+        const i = list?.indexOf(c) ?? -1;
+        if (list && i >= 0)
+            list.splice(i, 1);
+    }
+    rest(c) {
+        if (!c.usable)
+            return;
+        c.rest();
+        const list = this.idle.get(c.origin) ?? [];
+        list.push(c);
+        this.idle.set(c.origin, list);
+    }
+    /** One request and the head of its answer; the body follows as the answer's SocketBody. */
+    exchange(conn, request, signal) {
+        const reused = conn.served > 0;
+        return new Promise((resolve, reject) => {
+            let settled = false;
+            let head = Buffer.alloc(0);
+            let body;
+            const onAbort = () => {
+                conn.socket.destroy();
+                if (body)
+                    body.destroy(abortError());
+                else
+                    settle(() => reject(abortError()));
+            };
+            const settle = (then) => {
+                if (settled)
+                    return;
+                settled = true;
+                then();
+            };
+            signal?.addEventListener('abort', onAbort, { once: true });
+            const unlisten = () => signal?.removeEventListener('abort', onAbort);
+            conn.onGone = (error) => {
+                unlisten();
+                // Nothing of the answer came on a socket that had served one: the server closed it.
+                settle(() => reject(Object.assign(error, { stale: reused && head.length === 0 })));
+            };
+            conn.onBytes = (view) => {
+                head = Buffer.concat([head, view]);
+                const end = head.indexOf('\r\n\r\n');
+                if (end < 0) {
+                    if (head.length > 64 * 1024) {
+                        conn.socket.destroy();
+                        settle(() => reject(networkError("the answer's head is longer than 64 KiB")));
+                    }
+                    return true;
+                }
+                const parsed = parseHead(head.subarray(0, end).toString('latin1'));
+                const rest = head.subarray(end + 4);
+                const length = Number(parsed?.headers['content-length'] ?? NaN);
+                if (!parsed ||
+                    parsed.statusCode < 200 ||
+                    parsed.headers['transfer-encoding'] !== undefined ||
+                    !Number.isSafeInteger(length) ||
+                    length < 0) {
+                    // Not an answer this reads: the SDK's handler asks again.
+                    conn.onBytes = undefined;
+                    conn.onGone = undefined;
+                    conn.socket.destroy();
+                    unlisten();
+                    settle(() => resolve('fallback'));
+                    return false;
+                }
+                const reusable = parsed.version === '1.1' && !/\bclose\b/i.test(parsed.headers.connection ?? '');
+                // Until someone reads the body, the socket waits.
+                conn.socket.pause();
+                body = new SocketBody(conn, length, rest, (reuse) => {
+                    unlisten();
+                    if (reuse)
+                        this.rest(conn);
+                    else
+                        conn.socket.destroy();
+                }, reusable);
+                const response = {
+                    statusCode: parsed.statusCode,
+                    reason: parsed.reason,
+                    headers: parsed.headers,
+                    body,
+                };
+                settle(() => resolve(response));
+                return false;
+            };
+            conn.ready.then(() => {
+                if (settled)
+                    return;
+                const lines = [`GET ${requestTarget(request)} HTTP/1.1`];
+                const headers = Object.entries(request.headers);
+                if (!headers.some(([name]) => name.toLowerCase() === 'host')) {
+                    lines.push(`host: ${request.hostname}${request.port ? `:${request.port}` : ''}`);
+                }
+                for (const [name, value] of headers)
+                    lines.push(`${name}: ${value}`);
+                conn.socket.write(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
+            }, (error) => {
+                unlisten();
+                settle(() => reject(error));
+            });
+        });
+    }
+}
+
 ;// CONCATENATED MODULE: ./src/s3/client.ts
 /** The S3 client, from the default credential chain (OIDC from configure-aws-credentials works as is). */
 
 
+
 function createClient(settings) {
+    return new dist_cjs/* S3Client */.YxF(clientConfig(settings));
+}
+/**
+ * A client for the bulk reads of a restore or a verify (an archive's ranges, a tree's
+ * objects): its GETs read into reused memory (see socket-get.ts), its other requests go as
+ * createClient's do.
+ */
+function createReadClient(settings) {
+    return new dist_cjs/* S3Client */.YxF({ ...clientConfig(settings), requestHandler: new SocketGetHandler() });
+}
+function clientConfig(settings) {
     const config = {
         region: settings.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
         endpoint: settings.endpoint,
@@ -95650,7 +96141,7 @@ function createClient(settings) {
         config.credentials = { accessKeyId: '', secretAccessKey: '' };
         config.signer = { sign: async (request) => request };
     }
-    return new dist_cjs/* S3Client */.YxF(config);
+    return config;
 }
 /** Proves, before the node is touched, that the credentials work and the bucket exists. */
 async function checkBucket(client, settings) {
@@ -96016,8 +96507,8 @@ function planParts(expectedBytes, settings, maxBufferBytes) {
     return { partSize, queueSize: Math.min(settings.queueSize, fits) };
 }
 /** Counts and hashes the bytes that pass through it. */
-class HashingCounter extends external_node_stream_.Transform {
-    hash = (0,external_node_crypto_.createHash)('sha256');
+class HashingCounter extends (/* unused pure expression or super */ null && (Transform)) {
+    hash = createHash('sha256');
     bytes = 0;
     _transform(chunk, _encoding, callback) {
         this.hash.update(chunk);
@@ -96282,14 +96773,82 @@ async function abortUploads(client, bucket, key) {
     }
 }
 
+;// CONCATENATED MODULE: ./src/s3/pieces.ts
+/**
+ * Memory for bytes that a read holds until they are handed on (an archive's ranges, a tree's
+ * files), in pieces that are used again once handed on: the bytes never become garbage for
+ * the runner to collect (see socket-get.ts), and what a read holds is what its bound says.
+ */
+/** Pieces are this large: a range or a file rounds its memory up to it. */
+const PIECE_BYTES = 256 * 1024;
+/** The pieces that are free, made as needed and never given back to the system. */
+class MemoryPool {
+    free = [];
+    take() {
+        return this.free.pop() ?? Buffer.allocUnsafeSlow(PIECE_BYTES);
+    }
+    give(piece) {
+        this.free.push(piece);
+    }
+}
+/** Bytes copied in, in order, into pieces of a pool. */
+class PieceList {
+    pool;
+    pieces = [];
+    /** Bytes in the last piece. */
+    lastFill = 0;
+    constructor(pool) {
+        this.pool = pool;
+    }
+    /** Copies `view` in (it may be a buffer used again after the call). */
+    add(view) {
+        for (let at = 0; at < view.length;) {
+            let piece = this.pieces.at(-1);
+            if (!piece || this.lastFill === PIECE_BYTES) {
+                piece = this.pool.take();
+                this.pieces.push(piece);
+                this.lastFill = 0;
+            }
+            const n = Math.min(view.length - at, PIECE_BYTES - this.lastFill);
+            piece.set(view.subarray(at, at + n), this.lastFill);
+            this.lastFill += n;
+            at += n;
+        }
+    }
+    /**
+     * The first piece, taken off the list when it is full, or with `partial` whatever it holds;
+     * its holder gives it back to the pool once the bytes are handed on.
+     */
+    shift(partial) {
+        const piece = this.pieces[0];
+        if (!piece)
+            return undefined;
+        const full = this.pieces.length > 1 || this.lastFill === PIECE_BYTES;
+        if (!full && !partial)
+            return undefined;
+        this.pieces.shift();
+        const length = full ? PIECE_BYTES : this.lastFill;
+        if (this.pieces.length === 0)
+            this.lastFill = 0;
+        return { piece, bytes: piece.subarray(0, length) };
+    }
+    /** Gives every piece back to the pool. */
+    clear() {
+        for (const piece of this.pieces.splice(0))
+            this.pool.give(piece);
+        this.lastFill = 0;
+    }
+}
+
 ;// CONCATENATED MODULE: ./src/s3/download.ts
 /**
  * Reads a stored object as one stream, in order, with several ranged GETs in flight.
  *
  * Over the internet one S3 connection runs far below what the runner and the node can take (the
  * original restore downloads with `axel -a`, icon2-node with `aria2c -x8`). The object is read
- * in ranges, `connections` of them coming at once; each range keeps the chunks it received and
- * the stream hands the bytes on in the object's order, those of the first range as they arrive.
+ * in ranges, `connections` of them coming at once; each range copies what it receives into
+ * pieces of reused memory (s3/pieces.ts), and the read hands the pieces on in the object's
+ * order, those of the first range as they fill.
  *
  * Three things keep the connections busy (measured on the benchmark's link, each connection
  * capped at 20 MiB/s with 20 ms each way, 8 connections):
@@ -96305,15 +96864,16 @@ async function abortUploads(client, bucket, key) {
  * size by default) and a chunk per connection, whatever the object's size. When the consumer is
  * the slower side (a restore into a host whose SSH channel or disk is slower than S3), the ranges
  * past the first stop reading at that bound and their connections wait, as TCP makes them; the
- * first range waits only for the consumer. Ranges hold no buffer of their own: a window of
- * ready-made 8 MiB buffers took the runner's RSS to 490 MiB in a restore whose consumer was slow,
- * for bytes that were not needed yet.
+ * first range waits only for the consumer. A range takes pieces as its bytes come, not a
+ * buffer of its size: a window of ready-made 8 MiB buffers took the runner's RSS to 490 MiB in
+ * a restore whose consumer was slow, for bytes that were not needed yet.
  *
  * A range that fails (a connection cut, a reset, a 5xx, a stall) is asked again from the byte
  * where it stopped; the bytes already received are kept. Every GET is pinned to the ETag seen
  * first (If-Match): bytes of two versions of an object are never mixed, and an object replaced
  * during the read fails it with ObjectChangedError.
  */
+
 
 
 
@@ -96345,7 +96905,7 @@ async function headObject(client, bucket, key) {
     }
 }
 /** The object's bytes [start, size), in order: see the module's comment. */
-class RangedDownload extends external_node_stream_.Readable {
+class RangedDownload {
     /** Attempts that failed and were made again, over all ranges. */
     retries = 0;
     /** Bytes received from S3, over all ranges (retried bytes are not received twice). */
@@ -96362,20 +96922,25 @@ class RangedDownload extends external_node_stream_.Readable {
     end;
     attempts;
     window = [];
+    pool = new MemoryPool();
     /** Ranges that hold a connection: coming, and not yet within an eighth of their end. */
     inFlight = 0;
     next;
+    /** Whether the consumer waits for bytes (it holds none of the download's memory). */
     wanted = false;
-    ended = false;
+    /** Why the read stopped, once it has (undefined while it goes on, or at its end). */
+    failure;
+    stopped = false;
     /** Bytes received and not handed on, over the window. */
     held = 0;
     /** Ranges that wait for the held bytes to go down (or, the first, for the consumer). */
     waiting = [];
+    /** The consumer, waiting for the first range to bring bytes. */
+    consumer;
     stopping = new AbortController();
     markStarted;
     failStart;
     constructor(options) {
-        super({ highWaterMark: MiB });
         this.o = options;
         this.end = options.object.size;
         this.next = Math.min(options.start ?? 0, this.end);
@@ -96393,32 +96958,65 @@ class RangedDownload extends external_node_stream_.Readable {
             this.markStarted();
         this.fill();
     }
-    _read() {
-        this.wanted = true;
-        this.pump();
-        // A first range that waited for the consumer reads on.
-        this.wake();
+    /**
+     * The bytes in order. Each chunk is the download's memory, filled again once the next one is
+     * asked for: a consumer that keeps bytes beyond that (a write still under way, a list of
+     * chunks) waits for it to finish or copies them. Leaving the loop early stops the read.
+     */
+    async *[Symbol.asyncIterator]() {
+        let lent;
+        try {
+            for (;;) {
+                if (lent)
+                    this.pool.give(lent);
+                lent = undefined;
+                const chunk = await this.nextChunk();
+                if (!chunk)
+                    return;
+                lent = chunk.piece;
+                yield chunk.bytes;
+            }
+        }
+        finally {
+            if (lent)
+                this.pool.give(lent);
+            if (!this.stopped)
+                this.destroy();
+        }
     }
-    _destroy(error, callback) {
+    /** Stops the read: the ranges' requests are aborted and the consumer gets `error`, if any. */
+    destroy(error) {
+        if (this.stopped)
+            return;
+        this.stopped = true;
+        this.failure = error;
         this.stopping.abort();
-        for (const r of this.window)
+        for (const r of this.window) {
             r.abort?.abort();
+            r.pieces.clear();
+        }
         this.window.length = 0;
         this.wake();
         this.failStart(error ?? new Error('the read was stopped'));
-        callback(error);
     }
     /** Starts ranges while a connection is free and the window has room. */
     fill() {
         const connections = Math.max(1, this.o.connections);
-        while (!this.destroyed &&
+        while (!this.stopped &&
             this.inFlight < connections &&
             this.window.length < 2 * connections &&
             this.next < this.end) {
             const start = this.next;
             const end = Math.min(this.end, start + this.rangeBytes);
             this.next = end;
-            const range = { start, end, chunks: [], filled: 0, emitted: 0, ending: false };
+            const range = {
+                start,
+                end,
+                pieces: new PieceList(this.pool),
+                filled: 0,
+                emitted: 0,
+                ending: false,
+            };
             this.window.push(range);
             this.inFlight++;
             this.load(range).then(() => this.release(range), (error) => this.destroy(error));
@@ -96433,44 +97031,55 @@ class RangedDownload extends external_node_stream_.Readable {
         this.fill();
     }
     /**
-     * Hands on what the first range holds while the consumer wants more, and moves the window on
-     * past the ranges that are whole and handed on.
+     * The first range's next piece, once it is full (or the range is whole), moving the window
+     * on past the ranges that are whole and handed on; undefined at the end of the object.
      */
-    pump() {
-        while (!this.destroyed) {
+    async nextChunk() {
+        for (;;) {
+            if (this.stopped) {
+                if (this.failure)
+                    throw this.failure;
+                return undefined;
+            }
             const head = this.window[0];
             if (!head) {
-                if (this.next >= this.end && !this.ended) {
-                    this.ended = true;
-                    this.push(null);
+                if (this.next >= this.end) {
+                    this.stopped = true;
+                    return undefined;
                 }
-                return;
-            }
-            if (head.chunks.length > 0) {
-                if (!this.wanted)
-                    return;
-                const chunk = head.chunks.shift();
-                head.emitted += chunk.length;
-                this.held -= chunk.length;
-                this.wake();
-                this.wanted = this.push(chunk);
-            }
-            else if (head.filled === head.end - head.start) {
-                this.window.shift();
-                this.wake();
-                this.fill();
             }
             else {
-                return;
+                const whole = head.filled === head.end - head.start;
+                const next = head.pieces.shift(whole);
+                if (next) {
+                    head.emitted += next.bytes.length;
+                    this.held -= next.bytes.length;
+                    this.wanted = false;
+                    this.wake();
+                    return next;
+                }
+                if (whole) {
+                    this.window.shift();
+                    this.wake();
+                    this.fill();
+                    continue;
+                }
             }
+            this.wanted = true;
+            // A first range that waited for the consumer reads on.
+            this.wake();
+            await new Promise((go) => (this.consumer = go));
         }
     }
-    /** Lets the waiting ranges look again at what is held. */
+    /** Lets the waiting ranges look again at what is held, and the consumer at what came. */
     wake() {
         const waiting = this.waiting;
         this.waiting = [];
         for (const go of waiting)
             go();
+        const consumer = this.consumer;
+        this.consumer = undefined;
+        consumer?.();
     }
     /**
      * Whether `r` must wait before it reads on: the others while the held bytes are at their
@@ -96479,7 +97088,7 @@ class RangedDownload extends external_node_stream_.Readable {
      * range past it). What the consumer wants, the first range reads at once.
      */
     mustWait(r) {
-        if (this.destroyed)
+        if (this.stopped)
             return false;
         if (r === this.window[0]) {
             return (!this.wanted && (r.filled - r.emitted >= this.rangeBytes || this.held >= this.heldBytes));
@@ -96498,7 +97107,7 @@ class RangedDownload extends external_node_stream_.Readable {
                 return;
             }
             catch (error) {
-                if (this.destroyed)
+                if (this.stopped)
                     return;
                 const final = this.finalError(r, error);
                 if (final)
@@ -96518,7 +97127,7 @@ class RangedDownload extends external_node_stream_.Readable {
                     await (0,external_node_timers_promises_namespaceObject.setTimeout)(wait, undefined, { signal: this.stopping.signal });
                 }
                 catch {
-                    return; // destroyed while it waited
+                    return; // stopped while it waited
                 }
             }
         }
@@ -96566,10 +97175,12 @@ class RangedDownload extends external_node_stream_.Readable {
                 throw new ObjectChangedError(`s3://${this.o.bucket}/${this.o.key} changed while it was read: its ETag was ${this.o.object.etag}, now ${res.ETag}.`);
             }
             const size = r.end - r.start;
-            for await (const chunk of body) {
-                const n = Math.min(chunk.length, size - r.filled);
+            const take = (view) => {
+                if (this.stopped)
+                    throw new Error('the read was stopped');
+                const n = Math.min(view.length, size - r.filled);
                 if (n > 0)
-                    r.chunks.push(n === chunk.length ? chunk : chunk.subarray(0, n));
+                    r.pieces.add(n === view.length ? view : view.subarray(0, n));
                 r.filled += n;
                 this.held += n;
                 this.peakHeldBytes = Math.max(this.peakHeldBytes, this.held);
@@ -96580,12 +97191,24 @@ class RangedDownload extends external_node_stream_.Readable {
                 if (size - r.filled <= size / 8)
                     this.release(r);
                 if (r === this.window[0])
-                    this.pump();
+                    this.wake();
+                stall.arm();
+                if (!this.mustWait(r))
+                    return undefined;
                 // Waiting for room is not a stall: the clock runs only while the range reads.
                 stall.pause();
-                while (this.mustWait(r))
-                    await new Promise((go) => this.waiting.push(go));
-                stall.arm();
+                return (async () => {
+                    while (this.mustWait(r))
+                        await new Promise((go) => this.waiting.push(go));
+                    stall.arm();
+                })();
+            };
+            if (body instanceof SocketBody) {
+                await body.readInto(take);
+            }
+            else {
+                for await (const chunk of body)
+                    await take(chunk);
             }
             if (r.filled < size) {
                 throw new TransientError(`the response ended after ${formatBytes(r.filled)} of ${formatBytes(size)}`);
@@ -96923,7 +97546,7 @@ async function verify(settings) {
     if (chosen.name.format === 'tree')
         return verifyTreeSnapshot(client, settings, chosen.key);
     const manifest = await readManifest(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, chosen.key));
-    const report = await group(`Verify ${chosen.key}`, () => verifyStored(client, settings, chosen.key, manifest));
+    const report = await group(`Verify ${chosen.key}`, () => verifyStored(createReadClient(settings.s3), settings, chosen.key, manifest));
     setOutput(Outputs.Key, report.key);
     setOutput(Outputs.Sha256, report.sha256);
     setOutput(Outputs.Size, String(report.compressedBytes));
@@ -96962,7 +97585,8 @@ async function verifyStored(client, settings, key, manifest, kind = snapshotTree
         start,
         onRetry: (message) => info(`Download: ${message}`),
     });
-    const body = read(0);
+    // The tar parser keeps chunks past the next read: it gets copies.
+    const body = external_node_stream_.Readable.from(copies(read(0)));
     if (!manifest) {
         warning(`${key} has no manifest (an archive of the original script?): its sha256 cannot be compared, only its structure.`);
     }
@@ -97067,6 +97691,10 @@ async function verifyStored(client, settings, key, manifest, kind = snapshotTree
     };
 }
 /** Feeds what `rest` reads (the object from some byte to its end) into `hash`; returns how many. */
+async function* copies(chunks) {
+    for await (const chunk of chunks)
+        yield Buffer.from(chunk);
+}
 async function hashRest(rest, hash) {
     let n = 0;
     for await (const chunk of rest) {
@@ -99270,43 +99898,55 @@ async function rollback(host, node, dirs, startAfter) {
  * 404) ends it at once.
  *
  * The time the consumer takes with a chunk is not a stall: the clock runs only while the read
- * waits for the server.
+ * waits for the server. A chunk may be a view of a buffer that the next read fills again (the
+ * read client's, s3/socket-get.ts): it is valid until the next chunk is asked for.
  */
 
 
 
 
-/** The file's bytes from `start` to its end, as chunks: see the module's comment. */
-async function* resumableRead(o) {
+
+
+/**
+ * The file's bytes from `start` to its end, handed to `take` in order: see the module's
+ * comment. A chunk may be a view of a buffer that the next read fills again (the read
+ * client's, s3/socket-get.ts): it is valid during the call, and until a promise that `take`
+ * returns settles.
+ */
+async function resumableRead(o, take) {
     const attempts = Math.max(1, o.attempts ?? 6);
     let at = Math.min(o.start ?? 0, o.size);
     let failures = 0;
     while (at < o.size) {
         const before = at;
         const stall = new StallWatch(o.stallMs);
-        let chunks;
+        let body;
         let failed;
+        const handle = (chunk) => {
+            // Bytes came, though none for the file (a server that ignored the Range sends the ones
+            // before it first): not a stall.
+            stall.arm();
+            if (chunk.length === 0)
+                return undefined;
+            if (chunk.length > o.size - at) {
+                throw new IntegrityError(`${o.what} is longer than the ${o.size} bytes recorded for it: the stored file is not the one the snapshot names.`);
+            }
+            at += chunk.length;
+            const wait = take(chunk);
+            if (!wait)
+                return undefined;
+            stall.pause();
+            return wait.then(() => stall.arm());
+        };
         try {
             stall.arm();
-            chunks = (await o.request(at, stall.signal))[Symbol.asyncIterator]();
-            for (;;) {
-                const next = await chunks.next();
-                if (next.done)
-                    break;
-                const chunk = next.value;
-                // Bytes came, though none for the file (a server that ignored the Range sends the
-                // ones before it first): not a stall.
-                if (chunk.length === 0) {
-                    stall.arm();
-                    continue;
-                }
-                if (chunk.length > o.size - at) {
-                    throw new IntegrityError(`${o.what} is longer than the ${o.size} bytes recorded for it: the stored file is not the one the snapshot names.`);
-                }
-                stall.pause();
-                at += chunk.length;
-                yield chunk;
-                stall.arm();
+            body = await o.request(at, stall.signal);
+            if (body instanceof SocketBody) {
+                await body.readInto(handle);
+            }
+            else {
+                for await (const chunk of body)
+                    await handle(chunk);
             }
             if (at < o.size) {
                 throw new TransientError(`the response ended after ${formatBytes(at - before)}, at byte ${at} of ${o.size}`);
@@ -99320,7 +99960,8 @@ async function* resumableRead(o) {
             // Whatever ended the attempt (an error, or a consumer that stopped reading), its
             // connection is let go.
             stall.controller.abort();
-            chunks?.return?.().catch(() => undefined);
+            if (body instanceof external_node_stream_.Readable)
+                body.destroy();
         }
         if (failed === undefined)
             return;
@@ -99428,8 +100069,8 @@ async function* bodyOf(res, skip, signal, url) {
 
 
 const stageIdOf = (key) => (0,external_node_crypto_.createHash)('sha256').update(key).digest('hex').slice(0, 16);
-/** A tree of ours, from its manifest. */
-async function ourTree(client, settings, key, timing = {}) {
+/** A tree of ours, from its manifest; its objects read through `reads` (createReadClient). */
+async function ourTree(client, reads, settings, key, timing = {}) {
     const { bucket } = settings.s3;
     const m = await readTreeManifest(client, bucket, treeFiles(key).manifest);
     if (!m) {
@@ -99440,7 +100081,7 @@ async function ourTree(client, settings, key, timing = {}) {
     // goes on from the byte where it stopped.
     const request = (sha) => async (from, signal) => {
         try {
-            const res = await client.send(new dist_cjs/* GetObjectCommand */.jLs({
+            const res = await reads.send(new dist_cjs/* GetObjectCommand */.jLs({
                 Bucket: bucket,
                 Key: `${objects}${sha}`,
                 Range: from > 0 ? `bytes=${from}-` : undefined,
@@ -99453,14 +100094,14 @@ async function ourTree(client, settings, key, timing = {}) {
             throw describeS3Error(error, `s3://${bucket}/${objects}${sha}`);
         }
     };
-    const open = (f) => (start) => Promise.resolve(resumableRead({
+    const read = (f) => (start, take) => resumableRead({
         what: `${f.path} (s3://${bucket}/${objects}${f.sha256})`,
         size: f.size,
         start,
         request: request(f.sha256),
         onRetry: (message) => info(`Download: ${message}`),
         ...timing,
-    }));
+    }, take);
     return {
         key,
         nodeKind: m.nodeKind === 'goloop' ? 'goloop' : 'loopchain',
@@ -99473,7 +100114,7 @@ async function ourTree(client, settings, key, timing = {}) {
             mode: f.mode,
             sha256: f.sha256,
             tail: f.tail,
-            open: open(f),
+            read: read(f),
         })),
         dirs: m.dirs,
         proven: true,
@@ -99504,14 +100145,14 @@ async function foreignTree(pointerUrl, channel, timing = {}) {
     warning(`${pointerUrl} is a tree in icon2-node's form, with no manifest of ours: only each file's size` +
         `${unchecked < files.length ? ' and the hash of its last 10 KiB' : ''} can be checked, not a sha256 of the whole file, ` +
         `and it states no block height or hash to prove the restored node by.`);
-    const open = (f) => (start) => Promise.resolve(resumableRead({
+    const read = (f) => (start, take) => resumableRead({
         what: `${f.path} (${f.url})`,
         size: f.size,
         start,
         request: httpRange(f.url),
         onRetry: (message) => info(`Download: ${message}`),
         ...timing,
-    }));
+    }, take);
     const dirs = new Set();
     for (const f of files) {
         const parts = f.path.split('/');
@@ -99529,7 +100170,7 @@ async function foreignTree(pointerUrl, channel, timing = {}) {
             size: f.size,
             mode: 0o644,
             tail: f.tail,
-            open: open(f),
+            read: read(f),
         })),
         dirs: [...dirs].sort(),
         proven: false,
@@ -99547,6 +100188,7 @@ async function foreignTree(pointerUrl, channel, timing = {}) {
  * snapshot's by path and size, linked into the staging folder first: a restore onto the node
  * that the snapshot came from fetches only what changed since.
  */
+
 
 
 
@@ -99613,10 +100255,7 @@ async function fetchTree(o) {
         const out = [];
         append.stdout.setEncoding('utf8');
         append.stdout.on('data', (t) => out.push(t));
-        for await (const chunk of await p.item.open(p.have)) {
-            if (!append.stdin.write(chunk))
-                await new Promise((r) => append.stdin.once('drain', r));
-        }
+        await p.item.read(p.have, (chunk) => new Promise((r) => append.stdin.write(chunk, () => r())));
         append.stdin.end();
         const code = await append.exit;
         const sha = out.join('').trim();
@@ -99636,16 +100275,17 @@ async function fetchTree(o) {
     stdin.on('error', () => undefined);
     let channelGone = false;
     void o.remote.exit.then(() => (channelGone = true));
+    // A chunk may be memory that is filled again once it is written (a piece of the pool, a view
+    // of a socket's buffer): each write is waited for.
     const write = async (bytes) => {
         if (channelGone)
             throw new ActionError(`The host stopped reading the files: ${o.remote.stderrTail().trim()}`);
-        if (!stdin.write(bytes)) {
-            await Promise.race([
-                new Promise((r) => stdin.once('drain', r)),
-                o.remote.exit.then(() => undefined),
-            ]);
-        }
+        await Promise.race([
+            new Promise((r) => stdin.write(bytes, () => r())),
+            o.remote.exit.then(() => undefined),
+        ]);
     };
+    const pool = new MemoryPool();
     o.onGo();
     stdin.write('go none\n');
     try {
@@ -99667,9 +100307,7 @@ async function fetchTree(o) {
                     (queue.length > 0 && held + item.size > o.bytesInFlight))
                     return;
                 held += item.size;
-                const body = fetchWhole(item);
-                body.catch(() => undefined);
-                queue.push({ item, body });
+                queue.push({ item, fetch: new FileFetch(item, pool) });
                 next++;
             }
         };
@@ -99677,15 +100315,29 @@ async function fetchTree(o) {
             fill();
             const head = queue.shift();
             if (head) {
-                const body = await head.body;
+                const { fetch } = head;
                 const size = head.item.size;
                 await write(memberHeader(head.item.path, 'File', size, head.item.mode));
-                for (const chunk of body.splice(0))
-                    await write(chunk);
+                for (;;) {
+                    // Whole pieces while the file comes; once it has ended, the rest.
+                    const ended = fetch.ended;
+                    if (fetch.failure !== undefined)
+                        throw fetch.failure;
+                    for (let p = fetch.pieces.shift(ended); p; p = fetch.pieces.shift(ended)) {
+                        fetch.taken = true;
+                        await write(p.bytes);
+                        pool.give(p.piece);
+                        progress.bytes += p.bytes.length;
+                    }
+                    if (ended)
+                        break;
+                    await fetch.more();
+                }
+                // The file's check: bytes already on the host that fail it stop the restore.
+                await fetch.done;
                 held -= size;
                 await write(Buffer.alloc(padding(size)));
                 progress.files++;
-                progress.bytes += size;
                 continue;
             }
             // A large file streams alone: header first, its bytes checked as they pass.
@@ -99693,14 +100345,12 @@ async function fetchTree(o) {
             await write(memberHeader(item.path, 'File', item.size, item.mode));
             const check = checker(item);
             let got = 0;
-            for await (const chunk of await item.open(0)) {
+            await item.read(0, async (chunk) => {
                 got += chunk.length;
-                if (got > item.size)
-                    break;
                 check.update(chunk);
                 await write(chunk);
                 progress.bytes += chunk.length;
-            }
+            });
             if (got !== item.size) {
                 throw new ActionError(`The download of ${item.path} broke off after ${formatBytes(got)}; run again to go on from there.`);
             }
@@ -99737,7 +100387,8 @@ async function fetchTree(o) {
 /** The sha256 (or, for a foreign tree, the tail hash) of a file, checked as its bytes pass. */
 function checker(item) {
     const sha = item.sha256 ? (0,external_node_crypto_.createHash)('sha256') : undefined;
-    const tail = item.tail ? new TailHasher() : undefined;
+    // A sha256 proves the whole file: the tail's hash is checked only where it is all there is.
+    const tail = item.tail && !sha ? new TailHasher() : undefined;
     return {
         update: (b) => {
             sha?.update(b);
@@ -99758,36 +100409,76 @@ function checker(item) {
     };
 }
 /**
- * A whole file, then checked; fetched again from the start when something else than the read
- * fails (a read gives up on its own, see tree/resumable-read.ts, and a failed check is final).
- * The file is kept as the chunks it arrived in: a buffer of its size for each file in flight
- * (megabytes each, freed in turn) left the runner's memory in pieces that it did not give back.
+ * A file fetched into pieces of `pool`, then checked; fetched again from the start when
+ * something else than the read fails (a read gives up on its own, see tree/resumable-read.ts,
+ * and a failed check is final), unless its first pieces were written already. The writer takes
+ * the pieces as they fill (the file at the head of the tar goes on to the host while it
+ * arrives, as an archive's first range does) and gives them back once written: a buffer of its
+ * size for each file in flight (megabytes each, freed in turn) left the runner's memory in
+ * pieces that it did not give back.
  */
-async function fetchWhole(item) {
-    for (let attempt = 1;; attempt++) {
-        try {
-            const body = [];
-            const check = checker(item);
-            let got = 0;
-            for await (const chunk of await item.open(0)) {
-                if (got + chunk.length > item.size)
-                    throw new Error(`more than the ${item.size} bytes expected`);
-                body.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
-                got += chunk.length;
-                check.update(chunk);
+class FileFetch {
+    item;
+    pieces;
+    /** Resolves once the file is whole and checked. */
+    done;
+    /** Whether the fetch has ended, well or not; and why not. */
+    ended = false;
+    failure;
+    /** Set once a piece was taken: the fetch can no longer start over. */
+    taken = false;
+    waiter;
+    constructor(item, pool) {
+        this.item = item;
+        this.pieces = new PieceList(pool);
+        this.done = this.run().then(() => this.end(), (error) => {
+            this.failure = error;
+            this.end();
+            throw error;
+        });
+        this.done.catch(() => undefined);
+    }
+    /** Resolves when more bytes came or the fetch ended. */
+    more() {
+        return this.ended ? Promise.resolve() : new Promise((go) => (this.waiter = go));
+    }
+    end() {
+        this.ended = true;
+        this.wake();
+    }
+    wake() {
+        const go = this.waiter;
+        this.waiter = undefined;
+        go?.();
+    }
+    async run() {
+        const item = this.item;
+        for (let attempt = 1;; attempt++) {
+            try {
+                const check = checker(item);
+                let got = 0;
+                await item.read(0, (chunk) => {
+                    if (got + chunk.length > item.size)
+                        throw new Error(`more than the ${item.size} bytes expected`);
+                    this.pieces.add(chunk);
+                    got += chunk.length;
+                    check.update(chunk);
+                    this.wake();
+                });
+                if (got !== item.size)
+                    throw new Error(`${got} of ${item.size} bytes`);
+                await check.verify();
+                return;
             }
-            if (got !== item.size)
-                throw new Error(`${got} of ${item.size} bytes`);
-            await check.verify();
-            return body;
-        }
-        catch (error) {
-            if (error instanceof ActionError || attempt >= ATTEMPTS) {
-                throw error instanceof ActionError
-                    ? error
-                    : new ActionError(`The download of ${item.path} failed ${attempt} times: ${errorMessage(error)}`);
+            catch (error) {
+                if (error instanceof ActionError || attempt >= ATTEMPTS || this.taken) {
+                    throw error instanceof ActionError
+                        ? error
+                        : new ActionError(`The download of ${item.path} failed ${attempt} times: ${errorMessage(error)}`);
+                }
+                this.pieces.clear();
+                await (0,external_node_timers_promises_namespaceObject.setTimeout)(500 * 2 ** attempt);
             }
-            await (0,external_node_timers_promises_namespaceObject.setTimeout)(500 * 2 ** attempt);
         }
     }
 }
@@ -99858,33 +100549,44 @@ async function streamInto(remote, onGo, client, settings, key, into, size, expec
     remote.stdout.on('data', (text) => {
         out += text;
     });
-    const counter = new HashingCounter();
+    const hash = (0,external_node_crypto_.createHash)('sha256');
+    let bytes = 0;
     const progress = new Progress('Restore', size);
-    counter.on('data', () => {
-        progress.sent = counter.bytes;
-        progress.read = counter.bytes;
-    });
+    const stdin = remote.stdin;
+    stdin.on('error', () => undefined);
+    let hostGone = false;
+    void remote.exit.then(() => (hostGone = true));
+    // Each chunk is the download's memory until the next one is asked for: it is written
+    // whole before that (a failed write shows in the host's exit).
+    const written = (chunk) => new Promise((resolve) => stdin.write(chunk, () => resolve()));
     let downloadError;
-    let giveUp;
-    body.on('error', (error) => {
+    try {
+        for await (const chunk of body) {
+            hash.update(chunk);
+            bytes += chunk.length;
+            progress.sent = bytes;
+            progress.read = bytes;
+            if (hostGone)
+                break;
+            await Promise.race([written(chunk), remote.exit]);
+        }
+    }
+    catch (error) {
         downloadError = error;
-        // The host sees the end of its input and its extraction ends on its own; the staging
-        // folder is removed after that, not while tar still writes into it.
-        body.unpipe(counter);
-        counter.end();
-        giveUp = setTimeout(() => remote.kill(), 60_000);
-    });
-    body.pipe(counter).pipe(remote.stdin);
-    remote.stdin.on('error', () => undefined);
+    }
+    // The host sees the end of its input and its extraction ends on its own; after a failed
+    // download the staging folder is removed after that, not while tar still writes into it.
+    stdin.end();
+    const giveUp = downloadError ? setTimeout(() => remote.kill(), 60_000) : undefined;
     const code = await remote.exit;
     clearTimeout(giveUp);
     progress.stop();
     body.destroy();
     if (downloadError)
-        throw downloadFailed(key, counter.bytes, downloadError);
+        throw downloadFailed(key, bytes, downloadError);
     // A damaged archive usually breaks the decompressor too: the sha256 says what happened.
-    const sha256 = counter.digest();
-    if (expectedSha256 && counter.bytes === size && sha256 !== expectedSha256) {
+    const sha256 = hash.digest('hex');
+    if (expectedSha256 && bytes === size && sha256 !== expectedSha256) {
         throw new IntegrityError(`${key}: sha256 ${sha256} differs from the manifest's ${expectedSha256}: the stored archive is damaged. ` +
             `The data dir was not touched; restore another snapshot ('snapshot' input).`);
     }
@@ -99911,14 +100613,14 @@ async function streamInto(remote, onGo, client, settings, key, into, size, expec
         }
         throw new IntegrityError(`The archive did not extract (exit ${code}): ${tail || 'no message'}. It is truncated or damaged; the data dir was not touched.`);
     }
-    if (counter.bytes !== size) {
-        throw new ActionError(`${formatBytes(counter.bytes)} of ${formatBytes(size)} arrived. The data dir was not touched; run again.`);
+    if (bytes !== size) {
+        throw new ActionError(`${formatBytes(bytes)} of ${formatBytes(size)} arrived. The data dir was not touched; run again.`);
     }
     const seconds = secondsSince(t);
-    info(`${formatBytes(counter.bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(counter.bytes, seconds)}; ` +
+    info(`${formatBytes(bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(bytes, seconds)}; ` +
         `${connections} connection${connections === 1 ? '' : 's'} to S3, ranges of ${formatBytes(body.rangeBytes)}` +
         `${body.retries > 0 ? `; ${body.retries} reads again after a failure` : ''}).`);
-    return { sha256, bytes: counter.bytes, files: Number(out.trim()), seconds };
+    return { sha256, bytes: bytes, files: Number(out.trim()), seconds };
 }
 /** A tree's files into the staging folder (see tree/fetch.ts), with the figures the summary shows. */
 async function fetchInto(remote, onGo, settings, tree, into) {
@@ -99980,6 +100682,8 @@ async function restore(settings, connect = connectNode) {
     const timings = {};
     const runId = currentRunId();
     const client = createClient(settings.s3);
+    // The snapshot's bytes: an archive's ranges, a tree's objects.
+    const reads = createReadClient(settings.s3);
     const { chosen, tree } = await group('Choose the snapshot', async () => {
         if (FOREIGN_POINTER.test(opts.snapshot)) {
             info(`Snapshot: the tree that ${opts.snapshot} points at`);
@@ -99989,7 +100693,7 @@ async function restore(settings, connect = connectNode) {
         info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list: it may be incomplete)'}`);
         return {
             chosen: c,
-            tree: c.name.format === 'tree' ? await ourTree(client, settings, c.key) : undefined,
+            tree: c.name.format === 'tree' ? await ourTree(client, reads, settings, c.key) : undefined,
         };
     });
     const snapshotKey = tree?.key ?? chosen?.key ?? '';
@@ -100096,7 +100800,7 @@ async function restore(settings, connect = connectNode) {
                 stage,
                 inDataDir: { paths: inDataDir, address: ip },
             })
-            : streamInto(remote, () => (streamStarted = true), client, settings, snapshotKey, { host, stage, decoder }, size, manifest?.sha256));
+            : streamInto(remote, () => (streamStarted = true), reads, settings, snapshotKey, { host, stage, decoder }, size, manifest?.sha256));
         timings.stream = streamed.seconds;
         if (manifest && streamed.sha256 !== manifest.sha256) {
             throw new IntegrityError(`${snapshotKey}: sha256 ${streamed.sha256} differs from the manifest's ${manifest.sha256}: the stored archive is damaged. ` +

@@ -21,8 +21,6 @@ import { putObject } from './store.js';
 import { FileProgress } from '../progress.js';
 import { ChunkReader, nextMember, padding } from './tar-stream.js';
 
-const MiB = 1024 * 1024;
-
 export interface SendOptions {
   host: NodeHost;
   client: S3Client;
@@ -97,7 +95,6 @@ export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes:
     failure ??= error instanceof Error ? error : new Error(String(error));
   };
   const reader = new ChunkReader(remote.stdout[Symbol.asyncIterator]() as AsyncIterator<Buffer>);
-  const bodies = new BodyPool(o.bytesInFlight);
   let sent = 0;
   try {
     for (;;) {
@@ -128,8 +125,7 @@ export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes:
         continue;
       }
       await budget.take(entry.size);
-      const held = bodies.take(entry.size);
-      const body = held.subarray(0, entry.size);
+      const body = Buffer.allocUnsafe(entry.size);
       await reader.readInto(body, 0, entry.size);
       await reader.skip(padding(entry.size));
       const upload = (async () => {
@@ -145,7 +141,6 @@ export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes:
         } catch (error) {
           fail(error);
         } finally {
-          bodies.give(held);
           budget.give(entry.size);
         }
       })();
@@ -177,37 +172,6 @@ export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes:
   } finally {
     progress.stop();
     if (!budget.idle) core.debug('uploads still in flight at the end of the transfer');
-  }
-}
-
-/**
- * Buffers for the files held whole, used again once their upload has ended: a new buffer for
- * each file made gigabytes of garbage in a backup, which the runner's memory carried until
- * Node collected it. Sizes go by whole MiB (a smaller file's buffer is not kept); what is kept
- * free stays within `bytesInFlight`.
- */
-class BodyPool {
-  private readonly free = new Map<number, Buffer[]>();
-  private freeBytes = 0;
-
-  constructor(private readonly maxFreeBytes: number) {}
-
-  /** A buffer of at least `size` bytes; one under a MiB is not kept. */
-  take(size: number): Buffer {
-    if (size < MiB) return Buffer.allocUnsafe(size);
-    const capacity = Math.ceil(size / MiB) * MiB;
-    const buffer = this.free.get(capacity)?.pop();
-    if (!buffer) return Buffer.allocUnsafeSlow(capacity);
-    this.freeBytes -= capacity;
-    return buffer;
-  }
-
-  give(buffer: Buffer): void {
-    if (buffer.length < MiB || this.freeBytes + buffer.length > this.maxFreeBytes) return;
-    const list = this.free.get(buffer.length) ?? [];
-    list.push(buffer);
-    this.free.set(buffer.length, list);
-    this.freeBytes += buffer.length;
   }
 }
 

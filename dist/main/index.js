@@ -98500,7 +98500,6 @@ async function publishTree(client, s3, folder, name, manifest) {
 
 
 
-const send_MiB = 1024 * 1024;
 /** A budget of files and bytes; `take` waits until both fit. */
 class Budget {
     maxFiles;
@@ -98552,7 +98551,6 @@ async function sendFiles(o) {
         failure ??= error instanceof Error ? error : new Error(String(error));
     };
     const reader = new ChunkReader(remote.stdout[Symbol.asyncIterator]());
-    const bodies = new BodyPool(o.bytesInFlight);
     let sent = 0;
     try {
         for (;;) {
@@ -98583,8 +98581,7 @@ async function sendFiles(o) {
                 continue;
             }
             await budget.take(entry.size);
-            const held = bodies.take(entry.size);
-            const body = held.subarray(0, entry.size);
+            const body = Buffer.allocUnsafe(entry.size);
             await reader.readInto(body, 0, entry.size);
             await reader.skip(padding(entry.size));
             const upload = (async () => {
@@ -98603,7 +98600,6 @@ async function sendFiles(o) {
                     fail(error);
                 }
                 finally {
-                    bodies.give(held);
                     budget.give(entry.size);
                 }
             })();
@@ -98635,39 +98631,6 @@ async function sendFiles(o) {
         progress.stop();
         if (!budget.idle)
             core_debug('uploads still in flight at the end of the transfer');
-    }
-}
-/**
- * Buffers for the files held whole, used again once their upload has ended: a new buffer for
- * each file made gigabytes of garbage in a backup, which the runner's memory carried until
- * Node collected it. Sizes go by whole MiB (a smaller file's buffer is not kept); what is kept
- * free stays within `bytesInFlight`.
- */
-class BodyPool {
-    maxFreeBytes;
-    free = new Map();
-    freeBytes = 0;
-    constructor(maxFreeBytes) {
-        this.maxFreeBytes = maxFreeBytes;
-    }
-    /** A buffer of at least `size` bytes; one under a MiB is not kept. */
-    take(size) {
-        if (size < send_MiB)
-            return Buffer.allocUnsafe(size);
-        const capacity = Math.ceil(size / send_MiB) * send_MiB;
-        const buffer = this.free.get(capacity)?.pop();
-        if (!buffer)
-            return Buffer.allocUnsafeSlow(capacity);
-        this.freeBytes -= capacity;
-        return buffer;
-    }
-    give(buffer) {
-        if (buffer.length < send_MiB || this.freeBytes + buffer.length > this.maxFreeBytes)
-            return;
-        const list = this.free.get(buffer.length) ?? [];
-        list.push(buffer);
-        this.free.set(buffer.length, list);
-        this.freeBytes += buffer.length;
     }
 }
 function changedError(path, expected, actual) {

@@ -95768,6 +95768,9 @@ class Connection {
             const timer = setTimeout(() => {
                 this.socket.destroy(networkError(`no connection to ${this.origin} in ${CONNECT_MS / 1000} s`, 'ETIMEDOUT'));
             }, CONNECT_MS);
+            // A socket destroyed while it connects (its read stopped) must not hold the run's end.
+            timer.unref();
+            this.socket.once('close', () => clearTimeout(timer));
             this.socket.once(https ? 'secureConnect' : 'connect', () => {
                 clearTimeout(timer);
                 resolve();

@@ -185,7 +185,7 @@ export async function streamInto(
       `${connections} connection${connections === 1 ? '' : 's'} to S3, ranges of ${formatBytes(body.rangeBytes)}` +
       `${body.retries > 0 ? `; ${body.retries} reads again after a failure` : ''}).`,
   );
-  return { sha256, bytes: bytes, files: Number(out.trim()), seconds };
+  return { sha256, bytes, files: Number(out.trim()), seconds };
 }
 
 export interface Streamed {

@@ -219,11 +219,12 @@ export async function verifyStored(
   };
 }
 
-/** Feeds what `rest` reads (the object from some byte to its end) into `hash`; returns how many. */
+/** Each chunk copied: a ranged read's chunk is filled again once the next is asked for. */
 async function* copies(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
   for await (const chunk of chunks) yield Buffer.from(chunk);
 }
 
+/** Feeds what `rest` reads (the object from some byte to its end) into `hash`; returns how many. */
 async function hashRest(rest: AsyncIterable<unknown>, hash: Hash): Promise<number> {
   let n = 0;
   for await (const chunk of rest) {

@@ -16,7 +16,7 @@ import {
 import { createHash } from 'node:crypto';
 import { InputError } from '../errors.js';
 import { formatBytes } from '../format.js';
-import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readableSource, type ByteSink, type ByteSource } from '../byte-source.js';
 import { backoffMs, isTransient, reason } from './retry.js';
@@ -67,22 +67,6 @@ export function planParts(
     );
   }
   return { partSize, queueSize: Math.min(settings.queueSize, fits) };
-}
-
-/** Counts and hashes the bytes that pass through it. */
-export class HashingCounter extends Transform {
-  private readonly hash = createHash('sha256');
-  bytes = 0;
-
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.hash.update(chunk);
-    this.bytes += chunk.length;
-    callback(null, chunk);
-  }
-
-  digest(): string {
-    return this.hash.digest('hex');
-  }
 }
 
 export interface StreamUploadOptions {

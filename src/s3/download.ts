@@ -38,7 +38,7 @@ import { formatBytes } from '../format.js';
 import { describeS3Error } from './client.js';
 import { backoffMs, httpStatus, isTransient, reason, StallWatch, TransientError } from './retry.js';
 import { MemoryPool, PieceList, type Piece } from './pieces.js';
-import { SocketBody } from './socket-get.js';
+import { SocketBody } from './socket-body.js';
 
 const MiB = 1024 * 1024;
 /** Ranges are at least this large (fewer, cheaper requests)... */

@@ -17,7 +17,7 @@ import { ActionError, DownloadError, IntegrityError, StorageError } from '../err
 import { formatBytes } from '../format.js';
 import { Readable } from 'node:stream';
 import { backoffMs, isTransient, reason, StallWatch, TransientError } from '../s3/retry.js';
-import { SocketBody } from '../s3/socket-get.js';
+import { SocketBody } from '../s3/socket-body.js';
 
 export interface ResumableReadOptions {
   /** The file, for messages: its path in the snapshot and where it is read from. */

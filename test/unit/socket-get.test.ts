@@ -13,13 +13,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import * as tls from 'node:tls';
-import {
-  parseHead,
-  requestTarget,
-  SocketBody,
-  SocketGetHandler,
-  type OutgoingRequest,
-} from '../../src/s3/socket-get.ts';
+import { parseHead, requestTarget, type OutgoingRequest } from '../../src/s3/http-wire.ts';
+import type { SocketBody } from '../../src/s3/socket-body.ts';
+import { SocketGetHandler } from '../../src/s3/socket-get.ts';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 

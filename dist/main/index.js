@@ -95634,45 +95634,7 @@ var dist_cjs = __nccwpck_require__(3711);
 const external_node_timers_promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:timers/promises");
 // EXTERNAL MODULE: ./node_modules/@smithy/node-http-handler/dist-cjs/index.js
 var node_http_handler_dist_cjs = __nccwpck_require__(1279);
-// EXTERNAL MODULE: external "node:tls"
-var external_node_tls_ = __nccwpck_require__(1692);
-;// CONCATENATED MODULE: ./src/s3/socket-get.ts
-/**
- * The GETs of a restore's and a verify's bytes, read into memory that is used again.
- *
- * Node's HTTP client reads each socket into a new buffer and hands the body on in those
- * buffers; the runner frees them only when the garbage collector runs, which Node 24 does
- * after tens of megabytes of them. Measured on this project's bench, reading 1 GiB from MinIO
- * with 8 ranged GETs into a pipe: through the SDK's handler, 2.2 CPU-seconds and a peak RSS of
- * 300 MiB; each socket read into one buffer of its own and copied into reused memory, 0.8
- * CPU-seconds with a sha256 of every byte, and 138 MiB. On a restore the runner's one thread
- * is the slowest stage, so its CPU is the restore's speed.
- *
- * The SDK builds, signs and retries the request as always; only the exchange goes through
- * here: one request at a time on a socket kept alive between them (TLS for https), whose
- * every read lands in the same buffer (`onread`). The answer's head is parsed here. A body
- * that Content-Length delimits is a SocketBody: `readInto` hands its bytes to a reader as
- * views of that buffer, valid during the call only, and read as a stream it gives copies, as
- * any stream does. Whatever this does not read (another method than GET, a body without a
- * Content-Length, an interim answer) is asked again through the SDK's own handler.
- */
-
-
-
-
-/** Each socket's read buffer: a plain socket reads up to this at once, TLS a record (16 KiB). */
-const READ_BUFFER_BYTES = 64 * 1024;
-/** A kept-alive socket with no request for this long is closed (S3 closes them after 20 s). */
-const IDLE_MS = 4000;
-/** Connecting, and the TLS handshake, may take this long. */
-const CONNECT_MS = 30_000;
-/**
- * Whether the runner names an HTTP proxy: its reads then go through the SDK's handler, as
- * every other request does (Node 24 sends those through the proxy with NODE_USE_ENV_PROXY).
- */
-function behindProxy() {
-    return ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy'].some((v) => process.env[v]);
-}
+;// CONCATENATED MODULE: ./src/s3/http-wire.ts
 /** An error that the retries (s3/retry.ts) count as a network failure. */
 function networkError(message, code = 'ECONNRESET') {
     return Object.assign(new Error(message), { code });
@@ -95681,7 +95643,7 @@ function abortError() {
     return Object.assign(new Error('The request was aborted'), { name: 'AbortError' });
 }
 /** RFC 3986 escaping, as the SDK signs the query. */
-function socket_get_escape(text) {
+function http_wire_escape(text) {
     return encodeURIComponent(text).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 }
 /** The request's path and query, as the SDK's own handler writes them. */
@@ -95691,11 +95653,11 @@ function requestTarget(request) {
         const value = request.query?.[key];
         if (Array.isArray(value))
             for (const v of value)
-                parts.push(`${socket_get_escape(key)}=${socket_get_escape(v)}`);
+                parts.push(`${http_wire_escape(key)}=${http_wire_escape(v)}`);
         else if (value === null || value === undefined)
-            parts.push(socket_get_escape(key));
+            parts.push(http_wire_escape(key));
         else
-            parts.push(`${socket_get_escape(key)}=${socket_get_escape(value)}`);
+            parts.push(`${http_wire_escape(key)}=${http_wire_escape(value)}`);
     }
     return `${request.path}${parts.length > 0 ? `?${parts.join('&')}` : ''}`;
 }
@@ -95721,6 +95683,24 @@ function parseHead(text) {
         headers,
     };
 }
+
+// EXTERNAL MODULE: external "node:tls"
+var external_node_tls_ = __nccwpck_require__(1692);
+;// CONCATENATED MODULE: ./src/s3/socket-body.ts
+/**
+ * The read client's sockets (socket-get.ts): each reads into one buffer of its own (`onread`),
+ * and a body that Content-Length delimits is handed on from that buffer.
+ */
+
+
+
+
+/** Each socket's read buffer: a plain socket reads up to this at once, TLS a record (16 KiB). */
+const READ_BUFFER_BYTES = 64 * 1024;
+/** A kept-alive socket with no request for this long is closed (S3 closes them after 20 s). */
+const IDLE_MS = 4000;
+/** Connecting, and the TLS handshake, may take this long. */
+const CONNECT_MS = 30_000;
 /** A socket of the pool, with the buffer that every read of it lands in. */
 class Connection {
     origin;
@@ -95938,6 +95918,37 @@ class SocketBody extends external_node_stream_.Readable {
         if (!this.done)
             this.destroy(error);
     }
+}
+
+;// CONCATENATED MODULE: ./src/s3/socket-get.ts
+/**
+ * The GETs of a restore's and a verify's bytes, read into memory that is used again.
+ *
+ * Node's HTTP client reads each socket into a new buffer and hands the body on in those
+ * buffers; the runner frees them only when the garbage collector runs, which Node 24 does
+ * after tens of megabytes of them. Measured on this project's bench, reading 1 GiB from MinIO
+ * with 8 ranged GETs into a pipe: through the SDK's handler, 2.2 CPU-seconds and a peak RSS of
+ * 300 MiB; each socket read into one buffer of its own and copied into reused memory, 0.8
+ * CPU-seconds with a sha256 of every byte, and 138 MiB. On a restore the runner's one thread
+ * is the slowest stage, so its CPU is the restore's speed.
+ *
+ * The SDK builds, signs and retries the request as always; only the exchange goes through
+ * here: one request at a time on a socket kept alive between them (TLS for https), whose
+ * every read lands in the same buffer (`onread`). The answer's head is parsed here. A body
+ * that Content-Length delimits is a SocketBody: `readInto` hands its bytes to a reader as
+ * views of that buffer, valid during the call only, and read as a stream it gives copies, as
+ * any stream does. Whatever this does not read (another method than GET, a body without a
+ * Content-Length, an interim answer) is asked again through the SDK's own handler.
+ */
+
+
+
+/**
+ * Whether the runner names an HTTP proxy: its reads then go through the SDK's handler, as
+ * every other request does (Node 24 sends those through the proxy with NODE_USE_ENV_PROXY).
+ */
+function behindProxy() {
+    return ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy'].some((v) => process.env[v]);
 }
 /**
  * The request handler of the read client (see the module's comment): GETs on pooled sockets,
@@ -96477,7 +96488,6 @@ class StallWatch {
 
 
 
-
 const upload_MIN_PART_SIZE = 8 * 1024 * 1024;
 const upload_MAX_PART_SIZE = 5 * 1024 ** 3;
 const MAX_PARTS = 10_000;
@@ -96508,19 +96518,6 @@ function planParts(expectedBytes, settings, maxBufferBytes) {
             `${MAX_PARTS} parts); two of them exceed the ${formatBytes(maxBufferBytes)} of part buffers the runner may hold.`);
     }
     return { partSize, queueSize: Math.min(settings.queueSize, fits) };
-}
-/** Counts and hashes the bytes that pass through it. */
-class HashingCounter extends (/* unused pure expression or super */ null && (Transform)) {
-    hash = createHash('sha256');
-    bytes = 0;
-    _transform(chunk, _encoding, callback) {
-        this.hash.update(chunk);
-        this.bytes += chunk.length;
-        callback(null, chunk);
-    }
-    digest() {
-        return this.hash.digest('hex');
-    }
 }
 function isByteSource(body) {
     return typeof body.flow === 'function';
@@ -97693,11 +97690,12 @@ async function verifyStored(client, settings, key, manifest, kind = snapshotTree
         seconds,
     };
 }
-/** Feeds what `rest` reads (the object from some byte to its end) into `hash`; returns how many. */
+/** Each chunk copied: a ranged read's chunk is filled again once the next is asked for. */
 async function* copies(chunks) {
     for await (const chunk of chunks)
         yield Buffer.from(chunk);
 }
+/** Feeds what `rest` reads (the object from some byte to its end) into `hash`; returns how many. */
 async function hashRest(rest, hash) {
     let n = 0;
     for await (const chunk of rest) {
@@ -100460,9 +100458,8 @@ class FileFetch {
             try {
                 const check = checker(item);
                 let got = 0;
+                // A read refuses bytes past the file's size (tree/resumable-read.ts).
                 await item.read(0, (chunk) => {
-                    if (got + chunk.length > item.size)
-                        throw new Error(`more than the ${item.size} bytes expected`);
                     this.pieces.add(chunk);
                     got += chunk.length;
                     check.update(chunk);
@@ -100623,7 +100620,7 @@ async function streamInto(remote, onGo, client, settings, key, into, size, expec
     info(`${formatBytes(bytes)} streamed and extracted in ${formatDuration(seconds)} (${formatRate(bytes, seconds)}; ` +
         `${connections} connection${connections === 1 ? '' : 's'} to S3, ranges of ${formatBytes(body.rangeBytes)}` +
         `${body.retries > 0 ? `; ${body.retries} reads again after a failure` : ''}).`);
-    return { sha256, bytes: bytes, files: Number(out.trim()), seconds };
+    return { sha256, bytes, files: Number(out.trim()), seconds };
 }
 /** A tree's files into the staging folder (see tree/fetch.ts), with the figures the summary shows. */
 async function fetchInto(remote, onGo, settings, tree, into) {

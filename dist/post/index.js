@@ -89085,71 +89085,35 @@ var external_node_net_ = __nccwpck_require__(7030);
 var external_node_stream_ = __nccwpck_require__(7075);
 // EXTERNAL MODULE: external "node:tls"
 var external_node_tls_ = __nccwpck_require__(1692);
-;// CONCATENATED MODULE: ./src/s3/socket-get.ts
-/**
- * The GETs of a restore's and a verify's bytes, read into memory that is used again.
- *
- * Node's HTTP client reads each socket into a new buffer and hands the body on in those
- * buffers; the runner frees them only when the garbage collector runs, which Node 24 does
- * after tens of megabytes of them. Measured on this project's bench, reading 1 GiB from MinIO
- * with 8 ranged GETs into a pipe: through the SDK's handler, 2.2 CPU-seconds and a peak RSS of
- * 300 MiB; each socket read into one buffer of its own and copied into reused memory, 0.8
- * CPU-seconds with a sha256 of every byte, and 138 MiB. On a restore the runner's one thread
- * is the slowest stage, so its CPU is the restore's speed.
- *
- * The SDK builds, signs and retries the request as always; only the exchange goes through
- * here: one request at a time on a socket kept alive between them (TLS for https), whose
- * every read lands in the same buffer (`onread`). The answer's head is parsed here. A body
- * that Content-Length delimits is a SocketBody: `readInto` hands its bytes to a reader as
- * views of that buffer, valid during the call only, and read as a stream it gives copies, as
- * any stream does. Whatever this does not read (another method than GET, a body without a
- * Content-Length, an interim answer) is asked again through the SDK's own handler.
- */
-
-
-
-
-/** Each socket's read buffer: a plain socket reads up to this at once, TLS a record (16 KiB). */
-const READ_BUFFER_BYTES = (/* unused pure expression or super */ null && (64 * 1024));
-/** A kept-alive socket with no request for this long is closed (S3 closes them after 20 s). */
-const IDLE_MS = 4000;
-/** Connecting, and the TLS handshake, may take this long. */
-const CONNECT_MS = 30_000;
-/**
- * Whether the runner names an HTTP proxy: its reads then go through the SDK's handler, as
- * every other request does (Node 24 sends those through the proxy with NODE_USE_ENV_PROXY).
- */
-function behindProxy() {
-    return ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy'].some((v) => process.env[v]);
-}
+;// CONCATENATED MODULE: ./src/s3/http-wire.ts
 /** An error that the retries (s3/retry.ts) count as a network failure. */
-function networkError(message, code = 'ECONNRESET') {
+function http_wire_networkError(message, code = 'ECONNRESET') {
     return Object.assign(new Error(message), { code });
 }
-function abortError() {
+function http_wire_abortError() {
     return Object.assign(new Error('The request was aborted'), { name: 'AbortError' });
 }
 /** RFC 3986 escaping, as the SDK signs the query. */
-function socket_get_escape(text) {
+function http_wire_escape(text) {
     return encodeURIComponent(text).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 }
 /** The request's path and query, as the SDK's own handler writes them. */
-function requestTarget(request) {
+function http_wire_requestTarget(request) {
     const parts = [];
     for (const key of Object.keys(request.query ?? {}).sort()) {
         const value = request.query?.[key];
         if (Array.isArray(value))
             for (const v of value)
-                parts.push(`${socket_get_escape(key)}=${socket_get_escape(v)}`);
+                parts.push(`${http_wire_escape(key)}=${http_wire_escape(v)}`);
         else if (value === null || value === undefined)
-            parts.push(socket_get_escape(key));
+            parts.push(http_wire_escape(key));
         else
-            parts.push(`${socket_get_escape(key)}=${socket_get_escape(value)}`);
+            parts.push(`${http_wire_escape(key)}=${http_wire_escape(value)}`);
     }
     return `${request.path}${parts.length > 0 ? `?${parts.join('&')}` : ''}`;
 }
 /** Parses an answer's head (without its blank line); undefined when it is not HTTP/1.x. */
-function parseHead(text) {
+function http_wire_parseHead(text) {
     const lines = text.split('\r\n');
     const status = /^HTTP\/(1\.[01]) (\d{3})(?: (.*))?$/.exec(lines[0] ?? '');
     if (!status)
@@ -89170,8 +89134,24 @@ function parseHead(text) {
         headers,
     };
 }
+
+;// CONCATENATED MODULE: ./src/s3/socket-body.ts
+/**
+ * The read client's sockets (socket-get.ts): each reads into one buffer of its own (`onread`),
+ * and a body that Content-Length delimits is handed on from that buffer.
+ */
+
+
+
+
+/** Each socket's read buffer: a plain socket reads up to this at once, TLS a record (16 KiB). */
+const READ_BUFFER_BYTES = (/* unused pure expression or super */ null && (64 * 1024));
+/** A kept-alive socket with no request for this long is closed (S3 closes them after 20 s). */
+const IDLE_MS = 4000;
+/** Connecting, and the TLS handshake, may take this long. */
+const CONNECT_MS = 30_000;
 /** A socket of the pool, with the buffer that every read of it lands in. */
-class Connection {
+class socket_body_Connection {
     origin;
     forget;
     socket;
@@ -89267,7 +89247,7 @@ class Connection {
  * A body that Content-Length delimits, read from a socket of the pool: see the module's
  * comment. The socket goes back to the pool once the last byte is read.
  */
-class SocketBody extends external_node_stream_.Readable {
+class socket_body_SocketBody extends external_node_stream_.Readable {
     conn;
     release;
     reusable;
@@ -89320,7 +89300,7 @@ class SocketBody extends external_node_stream_.Readable {
             this.conn.onBytes = undefined;
             this.conn.onGone = undefined;
             this.release(false);
-            this.finished?.reject(error ?? abortError());
+            this.finished?.reject(error ?? http_wire_abortError());
         }
         callback(error);
     }
@@ -89336,7 +89316,7 @@ class SocketBody extends external_node_stream_.Readable {
     /** Takes bytes of the body; false when the socket must wait. */
     bytes(view) {
         if (view.length > this.left) {
-            this.fail(networkError(`the server sent ${view.length - this.left} bytes past the body's length`));
+            this.fail(http_wire_networkError(`the server sent ${view.length - this.left} bytes past the body's length`));
             return false;
         }
         this.left -= view.length;
@@ -89387,6 +89367,37 @@ class SocketBody extends external_node_stream_.Readable {
         if (!this.done)
             this.destroy(error);
     }
+}
+
+;// CONCATENATED MODULE: ./src/s3/socket-get.ts
+/**
+ * The GETs of a restore's and a verify's bytes, read into memory that is used again.
+ *
+ * Node's HTTP client reads each socket into a new buffer and hands the body on in those
+ * buffers; the runner frees them only when the garbage collector runs, which Node 24 does
+ * after tens of megabytes of them. Measured on this project's bench, reading 1 GiB from MinIO
+ * with 8 ranged GETs into a pipe: through the SDK's handler, 2.2 CPU-seconds and a peak RSS of
+ * 300 MiB; each socket read into one buffer of its own and copied into reused memory, 0.8
+ * CPU-seconds with a sha256 of every byte, and 138 MiB. On a restore the runner's one thread
+ * is the slowest stage, so its CPU is the restore's speed.
+ *
+ * The SDK builds, signs and retries the request as always; only the exchange goes through
+ * here: one request at a time on a socket kept alive between them (TLS for https), whose
+ * every read lands in the same buffer (`onread`). The answer's head is parsed here. A body
+ * that Content-Length delimits is a SocketBody: `readInto` hands its bytes to a reader as
+ * views of that buffer, valid during the call only, and read as a stream it gives copies, as
+ * any stream does. Whatever this does not read (another method than GET, a body without a
+ * Content-Length, an interim answer) is asked again through the SDK's own handler.
+ */
+
+
+
+/**
+ * Whether the runner names an HTTP proxy: its reads then go through the SDK's handler, as
+ * every other request does (Node 24 sends those through the proxy with NODE_USE_ENV_PROXY).
+ */
+function behindProxy() {
+    return ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy'].some((v) => process.env[v]);
 }
 /**
  * The request handler of the read client (see the module's comment): GETs on pooled sockets,
@@ -90040,7 +90051,6 @@ class StallWatch {
 
 
 
-
 const MIN_PART_SIZE = (/* unused pure expression or super */ null && (8 * 1024 * 1024));
 const MAX_PART_SIZE = (/* unused pure expression or super */ null && (5 * 1024 ** 3));
 const MAX_PARTS = 10_000;
@@ -90071,19 +90081,6 @@ function planParts(expectedBytes, settings, maxBufferBytes) {
             `${MAX_PARTS} parts); two of them exceed the ${formatBytes(maxBufferBytes)} of part buffers the runner may hold.`);
     }
     return { partSize, queueSize: Math.min(settings.queueSize, fits) };
-}
-/** Counts and hashes the bytes that pass through it. */
-class HashingCounter extends (/* unused pure expression or super */ null && (Transform)) {
-    hash = createHash('sha256');
-    bytes = 0;
-    _transform(chunk, _encoding, callback) {
-        this.hash.update(chunk);
-        this.bytes += chunk.length;
-        callback(null, chunk);
-    }
-    digest() {
-        return this.hash.digest('hex');
-    }
 }
 function isByteSource(body) {
     return typeof body.flow === 'function';

@@ -156,7 +156,7 @@ export interface NodeHost {
   ): Promise<Map<string, string>>;
   /** sha256 of files under `dir` (paths as on the host), computed on the host. */
   hashFiles(dir: string, paths: string[]): Promise<Map<string, string>>;
-  /** An uncompressed tar of `paths` (as on the host) under `dir`, streamed to stdout now. */
+  /** An uncompressed tar of `paths` (as on the host) under `dir`, streamed now (read `source`). */
   sendFiles(dir: string, paths: string[]): Promise<RemoteStream>;
   /** Reads a plain tar from stdin into `stage`, which is kept across runs; starts on its go line. */
   receiveTree(stage: string): RemoteStream;

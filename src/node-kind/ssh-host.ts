@@ -112,7 +112,7 @@ export abstract class SshHost {
   }
 
   async sendFiles(dir: string, paths: string[]): Promise<RemoteStream> {
-    const remote = this.session.stream(sendFilesCommand(dir));
+    const remote = await this.session.streamOut(sendFilesCommand(dir));
     remote.stdin.end(paths.map((p) => `${p}\0`).join(''));
     return remote;
   }

@@ -13,6 +13,7 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { IntegrityError, StorageError, errorMessage } from '../errors.js';
 import type { NodeHost, TreeEntry } from '../node-kind/host.js';
+import { ringChunks } from '../byte-source.js';
 import { streamUpload } from '../s3/upload.js';
 import { RemoteCommandError } from '../errors.js';
 import { TailHasher } from './icon2.js';
@@ -94,7 +95,8 @@ export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes:
   const fail = (error: unknown): void => {
     failure ??= error instanceof Error ? error : new Error(String(error));
   };
-  const reader = new ChunkReader(remote.stdout[Symbol.asyncIterator]() as AsyncIterator<Buffer>);
+  // The host's bytes land in one ring, each read copied out before the next: no buffer per read.
+  const reader = new ChunkReader(ringChunks(remote.source));
   let sent = 0;
   try {
     for (;;) {

@@ -8,7 +8,10 @@ import { Header, Pax } from 'tar';
 
 const BLOCK = 512;
 
-/** Reads exact byte counts from an async iterable of chunks. */
+/**
+ * Reads exact byte counts from a sequence of chunks. A chunk may be reused once the next is
+ * asked for (see ringChunks): what `some` returns is read, or copied, before the next call.
+ */
 export class ChunkReader {
   private chunk: Buffer = Buffer.alloc(0);
   private offset = 0;

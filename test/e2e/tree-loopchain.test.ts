@@ -43,9 +43,10 @@ describe('tree snapshots of a loopchain node', () => {
 
   const manifestOf = async (key: string): Promise<Manifest> =>
     JSON.parse(await world.s3.getText(world.bucket, `${key}/manifest.json`)) as Manifest;
-  const backup = () => runMain(world, world.inputs({ format: 'tree', 'permanent-copy': 'false' }));
+  const backup = (extra: Record<string, string> = {}) =>
+    runMain(world, world.inputs({ format: 'tree', 'permanent-copy': 'false', ...extra }));
 
-  it('backs up the block DB under its placeholder; a second backup sends only what changed', async () => {
+  it('backs up the block DB under its placeholder; a second backup, over ssh2, sends only what changed', async () => {
     const first = await backup();
     assert.equal(first.code, 0, said(first));
     keys.push(first.outputs.key as string);
@@ -56,8 +57,10 @@ describe('tree snapshots of a loopchain node', () => {
     assert.ok(!a.files.some((f) => /db_\d+\.\d+\.\d+\.\d+:7100/.test(f.path)), 'no IP in a path');
     // The node writes on; the sim makes new tables and rewrites its MANIFEST and journal.
     await new Promise((r) => setTimeout(r, 3000));
-    const second = await backup();
+    // The files come over the other transport: ssh2's channel, read as a stream of chunks.
+    const second = await backup({ 'ssh-transport': 'ssh2' });
     assert.equal(second.code, 0, said(second));
+    assert.match(second.stdout, /archive bytes travel over ssh2/);
     keys.push(second.outputs.key as string);
     const b = await manifestOf(keys[1]!);
     assert.ok(b.blockHeight > a.blockHeight);

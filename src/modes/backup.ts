@@ -97,12 +97,18 @@ export async function backup(
       return l;
     });
 
-    const height = await core.group('Block height', async () => {
+    const at = await core.group('Block height', async () => {
       const h = await host.height();
-      if (h !== undefined) core.info(`The node reports block height ${h}.`);
-      return h;
+      if (h === undefined) return undefined;
+      // The manifest's facts (the block's hash, where the kind has one) are read now, while
+      // the node answers: after the stop they would be in the way of the publish.
+      const f = await host.facts(h);
+      core.info(
+        `The node reports block height ${h}${f.blockHash ? `, block hash ${f.blockHash}` : ''}.`,
+      );
+      return { height: h, facts: f };
     });
-    if (height === undefined) {
+    if (at === undefined) {
       core.warning(
         `The node's peer API (${settings.node.peerUrl}) does not answer: no backup is taken of a node that is not ` +
           `in service. Starting the node in case it is down; the next scheduled run will take the backup.`,
@@ -115,6 +121,7 @@ export async function backup(
         .write();
       return { skipped: true };
     }
+    const { height, facts } = at;
 
     // The parts are planned, and a part size too small refused, before the node stops.
     const parts = planParts(
@@ -204,7 +211,7 @@ export async function backup(
         dir: source,
         name,
         height,
-        facts: await host.facts(height),
+        facts,
         snapshotAt,
         runId,
         timings,
@@ -279,7 +286,6 @@ export async function backup(
       );
     }
 
-    const facts = await host.facts(height);
     const manifest: Manifest = {
       format: 'prep-snapshot/1',
       key,

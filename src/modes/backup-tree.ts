@@ -33,7 +33,8 @@ import { verifyTree } from '../tree/verify.js';
 import { pool } from '../tree/pool.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { publishTree } from '../tree/publish.js';
-import { heldWhole, sendFiles } from '../tree/send.js';
+import { heldWhole, readTails, sendFiles } from '../tree/send.js';
+import type { RemoteStream } from '../ssh/session.js';
 import {
   journalKey,
   readBytes,
@@ -71,19 +72,46 @@ type Source = TreeManifest['source'];
 const sameSource = (a: Source | undefined, b: Source): boolean =>
   a !== undefined && a.host === b.host && a.dataDir === b.dataDir && a.device === b.device;
 
+/**
+ * The two data channels a run reads the host's files over. Each costs an SSH handshake (a
+ * quarter of a second on the bench's host, more across a network): both connect as the run
+ * begins, while it lists the files and reads the bucket, and wait for their paths.
+ */
+interface Channels {
+  tails: RemoteStream;
+  send: Promise<RemoteStream>;
+  used: Set<'tails' | 'send'>;
+}
+
 export async function backupTree(a: TreeBackupArgs): Promise<TreeBackupResult> {
   const lease = new LeaseKeeper(a.client, a.settings.s3.bucket, a.settings.s3.prefix, a.runId);
+  const channels: Channels = {
+    tails: a.host.fileTails(a.dir),
+    send: a.host.sendFiles(a.dir),
+    used: new Set(),
+  };
   try {
-    const done = await backupWithLease(a, lease);
+    const done = await backupWithLease(a, lease, channels);
     // Published: the manifest protects its objects now; the lease expires on its own.
     await lease.release();
     return done;
   } finally {
+    // A channel not used (nothing to prove or to send, or a failure before) is cut.
+    if (!channels.used.has('tails')) channels.tails.kill();
+    if (!channels.used.has('send'))
+      await channels.send.then(
+        (r) => r.kill(),
+        () => undefined,
+      );
     await lease.stop({ hold: false }).catch(() => undefined);
   }
 }
 
-async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<TreeBackupResult> {
+async function backupWithLease(
+  a: TreeBackupArgs,
+  lease: LeaseKeeper,
+  channels: Channels,
+): Promise<TreeBackupResult> {
   const { settings, client, host } = a;
   const { bucket, prefix } = settings.s3;
   const folder = treeFolder(prefix, a.name);
@@ -133,8 +161,9 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
       else unproven.push(e);
     }
     // The last proof: the file still ends as it did (its tail hash, as the manifest recorded it).
-    const tails = await host.tailHashes(
-      a.dir,
+    channels.used.add('tails');
+    const tails = await readTails(
+      channels.tails,
       candidates.map((c) => c.e),
     );
     for (const c of candidates) {
@@ -239,8 +268,10 @@ async function backupWithLease(a: TreeBackupArgs, lease: LeaseKeeper): Promise<T
   const sent = await core.group(
     `Send ${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))})`,
     async () => {
+      if (toSend.length > 0) channels.used.add('send');
       try {
         return await sendFiles({
+          channel: channels.send,
           host,
           client,
           bucket,

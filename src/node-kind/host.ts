@@ -149,15 +149,14 @@ export interface NodeHost {
   // --- trees (see tree/layout.ts) -----------------------------------------------------
   /** The snapshot's files and directories under `dir`, named as a snapshot stores them. */
   listTree(dir: string): Promise<TreeListing>;
-  /** icon2-node's tail hash (xxh3 of the last 10,240 bytes) of files under `dir`, by host path. */
-  tailHashes(
-    dir: string,
-    files: Array<{ hostPath: string; size: number }>,
-  ): Promise<Map<string, string>>;
+  // The next two take NUL-terminated paths (as on the host, under `dir`) on stdin. Each is a
+  // data channel, which costs an SSH handshake: opened ahead, it waits for its paths.
+  /** The last 10,240 bytes (the whole file when smaller) of each path, one after the other. */
+  fileTails(dir: string): RemoteStream;
+  /** An uncompressed tar of the paths, in order (read `source`). */
+  sendFiles(dir: string): Promise<RemoteStream>;
   /** sha256 of files under `dir` (paths as on the host), computed on the host. */
   hashFiles(dir: string, paths: string[]): Promise<Map<string, string>>;
-  /** An uncompressed tar of `paths` (as on the host) under `dir`, streamed now (read `source`). */
-  sendFiles(dir: string, paths: string[]): Promise<RemoteStream>;
   /** Reads a plain tar from stdin into `stage`, which is kept across runs; starts on its go line. */
   receiveTree(stage: string): RemoteStream;
   /**

@@ -6,9 +6,7 @@
 import * as core from '@actions/core';
 import { parseManifestsOutput, planPrune } from '../freeze.js';
 import type { ExecResult, SshSession } from '../ssh/session.js';
-import { HostError, RemoteCommandError } from '../errors.js';
-import { tailHash, TAIL_BYTES } from '../tree/icon2.js';
-import { ChunkReader } from '../tree/tar-stream.js';
+import { HostError } from '../errors.js';
 import type { RemoteStream } from '../ssh/session.js';
 import type { PreparedStep, Sizes, Tree, TreeEntry, TreeListing } from './host.js';
 import { extractCommand } from './extract.js';
@@ -81,23 +79,8 @@ export abstract class SshHost {
     return { device: listing.device, entries };
   }
 
-  async tailHashes(
-    dir: string,
-    files: Array<{ hostPath: string; size: number }>,
-  ): Promise<Map<string, string>> {
-    const out = new Map<string, string>();
-    if (files.length === 0) return out;
-    const remote = this.session.stream(tailsCommand(dir));
-    remote.stdin.end(files.map((f) => `${f.hostPath}\0`).join(''));
-    const reader = new ChunkReader(remote.stdout[Symbol.asyncIterator]() as AsyncIterator<Buffer>);
-    for (const f of files) {
-      out.set(f.hostPath, await tailHash(await reader.read(Math.min(f.size, TAIL_BYTES))));
-    }
-    await reader.drain();
-    const code = await remote.exit;
-    if (code !== 0)
-      throw new RemoteCommandError('Reading the ends of the files', code, remote.stderrTail());
-    return out;
+  fileTails(dir: string): RemoteStream {
+    return this.session.stream(tailsCommand(dir));
   }
 
   async hashFiles(dir: string, paths: string[]): Promise<Map<string, string>> {
@@ -111,10 +94,8 @@ export abstract class SshHost {
     );
   }
 
-  async sendFiles(dir: string, paths: string[]): Promise<RemoteStream> {
-    const remote = await this.session.streamOut(sendFilesCommand(dir));
-    remote.stdin.end(paths.map((p) => `${p}\0`).join(''));
-    return remote;
+  sendFiles(dir: string): Promise<RemoteStream> {
+    return this.session.streamOut(sendFilesCommand(dir));
   }
 
   receiveTree(stage: string): RemoteStream {

@@ -17,7 +17,8 @@ import { ringChunks } from '../byte-source.js';
 import { PIECE_BYTES } from '../s3/pieces.js';
 import { streamUpload } from '../s3/upload.js';
 import { RemoteCommandError } from '../errors.js';
-import { TailHasher } from './icon2.js';
+import type { RemoteStream } from '../ssh/session.js';
+import { TailHasher, tailHash, TAIL_BYTES } from './icon2.js';
 import { objectKey } from './layout.js';
 import { putObject } from './store.js';
 import { FileProgress } from '../progress.js';
@@ -39,6 +40,45 @@ export interface SendOptions {
   bytesInFlight: number;
   /** Called once a file's object is stored, with its tail hash. */
   onStored: (entry: TreeEntry, sha256: string, tail: string) => void;
+  /** `host.sendFiles(dir)`, opened ahead; one is opened when not given. */
+  channel?: Promise<RemoteStream>;
+}
+
+/** Writes NUL-terminated paths to a data channel's stdin, and ends it. */
+function writePaths(remote: RemoteStream, paths: string[]): void {
+  remote.stdin.end(paths.map((p) => `${p}\0`).join(''));
+}
+
+/**
+ * The tail hash of each file, as the host's `fileTails` channel (opened ahead) reads them.
+ * A file whose end the host cannot read in full fails the whole read.
+ */
+export async function readTails(
+  remote: RemoteStream,
+  files: Array<{ hostPath: string; size: number }>,
+): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  writePaths(
+    remote,
+    files.map((f) => f.hostPath),
+  );
+  const reader = new ChunkReader(ringChunks(remote.source, 256 * 1024));
+  try {
+    for (const f of files) {
+      out.set(f.hostPath, await tailHash(await reader.read(Math.min(f.size, TAIL_BYTES))));
+    }
+    await reader.drain();
+  } catch (error) {
+    remote.kill();
+    const code = await remote.exit;
+    throw code
+      ? new RemoteCommandError('Reading the ends of the files', code, remote.stderrTail())
+      : error;
+  }
+  const code = await remote.exit;
+  if (code !== 0)
+    throw new RemoteCommandError('Reading the ends of the files', code, remote.stderrTail());
+  return out;
 }
 
 /**
@@ -118,8 +158,9 @@ export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes:
   const progress = new FileProgress('Upload', o.files.length, total);
   const budget = new Budget(o.filesInFlight, o.bytesInFlight);
   const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
-  const remote = await o.host.sendFiles(
-    o.dir,
+  const remote = await (o.channel ?? o.host.sendFiles(o.dir));
+  writePaths(
+    remote,
     o.files.map((f) => f.entry.hostPath),
   );
   let failure: Error | undefined;

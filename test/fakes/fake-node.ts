@@ -278,7 +278,7 @@ export class FakeNode implements NodeHost, Shell {
   listTree(): never {
     throw new Error('the fake node keeps archives only');
   }
-  tailHashes(): never {
+  fileTails(): never {
     throw new Error('the fake node keeps archives only');
   }
   hashFiles(): never {

@@ -32,6 +32,10 @@ function clientConfig(settings: S3Settings): S3ClientConfig {
     // The archive is proved whole end to end by the sha256 in its manifest (and TLS guards
     // each request); a CRC32 of every part on top cost the runner CPU the stream needs.
     requestChecksumCalculation: 'WHEN_REQUIRED',
+    // Nor is a checksum asked of a GET: AWS S3 would send the CRC64NVME it keeps of each
+    // object, which the SDK checks in JavaScript over every byte of a tree's files, through a
+    // stream of its own in place of the read client's body.
+    responseChecksumValidation: 'WHEN_REQUIRED',
   };
   if (settings.unsigned) {
     // A public bucket: requests go out unsigned, no credentials needed.

@@ -13,9 +13,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import * as tls from 'node:tls';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { createClient, createReadClient } from '../../src/s3/client.ts';
 import { parseHead, requestTarget, type OutgoingRequest } from '../../src/s3/http-wire.ts';
-import type { SocketBody } from '../../src/s3/socket-body.ts';
+import { SocketBody } from '../../src/s3/socket-body.ts';
 import { SocketGetHandler } from '../../src/s3/socket-get.ts';
+import type { S3Settings } from '../../src/settings.ts';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
@@ -298,5 +301,46 @@ describe('socket-get: exchanges', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('the clients a run reads S3 with', () => {
+  const servers: Array<{ close(): Promise<void> }> = [];
+  after(async () => {
+    for (const s of servers) await s.close();
+  });
+
+  // AWS S3 stores a CRC64NVME of every object put without a checksum, and sends it back to a
+  // GET that asks for it. The SDK's default asks, and then reads the body through a checksum
+  // of its own in JavaScript: a second pass over every byte, and the body no longer the
+  // handler's. The manifest's sha256 proves the bytes already (MinIO keeps no such checksum).
+  it('asks for no checksum of a GET and checks none it is sent: the body is the handler’s', async () => {
+    const data = Buffer.from('the bytes of a stored file');
+    const srv = await scripted((_s, socket) =>
+      answer(
+        socket,
+        data,
+        // Not the CRC64NVME of `data`: a client that checked it would fail the read.
+        'x-amz-checksum-crc64nvme: AAAAAAAAAAA=\r\nx-amz-checksum-type: FULL_OBJECT\r\n',
+      ),
+    );
+    servers.push(srv);
+    const settings = {
+      bucket: 'snapshots',
+      endpoint: `http://127.0.0.1:${srv.port}`,
+      forcePathStyle: true,
+      region: 'us-east-1',
+    } as S3Settings;
+    const credentials = { accessKeyId: 'test', secretAccessKey: 'test-secret' };
+    for (const client of [createReadClient(settings), createClient(settings)]) {
+      client.config.credentials = () => Promise.resolve(credentials);
+      const got = await client.send(new GetObjectCommand({ Bucket: 'snapshots', Key: 'k' }));
+      const body = got.Body as unknown as NodeJS.ReadableStream | SocketBody;
+      if (srv.seen.length === 1) assert.ok(body instanceof SocketBody, 'the read client’s body');
+      assert.equal(sha(await readAll(body)), sha(data));
+      client.destroy();
+    }
+    assert.equal(srv.seen.length, 2);
+    for (const s of srv.seen) assert.doesNotMatch(s.head, /x-amz-checksum-mode/i);
   });
 });

@@ -204,12 +204,18 @@ export async function fetchInto(
   onGo: () => void,
   settings: Settings,
   tree: TreeSource,
-  into: { host: NodeHost; stage: string; inDataDir: { paths: string[]; address: string } },
+  into: {
+    host: NodeHost;
+    stage: string;
+    stageFound: boolean;
+    inDataDir: { paths: string[]; address: string };
+  },
 ): Promise<Streamed> {
   const t = performance.now();
   const got = await fetchTree({
     host: into.host,
     stage: into.stage,
+    stageFound: into.stageFound,
     inDataDir: into.inDataDir,
     remote,
     onGo,

@@ -123,7 +123,7 @@ export async function restore(
   let streamStarted = false;
   let swap: PreparedStep | undefined;
   try {
-    const { ip, decoder, inDataDir } = await core.group('Check the host', async () => {
+    const { ip, decoder, inDataDir, stageFound } = await core.group('Check the host', async () => {
       const probe = await host.checkForRestore({ nodeIp: opts.nodeIp });
       const running = probe.running;
       if (running && !opts.stopNode) throw runningRefused(ssh.host, running);
@@ -183,7 +183,8 @@ export async function restore(
             `stopped only for the swap.`,
         );
       }
-      return { ip: address, decoder, inDataDir };
+      const stageFound = probe.stages.some((s) => s.path === stage);
+      return { ip: address, decoder, inDataDir, stageFound };
     });
 
     // The swap waits on the host from now on, for the word that the archive proved whole.
@@ -198,6 +199,7 @@ export async function restore(
           ? fetchInto(remote, () => (streamStarted = true), settings, tree, {
               host,
               stage,
+              stageFound,
               inDataDir: { paths: inDataDir, address: ip },
             })
           : streamInto(

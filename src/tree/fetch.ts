@@ -40,6 +40,8 @@ export interface FetchItem {
 export interface FetchOptions {
   host: NodeHost;
   stage: string;
+  /** Whether the host's check found the staging folder: an earlier run's files are looked for only then. */
+  stageFound: boolean;
   /** Tables of the data dir that may be the snapshot's (NodeHost.tablesInDataDir), for `address`. */
   inDataDir: { paths: string[]; address: string };
   /** `host.receiveTree(stage)`, opened ahead: it starts on its go line. */
@@ -68,7 +70,7 @@ const ATTEMPTS = 4;
 export async function fetchTree(o: FetchOptions): Promise<Fetched> {
   const { host, stage } = o;
   const byPath = new Map(o.items.map((i) => [i.path, i]));
-  let staged = await host.stagedFiles(stage);
+  let staged = o.stageFound ? await host.stagedFiles(stage) : new Map<string, number>();
   // Only our manifests resume, and only they take files from the data dir: the sha256 is what
   // proves a kept file on the host.
   const linked = new Set<string>();

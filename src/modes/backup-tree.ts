@@ -11,7 +11,7 @@ import { ACTION_VERSION } from '../constants.js';
 import { errorMessage } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import { listEntry, parseArchivePath, type ArchiveName } from '../naming.js';
-import type { KindFacts, NodeHost, TreeEntry } from '../node-kind/host.js';
+import type { KindFacts, NodeHost, TreeEntry, TreeListing } from '../node-kind/host.js';
 import { readBackupList } from '../s3/backup-list.js';
 import { deleteKeys, writeJson } from '../s3/store.js';
 import type { Settings } from '../settings.js';
@@ -34,7 +34,7 @@ import { pool } from '../tree/pool.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { publishTree } from '../tree/publish.js';
 import { heldWhole, readTails, sendFiles } from '../tree/send.js';
-import type { RemoteStream } from '../ssh/session.js';
+import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import {
   journalKey,
   readBytes,
@@ -56,6 +56,10 @@ export interface TreeBackupArgs {
   snapshotAt: Date;
   runId: string;
   timings: Record<string, number>;
+  /** The frozen copy's listing, begun while the node started; listed here when not given. */
+  listing?: Promise<TreeListing>;
+  /** Opened while the node stopped (openTreeChannels); the caller closes them (closeTreeChannels). */
+  channels: TreeChannels;
   /** Runs once every object is stored, before anything is published (a node stopped for the read starts). */
   beforePublish: () => Promise<void>;
 }
@@ -73,36 +77,38 @@ const sameSource = (a: Source | undefined, b: Source): boolean =>
   a !== undefined && a.host === b.host && a.dataDir === b.dataDir && a.device === b.device;
 
 /**
- * The two data channels a run reads the host's files over. Each costs an SSH handshake (a
- * quarter of a second on the bench's host, more across a network): both connect as the run
- * begins, while it lists the files and reads the bucket, and wait for their paths.
+ * The two data channels a tree backup reads the host's files over. Each costs an SSH
+ * handshake (a quarter of a second on the bench's host, more across a network): both connect
+ * while the node stops and the copy freezes, and wait there for their go line and paths.
  */
-interface Channels {
+export interface TreeChannels {
   tails: RemoteStream;
   send: Promise<RemoteStream>;
   used: Set<'tails' | 'send'>;
 }
 
+export function openTreeChannels(host: NodeHost, dir: string): TreeChannels {
+  const send = host.sendFiles(dir);
+  send.catch(() => undefined);
+  return { tails: host.fileTails(dir), send, used: new Set() };
+}
+
+/** Ends the channels that were not used (nothing to prove or to send, or a failure before). */
+export async function closeTreeChannels(c: TreeChannels): Promise<void> {
+  await Promise.all([
+    c.used.has('tails') ? undefined : closeUnused(c.tails),
+    c.used.has('send') ? undefined : c.send.then(closeUnused, () => undefined),
+  ]);
+}
+
 export async function backupTree(a: TreeBackupArgs): Promise<TreeBackupResult> {
   const lease = new LeaseKeeper(a.client, a.settings.s3.bucket, a.settings.s3.prefix, a.runId);
-  const channels: Channels = {
-    tails: a.host.fileTails(a.dir),
-    send: a.host.sendFiles(a.dir),
-    used: new Set(),
-  };
   try {
-    const done = await backupWithLease(a, lease, channels);
+    const done = await backupWithLease(a, lease, a.channels);
     // Published: the manifest protects its objects now; the lease expires on its own.
     await lease.release();
     return done;
   } finally {
-    // A channel not used (nothing to prove or to send, or a failure before) is cut.
-    if (!channels.used.has('tails')) channels.tails.kill();
-    if (!channels.used.has('send'))
-      await channels.send.then(
-        (r) => r.kill(),
-        () => undefined,
-      );
     await lease.stop({ hold: false }).catch(() => undefined);
   }
 }
@@ -110,14 +116,17 @@ export async function backupTree(a: TreeBackupArgs): Promise<TreeBackupResult> {
 async function backupWithLease(
   a: TreeBackupArgs,
   lease: LeaseKeeper,
-  channels: Channels,
+  channels: TreeChannels,
 ): Promise<TreeBackupResult> {
   const { settings, client, host } = a;
   const { bucket, prefix } = settings.s3;
   const folder = treeFolder(prefix, a.name);
 
+  // What earlier runs stored is read from the bucket while the host lists the files.
+  const earlier = readEarlier(client, settings);
+  earlier.catch(() => undefined);
   const listing = await core.group('List the snapshot', async () => {
-    const l = await host.listTree(a.dir);
+    const l = await (a.listing ?? host.listTree(a.dir));
     const files = l.entries.filter((e) => e.type === 'file');
     core.info(
       `${files.length} files, ${formatBytes(files.reduce((s, f) => s + f.size, 0))}, in ` +
@@ -137,10 +146,9 @@ async function backupWithLease(
   // manifests before the stored objects are listed: a sweep from then on keeps what they name,
   // and what one deleted before is not in the listing.
   const plan = await core.group('Find what is stored already', async () => {
-    const previous = await previousManifest(client, settings, source);
-    const journals = (await readJournals(client, bucket, prefix)).filter((j) =>
-      sameSource(j.journal.source, source),
-    );
+    const { trees, journals: allJournals } = await earlier;
+    const previous = await previousManifest(trees, source);
+    const journals = allJournals.filter((j) => sameSource(j.journal.source, source));
     // From the lease's first write a sweep keeps what those runs name (see tree/sweep.ts).
     const leasedWall = Date.now();
     await lease.start([...(previous ? [previous.key] : []), ...journals.map((j) => j.key)]);
@@ -438,22 +446,45 @@ async function storedTail(
   return tailHash(bytes);
 }
 
+interface Earlier {
+  /** The newest listed trees (a handful: another host's may be in between), newest first. */
+  trees: Array<{ key: string; manifest: () => Promise<TreeManifest | undefined> }>;
+  journals: Awaited<ReturnType<typeof readJournals>>;
+}
+
+/** The listed trees and the journals of unfinished runs; the newest tree's manifest is read at once. */
+async function readEarlier(client: S3Client, settings: Settings): Promise<Earlier> {
+  const { bucket, prefix } = settings.s3;
+  const journals = readJournals(client, bucket, prefix);
+  journals.catch(() => undefined);
+  const { entries } = await readBackupList(client, bucket, `${prefix}/backup_list`);
+  const trees = entries
+    .filter((e) => parseArchivePath(e)?.format === 'tree')
+    .slice(0, 8)
+    .map((entry) => {
+      const key = treeFiles(`${prefix}/${entry}`).manifest;
+      let read: Promise<TreeManifest | undefined> | undefined;
+      const manifest = (): Promise<TreeManifest | undefined> =>
+        (read ??= readTreeManifest(client, bucket, key).catch((e) => {
+          core.warning(
+            `${key} could not be read (${errorMessage(e)}): it is not used to skip files.`,
+          );
+          return undefined;
+        }));
+      return { key, manifest };
+    });
+  void trees[0]?.manifest();
+  return { trees, journals: await journals };
+}
+
 /** The newest listed tree of the same host and data dir, with its manifest. */
 async function previousManifest(
-  client: S3Client,
-  settings: Settings,
+  trees: Earlier['trees'],
   source: Source,
 ): Promise<{ key: string; manifest: TreeManifest } | undefined> {
-  const { bucket, prefix } = settings.s3;
-  const { entries } = await readBackupList(client, bucket, `${prefix}/backup_list`);
-  // Newest first; a handful is enough (another host's snapshots may be in between).
-  const trees = entries.filter((e) => parseArchivePath(e)?.format === 'tree').slice(0, 8);
-  for (const entry of trees) {
-    const key = treeFiles(`${prefix}/${entry}`).manifest;
-    const manifest = await readTreeManifest(client, bucket, key).catch((e) => {
-      core.warning(`${key} could not be read (${errorMessage(e)}): it is not used to skip files.`);
-      return undefined;
-    });
+  for (const tree of trees) {
+    const { key } = tree;
+    const manifest = await tree.manifest();
     if (manifest && sameSource(manifest.source, source)) return { key, manifest };
   }
   return undefined;

@@ -149,8 +149,9 @@ export interface NodeHost {
   // --- trees (see tree/layout.ts) -----------------------------------------------------
   /** The snapshot's files and directories under `dir`, named as a snapshot stores them. */
   listTree(dir: string): Promise<TreeListing>;
-  // The next two take NUL-terminated paths (as on the host, under `dir`) on stdin. Each is a
-  // data channel, which costs an SSH handshake: opened ahead, it waits for its paths.
+  // The next two take `GO_LINE`, then NUL-terminated paths (as on the host, under `dir`), on
+  // stdin. Each is a data channel, which costs an SSH handshake: opened ahead (before `dir`
+  // exists, as the node stops), it waits for its line.
   /** The last 10,240 bytes (the whole file when smaller) of each path, one after the other. */
   fileTails(dir: string): RemoteStream;
   /** An uncompressed tar of the paths, in order (read `source`). */

@@ -4,7 +4,7 @@
  * and the staging folder of a restore, which a later run resumes.
  */
 import { HostError } from '../errors.js';
-import { bashScript, quote } from '../shell.js';
+import { bashScript, quote, WAIT_FOR_GO } from '../shell.js';
 import type { Tree } from './host.js';
 
 /** One entry of a snapshot on the host, as `listTreeCommand` prints it. */
@@ -82,19 +82,21 @@ export function parseHashes(stdout: string): Map<string, string> {
 }
 
 /**
- * The last 10,240 bytes of each NUL-separated path on stdin (the whole file when smaller), one
- * after the other with nothing between: the runner cuts them apart by the sizes it listed.
+ * The last 10,240 bytes of each NUL-separated path on stdin after `GO_LINE` (the whole file when
+ * smaller), one after the other with nothing between: the runner cuts them apart by the sizes
+ * it listed. Opened ahead, it waits for the line: `dir` may not exist before.
  */
 export function tailsCommand(dir: string): string {
-  return bashScript([`cd -- ${quote(dir)}`, `xargs -0 -r tail -q -c 10240 --`]);
+  return bashScript([...WAIT_FOR_GO, `cd -- ${quote(dir)}`, `xargs -0 -r tail -q -c 10240 --`]);
 }
 
 /**
- * An uncompressed tar of the NUL-separated paths on stdin (relative to `dir`), in that order,
- * on stdout; files only, each under its name on the host.
+ * An uncompressed tar of the NUL-separated paths on stdin after `GO_LINE` (relative to `dir`),
+ * in that order, on stdout; files only, each under its name on the host.
  */
 export function sendFilesCommand(dir: string): string {
   return bashScript([
+    ...WAIT_FOR_GO,
     `cd -- ${quote(dir)}`,
     `exec 9<.`,
     `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,

@@ -17,6 +17,7 @@ import { ringChunks } from '../byte-source.js';
 import { PIECE_BYTES } from '../s3/pieces.js';
 import { streamUpload } from '../s3/upload.js';
 import { RemoteCommandError } from '../errors.js';
+import { GO_LINE } from '../shell.js';
 import type { RemoteStream } from '../ssh/session.js';
 import { TailHasher, tailHash, TAIL_BYTES } from './icon2.js';
 import { objectKey } from './layout.js';
@@ -40,13 +41,13 @@ export interface SendOptions {
   bytesInFlight: number;
   /** Called once a file's object is stored, with its tail hash. */
   onStored: (entry: TreeEntry, sha256: string, tail: string) => void;
-  /** `host.sendFiles(dir)`, opened ahead; one is opened when not given. */
+  /** `host.sendFiles(dir)`, opened ahead (see TreeChannels); one is opened when not given. */
   channel?: Promise<RemoteStream>;
 }
 
-/** Writes NUL-terminated paths to a data channel's stdin, and ends it. */
+/** Lets a data channel opened ahead go, with its NUL-terminated paths, and ends its input. */
 function writePaths(remote: RemoteStream, paths: string[]): void {
-  remote.stdin.end(paths.map((p) => `${p}\0`).join(''));
+  remote.stdin.end(GO_LINE + paths.map((p) => `${p}\0`).join(''));
 }
 
 /**

@@ -26,10 +26,12 @@ import {
   listTreeCommand,
   parseListing,
   parseStaged,
+  sendFilesCommand,
   tableFilesCommand,
   tailsCommand,
   type ListedEntry,
 } from '../../src/node-kind/tree-remote.js';
+import { GO_LINE } from '../../src/shell.js';
 import { tailHash, TAIL_BYTES } from '../../src/tree/icon2.js';
 import { isSafePath, reusable, type TreeFile } from '../../src/tree/layout.js';
 import {
@@ -49,7 +51,9 @@ function list(dir: string): Map<string, ListedEntry> {
 
 /** The tail hash of a file as the backup reads it: the host's command, cut by size, hashed here. */
 async function tailOf(dir: string, e: ListedEntry): Promise<string> {
-  const out = execFileSync('bash', ['-c', tailsCommand(dir)], { input: `${e.path}\0` });
+  const out = execFileSync('bash', ['-c', tailsCommand(dir)], {
+    input: `${GO_LINE}${e.path}\0`,
+  });
   assert.equal(out.length, Math.min(e.size, TAIL_BYTES));
   return tailHash(out);
 }
@@ -151,16 +155,19 @@ describe('the tar that carries a tree', () => {
     [`a/${long}`, randomBytes(70_001)],
   ];
 
-  it('reads what GNU tar writes (long names, empty files, 1 MiB records), member by member', async () => {
+  it("reads what the host's GNU tar writes (long names, empty files, 1 MiB records), member by member", async () => {
     for (const [p, b] of files) {
       mkdirSync(join(dir, 'src', p, '..'), { recursive: true });
       writeFileSync(join(dir, 'src', p), b);
     }
-    const tar = spawnSync(
-      'tar',
-      ['-c', '-f', '-', '-b', '2048', '--null', '--no-recursion', '-T', '-'],
-      { cwd: join(dir, 'src'), input: files.map(([p]) => `${p}\0`).join(''), maxBuffer: 1 << 26 },
-    );
+    const paths = files.map(([p]) => `${p}\0`).join('');
+    const send = (input: string) =>
+      spawnSync('bash', ['-c', sendFilesCommand(join(dir, 'src'))], { input, maxBuffer: 1 << 26 });
+    // Opened ahead and closed unused (no go line): nothing is read, nothing sent.
+    const unused = send(paths);
+    assert.equal(unused.status, 0, unused.stderr.toString());
+    assert.equal(unused.stdout.length, 0);
+    const tar = send(`${GO_LINE}${paths}`);
     assert.equal(tar.status, 0, tar.stderr.toString());
     // Chunks of odd sizes, as a pipe gives them.
     const chunks: Buffer[] = [];

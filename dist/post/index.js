@@ -89598,6 +89598,10 @@ function clientConfig(settings) {
         // The archive is proved whole end to end by the sha256 in its manifest (and TLS guards
         // each request); a CRC32 of every part on top cost the runner CPU the stream needs.
         requestChecksumCalculation: 'WHEN_REQUIRED',
+        // Nor is a checksum asked of a GET: AWS S3 would send the CRC64NVME it keeps of each
+        // object, which the SDK checks in JavaScript over every byte of a tree's files, through a
+        // stream of its own in place of the read client's body.
+        responseChecksumValidation: 'WHEN_REQUIRED',
     };
     if (settings.unsigned) {
         // A public bucket: requests go out unsigned, no credentials needed.
@@ -89921,6 +89925,109 @@ async function socketSource(dir) {
         // The pair is connected (or failed): the listening socket and its path are not needed.
         server.close();
     }
+}
+/**
+ * A ByteSource read as a sequence of chunks, each valid until the next is asked for: the reads
+ * land in one ring of `size` bytes (in place where the source can), and the source pauses
+ * once three quarters of the ring hold bytes not yet read, until half of it is free again. Bytes that came while it had no room (a Readable's chunk larger
+ * than the room left) are kept as copies, after the ring's, until it drains.
+ */
+function ringChunks(source, size = 1024 * 1024) {
+    const ring = Buffer.allocUnsafe(size);
+    let start = 0; // the first unread byte
+    let filled = 0; // unread bytes from `start`, wrapping at the end
+    let lent = 0; // the last chunk handed out: still unread until the next call
+    const spill = [];
+    let paused = false;
+    let ended = false;
+    let failure;
+    let wake;
+    const notify = () => {
+        const w = wake;
+        wake = undefined;
+        w?.();
+    };
+    const writeAt = () => (start + filled) % size;
+    const room = () => {
+        if (filled === size || spill.length > 0)
+            return undefined;
+        const at = writeAt();
+        return ring.subarray(at, at < start ? start : size);
+    };
+    // A quarter of the ring is kept for the read that the socket is lent space for when the flow
+    // pauses: it comes after the resume, and lands in the ring rather than in a parking space.
+    const reserve = Math.floor(size / 4);
+    const lend = () => {
+        const free = room();
+        return paused || !free ? free : free.subarray(0, Math.max(1, size - filled - reserve));
+    };
+    const sink = {
+        space: lend,
+        wrote: (chunk) => {
+            let from = 0;
+            if (spill.length === 0) {
+                if (chunk.buffer === ring.buffer && chunk.byteOffset === ring.byteOffset + writeAt()) {
+                    filled += chunk.length;
+                    from = chunk.length;
+                }
+                // Copied into the room there is, in at most two pieces (the ring wraps).
+                for (let free = room(); from < chunk.length && free; free = room()) {
+                    const n = chunk.copy(free, 0, from);
+                    filled += n;
+                    from += n;
+                }
+            }
+            if (from < chunk.length)
+                spill.push(Buffer.from(chunk.subarray(from)));
+            notify();
+            paused = size - filled <= reserve || spill.length > 0;
+            return !paused;
+        },
+    };
+    let flowing;
+    const start_ = () => {
+        flowing = source.flow(sink).then(() => {
+            ended = true;
+            notify();
+        }, (error) => {
+            failure = error instanceof Error ? error : new Error(String(error));
+            notify();
+        });
+    };
+    return {
+        async next() {
+            if (!flowing)
+                start_();
+            // The last chunk is read now: its room is free again.
+            start = (start + lent) % size;
+            filled -= lent;
+            lent = 0;
+            // Resumed once half the ring is free: reads then come in large pieces.
+            if (paused && filled <= size / 2 && spill.length === 0) {
+                paused = false;
+                source.resume();
+            }
+            for (;;) {
+                if (failure)
+                    throw failure;
+                if (filled > 0) {
+                    lent = Math.min(filled, size - start);
+                    return { done: false, value: ring.subarray(start, start + lent) };
+                }
+                const copy = spill.shift();
+                if (copy) {
+                    if (spill.length === 0 && paused) {
+                        paused = false;
+                        source.resume();
+                    }
+                    return { done: false, value: copy };
+                }
+                if (ended)
+                    return { done: true, value: undefined };
+                await new Promise((resolve) => (wake = resolve));
+            }
+        },
+    };
 }
 
 ;// CONCATENATED MODULE: ./src/s3/retry.ts

@@ -10,18 +10,14 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { ACTION_VERSION } from '../constants.js';
 import { errorMessage } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
-import { listEntry, parseArchivePath, type ArchiveName } from '../naming.js';
+import { listEntry, type ArchiveName } from '../naming.js';
 import type { KindFacts, NodeHost, TreeEntry, TreeListing } from '../node-kind/host.js';
-import { readBackupList } from '../s3/backup-list.js';
 import { deleteKeys, writeJson } from '../s3/store.js';
 import type { Settings } from '../settings.js';
-import { tailHash, TAIL_BYTES } from '../tree/icon2.js';
 import {
   isTableFile,
   objectKey,
-  reusable,
   TREE_FORMAT,
-  treeFiles,
   treeFolder,
   type TreeFile,
   type TreeManifest,
@@ -33,16 +29,9 @@ import { verifyTree } from '../tree/verify.js';
 import { pool } from '../tree/pool.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { publishTree } from '../tree/publish.js';
-import { heldWhole, readTails, sendFiles } from '../tree/send.js';
-import { closeUnused, type RemoteStream } from '../ssh/session.js';
-import {
-  journalKey,
-  readBytes,
-  readJournals,
-  readTreeManifest,
-  storedObjects,
-  type Journal,
-} from '../tree/store.js';
+import { heldWhole, sendFiles, type TreeChannels } from '../tree/send.js';
+import { fileOf, findStored, readEarlier, storedTail, type Source } from '../tree/reuse.js';
+import { journalKey, storedObjects, type Journal } from '../tree/store.js';
 
 export interface TreeBackupArgs {
   settings: Settings;
@@ -69,36 +58,6 @@ export interface TreeBackupResult {
   key: string;
   /** Where icon2-node's restore (DOWNLOAD_URL) and aria2c find it. */
   indexUrl: string;
-}
-
-type Source = TreeManifest['source'];
-
-const sameSource = (a: Source | undefined, b: Source): boolean =>
-  a !== undefined && a.host === b.host && a.dataDir === b.dataDir && a.device === b.device;
-
-/**
- * The two data channels a tree backup reads the host's files over. Each costs an SSH
- * handshake (a quarter of a second on the bench's host, more across a network): both connect
- * while the node stops and the copy freezes, and wait there for their go line and paths.
- */
-export interface TreeChannels {
-  tails: RemoteStream;
-  send: Promise<RemoteStream>;
-  used: Set<'tails' | 'send'>;
-}
-
-export function openTreeChannels(host: NodeHost, dir: string): TreeChannels {
-  const send = host.sendFiles(dir);
-  send.catch(() => undefined);
-  return { tails: host.fileTails(dir), send, used: new Set() };
-}
-
-/** Ends the channels that were not used (nothing to prove or to send, or a failure before). */
-export async function closeTreeChannels(c: TreeChannels): Promise<void> {
-  await Promise.all([
-    c.used.has('tails') ? undefined : closeUnused(c.tails),
-    c.used.has('send') ? undefined : c.send.then(closeUnused, () => undefined),
-  ]);
 }
 
 export async function backupTree(a: TreeBackupArgs): Promise<TreeBackupResult> {
@@ -142,58 +101,10 @@ async function backupWithLease(
   };
   const files = listing.entries.filter((e) => e.type === 'file');
 
-  // What is stored, and what earlier runs of this host prove. The lease names those runs'
-  // manifests before the stored objects are listed: a sweep from then on keeps what they name,
-  // and what one deleted before is not in the listing.
-  const plan = await core.group('Find what is stored already', async () => {
-    const { trees, journals: allJournals } = await earlier;
-    const previous = await previousManifest(trees, source);
-    const journals = allJournals.filter((j) => sameSource(j.journal.source, source));
-    // From the lease's first write a sweep keeps what those runs name (see tree/sweep.ts).
-    const leasedWall = Date.now();
-    await lease.start([...(previous ? [previous.key] : []), ...journals.map((j) => j.key)]);
-    const stored = await storedObjects(client, bucket, prefix);
-    const before = new Map<string, TreeFile>();
-    for (const j of journals) for (const f of j.journal.files) before.set(f.path, f);
-    for (const f of previous?.manifest.files ?? []) before.set(f.path, f);
-    const tailOf = new Map<string, string>();
-    for (const f of before.values()) tailOf.set(f.sha256, f.tail);
-
-    const done = new Map<string, TreeFile>();
-    const unproven: TreeEntry[] = [];
-    const candidates: Array<{ e: TreeEntry; b: TreeFile; sha: string }> = [];
-    for (const e of files) {
-      const b = before.get(e.path);
-      const sha = reusable(e, b);
-      if (sha && b && stored.get(sha) === e.size) candidates.push({ e, b, sha });
-      else unproven.push(e);
-    }
-    // The last proof: the file still ends as it did (its tail hash, as the manifest recorded it).
+  // What is stored, and what earlier runs of this host prove (tree/reuse.ts).
+  const plan = await core.group('Find what is stored already', () => {
     channels.used.add('tails');
-    const tails = await readTails(
-      channels.tails,
-      candidates.map((c) => c.e),
-    );
-    for (const c of candidates) {
-      if (tails.get(c.e.hostPath) === c.b.tail) done.set(c.e.path, fileOf(c.e, c.sha, c.b.tail));
-      else unproven.push(c.e);
-    }
-    await lease.add([...done.values()].map((f) => f.sha256));
-    core.info(
-      `${stored.size} objects stored; ${done.size} files proven unchanged since ` +
-        `${previous ? previous.key : 'no earlier snapshot of this host'}` +
-        `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`,
-    );
-    return {
-      stored,
-      done,
-      unproven,
-      tails: tailOf,
-      journals,
-      leasedWall,
-      hasPrevious: previous !== undefined,
-      known: new Set(before.keys()),
-    };
+    return findStored({ client, settings, lease, earlier, source, files, tails: channels.tails });
   });
 
   // Hashing a file on the host reads it there once more; that pays only where its object may
@@ -417,75 +328,4 @@ async function backupWithLease(
     core.warning(`Could not remove the journals ${journals.join(', ')}: ${errorMessage(e)}`),
   );
   return { manifest, key: folder, indexUrl };
-}
-
-function fileOf(e: TreeEntry, sha256: string, tail: string): TreeFile {
-  return {
-    path: e.path,
-    size: e.size,
-    sha256,
-    tail,
-    mode: e.mode & 0o777,
-    ino: e.ino,
-    mtime: e.mtime,
-  };
-}
-
-/** The tail hash of a stored object, from its last bytes (one ranged GET). */
-async function storedTail(
-  client: S3Client,
-  bucket: string,
-  prefix: string,
-  sha: string,
-  size: number,
-): Promise<string> {
-  const range = size > TAIL_BYTES ? `bytes=${size - TAIL_BYTES}-${size - 1}` : undefined;
-  const bytes =
-    size === 0 ? Buffer.alloc(0) : await readBytes(client, bucket, objectKey(prefix, sha), range);
-  if (!bytes) throw new Error(`the stored object ${sha} vanished`);
-  return tailHash(bytes);
-}
-
-interface Earlier {
-  /** The newest listed trees (a handful: another host's may be in between), newest first. */
-  trees: Array<{ key: string; manifest: () => Promise<TreeManifest | undefined> }>;
-  journals: Awaited<ReturnType<typeof readJournals>>;
-}
-
-/** The listed trees and the journals of unfinished runs; the newest tree's manifest is read at once. */
-async function readEarlier(client: S3Client, settings: Settings): Promise<Earlier> {
-  const { bucket, prefix } = settings.s3;
-  const journals = readJournals(client, bucket, prefix);
-  journals.catch(() => undefined);
-  const { entries } = await readBackupList(client, bucket, `${prefix}/backup_list`);
-  const trees = entries
-    .filter((e) => parseArchivePath(e)?.format === 'tree')
-    .slice(0, 8)
-    .map((entry) => {
-      const key = treeFiles(`${prefix}/${entry}`).manifest;
-      let read: Promise<TreeManifest | undefined> | undefined;
-      const manifest = (): Promise<TreeManifest | undefined> =>
-        (read ??= readTreeManifest(client, bucket, key).catch((e) => {
-          core.warning(
-            `${key} could not be read (${errorMessage(e)}): it is not used to skip files.`,
-          );
-          return undefined;
-        }));
-      return { key, manifest };
-    });
-  void trees[0]?.manifest();
-  return { trees, journals: await journals };
-}
-
-/** The newest listed tree of the same host and data dir, with its manifest. */
-async function previousManifest(
-  trees: Earlier['trees'],
-  source: Source,
-): Promise<{ key: string; manifest: TreeManifest } | undefined> {
-  for (const tree of trees) {
-    const { key } = tree;
-    const manifest = await tree.manifest();
-    if (manifest && sameSource(manifest.source, source)) return { key, manifest };
-  }
-  return undefined;
 }

@@ -36,12 +36,8 @@ import { MAX_UPLOAD_BUFFER_BYTES, type Settings, type SshSettings } from '../set
 import { GO_LINE } from '../shell.js';
 import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import { verifyStored } from './verify.js';
-import {
-  backupTree,
-  closeTreeChannels,
-  openTreeChannels,
-  type TreeChannels,
-} from './backup-tree.js';
+import { backupTree } from './backup-tree.js';
+import { closeTreeChannels, openTreeChannels, type TreeChannels } from '../tree/send.js';
 import {
   applyRetention,
   permanentCopy,

@@ -5,7 +5,8 @@
  * whole on the runner, see `heldWhole`) is named by the hash of what arrived. Many files are
  * in flight to S3 at once, within a budget of files and bytes held on the runner; a file
  * larger than its share of the budget goes up alone, as a multipart upload, while the tar
- * waits: its key is needed before its bytes, so the host must have hashed it.
+ * waits: its key is needed before its bytes, so the host must have hashed it. The tar, and the
+ * ends of the files that reuse.ts proves, come over data channels opened ahead (TreeChannels).
  */
 import * as core from '@actions/core';
 import type { S3Client } from '@aws-sdk/client-s3';
@@ -18,7 +19,7 @@ import { PIECE_BYTES } from '../s3/pieces.js';
 import { streamUpload } from '../s3/upload.js';
 import { RemoteCommandError } from '../errors.js';
 import { GO_LINE } from '../shell.js';
-import type { RemoteStream } from '../ssh/session.js';
+import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import { TailHasher, tailHash, TAIL_BYTES } from './icon2.js';
 import { objectKey } from './layout.js';
 import { putObject } from './store.js';
@@ -306,4 +307,29 @@ async function uploadStreamed(
       : new StorageError(`The upload of ${entry.path} failed: ${errorMessage(error)}`);
   }
   return tail.digest();
+}
+
+/**
+ * The two data channels a tree backup reads the host's files over. Each costs an SSH
+ * handshake (a quarter of a second on the bench's host, more across a network): both connect
+ * while the node stops and the copy freezes, and wait there for their go line and paths.
+ */
+export interface TreeChannels {
+  tails: RemoteStream;
+  send: Promise<RemoteStream>;
+  used: Set<'tails' | 'send'>;
+}
+
+export function openTreeChannels(host: NodeHost, dir: string): TreeChannels {
+  const send = host.sendFiles(dir);
+  send.catch(() => undefined);
+  return { tails: host.fileTails(dir), send, used: new Set() };
+}
+
+/** Ends the channels that were not used (nothing to prove or to send, or a failure before). */
+export async function closeTreeChannels(c: TreeChannels): Promise<void> {
+  await Promise.all([
+    c.used.has('tails') ? undefined : closeUnused(c.tails),
+    c.used.has('send') ? undefined : c.send.then(closeUnused, () => undefined),
+  ]);
 }

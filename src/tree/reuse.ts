@@ -1,0 +1,180 @@
+/**
+ * What a tree backup need not send: the files that earlier runs of the same host stored (its
+ * previous tree, the journals of runs cut short), proven unchanged without reading them, and
+ * the stored objects that the other files may turn out to be. See README, "What proves a
+ * stored file unchanged".
+ */
+import * as core from '@actions/core';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { errorMessage } from '../errors.js';
+import { parseArchivePath } from '../naming.js';
+import type { TreeEntry } from '../node-kind/host.js';
+import { readBackupList } from '../s3/backup-list.js';
+import type { Settings } from '../settings.js';
+import type { RemoteStream } from '../ssh/session.js';
+import { tailHash, TAIL_BYTES } from './icon2.js';
+import { objectKey, reusable, treeFiles, type TreeFile, type TreeManifest } from './layout.js';
+import type { LeaseKeeper } from './lease.js';
+import { readTails } from './send.js';
+import { readBytes, readJournals, readTreeManifest, storedObjects } from './store.js';
+
+export type Source = TreeManifest['source'];
+
+export const sameSource = (a: Source | undefined, b: Source): boolean =>
+  a !== undefined && a.host === b.host && a.dataDir === b.dataDir && a.device === b.device;
+
+export interface Earlier {
+  /** The newest listed trees (a handful: another host's may be in between), newest first. */
+  trees: Array<{ key: string; manifest: () => Promise<TreeManifest | undefined> }>;
+  journals: Awaited<ReturnType<typeof readJournals>>;
+}
+
+/** The listed trees and the journals of unfinished runs; the newest tree's manifest is read at once. */
+export async function readEarlier(client: S3Client, settings: Settings): Promise<Earlier> {
+  const { bucket, prefix } = settings.s3;
+  const journals = readJournals(client, bucket, prefix);
+  journals.catch(() => undefined);
+  const { entries } = await readBackupList(client, bucket, `${prefix}/backup_list`);
+  const trees = entries
+    .filter((e) => parseArchivePath(e)?.format === 'tree')
+    .slice(0, 8)
+    .map((entry) => {
+      const key = treeFiles(`${prefix}/${entry}`).manifest;
+      let read: Promise<TreeManifest | undefined> | undefined;
+      const manifest = (): Promise<TreeManifest | undefined> =>
+        (read ??= readTreeManifest(client, bucket, key).catch((e) => {
+          core.warning(
+            `${key} could not be read (${errorMessage(e)}): it is not used to skip files.`,
+          );
+          return undefined;
+        }));
+      return { key, manifest };
+    });
+  void trees[0]?.manifest();
+  return { trees, journals: await journals };
+}
+
+/** The newest listed tree of the same host and data dir, with its manifest. */
+async function previousManifest(
+  trees: Earlier['trees'],
+  source: Source,
+): Promise<{ key: string; manifest: TreeManifest } | undefined> {
+  for (const tree of trees) {
+    const { key } = tree;
+    const manifest = await tree.manifest();
+    if (manifest && sameSource(manifest.source, source)) return { key, manifest };
+  }
+  return undefined;
+}
+
+export interface FindArgs {
+  client: S3Client;
+  settings: Settings;
+  lease: LeaseKeeper;
+  earlier: Promise<Earlier>;
+  source: Source;
+  files: TreeEntry[];
+  /** The host's `fileTails` channel, opened ahead. */
+  tails: RemoteStream;
+}
+
+/**
+ * What is stored, and what earlier runs of this host prove. The lease names those runs'
+ * manifests before the stored objects are listed: a sweep from then on keeps what they name,
+ * and what one deleted before is not in the listing.
+ */
+export interface Stored {
+  /** Every stored object's size, by sha256. */
+  stored: Map<string, number>;
+  /** The files proven unchanged, by path, as the manifest records them. */
+  done: Map<string, TreeFile>;
+  /** The files still to hash or send. */
+  unproven: TreeEntry[];
+  /** The tail hash earlier runs recorded, by sha256. */
+  tails: Map<string, string>;
+  /** The journals of this host's unfinished runs: removed once this one publishes. */
+  journals: Earlier['journals'];
+  /** When the lease was first written (a sweep's mark is compared with it). */
+  leasedWall: number;
+  hasPrevious: boolean;
+  /** The paths earlier runs of this host recorded. */
+  known: Set<string>;
+}
+
+export async function findStored(a: FindArgs): Promise<Stored> {
+  const { bucket, prefix } = a.settings.s3;
+  const { trees, journals: allJournals } = await a.earlier;
+  const previous = await previousManifest(trees, a.source);
+  const journals = allJournals.filter((j) => sameSource(j.journal.source, a.source));
+  // From the lease's first write a sweep keeps what those runs name (see tree/sweep.ts).
+  const leasedWall = Date.now();
+  await a.lease.start([...(previous ? [previous.key] : []), ...journals.map((j) => j.key)]);
+  const stored = await storedObjects(a.client, bucket, prefix);
+  const before = new Map<string, TreeFile>();
+  for (const j of journals) for (const f of j.journal.files) before.set(f.path, f);
+  for (const f of previous?.manifest.files ?? []) before.set(f.path, f);
+  const tailOf = new Map<string, string>();
+  for (const f of before.values()) tailOf.set(f.sha256, f.tail);
+
+  const done = new Map<string, TreeFile>();
+  const unproven: TreeEntry[] = [];
+  const candidates: Array<{ e: TreeEntry; b: TreeFile; sha: string }> = [];
+  for (const e of a.files) {
+    const b = before.get(e.path);
+    const sha = reusable(e, b);
+    if (sha && b && stored.get(sha) === e.size) candidates.push({ e, b, sha });
+    else unproven.push(e);
+  }
+  // The last proof: the file still ends as it did (its tail hash, as the manifest recorded it).
+  const tails = await readTails(
+    a.tails,
+    candidates.map((c) => c.e),
+  );
+  for (const c of candidates) {
+    if (tails.get(c.e.hostPath) === c.b.tail) done.set(c.e.path, fileOf(c.e, c.sha, c.b.tail));
+    else unproven.push(c.e);
+  }
+  await a.lease.add([...done.values()].map((f) => f.sha256));
+  core.info(
+    `${stored.size} objects stored; ${done.size} files proven unchanged since ` +
+      `${previous ? previous.key : 'no earlier snapshot of this host'}` +
+      `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`,
+  );
+  return {
+    stored,
+    done,
+    unproven,
+    tails: tailOf,
+    journals,
+    leasedWall,
+    hasPrevious: previous !== undefined,
+    known: new Set(before.keys()),
+  };
+}
+
+export function fileOf(e: TreeEntry, sha256: string, tail: string): TreeFile {
+  return {
+    path: e.path,
+    size: e.size,
+    sha256,
+    tail,
+    mode: e.mode & 0o777,
+    ino: e.ino,
+    mtime: e.mtime,
+  };
+}
+
+/** The tail hash of a stored object, from its last bytes (one ranged GET). */
+export async function storedTail(
+  client: S3Client,
+  bucket: string,
+  prefix: string,
+  sha: string,
+  size: number,
+): Promise<string> {
+  const range = size > TAIL_BYTES ? `bytes=${size - TAIL_BYTES}-${size - 1}` : undefined;
+  const bytes =
+    size === 0 ? Buffer.alloc(0) : await readBytes(client, bucket, objectKey(prefix, sha), range);
+  if (!bytes) throw new Error(`the stored object ${sha} vanished`);
+  return tailHash(bytes);
+}

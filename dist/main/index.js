@@ -97353,335 +97353,6 @@ async function verifyTreeSnapshot(client, settings, key) {
     };
 }
 
-// EXTERNAL MODULE: ./node_modules/hash-wasm/dist/index.umd.js
-var index_umd = __nccwpck_require__(608);
-;// CONCATENATED MODULE: ./src/tree/icon2.ts
-/**
- * A tree in the form that icon2-node's own restore reads (icon2-docker, `FASTEST_START` with
- * `DOWNLOAD_URL_TYPE=indexing`), and the reading of a tree that someone else published in that
- * form. What that restore does, and so what these files must give it:
- *
- * 1. `GET {DOWNLOAD_URL}/{SERVICE}.json` -> `{"index_url": …, "checksum_url": …}`. Both files
- *    are saved under `{node dir}/restore/` by the last segment of their URL's path (query left
- *    out), so the two must end in different names.
- * 2. `aria2c -i {index} -d {node dir} -V -j10 -x8 --http-accept-gzip --disk-cache=64M -c
- *    --allow-overwrite --log-level=error`. The index is an aria2c input file: a line with the
- *    URL, then a line of a TAB and `out=` the path relative to the node dir.
- * 3. For every entry of the checksum JSON `{path: {file_size, checksum}}`: the file exists, has
- *    that size, and xxh3_64 of its last 10,240 bytes (all of it when smaller) is `checksum`.
- *    Only the checksum file's entries are checked: a file that the index names and it does not
- *    is fetched and never looked at.
- * 4. The files that failed are deleted and fetched once more with aria2c, from a list whose
- *    URLs it finds again in the index by a pattern: a URL with `{name}?version=` and four
- *    digits, where name is the relative path (only its last segment when the path starts with
- *    `data/`). A URL not of that form is not found, and the file is not fetched again. See
- *    `indexText`.
- * 5. All good: it writes `{node dir}/restore/RESTORED` (and `restore/checksum_result.json`
- *    with state OK). While `RESTORED` is there, a later start does not restore again.
- *
- * Everything here is pure but the hashing (WebAssembly, bundled) and `readForeignTree`'s
- * fetches.
- */
-
-
-
-/** How many bytes at a file's end icon2-node's checksum covers. */
-const TAIL_BYTES = 10_240;
-/**
- * icon2-node's checksum of a file whose bytes are all here: xxh3_64 (seed 0) of its last
- * 10,240 bytes, as 16 lower-case hex digits (Python's `xxhash.xxh3_64_hexdigest`).
- */
-async function tailHash(bytes) {
-    return (0,index_umd.xxhash3)(bytes.subarray(Math.max(0, bytes.length - TAIL_BYTES)));
-}
-/**
- * The same checksum for a file that passes by in chunks (a stream from the host, a download):
- * it keeps only the last 10,240 bytes seen, so its memory does not grow with the file.
- */
-class TailHasher {
-    tail = new Uint8Array(0);
-    seen = 0;
-    update(chunk) {
-        this.seen += chunk.length;
-        if (chunk.length >= TAIL_BYTES) {
-            // Copied: the caller may reuse its buffer once update returns (and a Buffer's own
-            // slice() would not copy).
-            this.tail = Uint8Array.prototype.slice.call(chunk, chunk.length - TAIL_BYTES);
-        }
-        else if (chunk.length > 0) {
-            const keep = Math.min(this.tail.length, TAIL_BYTES - chunk.length);
-            const next = new Uint8Array(keep + chunk.length);
-            next.set(this.tail.subarray(this.tail.length - keep), 0);
-            next.set(chunk, keep);
-            this.tail = next;
-        }
-        return this;
-    }
-    /** Bytes passed to `update` so far: the file's size once it has all gone by. */
-    get size() {
-        return this.seen;
-    }
-    digest() {
-        return (0,index_umd.xxhash3)(this.tail);
-    }
-}
-const VERSION = /^[0-9]{4}[0-9A-Za-z._-]*$/;
-/**
- * The aria2c input file that icon2-node's restore runs: per file, its URL and `out=` its path.
- *
- * Each URL gets `?file={path}?version={version}` (or `&file=…` when it has a query already):
- * S3 and MinIO ignore a query parameter they do not know, and it is what lets icon2-node's
- * second pass (step 4 above) find the URL of a file that failed its check. Our objects are
- * named by their sha256, so without it their retry finds nothing and the file stays bad.
- * `version`: four digits first, as their pattern wants; the snapshot's date (YYYYMMDD) is a
- * good one.
- */
-function indexText(files, opts = {}) {
-    const version = opts.version ?? '0001';
-    if (!VERSION.test(version)) {
-        throw new Error(`index version '${version}' must start with four digits (e.g. YYYYMMDD)`);
-    }
-    let text = '';
-    for (const f of files) {
-        if (!isSafePath(f.path))
-            throw new Error(`cannot index the path '${f.path}'`);
-        // aria2c reads one URL per line, TAB between mirrors: none of those may be in it.
-        if (!/^https?:\/\/[^\s]+$/.test(f.url))
-            throw new Error(`cannot index the URL '${f.url}'`);
-        const join = f.url.includes('?') ? '&' : '?';
-        text += `${f.url}${join}file=${f.path}?version=${version}\n\tout=${f.path}\n`;
-    }
-    return text;
-}
-/** The checksum JSON that icon2-node's restore checks every file against. */
-function checksumJson(files) {
-    // No prototype: a path such as `__proto__` is an entry like any other.
-    const out = Object.create(null);
-    for (const f of files) {
-        if (!isSafePath(f.path))
-            throw new Error(`cannot list the path '${f.path}'`);
-        if (!/^[0-9a-f]{16}$/.test(f.tail))
-            throw new Error(`${f.path}: tail hash '${f.tail}' is not xxh3_64 hex`);
-        if (Object.hasOwn(out, f.path))
-            throw new Error(`${f.path} is listed twice`);
-        out[f.path] = { file_size: f.size, checksum: f.tail };
-    }
-    return JSON.stringify(out);
-}
-/**
- * `{SERVICE}.json`: where icon2-node's restore finds the index and the checksum file. `extra`
- * adds fields of ours (their reader ignores them); it cannot replace the two URLs.
- */
-function pointerJson(indexUrl, checksumUrl, extra = {}) {
-    if (lastSegment(indexUrl) === lastSegment(checksumUrl)) {
-        // Both are saved in one folder under that name: the second would overwrite the first.
-        throw new Error(`the index and the checksum URLs end in the same name (${lastSegment(indexUrl)})`);
-    }
-    return (JSON.stringify({ ...extra, index_url: indexUrl, checksum_url: checksumUrl }, null, 2) + '\n');
-}
-/** The file name that icon2-node saves a downloaded URL under. */
-function lastSegment(url) {
-    return url.split('?')[0].split('/').pop() ?? '';
-}
-/** The URL of `{SERVICE}.json` for a DOWNLOAD_URL, as icon2-node builds it (no `/` trimmed). */
-function pointerUrl(downloadUrl, service) {
-    return `${downloadUrl}/${service}.json`;
-}
-/**
- * The URL by which a reader with no credentials (aria2c, an icon2-node) fetches `key`, the
- * bucket being readable by anyone:
- * - `publicUrl` + key when given (a CDN or website endpoint in front of the bucket);
- * - with an endpoint: path-style `{endpoint}/{bucket}/{key}`, or `{bucket}.{endpoint host}`
- *   when path-style was turned off, as the SDK addresses it;
- * - on AWS: `https://{bucket}.s3.{region}.amazonaws.com/{key}`, or path-style when asked or
- *   when the bucket's name has a dot (which no `*.s3…` certificate covers).
- * Every segment of the key is percent-encoded (loopchain's `db_…:7100_…` has a colon).
- */
-function httpUrl(s3, key, publicUrl) {
-    const path = key
-        .split('/')
-        .map((s) => encodeURIComponent(s))
-        .join('/');
-    if (publicUrl) {
-        if (!/^https?:\/\/[^\s?#]+$/.test(publicUrl)) {
-            throw new Error(`the public URL '${publicUrl}' is not an http(s) URL without query`);
-        }
-        return `${publicUrl.replace(/\/+$/, '')}/${path}`;
-    }
-    if (s3.endpoint) {
-        const u = new URL(s3.endpoint);
-        const base = u.pathname.replace(/\/+$/, '');
-        if (s3.forcePathStyle)
-            return `${u.protocol}//${u.host}${base}/${s3.bucket}/${path}`;
-        return `${u.protocol}//${s3.bucket}.${u.host}${base}/${path}`;
-    }
-    // Without a region, the global names: virtual-hosted ones reach a bucket of any region.
-    const host = s3.region ? `s3.${s3.region}.amazonaws.com` : 's3.amazonaws.com';
-    if (s3.forcePathStyle || s3.bucket.includes('.'))
-        return `https://${host}/${s3.bucket}/${path}`;
-    return `https://${s3.bucket}.${host}/${path}`;
-}
-/**
- * Parses an aria2c input file as icon2-node's index uses it. Refuses (IntegrityError) what
- * would write outside the node dir or where the path is not known: an `out=` path that is
- * absolute, has `..` or characters a data dir does not use; a `dir=` option; an entry without
- * `out=`; a path named twice; a URL that is not http(s). Other aria2c options are ignored.
- */
-function parseIndex(text, source = 'the index') {
-    const bad = (line, what) => {
-        throw new IntegrityError(`${source}, line ${line}: ${what}. The tree cannot be used.`);
-    };
-    const entries = [];
-    let current;
-    const close = () => {
-        if (!current)
-            return;
-        if (current.path === undefined)
-            bad(current.line, `no 'out=' for ${current.url.slice(0, 200)}`);
-        entries.push({ path: current.path, url: current.url, line: current.line });
-        current = undefined;
-    };
-    const lines = text.split('\n');
-    for (let i = 0; i < lines.length; i++) {
-        const n = i + 1;
-        const line = lines[i].replace(/\r$/, '');
-        if (line.trim() === '' || line.startsWith('#'))
-            continue;
-        if (/^\s/.test(line)) {
-            // An option of the entry above.
-            if (!current)
-                bad(n, 'an option before any URL');
-            const opt = line.trim();
-            const eq = opt.indexOf('=');
-            const name = eq < 0 ? opt : opt.slice(0, eq);
-            const value = eq < 0 ? '' : opt.slice(eq + 1);
-            if (name === 'dir')
-                bad(n, `'dir=${value.slice(0, 200)}' would write outside the node dir`);
-            if (name !== 'out')
-                continue;
-            if (current.path !== undefined)
-                bad(n, "a second 'out='");
-            if (!isSafePath(value)) {
-                bad(n, `the path '${value.slice(0, 200)}' is absolute, leaves the node dir or has characters a data dir does not use`);
-            }
-            current.path = value;
-            continue;
-        }
-        close();
-        // TAB separates mirrors of one file; the first is the one we fetch.
-        const url = line.split('\t')[0].trim();
-        if (!/^https?:\/\/\S+$/.test(url))
-            bad(n, `'${url.slice(0, 200)}' is not an http(s) URL`);
-        current = { url, line: n };
-    }
-    close();
-    const seen = new Set();
-    for (const e of entries) {
-        if (seen.has(e.path))
-            bad(e.line, `${e.path} is named twice`);
-        seen.add(e.path);
-    }
-    return entries.map(({ path, url }) => ({ path, url }));
-}
-/** Parses icon2-node's checksum JSON; refuses (IntegrityError) an entry without a good size. */
-function parseChecksums(text, source = 'the checksum file') {
-    const bad = (what) => {
-        throw new IntegrityError(`${source}: ${what}. The tree cannot be used.`);
-    };
-    let doc;
-    try {
-        doc = JSON.parse(text);
-    }
-    catch (err) {
-        bad(`not JSON (${err.message})`);
-    }
-    if (typeof doc !== 'object' || doc === null || Array.isArray(doc))
-        bad('not a JSON object');
-    const out = new Map();
-    for (const [path, v] of Object.entries(doc)) {
-        const shown = path.slice(0, 200);
-        if (!isSafePath(path))
-            bad(`the path '${shown}' is absolute, leaves the node dir or has characters a data dir does not use`);
-        if (typeof v !== 'object' || v === null)
-            bad(`${shown} has no { file_size, checksum }`);
-        const { file_size: size, checksum } = v;
-        if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) {
-            bad(`${shown} has no size (file_size: ${JSON.stringify(size)})`);
-        }
-        if (checksum === null || checksum === undefined) {
-            out.set(path, { size: size });
-            continue;
-        }
-        if (typeof checksum !== 'string' || !/^[0-9a-fA-F]{16}$/.test(checksum)) {
-            bad(`${shown} has the checksum ${JSON.stringify(checksum).slice(0, 80)}, not xxh3_64 hex`);
-        }
-        out.set(path, { size: size, tail: checksum.toLowerCase() });
-    }
-    return out;
-}
-/** The pointer's two URLs; refuses (IntegrityError) anything else. */
-function parsePointer(text, source = 'the pointer') {
-    let doc;
-    try {
-        doc = JSON.parse(text);
-    }
-    catch (err) {
-        throw new IntegrityError(`${source} is not JSON (${err.message}).`);
-    }
-    const d = (doc ?? {});
-    const url = (name) => {
-        const v = d[name];
-        if (typeof v !== 'string' || !/^https?:\/\/\S+$/.test(v)) {
-            throw new IntegrityError(`${source} has no http(s) '${name}' (it has ${JSON.stringify(v)?.slice(0, 200)}).`);
-        }
-        return v;
-    };
-    return { indexUrl: url('index_url'), checksumUrl: url('checksum_url') };
-}
-/** Joins a parsed index and checksum file: every file of one must be in the other. */
-function joinForeign(index, sums, source = 'the tree') {
-    const files = [];
-    for (const e of index) {
-        const s = sums.get(e.path);
-        if (!s) {
-            throw new IntegrityError(`${source}: the index names ${e.path} and the checksum file gives no size for it. The tree cannot be used.`);
-        }
-        files.push(s.tail === undefined ? { ...e, size: s.size } : { ...e, size: s.size, tail: s.tail });
-    }
-    const named = new Set(index.map((e) => e.path));
-    const missing = [...sums.keys()].filter((p) => !named.has(p));
-    if (missing.length > 0) {
-        throw new IntegrityError(`${source}: the checksum file lists ${missing.length} file(s) that the index does not fetch ` +
-            `(${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', …' : ''}). The tree cannot be used.`);
-    }
-    return files;
-}
-/** GET a small text file over HTTP(S); a failure is a StorageError that names the URL. */
-const fetchText = async (url) => {
-    let r;
-    try {
-        r = await fetch(url, { signal: AbortSignal.timeout(300_000) });
-    }
-    catch (err) {
-        throw new StorageError(`GET ${url} failed: ${err.message}`);
-    }
-    if (!r.ok) {
-        await r.body?.cancel();
-        throw new StorageError(`GET ${url} answered HTTP ${r.status} ${r.statusText}`.trim() + '.');
-    }
-    return r.text();
-};
-/**
- * A tree published in icon2-node's form: fetches the pointer (`{DOWNLOAD_URL}/{SERVICE}.json`,
- * see `pointerUrl`), its index and its checksum file, and returns every file with where to
- * fetch it and what to check. Only sizes and tail hashes can be checked for such a tree.
- */
-async function readForeignTree(pointer, get = fetchText) {
-    const { indexUrl, checksumUrl } = parsePointer(await get(pointer), pointer);
-    const [index, sums] = await Promise.all([get(indexUrl), get(checksumUrl)]);
-    return joinForeign(parseIndex(index, indexUrl), parseChecksums(sums, checksumUrl), pointer);
-}
-
 // EXTERNAL MODULE: external "node:perf_hooks"
 var external_node_perf_hooks_ = __nccwpck_require__(643);
 ;// CONCATENATED MODULE: ./src/tree/lease.ts
@@ -98385,6 +98056,335 @@ async function listLevel(client, bucket, folder) {
     return { keys, folders };
 }
 
+// EXTERNAL MODULE: ./node_modules/hash-wasm/dist/index.umd.js
+var index_umd = __nccwpck_require__(608);
+;// CONCATENATED MODULE: ./src/tree/icon2.ts
+/**
+ * A tree in the form that icon2-node's own restore reads (icon2-docker, `FASTEST_START` with
+ * `DOWNLOAD_URL_TYPE=indexing`), and the reading of a tree that someone else published in that
+ * form. What that restore does, and so what these files must give it:
+ *
+ * 1. `GET {DOWNLOAD_URL}/{SERVICE}.json` -> `{"index_url": …, "checksum_url": …}`. Both files
+ *    are saved under `{node dir}/restore/` by the last segment of their URL's path (query left
+ *    out), so the two must end in different names.
+ * 2. `aria2c -i {index} -d {node dir} -V -j10 -x8 --http-accept-gzip --disk-cache=64M -c
+ *    --allow-overwrite --log-level=error`. The index is an aria2c input file: a line with the
+ *    URL, then a line of a TAB and `out=` the path relative to the node dir.
+ * 3. For every entry of the checksum JSON `{path: {file_size, checksum}}`: the file exists, has
+ *    that size, and xxh3_64 of its last 10,240 bytes (all of it when smaller) is `checksum`.
+ *    Only the checksum file's entries are checked: a file that the index names and it does not
+ *    is fetched and never looked at.
+ * 4. The files that failed are deleted and fetched once more with aria2c, from a list whose
+ *    URLs it finds again in the index by a pattern: a URL with `{name}?version=` and four
+ *    digits, where name is the relative path (only its last segment when the path starts with
+ *    `data/`). A URL not of that form is not found, and the file is not fetched again. See
+ *    `indexText`.
+ * 5. All good: it writes `{node dir}/restore/RESTORED` (and `restore/checksum_result.json`
+ *    with state OK). While `RESTORED` is there, a later start does not restore again.
+ *
+ * Everything here is pure but the hashing (WebAssembly, bundled) and `readForeignTree`'s
+ * fetches.
+ */
+
+
+
+/** How many bytes at a file's end icon2-node's checksum covers. */
+const TAIL_BYTES = 10_240;
+/**
+ * icon2-node's checksum of a file whose bytes are all here: xxh3_64 (seed 0) of its last
+ * 10,240 bytes, as 16 lower-case hex digits (Python's `xxhash.xxh3_64_hexdigest`).
+ */
+async function tailHash(bytes) {
+    return (0,index_umd.xxhash3)(bytes.subarray(Math.max(0, bytes.length - TAIL_BYTES)));
+}
+/**
+ * The same checksum for a file that passes by in chunks (a stream from the host, a download):
+ * it keeps only the last 10,240 bytes seen, so its memory does not grow with the file.
+ */
+class TailHasher {
+    tail = new Uint8Array(0);
+    seen = 0;
+    update(chunk) {
+        this.seen += chunk.length;
+        if (chunk.length >= TAIL_BYTES) {
+            // Copied: the caller may reuse its buffer once update returns (and a Buffer's own
+            // slice() would not copy).
+            this.tail = Uint8Array.prototype.slice.call(chunk, chunk.length - TAIL_BYTES);
+        }
+        else if (chunk.length > 0) {
+            const keep = Math.min(this.tail.length, TAIL_BYTES - chunk.length);
+            const next = new Uint8Array(keep + chunk.length);
+            next.set(this.tail.subarray(this.tail.length - keep), 0);
+            next.set(chunk, keep);
+            this.tail = next;
+        }
+        return this;
+    }
+    /** Bytes passed to `update` so far: the file's size once it has all gone by. */
+    get size() {
+        return this.seen;
+    }
+    digest() {
+        return (0,index_umd.xxhash3)(this.tail);
+    }
+}
+const VERSION = /^[0-9]{4}[0-9A-Za-z._-]*$/;
+/**
+ * The aria2c input file that icon2-node's restore runs: per file, its URL and `out=` its path.
+ *
+ * Each URL gets `?file={path}?version={version}` (or `&file=…` when it has a query already):
+ * S3 and MinIO ignore a query parameter they do not know, and it is what lets icon2-node's
+ * second pass (step 4 above) find the URL of a file that failed its check. Our objects are
+ * named by their sha256, so without it their retry finds nothing and the file stays bad.
+ * `version`: four digits first, as their pattern wants; the snapshot's date (YYYYMMDD) is a
+ * good one.
+ */
+function indexText(files, opts = {}) {
+    const version = opts.version ?? '0001';
+    if (!VERSION.test(version)) {
+        throw new Error(`index version '${version}' must start with four digits (e.g. YYYYMMDD)`);
+    }
+    let text = '';
+    for (const f of files) {
+        if (!isSafePath(f.path))
+            throw new Error(`cannot index the path '${f.path}'`);
+        // aria2c reads one URL per line, TAB between mirrors: none of those may be in it.
+        if (!/^https?:\/\/[^\s]+$/.test(f.url))
+            throw new Error(`cannot index the URL '${f.url}'`);
+        const join = f.url.includes('?') ? '&' : '?';
+        text += `${f.url}${join}file=${f.path}?version=${version}\n\tout=${f.path}\n`;
+    }
+    return text;
+}
+/** The checksum JSON that icon2-node's restore checks every file against. */
+function checksumJson(files) {
+    // No prototype: a path such as `__proto__` is an entry like any other.
+    const out = Object.create(null);
+    for (const f of files) {
+        if (!isSafePath(f.path))
+            throw new Error(`cannot list the path '${f.path}'`);
+        if (!/^[0-9a-f]{16}$/.test(f.tail))
+            throw new Error(`${f.path}: tail hash '${f.tail}' is not xxh3_64 hex`);
+        if (Object.hasOwn(out, f.path))
+            throw new Error(`${f.path} is listed twice`);
+        out[f.path] = { file_size: f.size, checksum: f.tail };
+    }
+    return JSON.stringify(out);
+}
+/**
+ * `{SERVICE}.json`: where icon2-node's restore finds the index and the checksum file. `extra`
+ * adds fields of ours (their reader ignores them); it cannot replace the two URLs.
+ */
+function pointerJson(indexUrl, checksumUrl, extra = {}) {
+    if (lastSegment(indexUrl) === lastSegment(checksumUrl)) {
+        // Both are saved in one folder under that name: the second would overwrite the first.
+        throw new Error(`the index and the checksum URLs end in the same name (${lastSegment(indexUrl)})`);
+    }
+    return (JSON.stringify({ ...extra, index_url: indexUrl, checksum_url: checksumUrl }, null, 2) + '\n');
+}
+/** The file name that icon2-node saves a downloaded URL under. */
+function lastSegment(url) {
+    return url.split('?')[0].split('/').pop() ?? '';
+}
+/** The URL of `{SERVICE}.json` for a DOWNLOAD_URL, as icon2-node builds it (no `/` trimmed). */
+function pointerUrl(downloadUrl, service) {
+    return `${downloadUrl}/${service}.json`;
+}
+/**
+ * The URL by which a reader with no credentials (aria2c, an icon2-node) fetches `key`, the
+ * bucket being readable by anyone:
+ * - `publicUrl` + key when given (a CDN or website endpoint in front of the bucket);
+ * - with an endpoint: path-style `{endpoint}/{bucket}/{key}`, or `{bucket}.{endpoint host}`
+ *   when path-style was turned off, as the SDK addresses it;
+ * - on AWS: `https://{bucket}.s3.{region}.amazonaws.com/{key}`, or path-style when asked or
+ *   when the bucket's name has a dot (which no `*.s3…` certificate covers).
+ * Every segment of the key is percent-encoded (loopchain's `db_…:7100_…` has a colon).
+ */
+function httpUrl(s3, key, publicUrl) {
+    const path = key
+        .split('/')
+        .map((s) => encodeURIComponent(s))
+        .join('/');
+    if (publicUrl) {
+        if (!/^https?:\/\/[^\s?#]+$/.test(publicUrl)) {
+            throw new Error(`the public URL '${publicUrl}' is not an http(s) URL without query`);
+        }
+        return `${publicUrl.replace(/\/+$/, '')}/${path}`;
+    }
+    if (s3.endpoint) {
+        const u = new URL(s3.endpoint);
+        const base = u.pathname.replace(/\/+$/, '');
+        if (s3.forcePathStyle)
+            return `${u.protocol}//${u.host}${base}/${s3.bucket}/${path}`;
+        return `${u.protocol}//${s3.bucket}.${u.host}${base}/${path}`;
+    }
+    // Without a region, the global names: virtual-hosted ones reach a bucket of any region.
+    const host = s3.region ? `s3.${s3.region}.amazonaws.com` : 's3.amazonaws.com';
+    if (s3.forcePathStyle || s3.bucket.includes('.'))
+        return `https://${host}/${s3.bucket}/${path}`;
+    return `https://${s3.bucket}.${host}/${path}`;
+}
+/**
+ * Parses an aria2c input file as icon2-node's index uses it. Refuses (IntegrityError) what
+ * would write outside the node dir or where the path is not known: an `out=` path that is
+ * absolute, has `..` or characters a data dir does not use; a `dir=` option; an entry without
+ * `out=`; a path named twice; a URL that is not http(s). Other aria2c options are ignored.
+ */
+function parseIndex(text, source = 'the index') {
+    const bad = (line, what) => {
+        throw new IntegrityError(`${source}, line ${line}: ${what}. The tree cannot be used.`);
+    };
+    const entries = [];
+    let current;
+    const close = () => {
+        if (!current)
+            return;
+        if (current.path === undefined)
+            bad(current.line, `no 'out=' for ${current.url.slice(0, 200)}`);
+        entries.push({ path: current.path, url: current.url, line: current.line });
+        current = undefined;
+    };
+    const lines = text.split('\n');
+    for (let i = 0; i < lines.length; i++) {
+        const n = i + 1;
+        const line = lines[i].replace(/\r$/, '');
+        if (line.trim() === '' || line.startsWith('#'))
+            continue;
+        if (/^\s/.test(line)) {
+            // An option of the entry above.
+            if (!current)
+                bad(n, 'an option before any URL');
+            const opt = line.trim();
+            const eq = opt.indexOf('=');
+            const name = eq < 0 ? opt : opt.slice(0, eq);
+            const value = eq < 0 ? '' : opt.slice(eq + 1);
+            if (name === 'dir')
+                bad(n, `'dir=${value.slice(0, 200)}' would write outside the node dir`);
+            if (name !== 'out')
+                continue;
+            if (current.path !== undefined)
+                bad(n, "a second 'out='");
+            if (!isSafePath(value)) {
+                bad(n, `the path '${value.slice(0, 200)}' is absolute, leaves the node dir or has characters a data dir does not use`);
+            }
+            current.path = value;
+            continue;
+        }
+        close();
+        // TAB separates mirrors of one file; the first is the one we fetch.
+        const url = line.split('\t')[0].trim();
+        if (!/^https?:\/\/\S+$/.test(url))
+            bad(n, `'${url.slice(0, 200)}' is not an http(s) URL`);
+        current = { url, line: n };
+    }
+    close();
+    const seen = new Set();
+    for (const e of entries) {
+        if (seen.has(e.path))
+            bad(e.line, `${e.path} is named twice`);
+        seen.add(e.path);
+    }
+    return entries.map(({ path, url }) => ({ path, url }));
+}
+/** Parses icon2-node's checksum JSON; refuses (IntegrityError) an entry without a good size. */
+function parseChecksums(text, source = 'the checksum file') {
+    const bad = (what) => {
+        throw new IntegrityError(`${source}: ${what}. The tree cannot be used.`);
+    };
+    let doc;
+    try {
+        doc = JSON.parse(text);
+    }
+    catch (err) {
+        bad(`not JSON (${err.message})`);
+    }
+    if (typeof doc !== 'object' || doc === null || Array.isArray(doc))
+        bad('not a JSON object');
+    const out = new Map();
+    for (const [path, v] of Object.entries(doc)) {
+        const shown = path.slice(0, 200);
+        if (!isSafePath(path))
+            bad(`the path '${shown}' is absolute, leaves the node dir or has characters a data dir does not use`);
+        if (typeof v !== 'object' || v === null)
+            bad(`${shown} has no { file_size, checksum }`);
+        const { file_size: size, checksum } = v;
+        if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) {
+            bad(`${shown} has no size (file_size: ${JSON.stringify(size)})`);
+        }
+        if (checksum === null || checksum === undefined) {
+            out.set(path, { size: size });
+            continue;
+        }
+        if (typeof checksum !== 'string' || !/^[0-9a-fA-F]{16}$/.test(checksum)) {
+            bad(`${shown} has the checksum ${JSON.stringify(checksum).slice(0, 80)}, not xxh3_64 hex`);
+        }
+        out.set(path, { size: size, tail: checksum.toLowerCase() });
+    }
+    return out;
+}
+/** The pointer's two URLs; refuses (IntegrityError) anything else. */
+function parsePointer(text, source = 'the pointer') {
+    let doc;
+    try {
+        doc = JSON.parse(text);
+    }
+    catch (err) {
+        throw new IntegrityError(`${source} is not JSON (${err.message}).`);
+    }
+    const d = (doc ?? {});
+    const url = (name) => {
+        const v = d[name];
+        if (typeof v !== 'string' || !/^https?:\/\/\S+$/.test(v)) {
+            throw new IntegrityError(`${source} has no http(s) '${name}' (it has ${JSON.stringify(v)?.slice(0, 200)}).`);
+        }
+        return v;
+    };
+    return { indexUrl: url('index_url'), checksumUrl: url('checksum_url') };
+}
+/** Joins a parsed index and checksum file: every file of one must be in the other. */
+function joinForeign(index, sums, source = 'the tree') {
+    const files = [];
+    for (const e of index) {
+        const s = sums.get(e.path);
+        if (!s) {
+            throw new IntegrityError(`${source}: the index names ${e.path} and the checksum file gives no size for it. The tree cannot be used.`);
+        }
+        files.push(s.tail === undefined ? { ...e, size: s.size } : { ...e, size: s.size, tail: s.tail });
+    }
+    const named = new Set(index.map((e) => e.path));
+    const missing = [...sums.keys()].filter((p) => !named.has(p));
+    if (missing.length > 0) {
+        throw new IntegrityError(`${source}: the checksum file lists ${missing.length} file(s) that the index does not fetch ` +
+            `(${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', …' : ''}). The tree cannot be used.`);
+    }
+    return files;
+}
+/** GET a small text file over HTTP(S); a failure is a StorageError that names the URL. */
+const fetchText = async (url) => {
+    let r;
+    try {
+        r = await fetch(url, { signal: AbortSignal.timeout(300_000) });
+    }
+    catch (err) {
+        throw new StorageError(`GET ${url} failed: ${err.message}`);
+    }
+    if (!r.ok) {
+        await r.body?.cancel();
+        throw new StorageError(`GET ${url} answered HTTP ${r.status} ${r.statusText}`.trim() + '.');
+    }
+    return r.text();
+};
+/**
+ * A tree published in icon2-node's form: fetches the pointer (`{DOWNLOAD_URL}/{SERVICE}.json`,
+ * see `pointerUrl`), its index and its checksum file, and returns every file with where to
+ * fetch it and what to check. Only sizes and tail hashes can be checked for such a tree.
+ */
+async function readForeignTree(pointer, get = fetchText) {
+    const { indexUrl, checksumUrl } = parsePointer(await get(pointer), pointer);
+    const [index, sums] = await Promise.all([get(indexUrl), get(checksumUrl)]);
+    return joinForeign(parseIndex(index, indexUrl), parseChecksums(sums, checksumUrl), pointer);
+}
+
 ;// CONCATENATED MODULE: ./src/tree/publish.ts
 /**
  * A tree's publication, the last step of its backup once every object it names is stored: its
@@ -98583,8 +98583,10 @@ const END_OF_TAR = Buffer.alloc(2 * BLOCK);
  * whole on the runner, see `heldWhole`) is named by the hash of what arrived. Many files are
  * in flight to S3 at once, within a budget of files and bytes held on the runner; a file
  * larger than its share of the budget goes up alone, as a multipart upload, while the tar
- * waits: its key is needed before its bytes, so the host must have hashed it.
+ * waits: its key is needed before its bytes, so the host must have hashed it. The tar, and the
+ * ends of the files that reuse.ts proves, come over data channels opened ahead (TreeChannels).
  */
+
 
 
 
@@ -98844,6 +98846,137 @@ async function uploadStreamed(o, reader, entry, sha256) {
     }
     return tail.digest();
 }
+function openTreeChannels(host, dir) {
+    const send = host.sendFiles(dir);
+    send.catch(() => undefined);
+    return { tails: host.fileTails(dir), send, used: new Set() };
+}
+/** Ends the channels that were not used (nothing to prove or to send, or a failure before). */
+async function closeTreeChannels(c) {
+    await Promise.all([
+        c.used.has('tails') ? undefined : closeUnused(c.tails),
+        c.used.has('send') ? undefined : c.send.then(closeUnused, () => undefined),
+    ]);
+}
+
+;// CONCATENATED MODULE: ./src/tree/reuse.ts
+/**
+ * What a tree backup need not send: the files that earlier runs of the same host stored (its
+ * previous tree, the journals of runs cut short), proven unchanged without reading them, and
+ * the stored objects that the other files may turn out to be. See README, "What proves a
+ * stored file unchanged".
+ */
+
+
+
+
+
+
+
+
+const sameSource = (a, b) => a !== undefined && a.host === b.host && a.dataDir === b.dataDir && a.device === b.device;
+/** The listed trees and the journals of unfinished runs; the newest tree's manifest is read at once. */
+async function readEarlier(client, settings) {
+    const { bucket, prefix } = settings.s3;
+    const journals = readJournals(client, bucket, prefix);
+    journals.catch(() => undefined);
+    const { entries } = await readBackupList(client, bucket, `${prefix}/backup_list`);
+    const trees = entries
+        .filter((e) => parseArchivePath(e)?.format === 'tree')
+        .slice(0, 8)
+        .map((entry) => {
+        const key = treeFiles(`${prefix}/${entry}`).manifest;
+        let read;
+        const manifest = () => (read ??= readTreeManifest(client, bucket, key).catch((e) => {
+            warning(`${key} could not be read (${errorMessage(e)}): it is not used to skip files.`);
+            return undefined;
+        }));
+        return { key, manifest };
+    });
+    void trees[0]?.manifest();
+    return { trees, journals: await journals };
+}
+/** The newest listed tree of the same host and data dir, with its manifest. */
+async function previousManifest(trees, source) {
+    for (const tree of trees) {
+        const { key } = tree;
+        const manifest = await tree.manifest();
+        if (manifest && sameSource(manifest.source, source))
+            return { key, manifest };
+    }
+    return undefined;
+}
+async function findStored(a) {
+    const { bucket, prefix } = a.settings.s3;
+    const { trees, journals: allJournals } = await a.earlier;
+    const previous = await previousManifest(trees, a.source);
+    const journals = allJournals.filter((j) => sameSource(j.journal.source, a.source));
+    // From the lease's first write a sweep keeps what those runs name (see tree/sweep.ts).
+    const leasedWall = Date.now();
+    await a.lease.start([...(previous ? [previous.key] : []), ...journals.map((j) => j.key)]);
+    const stored = await storedObjects(a.client, bucket, prefix);
+    const before = new Map();
+    for (const j of journals)
+        for (const f of j.journal.files)
+            before.set(f.path, f);
+    for (const f of previous?.manifest.files ?? [])
+        before.set(f.path, f);
+    const tailOf = new Map();
+    for (const f of before.values())
+        tailOf.set(f.sha256, f.tail);
+    const done = new Map();
+    const unproven = [];
+    const candidates = [];
+    for (const e of a.files) {
+        const b = before.get(e.path);
+        const sha = reusable(e, b);
+        if (sha && b && stored.get(sha) === e.size)
+            candidates.push({ e, b, sha });
+        else
+            unproven.push(e);
+    }
+    // The last proof: the file still ends as it did (its tail hash, as the manifest recorded it).
+    const tails = await readTails(a.tails, candidates.map((c) => c.e));
+    for (const c of candidates) {
+        if (tails.get(c.e.hostPath) === c.b.tail)
+            done.set(c.e.path, fileOf(c.e, c.sha, c.b.tail));
+        else
+            unproven.push(c.e);
+    }
+    await a.lease.add([...done.values()].map((f) => f.sha256));
+    info(`${stored.size} objects stored; ${done.size} files proven unchanged since ` +
+        `${previous ? previous.key : 'no earlier snapshot of this host'}` +
+        `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`);
+    return {
+        stored,
+        done,
+        unproven,
+        tails: tailOf,
+        journals,
+        leasedWall,
+        hasPrevious: previous !== undefined,
+        known: new Set(before.keys()),
+    };
+}
+function fileOf(e, sha256, tail) {
+    return {
+        path: e.path,
+        size: e.size,
+        sha256,
+        tail,
+        mode: e.mode & 0o777,
+        ino: e.ino,
+        mtime: e.mtime,
+    };
+}
+/** The tail hash of a stored object, from its last bytes (one ranged GET). */
+async function storedTail(client, bucket, prefix, sha, size) {
+    const range = size > TAIL_BYTES ? `bytes=${size - TAIL_BYTES}-${size - 1}` : undefined;
+    const bytes = size === 0 ? Buffer.alloc(0) : await readBytes(client, bucket, objectKey(prefix, sha), range);
+    if (!bytes)
+        throw new Error(`the stored object ${sha} vanished`);
+    return tailHash(bytes);
+}
 
 ;// CONCATENATED MODULE: ./src/modes/backup-tree.ts
 /**
@@ -98870,21 +99003,6 @@ async function uploadStreamed(o, reader, entry, sha256) {
 
 
 
-
-
-const sameSource = (a, b) => a !== undefined && a.host === b.host && a.dataDir === b.dataDir && a.device === b.device;
-function openTreeChannels(host, dir) {
-    const send = host.sendFiles(dir);
-    send.catch(() => undefined);
-    return { tails: host.fileTails(dir), send, used: new Set() };
-}
-/** Ends the channels that were not used (nothing to prove or to send, or a failure before). */
-async function closeTreeChannels(c) {
-    await Promise.all([
-        c.used.has('tails') ? undefined : closeUnused(c.tails),
-        c.used.has('send') ? undefined : c.send.then(closeUnused, () => undefined),
-    ]);
-}
 async function backupTree(a) {
     const lease = new LeaseKeeper(a.client, a.settings.s3.bucket, a.settings.s3.prefix, a.runId);
     try {
@@ -98918,60 +99036,10 @@ async function backupWithLease(a, lease, channels) {
         ...(a.facts.identity !== undefined ? { identity: String(a.facts.identity) } : {}),
     };
     const files = listing.entries.filter((e) => e.type === 'file');
-    // What is stored, and what earlier runs of this host prove. The lease names those runs'
-    // manifests before the stored objects are listed: a sweep from then on keeps what they name,
-    // and what one deleted before is not in the listing.
-    const plan = await group('Find what is stored already', async () => {
-        const { trees, journals: allJournals } = await earlier;
-        const previous = await previousManifest(trees, source);
-        const journals = allJournals.filter((j) => sameSource(j.journal.source, source));
-        // From the lease's first write a sweep keeps what those runs name (see tree/sweep.ts).
-        const leasedWall = Date.now();
-        await lease.start([...(previous ? [previous.key] : []), ...journals.map((j) => j.key)]);
-        const stored = await storedObjects(client, bucket, prefix);
-        const before = new Map();
-        for (const j of journals)
-            for (const f of j.journal.files)
-                before.set(f.path, f);
-        for (const f of previous?.manifest.files ?? [])
-            before.set(f.path, f);
-        const tailOf = new Map();
-        for (const f of before.values())
-            tailOf.set(f.sha256, f.tail);
-        const done = new Map();
-        const unproven = [];
-        const candidates = [];
-        for (const e of files) {
-            const b = before.get(e.path);
-            const sha = reusable(e, b);
-            if (sha && b && stored.get(sha) === e.size)
-                candidates.push({ e, b, sha });
-            else
-                unproven.push(e);
-        }
-        // The last proof: the file still ends as it did (its tail hash, as the manifest recorded it).
+    // What is stored, and what earlier runs of this host prove (tree/reuse.ts).
+    const plan = await group('Find what is stored already', () => {
         channels.used.add('tails');
-        const tails = await readTails(channels.tails, candidates.map((c) => c.e));
-        for (const c of candidates) {
-            if (tails.get(c.e.hostPath) === c.b.tail)
-                done.set(c.e.path, fileOf(c.e, c.sha, c.b.tail));
-            else
-                unproven.push(c.e);
-        }
-        await lease.add([...done.values()].map((f) => f.sha256));
-        info(`${stored.size} objects stored; ${done.size} files proven unchanged since ` +
-            `${previous ? previous.key : 'no earlier snapshot of this host'}` +
-            `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`);
-        return {
-            stored,
-            done,
-            unproven,
-            tails: tailOf,
-            journals,
-            leasedWall,
-            hasPrevious: previous !== undefined,
-            known: new Set(before.keys()),
-        };
+        return findStored({ client, settings, lease, earlier, source, files, tails: channels.tails });
     });
     // Hashing a file on the host reads it there once more; that pays only where its object may
     // be stored already, under another name (a node restored from this bucket, a file moved, a
@@ -99156,56 +99224,6 @@ async function backupWithLease(a, lease, channels) {
     const journals = [...plan.journals.map((j) => j.key), journalKey(prefix, a.runId)];
     await deleteKeys(client, bucket, journals).catch((e) => warning(`Could not remove the journals ${journals.join(', ')}: ${errorMessage(e)}`));
     return { manifest, key: folder, indexUrl };
-}
-function fileOf(e, sha256, tail) {
-    return {
-        path: e.path,
-        size: e.size,
-        sha256,
-        tail,
-        mode: e.mode & 0o777,
-        ino: e.ino,
-        mtime: e.mtime,
-    };
-}
-/** The tail hash of a stored object, from its last bytes (one ranged GET). */
-async function storedTail(client, bucket, prefix, sha, size) {
-    const range = size > TAIL_BYTES ? `bytes=${size - TAIL_BYTES}-${size - 1}` : undefined;
-    const bytes = size === 0 ? Buffer.alloc(0) : await readBytes(client, bucket, objectKey(prefix, sha), range);
-    if (!bytes)
-        throw new Error(`the stored object ${sha} vanished`);
-    return tailHash(bytes);
-}
-/** The listed trees and the journals of unfinished runs; the newest tree's manifest is read at once. */
-async function readEarlier(client, settings) {
-    const { bucket, prefix } = settings.s3;
-    const journals = readJournals(client, bucket, prefix);
-    journals.catch(() => undefined);
-    const { entries } = await readBackupList(client, bucket, `${prefix}/backup_list`);
-    const trees = entries
-        .filter((e) => parseArchivePath(e)?.format === 'tree')
-        .slice(0, 8)
-        .map((entry) => {
-        const key = treeFiles(`${prefix}/${entry}`).manifest;
-        let read;
-        const manifest = () => (read ??= readTreeManifest(client, bucket, key).catch((e) => {
-            warning(`${key} could not be read (${errorMessage(e)}): it is not used to skip files.`);
-            return undefined;
-        }));
-        return { key, manifest };
-    });
-    void trees[0]?.manifest();
-    return { trees, journals: await journals };
-}
-/** The newest listed tree of the same host and data dir, with its manifest. */
-async function previousManifest(trees, source) {
-    for (const tree of trees) {
-        const { key } = tree;
-        const manifest = await tree.manifest();
-        if (manifest && sameSource(manifest.source, source))
-            return { key, manifest };
-    }
-    return undefined;
 }
 
 ;// CONCATENATED MODULE: ./src/retention.ts
@@ -99445,6 +99463,7 @@ function housekeeping(permanent, removed) {
  * mode: backup. Reads like the procedure: connect, check, stop, freeze, start, stream,
  * publish, copy, retain. The node is down only for the stop, the freeze and the start.
  */
+
 
 
 

@@ -3,39 +3,23 @@
  * publish, copy, retain. The node is down only for the stop, the freeze and the start.
  */
 import * as core from '@actions/core';
-import type { S3Client } from '@aws-sdk/client-s3';
 import { ACTION_VERSION, Outputs, State } from '../constants.js';
-import {
-  ActionError,
-  HostError,
-  NodeLostError,
-  RemoteCommandError,
-  StorageError,
-  errorMessage,
-} from '../errors.js';
+import { HostError, NodeLostError, RemoteCommandError, errorMessage } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import type { Manifest } from '../manifest.js';
 import { archiveKey, archiveName, dateDaysAgo, listEntry, manifestKey } from '../naming.js';
 import { NodeControl, currentRunId } from '../node-control.js';
 import type { Sizes, TreeListing } from '../node-kind/host.js';
 import { connectNode, type Connect, type NodeHost } from '../node-kind/index.js';
-import {
-  CHANGED_MARK,
-  checkpointBytes,
-  COMPRESSOR_MARK,
-  PROGRESS_MARK,
-  dirname,
-  pruneLocalCopiesCommand,
-} from '../node-kind/remote.js';
-import { Progress } from '../progress.js';
+import { dirname, pruneLocalCopiesCommand } from '../node-kind/remote.js';
 import { addEntry, updateBackupList } from '../s3/backup-list.js';
 import { checkBucket, createClient, objectUrl } from '../s3/client.js';
 import { deleteKeys, writeJson } from '../s3/store.js';
-import { abortUploads, planParts, streamUpload } from '../s3/upload.js';
+import { planParts } from '../s3/upload.js';
 import { MAX_UPLOAD_BUFFER_BYTES, type Settings, type SshSettings } from '../settings.js';
-import { GO_LINE } from '../shell.js';
 import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import { verifyStored } from './verify.js';
+import { archiveBound, streamArchive } from './backup-stream.js';
 import { backupTree } from './backup-tree.js';
 import { closeTreeChannels, openTreeChannels, type TreeChannels } from '../tree/send.js';
 import {
@@ -426,124 +410,6 @@ function explainFreeze(error: unknown, host: NodeHost): unknown {
     );
   }
   return error;
-}
-
-/**
- * The largest archive a database of `bytes` makes: LevelDB tables are compressed already, so
- * the archive is about their size, plus tar's headers and records.
- */
-function archiveBound(bytes: number): number {
-  return bytes * 1.05 + 64 * 1024 * 1024;
-}
-
-interface StreamArgs {
-  /** The archive command, started ahead and waiting for its go line. */
-  remote: RemoteStream;
-  host: NodeHost;
-  client: S3Client;
-  settings: Settings;
-  source: string;
-  key: string;
-  partSize: number;
-  queueSize: number;
-  totalBytes: number;
-  /**
-   * The source is a staging folder of hard links that the running node shares: the stat
-   * digest of its files taken before the stream, to compare with the one after.
-   */
-  frozenDigest?: string;
-}
-
-interface Streamed {
-  bytes: number;
-  sha256: string;
-  seconds: number;
-  compressor: string;
-  tarBytes?: number;
-}
-
-async function streamArchive(a: StreamArgs): Promise<Streamed> {
-  const t = performance.now();
-  const digest = () => a.host.statDigest(a.source);
-  const before = a.frozenDigest;
-  const remote = a.remote;
-  remote.stdin.end(GO_LINE);
-  let changed = false;
-  const progress = new Progress('Upload', a.totalBytes);
-  let compressor: string = a.settings.backup.compression;
-  let tarBytes: number | undefined;
-  remote.onStderrLine((line) => {
-    const read = checkpointBytes(line);
-    if (read !== undefined) progress.read = read;
-    else if (line.startsWith(COMPRESSOR_MARK))
-      compressor = line.slice(COMPRESSOR_MARK.length + 1).trim();
-    else if (line === CHANGED_MARK) changed = true;
-    else if (/Total bytes written: (\d+)/.test(line))
-      tarBytes = Number(/Total bytes written: (\d+)/.exec(line)?.[1]);
-  });
-  const sourceOk = remote.exit.then(async (code) => {
-    if (code !== 0) {
-      const tail = remote
-        .stderrTail()
-        .split('\n')
-        .filter((l) => !l.includes(PROGRESS_MARK) && !l.startsWith(COMPRESSOR_MARK))
-        .join('\n');
-      throw code === null
-        ? new ActionError(
-            `The SSH connection was lost while the archive streamed${tail ? `: ${tail.trim()}` : ''}. Nothing was published.`,
-          )
-        : new RemoteCommandError('Archiving on the host', code, tail);
-    }
-    // tar reports a file "changed as we read it" when its inode's ctime moves, which the node
-    // causes by removing its own link of a table it compacted away. A byte written would move
-    // a file's size or mtime: the upload completes only if none moved.
-    if (before !== undefined) {
-      if ((await digest()).trim() !== before) {
-        throw new HostError(
-          `A file in the staging folder changed while the archive streamed (its size or mtime): the snapshot is ` +
-            `not consistent, and nothing was published. Run again; if it repeats, use 'consistency: stop'.`,
-        );
-      }
-      if (changed) {
-        core.info(
-          `tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`,
-        );
-      }
-    }
-  });
-  sourceOk.catch(() => undefined);
-  try {
-    const r = await streamUpload({
-      client: a.client,
-      bucket: a.settings.s3.bucket,
-      key: a.key,
-      body: remote.source,
-      partSize: a.partSize,
-      queueSize: a.queueSize,
-      contentType:
-        a.settings.backup.compression === 'zstd' ? 'application/zstd' : 'application/gzip',
-      sourceOk,
-      onProgress: (bytes) => (progress.sent = bytes),
-      onRetry: (message) => core.info(`Upload: ${message}`),
-    });
-    return { ...r, seconds: secondsSince(t), compressor, tarBytes };
-  } catch (error) {
-    remote.kill();
-    await sourceOk.catch(() => undefined);
-    // The upload aborts itself, but not when S3 is what failed: ask again, and say so if it cannot be done now.
-    const left = await abortUploads(a.client, a.settings.s3.bucket, a.key).then(
-      () => '',
-      (e) =>
-        ` S3 could not be asked to remove the incomplete upload (${errorMessage(e)}); the post step removes it.`,
-    );
-    if (error instanceof ActionError)
-      throw left ? new ActionError(`${error.message}${left}`) : error;
-    throw new StorageError(
-      `The upload of ${a.key} failed: ${errorMessage(error)}. Nothing was published;${left || ' no parts were left.'}`,
-    );
-  } finally {
-    progress.stop();
-  }
 }
 
 function notStarted(settings: Settings): HostError {

@@ -1,0 +1,145 @@
+/**
+ * An archive backup's stream: the host's tar, compressed there, read into the parts of a
+ * multipart upload with its sha256 and progress; the frozen copy's stat digest compared before
+ * and after, so that a file changed under the stream fails the backup before it is published.
+ */
+import * as core from '@actions/core';
+import type { S3Client } from '@aws-sdk/client-s3';
+import {
+  ActionError,
+  HostError,
+  RemoteCommandError,
+  StorageError,
+  errorMessage,
+} from '../errors.js';
+import { secondsSince } from '../format.js';
+import type { NodeHost } from '../node-kind/index.js';
+import {
+  CHANGED_MARK,
+  checkpointBytes,
+  COMPRESSOR_MARK,
+  PROGRESS_MARK,
+} from '../node-kind/remote.js';
+import { Progress } from '../progress.js';
+import { abortUploads, streamUpload } from '../s3/upload.js';
+import type { Settings } from '../settings.js';
+import { GO_LINE } from '../shell.js';
+import type { RemoteStream } from '../ssh/session.js';
+
+/**
+ * The largest archive a database of `bytes` makes: LevelDB tables are compressed already, so
+ * the archive is about their size, plus tar's headers and records.
+ */
+export function archiveBound(bytes: number): number {
+  return bytes * 1.05 + 64 * 1024 * 1024;
+}
+
+export interface StreamArgs {
+  /** The archive command, started ahead and waiting for its go line. */
+  remote: RemoteStream;
+  host: NodeHost;
+  client: S3Client;
+  settings: Settings;
+  source: string;
+  key: string;
+  partSize: number;
+  queueSize: number;
+  totalBytes: number;
+  /**
+   * The source is a staging folder of hard links that the running node shares: the stat
+   * digest of its files taken before the stream, to compare with the one after.
+   */
+  frozenDigest?: string;
+}
+
+export interface Streamed {
+  bytes: number;
+  sha256: string;
+  seconds: number;
+  compressor: string;
+  tarBytes?: number;
+}
+
+export async function streamArchive(a: StreamArgs): Promise<Streamed> {
+  const t = performance.now();
+  const digest = () => a.host.statDigest(a.source);
+  const before = a.frozenDigest;
+  const remote = a.remote;
+  remote.stdin.end(GO_LINE);
+  let changed = false;
+  const progress = new Progress('Upload', a.totalBytes);
+  let compressor: string = a.settings.backup.compression;
+  let tarBytes: number | undefined;
+  remote.onStderrLine((line) => {
+    const read = checkpointBytes(line);
+    if (read !== undefined) progress.read = read;
+    else if (line.startsWith(COMPRESSOR_MARK))
+      compressor = line.slice(COMPRESSOR_MARK.length + 1).trim();
+    else if (line === CHANGED_MARK) changed = true;
+    else if (/Total bytes written: (\d+)/.test(line))
+      tarBytes = Number(/Total bytes written: (\d+)/.exec(line)?.[1]);
+  });
+  const sourceOk = remote.exit.then(async (code) => {
+    if (code !== 0) {
+      const tail = remote
+        .stderrTail()
+        .split('\n')
+        .filter((l) => !l.includes(PROGRESS_MARK) && !l.startsWith(COMPRESSOR_MARK))
+        .join('\n');
+      throw code === null
+        ? new ActionError(
+            `The SSH connection was lost while the archive streamed${tail ? `: ${tail.trim()}` : ''}. Nothing was published.`,
+          )
+        : new RemoteCommandError('Archiving on the host', code, tail);
+    }
+    // tar reports a file "changed as we read it" when its inode's ctime moves, which the node
+    // causes by removing its own link of a table it compacted away. A byte written would move
+    // a file's size or mtime: the upload completes only if none moved.
+    if (before !== undefined) {
+      if ((await digest()).trim() !== before) {
+        throw new HostError(
+          `A file in the staging folder changed while the archive streamed (its size or mtime): the snapshot is ` +
+            `not consistent, and nothing was published. Run again; if it repeats, use 'consistency: stop'.`,
+        );
+      }
+      if (changed) {
+        core.info(
+          `tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`,
+        );
+      }
+    }
+  });
+  sourceOk.catch(() => undefined);
+  try {
+    const r = await streamUpload({
+      client: a.client,
+      bucket: a.settings.s3.bucket,
+      key: a.key,
+      body: remote.source,
+      partSize: a.partSize,
+      queueSize: a.queueSize,
+      contentType:
+        a.settings.backup.compression === 'zstd' ? 'application/zstd' : 'application/gzip',
+      sourceOk,
+      onProgress: (bytes) => (progress.sent = bytes),
+      onRetry: (message) => core.info(`Upload: ${message}`),
+    });
+    return { ...r, seconds: secondsSince(t), compressor, tarBytes };
+  } catch (error) {
+    remote.kill();
+    await sourceOk.catch(() => undefined);
+    // The upload aborts itself, but not when S3 is what failed: ask again, and say so if it cannot be done now.
+    const left = await abortUploads(a.client, a.settings.s3.bucket, a.key).then(
+      () => '',
+      (e) =>
+        ` S3 could not be asked to remove the incomplete upload (${errorMessage(e)}); the post step removes it.`,
+    );
+    if (error instanceof ActionError)
+      throw left ? new ActionError(`${error.message}${left}`) : error;
+    throw new StorageError(
+      `The upload of ${a.key} failed: ${errorMessage(error)}. Nothing was published;${left || ' no parts were left.'}`,
+    );
+  } finally {
+    progress.stop();
+  }
+}

@@ -12,6 +12,7 @@ import { errorMessage } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import { listEntry, type ArchiveName } from '../naming.js';
 import type { KindFacts, NodeHost, TreeEntry, TreeListing } from '../node-kind/host.js';
+import { createReadClient } from '../s3/client.js';
 import { deleteKeys, writeJson } from '../s3/store.js';
 import type { Settings } from '../settings.js';
 import {
@@ -313,6 +314,7 @@ async function backupWithLease(
         {
           deep: true,
           inFlight: settings.s3.filesInFlight,
+          reads: createReadClient(settings.s3),
         },
       ),
     );

@@ -50,7 +50,8 @@ export async function verify(settings: Settings): Promise<VerifyReport> {
     core.info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list)'}`);
     return c;
   });
-  if (chosen.name.format === 'tree') return verifyTreeSnapshot(client, settings, chosen.key);
+  if (chosen.name.format === 'tree')
+    return verifyTreeSnapshot(client, createReadClient(settings.s3), settings, chosen.key);
   const manifest = await readManifest(
     client,
     settings.s3.bucket,
@@ -236,6 +237,7 @@ async function hashRest(rest: AsyncIterable<unknown>, hash: Hash): Promise<numbe
 
 async function verifyTreeSnapshot(
   client: S3Client,
+  reads: S3Client,
   settings: Settings,
   key: string,
 ): Promise<VerifyReport> {
@@ -247,6 +249,7 @@ async function verifyTreeSnapshot(
     verifyTree(client, settings.s3.bucket, m, {
       deep: settings.restore.deep,
       inFlight: settings.s3.filesInFlight,
+      reads,
     }),
   );
   const seconds = secondsSince(t);

@@ -9,6 +9,7 @@ import type { Readable } from 'node:stream';
 import { IntegrityError } from '../errors.js';
 import { formatBytes } from '../format.js';
 import { describeS3Error } from '../s3/client.js';
+import { SocketBody } from '../s3/socket-body.js';
 import { FileProgress } from '../progress.js';
 import type { TreeManifest } from './layout.js';
 import { pool } from './pool.js';
@@ -25,7 +26,12 @@ export async function verifyTree(
   client: S3Client,
   bucket: string,
   m: TreeManifest,
-  options: { deep: boolean; inFlight: number },
+  options: {
+    deep: boolean;
+    inFlight: number;
+    /** Reads the objects back: the read client (s3/client.ts), whose bodies reuse their memory. */
+    reads: S3Client;
+  },
 ): Promise<TreeVerifyReport> {
   const stored = await objectsUnder(client, bucket, m.objects);
   const objects = new Map(m.files.map((f) => [f.sha256, f]));
@@ -50,20 +56,22 @@ export async function verifyTree(
   const bad: string[] = [];
   try {
     await pool(list, options.inFlight, async (f) => {
-      let body: Readable;
+      let body: Readable | SocketBody;
       try {
-        const res = await client.send(
+        const res = await options.reads.send(
           new GetObjectCommand({ Bucket: bucket, Key: `${m.objects}${f.sha256}` }),
         );
-        body = res.Body as Readable;
+        body = res.Body as Readable | SocketBody;
       } catch (error) {
         throw describeS3Error(error, `s3://${bucket}/${m.objects}${f.sha256}`);
       }
       const hash = createHash('sha256');
-      for await (const chunk of body) {
-        hash.update(chunk as Buffer);
-        progress.bytes += (chunk as Buffer).length;
-      }
+      const take = (chunk: Uint8Array): void => {
+        hash.update(chunk);
+        progress.bytes += chunk.length;
+      };
+      if (body instanceof SocketBody) await body.readInto(take);
+      else for await (const chunk of body) take(chunk as Buffer);
       if (hash.digest('hex') !== f.sha256) bad.push(f.path);
       progress.files++;
     });

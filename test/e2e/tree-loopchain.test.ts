@@ -23,6 +23,7 @@ import {
 import { startWorld, type World } from './world.js';
 
 interface Manifest {
+  objects: string;
   files: Array<{ path: string; sha256: string; size: number }>;
   sent: { files: number; bytes: number };
   blockHeight: number;
@@ -46,7 +47,7 @@ describe('tree snapshots of a loopchain node', () => {
   const backup = (extra: Record<string, string> = {}) =>
     runMain(world, world.inputs({ format: 'tree', 'permanent-copy': 'false', ...extra }));
 
-  it('backs up the block DB under its placeholder; a second backup, over ssh2, sends only what changed', async () => {
+  it('backs up the block DB under its placeholder; a second backup, over ssh2 and verified, sends only what changed', async () => {
     const first = await backup();
     assert.equal(first.code, 0, said(first));
     keys.push(first.outputs.key as string);
@@ -58,9 +59,11 @@ describe('tree snapshots of a loopchain node', () => {
     // The node writes on; the sim makes new tables and rewrites its MANIFEST and journal.
     await new Promise((r) => setTimeout(r, 3000));
     // The files come over the other transport: ssh2's channel, read as a stream of chunks.
-    const second = await backup({ 'ssh-transport': 'ssh2' });
+    // With verify: what it sent is read back before it publishes.
+    const second = await backup({ 'ssh-transport': 'ssh2', verify: 'true' });
     assert.equal(second.code, 0, said(second));
     assert.match(second.stdout, /archive bytes travel over ssh2/);
+    assert.match(said(second), /every object read back matches its sha256/);
     keys.push(second.outputs.key as string);
     const b = await manifestOf(keys[1]!);
     assert.ok(b.blockHeight > a.blockHeight);
@@ -106,6 +109,43 @@ describe('tree snapshots of a loopchain node', () => {
     const c = await check(t.dataDir);
     assert.equal(c.ok, true);
     assert.ok(c.height >= m.blockHeight);
+  });
+
+  it('verify with deep reads every object back: one whose bytes changed, at the same size, fails it', async () => {
+    const m = await manifestOf(keys[1]!);
+    const good = await runMain(
+      world,
+      world.inputs({ mode: 'verify', snapshot: keys[1]!, deep: 'true' }),
+    );
+    assert.equal(good.code, 0, said(good));
+    assert.match(said(good), /every object read back matches its sha256/);
+    const { GetObjectCommand, PutObjectCommand } = await import('@aws-sdk/client-s3');
+    const file = m.files.find((f) => f.path.endsWith('.ldb') && f.size > 1024)!;
+    const key = `${m.objects}${file.sha256}`;
+    const s3 = world.s3.client();
+    const original = Buffer.from(
+      await (
+        await s3.send(new GetObjectCommand({ Bucket: world.bucket, Key: key }))
+      ).Body!.transformToByteArray(),
+    );
+    const damaged = Buffer.from(original);
+    damaged[damaged.length >> 1] = (damaged[damaged.length >> 1]! + 1) & 0xff;
+    await s3.send(new PutObjectCommand({ Bucket: world.bucket, Key: key, Body: damaged }));
+    try {
+      const shallow = await runMain(world, world.inputs({ mode: 'verify', snapshot: keys[1]! }));
+      assert.equal(shallow.code, 0, 'the size alone still matches');
+      const bad = await runMain(
+        world,
+        world.inputs({ mode: 'verify', snapshot: keys[1]!, deep: 'true' }),
+      );
+      assert.notEqual(bad.code, 0, said(bad));
+      assert.match(
+        said(bad),
+        /1 objects do not match their sha256 .*the stored snapshot is damaged/,
+      );
+    } finally {
+      await s3.send(new PutObjectCommand({ Bucket: world.bucket, Key: key, Body: original }));
+    }
   });
 
   // That the sweep deletes old objects no tree names is tested with an injected clock against

@@ -97033,6 +97033,7 @@ async function pool(items, width, work) {
 
 
 
+
 async function verifyTree(client, bucket, m, options) {
     const stored = await objectsUnder(client, bucket, m.objects);
     const objects = new Map(m.files.map((f) => [f.sha256, f]));
@@ -97054,17 +97055,22 @@ async function verifyTree(client, bucket, m, options) {
         await pool(list, options.inFlight, async (f) => {
             let body;
             try {
-                const res = await client.send(new dist_cjs/* GetObjectCommand */.jLs({ Bucket: bucket, Key: `${m.objects}${f.sha256}` }));
+                const res = await options.reads.send(new dist_cjs/* GetObjectCommand */.jLs({ Bucket: bucket, Key: `${m.objects}${f.sha256}` }));
                 body = res.Body;
             }
             catch (error) {
                 throw describeS3Error(error, `s3://${bucket}/${m.objects}${f.sha256}`);
             }
             const hash = (0,external_node_crypto_.createHash)('sha256');
-            for await (const chunk of body) {
+            const take = (chunk) => {
                 hash.update(chunk);
                 progress.bytes += chunk.length;
-            }
+            };
+            if (body instanceof SocketBody)
+                await body.readInto(take);
+            else
+                for await (const chunk of body)
+                    take(chunk);
             if (hash.digest('hex') !== f.sha256)
                 bad.push(f.path);
             progress.files++;
@@ -97157,7 +97163,7 @@ async function verify(settings) {
         return c;
     });
     if (chosen.name.format === 'tree')
-        return verifyTreeSnapshot(client, settings, chosen.key);
+        return verifyTreeSnapshot(client, createReadClient(settings.s3), settings, chosen.key);
     const manifest = await readManifest(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, chosen.key));
     const report = await group(`Verify ${chosen.key}`, () => verifyStored(createReadClient(settings.s3), settings, chosen.key, manifest));
     setOutput(Outputs.Key, report.key);
@@ -97317,7 +97323,7 @@ async function hashRest(rest, hash) {
     }
     return n;
 }
-async function verifyTreeSnapshot(client, settings, key) {
+async function verifyTreeSnapshot(client, reads, settings, key) {
     const t = performance.now();
     const m = await readTreeManifest(client, settings.s3.bucket, treeFiles(key).manifest);
     if (!m)
@@ -97325,6 +97331,7 @@ async function verifyTreeSnapshot(client, settings, key) {
     const r = await group(`Verify ${key}`, () => verifyTree(client, settings.s3.bucket, m, {
         deep: settings.restore.deep,
         inFlight: settings.s3.filesInFlight,
+        reads,
     }));
     const seconds = secondsSince(t);
     setOutput(Outputs.Key, key);
@@ -99098,6 +99105,7 @@ async function storedTail(client, bucket, prefix, sha, size) {
 
 
 
+
 async function backupTree(a) {
     const lease = new LeaseKeeper(a.client, a.settings.s3.bucket, a.settings.s3.prefix, a.runId);
     try {
@@ -99311,6 +99319,7 @@ async function backupWithLease(a, lease, channels) {
         await group('Verify what was sent', () => verifyTree(client, bucket, { ...manifest, files: journal.files }, {
             deep: true,
             inFlight: settings.s3.filesInFlight,
+            reads: createReadClient(settings.s3),
         }));
     }
     await a.beforePublish();

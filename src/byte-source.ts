@@ -177,7 +177,7 @@ export function ringChunks(source: ByteSource, size = 1024 * 1024): AsyncIterato
     },
   };
   let flowing: Promise<void> | undefined;
-  const start_ = (): void => {
+  const begin = (): void => {
     flowing = source.flow(sink).then(
       () => {
         ended = true;
@@ -191,7 +191,7 @@ export function ringChunks(source: ByteSource, size = 1024 * 1024): AsyncIterato
   };
   return {
     async next(): Promise<IteratorResult<Buffer>> {
-      if (!flowing) start_();
+      if (!flowing) begin();
       // The last chunk is read now: its room is free again.
       start = (start + lent) % size;
       filled -= lent;

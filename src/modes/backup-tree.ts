@@ -103,10 +103,9 @@ async function backupWithLease(
   const files = listing.entries.filter((e) => e.type === 'file');
 
   // What is stored, and what earlier runs of this host prove (tree/reuse.ts).
-  const plan = await core.group('Find what is stored already', () => {
-    channels.used.add('tails');
-    return findStored({ client, settings, lease, earlier, source, files, tails: channels.tails });
-  });
+  const plan = await core.group('Find what is stored already', () =>
+    findStored({ client, settings, lease, earlier, source, files, tails: channels.tails }),
+  );
 
   // Hashing a file on the host reads it there once more; that pays only where its object may
   // be stored already, under another name (a node restored from this bucket, a file moved, a
@@ -188,7 +187,6 @@ async function backupWithLease(
   const sent = await core.group(
     `Send ${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))})`,
     async () => {
-      if (toSend.length > 0) channels.used.add('send');
       try {
         return await sendFiles({
           channel: channels.send,

@@ -317,19 +317,19 @@ async function uploadStreamed(
 export interface TreeChannels {
   tails: RemoteStream;
   send: Promise<RemoteStream>;
-  used: Set<'tails' | 'send'>;
 }
 
 export function openTreeChannels(host: NodeHost, dir: string): TreeChannels {
   const send = host.sendFiles(dir);
   send.catch(() => undefined);
-  return { tails: host.fileTails(dir), send, used: new Set() };
+  return { tails: host.fileTails(dir), send };
 }
 
-/** Ends the channels that were not used (nothing to prove or to send, or a failure before). */
+/**
+ * Ends both channels, whatever the run reached: one that was used has ended already; one that
+ * was not (nothing to prove or to send, or a failure first) sees its input end without its go
+ * line, and exits. Left open, its ssh would keep the action's process from ending.
+ */
 export async function closeTreeChannels(c: TreeChannels): Promise<void> {
-  await Promise.all([
-    c.used.has('tails') ? undefined : closeUnused(c.tails),
-    c.used.has('send') ? undefined : c.send.then(closeUnused, () => undefined),
-  ]);
+  await Promise.all([closeUnused(c.tails), c.send.then(closeUnused, () => undefined)]);
 }

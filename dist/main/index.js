@@ -92813,7 +92813,7 @@ function ringChunks(source, size = 1024 * 1024) {
         },
     };
     let flowing;
-    const start_ = () => {
+    const begin = () => {
         flowing = source.flow(sink).then(() => {
             ended = true;
             notify();
@@ -92825,7 +92825,7 @@ function ringChunks(source, size = 1024 * 1024) {
     return {
         async next() {
             if (!flowing)
-                start_();
+                begin();
             // The last chunk is read now: its room is free again.
             start = (start + lent) % size;
             filled -= lent;
@@ -98951,14 +98951,15 @@ async function uploadStreamed(o, reader, entry, sha256) {
 function openTreeChannels(host, dir) {
     const send = host.sendFiles(dir);
     send.catch(() => undefined);
-    return { tails: host.fileTails(dir), send, used: new Set() };
+    return { tails: host.fileTails(dir), send };
 }
-/** Ends the channels that were not used (nothing to prove or to send, or a failure before). */
+/**
+ * Ends both channels, whatever the run reached: one that was used has ended already; one that
+ * was not (nothing to prove or to send, or a failure first) sees its input end without its go
+ * line, and exits. Left open, its ssh would keep the action's process from ending.
+ */
 async function closeTreeChannels(c) {
-    await Promise.all([
-        c.used.has('tails') ? undefined : closeUnused(c.tails),
-        c.used.has('send') ? undefined : c.send.then(closeUnused, () => undefined),
-    ]);
+    await Promise.all([closeUnused(c.tails), c.send.then(closeUnused, () => undefined)]);
 }
 
 ;// CONCATENATED MODULE: ./src/tree/reuse.ts
@@ -99140,10 +99141,7 @@ async function backupWithLease(a, lease, channels) {
     };
     const files = listing.entries.filter((e) => e.type === 'file');
     // What is stored, and what earlier runs of this host prove (tree/reuse.ts).
-    const plan = await group('Find what is stored already', () => {
-        channels.used.add('tails');
-        return findStored({ client, settings, lease, earlier, source, files, tails: channels.tails });
-    });
+    const plan = await group('Find what is stored already', () => findStored({ client, settings, lease, earlier, source, files, tails: channels.tails }));
     // Hashing a file on the host reads it there once more; that pays only where its object may
     // be stored already, under another name (a node restored from this bucket, a file moved, a
     // run cut short whose journal was not written). It does not when nothing is stored yet, nor
@@ -99211,8 +99209,6 @@ async function backupWithLease(a, lease, channels) {
     };
     const tSend = performance.now();
     const sent = await group(`Send ${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))})`, async () => {
-        if (toSend.length > 0)
-            channels.used.add('send');
         try {
             return await sendFiles({
                 channel: channels.send,

@@ -89985,7 +89985,7 @@ function ringChunks(source, size = 1024 * 1024) {
         },
     };
     let flowing;
-    const start_ = () => {
+    const begin = () => {
         flowing = source.flow(sink).then(() => {
             ended = true;
             notify();
@@ -89997,7 +89997,7 @@ function ringChunks(source, size = 1024 * 1024) {
     return {
         async next() {
             if (!flowing)
-                start_();
+                begin();
             // The last chunk is read now: its room is free again.
             start = (start + lent) % size;
             filled -= lent;

@@ -258,6 +258,32 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
     height = c.blockHeight;
   });
 
+  it('S3 failing once the copy is frozen, before a file is read: the run ends, the chain runs', async () => {
+    const listText = () => s3.getText(bucket, 'MainNet/backup_list').catch(() => '');
+    const listBefore = await listText();
+    // The bucket's check at the start goes through (a few hundred bytes); the next request, the
+    // first of the tree's after the freeze, is cut, and S3 is refused from then on.
+    const proxy = await startCutProxy({ targetPort: s3.port, upBytes: 1000, refuseAfterCut: true });
+    let r: RunResult;
+    try {
+      r = await run(backupInputs(), `http://127.0.0.1:${proxy.port}`);
+    } finally {
+      await proxy.stop();
+    }
+    assert.notEqual(r.code, 0, said(r));
+    assert.match(said(r), /The node was down for/, 'the copy was frozen before S3 failed');
+    assert.doesNotMatch(said(r), /files proven unchanged|Send \d+ files/, 'no file was read');
+    // The two data channels opened for the files were ended: the process ended on its own.
+    assert.equal(r.timedOut, false);
+    assert.equal((await g.chain()).state, 'started');
+    assert.equal(await listText(), listBefore, 'nothing published');
+    assert.deepEqual(
+      readdirSync(join(g.nodeDir, '..')).filter((n) => n.startsWith('.prep-snapshot-staging-')),
+      [],
+      'no staging folder',
+    );
+  });
+
   it('list shows both trees; verify checks sizes, and with deep every sha256', async () => {
     const listed = await run({ mode: 'list' });
     assert.equal(listed.code, 0, said(listed));

@@ -12,12 +12,11 @@ import * as core from '@actions/core';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { IntegrityError, StorageError, errorMessage } from '../errors.js';
+import { IntegrityError, RemoteCommandError, StorageError, errorMessage } from '../errors.js';
 import type { NodeHost, TreeEntry } from '../node-kind/host.js';
 import { ringChunks } from '../byte-source.js';
 import { PIECE_BYTES } from '../s3/pieces.js';
 import { streamUpload } from '../s3/upload.js';
-import { RemoteCommandError } from '../errors.js';
 import { GO_LINE } from '../shell.js';
 import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import { TailHasher, tailHash, TAIL_BYTES } from './icon2.js';
@@ -51,6 +50,9 @@ function writePaths(remote: RemoteStream, paths: string[]): void {
   remote.stdin.end(GO_LINE + paths.map((p) => `${p}\0`).join(''));
 }
 
+const tailsFailed = (remote: RemoteStream, code: number | null): RemoteCommandError =>
+  new RemoteCommandError('Reading the ends of the files', code, remote.stderrTail());
+
 /**
  * The tail hash of each file, as the host's `fileTails` channel (opened ahead) reads them.
  * A file whose end the host cannot read in full fails the whole read.
@@ -73,13 +75,10 @@ export async function readTails(
   } catch (error) {
     remote.kill();
     const code = await remote.exit;
-    throw code
-      ? new RemoteCommandError('Reading the ends of the files', code, remote.stderrTail())
-      : error;
+    throw code ? tailsFailed(remote, code) : error;
   }
   const code = await remote.exit;
-  if (code !== 0)
-    throw new RemoteCommandError('Reading the ends of the files', code, remote.stderrTail());
+  if (code !== 0) throw tailsFailed(remote, code);
   return out;
 }
 

@@ -98702,11 +98702,11 @@ const END_OF_TAR = Buffer.alloc(2 * BLOCK);
 
 
 
-
 /** Lets a data channel opened ahead go, with its NUL-terminated paths, and ends its input. */
 function writePaths(remote, paths) {
     remote.stdin.end(GO_LINE + paths.map((p) => `${p}\0`).join(''));
 }
+const tailsFailed = (remote, code) => new RemoteCommandError('Reading the ends of the files', code, remote.stderrTail());
 /**
  * The tail hash of each file, as the host's `fileTails` channel (opened ahead) reads them.
  * A file whose end the host cannot read in full fails the whole read.
@@ -98724,13 +98724,11 @@ async function readTails(remote, files) {
     catch (error) {
         remote.kill();
         const code = await remote.exit;
-        throw code
-            ? new RemoteCommandError('Reading the ends of the files', code, remote.stderrTail())
-            : error;
+        throw code ? tailsFailed(remote, code) : error;
     }
     const code = await remote.exit;
     if (code !== 0)
-        throw new RemoteCommandError('Reading the ends of the files', code, remote.stderrTail());
+        throw tailsFailed(remote, code);
     return out;
 }
 /**

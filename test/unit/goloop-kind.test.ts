@@ -22,7 +22,8 @@ import {
   pickChain,
   rpcBase,
 } from '../../src/node-kind/goloop/layout.ts';
-import { chainStartCommand } from '../../src/node-kind/goloop/commands.ts';
+import { chainStartCommand, socketFunctions } from '../../src/node-kind/goloop/commands.ts';
+import { bashScript } from '../../src/shell.ts';
 import { detectKindCommand } from '../../src/node-kind/index.ts';
 import { forKind, parseSettings } from '../../src/settings.ts';
 
@@ -270,5 +271,28 @@ describe("the chain's start through the control socket", () => {
     );
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(r.posts, ['stop', 'start']);
+  });
+
+  it('looks often while it waits, and gives up after its time, saying what it waited for', async () => {
+    const sock = join(root, `cli-${++n}.sock`);
+    let looks = 0;
+    const { server } = await controlSocket(sock, cid, ['stopping'], refuse);
+    server.on('request', () => looks++);
+    try {
+      const script = bashScript([
+        ...socketFunctions(sock, cid),
+        `wait_for 1 'the chain did not stop' is_stopped`,
+      ]);
+      const child = spawn('sh', ['-c', script], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+      const code = await new Promise<number | null>((r) => child.on('close', r));
+      assert.equal(code, 1, stderr);
+      assert.match(stderr, /the chain did not stop within 1 s \(the chain is 'stopping'\)/);
+      // Every 20 ms at first: a stop that takes tens of milliseconds is seen within them.
+      assert.ok(looks >= 20, `${looks} looks in 1 s`);
+    } finally {
+      server.close();
+    }
   });
 });

@@ -10,9 +10,11 @@ import { heldLines } from '../watchdog.js';
 /**
  * Shell functions over the control socket, for chain `cid` (`0x…`): `post ACTION [BODY]`,
  * `state` (the chain's state as the socket reports it), the tests `is_stopped`, `is_manual`,
- * `is_started` and `is_listed`, and `wait_for SECONDS WHAT TEST...`, which runs TEST every
- * tenth of a second until it passes. A stop is answered before the chain has stopped
- * ('stopping'), and a start or a backup sent then is refused: hence the waits.
+ * `is_started` and `is_listed`, and `wait_for SECONDS WHAT TEST...`, which runs TEST until it
+ * passes: every 20 ms for the first 2 s (a stop or a start of the chain takes tens of
+ * milliseconds, and the node's downtime is made of these waits), then every 0.2 s. A stop is
+ * answered before the chain has stopped ('stopping'), and a start or a backup sent then is
+ * refused: hence the waits.
  */
 export function socketFunctions(sock: string, cid: string): string[] {
   const url = (path: string) => `"http://localhost/chain/$cid${path}"`;
@@ -34,8 +36,10 @@ export function socketFunctions(sock: string, cid: string): string[] {
     // goloop answers on its socket (any HTTP answer will do): a socket file that a goloop which
     // died left behind refuses the connection.
     `answers() { curl -sS -o /dev/null --max-time 10 --unix-socket "$sock" http://localhost/chain 2>/dev/null; }`,
-    `wait_for() { n=$(( $1 * 10 )); what=$2; shift 2; i=0; until "$@"; do i=$((i + 1)); ` +
-      `if [ "$i" -ge "$n" ]; then echo "$what within $((n / 10)) s (the chain is '$(state || true)')" >&2; return 1; fi; sleep 0.1; done; }`,
+    // SECONDS counts whole seconds: one more makes the wait at least its time.
+    `wait_for() { secs=$1; end=$((SECONDS + secs + 1)); what=$2; shift 2; i=0; until "$@"; do i=$((i + 1)); ` +
+      `if [ "$SECONDS" -ge "$end" ]; then echo "$what within $secs s (the chain is '$(state || true)')" >&2; return 1; fi; ` +
+      `if [ "$i" -le 100 ]; then sleep 0.02; else sleep 0.2; fi; done; }`,
   ];
 }
 

@@ -108,30 +108,39 @@ export async function findStored(a: FindArgs): Promise<Stored> {
   const journals = allJournals.filter((j) => sameSource(j.journal.source, a.source));
   // From the lease's first write a sweep keeps what those runs name (see tree/sweep.ts).
   const leasedWall = Date.now();
-  await a.lease.start([...(previous ? [previous.key] : []), ...journals.map((j) => j.key)]);
-  const stored = await storedObjects(a.client, bucket, prefix);
+  const leased = a.lease.start([
+    ...(previous ? [previous.key] : []),
+    ...journals.map((j) => j.key),
+  ]);
+  leased.catch(() => undefined);
   const before = new Map<string, TreeFile>();
   for (const j of journals) for (const f of j.journal.files) before.set(f.path, f);
   for (const f of previous?.manifest.files ?? []) before.set(f.path, f);
   const tailOf = new Map<string, string>();
   for (const f of before.values()) tailOf.set(f.sha256, f.tail);
 
-  const done = new Map<string, TreeFile>();
   const unproven: TreeEntry[] = [];
   const candidates: Array<{ e: TreeEntry; b: TreeFile; sha: string }> = [];
   for (const e of a.files) {
     const b = before.get(e.path);
     const sha = reusable(e, b);
-    if (sha && b && stored.get(sha) === e.size) candidates.push({ e, b, sha });
+    if (sha && b) candidates.push({ e, b, sha });
     else unproven.push(e);
   }
   // The last proof: the file still ends as it did (its tail hash, as the manifest recorded it).
-  const tails = await readTails(
+  // The host reads the tails while the lease is written and the bucket listed.
+  const tailsRead = readTails(
     a.tails,
     candidates.map((c) => c.e),
   );
+  tailsRead.catch(() => undefined);
+  await leased;
+  const stored = await storedObjects(a.client, bucket, prefix);
+  const tails = await tailsRead;
+  const done = new Map<string, TreeFile>();
   for (const c of candidates) {
-    if (tails.get(c.e.hostPath) === c.b.tail) done.set(c.e.path, fileOf(c.e, c.sha, c.b.tail));
+    const same = tails.get(c.e.hostPath) === c.b.tail && stored.get(c.sha) === c.e.size;
+    if (same) done.set(c.e.path, fileOf(c.e, c.sha, c.b.tail));
     else unproven.push(c.e);
   }
   await a.lease.add([...done.values()].map((f) => f.sha256));

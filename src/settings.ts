@@ -240,7 +240,7 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
     queueSize,
     downloadConnections: int(Inputs.DownloadConnections, 8, 1, 16),
     filesInFlight: int(Inputs.FilesInFlight, 16, 1, 256),
-    bytesInFlight: parseSize(Inputs.BytesInFlight, get(Inputs.BytesInFlight) || '64MiB'),
+    bytesInFlight: parseSize(Inputs.BytesInFlight, get(Inputs.BytesInFlight) || '48MiB'),
     publicUrl,
   };
   if (s3.bytesInFlight < 16 * 1024 ** 2 || s3.bytesInFlight > MAX_UPLOAD_BUFFER_BYTES) {

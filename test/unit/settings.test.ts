@@ -42,6 +42,8 @@ describe('parseSettings', () => {
     assert.equal(s.ssh?.port, 22);
     assert.equal(s.ssh?.username, 'root');
     assert.equal(s.s3.downloadConnections, 8);
+    assert.equal(s.s3.filesInFlight, 16);
+    assert.equal(s.s3.bytesInFlight, 48 * 1024 ** 2);
     assert.equal(
       parseSettings(reader({ ...base, 'download-connections': '1' })).s3.downloadConnections,
       1,

@@ -30,9 +30,71 @@ import { verifyTree } from '../tree/verify.js';
 import { pool } from '../tree/pool.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { publishTree } from '../tree/publish.js';
-import { heldWhole, sendFiles, type TreeChannels } from '../tree/send.js';
-import { fileOf, findStored, readEarlier, storedTail, type Source } from '../tree/reuse.js';
+import {
+  closeTreeChannels,
+  heldWhole,
+  openTreeChannels,
+  sendFiles,
+  type TreeChannels,
+} from '../tree/send.js';
+import {
+  fileOf,
+  proveUnchanged,
+  readAhead,
+  storedTail,
+  type Ahead,
+  type Source,
+} from '../tree/reuse.js';
 import { journalKey, storedObjects, type Journal } from '../tree/store.js';
+
+/**
+ * What a tree backup sets going before the node stops, to run while it stops, freezes and
+ * starts: its two data channels (tree/send.ts), which connect and wait for their go line, and
+ * the bucket's side of what is stored already (tree/reuse.ts, `readAhead`), which needs
+ * nothing of the frozen copy. `close` ends what the run did not: the channels, and the lease
+ * of a run that published nothing.
+ */
+export interface TreeStart {
+  channels: TreeChannels;
+  lease: LeaseKeeper;
+  source: Source;
+  ahead: Promise<Ahead>;
+  close(): Promise<void>;
+}
+
+export function startTree(a: {
+  settings: Settings;
+  client: S3Client;
+  host: NodeHost;
+  /** The folder that will hold the frozen copy (or the data dir, with consistency: stop). */
+  dir: string;
+  /** The data dir's device (BackupLayout.device). */
+  device: string;
+  facts: KindFacts;
+  runId: string;
+}): TreeStart {
+  const { settings, client } = a;
+  const channels = openTreeChannels(a.host, a.dir);
+  const lease = new LeaseKeeper(client, settings.s3.bucket, settings.s3.prefix, a.runId);
+  const source: Source = {
+    host: settings.ssh?.host ?? '',
+    dataDir: a.host.dataDir,
+    device: a.device,
+    ...(a.facts.identity !== undefined ? { identity: String(a.facts.identity) } : {}),
+  };
+  const ahead = readAhead({ client, settings, lease, source });
+  ahead.catch(() => undefined);
+  return {
+    channels,
+    lease,
+    source,
+    ahead,
+    close: async () => {
+      await lease.stop({ hold: false }).catch(() => undefined);
+      await closeTreeChannels(channels);
+    },
+  };
+}
 
 export interface TreeBackupArgs {
   settings: Settings;
@@ -48,8 +110,8 @@ export interface TreeBackupArgs {
   timings: Record<string, number>;
   /** The frozen copy's listing, begun while the node started; listed here when not given. */
   listing?: Promise<TreeListing>;
-  /** Opened while the node stopped (openTreeChannels); the caller closes them (closeTreeChannels). */
-  channels: TreeChannels;
+  /** Begun before the stop (startTree); the caller closes it. */
+  start: TreeStart;
   /** Runs once every object is stored, before anything is published (a node stopped for the read starts). */
   beforePublish: () => Promise<void>;
 }
@@ -62,15 +124,10 @@ export interface TreeBackupResult {
 }
 
 export async function backupTree(a: TreeBackupArgs): Promise<TreeBackupResult> {
-  const lease = new LeaseKeeper(a.client, a.settings.s3.bucket, a.settings.s3.prefix, a.runId);
-  try {
-    const done = await backupWithLease(a, lease, a.channels);
-    // Published: the manifest protects its objects now; the lease expires on its own.
-    await lease.release();
-    return done;
-  } finally {
-    await lease.stop({ hold: false }).catch(() => undefined);
-  }
+  const done = await backupWithLease(a, a.start.lease, a.start.channels);
+  // Published: the manifest protects its objects now; the lease expires on its own.
+  await a.start.lease.release();
+  return done;
 }
 
 async function backupWithLease(
@@ -82,9 +139,6 @@ async function backupWithLease(
   const { bucket, prefix } = settings.s3;
   const folder = treeFolder(prefix, a.name);
 
-  // What earlier runs stored is read from the bucket while the host lists the files.
-  const earlier = readEarlier(client, settings);
-  earlier.catch(() => undefined);
   const listing = await core.group('List the snapshot', async () => {
     const l = await (a.listing ?? host.listTree(a.dir));
     const files = l.entries.filter((e) => e.type === 'file');
@@ -94,18 +148,22 @@ async function backupWithLease(
     );
     return l;
   });
-  const source: Source = {
-    host: settings.ssh?.host ?? '',
-    dataDir: host.dataDir,
-    device: listing.device,
-    ...(a.facts.identity !== undefined ? { identity: String(a.facts.identity) } : {}),
-  };
+  const source: Source = { ...a.start.source, device: listing.device };
   const files = listing.entries.filter((e) => e.type === 'file');
 
   // What is stored, and what earlier runs of this host prove (tree/reuse.ts).
-  const plan = await core.group('Find what is stored already', () =>
-    findStored({ client, settings, lease, earlier, source, files, tails: channels.tails }),
-  );
+  const plan = await core.group('Find what is stored already', async () => {
+    const ahead = await a.start.ahead;
+    // The earlier runs were found by the data dir's device, read before the freeze; the frozen
+    // copy is on it by construction. Were it not, an inode would prove nothing: none is used.
+    const sameDevice = listing.device === a.start.source.device;
+    return proveUnchanged(
+      sameDevice ? ahead : { ...ahead, before: new Map() },
+      files,
+      channels.tails,
+      lease,
+    );
+  });
 
   // Hashing a file on the host reads it there once more; that pays only where its object may
   // be stored already, under another name (a node restored from this bucket, a file moved, a

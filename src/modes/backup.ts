@@ -20,8 +20,7 @@ import { MAX_UPLOAD_BUFFER_BYTES, type Settings, type SshSettings } from '../set
 import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import { verifyStored } from './verify.js';
 import { archiveBound, streamArchive } from './backup-stream.js';
-import { backupTree } from './backup-tree.js';
-import { closeTreeChannels, openTreeChannels, type TreeChannels } from '../tree/send.js';
+import { backupTree, startTree, type TreeStart } from './backup-tree.js';
 import {
   applyRetention,
   permanentCopy,
@@ -63,7 +62,7 @@ export async function backup(
   const tree = settings.backup.format === 'tree';
   let stage: string | undefined;
   let remote: RemoteStream | undefined;
-  let channels: TreeChannels | undefined;
+  let treeStart: TreeStart | undefined;
   let listing: Promise<TreeListing> | undefined;
   let streamStarted = false;
   let uploaded: string[] = [];
@@ -146,9 +145,19 @@ export async function backup(
       source = stage;
     }
     // The data channel connects while the node stops and the copy freezes; it archives
-    // nothing before its go line. A tree's two channels do the same.
-    if (tree) channels = openTreeChannels(host, source);
-    else {
+    // nothing before its go line. A tree's two channels do the same, and what the bucket
+    // holds is read meanwhile.
+    if (tree) {
+      treeStart = startTree({
+        settings,
+        client,
+        host,
+        dir: source,
+        device: layout.device,
+        facts,
+        runId,
+      });
+    } else {
       remote = await host.archive(source, {
         compression: settings.backup.compression,
         level: settings.backup.compressionLevel,
@@ -203,7 +212,7 @@ export async function backup(
         name,
         height,
         facts,
-        channels: channels!,
+        start: treeStart!,
         listing,
         snapshotAt,
         runId,
@@ -381,7 +390,7 @@ export async function backup(
     throw error;
   } finally {
     if (remote && !streamStarted) await closeUnused(remote);
-    if (channels) await closeTreeChannels(channels);
+    if (treeStart) await treeStart.close();
     await node.ensureStarted();
     if (stage) {
       const s = stage;

@@ -32,6 +32,8 @@ export interface BackupLayout {
   description: string;
   /** Hard links between the data dir and a staging folder beside it are possible. */
   sameDevice: boolean;
+  /** The data dir's device number (`stat -c %d`): a staging folder for it is on the same. */
+  device: string;
   /** Bytes under the archived paths: the upload is planned from it before the stop. */
   dataBytes: number;
   /** Staging folders left by runs that vanished (removed by the mode, with a warning). */

@@ -67,6 +67,8 @@ export interface Probe {
   stale: string[];
   tools: Set<string>;
   sameDevice: boolean;
+  /** The data dir's device number; empty when the probe could not tell. */
+  device: string;
   freeBytes: number;
   /** Bytes under the snapshot's roots when the probe ran. */
   dataBytes: number;
@@ -90,6 +92,7 @@ export function parseProbe(stdout: string): Probe {
     stale: [],
     tools: new Set(),
     sameDevice: false,
+    device: '',
     freeBytes: 0,
     dataBytes: 0,
     has: new Set(),
@@ -119,6 +122,7 @@ export function parseProbe(stdout: string): Probe {
     }
   }
   probe.sameDevice = devData !== '' && devData === devParent;
+  probe.device = devData;
   return probe;
 }
 

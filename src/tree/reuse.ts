@@ -30,7 +30,7 @@ export interface Earlier {
 }
 
 /** The listed trees and the journals of unfinished runs; the newest tree's manifest is read at once. */
-export async function readEarlier(client: S3Client, settings: Settings): Promise<Earlier> {
+async function readEarlier(client: S3Client, settings: Settings): Promise<Earlier> {
   const { bucket, prefix } = settings.s3;
   const journals = readJournals(client, bucket, prefix);
   journals.catch(() => undefined);
@@ -67,22 +67,52 @@ async function previousManifest(
   return undefined;
 }
 
-export interface FindArgs {
+/**
+ * What the bucket holds for this host, read while the node stops, freezes and starts: none
+ * of it needs the frozen copy. The lease names the earlier runs' manifests before the stored
+ * objects are listed: a sweep from then on keeps what they name, and what one deleted before
+ * is not in the listing.
+ */
+export interface Ahead {
+  /** Every stored object's size, by sha256. */
+  stored: Map<string, number>;
+  /** The files that earlier runs of this host recorded, by path. */
+  before: Map<string, TreeFile>;
+  /** The tree whose files `before` holds, if any. */
+  previousKey?: string;
+  /** The journals of this host's unfinished runs: removed once this one publishes. */
+  journals: Earlier['journals'];
+  /** When the lease was first written (a sweep's mark is compared with it). */
+  leasedWall: number;
+}
+
+export async function readAhead(a: {
   client: S3Client;
   settings: Settings;
   lease: LeaseKeeper;
-  earlier: Promise<Earlier>;
   source: Source;
-  files: TreeEntry[];
-  /** The host's `fileTails` channel, opened ahead. */
-  tails: RemoteStream;
+}): Promise<Ahead> {
+  const { bucket, prefix } = a.settings.s3;
+  const { trees, journals: allJournals } = await readEarlier(a.client, a.settings);
+  const previous = await previousManifest(trees, a.source);
+  const journals = allJournals.filter((j) => sameSource(j.journal.source, a.source));
+  // From the lease's first write a sweep keeps what those runs name (see tree/sweep.ts).
+  const leasedWall = Date.now();
+  await a.lease.start([...(previous ? [previous.key] : []), ...journals.map((j) => j.key)]);
+  const stored = await storedObjects(a.client, bucket, prefix);
+  const before = new Map<string, TreeFile>();
+  for (const j of journals) for (const f of j.journal.files) before.set(f.path, f);
+  for (const f of previous?.manifest.files ?? []) before.set(f.path, f);
+  return {
+    stored,
+    before,
+    ...(previous ? { previousKey: previous.key } : {}),
+    journals,
+    leasedWall,
+  };
 }
 
-/**
- * What is stored, and what earlier runs of this host prove. The lease names those runs'
- * manifests before the stored objects are listed: a sweep from then on keeps what they name,
- * and what one deleted before is not in the listing.
- */
+/** What is stored, and what earlier runs of this host prove of the frozen copy's files. */
 export interface Stored {
   /** Every stored object's size, by sha256. */
   stored: Map<string, number>;
@@ -92,61 +122,50 @@ export interface Stored {
   unproven: TreeEntry[];
   /** The tail hash earlier runs recorded, by sha256. */
   tails: Map<string, string>;
-  /** The journals of this host's unfinished runs: removed once this one publishes. */
-  journals: Earlier['journals'];
-  /** When the lease was first written (a sweep's mark is compared with it). */
+  journals: Ahead['journals'];
   leasedWall: number;
   hasPrevious: boolean;
   /** The paths earlier runs of this host recorded. */
   known: Set<string>;
 }
 
-export async function findStored(a: FindArgs): Promise<Stored> {
-  const { bucket, prefix } = a.settings.s3;
-  const { trees, journals: allJournals } = await a.earlier;
-  const previous = await previousManifest(trees, a.source);
-  const journals = allJournals.filter((j) => sameSource(j.journal.source, a.source));
-  // From the lease's first write a sweep keeps what those runs name (see tree/sweep.ts).
-  const leasedWall = Date.now();
-  const leased = a.lease.start([
-    ...(previous ? [previous.key] : []),
-    ...journals.map((j) => j.key),
-  ]);
-  leased.catch(() => undefined);
-  const before = new Map<string, TreeFile>();
-  for (const j of journals) for (const f of j.journal.files) before.set(f.path, f);
-  for (const f of previous?.manifest.files ?? []) before.set(f.path, f);
+/**
+ * The files of the frozen copy that earlier runs stored: the same table file as recorded
+ * (path, size, inode, mtime), its object stored, and its tail still hashing as recorded, which
+ * the host's `fileTails` channel (opened ahead) reads.
+ */
+export async function proveUnchanged(
+  ahead: Ahead,
+  files: TreeEntry[],
+  tailsChannel: RemoteStream,
+  lease: LeaseKeeper,
+): Promise<Stored> {
+  const { stored, before } = ahead;
   const tailOf = new Map<string, string>();
   for (const f of before.values()) tailOf.set(f.sha256, f.tail);
-
   const unproven: TreeEntry[] = [];
   const candidates: Array<{ e: TreeEntry; b: TreeFile; sha: string }> = [];
-  for (const e of a.files) {
+  for (const e of files) {
     const b = before.get(e.path);
     const sha = reusable(e, b);
-    if (sha && b) candidates.push({ e, b, sha });
+    if (sha && b && stored.get(sha) === e.size) candidates.push({ e, b, sha });
     else unproven.push(e);
   }
   // The last proof: the file still ends as it did (its tail hash, as the manifest recorded it).
-  // The host reads the tails while the lease is written and the bucket listed.
-  const tailsRead = readTails(
-    a.tails,
+  const tails = await readTails(
+    tailsChannel,
     candidates.map((c) => c.e),
   );
-  tailsRead.catch(() => undefined);
-  await leased;
-  const stored = await storedObjects(a.client, bucket, prefix);
-  const tails = await tailsRead;
   const done = new Map<string, TreeFile>();
   for (const c of candidates) {
-    const same = tails.get(c.e.hostPath) === c.b.tail && stored.get(c.sha) === c.e.size;
-    if (same) done.set(c.e.path, fileOf(c.e, c.sha, c.b.tail));
+    if (tails.get(c.e.hostPath) === c.b.tail) done.set(c.e.path, fileOf(c.e, c.sha, c.b.tail));
     else unproven.push(c.e);
   }
-  await a.lease.add([...done.values()].map((f) => f.sha256));
+  await lease.add([...done.values()].map((f) => f.sha256));
+  const journals = ahead.journals;
   core.info(
     `${stored.size} objects stored; ${done.size} files proven unchanged since ` +
-      `${previous ? previous.key : 'no earlier snapshot of this host'}` +
+      `${ahead.previousKey ?? 'no earlier snapshot of this host'}` +
       `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`,
   );
   return {
@@ -155,8 +174,8 @@ export async function findStored(a: FindArgs): Promise<Stored> {
     unproven,
     tails: tailOf,
     journals,
-    leasedWall,
-    hasPrevious: previous !== undefined,
+    leasedWall: ahead.leasedWall,
+    hasPrevious: ahead.previousKey !== undefined,
     known: new Set(before.keys()),
   };
 }

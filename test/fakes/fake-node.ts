@@ -113,6 +113,7 @@ export class FakeNode implements NodeHost, Shell {
     return Promise.resolve({
       description: `${this.dataDir}: fake`,
       sameDevice: true,
+      device: '1',
       dataBytes: JSON.stringify(this.files).length,
       stale: [],
     });

@@ -186,6 +186,7 @@ export class GoloopHost extends SshHost implements NodeHost {
     return {
       description: `${this.dataDir}: chain ${chain.channel} (${chain.cid}, nid ${chain.nid}) in ${this.folder}/`,
       sameDevice: probe.sameDevice,
+      device: probe.device,
       dataBytes: probe.dataBytes,
       stale: probe.stale,
     };

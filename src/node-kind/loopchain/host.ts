@@ -124,6 +124,7 @@ export class LoopchainHost extends SshHost implements NodeHost {
     return {
       description: `${dataDir}: ${this.layout.roots.join(', ')}; identity directory ${this.identity}`,
       sameDevice: probe.sameDevice,
+      device: probe.device,
       dataBytes: probe.dataBytes,
       stale: probe.stale,
     };

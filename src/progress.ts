@@ -50,12 +50,18 @@ export class FileProgress {
 
   constructor(
     private readonly label: string,
-    private readonly totalFiles: number,
-    private readonly totalBytes: number,
+    private totalFiles: number,
+    private totalBytes: number,
     intervalMs = 10_000,
   ) {
     this.timer = setInterval(() => core.info(this.line()), intervalMs);
     this.timer.unref();
+  }
+
+  /** More files to move than first counted: `files` more, `totalBytes` in all now. */
+  grow(files: number, totalBytes: number): void {
+    this.totalFiles += files;
+    this.totalBytes = totalBytes;
   }
 
   line(): string {

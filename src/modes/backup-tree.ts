@@ -178,38 +178,105 @@ async function backupWithLease(
     (e) => !unseen(e) || !heldWhole(e.size, settings.s3.bytesInFlight),
   );
   const hashedFirst = new Set(hashFirst);
+  const toSend: Array<{ entry: TreeEntry; sha256?: string }> = plan.unproven
+    .filter((e) => !hashedFirst.has(e))
+    .map((entry) => ({ entry }));
+  const hashedBytes = hashFirst.reduce((s, e) => s + e.size, 0);
+  const waiting = new Map<string, TreeEntry[]>();
+  const storedAlready: Array<{ e: TreeEntry; sha: string }> = [];
+  // The host hashes those while the others go up; the ones whose objects are missing follow.
   const t = performance.now();
-  const hashes = await core.group('Hash on the host the files that may be stored', async () => {
-    const h = await host.hashFiles(
+  const later = host
+    .hashFiles(
       a.dir,
       hashFirst.map((e) => e.hostPath),
-    );
-    const unhashed = plan.unproven.length - hashFirst.length;
-    core.info(
-      `${h.size} files hashed in ${formatDuration(secondsSince(t))} (${formatBytes(hashFirst.reduce((s, e) => s + e.size, 0))}); ` +
-        `${unhashed} ${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'table files new since the last snapshot'} are hashed as they arrive.`,
-    );
-    return h;
-  });
-  a.timings.hash = secondsSince(t);
+    )
+    .then((hashes) => {
+      a.timings.hash = secondsSince(t);
+      const sending = new Set<string>();
+      const more: typeof toSend = [];
+      for (const e of hashFirst) {
+        const sha = hashes.get(e.hostPath);
+        if (!sha) throw new Error(`the host gave no sha256 for ${e.hostPath}`);
+        if (plan.stored.get(sha) === e.size) storedAlready.push({ e, sha });
+        else if (sending.has(sha)) waiting.set(sha, [...(waiting.get(sha) ?? []), e]);
+        else {
+          sending.add(sha);
+          more.push({ entry: e, sha256: sha });
+        }
+      }
+      core.info(
+        `${hashes.size} files hashed in ${formatDuration(a.timings.hash)} (${formatBytes(hashedBytes)}), ` +
+          `${storedAlready.length} of them stored already; ${toSend.length} ` +
+          `${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'table files new since the last snapshot'} are hashed as they arrive.`,
+      );
+      return more;
+    });
+  later.catch(() => undefined);
 
-  const toSend: Array<{ entry: TreeEntry; sha256?: string }> = [];
-  const waiting = new Map<string, TreeEntry[]>();
-  const sending = new Set<string>();
-  const storedAlready: Array<{ e: TreeEntry; sha: string }> = [];
-  for (const e of plan.unproven) {
-    const sha = hashes.get(e.hostPath);
-    if (!sha) {
-      if (hashedFirst.has(e)) throw new Error(`the host gave no sha256 for ${e.hostPath}`);
-      toSend.push({ entry: e });
-    } else if (plan.stored.get(sha) === e.size) {
-      storedAlready.push({ e, sha });
-    } else if (sending.has(sha)) {
-      waiting.set(sha, [...(waiting.get(sha) ?? []), e]);
-    } else {
-      sending.add(sha);
-      toSend.push({ entry: e, sha256: sha });
+  const journal: Journal = {
+    run: a.runId,
+    source,
+    updatedAt: new Date().toISOString(),
+    files: [],
+  };
+  let lastJournal = performance.now();
+  const writeJournal = async (): Promise<void> => {
+    journal.updatedAt = new Date().toISOString();
+    await writeJson(client, bucket, journalKey(prefix, a.runId), journal);
+  };
+  const tSend = performance.now();
+  const sent = await core.group('Send the files that the bucket lacks', async () => {
+    core.info(
+      `${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))}) go up now` +
+        (hashFirst.length > 0
+          ? `; ${hashFirst.length} more (${formatBytes(hashedBytes)}) are hashed on the host meanwhile, and follow unless stored already.`
+          : '.'),
+    );
+    try {
+      return await sendFiles({
+        channel: channels.send,
+        host,
+        client,
+        bucket,
+        prefix,
+        dir: a.dir,
+        files: toSend,
+        later,
+        filesInFlight: settings.s3.filesInFlight,
+        bytesInFlight: settings.s3.bytesInFlight,
+        onStored: (entry, sha, tail) => {
+          const f = fileOf(entry, sha, tail);
+          plan.done.set(entry.path, f);
+          for (const w of waiting.get(sha) ?? []) plan.done.set(w.path, fileOf(w, sha, tail));
+          journal.files.push(f);
+          lease.add([sha]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
+          // Every 30 s, what is stored so far: a run cut short is resumed from it.
+          if (performance.now() - lastJournal > 30_000) {
+            lastJournal = performance.now();
+            writeJournal().catch((e) => core.debug(`journal: ${errorMessage(e)}`));
+          }
+        },
+      });
+    } catch (error) {
+      if (journal.files.length > 0) {
+        await writeJournal().then(
+          () =>
+            core.info(
+              `${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`,
+            ),
+          () => undefined,
+        );
+      }
+      throw error;
     }
+  });
+  a.timings.stream = secondsSince(tSend);
+  if (sent.files > 0) {
+    core.info(
+      `Sent ${sent.files} files, ${formatBytes(sent.bytes)} in ${formatDuration(a.timings.stream)} ` +
+        `(${formatRate(sent.bytes, a.timings.stream)}).`,
+    );
   }
 
   // A stored object's tail hash, where no manifest of this host gives it: its last bytes, read
@@ -229,67 +296,6 @@ async function backupWithLease(
   );
   const leasedAt = performance.now();
   const sweeps = await sweepsSince(client, bucket, prefix, plan.leasedWall);
-
-  const journal: Journal = {
-    run: a.runId,
-    source,
-    updatedAt: new Date().toISOString(),
-    files: [],
-  };
-  let lastJournal = performance.now();
-  const writeJournal = async (): Promise<void> => {
-    journal.updatedAt = new Date().toISOString();
-    await writeJson(client, bucket, journalKey(prefix, a.runId), journal);
-  };
-  const tSend = performance.now();
-  const sent = await core.group(
-    `Send ${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))})`,
-    async () => {
-      try {
-        return await sendFiles({
-          channel: channels.send,
-          host,
-          client,
-          bucket,
-          prefix,
-          dir: a.dir,
-          files: toSend,
-          filesInFlight: settings.s3.filesInFlight,
-          bytesInFlight: settings.s3.bytesInFlight,
-          onStored: (entry, sha, tail) => {
-            const f = fileOf(entry, sha, tail);
-            plan.done.set(entry.path, f);
-            for (const w of waiting.get(sha) ?? []) plan.done.set(w.path, fileOf(w, sha, tail));
-            journal.files.push(f);
-            lease.add([sha]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
-            // Every 30 s, what is stored so far: a run cut short is resumed from it.
-            if (performance.now() - lastJournal > 30_000) {
-              lastJournal = performance.now();
-              writeJournal().catch((e) => core.debug(`journal: ${errorMessage(e)}`));
-            }
-          },
-        });
-      } catch (error) {
-        if (journal.files.length > 0) {
-          await writeJournal().then(
-            () =>
-              core.info(
-                `${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`,
-              ),
-            () => undefined,
-          );
-        }
-        throw error;
-      }
-    },
-  );
-  a.timings.stream = secondsSince(tSend);
-  if (toSend.length > 0) {
-    core.info(
-      `Sent ${sent.files} files, ${formatBytes(sent.bytes)} in ${formatDuration(a.timings.stream)} ` +
-        `(${formatRate(sent.bytes, a.timings.stream)}).`,
-    );
-  }
 
   // Every object the snapshot names must exist now: a sweep may have removed one that an
   // earlier snapshot held while this run decided to reuse it (see tree/sweep.ts).

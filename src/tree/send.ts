@@ -15,7 +15,7 @@ import { Readable } from 'node:stream';
 import { IntegrityError, RemoteCommandError, StorageError, errorMessage } from '../errors.js';
 import type { NodeHost, TreeEntry } from '../node-kind/host.js';
 import { ringChunks } from '../byte-source.js';
-import { PIECE_BYTES } from '../s3/pieces.js';
+import { Budget } from './budget.js';
 import { streamUpload } from '../s3/upload.js';
 import { GO_LINE } from '../shell.js';
 import { closeUnused, type RemoteStream } from '../ssh/session.js';
@@ -24,6 +24,11 @@ import { objectKey } from './layout.js';
 import { putObject } from './store.js';
 import { FileProgress } from '../progress.js';
 import { ChunkReader, nextMember, padding } from './tar-stream.js';
+
+export interface SendFile {
+  entry: TreeEntry;
+  sha256?: string;
+}
 
 export interface SendOptions {
   host: NodeHost;
@@ -36,7 +41,12 @@ export interface SendOptions {
    * What to send, in order, with the sha256 the host computed for each; without one, a file
    * must be held whole (`heldWhole`) and is named by the hash of the bytes that arrive.
    */
-  files: Array<{ entry: TreeEntry; sha256?: string }>;
+  files: SendFile[];
+  /**
+   * Files decided while the first go up (those the host hashes meanwhile whose objects are
+   * missing): their paths follow the first ones on the tar's input once this resolves.
+   */
+  later?: Promise<SendFile[]>;
   filesInFlight: number;
   bytesInFlight: number;
   /** Called once a file's object is stored, with its tail hash. */
@@ -45,10 +55,17 @@ export interface SendOptions {
   channel?: Promise<RemoteStream>;
 }
 
-/** Lets a data channel opened ahead go, with its NUL-terminated paths, and ends its input. */
-function writePaths(remote: RemoteStream, paths: string[]): void {
-  remote.stdin.end(GO_LINE + paths.map((p) => `${p}\0`).join(''));
+/**
+ * Lets a data channel opened ahead go, with its NUL-terminated paths, and ends its input
+ * unless more paths are to follow (`more`).
+ */
+function writePaths(remote: RemoteStream, paths: string[], more = false): void {
+  const text = GO_LINE + nulPaths(paths);
+  if (more) remote.stdin.write(text);
+  else remote.stdin.end(text);
 }
+
+const nulPaths = (paths: string[]): string => paths.map((p) => `${p}\0`).join('');
 
 const tailsFailed = (remote: RemoteStream, code: number | null): RemoteCommandError =>
   new RemoteCommandError('Reading the ends of the files', code, remote.stderrTail());
@@ -83,66 +100,6 @@ export async function readTails(
 }
 
 /**
- * A budget of files and bytes, which lends the memory it counts: `take` waits until both fit,
- * then lends a buffer that `give` takes back for the next file. Reused, the buffers are never
- * garbage: allocated anew per file, each waited for a full collection to be freed, and the
- * runner held up to twice the budget (221 MiB at the peak of a 2 GiB backup, 64 MiB budget).
- */
-export class Budget {
-  private files = 0;
-  private bytes = 0;
-  private waiting: Array<() => void> = [];
-  /** Buffers given back, smallest first; sizes rounded up to a piece, so that they fit again. */
-  private free: Buffer[] = [];
-  private freeBytes = 0;
-  /** What each lent view is a view of. */
-  private lent = new Map<Buffer, Buffer>();
-
-  constructor(
-    private readonly maxFiles: number,
-    private readonly maxBytes: number,
-  ) {}
-
-  async take(bytes: number): Promise<Buffer> {
-    while (this.files >= this.maxFiles || (this.files > 0 && this.bytes + bytes > this.maxBytes))
-      await new Promise<void>((resolve) => this.waiting.push(resolve));
-    this.files++;
-    this.bytes += bytes;
-    const at = this.free.findIndex((b) => b.length >= bytes);
-    let whole: Buffer;
-    if (at >= 0) {
-      whole = this.free.splice(at, 1)[0] as Buffer;
-      this.freeBytes -= whole.length;
-    } else {
-      // None fits: the smallest given back make room for a new one, within the budget.
-      while (this.free.length > 0 && this.freeBytes + this.bytes > this.maxBytes) {
-        this.freeBytes -= (this.free.shift() as Buffer).length;
-      }
-      whole = Buffer.allocUnsafeSlow(Math.max(1, Math.ceil(bytes / PIECE_BYTES)) * PIECE_BYTES);
-    }
-    const view = whole.subarray(0, bytes);
-    this.lent.set(view, whole);
-    return view;
-  }
-
-  give(view: Buffer): void {
-    const whole = this.lent.get(view);
-    if (!whole) throw new Error('a buffer given back that the budget did not lend');
-    this.lent.delete(view);
-    this.files--;
-    this.bytes -= view.length;
-    const at = this.free.findIndex((b) => b.length >= whole.length);
-    this.free.splice(at < 0 ? this.free.length : at, 0, whole);
-    this.freeBytes += whole.length;
-    for (const w of this.waiting.splice(0)) w();
-  }
-
-  get idle(): boolean {
-    return this.files === 0;
-  }
-}
-
-/**
  * Whether a file of `size` bytes is held whole on the runner before it is put (true), or goes
  * up alone, streamed as a multipart upload under a key known before its bytes (false).
  */
@@ -151,24 +108,46 @@ export function heldWhole(size: number, bytesInFlight: number): boolean {
 }
 
 export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes: number }> {
+  // Nothing to send meanwhile: what comes later is all there is.
+  if (o.later && o.files.length === 0)
+    return sendFiles({ ...o, files: await o.later, later: undefined });
   if (o.files.length === 0) return { files: 0, bytes: 0 };
-  const unhashed = o.files.find((f) => !f.sha256 && !heldWhole(f.entry.size, o.bytesInFlight));
-  if (unhashed)
-    throw new Error(`${unhashed.entry.path} is streamed alone: it needs the host's hash`);
-  const total = o.files.reduce((s, f) => s + f.entry.size, 0);
+  const unhashed = (files: SendFile[]): Error | undefined => {
+    const f = files.find((f) => !f.sha256 && !heldWhole(f.entry.size, o.bytesInFlight));
+    return f && new Error(`${f.entry.path} is streamed alone: it needs the host's hash`);
+  };
+  const first = unhashed(o.files);
+  if (first) throw first;
+  let total = o.files.reduce((s, f) => s + f.entry.size, 0);
   const progress = new FileProgress('Upload', o.files.length, total);
   const budget = new Budget(o.filesInFlight, o.bytesInFlight);
   const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
   const remote = await (o.channel ?? o.host.sendFiles(o.dir));
-  writePaths(
-    remote,
-    o.files.map((f) => f.entry.hostPath),
-  );
   let failure: Error | undefined;
   const uploads = new Set<Promise<void>>();
   const fail = (error: unknown): void => {
     failure ??= error instanceof Error ? error : new Error(String(error));
   };
+  writePaths(
+    remote,
+    o.files.map((f) => f.entry.hostPath),
+    o.later !== undefined,
+  );
+  // The host's tar reads its paths as they come: the later ones end its input. A failure to
+  // decide them ends it too, and the transfer with it.
+  void o.later
+    ?.then((more) => {
+      const error = unhashed(more);
+      if (error) throw error;
+      for (const f of more) byPath.set(f.entry.hostPath, f);
+      total += more.reduce((s, f) => s + f.entry.size, 0);
+      progress.grow(more.length, total);
+      remote.stdin.end(nulPaths(more.map((f) => f.entry.hostPath)));
+    })
+    .catch((error: unknown) => {
+      fail(error);
+      if (!remote.stdin.writableEnded) remote.stdin.end();
+    });
   // The host's bytes land in one ring, each read copied out before the next: no buffer per read.
   const reader = new ChunkReader(ringChunks(remote.source));
   let sent = 0;

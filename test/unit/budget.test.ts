@@ -3,7 +3,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { Budget } from '../../src/tree/send.ts';
+import { Budget } from '../../src/tree/budget.ts';
 
 const MiB = 1024 * 1024;
 

@@ -1,0 +1,146 @@
+/**
+ * A tree backup's send, with files decided while the first go up (those the host hashes
+ * meanwhile): the host's side is the real command, run here by bash and GNU tar on a folder of
+ * this machine; S3 is a stand-in that keeps what is put (the send's own logic is under test,
+ * not the SDK's).
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { readableSource } from '../../src/byte-source.ts';
+import type { NodeHost, TreeEntry } from '../../src/node-kind/host.ts';
+import { sendFilesCommand } from '../../src/node-kind/tree-remote.ts';
+import type { RemoteStream } from '../../src/ssh/session.ts';
+import { objectKey } from '../../src/tree/layout.ts';
+import { sendFiles, type SendFile } from '../../src/tree/send.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'prep-send-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/** A file of `size` bytes under `dir`, and its entry. */
+function file(name: string, size: number): { entry: TreeEntry; bytes: Buffer } {
+  const bytes = Buffer.alloc(size, name);
+  writeFileSync(join(dir, name), bytes);
+  return {
+    bytes,
+    entry: { type: 'file', path: name, hostPath: name, size, ino: 0, mtime: '0', mode: 0o644 },
+  };
+}
+
+/** The host's send command, run here; what reached its input is kept. */
+function localSend(): { remote: RemoteStream; input: () => string } {
+  const child = spawn('sh', ['-c', sendFilesCommand(dir)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let input = '';
+  const write = child.stdin.write.bind(child.stdin);
+  const end = child.stdin.end.bind(child.stdin);
+  child.stdin.write = ((chunk: string, ...rest: never[]) => {
+    input += chunk;
+    return write(chunk, ...rest);
+  }) as typeof child.stdin.write;
+  child.stdin.end = ((chunk?: string, ...rest: never[]) => {
+    if (typeof chunk === 'string') input += chunk;
+    return end(chunk as never, ...rest);
+  }) as typeof child.stdin.end;
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  // 'exit', not 'close': a send that failed leaves the rest of the tar unread.
+  const exit = new Promise<number | null>((r) => child.on('exit', r));
+  const remote: RemoteStream = {
+    stdin: child.stdin,
+    stdout: child.stdout,
+    source: readableSource(child.stdout),
+    exit,
+    onStderrLine: () => undefined,
+    stderrTail: () => stderr,
+    kill: () => child.kill(),
+    transport: 'openssh',
+  };
+  return { remote, input: () => input };
+}
+
+/** Keeps what is put, by key. */
+function bucket(): { client: S3Client; objects: Map<string, Buffer> } {
+  const objects = new Map<string, Buffer>();
+  const client = {
+    send: (command: { input: { Key: string; Body: Buffer } }) => {
+      objects.set(command.input.Key, Buffer.from(command.input.Body));
+      return Promise.resolve({});
+    },
+  } as unknown as S3Client;
+  return { client, objects };
+}
+
+function options(
+  remote: RemoteStream,
+  client: S3Client,
+  files: SendFile[],
+  later?: Promise<SendFile[]>,
+) {
+  const stored: string[] = [];
+  return {
+    stored,
+    o: {
+      host: {} as NodeHost,
+      client,
+      bucket: 'b',
+      prefix: 'p',
+      dir,
+      files,
+      ...(later ? { later } : {}),
+      filesInFlight: 4,
+      bytesInFlight: 16 * 1024 ** 2,
+      onStored: (e: TreeEntry) => stored.push(e.path),
+      channel: Promise.resolve(remote),
+    },
+  };
+}
+
+describe('a tree backup’s send, with files decided later', { timeout: 30_000 }, () => {
+  it('sends the first files, then those decided later, over one tar with one go line', async () => {
+    const a = file('a.ldb', 300_000);
+    const b = file('b.ldb', 5);
+    const c = file('MANIFEST-000002', 70_000);
+    const { remote, input } = localSend();
+    const { client, objects } = bucket();
+    // Decided once the first files are on their way: the tar waits for the path.
+    const later = new Promise<SendFile[]>((r) =>
+      setTimeout(() => r([{ entry: c.entry, sha256: sha(c.bytes) }]), 300),
+    );
+    const { o, stored } = options(remote, client, [{ entry: a.entry }, { entry: b.entry }], later);
+    const sent = await sendFiles(o);
+    assert.deepEqual(sent, { files: 3, bytes: 370_005 });
+    assert.deepEqual(stored.sort(), ['MANIFEST-000002', 'a.ldb', 'b.ldb']);
+    for (const f of [a, b, c])
+      assert.ok(objects.get(objectKey('p', sha(f.bytes)))?.equals(f.bytes));
+    assert.equal(input(), 'go\na.ldb\0b.ldb\0MANIFEST-000002\0');
+    assert.equal(await remote.exit, 0);
+  });
+
+  it('with nothing to send first, sends what is decided later', async () => {
+    const c = file('c.log', 1000);
+    const { remote } = localSend();
+    const { client, objects } = bucket();
+    const { o } = options(remote, client, [], Promise.resolve([{ entry: c.entry }]));
+    assert.deepEqual(await sendFiles(o), { files: 1, bytes: 1000 });
+    assert.ok(objects.has(objectKey('p', sha(c.bytes))));
+  });
+
+  it('fails with the reason when the later files cannot be decided, and the host’s tar ends', async () => {
+    const a = file('d.ldb', 2000);
+    const { remote } = localSend();
+    const { client } = bucket();
+    const later = new Promise<SendFile[]>((_, reject) =>
+      setTimeout(() => reject(new Error('the host gave no sha256 for x')), 200),
+    );
+    const { o } = options(remote, client, [{ entry: a.entry }], later);
+    await assert.rejects(sendFiles(o), /the host gave no sha256 for x/);
+    assert.notEqual(await remote.exit, undefined);
+  });
+});

@@ -186,12 +186,11 @@ export class SshSession {
   /** Runs a short command and collects its output. */
   async exec(command: string, options: ExecOptions = {}): Promise<ExecResult> {
     const maxBytes = options.maxOutputBytes ?? 64 * 1024 * 1024;
-    const channel = await this.openExec(command);
+    const { channel, closed: ended } = await this.openExec(command);
     return new Promise<ExecResult>((resolve, reject) => {
       const out: Buffer[] = [];
       const err: Buffer[] = [];
       let size = 0;
-      let code: number | null = null;
       let timer: NodeJS.Timeout | undefined;
       let closed = false;
       // The time limit counts from when the input is given: a command that waits for it
@@ -226,10 +225,7 @@ export class SshSession {
       };
       channel.on('data', collect(out));
       channel.stderr.on('data', collect(err));
-      channel.on('exit', (exitCode: number | null) => {
-        code = exitCode;
-      });
-      channel.on('close', () => {
+      void ended.then((code) => {
         closed = true;
         if (timer) clearTimeout(timer);
         resolve({
@@ -423,17 +419,14 @@ export class SshSession {
     const errStream = new PassThrough();
     const stderr = new StderrLines(errStream);
     const exit = this.openExec(command).then(
-      (ch) =>
-        new Promise<number | null>((resolve) => {
-          channel = ch;
-          if (killed) ch.close();
-          let code: number | null = null;
-          ch.on('exit', (c: number | null) => (code = c));
-          ch.pipe(stdout);
-          ch.stderr.pipe(errStream);
-          stdin.pipe(ch);
-          ch.on('close', () => resolve(code));
-        }),
+      ({ channel: ch, closed }) => {
+        channel = ch;
+        if (killed) ch.close();
+        ch.pipe(stdout);
+        ch.stderr.pipe(errStream);
+        stdin.pipe(ch);
+        return closed;
+      },
       (error: Error) => {
         stdout.destroy(error);
         return null;
@@ -454,9 +447,27 @@ export class SshSession {
     };
   }
 
-  private openExec(command: string): Promise<ClientChannel> {
+  /**
+   * Starts `command` in a new channel. Its exit status and its close are listened for in the
+   * exec's own callback: a command that ends at once (the watchdog's arming, which only starts
+   * a process in the background) may send both in the same read as the answer to the exec, and
+   * ssh2 emits them there; a listener added after an await missed the status while the runner's
+   * event loop was busy, and the command read as killed by a signal.
+   */
+  private openExec(
+    command: string,
+  ): Promise<{ channel: ClientChannel; closed: Promise<number | null> }> {
     return new Promise((resolve, reject) => {
-      this.client.exec(command, (error, channel) => (error ? reject(error) : resolve(channel)));
+      this.client.exec(command, (error, channel) => {
+        if (error) {
+          reject(error);
+          return;
+        }
+        let code: number | null = null;
+        channel.on('exit', (c: number | null) => (code = c));
+        const closed = new Promise<number | null>((r) => channel.on('close', () => r(code)));
+        resolve({ channel, closed });
+      });
     });
   }
 

@@ -73,6 +73,26 @@ describe('commands opened ahead', () => {
     });
   });
 
+  it('a command that ends at once reports its exit status while the event loop is busy', async () => {
+    // A busy runner (parsing a large manifest, say) reads the answer to the exec, the output,
+    // the exit status and the close in one go: the status must not be lost for that. Here
+    // the loop is held 200 ms in every turn while the commands run.
+    const busy = setInterval(() => {
+      const until = Date.now() + 200;
+      while (Date.now() < until) {
+        // Nothing reads the host's answers meanwhile.
+      }
+    }, 1);
+    try {
+      for (let i = 0; i < 10; i++) {
+        const { code, stdout } = await session.exec('echo $$');
+        assert.equal(code, 0, `run ${i}: exit ${code}, output '${stdout.trim()}'`);
+      }
+    } finally {
+      clearInterval(busy);
+    }
+  });
+
   it('the time limit counts from the go, not from the opening', async () => {
     const p = session.prepare('Waiting', 'sleep 0.2; echo done', { timeoutMs: 1500 });
     await sleep(2500);

@@ -91535,6 +91535,7 @@ function parseProbe(stdout) {
         stale: [],
         tools: new Set(),
         sameDevice: false,
+        device: '',
         freeBytes: 0,
         dataBytes: 0,
         has: new Set(),
@@ -91577,6 +91578,7 @@ function parseProbe(stdout) {
         }
     }
     probe.sameDevice = devData !== '' && devData === devParent;
+    probe.device = devData;
     return probe;
 }
 /**
@@ -92459,7 +92461,7 @@ function parseSettings(read = readActionInput) {
         queueSize,
         downloadConnections: int(Inputs.DownloadConnections, 8, 1, 16),
         filesInFlight: int(Inputs.FilesInFlight, 16, 1, 256),
-        bytesInFlight: parseSize(Inputs.BytesInFlight, get(Inputs.BytesInFlight) || '64MiB'),
+        bytesInFlight: parseSize(Inputs.BytesInFlight, get(Inputs.BytesInFlight) || '48MiB'),
         publicUrl,
     };
     if (s3.bytesInFlight < 16 * 1024 ** 2 || s3.bytesInFlight > MAX_UPLOAD_BUFFER_BYTES) {
@@ -92974,12 +92976,11 @@ class SshSession {
     /** Runs a short command and collects its output. */
     async exec(command, options = {}) {
         const maxBytes = options.maxOutputBytes ?? 64 * 1024 * 1024;
-        const channel = await this.openExec(command);
+        const { channel, closed: ended } = await this.openExec(command);
         return new Promise((resolve, reject) => {
             const out = [];
             const err = [];
             let size = 0;
-            let code = null;
             let timer;
             let closed = false;
             // The time limit counts from when the input is given: a command that waits for it
@@ -93003,10 +93004,7 @@ class SshSession {
             };
             channel.on('data', collect(out));
             channel.stderr.on('data', collect(err));
-            channel.on('exit', (exitCode) => {
-                code = exitCode;
-            });
-            channel.on('close', () => {
+            void ended.then((code) => {
                 closed = true;
                 if (timer)
                     clearTimeout(timer);
@@ -93192,17 +93190,15 @@ class SshSession {
         const stdin = new external_node_stream_.PassThrough();
         const errStream = new external_node_stream_.PassThrough();
         const stderr = new StderrLines(errStream);
-        const exit = this.openExec(command).then((ch) => new Promise((resolve) => {
+        const exit = this.openExec(command).then(({ channel: ch, closed }) => {
             channel = ch;
             if (killed)
                 ch.close();
-            let code = null;
-            ch.on('exit', (c) => (code = c));
             ch.pipe(stdout);
             ch.stderr.pipe(errStream);
             stdin.pipe(ch);
-            ch.on('close', () => resolve(code));
-        }), (error) => {
+            return closed;
+        }, (error) => {
             stdout.destroy(error);
             return null;
         });
@@ -93220,9 +93216,25 @@ class SshSession {
             transport: 'ssh2',
         };
     }
+    /**
+     * Starts `command` in a new channel. Its exit status and its close are listened for in the
+     * exec's own callback: a command that ends at once (the watchdog's arming, which only starts
+     * a process in the background) may send both in the same read as the answer to the exec, and
+     * ssh2 emits them there; a listener added after an await missed the status while the runner's
+     * event loop was busy, and the command read as killed by a signal.
+     */
     openExec(command) {
         return new Promise((resolve, reject) => {
-            this.client.exec(command, (error, channel) => (error ? reject(error) : resolve(channel)));
+            this.client.exec(command, (error, channel) => {
+                if (error) {
+                    reject(error);
+                    return;
+                }
+                let code = null;
+                channel.on('exit', (c) => (code = c));
+                const closed = new Promise((r) => channel.on('close', () => r(code)));
+                resolve({ channel, closed });
+            });
         });
     }
     close() {
@@ -93674,9 +93686,11 @@ function extractCommand(kind, prepDir, stage, options = {}) {
 /**
  * Shell functions over the control socket, for chain `cid` (`0x…`): `post ACTION [BODY]`,
  * `state` (the chain's state as the socket reports it), the tests `is_stopped`, `is_manual`,
- * `is_started` and `is_listed`, and `wait_for SECONDS WHAT TEST...`, which runs TEST every
- * tenth of a second until it passes. A stop is answered before the chain has stopped
- * ('stopping'), and a start or a backup sent then is refused: hence the waits.
+ * `is_started` and `is_listed`, and `wait_for SECONDS WHAT TEST...`, which runs TEST until it
+ * passes: every 20 ms for the first 2 s (a stop or a start of the chain takes tens of
+ * milliseconds, and the node's downtime is made of these waits), then every 0.2 s. A stop is
+ * answered before the chain has stopped ('stopping'), and a start or a backup sent then is
+ * refused: hence the waits.
  */
 function socketFunctions(sock, cid) {
     const url = (path) => `"http://localhost/chain/$cid${path}"`;
@@ -93697,8 +93711,10 @@ function socketFunctions(sock, cid) {
         // goloop answers on its socket (any HTTP answer will do): a socket file that a goloop which
         // died left behind refuses the connection.
         `answers() { curl -sS -o /dev/null --max-time 10 --unix-socket "$sock" http://localhost/chain 2>/dev/null; }`,
-        `wait_for() { n=$(( $1 * 10 )); what=$2; shift 2; i=0; until "$@"; do i=$((i + 1)); ` +
-            `if [ "$i" -ge "$n" ]; then echo "$what within $((n / 10)) s (the chain is '$(state || true)')" >&2; return 1; fi; sleep 0.1; done; }`,
+        // SECONDS counts whole seconds: one more makes the wait at least its time.
+        `wait_for() { secs=$1; end=$((SECONDS + secs + 1)); what=$2; shift 2; i=0; until "$@"; do i=$((i + 1)); ` +
+            `if [ "$SECONDS" -ge "$end" ]; then echo "$what within $secs s (the chain is '$(state || true)')" >&2; return 1; fi; ` +
+            `if [ "$i" -le 100 ]; then sleep 0.02; else sleep 0.2; fi; done; }`,
     ];
 }
 /**
@@ -94709,6 +94725,7 @@ class GoloopHost extends SshHost {
         return {
             description: `${this.dataDir}: chain ${chain.channel} (${chain.cid}, nid ${chain.nid}) in ${this.folder}/`,
             sameDevice: probe.sameDevice,
+            device: probe.device,
             dataBytes: probe.dataBytes,
             stale: probe.stale,
         };
@@ -94963,6 +94980,7 @@ class LoopchainHost extends SshHost {
         return {
             description: `${dataDir}: ${this.layout.roots.join(', ')}; identity directory ${this.identity}`,
             sameDevice: probe.sameDevice,
+            device: probe.device,
             dataBytes: probe.dataBytes,
             stale: probe.stale,
         };
@@ -96373,6 +96391,11 @@ class FileProgress {
         this.totalBytes = totalBytes;
         this.timer = setInterval(() => info(this.line()), intervalMs);
         this.timer.unref();
+    }
+    /** More files to move than first counted: `files` more, `totalBytes` in all now. */
+    grow(files, totalBytes) {
+        this.totalFiles += files;
+        this.totalBytes = totalBytes;
     }
     line() {
         const seconds = (performance.now() - this.started) / 1000;
@@ -98524,6 +98547,73 @@ async function publishTree(client, s3, folder, name, manifest) {
     return indexUrl;
 }
 
+;// CONCATENATED MODULE: ./src/tree/budget.ts
+/**
+ * The memory a tree backup holds for its files in flight (tree/send.ts): counted and lent by
+ * one budget of files and bytes (the inputs files-in-flight, bytes-in-flight).
+ */
+
+/**
+ * A budget of files and bytes, which lends the memory it counts: `take` waits until both fit,
+ * then lends a buffer that `give` takes back for the next file. Reused, the buffers are never
+ * garbage: allocated anew per file, each waited for a full collection to be freed, and the
+ * runner held up to twice the budget (221 MiB at the peak of a 2 GiB backup, 64 MiB budget).
+ */
+class Budget {
+    maxFiles;
+    maxBytes;
+    files = 0;
+    bytes = 0;
+    waiting = [];
+    /** Buffers given back, smallest first; sizes rounded up to a piece, so that they fit again. */
+    free = [];
+    freeBytes = 0;
+    /** What each lent view is a view of. */
+    lent = new Map();
+    constructor(maxFiles, maxBytes) {
+        this.maxFiles = maxFiles;
+        this.maxBytes = maxBytes;
+    }
+    async take(bytes) {
+        while (this.files >= this.maxFiles || (this.files > 0 && this.bytes + bytes > this.maxBytes))
+            await new Promise((resolve) => this.waiting.push(resolve));
+        this.files++;
+        this.bytes += bytes;
+        const at = this.free.findIndex((b) => b.length >= bytes);
+        let whole;
+        if (at >= 0) {
+            whole = this.free.splice(at, 1)[0];
+            this.freeBytes -= whole.length;
+        }
+        else {
+            // None fits: the smallest given back make room for a new one, within the budget.
+            while (this.free.length > 0 && this.freeBytes + this.bytes > this.maxBytes) {
+                this.freeBytes -= this.free.shift().length;
+            }
+            whole = Buffer.allocUnsafeSlow(Math.max(1, Math.ceil(bytes / PIECE_BYTES)) * PIECE_BYTES);
+        }
+        const view = whole.subarray(0, bytes);
+        this.lent.set(view, whole);
+        return view;
+    }
+    give(view) {
+        const whole = this.lent.get(view);
+        if (!whole)
+            throw new Error('a buffer given back that the budget did not lend');
+        this.lent.delete(view);
+        this.files--;
+        this.bytes -= view.length;
+        const at = this.free.findIndex((b) => b.length >= whole.length);
+        this.free.splice(at < 0 ? this.free.length : at, 0, whole);
+        this.freeBytes += whole.length;
+        for (const w of this.waiting.splice(0))
+            w();
+    }
+    get idle() {
+        return this.files === 0;
+    }
+}
+
 ;// CONCATENATED MODULE: ./src/tree/tar-stream.ts
 /**
  * The plain tar that carries a tree's files over SSH, in both directions. Reading is pulled
@@ -98702,10 +98792,18 @@ const END_OF_TAR = Buffer.alloc(2 * BLOCK);
 
 
 
-/** Lets a data channel opened ahead go, with its NUL-terminated paths, and ends its input. */
-function writePaths(remote, paths) {
-    remote.stdin.end(GO_LINE + paths.map((p) => `${p}\0`).join(''));
+/**
+ * Lets a data channel opened ahead go, with its NUL-terminated paths, and ends its input
+ * unless more paths are to follow (`more`).
+ */
+function writePaths(remote, paths, more = false) {
+    const text = GO_LINE + nulPaths(paths);
+    if (more)
+        remote.stdin.write(text);
+    else
+        remote.stdin.end(text);
 }
+const nulPaths = (paths) => paths.map((p) => `${p}\0`).join('');
 const tailsFailed = (remote, code) => new RemoteCommandError('Reading the ends of the files', code, remote.stderrTail());
 /**
  * The tail hash of each file, as the host's `fileTails` channel (opened ahead) reads them.
@@ -98732,66 +98830,6 @@ async function readTails(remote, files) {
     return out;
 }
 /**
- * A budget of files and bytes, which lends the memory it counts: `take` waits until both fit,
- * then lends a buffer that `give` takes back for the next file. Reused, the buffers are never
- * garbage: allocated anew per file, each waited for a full collection to be freed, and the
- * runner held up to twice the budget (221 MiB at the peak of a 2 GiB backup, 64 MiB budget).
- */
-class Budget {
-    maxFiles;
-    maxBytes;
-    files = 0;
-    bytes = 0;
-    waiting = [];
-    /** Buffers given back, smallest first; sizes rounded up to a piece, so that they fit again. */
-    free = [];
-    freeBytes = 0;
-    /** What each lent view is a view of. */
-    lent = new Map();
-    constructor(maxFiles, maxBytes) {
-        this.maxFiles = maxFiles;
-        this.maxBytes = maxBytes;
-    }
-    async take(bytes) {
-        while (this.files >= this.maxFiles || (this.files > 0 && this.bytes + bytes > this.maxBytes))
-            await new Promise((resolve) => this.waiting.push(resolve));
-        this.files++;
-        this.bytes += bytes;
-        const at = this.free.findIndex((b) => b.length >= bytes);
-        let whole;
-        if (at >= 0) {
-            whole = this.free.splice(at, 1)[0];
-            this.freeBytes -= whole.length;
-        }
-        else {
-            // None fits: the smallest given back make room for a new one, within the budget.
-            while (this.free.length > 0 && this.freeBytes + this.bytes > this.maxBytes) {
-                this.freeBytes -= this.free.shift().length;
-            }
-            whole = Buffer.allocUnsafeSlow(Math.max(1, Math.ceil(bytes / PIECE_BYTES)) * PIECE_BYTES);
-        }
-        const view = whole.subarray(0, bytes);
-        this.lent.set(view, whole);
-        return view;
-    }
-    give(view) {
-        const whole = this.lent.get(view);
-        if (!whole)
-            throw new Error('a buffer given back that the budget did not lend');
-        this.lent.delete(view);
-        this.files--;
-        this.bytes -= view.length;
-        const at = this.free.findIndex((b) => b.length >= whole.length);
-        this.free.splice(at < 0 ? this.free.length : at, 0, whole);
-        this.freeBytes += whole.length;
-        for (const w of this.waiting.splice(0))
-            w();
-    }
-    get idle() {
-        return this.files === 0;
-    }
-}
-/**
  * Whether a file of `size` bytes is held whole on the runner before it is put (true), or goes
  * up alone, streamed as a multipart upload under a key known before its bytes (false).
  */
@@ -98799,22 +98837,47 @@ function heldWhole(size, bytesInFlight) {
     return size <= Math.max(8 * 1024 ** 2, Math.floor(bytesInFlight / 4));
 }
 async function sendFiles(o) {
+    // Nothing to send meanwhile: what comes later is all there is.
+    if (o.later && o.files.length === 0)
+        return sendFiles({ ...o, files: await o.later, later: undefined });
     if (o.files.length === 0)
         return { files: 0, bytes: 0 };
-    const unhashed = o.files.find((f) => !f.sha256 && !heldWhole(f.entry.size, o.bytesInFlight));
-    if (unhashed)
-        throw new Error(`${unhashed.entry.path} is streamed alone: it needs the host's hash`);
-    const total = o.files.reduce((s, f) => s + f.entry.size, 0);
+    const unhashed = (files) => {
+        const f = files.find((f) => !f.sha256 && !heldWhole(f.entry.size, o.bytesInFlight));
+        return f && new Error(`${f.entry.path} is streamed alone: it needs the host's hash`);
+    };
+    const first = unhashed(o.files);
+    if (first)
+        throw first;
+    let total = o.files.reduce((s, f) => s + f.entry.size, 0);
     const progress = new FileProgress('Upload', o.files.length, total);
     const budget = new Budget(o.filesInFlight, o.bytesInFlight);
     const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
     const remote = await (o.channel ?? o.host.sendFiles(o.dir));
-    writePaths(remote, o.files.map((f) => f.entry.hostPath));
     let failure;
     const uploads = new Set();
     const fail = (error) => {
         failure ??= error instanceof Error ? error : new Error(String(error));
     };
+    writePaths(remote, o.files.map((f) => f.entry.hostPath), o.later !== undefined);
+    // The host's tar reads its paths as they come: the later ones end its input. A failure to
+    // decide them ends it too, and the transfer with it.
+    void o.later
+        ?.then((more) => {
+        const error = unhashed(more);
+        if (error)
+            throw error;
+        for (const f of more)
+            byPath.set(f.entry.hostPath, f);
+        total += more.reduce((s, f) => s + f.entry.size, 0);
+        progress.grow(more.length, total);
+        remote.stdin.end(nulPaths(more.map((f) => f.entry.hostPath)));
+    })
+        .catch((error) => {
+        fail(error);
+        if (!remote.stdin.writableEnded)
+            remote.stdin.end();
+    });
     // The host's bytes land in one ring, each read copied out before the next: no buffer per read.
     const reader = new ChunkReader(ringChunks(remote.source));
     let sent = 0;
@@ -99007,9 +99070,9 @@ async function previousManifest(trees, source) {
     }
     return undefined;
 }
-async function findStored(a) {
+async function readAhead(a) {
     const { bucket, prefix } = a.settings.s3;
-    const { trees, journals: allJournals } = await a.earlier;
+    const { trees, journals: allJournals } = await readEarlier(a.client, a.settings);
     const previous = await previousManifest(trees, a.source);
     const journals = allJournals.filter((j) => sameSource(j.journal.source, a.source));
     // From the lease's first write a sweep keeps what those runs name (see tree/sweep.ts).
@@ -99022,13 +99085,27 @@ async function findStored(a) {
             before.set(f.path, f);
     for (const f of previous?.manifest.files ?? [])
         before.set(f.path, f);
+    return {
+        stored,
+        before,
+        ...(previous ? { previousKey: previous.key } : {}),
+        journals,
+        leasedWall,
+    };
+}
+/**
+ * The files of the frozen copy that earlier runs stored: the same table file as recorded
+ * (path, size, inode, mtime), its object stored, and its tail still hashing as recorded, which
+ * the host's `fileTails` channel (opened ahead) reads.
+ */
+async function proveUnchanged(ahead, files, tailsChannel, lease) {
+    const { stored, before } = ahead;
     const tailOf = new Map();
     for (const f of before.values())
         tailOf.set(f.sha256, f.tail);
-    const done = new Map();
     const unproven = [];
     const candidates = [];
-    for (const e of a.files) {
+    for (const e of files) {
         const b = before.get(e.path);
         const sha = reusable(e, b);
         if (sha && b && stored.get(sha) === e.size)
@@ -99037,16 +99114,18 @@ async function findStored(a) {
             unproven.push(e);
     }
     // The last proof: the file still ends as it did (its tail hash, as the manifest recorded it).
-    const tails = await readTails(a.tails, candidates.map((c) => c.e));
+    const tails = await readTails(tailsChannel, candidates.map((c) => c.e));
+    const done = new Map();
     for (const c of candidates) {
         if (tails.get(c.e.hostPath) === c.b.tail)
             done.set(c.e.path, fileOf(c.e, c.sha, c.b.tail));
         else
             unproven.push(c.e);
     }
-    await a.lease.add([...done.values()].map((f) => f.sha256));
+    await lease.add([...done.values()].map((f) => f.sha256));
+    const journals = ahead.journals;
     info(`${stored.size} objects stored; ${done.size} files proven unchanged since ` +
-        `${previous ? previous.key : 'no earlier snapshot of this host'}` +
+        `${ahead.previousKey ?? 'no earlier snapshot of this host'}` +
         `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`);
     return {
         stored,
@@ -99054,8 +99133,8 @@ async function findStored(a) {
         unproven,
         tails: tailOf,
         journals,
-        leasedWall,
-        hasPrevious: previous !== undefined,
+        leasedWall: ahead.leasedWall,
+        hasPrevious: ahead.previousKey !== undefined,
         known: new Set(before.keys()),
     };
 }
@@ -99105,25 +99184,39 @@ async function storedTail(client, bucket, prefix, sha, size) {
 
 
 
+function startTree(a) {
+    const { settings, client } = a;
+    const channels = openTreeChannels(a.host, a.dir);
+    const lease = new LeaseKeeper(client, settings.s3.bucket, settings.s3.prefix, a.runId);
+    const source = {
+        host: settings.ssh?.host ?? '',
+        dataDir: a.host.dataDir,
+        device: a.device,
+        ...(a.facts.identity !== undefined ? { identity: String(a.facts.identity) } : {}),
+    };
+    const ahead = readAhead({ client, settings, lease, source });
+    ahead.catch(() => undefined);
+    return {
+        channels,
+        lease,
+        source,
+        ahead,
+        close: async () => {
+            await lease.stop({ hold: false }).catch(() => undefined);
+            await closeTreeChannels(channels);
+        },
+    };
+}
 async function backupTree(a) {
-    const lease = new LeaseKeeper(a.client, a.settings.s3.bucket, a.settings.s3.prefix, a.runId);
-    try {
-        const done = await backupWithLease(a, lease, a.channels);
-        // Published: the manifest protects its objects now; the lease expires on its own.
-        await lease.release();
-        return done;
-    }
-    finally {
-        await lease.stop({ hold: false }).catch(() => undefined);
-    }
+    const done = await backupWithLease(a, a.start.lease, a.start.channels);
+    // Published: the manifest protects its objects now; the lease expires on its own.
+    await a.start.lease.release();
+    return done;
 }
 async function backupWithLease(a, lease, channels) {
     const { settings, client, host } = a;
     const { bucket, prefix } = settings.s3;
     const folder = treeFolder(prefix, a.name);
-    // What earlier runs stored is read from the bucket while the host lists the files.
-    const earlier = readEarlier(client, settings);
-    earlier.catch(() => undefined);
     const listing = await group('List the snapshot', async () => {
         const l = await (a.listing ?? host.listTree(a.dir));
         const files = l.entries.filter((e) => e.type === 'file');
@@ -99131,15 +99224,16 @@ async function backupWithLease(a, lease, channels) {
             `${l.entries.length - files.length} directories.`);
         return l;
     });
-    const source = {
-        host: settings.ssh?.host ?? '',
-        dataDir: host.dataDir,
-        device: listing.device,
-        ...(a.facts.identity !== undefined ? { identity: String(a.facts.identity) } : {}),
-    };
+    const source = { ...a.start.source, device: listing.device };
     const files = listing.entries.filter((e) => e.type === 'file');
     // What is stored, and what earlier runs of this host prove (tree/reuse.ts).
-    const plan = await group('Find what is stored already', () => findStored({ client, settings, lease, earlier, source, files, tails: channels.tails }));
+    const plan = await group('Find what is stored already', async () => {
+        const ahead = await a.start.ahead;
+        // The earlier runs were found by the data dir's device, read before the freeze; the frozen
+        // copy is on it by construction. Were it not, an inode would prove nothing: none is used.
+        const sameDevice = listing.device === a.start.source.device;
+        return proveUnchanged(sameDevice ? ahead : { ...ahead, before: new Map() }, files, channels.tails, lease);
+    });
     // Hashing a file on the host reads it there once more; that pays only where its object may
     // be stored already, under another name (a node restored from this bucket, a file moved, a
     // run cut short whose journal was not written). It does not when nothing is stored yet, nor
@@ -99150,50 +99244,39 @@ async function backupWithLease(a, lease, channels) {
     const unseen = (e) => plan.stored.size === 0 || (plan.hasPrevious && isTableFile(e.path) && !plan.known.has(e.path));
     const hashFirst = plan.unproven.filter((e) => !unseen(e) || !heldWhole(e.size, settings.s3.bytesInFlight));
     const hashedFirst = new Set(hashFirst);
-    const t = performance.now();
-    const hashes = await group('Hash on the host the files that may be stored', async () => {
-        const h = await host.hashFiles(a.dir, hashFirst.map((e) => e.hostPath));
-        const unhashed = plan.unproven.length - hashFirst.length;
-        info(`${h.size} files hashed in ${formatDuration(secondsSince(t))} (${formatBytes(hashFirst.reduce((s, e) => s + e.size, 0))}); ` +
-            `${unhashed} ${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'table files new since the last snapshot'} are hashed as they arrive.`);
-        return h;
-    });
-    a.timings.hash = secondsSince(t);
-    const toSend = [];
+    const toSend = plan.unproven
+        .filter((e) => !hashedFirst.has(e))
+        .map((entry) => ({ entry }));
+    const hashedBytes = hashFirst.reduce((s, e) => s + e.size, 0);
     const waiting = new Map();
-    const sending = new Set();
     const storedAlready = [];
-    for (const e of plan.unproven) {
-        const sha = hashes.get(e.hostPath);
-        if (!sha) {
-            if (hashedFirst.has(e))
+    // The host hashes those while the others go up; the ones whose objects are missing follow.
+    const t = performance.now();
+    const later = host
+        .hashFiles(a.dir, hashFirst.map((e) => e.hostPath))
+        .then((hashes) => {
+        a.timings.hash = secondsSince(t);
+        const sending = new Set();
+        const more = [];
+        for (const e of hashFirst) {
+            const sha = hashes.get(e.hostPath);
+            if (!sha)
                 throw new Error(`the host gave no sha256 for ${e.hostPath}`);
-            toSend.push({ entry: e });
+            if (plan.stored.get(sha) === e.size)
+                storedAlready.push({ e, sha });
+            else if (sending.has(sha))
+                waiting.set(sha, [...(waiting.get(sha) ?? []), e]);
+            else {
+                sending.add(sha);
+                more.push({ entry: e, sha256: sha });
+            }
         }
-        else if (plan.stored.get(sha) === e.size) {
-            storedAlready.push({ e, sha });
-        }
-        else if (sending.has(sha)) {
-            waiting.set(sha, [...(waiting.get(sha) ?? []), e]);
-        }
-        else {
-            sending.add(sha);
-            toSend.push({ entry: e, sha256: sha });
-        }
-    }
-    // A stored object's tail hash, where no manifest of this host gives it: its last bytes, read
-    // many at once (after a restore onto a new host, every file is one of these).
-    await pool(storedAlready, settings.s3.filesInFlight, async ({ e, sha }) => {
-        const tail = plan.tails.get(sha) ?? (await storedTail(client, bucket, prefix, sha, e.size));
-        plan.tails.set(sha, tail);
-        plan.done.set(e.path, fileOf(e, sha, tail));
+        info(`${hashes.size} files hashed in ${formatDuration(a.timings.hash)} (${formatBytes(hashedBytes)}), ` +
+            `${storedAlready.length} of them stored already; ${toSend.length} ` +
+            `${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'table files new since the last snapshot'} are hashed as they arrive.`);
+        return more;
     });
-    // Every stored object this run relies on is named in its lease before it is relied on: a
-    // sweep from now on keeps them. A sweep already running may not have seen the lease; its
-    // mark says so (tree/sweep-marks.ts), and then the run checks before it publishes.
-    await lease.add([...plan.done.values()].map((f) => f.sha256), { flush: true });
-    const leasedAt = performance.now();
-    const sweeps = await sweepsSince(client, bucket, prefix, plan.leasedWall);
+    later.catch(() => undefined);
     const journal = {
         run: a.runId,
         source,
@@ -99206,7 +99289,11 @@ async function backupWithLease(a, lease, channels) {
         await writeJson(client, bucket, journalKey(prefix, a.runId), journal);
     };
     const tSend = performance.now();
-    const sent = await group(`Send ${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))})`, async () => {
+    const sent = await group('Send the files that the bucket lacks', async () => {
+        info(`${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))}) go up now` +
+            (hashFirst.length > 0
+                ? `; ${hashFirst.length} more (${formatBytes(hashedBytes)}) are hashed on the host meanwhile, and follow unless stored already.`
+                : '.'));
         try {
             return await sendFiles({
                 channel: channels.send,
@@ -99216,6 +99303,7 @@ async function backupWithLease(a, lease, channels) {
                 prefix,
                 dir: a.dir,
                 files: toSend,
+                later,
                 filesInFlight: settings.s3.filesInFlight,
                 bytesInFlight: settings.s3.bytesInFlight,
                 onStored: (entry, sha, tail) => {
@@ -99241,10 +99329,23 @@ async function backupWithLease(a, lease, channels) {
         }
     });
     a.timings.stream = secondsSince(tSend);
-    if (toSend.length > 0) {
+    if (sent.files > 0) {
         info(`Sent ${sent.files} files, ${formatBytes(sent.bytes)} in ${formatDuration(a.timings.stream)} ` +
             `(${formatRate(sent.bytes, a.timings.stream)}).`);
     }
+    // A stored object's tail hash, where no manifest of this host gives it: its last bytes, read
+    // many at once (after a restore onto a new host, every file is one of these).
+    await pool(storedAlready, settings.s3.filesInFlight, async ({ e, sha }) => {
+        const tail = plan.tails.get(sha) ?? (await storedTail(client, bucket, prefix, sha, e.size));
+        plan.tails.set(sha, tail);
+        plan.done.set(e.path, fileOf(e, sha, tail));
+    });
+    // Every stored object this run relies on is named in its lease before it is relied on: a
+    // sweep from now on keeps them. A sweep already running may not have seen the lease; its
+    // mark says so (tree/sweep-marks.ts), and then the run checks before it publishes.
+    await lease.add([...plan.done.values()].map((f) => f.sha256), { flush: true });
+    const leasedAt = performance.now();
+    const sweeps = await sweepsSince(client, bucket, prefix, plan.leasedWall);
     // Every object the snapshot names must exist now: a sweep may have removed one that an
     // earlier snapshot held while this run decided to reuse it (see tree/sweep.ts).
     const ordered = files.map((e) => plan.done.get(e.path));
@@ -99579,7 +99680,6 @@ function housekeeping(permanent, removed) {
 
 
 
-
 async function backup(settings, now = () => new Date(), connect = connectNode) {
     const ssh = settings.ssh;
     const runId = currentRunId();
@@ -99599,7 +99699,7 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
     const tree = settings.backup.format === 'tree';
     let stage;
     let remote;
-    let channels;
+    let treeStart;
     let listing;
     let streamStarted = false;
     let uploaded = [];
@@ -99661,9 +99761,19 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
             source = stage;
         }
         // The data channel connects while the node stops and the copy freezes; it archives
-        // nothing before its go line. A tree's two channels do the same.
-        if (tree)
-            channels = openTreeChannels(host, source);
+        // nothing before its go line. A tree's two channels do the same, and what the bucket
+        // holds is read meanwhile.
+        if (tree) {
+            treeStart = startTree({
+                settings,
+                client,
+                host,
+                dir: source,
+                device: layout.device,
+                facts,
+                runId,
+            });
+        }
         else {
             remote = await host.archive(source, {
                 compression: settings.backup.compression,
@@ -99721,7 +99831,7 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
                 name,
                 height,
                 facts,
-                channels: channels,
+                start: treeStart,
                 listing,
                 snapshotAt,
                 runId,
@@ -99870,8 +99980,8 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
     finally {
         if (remote && !streamStarted)
             await closeUnused(remote);
-        if (channels)
-            await closeTreeChannels(channels);
+        if (treeStart)
+            await treeStart.close();
         await node.ensureStarted();
         if (stage) {
             const s = stage;

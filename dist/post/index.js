@@ -88651,6 +88651,7 @@ function parseProbe(stdout) {
         stale: [],
         tools: new Set(),
         sameDevice: false,
+        device: '',
         freeBytes: 0,
         dataBytes: 0,
         has: new Set(),
@@ -88693,6 +88694,7 @@ function parseProbe(stdout) {
         }
     }
     probe.sameDevice = devData !== '' && devData === devParent;
+    probe.device = devData;
     return probe;
 }
 /**
@@ -90872,7 +90874,7 @@ function parseSettings(read = readActionInput) {
         queueSize,
         downloadConnections: int(Inputs.DownloadConnections, 8, 1, 16),
         filesInFlight: int(Inputs.FilesInFlight, 16, 1, 256),
-        bytesInFlight: parseSize(Inputs.BytesInFlight, get(Inputs.BytesInFlight) || '64MiB'),
+        bytesInFlight: parseSize(Inputs.BytesInFlight, get(Inputs.BytesInFlight) || '48MiB'),
         publicUrl,
     };
     if (s3.bytesInFlight < 16 * 1024 ** 2 || s3.bytesInFlight > MAX_UPLOAD_BUFFER_BYTES) {
@@ -91166,12 +91168,11 @@ class SshSession {
     /** Runs a short command and collects its output. */
     async exec(command, options = {}) {
         const maxBytes = options.maxOutputBytes ?? 64 * 1024 * 1024;
-        const channel = await this.openExec(command);
+        const { channel, closed: ended } = await this.openExec(command);
         return new Promise((resolve, reject) => {
             const out = [];
             const err = [];
             let size = 0;
-            let code = null;
             let timer;
             let closed = false;
             // The time limit counts from when the input is given: a command that waits for it
@@ -91195,10 +91196,7 @@ class SshSession {
             };
             channel.on('data', collect(out));
             channel.stderr.on('data', collect(err));
-            channel.on('exit', (exitCode) => {
-                code = exitCode;
-            });
-            channel.on('close', () => {
+            void ended.then((code) => {
                 closed = true;
                 if (timer)
                     clearTimeout(timer);
@@ -91384,17 +91382,15 @@ class SshSession {
         const stdin = new external_node_stream_.PassThrough();
         const errStream = new external_node_stream_.PassThrough();
         const stderr = new StderrLines(errStream);
-        const exit = this.openExec(command).then((ch) => new Promise((resolve) => {
+        const exit = this.openExec(command).then(({ channel: ch, closed }) => {
             channel = ch;
             if (killed)
                 ch.close();
-            let code = null;
-            ch.on('exit', (c) => (code = c));
             ch.pipe(stdout);
             ch.stderr.pipe(errStream);
             stdin.pipe(ch);
-            ch.on('close', () => resolve(code));
-        }), (error) => {
+            return closed;
+        }, (error) => {
             stdout.destroy(error);
             return null;
         });
@@ -91412,9 +91408,25 @@ class SshSession {
             transport: 'ssh2',
         };
     }
+    /**
+     * Starts `command` in a new channel. Its exit status and its close are listened for in the
+     * exec's own callback: a command that ends at once (the watchdog's arming, which only starts
+     * a process in the background) may send both in the same read as the answer to the exec, and
+     * ssh2 emits them there; a listener added after an await missed the status while the runner's
+     * event loop was busy, and the command read as killed by a signal.
+     */
     openExec(command) {
         return new Promise((resolve, reject) => {
-            this.client.exec(command, (error, channel) => (error ? reject(error) : resolve(channel)));
+            this.client.exec(command, (error, channel) => {
+                if (error) {
+                    reject(error);
+                    return;
+                }
+                let code = null;
+                channel.on('exit', (c) => (code = c));
+                const closed = new Promise((r) => channel.on('close', () => r(code)));
+                resolve({ channel, closed });
+            });
         });
     }
     close() {

@@ -9,7 +9,7 @@
  *   --parts LIST    BENCH_PARTS      comma list of seed,gzip,zstd,ssh,restore,goloop,churn,wan (default all).
  *                                    restore needs an archive: it adds gzip when neither gzip nor seed runs.
  *   --goloop-sizes L BENCH_GOLOOP_SIZES  GiB of the goloop node's database (default 0.2,2): see goloop/index.ts.
- *   --churn-size GiB BENCH_CHURN_SIZE_GIB  churn: the goloop node's database (default 0.5): see churn/index.ts.
+ *   --churn-size GiB BENCH_CHURN_SIZE_GIB  churn: the goloop node's database (default 2): see churn/index.ts.
  *   --wan-cap-mib N BENCH_WAN_CAP_MIB   wan: each connection's cap, MiB/s (default 20): see wan.ts.
  *   --wan-latency-ms N BENCH_WAN_LATENCY_MS  wan: delay added each way, ms (default 20).
  *   --ssh-mib N     BENCH_SSH_MIB    MiB streamed for the SSH data channel figure (default 1024).

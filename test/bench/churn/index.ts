@@ -1,6 +1,6 @@
 /**
  * The churn part of `npm run bench` (`--parts churn`, `--churn-size GiB` or BENCH_CHURN_SIZE_GIB,
- * default 0.5): what a daily backup of a tree costs once the node has written for a day, against
+ * default 2): what a daily backup of a tree costs once the node has written for a day, against
  * an archive and against icon2-docker's full backup, on one node.
  *
  * The node is a copy of the goloop part's cached node at that size (../goloop/cache.ts: goloop
@@ -67,9 +67,13 @@ const LOAD_LIMIT_MS = 30 * 60_000;
 /** Restores of the second snapshot, a tree then an archive each time: the medians are compared. */
 const RESTORE_PAIRS = 3;
 
-/** `--churn-size`: GiB of the node's database, default 0.5. */
+/**
+ * `--churn-size`: GiB of the node's database, default 2: the goloop part's bench database
+ * (its cached node is shared). A smaller one makes a second backup's fixed cost (the stop,
+ * the freeze, the start) a larger share of the figures.
+ */
 export function parseChurnSize(text: string | undefined): number {
-  const size = Number(text ?? '0.5');
+  const size = Number(text ?? '2');
   if (!(size > 0)) throw new Error(`--churn-size must be a positive number of GiB, got '${text}'`);
   return size;
 }

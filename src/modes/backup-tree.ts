@@ -8,7 +8,7 @@
 import * as core from '@actions/core';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { ACTION_VERSION } from '../constants.js';
-import { errorMessage } from '../errors.js';
+import { errorMessage, HostError } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import { listEntry, type ArchiveName } from '../naming.js';
 import type { KindFacts, NodeHost, TreeEntry, TreeListing } from '../node-kind/host.js';
@@ -278,6 +278,7 @@ async function backupWithLease(
         `(${formatRate(sent.bytes, a.timings.stream)}).`,
     );
   }
+  if (sent.linksChanged) await proveStill(host, a.dir, listing);
 
   // A stored object's tail hash, where no manifest of this host gives it: its last bytes, read
   // many at once (after a restore onto a new host, every file is one of these).
@@ -332,7 +333,7 @@ async function backupWithLease(
       entry: files.find((e) => e.path === f.path) as TreeEntry,
       sha256: f.sha256,
     }));
-    await sendFiles({
+    const again = await sendFiles({
       host,
       client,
       bucket,
@@ -343,6 +344,7 @@ async function backupWithLease(
       bytesInFlight: settings.s3.bytesInFlight,
       onStored: () => undefined,
     });
+    if (again.linksChanged) await proveStill(host, a.dir, listing);
   });
 
   const bytes = treeList.reduce((s, f) => s + f.size, 0);
@@ -392,4 +394,27 @@ async function backupWithLease(
     core.warning(`Could not remove the journals ${journals.join(', ')}: ${errorMessage(e)}`),
   );
   return { manifest, key: folder, indexUrl };
+}
+
+/**
+ * Where tar saw an inode's ctime move while it read (`Sent.linksChanged`): proves that no file
+ * of the frozen copy changed, every size and mtime as listed. A table whose own link the node
+ * removed meanwhile (a compaction, once the node runs again) keeps both; a byte written would
+ * move one.
+ */
+export async function proveStill(host: NodeHost, dir: string, listing: TreeListing): Promise<void> {
+  const now = new Map((await host.listTree(dir)).entries.map((e) => [e.hostPath, e]));
+  const moved = listing.entries.find((e) => {
+    const n = now.get(e.hostPath);
+    return e.type === 'file' && (n?.size !== e.size || n.mtime !== e.mtime);
+  });
+  if (moved) {
+    throw new HostError(
+      `${moved.path} changed in the frozen copy while the files were sent (its size or mtime): the snapshot ` +
+        `is not consistent, and nothing was published. Run again.`,
+    );
+  }
+  core.info(
+    `tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`,
+  );
 }

@@ -14,6 +14,7 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { IntegrityError, RemoteCommandError, StorageError, errorMessage } from '../errors.js';
 import type { NodeHost, TreeEntry } from '../node-kind/host.js';
+import { CHANGED_MARK } from '../node-kind/remote.js';
 import { ringChunks } from '../byte-source.js';
 import { Budget } from './budget.js';
 import { streamUpload } from '../s3/upload.js';
@@ -107,11 +108,21 @@ export function heldWhole(size: number, bytesInFlight: number): boolean {
   return size <= Math.max(8 * 1024 ** 2, Math.floor(bytesInFlight / 4));
 }
 
-export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes: number }> {
+export interface Sent {
+  files: number;
+  bytes: number;
+  /**
+   * tar saw an inode's ctime move while it read (CHANGED_MARK): a link count that changed, or
+   * a byte written. The caller proves which (its listing's sizes and mtimes, read again).
+   */
+  linksChanged: boolean;
+}
+
+export async function sendFiles(o: SendOptions): Promise<Sent> {
   // Nothing to send meanwhile: what comes later is all there is.
   if (o.later && o.files.length === 0)
     return sendFiles({ ...o, files: await o.later, later: undefined });
-  if (o.files.length === 0) return { files: 0, bytes: 0 };
+  if (o.files.length === 0) return { files: 0, bytes: 0, linksChanged: false };
   const unhashed = (files: SendFile[]): Error | undefined => {
     const f = files.find((f) => !f.sha256 && !heldWhole(f.entry.size, o.bytesInFlight));
     return f && new Error(`${f.entry.path} is streamed alone: it needs the host's hash`);
@@ -123,6 +134,10 @@ export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes:
   const budget = new Budget(o.filesInFlight, o.bytesInFlight);
   const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
   const remote = await (o.channel ?? o.host.sendFiles(o.dir));
+  let linksChanged = false;
+  remote.onStderrLine((line) => {
+    if (line === CHANGED_MARK) linksChanged = true;
+  });
   let failure: Error | undefined;
   const uploads = new Set<Promise<void>>();
   const fail = (error: unknown): void => {
@@ -218,7 +233,7 @@ export async function sendFiles(o: SendOptions): Promise<{ files: number; bytes:
       );
     }
     core.info(progress.line());
-    return { files: sent, bytes: total };
+    return { files: sent, bytes: total, linksChanged };
   } catch (error) {
     remote.kill();
     await Promise.allSettled([...uploads]);

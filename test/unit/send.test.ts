@@ -5,15 +5,16 @@
  * not the SDK's).
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { readableSource } from '../../src/byte-source.ts';
-import type { NodeHost, TreeEntry } from '../../src/node-kind/host.ts';
+import type { NodeHost, TreeEntry, TreeListing } from '../../src/node-kind/host.ts';
+import { proveStill } from '../../src/modes/backup-tree.ts';
 import { sendFilesCommand } from '../../src/node-kind/tree-remote.ts';
 import type { RemoteStream } from '../../src/ssh/session.ts';
 import { objectKey } from '../../src/tree/layout.ts';
@@ -34,9 +35,15 @@ function file(name: string, size: number): { entry: TreeEntry; bytes: Buffer } {
   };
 }
 
-/** The host's send command, run here; what reached its input is kept. */
-function localSend(): { remote: RemoteStream; input: () => string } {
-  const child = spawn('sh', ['-c', sendFilesCommand(dir)], { stdio: ['pipe', 'pipe', 'pipe'] });
+/** The host's send command, run here (`env` for its environment); what reached its input is kept. */
+function localSend(env: NodeJS.ProcessEnv = process.env): {
+  remote: RemoteStream;
+  input: () => string;
+} {
+  const child = spawn('sh', ['-c', sendFilesCommand(dir)], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env,
+  });
   let input = '';
   const write = child.stdin.write.bind(child.stdin);
   const end = child.stdin.end.bind(child.stdin);
@@ -49,7 +56,11 @@ function localSend(): { remote: RemoteStream; input: () => string } {
     return end(chunk as never, ...rest);
   }) as typeof child.stdin.end;
   let stderr = '';
-  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  const listeners: Array<(line: string) => void> = [];
+  child.stderr.on('data', (b: Buffer) => {
+    stderr += b.toString();
+    for (const line of b.toString().split('\n')) for (const l of listeners) l(line);
+  });
   // 'exit', not 'close': a send that failed leaves the rest of the tar unread.
   const exit = new Promise<number | null>((r) => child.on('exit', r));
   const remote: RemoteStream = {
@@ -57,7 +68,7 @@ function localSend(): { remote: RemoteStream; input: () => string } {
     stdout: child.stdout,
     source: readableSource(child.stdout),
     exit,
-    onStderrLine: () => undefined,
+    onStderrLine: (l) => listeners.push(l),
     stderrTail: () => stderr,
     kill: () => child.kill(),
     transport: 'openssh',
@@ -115,7 +126,7 @@ describe('a tree backup’s send, with files decided later', { timeout: 30_000 }
     );
     const { o, stored } = options(remote, client, [{ entry: a.entry }, { entry: b.entry }], later);
     const sent = await sendFiles(o);
-    assert.deepEqual(sent, { files: 3, bytes: 370_005 });
+    assert.deepEqual(sent, { files: 3, bytes: 370_005, linksChanged: false });
     assert.deepEqual(stored.sort(), ['MANIFEST-000002', 'a.ldb', 'b.ldb']);
     for (const f of [a, b, c])
       assert.ok(objects.get(objectKey('p', sha(f.bytes)))?.equals(f.bytes));
@@ -128,7 +139,7 @@ describe('a tree backup’s send, with files decided later', { timeout: 30_000 }
     const { remote } = localSend();
     const { client, objects } = bucket();
     const { o } = options(remote, client, [], Promise.resolve([{ entry: c.entry }]));
-    assert.deepEqual(await sendFiles(o), { files: 1, bytes: 1000 });
+    assert.deepEqual(await sendFiles(o), { files: 1, bytes: 1000, linksChanged: false });
     assert.ok(objects.has(objectKey('p', sha(c.bytes))));
   });
 
@@ -142,5 +153,55 @@ describe('a tree backup’s send, with files decided later', { timeout: 30_000 }
     const { o } = options(remote, client, [{ entry: a.entry }], later);
     await assert.rejects(sendFiles(o), /the host gave no sha256 for x/);
     assert.notEqual(await remote.exit, undefined);
+  });
+
+  it('takes tar’s "file changed as we read it" (exit 1) as a change to prove, and fails on any other exit', async () => {
+    // A tar that archives, then exits as GNU tar does when an inode's ctime moved meanwhile.
+    const bin = join(dir, 'bin');
+    mkdirSync(bin, { recursive: true });
+    const tar = execFileSync('sh', ['-c', 'command -v tar'], { encoding: 'utf8' }).trim();
+    const fake = (code: number) => {
+      writeFileSync(join(bin, 'tar'), `#!/bin/sh\n${tar} "$@" || exit $?\nexit ${code}\n`, {
+        mode: 0o755,
+      });
+      return { ...process.env, PATH: `${bin}:${process.env.PATH}` };
+    };
+    const e = file('e.ldb', 3000);
+    const changed = localSend(fake(1));
+    const one = options(changed.remote, bucket().client, [{ entry: e.entry }]);
+    assert.deepEqual(await sendFiles(one.o), { files: 1, bytes: 3000, linksChanged: true });
+    const failed = localSend(fake(2));
+    const two = options(failed.remote, bucket().client, [{ entry: e.entry }]);
+    await assert.rejects(sendFiles(two.o), /Sending the files failed \(exit 2\)/);
+    const plain = localSend();
+    const three = options(plain.remote, bucket().client, [{ entry: e.entry }]);
+    assert.equal((await sendFiles(three.o)).linksChanged, false);
+  });
+});
+
+describe('the frozen copy proven still after tar saw a ctime move', () => {
+  const listed = (size: number, mtime: string): TreeListing => ({
+    device: '1',
+    entries: [
+      { type: 'dir', path: 'db', hostPath: 'db', size: 0, ino: 1, mtime: '1', mode: 0o755 },
+      { type: 'file', path: 'db/1.ldb', hostPath: 'db/1.ldb', size, ino: 2, mtime, mode: 0o644 },
+    ],
+  });
+  const hostListing = (l: TreeListing) =>
+    ({ listTree: () => Promise.resolve(l) }) as unknown as NodeHost;
+
+  it('passes when every size and mtime is as listed (a link count moved, no byte)', async () => {
+    await proveStill(hostListing(listed(10, '5.1')), 'stage', listed(10, '5.1'));
+  });
+
+  it('fails, naming the file, when one moved', async () => {
+    await assert.rejects(
+      proveStill(hostListing(listed(10, '6.0')), 'stage', listed(10, '5.1')),
+      /db\/1.ldb changed in the frozen copy while the files were sent .* nothing was published/,
+    );
+    await assert.rejects(
+      proveStill(hostListing({ device: '1', entries: [] }), 'stage', listed(10, '5.1')),
+      /db\/1.ldb changed in the frozen copy/,
+    );
   });
 });

@@ -94182,6 +94182,7 @@ function planPrune(dbs) {
  */
 
 
+
 /**
  * Every entry under the kind's roots in `dir`, NUL-terminated: type, size, inode, mtime, mode
  * and path. A shared lock on the folder while it is read, as for an archive.
@@ -94248,7 +94249,10 @@ function tailsCommand(dir) {
 }
 /**
  * An uncompressed tar of the NUL-separated paths on stdin after `GO_LINE` (relative to `dir`),
- * in that order, on stdout; files only, each under its name on the host.
+ * in that order, on stdout; files only, each under its name on the host. tar's "file changed
+ * as we read it" (exit 1) is reported as `CHANGED_MARK` on stderr, not as a failure: in a
+ * staging folder of hard links the node removing its own link of a table it compacted away
+ * moves the inode's ctime, though no byte changed; the runner proves that (tree/send.ts).
  */
 function sendFilesCommand(dir) {
     return bashScript([
@@ -94256,7 +94260,9 @@ function sendFilesCommand(dir) {
         `cd -- ${quote(dir)}`,
         `exec 9<.`,
         `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
-        `LC_ALL=C tar --create --file=- --blocking-factor=2048 --null --no-recursion --files-from=-`,
+        `rc=0`,
+        `LC_ALL=C tar --create --file=- --blocking-factor=2048 --null --no-recursion --files-from=- || rc=$?`,
+        `case "$rc" in 0) ;; 1) echo ${CHANGED_MARK} >&2 ;; *) exit "$rc" ;; esac`,
     ]);
 }
 /** Regular files under `stage`, NUL-terminated `SIZE PATH`; nothing when it does not exist. */
@@ -98792,6 +98798,7 @@ const END_OF_TAR = Buffer.alloc(2 * BLOCK);
 
 
 
+
 /**
  * Lets a data channel opened ahead go, with its NUL-terminated paths, and ends its input
  * unless more paths are to follow (`more`).
@@ -98841,7 +98848,7 @@ async function sendFiles(o) {
     if (o.later && o.files.length === 0)
         return sendFiles({ ...o, files: await o.later, later: undefined });
     if (o.files.length === 0)
-        return { files: 0, bytes: 0 };
+        return { files: 0, bytes: 0, linksChanged: false };
     const unhashed = (files) => {
         const f = files.find((f) => !f.sha256 && !heldWhole(f.entry.size, o.bytesInFlight));
         return f && new Error(`${f.entry.path} is streamed alone: it needs the host's hash`);
@@ -98854,6 +98861,11 @@ async function sendFiles(o) {
     const budget = new Budget(o.filesInFlight, o.bytesInFlight);
     const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
     const remote = await (o.channel ?? o.host.sendFiles(o.dir));
+    let linksChanged = false;
+    remote.onStderrLine((line) => {
+        if (line === CHANGED_MARK)
+            linksChanged = true;
+    });
     let failure;
     const uploads = new Set();
     const fail = (error) => {
@@ -98948,7 +98960,7 @@ async function sendFiles(o) {
             throw new IntegrityError(`The host did not send ${byPath.size} of the files it listed (the first: ${[...byPath.keys()][0]}). Nothing was published.`);
         }
         info(progress.line());
-        return { files: sent, bytes: total };
+        return { files: sent, bytes: total, linksChanged };
     }
     catch (error) {
         remote.kill();
@@ -99333,6 +99345,8 @@ async function backupWithLease(a, lease, channels) {
         info(`Sent ${sent.files} files, ${formatBytes(sent.bytes)} in ${formatDuration(a.timings.stream)} ` +
             `(${formatRate(sent.bytes, a.timings.stream)}).`);
     }
+    if (sent.linksChanged)
+        await proveStill(host, a.dir, listing);
     // A stored object's tail hash, where no manifest of this host gives it: its last bytes, read
     // many at once (after a restore onto a new host, every file is one of these).
     await pool(storedAlready, settings.s3.filesInFlight, async ({ e, sha }) => {
@@ -99377,7 +99391,7 @@ async function backupWithLease(a, lease, channels) {
             entry: files.find((e) => e.path === f.path),
             sha256: f.sha256,
         }));
-        await sendFiles({
+        const again = await sendFiles({
             host,
             client,
             bucket,
@@ -99388,6 +99402,8 @@ async function backupWithLease(a, lease, channels) {
             bytesInFlight: settings.s3.bytesInFlight,
             onStored: () => undefined,
         });
+        if (again.linksChanged)
+            await proveStill(host, a.dir, listing);
     });
     const bytes = treeList.reduce((s, f) => s + f.size, 0);
     const manifest = {
@@ -99423,6 +99439,24 @@ async function backupWithLease(a, lease, channels) {
     const journals = [...plan.journals.map((j) => j.key), journalKey(prefix, a.runId)];
     await deleteKeys(client, bucket, journals).catch((e) => warning(`Could not remove the journals ${journals.join(', ')}: ${errorMessage(e)}`));
     return { manifest, key: folder, indexUrl };
+}
+/**
+ * Where tar saw an inode's ctime move while it read (`Sent.linksChanged`): proves that no file
+ * of the frozen copy changed, every size and mtime as listed. A table whose own link the node
+ * removed meanwhile (a compaction, once the node runs again) keeps both; a byte written would
+ * move one.
+ */
+async function proveStill(host, dir, listing) {
+    const now = new Map((await host.listTree(dir)).entries.map((e) => [e.hostPath, e]));
+    const moved = listing.entries.find((e) => {
+        const n = now.get(e.hostPath);
+        return e.type === 'file' && (n?.size !== e.size || n.mtime !== e.mtime);
+    });
+    if (moved) {
+        throw new HostError(`${moved.path} changed in the frozen copy while the files were sent (its size or mtime): the snapshot ` +
+            `is not consistent, and nothing was published. Run again.`);
+    }
+    info(`tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`);
 }
 
 ;// CONCATENATED MODULE: ./src/retention.ts

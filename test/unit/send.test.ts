@@ -14,7 +14,7 @@ import { after, describe, it } from 'node:test';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { readableSource } from '../../src/byte-source.ts';
 import type { NodeHost, TreeEntry, TreeListing } from '../../src/node-kind/host.ts';
-import { proveStill } from '../../src/modes/backup-tree.ts';
+import { proveStill } from '../../src/modes/backup-tree-send.ts';
 import { sendFilesCommand } from '../../src/node-kind/tree-remote.ts';
 import type { RemoteStream } from '../../src/ssh/session.ts';
 import { objectKey } from '../../src/tree/layout.ts';

@@ -1,0 +1,178 @@
+/**
+ * The send of a tree backup (modes/backup-tree.ts): the files that no earlier run proves
+ * stored go up over the host's tar (tree/send.ts); those whose object may be stored under
+ * another name are hashed on the host meanwhile and follow unless it is. What is stored is
+ * journaled as it goes, so that a run cut short is resumed; where tar saw a ctime move, the
+ * frozen copy is proven still.
+ */
+import * as core from '@actions/core';
+import { errorMessage, HostError } from '../errors.js';
+import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
+import type { NodeHost, TreeEntry, TreeListing } from '../node-kind/host.js';
+import { writeJson } from '../s3/store.js';
+import { isTableFile } from '../tree/layout.js';
+import type { LeaseKeeper } from '../tree/lease.js';
+import { pool } from '../tree/pool.js';
+import { fileOf, storedTail, type Source, type Stored } from '../tree/reuse.js';
+import { heldWhole, sendFiles, type Sent, type TreeChannels } from '../tree/send.js';
+import { journalKey, type Journal } from '../tree/store.js';
+import type { TreeBackupArgs } from './backup-tree.js';
+
+export async function sendMissing(o: {
+  a: TreeBackupArgs;
+  plan: Stored;
+  listing: TreeListing;
+  lease: LeaseKeeper;
+  channels: TreeChannels;
+  source: Source;
+}): Promise<{ sent: Sent; journal: Journal }> {
+  const { a, plan, listing, lease, channels, source } = o;
+  const { settings, client, host } = a;
+  const { bucket, prefix } = settings.s3;
+  // Hashing a file on the host reads it there once more; that pays only where its object may
+  // be stored already, under another name (a node restored from this bucket, a file moved, a
+  // run cut short whose journal was not written). It does not when nothing is stored yet, nor
+  // for a table file that appeared since this host's last snapshot: it holds data that no
+  // snapshot has seen. Such a file, when it is held whole on the runner, is hashed there as
+  // it arrives. A wrong guess costs bytes sent again, never a wrong object: every key is the
+  // hash of the bytes put under it.
+  const unseen = (e: TreeEntry): boolean =>
+    plan.stored.size === 0 || (plan.hasPrevious && isTableFile(e.path) && !plan.known.has(e.path));
+  const hashFirst = plan.unproven.filter(
+    (e) => !unseen(e) || !heldWhole(e.size, settings.s3.bytesInFlight),
+  );
+  const hashedFirst = new Set(hashFirst);
+  const toSend: Array<{ entry: TreeEntry; sha256?: string }> = plan.unproven
+    .filter((e) => !hashedFirst.has(e))
+    .map((entry) => ({ entry }));
+  const hashedBytes = hashFirst.reduce((s, e) => s + e.size, 0);
+  const waiting = new Map<string, TreeEntry[]>();
+  const storedAlready: Array<{ e: TreeEntry; sha: string }> = [];
+  // The host hashes those while the others go up; the ones whose objects are missing follow.
+  const t = performance.now();
+  const later = host
+    .hashFiles(
+      a.dir,
+      hashFirst.map((e) => e.hostPath),
+    )
+    .then((hashes) => {
+      a.timings.hash = secondsSince(t);
+      const sending = new Set<string>();
+      const more: typeof toSend = [];
+      for (const e of hashFirst) {
+        const sha = hashes.get(e.hostPath);
+        if (!sha) throw new Error(`the host gave no sha256 for ${e.hostPath}`);
+        if (plan.stored.get(sha) === e.size) storedAlready.push({ e, sha });
+        else if (sending.has(sha)) waiting.set(sha, [...(waiting.get(sha) ?? []), e]);
+        else {
+          sending.add(sha);
+          more.push({ entry: e, sha256: sha });
+        }
+      }
+      core.info(
+        `${hashes.size} files hashed in ${formatDuration(a.timings.hash)} (${formatBytes(hashedBytes)}), ` +
+          `${storedAlready.length} of them stored already; ${toSend.length} ` +
+          `${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'table files new since the last snapshot'} are hashed as they arrive.`,
+      );
+      return more;
+    });
+  later.catch(() => undefined);
+
+  const journal: Journal = {
+    run: a.runId,
+    source,
+    updatedAt: new Date().toISOString(),
+    files: [],
+  };
+  let lastJournal = performance.now();
+  const writeJournal = async (): Promise<void> => {
+    journal.updatedAt = new Date().toISOString();
+    await writeJson(client, bucket, journalKey(prefix, a.runId), journal);
+  };
+  const tSend = performance.now();
+  const sent = await core.group('Send the files that the bucket lacks', async () => {
+    core.info(
+      `${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))}) go up now` +
+        (hashFirst.length > 0
+          ? `; ${hashFirst.length} more (${formatBytes(hashedBytes)}) are hashed on the host meanwhile, and follow unless stored already.`
+          : '.'),
+    );
+    try {
+      return await sendFiles({
+        channel: channels.send,
+        host,
+        client,
+        bucket,
+        prefix,
+        dir: a.dir,
+        files: toSend,
+        later,
+        filesInFlight: settings.s3.filesInFlight,
+        bytesInFlight: settings.s3.bytesInFlight,
+        onStored: (entry, sha, tail) => {
+          const f = fileOf(entry, sha, tail);
+          plan.done.set(entry.path, f);
+          for (const w of waiting.get(sha) ?? []) plan.done.set(w.path, fileOf(w, sha, tail));
+          journal.files.push(f);
+          lease.add([sha]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
+          // Every 30 s, what is stored so far: a run cut short is resumed from it.
+          if (performance.now() - lastJournal > 30_000) {
+            lastJournal = performance.now();
+            writeJournal().catch((e) => core.debug(`journal: ${errorMessage(e)}`));
+          }
+        },
+      });
+    } catch (error) {
+      if (journal.files.length > 0) {
+        await writeJournal().then(
+          () =>
+            core.info(
+              `${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`,
+            ),
+          () => undefined,
+        );
+      }
+      throw error;
+    }
+  });
+  a.timings.stream = secondsSince(tSend);
+  if (sent.files > 0) {
+    core.info(
+      `Sent ${sent.files} files, ${formatBytes(sent.bytes)} in ${formatDuration(a.timings.stream)} ` +
+        `(${formatRate(sent.bytes, a.timings.stream)}).`,
+    );
+  }
+  if (sent.linksChanged) await proveStill(host, a.dir, listing);
+
+  // A stored object's tail hash, where no manifest of this host gives it: its last bytes, read
+  // many at once (after a restore onto a new host, every file is one of these).
+  await pool(storedAlready, settings.s3.filesInFlight, async ({ e, sha }) => {
+    const tail = plan.tails.get(sha) ?? (await storedTail(client, bucket, prefix, sha, e.size));
+    plan.tails.set(sha, tail);
+    plan.done.set(e.path, fileOf(e, sha, tail));
+  });
+  return { sent, journal };
+}
+
+/**
+ * Where tar saw an inode's ctime move while it read (`Sent.linksChanged`): proves that no file
+ * of the frozen copy changed, every size and mtime as listed. A table whose own link the node
+ * removed meanwhile (a compaction, once the node runs again) keeps both; a byte written would
+ * move one.
+ */
+export async function proveStill(host: NodeHost, dir: string, listing: TreeListing): Promise<void> {
+  const now = new Map((await host.listTree(dir)).entries.map((e) => [e.hostPath, e]));
+  const moved = listing.entries.find((e) => {
+    const n = now.get(e.hostPath);
+    return e.type === 'file' && (n?.size !== e.size || n.mtime !== e.mtime);
+  });
+  if (moved) {
+    throw new HostError(
+      `${moved.path} changed in the frozen copy while the files were sent (its size or mtime): the snapshot ` +
+        `is not consistent, and nothing was published. Run again.`,
+    );
+  }
+  core.info(
+    `tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`,
+  );
+}

@@ -99170,13 +99170,13 @@ async function storedTail(client, bucket, prefix, sha, size) {
     return tailHash(bytes);
 }
 
-;// CONCATENATED MODULE: ./src/modes/backup-tree.ts
+;// CONCATENATED MODULE: ./src/modes/backup-tree-send.ts
 /**
- * The tree part of mode: backup, once the copy is frozen: list its files, prove which are
- * stored already, hash on the host those that may be stored under another name, send those
- * whose content is missing (hashed as they arrive where the host did not hash them), check
- * that every object the snapshot names exists, then publish its manifest, index and checksum
- * file, backup_list and the pointer (tree/publish.ts). See tree/layout.ts for the bucket's layout.
+ * The send of a tree backup (modes/backup-tree.ts): the files that no earlier run proves
+ * stored go up over the host's tar (tree/send.ts); those whose object may be stored under
+ * another name are hashed on the host meanwhile and follow unless it is. What is stored is
+ * journaled as it goes, so that a run cut short is resumed; where tar saw a ctime move, the
+ * frozen copy is proven still.
  */
 
 
@@ -99187,65 +99187,10 @@ async function storedTail(client, bucket, prefix, sha, size) {
 
 
 
-
-
-
-
-
-
-
-
-
-function startTree(a) {
-    const { settings, client } = a;
-    const channels = openTreeChannels(a.host, a.dir);
-    const lease = new LeaseKeeper(client, settings.s3.bucket, settings.s3.prefix, a.runId);
-    const source = {
-        host: settings.ssh?.host ?? '',
-        dataDir: a.host.dataDir,
-        device: a.device,
-        ...(a.facts.identity !== undefined ? { identity: String(a.facts.identity) } : {}),
-    };
-    const ahead = readAhead({ client, settings, lease, source });
-    ahead.catch(() => undefined);
-    return {
-        channels,
-        lease,
-        source,
-        ahead,
-        close: async () => {
-            await lease.stop({ hold: false }).catch(() => undefined);
-            await closeTreeChannels(channels);
-        },
-    };
-}
-async function backupTree(a) {
-    const done = await backupWithLease(a, a.start.lease, a.start.channels);
-    // Published: the manifest protects its objects now; the lease expires on its own.
-    await a.start.lease.release();
-    return done;
-}
-async function backupWithLease(a, lease, channels) {
+async function sendMissing(o) {
+    const { a, plan, listing, lease, channels, source } = o;
     const { settings, client, host } = a;
     const { bucket, prefix } = settings.s3;
-    const folder = treeFolder(prefix, a.name);
-    const listing = await group('List the snapshot', async () => {
-        const l = await (a.listing ?? host.listTree(a.dir));
-        const files = l.entries.filter((e) => e.type === 'file');
-        info(`${files.length} files, ${formatBytes(files.reduce((s, f) => s + f.size, 0))}, in ` +
-            `${l.entries.length - files.length} directories.`);
-        return l;
-    });
-    const source = { ...a.start.source, device: listing.device };
-    const files = listing.entries.filter((e) => e.type === 'file');
-    // What is stored, and what earlier runs of this host prove (tree/reuse.ts).
-    const plan = await group('Find what is stored already', async () => {
-        const ahead = await a.start.ahead;
-        // The earlier runs were found by the data dir's device, read before the freeze; the frozen
-        // copy is on it by construction. Were it not, an inode would prove nothing: none is used.
-        const sameDevice = listing.device === a.start.source.device;
-        return proveUnchanged(sameDevice ? ahead : { ...ahead, before: new Map() }, files, channels.tails, lease);
-    });
     // Hashing a file on the host reads it there once more; that pays only where its object may
     // be stored already, under another name (a node restored from this bucket, a file moved, a
     // run cut short whose journal was not written). It does not when nothing is stored yet, nor
@@ -99354,6 +99299,104 @@ async function backupWithLease(a, lease, channels) {
         plan.tails.set(sha, tail);
         plan.done.set(e.path, fileOf(e, sha, tail));
     });
+    return { sent, journal };
+}
+/**
+ * Where tar saw an inode's ctime move while it read (`Sent.linksChanged`): proves that no file
+ * of the frozen copy changed, every size and mtime as listed. A table whose own link the node
+ * removed meanwhile (a compaction, once the node runs again) keeps both; a byte written would
+ * move one.
+ */
+async function proveStill(host, dir, listing) {
+    const now = new Map((await host.listTree(dir)).entries.map((e) => [e.hostPath, e]));
+    const moved = listing.entries.find((e) => {
+        const n = now.get(e.hostPath);
+        return e.type === 'file' && (n?.size !== e.size || n.mtime !== e.mtime);
+    });
+    if (moved) {
+        throw new HostError(`${moved.path} changed in the frozen copy while the files were sent (its size or mtime): the snapshot ` +
+            `is not consistent, and nothing was published. Run again.`);
+    }
+    info(`tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`);
+}
+
+;// CONCATENATED MODULE: ./src/modes/backup-tree.ts
+/**
+ * The tree part of mode: backup. Before the stop, what the bucket holds is read (startTree);
+ * once the copy is frozen: list its files, prove which are stored already, send those whose
+ * content is missing (backup-tree-send.ts), check that every object the snapshot names
+ * exists, then publish its manifest, index and checksum file, backup_list and the pointer
+ * (tree/publish.ts). See tree/layout.ts for the bucket's layout.
+ */
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+function startTree(a) {
+    const { settings, client } = a;
+    const channels = openTreeChannels(a.host, a.dir);
+    const lease = new LeaseKeeper(client, settings.s3.bucket, settings.s3.prefix, a.runId);
+    const source = {
+        host: settings.ssh?.host ?? '',
+        dataDir: a.host.dataDir,
+        device: a.device,
+        ...(a.facts.identity !== undefined ? { identity: String(a.facts.identity) } : {}),
+    };
+    const ahead = readAhead({ client, settings, lease, source });
+    ahead.catch(() => undefined);
+    return {
+        channels,
+        lease,
+        source,
+        ahead,
+        close: async () => {
+            await lease.stop({ hold: false }).catch(() => undefined);
+            await closeTreeChannels(channels);
+        },
+    };
+}
+async function backupTree(a) {
+    const done = await backupWithLease(a, a.start.lease, a.start.channels);
+    // Published: the manifest protects its objects now; the lease expires on its own.
+    await a.start.lease.release();
+    return done;
+}
+async function backupWithLease(a, lease, channels) {
+    const { settings, client, host } = a;
+    const { bucket, prefix } = settings.s3;
+    const folder = treeFolder(prefix, a.name);
+    const listing = await group('List the snapshot', async () => {
+        const l = await (a.listing ?? host.listTree(a.dir));
+        const files = l.entries.filter((e) => e.type === 'file');
+        info(`${files.length} files, ${formatBytes(files.reduce((s, f) => s + f.size, 0))}, in ` +
+            `${l.entries.length - files.length} directories.`);
+        return l;
+    });
+    const source = { ...a.start.source, device: listing.device };
+    const files = listing.entries.filter((e) => e.type === 'file');
+    // What is stored, and what earlier runs of this host prove (tree/reuse.ts).
+    const plan = await group('Find what is stored already', async () => {
+        const ahead = await a.start.ahead;
+        // The earlier runs were found by the data dir's device, read before the freeze; the frozen
+        // copy is on it by construction. Were it not, an inode would prove nothing: none is used.
+        const sameDevice = listing.device === a.start.source.device;
+        return proveUnchanged(sameDevice ? ahead : { ...ahead, before: new Map() }, files, channels.tails, lease);
+    });
+    const { sent, journal } = await sendMissing({ a, plan, listing, lease, channels, source });
     // Every stored object this run relies on is named in its lease before it is relied on: a
     // sweep from now on keeps them. A sweep already running may not have seen the lease; its
     // mark says so (tree/sweep-marks.ts), and then the run checks before it publishes.
@@ -99439,24 +99482,6 @@ async function backupWithLease(a, lease, channels) {
     const journals = [...plan.journals.map((j) => j.key), journalKey(prefix, a.runId)];
     await deleteKeys(client, bucket, journals).catch((e) => warning(`Could not remove the journals ${journals.join(', ')}: ${errorMessage(e)}`));
     return { manifest, key: folder, indexUrl };
-}
-/**
- * Where tar saw an inode's ctime move while it read (`Sent.linksChanged`): proves that no file
- * of the frozen copy changed, every size and mtime as listed. A table whose own link the node
- * removed meanwhile (a compaction, once the node runs again) keeps both; a byte written would
- * move one.
- */
-async function proveStill(host, dir, listing) {
-    const now = new Map((await host.listTree(dir)).entries.map((e) => [e.hostPath, e]));
-    const moved = listing.entries.find((e) => {
-        const n = now.get(e.hostPath);
-        return e.type === 'file' && (n?.size !== e.size || n.mtime !== e.mtime);
-    });
-    if (moved) {
-        throw new HostError(`${moved.path} changed in the frozen copy while the files were sent (its size or mtime): the snapshot ` +
-            `is not consistent, and nothing was published. Run again.`);
-    }
-    info(`tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`);
 }
 
 ;// CONCATENATED MODULE: ./src/retention.ts

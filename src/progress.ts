@@ -58,10 +58,10 @@ export class FileProgress {
     this.timer.unref();
   }
 
-  /** More files to move than first counted: `files` more, `totalBytes` in all now. */
-  grow(files: number, totalBytes: number): void {
+  /** More to move than first counted: `files` more files, of `bytes` more bytes. */
+  grow(files: number, bytes: number): void {
     this.totalFiles += files;
-    this.totalBytes = totalBytes;
+    this.totalBytes += bytes;
   }
 
   line(): string {

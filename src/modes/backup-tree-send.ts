@@ -14,7 +14,7 @@ import { isTableFile } from '../tree/layout.js';
 import type { LeaseKeeper } from '../tree/lease.js';
 import { pool } from '../tree/pool.js';
 import { fileOf, storedTail, type Source, type Stored } from '../tree/reuse.js';
-import { heldWhole, sendFiles, type Sent, type TreeChannels } from '../tree/send.js';
+import { heldWhole, sendFiles, type SendFile, type Sent, type TreeChannels } from '../tree/send.js';
 import { journalKey, type Journal } from '../tree/store.js';
 import type { TreeBackupArgs } from './backup-tree.js';
 
@@ -42,7 +42,7 @@ export async function sendMissing(o: {
     (e) => !unseen(e) || !heldWhole(e.size, settings.s3.bytesInFlight),
   );
   const hashedFirst = new Set(hashFirst);
-  const toSend: Array<{ entry: TreeEntry; sha256?: string }> = plan.unproven
+  const toSend: SendFile[] = plan.unproven
     .filter((e) => !hashedFirst.has(e))
     .map((entry) => ({ entry }));
   const hashedBytes = hashFirst.reduce((s, e) => s + e.size, 0);
@@ -58,7 +58,7 @@ export async function sendMissing(o: {
     .then((hashes) => {
       a.timings.hash = secondsSince(t);
       const sending = new Set<string>();
-      const more: typeof toSend = [];
+      const more: SendFile[] = [];
       for (const e of hashFirst) {
         const sha = hashes.get(e.hostPath);
         if (!sha) throw new Error(`the host gave no sha256 for ${e.hostPath}`);

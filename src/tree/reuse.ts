@@ -23,7 +23,7 @@ export type Source = TreeManifest['source'];
 export const sameSource = (a: Source | undefined, b: Source): boolean =>
   a !== undefined && a.host === b.host && a.dataDir === b.dataDir && a.device === b.device;
 
-export interface Earlier {
+interface Earlier {
   /** The newest listed trees (a handful: another host's may be in between), newest first. */
   trees: Array<{ key: string; manifest: () => Promise<TreeManifest | undefined> }>;
   journals: Awaited<ReturnType<typeof readJournals>>;

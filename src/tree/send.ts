@@ -155,8 +155,9 @@ export async function sendFiles(o: SendOptions): Promise<Sent> {
       const error = unhashed(more);
       if (error) throw error;
       for (const f of more) byPath.set(f.entry.hostPath, f);
-      total += more.reduce((s, f) => s + f.entry.size, 0);
-      progress.grow(more.length, total);
+      const bytes = more.reduce((s, f) => s + f.entry.size, 0);
+      total += bytes;
+      progress.grow(more.length, bytes);
       remote.stdin.end(nulPaths(more.map((f) => f.entry.hostPath)));
     })
     .catch((error: unknown) => {

@@ -96398,10 +96398,10 @@ class FileProgress {
         this.timer = setInterval(() => info(this.line()), intervalMs);
         this.timer.unref();
     }
-    /** More files to move than first counted: `files` more, `totalBytes` in all now. */
-    grow(files, totalBytes) {
+    /** More to move than first counted: `files` more files, of `bytes` more bytes. */
+    grow(files, bytes) {
         this.totalFiles += files;
-        this.totalBytes = totalBytes;
+        this.totalBytes += bytes;
     }
     line() {
         const seconds = (performance.now() - this.started) / 1000;
@@ -98881,8 +98881,9 @@ async function sendFiles(o) {
             throw error;
         for (const f of more)
             byPath.set(f.entry.hostPath, f);
-        total += more.reduce((s, f) => s + f.entry.size, 0);
-        progress.grow(more.length, total);
+        const bytes = more.reduce((s, f) => s + f.entry.size, 0);
+        total += bytes;
+        progress.grow(more.length, bytes);
         remote.stdin.end(nulPaths(more.map((f) => f.entry.hostPath)));
     })
         .catch((error) => {

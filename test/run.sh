@@ -9,4 +9,7 @@ if [ ${#files[@]} -eq 0 ]; then
   echo "no test files found" >&2
   exit 1
 fi
-exec node --import tsx --test --test-concurrency=1 "$@" "${files[@]}"
+# A test that hangs fails after 20 min (the longest takes a few); a file that leaves something
+# open after its tests fails a minute later (test/bed/exit-guard.ts), instead of holding the run.
+exec node --import tsx --import ./test/bed/exit-guard.ts --test --test-concurrency=1 \
+  --test-timeout=1200000 "$@" "${files[@]}"

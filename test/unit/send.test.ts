@@ -35,7 +35,12 @@ function file(name: string, size: number): { entry: TreeEntry; bytes: Buffer } {
   };
 }
 
-/** The host's send command, run here (`env` for its environment); what reached its input is kept. */
+/**
+ * The host's send command, run here (`env` for its environment); what reached its input is kept.
+ * Its kill does what the end of an SSH channel does to the host's command: the pipes close, so
+ * a tar blocked on its output dies of SIGPIPE (signalling `sh` alone would leave it blocked,
+ * holding this process's end of the pipes open).
+ */
 function localSend(env: NodeJS.ProcessEnv = process.env): {
   remote: RemoteStream;
   input: () => string;
@@ -70,10 +75,22 @@ function localSend(env: NodeJS.ProcessEnv = process.env): {
     exit,
     onStderrLine: (l) => listeners.push(l),
     stderrTail: () => stderr,
-    kill: () => child.kill(),
+    kill: () => {
+      child.stdin.destroy();
+      child.stdout.destroy();
+    },
     transport: 'openssh',
   };
   return { remote, input: () => input };
+}
+
+/** The processes whose command line names `folder` (none once a send has ended). */
+function running(folder: string): string {
+  try {
+    return execFileSync('pgrep', ['-a', '-f', folder], { encoding: 'utf8' }).trim();
+  } catch {
+    return '';
+  }
 }
 
 /** Keeps what is put, by key. */
@@ -152,7 +169,9 @@ describe('a tree backup’s send, with files decided later', { timeout: 30_000 }
     );
     const { o } = options(remote, client, [{ entry: a.entry }], later);
     await assert.rejects(sendFiles(o), /the host gave no sha256 for x/);
-    assert.notEqual(await remote.exit, undefined);
+    const code = await remote.exit;
+    assert.ok(code !== 0, `the host's command ended with ${code}`);
+    assert.equal(running(dir), '', 'no process of the send is left in the folder');
   });
 
   it('takes tar’s "file changed as we read it" (exit 1) as a change to prove, and fails on any other exit', async () => {

@@ -30,7 +30,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { publishTree } from '../tree/publish.js';
 import { proveStill, sendMissing } from './backup-tree-send.js';
 import { closeTreeChannels, openTreeChannels, sendFiles, type TreeChannels } from '../tree/send.js';
-import { proveUnchanged, readAhead, type Ahead, type Source } from '../tree/reuse.js';
+import { proveUnchanged, readAhead, type Ahead, type Source, type Stored } from '../tree/reuse.js';
 import { journalKey, storedObjects } from '../tree/store.js';
 
 /**
@@ -94,12 +94,42 @@ export interface TreeBackupArgs {
   snapshotAt: Date;
   runId: string;
   timings: Record<string, number>;
-  /** The frozen copy's listing, begun while the node started; listed here when not given. */
-  listing?: Promise<TreeListing>;
+  /** The frozen copy's listing and proof (planFrozen), begun while the node started; made here when not given. */
+  planned?: Promise<FrozenPlan>;
   /** Begun before the stop (startTree); the caller closes it. */
   start: TreeStart;
   /** Runs once every object is stored, before anything is published (a node stopped for the read starts). */
   beforePublish: () => Promise<void>;
+}
+
+/** The frozen copy's files, and what of them is proven stored already (tree/reuse.ts). */
+export interface FrozenPlan {
+  listing: TreeListing;
+  plan: Stored;
+}
+
+/**
+ * Lists the frozen copy and proves which of its files earlier runs stored, once the bucket's
+ * side is read: begun as soon as the copy is frozen, so that it runs while the node starts.
+ * It logs nothing (another group is open meanwhile); backupTree says what it found.
+ */
+export function planFrozen(start: TreeStart, listing: Promise<TreeListing>): Promise<FrozenPlan> {
+  const planned = listing.then(async (l) => {
+    const files = l.entries.filter((e) => e.type === 'file');
+    const ahead = await start.ahead;
+    // The earlier runs were found by the data dir's device, read before the freeze; the frozen
+    // copy is on it by construction. Were it not, an inode would prove nothing: none is used.
+    const sameDevice = l.device === start.source.device;
+    const plan = await proveUnchanged(
+      sameDevice ? ahead : { ...ahead, before: new Map() },
+      files,
+      start.channels.tails,
+      start.lease,
+    );
+    return { listing: l, plan };
+  });
+  planned.catch(() => undefined);
+  return planned;
 }
 
 export interface TreeBackupResult {
@@ -125,8 +155,9 @@ async function backupWithLease(
   const { bucket, prefix } = settings.s3;
   const folder = treeFolder(prefix, a.name);
 
+  const planned = a.planned ?? planFrozen(a.start, host.listTree(a.dir));
   const listing = await core.group('List the snapshot', async () => {
-    const l = await (a.listing ?? host.listTree(a.dir));
+    const l = (await planned).listing;
     const files = l.entries.filter((e) => e.type === 'file');
     core.info(
       `${files.length} files, ${formatBytes(files.reduce((s, f) => s + f.size, 0))}, in ` +
@@ -139,16 +170,9 @@ async function backupWithLease(
 
   // What is stored, and what earlier runs of this host prove (tree/reuse.ts).
   const plan = await core.group('Find what is stored already', async () => {
-    const ahead = await a.start.ahead;
-    // The earlier runs were found by the data dir's device, read before the freeze; the frozen
-    // copy is on it by construction. Were it not, an inode would prove nothing: none is used.
-    const sameDevice = listing.device === a.start.source.device;
-    return proveUnchanged(
-      sameDevice ? ahead : { ...ahead, before: new Map() },
-      files,
-      channels.tails,
-      lease,
-    );
+    const { plan: p } = await planned;
+    core.info(p.summary);
+    return p;
   });
 
   const { sent, journal } = await sendMissing({ a, plan, listing, lease, channels, source });

@@ -127,6 +127,8 @@ export interface Stored {
   hasPrevious: boolean;
   /** The paths earlier runs of this host recorded. */
   known: Set<string>;
+  /** What was found, in a line for the log (the proof may run while another group is open). */
+  summary: string;
 }
 
 /**
@@ -163,12 +165,11 @@ export async function proveUnchanged(
   }
   await lease.add([...done.values()].map((f) => f.sha256));
   const journals = ahead.journals;
-  core.info(
-    `${stored.size} objects stored; ${done.size} files proven unchanged since ` +
+  return {
+    summary:
+      `${stored.size} objects stored; ${done.size} files proven unchanged since ` +
       `${ahead.previousKey ?? 'no earlier snapshot of this host'}` +
       `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`,
-  );
-  return {
     stored,
     done,
     unproven,

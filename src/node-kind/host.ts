@@ -47,6 +47,12 @@ export interface Sizes {
   digest?: string;
 }
 
+/** A frozen copy once settled (NodeHost.settleFrozen). */
+export interface Settled extends Sizes {
+  /** How many leftover tables were removed from it: a listing made before is stale unless 0. */
+  pruned: number;
+}
+
 export interface ArchiveOptions {
   compression: Compression;
   level: number;
@@ -122,7 +128,7 @@ export interface NodeHost {
   /** Links and copies the node's files into `stage`, holding the watchdog's flag; run on `go`. */
   freeze(stage: string, watchdogFlag: string): Prepared;
   /** Leaves out of a frozen `stage` what is not part of the snapshot, then measures it. */
-  settleFrozen(stage: string): Promise<Sizes>;
+  settleFrozen(stage: string): Promise<Settled>;
   /** Files and bytes under `dir`. */
   measure(dir: string): Promise<Sizes>;
   /** A digest of every archived file's path, size and mtime under `dir`. */

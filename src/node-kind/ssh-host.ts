@@ -8,7 +8,7 @@ import { parseManifestsOutput, planPrune } from '../freeze.js';
 import type { ExecResult, SshSession } from '../ssh/session.js';
 import { HostError } from '../errors.js';
 import type { RemoteStream } from '../ssh/session.js';
-import type { PreparedStep, Sizes, Tree, TreeEntry, TreeListing } from './host.js';
+import type { PreparedStep, Settled, Sizes, Tree, TreeEntry, TreeListing } from './host.js';
 import { extractCommand } from './extract.js';
 import {
   appendCommand,
@@ -170,7 +170,7 @@ export abstract class SshHost {
    * of a compaction the node was stopped in), then measures what is left, with the stat
    * digest that the stream is checked against.
    */
-  async settleFrozen(stage: string): Promise<Sizes> {
+  async settleFrozen(stage: string): Promise<Settled> {
     // Measured at the same time as the MANIFESTs are read: that is the answer unless there
     // is something to prune, which is rare.
     const measure = () =>
@@ -186,12 +186,12 @@ export abstract class SshHost {
       `${plan.databases} LevelDB database(s), ${plan.liveTables} live tables; ` +
         `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`,
     );
-    if (plan.garbage.length === 0) return parseSizes(await measuring);
+    if (plan.garbage.length === 0) return { ...parseSizes(await measuring), pruned: 0 };
     await measuring.catch(() => undefined);
     await this.session.run('Pruning the staging folder', pruneCommand(stage), {
       stdin: plan.garbage.map((g) => `${g}\0`).join(''),
     });
-    return parseSizes(await measure());
+    return { ...parseSizes(await measure()), pruned: plan.garbage.length };
   }
 
   async measure(dir: string): Promise<Sizes> {

@@ -12,6 +12,7 @@ import type {
   NodeHost,
   PreparedStep,
   RestoreChecks,
+  Settled,
   Sizes,
   StagingFolder,
 } from '../../src/node-kind/host.js';
@@ -167,9 +168,9 @@ export class FakeNode implements NodeHost, Shell {
     };
   }
 
-  settleFrozen(): Promise<Sizes> {
+  settleFrozen(): Promise<Settled> {
     this.calls.push('settle');
-    return Promise.resolve(this.sizes(this.staged ?? {}));
+    return Promise.resolve({ ...this.sizes(this.staged ?? {}), pruned: 0 });
   }
 
   measure(): Promise<Sizes> {

@@ -53,8 +53,9 @@ export class FileProgress {
     private totalFiles: number,
     private totalBytes: number,
     intervalMs = 10_000,
+    say: Say = (line) => core.info(line),
   ) {
-    this.timer = setInterval(() => core.info(this.line()), intervalMs);
+    this.timer = setInterval(() => say(this.line()), intervalMs);
     this.timer.unref();
   }
 
@@ -76,5 +77,27 @@ export class FileProgress {
 
   stop(): void {
     clearInterval(this.timer);
+  }
+}
+
+/** Where a step's lines go: the log, or a HeldLog. */
+export type Say = (line: string) => void;
+
+/**
+ * The lines of a step that begins before its own group can open (a tree's send, begun while
+ * the node starts and its group is open): kept until `open`, then said as they come.
+ */
+export class HeldLog {
+  private held: string[] | undefined = [];
+
+  readonly say: Say = (line) => {
+    if (this.held) this.held.push(line);
+    else core.info(line);
+  };
+
+  open(): void {
+    const lines = this.held ?? [];
+    this.held = undefined;
+    for (const line of lines) core.info(line);
   }
 }

@@ -13,11 +13,16 @@ import { writeJson } from '../s3/store.js';
 import { isTableFile } from '../tree/layout.js';
 import type { LeaseKeeper } from '../tree/lease.js';
 import { pool } from '../tree/pool.js';
+import type { Say } from '../progress.js';
 import { fileOf, storedTail, type Source, type Stored } from '../tree/reuse.js';
 import { heldWhole, sendFiles, type SendFile, type Sent, type TreeChannels } from '../tree/send.js';
 import { journalKey, type Journal } from '../tree/store.js';
 import type { TreeBackupArgs } from './backup-tree.js';
 
+/**
+ * Sends what the bucket lacks. It may begin while another group is open (the node's start):
+ * every line goes to `say`, a HeldLog that backupTree opens in the send's own group.
+ */
 export async function sendMissing(o: {
   a: TreeBackupArgs;
   plan: Stored;
@@ -25,8 +30,9 @@ export async function sendMissing(o: {
   lease: LeaseKeeper;
   channels: TreeChannels;
   source: Source;
+  say: Say;
 }): Promise<{ sent: Sent; journal: Journal }> {
-  const { a, plan, listing, lease, channels, source } = o;
+  const { a, plan, listing, lease, channels, source, say } = o;
   const { settings, client, host } = a;
   const { bucket, prefix } = settings.s3;
   // Hashing a file on the host reads it there once more; that pays only where its object may
@@ -69,7 +75,7 @@ export async function sendMissing(o: {
           more.push({ entry: e, sha256: sha });
         }
       }
-      core.info(
+      say(
         `${hashes.size} files hashed in ${formatDuration(a.timings.hash)} (${formatBytes(hashedBytes)}), ` +
           `${storedAlready.length} of them stored already; ${toSend.length} ` +
           `${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'table files new since the last snapshot'} are hashed as they arrive.`,
@@ -90,59 +96,59 @@ export async function sendMissing(o: {
     await writeJson(client, bucket, journalKey(prefix, a.runId), journal);
   };
   const tSend = performance.now();
-  const sent = await core.group('Send the files that the bucket lacks', async () => {
-    core.info(
-      `${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))}) go up now` +
-        (hashFirst.length > 0
-          ? `; ${hashFirst.length} more (${formatBytes(hashedBytes)}) are hashed on the host meanwhile, and follow unless stored already.`
-          : '.'),
-    );
-    try {
-      return await sendFiles({
-        channel: channels.send,
-        host,
-        client,
-        bucket,
-        prefix,
-        dir: a.dir,
-        files: toSend,
-        later,
-        filesInFlight: settings.s3.filesInFlight,
-        bytesInFlight: settings.s3.bytesInFlight,
-        onStored: (entry, sha, tail) => {
-          const f = fileOf(entry, sha, tail);
-          plan.done.set(entry.path, f);
-          for (const w of waiting.get(sha) ?? []) plan.done.set(w.path, fileOf(w, sha, tail));
-          journal.files.push(f);
-          lease.add([sha]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
-          // Every 30 s, what is stored so far: a run cut short is resumed from it.
-          if (performance.now() - lastJournal > 30_000) {
-            lastJournal = performance.now();
-            writeJournal().catch((e) => core.debug(`journal: ${errorMessage(e)}`));
-          }
-        },
-      });
-    } catch (error) {
-      if (journal.files.length > 0) {
-        await writeJournal().then(
-          () =>
-            core.info(
-              `${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`,
-            ),
-          () => undefined,
-        );
-      }
-      throw error;
+  say(
+    `${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))}) go up now` +
+      (hashFirst.length > 0
+        ? `; ${hashFirst.length} more (${formatBytes(hashedBytes)}) are hashed on the host meanwhile, and follow unless stored already.`
+        : '.'),
+  );
+  let sent: Sent;
+  try {
+    sent = await sendFiles({
+      channel: channels.send,
+      host,
+      client,
+      bucket,
+      prefix,
+      dir: a.dir,
+      files: toSend,
+      later,
+      filesInFlight: settings.s3.filesInFlight,
+      bytesInFlight: settings.s3.bytesInFlight,
+      say,
+      onStored: (entry, sha, tail) => {
+        const f = fileOf(entry, sha, tail);
+        plan.done.set(entry.path, f);
+        for (const w of waiting.get(sha) ?? []) plan.done.set(w.path, fileOf(w, sha, tail));
+        journal.files.push(f);
+        lease.add([sha]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
+        // Every 30 s, what is stored so far: a run cut short is resumed from it.
+        if (performance.now() - lastJournal > 30_000) {
+          lastJournal = performance.now();
+          writeJournal().catch((e) => core.debug(`journal: ${errorMessage(e)}`));
+        }
+      },
+    });
+  } catch (error) {
+    if (journal.files.length > 0) {
+      await writeJournal().then(
+        () =>
+          say(
+            `${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`,
+          ),
+        () => undefined,
+      );
     }
-  });
+    throw error;
+  }
   a.timings.stream = secondsSince(tSend);
   if (sent.files > 0) {
-    core.info(
+    say(
       `Sent ${sent.files} files, ${formatBytes(sent.bytes)} in ${formatDuration(a.timings.stream)} ` +
         `(${formatRate(sent.bytes, a.timings.stream)}).`,
     );
   }
-  if (sent.linksChanged) await proveStill(host, a.dir, listing);
+  if (sent.linksChanged) await proveStill(host, a.dir, listing, say);
 
   // A stored object's tail hash, where no manifest of this host gives it: its last bytes, read
   // many at once (after a restore onto a new host, every file is one of these).
@@ -160,7 +166,12 @@ export async function sendMissing(o: {
  * removed meanwhile (a compaction, once the node runs again) keeps both; a byte written would
  * move one.
  */
-export async function proveStill(host: NodeHost, dir: string, listing: TreeListing): Promise<void> {
+export async function proveStill(
+  host: NodeHost,
+  dir: string,
+  listing: TreeListing,
+  say: Say = (line) => core.info(line),
+): Promise<void> {
   const now = new Map((await host.listTree(dir)).entries.map((e) => [e.hostPath, e]));
   const moved = listing.entries.find((e) => {
     const n = now.get(e.hostPath);
@@ -172,7 +183,7 @@ export async function proveStill(host: NodeHost, dir: string, listing: TreeListi
         `is not consistent, and nothing was published. Run again.`,
     );
   }
-  core.info(
+  say(
     `tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`,
   );
 }

@@ -22,9 +22,10 @@ import { verifyStored } from './verify.js';
 import { archiveBound, streamArchive } from './backup-stream.js';
 import {
   backupTree,
-  planFrozen,
+  beginTree,
   startTree,
-  type FrozenPlan,
+  type TreeBackupArgs,
+  type TreeRun,
   type TreeStart,
 } from './backup-tree.js';
 import {
@@ -69,7 +70,7 @@ export async function backup(
   let stage: string | undefined;
   let remote: RemoteStream | undefined;
   let treeStart: TreeStart | undefined;
-  let planned: Promise<FrozenPlan> | undefined;
+  let treeRun: TreeRun | undefined;
   let streamStarted = false;
   let uploaded: string[] = [];
   let published = false;
@@ -153,6 +154,7 @@ export async function backup(
     // The data channel connects while the node stops and the copy freezes; it archives
     // nothing before its go line. A tree's two channels do the same, and what the bucket
     // holds is read meanwhile.
+    let treeArgs: TreeBackupArgs | undefined;
     if (tree) {
       treeStart = startTree({
         settings,
@@ -163,6 +165,28 @@ export async function backup(
         facts,
         runId,
       });
+      treeArgs = {
+        settings,
+        client,
+        host,
+        dir: source,
+        name,
+        height,
+        facts,
+        start: treeStart,
+        snapshotAt,
+        runId,
+        timings,
+        beforePublish: async () => {
+          if (settings.backup.consistency !== 'stop') return;
+          await node.start();
+          timings.downtime = node.downtimeSeconds ?? 0;
+          node.assertOwned(
+            `Files may have changed while they were read: nothing was published. Raise 'max-downtime' above the time ` +
+              `the transfer takes, or use 'consistency: hardlink'.`,
+          );
+        },
+      };
     } else {
       remote = await host.archive(source, {
         compression: settings.backup.compression,
@@ -188,18 +212,19 @@ export async function backup(
           throw explainFreeze(error, host);
         }
         // The node comes back up while its frozen copy is read: they share no file that
-        // changes. The stream waits for the node to run again: started together, the two
-        // shared the host's CPU and the node was down twice as long (4.7 s against 2.3 s on
+        // changes. An archive's stream waits for the node to run again: started together, the
+        // two shared the host's CPU and the node was down twice as long (4.7 s against 2.3 s on
         // the bench) for no earlier listing.
         const settled = host.settleFrozen(frozen);
-        // A tree's files are listed meanwhile too (a walk of the folder, as light as the measure),
-        // and those stored already proven by their tails (a few bytes each). The listing runs
-        // beside the settling: it is the frozen copy's unless a leftover table was pruned.
-        if (tree) {
+        // A tree's files are listed meanwhile (a walk of the folder, as light as the measure),
+        // those stored already proven by their tails (a few bytes each), and the others sent
+        // (see beginTree). The listing runs beside the settling: it is the frozen copy's unless
+        // a leftover table was pruned.
+        if (treeArgs) {
           const early = host.listTree(frozen);
           early.catch(() => undefined);
-          planned = planFrozen(
-            treeStart!,
+          treeRun = beginTree(
+            treeArgs,
             settled.then((s) => (s.pruned > 0 ? host.listTree(frozen) : early)),
           );
         }
@@ -215,30 +240,8 @@ export async function backup(
       sizes = await host.measure(source);
     }
 
-    if (tree) {
-      const done = await backupTree({
-        settings,
-        client,
-        host,
-        dir: source,
-        name,
-        height,
-        facts,
-        start: treeStart!,
-        planned,
-        snapshotAt,
-        runId,
-        timings,
-        beforePublish: async () => {
-          if (settings.backup.consistency !== 'stop') return;
-          await node.start();
-          timings.downtime = node.downtimeSeconds ?? 0;
-          node.assertOwned(
-            `Files may have changed while they were read: nothing was published. Raise 'max-downtime' above the time ` +
-              `the transfer takes, or use 'consistency: hardlink'.`,
-          );
-        },
-      });
+    if (treeArgs) {
+      const done = await backupTree(treeRun ?? beginTree(treeArgs, host.listTree(source)));
       published = true;
       timings.stopToListed =
         node.stoppedAt !== undefined ? (performance.now() - node.stoppedAt) / 1000 : 0;

@@ -23,7 +23,7 @@ import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import { TailHasher, tailHash, TAIL_BYTES } from './icon2.js';
 import { objectKey } from './layout.js';
 import { putObject } from './store.js';
-import { FileProgress } from '../progress.js';
+import { FileProgress, type Say } from '../progress.js';
 import { ChunkReader, nextMember, padding } from './tar-stream.js';
 
 export interface SendFile {
@@ -54,6 +54,8 @@ export interface SendOptions {
   onStored: (entry: TreeEntry, sha256: string, tail: string) => void;
   /** `host.sendFiles(dir)`, opened ahead (see TreeChannels); one is opened when not given. */
   channel?: Promise<RemoteStream>;
+  /** Where the progress lines go (the log when not given). */
+  say?: Say;
 }
 
 /**
@@ -130,7 +132,8 @@ export async function sendFiles(o: SendOptions): Promise<Sent> {
   const first = unhashed(o.files);
   if (first) throw first;
   let total = o.files.reduce((s, f) => s + f.entry.size, 0);
-  const progress = new FileProgress('Upload', o.files.length, total);
+  const say = o.say ?? ((line: string) => core.info(line));
+  const progress = new FileProgress('Upload', o.files.length, total, undefined, say);
   const budget = new Budget(o.filesInFlight, o.bytesInFlight);
   const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
   const remote = await (o.channel ?? o.host.sendFiles(o.dir));
@@ -233,7 +236,7 @@ export async function sendFiles(o: SendOptions): Promise<Sent> {
         `The host did not send ${byPath.size} of the files it listed (the first: ${[...byPath.keys()][0]}). Nothing was published.`,
       );
     }
-    core.info(progress.line());
+    say(progress.line());
     return { files: sent, bytes: total, linksChanged };
   } catch (error) {
     remote.kill();

@@ -14,7 +14,7 @@ import {
   parseHostKeyPins,
   pinnedAlgorithms,
 } from '../../src/ssh/host-key.ts';
-import { Progress } from '../../src/progress.ts';
+import { HeldLog, Progress } from '../../src/progress.ts';
 import { quote } from '../../src/shell.ts';
 
 describe('host key pins', () => {
@@ -222,5 +222,28 @@ describe('progress line', () => {
     const line = p.line();
     p.stop();
     assert.match(line, /^Upload: 100.0 MiB sent, .+\/s, 25% of 1000.0 MiB read, ETA .+/);
+  });
+});
+
+describe('lines held for a group not open yet', () => {
+  it('says nothing until opened, then what it held in order, then each line as it comes', () => {
+    const out: string[] = [];
+    const write = process.stdout.write.bind(process.stdout);
+    process.stdout.write = ((chunk: string) => {
+      out.push(String(chunk));
+      return true;
+    }) as typeof process.stdout.write;
+    try {
+      const log = new HeldLog();
+      log.say('first');
+      log.say('second');
+      assert.deepEqual(out, []);
+      log.open();
+      assert.deepEqual(out.join('').split('\n').filter(Boolean), ['first', 'second']);
+      log.say('third');
+      assert.deepEqual(out.join('').split('\n').filter(Boolean), ['first', 'second', 'third']);
+    } finally {
+      process.stdout.write = write;
+    }
   });
 });

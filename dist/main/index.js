@@ -94584,12 +94584,12 @@ class SshHost {
         info(`${plan.databases} LevelDB database(s), ${plan.liveTables} live tables; ` +
             `${plan.garbage.length} leftover table(s) of an interrupted compaction left out.`);
         if (plan.garbage.length === 0)
-            return parseSizes(await measuring);
+            return { ...parseSizes(await measuring), pruned: 0 };
         await measuring.catch(() => undefined);
         await this.session.run('Pruning the staging folder', pruneCommand(stage), {
             stdin: plan.garbage.map((g) => `${g}\0`).join(''),
         });
-        return parseSizes(await measure());
+        return { ...parseSizes(await measure()), pruned: plan.garbage.length };
     }
     async measure(dir) {
         return parseSizes(await this.session.run('Measuring the snapshot', sizeCommand(this.tree, dir)));
@@ -96391,11 +96391,11 @@ class FileProgress {
     timer;
     files = 0;
     bytes = 0;
-    constructor(label, totalFiles, totalBytes, intervalMs = 10_000) {
+    constructor(label, totalFiles, totalBytes, intervalMs = 10_000, say = (line) => info(line)) {
         this.label = label;
         this.totalFiles = totalFiles;
         this.totalBytes = totalBytes;
-        this.timer = setInterval(() => info(this.line()), intervalMs);
+        this.timer = setInterval(() => say(this.line()), intervalMs);
         this.timer.unref();
     }
     /** More to move than first counted: `files` more files, of `bytes` more bytes. */
@@ -96412,6 +96412,25 @@ class FileProgress {
     }
     stop() {
         clearInterval(this.timer);
+    }
+}
+/**
+ * The lines of a step that begins before its own group can open (a tree's send, begun while
+ * the node starts and its group is open): kept until `open`, then said as they come.
+ */
+class HeldLog {
+    held = [];
+    say = (line) => {
+        if (this.held)
+            this.held.push(line);
+        else
+            info(line);
+    };
+    open() {
+        const lines = this.held ?? [];
+        this.held = undefined;
+        for (const line of lines)
+            info(line);
     }
 }
 
@@ -98857,7 +98876,8 @@ async function sendFiles(o) {
     if (first)
         throw first;
     let total = o.files.reduce((s, f) => s + f.entry.size, 0);
-    const progress = new FileProgress('Upload', o.files.length, total);
+    const say = o.say ?? ((line) => info(line));
+    const progress = new FileProgress('Upload', o.files.length, total, undefined, say);
     const budget = new Budget(o.filesInFlight, o.bytesInFlight);
     const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
     const remote = await (o.channel ?? o.host.sendFiles(o.dir));
@@ -98960,7 +98980,7 @@ async function sendFiles(o) {
         if (byPath.size > 0) {
             throw new IntegrityError(`The host did not send ${byPath.size} of the files it listed (the first: ${[...byPath.keys()][0]}). Nothing was published.`);
         }
-        info(progress.line());
+        say(progress.line());
         return { files: sent, bytes: total, linksChanged };
     }
     catch (error) {
@@ -99137,10 +99157,10 @@ async function proveUnchanged(ahead, files, tailsChannel, lease) {
     }
     await lease.add([...done.values()].map((f) => f.sha256));
     const journals = ahead.journals;
-    info(`${stored.size} objects stored; ${done.size} files proven unchanged since ` +
-        `${ahead.previousKey ?? 'no earlier snapshot of this host'}` +
-        `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`);
     return {
+        summary: `${stored.size} objects stored; ${done.size} files proven unchanged since ` +
+            `${ahead.previousKey ?? 'no earlier snapshot of this host'}` +
+            `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`,
         stored,
         done,
         unproven,
@@ -99188,8 +99208,12 @@ async function storedTail(client, bucket, prefix, sha, size) {
 
 
 
+/**
+ * Sends what the bucket lacks. It may begin while another group is open (the node's start):
+ * every line goes to `say`, a HeldLog that backupTree opens in the send's own group.
+ */
 async function sendMissing(o) {
-    const { a, plan, listing, lease, channels, source } = o;
+    const { a, plan, listing, lease, channels, source, say } = o;
     const { settings, client, host } = a;
     const { bucket, prefix } = settings.s3;
     // Hashing a file on the host reads it there once more; that pays only where its object may
@@ -99229,7 +99253,7 @@ async function sendMissing(o) {
                 more.push({ entry: e, sha256: sha });
             }
         }
-        info(`${hashes.size} files hashed in ${formatDuration(a.timings.hash)} (${formatBytes(hashedBytes)}), ` +
+        say(`${hashes.size} files hashed in ${formatDuration(a.timings.hash)} (${formatBytes(hashedBytes)}), ` +
             `${storedAlready.length} of them stored already; ${toSend.length} ` +
             `${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'table files new since the last snapshot'} are hashed as they arrive.`);
         return more;
@@ -99247,52 +99271,52 @@ async function sendMissing(o) {
         await writeJson(client, bucket, journalKey(prefix, a.runId), journal);
     };
     const tSend = performance.now();
-    const sent = await group('Send the files that the bucket lacks', async () => {
-        info(`${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))}) go up now` +
-            (hashFirst.length > 0
-                ? `; ${hashFirst.length} more (${formatBytes(hashedBytes)}) are hashed on the host meanwhile, and follow unless stored already.`
-                : '.'));
-        try {
-            return await sendFiles({
-                channel: channels.send,
-                host,
-                client,
-                bucket,
-                prefix,
-                dir: a.dir,
-                files: toSend,
-                later,
-                filesInFlight: settings.s3.filesInFlight,
-                bytesInFlight: settings.s3.bytesInFlight,
-                onStored: (entry, sha, tail) => {
-                    const f = fileOf(entry, sha, tail);
-                    plan.done.set(entry.path, f);
-                    for (const w of waiting.get(sha) ?? [])
-                        plan.done.set(w.path, fileOf(w, sha, tail));
-                    journal.files.push(f);
-                    lease.add([sha]).catch((e) => core_debug(`lease: ${errorMessage(e)}`));
-                    // Every 30 s, what is stored so far: a run cut short is resumed from it.
-                    if (performance.now() - lastJournal > 30_000) {
-                        lastJournal = performance.now();
-                        writeJournal().catch((e) => core_debug(`journal: ${errorMessage(e)}`));
-                    }
-                },
-            });
+    say(`${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))}) go up now` +
+        (hashFirst.length > 0
+            ? `; ${hashFirst.length} more (${formatBytes(hashedBytes)}) are hashed on the host meanwhile, and follow unless stored already.`
+            : '.'));
+    let sent;
+    try {
+        sent = await sendFiles({
+            channel: channels.send,
+            host,
+            client,
+            bucket,
+            prefix,
+            dir: a.dir,
+            files: toSend,
+            later,
+            filesInFlight: settings.s3.filesInFlight,
+            bytesInFlight: settings.s3.bytesInFlight,
+            say,
+            onStored: (entry, sha, tail) => {
+                const f = fileOf(entry, sha, tail);
+                plan.done.set(entry.path, f);
+                for (const w of waiting.get(sha) ?? [])
+                    plan.done.set(w.path, fileOf(w, sha, tail));
+                journal.files.push(f);
+                lease.add([sha]).catch((e) => core_debug(`lease: ${errorMessage(e)}`));
+                // Every 30 s, what is stored so far: a run cut short is resumed from it.
+                if (performance.now() - lastJournal > 30_000) {
+                    lastJournal = performance.now();
+                    writeJournal().catch((e) => core_debug(`journal: ${errorMessage(e)}`));
+                }
+            },
+        });
+    }
+    catch (error) {
+        if (journal.files.length > 0) {
+            await writeJournal().then(() => say(`${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`), () => undefined);
         }
-        catch (error) {
-            if (journal.files.length > 0) {
-                await writeJournal().then(() => info(`${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`), () => undefined);
-            }
-            throw error;
-        }
-    });
+        throw error;
+    }
     a.timings.stream = secondsSince(tSend);
     if (sent.files > 0) {
-        info(`Sent ${sent.files} files, ${formatBytes(sent.bytes)} in ${formatDuration(a.timings.stream)} ` +
+        say(`Sent ${sent.files} files, ${formatBytes(sent.bytes)} in ${formatDuration(a.timings.stream)} ` +
             `(${formatRate(sent.bytes, a.timings.stream)}).`);
     }
     if (sent.linksChanged)
-        await proveStill(host, a.dir, listing);
+        await proveStill(host, a.dir, listing, say);
     // A stored object's tail hash, where no manifest of this host gives it: its last bytes, read
     // many at once (after a restore onto a new host, every file is one of these).
     await pool(storedAlready, settings.s3.filesInFlight, async ({ e, sha }) => {
@@ -99308,7 +99332,7 @@ async function sendMissing(o) {
  * removed meanwhile (a compaction, once the node runs again) keeps both; a byte written would
  * move one.
  */
-async function proveStill(host, dir, listing) {
+async function proveStill(host, dir, listing, say = (line) => info(line)) {
     const now = new Map((await host.listTree(dir)).entries.map((e) => [e.hostPath, e]));
     const moved = listing.entries.find((e) => {
         const n = now.get(e.hostPath);
@@ -99318,7 +99342,7 @@ async function proveStill(host, dir, listing) {
         throw new HostError(`${moved.path} changed in the frozen copy while the files were sent (its size or mtime): the snapshot ` +
             `is not consistent, and nothing was published. Run again.`);
     }
-    info(`tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`);
+    say(`tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`);
 }
 
 ;// CONCATENATED MODULE: ./src/modes/backup-tree.ts
@@ -99329,6 +99353,7 @@ async function proveStill(host, dir, listing) {
  * exists, then publish its manifest, index and checksum file, backup_list and the pointer
  * (tree/publish.ts). See tree/layout.ts for the bucket's layout.
  */
+
 
 
 
@@ -99370,18 +99395,54 @@ function startTree(a) {
         },
     };
 }
-async function backupTree(a) {
-    const done = await backupWithLease(a, a.start.lease, a.start.channels);
+/**
+ * Lists the frozen copy (`listing`, begun by the caller), proves which of its files earlier runs
+ * stored once the bucket's side is read, and sends the others. The node's start and the send
+ * share no file that changes; on the bench's two cores the start was no slower for it.
+ */
+function beginTree(args, listing) {
+    const planned = planFrozen(args.start, listing);
+    const log = new HeldLog();
+    const sending = planned.then(({ plan, listing: l }) => sendMissing({
+        a: args,
+        plan,
+        listing: l,
+        lease: args.start.lease,
+        channels: args.start.channels,
+        source: { ...args.start.source, device: l.device },
+        say: log.say,
+    }));
+    sending.catch(() => undefined);
+    return { args, planned, sending, log };
+}
+/** Lists the frozen copy and proves which of its files earlier runs stored. */
+function planFrozen(start, listing) {
+    const planned = listing.then(async (l) => {
+        const files = l.entries.filter((e) => e.type === 'file');
+        const ahead = await start.ahead;
+        // The earlier runs were found by the data dir's device, read before the freeze; the frozen
+        // copy is on it by construction. Were it not, an inode would prove nothing: none is used.
+        const sameDevice = l.device === start.source.device;
+        const plan = await proveUnchanged(sameDevice ? ahead : { ...ahead, before: new Map() }, files, start.channels.tails, start.lease);
+        return { listing: l, plan };
+    });
+    planned.catch(() => undefined);
+    return planned;
+}
+async function backupTree(run) {
+    const done = await backupWithLease(run);
     // Published: the manifest protects its objects now; the lease expires on its own.
-    await a.start.lease.release();
+    await run.args.start.lease.release();
     return done;
 }
-async function backupWithLease(a, lease, channels) {
+async function backupWithLease(run) {
+    const a = run.args;
+    const { lease } = a.start;
     const { settings, client, host } = a;
     const { bucket, prefix } = settings.s3;
     const folder = treeFolder(prefix, a.name);
     const listing = await group('List the snapshot', async () => {
-        const l = await (a.listing ?? host.listTree(a.dir));
+        const l = (await run.planned).listing;
         const files = l.entries.filter((e) => e.type === 'file');
         info(`${files.length} files, ${formatBytes(files.reduce((s, f) => s + f.size, 0))}, in ` +
             `${l.entries.length - files.length} directories.`);
@@ -99391,13 +99452,14 @@ async function backupWithLease(a, lease, channels) {
     const files = listing.entries.filter((e) => e.type === 'file');
     // What is stored, and what earlier runs of this host prove (tree/reuse.ts).
     const plan = await group('Find what is stored already', async () => {
-        const ahead = await a.start.ahead;
-        // The earlier runs were found by the data dir's device, read before the freeze; the frozen
-        // copy is on it by construction. Were it not, an inode would prove nothing: none is used.
-        const sameDevice = listing.device === a.start.source.device;
-        return proveUnchanged(sameDevice ? ahead : { ...ahead, before: new Map() }, files, channels.tails, lease);
+        const { plan: p } = await run.planned;
+        info(p.summary);
+        return p;
     });
-    const { sent, journal } = await sendMissing({ a, plan, listing, lease, channels, source });
+    const { sent, journal } = await group('Send the files that the bucket lacks', () => {
+        run.log.open();
+        return run.sending;
+    });
     // Every stored object this run relies on is named in its lease before it is relied on: a
     // sweep from now on keeps them. A sweep already running may not have seen the lease; its
     // mark says so (tree/sweep-marks.ts), and then the run checks before it publishes.
@@ -99760,7 +99822,7 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
     let stage;
     let remote;
     let treeStart;
-    let listing;
+    let treeRun;
     let streamStarted = false;
     let uploaded = [];
     let published = false;
@@ -99823,6 +99885,7 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
         // The data channel connects while the node stops and the copy freezes; it archives
         // nothing before its go line. A tree's two channels do the same, and what the bucket
         // holds is read meanwhile.
+        let treeArgs;
         if (tree) {
             treeStart = startTree({
                 settings,
@@ -99833,6 +99896,27 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
                 facts,
                 runId,
             });
+            treeArgs = {
+                settings,
+                client,
+                host,
+                dir: source,
+                name,
+                height,
+                facts,
+                start: treeStart,
+                snapshotAt,
+                runId,
+                timings,
+                beforePublish: async () => {
+                    if (settings.backup.consistency !== 'stop')
+                        return;
+                    await node.start();
+                    timings.downtime = node.downtimeSeconds ?? 0;
+                    node.assertOwned(`Files may have changed while they were read: nothing was published. Raise 'max-downtime' above the time ` +
+                        `the transfer takes, or use 'consistency: hardlink'.`);
+                },
+            };
         }
         else {
             remote = await host.archive(source, {
@@ -99859,14 +99943,18 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
                     throw explainFreeze(error, host);
                 }
                 // The node comes back up while its frozen copy is read: they share no file that
-                // changes. The stream waits for the node to run again: started together, the two
-                // shared the host's CPU and the node was down twice as long (4.7 s against 2.3 s on
+                // changes. An archive's stream waits for the node to run again: started together, the
+                // two shared the host's CPU and the node was down twice as long (4.7 s against 2.3 s on
                 // the bench) for no earlier listing.
                 const settled = host.settleFrozen(frozen);
-                // A tree's files are listed meanwhile too: a walk of the folder, as light as the measure.
-                if (tree) {
-                    listing = settled.then(() => host.listTree(frozen));
-                    listing.catch(() => undefined);
+                // A tree's files are listed meanwhile (a walk of the folder, as light as the measure),
+                // those stored already proven by their tails (a few bytes each), and the others sent
+                // (see beginTree). The listing runs beside the settling: it is the frozen copy's unless
+                // a leftover table was pruned.
+                if (treeArgs) {
+                    const early = host.listTree(frozen);
+                    early.catch(() => undefined);
+                    treeRun = beginTree(treeArgs, settled.then((s) => (s.pruned > 0 ? host.listTree(frozen) : early)));
                 }
                 const [, prepared] = await Promise.allSettled([node.ensureStarted(), settled]);
                 if (node.isStopped)
@@ -99882,29 +99970,8 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
             await group('Stop the node', () => node.stop());
             sizes = await host.measure(source);
         }
-        if (tree) {
-            const done = await backupTree({
-                settings,
-                client,
-                host,
-                dir: source,
-                name,
-                height,
-                facts,
-                start: treeStart,
-                listing,
-                snapshotAt,
-                runId,
-                timings,
-                beforePublish: async () => {
-                    if (settings.backup.consistency !== 'stop')
-                        return;
-                    await node.start();
-                    timings.downtime = node.downtimeSeconds ?? 0;
-                    node.assertOwned(`Files may have changed while they were read: nothing was published. Raise 'max-downtime' above the time ` +
-                        `the transfer takes, or use 'consistency: hardlink'.`);
-                },
-            });
+        if (treeArgs) {
+            const done = await backupTree(treeRun ?? beginTree(treeArgs, host.listTree(source)));
             published = true;
             timings.stopToListed =
                 node.stoppedAt !== undefined ? (performance.now() - node.stoppedAt) / 1000 : 0;

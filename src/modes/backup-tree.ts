@@ -30,7 +30,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { publishTree } from '../tree/publish.js';
 import { proveStill, sendMissing } from './backup-tree-send.js';
 import { closeTreeChannels, openTreeChannels, sendFiles, type TreeChannels } from '../tree/send.js';
-import { proveUnchanged, readAhead, type Ahead, type Source, type Stored } from '../tree/reuse.js';
+import {
+  proveUnchanged,
+  readAhead,
+  type Ahead,
+  type Earlier,
+  type Source,
+  type Stored,
+} from '../tree/reuse.js';
 import { journalKey, storedObjects } from '../tree/store.js';
 import { HeldLog } from '../progress.js';
 
@@ -59,6 +66,8 @@ export function startTree(a: {
   device: string;
   facts: KindFacts;
   runId: string;
+  /** The bucket's earlier trees and journals (readEarlier), begun once connected. */
+  earlier?: Promise<Earlier>;
 }): TreeStart {
   const { settings, client } = a;
   const channels = openTreeChannels(a.host, a.dir);
@@ -69,7 +78,7 @@ export function startTree(a: {
     device: a.device,
     ...(a.facts.identity !== undefined ? { identity: String(a.facts.identity) } : {}),
   };
-  const ahead = readAhead({ client, settings, lease, source });
+  const ahead = readAhead({ client, settings, lease, source, earlier: a.earlier });
   ahead.catch(() => undefined);
   return {
     channels,
@@ -120,14 +129,19 @@ export interface TreeRun {
 }
 
 /**
- * Lists the frozen copy (`listing`, begun by the caller), proves which of its files earlier runs
- * stored once the bucket's side is read, and sends the others. The node's start and the send
- * share no file that changes; on the bench's two cores the start was no slower for it.
+ * Lists the frozen copy (`listing`, begun by the caller) and proves which of its files earlier
+ * runs stored once the bucket's side is read, while the node starts; sends the others once
+ * `started` resolves. Sent during the start, a transfer that broke (a cut connection) failed
+ * the start's session with it, and the two failures crossed.
  */
-export function beginTree(args: TreeBackupArgs, listing: Promise<TreeListing>): TreeRun {
+export function beginTree(
+  args: TreeBackupArgs,
+  listing: Promise<TreeListing>,
+  started: Promise<void>,
+): TreeRun {
   const planned = planFrozen(args.start, listing);
   const log = new HeldLog();
-  const sending = planned.then(({ plan, listing: l }) =>
+  const sending = Promise.all([planned, started]).then(([{ plan, listing: l }]) =>
     sendMissing({
       a: args,
       plan,

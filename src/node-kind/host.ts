@@ -157,6 +157,11 @@ export interface NodeHost {
   // --- trees (see tree/layout.ts) -----------------------------------------------------
   /** The snapshot's files and directories under `dir`, named as a snapshot stores them. */
   listTree(dir: string): Promise<TreeListing>;
+  /**
+   * The same listing, its session opened now and the walk made on `go`: opened as the node
+   * stops, the frozen copy's listing waits for no new session while the node starts.
+   */
+  listTreeAhead(dir: string): PreparedListing;
   // The next two take `GO_LINE`, then NUL-terminated paths (as on the host, under `dir`), on
   // stdin. Each is a data channel, which costs an SSH handshake: opened ahead (before `dir`
   // exists, as the node stops), it waits for its line.
@@ -189,6 +194,13 @@ export interface NodeHost {
   // --- housekeeping ------------------------------------------------------------------
   remove(path: string): Promise<void>;
   removeStaging(stage: string): Promise<void>;
+}
+
+/** A listing opened ahead (`NodeHost.listTreeAhead`): it walks the folder on `go`. */
+export interface PreparedListing {
+  go(): Promise<TreeListing>;
+  /** Ends it unused; nothing runs. */
+  cancel(): Promise<void>;
 }
 
 /** A file or directory of a snapshot on the host (see `NodeHost.listTree`). */

@@ -8,7 +8,15 @@ import { parseManifestsOutput, planPrune } from '../freeze.js';
 import type { ExecResult, SshSession } from '../ssh/session.js';
 import { HostError } from '../errors.js';
 import type { RemoteStream } from '../ssh/session.js';
-import type { PreparedStep, Settled, Sizes, Tree, TreeEntry, TreeListing } from './host.js';
+import type {
+  PreparedListing,
+  PreparedStep,
+  Settled,
+  Sizes,
+  Tree,
+  TreeEntry,
+  TreeListing,
+} from './host.js';
 import { extractCommand } from './extract.js';
 import {
   appendCommand,
@@ -36,6 +44,9 @@ import {
   statDigestCommand,
 } from './remote.js';
 
+/** A listing's limits: a large tree's is tens of megabytes, and its walk may take minutes. */
+const LISTING = { maxOutputBytes: 256 * 1024 ** 2, timeoutMs: 30 * 60_000 };
+
 export abstract class SshHost {
   constructor(protected readonly session: SshSession) {}
 
@@ -54,12 +65,26 @@ export abstract class SshHost {
   protected abstract get prepDir(): string;
 
   async listTree(dir: string): Promise<TreeListing> {
-    const listing = parseListing(
-      await this.session.run('Listing the snapshot', listTreeCommand(this.tree, dir), {
-        maxOutputBytes: 256 * 1024 ** 2,
-        timeoutMs: 30 * 60_000,
-      }),
+    return this.treeListing(
+      dir,
+      await this.session.run('Listing the snapshot', listTreeCommand(this.tree, dir), LISTING),
     );
+  }
+
+  listTreeAhead(dir: string): PreparedListing {
+    const p = this.session.prepare(
+      'Listing the snapshot',
+      listTreeCommand(this.tree, dir),
+      LISTING,
+    );
+    return {
+      go: async () => this.treeListing(dir, await p.go()),
+      cancel: () => p.cancel(),
+    };
+  }
+
+  private treeListing(dir: string, stdout: string): TreeListing {
+    const listing = parseListing(stdout);
     const { identityParent, placeholder } = this.tree;
     const identity = this.identityName();
     const from = identity && identityParent ? `${identityParent}/${identity}` : undefined;

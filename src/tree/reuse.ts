@@ -23,14 +23,17 @@ export type Source = TreeManifest['source'];
 export const sameSource = (a: Source | undefined, b: Source): boolean =>
   a !== undefined && a.host === b.host && a.dataDir === b.dataDir && a.device === b.device;
 
-interface Earlier {
+export interface Earlier {
   /** The newest listed trees (a handful: another host's may be in between), newest first. */
   trees: Array<{ key: string; manifest: () => Promise<TreeManifest | undefined> }>;
   journals: Awaited<ReturnType<typeof readJournals>>;
 }
 
-/** The listed trees and the journals of unfinished runs; the newest tree's manifest is read at once. */
-async function readEarlier(client: S3Client, settings: Settings): Promise<Earlier> {
+/**
+ * The listed trees and the journals of unfinished runs; the newest tree's manifest is read at
+ * once. It needs nothing of the host: a backup begins it as soon as it has connected.
+ */
+export async function readEarlier(client: S3Client, settings: Settings): Promise<Earlier> {
   const { bucket, prefix } = settings.s3;
   const journals = readJournals(client, bucket, prefix);
   journals.catch(() => undefined);
@@ -91,9 +94,11 @@ export async function readAhead(a: {
   settings: Settings;
   lease: LeaseKeeper;
   source: Source;
+  /** readEarlier, begun already. */
+  earlier?: Promise<Earlier>;
 }): Promise<Ahead> {
   const { bucket, prefix } = a.settings.s3;
-  const { trees, journals: allJournals } = await readEarlier(a.client, a.settings);
+  const { trees, journals: allJournals } = await (a.earlier ?? readEarlier(a.client, a.settings));
   const previous = await previousManifest(trees, a.source);
   const journals = allJournals.filter((j) => sameSource(j.journal.source, a.source));
   // From the lease's first write a sweep keeps what those runs name (see tree/sweep.ts).

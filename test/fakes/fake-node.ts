@@ -280,6 +280,10 @@ export class FakeNode implements NodeHost, Shell {
   listTree(): never {
     throw new Error('the fake node keeps archives only');
   }
+  listTreeAhead(): never {
+    throw new Error('the fake node keeps archives only');
+  }
+
   fileTails(): never {
     throw new Error('the fake node keeps archives only');
   }

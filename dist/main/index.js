@@ -99949,8 +99949,8 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
             const frozen = source;
             sizes = await group('Stop, freeze, start', async () => {
                 // Opened ahead, like the start: it runs the moment the node has stopped. So does a
-                // tree's listing, the moment the copy is frozen: a session opened while the node starts
-                // waited for the host's CPU (0.3 s for a walk of 50 ms, on the bench).
+                // tree's listing, the moment the copy is frozen: no session is set up on the host while
+                // the node starts and takes its CPU.
                 const freezing = host.freeze(frozen, node.watchdogFlag);
                 const listing = treeArgs ? host.listTreeAhead(frozen) : undefined;
                 try {

@@ -99974,18 +99974,18 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
                 // and those stored already proven by their tails (a few bytes each); the others are
                 // sent once the node runs (see beginTree). The listing runs beside the settling: it is
                 // the frozen copy's unless a leftover table was pruned.
-                const starting = node.ensureStarted();
+                const started = node.ensureStarted().then(() => {
+                    if (node.isStopped)
+                        throw notStarted(settings);
+                });
                 if (treeArgs && listing) {
                     const early = listing.go();
                     early.catch(() => undefined);
-                    treeRun = beginTree(treeArgs, settled.then((s) => (s.pruned > 0 ? host.listTree(frozen) : early)), starting.then(() => {
-                        if (node.isStopped)
-                            throw notStarted(settings);
-                    }));
+                    treeRun = beginTree(treeArgs, settled.then((s) => (s.pruned > 0 ? host.listTree(frozen) : early)), started);
                 }
-                const [, prepared] = await Promise.allSettled([starting, settled]);
-                if (node.isStopped)
-                    throw notStarted(settings);
+                const [start, prepared] = await Promise.allSettled([started, settled]);
+                if (start.status === 'rejected')
+                    throw start.reason;
                 timings.downtime = node.downtimeSeconds ?? 0;
                 info(`The node was down for ${formatDuration(timings.downtime)}.`);
                 if (prepared.status === 'rejected')

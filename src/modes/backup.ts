@@ -1,26 +1,27 @@
 /**
- * mode: backup. Reads like the procedure: connect, check, stop, freeze, start, stream,
- * publish, copy, retain. The node is down only for the stop, the freeze and the start.
+ * mode: backup. Reads like the procedure: connect, check, stop, freeze, start
+ * (backup-freeze.ts), then send and publish a tree (backup-tree.ts) or stream and publish an
+ * archive (backup-archive.ts), copy, retain. The node is down only for the stop, the freeze
+ * and the start.
  */
 import * as core from '@actions/core';
-import { ACTION_VERSION, Outputs, State } from '../constants.js';
-import { HostError, NodeLostError, RemoteCommandError, errorMessage } from '../errors.js';
-import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
-import type { Manifest } from '../manifest.js';
-import { archiveKey, archiveName, dateDaysAgo, listEntry, manifestKey } from '../naming.js';
+import { Outputs, State } from '../constants.js';
+import { NodeLostError, errorMessage } from '../errors.js';
+import { formatBytes, secondsSince } from '../format.js';
+import { archiveKey, archiveName } from '../naming.js';
 import { NodeControl, currentRunId } from '../node-control.js';
 import type { Sizes } from '../node-kind/host.js';
-import { connectNode, type Connect, type NodeHost } from '../node-kind/index.js';
-import { dirname, pruneLocalCopiesCommand } from '../node-kind/remote.js';
-import { addEntry, updateBackupList } from '../s3/backup-list.js';
-import { checkBucket, createClient, objectUrl } from '../s3/client.js';
-import { deleteKeys, writeJson } from '../s3/store.js';
+import { connectNode, type Connect } from '../node-kind/index.js';
+import { dirname } from '../node-kind/remote.js';
+import { checkBucket, createClient } from '../s3/client.js';
+import { deleteKeys } from '../s3/store.js';
 import { planParts } from '../s3/upload.js';
 import { MAX_UPLOAD_BUFFER_BYTES, type Settings, type SshSettings } from '../settings.js';
 import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import { readEarlier } from '../tree/reuse.js';
-import { verifyStored } from './verify.js';
-import { archiveBound, streamArchive } from './backup-stream.js';
+import { archiveBound } from './backup-stream.js';
+import { stopFreezeStart } from './backup-freeze.js';
+import { backupArchive, type ArchiveMade } from './backup-archive.js';
 import {
   backupTree,
   beginTree,
@@ -31,9 +32,7 @@ import {
 } from './backup-tree.js';
 import {
   applyRetention,
-  permanentCopy,
   permanentTreeCopy,
-  writeSummary,
   writeTreeSummary,
   type Timings,
 } from './backup-publish.js';
@@ -76,9 +75,7 @@ export async function backup(
   let remote: RemoteStream | undefined;
   let treeStart: TreeStart | undefined;
   let treeRun: TreeRun | undefined;
-  let streamStarted = false;
-  let uploaded: string[] = [];
-  let published = false;
+  const made: ArchiveMade = { uploaded: [], published: false, streamStarted: false };
   try {
     const layout = await core.group('Check the host', async () => {
       const l = await host.inspect({
@@ -203,51 +200,14 @@ export async function backup(
     }
 
     if (settings.backup.consistency === 'hardlink') {
-      const frozen = source;
-      sizes = await core.group('Stop, freeze, start', async () => {
-        // Opened ahead, like the start: it runs the moment the node has stopped. So does a
-        // tree's listing, the moment the copy is frozen: no session is set up on the host while
-        // the node starts and takes its CPU.
-        const freezing = host.freeze(frozen, node.watchdogFlag);
-        const listing = treeArgs ? host.listTreeAhead(frozen) : undefined;
-        try {
-          await node.stop({ startSoon: true });
-          await freezing.go();
-        } catch (error) {
-          await freezing.cancel();
-          await listing?.cancel();
-          node.noteLost(error);
-          await node.ensureStarted();
-          node.assertOwned('The copy was not frozen; nothing was published.');
-          throw explainFreeze(error, host);
-        }
-        // The node comes back up while its frozen copy is read: they share no file that
-        // changes. An archive's stream waits for the node to run again: started together, the
-        // two shared the host's CPU and the node was down twice as long (4.7 s against 2.3 s on
-        // the bench) for no earlier listing.
-        const settled = host.settleFrozen(frozen);
-        // A tree's files are listed meanwhile (a walk of the folder, as light as the measure)
-        // and those stored already proven by their tails (a few bytes each); the others are
-        // sent once the node runs (see beginTree). The listing runs beside the settling: it is
-        // the frozen copy's unless a leftover table was pruned.
-        const started = node.ensureStarted().then(() => {
-          if (node.isStopped) throw notStarted(settings);
-        });
-        if (treeArgs && listing) {
-          const early = listing.go();
-          early.catch(() => undefined);
-          treeRun = beginTree(
-            treeArgs,
-            settled.then((s) => (s.pruned > 0 ? host.listTree(frozen) : early)),
-            started,
-          );
-        }
-        const [start, prepared] = await Promise.allSettled([started, settled]);
-        if (start.status === 'rejected') throw start.reason;
-        timings.downtime = node.downtimeSeconds ?? 0;
-        core.info(`The node was down for ${formatDuration(timings.downtime)}.`);
-        if (prepared.status === 'rejected') throw prepared.reason;
-        return prepared.value;
+      sizes = await stopFreezeStart({
+        host,
+        node,
+        settings,
+        frozen: source,
+        timings,
+        tree: treeArgs,
+        onTreeRun: (run) => (treeRun = run),
       });
     } else {
       await core.group('Stop the node', () => node.stop());
@@ -258,7 +218,6 @@ export async function backup(
       const done = await backupTree(
         treeRun ?? beginTree(treeArgs, host.listTree(source), Promise.resolve()),
       );
-      published = true;
       timings.stopToListed =
         node.stoppedAt !== undefined ? (performance.now() - node.stoppedAt) / 1000 : 0;
       const permanent = settings.backup.permanentCopy
@@ -278,133 +237,28 @@ export async function backup(
       return { skipped: false, key: done.key };
     }
 
-    const { partSize, queueSize } = parts;
-
-    const stream = await core.group(`Stream ${key}`, async () => {
-      core.info(
-        `${sizes.files} files, ${formatBytes(sizes.bytes)}; ${settings.backup.compression} level ${settings.backup.compressionLevel}; ` +
-          `parts of ${formatBytes(partSize)} x ${queueSize} in flight.`,
-      );
-      uploaded = [key];
-      // For the post step: an upload that this run cannot finish or abort is removed there.
-      core.saveState(State.UploadKey, key);
-      core.saveState(State.UploadPublished, 'false');
-      streamStarted = true;
-      const r = await streamArchive({
-        remote: remote!,
-        host,
-        client,
-        settings,
-        source,
-        key,
-        partSize,
-        queueSize,
-        totalBytes: sizes.bytes,
-        frozenDigest: sizes.digest,
-      });
-
-      core.info(
-        `Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`,
-      );
-      return r;
-    });
-    timings.stream = stream.seconds;
-    if (settings.backup.consistency === 'stop') {
-      await node.start();
-      timings.downtime = node.downtimeSeconds ?? 0;
-      // tar read the live files: they were still only while the run held the node down.
-      node.assertOwned(
-        `The archive may hold files that changed while tar read them: nothing was published. Raise ` +
-          `'max-downtime' above the time the stream takes, or use 'consistency: hardlink'.`,
-      );
-    }
-
-    const manifest: Manifest = {
-      format: 'prep-snapshot/1',
+    const archived = await backupArchive({
+      settings,
+      client,
+      host,
+      shell,
+      node,
+      remote: remote as RemoteStream,
+      source,
+      name,
       key,
-      entry: listEntry(name),
-      nodeKind: host.kind,
-      blockHeight: height,
-      sha256: stream.sha256,
-      compressedBytes: stream.bytes,
-      uncompressedBytes: stream.tarBytes ?? sizes.bytes,
-      files: sizes.files,
-      compression: settings.backup.compression,
-      compressor: stream.compressor,
-      compressionLevel: settings.backup.compressionLevel,
-      consistency: settings.backup.consistency,
-      ...(facts.placeholder !== undefined ? { placeholder: String(facts.placeholder) } : {}),
+      height,
       facts,
-      source: {
-        host: ssh.host,
-        dataDir: host.dataDir,
-        ...(facts.identity !== undefined ? { identity: String(facts.identity) } : {}),
-      },
-      createdAt: snapshotAt.toISOString(),
-      actionVersion: ACTION_VERSION,
+      sizes,
+      parts,
+      localCopy,
+      snapshotAt,
       timings,
-    };
-    const mKey = manifestKey(settings.s3.manifestPrefix, key);
-    uploaded.push(mKey);
-    await writeJson(client, settings.s3.bucket, mKey, manifest);
-
-    if (settings.backup.verify) {
-      await core.group('Verify the stored archive', async () => {
-        await verifyStored(client, settings, key, manifest);
-      });
-    }
-
-    const tPublish = performance.now();
-    await core.group('Publish in backup_list', async () => {
-      const entries = await updateBackupList(
-        client,
-        settings.s3.bucket,
-        `${settings.s3.prefix}/backup_list`,
-        (e) => addEntry(e, listEntry(name)),
-      );
-      published = true;
-      core.saveState(State.UploadPublished, 'true');
-      core.info(
-        `backup_list now names ${entries.length} snapshot(s); the newest is ${entries[0]}.`,
-      );
+      t0,
+      now,
+      made,
     });
-    timings.publish = secondsSince(tPublish);
-    timings.stopToListed =
-      node.stoppedAt !== undefined ? (performance.now() - node.stoppedAt) / 1000 : 0;
-
-    const permanent = settings.backup.permanentCopy
-      ? await core.group('Permanent copy', () =>
-          permanentCopy(client, settings, name, key, stream.bytes, manifest),
-        )
-      : undefined;
-
-    const removed = await core.group('Retention', () => applyRetention(client, settings, now()));
-
-    if (localCopy) {
-      await core.group('Local copies on the host', async () => {
-        const cutoff = dateDaysAgo(now(), settings.backup.localCopyDays);
-        const out = await shell.run(
-          'Pruning local copies',
-          pruneLocalCopiesCommand(`${settings.node.prepDir}/data/Backup`, cutoff),
-        );
-        core.info(
-          `Kept ${localCopy} on the host.${out.trim() ? ` ${out.trim().replace(/\n/g, '; ')}.` : ''}`,
-        );
-      });
-    }
-
-    const url = objectUrl(settings.s3, key);
-    core.setOutput(Outputs.Skipped, 'false');
-    core.setOutput(Outputs.Key, key);
-    core.setOutput(Outputs.Url, url);
-    core.setOutput(Outputs.BlockHeight, String(height));
-    core.setOutput(Outputs.Size, String(stream.bytes));
-    core.setOutput(Outputs.Sha256, stream.sha256);
-    core.setOutput(Outputs.DowntimeSeconds, (timings.downtime ?? 0).toFixed(3));
-    timings.total = secondsSince(t0);
-    await writeSummary(manifest, url, timings, permanent, removed, stream.compressor);
-    core.saveState(State.UploadKey, '');
-    return { skipped: false, key };
+    return { skipped: false, key: archived };
   } catch (caught) {
     let error = caught;
     if (node.isStopped) await node.ensureStarted();
@@ -412,17 +266,19 @@ export async function backup(
       // What failed may be the watchdog's doing (tar sees files change under it): say so first.
       error = node.lostError(errorMessage(caught)) ?? error;
     }
-    if (!published && uploaded.length > 0) {
+    if (!made.published && made.uploaded.length > 0) {
       // Nothing half-made stays behind: an archive that is not listed is removed.
-      await deleteKeys(client, settings.s3.bucket, uploaded).catch((e) =>
-        core.warning(`Could not remove the unpublished ${uploaded.join(', ')}: ${errorMessage(e)}`),
+      await deleteKeys(client, settings.s3.bucket, made.uploaded).catch((e) =>
+        core.warning(
+          `Could not remove the unpublished ${made.uploaded.join(', ')}: ${errorMessage(e)}`,
+        ),
       );
     }
     throw error;
   } finally {
     // What a tree's send said before the run failed elsewhere.
     treeRun?.log.open();
-    if (remote && !streamStarted) await closeUnused(remote);
+    if (remote && !made.streamStarted) await closeUnused(remote);
     if (treeStart) await treeStart.close();
     await node.ensureStarted();
     if (stage) {
@@ -435,29 +291,4 @@ export async function backup(
     connection.close();
     core.saveState(State.KeyDir, '');
   }
-}
-
-function explainFreeze(error: unknown, host: NodeHost): unknown {
-  if (
-    error instanceof RemoteCommandError &&
-    /Invalid cross-device link|Operation not permitted|hard link/i.test(error.stderr)
-  ) {
-    // 'consistency: stop' is loopchain's way around it; a goloop chain is only frozen with links.
-    const instead =
-      host.kind === 'loopchain'
-        ? `Set 'consistency: stop' to archive while the node is stopped.`
-        : `A goloop chain is frozen with hard links only: keep its node dir on a filesystem that has them.`;
-    return new HostError(
-      `Hard links are not possible in the data dir's filesystem (${error.stderr.trim().split('\n')[0]}). ${instead}`,
-    );
-  }
-  return error;
-}
-
-function notStarted(settings: Settings): HostError {
-  return new HostError(
-    `The node did not start again after the freeze (if the connection was lost, the start command ` +
-      `goes on on the host by itself). The watchdog on the host retries within ` +
-      `${settings.node.maxDowntimeSeconds} s; check the node now. No snapshot was published.`,
-  );
 }

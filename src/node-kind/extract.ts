@@ -163,6 +163,25 @@ export function goLine(decoder: Decoder): string {
   return `go ${decoder.name}\n`;
 }
 
+// 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
+// 10 KiB, which halved its system time on the bench archive. -B gathers the short reads of a
+// pipe into whole records.
+const TAR_X =
+  'tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
+
+/** Exits `UNSAFE_ARCHIVE` with a marked line on stderr for each line of its argument. */
+const REFUSE = `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`;
+
+/**
+ * Runs `extract` (a decoder into tar, or tar) with tar's listing through one check and its
+ * stderr through the other; what they find is in $found, the status in $rc.
+ */
+const checkedExtraction = (extract: string): string =>
+  `found=$({ { ${extract} | awk ${quote(LISTING_CHECK)}; } 2>&1 >&3 | awk ${quote(ERRORS_CHECK)}; } 3>&1) || rc=$?`;
+
+/** What a tree's extraction prints once it holds the lock of its staging folder. */
+export const LOCKED_LINE = 'prep-snapshot-locked';
+
 /**
  * Reads the archive from stdin into a fresh staging folder, checks that it holds a snapshot
  * and prints the number of files: one round trip.
@@ -205,11 +224,6 @@ export function extractCommand(
     `{ echo ${quote(`${MISSING_MARK} the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
   // A real directory: `-d` alone follows a symbolic link.
   const isDir = (path: string): string => `[ -d ${quote(path)} ] && [ ! -L ${quote(path)} ]`;
-  // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
-  // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads
-  // of a pipe into whole records.
-  const tar =
-    'tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
   return bashScript([
     WIDE_PIPES,
     // bash reads a pipe a byte at a time: the archive starts right after this line.
@@ -217,11 +231,11 @@ export function extractCommand(
     `[ "$word" = go ] || exit 0`,
     `case "$name" in`,
     ...Object.entries(DECODERS).map(
-      ([n, c]) => `  ${n}) decode() { wide ${c} | LC_ALL=C ${tar}; } ;;`,
+      ([n, c]) => `  ${n}) decode() { wide ${c} | LC_ALL=C ${TAR_X}; } ;;`,
     ),
     // A plain tar goes to tar itself: a cat in between cost the host a core-second for
     // every 2 GiB.
-    `  none) decode() { LC_ALL=C wide ${tar}; } ;;`,
+    `  none) decode() { LC_ALL=C wide ${TAR_X}; } ;;`,
     `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
     `esac`,
     // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
@@ -229,7 +243,7 @@ export function extractCommand(
     // run goes on from the files it holds (see tree/fetch.ts), some linked from the data dir.
     `stage=${quote(stage)}`,
     ...(options.keep ? [] : [`trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`]),
-    `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`,
+    REFUSE,
     `mkdir -p -- ${quote(prepDir)}`,
     ...(options.keep ? [] : [`rm -rf -- "$stage"`]),
     `mkdir -p -- "$stage"`,
@@ -237,10 +251,13 @@ export function extractCommand(
     // released when the last of them ends, however the script itself ends.
     `exec 9<"$stage"`,
     `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
+    // A tree's files may come over more channels as well (receiveMoreCommand): they begin
+    // once this line says that the folder is this run's.
+    ...(options.keep ? [`echo ${LOCKED_LINE}`] : []),
     // tar's listing goes to one check and its stderr (and the decompressor's) through the
     // other; what they find comes out on fd 3. The status is the decompressor's or tar's.
     `rc=0`,
-    `found=$({ { decode | awk ${quote(LISTING_CHECK)}; } 2>&1 >&3 | awk ${quote(ERRORS_CHECK)}; } 3>&1) || rc=$?`,
+    checkedExtraction('decode'),
     `if [ -n "$found" ]; then refuse "$found"; fi`,
     `[ "$rc" = 0 ] || exit "$rc"`,
     `cd -- "$stage"`,
@@ -251,5 +268,28 @@ export function extractCommand(
     `if [ -n "$found" ]; then refuse "$found"; fi`,
     ...[...kind.roots, ...required].map((d) => `${isDir(d)} || ${missing(d)}`),
     `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
+  ]);
+}
+
+/**
+ * More of a tree's files, over a channel of their own, into the staging folder that the
+ * main extraction (`extractCommand` with `keep`) holds: the runner gives its go line only
+ * once that one has printed `LOCKED_LINE`, and ends the main tar only after every such
+ * channel has exited, so that the main one's checks of the folder see all that came. This
+ * one refuses what the listing shows as it goes (the same marks and exit status); the check
+ * of what tar made, and the count, are the main one's.
+ */
+export function receiveMoreCommand(stage: string): string {
+  return bashScript([
+    WIDE_PIPES,
+    `IFS=' ' read -r word name || exit 0`,
+    `[ "$word" = go ] || exit 0`,
+    `stage=${quote(stage)}`,
+    `[ -d "$stage" ] && [ ! -L "$stage" ] || { echo "$stage is not a folder" >&2; exit 2; }`,
+    REFUSE,
+    `rc=0`,
+    checkedExtraction(`LC_ALL=C wide ${TAR_X}`),
+    `if [ -n "$found" ]; then refuse "$found"; fi`,
+    `exit "$rc"`,
   ]);
 }

@@ -171,8 +171,16 @@ export interface NodeHost {
   sendFiles(dir: string): Promise<RemoteStream>;
   /** sha256 of files under `dir` (paths as on the host), computed on the host. */
   hashFiles(dir: string, paths: string[]): Promise<Map<string, string>>;
-  /** Reads a plain tar from stdin into `stage`, which is kept across runs; starts on its go line. */
+  /**
+   * Reads a plain tar from stdin into `stage`, which is kept across runs; starts on its go
+   * line, prints `LOCKED_LINE` once the folder is this run's, then the number of files.
+   */
   receiveTree(stage: string): RemoteStream;
+  /**
+   * More of the files into the `stage` that receiveTree holds, over a channel of its own (a
+   * connection of its own over OpenSSH: another core encrypts); starts on its go line.
+   */
+  receiveMore(stage: string): RemoteStream;
   /**
    * Of `files` (paths as a snapshot names them), the table files (`*.ldb`, `*.sst`) that the
    * data dir holds at the same path with the same size (loopchain's block DB as the node at

@@ -17,7 +17,7 @@ import type {
   TreeEntry,
   TreeListing,
 } from './host.js';
-import { extractCommand } from './extract.js';
+import { extractCommand, receiveMoreCommand } from './extract.js';
 import {
   appendCommand,
   hashFilesCommand,
@@ -125,6 +125,10 @@ export abstract class SshHost {
 
   receiveTree(stage: string): RemoteStream {
     return this.session.stream(extractCommand(this.tree, this.prepDir, stage, { keep: true }));
+  }
+
+  receiveMore(stage: string): RemoteStream {
+    return this.session.stream(receiveMoreCommand(stage));
   }
 
   async tablesInDataDir(

@@ -296,6 +296,9 @@ export class FakeNode implements NodeHost, Shell {
   receiveTree(): never {
     throw new Error('the fake node keeps archives only');
   }
+  receiveMore(): never {
+    throw new Error('the fake node keeps archives only');
+  }
   tablesInDataDir(): never {
     throw new Error('the fake node keeps archives only');
   }

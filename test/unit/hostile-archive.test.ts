@@ -26,10 +26,12 @@ import {
   chooseDecoder,
   extractCommand,
   goLine,
+  LOCKED_LINE,
   markedLines,
   NOT_A_SNAPSHOT,
   UNSAFE_ARCHIVE,
   UNSAFE_MARK,
+  receiveMoreCommand,
 } from '../../src/node-kind/extract.ts';
 import { craftTar, type Member } from '../bed/craft-tar.ts';
 
@@ -381,5 +383,98 @@ describe('extraction of a hostile archive', () => {
       assert.equal(r.status, 0, r.stderr);
       assert.equal(r.stdout.trim(), '1');
     });
+  });
+});
+
+describe("a tree restore's other channel (receiveMoreCommand)", () => {
+  let root: string;
+  let elsewhere: string;
+  before(() => {
+    root = mkdtempSync(join(tmpdir(), 'prep-more-'));
+    elsewhere = join(root, 'elsewhere');
+    mkdirSync(elsewhere);
+  });
+  after(() => rmSync(root, { recursive: true, force: true }));
+
+  const plainTar = (members: Member[]): Buffer => {
+    const src = join(root, `src-${Math.random().toString(36).slice(2)}`);
+    mkdirSync(src);
+    const base = join(src, 'empty.tar');
+    execFileSync('tar', ['-cf', base, '-T', '/dev/null']);
+    return craftTar({ base, members });
+  };
+  const receive = (stage: string, input: Buffer) => {
+    const r = spawnSync('sh', ['-c', receiveMoreCommand(stage)], { input });
+    const stderr = r.stderr.toString();
+    return {
+      status: r.status,
+      stdout: r.stdout.toString(),
+      stderr,
+      refused: markedLines(stderr, UNSAFE_MARK),
+    };
+  };
+  const go = Buffer.from('go none\n');
+
+  it('adds its files to the staging folder that the main channel made, and prints nothing', () => {
+    const stage = join(root, 'stage-ok');
+    mkdirSync(join(stage, 'b89541/db'), { recursive: true });
+    writeFileSync(join(stage, 'b89541/db/000001.ldb'), 'main');
+    const r = receive(
+      stage,
+      Buffer.concat([go, plainTar([{ name: 'b89541/db/000002.ldb', data: 'more' }])]),
+    );
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, '');
+    assert.equal(readFileSync(join(stage, 'b89541/db/000002.ldb'), 'utf8'), 'more');
+    assert.equal(readFileSync(join(stage, 'b89541/db/000001.ldb'), 'utf8'), 'main');
+  });
+
+  it('refuses a symbolic link, with the same marks and status as the main channel', () => {
+    const stage = join(root, 'stage-link');
+    mkdirSync(stage);
+    const r = receive(
+      stage,
+      Buffer.concat([
+        go,
+        plainTar([
+          { name: 'b89541/out', type: 'symlink', linkname: elsewhere },
+          { name: 'b89541/out/planted', data: 'planted' },
+        ]),
+      ]),
+    );
+    assert.equal(r.status, UNSAFE_ARCHIVE, r.stderr);
+    assert.ok(
+      r.refused.some((l) => /^b89541\/out -> .* \(a symbolic link\)$/.test(l)),
+      r.refused.join('\n'),
+    );
+    assert.deepEqual(readdirSync(elsewhere), []);
+  });
+
+  it('writes nothing without its go line, and nothing where the staging folder is missing', () => {
+    const stage = join(root, 'stage-none');
+    const tar = plainTar([{ name: 'b89541/db/000002.ldb', data: 'more' }]);
+    const idle = receive(stage, tar);
+    assert.equal(idle.status, 0, idle.stderr);
+    assert.equal(existsSync(stage), false);
+    const missing = receive(stage, Buffer.concat([go, tar]));
+    assert.equal(missing.status, 2);
+    assert.match(missing.stderr, /is not a folder/);
+    assert.equal(existsSync(stage), false);
+  });
+
+  it('the main channel of a tree says when it holds the folder, before the count', () => {
+    const prep = join(root, 'prep-main');
+    const stage = join(prep, 'stage');
+    const src = join(root, 'main-src');
+    mkdirSync(join(src, '.score_data/db/icon_dex'), { recursive: true });
+    mkdirSync(join(src, PLACEHOLDER), { recursive: true });
+    writeFileSync(join(src, '.score_data/db/icon_dex/000005.ldb'), 'table');
+    writeFileSync(join(src, PLACEHOLDER, 'CURRENT'), 'MANIFEST-000002\n');
+    const tar = execFileSync('tar', ['-cf', '-', '-C', src, '.score_data', '.storage']);
+    const r = spawnSync('sh', ['-c', extractCommand(loopchain, prep, stage, { keep: true })], {
+      input: Buffer.concat([go, tar]),
+    });
+    assert.equal(r.status, 0, r.stderr.toString());
+    assert.deepEqual(r.stdout.toString().trim().split('\n'), [LOCKED_LINE, '2']);
   });
 });

@@ -10,6 +10,7 @@ export enum Inputs {
   HostKey = 'host-key',
   InsecureSkipHostKey = 'insecure-skip-host-key-check',
   SshTransport = 'ssh-transport',
+  SshConnections = 'ssh-connections',
   PrepDir = 'prep-dir',
   DataDir = 'data-dir',
   StopCommand = 'stop-command',

@@ -100,6 +100,11 @@ export interface RestoreSettings {
   processPattern: string;
   /** verify of a tree: read every object back and check its sha256 (else sizes only). */
   deep: boolean;
+  /**
+   * The SSH connections a tree restore's files share (see tree/fetch.ts): one connection moves
+   * at most its window per round trip.
+   */
+  sshConnections: number;
 }
 
 export interface Settings {
@@ -306,6 +311,7 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
     startNode: bool(Inputs.StartNode, true),
     keepPrevious: bool(Inputs.KeepPrevious, true),
     healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
+    sshConnections: int(Inputs.SshConnections, 4, 1, 16),
     diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
     processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
     deep: bool(Inputs.Deep, false),

@@ -201,6 +201,7 @@ export interface Streamed {
 /** A tree's files into the staging folder (see tree/fetch.ts), with the figures the summary shows. */
 export async function fetchInto(
   remote: RemoteStream,
+  more: RemoteStream[],
   onGo: () => void,
   settings: Settings,
   tree: TreeSource,
@@ -218,6 +219,7 @@ export async function fetchInto(
     stageFound: into.stageFound,
     inDataDir: into.inDataDir,
     remote,
+    more,
     onGo,
     items: tree.items,
     dirs: tree.dirs,
@@ -232,6 +234,9 @@ export async function fetchInto(
     (earlier + got.continued > 0
       ? `, ${earlier} kept and ${got.continued} continued from an earlier run`
       : '');
-  core.info(`${line} in ${formatDuration(seconds)} (${formatRate(got.bytes, seconds)}).`);
+  core.info(
+    `${line} in ${formatDuration(seconds)} (${formatRate(got.bytes, seconds)}` +
+      `${got.channels > 1 ? `, over ${got.channels} SSH channels` : ''}).`,
+  );
   return { bytes: got.bytes, files: got.counted, seconds, line };
 }

@@ -120,6 +120,11 @@ export async function restore(
   let swapped = false;
   // The data channel connects while the host is checked; it does nothing before its go line.
   const remote = tree ? host.receiveTree(stage) : host.extract(stage);
+  // A tree's files share 'ssh-connections' data channels (over OpenSSH, a connection each):
+  // one connection moves at most its window per round trip (see README, restore).
+  const more = tree
+    ? Array.from({ length: opts.sshConnections - 1 }, () => host.receiveMore(stage))
+    : [];
   let streamStarted = false;
   let swap: PreparedStep | undefined;
   try {
@@ -196,7 +201,7 @@ export async function restore(
       `Stream ${snapshotKey} into ${stage}`,
       () =>
         tree
-          ? fetchInto(remote, () => (streamStarted = true), settings, tree, {
+          ? fetchInto(remote, more, () => (streamStarted = true), settings, tree, {
               host,
               stage,
               stageFound,
@@ -356,7 +361,7 @@ export async function restore(
   } finally {
     // Unsent go and swap lines: the commands waiting for them end with nothing done.
     swap?.cancel();
-    if (!streamStarted) await closeUnused(remote);
+    if (!streamStarted) await Promise.all([remote, ...more].map((r) => closeUnused(r)));
     if (!swapped && streamStarted && tree?.proven) {
       core.info(
         `The staging folder ${stage} is kept: a run of the same snapshot goes on from what it holds.`,

@@ -13,8 +13,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ActionError, IntegrityError, errorMessage } from '../errors.js';
 import { formatBytes } from '../format.js';
 import type { NodeHost } from '../node-kind/host.js';
+import { once } from 'node:events';
+import { LOCKED_LINE } from '../node-kind/extract.js';
 import { GO_LINE } from '../shell.js';
-import type { RemoteStream } from '../ssh/session.js';
+import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import { TailHasher } from './icon2.js';
 import type { Take } from './resumable-read.js';
 import { FileProgress } from '../progress.js';
@@ -46,6 +48,11 @@ export interface FetchOptions {
   inDataDir: { paths: string[]; address: string };
   /** `host.receiveTree(stage)`, opened ahead: it starts on its go line. */
   remote: RemoteStream;
+  /**
+   * `host.receiveMore(stage)`, opened ahead: more channels that share the files, so that
+   * more than one core encrypts and decrypts them (see README, restore).
+   */
+  more: RemoteStream[];
   onGo: () => void;
   items: FetchItem[];
   dirs: string[];
@@ -63,6 +70,8 @@ export interface Fetched {
   fromDataDir: number;
   /** What the extraction counted in the staging folder. */
   counted: number;
+  /** How many SSH channels the files came over. */
+  channels: number;
 }
 
 const ATTEMPTS = 4;
@@ -141,28 +150,22 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
   const todo = o.items.filter((i) => !done.has(i.path));
   const total = todo.reduce((s, i) => s + i.size, 0);
   const progress = new FileProgress('Restore', todo.length, total);
-  const stdin = o.remote.stdin;
-  let out = '';
-  o.remote.stdout.setEncoding('utf8');
-  o.remote.stdout.on('data', (t: string) => (out += t));
-  stdin.on('error', () => undefined);
-  let channelGone = false;
-  void o.remote.exit.then(() => (channelGone = true));
-  // A chunk may be memory that is filled again once it is written (a piece of the pool, a view
-  // of a socket's buffer): each write is waited for.
-  const write = async (bytes: Uint8Array): Promise<void> => {
-    if (channelGone)
-      throw new ActionError(`The host stopped reading the files: ${o.remote.stderrTail().trim()}`);
-    await Promise.race([
-      new Promise<void>((r) => stdin.write(bytes, () => r())),
-      o.remote.exit.then(() => undefined),
-    ]);
-  };
+  const run: { failed: boolean; cause?: unknown } = { failed: false };
+  const main = new Channel(o.remote, run);
+  // The other channels join once the main one holds the staging folder, when there is more
+  // than a file or two to share.
+  const more = todo.length > 1 ? o.more.map((r) => new Channel(r, run)) : [];
+  const unused = o.more.filter((r) => !more.some((c) => c.remote === r));
   const pool = new MemoryPool();
   o.onGo();
-  stdin.write('go none\n');
+  o.remote.stdin.write('go none\n');
   try {
-    for (const d of o.dirs) await write(memberHeader(d, 'Directory', 0, 0o755));
+    await Promise.all(unused.map((r) => closeUnused(r)));
+    for (const d of o.dirs) await main.write(memberHeader(d, 'Directory', 0, 0o755));
+    if (more.length > 0) {
+      await main.locked();
+      for (const c of more) c.remote.stdin.write('go none\n');
+    }
     const alone = Math.max(8 * 1024 ** 2, Math.floor(o.bytesInFlight / 4));
     let held = 0;
     const queue: Array<{ item: FetchItem; fetch: FileFetch }> = [];
@@ -184,69 +187,82 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
         next++;
       }
     };
-    while (next < todo.length || queue.length > 0) {
-      fill();
-      const head = queue.shift();
-      if (head) {
-        const { fetch } = head;
-        const size = head.item.size;
-        await write(memberHeader(head.item.path, 'File', size, head.item.mode));
-        for (;;) {
-          // Whole pieces while the file comes; once it has ended, the rest.
-          const ended = fetch.ended;
-          if (fetch.failure !== undefined) throw fetch.failure;
-          for (let p = fetch.pieces.shift(ended); p; p = fetch.pieces.shift(ended)) {
-            fetch.taken = true;
-            await write(p.bytes);
-            pool.give(p.piece);
-            progress.bytes += p.bytes.length;
+    // Each channel takes the next file that is in flight, in the order they were asked for;
+    // a large file, when it comes to the front, streams alone in the channel that takes it.
+    const work = async (c: Channel): Promise<void> => {
+      while (!run.failed && (next < todo.length || queue.length > 0)) {
+        fill();
+        const head = queue.shift();
+        if (head) {
+          const { fetch } = head;
+          const size = head.item.size;
+          await c.write(memberHeader(head.item.path, 'File', size, head.item.mode));
+          for (;;) {
+            // Whole pieces while the file comes; once it has ended, the rest.
+            const ended = fetch.ended;
+            if (fetch.failure !== undefined) throw fetch.failure;
+            for (let p = fetch.pieces.shift(ended); p; p = fetch.pieces.shift(ended)) {
+              fetch.taken = true;
+              await c.write(p.bytes);
+              pool.give(p.piece);
+              progress.bytes += p.bytes.length;
+            }
+            if (ended) break;
+            await fetch.more();
           }
-          if (ended) break;
-          await fetch.more();
+          // The file's check: bytes already on the host that fail it stop the restore.
+          await fetch.done;
+          held -= size;
+          await c.write(Buffer.alloc(padding(size)));
+          progress.files++;
+          continue;
         }
-        // The file's check: bytes already on the host that fail it stop the restore.
-        await fetch.done;
-        held -= size;
-        await write(Buffer.alloc(padding(size)));
+        if (next >= todo.length) return;
+        // A large file streams alone: header first, its bytes checked as they pass.
+        const item = todo[next++] as FetchItem;
+        await c.write(memberHeader(item.path, 'File', item.size, item.mode));
+        const check = checker(item);
+        let got = 0;
+        await item.read(0, async (chunk) => {
+          got += chunk.length;
+          check.update(chunk);
+          await c.write(chunk);
+          progress.bytes += chunk.length;
+        });
+        if (got !== item.size) {
+          throw new ActionError(
+            `The download of ${item.path} broke off after ${formatBytes(got)}; run again to go on from there.`,
+          );
+        }
+        await check.verify();
+        await c.write(Buffer.alloc(padding(item.size)));
         progress.files++;
-        continue;
       }
-      // A large file streams alone: header first, its bytes checked as they pass.
-      const item = todo[next++] as FetchItem;
-      await write(memberHeader(item.path, 'File', item.size, item.mode));
-      const check = checker(item);
-      let got = 0;
-      await item.read(0, async (chunk) => {
-        got += chunk.length;
-        check.update(chunk);
-        await write(chunk);
-        progress.bytes += chunk.length;
-      });
-      if (got !== item.size) {
-        throw new ActionError(
-          `The download of ${item.path} broke off after ${formatBytes(got)}; run again to go on from there.`,
-        );
-      }
-      await check.verify();
-      await write(Buffer.alloc(padding(item.size)));
-      progress.files++;
-    }
-    await write(END_OF_TAR);
-    stdin.end();
+    };
+    const workers = [main, ...more].map((c) =>
+      work(c).catch((error: unknown) => {
+        // The first failure is the cause; the other channels then stop on it.
+        if (!run.failed) run.cause = error;
+        run.failed = true;
+      }),
+    );
+    await Promise.all(workers);
+    if (run.failed) throw run.cause;
+    // The other channels end first: the main one's checks of the folder then see every file.
+    for (const c of more) await c.finish();
+    await main.write(END_OF_TAR);
+    o.remote.stdin.end();
   } catch (error) {
-    // What reached the host stays for the next run; the tar is cut, not ended.
-    o.remote.kill();
-    await o.remote.exit.catch(() => undefined);
+    run.failed = true;
+    // What reached the host stays for the next run; the tars are cut, not ended.
+    for (const c of [main, ...more]) c.remote.kill();
+    await Promise.all([main, ...more].map((c) => c.remote.exit.catch(() => undefined)));
     throw error;
   } finally {
     progress.stop();
   }
   const code = await o.remote.exit;
-  if (code !== 0) {
-    throw new ActionError(
-      `The host could not write the files into ${stage} (exit ${code}): ${o.remote.stderrTail().trim()}. The data dir was not touched.`,
-    );
-  }
+  if (code !== 0) throw main.failed(stage, code);
   core.info(progress.line());
   return {
     files: todo.length,
@@ -254,8 +270,71 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
     kept: complete.length,
     continued: partial.length,
     fromDataDir,
-    counted: Number(out.trim().split('\n').at(-1)),
+    counted: Number(main.out.trim().split('\n').at(-1)),
+    channels: 1 + more.length,
   };
+}
+
+/** One SSH channel that a tar of files goes into (host.receiveTree or host.receiveMore). */
+class Channel {
+  out = '';
+  private gone = false;
+
+  /** `run.failed`: set once any channel of the restore has failed, which ends this one's writes. */
+  constructor(
+    readonly remote: RemoteStream,
+    private readonly run: { failed: boolean },
+  ) {
+    remote.stdout.setEncoding('utf8');
+    remote.stdout.on('data', (t: string) => (this.out += t));
+    remote.stdin.on('error', () => undefined);
+    void remote.exit.then(
+      () => (this.gone = true),
+      () => (this.gone = true),
+    );
+  }
+
+  /**
+   * Writes and waits for the write: a chunk may be memory that is filled again once it is
+   * written (a piece of the pool, a view of a socket's buffer).
+   */
+  async write(bytes: Uint8Array): Promise<void> {
+    if (this.run.failed) throw new ActionError('Another channel of the restore failed.');
+    if (this.gone)
+      throw new ActionError(
+        `The host stopped reading the files: ${this.remote.stderrTail().trim()}`,
+      );
+    await Promise.race([
+      new Promise<void>((r) => this.remote.stdin.write(bytes, () => r())),
+      this.remote.exit.then(() => undefined),
+    ]);
+  }
+
+  /** Resolves once the host's extraction holds the staging folder (it said LOCKED_LINE). */
+  async locked(): Promise<void> {
+    while (!this.out.includes(`${LOCKED_LINE}\n`)) {
+      if (this.gone) {
+        throw new ActionError(
+          `The host's extraction ended before it held the staging folder: ${this.remote.stderrTail().trim()}`,
+        );
+      }
+      await Promise.race([once(this.remote.stdout, 'data'), this.remote.exit]);
+    }
+  }
+
+  /** Ends the tar and waits for the host to have written it all. */
+  async finish(): Promise<void> {
+    await this.write(END_OF_TAR);
+    this.remote.stdin.end();
+    const code = await this.remote.exit;
+    if (code !== 0) throw this.failed('the staging folder', code);
+  }
+
+  failed(stage: string, code: number | null): ActionError {
+    return new ActionError(
+      `The host could not write the files into ${stage} (exit ${code}): ${this.remote.stderrTail().trim()}. The data dir was not touched.`,
+    );
+  }
 }
 
 /** The sha256 (or, for a foreign tree, the tail hash) of a file, checked as its bytes pass. */

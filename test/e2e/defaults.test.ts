@@ -410,6 +410,8 @@ describe('every input at its default, a goloop node', { skip: goloopMissing() },
       assert.equal(run.main.code, 0, said(run.main));
       assert.equal(run.post.code, 0, said(run.post));
       assert.match(said(run.main), /Node kind: goloop, as the snapshot's manifest says/);
+      // A tree's files share four SSH connections (ssh-connections) by default.
+      assert.match(said(run.main), /\d+ files fetched \([^)]*\) in .* over 4 SSH channels\)\./);
       assert.equal(run.main.outputs.key, key);
       assert.ok(Number(run.main.outputs['height-reached']) >= height, said(run.main));
 

@@ -43,6 +43,7 @@ describe('parseSettings', () => {
     assert.equal(s.ssh?.username, 'root');
     assert.equal(s.s3.downloadConnections, 8);
     assert.equal(s.s3.filesInFlight, 16);
+    assert.equal(s.restore.sshConnections, 4);
     assert.equal(s.s3.bytesInFlight, 48 * 1024 ** 2);
     assert.equal(
       parseSettings(reader({ ...base, 'download-connections': '1' })).s3.downloadConnections,
@@ -109,6 +110,11 @@ describe('parseSettings', () => {
       /'download-connections' is '0'\. Use a whole number from 1 to 16/,
     ],
     ['a fraction of a connection', { ...base, 'download-connections': '2.5' }, /from 1 to 16/],
+    [
+      'no SSH connection',
+      { ...base, 'ssh-connections': '0' },
+      /'ssh-connections' is '0'\. Use a whole number from 1 to 16/,
+    ],
     ['a 400-digit local copy age', { ...base, 'local-copy-days': HUGE }, /'local-copy-days'/],
     [
       'a 400-digit compression level',

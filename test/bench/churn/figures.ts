@@ -3,6 +3,9 @@ import type { GoloopBackupFigures, GoloopRestoreFigures, Who } from '../goloop/f
 import type { OntoSourceFigures } from '../goloop/ours.js';
 import type { LoadFigures, NewTables } from './load.js';
 
+/** The delay each way between the runner and the node for the restores across a link. */
+export const ACROSS_MS = 20;
+
 export interface ChurnFigures {
   sizeGib: number;
   /** The cached node's database (table files, and the db dir on disk). */
@@ -20,6 +23,8 @@ export interface ChurnFigures {
   ontoSource?: OntoSourceFigures;
   /** The second snapshot restored onto fresh node dirs as a tree and as an archive: the median runs. */
   restores: Partial<Record<Who, GoloopRestoreFigures>>;
+  /** The same, once each, with 20 ms each way between the runner and the node (SSH through a proxy). */
+  restoresAcross?: Partial<Record<Who, GoloopRestoreFigures>>;
   /** Why ours did not run, when it did not. */
   oursMissing?: string;
   /** What stopped the part. */

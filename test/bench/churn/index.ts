@@ -24,7 +24,11 @@
  *      tables it still holds are linked from its data dir, not fetched), up to a new block;
  *   5. the node stopped, the second snapshot restored onto fresh node dirs as a tree and as an
  *      archive (as ../goloop/ours.ts restores), each to a new block; three pairs in turn, the
- *      run with the median wall time of each shown (every run's time beside it).
+ *      run with the median wall time of each shown (every run's time beside it);
+ *   6. one pair more across a link between the runner and the node: the action's SSH goes
+ *      through the bed's proxy (../../bed/cut-proxy.ts) with 20 ms each way, as between a
+ *      runner and a node in another region; S3 stays near the runner. Every input as in 5:
+ *      the tree's files share the default `ssh-connections`, the archive is one stream.
  *
  * How each figure is taken (the rest as in ../goloop/index.ts):
  *   bytes moved     an archive's size (theirs: every part); a tree's manifest's `sent.bytes`.
@@ -41,6 +45,7 @@
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TreeManifest } from '../../../src/tree/layout.js';
+import { startCutProxy } from '../../bed/cut-proxy.js';
 import { goloopBin } from '../../bed/paths.js';
 import { du, errorText, logger, medianRun, readJson } from '../kit.js';
 import { cachedNode, tableFiles } from '../goloop/cache.js';
@@ -54,7 +59,7 @@ import { removeHome, startCopy, type Home } from '../goloop/node.js';
 import { oursBackupOn, oursMissing, oursRestore, oursRestoreOnto } from '../goloop/ours.js';
 import { runOn } from '../goloop/scenario.js';
 import { theirsBackupOn } from '../goloop/theirs.js';
-import type { ChurnFigures } from './figures.js';
+import { ACROSS_MS, type ChurnFigures } from './figures.js';
 import { churn, dbFiles, newTables } from './load.js';
 
 export type { ChurnFigures } from './figures.js';
@@ -181,6 +186,27 @@ export async function churnBench(ctx: GoloopBenchContext, sizeGib: number): Prom
   }
   for (const [who, list] of Object.entries(runs) as Array<[Who, GoloopRestoreFigures[]]>)
     out.restores[who] = medianRun(list);
+
+  const proxy = await startCutProxy({ targetPort: ctx.sshd.port, latencyMs: ACROSS_MS });
+  try {
+    const sshd = ctx.sshd;
+    const across = {
+      ...ctx,
+      sshd: { ...sshd, actionInputs: () => ({ ...sshd.actionInputs(), port: String(proxy.port) }) },
+    };
+    for (const who of ['ours tree', 'ours archive'] as const) {
+      const backup = out.second[who];
+      if (backup?.ok)
+        (out.restoresAcross ??= {})[who] = await oursRestore(
+          across,
+          cache,
+          `${tag}-across`,
+          backup,
+        );
+    }
+  } finally {
+    await proxy.stop();
+  }
   return out;
 }
 

@@ -2,7 +2,7 @@
 import { fmtB, fmtS, MiB, ratio, table, verdict } from '../kit.js';
 import type { GoloopBackupFigures, GoloopRestoreFigures, Who } from '../goloop/figures.js';
 import { cell, phaseLine } from '../goloop/report.js';
-import type { ChurnFigures } from './figures.js';
+import { ACROSS_MS, type ChurnFigures } from './figures.js';
 import { MESSAGE_BYTES } from './load.js';
 
 const pct = (part?: number, whole?: number): string =>
@@ -130,6 +130,8 @@ export function churnReport(f: ChurnFigures): string {
 
   const rt = f.restores['ours tree'];
   const ra = f.restores['ours archive'];
+  const xt = f.restoresAcross?.['ours tree'];
+  const xa = f.restoresAcross?.['ours archive'];
   if (rt || ra) {
     const rrow = (label: string, fn: (r: GoloopRestoreFigures) => string, ratioOf?: boolean) => [
       label,
@@ -152,6 +154,12 @@ export function churnReport(f: ChurnFigures): string {
           true,
         ),
         rrow('  every run', (r) => (r.runs ?? [r.wallSeconds]).map((x) => x.toFixed(2)).join(', ')),
+        [
+          `wall time, node ${ACROSS_MS} ms away each way (one run)`,
+          cell(xt, (r) => fmtS(r.wallSeconds)),
+          cell(xa, (r) => fmtS(r.wallSeconds)),
+          xt?.ok && xa?.ok ? ratio(xt.wallSeconds, xa.wallSeconds) : '',
+        ],
         rrow('host peak extra disk (du)', (r) => fmtB(r.hostExtraDiskBytes)),
         rrow('restored node dir', (r) => fmtB(r.restoredBytes)),
         rrow('runner peak RSS', (r) => fmtB(r.runnerPeakRssBytes)),
@@ -171,6 +179,7 @@ export function churnReport(f: ChurnFigures): string {
     ...Object.values(full).map((x) => ['full', x] as const),
     ...Object.values(second).map((x) => ['second', x] as const),
     ...Object.values(f.restores).map((x) => ['restore', x] as const),
+    ...Object.values(f.restoresAcross ?? {}).map((x) => ['restore across a link', x] as const),
   ];
   for (const [round, x] of all)
     if (x && !x.ok) out.push(`FAILED ${x.name} (${round}): ${x.error ?? x.skipped}`);
@@ -203,6 +212,12 @@ export function churnReport(f: ChurnFigures): string {
       'tree restore no slower than the tar restore of the same snapshot (medians)',
       `${fmtS(rt.wallSeconds)} against ${fmtS(ra.wallSeconds)} (${ratio(rt.wallSeconds, ra.wallSeconds)})`,
       verdict(rt.wallSeconds <= ra.wallSeconds),
+    ]);
+  if (xt?.ok && xa?.ok)
+    tgt.push([
+      `the same, the node ${ACROSS_MS} ms away each way (one run each)`,
+      `${fmtS(xt.wallSeconds)} against ${fmtS(xa.wallSeconds)} (${ratio(xt.wallSeconds, xa.wallSeconds)})`,
+      verdict(xt.wallSeconds <= xa.wallSeconds),
     ]);
   const runs: Array<[string, GoloopBackupFigures | GoloopRestoreFigures | undefined]> = [
     ['full backup, ours tree', full['ours tree']],

@@ -91134,6 +91134,7 @@ var Inputs;
     Inputs["HostKey"] = "host-key";
     Inputs["InsecureSkipHostKey"] = "insecure-skip-host-key-check";
     Inputs["SshTransport"] = "ssh-transport";
+    Inputs["SshConnections"] = "ssh-connections";
     Inputs["PrepDir"] = "prep-dir";
     Inputs["DataDir"] = "data-dir";
     Inputs["StopCommand"] = "stop-command";
@@ -92514,6 +92515,7 @@ function parseSettings(read = readActionInput) {
         startNode: bool(Inputs.StartNode, true),
         keepPrevious: bool(Inputs.KeepPrevious, true),
         healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
+        sshConnections: int(Inputs.SshConnections, 4, 1, 16),
         diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
         processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
         deep: bool(Inputs.Deep, false),
@@ -93592,6 +93594,19 @@ function treeCheck(kind, linked) {
 function goLine(decoder) {
     return `go ${decoder.name}\n`;
 }
+// 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
+// 10 KiB, which halved its system time on the bench archive. -B gathers the short reads of a
+// pipe into whole records.
+const TAR_X = 'tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
+/** Exits `UNSAFE_ARCHIVE` with a marked line on stderr for each line of its argument. */
+const REFUSE = `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`;
+/**
+ * Runs `extract` (a decoder into tar, or tar) with tar's listing through one check and its
+ * stderr through the other; what they find is in $found, the status in $rc.
+ */
+const checkedExtraction = (extract) => `found=$({ { ${extract} | awk ${quote(LISTING_CHECK)}; } 2>&1 >&3 | awk ${quote(ERRORS_CHECK)}; } 3>&1) || rc=$?`;
+/** What a tree's extraction prints once it holds the lock of its staging folder. */
+const LOCKED_LINE = 'prep-snapshot-locked';
 /**
  * Reads the archive from stdin into a fresh staging folder, checks that it holds a snapshot
  * and prints the number of files: one round trip.
@@ -93628,20 +93643,16 @@ function extractCommand(kind, prepDir, stage, options = {}) {
     const missing = (what) => `{ echo ${quote(`${MISSING_MARK} the archive holds no ${what}`)} >&2; exit ${NOT_A_SNAPSHOT}; }`;
     // A real directory: `-d` alone follows a symbolic link.
     const isDir = (path) => `[ -d ${quote(path)} ] && [ ! -L ${quote(path)} ]`;
-    // 1 MiB records: tar reads and writes in pieces a hundred times bigger than its default
-    // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads
-    // of a pipe into whole records.
-    const tar = 'tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
     return bashScript([
         WIDE_PIPES,
         // bash reads a pipe a byte at a time: the archive starts right after this line.
         `IFS=' ' read -r word name || exit 0`,
         `[ "$word" = go ] || exit 0`,
         `case "$name" in`,
-        ...Object.entries(DECODERS).map(([n, c]) => `  ${n}) decode() { wide ${c} | LC_ALL=C ${tar}; } ;;`),
+        ...Object.entries(DECODERS).map(([n, c]) => `  ${n}) decode() { wide ${c} | LC_ALL=C ${TAR_X}; } ;;`),
         // A plain tar goes to tar itself: a cat in between cost the host a core-second for
         // every 2 GiB.
-        `  none) decode() { LC_ALL=C wide ${tar}; } ;;`,
+        `  none) decode() { LC_ALL=C wide ${TAR_X}; } ;;`,
         `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
         `esac`,
         // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
@@ -93649,7 +93660,7 @@ function extractCommand(kind, prepDir, stage, options = {}) {
         // run goes on from the files it holds (see tree/fetch.ts), some linked from the data dir.
         `stage=${quote(stage)}`,
         ...(options.keep ? [] : [`trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`]),
-        `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`,
+        REFUSE,
         `mkdir -p -- ${quote(prepDir)}`,
         ...(options.keep ? [] : [`rm -rf -- "$stage"`]),
         `mkdir -p -- "$stage"`,
@@ -93657,10 +93668,13 @@ function extractCommand(kind, prepDir, stage, options = {}) {
         // released when the last of them ends, however the script itself ends.
         `exec 9<"$stage"`,
         `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
+        // A tree's files may come over more channels as well (receiveMoreCommand): they begin
+        // once this line says that the folder is this run's.
+        ...(options.keep ? [`echo ${LOCKED_LINE}`] : []),
         // tar's listing goes to one check and its stderr (and the decompressor's) through the
         // other; what they find comes out on fd 3. The status is the decompressor's or tar's.
         `rc=0`,
-        `found=$({ { decode | awk ${quote(LISTING_CHECK)}; } 2>&1 >&3 | awk ${quote(ERRORS_CHECK)}; } 3>&1) || rc=$?`,
+        checkedExtraction('decode'),
         `if [ -n "$found" ]; then refuse "$found"; fi`,
         `[ "$rc" = 0 ] || exit "$rc"`,
         `cd -- "$stage"`,
@@ -93671,6 +93685,28 @@ function extractCommand(kind, prepDir, stage, options = {}) {
         `if [ -n "$found" ]; then refuse "$found"; fi`,
         ...[...kind.roots, ...required].map((d) => `${isDir(d)} || ${missing(d)}`),
         `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
+    ]);
+}
+/**
+ * More of a tree's files, over a channel of their own, into the staging folder that the
+ * main extraction (`extractCommand` with `keep`) holds: the runner gives its go line only
+ * once that one has printed `LOCKED_LINE`, and ends the main tar only after every such
+ * channel has exited, so that the main one's checks of the folder see all that came. This
+ * one refuses what the listing shows as it goes (the same marks and exit status); the check
+ * of what tar made, and the count, are the main one's.
+ */
+function receiveMoreCommand(stage) {
+    return bashScript([
+        WIDE_PIPES,
+        `IFS=' ' read -r word name || exit 0`,
+        `[ "$word" = go ] || exit 0`,
+        `stage=${quote(stage)}`,
+        `[ -d "$stage" ] && [ ! -L "$stage" ] || { echo "$stage is not a folder" >&2; exit 2; }`,
+        REFUSE,
+        `rc=0`,
+        checkedExtraction(`LC_ALL=C wide ${TAR_X}`),
+        `if [ -n "$found" ]; then refuse "$found"; fi`,
+        `exit "$rc"`,
     ]);
 }
 
@@ -94537,6 +94573,9 @@ class SshHost {
     receiveTree(stage) {
         return this.session.stream(extractCommand(this.tree, this.prepDir, stage, { keep: true }));
     }
+    receiveMore(stage) {
+        return this.session.stream(receiveMoreCommand(stage));
+    }
     async tablesInDataDir(files, address) {
         const wanted = files
             .filter((f) => isTableFile(f.path))
@@ -95188,8 +95227,6 @@ function snapshotChain(snapshot) {
 
 // EXTERNAL MODULE: ./node_modules/@aws-sdk/client-s3/dist-cjs/index.js
 var dist_cjs = __nccwpck_require__(3711);
-;// CONCATENATED MODULE: external "node:timers/promises"
-const external_node_timers_promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:timers/promises");
 // EXTERNAL MODULE: ./node_modules/@smithy/node-http-handler/dist-cjs/index.js
 var node_http_handler_dist_cjs = __nccwpck_require__(1279);
 ;// CONCATENATED MODULE: ./src/s3/http-wire.ts
@@ -95764,87 +95801,6 @@ function objectUrl(settings, key) {
     return `s3://${settings.bucket}/${key}`;
 }
 
-;// CONCATENATED MODULE: ./src/s3/backup-list.ts
-/**
- * `{prefix}/backup_list`: one `YYYYMMDD/FILE` a line, newest first, as the original scripts
- * read it (`head -n 1` is the latest). Edits are pure; the write is conditional on the ETag
- * that was read, and retried, so that two runs that finish together both keep their entry.
- */
-
-
-
-
-
-function parseBackupList(text) {
-    return text
-        .split('\n')
-        .map((l) => l.trim())
-        .filter((l) => l !== '');
-}
-function formatBackupList(entries) {
-    return entries.length ? `${entries.join('\n')}\n` : '';
-}
-/** Sorts newest first; lines that are not archive names keep their order, after the rest. */
-function sortNewestFirst(entries) {
-    const unique = [...new Set(entries)];
-    const named = unique.flatMap((e) => {
-        const name = parseArchivePath(e);
-        return name ? [{ e, name }] : [];
-    });
-    const other = unique.filter((e) => !parseArchivePath(e));
-    named.sort((a, b) => compareNewestFirst(a.name, b.name));
-    return [...named.map((n) => n.e), ...other];
-}
-function addEntry(entries, entry) {
-    return sortNewestFirst([...entries, entry]);
-}
-function removeEntries(entries, remove) {
-    const gone = new Set(remove);
-    return entries.filter((e) => !gone.has(e));
-}
-async function readBackupList(client, bucket, key) {
-    try {
-        const res = await client.send(new dist_cjs/* GetObjectCommand */.jLs({ Bucket: bucket, Key: key }));
-        const text = (await res.Body?.transformToString('utf8')) ?? '';
-        return { entries: parseBackupList(text), etag: res.ETag };
-    }
-    catch (error) {
-        if (isStatus(error, 404) || error.name === 'NoSuchKey')
-            return { entries: [] };
-        throw describeS3Error(error, `s3://${bucket}/${key}`);
-    }
-}
-/**
- * Applies `edit` to the list and writes it only if nobody wrote it in between
- * (If-Match on the ETag read, or If-None-Match when it did not exist); retries otherwise.
- */
-async function updateBackupList(client, bucket, key, edit, attempts = 12) {
-    for (let attempt = 1;; attempt++) {
-        const current = await readBackupList(client, bucket, key);
-        const next = edit(current.entries);
-        try {
-            await client.send(new dist_cjs/* PutObjectCommand */.wKZ({
-                Bucket: bucket,
-                Key: key,
-                Body: formatBackupList(next),
-                ContentType: 'text/plain; charset=utf-8',
-                ...(current.etag ? { IfMatch: current.etag } : { IfNoneMatch: '*' }),
-            }));
-            return next;
-        }
-        catch (error) {
-            // 412: someone wrote it since it was read; 404: someone removed it since. Read again.
-            const conflict = isStatus(error, 412, 409, 404) || error.name === 'PreconditionFailed';
-            if (!conflict)
-                throw describeS3Error(error, `s3://${bucket}/${key}`);
-            if (attempt >= attempts) {
-                throw new StorageError(`backup_list kept changing under this run (${attempts} attempts); run again.`);
-            }
-            await (0,external_node_timers_promises_namespaceObject.setTimeout)(Math.min(2000, 50 * 2 ** attempt) * (0.5 + Math.random()));
-        }
-    }
-}
-
 ;// CONCATENATED MODULE: ./src/s3/store.ts
 /** Listing what is stored: archives under a prefix, their manifests, their permanent copies. */
 
@@ -95922,6 +95878,8 @@ async function writeJson(client, bucket, key, value) {
     }
 }
 
+;// CONCATENATED MODULE: external "node:timers/promises"
+const external_node_timers_promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:timers/promises");
 ;// CONCATENATED MODULE: ./src/s3/retry.ts
 /**
  * What a retry can cure, for the transfers of an archive's bytes (the ranges of a download, the
@@ -96332,6 +96290,87 @@ async function abortUploads(client, bucket, key) {
             return aborted;
         keyMarker = res.NextKeyMarker;
         uploadIdMarker = res.NextUploadIdMarker;
+    }
+}
+
+;// CONCATENATED MODULE: ./src/s3/backup-list.ts
+/**
+ * `{prefix}/backup_list`: one `YYYYMMDD/FILE` a line, newest first, as the original scripts
+ * read it (`head -n 1` is the latest). Edits are pure; the write is conditional on the ETag
+ * that was read, and retried, so that two runs that finish together both keep their entry.
+ */
+
+
+
+
+
+function parseBackupList(text) {
+    return text
+        .split('\n')
+        .map((l) => l.trim())
+        .filter((l) => l !== '');
+}
+function formatBackupList(entries) {
+    return entries.length ? `${entries.join('\n')}\n` : '';
+}
+/** Sorts newest first; lines that are not archive names keep their order, after the rest. */
+function sortNewestFirst(entries) {
+    const unique = [...new Set(entries)];
+    const named = unique.flatMap((e) => {
+        const name = parseArchivePath(e);
+        return name ? [{ e, name }] : [];
+    });
+    const other = unique.filter((e) => !parseArchivePath(e));
+    named.sort((a, b) => compareNewestFirst(a.name, b.name));
+    return [...named.map((n) => n.e), ...other];
+}
+function addEntry(entries, entry) {
+    return sortNewestFirst([...entries, entry]);
+}
+function removeEntries(entries, remove) {
+    const gone = new Set(remove);
+    return entries.filter((e) => !gone.has(e));
+}
+async function readBackupList(client, bucket, key) {
+    try {
+        const res = await client.send(new dist_cjs/* GetObjectCommand */.jLs({ Bucket: bucket, Key: key }));
+        const text = (await res.Body?.transformToString('utf8')) ?? '';
+        return { entries: parseBackupList(text), etag: res.ETag };
+    }
+    catch (error) {
+        if (isStatus(error, 404) || error.name === 'NoSuchKey')
+            return { entries: [] };
+        throw describeS3Error(error, `s3://${bucket}/${key}`);
+    }
+}
+/**
+ * Applies `edit` to the list and writes it only if nobody wrote it in between
+ * (If-Match on the ETag read, or If-None-Match when it did not exist); retries otherwise.
+ */
+async function updateBackupList(client, bucket, key, edit, attempts = 12) {
+    for (let attempt = 1;; attempt++) {
+        const current = await readBackupList(client, bucket, key);
+        const next = edit(current.entries);
+        try {
+            await client.send(new dist_cjs/* PutObjectCommand */.wKZ({
+                Bucket: bucket,
+                Key: key,
+                Body: formatBackupList(next),
+                ContentType: 'text/plain; charset=utf-8',
+                ...(current.etag ? { IfMatch: current.etag } : { IfNoneMatch: '*' }),
+            }));
+            return next;
+        }
+        catch (error) {
+            // 412: someone wrote it since it was read; 404: someone removed it since. Read again.
+            const conflict = isStatus(error, 412, 409, 404) || error.name === 'PreconditionFailed';
+            if (!conflict)
+                throw describeS3Error(error, `s3://${bucket}/${key}`);
+            if (attempt >= attempts) {
+                throw new StorageError(`backup_list kept changing under this run (${attempts} attempts); run again.`);
+            }
+            await (0,external_node_timers_promises_namespaceObject.setTimeout)(Math.min(2000, 50 * 2 ** attempt) * (0.5 + Math.random()));
+        }
     }
 }
 
@@ -97583,791 +97622,6 @@ async function storedTail(client, bucket, prefix, sha, size) {
     return tailHash(bytes);
 }
 
-;// CONCATENATED MODULE: ./src/s3/download.ts
-/**
- * Reads a stored object as one stream, in order, with several ranged GETs in flight.
- *
- * Over the internet one S3 connection runs far below what the runner and the node can take (the
- * original restore downloads with `axel -a`, icon2-node with `aria2c -x8`). The object is read
- * in ranges, `connections` of them coming at once; each range copies what it receives into
- * pieces of reused memory (s3/pieces.ts), and the read hands the pieces on in the object's
- * order, those of the first range as they fill.
- *
- * Three things keep the connections busy (measured on the benchmark's link, each connection
- * capped at 20 MiB/s with 20 ms each way, 8 connections):
- * - The window of ranges held (coming, or whole and waiting for the ranges before them to be
- *   handed on) is twice the connections: a range whose bytes are all in lets the next one start
- *   at once. Ranges that start together end together, and with a window of only `connections`
- *   every connection but one sat idle while the consumer took that burst (100 MiB/s, not 140).
- * - A range asks for the next one when an eighth of it is left: the round trip to ask, and S3's
- *   time to answer, overlap its last bytes instead of following them (so for that moment one
- *   more GET is open). One connection moved 0.80 to 0.87 of its cap without it, 0.98 with it.
- * - Ranges of 8 MiB: 16 MiB moved no more and held twice the memory.
- * Memory is the bytes received and not yet handed on, at most `heldBytes` (connections x range
- * size by default) and a chunk per connection, whatever the object's size. When the consumer is
- * the slower side (a restore into a host whose SSH channel or disk is slower than S3), the ranges
- * past the first stop reading at that bound and their connections wait, as TCP makes them; the
- * first range waits only for the consumer. A range takes pieces as its bytes come, not a
- * buffer of its size: a window of ready-made 8 MiB buffers took the runner's RSS to 490 MiB in
- * a restore whose consumer was slow, for bytes that were not needed yet.
- *
- * A range that fails (a connection cut, a reset, a 5xx, a stall) is asked again from the byte
- * where it stopped; the bytes already received are kept. Every GET is pinned to the ETag seen
- * first (If-Match): bytes of two versions of an object are never mixed, and an object replaced
- * during the read fails it with ObjectChangedError.
- */
-
-
-
-
-
-
-
-
-const MiB = 1024 * 1024;
-/** Ranges are at least this large (fewer, cheaper requests)... */
-const MIN_RANGE_BYTES = MiB;
-/** ...and at most this: 64 MiB held with the default 8 connections, 128 MiB at the input's most, 16. */
-const MAX_RANGE_BYTES = 8 * MiB;
-/**
- * The range size for `size` bytes to read with `connections`: the largest that still gives every
- * connection two ranges (a small archive is spread over the connections too), in whole MiB, from
- * MIN_RANGE_BYTES to MAX_RANGE_BYTES.
- */
-function chooseRangeBytes(size, connections) {
-    const share = Math.ceil(size / Math.max(1, connections) / 2 / MiB) * MiB;
-    return Math.min(MAX_RANGE_BYTES, Math.max(MIN_RANGE_BYTES, share));
-}
-async function headObject(client, bucket, key) {
-    try {
-        const head = await client.send(new dist_cjs/* HeadObjectCommand */.l81({ Bucket: bucket, Key: key }));
-        return { size: head.ContentLength ?? 0, etag: head.ETag };
-    }
-    catch (error) {
-        throw describeS3Error(error, `s3://${bucket}/${key}`);
-    }
-}
-/** The object's bytes [start, size), in order: see the module's comment. */
-class RangedDownload {
-    /** Attempts that failed and were made again, over all ranges. */
-    retries = 0;
-    /** Bytes received from S3, over all ranges (retried bytes are not received twice). */
-    received = 0;
-    /** The range size in use. */
-    rangeBytes;
-    /** The bound on bytes held (received and not handed on). */
-    heldBytes;
-    /** The most bytes held at once: at most heldBytes and a chunk per connection. */
-    peakHeldBytes = 0;
-    /** Resolves at the first byte received (at once for nothing to read); rejects if the read fails first. */
-    started;
-    o;
-    end;
-    attempts;
-    window = [];
-    pool = new MemoryPool();
-    /** Ranges that hold a connection: coming, and not yet within an eighth of their end. */
-    inFlight = 0;
-    next;
-    /** Whether the consumer waits for bytes (it holds none of the download's memory). */
-    wanted = false;
-    /** Why the read stopped, once it has (undefined while it goes on, or at its end). */
-    failure;
-    stopped = false;
-    /** Bytes received and not handed on, over the window. */
-    held = 0;
-    /** Ranges that wait for the held bytes to go down (or, the first, for the consumer). */
-    waiting = [];
-    /** The consumer, waiting for the first range to bring bytes. */
-    consumer;
-    stopping = new AbortController();
-    markStarted;
-    failStart;
-    constructor(options) {
-        this.o = options;
-        this.end = options.object.size;
-        this.next = Math.min(options.start ?? 0, this.end);
-        this.attempts = Math.max(1, options.attempts ?? 6);
-        this.rangeBytes =
-            options.rangeBytes ?? chooseRangeBytes(this.end - this.next, options.connections);
-        this.heldBytes = Math.max(this.rangeBytes, options.heldBytes ?? Math.max(1, options.connections) * this.rangeBytes);
-        this.started = new Promise((resolve, reject) => {
-            this.markStarted = resolve;
-            this.failStart = reject;
-        });
-        // A caller that never waits for the start must not meet an unhandled rejection.
-        this.started.catch(() => undefined);
-        if (this.next >= this.end)
-            this.markStarted();
-        this.fill();
-    }
-    /**
-     * The bytes in order. Each chunk is the download's memory, filled again once the next one is
-     * asked for: a consumer that keeps bytes beyond that (a write still under way, a list of
-     * chunks) waits for it to finish or copies them. Leaving the loop early stops the read.
-     */
-    async *[Symbol.asyncIterator]() {
-        let lent;
-        try {
-            for (;;) {
-                if (lent)
-                    this.pool.give(lent);
-                lent = undefined;
-                const chunk = await this.nextChunk();
-                if (!chunk)
-                    return;
-                lent = chunk.piece;
-                yield chunk.bytes;
-            }
-        }
-        finally {
-            if (lent)
-                this.pool.give(lent);
-            if (!this.stopped)
-                this.destroy();
-        }
-    }
-    /** Stops the read: the ranges' requests are aborted and the consumer gets `error`, if any. */
-    destroy(error) {
-        if (this.stopped)
-            return;
-        this.stopped = true;
-        this.failure = error;
-        this.stopping.abort();
-        for (const r of this.window) {
-            r.abort?.abort();
-            r.pieces.clear();
-        }
-        this.window.length = 0;
-        this.wake();
-        this.failStart(error ?? new Error('the read was stopped'));
-    }
-    /** Starts ranges while a connection is free and the window has room. */
-    fill() {
-        const connections = Math.max(1, this.o.connections);
-        while (!this.stopped &&
-            this.inFlight < connections &&
-            this.window.length < 2 * connections &&
-            this.next < this.end) {
-            const start = this.next;
-            const end = Math.min(this.end, start + this.rangeBytes);
-            this.next = end;
-            const range = {
-                start,
-                end,
-                pieces: new PieceList(this.pool),
-                filled: 0,
-                emitted: 0,
-                ending: false,
-            };
-            this.window.push(range);
-            this.inFlight++;
-            this.load(range).then(() => this.release(range), (error) => this.destroy(error));
-        }
-    }
-    /** Counts the range's connection free (once), and starts the next range. */
-    release(r) {
-        if (r.ending)
-            return;
-        r.ending = true;
-        this.inFlight--;
-        this.fill();
-    }
-    /**
-     * The first range's next piece, once it is full (or the range is whole), moving the window
-     * on past the ranges that are whole and handed on; undefined at the end of the object.
-     */
-    async nextChunk() {
-        for (;;) {
-            if (this.stopped) {
-                if (this.failure)
-                    throw this.failure;
-                return undefined;
-            }
-            const head = this.window[0];
-            if (!head) {
-                if (this.next >= this.end) {
-                    this.stopped = true;
-                    return undefined;
-                }
-            }
-            else {
-                const whole = head.filled === head.end - head.start;
-                const next = head.pieces.shift(whole);
-                if (next) {
-                    head.emitted += next.bytes.length;
-                    this.held -= next.bytes.length;
-                    this.wanted = false;
-                    this.wake();
-                    return next;
-                }
-                if (whole) {
-                    this.window.shift();
-                    this.wake();
-                    this.fill();
-                    continue;
-                }
-            }
-            this.wanted = true;
-            // A first range that waited for the consumer reads on.
-            this.wake();
-            await new Promise((go) => (this.consumer = go));
-        }
-    }
-    /** Lets the waiting ranges look again at what is held, and the consumer at what came. */
-    wake() {
-        const waiting = this.waiting;
-        this.waiting = [];
-        for (const go of waiting)
-            go();
-        const consumer = this.consumer;
-        this.consumer = undefined;
-        consumer?.();
-    }
-    /**
-     * Whether `r` must wait before it reads on: the others while the held bytes are at their
-     * bound; the first range only while the consumer wants nothing, and then once a range's
-     * worth of it is held or the held bytes are at their bound (it would otherwise take them a
-     * range past it). What the consumer wants, the first range reads at once.
-     */
-    mustWait(r) {
-        if (this.stopped)
-            return false;
-        if (r === this.window[0]) {
-            return (!this.wanted && (r.filled - r.emitted >= this.rangeBytes || this.held >= this.heldBytes));
-        }
-        return this.held >= this.heldBytes;
-    }
-    label(r) {
-        return `bytes ${r.start}-${r.end - 1} of s3://${this.o.bucket}/${this.o.key}`;
-    }
-    async load(r) {
-        let failures = 0;
-        for (;;) {
-            const before = r.filled;
-            try {
-                await this.attempt(r);
-                return;
-            }
-            catch (error) {
-                if (this.stopped)
-                    return;
-                const final = this.finalError(r, error);
-                if (final)
-                    throw final;
-                // An attempt that brought bytes was cut, not refused: it goes on at once. Attempts that
-                // bring nothing wait longer each time, and are counted.
-                const moved = r.filled > before;
-                failures = moved ? 0 : failures + 1;
-                if (failures >= this.attempts) {
-                    throw new DownloadError(`${this.label(r)}: ${failures} attempts in a row failed at byte ${r.start + r.filled}, the last with ${reason(error)}`);
-                }
-                this.retries++;
-                const wait = moved ? 0 : backoffMs(failures, this.o.backoffMs ?? 1000);
-                this.o.onRetry?.(`${this.label(r)}: ${reason(error)}; again from byte ${r.start + r.filled}` +
-                    `${wait ? ` in ${(wait / 1000).toFixed(1)} s` : ''} (${formatBytes(r.filled)} of ${formatBytes(r.end - r.start)} kept).`);
-                try {
-                    await (0,external_node_timers_promises_namespaceObject.setTimeout)(wait, undefined, { signal: this.stopping.signal });
-                }
-                catch {
-                    return; // stopped while it waited
-                }
-            }
-        }
-    }
-    /** The error that ends the read, or undefined when another attempt may cure `error`. */
-    finalError(r, error) {
-        if (error instanceof ObjectChangedError || error instanceof DownloadError)
-            return error;
-        const status = httpStatus(error);
-        const object = `s3://${this.o.bucket}/${this.o.key}`;
-        if (status === 412) {
-            return new ObjectChangedError(`${object} was replaced while it was read: S3 answered 412 (Precondition Failed) to a read of ` +
-                `bytes ${r.start + r.filled}-${r.end - 1} pinned to the ETag it had when the read began, ${String(this.o.object.etag)}.`);
-        }
-        if (status === 404)
-            return new ObjectChangedError(`${object} was deleted while it was read.`);
-        if (status === 416) {
-            return new ObjectChangedError(`${object} is shorter than when its read began: it was replaced.`);
-        }
-        if (!isTransient(error))
-            return new DownloadError(`${this.label(r)}: ${reason(error)}`);
-        return undefined;
-    }
-    /** One GET of what the range still lacks; resolves when the range is full. */
-    async attempt(r) {
-        const from = r.start + r.filled;
-        const stall = new StallWatch(this.o.stallMs);
-        r.abort = stall.controller;
-        stall.arm();
-        let body;
-        try {
-            const res = await this.o.client.send(new dist_cjs/* GetObjectCommand */.jLs({
-                Bucket: this.o.bucket,
-                Key: this.o.key,
-                Range: `bytes=${from}-${r.end - 1}`,
-                IfMatch: this.o.object.etag,
-            }), { abortSignal: stall.signal });
-            body = res.Body;
-            // A server that ignored the Range would send the object from its first byte.
-            const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(res.ContentRange ?? '');
-            if (!range || Number(range[1]) !== from || Number(range[2]) !== r.end - 1) {
-                throw new DownloadError(`${this.label(r)}: asked for bytes ${from}-${r.end - 1}, S3 sent '${res.ContentRange ?? 'the whole object'}'`);
-            }
-            if (this.o.object.etag && res.ETag && res.ETag !== this.o.object.etag) {
-                throw new ObjectChangedError(`s3://${this.o.bucket}/${this.o.key} changed while it was read: its ETag was ${this.o.object.etag}, now ${res.ETag}.`);
-            }
-            const size = r.end - r.start;
-            const take = (view) => {
-                if (this.stopped)
-                    throw new Error('the read was stopped');
-                const n = Math.min(view.length, size - r.filled);
-                if (n > 0)
-                    r.pieces.add(n === view.length ? view : view.subarray(0, n));
-                r.filled += n;
-                this.held += n;
-                this.peakHeldBytes = Math.max(this.peakHeldBytes, this.held);
-                this.received += n;
-                this.markStarted();
-                // The next range is asked for while this one's last bytes come: the round trip to ask
-                // for it, and S3's time to answer, overlap them instead of following them.
-                if (size - r.filled <= size / 8)
-                    this.release(r);
-                if (r === this.window[0])
-                    this.wake();
-                stall.arm();
-                if (!this.mustWait(r))
-                    return undefined;
-                // Waiting for room is not a stall: the clock runs only while the range reads.
-                stall.pause();
-                return (async () => {
-                    while (this.mustWait(r))
-                        await new Promise((go) => this.waiting.push(go));
-                    stall.arm();
-                })();
-            };
-            if (body instanceof SocketBody) {
-                await body.readInto(take);
-            }
-            else {
-                for await (const chunk of body)
-                    await take(chunk);
-            }
-            if (r.filled < size) {
-                throw new TransientError(`the response ended after ${formatBytes(r.filled)} of ${formatBytes(size)}`);
-            }
-        }
-        catch (error) {
-            if (stall.stalled)
-                throw stall.error();
-            throw error;
-        }
-        finally {
-            stall.pause();
-            body?.destroy();
-            r.abort = undefined;
-        }
-    }
-}
-/** Starts reading `options.object` (see RangedDownload). */
-function rangedDownload(options) {
-    return new RangedDownload(options);
-}
-
-;// CONCATENATED MODULE: ./src/snapshots.ts
-
-
-
-/**
- * `latest`; a key (`PRep/20240101/FILE` or `20240101/FILE`); a date `YYYYMMDD` (the newest
- * of that day); or a height `BH123` / `123` (the newest at that height).
- */
-async function chooseSnapshot(client, s3, wanted) {
-    const listKey = `${s3.prefix}/backup_list`;
-    const { entries } = await readBackupList(client, s3.bucket, listKey);
-    const listed = entries.flatMap((e) => {
-        const name = parseArchivePath(e);
-        return name ? [{ entry: e, name }] : [];
-    });
-    const pick = (match, what) => {
-        const found = listed.find((l) => match(l.name, l.entry));
-        if (!found) {
-            throw new StorageError(`No snapshot in s3://${s3.bucket}/${listKey} matches ${what}` +
-                (listed.length
-                    ? `; the newest is ${listed[0]?.entry}.`
-                    : '; the list is empty or missing.'));
-        }
-        return { key: `${s3.prefix}/${found.entry}`, name: found.name, listed: true };
-    };
-    const value = wanted.trim();
-    if (value === '' || value === 'latest')
-        return pick(() => true, 'latest');
-    if (/^\d{8}$/.test(value))
-        return pick((n) => n.date === value, `date ${value}`);
-    const height = /^(?:BH)?(\d+)$/i.exec(value);
-    if (height)
-        return pick((n) => n.height === Number(height[1]), `block height ${height[1]}`);
-    const name = parseArchivePath(value);
-    if (!name) {
-        throw new InputError(`Input 'snapshot' is '${wanted}'. Use 'latest', a date (YYYYMMDD), a block height (BH123) or a key.`);
-    }
-    const entry = `${name.date}/${name.file}`;
-    const key = value.includes('/') && value.split('/').length > 2 ? value : `${s3.prefix}/${entry}`;
-    return { key, name, listed: entries.includes(entry) };
-}
-
-;// CONCATENATED MODULE: ./src/tree/pool.ts
-/** Runs `work` on every item, `width` at a time. */
-async function pool(items, width, work) {
-    let next = 0;
-    const worker = async () => {
-        while (next < items.length)
-            await work(items[next++]);
-    };
-    await Promise.all(Array.from({ length: Math.min(Math.max(1, width), items.length) }, worker));
-}
-
-;// CONCATENATED MODULE: ./src/tree/verify.ts
-/**
- * verify of a tree: every object its manifest names is stored with the file's size; `deep`
- * reads every object back and checks its sha256 (each object once, however many files share it).
- */
-
-
-
-
-
-
-
-
-
-
-async function verifyTree(client, bucket, m, options) {
-    const stored = await objectsUnder(client, bucket, m.objects);
-    const objects = new Map(m.files.map((f) => [f.sha256, f]));
-    const missing = [...objects.values()].filter((f) => stored.get(f.sha256) !== f.size);
-    if (missing.length > 0) {
-        const first = missing[0];
-        throw new IntegrityError(`${m.key}: ${missing.length} of its ${objects.size} objects are missing or of the wrong size (the first: ` +
-            `${first.path}, ${m.objects}${first.sha256}: ${stored.has(first.sha256) ? `${stored.get(first.sha256)} bytes, not ${first.size}` : 'missing'}). ` +
-            `The snapshot cannot be restored; take a new backup.`);
-    }
-    info(`${m.key}: every object is stored with its size (${objects.size} objects for ${m.files.length} files).`);
-    if (!options.deep)
-        return { files: m.files.length, bytes: m.bytes, objects: objects.size, deep: false };
-    const list = [...objects.values()];
-    const total = list.reduce((s, f) => s + f.size, 0);
-    const progress = new FileProgress('Verify', list.length, total);
-    const bad = [];
-    try {
-        await pool(list, options.inFlight, async (f) => {
-            let body;
-            try {
-                const res = await options.reads.send(new dist_cjs/* GetObjectCommand */.jLs({ Bucket: bucket, Key: `${m.objects}${f.sha256}` }));
-                body = res.Body;
-            }
-            catch (error) {
-                throw describeS3Error(error, `s3://${bucket}/${m.objects}${f.sha256}`);
-            }
-            const hash = (0,external_node_crypto_.createHash)('sha256');
-            const take = (chunk) => {
-                hash.update(chunk);
-                progress.bytes += chunk.length;
-            };
-            if (body instanceof SocketBody)
-                await body.readInto(take);
-            else
-                for await (const chunk of body)
-                    take(chunk);
-            if (hash.digest('hex') !== f.sha256)
-                bad.push(f.path);
-            progress.files++;
-        });
-    }
-    finally {
-        progress.stop();
-    }
-    if (bad.length > 0) {
-        throw new IntegrityError(`${m.key}: ${bad.length} objects do not match their sha256 (the first holds ${bad[0]}): the stored snapshot is damaged.`);
-    }
-    info(`${m.key}: every object read back matches its sha256 (${formatBytes(total)}).`);
-    return { files: m.files.length, bytes: m.bytes, objects: objects.size, deep: true };
-}
-
-;// CONCATENATED MODULE: ./src/summary.ts
-/**
- * The job summary: a heading and a two-column table, the shape every mode reports in.
- * Every value is HTML-escaped on its way in: a key read from the bucket is data, never markup.
- */
-
-/** Markup built by `html` or `code`, whose values were escaped; plain strings are escaped whole. */
-class Html {
-    markup;
-    constructor(markup) {
-        this.markup = markup;
-    }
-}
-function escapeHtml(text) {
-    return text.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c] ?? c);
-}
-/** A template whose values are escaped (an `Html` value is kept as it is). */
-function html(strings, ...values) {
-    let out = strings[0] ?? '';
-    values.forEach((v, i) => {
-        out += (v instanceof Html ? v.markup : escapeHtml(String(v))) + (strings[i + 1] ?? '');
-    });
-    return new Html(out);
-}
-function code(text) {
-    return html `<code>${text}</code>`;
-}
-/** The markup of a cell. */
-function cellMarkup(cell) {
-    return cell instanceof Html ? cell.markup : escapeHtml(cell);
-}
-async function writeSummaryTable(title, rows, link) {
-    summary.addHeading(escapeHtml(`prep-snapshot: ${title}`), 3).addTable([
-        [
-            { data: 'What', header: true },
-            { data: 'Value', header: true },
-        ],
-        ...rows.map(([what, value]) => [escapeHtml(what), cellMarkup(value)]),
-    ]);
-    if (link)
-        summary.addLink(escapeHtml(link.text), escapeHtml(link.href));
-    await summary.write();
-}
-
-;// CONCATENATED MODULE: ./src/modes/verify.ts
-/**
- * mode: verify. Streams a stored snapshot from S3 on the runner alone and proves it whole:
- * the sha256 is the manifest's, the tar stream reads to its end, every entry is complete,
- * and the directories a node needs are there.
- */
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-async function verify(settings) {
-    const client = createClient(settings.s3);
-    const chosen = await group('Choose the snapshot', async () => {
-        const c = await chooseSnapshot(client, settings.s3, settings.restore.snapshot);
-        info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list)'}`);
-        return c;
-    });
-    if (chosen.name.format === 'tree')
-        return verifyTreeSnapshot(client, createReadClient(settings.s3), settings, chosen.key);
-    const manifest = await readManifest(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, chosen.key));
-    const report = await group(`Verify ${chosen.key}`, () => verifyStored(createReadClient(settings.s3), settings, chosen.key, manifest));
-    setOutput(Outputs.Key, report.key);
-    setOutput(Outputs.Sha256, report.sha256);
-    setOutput(Outputs.Size, String(report.compressedBytes));
-    setOutput(Outputs.Files, String(report.files));
-    setOutput(Outputs.UncompressedSize, String(report.bytes));
-    if (manifest)
-        setOutput(Outputs.BlockHeight, String(manifest.blockHeight));
-    await writeSummaryTable('verify', [
-        ['Key', code(report.key)],
-        ['Result', 'whole: every entry complete, the expected directories present'],
-        [
-            'sha256',
-            html `${code(report.sha256)}
-      ${report.hasManifest ? '(matches the manifest)' : '(no manifest to compare)'}`,
-        ],
-        ['Archive', formatBytes(report.compressedBytes)],
-        ['Content', `${report.files} files, ${formatBytes(report.bytes)}`],
-        [
-            'Duration',
-            `${formatDuration(report.seconds)} (${formatRate(report.compressedBytes, report.seconds)})`,
-        ],
-    ]);
-    return report;
-}
-/** Reads the whole object, hashing the bytes and parsing the tar stream inside them. */
-async function verifyStored(client, settings, key, manifest, kind = snapshotTree(manifest)) {
-    const t = performance.now();
-    const stored = await headObject(client, settings.s3.bucket, key);
-    const length = stored.size;
-    const read = (start) => rangedDownload({
-        client,
-        bucket: settings.s3.bucket,
-        key,
-        object: stored,
-        connections: settings.s3.downloadConnections,
-        start,
-        onRetry: (message) => info(`Download: ${message}`),
-    });
-    // The tar parser keeps chunks past the next read: it gets copies.
-    const body = external_node_stream_.Readable.from(copies(read(0)));
-    if (!manifest) {
-        warning(`${key} has no manifest (an archive of the original script?): its sha256 cannot be compared, only its structure.`);
-    }
-    const progress = new Progress('Verify', length);
-    const hash = (0,external_node_crypto_.createHash)('sha256');
-    let compressedBytes = 0;
-    const tap = new external_node_stream_.Transform({
-        transform(chunk, _e, cb) {
-            hash.update(chunk);
-            compressedBytes += chunk.length;
-            progress.sent = compressedBytes;
-            progress.read = compressedBytes;
-            cb(null, chunk);
-        },
-    });
-    let files = 0;
-    let bytes = 0;
-    const roots = new Set();
-    let incomplete;
-    // Directories the archive must hold besides its roots (loopchain's placeholder, goloop's db/).
-    const required = [
-        ...(kind.required ?? []),
-        ...(kind.identityParent && kind.placeholder
-            ? [`${kind.identityParent}/${kind.placeholder}`]
-            : []),
-    ];
-    const parser = new rt({
-        strict: true,
-        zstd: key.endsWith('.tar.zst') ? true : undefined,
-        maxDecompressionRatio: 1e9,
-        onReadEntry: (entry) => {
-            const path = entry.path.replace(/^\.\//, '').replace(/\/$/, '');
-            const top = path.split('/')[0] ?? '';
-            if (kind.roots.includes(top))
-                roots.add(top);
-            for (const r of required)
-                if (path === r || path.startsWith(`${r}/`))
-                    roots.add(r);
-            if (entry.type === 'File' || entry.type === 'OldFile' || entry.type === 'ContiguousFile') {
-                files++;
-                const expected = entry.size;
-                let got = 0;
-                entry.on('data', (c) => (got += c.length));
-                entry.on('end', () => {
-                    bytes += got;
-                    if (got !== expected)
-                        incomplete ??= `${path}: ${got} of ${expected} bytes`;
-                });
-            }
-            entry.resume();
-        },
-    });
-    try {
-        await (0,promises_namespaceObject.pipeline)(body, tap, parser);
-    }
-    catch (error) {
-        // Bytes that did not come say nothing of the archive: the read failed, not the archive.
-        if (error instanceof DownloadError || error instanceof ObjectChangedError) {
-            throw new StorageError(`${key} could not be read to its end (after ${formatBytes(compressedBytes)}): ${error.message} ` +
-                `Nothing is known of the stored archive's state; run again.`);
-        }
-        // A damaged archive usually breaks the tar stream too. With a manifest, read the rest of
-        // the object into the hash: a sha256 that differs from the manifest's says what happened.
-        if (manifest && length > compressedBytes) {
-            const rest = await hashRest(read(compressedBytes), hash).catch(() => undefined);
-            if (rest !== undefined && compressedBytes + rest === manifest.compressedBytes) {
-                const sha256 = hash.digest('hex');
-                if (sha256 !== manifest.sha256) {
-                    throw new IntegrityError(`${key}: sha256 ${sha256} differs from the manifest's ${manifest.sha256}: the stored archive is damaged ` +
-                        `(its tar stream breaks: ${errorMessage(error)}). Do not restore from it; take a new backup.`);
-                }
-            }
-        }
-        throw new IntegrityError(`${key} is not whole: ${errorMessage(error)} (after ${formatBytes(compressedBytes)}). Do not restore from it; take a new backup.`);
-    }
-    finally {
-        progress.stop();
-    }
-    const sha256 = hash.digest('hex');
-    if (manifest && manifest.sha256 !== sha256) {
-        throw new IntegrityError(`${key}: sha256 ${sha256} differs from the manifest's ${manifest.sha256}. The stored archive is damaged.`);
-    }
-    if (manifest && manifest.compressedBytes !== compressedBytes) {
-        throw new IntegrityError(`${key}: ${compressedBytes} bytes stored, the manifest says ${manifest.compressedBytes}.`);
-    }
-    if (incomplete)
-        throw new IntegrityError(`${key} has an incomplete entry: ${incomplete}.`);
-    const needed = [...kind.roots, ...required].filter((r) => !roots.has(r));
-    if (needed.length > 0) {
-        throw new IntegrityError(`${key} lacks ${needed.join(' and ')}: it is not a snapshot of a ${kind.name} node.`);
-    }
-    const seconds = secondsSince(t);
-    info(`${key}: whole. ${files} files, ${formatBytes(bytes)}; ${formatBytes(compressedBytes)} read in ${formatDuration(seconds)}; sha256 ${sha256}.`);
-    return {
-        key,
-        sha256,
-        compressedBytes,
-        files,
-        bytes,
-        hasManifest: manifest !== undefined,
-        seconds,
-    };
-}
-/** Each chunk copied: a ranged read's chunk is filled again once the next is asked for. */
-async function* copies(chunks) {
-    for await (const chunk of chunks)
-        yield Buffer.from(chunk);
-}
-/** Feeds what `rest` reads (the object from some byte to its end) into `hash`; returns how many. */
-async function hashRest(rest, hash) {
-    let n = 0;
-    for await (const chunk of rest) {
-        hash.update(chunk);
-        n += chunk.length;
-    }
-    return n;
-}
-async function verifyTreeSnapshot(client, reads, settings, key) {
-    const t = performance.now();
-    const m = await readTreeManifest(client, settings.s3.bucket, treeFiles(key).manifest);
-    if (!m)
-        throw new IntegrityError(`${key} has no manifest.json: the tree is incomplete or not ours.`);
-    const r = await group(`Verify ${key}`, () => verifyTree(client, settings.s3.bucket, m, {
-        deep: settings.restore.deep,
-        inFlight: settings.s3.filesInFlight,
-        reads,
-    }));
-    const seconds = secondsSince(t);
-    setOutput(Outputs.Key, key);
-    setOutput(Outputs.Files, String(r.files));
-    setOutput(Outputs.UncompressedSize, String(r.bytes));
-    setOutput(Outputs.BlockHeight, String(m.blockHeight));
-    await writeSummaryTable('verify', [
-        ['Key', code(key)],
-        [
-            'Result',
-            r.deep
-                ? 'whole: every object read back matches its sha256'
-                : "every object is stored with its file's size (set 'deep: true' to read them back)",
-        ],
-        ['Content', `${r.files} files, ${formatBytes(r.bytes)}, in ${r.objects} objects`],
-        ['Duration', formatDuration(seconds)],
-    ]);
-    return {
-        key,
-        sha256: '',
-        compressedBytes: r.bytes,
-        files: r.files,
-        bytes: r.bytes,
-        hasManifest: true,
-        seconds,
-    };
-}
-
 ;// CONCATENATED MODULE: ./src/modes/backup-stream.ts
 /**
  * An archive backup's stream: the host's tar, compressed there, read into the parts of a
@@ -99166,6 +98420,84 @@ async function listLevel(client, bucket, folder) {
     return { keys, folders };
 }
 
+;// CONCATENATED MODULE: ./src/tree/pool.ts
+/** Runs `work` on every item, `width` at a time. */
+async function pool(items, width, work) {
+    let next = 0;
+    const worker = async () => {
+        while (next < items.length)
+            await work(items[next++]);
+    };
+    await Promise.all(Array.from({ length: Math.min(Math.max(1, width), items.length) }, worker));
+}
+
+;// CONCATENATED MODULE: ./src/tree/verify.ts
+/**
+ * verify of a tree: every object its manifest names is stored with the file's size; `deep`
+ * reads every object back and checks its sha256 (each object once, however many files share it).
+ */
+
+
+
+
+
+
+
+
+
+
+async function verifyTree(client, bucket, m, options) {
+    const stored = await objectsUnder(client, bucket, m.objects);
+    const objects = new Map(m.files.map((f) => [f.sha256, f]));
+    const missing = [...objects.values()].filter((f) => stored.get(f.sha256) !== f.size);
+    if (missing.length > 0) {
+        const first = missing[0];
+        throw new IntegrityError(`${m.key}: ${missing.length} of its ${objects.size} objects are missing or of the wrong size (the first: ` +
+            `${first.path}, ${m.objects}${first.sha256}: ${stored.has(first.sha256) ? `${stored.get(first.sha256)} bytes, not ${first.size}` : 'missing'}). ` +
+            `The snapshot cannot be restored; take a new backup.`);
+    }
+    info(`${m.key}: every object is stored with its size (${objects.size} objects for ${m.files.length} files).`);
+    if (!options.deep)
+        return { files: m.files.length, bytes: m.bytes, objects: objects.size, deep: false };
+    const list = [...objects.values()];
+    const total = list.reduce((s, f) => s + f.size, 0);
+    const progress = new FileProgress('Verify', list.length, total);
+    const bad = [];
+    try {
+        await pool(list, options.inFlight, async (f) => {
+            let body;
+            try {
+                const res = await options.reads.send(new dist_cjs/* GetObjectCommand */.jLs({ Bucket: bucket, Key: `${m.objects}${f.sha256}` }));
+                body = res.Body;
+            }
+            catch (error) {
+                throw describeS3Error(error, `s3://${bucket}/${m.objects}${f.sha256}`);
+            }
+            const hash = (0,external_node_crypto_.createHash)('sha256');
+            const take = (chunk) => {
+                hash.update(chunk);
+                progress.bytes += chunk.length;
+            };
+            if (body instanceof SocketBody)
+                await body.readInto(take);
+            else
+                for await (const chunk of body)
+                    take(chunk);
+            if (hash.digest('hex') !== f.sha256)
+                bad.push(f.path);
+            progress.files++;
+        });
+    }
+    finally {
+        progress.stop();
+    }
+    if (bad.length > 0) {
+        throw new IntegrityError(`${m.key}: ${bad.length} objects do not match their sha256 (the first holds ${bad[0]}): the stored snapshot is damaged.`);
+    }
+    info(`${m.key}: every object read back matches its sha256 (${formatBytes(total)}).`);
+    return { files: m.files.length, bytes: m.bytes, objects: objects.size, deep: true };
+}
+
 ;// CONCATENATED MODULE: ./src/tree/publish.ts
 /**
  * A tree's publication, the last step of its backup once every object it names is stored: its
@@ -99560,6 +98892,793 @@ async function backupWithLease(run) {
     return { manifest, key: folder, indexUrl };
 }
 
+;// CONCATENATED MODULE: ./src/modes/backup-freeze.ts
+/**
+ * The part of mode: backup that holds the node down: stop, freeze a copy by hard links, start.
+ * The node is down only while the copy freezes; the copy settles (and a tree's listing and
+ * proofs run, see backup-tree.ts) while it starts again.
+ */
+
+
+
+
+/**
+ * Stops the node, freezes `frozen` and starts the node again; the downtime goes into
+ * `timings`. `onTreeRun` has a tree's run as soon as it is begun, so that a failure after that
+ * can still say what its send held.
+ */
+function stopFreezeStart(a) {
+    const { host, node, frozen } = a;
+    return group('Stop, freeze, start', async () => {
+        // Opened ahead, like the start: it runs the moment the node has stopped. So does a tree's
+        // listing, the moment the copy is frozen: no session is set up on the host while the node
+        // starts and takes its CPU.
+        const freezing = host.freeze(frozen, node.watchdogFlag);
+        const listing = a.tree ? host.listTreeAhead(frozen) : undefined;
+        try {
+            await node.stop({ startSoon: true });
+            await freezing.go();
+        }
+        catch (error) {
+            await freezing.cancel();
+            await listing?.cancel();
+            node.noteLost(error);
+            await node.ensureStarted();
+            node.assertOwned('The copy was not frozen; nothing was published.');
+            throw explainFreeze(error, host);
+        }
+        // The node comes back up while its frozen copy is read: they share no file that changes.
+        // An archive's stream waits for the node to run again: started together, the two shared
+        // the host's CPU and the node was down twice as long (4.7 s against 2.3 s on the bench)
+        // for no earlier listing.
+        const settled = host.settleFrozen(frozen);
+        // A tree's files are listed meanwhile (a walk of the folder, as light as the measure) and
+        // those stored already proven by their tails (a few bytes each); the others are sent once
+        // the node runs (see beginTree). The listing runs beside the settling: it is the frozen
+        // copy's unless a leftover table was pruned.
+        const started = node.ensureStarted().then(() => {
+            if (node.isStopped)
+                throw notStarted(a.settings);
+        });
+        if (a.tree && listing) {
+            const early = listing.go();
+            early.catch(() => undefined);
+            a.onTreeRun(beginTree(a.tree, settled.then((s) => (s.pruned > 0 ? host.listTree(frozen) : early)), started));
+        }
+        const [start, prepared] = await Promise.allSettled([started, settled]);
+        if (start.status === 'rejected')
+            throw start.reason;
+        a.timings.downtime = node.downtimeSeconds ?? 0;
+        info(`The node was down for ${formatDuration(a.timings.downtime)}.`);
+        if (prepared.status === 'rejected')
+            throw prepared.reason;
+        return prepared.value;
+    });
+}
+function explainFreeze(error, host) {
+    if (error instanceof RemoteCommandError &&
+        /Invalid cross-device link|Operation not permitted|hard link/i.test(error.stderr)) {
+        // 'consistency: stop' is loopchain's way around it; a goloop chain is only frozen with links.
+        const instead = host.kind === 'loopchain'
+            ? `Set 'consistency: stop' to archive while the node is stopped.`
+            : `A goloop chain is frozen with hard links only: keep its node dir on a filesystem that has them.`;
+        return new HostError(`Hard links are not possible in the data dir's filesystem (${error.stderr.trim().split('\n')[0]}). ${instead}`);
+    }
+    return error;
+}
+function notStarted(settings) {
+    return new HostError(`The node did not start again after the freeze (if the connection was lost, the start command ` +
+        `goes on on the host by itself). The watchdog on the host retries within ` +
+        `${settings.node.maxDowntimeSeconds} s; check the node now. No snapshot was published.`);
+}
+
+;// CONCATENATED MODULE: ./src/s3/download.ts
+/**
+ * Reads a stored object as one stream, in order, with several ranged GETs in flight.
+ *
+ * Over the internet one S3 connection runs far below what the runner and the node can take (the
+ * original restore downloads with `axel -a`, icon2-node with `aria2c -x8`). The object is read
+ * in ranges, `connections` of them coming at once; each range copies what it receives into
+ * pieces of reused memory (s3/pieces.ts), and the read hands the pieces on in the object's
+ * order, those of the first range as they fill.
+ *
+ * Three things keep the connections busy (measured on the benchmark's link, each connection
+ * capped at 20 MiB/s with 20 ms each way, 8 connections):
+ * - The window of ranges held (coming, or whole and waiting for the ranges before them to be
+ *   handed on) is twice the connections: a range whose bytes are all in lets the next one start
+ *   at once. Ranges that start together end together, and with a window of only `connections`
+ *   every connection but one sat idle while the consumer took that burst (100 MiB/s, not 140).
+ * - A range asks for the next one when an eighth of it is left: the round trip to ask, and S3's
+ *   time to answer, overlap its last bytes instead of following them (so for that moment one
+ *   more GET is open). One connection moved 0.80 to 0.87 of its cap without it, 0.98 with it.
+ * - Ranges of 8 MiB: 16 MiB moved no more and held twice the memory.
+ * Memory is the bytes received and not yet handed on, at most `heldBytes` (connections x range
+ * size by default) and a chunk per connection, whatever the object's size. When the consumer is
+ * the slower side (a restore into a host whose SSH channel or disk is slower than S3), the ranges
+ * past the first stop reading at that bound and their connections wait, as TCP makes them; the
+ * first range waits only for the consumer. A range takes pieces as its bytes come, not a
+ * buffer of its size: a window of ready-made 8 MiB buffers took the runner's RSS to 490 MiB in
+ * a restore whose consumer was slow, for bytes that were not needed yet.
+ *
+ * A range that fails (a connection cut, a reset, a 5xx, a stall) is asked again from the byte
+ * where it stopped; the bytes already received are kept. Every GET is pinned to the ETag seen
+ * first (If-Match): bytes of two versions of an object are never mixed, and an object replaced
+ * during the read fails it with ObjectChangedError.
+ */
+
+
+
+
+
+
+
+
+const MiB = 1024 * 1024;
+/** Ranges are at least this large (fewer, cheaper requests)... */
+const MIN_RANGE_BYTES = MiB;
+/** ...and at most this: 64 MiB held with the default 8 connections, 128 MiB at the input's most, 16. */
+const MAX_RANGE_BYTES = 8 * MiB;
+/**
+ * The range size for `size` bytes to read with `connections`: the largest that still gives every
+ * connection two ranges (a small archive is spread over the connections too), in whole MiB, from
+ * MIN_RANGE_BYTES to MAX_RANGE_BYTES.
+ */
+function chooseRangeBytes(size, connections) {
+    const share = Math.ceil(size / Math.max(1, connections) / 2 / MiB) * MiB;
+    return Math.min(MAX_RANGE_BYTES, Math.max(MIN_RANGE_BYTES, share));
+}
+async function headObject(client, bucket, key) {
+    try {
+        const head = await client.send(new dist_cjs/* HeadObjectCommand */.l81({ Bucket: bucket, Key: key }));
+        return { size: head.ContentLength ?? 0, etag: head.ETag };
+    }
+    catch (error) {
+        throw describeS3Error(error, `s3://${bucket}/${key}`);
+    }
+}
+/** The object's bytes [start, size), in order: see the module's comment. */
+class RangedDownload {
+    /** Attempts that failed and were made again, over all ranges. */
+    retries = 0;
+    /** Bytes received from S3, over all ranges (retried bytes are not received twice). */
+    received = 0;
+    /** The range size in use. */
+    rangeBytes;
+    /** The bound on bytes held (received and not handed on). */
+    heldBytes;
+    /** The most bytes held at once: at most heldBytes and a chunk per connection. */
+    peakHeldBytes = 0;
+    /** Resolves at the first byte received (at once for nothing to read); rejects if the read fails first. */
+    started;
+    o;
+    end;
+    attempts;
+    window = [];
+    pool = new MemoryPool();
+    /** Ranges that hold a connection: coming, and not yet within an eighth of their end. */
+    inFlight = 0;
+    next;
+    /** Whether the consumer waits for bytes (it holds none of the download's memory). */
+    wanted = false;
+    /** Why the read stopped, once it has (undefined while it goes on, or at its end). */
+    failure;
+    stopped = false;
+    /** Bytes received and not handed on, over the window. */
+    held = 0;
+    /** Ranges that wait for the held bytes to go down (or, the first, for the consumer). */
+    waiting = [];
+    /** The consumer, waiting for the first range to bring bytes. */
+    consumer;
+    stopping = new AbortController();
+    markStarted;
+    failStart;
+    constructor(options) {
+        this.o = options;
+        this.end = options.object.size;
+        this.next = Math.min(options.start ?? 0, this.end);
+        this.attempts = Math.max(1, options.attempts ?? 6);
+        this.rangeBytes =
+            options.rangeBytes ?? chooseRangeBytes(this.end - this.next, options.connections);
+        this.heldBytes = Math.max(this.rangeBytes, options.heldBytes ?? Math.max(1, options.connections) * this.rangeBytes);
+        this.started = new Promise((resolve, reject) => {
+            this.markStarted = resolve;
+            this.failStart = reject;
+        });
+        // A caller that never waits for the start must not meet an unhandled rejection.
+        this.started.catch(() => undefined);
+        if (this.next >= this.end)
+            this.markStarted();
+        this.fill();
+    }
+    /**
+     * The bytes in order. Each chunk is the download's memory, filled again once the next one is
+     * asked for: a consumer that keeps bytes beyond that (a write still under way, a list of
+     * chunks) waits for it to finish or copies them. Leaving the loop early stops the read.
+     */
+    async *[Symbol.asyncIterator]() {
+        let lent;
+        try {
+            for (;;) {
+                if (lent)
+                    this.pool.give(lent);
+                lent = undefined;
+                const chunk = await this.nextChunk();
+                if (!chunk)
+                    return;
+                lent = chunk.piece;
+                yield chunk.bytes;
+            }
+        }
+        finally {
+            if (lent)
+                this.pool.give(lent);
+            if (!this.stopped)
+                this.destroy();
+        }
+    }
+    /** Stops the read: the ranges' requests are aborted and the consumer gets `error`, if any. */
+    destroy(error) {
+        if (this.stopped)
+            return;
+        this.stopped = true;
+        this.failure = error;
+        this.stopping.abort();
+        for (const r of this.window) {
+            r.abort?.abort();
+            r.pieces.clear();
+        }
+        this.window.length = 0;
+        this.wake();
+        this.failStart(error ?? new Error('the read was stopped'));
+    }
+    /** Starts ranges while a connection is free and the window has room. */
+    fill() {
+        const connections = Math.max(1, this.o.connections);
+        while (!this.stopped &&
+            this.inFlight < connections &&
+            this.window.length < 2 * connections &&
+            this.next < this.end) {
+            const start = this.next;
+            const end = Math.min(this.end, start + this.rangeBytes);
+            this.next = end;
+            const range = {
+                start,
+                end,
+                pieces: new PieceList(this.pool),
+                filled: 0,
+                emitted: 0,
+                ending: false,
+            };
+            this.window.push(range);
+            this.inFlight++;
+            this.load(range).then(() => this.release(range), (error) => this.destroy(error));
+        }
+    }
+    /** Counts the range's connection free (once), and starts the next range. */
+    release(r) {
+        if (r.ending)
+            return;
+        r.ending = true;
+        this.inFlight--;
+        this.fill();
+    }
+    /**
+     * The first range's next piece, once it is full (or the range is whole), moving the window
+     * on past the ranges that are whole and handed on; undefined at the end of the object.
+     */
+    async nextChunk() {
+        for (;;) {
+            if (this.stopped) {
+                if (this.failure)
+                    throw this.failure;
+                return undefined;
+            }
+            const head = this.window[0];
+            if (!head) {
+                if (this.next >= this.end) {
+                    this.stopped = true;
+                    return undefined;
+                }
+            }
+            else {
+                const whole = head.filled === head.end - head.start;
+                const next = head.pieces.shift(whole);
+                if (next) {
+                    head.emitted += next.bytes.length;
+                    this.held -= next.bytes.length;
+                    this.wanted = false;
+                    this.wake();
+                    return next;
+                }
+                if (whole) {
+                    this.window.shift();
+                    this.wake();
+                    this.fill();
+                    continue;
+                }
+            }
+            this.wanted = true;
+            // A first range that waited for the consumer reads on.
+            this.wake();
+            await new Promise((go) => (this.consumer = go));
+        }
+    }
+    /** Lets the waiting ranges look again at what is held, and the consumer at what came. */
+    wake() {
+        const waiting = this.waiting;
+        this.waiting = [];
+        for (const go of waiting)
+            go();
+        const consumer = this.consumer;
+        this.consumer = undefined;
+        consumer?.();
+    }
+    /**
+     * Whether `r` must wait before it reads on: the others while the held bytes are at their
+     * bound; the first range only while the consumer wants nothing, and then once a range's
+     * worth of it is held or the held bytes are at their bound (it would otherwise take them a
+     * range past it). What the consumer wants, the first range reads at once.
+     */
+    mustWait(r) {
+        if (this.stopped)
+            return false;
+        if (r === this.window[0]) {
+            return (!this.wanted && (r.filled - r.emitted >= this.rangeBytes || this.held >= this.heldBytes));
+        }
+        return this.held >= this.heldBytes;
+    }
+    label(r) {
+        return `bytes ${r.start}-${r.end - 1} of s3://${this.o.bucket}/${this.o.key}`;
+    }
+    async load(r) {
+        let failures = 0;
+        for (;;) {
+            const before = r.filled;
+            try {
+                await this.attempt(r);
+                return;
+            }
+            catch (error) {
+                if (this.stopped)
+                    return;
+                const final = this.finalError(r, error);
+                if (final)
+                    throw final;
+                // An attempt that brought bytes was cut, not refused: it goes on at once. Attempts that
+                // bring nothing wait longer each time, and are counted.
+                const moved = r.filled > before;
+                failures = moved ? 0 : failures + 1;
+                if (failures >= this.attempts) {
+                    throw new DownloadError(`${this.label(r)}: ${failures} attempts in a row failed at byte ${r.start + r.filled}, the last with ${reason(error)}`);
+                }
+                this.retries++;
+                const wait = moved ? 0 : backoffMs(failures, this.o.backoffMs ?? 1000);
+                this.o.onRetry?.(`${this.label(r)}: ${reason(error)}; again from byte ${r.start + r.filled}` +
+                    `${wait ? ` in ${(wait / 1000).toFixed(1)} s` : ''} (${formatBytes(r.filled)} of ${formatBytes(r.end - r.start)} kept).`);
+                try {
+                    await (0,external_node_timers_promises_namespaceObject.setTimeout)(wait, undefined, { signal: this.stopping.signal });
+                }
+                catch {
+                    return; // stopped while it waited
+                }
+            }
+        }
+    }
+    /** The error that ends the read, or undefined when another attempt may cure `error`. */
+    finalError(r, error) {
+        if (error instanceof ObjectChangedError || error instanceof DownloadError)
+            return error;
+        const status = httpStatus(error);
+        const object = `s3://${this.o.bucket}/${this.o.key}`;
+        if (status === 412) {
+            return new ObjectChangedError(`${object} was replaced while it was read: S3 answered 412 (Precondition Failed) to a read of ` +
+                `bytes ${r.start + r.filled}-${r.end - 1} pinned to the ETag it had when the read began, ${String(this.o.object.etag)}.`);
+        }
+        if (status === 404)
+            return new ObjectChangedError(`${object} was deleted while it was read.`);
+        if (status === 416) {
+            return new ObjectChangedError(`${object} is shorter than when its read began: it was replaced.`);
+        }
+        if (!isTransient(error))
+            return new DownloadError(`${this.label(r)}: ${reason(error)}`);
+        return undefined;
+    }
+    /** One GET of what the range still lacks; resolves when the range is full. */
+    async attempt(r) {
+        const from = r.start + r.filled;
+        const stall = new StallWatch(this.o.stallMs);
+        r.abort = stall.controller;
+        stall.arm();
+        let body;
+        try {
+            const res = await this.o.client.send(new dist_cjs/* GetObjectCommand */.jLs({
+                Bucket: this.o.bucket,
+                Key: this.o.key,
+                Range: `bytes=${from}-${r.end - 1}`,
+                IfMatch: this.o.object.etag,
+            }), { abortSignal: stall.signal });
+            body = res.Body;
+            // A server that ignored the Range would send the object from its first byte.
+            const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(res.ContentRange ?? '');
+            if (!range || Number(range[1]) !== from || Number(range[2]) !== r.end - 1) {
+                throw new DownloadError(`${this.label(r)}: asked for bytes ${from}-${r.end - 1}, S3 sent '${res.ContentRange ?? 'the whole object'}'`);
+            }
+            if (this.o.object.etag && res.ETag && res.ETag !== this.o.object.etag) {
+                throw new ObjectChangedError(`s3://${this.o.bucket}/${this.o.key} changed while it was read: its ETag was ${this.o.object.etag}, now ${res.ETag}.`);
+            }
+            const size = r.end - r.start;
+            const take = (view) => {
+                if (this.stopped)
+                    throw new Error('the read was stopped');
+                const n = Math.min(view.length, size - r.filled);
+                if (n > 0)
+                    r.pieces.add(n === view.length ? view : view.subarray(0, n));
+                r.filled += n;
+                this.held += n;
+                this.peakHeldBytes = Math.max(this.peakHeldBytes, this.held);
+                this.received += n;
+                this.markStarted();
+                // The next range is asked for while this one's last bytes come: the round trip to ask
+                // for it, and S3's time to answer, overlap them instead of following them.
+                if (size - r.filled <= size / 8)
+                    this.release(r);
+                if (r === this.window[0])
+                    this.wake();
+                stall.arm();
+                if (!this.mustWait(r))
+                    return undefined;
+                // Waiting for room is not a stall: the clock runs only while the range reads.
+                stall.pause();
+                return (async () => {
+                    while (this.mustWait(r))
+                        await new Promise((go) => this.waiting.push(go));
+                    stall.arm();
+                })();
+            };
+            if (body instanceof SocketBody) {
+                await body.readInto(take);
+            }
+            else {
+                for await (const chunk of body)
+                    await take(chunk);
+            }
+            if (r.filled < size) {
+                throw new TransientError(`the response ended after ${formatBytes(r.filled)} of ${formatBytes(size)}`);
+            }
+        }
+        catch (error) {
+            if (stall.stalled)
+                throw stall.error();
+            throw error;
+        }
+        finally {
+            stall.pause();
+            body?.destroy();
+            r.abort = undefined;
+        }
+    }
+}
+/** Starts reading `options.object` (see RangedDownload). */
+function rangedDownload(options) {
+    return new RangedDownload(options);
+}
+
+;// CONCATENATED MODULE: ./src/snapshots.ts
+
+
+
+/**
+ * `latest`; a key (`PRep/20240101/FILE` or `20240101/FILE`); a date `YYYYMMDD` (the newest
+ * of that day); or a height `BH123` / `123` (the newest at that height).
+ */
+async function chooseSnapshot(client, s3, wanted) {
+    const listKey = `${s3.prefix}/backup_list`;
+    const { entries } = await readBackupList(client, s3.bucket, listKey);
+    const listed = entries.flatMap((e) => {
+        const name = parseArchivePath(e);
+        return name ? [{ entry: e, name }] : [];
+    });
+    const pick = (match, what) => {
+        const found = listed.find((l) => match(l.name, l.entry));
+        if (!found) {
+            throw new StorageError(`No snapshot in s3://${s3.bucket}/${listKey} matches ${what}` +
+                (listed.length
+                    ? `; the newest is ${listed[0]?.entry}.`
+                    : '; the list is empty or missing.'));
+        }
+        return { key: `${s3.prefix}/${found.entry}`, name: found.name, listed: true };
+    };
+    const value = wanted.trim();
+    if (value === '' || value === 'latest')
+        return pick(() => true, 'latest');
+    if (/^\d{8}$/.test(value))
+        return pick((n) => n.date === value, `date ${value}`);
+    const height = /^(?:BH)?(\d+)$/i.exec(value);
+    if (height)
+        return pick((n) => n.height === Number(height[1]), `block height ${height[1]}`);
+    const name = parseArchivePath(value);
+    if (!name) {
+        throw new InputError(`Input 'snapshot' is '${wanted}'. Use 'latest', a date (YYYYMMDD), a block height (BH123) or a key.`);
+    }
+    const entry = `${name.date}/${name.file}`;
+    const key = value.includes('/') && value.split('/').length > 2 ? value : `${s3.prefix}/${entry}`;
+    return { key, name, listed: entries.includes(entry) };
+}
+
+;// CONCATENATED MODULE: ./src/summary.ts
+/**
+ * The job summary: a heading and a two-column table, the shape every mode reports in.
+ * Every value is HTML-escaped on its way in: a key read from the bucket is data, never markup.
+ */
+
+/** Markup built by `html` or `code`, whose values were escaped; plain strings are escaped whole. */
+class Html {
+    markup;
+    constructor(markup) {
+        this.markup = markup;
+    }
+}
+function escapeHtml(text) {
+    return text.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c] ?? c);
+}
+/** A template whose values are escaped (an `Html` value is kept as it is). */
+function html(strings, ...values) {
+    let out = strings[0] ?? '';
+    values.forEach((v, i) => {
+        out += (v instanceof Html ? v.markup : escapeHtml(String(v))) + (strings[i + 1] ?? '');
+    });
+    return new Html(out);
+}
+function code(text) {
+    return html `<code>${text}</code>`;
+}
+/** The markup of a cell. */
+function cellMarkup(cell) {
+    return cell instanceof Html ? cell.markup : escapeHtml(cell);
+}
+async function writeSummaryTable(title, rows, link) {
+    summary.addHeading(escapeHtml(`prep-snapshot: ${title}`), 3).addTable([
+        [
+            { data: 'What', header: true },
+            { data: 'Value', header: true },
+        ],
+        ...rows.map(([what, value]) => [escapeHtml(what), cellMarkup(value)]),
+    ]);
+    if (link)
+        summary.addLink(escapeHtml(link.text), escapeHtml(link.href));
+    await summary.write();
+}
+
+;// CONCATENATED MODULE: ./src/modes/verify.ts
+/**
+ * mode: verify. Streams a stored snapshot from S3 on the runner alone and proves it whole:
+ * the sha256 is the manifest's, the tar stream reads to its end, every entry is complete,
+ * and the directories a node needs are there.
+ */
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+async function verify(settings) {
+    const client = createClient(settings.s3);
+    const chosen = await group('Choose the snapshot', async () => {
+        const c = await chooseSnapshot(client, settings.s3, settings.restore.snapshot);
+        info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list)'}`);
+        return c;
+    });
+    if (chosen.name.format === 'tree')
+        return verifyTreeSnapshot(client, createReadClient(settings.s3), settings, chosen.key);
+    const manifest = await readManifest(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, chosen.key));
+    const report = await group(`Verify ${chosen.key}`, () => verifyStored(createReadClient(settings.s3), settings, chosen.key, manifest));
+    setOutput(Outputs.Key, report.key);
+    setOutput(Outputs.Sha256, report.sha256);
+    setOutput(Outputs.Size, String(report.compressedBytes));
+    setOutput(Outputs.Files, String(report.files));
+    setOutput(Outputs.UncompressedSize, String(report.bytes));
+    if (manifest)
+        setOutput(Outputs.BlockHeight, String(manifest.blockHeight));
+    await writeSummaryTable('verify', [
+        ['Key', code(report.key)],
+        ['Result', 'whole: every entry complete, the expected directories present'],
+        [
+            'sha256',
+            html `${code(report.sha256)}
+      ${report.hasManifest ? '(matches the manifest)' : '(no manifest to compare)'}`,
+        ],
+        ['Archive', formatBytes(report.compressedBytes)],
+        ['Content', `${report.files} files, ${formatBytes(report.bytes)}`],
+        [
+            'Duration',
+            `${formatDuration(report.seconds)} (${formatRate(report.compressedBytes, report.seconds)})`,
+        ],
+    ]);
+    return report;
+}
+/** Reads the whole object, hashing the bytes and parsing the tar stream inside them. */
+async function verifyStored(client, settings, key, manifest, kind = snapshotTree(manifest)) {
+    const t = performance.now();
+    const stored = await headObject(client, settings.s3.bucket, key);
+    const length = stored.size;
+    const read = (start) => rangedDownload({
+        client,
+        bucket: settings.s3.bucket,
+        key,
+        object: stored,
+        connections: settings.s3.downloadConnections,
+        start,
+        onRetry: (message) => info(`Download: ${message}`),
+    });
+    // The tar parser keeps chunks past the next read: it gets copies.
+    const body = external_node_stream_.Readable.from(copies(read(0)));
+    if (!manifest) {
+        warning(`${key} has no manifest (an archive of the original script?): its sha256 cannot be compared, only its structure.`);
+    }
+    const progress = new Progress('Verify', length);
+    const hash = (0,external_node_crypto_.createHash)('sha256');
+    let compressedBytes = 0;
+    const tap = new external_node_stream_.Transform({
+        transform(chunk, _e, cb) {
+            hash.update(chunk);
+            compressedBytes += chunk.length;
+            progress.sent = compressedBytes;
+            progress.read = compressedBytes;
+            cb(null, chunk);
+        },
+    });
+    let files = 0;
+    let bytes = 0;
+    const roots = new Set();
+    let incomplete;
+    // Directories the archive must hold besides its roots (loopchain's placeholder, goloop's db/).
+    const required = [
+        ...(kind.required ?? []),
+        ...(kind.identityParent && kind.placeholder
+            ? [`${kind.identityParent}/${kind.placeholder}`]
+            : []),
+    ];
+    const parser = new rt({
+        strict: true,
+        zstd: key.endsWith('.tar.zst') ? true : undefined,
+        maxDecompressionRatio: 1e9,
+        onReadEntry: (entry) => {
+            const path = entry.path.replace(/^\.\//, '').replace(/\/$/, '');
+            const top = path.split('/')[0] ?? '';
+            if (kind.roots.includes(top))
+                roots.add(top);
+            for (const r of required)
+                if (path === r || path.startsWith(`${r}/`))
+                    roots.add(r);
+            if (entry.type === 'File' || entry.type === 'OldFile' || entry.type === 'ContiguousFile') {
+                files++;
+                const expected = entry.size;
+                let got = 0;
+                entry.on('data', (c) => (got += c.length));
+                entry.on('end', () => {
+                    bytes += got;
+                    if (got !== expected)
+                        incomplete ??= `${path}: ${got} of ${expected} bytes`;
+                });
+            }
+            entry.resume();
+        },
+    });
+    try {
+        await (0,promises_namespaceObject.pipeline)(body, tap, parser);
+    }
+    catch (error) {
+        // Bytes that did not come say nothing of the archive: the read failed, not the archive.
+        if (error instanceof DownloadError || error instanceof ObjectChangedError) {
+            throw new StorageError(`${key} could not be read to its end (after ${formatBytes(compressedBytes)}): ${error.message} ` +
+                `Nothing is known of the stored archive's state; run again.`);
+        }
+        // A damaged archive usually breaks the tar stream too. With a manifest, read the rest of
+        // the object into the hash: a sha256 that differs from the manifest's says what happened.
+        if (manifest && length > compressedBytes) {
+            const rest = await hashRest(read(compressedBytes), hash).catch(() => undefined);
+            if (rest !== undefined && compressedBytes + rest === manifest.compressedBytes) {
+                const sha256 = hash.digest('hex');
+                if (sha256 !== manifest.sha256) {
+                    throw new IntegrityError(`${key}: sha256 ${sha256} differs from the manifest's ${manifest.sha256}: the stored archive is damaged ` +
+                        `(its tar stream breaks: ${errorMessage(error)}). Do not restore from it; take a new backup.`);
+                }
+            }
+        }
+        throw new IntegrityError(`${key} is not whole: ${errorMessage(error)} (after ${formatBytes(compressedBytes)}). Do not restore from it; take a new backup.`);
+    }
+    finally {
+        progress.stop();
+    }
+    const sha256 = hash.digest('hex');
+    if (manifest && manifest.sha256 !== sha256) {
+        throw new IntegrityError(`${key}: sha256 ${sha256} differs from the manifest's ${manifest.sha256}. The stored archive is damaged.`);
+    }
+    if (manifest && manifest.compressedBytes !== compressedBytes) {
+        throw new IntegrityError(`${key}: ${compressedBytes} bytes stored, the manifest says ${manifest.compressedBytes}.`);
+    }
+    if (incomplete)
+        throw new IntegrityError(`${key} has an incomplete entry: ${incomplete}.`);
+    const needed = [...kind.roots, ...required].filter((r) => !roots.has(r));
+    if (needed.length > 0) {
+        throw new IntegrityError(`${key} lacks ${needed.join(' and ')}: it is not a snapshot of a ${kind.name} node.`);
+    }
+    const seconds = secondsSince(t);
+    info(`${key}: whole. ${files} files, ${formatBytes(bytes)}; ${formatBytes(compressedBytes)} read in ${formatDuration(seconds)}; sha256 ${sha256}.`);
+    return {
+        key,
+        sha256,
+        compressedBytes,
+        files,
+        bytes,
+        hasManifest: manifest !== undefined,
+        seconds,
+    };
+}
+/** Each chunk copied: a ranged read's chunk is filled again once the next is asked for. */
+async function* copies(chunks) {
+    for await (const chunk of chunks)
+        yield Buffer.from(chunk);
+}
+/** Feeds what `rest` reads (the object from some byte to its end) into `hash`; returns how many. */
+async function hashRest(rest, hash) {
+    let n = 0;
+    for await (const chunk of rest) {
+        hash.update(chunk);
+        n += chunk.length;
+    }
+    return n;
+}
+async function verifyTreeSnapshot(client, reads, settings, key) {
+    const t = performance.now();
+    const m = await readTreeManifest(client, settings.s3.bucket, treeFiles(key).manifest);
+    if (!m)
+        throw new IntegrityError(`${key} has no manifest.json: the tree is incomplete or not ours.`);
+    const r = await group(`Verify ${key}`, () => verifyTree(client, settings.s3.bucket, m, {
+        deep: settings.restore.deep,
+        inFlight: settings.s3.filesInFlight,
+        reads,
+    }));
+    const seconds = secondsSince(t);
+    setOutput(Outputs.Key, key);
+    setOutput(Outputs.Files, String(r.files));
+    setOutput(Outputs.UncompressedSize, String(r.bytes));
+    setOutput(Outputs.BlockHeight, String(m.blockHeight));
+    await writeSummaryTable('verify', [
+        ['Key', code(key)],
+        [
+            'Result',
+            r.deep
+                ? 'whole: every object read back matches its sha256'
+                : "every object is stored with its file's size (set 'deep: true' to read them back)",
+        ],
+        ['Content', `${r.files} files, ${formatBytes(r.bytes)}, in ${r.objects} objects`],
+        ['Duration', formatDuration(seconds)],
+    ]);
+    return {
+        key,
+        sha256: '',
+        compressedBytes: r.bytes,
+        files: r.files,
+        bytes: r.bytes,
+        hasManifest: true,
+        seconds,
+    };
+}
+
 ;// CONCATENATED MODULE: ./src/retention.ts
 /** Which archives retention removes: those dated more than `days` before today (UTC). */
 
@@ -99792,10 +99911,134 @@ function housekeeping(permanent, removed) {
     ];
 }
 
+;// CONCATENATED MODULE: ./src/modes/backup-archive.ts
+/**
+ * The archive part of mode: backup, once the copy is frozen (or the node stopped): stream it
+ * to S3, write its manifest, verify it if asked, publish it in backup_list, then the permanent
+ * copy, retention and the host's local copies.
+ */
+
+
+
+
+
+
+
+
+
+
+
+/** Streams, publishes and keeps the archive; returns its key. */
+async function backupArchive(run) {
+    const { settings, client, host, shell, node, remote, source, name, key, height, facts } = run;
+    const { sizes, parts, localCopy, snapshotAt, timings, t0, now, made } = run;
+    const ssh = settings.ssh;
+    const { partSize, queueSize } = parts;
+    const stream = await group(`Stream ${key}`, async () => {
+        info(`${sizes.files} files, ${formatBytes(sizes.bytes)}; ${settings.backup.compression} level ${settings.backup.compressionLevel}; ` +
+            `parts of ${formatBytes(partSize)} x ${queueSize} in flight.`);
+        made.uploaded = [key];
+        // For the post step: an upload that this run cannot finish or abort is removed there.
+        saveState(State.UploadKey, key);
+        saveState(State.UploadPublished, 'false');
+        made.streamStarted = true;
+        const r = await streamArchive({
+            remote,
+            host,
+            client,
+            settings,
+            source,
+            key,
+            partSize,
+            queueSize,
+            totalBytes: sizes.bytes,
+            frozenDigest: sizes.digest,
+        });
+        info(`Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`);
+        return r;
+    });
+    timings.stream = stream.seconds;
+    if (settings.backup.consistency === 'stop') {
+        await node.start();
+        timings.downtime = node.downtimeSeconds ?? 0;
+        // tar read the live files: they were still only while the run held the node down.
+        node.assertOwned(`The archive may hold files that changed while tar read them: nothing was published. Raise ` +
+            `'max-downtime' above the time the stream takes, or use 'consistency: hardlink'.`);
+    }
+    const manifest = {
+        format: 'prep-snapshot/1',
+        key,
+        entry: listEntry(name),
+        nodeKind: host.kind,
+        blockHeight: height,
+        sha256: stream.sha256,
+        compressedBytes: stream.bytes,
+        uncompressedBytes: stream.tarBytes ?? sizes.bytes,
+        files: sizes.files,
+        compression: settings.backup.compression,
+        compressor: stream.compressor,
+        compressionLevel: settings.backup.compressionLevel,
+        consistency: settings.backup.consistency,
+        ...(facts.placeholder !== undefined ? { placeholder: String(facts.placeholder) } : {}),
+        facts,
+        source: {
+            host: ssh.host,
+            dataDir: host.dataDir,
+            ...(facts.identity !== undefined ? { identity: String(facts.identity) } : {}),
+        },
+        createdAt: snapshotAt.toISOString(),
+        actionVersion: ACTION_VERSION,
+        timings,
+    };
+    const mKey = manifestKey(settings.s3.manifestPrefix, key);
+    made.uploaded.push(mKey);
+    await writeJson(client, settings.s3.bucket, mKey, manifest);
+    if (settings.backup.verify) {
+        await group('Verify the stored archive', async () => {
+            await verifyStored(client, settings, key, manifest);
+        });
+    }
+    const tPublish = performance.now();
+    await group('Publish in backup_list', async () => {
+        const entries = await updateBackupList(client, settings.s3.bucket, `${settings.s3.prefix}/backup_list`, (e) => addEntry(e, listEntry(name)));
+        made.published = true;
+        saveState(State.UploadPublished, 'true');
+        info(`backup_list now names ${entries.length} snapshot(s); the newest is ${entries[0]}.`);
+    });
+    timings.publish = secondsSince(tPublish);
+    timings.stopToListed =
+        node.stoppedAt !== undefined ? (performance.now() - node.stoppedAt) / 1000 : 0;
+    const permanent = settings.backup.permanentCopy
+        ? await group('Permanent copy', () => permanentCopy(client, settings, name, key, stream.bytes, manifest))
+        : undefined;
+    const removed = await group('Retention', () => applyRetention(client, settings, now()));
+    if (localCopy) {
+        await group('Local copies on the host', async () => {
+            const cutoff = dateDaysAgo(now(), settings.backup.localCopyDays);
+            const out = await shell.run('Pruning local copies', pruneLocalCopiesCommand(`${settings.node.prepDir}/data/Backup`, cutoff));
+            info(`Kept ${localCopy} on the host.${out.trim() ? ` ${out.trim().replace(/\n/g, '; ')}.` : ''}`);
+        });
+    }
+    const url = objectUrl(settings.s3, key);
+    setOutput(Outputs.Skipped, 'false');
+    setOutput(Outputs.Key, key);
+    setOutput(Outputs.Url, url);
+    setOutput(Outputs.BlockHeight, String(height));
+    setOutput(Outputs.Size, String(stream.bytes));
+    setOutput(Outputs.Sha256, stream.sha256);
+    setOutput(Outputs.DowntimeSeconds, (timings.downtime ?? 0).toFixed(3));
+    timings.total = secondsSince(t0);
+    await writeSummary(manifest, url, timings, permanent, removed, stream.compressor);
+    saveState(State.UploadKey, '');
+    return key;
+}
+
 ;// CONCATENATED MODULE: ./src/modes/backup.ts
 /**
- * mode: backup. Reads like the procedure: connect, check, stop, freeze, start, stream,
- * publish, copy, retain. The node is down only for the stop, the freeze and the start.
+ * mode: backup. Reads like the procedure: connect, check, stop, freeze, start
+ * (backup-freeze.ts), then send and publish a tree (backup-tree.ts) or stream and publish an
+ * archive (backup-archive.ts), copy, retain. The node is down only for the stop, the freeze
+ * and the start.
  */
 
 
@@ -99841,9 +100084,7 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
     let remote;
     let treeStart;
     let treeRun;
-    let streamStarted = false;
-    let uploaded = [];
-    let published = false;
+    const made = { uploaded: [], published: false, streamStarted: false };
     try {
         const layout = await group('Check the host', async () => {
             const l = await host.inspect({
@@ -99946,51 +100187,14 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
             });
         }
         if (settings.backup.consistency === 'hardlink') {
-            const frozen = source;
-            sizes = await group('Stop, freeze, start', async () => {
-                // Opened ahead, like the start: it runs the moment the node has stopped. So does a
-                // tree's listing, the moment the copy is frozen: no session is set up on the host while
-                // the node starts and takes its CPU.
-                const freezing = host.freeze(frozen, node.watchdogFlag);
-                const listing = treeArgs ? host.listTreeAhead(frozen) : undefined;
-                try {
-                    await node.stop({ startSoon: true });
-                    await freezing.go();
-                }
-                catch (error) {
-                    await freezing.cancel();
-                    await listing?.cancel();
-                    node.noteLost(error);
-                    await node.ensureStarted();
-                    node.assertOwned('The copy was not frozen; nothing was published.');
-                    throw explainFreeze(error, host);
-                }
-                // The node comes back up while its frozen copy is read: they share no file that
-                // changes. An archive's stream waits for the node to run again: started together, the
-                // two shared the host's CPU and the node was down twice as long (4.7 s against 2.3 s on
-                // the bench) for no earlier listing.
-                const settled = host.settleFrozen(frozen);
-                // A tree's files are listed meanwhile (a walk of the folder, as light as the measure)
-                // and those stored already proven by their tails (a few bytes each); the others are
-                // sent once the node runs (see beginTree). The listing runs beside the settling: it is
-                // the frozen copy's unless a leftover table was pruned.
-                const started = node.ensureStarted().then(() => {
-                    if (node.isStopped)
-                        throw notStarted(settings);
-                });
-                if (treeArgs && listing) {
-                    const early = listing.go();
-                    early.catch(() => undefined);
-                    treeRun = beginTree(treeArgs, settled.then((s) => (s.pruned > 0 ? host.listTree(frozen) : early)), started);
-                }
-                const [start, prepared] = await Promise.allSettled([started, settled]);
-                if (start.status === 'rejected')
-                    throw start.reason;
-                timings.downtime = node.downtimeSeconds ?? 0;
-                info(`The node was down for ${formatDuration(timings.downtime)}.`);
-                if (prepared.status === 'rejected')
-                    throw prepared.reason;
-                return prepared.value;
+            sizes = await stopFreezeStart({
+                host,
+                node,
+                settings,
+                frozen: source,
+                timings,
+                tree: treeArgs,
+                onTreeRun: (run) => (treeRun = run),
             });
         }
         else {
@@ -99999,7 +100203,6 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
         }
         if (treeArgs) {
             const done = await backupTree(treeRun ?? beginTree(treeArgs, host.listTree(source), Promise.resolve()));
-            published = true;
             timings.stopToListed =
                 node.stoppedAt !== undefined ? (performance.now() - node.stoppedAt) / 1000 : 0;
             const permanent = settings.backup.permanentCopy
@@ -100018,104 +100221,28 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
             await writeTreeSummary(m, done.indexUrl, timings, permanent, removed);
             return { skipped: false, key: done.key };
         }
-        const { partSize, queueSize } = parts;
-        const stream = await group(`Stream ${key}`, async () => {
-            info(`${sizes.files} files, ${formatBytes(sizes.bytes)}; ${settings.backup.compression} level ${settings.backup.compressionLevel}; ` +
-                `parts of ${formatBytes(partSize)} x ${queueSize} in flight.`);
-            uploaded = [key];
-            // For the post step: an upload that this run cannot finish or abort is removed there.
-            saveState(State.UploadKey, key);
-            saveState(State.UploadPublished, 'false');
-            streamStarted = true;
-            const r = await streamArchive({
-                remote: remote,
-                host,
-                client,
-                settings,
-                source,
-                key,
-                partSize,
-                queueSize,
-                totalBytes: sizes.bytes,
-                frozenDigest: sizes.digest,
-            });
-            info(`Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`);
-            return r;
-        });
-        timings.stream = stream.seconds;
-        if (settings.backup.consistency === 'stop') {
-            await node.start();
-            timings.downtime = node.downtimeSeconds ?? 0;
-            // tar read the live files: they were still only while the run held the node down.
-            node.assertOwned(`The archive may hold files that changed while tar read them: nothing was published. Raise ` +
-                `'max-downtime' above the time the stream takes, or use 'consistency: hardlink'.`);
-        }
-        const manifest = {
-            format: 'prep-snapshot/1',
+        const archived = await backupArchive({
+            settings,
+            client,
+            host,
+            shell,
+            node,
+            remote: remote,
+            source,
+            name,
             key,
-            entry: listEntry(name),
-            nodeKind: host.kind,
-            blockHeight: height,
-            sha256: stream.sha256,
-            compressedBytes: stream.bytes,
-            uncompressedBytes: stream.tarBytes ?? sizes.bytes,
-            files: sizes.files,
-            compression: settings.backup.compression,
-            compressor: stream.compressor,
-            compressionLevel: settings.backup.compressionLevel,
-            consistency: settings.backup.consistency,
-            ...(facts.placeholder !== undefined ? { placeholder: String(facts.placeholder) } : {}),
+            height,
             facts,
-            source: {
-                host: ssh.host,
-                dataDir: host.dataDir,
-                ...(facts.identity !== undefined ? { identity: String(facts.identity) } : {}),
-            },
-            createdAt: snapshotAt.toISOString(),
-            actionVersion: ACTION_VERSION,
+            sizes,
+            parts,
+            localCopy,
+            snapshotAt,
             timings,
-        };
-        const mKey = manifestKey(settings.s3.manifestPrefix, key);
-        uploaded.push(mKey);
-        await writeJson(client, settings.s3.bucket, mKey, manifest);
-        if (settings.backup.verify) {
-            await group('Verify the stored archive', async () => {
-                await verifyStored(client, settings, key, manifest);
-            });
-        }
-        const tPublish = performance.now();
-        await group('Publish in backup_list', async () => {
-            const entries = await updateBackupList(client, settings.s3.bucket, `${settings.s3.prefix}/backup_list`, (e) => addEntry(e, listEntry(name)));
-            published = true;
-            saveState(State.UploadPublished, 'true');
-            info(`backup_list now names ${entries.length} snapshot(s); the newest is ${entries[0]}.`);
+            t0,
+            now,
+            made,
         });
-        timings.publish = secondsSince(tPublish);
-        timings.stopToListed =
-            node.stoppedAt !== undefined ? (performance.now() - node.stoppedAt) / 1000 : 0;
-        const permanent = settings.backup.permanentCopy
-            ? await group('Permanent copy', () => permanentCopy(client, settings, name, key, stream.bytes, manifest))
-            : undefined;
-        const removed = await group('Retention', () => applyRetention(client, settings, now()));
-        if (localCopy) {
-            await group('Local copies on the host', async () => {
-                const cutoff = dateDaysAgo(now(), settings.backup.localCopyDays);
-                const out = await shell.run('Pruning local copies', pruneLocalCopiesCommand(`${settings.node.prepDir}/data/Backup`, cutoff));
-                info(`Kept ${localCopy} on the host.${out.trim() ? ` ${out.trim().replace(/\n/g, '; ')}.` : ''}`);
-            });
-        }
-        const url = objectUrl(settings.s3, key);
-        setOutput(Outputs.Skipped, 'false');
-        setOutput(Outputs.Key, key);
-        setOutput(Outputs.Url, url);
-        setOutput(Outputs.BlockHeight, String(height));
-        setOutput(Outputs.Size, String(stream.bytes));
-        setOutput(Outputs.Sha256, stream.sha256);
-        setOutput(Outputs.DowntimeSeconds, (timings.downtime ?? 0).toFixed(3));
-        timings.total = secondsSince(t0);
-        await writeSummary(manifest, url, timings, permanent, removed, stream.compressor);
-        saveState(State.UploadKey, '');
-        return { skipped: false, key };
+        return { skipped: false, key: archived };
     }
     catch (caught) {
         let error = caught;
@@ -100125,16 +100252,16 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
             // What failed may be the watchdog's doing (tar sees files change under it): say so first.
             error = node.lostError(errorMessage(caught)) ?? error;
         }
-        if (!published && uploaded.length > 0) {
+        if (!made.published && made.uploaded.length > 0) {
             // Nothing half-made stays behind: an archive that is not listed is removed.
-            await deleteKeys(client, settings.s3.bucket, uploaded).catch((e) => warning(`Could not remove the unpublished ${uploaded.join(', ')}: ${errorMessage(e)}`));
+            await deleteKeys(client, settings.s3.bucket, made.uploaded).catch((e) => warning(`Could not remove the unpublished ${made.uploaded.join(', ')}: ${errorMessage(e)}`));
         }
         throw error;
     }
     finally {
         // What a tree's send said before the run failed elsewhere.
         treeRun?.log.open();
-        if (remote && !streamStarted)
+        if (remote && !made.streamStarted)
             await closeUnused(remote);
         if (treeStart)
             await treeStart.close();
@@ -100149,22 +100276,6 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
         connection.close();
         saveState(State.KeyDir, '');
     }
-}
-function explainFreeze(error, host) {
-    if (error instanceof RemoteCommandError &&
-        /Invalid cross-device link|Operation not permitted|hard link/i.test(error.stderr)) {
-        // 'consistency: stop' is loopchain's way around it; a goloop chain is only frozen with links.
-        const instead = host.kind === 'loopchain'
-            ? `Set 'consistency: stop' to archive while the node is stopped.`
-            : `A goloop chain is frozen with hard links only: keep its node dir on a filesystem that has them.`;
-        return new HostError(`Hard links are not possible in the data dir's filesystem (${error.stderr.trim().split('\n')[0]}). ${instead}`);
-    }
-    return error;
-}
-function notStarted(settings) {
-    return new HostError(`The node did not start again after the freeze (if the connection was lost, the start command ` +
-        `goes on on the host by itself). The watchdog on the host retries within ` +
-        `${settings.node.maxDowntimeSeconds} s; check the node now. No snapshot was published.`);
 }
 
 ;// CONCATENATED MODULE: ./src/modes/list.ts
@@ -100712,6 +100823,9 @@ async function foreignTree(pointerUrl, channel, timing = {}) {
 
 
 
+
+
+
 const ATTEMPTS = 4;
 async function fetchTree(o) {
     const { host, stage } = o;
@@ -100782,29 +100896,24 @@ async function fetchTree(o) {
     const todo = o.items.filter((i) => !done.has(i.path));
     const total = todo.reduce((s, i) => s + i.size, 0);
     const progress = new FileProgress('Restore', todo.length, total);
-    const stdin = o.remote.stdin;
-    let out = '';
-    o.remote.stdout.setEncoding('utf8');
-    o.remote.stdout.on('data', (t) => (out += t));
-    stdin.on('error', () => undefined);
-    let channelGone = false;
-    void o.remote.exit.then(() => (channelGone = true));
-    // A chunk may be memory that is filled again once it is written (a piece of the pool, a view
-    // of a socket's buffer): each write is waited for.
-    const write = async (bytes) => {
-        if (channelGone)
-            throw new ActionError(`The host stopped reading the files: ${o.remote.stderrTail().trim()}`);
-        await Promise.race([
-            new Promise((r) => stdin.write(bytes, () => r())),
-            o.remote.exit.then(() => undefined),
-        ]);
-    };
+    const run = { failed: false };
+    const main = new Channel(o.remote, run);
+    // The other channels join once the main one holds the staging folder, when there is more
+    // than a file or two to share.
+    const more = todo.length > 1 ? o.more.map((r) => new Channel(r, run)) : [];
+    const unused = o.more.filter((r) => !more.some((c) => c.remote === r));
     const pool = new MemoryPool();
     o.onGo();
-    stdin.write('go none\n');
+    o.remote.stdin.write('go none\n');
     try {
+        await Promise.all(unused.map((r) => closeUnused(r)));
         for (const d of o.dirs)
-            await write(memberHeader(d, 'Directory', 0, 0o755));
+            await main.write(memberHeader(d, 'Directory', 0, 0o755));
+        if (more.length > 0) {
+            await main.locked();
+            for (const c of more)
+                c.remote.stdin.write('go none\n');
+        }
         const alone = Math.max(8 * 1024 ** 2, Math.floor(o.bytesInFlight / 4));
         let held = 0;
         const queue = [];
@@ -100825,69 +100934,88 @@ async function fetchTree(o) {
                 next++;
             }
         };
-        while (next < todo.length || queue.length > 0) {
-            fill();
-            const head = queue.shift();
-            if (head) {
-                const { fetch } = head;
-                const size = head.item.size;
-                await write(memberHeader(head.item.path, 'File', size, head.item.mode));
-                for (;;) {
-                    // Whole pieces while the file comes; once it has ended, the rest.
-                    const ended = fetch.ended;
-                    if (fetch.failure !== undefined)
-                        throw fetch.failure;
-                    for (let p = fetch.pieces.shift(ended); p; p = fetch.pieces.shift(ended)) {
-                        fetch.taken = true;
-                        await write(p.bytes);
-                        pool.give(p.piece);
-                        progress.bytes += p.bytes.length;
+        // Each channel takes the next file that is in flight, in the order they were asked for;
+        // a large file, when it comes to the front, streams alone in the channel that takes it.
+        const work = async (c) => {
+            while (!run.failed && (next < todo.length || queue.length > 0)) {
+                fill();
+                const head = queue.shift();
+                if (head) {
+                    const { fetch } = head;
+                    const size = head.item.size;
+                    await c.write(memberHeader(head.item.path, 'File', size, head.item.mode));
+                    for (;;) {
+                        // Whole pieces while the file comes; once it has ended, the rest.
+                        const ended = fetch.ended;
+                        if (fetch.failure !== undefined)
+                            throw fetch.failure;
+                        for (let p = fetch.pieces.shift(ended); p; p = fetch.pieces.shift(ended)) {
+                            fetch.taken = true;
+                            await c.write(p.bytes);
+                            pool.give(p.piece);
+                            progress.bytes += p.bytes.length;
+                        }
+                        if (ended)
+                            break;
+                        await fetch.more();
                     }
-                    if (ended)
-                        break;
-                    await fetch.more();
+                    // The file's check: bytes already on the host that fail it stop the restore.
+                    await fetch.done;
+                    held -= size;
+                    await c.write(Buffer.alloc(padding(size)));
+                    progress.files++;
+                    continue;
                 }
-                // The file's check: bytes already on the host that fail it stop the restore.
-                await fetch.done;
-                held -= size;
-                await write(Buffer.alloc(padding(size)));
+                if (next >= todo.length)
+                    return;
+                // A large file streams alone: header first, its bytes checked as they pass.
+                const item = todo[next++];
+                await c.write(memberHeader(item.path, 'File', item.size, item.mode));
+                const check = checker(item);
+                let got = 0;
+                await item.read(0, async (chunk) => {
+                    got += chunk.length;
+                    check.update(chunk);
+                    await c.write(chunk);
+                    progress.bytes += chunk.length;
+                });
+                if (got !== item.size) {
+                    throw new ActionError(`The download of ${item.path} broke off after ${formatBytes(got)}; run again to go on from there.`);
+                }
+                await check.verify();
+                await c.write(Buffer.alloc(padding(item.size)));
                 progress.files++;
-                continue;
             }
-            // A large file streams alone: header first, its bytes checked as they pass.
-            const item = todo[next++];
-            await write(memberHeader(item.path, 'File', item.size, item.mode));
-            const check = checker(item);
-            let got = 0;
-            await item.read(0, async (chunk) => {
-                got += chunk.length;
-                check.update(chunk);
-                await write(chunk);
-                progress.bytes += chunk.length;
-            });
-            if (got !== item.size) {
-                throw new ActionError(`The download of ${item.path} broke off after ${formatBytes(got)}; run again to go on from there.`);
-            }
-            await check.verify();
-            await write(Buffer.alloc(padding(item.size)));
-            progress.files++;
-        }
-        await write(END_OF_TAR);
-        stdin.end();
+        };
+        const workers = [main, ...more].map((c) => work(c).catch((error) => {
+            // The first failure is the cause; the other channels then stop on it.
+            if (!run.failed)
+                run.cause = error;
+            run.failed = true;
+        }));
+        await Promise.all(workers);
+        if (run.failed)
+            throw run.cause;
+        // The other channels end first: the main one's checks of the folder then see every file.
+        for (const c of more)
+            await c.finish();
+        await main.write(END_OF_TAR);
+        o.remote.stdin.end();
     }
     catch (error) {
-        // What reached the host stays for the next run; the tar is cut, not ended.
-        o.remote.kill();
-        await o.remote.exit.catch(() => undefined);
+        run.failed = true;
+        // What reached the host stays for the next run; the tars are cut, not ended.
+        for (const c of [main, ...more])
+            c.remote.kill();
+        await Promise.all([main, ...more].map((c) => c.remote.exit.catch(() => undefined)));
         throw error;
     }
     finally {
         progress.stop();
     }
     const code = await o.remote.exit;
-    if (code !== 0) {
-        throw new ActionError(`The host could not write the files into ${stage} (exit ${code}): ${o.remote.stderrTail().trim()}. The data dir was not touched.`);
-    }
+    if (code !== 0)
+        throw main.failed(stage, code);
     info(progress.line());
     return {
         files: todo.length,
@@ -100895,8 +101023,59 @@ async function fetchTree(o) {
         kept: complete.length,
         continued: partial.length,
         fromDataDir,
-        counted: Number(out.trim().split('\n').at(-1)),
+        counted: Number(main.out.trim().split('\n').at(-1)),
+        channels: 1 + more.length,
     };
+}
+/** One SSH channel that a tar of files goes into (host.receiveTree or host.receiveMore). */
+class Channel {
+    remote;
+    run;
+    out = '';
+    gone = false;
+    /** `run.failed`: set once any channel of the restore has failed, which ends this one's writes. */
+    constructor(remote, run) {
+        this.remote = remote;
+        this.run = run;
+        remote.stdout.setEncoding('utf8');
+        remote.stdout.on('data', (t) => (this.out += t));
+        remote.stdin.on('error', () => undefined);
+        void remote.exit.then(() => (this.gone = true), () => (this.gone = true));
+    }
+    /**
+     * Writes and waits for the write: a chunk may be memory that is filled again once it is
+     * written (a piece of the pool, a view of a socket's buffer).
+     */
+    async write(bytes) {
+        if (this.run.failed)
+            throw new ActionError('Another channel of the restore failed.');
+        if (this.gone)
+            throw new ActionError(`The host stopped reading the files: ${this.remote.stderrTail().trim()}`);
+        await Promise.race([
+            new Promise((r) => this.remote.stdin.write(bytes, () => r())),
+            this.remote.exit.then(() => undefined),
+        ]);
+    }
+    /** Resolves once the host's extraction holds the staging folder (it said LOCKED_LINE). */
+    async locked() {
+        while (!this.out.includes(`${LOCKED_LINE}\n`)) {
+            if (this.gone) {
+                throw new ActionError(`The host's extraction ended before it held the staging folder: ${this.remote.stderrTail().trim()}`);
+            }
+            await Promise.race([(0,external_node_events_.once)(this.remote.stdout, 'data'), this.remote.exit]);
+        }
+    }
+    /** Ends the tar and waits for the host to have written it all. */
+    async finish() {
+        await this.write(END_OF_TAR);
+        this.remote.stdin.end();
+        const code = await this.remote.exit;
+        if (code !== 0)
+            throw this.failed('the staging folder', code);
+    }
+    failed(stage, code) {
+        return new ActionError(`The host could not write the files into ${stage} (exit ${code}): ${this.remote.stderrTail().trim()}. The data dir was not touched.`);
+    }
 }
 /** The sha256 (or, for a foreign tree, the tail hash) of a file, checked as its bytes pass. */
 function checker(item) {
@@ -101136,7 +101315,7 @@ async function streamInto(remote, onGo, client, settings, key, into, size, expec
     return { sha256, bytes, files: Number(out.trim()), seconds };
 }
 /** A tree's files into the staging folder (see tree/fetch.ts), with the figures the summary shows. */
-async function fetchInto(remote, onGo, settings, tree, into) {
+async function fetchInto(remote, more, onGo, settings, tree, into) {
     const t = performance.now();
     const got = await fetchTree({
         host: into.host,
@@ -101144,6 +101323,7 @@ async function fetchInto(remote, onGo, settings, tree, into) {
         stageFound: into.stageFound,
         inDataDir: into.inDataDir,
         remote,
+        more,
         onGo,
         items: tree.items,
         dirs: tree.dirs,
@@ -101157,7 +101337,8 @@ async function fetchInto(remote, onGo, settings, tree, into) {
         (earlier + got.continued > 0
             ? `, ${earlier} kept and ${got.continued} continued from an earlier run`
             : '');
-    info(`${line} in ${formatDuration(seconds)} (${formatRate(got.bytes, seconds)}).`);
+    info(`${line} in ${formatDuration(seconds)} (${formatRate(got.bytes, seconds)}` +
+        `${got.channels > 1 ? `, over ${got.channels} SSH channels` : ''}).`);
     return { bytes: got.bytes, files: got.counted, seconds, line };
 }
 
@@ -101247,6 +101428,11 @@ async function restore(settings, connect = connectNode) {
     let swapped = false;
     // The data channel connects while the host is checked; it does nothing before its go line.
     const remote = tree ? host.receiveTree(stage) : host.extract(stage);
+    // A tree's files share 'ssh-connections' data channels (over OpenSSH, a connection each):
+    // one connection moves at most its window per round trip (see README, restore).
+    const more = tree
+        ? Array.from({ length: opts.sshConnections - 1 }, () => host.receiveMore(stage))
+        : [];
     let streamStarted = false;
     let swap;
     try {
@@ -101310,7 +101496,7 @@ async function restore(settings, connect = connectNode) {
         if (!tree?.proven)
             saveState(State.StagingDir, stage);
         const streamed = await group(`Stream ${snapshotKey} into ${stage}`, () => tree
-            ? fetchInto(remote, () => (streamStarted = true), settings, tree, {
+            ? fetchInto(remote, more, () => (streamStarted = true), settings, tree, {
                 host,
                 stage,
                 stageFound,
@@ -101438,7 +101624,7 @@ async function restore(settings, connect = connectNode) {
         // Unsent go and swap lines: the commands waiting for them end with nothing done.
         swap?.cancel();
         if (!streamStarted)
-            await closeUnused(remote);
+            await Promise.all([remote, ...more].map((r) => closeUnused(r)));
         if (!swapped && streamStarted && tree?.proven) {
             info(`The staging folder ${stage} is kept: a run of the same snapshot goes on from what it holds.`);
             // The post step removes the folder that saved state names: not this one.

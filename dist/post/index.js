@@ -88330,6 +88330,7 @@ var Inputs;
     Inputs["HostKey"] = "host-key";
     Inputs["InsecureSkipHostKey"] = "insecure-skip-host-key-check";
     Inputs["SshTransport"] = "ssh-transport";
+    Inputs["SshConnections"] = "ssh-connections";
     Inputs["PrepDir"] = "prep-dir";
     Inputs["DataDir"] = "data-dir";
     Inputs["StopCommand"] = "stop-command";
@@ -90927,6 +90928,7 @@ function parseSettings(read = readActionInput) {
         startNode: bool(Inputs.StartNode, true),
         keepPrevious: bool(Inputs.KeepPrevious, true),
         healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
+        sshConnections: int(Inputs.SshConnections, 4, 1, 16),
         diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
         processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
         deep: bool(Inputs.Deep, false),

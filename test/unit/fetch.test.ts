@@ -30,12 +30,16 @@ const DIRS = ['.score_data', '.score_data/db', TABLES, '.storage', BLOCKS];
  * `command` run here as the host runs it; what reached its input is counted. Its kill does what
  * the end of an SSH channel does: the pipes close.
  */
-function local(command: string): { remote: RemoteStream; received: () => number } {
+function local(command: string): {
+  remote: RemoteStream;
+  received: () => number;
+  input: () => Buffer;
+} {
   const child = spawn('bash', ['-c', command], { stdio: ['pipe', 'pipe', 'pipe'] });
-  let received = 0;
+  const chunks: Buffer[] = [];
   const write = child.stdin.write.bind(child.stdin);
   child.stdin.write = ((chunk: Uint8Array | string, ...rest: never[]) => {
-    received += typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length;
+    chunks.push(Buffer.from(chunk));
     return write(chunk, ...rest);
   }) as typeof child.stdin.write;
   let stderr = '';
@@ -55,7 +59,8 @@ function local(command: string): { remote: RemoteStream; received: () => number 
       },
       transport: 'openssh',
     },
-    received: () => received,
+    received: () => chunks.reduce((s, c) => s + c.length, 0),
+    input: () => Buffer.concat(chunks),
   };
 }
 
@@ -128,7 +133,21 @@ describe("a tree restore's files over several channels", () => {
     assert.equal(got.files, files.length);
     assert.equal(got.counted, files.length, 'the main channel counted the files of every channel');
     for (const f of files) assert.ok(readFileSync(join(stage, f.path)).equals(f.bytes), f.path);
-    for (const o of others) assert.ok(o.received() > 300_000, 'each other channel carried files');
+    for (const o of others) {
+      assert.ok(o.received() > 300_000, 'each other channel carried files');
+      // Its tar makes the folders before its first file (see fetchTree).
+      const input = o.input();
+      const names = execFileSync('tar', ['-t'], {
+        input: input.subarray(input.indexOf('\n') + 1),
+        encoding: 'utf8',
+      })
+        .trim()
+        .split('\n');
+      assert.deepEqual(
+        names.slice(0, DIRS.length),
+        DIRS.map((d) => `${d}/`),
+      );
+    }
     assert.ok(main.received() > 300_000, 'the main channel carried files');
     assert.equal(running(stage), '');
   });

@@ -100907,13 +100907,16 @@ async function fetchTree(o) {
     o.remote.stdin.write('go none\n');
     try {
         await Promise.all(unused.map((r) => closeUnused(r)));
-        for (const d of o.dirs)
-            await main.write(memberHeader(d, 'Directory', 0, 0o755));
-        if (more.length > 0) {
+        if (more.length > 0)
             await main.locked();
-            for (const c of more)
-                c.remote.stdin.write('go none\n');
-        }
+        // Every channel makes the folders first: a tar that opens a file in a folder that another
+        // is making failed now and then with "Cannot open: No such file or directory" (GNU tar
+        // 1.34), where a folder made by its own stream is there before its files.
+        for (const c of more)
+            c.remote.stdin.write('go none\n');
+        for (const c of [main, ...more])
+            for (const d of o.dirs)
+                await c.write(memberHeader(d, 'Directory', 0, 0o755));
         const alone = Math.max(8 * 1024 ** 2, Math.floor(o.bytesInFlight / 4));
         let held = 0;
         const queue = [];

@@ -14,7 +14,7 @@ import type { KindFacts, NodeKindName } from '../node-kind/host.js';
 import { describeS3Error } from '../s3/client.js';
 import { isTransient } from '../s3/retry.js';
 import type { Settings } from '../settings.js';
-import type { FetchItem } from '../tree/fetch.js';
+import type { FetchItem } from '../tree/fetch-file.js';
 import { readForeignTree } from '../tree/icon2.js';
 import { treeFiles, type TreeManifest } from '../tree/layout.js';
 import { httpRange, resumableRead, type ReadTiming } from '../tree/resumable-read.js';

@@ -8,36 +8,16 @@
  * that the snapshot came from fetches only what changed since.
  */
 import * as core from '@actions/core';
-import { createHash } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { ActionError, IntegrityError, errorMessage } from '../errors.js';
+import { ActionError, IntegrityError } from '../errors.js';
 import { formatBytes } from '../format.js';
 import type { NodeHost } from '../node-kind/host.js';
-import { once } from 'node:events';
-import { LOCKED_LINE } from '../node-kind/extract.js';
 import { GO_LINE } from '../shell.js';
 import { closeUnused, type RemoteStream } from '../ssh/session.js';
-import { TailHasher } from './icon2.js';
-import type { Take } from './resumable-read.js';
 import { FileProgress } from '../progress.js';
-import { MemoryPool, PieceList } from '../s3/pieces.js';
+import { MemoryPool } from '../s3/pieces.js';
+import { Channel } from './fetch-channel.js';
+import { checker, FileFetch, type FetchItem } from './fetch-file.js';
 import { END_OF_TAR, memberHeader, padding } from './tar-stream.js';
-
-/** A file to restore and where its bytes come from. */
-export interface FetchItem {
-  path: string;
-  size: number;
-  mode: number;
-  /** Our manifests prove each file by its sha256. */
-  sha256?: string;
-  /** icon2-node's trees give only the xxh3 of the tail (see icon2.ts), where they give one. */
-  tail?: string;
-  /**
-   * Hands the bytes from `start` to the end to `take`, in order; a chunk is valid during the
-   * call and until a promise that `take` returns settles (see tree/resumable-read.ts).
-   */
-  read(start: number, take: Take): Promise<void>;
-}
 
 export interface FetchOptions {
   host: NodeHost;
@@ -49,8 +29,8 @@ export interface FetchOptions {
   /** `host.receiveTree(stage)`, opened ahead: it starts on its go line. */
   remote: RemoteStream;
   /**
-   * `host.receiveMore(stage)`, opened ahead: more channels that share the files, so that
-   * more than one core encrypts and decrypts them (see README, restore).
+   * `host.receiveMore(stage)`, opened ahead: more channels that share the files (one SSH
+   * connection moves at most its window per round trip; see README, Across a real network).
    */
   more: RemoteStream[];
   onGo: () => void;
@@ -73,8 +53,6 @@ export interface Fetched {
   /** How many SSH channels the files came over. */
   channels: number;
 }
-
-const ATTEMPTS = 4;
 
 export async function fetchTree(o: FetchOptions): Promise<Fetched> {
   const { host, stage } = o;
@@ -275,178 +253,4 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
     counted: Number(main.out.trim().split('\n').at(-1)),
     channels: 1 + more.length,
   };
-}
-
-/** One SSH channel that a tar of files goes into (host.receiveTree or host.receiveMore). */
-class Channel {
-  out = '';
-  private gone = false;
-
-  /** `run.failed`: set once any channel of the restore has failed, which ends this one's writes. */
-  constructor(
-    readonly remote: RemoteStream,
-    private readonly run: { failed: boolean },
-  ) {
-    remote.stdout.setEncoding('utf8');
-    remote.stdout.on('data', (t: string) => (this.out += t));
-    remote.stdin.on('error', () => undefined);
-    void remote.exit.then(
-      () => (this.gone = true),
-      () => (this.gone = true),
-    );
-  }
-
-  /**
-   * Writes and waits for the write: a chunk may be memory that is filled again once it is
-   * written (a piece of the pool, a view of a socket's buffer).
-   */
-  async write(bytes: Uint8Array): Promise<void> {
-    if (this.run.failed) throw new ActionError('Another channel of the restore failed.');
-    if (this.gone)
-      throw new ActionError(
-        `The host stopped reading the files: ${this.remote.stderrTail().trim()}`,
-      );
-    await Promise.race([
-      new Promise<void>((r) => this.remote.stdin.write(bytes, () => r())),
-      this.remote.exit.then(() => undefined),
-    ]);
-  }
-
-  /** Resolves once the host's extraction holds the staging folder (it said LOCKED_LINE). */
-  async locked(): Promise<void> {
-    while (!this.out.includes(`${LOCKED_LINE}\n`)) {
-      if (this.gone) {
-        throw new ActionError(
-          `The host's extraction ended before it held the staging folder: ${this.remote.stderrTail().trim()}`,
-        );
-      }
-      await Promise.race([once(this.remote.stdout, 'data'), this.remote.exit]);
-    }
-  }
-
-  /** Ends the tar and waits for the host to have written it all. */
-  async finish(): Promise<void> {
-    await this.write(END_OF_TAR);
-    this.remote.stdin.end();
-    const code = await this.remote.exit;
-    if (code !== 0) throw this.failed('the staging folder', code);
-  }
-
-  failed(stage: string, code: number | null): ActionError {
-    return new ActionError(
-      `The host could not write the files into ${stage} (exit ${code}): ${this.remote.stderrTail().trim()}. The data dir was not touched.`,
-    );
-  }
-}
-
-/** The sha256 (or, for a foreign tree, the tail hash) of a file, checked as its bytes pass. */
-function checker(item: FetchItem): { update(b: Uint8Array): void; verify(): Promise<void> } {
-  const sha = item.sha256 ? createHash('sha256') : undefined;
-  // A sha256 proves the whole file: the tail's hash is checked only where it is all there is.
-  const tail = item.tail && !sha ? new TailHasher() : undefined;
-  return {
-    update: (b) => {
-      sha?.update(b);
-      tail?.update(b);
-    },
-    verify: async () => {
-      const gotSha = sha?.digest('hex');
-      if (sha && gotSha !== item.sha256) {
-        throw new IntegrityError(
-          `${item.path}: the stored object's sha256 is ${gotSha}, not the manifest's ${item.sha256}: the stored snapshot is damaged. ` +
-            `The data dir was not touched.`,
-        );
-      }
-      const gotTail = tail ? await tail.digest() : undefined;
-      if (tail && gotTail !== item.tail) {
-        throw new IntegrityError(
-          `${item.path}: its checksum (xxh3 of the tail) is ${gotTail}, not ${item.tail}: the stored snapshot is damaged. ` +
-            `The data dir was not touched.`,
-        );
-      }
-    },
-  };
-}
-
-/**
- * A file fetched into pieces of `pool`, then checked; fetched again from the start when
- * something else than the read fails (a read gives up on its own, see tree/resumable-read.ts,
- * and a failed check is final), unless its first pieces were written already. The writer takes
- * the pieces as they fill (the file at the head of the tar goes on to the host while it
- * arrives, as an archive's first range does) and gives them back once written: a buffer of its
- * size for each file in flight (megabytes each, freed in turn) left the runner's memory in
- * pieces that it did not give back.
- */
-class FileFetch {
-  readonly pieces: PieceList;
-  /** Resolves once the file is whole and checked. */
-  readonly done: Promise<void>;
-  /** Whether the fetch has ended, well or not; and why not. */
-  ended = false;
-  failure: unknown;
-  /** Set once a piece was taken: the fetch can no longer start over. */
-  taken = false;
-  private waiter: (() => void) | undefined;
-
-  constructor(
-    private readonly item: FetchItem,
-    pool: MemoryPool,
-  ) {
-    this.pieces = new PieceList(pool);
-    this.done = this.run().then(
-      () => this.end(),
-      (error: unknown) => {
-        this.failure = error;
-        this.end();
-        throw error;
-      },
-    );
-    this.done.catch(() => undefined);
-  }
-
-  /** Resolves when more bytes came or the fetch ended. */
-  more(): Promise<void> {
-    return this.ended ? Promise.resolve() : new Promise((go) => (this.waiter = go));
-  }
-
-  private end(): void {
-    this.ended = true;
-    this.wake();
-  }
-
-  private wake(): void {
-    const go = this.waiter;
-    this.waiter = undefined;
-    go?.();
-  }
-
-  private async run(): Promise<void> {
-    const item = this.item;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        const check = checker(item);
-        let got = 0;
-        // A read refuses bytes past the file's size (tree/resumable-read.ts).
-        await item.read(0, (chunk) => {
-          this.pieces.add(chunk);
-          got += chunk.length;
-          check.update(chunk);
-          this.wake();
-        });
-        if (got !== item.size) throw new Error(`${got} of ${item.size} bytes`);
-        await check.verify();
-        return;
-      } catch (error) {
-        if (error instanceof ActionError || attempt >= ATTEMPTS || this.taken) {
-          throw error instanceof ActionError
-            ? error
-            : new ActionError(
-                `The download of ${item.path} failed ${attempt} times: ${errorMessage(error)}`,
-              );
-        }
-        this.pieces.clear();
-        await sleep(500 * 2 ** attempt);
-      }
-    }
-  }
 }

@@ -17,7 +17,8 @@ import { extractCommand, receiveMoreCommand } from '../../src/node-kind/extract.
 import type { NodeHost } from '../../src/node-kind/host.ts';
 import { loopchain } from '../../src/node-kind/loopchain/layout.ts';
 import type { RemoteStream } from '../../src/ssh/session.ts';
-import { fetchTree, type FetchItem } from '../../src/tree/fetch.ts';
+import type { FetchItem } from '../../src/tree/fetch-file.ts';
+import { fetchTree } from '../../src/tree/fetch.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'prep-fetch-'));
 after(() => rmSync(root, { recursive: true, force: true }));

@@ -100803,6 +100803,175 @@ async function foreignTree(pointerUrl, channel, timing = {}) {
     };
 }
 
+;// CONCATENATED MODULE: ./src/tree/fetch-channel.ts
+/**
+ * One SSH channel that a tree restore writes a tar of files into (see tree/fetch.ts).
+ */
+
+
+
+
+/** One SSH channel that a tar of files goes into (host.receiveTree or host.receiveMore). */
+class Channel {
+    remote;
+    run;
+    out = '';
+    gone = false;
+    /** `run.failed`: set once any channel of the restore has failed, which ends this one's writes. */
+    constructor(remote, run) {
+        this.remote = remote;
+        this.run = run;
+        remote.stdout.setEncoding('utf8');
+        remote.stdout.on('data', (t) => (this.out += t));
+        remote.stdin.on('error', () => undefined);
+        void remote.exit.then(() => (this.gone = true), () => (this.gone = true));
+    }
+    /**
+     * Writes and waits for the write: a chunk may be memory that is filled again once it is
+     * written (a piece of the pool, a view of a socket's buffer).
+     */
+    async write(bytes) {
+        if (this.run.failed)
+            throw new ActionError('Another channel of the restore failed.');
+        if (this.gone)
+            throw new ActionError(`The host stopped reading the files: ${this.remote.stderrTail().trim()}`);
+        await Promise.race([
+            new Promise((r) => this.remote.stdin.write(bytes, () => r())),
+            this.remote.exit.then(() => undefined),
+        ]);
+    }
+    /** Resolves once the host's extraction holds the staging folder (it said LOCKED_LINE). */
+    async locked() {
+        while (!this.out.includes(`${LOCKED_LINE}\n`)) {
+            if (this.gone) {
+                throw new ActionError(`The host's extraction ended before it held the staging folder: ${this.remote.stderrTail().trim()}`);
+            }
+            await Promise.race([(0,external_node_events_.once)(this.remote.stdout, 'data'), this.remote.exit]);
+        }
+    }
+    /** Ends the tar and waits for the host to have written it all. */
+    async finish() {
+        await this.write(END_OF_TAR);
+        this.remote.stdin.end();
+        const code = await this.remote.exit;
+        if (code !== 0)
+            throw this.failed('the staging folder', code);
+    }
+    failed(stage, code) {
+        return new ActionError(`The host could not write the files into ${stage} (exit ${code}): ${this.remote.stderrTail().trim()}. The data dir was not touched.`);
+    }
+}
+
+;// CONCATENATED MODULE: ./src/tree/fetch-file.ts
+/**
+ * One file of a tree restore: where its bytes come from (FetchItem), and its fetch into pieces
+ * of reused memory, checked against its sha256 (or a foreign tree's tail hash) as it arrives
+ * (FileFetch). tree/fetch.ts writes the pieces to the host.
+ */
+
+
+
+
+
+const ATTEMPTS = 4;
+/** The sha256 (or, for a foreign tree, the tail hash) of a file, checked as its bytes pass. */
+function checker(item) {
+    const sha = item.sha256 ? (0,external_node_crypto_.createHash)('sha256') : undefined;
+    // A sha256 proves the whole file: the tail's hash is checked only where it is all there is.
+    const tail = item.tail && !sha ? new TailHasher() : undefined;
+    return {
+        update: (b) => {
+            sha?.update(b);
+            tail?.update(b);
+        },
+        verify: async () => {
+            const gotSha = sha?.digest('hex');
+            if (sha && gotSha !== item.sha256) {
+                throw new IntegrityError(`${item.path}: the stored object's sha256 is ${gotSha}, not the manifest's ${item.sha256}: the stored snapshot is damaged. ` +
+                    `The data dir was not touched.`);
+            }
+            const gotTail = tail ? await tail.digest() : undefined;
+            if (tail && gotTail !== item.tail) {
+                throw new IntegrityError(`${item.path}: its checksum (xxh3 of the tail) is ${gotTail}, not ${item.tail}: the stored snapshot is damaged. ` +
+                    `The data dir was not touched.`);
+            }
+        },
+    };
+}
+/**
+ * A file fetched into pieces of `pool`, then checked; fetched again from the start when
+ * something else than the read fails (a read gives up on its own, see tree/resumable-read.ts,
+ * and a failed check is final), unless its first pieces were written already. The writer takes
+ * the pieces as they fill (the file at the head of the tar goes on to the host while it
+ * arrives, as an archive's first range does) and gives them back once written: a buffer of its
+ * size for each file in flight (megabytes each, freed in turn) left the runner's memory in
+ * pieces that it did not give back.
+ */
+class FileFetch {
+    item;
+    pieces;
+    /** Resolves once the file is whole and checked. */
+    done;
+    /** Whether the fetch has ended, well or not; and why not. */
+    ended = false;
+    failure;
+    /** Set once a piece was taken: the fetch can no longer start over. */
+    taken = false;
+    waiter;
+    constructor(item, pool) {
+        this.item = item;
+        this.pieces = new PieceList(pool);
+        this.done = this.run().then(() => this.end(), (error) => {
+            this.failure = error;
+            this.end();
+            throw error;
+        });
+        this.done.catch(() => undefined);
+    }
+    /** Resolves when more bytes came or the fetch ended. */
+    more() {
+        return this.ended ? Promise.resolve() : new Promise((go) => (this.waiter = go));
+    }
+    end() {
+        this.ended = true;
+        this.wake();
+    }
+    wake() {
+        const go = this.waiter;
+        this.waiter = undefined;
+        go?.();
+    }
+    async run() {
+        const item = this.item;
+        for (let attempt = 1;; attempt++) {
+            try {
+                const check = checker(item);
+                let got = 0;
+                // A read refuses bytes past the file's size (tree/resumable-read.ts).
+                await item.read(0, (chunk) => {
+                    this.pieces.add(chunk);
+                    got += chunk.length;
+                    check.update(chunk);
+                    this.wake();
+                });
+                if (got !== item.size)
+                    throw new Error(`${got} of ${item.size} bytes`);
+                await check.verify();
+                return;
+            }
+            catch (error) {
+                if (error instanceof ActionError || attempt >= ATTEMPTS || this.taken) {
+                    throw error instanceof ActionError
+                        ? error
+                        : new ActionError(`The download of ${item.path} failed ${attempt} times: ${errorMessage(error)}`);
+                }
+                this.pieces.clear();
+                await (0,external_node_timers_promises_namespaceObject.setTimeout)(500 * 2 ** attempt);
+            }
+        }
+    }
+}
+
 ;// CONCATENATED MODULE: ./src/tree/fetch.ts
 /**
  * A tree restore's transfer: the snapshot's files fetched in parallel (within a budget of
@@ -100823,10 +100992,6 @@ async function foreignTree(pointerUrl, channel, timing = {}) {
 
 
 
-
-
-
-const ATTEMPTS = 4;
 async function fetchTree(o) {
     const { host, stage } = o;
     const byPath = new Map(o.items.map((i) => [i.path, i]));
@@ -101029,153 +101194,6 @@ async function fetchTree(o) {
         counted: Number(main.out.trim().split('\n').at(-1)),
         channels: 1 + more.length,
     };
-}
-/** One SSH channel that a tar of files goes into (host.receiveTree or host.receiveMore). */
-class Channel {
-    remote;
-    run;
-    out = '';
-    gone = false;
-    /** `run.failed`: set once any channel of the restore has failed, which ends this one's writes. */
-    constructor(remote, run) {
-        this.remote = remote;
-        this.run = run;
-        remote.stdout.setEncoding('utf8');
-        remote.stdout.on('data', (t) => (this.out += t));
-        remote.stdin.on('error', () => undefined);
-        void remote.exit.then(() => (this.gone = true), () => (this.gone = true));
-    }
-    /**
-     * Writes and waits for the write: a chunk may be memory that is filled again once it is
-     * written (a piece of the pool, a view of a socket's buffer).
-     */
-    async write(bytes) {
-        if (this.run.failed)
-            throw new ActionError('Another channel of the restore failed.');
-        if (this.gone)
-            throw new ActionError(`The host stopped reading the files: ${this.remote.stderrTail().trim()}`);
-        await Promise.race([
-            new Promise((r) => this.remote.stdin.write(bytes, () => r())),
-            this.remote.exit.then(() => undefined),
-        ]);
-    }
-    /** Resolves once the host's extraction holds the staging folder (it said LOCKED_LINE). */
-    async locked() {
-        while (!this.out.includes(`${LOCKED_LINE}\n`)) {
-            if (this.gone) {
-                throw new ActionError(`The host's extraction ended before it held the staging folder: ${this.remote.stderrTail().trim()}`);
-            }
-            await Promise.race([(0,external_node_events_.once)(this.remote.stdout, 'data'), this.remote.exit]);
-        }
-    }
-    /** Ends the tar and waits for the host to have written it all. */
-    async finish() {
-        await this.write(END_OF_TAR);
-        this.remote.stdin.end();
-        const code = await this.remote.exit;
-        if (code !== 0)
-            throw this.failed('the staging folder', code);
-    }
-    failed(stage, code) {
-        return new ActionError(`The host could not write the files into ${stage} (exit ${code}): ${this.remote.stderrTail().trim()}. The data dir was not touched.`);
-    }
-}
-/** The sha256 (or, for a foreign tree, the tail hash) of a file, checked as its bytes pass. */
-function checker(item) {
-    const sha = item.sha256 ? (0,external_node_crypto_.createHash)('sha256') : undefined;
-    // A sha256 proves the whole file: the tail's hash is checked only where it is all there is.
-    const tail = item.tail && !sha ? new TailHasher() : undefined;
-    return {
-        update: (b) => {
-            sha?.update(b);
-            tail?.update(b);
-        },
-        verify: async () => {
-            const gotSha = sha?.digest('hex');
-            if (sha && gotSha !== item.sha256) {
-                throw new IntegrityError(`${item.path}: the stored object's sha256 is ${gotSha}, not the manifest's ${item.sha256}: the stored snapshot is damaged. ` +
-                    `The data dir was not touched.`);
-            }
-            const gotTail = tail ? await tail.digest() : undefined;
-            if (tail && gotTail !== item.tail) {
-                throw new IntegrityError(`${item.path}: its checksum (xxh3 of the tail) is ${gotTail}, not ${item.tail}: the stored snapshot is damaged. ` +
-                    `The data dir was not touched.`);
-            }
-        },
-    };
-}
-/**
- * A file fetched into pieces of `pool`, then checked; fetched again from the start when
- * something else than the read fails (a read gives up on its own, see tree/resumable-read.ts,
- * and a failed check is final), unless its first pieces were written already. The writer takes
- * the pieces as they fill (the file at the head of the tar goes on to the host while it
- * arrives, as an archive's first range does) and gives them back once written: a buffer of its
- * size for each file in flight (megabytes each, freed in turn) left the runner's memory in
- * pieces that it did not give back.
- */
-class FileFetch {
-    item;
-    pieces;
-    /** Resolves once the file is whole and checked. */
-    done;
-    /** Whether the fetch has ended, well or not; and why not. */
-    ended = false;
-    failure;
-    /** Set once a piece was taken: the fetch can no longer start over. */
-    taken = false;
-    waiter;
-    constructor(item, pool) {
-        this.item = item;
-        this.pieces = new PieceList(pool);
-        this.done = this.run().then(() => this.end(), (error) => {
-            this.failure = error;
-            this.end();
-            throw error;
-        });
-        this.done.catch(() => undefined);
-    }
-    /** Resolves when more bytes came or the fetch ended. */
-    more() {
-        return this.ended ? Promise.resolve() : new Promise((go) => (this.waiter = go));
-    }
-    end() {
-        this.ended = true;
-        this.wake();
-    }
-    wake() {
-        const go = this.waiter;
-        this.waiter = undefined;
-        go?.();
-    }
-    async run() {
-        const item = this.item;
-        for (let attempt = 1;; attempt++) {
-            try {
-                const check = checker(item);
-                let got = 0;
-                // A read refuses bytes past the file's size (tree/resumable-read.ts).
-                await item.read(0, (chunk) => {
-                    this.pieces.add(chunk);
-                    got += chunk.length;
-                    check.update(chunk);
-                    this.wake();
-                });
-                if (got !== item.size)
-                    throw new Error(`${got} of ${item.size} bytes`);
-                await check.verify();
-                return;
-            }
-            catch (error) {
-                if (error instanceof ActionError || attempt >= ATTEMPTS || this.taken) {
-                    throw error instanceof ActionError
-                        ? error
-                        : new ActionError(`The download of ${item.path} failed ${attempt} times: ${errorMessage(error)}`);
-                }
-                this.pieces.clear();
-                await (0,external_node_timers_promises_namespaceObject.setTimeout)(500 * 2 ** attempt);
-            }
-        }
-    }
 }
 
 ;// CONCATENATED MODULE: ./src/modes/restore-stream.ts

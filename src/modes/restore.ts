@@ -121,7 +121,7 @@ export async function restore(
   // The data channel connects while the host is checked; it does nothing before its go line.
   const remote = tree ? host.receiveTree(stage) : host.extract(stage);
   // A tree's files share 'ssh-connections' data channels (over OpenSSH, a connection each):
-  // one connection moves at most its window per round trip (see README, restore).
+  // one connection moves at most its window per round trip (see README, Across a real network).
   const more = tree
     ? Array.from({ length: opts.sshConnections - 1 }, () => host.receiveMore(stage))
     : [];

@@ -169,6 +169,9 @@ export function goLine(decoder: Decoder): string {
 const TAR_X =
   'tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
 
+/** tar itself on a plain tar: a cat in between cost the host a core-second for every 2 GiB. */
+const PLAIN_TAR_X = `LC_ALL=C wide ${TAR_X}`;
+
 /** Exits `UNSAFE_ARCHIVE` with a marked line on stderr for each line of its argument. */
 const REFUSE = `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`;
 
@@ -233,9 +236,7 @@ export function extractCommand(
     ...Object.entries(DECODERS).map(
       ([n, c]) => `  ${n}) decode() { wide ${c} | LC_ALL=C ${TAR_X}; } ;;`,
     ),
-    // A plain tar goes to tar itself: a cat in between cost the host a core-second for
-    // every 2 GiB.
-    `  none) decode() { LC_ALL=C wide ${TAR_X}; } ;;`,
+    `  none) decode() { ${PLAIN_TAR_X}; } ;;`,
     `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
     `esac`,
     // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
@@ -288,7 +289,7 @@ export function receiveMoreCommand(stage: string): string {
     `[ -d "$stage" ] && [ ! -L "$stage" ] || { echo "$stage is not a folder" >&2; exit 2; }`,
     REFUSE,
     `rc=0`,
-    checkedExtraction(`LC_ALL=C wide ${TAR_X}`),
+    checkedExtraction(PLAIN_TAR_X),
     `if [ -n "$found" ]; then refuse "$found"; fi`,
     `exit "$rc"`,
   ]);

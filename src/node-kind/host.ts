@@ -178,7 +178,8 @@ export interface NodeHost {
   receiveTree(stage: string): RemoteStream;
   /**
    * More of the files into the `stage` that receiveTree holds, over a channel of its own (a
-   * connection of its own over OpenSSH: another core encrypts); starts on its go line.
+   * connection of its own over OpenSSH, whose window per round trip adds to the others');
+   * starts on its go line.
    */
   receiveMore(stage: string): RemoteStream;
   /**

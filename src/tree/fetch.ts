@@ -10,6 +10,7 @@
 import * as core from '@actions/core';
 import { ActionError, IntegrityError } from '../errors.js';
 import { formatBytes } from '../format.js';
+import { goLine } from '../node-kind/extract.js';
 import type { NodeHost } from '../node-kind/host.js';
 import { GO_LINE } from '../shell.js';
 import { closeUnused, type RemoteStream } from '../ssh/session.js';
@@ -18,6 +19,9 @@ import { MemoryPool } from '../s3/pieces.js';
 import { Channel } from './fetch-channel.js';
 import { checker, FileFetch, type FetchItem } from './fetch-file.js';
 import { END_OF_TAR, memberHeader, padding } from './tar-stream.js';
+
+/** The go line of a plain tar (no decompressor): what a tree's channels carry. */
+const PLAIN_GO = goLine({ name: 'none' });
 
 export interface FetchOptions {
   host: NodeHost;
@@ -131,19 +135,20 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
   const run: { failed: boolean; cause?: unknown } = { failed: false };
   const main = new Channel(o.remote, run);
   // The other channels join once the main one holds the staging folder, when there is more
-  // than a file or two to share.
-  const more = todo.length > 1 ? o.more.map((r) => new Channel(r, run)) : [];
-  const unused = o.more.filter((r) => !more.some((c) => c.remote === r));
+  // than one file to share.
+  const shared = todo.length > 1;
+  const more = shared ? o.more.map((r) => new Channel(r, run)) : [];
+  const unused = shared ? [] : o.more;
   const pool = new MemoryPool();
   o.onGo();
-  o.remote.stdin.write('go none\n');
+  o.remote.stdin.write(PLAIN_GO);
   try {
     await Promise.all(unused.map((r) => closeUnused(r)));
     if (more.length > 0) await main.locked();
     // Every channel makes the folders first: a tar that opens a file in a folder that another
     // is making failed now and then with "Cannot open: No such file or directory" (GNU tar
     // 1.34), where a folder made by its own stream is there before its files.
-    for (const c of more) c.remote.stdin.write('go none\n');
+    for (const c of more) c.remote.stdin.write(PLAIN_GO);
     for (const c of [main, ...more])
       for (const d of o.dirs) await c.write(memberHeader(d, 'Directory', 0, 0o755));
     const alone = Math.max(8 * 1024 ** 2, Math.floor(o.bytesInFlight / 4));

@@ -93598,6 +93598,8 @@ function goLine(decoder) {
 // 10 KiB, which halved its system time on the bench archive. -B gathers the short reads of a
 // pipe into whole records.
 const TAR_X = 'tar -x -b 2048 -B --no-same-owner --no-same-permissions --numeric-owner -vv -f - -C "$stage"';
+/** tar itself on a plain tar: a cat in between cost the host a core-second for every 2 GiB. */
+const PLAIN_TAR_X = `LC_ALL=C wide ${TAR_X}`;
 /** Exits `UNSAFE_ARCHIVE` with a marked line on stderr for each line of its argument. */
 const REFUSE = `refuse() { printf '%s\\n' "$1" | sed ${quote(`s/^/${UNSAFE_MARK} /`)} >&2; exit ${UNSAFE_ARCHIVE}; }`;
 /**
@@ -93650,9 +93652,7 @@ function extractCommand(kind, prepDir, stage, options = {}) {
         `[ "$word" = go ] || exit 0`,
         `case "$name" in`,
         ...Object.entries(DECODERS).map(([n, c]) => `  ${n}) decode() { wide ${c} | LC_ALL=C ${TAR_X}; } ;;`),
-        // A plain tar goes to tar itself: a cat in between cost the host a core-second for
-        // every 2 GiB.
-        `  none) decode() { LC_ALL=C wide ${TAR_X}; } ;;`,
+        `  none) decode() { ${PLAIN_TAR_X}; } ;;`,
         `  *) echo "unknown decompressor: $name" >&2; exit 2 ;;`,
         `esac`,
         // A failed extraction (cut input, full disk, not a snapshot, unsafe) removes its own
@@ -93704,7 +93704,7 @@ function receiveMoreCommand(stage) {
         `[ -d "$stage" ] && [ ! -L "$stage" ] || { echo "$stage is not a folder" >&2; exit 2; }`,
         REFUSE,
         `rc=0`,
-        checkedExtraction(`LC_ALL=C wide ${TAR_X}`),
+        checkedExtraction(PLAIN_TAR_X),
         `if [ -n "$found" ]; then refuse "$found"; fi`,
         `exit "$rc"`,
     ]);
@@ -100992,6 +100992,9 @@ class FileFetch {
 
 
 
+
+/** The go line of a plain tar (no decompressor): what a tree's channels carry. */
+const PLAIN_GO = goLine({ name: 'none' });
 async function fetchTree(o) {
     const { host, stage } = o;
     const byPath = new Map(o.items.map((i) => [i.path, i]));
@@ -101064,12 +101067,13 @@ async function fetchTree(o) {
     const run = { failed: false };
     const main = new Channel(o.remote, run);
     // The other channels join once the main one holds the staging folder, when there is more
-    // than a file or two to share.
-    const more = todo.length > 1 ? o.more.map((r) => new Channel(r, run)) : [];
-    const unused = o.more.filter((r) => !more.some((c) => c.remote === r));
+    // than one file to share.
+    const shared = todo.length > 1;
+    const more = shared ? o.more.map((r) => new Channel(r, run)) : [];
+    const unused = shared ? [] : o.more;
     const pool = new MemoryPool();
     o.onGo();
-    o.remote.stdin.write('go none\n');
+    o.remote.stdin.write(PLAIN_GO);
     try {
         await Promise.all(unused.map((r) => closeUnused(r)));
         if (more.length > 0)
@@ -101078,7 +101082,7 @@ async function fetchTree(o) {
         // is making failed now and then with "Cannot open: No such file or directory" (GNU tar
         // 1.34), where a folder made by its own stream is there before its files.
         for (const c of more)
-            c.remote.stdin.write('go none\n');
+            c.remote.stdin.write(PLAIN_GO);
         for (const c of [main, ...more])
             for (const d of o.dirs)
                 await c.write(memberHeader(d, 'Directory', 0, 0o755));
@@ -101450,7 +101454,7 @@ async function restore(settings, connect = connectNode) {
     // The data channel connects while the host is checked; it does nothing before its go line.
     const remote = tree ? host.receiveTree(stage) : host.extract(stage);
     // A tree's files share 'ssh-connections' data channels (over OpenSSH, a connection each):
-    // one connection moves at most its window per round trip (see README, restore).
+    // one connection moves at most its window per round trip (see README, Across a real network).
     const more = tree
         ? Array.from({ length: opts.sshConnections - 1 }, () => host.receiveMore(stage))
         : [];

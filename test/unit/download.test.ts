@@ -170,8 +170,9 @@ for (const handler of ['the SDK handler', 'SocketGetHandler'] as const)
       try {
         for await (const chunk of stream) {
           hash.update(chunk);
-          // About 50 MiB/s: far slower than MinIO on loopback.
-          await sleep(Math.ceil(chunk.length / (50 * 1024)));
+          // About 25 MiB/s: far slower than MinIO on loopback, which would have sent nearly all
+          // 48 MiB before the consumer took half of it.
+          await sleep(Math.ceil(chunk.length / (25 * 1024)));
         }
       } finally {
         clearInterval(timer);
@@ -183,9 +184,11 @@ for (const handler of ['the SDK handler', 'SocketGetHandler'] as const)
         stream.peakHeldBytes >= 4 * MiB && stream.peakHeldBytes <= 4 * MiB + 2 * 256 * 1024,
         `${stream.peakHeldBytes} bytes held at most`,
       );
-      // What is held, the chunk handed on, the sockets' buffers; unbounded, it would be most of 48 MiB.
+      // What is held, the chunk handed on, the sockets' and the in-process proxy's buffers: 5-7 MiB
+      // as a rule, 16 MiB once under a loaded machine. Ranges of 24 MiB instead of 2 grew it by
+      // 24-43 MiB; a read with no bound would hold most of the 48 MiB.
       assert.ok(
-        peak - before < 16 * MiB,
+        peak - before < 20 * MiB,
         `array buffers grew by ${((peak - before) / MiB).toFixed(1)} MiB`,
       );
     });

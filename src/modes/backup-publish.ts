@@ -199,11 +199,19 @@ export async function writeTreeSummary(
       'Sent',
       `${m.sent.files} files, ${formatBytes(m.sent.bytes)} (${m.bytes > 0 ? ((m.sent.bytes / m.bytes) * 100).toFixed(1) : '0'}% of the data); the rest was stored already`,
     ],
+    ...(m.sent.ahead
+      ? ([
+          [
+            'Sent while the node ran',
+            `${m.sent.ahead.files} new table files, ${formatBytes(m.sent.ahead.bytes)} in ${formatDuration(timings.ahead ?? 0)}`,
+          ],
+        ] as Array<[string, Cell]>)
+      : []),
     ['Node downtime', formatDuration(timings.downtime ?? 0)],
     ['Hash on the host', formatDuration(timings.hash ?? 0)],
     [
-      'Upload',
-      `${formatDuration(timings.stream ?? 0)} (${formatRate(m.sent.bytes, timings.stream ?? 0)})`,
+      'Upload after the freeze',
+      `${formatDuration(timings.stream ?? 0)} (${formatRate(m.sent.bytes - (m.sent.ahead?.bytes ?? 0), timings.stream ?? 0)})`,
     ],
     ['Stop to listed', formatDuration(timings.stopToListed ?? 0)],
     ['Total', formatDuration(timings.total ?? 0)],

@@ -6,6 +6,7 @@
  * frozen copy is proven still.
  */
 import * as core from '@actions/core';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { errorMessage, HostError } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import type { NodeHost, TreeEntry, TreeListing } from '../node-kind/host.js';
@@ -15,24 +16,56 @@ import type { LeaseKeeper } from '../tree/lease.js';
 import { pool } from '../tree/pool.js';
 import type { Say } from '../progress.js';
 import { fileOf, storedTail, type Source, type Stored } from '../tree/reuse.js';
-import { heldWhole, sendFiles, type SendFile, type Sent, type TreeChannels } from '../tree/send.js';
+import { heldWhole, sendFiles, type SendFile, type Sent } from '../tree/send.js';
+import type { RemoteStream } from '../ssh/session.js';
 import { journalKey, type Journal } from '../tree/store.js';
 import type { TreeBackupArgs } from './backup-tree.js';
+
+/** What a send needs of the run: `dir` is the folder the host's paths are relative to. */
+export type SendArgs = Pick<
+  TreeBackupArgs,
+  'settings' | 'client' | 'host' | 'dir' | 'runId' | 'timings'
+>;
+
+/**
+ * Writes the journal of a run that failed, when it stored something: the next run of this host
+ * finds those files there (tree/reuse.ts) and does not send them again.
+ */
+export async function keepJournal(
+  client: S3Client,
+  bucket: string,
+  prefix: string,
+  journal: Journal,
+  say: Say,
+): Promise<void> {
+  if (journal.files.length === 0) return;
+  journal.updatedAt = new Date().toISOString();
+  await writeJson(client, bucket, journalKey(prefix, journal.run), journal).then(
+    () =>
+      say(
+        `${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`,
+      ),
+    () => undefined,
+  );
+}
 
 /**
  * Sends what the bucket lacks. It may begin while another group is open (the node's start):
  * every line goes to `say`, a HeldLog that backupTree opens in the send's own group.
  */
 export async function sendMissing(o: {
-  a: TreeBackupArgs;
+  a: SendArgs;
   plan: Stored;
   listing: TreeListing;
   lease: LeaseKeeper;
-  channels: TreeChannels;
+  /** `host.sendFiles(a.dir)`, opened ahead. */
+  channel: Promise<RemoteStream>;
   source: Source;
+  /** The run's journal, which may hold what its send ahead of the stop stored. */
+  journal: Journal;
   say: Say;
 }): Promise<{ sent: Sent; journal: Journal }> {
-  const { a, plan, listing, lease, channels, source, say } = o;
+  const { a, plan, listing, lease, channel, source, journal, say } = o;
   const { settings, client, host } = a;
   const { bucket, prefix } = settings.s3;
   // Hashing a file on the host reads it there once more; that pays only where its object may
@@ -84,12 +117,7 @@ export async function sendMissing(o: {
     });
   later.catch(() => undefined);
 
-  const journal: Journal = {
-    run: a.runId,
-    source,
-    updatedAt: new Date().toISOString(),
-    files: [],
-  };
+  journal.source = source;
   let lastJournal = performance.now();
   const writeJournal = async (): Promise<void> => {
     journal.updatedAt = new Date().toISOString();
@@ -105,7 +133,7 @@ export async function sendMissing(o: {
   let sent: Sent;
   try {
     sent = await sendFiles({
-      channel: channels.send,
+      channel,
       host,
       client,
       bucket,
@@ -130,15 +158,7 @@ export async function sendMissing(o: {
       },
     });
   } catch (error) {
-    if (journal.files.length > 0) {
-      await writeJournal().then(
-        () =>
-          say(
-            `${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`,
-          ),
-        () => undefined,
-      );
-    }
+    await keepJournal(client, bucket, prefix, journal, say);
     throw error;
   }
   a.timings.stream = secondsSince(tSend);

@@ -38,21 +38,26 @@ import {
   type Source,
   type Stored,
 } from '../tree/reuse.js';
-import { journalKey, storedObjects } from '../tree/store.js';
+import { journalKey, storedObjects, type Journal } from '../tree/store.js';
+import { withSentAhead, type SentAhead } from './backup-tree-ahead.js';
 import { HeldLog } from '../progress.js';
 
 /**
- * What a tree backup sets going before the node stops, to run while it stops, freezes and
- * starts: its two data channels (tree/send.ts), which connect and wait for their go line, and
- * the bucket's side of what is stored already (tree/reuse.ts, `readAhead`), which needs
- * nothing of the frozen copy. `close` ends what the run did not: the channels, and the lease
- * of a run that published nothing.
+ * What a tree backup sets going before the node stops: its two data channels (tree/send.ts),
+ * which connect and wait for their go line (kept alive while the new table files go up ahead
+ * of the stop, backup-tree-ahead.ts), and the bucket's side of what is stored already
+ * (tree/reuse.ts, `readAhead`), which needs nothing of the frozen copy. `close` ends what the
+ * run did not: the channels, and the lease of a run that published nothing.
  */
 export interface TreeStart {
   channels: TreeChannels;
   lease: LeaseKeeper;
   source: Source;
   ahead: Promise<Ahead>;
+  /** What this run stored, for the next run should it fail: begun ahead of the stop. */
+  journal: Journal;
+  /** What the send ahead of the stop stored, once it ran. */
+  sentAhead?: SentAhead;
   close(): Promise<void>;
 }
 
@@ -85,6 +90,7 @@ export function startTree(a: {
     lease,
     source,
     ahead,
+    journal: { run: a.runId, source, updatedAt: new Date().toISOString(), files: [] },
     close: async () => {
       await lease.stop({ hold: false }).catch(() => undefined);
       await closeTreeChannels(channels);
@@ -147,8 +153,9 @@ export function beginTree(
       plan,
       listing: l,
       lease: args.start.lease,
-      channels: args.start.channels,
+      channel: args.start.channels.send,
       source: { ...args.start.source, device: l.device },
+      journal: args.start.journal,
       say: log.say,
     }),
   );
@@ -160,12 +167,12 @@ export function beginTree(
 function planFrozen(start: TreeStart, listing: Promise<TreeListing>): Promise<FrozenPlan> {
   const planned = listing.then(async (l) => {
     const files = l.entries.filter((e) => e.type === 'file');
-    const ahead = await start.ahead;
+    const ahead = withSentAhead(await start.ahead, start.sentAhead);
     // The earlier runs were found by the data dir's device, read before the freeze; the frozen
     // copy is on it by construction. Were it not, an inode would prove nothing: none is used.
     const sameDevice = l.device === start.source.device;
     const plan = await proveUnchanged(
-      sameDevice ? ahead : { ...ahead, before: new Map() },
+      sameDevice ? ahead : { ...ahead, before: new Map(), listedAhead: false },
       files,
       start.channels.tails,
       start.lease,
@@ -281,6 +288,9 @@ async function backupWithLease(run: TreeRun): Promise<TreeBackupResult> {
   });
 
   const bytes = treeList.reduce((s, f) => s + f.size, 0);
+  const early = a.start.sentAhead;
+  const ahead = early?.files.length ? { files: early.files.length, bytes: early.bytes } : undefined;
+  if (ahead && early) a.timings.ahead = early.seconds;
   const manifest: TreeManifest = {
     format: TREE_FORMAT,
     key: folder,
@@ -293,7 +303,14 @@ async function backupWithLease(run: TreeRun): Promise<TreeBackupResult> {
     files: treeList,
     dirs: listing.entries.filter((e) => e.type === 'dir').map((e) => e.path),
     bytes,
-    sent: { files: sent.files, bytes: sent.bytes },
+    // What this run moved: after the freeze, and ahead of the stop.
+    sent: ahead
+      ? {
+          files: sent.files + ahead.files,
+          bytes: sent.bytes + ahead.bytes,
+          ahead,
+        }
+      : { files: sent.files, bytes: sent.bytes },
     consistency: settings.backup.consistency,
     source,
     createdAt: a.snapshotAt.toISOString(),

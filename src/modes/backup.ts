@@ -19,6 +19,7 @@ import { planParts } from '../s3/upload.js';
 import { MAX_UPLOAD_BUFFER_BYTES, type Settings, type SshSettings } from '../settings.js';
 import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import { readEarlier } from '../tree/reuse.js';
+import { sendAhead } from './backup-tree-ahead.js';
 import { archiveBound } from './backup-stream.js';
 import { stopFreezeStart } from './backup-freeze.js';
 import { backupArchive, type ArchiveMade } from './backup-archive.js';
@@ -92,18 +93,19 @@ export async function backup(
       return l;
     });
 
-    const at = await core.group('Block height', async () => {
-      const h = await host.height();
-      if (h === undefined) return undefined;
-      // The manifest's facts (the block's hash, where the kind has one) are read now, while
-      // the node answers: after the stop they would be in the way of the publish.
-      const f = await host.facts(h);
-      core.info(
-        `The node reports block height ${h}${f.blockHash ? `, block hash ${f.blockHash}` : ''}.`,
-      );
-      return { height: h, facts: f };
-    });
-    if (at === undefined) {
+    const readHeight = () =>
+      core.group('Block height', async () => {
+        const h = await host.height();
+        if (h === undefined) return undefined;
+        // The manifest's facts (the block's hash, where the kind has one) are read now, while
+        // the node answers: after the stop they would be in the way of the publish.
+        const f = await host.facts(h);
+        core.info(
+          `The node reports block height ${h}${f.blockHash ? `, block hash ${f.blockHash}` : ''}.`,
+        );
+        return { height: h, facts: f };
+      });
+    const notInService = async (): Promise<BackupResult> => {
       core.warning(
         `The node's peer API (${settings.node.peerUrl}) does not answer: no backup is taken of a node that is not ` +
           `in service. Starting the node in case it is down; the next scheduled run will take the backup.`,
@@ -115,8 +117,9 @@ export async function backup(
         .addRaw(`The peer API of ${ssh.host} did not answer; the start command was run.`, true)
         .write();
       return { skipped: true };
-    }
-    const { height, facts } = at;
+    };
+    let at = await readHeight();
+    if (at === undefined) return await notInService();
 
     // The parts are planned, and a part size too small refused, before the node stops.
     const parts = planParts(
@@ -131,6 +134,39 @@ export async function backup(
       );
     }
 
+    let source = host.dataDir;
+    let sizes: Sizes;
+    if (settings.backup.consistency === 'hardlink') {
+      stage = layout.sameDevice
+        ? `${dirname(host.dataDir)}/.prep-snapshot-staging-${runId}`
+        : `${host.dataDir}/.prep-snapshot-staging-${runId}`;
+      core.saveState(State.StagingDir, stage);
+      source = stage;
+    }
+    if (tree) {
+      // What the bucket holds is read, and the data channels onto the frozen copy connect; the
+      // new table files go up while the node runs (backup-tree-ahead.ts). The snapshot's height
+      // is the node's at the stop, read after that.
+      treeStart = startTree({
+        settings,
+        client,
+        host,
+        dir: source,
+        device: layout.device,
+        facts: at.facts,
+        runId,
+        earlier,
+      });
+      const start = treeStart;
+      await core.group('Send the new table files while the node runs', () =>
+        sendAhead({ settings, client, host, start }),
+      );
+      const atStop = await readHeight();
+      if (atStop === undefined) return await notInService();
+      at = atStop;
+    }
+    const { height, facts } = at;
+
     const snapshotAt = now();
     const name = archiveName(
       settings.s3.service,
@@ -139,35 +175,14 @@ export async function backup(
       tree ? 'tree' : settings.backup.compression,
     );
     const key = archiveKey(settings.s3.prefix, name);
-    let source = host.dataDir;
-    let sizes: Sizes;
-
     const localCopy =
       settings.backup.localCopy && !tree
         ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
         : undefined;
-    if (settings.backup.consistency === 'hardlink') {
-      stage = layout.sameDevice
-        ? `${dirname(host.dataDir)}/.prep-snapshot-staging-${runId}`
-        : `${host.dataDir}/.prep-snapshot-staging-${runId}`;
-      core.saveState(State.StagingDir, stage);
-      source = stage;
-    }
     // The data channel connects while the node stops and the copy freezes; it archives
-    // nothing before its go line. A tree's two channels do the same, and what the bucket
-    // holds is read meanwhile.
+    // nothing before its go line. A tree's two channels do the same.
     let treeArgs: TreeBackupArgs | undefined;
-    if (tree) {
-      treeStart = startTree({
-        settings,
-        client,
-        host,
-        dir: source,
-        device: layout.device,
-        facts,
-        runId,
-        earlier,
-      });
+    if (treeStart) {
       treeArgs = {
         settings,
         client,

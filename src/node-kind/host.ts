@@ -155,8 +155,11 @@ export interface NodeHost {
   restoredAs(address: string): string;
 
   // --- trees (see tree/layout.ts) -----------------------------------------------------
-  /** The snapshot's files and directories under `dir`, named as a snapshot stores them. */
-  listTree(dir: string): Promise<TreeListing>;
+  /**
+   * The snapshot's files and directories under `dir`, named as a snapshot stores them. `live`:
+   * `dir` is the data dir of the running node, whose files come and go while it is read.
+   */
+  listTree(dir: string, options?: { live?: boolean }): Promise<TreeListing>;
   /**
    * The same listing, its session opened now and the walk made on `go`: opened as the node
    * stops, the frozen copy's listing waits for no new session while the node starts.
@@ -167,8 +170,11 @@ export interface NodeHost {
   // exists, as the node stops), it waits for its line.
   /** The last 10,240 bytes (the whole file when smaller) of each path, one after the other. */
   fileTails(dir: string): RemoteStream;
-  /** An uncompressed tar of the paths, in order (read `source`). */
-  sendFiles(dir: string): Promise<RemoteStream>;
+  /**
+   * An uncompressed tar of the paths, in order (read `source`). `live`: `dir` is the running
+   * node's data dir, and a path gone by the time tar opens it is left out.
+   */
+  sendFiles(dir: string, options?: { live?: boolean }): Promise<RemoteStream>;
   /** sha256 of files under `dir` (paths as on the host), computed on the host. */
   hashFiles(dir: string, paths: string[]): Promise<Map<string, string>>;
   /**

@@ -64,10 +64,14 @@ export abstract class SshHost {
   /** The prep dir, under which a restore's staging folder is made. */
   protected abstract get prepDir(): string;
 
-  async listTree(dir: string): Promise<TreeListing> {
+  async listTree(dir: string, options: { live?: boolean } = {}): Promise<TreeListing> {
     return this.treeListing(
       dir,
-      await this.session.run('Listing the snapshot', listTreeCommand(this.tree, dir), LISTING),
+      await this.session.run(
+        options.live ? 'Listing the data dir' : 'Listing the snapshot',
+        listTreeCommand(this.tree, dir, options.live),
+        LISTING,
+      ),
     );
   }
 
@@ -119,8 +123,8 @@ export abstract class SshHost {
     );
   }
 
-  sendFiles(dir: string): Promise<RemoteStream> {
-    return this.session.streamOut(sendFilesCommand(dir));
+  sendFiles(dir: string, options: { live?: boolean } = {}): Promise<RemoteStream> {
+    return this.session.streamOut(sendFilesCommand(dir, options.live));
   }
 
   receiveTree(stage: string): RemoteStream {

@@ -28,15 +28,17 @@ export interface Listing {
 
 /**
  * Every entry under the kind's roots in `dir`, NUL-terminated: type, size, inode, mtime, mode
- * and path. A shared lock on the folder while it is read, as for an archive.
+ * and path. A shared lock on the folder while it is read, as for an archive. `live`: the node
+ * runs in `dir`, and an entry that it removes while find reads its folder is no error.
  */
-export function listTreeCommand(kind: Tree, dir: string): string {
+export function listTreeCommand(kind: Tree, dir: string, live = false): string {
+  const find = `find ${kind.roots.map(quote).join(' ')} -printf '%y %s %i %T@ %m %p\\0'`;
   return bashScript([
     `cd -- ${quote(dir)}`,
     `exec 9<.`,
     `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
     `printf 'device=%s\\0' "$(stat -c %d .)"`,
-    `find ${kind.roots.map(quote).join(' ')} -printf '%y %s %i %T@ %m %p\\0'`,
+    live ? `${find} 2>/dev/null || true` : find,
   ]);
 }
 
@@ -97,15 +99,17 @@ export function tailsCommand(dir: string): string {
  * as we read it" (exit 1) is reported as `CHANGED_MARK` on stderr, not as a failure: in a
  * staging folder of hard links the node removing its own link of a table it compacted away
  * moves the inode's ctime, though no byte changed; the runner proves that (tree/send.ts).
+ * `live`: the node runs in `dir`, and a file it removed before tar opened it is left out of
+ * the tar (a warning on stderr), not a failure.
  */
-export function sendFilesCommand(dir: string): string {
+export function sendFilesCommand(dir: string, live = false): string {
   return bashScript([
     ...WAIT_FOR_GO,
     `cd -- ${quote(dir)}`,
     `exec 9<.`,
     `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
     `rc=0`,
-    `LC_ALL=C tar --create --file=- --blocking-factor=2048 --null --no-recursion --files-from=- || rc=$?`,
+    `LC_ALL=C tar --create --file=- --blocking-factor=2048 ${live ? '--ignore-failed-read ' : ''}--null --no-recursion --files-from=- || rc=$?`,
     `case "$rc" in 0) ;; 1) echo ${CHANGED_MARK} >&2 ;; *) exit "$rc" ;; esac`,
   ]);
 }

@@ -55,8 +55,11 @@ export interface TreeManifest {
   /** Every directory of the snapshot, empty ones included, relative to the data dir. */
   dirs: string[];
   bytes: number;
-  /** What this backup sent; the rest was stored already. */
-  sent: { files: number; bytes: number };
+  /**
+   * What this backup sent; the rest was stored already. `ahead`: the part of it sent while the
+   * node ran, before the stop (new table files).
+   */
+  sent: { files: number; bytes: number; ahead?: { files: number; bytes: number } };
   consistency: 'hardlink' | 'stop';
   source: {
     host: string;

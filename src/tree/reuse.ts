@@ -87,6 +87,11 @@ export interface Ahead {
   journals: Earlier['journals'];
   /** When the lease was first written (a sweep's mark is compared with it). */
   leasedWall: number;
+  /**
+   * This run listed the running node's tables and sent them ahead of the stop: `before` holds
+   * what it stored, and a table file it did not see is one the node wrote since.
+   */
+  listedAhead?: boolean;
 }
 
 export async function readAhead(a: {
@@ -130,7 +135,7 @@ export interface Stored {
   journals: Ahead['journals'];
   leasedWall: number;
   hasPrevious: boolean;
-  /** The paths earlier runs of this host recorded. */
+  /** The paths earlier runs of this host, or this run's send ahead of the stop, recorded. */
   known: Set<string>;
   /** What was found, in a line for the log (the proof may run while another group is open). */
   summary: string;
@@ -174,14 +179,15 @@ export async function proveUnchanged(
     summary:
       `${stored.size} objects stored; ${done.size} files proven unchanged since ` +
       `${ahead.previousKey ?? 'no earlier snapshot of this host'}` +
-      `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`,
+      `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}` +
+      `${ahead.listedAhead ? ' and the send ahead of the stop' : ''}; ${unproven.length} to hash on the host.`,
     stored,
     done,
     unproven,
     tails: tailOf,
     journals,
     leasedWall: ahead.leasedWall,
-    hasPrevious: ahead.previousKey !== undefined,
+    hasPrevious: ahead.previousKey !== undefined || ahead.listedAhead === true,
     known: new Set(before.keys()),
   };
 }

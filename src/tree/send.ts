@@ -56,6 +56,12 @@ export interface SendOptions {
   channel?: Promise<RemoteStream>;
   /** Where the progress lines go (the log when not given). */
   say?: Say;
+  /**
+   * The files are the running node's (a send ahead of the stop): one that it removed, or that
+   * no longer reads as listed (a table still being written), is left out, counted in
+   * `Sent.skipped`, not a failure. Every file must be held whole.
+   */
+  live?: boolean;
 }
 
 /**
@@ -118,15 +124,17 @@ export interface Sent {
    * a byte written. The caller proves which (its listing's sizes and mtimes, read again).
    */
   linksChanged: boolean;
+  /** With `live`: the files left out, gone or changed since they were listed. */
+  skipped: number;
 }
 
 export async function sendFiles(o: SendOptions): Promise<Sent> {
   // Nothing to send meanwhile: what comes later is all there is.
   if (o.later && o.files.length === 0)
     return sendFiles({ ...o, files: await o.later, later: undefined });
-  if (o.files.length === 0) return { files: 0, bytes: 0, linksChanged: false };
+  if (o.files.length === 0) return { files: 0, bytes: 0, linksChanged: false, skipped: 0 };
   const unhashed = (files: SendFile[]): Error | undefined => {
-    const f = files.find((f) => !f.sha256 && !heldWhole(f.entry.size, o.bytesInFlight));
+    const f = files.find((f) => (o.live || !f.sha256) && !heldWhole(f.entry.size, o.bytesInFlight));
     return f && new Error(`${f.entry.path} is streamed alone: it needs the host's hash`);
   };
   const first = unhashed(o.files);
@@ -136,7 +144,14 @@ export async function sendFiles(o: SendOptions): Promise<Sent> {
   const progress = new FileProgress('Upload', o.files.length, total, undefined, say);
   const budget = new Budget(o.filesInFlight, o.bytesInFlight);
   const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
-  const remote = await (o.channel ?? o.host.sendFiles(o.dir));
+  const remote = await (o.channel ?? o.host.sendFiles(o.dir, { live: o.live }));
+  let skipped = 0;
+  let skippedBytes = 0;
+  const skip = (size: number): void => {
+    skipped++;
+    skippedBytes += size;
+    progress.grow(-1, -size);
+  };
   let linksChanged = false;
   remote.onStderrLine((line) => {
     if (line === CHANGED_MARK) linksChanged = true;
@@ -179,6 +194,13 @@ export async function sendFiles(o: SendOptions): Promise<Sent> {
         break;
       }
       const file = byPath.get(member.name);
+      if (o.live && file && member.type === 'file' && member.size !== file.entry.size) {
+        // A table the node was still writing when it was listed: sent once it is whole.
+        byPath.delete(member.name);
+        await reader.skip(member.size + padding(member.size));
+        skip(file.entry.size);
+        continue;
+      }
       if (!file || member.type !== 'file' || member.size !== file.entry.size) {
         throw new IntegrityError(
           `The host sent ${member.name} (${member.size} bytes), which is not the file it listed` +
@@ -204,6 +226,11 @@ export async function sendFiles(o: SendOptions): Promise<Sent> {
       const upload = (async () => {
         try {
           const actual = createHash('sha256').update(body).digest('hex');
+          if (sha256 && actual !== sha256 && o.live) {
+            skip(entry.size);
+            sent--;
+            return;
+          }
           if (sha256 && actual !== sha256) throw changedError(entry.path, sha256, actual);
           const tail = new TailHasher();
           tail.update(body);
@@ -231,13 +258,16 @@ export async function sendFiles(o: SendOptions): Promise<Sent> {
           )
         : new RemoteCommandError('Sending the files', code, remote.stderrTail());
     }
-    if (byPath.size > 0) {
+    if (o.live) {
+      // The node removed them before tar opened them (a compaction): they are in no snapshot.
+      for (const f of byPath.values()) skip(f.entry.size);
+    } else if (byPath.size > 0) {
       throw new IntegrityError(
         `The host did not send ${byPath.size} of the files it listed (the first: ${[...byPath.keys()][0]}). Nothing was published.`,
       );
     }
     say(progress.line());
-    return { files: sent, bytes: total, linksChanged };
+    return { files: sent, bytes: total - skippedBytes, linksChanged, skipped };
   } catch (error) {
     remote.kill();
     await Promise.allSettled([...uploads]);

@@ -52,7 +52,7 @@ interface Manifest {
   blockHeight: number;
   files: Array<{ path: string; size: number; sha256: string; tail: string }>;
   bytes: number;
-  sent: { files: number; bytes: number };
+  sent: { files: number; bytes: number; ahead?: { files: number; bytes: number } };
   facts: Record<string, string>;
 }
 
@@ -140,11 +140,27 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
       'table files',
     );
     assert.ok(!m.files.some((f) => /\/(cache|tmp)\/|LOCK$|\.sock$/.test(f.path)));
-    assert.equal(m.sent.files, new Set(m.files.map((f) => f.sha256)).size, 'everything sent once');
-    // Nothing was stored: no file is read twice on the host, each is hashed as it arrives.
-    assert.match(
-      said(r),
-      new RegExp(`0 files hashed in .*; ${m.files.length} other files \\(nothing is stored yet\\)`),
+    // Nothing was stored: every table file went up while the node ran, hashed as it arrived;
+    // after the freeze they were proven as recorded then, and only the rest was sent.
+    const ahead =
+      /(\d+) of the (\d+) table files \(.*\) are new: they go up now, while the node runs/.exec(
+        said(r),
+      );
+    assert.ok(ahead, said(r));
+    assert.equal(ahead[1], ahead[2], 'every table is new');
+    assert.ok(m.sent.ahead && m.sent.ahead.files > 0, JSON.stringify(m.sent));
+    const proven = Number(
+      /(\d+) files proven unchanged since no earlier snapshot of this host and the send ahead of the stop/.exec(
+        said(r),
+      )?.[1],
+    );
+    const tables = m.files.filter((f) => f.path.endsWith('.ldb')).length;
+    assert.ok(proven > 0 && proven <= tables, `${proven} proven, ${tables} tables`);
+    if (!/left out/.test(said(r)) && tables === Number(ahead[2])) assert.equal(proven, tables);
+    assert.equal(
+      m.sent.files - m.sent.ahead.files,
+      m.files.length - proven,
+      'after the freeze, what was not sent ahead',
     );
     const keys = await s3.listKeys(bucket, 'MainNet/objects/');
     for (const f of m.files) assert.ok(keys.includes(`MainNet/objects/${f.sha256}`), f.path);
@@ -189,13 +205,20 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
     assert.ok(b.sent.files <= fresh.length, `${b.sent.files} sent, ${fresh.length} new`);
     assert.ok(b.sent.files < b.files.length / 2, `${b.sent.files} of ${b.files.length} sent`);
     assert.match(said(r), /files proven unchanged since MainNet\/\d{8}\/.*\.tree\/manifest\.json/);
-    // The tables written since the first backup are not read twice on the host; the files that
-    // change in place (MANIFEST, journals, wal) are hashed there first.
+    // The tables written since the first backup went up while the node ran, hashed as they
+    // arrived, not on the host; the files that change in place (MANIFEST, journals, wal) are
+    // hashed there first, once frozen.
+    const ahead = /(\d+) of the (\d+) table files \(.*\) are new/.exec(said(r));
+    assert.ok(ahead, said(r));
+    assert.ok(Number(ahead[1]) > 0 && Number(ahead[1]) < Number(ahead[2]), ahead[0]);
+    assert.equal(
+      b.sent.ahead?.files,
+      Number(ahead[1]) - Number(/; (\d+) left out/.exec(said(r))?.[1] ?? 0),
+    );
     const hashing = /(\d+) files hashed in .*; (\d+) table files new since the last snapshot/.exec(
       said(r),
     );
     assert.ok(hashing, said(r));
-    assert.ok(Number(hashing[2]) > 0, 'new tables hashed as they arrive');
     assert.ok(Number(hashing[1]) > 0, 'files changed in place hashed on the host');
     // No sweep ran here: the lease alone keeps what the run relies on, with no wait and no check.
     assert.match(said(r), /No sweep of objects ran since 6 h 10 min before this run's lease/);
@@ -218,6 +241,9 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
       await proxy.stop();
     }
     assert.notEqual(cut.code, 0, said(cut));
+    // The new tables go up before the stop: the cut came then, and the node never stopped.
+    assert.match(said(cut), /are new: they go up now, while the node runs/);
+    assert.doesNotMatch(said(cut), /Stopping the node/);
     assert.match(said(cut), /(\d+) files stored before the failure are kept/);
     const kept = Number(/(\d+) files stored before the failure are kept/.exec(said(cut))?.[1]);
     assert.ok(kept > 0);
@@ -265,18 +291,26 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
     const stages = () =>
       readdirSync(join(g.nodeDir, '..')).filter((n) => n.startsWith('.prep-snapshot-staging-'));
     const stagesBefore = stages();
-    // The bucket's check at the start goes through (a few hundred bytes); the next request, the
-    // first of the tree's after the freeze, is cut, and S3 is refused from then on.
-    const proxy = await startCutProxy({ targetPort: s3.port, upBytes: 1000, refuseAfterCut: true });
+    // S3 is cut, and refused from then on, as the staging folder appears: as the node stops.
+    const proxy = await startCutProxy({ targetPort: s3.port, refuseAfterCut: true });
     let r: RunResult;
+    let watching = true;
+    const watch = (async () => {
+      while (watching && stages().length === stagesBefore.length)
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      if (watching) proxy.cut();
+    })();
     try {
       r = await run(backupInputs(), `http://127.0.0.1:${proxy.port}`);
     } finally {
+      watching = false;
+      await watch;
       await proxy.stop();
     }
+    assert.equal(proxy.cuts, 1, 'S3 was cut as the node stopped');
     assert.notEqual(r.code, 0, said(r));
     assert.match(said(r), /The node was down for/, 'the copy was frozen before S3 failed');
-    assert.doesNotMatch(said(r), /files proven unchanged|Send \d+ files/, 'no file was read');
+    assert.doesNotMatch(said(r), /::group::Publish/);
     // The two data channels opened for the files were ended: the process ended on its own.
     assert.equal(r.timedOut, false);
     assert.equal((await g.chain()).state, 'started');

@@ -41,11 +41,14 @@ function file(name: string, size: number): { entry: TreeEntry; bytes: Buffer } {
  * a tar blocked on its output dies of SIGPIPE (signalling `sh` alone would leave it blocked,
  * holding this process's end of the pipes open).
  */
-function localSend(env: NodeJS.ProcessEnv = process.env): {
+function localSend(
+  env: NodeJS.ProcessEnv = process.env,
+  live = false,
+): {
   remote: RemoteStream;
   input: () => string;
 } {
-  const child = spawn('sh', ['-c', sendFilesCommand(dir)], {
+  const child = spawn('sh', ['-c', sendFilesCommand(dir, live)], {
     stdio: ['pipe', 'pipe', 'pipe'],
     env,
   });
@@ -143,7 +146,7 @@ describe('a tree backup’s send, with files decided later', { timeout: 30_000 }
     );
     const { o, stored } = options(remote, client, [{ entry: a.entry }, { entry: b.entry }], later);
     const sent = await sendFiles(o);
-    assert.deepEqual(sent, { files: 3, bytes: 370_005, linksChanged: false });
+    assert.deepEqual(sent, { files: 3, bytes: 370_005, linksChanged: false, skipped: 0 });
     assert.deepEqual(stored.sort(), ['MANIFEST-000002', 'a.ldb', 'b.ldb']);
     for (const f of [a, b, c])
       assert.ok(objects.get(objectKey('p', sha(f.bytes)))?.equals(f.bytes));
@@ -156,7 +159,12 @@ describe('a tree backup’s send, with files decided later', { timeout: 30_000 }
     const { remote } = localSend();
     const { client, objects } = bucket();
     const { o } = options(remote, client, [], Promise.resolve([{ entry: c.entry }]));
-    assert.deepEqual(await sendFiles(o), { files: 1, bytes: 1000, linksChanged: false });
+    assert.deepEqual(await sendFiles(o), {
+      files: 1,
+      bytes: 1000,
+      linksChanged: false,
+      skipped: 0,
+    });
     assert.ok(objects.has(objectKey('p', sha(c.bytes))));
   });
 
@@ -188,13 +196,56 @@ describe('a tree backup’s send, with files decided later', { timeout: 30_000 }
     const e = file('e.ldb', 3000);
     const changed = localSend(fake(1));
     const one = options(changed.remote, bucket().client, [{ entry: e.entry }]);
-    assert.deepEqual(await sendFiles(one.o), { files: 1, bytes: 3000, linksChanged: true });
+    assert.deepEqual(await sendFiles(one.o), {
+      files: 1,
+      bytes: 3000,
+      linksChanged: true,
+      skipped: 0,
+    });
     const failed = localSend(fake(2));
     const two = options(failed.remote, bucket().client, [{ entry: e.entry }]);
     await assert.rejects(sendFiles(two.o), /Sending the files failed \(exit 2\)/);
     const plain = localSend();
     const three = options(plain.remote, bucket().client, [{ entry: e.entry }]);
     assert.equal((await sendFiles(three.o)).linksChanged, false);
+  });
+});
+
+describe('a send of the running node’s tables, ahead of the stop', { timeout: 30_000 }, () => {
+  it('leaves out a table removed before tar opened it and one that grew since it was listed', async () => {
+    const a = file('live-a.ldb', 40_000);
+    const gone = file('live-gone.ldb', 2000);
+    const grown = file('live-grown.ldb', 1000);
+    const b = file('live-b.ldb', 7);
+    // The node compacts one away and is still writing the other.
+    rmSync(join(dir, 'live-gone.ldb'));
+    writeFileSync(join(dir, 'live-grown.ldb'), Buffer.alloc(1500, 'x'));
+    const files = [a, gone, grown, b].map((f) => ({ entry: f.entry }));
+    const { remote } = localSend(process.env, true);
+    const { client, objects } = bucket();
+    const { o, stored } = options(remote, client, files);
+    const sent = await sendFiles({ ...o, live: true });
+    assert.deepEqual(sent, { files: 2, bytes: 40_007, linksChanged: false, skipped: 2 });
+    assert.deepEqual(stored.sort(), ['live-a.ldb', 'live-b.ldb']);
+    assert.deepEqual(
+      [...objects.keys()].sort(),
+      [objectKey('p', sha(a.bytes)), objectKey('p', sha(b.bytes))].sort(),
+    );
+    assert.equal(await remote.exit, 0);
+  });
+
+  it('the same files from a frozen copy fail the send: there, nothing may change', async () => {
+    const a = file('frozen-a.ldb', 4000);
+    const gone = file('frozen-gone.ldb', 2000);
+    rmSync(join(dir, 'frozen-gone.ldb'));
+    const { remote } = localSend();
+    const { o } = options(remote, bucket().client, [{ entry: a.entry }, { entry: gone.entry }]);
+    await assert.rejects(sendFiles(o), /Sending the files failed \(exit 2\)/);
+    const grown = file('frozen-grown.ldb', 1000);
+    writeFileSync(join(dir, 'frozen-grown.ldb'), Buffer.alloc(1500, 'x'));
+    const again = localSend();
+    const two = options(again.remote, bucket().client, [{ entry: grown.entry }]);
+    await assert.rejects(sendFiles(two.o), /not the file it listed/);
   });
 });
 

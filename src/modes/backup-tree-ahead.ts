@@ -1,0 +1,145 @@
+/**
+ * A tree backup's send ahead of the stop: the table files of the running node that no earlier
+ * run stored go up while it runs, and the node stops only once they are in the bucket.
+ *
+ * LevelDB and goleveldb write a table file once and never change it. One sent now is the frozen
+ * copy's own when, at the freeze, it is still there unchanged: the frozen copy's proof takes it
+ * as it takes an earlier snapshot's files (same path, size, inode and mtime, and the same last
+ * 10,240 bytes; tree/reuse.ts), and what the node wrote meanwhile goes up after the freeze. A
+ * table still being written, or removed by a compaction before tar opened it, is left out here
+ * and read from the frozen copy if the snapshot holds it. So the bulk of a first backup, and a
+ * day's new tables, go up with the node running: the snapshot is listed seconds after the stop,
+ * and the frozen copy's hard links keep the tables a compaction removes for seconds, not hours.
+ */
+import * as core from '@actions/core';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { errorMessage } from '../errors.js';
+import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
+import type { NodeHost, TreeEntry } from '../node-kind/host.js';
+import type { Settings } from '../settings.js';
+import { isTableFile, reusable, type TreeFile } from '../tree/layout.js';
+import { fileOf, type Ahead } from '../tree/reuse.js';
+import { heldWhole, sendFiles } from '../tree/send.js';
+import { writeJson } from '../s3/store.js';
+import { journalKey } from '../tree/store.js';
+import { keepJournal } from './backup-tree-send.js';
+import type { TreeStart } from './backup-tree.js';
+
+/** What the send ahead of the stop stored: the frozen copy's proof takes these as recorded. */
+export interface SentAhead {
+  files: TreeFile[];
+  bytes: number;
+  /** Table files the node removed, or was still writing, while they were read. */
+  skipped: number;
+  seconds: number;
+}
+
+/**
+ * Sends the running node's new table files: those no earlier run of this host recorded (every
+ * one, when nothing is stored yet). A table an earlier run recorded is proven after the freeze
+ * as before; one that may be stored under another name is hashed on the host after the freeze
+ * (backup-tree-send.ts), as sending it now could send bytes the bucket holds.
+ */
+export async function sendAhead(o: {
+  settings: Settings;
+  client: S3Client;
+  host: NodeHost;
+  start: TreeStart;
+}): Promise<SentAhead | undefined> {
+  const { settings, client, host, start } = o;
+  const { bucket, prefix } = settings.s3;
+  const t = performance.now();
+  const ahead = await start.ahead;
+  const live = await host.listTree(host.dataDir, { live: true });
+  const tables = live.entries.filter((e) => e.type === 'file' && isTableFile(e.path));
+  const provenLater = (e: TreeEntry): boolean => {
+    const sha = reusable(e, ahead.before.get(e.path));
+    return sha !== undefined && ahead.stored.get(sha) === e.size;
+  };
+  // Where this host has a record (its last snapshot, or a run cut short), a table it lacks is
+  // data that no snapshot has seen. Without one, a stored object may hold it already.
+  const recorded = ahead.previousKey !== undefined || ahead.journals.length > 0;
+  if (ahead.stored.size > 0 && !recorded) {
+    core.info(
+      `${tables.length} table files in the data dir, and no snapshot of this host: the bucket's objects may ` +
+        `hold them (a node restored from it), so they are hashed on the host once frozen and sent only where missing.`,
+    );
+    return undefined;
+  }
+  const fresh = (e: TreeEntry): boolean => ahead.stored.size === 0 || !ahead.before.has(e.path);
+  const todo = tables.filter(
+    (e) => !provenLater(e) && fresh(e) && heldWhole(e.size, settings.s3.bytesInFlight),
+  );
+  const result: SentAhead = { files: [], bytes: 0, skipped: 0, seconds: 0 };
+  start.sentAhead = result;
+  if (todo.length === 0) {
+    core.info(
+      `${tables.length} table files in the data dir, none new: earlier runs stored them, or they ` +
+        `are hashed on the host once frozen.`,
+    );
+    return result;
+  }
+  const bytes = todo.reduce((s, e) => s + e.size, 0);
+  core.info(
+    `${todo.length} of the ${tables.length} table files (${formatBytes(bytes)}) are new: they go up now, ` +
+      `while the node runs.`,
+  );
+  const { journal, lease } = start;
+  const writeJournal = async (): Promise<void> => {
+    journal.updatedAt = new Date().toISOString();
+    await writeJson(client, bucket, journalKey(prefix, journal.run), journal);
+  };
+  let lastJournal = performance.now();
+  try {
+    const sent = await sendFiles({
+      host,
+      client,
+      bucket,
+      prefix,
+      dir: host.dataDir,
+      files: todo.map((entry) => ({ entry })),
+      filesInFlight: settings.s3.filesInFlight,
+      bytesInFlight: settings.s3.bytesInFlight,
+      live: true,
+      onStored: (entry, sha, tail) => {
+        const f = fileOf(entry, sha, tail);
+        result.files.push(f);
+        journal.files.push(f);
+        lease.add([sha]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
+        // Every 30 s, what is stored so far: a run cut short, or a runner gone, is resumed from it.
+        if (performance.now() - lastJournal > 30_000) {
+          lastJournal = performance.now();
+          writeJournal().catch((e) => core.debug(`journal: ${errorMessage(e)}`));
+        }
+      },
+    });
+    result.bytes = sent.bytes;
+    result.skipped = sent.skipped;
+  } catch (error) {
+    await keepJournal(client, bucket, prefix, journal, (line) => core.info(line));
+    throw error;
+  }
+  // Kept from now on: a run cut after this point sends none of it again.
+  await writeJournal();
+  result.seconds = secondsSince(t);
+  core.info(
+    `Sent ${result.files.length} table files, ${formatBytes(result.bytes)} in ${formatDuration(result.seconds)} ` +
+      `(${formatRate(result.bytes, result.seconds)})` +
+      (result.skipped > 0
+        ? `; ${result.skipped} left out (removed by the node, or still being written): the frozen copy has what is current.`
+        : '.'),
+  );
+  return result;
+}
+
+/** The bucket's side of what is stored, with what the send ahead of the stop stored in it. */
+export function withSentAhead(ahead: Ahead, sent: SentAhead | undefined): Ahead {
+  if (!sent) return ahead;
+  const stored = new Map(ahead.stored);
+  const before = new Map(ahead.before);
+  for (const f of sent.files) {
+    stored.set(f.sha256, f.size);
+    before.set(f.path, f);
+  }
+  return { ...ahead, stored, before, listedAhead: true };
+}

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
+  appendFileSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -117,6 +118,37 @@ describe('what proves a file unchanged since the last tree', () => {
     const e = list(dir).get(table)!;
     assert.equal(e.ino, before.ino, 'same inode');
     assert.equal(await proven(dir, e, before), false);
+  });
+
+  it('a table sent ahead of the stop is the frozen copy’s own: its hard link lists with the same inode, size and mtime', async () => {
+    const ahead = await asStored(dir, list(dir).get(table)!);
+    const stage = mkdtempSync(join(tmpdir(), 'prep-tree-stage-'));
+    try {
+      mkdirSync(join(stage, 'abc123/db/1'), { recursive: true });
+      execFileSync('ln', [join(dir, table), join(stage, table)]);
+      const frozen = list(stage).get(table)!;
+      assert.equal(await proven(stage, frozen, ahead), true);
+    } finally {
+      rmSync(stage, { recursive: true, force: true });
+    }
+  });
+
+  it('a table still being written when it was sent ahead of the stop (it grew since): sent again', async () => {
+    const growing = 'abc123/db/1/000124.ldb';
+    writeFileSync(join(dir, growing), randomBytes(20 * 1024));
+    const ahead = await asStored(dir, list(dir).get(growing)!);
+    appendFileSync(join(dir, growing), randomBytes(4 * 1024));
+    assert.equal(await proven(dir, list(dir).get(growing)!, ahead), false);
+  });
+
+  it('the running node’s listing passes over what vanished; the frozen copy’s fails on it', () => {
+    const gone = { name: 'goloop', roots: ['abc123', 'not-there'] };
+    const live = execFileSync('bash', ['-c', listTreeCommand(gone, dir, true)], {
+      encoding: 'utf8',
+    });
+    assert.ok(parseListing(live).entries.some((e) => e.path === table));
+    const frozen = spawnSync('bash', ['-c', listTreeCommand(gone, dir)], { encoding: 'utf8' });
+    assert.notEqual(frozen.status, 0);
   });
 
   it('a mutable file (MANIFEST), even untouched, is always hashed', async () => {

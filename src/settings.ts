@@ -34,6 +34,12 @@ export interface SshSettings {
   /** Empty when the operator opted out of host key checking. */
   hostKeys: HostKeyPin[];
   transport: SshTransport;
+  /**
+   * The SSH connections a tree's files share, both ways (a restore's files, see tree/fetch.ts;
+   * a backup's new tables ahead of the stop, modes/backup-tree-ahead.ts): one connection moves
+   * at most its window per round trip.
+   */
+  connections: number;
 }
 
 export type NodeKindChoice = 'auto' | 'loopchain' | 'goloop';
@@ -100,11 +106,6 @@ export interface RestoreSettings {
   processPattern: string;
   /** verify of a tree: read every object back and check its sha256 (else sizes only). */
   deep: boolean;
-  /**
-   * The SSH connections a tree restore's files share (see tree/fetch.ts): one connection moves
-   * at most its window per round trip.
-   */
-  sshConnections: number;
 }
 
 export interface Settings {
@@ -311,7 +312,6 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
     startNode: bool(Inputs.StartNode, true),
     keepPrevious: bool(Inputs.KeepPrevious, true),
     healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
-    sshConnections: int(Inputs.SshConnections, 4, 1, 16),
     diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
     processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
     deep: bool(Inputs.Deep, false),
@@ -377,6 +377,7 @@ function parseSsh(
     passphrase,
     hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText, { host, port }) : [],
     transport,
+    connections: int(Inputs.SshConnections, 4, 1, 16),
   };
 }
 

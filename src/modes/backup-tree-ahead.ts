@@ -20,6 +20,8 @@ import type { Settings } from '../settings.js';
 import { isTableFile, reusable, type TreeFile } from '../tree/layout.js';
 import { fileOf, type Ahead } from '../tree/reuse.js';
 import { heldWhole, sendFiles } from '../tree/send.js';
+import { Budget } from '../tree/budget.js';
+import { FileProgress } from '../progress.js';
 import { writeJson } from '../s3/store.js';
 import { journalKey } from '../tree/store.js';
 import { keepJournal } from './backup-tree-send.js';
@@ -90,31 +92,64 @@ export async function sendAhead(o: {
     await writeJson(client, bucket, journalKey(prefix, journal.run), journal);
   };
   let lastJournal = performance.now();
-  try {
-    const sent = await sendFiles({
+  const onStored = (entry: TreeEntry, sha: string, tail: string): void => {
+    const f = fileOf(entry, sha, tail);
+    result.files.push(f);
+    journal.files.push(f);
+    lease.add([sha]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
+    // Every 30 s, what is stored so far: a run cut short, or a runner gone, is resumed from it.
+    if (performance.now() - lastJournal > 30_000) {
+      lastJournal = performance.now();
+      writeJournal().catch((e) => core.debug(`journal: ${errorMessage(e)}`));
+    }
+  };
+  // The files share `ssh-connections` channels, a connection each over OpenSSH: one moves at
+  // most its window per round trip (README, Across a real network). The runner holds one
+  // budget of files and bytes for all of them.
+  const groups = deal(todo, settings.ssh?.connections ?? 1);
+  const shared = {
+    budget: new Budget(settings.s3.filesInFlight, settings.s3.bytesInFlight),
+    progress: new FileProgress('Upload', todo.length, bytes),
+  };
+  const channels = groups.map(() => host.sendFiles(host.dataDir, { live: true }));
+  for (const c of channels) c.catch(() => undefined);
+  let first: { error: unknown } | undefined;
+  const sends = groups.map((files, i) =>
+    sendFiles({
       host,
       client,
       bucket,
       prefix,
       dir: host.dataDir,
-      files: todo.map((entry) => ({ entry })),
+      files: files.map((entry) => ({ entry })),
       filesInFlight: settings.s3.filesInFlight,
       bytesInFlight: settings.s3.bytesInFlight,
       live: true,
-      onStored: (entry, sha, tail) => {
-        const f = fileOf(entry, sha, tail);
-        result.files.push(f);
-        journal.files.push(f);
-        lease.add([sha]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
-        // Every 30 s, what is stored so far: a run cut short, or a runner gone, is resumed from it.
-        if (performance.now() - lastJournal > 30_000) {
-          lastJournal = performance.now();
-          writeJournal().catch((e) => core.debug(`journal: ${errorMessage(e)}`));
-        }
-      },
-    });
-    result.bytes = sent.bytes;
-    result.skipped = sent.skipped;
+      shared,
+      channel: channels[i],
+      onStored,
+    }).catch((error: unknown) => {
+      // The first failure ends every channel, and it is the one reported.
+      if (!first) {
+        first = { error };
+        for (const c of channels)
+          void c.then(
+            (r) => r.kill(),
+            () => undefined,
+          );
+      }
+      throw error;
+    }),
+  );
+  const settled = await Promise.allSettled(sends);
+  shared.progress.stop();
+  try {
+    if (first) throw first.error;
+    for (const r of settled) {
+      if (r.status !== 'fulfilled') continue;
+      result.bytes += r.value.bytes;
+      result.skipped += r.value.skipped;
+    }
   } catch (error) {
     await keepJournal(client, bucket, prefix, journal, (line) => core.info(line));
     throw error;
@@ -124,12 +159,26 @@ export async function sendAhead(o: {
   result.seconds = secondsSince(t);
   core.info(
     `Sent ${result.files.length} table files, ${formatBytes(result.bytes)} in ${formatDuration(result.seconds)} ` +
-      `(${formatRate(result.bytes, result.seconds)})` +
+      `(${formatRate(result.bytes, result.seconds)}, over ${groups.length} SSH channel${groups.length > 1 ? 's' : ''})` +
       (result.skipped > 0
         ? `; ${result.skipped} left out (removed by the node, or still being written): the frozen copy has what is current.`
         : '.'),
   );
   return result;
+}
+
+/** `files` in at most `n` groups of about equal bytes, the largest files dealt first. */
+export function deal<T extends { size: number }>(files: T[], n: number): T[][] {
+  const groups = Array.from({ length: Math.max(1, Math.min(n, files.length)) }, () => ({
+    bytes: 0,
+    files: [] as T[],
+  }));
+  for (const f of [...files].sort((a, b) => b.size - a.size)) {
+    const g = groups.reduce((least, x) => (x.bytes < least.bytes ? x : least));
+    g.files.push(f);
+    g.bytes += f.size;
+  }
+  return groups.map((g) => g.files);
 }
 
 /** The bucket's side of what is stored, with what the send ahead of the stop stored in it. */

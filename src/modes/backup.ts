@@ -1,8 +1,9 @@
 /**
- * mode: backup. Reads like the procedure: connect, check, stop, freeze, start
- * (backup-freeze.ts), then send and publish a tree (backup-tree.ts) or stream and publish an
- * archive (backup-archive.ts), copy, retain. The node is down only for the stop, the freeze
- * and the start.
+ * mode: backup. Reads like the procedure: connect, check, (a tree: send the new table files
+ * while the node runs, backup-tree-ahead.ts), stop, freeze, start (backup-freeze.ts), then send
+ * the rest and publish a tree (backup-tree.ts) or stream and publish an archive
+ * (backup-archive.ts), copy, retain. The node is down only for the stop, the freeze and the
+ * start.
  */
 import * as core from '@actions/core';
 import { Outputs, State } from '../constants.js';

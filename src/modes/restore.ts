@@ -123,7 +123,7 @@ export async function restore(
   // A tree's files share 'ssh-connections' data channels (over OpenSSH, a connection each):
   // one connection moves at most its window per round trip (see README, Across a real network).
   const more = tree
-    ? Array.from({ length: opts.sshConnections - 1 }, () => host.receiveMore(stage))
+    ? Array.from({ length: (settings.ssh?.connections ?? 1) - 1 }, () => host.receiveMore(stage))
     : [];
   let streamStarted = false;
   let swap: PreparedStep | undefined;

@@ -24,7 +24,7 @@ import { TailHasher, tailHash, TAIL_BYTES } from './icon2.js';
 import { objectKey } from './layout.js';
 import { putObject } from './store.js';
 import { FileProgress, type Say } from '../progress.js';
-import { ChunkReader, nextMember, padding } from './tar-stream.js';
+import { ChunkReader, nextMember, padding, TarEndedError } from './tar-stream.js';
 
 export interface SendFile {
   entry: TreeEntry;
@@ -62,6 +62,11 @@ export interface SendOptions {
    * `Sent.skipped`, not a failure. Every file must be held whole.
    */
   live?: boolean;
+  /**
+   * Shared by sends that run at once over several channels: one budget of what the runner
+   * holds, and one progress, which the caller reports and stops.
+   */
+  shared?: { budget: Budget; progress: FileProgress };
 }
 
 /**
@@ -141,8 +146,9 @@ export async function sendFiles(o: SendOptions): Promise<Sent> {
   if (first) throw first;
   let total = o.files.reduce((s, f) => s + f.entry.size, 0);
   const say = o.say ?? ((line: string) => core.info(line));
-  const progress = new FileProgress('Upload', o.files.length, total, undefined, say);
-  const budget = new Budget(o.filesInFlight, o.bytesInFlight);
+  const progress =
+    o.shared?.progress ?? new FileProgress('Upload', o.files.length, total, undefined, say);
+  const budget = o.shared?.budget ?? new Budget(o.filesInFlight, o.bytesInFlight);
   const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
   const remote = await (o.channel ?? o.host.sendFiles(o.dir, { live: o.live }));
   let skipped = 0;
@@ -266,15 +272,20 @@ export async function sendFiles(o: SendOptions): Promise<Sent> {
         `The host did not send ${byPath.size} of the files it listed (the first: ${[...byPath.keys()][0]}). Nothing was published.`,
       );
     }
-    say(progress.line());
+    if (!o.shared) say(progress.line());
     return { files: sent, bytes: total - skippedBytes, linksChanged, skipped };
   } catch (error) {
     remote.kill();
     await Promise.allSettled([...uploads]);
-    throw failure && !(error instanceof IntegrityError) ? failure : error;
+    if (failure && !(error instanceof IntegrityError)) throw failure;
+    throw error instanceof TarEndedError
+      ? new StorageError(
+          `The SSH connection was lost, or the host's tar ended, in the middle of a file. Nothing was published.`,
+        )
+      : error;
   } finally {
-    progress.stop();
-    if (!budget.idle) core.debug('uploads still in flight at the end of the transfer');
+    if (!o.shared) progress.stop();
+    if (!o.shared && !budget.idle) core.debug('uploads still in flight at the end of the transfer');
   }
 }
 

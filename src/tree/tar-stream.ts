@@ -8,6 +8,13 @@ import { Header, Pax } from 'tar';
 
 const BLOCK = 512;
 
+/** The stream ended in the middle of a file: its writer died, or its connection was lost. */
+export class TarEndedError extends Error {
+  constructor() {
+    super('the tar stream ended in the middle of a file');
+  }
+}
+
 /**
  * Reads exact byte counts from a sequence of chunks. A chunk may be reused once the next is
  * asked for (see ringChunks): what `some` returns is read, or copied, before the next call.
@@ -32,12 +39,12 @@ export class ChunkReader {
     return out;
   }
 
-  /** Exactly `n` bytes copied into `into` (from `at`); throws when the input ends first. */
+  /** Exactly `n` bytes copied into `into` (from `at`); throws TarEndedError when the input ends first. */
   async readInto(into: Buffer, at: number, n: number): Promise<void> {
     let done = 0;
     while (done < n) {
       const piece = await this.some(n - done);
-      if (!piece) throw new Error('the tar stream ended in the middle of a file');
+      if (!piece) throw new TarEndedError();
       piece.copy(into, at + done);
       done += piece.length;
     }
@@ -59,7 +66,7 @@ export class ChunkReader {
     let left = n;
     while (left > 0) {
       const piece = await this.some(left);
-      if (!piece) throw new Error('the tar stream ended in the middle of a file');
+      if (!piece) throw new TarEndedError();
       left -= piece.length;
     }
   }

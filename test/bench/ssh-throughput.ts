@@ -40,6 +40,7 @@ async function measure(input: Input, transport: SshTransport): Promise<Measured>
     privateKey: input.privateKey,
     hostKeys: parseHostKeyPins(input.hostKey, { host: input.host, port: input.port }),
     transport,
+    connections: 1,
   });
   try {
     const q = `'${input.file.replace(/'/g, `'\\''`)}'`;

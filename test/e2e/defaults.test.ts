@@ -367,6 +367,11 @@ describe('every input at its default, a goloop node', { skip: goloopMissing() },
     assert.equal(manifest.facts.channel, 'icon_dex');
     assert.equal(manifest.source.dataDir, '/app/prep/data');
     assert.ok(manifest.files.length > 0);
+    // Its table files, where the young chain has any, went up before the stop.
+    assert.match(said(run.main), /::group::Send the new table files while the node runs/);
+    assert.ok(
+      said(run.main).indexOf('while the node runs') < said(run.main).indexOf('Stopping the node'),
+    );
     // icon2-node's restore finds it from the service's pointer.
     const pointer = JSON.parse(await world.s3.getText(world.bucket, 'PRep/PRep.json')) as {
       index_url: string;

@@ -148,6 +148,8 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
       );
     assert.ok(ahead, said(r));
     assert.equal(ahead[1], ahead[2], 'every table is new');
+    // They share four SSH connections (ssh-connections) by default.
+    assert.match(said(r), /Sent \d+ table files, .* over 4 SSH channels\)/);
     assert.ok(m.sent.ahead && m.sent.ahead.files > 0, JSON.stringify(m.sent));
     const proven = Number(
       /(\d+) files proven unchanged since no earlier snapshot of this host and the send ahead of the stop/.exec(
@@ -232,8 +234,12 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
   it('a backup cut part-way keeps what it stored: the next one sends only the rest', async () => {
     assert.ok(second, 'the second backup ran');
     await growDatabase(g, 16 * 1024 ** 2);
-    // The SSH connections are cut once 6 MiB have come down: in the middle of the files.
-    const proxy = await startCutProxy({ targetPort: sshd.port, downBytes: 6 * 1024 ** 2 });
+    // Each SSH connection is cut once 6 MiB have come down through it: the new tables (about
+    // 3 MiB each, 40 MiB in all) share four, each cut in the middle of its files, after the first.
+    const proxy = await startCutProxy({
+      targetPort: sshd.port,
+      perConnection: { downBytes: 6 * 1024 ** 2 },
+    });
     let cut: RunResult;
     try {
       cut = await run({ ...backupInputs(), port: String(proxy.port) });
@@ -243,6 +249,7 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
     assert.notEqual(cut.code, 0, said(cut));
     // The new tables go up before the stop: the cut came then, and the node never stopped.
     assert.match(said(cut), /are new: they go up now, while the node runs/);
+    assert.ok(proxy.cuts >= 1, `${proxy.cuts} connections cut`);
     assert.doesNotMatch(said(cut), /Stopping the node/);
     assert.match(said(cut), /(\d+) files stored before the failure are kept/);
     const kept = Number(/(\d+) files stored before the failure are kept/.exec(said(cut))?.[1]);

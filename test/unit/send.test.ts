@@ -15,6 +15,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { readableSource } from '../../src/byte-source.ts';
 import type { NodeHost, TreeEntry, TreeListing } from '../../src/node-kind/host.ts';
 import { proveStill } from '../../src/modes/backup-tree-send.ts';
+import { deal } from '../../src/modes/backup-tree-ahead.ts';
 import { sendFilesCommand } from '../../src/node-kind/tree-remote.ts';
 import type { RemoteStream } from '../../src/ssh/session.ts';
 import { objectKey } from '../../src/tree/layout.ts';
@@ -273,5 +274,22 @@ describe('the frozen copy proven still after tar saw a ctime move', () => {
       proveStill(hostListing({ device: '1', entries: [] }), 'stage', listed(10, '5.1')),
       /db\/1.ldb changed in the frozen copy/,
     );
+  });
+});
+
+describe('the new tables dealt to the SSH channels ahead of the stop', () => {
+  it('in groups of about equal bytes, the largest first, never more groups than files', () => {
+    const f = (size: number) => ({ size });
+    const groups = deal([f(1), f(8), f(3), f(5), f(2), f(8)], 3);
+    assert.deepEqual(
+      groups.map((g) => g.map((x) => x.size)),
+      [
+        [8, 2],
+        [8, 1],
+        [5, 3],
+      ],
+    );
+    assert.equal(deal([f(4)], 4).length, 1);
+    assert.deepEqual(deal([], 4), [[]]);
   });
 });

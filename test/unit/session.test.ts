@@ -32,6 +32,7 @@ describe('commands opened ahead', () => {
         privateKey: sshd.privateKey,
         hostKeys: parseHostKeyPins(sshd.hostKeyFingerprint, sshd),
         transport: 'ssh2',
+        connections: 1,
       },
       { keyDirParent: tmpdir() },
     );
@@ -123,6 +124,7 @@ describe("the archive's data channel over OpenSSH", () => {
         privateKey: sshd.privateKey,
         hostKeys: parseHostKeyPins(sshd.hostKeyFingerprint, sshd),
         transport: 'openssh',
+        connections: 1,
       },
       { keyDirParent },
     );
@@ -196,6 +198,7 @@ describe('host keys of every type', () => {
       privateKey: sshd.privateKey,
       hostKeys: parseHostKeyPins(hostKey, sshd),
       transport,
+      connections: 1,
     };
   }
 

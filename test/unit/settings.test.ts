@@ -43,7 +43,7 @@ describe('parseSettings', () => {
     assert.equal(s.ssh?.username, 'root');
     assert.equal(s.s3.downloadConnections, 8);
     assert.equal(s.s3.filesInFlight, 16);
-    assert.equal(s.restore.sshConnections, 4);
+    assert.equal(s.ssh?.connections, 4);
     assert.equal(s.s3.bytesInFlight, 48 * 1024 ** 2);
     assert.equal(
       parseSettings(reader({ ...base, 'download-connections': '1' })).s3.downloadConnections,

@@ -6,6 +6,9 @@ import type { LoadFigures, NewTables } from './load.js';
 /** The delay each way between the runner and the node for the restores across a link. */
 export const ACROSS_MS = 20;
 
+export const ACROSS_BACKUPS = ['1 connection', 'default'] as const;
+export type AcrossBackup = (typeof ACROSS_BACKUPS)[number];
+
 export interface ChurnFigures {
   sizeGib: number;
   /** The cached node's database (table files, and the db dir on disk). */
@@ -25,6 +28,11 @@ export interface ChurnFigures {
   restores: Partial<Record<Who, GoloopRestoreFigures>>;
   /** The same, once each, with 20 ms each way between the runner and the node (SSH through a proxy). */
   restoresAcross?: Partial<Record<Who, GoloopRestoreFigures>>;
+  /**
+   * A first tree backup of a fresh copy of the node across the same link, once over one SSH
+   * connection (`ssh-connections: 1`) and once with every input at its default.
+   */
+  backupsAcross?: Partial<Record<AcrossBackup, GoloopBackupFigures>>;
   /** Why ours did not run, when it did not. */
   oursMissing?: string;
   /** What stopped the part. */

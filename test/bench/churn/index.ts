@@ -28,7 +28,10 @@
  *   6. one pair more across a link between the runner and the node: the action's SSH goes
  *      through the bed's proxy (../../bed/cut-proxy.ts) with 20 ms each way, as between a
  *      runner and a node in another region; S3 stays near the runner. Every input as in 5:
- *      the tree's files share the default `ssh-connections`, the archive is one stream.
+ *      the tree's files share the default `ssh-connections`, the archive is one stream. Then,
+ *      across the same link, a first tree backup of a fresh copy of the node, twice, each into
+ *      a prefix of its own: over one SSH connection (`ssh-connections: 1`), then with every
+ *      input at its default (its new tables, all of them, share four ahead of the stop).
  *
  * How each figure is taken (the rest as in ../goloop/index.ts):
  *   bytes moved     an archive's size (theirs: every part); a tree's manifest's `sent.bytes`.
@@ -59,7 +62,7 @@ import { removeHome, startCopy, type Home } from '../goloop/node.js';
 import { oursBackupOn, oursMissing, oursRestore, oursRestoreOnto } from '../goloop/ours.js';
 import { runOn } from '../goloop/scenario.js';
 import { theirsBackupOn } from '../goloop/theirs.js';
-import { ACROSS_MS, type ChurnFigures } from './figures.js';
+import { ACROSS_BACKUPS, ACROSS_MS, type ChurnFigures } from './figures.js';
 import { churn, dbFiles, newTables } from './load.js';
 
 export type { ChurnFigures } from './figures.js';
@@ -204,6 +207,29 @@ export async function churnBench(ctx: GoloopBenchContext, sizeGib: number): Prom
           backup,
         );
     }
+    const h = await startCopy(cache, join(ctx.root, `${tag}-across-backup`));
+    try {
+      for (const label of ACROSS_BACKUPS) {
+        const extra: Record<string, string> =
+          label === '1 connection' ? { 'ssh-connections': '1' } : {};
+        const name = label === '1 connection' ? 'one' : 'default';
+        (out.backupsAcross ??= {})[label] = await runOn('ours tree', h, (x, sampler) =>
+          oursBackupOn(
+            across,
+            x,
+            sampler,
+            'tree',
+            `CHURN-${size}-across-${name}`,
+            `${tag}-across-${name}`,
+            extra,
+          ),
+        );
+      }
+    } finally {
+      await removeHome(h, ctx.keep);
+    }
+  } catch (error) {
+    out.error ??= errorText(error);
   } finally {
     await proxy.stop();
   }

@@ -2,7 +2,7 @@
 import { fmtB, fmtS, MiB, ratio, table, verdict } from '../kit.js';
 import type { GoloopBackupFigures, GoloopRestoreFigures, Who } from '../goloop/figures.js';
 import { cell, phaseLine } from '../goloop/report.js';
-import { ACROSS_MS, type ChurnFigures } from './figures.js';
+import { ACROSS_BACKUPS, ACROSS_MS, type ChurnFigures } from './figures.js';
 import { MESSAGE_BYTES } from './load.js';
 
 const pct = (part?: number, whole?: number): string =>
@@ -166,6 +166,26 @@ export function churnReport(f: ChurnFigures): string {
       ]),
     );
   }
+  const across = f.backupsAcross ?? {};
+  if (Object.keys(across).length > 0) {
+    const cols = ACROSS_BACKUPS.filter((k) => across[k]);
+    const arow = (label: string, fn: (b: GoloopBackupFigures) => string): string[] => [
+      label,
+      ...cols.map((k) => cell(across[k], fn)),
+    ];
+    out.push(
+      '',
+      table([
+        [`first tree backup, the node ${ACROSS_MS} ms away each way`, ...cols],
+        arow('wall time (whole run)', (b) => fmtS(b.wallSeconds)),
+        arow('new tables, sent while the node ran', (b) => fmtS(b.timings?.ahead)),
+        arow('node downtime (block gap)', (b) => fmtS(b.downtimeSeconds)),
+        arow('stop to listed', (b) => fmtS(b.stopToListedSeconds)),
+        arow('bytes moved', (b) => `${fmtB(b.movedBytes)} (${b.movedFiles ?? '?'} files)`),
+        arow('runner peak RSS', (b) => fmtB(b.runnerPeakRssBytes)),
+      ]),
+    );
+  }
   const onto = f.ontoSource;
   if (onto?.ok) {
     out.push(
@@ -180,6 +200,7 @@ export function churnReport(f: ChurnFigures): string {
     ...Object.values(second).map((x) => ['second', x] as const),
     ...Object.values(f.restores).map((x) => ['restore', x] as const),
     ...Object.values(f.restoresAcross ?? {}).map((x) => ['restore across a link', x] as const),
+    ...Object.values(f.backupsAcross ?? {}).map((x) => ['backup across a link', x] as const),
   ];
   for (const [round, x] of all)
     if (x && !x.ok) out.push(`FAILED ${x.name} (${round}): ${x.error ?? x.skipped}`);

@@ -92,6 +92,8 @@ export async function oursBackupOn(
   format: OursFormat,
   prefix: string,
   tag: string,
+  /** More inputs, beside the bench's. */
+  extra: Record<string, string> = {},
 ): Promise<GoloopBackupFigures> {
   const h0 = (await chainInfo(home)).height;
   await sampler.start();
@@ -105,6 +107,7 @@ export async function oursBackupOn(
     chain: home.meta.channel,
     prefix,
     'permanent-copy': 'false',
+    ...extra,
   });
   const disk = await sampler.stop();
   const gap = await gapSince(home, h0);

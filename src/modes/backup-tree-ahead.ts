@@ -22,8 +22,6 @@ import { fileOf, type Ahead } from '../tree/reuse.js';
 import { heldWhole, sendFiles } from '../tree/send.js';
 import { Budget } from '../tree/budget.js';
 import { FileProgress } from '../progress.js';
-import { writeJson } from '../s3/store.js';
-import { journalKey } from '../tree/store.js';
 import { keepJournal } from './backup-tree-send.js';
 import type { TreeStart } from './backup-tree.js';
 
@@ -49,7 +47,6 @@ export async function sendAhead(o: {
   start: TreeStart;
 }): Promise<SentAhead | undefined> {
   const { settings, client, host, start } = o;
-  const { bucket, prefix } = settings.s3;
   const t = performance.now();
   const ahead = await start.ahead;
   const live = await host.listTree(host.dataDir, { live: true });
@@ -87,29 +84,57 @@ export async function sendAhead(o: {
       `while the node runs.`,
   );
   const { journal, lease } = start;
-  const writeJournal = async (): Promise<void> => {
-    journal.updatedAt = new Date().toISOString();
-    await writeJson(client, bucket, journalKey(prefix, journal.run), journal);
-  };
-  let lastJournal = performance.now();
   const onStored = (entry: TreeEntry, sha: string, tail: string): void => {
     const f = fileOf(entry, sha, tail);
     result.files.push(f);
-    journal.files.push(f);
+    journal.record(f, (e) => core.debug(`journal: ${errorMessage(e)}`));
     lease.add([sha]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
-    // Every 30 s, what is stored so far: a run cut short, or a runner gone, is resumed from it.
-    if (performance.now() - lastJournal > 30_000) {
-      lastJournal = performance.now();
-      writeJournal().catch((e) => core.debug(`journal: ${errorMessage(e)}`));
-    }
   };
-  // The files share `ssh-connections` channels, a connection each over OpenSSH: one moves at
-  // most its window per round trip (README, Across a real network). The runner holds one
-  // budget of files and bytes for all of them.
-  const groups = deal(todo, settings.ssh?.connections ?? 1);
+  let channels: number;
+  try {
+    const sent = await sendShared({ settings, client, host, files: todo, onStored });
+    result.bytes = sent.bytes;
+    result.skipped = sent.skipped;
+    channels = sent.channels;
+  } catch (error) {
+    await keepJournal(journal, (line) => core.info(line));
+    throw error;
+  }
+  // Kept from now on: a run cut after this point sends none of it again.
+  await journal.write();
+  result.seconds = secondsSince(t);
+  core.info(
+    `Sent ${result.files.length} table files, ${formatBytes(result.bytes)} in ${formatDuration(result.seconds)} ` +
+      `(${formatRate(result.bytes, result.seconds)}, over ${channels} SSH channel${channels > 1 ? 's' : ''})` +
+      (result.skipped > 0
+        ? `; ${result.skipped} left out (removed by the node, or still being written): the frozen copy has what is current.`
+        : '.'),
+  );
+  return result;
+}
+
+/**
+ * The running node's `files`, over `ssh-connections` channels at once (a connection each over
+ * OpenSSH: one moves at most its window per round trip; README, Across a real network), dealt
+ * by bytes. The runner holds one budget of files and bytes for all of them. The first failure
+ * ends every channel, and it is the one thrown.
+ */
+async function sendShared(o: {
+  settings: Settings;
+  client: S3Client;
+  host: NodeHost;
+  files: TreeEntry[];
+  onStored: (entry: TreeEntry, sha256: string, tail: string) => void;
+}): Promise<{ bytes: number; skipped: number; channels: number }> {
+  const { settings, host } = o;
+  const groups = deal(o.files, settings.ssh?.connections ?? 1);
   const shared = {
     budget: new Budget(settings.s3.filesInFlight, settings.s3.bytesInFlight),
-    progress: new FileProgress('Upload', todo.length, bytes),
+    progress: new FileProgress(
+      'Upload',
+      o.files.length,
+      o.files.reduce((s, e) => s + e.size, 0),
+    ),
   };
   const channels = groups.map(() => host.sendFiles(host.dataDir, { live: true }));
   for (const c of channels) c.catch(() => undefined);
@@ -117,9 +142,9 @@ export async function sendAhead(o: {
   const sends = groups.map((files, i) =>
     sendFiles({
       host,
-      client,
-      bucket,
-      prefix,
+      client: o.client,
+      bucket: settings.s3.bucket,
+      prefix: settings.s3.prefix,
       dir: host.dataDir,
       files: files.map((entry) => ({ entry })),
       filesInFlight: settings.s3.filesInFlight,
@@ -127,9 +152,8 @@ export async function sendAhead(o: {
       live: true,
       shared,
       channel: channels[i],
-      onStored,
+      onStored: o.onStored,
     }).catch((error: unknown) => {
-      // The first failure ends every channel, and it is the one reported.
       if (!first) {
         first = { error };
         for (const c of channels)
@@ -143,28 +167,14 @@ export async function sendAhead(o: {
   );
   const settled = await Promise.allSettled(sends);
   shared.progress.stop();
-  try {
-    if (first) throw first.error;
-    for (const r of settled) {
-      if (r.status !== 'fulfilled') continue;
-      result.bytes += r.value.bytes;
-      result.skipped += r.value.skipped;
-    }
-  } catch (error) {
-    await keepJournal(client, bucket, prefix, journal, (line) => core.info(line));
-    throw error;
+  if (first) throw first.error;
+  const out = { bytes: 0, skipped: 0, channels: groups.length };
+  for (const r of settled) {
+    if (r.status !== 'fulfilled') continue;
+    out.bytes += r.value.bytes;
+    out.skipped += r.value.skipped;
   }
-  // Kept from now on: a run cut after this point sends none of it again.
-  await writeJournal();
-  result.seconds = secondsSince(t);
-  core.info(
-    `Sent ${result.files.length} table files, ${formatBytes(result.bytes)} in ${formatDuration(result.seconds)} ` +
-      `(${formatRate(result.bytes, result.seconds)}, over ${groups.length} SSH channel${groups.length > 1 ? 's' : ''})` +
-      (result.skipped > 0
-        ? `; ${result.skipped} left out (removed by the node, or still being written): the frozen copy has what is current.`
-        : '.'),
-  );
-  return result;
+  return out;
 }
 
 /** `files` in at most `n` groups of about equal bytes, the largest files dealt first. */

@@ -6,11 +6,9 @@
  * frozen copy is proven still.
  */
 import * as core from '@actions/core';
-import type { S3Client } from '@aws-sdk/client-s3';
 import { errorMessage, HostError } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import type { NodeHost, TreeEntry, TreeListing } from '../node-kind/host.js';
-import { writeJson } from '../s3/store.js';
 import { isTableFile } from '../tree/layout.js';
 import type { LeaseKeeper } from '../tree/lease.js';
 import { pool } from '../tree/pool.js';
@@ -18,7 +16,7 @@ import type { Say } from '../progress.js';
 import { fileOf, storedTail, type Source, type Stored } from '../tree/reuse.js';
 import { heldWhole, sendFiles, type SendFile, type Sent } from '../tree/send.js';
 import type { RemoteStream } from '../ssh/session.js';
-import { journalKey, type Journal } from '../tree/store.js';
+import type { Journal, RunJournal } from '../tree/store.js';
 import type { TreeBackupArgs } from './backup-tree.js';
 
 /** What a send needs of the run: `dir` is the folder the host's paths are relative to. */
@@ -31,16 +29,9 @@ export type SendArgs = Pick<
  * Writes the journal of a run that failed, when it stored something: the next run of this host
  * finds those files there (tree/reuse.ts) and does not send them again.
  */
-export async function keepJournal(
-  client: S3Client,
-  bucket: string,
-  prefix: string,
-  journal: Journal,
-  say: Say,
-): Promise<void> {
+export async function keepJournal(journal: RunJournal, say: Say): Promise<void> {
   if (journal.files.length === 0) return;
-  journal.updatedAt = new Date().toISOString();
-  await writeJson(client, bucket, journalKey(prefix, journal.run), journal).then(
+  await journal.write().then(
     () =>
       say(
         `${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`,
@@ -62,7 +53,7 @@ export async function sendMissing(o: {
   channel: Promise<RemoteStream>;
   source: Source;
   /** The run's journal, which may hold what its send ahead of the stop stored. */
-  journal: Journal;
+  journal: RunJournal;
   say: Say;
 }): Promise<{ sent: Sent; journal: Journal }> {
   const { a, plan, listing, lease, channel, source, journal, say } = o;
@@ -117,12 +108,7 @@ export async function sendMissing(o: {
     });
   later.catch(() => undefined);
 
-  journal.source = source;
-  let lastJournal = performance.now();
-  const writeJournal = async (): Promise<void> => {
-    journal.updatedAt = new Date().toISOString();
-    await writeJson(client, bucket, journalKey(prefix, a.runId), journal);
-  };
+  journal.journal.source = source;
   const tSend = performance.now();
   say(
     `${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))}) go up now` +
@@ -148,17 +134,12 @@ export async function sendMissing(o: {
         const f = fileOf(entry, sha, tail);
         plan.done.set(entry.path, f);
         for (const w of waiting.get(sha) ?? []) plan.done.set(w.path, fileOf(w, sha, tail));
-        journal.files.push(f);
+        journal.record(f, (e) => core.debug(`journal: ${errorMessage(e)}`));
         lease.add([sha]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
-        // Every 30 s, what is stored so far: a run cut short is resumed from it.
-        if (performance.now() - lastJournal > 30_000) {
-          lastJournal = performance.now();
-          writeJournal().catch((e) => core.debug(`journal: ${errorMessage(e)}`));
-        }
       },
     });
   } catch (error) {
-    await keepJournal(client, bucket, prefix, journal, say);
+    await keepJournal(journal, say);
     throw error;
   }
   a.timings.stream = secondsSince(tSend);
@@ -177,7 +158,7 @@ export async function sendMissing(o: {
     plan.tails.set(sha, tail);
     plan.done.set(e.path, fileOf(e, sha, tail));
   });
-  return { sent, journal };
+  return { sent, journal: journal.journal };
 }
 
 /**

@@ -38,7 +38,7 @@ import {
   type Source,
   type Stored,
 } from '../tree/reuse.js';
-import { journalKey, storedObjects, type Journal } from '../tree/store.js';
+import { journalKey, RunJournal, storedObjects } from '../tree/store.js';
 import { withSentAhead, type SentAhead } from './backup-tree-ahead.js';
 import { HeldLog } from '../progress.js';
 
@@ -55,7 +55,7 @@ export interface TreeStart {
   source: Source;
   ahead: Promise<Ahead>;
   /** What this run stored, for the next run should it fail: begun ahead of the stop. */
-  journal: Journal;
+  journal: RunJournal;
   /** What the send ahead of the stop stored, once it ran. */
   sentAhead?: SentAhead;
   close(): Promise<void>;
@@ -90,7 +90,7 @@ export function startTree(a: {
     lease,
     source,
     ahead,
-    journal: { run: a.runId, source, updatedAt: new Date().toISOString(), files: [] },
+    journal: new RunJournal(client, settings.s3.bucket, settings.s3.prefix, a.runId, source),
     close: async () => {
       await lease.stop({ hold: false }).catch(() => undefined);
       await closeTreeChannels(channels);

@@ -10,7 +10,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { describeS3Error, isStatus } from '../s3/client.js';
 import { parseArchivePath } from '../naming.js';
-import { archivesIn, listObjects, type StoredArchive } from '../s3/store.js';
+import { archivesIn, listObjects, writeJson, type StoredArchive } from '../s3/store.js';
 import {
   checkTreeManifest,
   objectKey,
@@ -127,6 +127,46 @@ export interface Journal {
 export const journalPrefix = (prefix: string): string => `${prefix}/partial/`;
 export const journalKey = (prefix: string, run: string): string =>
   `${journalPrefix(prefix)}${run}.json`;
+
+/**
+ * A run's journal as it stores files, ahead of the stop and after the freeze: written every
+ * 30 s while files go up (a runner that vanishes leaves what it stored), and when a send ends.
+ */
+export class RunJournal {
+  readonly journal: Journal;
+  private written = performance.now();
+
+  constructor(
+    private readonly client: S3Client,
+    private readonly bucket: string,
+    private readonly prefix: string,
+    run: string,
+    source: Journal['source'],
+  ) {
+    this.journal = { run, source, updatedAt: new Date().toISOString(), files: [] };
+  }
+
+  get files(): TreeFile[] {
+    return this.journal.files;
+  }
+
+  /** A file stored; the journal is written when the last write is 30 s old. */
+  record(file: TreeFile, onError: (error: unknown) => void): void {
+    this.journal.files.push(file);
+    if (performance.now() - this.written > 30_000) this.write().catch(onError);
+  }
+
+  async write(): Promise<void> {
+    this.written = performance.now();
+    this.journal.updatedAt = new Date().toISOString();
+    await writeJson(
+      this.client,
+      this.bucket,
+      journalKey(this.prefix, this.journal.run),
+      this.journal,
+    );
+  }
+}
 
 export async function readJournals(
   client: S3Client,

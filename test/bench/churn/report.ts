@@ -181,6 +181,7 @@ export function churnReport(f: ChurnFigures): string {
         arow('new tables, sent while the node ran', (b) => fmtS(b.timings?.ahead)),
         arow('node downtime (block gap)', (b) => fmtS(b.downtimeSeconds)),
         arow('stop to listed', (b) => fmtS(b.stopToListedSeconds)),
+        arow('  (self-reported)', (b) => fmtS(b.stopToListedSelfReported)),
         arow('bytes moved', (b) => `${fmtB(b.movedBytes)} (${b.movedFiles ?? '?'} files)`),
         arow('runner peak RSS', (b) => fmtB(b.runnerPeakRssBytes)),
       ]),

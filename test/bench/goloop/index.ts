@@ -38,8 +38,10 @@
  *
  * How each figure is taken:
  *   downtime        the node's own view: the largest gap between consecutive blocks' time_stamp
- *                   (icx_getBlockByHeight, microseconds) from the height before the run to the
- *                   height after it. 100 ms blocks: a figure holds up to a block interval of no stop.
+ *                   (icx_getBlockByHeight, microseconds) from the height before the stop (theirs:
+ *                   the run's start; ours: the snapshot's height, read just before the stop, after
+ *                   a tree's new tables went up) to the height after the run. 100 ms blocks: a
+ *                   figure holds up to a block interval of no stop.
  *   stop to listed  from the time_stamp of the last block before that gap (the node's view of the
  *                   stop, for both) to the LastModified of {prefix}/backup_list for ours, of the last
  *                   part for theirs (MinIO, ms precision, same clock). Theirs also by its own marks.

@@ -110,7 +110,10 @@ export async function oursBackupOn(
     ...extra,
   });
   const disk = await sampler.stop();
-  const gap = await gapSince(home, h0);
+  // The stop comes after the snapshot's height is read: a tree's new tables go up before it,
+  // for as long as they take, and a gap in the blocks meanwhile is not the stop's.
+  const atStop = Number(r.outputs['block-height']);
+  const gap = await gapSince(home, atStop > h0 ? atStop : h0);
   const listed = await modifiedMs(ctx.s3, ctx.bucket, `${prefix}/backup_list`);
   const key = r.outputs.key ?? '';
   const size = Number(r.outputs.size);

@@ -92515,7 +92515,6 @@ function parseSettings(read = readActionInput) {
         startNode: bool(Inputs.StartNode, true),
         keepPrevious: bool(Inputs.KeepPrevious, true),
         healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
-        sshConnections: int(Inputs.SshConnections, 4, 1, 16),
         diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
         processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
         deep: bool(Inputs.Deep, false),
@@ -92571,6 +92570,7 @@ function parseSsh(get, bool, int) {
         passphrase,
         hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText, { host, port }) : [],
         transport,
+        connections: int(Inputs.SshConnections, 4, 1, 16),
     };
 }
 /**
@@ -94221,15 +94221,17 @@ function planPrune(dbs) {
 
 /**
  * Every entry under the kind's roots in `dir`, NUL-terminated: type, size, inode, mtime, mode
- * and path. A shared lock on the folder while it is read, as for an archive.
+ * and path. A shared lock on the folder while it is read, as for an archive. `live`: the node
+ * runs in `dir`, and an entry that it removes while find reads its folder is no error.
  */
-function listTreeCommand(kind, dir) {
+function listTreeCommand(kind, dir, live = false) {
+    const find = `find ${kind.roots.map(quote).join(' ')} -printf '%y %s %i %T@ %m %p\\0'`;
     return bashScript([
         `cd -- ${quote(dir)}`,
         `exec 9<.`,
         `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
         `printf 'device=%s\\0' "$(stat -c %d .)"`,
-        `find ${kind.roots.map(quote).join(' ')} -printf '%y %s %i %T@ %m %p\\0'`,
+        live ? `${find} 2>/dev/null || true` : find,
     ]);
 }
 function parseListing(stdout) {
@@ -94289,15 +94291,17 @@ function tailsCommand(dir) {
  * as we read it" (exit 1) is reported as `CHANGED_MARK` on stderr, not as a failure: in a
  * staging folder of hard links the node removing its own link of a table it compacted away
  * moves the inode's ctime, though no byte changed; the runner proves that (tree/send.ts).
+ * `live`: the node runs in `dir`, and a file it removed before tar opened it is left out of
+ * the tar (a warning on stderr), not a failure.
  */
-function sendFilesCommand(dir) {
+function sendFilesCommand(dir, live = false) {
     return bashScript([
         ...WAIT_FOR_GO,
         `cd -- ${quote(dir)}`,
         `exec 9<.`,
         `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
         `rc=0`,
-        `LC_ALL=C tar --create --file=- --blocking-factor=2048 --null --no-recursion --files-from=- || rc=$?`,
+        `LC_ALL=C tar --create --file=- --blocking-factor=2048 ${live ? '--ignore-failed-read ' : ''}--null --no-recursion --files-from=- || rc=$?`,
         `case "$rc" in 0) ;; 1) echo ${CHANGED_MARK} >&2 ;; *) exit "$rc" ;; esac`,
     ]);
 }
@@ -94528,8 +94532,8 @@ class SshHost {
     identityName() {
         return undefined;
     }
-    async listTree(dir) {
-        return this.treeListing(dir, await this.session.run('Listing the snapshot', listTreeCommand(this.tree, dir), LISTING));
+    async listTree(dir, options = {}) {
+        return this.treeListing(dir, await this.session.run(options.live ? 'Listing the data dir' : 'Listing the snapshot', listTreeCommand(this.tree, dir, options.live), LISTING));
     }
     listTreeAhead(dir) {
         const p = this.session.prepare('Listing the snapshot', listTreeCommand(this.tree, dir), LISTING);
@@ -94567,8 +94571,8 @@ class SshHost {
             timeoutMs: 24 * 60 * 60_000,
         }));
     }
-    sendFiles(dir) {
-        return this.session.streamOut(sendFilesCommand(dir));
+    sendFiles(dir, options = {}) {
+        return this.session.streamOut(sendFilesCommand(dir, options.live));
     }
     receiveTree(stage) {
         return this.session.stream(extractCommand(this.tree, this.prepDir, stage, { keep: true }));
@@ -96916,6 +96920,37 @@ async function readTreeManifest(client, bucket, key) {
 }
 const journalPrefix = (prefix) => `${prefix}/partial/`;
 const journalKey = (prefix, run) => `${journalPrefix(prefix)}${run}.json`;
+/**
+ * A run's journal as it stores files, ahead of the stop and after the freeze: written every
+ * 30 s while files go up (a runner that vanishes leaves what it stored), and when a send ends.
+ */
+class RunJournal {
+    client;
+    bucket;
+    prefix;
+    journal;
+    written = performance.now();
+    constructor(client, bucket, prefix, run, source) {
+        this.client = client;
+        this.bucket = bucket;
+        this.prefix = prefix;
+        this.journal = { run, source, updatedAt: new Date().toISOString(), files: [] };
+    }
+    get files() {
+        return this.journal.files;
+    }
+    /** A file stored; the journal is written when the last write is 30 s old. */
+    record(file, onError) {
+        this.journal.files.push(file);
+        if (performance.now() - this.written > 30_000)
+            this.write().catch(onError);
+    }
+    async write() {
+        this.written = performance.now();
+        this.journal.updatedAt = new Date().toISOString();
+        await writeJson(this.client, this.bucket, journalKey(this.prefix, this.journal.run), this.journal);
+    }
+}
 async function readJournals(client, bucket, prefix) {
     const out = [];
     for (const o of await listObjects(client, bucket, journalPrefix(prefix))) {
@@ -97076,6 +97111,12 @@ var zr=Object.defineProperty;var Ur=(s,t)=>{for(var e in t)zr(s,e,{get:t[e],enum
  */
 
 const BLOCK = 512;
+/** The stream ended in the middle of a file: its writer died, or its connection was lost. */
+class TarEndedError extends Error {
+    constructor() {
+        super('the tar stream ended in the middle of a file');
+    }
+}
 /**
  * Reads exact byte counts from a sequence of chunks. A chunk may be reused once the next is
  * asked for (see ringChunks): what `some` returns is read, or copied, before the next call.
@@ -97101,13 +97142,13 @@ class ChunkReader {
         this.offset += n;
         return out;
     }
-    /** Exactly `n` bytes copied into `into` (from `at`); throws when the input ends first. */
+    /** Exactly `n` bytes copied into `into` (from `at`); throws TarEndedError when the input ends first. */
     async readInto(into, at, n) {
         let done = 0;
         while (done < n) {
             const piece = await this.some(n - done);
             if (!piece)
-                throw new Error('the tar stream ended in the middle of a file');
+                throw new TarEndedError();
             piece.copy(into, at + done);
             done += piece.length;
         }
@@ -97128,7 +97169,7 @@ class ChunkReader {
         while (left > 0) {
             const piece = await this.some(left);
             if (!piece)
-                throw new Error('the tar stream ended in the middle of a file');
+                throw new TarEndedError();
             left -= piece.length;
         }
     }
@@ -97295,9 +97336,9 @@ async function sendFiles(o) {
     if (o.later && o.files.length === 0)
         return sendFiles({ ...o, files: await o.later, later: undefined });
     if (o.files.length === 0)
-        return { files: 0, bytes: 0, linksChanged: false };
+        return { files: 0, bytes: 0, linksChanged: false, skipped: 0 };
     const unhashed = (files) => {
-        const f = files.find((f) => !f.sha256 && !heldWhole(f.entry.size, o.bytesInFlight));
+        const f = files.find((f) => (o.live || !f.sha256) && !heldWhole(f.entry.size, o.bytesInFlight));
         return f && new Error(`${f.entry.path} is streamed alone: it needs the host's hash`);
     };
     const first = unhashed(o.files);
@@ -97305,10 +97346,17 @@ async function sendFiles(o) {
         throw first;
     let total = o.files.reduce((s, f) => s + f.entry.size, 0);
     const say = o.say ?? ((line) => info(line));
-    const progress = new FileProgress('Upload', o.files.length, total, undefined, say);
-    const budget = new Budget(o.filesInFlight, o.bytesInFlight);
+    const progress = o.shared?.progress ?? new FileProgress('Upload', o.files.length, total, undefined, say);
+    const budget = o.shared?.budget ?? new Budget(o.filesInFlight, o.bytesInFlight);
     const byPath = new Map(o.files.map((f) => [f.entry.hostPath, f]));
-    const remote = await (o.channel ?? o.host.sendFiles(o.dir));
+    const remote = await (o.channel ?? o.host.sendFiles(o.dir, { live: o.live }));
+    let skipped = 0;
+    let skippedBytes = 0;
+    const skip = (size) => {
+        skipped++;
+        skippedBytes += size;
+        progress.grow(-1, -size);
+    };
     let linksChanged = false;
     remote.onStderrLine((line) => {
         if (line === CHANGED_MARK)
@@ -97352,6 +97400,13 @@ async function sendFiles(o) {
                 break;
             }
             const file = byPath.get(member.name);
+            if (o.live && file && member.type === 'file' && member.size !== file.entry.size) {
+                // A table the node was still writing when it was listed: sent once it is whole.
+                byPath.delete(member.name);
+                await reader.skip(member.size + padding(member.size));
+                skip(file.entry.size);
+                continue;
+            }
             if (!file || member.type !== 'file' || member.size !== file.entry.size) {
                 throw new IntegrityError(`The host sent ${member.name} (${member.size} bytes), which is not the file it listed` +
                     `${file ? ` (${file.entry.size} bytes)` : ''}: a file of the frozen copy changed. Nothing was published.`);
@@ -97376,6 +97431,11 @@ async function sendFiles(o) {
             const upload = (async () => {
                 try {
                     const actual = (0,external_node_crypto_.createHash)('sha256').update(body).digest('hex');
+                    if (sha256 && actual !== sha256 && o.live) {
+                        skip(entry.size);
+                        sent--;
+                        return;
+                    }
                     if (sha256 && actual !== sha256)
                         throw changedError(entry.path, sha256, actual);
                     const tail = new TailHasher();
@@ -97405,20 +97465,31 @@ async function sendFiles(o) {
                 ? new StorageError(`The SSH connection was lost while the files streamed. Nothing was published.`)
                 : new RemoteCommandError('Sending the files', code, remote.stderrTail());
         }
-        if (byPath.size > 0) {
+        if (o.live) {
+            // The node removed them before tar opened them (a compaction): they are in no snapshot.
+            for (const f of byPath.values())
+                skip(f.entry.size);
+        }
+        else if (byPath.size > 0) {
             throw new IntegrityError(`The host did not send ${byPath.size} of the files it listed (the first: ${[...byPath.keys()][0]}). Nothing was published.`);
         }
-        say(progress.line());
-        return { files: sent, bytes: total, linksChanged };
+        if (!o.shared)
+            say(progress.line());
+        return { files: sent, bytes: total - skippedBytes, linksChanged, skipped };
     }
     catch (error) {
         remote.kill();
         await Promise.allSettled([...uploads]);
-        throw failure && !(error instanceof IntegrityError) ? failure : error;
+        if (failure && !(error instanceof IntegrityError))
+            throw failure;
+        throw error instanceof TarEndedError
+            ? new StorageError(`The SSH connection was lost, or the host's tar ended, in the middle of a file. Nothing was published.`)
+            : error;
     }
     finally {
-        progress.stop();
-        if (!budget.idle)
+        if (!o.shared)
+            progress.stop();
+        if (!o.shared && !budget.idle)
             core_debug('uploads still in flight at the end of the transfer');
     }
 }
@@ -97591,14 +97662,15 @@ async function proveUnchanged(ahead, files, tailsChannel, lease) {
     return {
         summary: `${stored.size} objects stored; ${done.size} files proven unchanged since ` +
             `${ahead.previousKey ?? 'no earlier snapshot of this host'}` +
-            `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}; ${unproven.length} to hash on the host.`,
+            `${journals.length ? ` and ${journals.length} unfinished run(s)` : ''}` +
+            `${ahead.listedAhead ? ' and the send ahead of the stop' : ''}; ${unproven.length} to hash on the host.`,
         stored,
         done,
         unproven,
         tails: tailOf,
         journals,
         leasedWall: ahead.leasedWall,
-        hasPrevious: ahead.previousKey !== undefined,
+        hasPrevious: ahead.previousKey !== undefined || ahead.listedAhead === true,
         known: new Set(before.keys()),
     };
 }
@@ -97620,6 +97692,325 @@ async function storedTail(client, bucket, prefix, sha, size) {
     if (!bytes)
         throw new Error(`the stored object ${sha} vanished`);
     return tailHash(bytes);
+}
+
+;// CONCATENATED MODULE: ./src/tree/pool.ts
+/** Runs `work` on every item, `width` at a time. */
+async function pool(items, width, work) {
+    let next = 0;
+    const worker = async () => {
+        while (next < items.length)
+            await work(items[next++]);
+    };
+    await Promise.all(Array.from({ length: Math.min(Math.max(1, width), items.length) }, worker));
+}
+
+;// CONCATENATED MODULE: ./src/modes/backup-tree-send.ts
+/**
+ * The send of a tree backup (modes/backup-tree.ts): the files that no earlier run proves
+ * stored go up over the host's tar (tree/send.ts); those whose object may be stored under
+ * another name are hashed on the host meanwhile and follow unless it is. What is stored is
+ * journaled as it goes, so that a run cut short is resumed; where tar saw a ctime move, the
+ * frozen copy is proven still.
+ */
+
+
+
+
+
+
+
+/**
+ * Writes the journal of a run that failed, when it stored something: the next run of this host
+ * finds those files there (tree/reuse.ts) and does not send them again.
+ */
+async function keepJournal(journal, say) {
+    if (journal.files.length === 0)
+        return;
+    await journal.write().then(() => say(`${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`), () => undefined);
+}
+/**
+ * Sends what the bucket lacks. It may begin while another group is open (the node's start):
+ * every line goes to `say`, a HeldLog that backupTree opens in the send's own group.
+ */
+async function sendMissing(o) {
+    const { a, plan, listing, lease, channel, source, journal, say } = o;
+    const { settings, client, host } = a;
+    const { bucket, prefix } = settings.s3;
+    // Hashing a file on the host reads it there once more; that pays only where its object may
+    // be stored already, under another name (a node restored from this bucket, a file moved, a
+    // run cut short whose journal was not written). It does not when nothing is stored yet, nor
+    // for a table file that appeared since this host's last snapshot: it holds data that no
+    // snapshot has seen. Such a file, when it is held whole on the runner, is hashed there as
+    // it arrives. A wrong guess costs bytes sent again, never a wrong object: every key is the
+    // hash of the bytes put under it.
+    const unseen = (e) => plan.stored.size === 0 || (plan.hasPrevious && isTableFile(e.path) && !plan.known.has(e.path));
+    const hashFirst = plan.unproven.filter((e) => !unseen(e) || !heldWhole(e.size, settings.s3.bytesInFlight));
+    const hashedFirst = new Set(hashFirst);
+    const toSend = plan.unproven
+        .filter((e) => !hashedFirst.has(e))
+        .map((entry) => ({ entry }));
+    const hashedBytes = hashFirst.reduce((s, e) => s + e.size, 0);
+    const waiting = new Map();
+    const storedAlready = [];
+    // The host hashes those while the others go up; the ones whose objects are missing follow.
+    const t = performance.now();
+    const later = host
+        .hashFiles(a.dir, hashFirst.map((e) => e.hostPath))
+        .then((hashes) => {
+        a.timings.hash = secondsSince(t);
+        const sending = new Set();
+        const more = [];
+        for (const e of hashFirst) {
+            const sha = hashes.get(e.hostPath);
+            if (!sha)
+                throw new Error(`the host gave no sha256 for ${e.hostPath}`);
+            if (plan.stored.get(sha) === e.size)
+                storedAlready.push({ e, sha });
+            else if (sending.has(sha))
+                waiting.set(sha, [...(waiting.get(sha) ?? []), e]);
+            else {
+                sending.add(sha);
+                more.push({ entry: e, sha256: sha });
+            }
+        }
+        say(`${hashes.size} files hashed in ${formatDuration(a.timings.hash)} (${formatBytes(hashedBytes)}), ` +
+            `${storedAlready.length} of them stored already; ${toSend.length} ` +
+            `${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'table files new since the last snapshot'} are hashed as they arrive.`);
+        return more;
+    });
+    later.catch(() => undefined);
+    journal.journal.source = source;
+    const tSend = performance.now();
+    say(`${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))}) go up now` +
+        (hashFirst.length > 0
+            ? `; ${hashFirst.length} more (${formatBytes(hashedBytes)}) are hashed on the host meanwhile, and follow unless stored already.`
+            : '.'));
+    let sent;
+    try {
+        sent = await sendFiles({
+            channel,
+            host,
+            client,
+            bucket,
+            prefix,
+            dir: a.dir,
+            files: toSend,
+            later,
+            filesInFlight: settings.s3.filesInFlight,
+            bytesInFlight: settings.s3.bytesInFlight,
+            say,
+            onStored: (entry, sha, tail) => {
+                const f = fileOf(entry, sha, tail);
+                plan.done.set(entry.path, f);
+                for (const w of waiting.get(sha) ?? [])
+                    plan.done.set(w.path, fileOf(w, sha, tail));
+                journal.record(f, (e) => core_debug(`journal: ${errorMessage(e)}`));
+                lease.add([sha]).catch((e) => core_debug(`lease: ${errorMessage(e)}`));
+            },
+        });
+    }
+    catch (error) {
+        await keepJournal(journal, say);
+        throw error;
+    }
+    a.timings.stream = secondsSince(tSend);
+    if (sent.files > 0) {
+        say(`Sent ${sent.files} files, ${formatBytes(sent.bytes)} in ${formatDuration(a.timings.stream)} ` +
+            `(${formatRate(sent.bytes, a.timings.stream)}).`);
+    }
+    if (sent.linksChanged)
+        await proveStill(host, a.dir, listing, say);
+    // A stored object's tail hash, where no manifest of this host gives it: its last bytes, read
+    // many at once (after a restore onto a new host, every file is one of these).
+    await pool(storedAlready, settings.s3.filesInFlight, async ({ e, sha }) => {
+        const tail = plan.tails.get(sha) ?? (await storedTail(client, bucket, prefix, sha, e.size));
+        plan.tails.set(sha, tail);
+        plan.done.set(e.path, fileOf(e, sha, tail));
+    });
+    return { sent, journal: journal.journal };
+}
+/**
+ * Where tar saw an inode's ctime move while it read (`Sent.linksChanged`): proves that no file
+ * of the frozen copy changed, every size and mtime as listed. A table whose own link the node
+ * removed meanwhile (a compaction, once the node runs again) keeps both; a byte written would
+ * move one.
+ */
+async function proveStill(host, dir, listing, say = (line) => info(line)) {
+    const now = new Map((await host.listTree(dir)).entries.map((e) => [e.hostPath, e]));
+    const moved = listing.entries.find((e) => {
+        const n = now.get(e.hostPath);
+        return e.type === 'file' && (n?.size !== e.size || n.mtime !== e.mtime);
+    });
+    if (moved) {
+        throw new HostError(`${moved.path} changed in the frozen copy while the files were sent (its size or mtime): the snapshot ` +
+            `is not consistent, and nothing was published. Run again.`);
+    }
+    say(`tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`);
+}
+
+;// CONCATENATED MODULE: ./src/modes/backup-tree-ahead.ts
+/**
+ * A tree backup's send ahead of the stop: the table files of the running node that no earlier
+ * run stored go up while it runs, and the node stops only once they are in the bucket.
+ *
+ * LevelDB and goleveldb write a table file once and never change it. One sent now is the frozen
+ * copy's own when, at the freeze, it is still there unchanged: the frozen copy's proof takes it
+ * as it takes an earlier snapshot's files (same path, size, inode and mtime, and the same last
+ * 10,240 bytes; tree/reuse.ts), and what the node wrote meanwhile goes up after the freeze. A
+ * table still being written, or removed by a compaction before tar opened it, is left out here
+ * and read from the frozen copy if the snapshot holds it. So the bulk of a first backup, and a
+ * day's new tables, go up with the node running: the snapshot is listed seconds after the stop,
+ * and the frozen copy's hard links keep the tables a compaction removes for seconds, not hours.
+ */
+
+
+
+
+
+
+
+
+
+/**
+ * Sends the running node's new table files: those no earlier run of this host recorded (every
+ * one, when nothing is stored yet). A table an earlier run recorded is proven after the freeze
+ * as before; one that may be stored under another name is hashed on the host after the freeze
+ * (backup-tree-send.ts), as sending it now could send bytes the bucket holds.
+ */
+async function sendAhead(o) {
+    const { settings, client, host, start } = o;
+    const t = performance.now();
+    const ahead = await start.ahead;
+    const live = await host.listTree(host.dataDir, { live: true });
+    const tables = live.entries.filter((e) => e.type === 'file' && isTableFile(e.path));
+    const provenLater = (e) => {
+        const sha = reusable(e, ahead.before.get(e.path));
+        return sha !== undefined && ahead.stored.get(sha) === e.size;
+    };
+    // Where this host has a record (its last snapshot, or a run cut short), a table it lacks is
+    // data that no snapshot has seen. Without one, a stored object may hold it already.
+    const recorded = ahead.previousKey !== undefined || ahead.journals.length > 0;
+    if (ahead.stored.size > 0 && !recorded) {
+        info(`${tables.length} table files in the data dir, and no snapshot of this host: the bucket's objects may ` +
+            `hold them (a node restored from it), so they are hashed on the host once frozen and sent only where missing.`);
+        return undefined;
+    }
+    const fresh = (e) => ahead.stored.size === 0 || !ahead.before.has(e.path);
+    const todo = tables.filter((e) => !provenLater(e) && fresh(e) && heldWhole(e.size, settings.s3.bytesInFlight));
+    const result = { files: [], bytes: 0, skipped: 0, seconds: 0 };
+    start.sentAhead = result;
+    if (todo.length === 0) {
+        info(`${tables.length} table files in the data dir, none new: earlier runs stored them, or they ` +
+            `are hashed on the host once frozen.`);
+        return result;
+    }
+    const bytes = todo.reduce((s, e) => s + e.size, 0);
+    info(`${todo.length} of the ${tables.length} table files (${formatBytes(bytes)}) are new: they go up now, ` +
+        `while the node runs.`);
+    const { journal, lease } = start;
+    const onStored = (entry, sha, tail) => {
+        const f = fileOf(entry, sha, tail);
+        result.files.push(f);
+        journal.record(f, (e) => core_debug(`journal: ${errorMessage(e)}`));
+        lease.add([sha]).catch((e) => core_debug(`lease: ${errorMessage(e)}`));
+    };
+    let channels;
+    try {
+        const sent = await sendShared({ settings, client, host, files: todo, onStored });
+        result.bytes = sent.bytes;
+        result.skipped = sent.skipped;
+        channels = sent.channels;
+    }
+    catch (error) {
+        await keepJournal(journal, (line) => info(line));
+        throw error;
+    }
+    // Kept from now on: a run cut after this point sends none of it again.
+    await journal.write();
+    result.seconds = secondsSince(t);
+    info(`Sent ${result.files.length} table files, ${formatBytes(result.bytes)} in ${formatDuration(result.seconds)} ` +
+        `(${formatRate(result.bytes, result.seconds)}, over ${channels} SSH channel${channels > 1 ? 's' : ''})` +
+        (result.skipped > 0
+            ? `; ${result.skipped} left out (removed by the node, or still being written): the frozen copy has what is current.`
+            : '.'));
+    return result;
+}
+/**
+ * The running node's `files`, over `ssh-connections` channels at once (a connection each over
+ * OpenSSH: one moves at most its window per round trip; README, Across a real network), dealt
+ * by bytes. The runner holds one budget of files and bytes for all of them. The first failure
+ * ends every channel, and it is the one thrown.
+ */
+async function sendShared(o) {
+    const { settings, host } = o;
+    const groups = deal(o.files, settings.ssh?.connections ?? 1);
+    const shared = {
+        budget: new Budget(settings.s3.filesInFlight, settings.s3.bytesInFlight),
+        progress: new FileProgress('Upload', o.files.length, o.files.reduce((s, e) => s + e.size, 0)),
+    };
+    const channels = groups.map(() => host.sendFiles(host.dataDir, { live: true }));
+    for (const c of channels)
+        c.catch(() => undefined);
+    let first;
+    const sends = groups.map((files, i) => sendFiles({
+        host,
+        client: o.client,
+        bucket: settings.s3.bucket,
+        prefix: settings.s3.prefix,
+        dir: host.dataDir,
+        files: files.map((entry) => ({ entry })),
+        filesInFlight: settings.s3.filesInFlight,
+        bytesInFlight: settings.s3.bytesInFlight,
+        live: true,
+        shared,
+        channel: channels[i],
+        onStored: o.onStored,
+    }).catch((error) => {
+        if (!first) {
+            first = { error };
+            for (const c of channels)
+                void c.then((r) => r.kill(), () => undefined);
+        }
+        throw error;
+    }));
+    const settled = await Promise.allSettled(sends);
+    shared.progress.stop();
+    if (first)
+        throw first.error;
+    const out = { bytes: 0, skipped: 0, channels: groups.length };
+    for (const r of settled) {
+        if (r.status !== 'fulfilled')
+            continue;
+        out.bytes += r.value.bytes;
+        out.skipped += r.value.skipped;
+    }
+    return out;
+}
+/** `files` in at most `n` groups of about equal bytes, the largest files dealt first. */
+function deal(files, n) {
+    const groups = Array.from({ length: Math.max(1, Math.min(n, files.length)) }, () => ({
+        bytes: 0,
+        files: [],
+    }));
+    for (const f of [...files].sort((a, b) => b.size - a.size)) {
+        const g = groups.reduce((least, x) => (x.bytes < least.bytes ? x : least));
+        g.files.push(f);
+        g.bytes += f.size;
+    }
+    return groups.map((g) => g.files);
+}
+/** The bucket's side of what is stored, with what the send ahead of the stop stored in it. */
+function withSentAhead(ahead, sent) {
+    if (!sent)
+        return ahead;
+    const stored = new Map(ahead.stored);
+    const before = new Map(ahead.before);
+    for (const f of sent.files) {
+        stored.set(f.sha256, f.size);
+        before.set(f.path, f);
+    }
+    return { ...ahead, stored, before, listedAhead: true };
 }
 
 ;// CONCATENATED MODULE: ./src/modes/backup-stream.ts
@@ -98420,17 +98811,6 @@ async function listLevel(client, bucket, folder) {
     return { keys, folders };
 }
 
-;// CONCATENATED MODULE: ./src/tree/pool.ts
-/** Runs `work` on every item, `width` at a time. */
-async function pool(items, width, work) {
-    let next = 0;
-    const worker = async () => {
-        while (next < items.length)
-            await work(items[next++]);
-    };
-    await Promise.all(Array.from({ length: Math.min(Math.max(1, width), items.length) }, worker));
-}
-
 ;// CONCATENATED MODULE: ./src/tree/verify.ts
 /**
  * verify of a tree: every object its manifest names is stored with the file's size; `deep`
@@ -98535,160 +98915,6 @@ async function publishTree(client, s3, folder, name, manifest) {
     return indexUrl;
 }
 
-;// CONCATENATED MODULE: ./src/modes/backup-tree-send.ts
-/**
- * The send of a tree backup (modes/backup-tree.ts): the files that no earlier run proves
- * stored go up over the host's tar (tree/send.ts); those whose object may be stored under
- * another name are hashed on the host meanwhile and follow unless it is. What is stored is
- * journaled as it goes, so that a run cut short is resumed; where tar saw a ctime move, the
- * frozen copy is proven still.
- */
-
-
-
-
-
-
-
-
-
-/**
- * Sends what the bucket lacks. It may begin while another group is open (the node's start):
- * every line goes to `say`, a HeldLog that backupTree opens in the send's own group.
- */
-async function sendMissing(o) {
-    const { a, plan, listing, lease, channels, source, say } = o;
-    const { settings, client, host } = a;
-    const { bucket, prefix } = settings.s3;
-    // Hashing a file on the host reads it there once more; that pays only where its object may
-    // be stored already, under another name (a node restored from this bucket, a file moved, a
-    // run cut short whose journal was not written). It does not when nothing is stored yet, nor
-    // for a table file that appeared since this host's last snapshot: it holds data that no
-    // snapshot has seen. Such a file, when it is held whole on the runner, is hashed there as
-    // it arrives. A wrong guess costs bytes sent again, never a wrong object: every key is the
-    // hash of the bytes put under it.
-    const unseen = (e) => plan.stored.size === 0 || (plan.hasPrevious && isTableFile(e.path) && !plan.known.has(e.path));
-    const hashFirst = plan.unproven.filter((e) => !unseen(e) || !heldWhole(e.size, settings.s3.bytesInFlight));
-    const hashedFirst = new Set(hashFirst);
-    const toSend = plan.unproven
-        .filter((e) => !hashedFirst.has(e))
-        .map((entry) => ({ entry }));
-    const hashedBytes = hashFirst.reduce((s, e) => s + e.size, 0);
-    const waiting = new Map();
-    const storedAlready = [];
-    // The host hashes those while the others go up; the ones whose objects are missing follow.
-    const t = performance.now();
-    const later = host
-        .hashFiles(a.dir, hashFirst.map((e) => e.hostPath))
-        .then((hashes) => {
-        a.timings.hash = secondsSince(t);
-        const sending = new Set();
-        const more = [];
-        for (const e of hashFirst) {
-            const sha = hashes.get(e.hostPath);
-            if (!sha)
-                throw new Error(`the host gave no sha256 for ${e.hostPath}`);
-            if (plan.stored.get(sha) === e.size)
-                storedAlready.push({ e, sha });
-            else if (sending.has(sha))
-                waiting.set(sha, [...(waiting.get(sha) ?? []), e]);
-            else {
-                sending.add(sha);
-                more.push({ entry: e, sha256: sha });
-            }
-        }
-        say(`${hashes.size} files hashed in ${formatDuration(a.timings.hash)} (${formatBytes(hashedBytes)}), ` +
-            `${storedAlready.length} of them stored already; ${toSend.length} ` +
-            `${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'table files new since the last snapshot'} are hashed as they arrive.`);
-        return more;
-    });
-    later.catch(() => undefined);
-    const journal = {
-        run: a.runId,
-        source,
-        updatedAt: new Date().toISOString(),
-        files: [],
-    };
-    let lastJournal = performance.now();
-    const writeJournal = async () => {
-        journal.updatedAt = new Date().toISOString();
-        await writeJson(client, bucket, journalKey(prefix, a.runId), journal);
-    };
-    const tSend = performance.now();
-    say(`${toSend.length} files (${formatBytes(toSend.reduce((s, f) => s + f.entry.size, 0))}) go up now` +
-        (hashFirst.length > 0
-            ? `; ${hashFirst.length} more (${formatBytes(hashedBytes)}) are hashed on the host meanwhile, and follow unless stored already.`
-            : '.'));
-    let sent;
-    try {
-        sent = await sendFiles({
-            channel: channels.send,
-            host,
-            client,
-            bucket,
-            prefix,
-            dir: a.dir,
-            files: toSend,
-            later,
-            filesInFlight: settings.s3.filesInFlight,
-            bytesInFlight: settings.s3.bytesInFlight,
-            say,
-            onStored: (entry, sha, tail) => {
-                const f = fileOf(entry, sha, tail);
-                plan.done.set(entry.path, f);
-                for (const w of waiting.get(sha) ?? [])
-                    plan.done.set(w.path, fileOf(w, sha, tail));
-                journal.files.push(f);
-                lease.add([sha]).catch((e) => core_debug(`lease: ${errorMessage(e)}`));
-                // Every 30 s, what is stored so far: a run cut short is resumed from it.
-                if (performance.now() - lastJournal > 30_000) {
-                    lastJournal = performance.now();
-                    writeJournal().catch((e) => core_debug(`journal: ${errorMessage(e)}`));
-                }
-            },
-        });
-    }
-    catch (error) {
-        if (journal.files.length > 0) {
-            await writeJournal().then(() => say(`${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`), () => undefined);
-        }
-        throw error;
-    }
-    a.timings.stream = secondsSince(tSend);
-    if (sent.files > 0) {
-        say(`Sent ${sent.files} files, ${formatBytes(sent.bytes)} in ${formatDuration(a.timings.stream)} ` +
-            `(${formatRate(sent.bytes, a.timings.stream)}).`);
-    }
-    if (sent.linksChanged)
-        await proveStill(host, a.dir, listing, say);
-    // A stored object's tail hash, where no manifest of this host gives it: its last bytes, read
-    // many at once (after a restore onto a new host, every file is one of these).
-    await pool(storedAlready, settings.s3.filesInFlight, async ({ e, sha }) => {
-        const tail = plan.tails.get(sha) ?? (await storedTail(client, bucket, prefix, sha, e.size));
-        plan.tails.set(sha, tail);
-        plan.done.set(e.path, fileOf(e, sha, tail));
-    });
-    return { sent, journal };
-}
-/**
- * Where tar saw an inode's ctime move while it read (`Sent.linksChanged`): proves that no file
- * of the frozen copy changed, every size and mtime as listed. A table whose own link the node
- * removed meanwhile (a compaction, once the node runs again) keeps both; a byte written would
- * move one.
- */
-async function proveStill(host, dir, listing, say = (line) => info(line)) {
-    const now = new Map((await host.listTree(dir)).entries.map((e) => [e.hostPath, e]));
-    const moved = listing.entries.find((e) => {
-        const n = now.get(e.hostPath);
-        return e.type === 'file' && (n?.size !== e.size || n.mtime !== e.mtime);
-    });
-    if (moved) {
-        throw new HostError(`${moved.path} changed in the frozen copy while the files were sent (its size or mtime): the snapshot ` +
-            `is not consistent, and nothing was published. Run again.`);
-    }
-    say(`tar saw link counts change (the node compacted tables away meanwhile); no file's size or mtime changed.`);
-}
-
 ;// CONCATENATED MODULE: ./src/modes/backup-tree.ts
 /**
  * The tree part of mode: backup. Before the stop, what the bucket holds is read (startTree);
@@ -98697,6 +98923,7 @@ async function proveStill(host, dir, listing, say = (line) => info(line)) {
  * exists, then publish its manifest, index and checksum file, backup_list and the pointer
  * (tree/publish.ts). See tree/layout.ts for the bucket's layout.
  */
+
 
 
 
@@ -98733,6 +98960,7 @@ function startTree(a) {
         lease,
         source,
         ahead,
+        journal: new RunJournal(client, settings.s3.bucket, settings.s3.prefix, a.runId, source),
         close: async () => {
             await lease.stop({ hold: false }).catch(() => undefined);
             await closeTreeChannels(channels);
@@ -98753,8 +98981,9 @@ function beginTree(args, listing, started) {
         plan,
         listing: l,
         lease: args.start.lease,
-        channels: args.start.channels,
+        channel: args.start.channels.send,
         source: { ...args.start.source, device: l.device },
+        journal: args.start.journal,
         say: log.say,
     }));
     sending.catch(() => undefined);
@@ -98764,11 +98993,11 @@ function beginTree(args, listing, started) {
 function planFrozen(start, listing) {
     const planned = listing.then(async (l) => {
         const files = l.entries.filter((e) => e.type === 'file');
-        const ahead = await start.ahead;
+        const ahead = withSentAhead(await start.ahead, start.sentAhead);
         // The earlier runs were found by the data dir's device, read before the freeze; the frozen
         // copy is on it by construction. Were it not, an inode would prove nothing: none is used.
         const sameDevice = l.device === start.source.device;
-        const plan = await proveUnchanged(sameDevice ? ahead : { ...ahead, before: new Map() }, files, start.channels.tails, start.lease);
+        const plan = await proveUnchanged(sameDevice ? ahead : { ...ahead, before: new Map(), listedAhead: false }, files, start.channels.tails, start.lease);
         return { listing: l, plan };
     });
     planned.catch(() => undefined);
@@ -98857,6 +99086,10 @@ async function backupWithLease(run) {
             await proveStill(host, a.dir, listing);
     });
     const bytes = treeList.reduce((s, f) => s + f.size, 0);
+    const early = a.start.sentAhead;
+    const ahead = early?.files.length ? { files: early.files.length, bytes: early.bytes } : undefined;
+    if (ahead && early)
+        a.timings.ahead = early.seconds;
     const manifest = {
         format: TREE_FORMAT,
         key: folder,
@@ -98869,7 +99102,14 @@ async function backupWithLease(run) {
         files: treeList,
         dirs: listing.entries.filter((e) => e.type === 'dir').map((e) => e.path),
         bytes,
-        sent: { files: sent.files, bytes: sent.bytes },
+        // What this run moved: after the freeze, and ahead of the stop.
+        sent: ahead
+            ? {
+                files: sent.files + ahead.files,
+                bytes: sent.bytes + ahead.bytes,
+                ahead,
+            }
+            : { files: sent.files, bytes: sent.bytes },
         consistency: settings.backup.consistency,
         source,
         createdAt: a.snapshotAt.toISOString(),
@@ -99887,11 +100127,19 @@ async function writeTreeSummary(m, indexUrl, timings, permanent, removed) {
             'Sent',
             `${m.sent.files} files, ${formatBytes(m.sent.bytes)} (${m.bytes > 0 ? ((m.sent.bytes / m.bytes) * 100).toFixed(1) : '0'}% of the data); the rest was stored already`,
         ],
+        ...(m.sent.ahead
+            ? [
+                [
+                    'Sent while the node ran',
+                    `${m.sent.ahead.files} new table files, ${formatBytes(m.sent.ahead.bytes)} in ${formatDuration(timings.ahead ?? 0)}`,
+                ],
+            ]
+            : []),
         ['Node downtime', formatDuration(timings.downtime ?? 0)],
         ['Hash on the host', formatDuration(timings.hash ?? 0)],
         [
-            'Upload',
-            `${formatDuration(timings.stream ?? 0)} (${formatRate(m.sent.bytes, timings.stream ?? 0)})`,
+            'Upload after the freeze',
+            `${formatDuration(timings.stream ?? 0)} (${formatRate(m.sent.bytes - (m.sent.ahead?.bytes ?? 0), timings.stream ?? 0)})`,
         ],
         ['Stop to listed', formatDuration(timings.stopToListed ?? 0)],
         ['Total', formatDuration(timings.total ?? 0)],
@@ -100035,11 +100283,13 @@ async function backupArchive(run) {
 
 ;// CONCATENATED MODULE: ./src/modes/backup.ts
 /**
- * mode: backup. Reads like the procedure: connect, check, stop, freeze, start
- * (backup-freeze.ts), then send and publish a tree (backup-tree.ts) or stream and publish an
- * archive (backup-archive.ts), copy, retain. The node is down only for the stop, the freeze
- * and the start.
+ * mode: backup. Reads like the procedure: connect, check, (a tree: send the new table files
+ * while the node runs, backup-tree-ahead.ts), stop, freeze, start (backup-freeze.ts), then send
+ * the rest and publish a tree (backup-tree.ts) or stream and publish an archive
+ * (backup-archive.ts), copy, retain. The node is down only for the stop, the freeze and the
+ * start.
  */
+
 
 
 
@@ -100098,7 +100348,7 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
             info(`Data dir ${l.description}.`);
             return l;
         });
-        const at = await group('Block height', async () => {
+        const readHeight = () => group('Block height', async () => {
             const h = await host.height();
             if (h === undefined)
                 return undefined;
@@ -100108,7 +100358,7 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
             info(`The node reports block height ${h}${f.blockHash ? `, block hash ${f.blockHash}` : ''}.`);
             return { height: h, facts: f };
         });
-        if (at === undefined) {
+        const notInService = async () => {
             warning(`The node's peer API (${settings.node.peerUrl}) does not answer: no backup is taken of a node that is not ` +
                 `in service. Starting the node in case it is down; the next scheduled run will take the backup.`);
             await group('Start the node', () => node.start());
@@ -100118,22 +100368,18 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
                 .addRaw(`The peer API of ${ssh.host} did not answer; the start command was run.`, true)
                 .write();
             return { skipped: true };
-        }
-        const { height, facts } = at;
+        };
+        let at = await readHeight();
+        if (at === undefined)
+            return await notInService();
         // The parts are planned, and a part size too small refused, before the node stops.
         const parts = planParts(tree ? 0 : archiveBound(layout.dataBytes), settings.s3, MAX_UPLOAD_BUFFER_BYTES);
         if (!tree && parts.queueSize < settings.s3.queueSize) {
             info(`Parts of ${formatBytes(parts.partSize)}: ${parts.queueSize} in flight instead of ${settings.s3.queueSize}, to keep ` +
                 `the runner's part buffers within ${formatBytes(MAX_UPLOAD_BUFFER_BYTES)}.`);
         }
-        const snapshotAt = now();
-        const name = archiveName(settings.s3.service, height, snapshotAt, tree ? 'tree' : settings.backup.compression);
-        const key = archiveKey(settings.s3.prefix, name);
         let source = host.dataDir;
         let sizes;
-        const localCopy = settings.backup.localCopy && !tree
-            ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
-            : undefined;
         if (settings.backup.consistency === 'hardlink') {
             stage = layout.sameDevice
                 ? `${dirname(host.dataDir)}/.prep-snapshot-staging-${runId}`
@@ -100141,21 +100387,38 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
             saveState(State.StagingDir, stage);
             source = stage;
         }
-        // The data channel connects while the node stops and the copy freezes; it archives
-        // nothing before its go line. A tree's two channels do the same, and what the bucket
-        // holds is read meanwhile.
-        let treeArgs;
         if (tree) {
+            // What the bucket holds is read, and the data channels onto the frozen copy connect; the
+            // new table files go up while the node runs (backup-tree-ahead.ts). The snapshot's height
+            // is the node's at the stop, read after that.
             treeStart = startTree({
                 settings,
                 client,
                 host,
                 dir: source,
                 device: layout.device,
-                facts,
+                facts: at.facts,
                 runId,
                 earlier,
             });
+            const start = treeStart;
+            await group('Send the new table files while the node runs', () => sendAhead({ settings, client, host, start }));
+            const atStop = await readHeight();
+            if (atStop === undefined)
+                return await notInService();
+            at = atStop;
+        }
+        const { height, facts } = at;
+        const snapshotAt = now();
+        const name = archiveName(settings.s3.service, height, snapshotAt, tree ? 'tree' : settings.backup.compression);
+        const key = archiveKey(settings.s3.prefix, name);
+        const localCopy = settings.backup.localCopy && !tree
+            ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
+            : undefined;
+        // The data channel connects while the node stops and the copy freezes; it archives
+        // nothing before its go line. A tree's two channels do the same.
+        let treeArgs;
+        if (treeStart) {
             treeArgs = {
                 settings,
                 client,
@@ -101456,7 +101719,7 @@ async function restore(settings, connect = connectNode) {
     // A tree's files share 'ssh-connections' data channels (over OpenSSH, a connection each):
     // one connection moves at most its window per round trip (see README, Across a real network).
     const more = tree
-        ? Array.from({ length: opts.sshConnections - 1 }, () => host.receiveMore(stage))
+        ? Array.from({ length: (settings.ssh?.connections ?? 1) - 1 }, () => host.receiveMore(stage))
         : [];
     let streamStarted = false;
     let swap;

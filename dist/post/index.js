@@ -90928,7 +90928,6 @@ function parseSettings(read = readActionInput) {
         startNode: bool(Inputs.StartNode, true),
         keepPrevious: bool(Inputs.KeepPrevious, true),
         healthTimeoutSeconds: duration(Inputs.HealthTimeout, get(Inputs.HealthTimeout) || '30m', 1),
-        sshConnections: int(Inputs.SshConnections, 4, 1, 16),
         diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
         processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
         deep: bool(Inputs.Deep, false),
@@ -90984,6 +90983,7 @@ function parseSsh(get, bool, int) {
         passphrase,
         hostKeys: hostKeyText ? parseHostKeyPins(hostKeyText, { host, port }) : [],
         transport,
+        connections: int(Inputs.SshConnections, 4, 1, 16),
     };
 }
 /**

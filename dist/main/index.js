@@ -97401,7 +97401,8 @@ async function sendFiles(o) {
             }
             const file = byPath.get(member.name);
             if (o.live && file && member.type === 'file' && member.size !== file.entry.size) {
-                // A table the node was still writing when it was listed: sent once it is whole.
+                // A table the node was still writing when it was listed: read from the frozen copy, if
+                // the snapshot holds it.
                 byPath.delete(member.name);
                 await reader.skip(member.size + padding(member.size));
                 skip(file.entry.size);
@@ -97431,11 +97432,6 @@ async function sendFiles(o) {
             const upload = (async () => {
                 try {
                     const actual = (0,external_node_crypto_.createHash)('sha256').update(body).digest('hex');
-                    if (sha256 && actual !== sha256 && o.live) {
-                        skip(entry.size);
-                        sent--;
-                        return;
-                    }
                     if (sha256 && actual !== sha256)
                         throw changedError(entry.path, sha256, actual);
                     const tail = new TailHasher();

@@ -38,7 +38,9 @@ export interface SentAhead {
  * Sends the running node's new table files: those no earlier run of this host recorded (every
  * one, when nothing is stored yet). A table an earlier run recorded is proven after the freeze
  * as before; one that may be stored under another name is hashed on the host after the freeze
- * (backup-tree-send.ts), as sending it now could send bytes the bucket holds.
+ * (backup-tree-send.ts), as sending it now could send bytes the bucket holds. Resolves with
+ * what it stored, for the frozen copy's proof; undefined where no record of this host tells a
+ * new table from a stored one.
  */
 export async function sendAhead(o: {
   settings: Settings;
@@ -70,7 +72,6 @@ export async function sendAhead(o: {
     (e) => !provenLater(e) && fresh(e) && heldWhole(e.size, settings.s3.bytesInFlight),
   );
   const result: SentAhead = { files: [], bytes: 0, skipped: 0, seconds: 0 };
-  start.sentAhead = result;
   if (todo.length === 0) {
     core.info(
       `${tables.length} table files in the data dir, none new: earlier runs stored them, or they ` +

@@ -63,9 +63,9 @@ export async function sendMissing(o: {
   // be stored already, under another name (a node restored from this bucket, a file moved, a
   // run cut short whose journal was not written). It does not when nothing is stored yet, nor
   // for a table file that appeared since this host's last snapshot or since this run's send
-  // ahead of the stop: it holds data that no snapshot has seen. Such a file, when it is held whole on the runner, is hashed there as
-  // it arrives. A wrong guess costs bytes sent again, never a wrong object: every key is the
-  // hash of the bytes put under it.
+  // ahead of the stop: it holds data that no snapshot has seen. Such a file, when it is held
+  // whole on the runner, is hashed there as it arrives. A wrong guess costs bytes sent again,
+  // never a wrong object: every key is the hash of the bytes put under it.
   const unseen = (e: TreeEntry): boolean =>
     plan.stored.size === 0 || (plan.hasPrevious && isTableFile(e.path) && !plan.known.has(e.path));
   const hashFirst = plan.unproven.filter(

@@ -288,9 +288,9 @@ async function backupWithLease(run: TreeRun): Promise<TreeBackupResult> {
   });
 
   const bytes = treeList.reduce((s, f) => s + f.size, 0);
-  const early = a.start.sentAhead;
-  const ahead = early?.files.length ? { files: early.files.length, bytes: early.bytes } : undefined;
-  if (ahead && early) a.timings.ahead = early.seconds;
+  const early = a.start.sentAhead?.files.length ? a.start.sentAhead : undefined;
+  const ahead = early && { files: early.files.length, bytes: early.bytes };
+  if (early) a.timings.ahead = early.seconds;
   const manifest: TreeManifest = {
     format: TREE_FORMAT,
     key: folder,

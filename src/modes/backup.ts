@@ -159,7 +159,7 @@ export async function backup(
         earlier,
       });
       const start = treeStart;
-      await core.group('Send the new table files while the node runs', () =>
+      start.sentAhead = await core.group('Send the new table files while the node runs', () =>
         sendAhead({ settings, client, host, start }),
       );
       const atStop = await readHeight();

@@ -97737,9 +97737,9 @@ async function sendMissing(o) {
     // be stored already, under another name (a node restored from this bucket, a file moved, a
     // run cut short whose journal was not written). It does not when nothing is stored yet, nor
     // for a table file that appeared since this host's last snapshot or since this run's send
-    // ahead of the stop: it holds data that no snapshot has seen. Such a file, when it is held whole on the runner, is hashed there as
-    // it arrives. A wrong guess costs bytes sent again, never a wrong object: every key is the
-    // hash of the bytes put under it.
+    // ahead of the stop: it holds data that no snapshot has seen. Such a file, when it is held
+    // whole on the runner, is hashed there as it arrives. A wrong guess costs bytes sent again,
+    // never a wrong object: every key is the hash of the bytes put under it.
     const unseen = (e) => plan.stored.size === 0 || (plan.hasPrevious && isTableFile(e.path) && !plan.known.has(e.path));
     const hashFirst = plan.unproven.filter((e) => !unseen(e) || !heldWhole(e.size, settings.s3.bytesInFlight));
     const hashedFirst = new Set(hashFirst);
@@ -97872,7 +97872,9 @@ async function proveStill(host, dir, listing, say = (line) => info(line)) {
  * Sends the running node's new table files: those no earlier run of this host recorded (every
  * one, when nothing is stored yet). A table an earlier run recorded is proven after the freeze
  * as before; one that may be stored under another name is hashed on the host after the freeze
- * (backup-tree-send.ts), as sending it now could send bytes the bucket holds.
+ * (backup-tree-send.ts), as sending it now could send bytes the bucket holds. Resolves with
+ * what it stored, for the frozen copy's proof; undefined where no record of this host tells a
+ * new table from a stored one.
  */
 async function sendAhead(o) {
     const { settings, client, host, start } = o;
@@ -97895,7 +97897,6 @@ async function sendAhead(o) {
     const fresh = (e) => ahead.stored.size === 0 || !ahead.before.has(e.path);
     const todo = tables.filter((e) => !provenLater(e) && fresh(e) && heldWhole(e.size, settings.s3.bytesInFlight));
     const result = { files: [], bytes: 0, skipped: 0, seconds: 0 };
-    start.sentAhead = result;
     if (todo.length === 0) {
         info(`${tables.length} table files in the data dir, none new: earlier runs stored them, or they ` +
             `are hashed on the host once frozen.`);
@@ -99082,9 +99083,9 @@ async function backupWithLease(run) {
             await proveStill(host, a.dir, listing);
     });
     const bytes = treeList.reduce((s, f) => s + f.size, 0);
-    const early = a.start.sentAhead;
-    const ahead = early?.files.length ? { files: early.files.length, bytes: early.bytes } : undefined;
-    if (ahead && early)
+    const early = a.start.sentAhead?.files.length ? a.start.sentAhead : undefined;
+    const ahead = early && { files: early.files.length, bytes: early.bytes };
+    if (early)
         a.timings.ahead = early.seconds;
     const manifest = {
         format: TREE_FORMAT,
@@ -100398,7 +100399,7 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
                 earlier,
             });
             const start = treeStart;
-            await group('Send the new table files while the node runs', () => sendAhead({ settings, client, host, start }));
+            start.sentAhead = await group('Send the new table files while the node runs', () => sendAhead({ settings, client, host, start }));
             const atStop = await readHeight();
             if (atStop === undefined)
                 return await notInService();

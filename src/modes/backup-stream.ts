@@ -19,7 +19,7 @@ import {
   checkpointBytes,
   COMPRESSOR_MARK,
   PROGRESS_MARK,
-} from '../node-kind/remote.js';
+} from '../node-kind/archive-remote.js';
 import { Progress } from '../progress.js';
 import { abortUploads, streamUpload } from '../s3/upload.js';
 import type { Settings } from '../settings.js';

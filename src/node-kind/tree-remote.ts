@@ -6,7 +6,7 @@
 import { HostError } from '../errors.js';
 import { bashScript, quote, WAIT_FOR_GO } from '../shell.js';
 import type { Tree } from './host.js';
-import { CHANGED_MARK } from './remote.js';
+import { CHANGED_MARK } from './archive-remote.js';
 
 /** One entry of a snapshot on the host, as `listTreeCommand` prints it. */
 export interface ListedEntry {

@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { IntegrityError, RemoteCommandError, StorageError, errorMessage } from '../errors.js';
 import type { NodeHost, TreeEntry } from '../node-kind/host.js';
-import { CHANGED_MARK } from '../node-kind/remote.js';
+import { CHANGED_MARK } from '../node-kind/archive-remote.js';
 import { ringChunks } from '../byte-source.js';
 import { Budget } from './budget.js';
 import { streamUpload } from '../s3/upload.js';

@@ -26,9 +26,11 @@ import { parseManifest } from '../../src/node-kind/leveldb-manifest.ts';
 import { loopchain, pickIdentityDir } from '../../src/node-kind/loopchain/layout.ts';
 import {
   archiveCommand,
-  detachedCommand,
   CHANGED_MARK,
   checkpointBytes,
+} from '../../src/node-kind/archive-remote.ts';
+import {
+  detachedCommand,
   requireArchiveTools,
   batchCommand,
   freezeCommand,

@@ -20,7 +20,6 @@ import type {
   Tree,
 } from '../host.js';
 import {
-  archiveCommand,
   batchCommand,
   dirname,
   freezeCommand,
@@ -30,6 +29,7 @@ import {
   requireArchiveTools,
   stagingFolders,
 } from '../remote.js';
+import { archiveCommand } from '../archive-remote.js';
 import { restoreProbeCommand } from '../restore-commands.js';
 import { watchdogFiredCommand } from '../watchdog.js';
 import { extractCommand } from '../extract.js';

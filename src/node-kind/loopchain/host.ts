@@ -19,7 +19,6 @@ import type {
   Tree,
 } from '../host.js';
 import {
-  archiveCommand,
   batchCommand,
   detectIpCommand,
   dirname,
@@ -32,6 +31,7 @@ import {
   requireArchiveTools,
   stagingFolders,
 } from '../remote.js';
+import { archiveCommand } from '../archive-remote.js';
 import {
   restoreProbeCommand,
   rollbackCommand,

@@ -9,6 +9,7 @@ import { rmSync } from 'node:fs';
 import { State } from './constants.js';
 import { errorMessage } from './errors.js';
 import { manifestKey } from './naming.js';
+import { aheadDir } from './node-kind/archive-remote.js';
 import { detachedCommand, removeStagingCommand } from './node-kind/remote.js';
 import { disarmWatchdogCommand } from './node-kind/watchdog.js';
 import { readBackupList } from './s3/backup-list.js';
@@ -67,6 +68,8 @@ async function cleanHost(
     }
     if (watchdog) await session.exec(disarmWatchdogCommand(watchdog), { timeoutMs: 60_000 });
     if (staging) {
+      // With the folder of an archive's send ahead of the stop, where the run made one.
+      await session.exec(removeStagingCommand(aheadDir(staging)), { timeoutMs: 30 * 60_000 });
       const res = await session.exec(removeStagingCommand(staging), { timeoutMs: 30 * 60_000 });
       if (res.code === 0) core.info(`Removed the staging folder ${staging}.`);
       else core.warning(`Could not remove the staging folder ${staging}: ${res.stderr.trim()}`);

@@ -12,11 +12,18 @@ export interface Manifest {
   sha256: string;
   compressedBytes: number;
   uncompressedBytes: number;
+  /** The files the archive extracts to. */
   files: number;
   compression: Compression;
   compressor: string;
   compressionLevel: number;
   consistency: 'hardlink' | 'stop';
+  /**
+   * The table files that went up while the node ran, as the archive's first part: their tar
+   * bytes, the archive's bytes they took, and how many of them the node removed before the stop
+   * (in the archive still, counted in `files`; the database deletes them as it opens).
+   */
+  ahead?: { files: number; tarBytes: number; bytes: number; removed: number };
   /** loopchain: the directory name that the restore renames to `db_{IP}:7100_icon_dex`. */
   placeholder?: string;
   /** What the node's kind recorded of the snapshot (see `NodeHost.facts`). */

@@ -20,6 +20,7 @@ import type { Settings, SshSettings } from '../settings.js';
 import type { RemoteStream } from '../ssh/session.js';
 import { verifyStored } from './verify.js';
 import { streamArchive } from './backup-stream.js';
+import type { ArchiveAhead } from './backup-archive-ahead.js';
 import { applyRetention, permanentCopy, writeSummary, type Timings } from './backup-publish.js';
 
 /** What an archive run has stored: removed again (by the caller) unless it was published. */
@@ -53,19 +54,24 @@ export interface ArchiveRun {
   t0: number;
   now: () => Date;
   made: ArchiveMade;
+  /** The archive's first part, sent while the node ran (backup-archive-ahead.ts). */
+  ahead?: ArchiveAhead;
 }
 
 /** Streams, publishes and keeps the archive; returns its key. */
 export async function backupArchive(run: ArchiveRun): Promise<string> {
   const { settings, client, host, shell, node, remote, source, name, key, height, facts } = run;
-  const { sizes, parts, localCopy, snapshotAt, timings, t0, now, made } = run;
+  const { sizes, parts, localCopy, snapshotAt, timings, t0, now, made, ahead } = run;
   const ssh = settings.ssh as SshSettings;
   const { partSize, queueSize } = parts;
 
   const stream = await core.group(`Stream ${key}`, async () => {
     core.info(
       `${sizes.files} files, ${formatBytes(sizes.bytes)}; ${settings.backup.compression} level ${settings.backup.compressionLevel}; ` +
-        `parts of ${formatBytes(partSize)} x ${queueSize} in flight.`,
+        `parts of ${formatBytes(partSize)} x ${queueSize} in flight` +
+        (ahead
+          ? `; ${ahead.files} table files went up ahead of the stop, the rest follows them.`
+          : '.'),
     );
     made.uploaded = [key];
     // For the post step: an upload that this run cannot finish or abort is removed there.
@@ -83,6 +89,7 @@ export async function backupArchive(run: ArchiveRun): Promise<string> {
       queueSize,
       totalBytes: sizes.bytes,
       frozenDigest: sizes.digest,
+      ahead,
     });
 
     core.info(
@@ -110,11 +117,23 @@ export async function backupArchive(run: ArchiveRun): Promise<string> {
     sha256: stream.sha256,
     compressedBytes: stream.bytes,
     uncompressedBytes: stream.tarBytes ?? sizes.bytes,
-    files: sizes.files,
+    // What the archive extracts to: the snapshot's files, and the tables sent ahead that the
+    // node removed before the stop (a restore counts them).
+    files: sizes.files + (stream.aheadRemoved ?? 0),
     compression: settings.backup.compression,
     compressor: stream.compressor,
     compressionLevel: settings.backup.compressionLevel,
     consistency: settings.backup.consistency,
+    ...(ahead
+      ? {
+          ahead: {
+            files: ahead.files,
+            tarBytes: ahead.tarBytes,
+            bytes: ahead.bytes,
+            removed: stream.aheadRemoved ?? 0,
+          },
+        }
+      : {}),
     ...(facts.placeholder !== undefined ? { placeholder: String(facts.placeholder) } : {}),
     facts,
     source: {

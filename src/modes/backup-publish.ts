@@ -172,9 +172,17 @@ export async function writeSummary(
     ['Data', `${formatBytes(m.uncompressedBytes)} in ${m.files} files`],
     ['Compression ratio', `${ratio} : 1`],
     ['Node downtime', formatDuration(timings.downtime ?? 0)],
+    ...(m.ahead
+      ? ([
+          [
+            'Sent while the node ran',
+            `${m.ahead.files} table files, ${formatBytes(m.ahead.bytes)} of the archive in ${formatDuration(timings.ahead ?? 0)}`,
+          ],
+        ] as Array<[string, Cell]>)
+      : []),
     [
-      'Stream and upload',
-      `${formatDuration(timings.stream ?? 0)} (${formatRate(m.compressedBytes, timings.stream ?? 0)})`,
+      m.ahead ? 'Stream and upload after the freeze' : 'Stream and upload',
+      `${formatDuration(timings.stream ?? 0)} (${formatRate(m.compressedBytes - (m.ahead?.bytes ?? 0), timings.stream ?? 0)})`,
     ],
     ['Stop to listed', formatDuration(timings.stopToListed ?? 0)],
     ['Total', formatDuration(timings.total ?? 0)],

@@ -15,6 +15,7 @@ import {
 import { secondsSince } from '../format.js';
 import type { NodeHost } from '../node-kind/index.js';
 import {
+  AHEAD_REMOVED_MARK,
   CHANGED_MARK,
   checkpointBytes,
   COMPRESSOR_MARK,
@@ -25,6 +26,7 @@ import { abortUploads, streamUpload } from '../s3/upload.js';
 import type { Settings } from '../settings.js';
 import { GO_LINE } from '../shell.js';
 import type { RemoteStream } from '../ssh/session.js';
+import type { ArchiveAhead } from './backup-archive-ahead.js';
 
 /**
  * The largest archive a database of `bytes` makes: LevelDB tables are compressed already, so
@@ -50,6 +52,11 @@ export interface StreamArgs {
    * digest of its files taken before the stream, to compare with the one after.
    */
   frozenDigest?: string;
+  /**
+   * The archive's first part, sent ahead of the stop (backup-archive-ahead.ts): its upload goes
+   * on with this stream, opened with `ahead`.
+   */
+  ahead?: ArchiveAhead;
 }
 
 export interface Streamed {
@@ -58,6 +65,32 @@ export interface Streamed {
   seconds: number;
   compressor: string;
   tarBytes?: number;
+  /** After a send ahead: the tables it sent that the frozen copy no longer holds. */
+  aheadRemoved?: number;
+}
+
+/**
+ * The error of a failed archive upload, once S3 was asked to remove what it holds of it: the
+ * upload aborts itself, but not when S3 is what failed (then the post step removes it). An
+ * ActionError keeps its words; `when` says where in the run it failed.
+ */
+export async function uploadFailed(
+  client: S3Client,
+  bucket: string,
+  key: string,
+  error: unknown,
+  when = '',
+): Promise<Error> {
+  const left = await abortUploads(client, bucket, key).then(
+    () => '',
+    (e) =>
+      ` S3 could not be asked to remove the incomplete upload (${errorMessage(e)}); the post step removes it.`,
+  );
+  if (error instanceof ActionError)
+    return left ? new ActionError(`${error.message}${left}`) : error;
+  return new StorageError(
+    `The upload of ${key} failed: ${errorMessage(error)}${when}. Nothing was published;${left || ' no parts were left.'}`,
+  );
 }
 
 export async function streamArchive(a: StreamArgs): Promise<Streamed> {
@@ -67,15 +100,19 @@ export async function streamArchive(a: StreamArgs): Promise<Streamed> {
   const remote = a.remote;
   remote.stdin.end(GO_LINE);
   let changed = false;
-  const progress = new Progress('Upload', a.totalBytes);
+  const ahead = a.ahead;
+  const progress = new Progress('Upload', Math.max(0, a.totalBytes - (ahead?.tarBytes ?? 0)));
   let compressor: string = a.settings.backup.compression;
   let tarBytes: number | undefined;
+  let aheadRemoved: number | undefined;
   remote.onStderrLine((line) => {
     const read = checkpointBytes(line);
     if (read !== undefined) progress.read = read;
     else if (line.startsWith(COMPRESSOR_MARK))
       compressor = line.slice(COMPRESSOR_MARK.length + 1).trim();
     else if (line === CHANGED_MARK) changed = true;
+    else if (line.startsWith(AHEAD_REMOVED_MARK))
+      aheadRemoved = Number(line.slice(AHEAD_REMOVED_MARK.length + 1));
     else if (/Total bytes written: (\d+)/.test(line))
       tarBytes = Number(/Total bytes written: (\d+)/.exec(line)?.[1]);
   });
@@ -111,6 +148,18 @@ export async function streamArchive(a: StreamArgs): Promise<Streamed> {
   });
   sourceOk.catch(() => undefined);
   try {
+    if (ahead) {
+      ahead.onProgress = (bytes) => (progress.sent = bytes - ahead.bytes);
+      ahead.follow(remote, sourceOk);
+      const r = await ahead.upload;
+      return {
+        ...r,
+        seconds: secondsSince(t),
+        compressor,
+        tarBytes: tarBytes === undefined ? undefined : tarBytes + ahead.tarBytes,
+        aheadRemoved: aheadRemoved ?? 0,
+      };
+    }
     const r = await streamUpload({
       client: a.client,
       bucket: a.settings.s3.bucket,
@@ -128,17 +177,8 @@ export async function streamArchive(a: StreamArgs): Promise<Streamed> {
   } catch (error) {
     remote.kill();
     await sourceOk.catch(() => undefined);
-    // The upload aborts itself, but not when S3 is what failed: ask again, and say so if it cannot be done now.
-    const left = await abortUploads(a.client, a.settings.s3.bucket, a.key).then(
-      () => '',
-      (e) =>
-        ` S3 could not be asked to remove the incomplete upload (${errorMessage(e)}); the post step removes it.`,
-    );
-    if (error instanceof ActionError)
-      throw left ? new ActionError(`${error.message}${left}`) : error;
-    throw new StorageError(
-      `The upload of ${a.key} failed: ${errorMessage(error)}. Nothing was published;${left || ' no parts were left.'}`,
-    );
+    await ahead?.abandon(error instanceof Error ? error : new Error(String(error)));
+    throw await uploadFailed(a.client, a.settings.s3.bucket, a.key, error);
   } finally {
     progress.stop();
   }

@@ -1,7 +1,8 @@
 /**
- * mode: backup. Reads like the procedure: connect, check, (a tree: send the new table files
- * while the node runs, backup-tree-ahead.ts), stop, freeze, start (backup-freeze.ts), then send
- * the rest and publish a tree (backup-tree.ts) or stream and publish an archive
+ * mode: backup. Reads like the procedure: connect, check, send table files while the node
+ * runs (a tree's new ones, backup-tree-ahead.ts; an archive's settled ones as its first part,
+ * backup-archive-ahead.ts), stop, freeze, start (backup-freeze.ts), then send the rest and
+ * publish a tree (backup-tree.ts) or stream the rest of the archive and publish it
  * (backup-archive.ts), copy, retain. The node is down only for the stop, the freeze and the
  * start.
  */
@@ -21,6 +22,8 @@ import { MAX_UPLOAD_BUFFER_BYTES, type Settings, type SshSettings } from '../set
 import { closeUnused, type RemoteStream } from '../ssh/session.js';
 import { readEarlier } from '../tree/reuse.js';
 import { sendAhead } from './backup-tree-ahead.js';
+import { archiveAhead, type ArchiveAhead } from './backup-archive-ahead.js';
+import { aheadDir } from '../node-kind/archive-remote.js';
 import { archiveBound } from './backup-stream.js';
 import { stopFreezeStart } from './backup-freeze.js';
 import { backupArchive, type ArchiveMade } from './backup-archive.js';
@@ -77,6 +80,7 @@ export async function backup(
   let remote: RemoteStream | undefined;
   let treeStart: TreeStart | undefined;
   let treeRun: TreeRun | undefined;
+  let aheadRun: ArchiveAhead | undefined;
   const made: ArchiveMade = { uploaded: [], published: false, streamStarted: false };
   try {
     const layout = await core.group('Check the host', async () => {
@@ -144,10 +148,20 @@ export async function backup(
       core.saveState(State.StagingDir, stage);
       source = stage;
     }
+    // An archive is named before its table files go up ahead of the stop (its key is the
+    // upload's): by the height and time at which the run began, which its manifest records too
+    // (with the block's hash, read then). Its data holds that block, and those the node made
+    // until the stop.
+    const early = tree
+      ? undefined
+      : archiveName(settings.s3.service, at.height, now(), settings.backup.compression);
+    const localCopy =
+      early && settings.backup.localCopy
+        ? `${settings.node.prepDir}/data/Backup/${early.date}/${early.file}`
+        : undefined;
     if (tree) {
       // What the bucket holds is read, and the data channels onto the frozen copy connect; the
-      // new table files go up while the node runs (backup-tree-ahead.ts). The snapshot's height
-      // is the node's at the stop, read after that.
+      // new table files go up while the node runs (backup-tree-ahead.ts).
       treeStart = startTree({
         settings,
         client,
@@ -162,24 +176,34 @@ export async function backup(
       start.sentAhead = await core.group('Send the new table files while the node runs', () =>
         sendAhead({ settings, client, host, start }),
       );
+      // A tree's height is the node's at the stop: read again after the send ahead.
       const atStop = await readHeight();
       if (atStop === undefined) return await notInService();
       at = atStop;
+    } else if (early && stage !== undefined) {
+      // The settled table files go up as the archive's first part (backup-archive-ahead.ts).
+      const key = archiveKey(settings.s3.prefix, early);
+      made.uploaded = [key];
+      core.saveState(State.UploadKey, key);
+      core.saveState(State.UploadPublished, 'false');
+      const frozen = stage;
+      aheadRun = await core.group('Send the table files while the node runs', () =>
+        archiveAhead({ settings, client, host, stage: frozen, key, parts, localCopy }),
+      );
+      if (aheadRun) timings.ahead = aheadRun.seconds;
     }
     const { height, facts } = at;
 
     const snapshotAt = now();
-    const name = archiveName(
-      settings.s3.service,
-      height,
-      snapshotAt,
-      tree ? 'tree' : settings.backup.compression,
-    );
+    const name =
+      early ??
+      archiveName(
+        settings.s3.service,
+        height,
+        snapshotAt,
+        tree ? 'tree' : settings.backup.compression,
+      );
     const key = archiveKey(settings.s3.prefix, name);
-    const localCopy =
-      settings.backup.localCopy && !tree
-        ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
-        : undefined;
     // The data channel connects while the node stops and the copy freezes; it archives
     // nothing before its go line. A tree's two channels do the same.
     let treeArgs: TreeBackupArgs | undefined;
@@ -212,6 +236,7 @@ export async function backup(
         level: settings.backup.compressionLevel,
         localCopy,
         tolerateChanged: settings.backup.consistency === 'hardlink',
+        ahead: aheadRun !== undefined,
       });
     }
 
@@ -273,6 +298,7 @@ export async function backup(
       t0,
       now,
       made,
+      ahead: aheadRun,
     });
     return { skipped: false, key: archived };
   } catch (caught) {
@@ -295,12 +321,15 @@ export async function backup(
     // What a tree's send said before the run failed elsewhere.
     treeRun?.log.open();
     if (remote && !made.streamStarted) await closeUnused(remote);
+    // A first part that no stream followed: its upload ends, and the catch above removed it.
+    if (aheadRun && !made.streamStarted) await aheadRun.abandon(new Error('the run ended'));
     if (treeStart) await treeStart.close();
     await node.ensureStarted();
     if (stage) {
       const s = stage;
       await host
         .remove(s)
+        .then(() => host.remove(aheadDir(s)))
         .then(() => core.saveState(State.StagingDir, ''))
         .catch((e) => core.warning(`Could not remove the staging folder ${s}: ${errorMessage(e)}`));
     }

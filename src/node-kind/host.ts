@@ -60,6 +60,8 @@ export interface ArchiveOptions {
   localCopy?: string;
   /** The source is a staging folder of hard links that the running node shares. */
   tolerateChanged?: boolean;
+  /** The archive follows this run's `archiveAhead` of the same staging folder. */
+  ahead?: boolean;
 }
 
 /** What the node's kind records in a snapshot's manifest, and checks after a restore. */
@@ -125,6 +127,16 @@ export interface NodeHost {
   facts(height: number): Promise<KindFacts>;
   /** The archive of `dir` streamed to stdout, opened now; it starts on its go line. */
   archive(dir: string, options: ArchiveOptions): Promise<RemoteStream>;
+  /**
+   * Hard-links the running node's settled table files into the send ahead's folder of `stage`
+   * (archive-remote.ts, `linkAheadCommand`); what it linked.
+   */
+  linkAhead(stage: string): Promise<{ files: number; bytes: number }>;
+  /**
+   * The archive's first part: what linkAhead linked, without tar's end, so that `archive` of
+   * the frozen `stage` with `ahead` follows it. Opened now; it starts on its go line.
+   */
+  archiveAhead(stage: string, options: ArchiveOptions): Promise<RemoteStream>;
   /** Links and copies the node's files into `stage`, holding the watchdog's flag; run on `go`. */
   freeze(stage: string, watchdogFlag: string): Prepared;
   /** Leaves out of a frozen `stage` what is not part of the snapshot, then measures it. */

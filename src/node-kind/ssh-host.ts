@@ -9,6 +9,7 @@ import type { ExecResult, SshSession } from '../ssh/session.js';
 import { HostError } from '../errors.js';
 import type { RemoteStream } from '../ssh/session.js';
 import type {
+  ArchiveOptions,
   PreparedListing,
   PreparedStep,
   Settled,
@@ -35,6 +36,12 @@ import {
 } from './tree-remote.js';
 import { isTableFile } from '../tree/layout.js';
 import {
+  aheadDir,
+  archiveAheadCommand,
+  archiveCommand,
+  linkAheadCommand,
+} from './archive-remote.js';
+import {
   manifestsCommand,
   parseSizes,
   pruneCommand,
@@ -56,6 +63,11 @@ export abstract class SshHost {
   /** Where the node names a directory after itself (loopchain), that directory's name. */
   protected identityName(): string | undefined {
     return undefined;
+  }
+
+  /** What a snapshot leaves out under the roots (paths relative to the data dir). */
+  protected leaveOut(): string[] {
+    return [];
   }
 
   /** The node's data dir on the host. */
@@ -119,6 +131,37 @@ export abstract class SshHost {
         stdin: paths.map((p) => `${p}\0`).join(''),
         maxOutputBytes: 64 * 1024 ** 2,
         timeoutMs: 24 * 60 * 60_000,
+      }),
+    );
+  }
+
+  async linkAhead(stage: string): Promise<{ files: number; bytes: number }> {
+    const { files, bytes } = parseSizes(
+      await this.session.run(
+        'Linking the table files',
+        linkAheadCommand(this.tree, this.dataDir, aheadDir(stage), this.leaveOut()),
+        LISTING,
+      ),
+    );
+    return { files, bytes };
+  }
+
+  archiveAhead(stage: string, options: ArchiveOptions): Promise<RemoteStream> {
+    return this.session.streamOut(
+      archiveAheadCommand(this.tree, aheadDir(stage), this.identityName(), {
+        compression: options.compression,
+        level: options.level,
+        localCopy: options.localCopy,
+      }),
+    );
+  }
+
+  /** `archive` with what the kind's archive command needs of this class. */
+  protected archiveOf(dir: string, options: ArchiveOptions): Promise<RemoteStream> {
+    return this.session.streamOut(
+      archiveCommand(this.tree, dir, this.identityName(), {
+        ...options,
+        ahead: options.ahead ? aheadDir(dir) : undefined,
       }),
     );
   }

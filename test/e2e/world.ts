@@ -4,7 +4,15 @@
  * under Node 24, as GitHub's runner runs it.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import {
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -40,10 +48,31 @@ export interface SimNode {
   stop(): Promise<void>;
 }
 
+/** Dates every table file (`*.ldb`, `*.sst`) under `dir` `seconds` from now. */
+function datedTables(dir: string, seconds: number): void {
+  const when = new Date(Date.now() + seconds * 1000);
+  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile() && /\.(ldb|sst)$/.test(e.name))
+      utimesSync(join(e.parentPath, e.name), when, when);
+  }
+}
+
 /** Creates and starts a node in `root`. */
 export async function startNode(
   root: string,
-  opts: { ip?: string; blocks?: number; valueBytes?: number; rate?: number; name?: string } = {},
+  opts: {
+    ip?: string;
+    blocks?: number;
+    valueBytes?: number;
+    rate?: number;
+    name?: string;
+    /**
+     * The table files that init wrote: 'settled' (the default) dates them a minute back, as on
+     * a node that has run a while, so an archive's backup sends them ahead of the stop; 'fresh'
+     * dates them an hour on, as tables still being written, so that it sends none ahead.
+     */
+    tables?: 'settled' | 'fresh';
+  } = {},
 ): Promise<SimNode> {
   const home = join(root, opts.name ?? 'prep');
   const ip = opts.ip ?? '10.11.12.13';
@@ -63,6 +92,7 @@ export async function startNode(
     '--value-bytes',
     String(opts.valueBytes ?? 4096),
   );
+  datedTables(join(home, 'data/loopchain'), opts.tables === 'fresh' ? 3600 : -60);
   const startArgs = `--port ${port} --rate ${opts.rate ?? 20} --value-bytes ${opts.valueBytes ?? 4096}`;
   const node: SimNode = {
     home,

@@ -130,6 +130,16 @@ export class FakeNode implements NodeHost, Shell {
     return Promise.resolve({ hashAtHeight: `hash-${height}` });
   }
 
+  /** An archive's send ahead of the stop finds no table here: the archive goes up after the freeze. */
+  linkAhead(stage: string): Promise<{ files: number; bytes: number }> {
+    this.calls.push(`link ahead ${stage}`);
+    return Promise.resolve({ files: 0, bytes: 0 });
+  }
+
+  archiveAhead(): Promise<RemoteStream> {
+    return Promise.reject(new Error('the fake node links no table ahead'));
+  }
+
   archive(dir: string, _options: ArchiveOptions): Promise<RemoteStream> {
     this.calls.push(`archive opened: ${dir}`);
     const out = new PassThrough();

@@ -29,7 +29,6 @@ import {
   requireArchiveTools,
   stagingFolders,
 } from '../remote.js';
-import { archiveCommand } from '../archive-remote.js';
 import { restoreProbeCommand } from '../restore-commands.js';
 import { watchdogFiredCommand } from '../watchdog.js';
 import { extractCommand } from '../extract.js';
@@ -215,12 +214,16 @@ export class GoloopHost extends SshHost implements NodeHost {
   }
 
   archive(dir: string, options: ArchiveOptions): Promise<RemoteStream> {
-    return this.session.streamOut(archiveCommand(this.tree, dir, undefined, options));
+    return this.archiveOf(dir, options);
+  }
+
+  protected override leaveOut(): string[] {
+    const f = this.folder;
+    return [`${f}/cache`, `${f}/tmp`, `${f}/db/${this.id.nid.replace(/^0x/, '')}/LOCK`];
   }
 
   freeze(stage: string, watchdogFlag: string): Prepared {
-    const f = this.folder;
-    const leaveOut = [`${f}/cache`, `${f}/tmp`, `${f}/db/${this.id.nid.replace(/^0x/, '')}/LOCK`];
+    const leaveOut = this.leaveOut();
     return this.session.prepare(
       'Freezing the chain folder into the staging folder',
       freezeCommand(this.tree, this.dataDir, stage, watchdogFlag, leaveOut),

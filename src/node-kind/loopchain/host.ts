@@ -31,7 +31,6 @@ import {
   requireArchiveTools,
   stagingFolders,
 } from '../remote.js';
-import { archiveCommand } from '../archive-remote.js';
 import {
   restoreProbeCommand,
   rollbackCommand,
@@ -142,7 +141,7 @@ export class LoopchainHost extends SshHost implements NodeHost {
 
   archive(dir: string, options: ArchiveOptions): Promise<RemoteStream> {
     if (!this.identity) throw new Error('inspect() names the identity directory before archive()');
-    return this.session.streamOut(archiveCommand(this.layout, dir, this.identity, options));
+    return this.archiveOf(dir, options);
   }
 
   freeze(stage: string, watchdogFlag: string): Prepared {

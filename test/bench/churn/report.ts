@@ -1,7 +1,7 @@
 /** The churn part's tables: the full backups, the churn, the second backups, the restores, the targets. */
 import { fmtB, fmtS, MiB, ratio, table, verdict } from '../kit.js';
 import type { GoloopBackupFigures, GoloopRestoreFigures, Who } from '../goloop/figures.js';
-import { cell, phaseLine } from '../goloop/report.js';
+import { cell, ownTimings, phaseLine } from '../goloop/report.js';
 import { ACROSS_BACKUPS, ACROSS_MS, type ChurnFigures } from './figures.js';
 import { MESSAGE_BYTES } from './load.js';
 
@@ -115,12 +115,7 @@ export function churnReport(f: ChurnFigures): string {
     );
     const tr = second['ours tree'];
     out.push(...phaseLine('ours tree', 'stop', tr), ...phaseLine('theirs', 'stop', t));
-    if (tr?.ok && tr.timings)
-      out.push(
-        `ours tree, its own timings (s): ${Object.entries(tr.timings)
-          .map(([k, v]) => `${k} ${v.toFixed(2)}`)
-          .join(', ')}`,
-      );
+    out.push(...ownTimings('ours tree', tr), ...ownTimings('ours archive', second['ours archive']));
     const t1 = full.theirs;
     if (t1?.ok && t?.ok)
       out.push(

@@ -233,7 +233,13 @@ async function blockTimeUs(home: Home, h: number): Promise<number> {
 }
 
 /** The largest gap between consecutive blocks' time stamps in heights [from, to]. */
-export async function largestGap(home: Home, from: number, to: number): Promise<Gap> {
+export async function largestGap(
+  home: Home,
+  from: number,
+  to: number,
+  /** Only a gap that begins at or after this time (ms since the epoch) counts. */
+  afterMs = 0,
+): Promise<Gap> {
   const times = new Array<number>(to - from + 1);
   let next = from;
   const worker = async (): Promise<void> => {
@@ -247,6 +253,7 @@ export async function largestGap(home: Home, from: number, to: number): Promise<
   for (let i = 1; i < times.length; i++) {
     const a = times[i - 1] as number;
     const b = times[i] as number;
+    if (a / 1000 < afterMs) continue;
     if (!best || b - a > (best.firstAfterMs - best.lastBeforeMs) * 1000)
       best = {
         lastBeforeMs: a / 1000,
@@ -260,8 +267,11 @@ export async function largestGap(home: Home, from: number, to: number): Promise<
   return best;
 }
 
-/** The largest gap from height `h0` on, read once the chain is two blocks past where it is now. */
-export async function gapSince(home: Home, h0: number): Promise<Gap> {
+/**
+ * The largest gap from height `h0` on (and from `afterMs` on, when given), read once the chain
+ * is two blocks past where it is now.
+ */
+export async function gapSince(home: Home, h0: number, afterMs = 0): Promise<Gap> {
   const h1 = await waitAbove(home, (await chainInfo(home)).height + 2);
-  return largestGap(home, h0, h1);
+  return largestGap(home, h0, h1, afterMs);
 }

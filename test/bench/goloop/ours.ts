@@ -110,11 +110,17 @@ export async function oursBackupOn(
     ...extra,
   });
   const disk = await sampler.stop();
-  // The stop comes after the snapshot's height is read: a tree's new tables go up before it,
-  // for as long as they take, and a gap in the blocks meanwhile is not the stop's.
+  // The stop comes after table files go up ahead of it, for as long as they take, and a gap in
+  // the blocks meanwhile is not the stop's. A tree reads its height after them; an archive is
+  // named before them: the stop is near where its own stop to listed puts it.
   const atStop = Number(r.outputs['block-height']);
-  const gap = await gapSince(home, atStop > h0 ? atStop : h0);
   const listed = await modifiedMs(ctx.s3, ctx.bucket, `${prefix}/backup_list`);
+  const selfStopToListed = parseDurationText(summaryRow(r.summary, 'Stop to listed'));
+  const stopNear =
+    listed !== undefined && selfStopToListed !== undefined
+      ? listed - selfStopToListed * 1000 - 2000
+      : 0;
+  const gap = await gapSince(home, atStop > h0 ? atStop : h0, stopNear);
   const key = r.outputs.key ?? '';
   const size = Number(r.outputs.size);
   const tree =
@@ -122,13 +128,22 @@ export async function oursBackupOn(
       ? await readJson<TreeManifest>(ctx.s3, ctx.bucket, `${key}/manifest.json`)
       : undefined;
   const marks = tree ? await treeMarks(ctx, prefix, key, gap.lastBeforeMs) : undefined;
+  // An archive's manifest has its own timings too (the send ahead of the stop among them).
+  const archive =
+    format === 'archive' && key
+      ? await readJson<{ timings: Record<string, number> }>(
+          ctx.s3,
+          ctx.bucket,
+          `_prep-snapshot/${key}.json`,
+        ).catch(() => undefined)
+      : undefined;
   return {
     name: `ours ${format}`,
     ok: true,
     ...gapFigures(gap),
     downtimeSelfReported: Number(r.outputs['downtime-seconds'] ?? NaN),
     stopToListedSeconds: listed !== undefined ? (listed - gap.lastBeforeMs) / 1000 : undefined,
-    stopToListedSelfReported: parseDurationText(summaryRow(r.summary, 'Stop to listed')),
+    stopToListedSelfReported: selfStopToListed,
     wallSeconds: r.durationMs / 1000,
     runnerPeakRssBytes: rss,
     hostExtraDiskBytes: disk.extraDu,
@@ -137,6 +152,7 @@ export async function oursBackupOn(
     movedFiles: tree ? tree.sent.files : 1,
     parts: tree ? tree.files.length : 1,
     ...(tree ? { phases: marks, timings: tree.timings } : {}),
+    ...(archive ? { timings: archive.timings } : {}),
     prefix,
     keys: key ? [key] : [],
     height: Number(r.outputs['block-height']),

@@ -28,6 +28,18 @@ export function phaseLine(who: string, origin: string, x: Any | undefined): stri
     : [];
 }
 
+/** What the action's manifest says its backup `who` took, in seconds. */
+export function ownTimings(who: string, x: Any | undefined): string[] {
+  const t = x?.ok ? (x as { timings?: Record<string, number> }).timings : undefined;
+  return t
+    ? [
+        `${who}, its own timings (s): ${Object.entries(t)
+          .map(([k, v]) => `${k} ${v.toFixed(2)}`)
+          .join(', ')}`,
+      ]
+    : [];
+}
+
 export function goloopReport(figures: GoloopFigures): string {
   const out: string[] = [];
   for (const s of figures.sizes) {
@@ -91,6 +103,7 @@ export function goloopReport(figures: GoloopFigures): string {
     out.push(
       ...phaseLine('theirs', 'stop', t),
       ...phaseLine('ours tree', 'stop', s.backups['ours tree']),
+      ...ownTimings('ours archive', s.backups['ours archive']),
     );
     const rrow = rowOf(s.restores);
     out.push(

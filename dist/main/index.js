@@ -91665,76 +91665,6 @@ function parseSizes(stdout) {
         throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
     return { files, bytes, digest: /digest=([0-9a-f]{64})/.exec(stdout)?.[1] };
 }
-const PROGRESS_MARK = 'prep-snapshot-progress';
-const CHANGED_MARK = 'prep-snapshot-tar-changed';
-const COMPRESSOR_MARK = 'prep-snapshot-compressor';
-/**
- * tar's record when it archives: 2048 blocks of 512 bytes. It reads the files and writes to
- * the compressor in 1 MiB at a time instead of its default 10 KiB, a hundred times fewer
- * system calls on both sides of the pipe; the stream ends padded to a whole record, which
- * every tar reads (its end is marked before the padding).
- */
-const TAR_RECORD_BYTES = 1024 * 1024;
-/**
- * The bytes tar has read, from one of its checkpoint lines (one every 10 records, 10 MiB):
- * `%u` is the number of records so far, not of checkpoints.
- */
-function checkpointBytes(line) {
-    const m = new RegExp(`${PROGRESS_MARK} (\\d+)`).exec(line);
-    return m ? Number(m[1]) * TAR_RECORD_BYTES : undefined;
-}
-/**
- * Streams the archive to stdout: tar of the roots, with the identity directory renamed to
- * the placeholder, compressed by pigz (gzip where pigz is missing) or zstd.
- *
- * It starts by waiting for `GO_LINE` on stdin, so that its connection can be made while the
- * node stops and the copy freezes; an input that ends without it ends the command with no
- * output.
- */
-function archiveCommand(kind, dir, identity, options) {
-    const transform = [];
-    if (identity !== undefined && kind.identityParent && kind.placeholder) {
-        // The directory itself and what is under it; not a sibling whose name merely starts the same.
-        const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
-        const to = `${kind.identityParent}/${kind.placeholder}`;
-        transform.push(`--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`);
-    }
-    const tar = [
-        'tar --create --file=- --totals --blocking-factor=2048',
-        `--checkpoint=10 --checkpoint-action=${quote(`echo=${PROGRESS_MARK} %u`)}`,
-        ...transform,
-        `-- ${kind.roots.map(quote).join(' ')}`,
-    ].join(' ');
-    const level = String(options.level);
-    const compress = options.compression === 'zstd'
-        ? `compress() { echo "${COMPRESSOR_MARK} zstd" >&2; zstd -q -T0 -${level} -c; }`
-        : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
-            `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
-    const lines = [
-        ...WAIT_FOR_GO,
-        compress,
-        `cd -- ${quote(dir)}`,
-        // A shared lock on the folder while it is read: a later run's probe leaves it alone,
-        // however old the folder is (see probeCommand).
-        `exec 9<.`,
-        `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
-    ];
-    const copy = options.localCopy ? quote(options.localCopy) : undefined;
-    if (options.localCopy)
-        lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`);
-    const pipeline = copy ? `${tar} | compress | tee -- ${copy}.partial` : `${tar} | compress`;
-    if (options.tolerateChanged) {
-        lines.push('set +e', pipeline, 'codes=("${PIPESTATUS[@]}")', 'set -e', 
-        // Any failure after tar (compressor, tee) fails the stream; tar's exit 1 alone is reported.
-        'for c in "${codes[@]:1}"; do [ "$c" = 0 ] || exit "$c"; done', `case "\${codes[0]}" in 0) ;; 1) echo ${CHANGED_MARK} >&2 ;; *) exit "\${codes[0]}" ;; esac`);
-    }
-    else {
-        lines.push(pipeline);
-    }
-    if (copy)
-        lines.push(`mv -f -- ${copy}.partial ${copy}`);
-    return bashScript(lines);
-}
 /**
  * A digest of every file's path, size and mtime under the snapshot's roots. Equal before and
  * after the stream: no file's content was written meanwhile (a link count change is not a write).
@@ -94210,6 +94140,215 @@ function planPrune(dbs) {
     return plan;
 }
 
+;// CONCATENATED MODULE: ./src/node-kind/archive-remote.ts
+/**
+ * The archive's stream on the host: tar of the snapshot's roots, compressed there, to stdout,
+ * with its progress and what tar saw on stderr. Pure functions of their arguments, like the
+ * other commands (remote.ts).
+ */
+
+
+const PROGRESS_MARK = 'prep-snapshot-progress';
+const CHANGED_MARK = 'prep-snapshot-tar-changed';
+const COMPRESSOR_MARK = 'prep-snapshot-compressor';
+/**
+ * tar's record when it archives: 2048 blocks of 512 bytes. It reads the files and writes to
+ * the compressor in 1 MiB at a time instead of its default 10 KiB, a hundred times fewer
+ * system calls on both sides of the pipe; the stream ends padded to a whole record, which
+ * every tar reads (its end is marked before the padding).
+ */
+const TAR_RECORD_BYTES = 1024 * 1024;
+/**
+ * The bytes tar has read, from one of its checkpoint lines (one every 10 records, 10 MiB):
+ * `%u` is the number of records so far, not of checkpoints.
+ */
+function checkpointBytes(line) {
+    const m = new RegExp(`${PROGRESS_MARK} (\\d+)`).exec(line);
+    return m ? Number(m[1]) * TAR_RECORD_BYTES : undefined;
+}
+/**
+ * Where a backup's send ahead of the stop keeps the table files it archives: a folder of hard
+ * links beside the staging folder, removed with it.
+ */
+function aheadDir(stage) {
+    return `${stage}-ahead`;
+}
+/**
+ * Seconds that a table file must have stood unchanged to go ahead of the stop. The node writes
+ * a table in well under a second and then never again: one younger may still be written, and
+ * is left to the frozen copy.
+ */
+const AHEAD_SETTLED_SECONDS = 10;
+/** In the send ahead's folder: its files' path, inode, size and mtime (NUL-terminated, sorted). */
+const AHEAD_STAT = '.prep-snapshot-stat';
+/** In the send ahead's folder: the paths it archived (NUL-terminated). */
+const AHEAD_LIST = '.prep-snapshot-list';
+/** In the send ahead's folder: the tar bytes it sent. */
+const AHEAD_BYTES = '.prep-snapshot-bytes';
+/** The send ahead's files changed while it read them: its part of the archive is not used. */
+const AHEAD_CHANGED_MARK = 'prep-snapshot-ahead-changed';
+/** The exit code that goes with it. */
+const AHEAD_CHANGED_CODE = 3;
+/** The `find` tests that leave out `leaveOut` (paths under the roots) and what is under them. */
+function pruned(leaveOut) {
+    if (leaveOut.length === 0)
+        return '';
+    return `\\( ${leaveOut.map((p) => `-path ${quote(p)}`).join(' -o ')} \\) -prune -o`;
+}
+/**
+ * Hard-links the running node's table files (`*.ldb`, `*.sst`) that have stood unchanged for
+ * AHEAD_SETTLED_SECONDS into `ahead`, under their paths relative to the data dir; prints
+ * `files=` and `bytes=`. A table the node removes meanwhile is left out. The links hold the
+ * tables while they are read, whatever the node compacts meanwhile.
+ */
+function linkAheadCommand(kind, dataDir, ahead, leaveOut = []) {
+    const roots = kind.roots.map(quote).join(' ');
+    return bashScript([
+        `ahead=${quote(ahead)}`,
+        `rm -rf -- "$ahead"`,
+        `mkdir -p -- "$ahead"`,
+        `cd -- ${quote(dataDir)}`,
+        `cutoff=$(( $(date +%s) - ${AHEAD_SETTLED_SECONDS} ))`,
+        `{ find ${roots} ${pruned(leaveOut)} -type f \\( -name '*.ldb' -o -name '*.sst' \\) ! -newermt "@$cutoff" -print0 2>/dev/null || true; } |`,
+        `  { xargs -0 -r cp -al --parents -t "$ahead" -- 2>/dev/null || true; }`,
+        `cd -- "$ahead"`,
+        `find . -type f -printf '%s\\n' | awk '{n++; s+=$1} END {printf "files=%d\\nbytes=%d\\n", n, s}'`,
+    ]);
+}
+/** `tar --transform` that names the identity directory after the placeholder (loopchain). */
+function identityTransform(kind, identity) {
+    if (identity === undefined || !kind.identityParent || !kind.placeholder)
+        return [];
+    // The directory itself and what is under it; not a sibling whose name merely starts the same.
+    const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
+    const to = `${kind.identityParent}/${kind.placeholder}`;
+    return [`--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`];
+}
+function compressFunction(options) {
+    const level = String(options.level);
+    return options.compression === 'zstd'
+        ? `compress() { echo "${COMPRESSOR_MARK} zstd" >&2; zstd -q -T0 -${level} -c; }`
+        : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
+            `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
+}
+const TAR_CREATE = [
+    'tar --create --file=- --totals --blocking-factor=2048',
+    `--checkpoint=10 --checkpoint-action=${quote(`echo=${PROGRESS_MARK} %u`)}`,
+].join(' ');
+/** The lines that take the folder's shared lock: a later run's probe leaves it alone (probeCommand). */
+const SHARED_LOCK = [`exec 9<.`, `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`];
+/** The stat lines of the files under the current folder (`find` arguments `where`), sorted. */
+function statLines(where, name) {
+    return `find ${where} -type f -printf '${name}\\t%i\\t%s\\t%T@\\0' | LC_ALL=C sort -z`;
+}
+/**
+ * The first part of an archive, made while the node runs: tar of the tables in `ahead`
+ * (linkAheadCommand), compressed, to stdout, without tar's end-of-archive blocks, so that the
+ * frozen copy's archive (archiveCommand with `ahead`) follows it as one tar. Compressed
+ * streams concatenate (gzip members, zstd frames), and so do tar members: the whole reads as
+ * one archive with any tar, the original scripts' included.
+ *
+ * tar's size without writing it (to /dev/null, it reads no file) says where its end blocks
+ * begin; the stat lines before and after prove that no file changed while tar read it. If
+ * one did, the command fails with AHEAD_CHANGED_CODE. Starts on its go line.
+ */
+function archiveAheadCommand(kind, ahead, identity, options) {
+    const transform = identityTransform(kind, identity).join(' ');
+    const files = `. ! -name ${quote(AHEAD_STAT)} ! -name ${quote(AHEAD_LIST)}`;
+    const list = `--null --no-recursion --files-from=${AHEAD_LIST}`;
+    const copy = options.localCopy ? quote(options.localCopy) : undefined;
+    return bashScript([
+        ...WAIT_FOR_GO,
+        compressFunction(options),
+        `cd -- ${quote(ahead)}`,
+        ...SHARED_LOCK,
+        `${statLines(files, '%P')} > ${AHEAD_STAT}`,
+        `find ${files} -type f -printf '%P\\0' | LC_ALL=C sort -z > ${AHEAD_LIST}`,
+        `total=$(LC_ALL=C tar --create --file=/dev/null --totals --blocking-factor=1 ${list} ${transform} 2>&1 | sed -n 's/^Total bytes written: \\([0-9]*\\).*/\\1/p')`,
+        `[ -n "$total" ] || { echo 'tar did not say the size of the tables ahead' >&2; exit 1; }`,
+        // The archive's end: two blocks of zeros (with a blocking factor of 1, no padding after).
+        `members=$(( total - 1024 ))`,
+        ...(options.localCopy ? [`mkdir -p -- ${quote(dirname(options.localCopy))}`] : []),
+        'set +e',
+        `${TAR_CREATE} ${list} ${transform} | head -c "$members" | compress${copy ? ` | tee -- ${copy}.partial` : ''}`,
+        'codes=("${PIPESTATUS[@]}")',
+        'set -e',
+        // tar ends by a broken pipe once head has its members; any other failure fails the stream.
+        'case "${codes[0]}" in 0|1|141) ;; *) exit "${codes[0]}" ;; esac',
+        'for c in "${codes[@]:1}"; do [ "$c" = 0 ] || exit "$c"; done',
+        `if ! ${statLines(files, '%P')} | cmp -s - ${AHEAD_STAT}; then echo ${AHEAD_CHANGED_MARK} >&2; exit ${AHEAD_CHANGED_CODE}; fi`,
+        `echo "$members" > ${AHEAD_BYTES}`,
+        `echo "${AHEAD_BYTES_MARK} $members" >&2`,
+    ]);
+}
+/** On the send ahead's stderr at its end: the tar bytes it sent. */
+const AHEAD_BYTES_MARK = 'prep-snapshot-ahead-bytes';
+/**
+ * On the stderr of the archive that follows a send ahead: how many of the tables sent ahead the
+ * frozen copy no longer holds (the node removed them meanwhile), which the archive holds besides
+ * the snapshot's files.
+ */
+const AHEAD_REMOVED_MARK = 'prep-snapshot-ahead-removed';
+/**
+ * Streams the archive to stdout: tar of the roots, with the identity directory renamed to
+ * the placeholder, compressed by pigz (gzip where pigz is missing) or zstd.
+ *
+ * With `ahead` (the folder of a send ahead of the stop, archiveAheadCommand), the archive
+ * follows what that sent: it leaves out every file that the send ahead read and the frozen
+ * copy holds still, the same file (path, inode, size and mtime). A table it read that the node
+ * wrote again, or removed, is archived here as it is now, or not at all; one that the node
+ * removed stays in the first part, a table no MANIFEST lists, which the database deletes when
+ * it opens.
+ *
+ * It starts by waiting for `GO_LINE` on stdin, so that its connection can be made while the
+ * node stops and the copy freezes; an input that ends without it ends the command with no
+ * output.
+ */
+function archiveCommand(kind, dir, identity, options) {
+    const transform = identityTransform(kind, identity);
+    const roots = kind.roots.map(quote).join(' ');
+    const lines = [...WAIT_FOR_GO, compressFunction(options), `cd -- ${quote(dir)}`, ...SHARED_LOCK];
+    let tar;
+    if (options.ahead !== undefined) {
+        const a = quote(options.ahead);
+        lines.push(`sent=$(mktemp) rest=$(mktemp)`, `trap 'rm -f -- "$sent" "$rest"' EXIT`, `${statLines(roots, '%p')} | LC_ALL=C comm -z -12 - ${a}/${AHEAD_STAT} | cut -z -f 1 | LC_ALL=C sort -z > "$sent"`, `find ${roots} -print0 | LC_ALL=C sort -z | LC_ALL=C comm -z -23 - "$sent" > "$rest"`, 
+        // The tables sent ahead that the frozen copy no longer holds: the archive holds them too.
+        `removed=$(find ${roots} -type f -print0 | LC_ALL=C sort -z | LC_ALL=C comm -z -13 - ${a}/${AHEAD_LIST} | tr -cd '\\0' | wc -c)`, `echo "${AHEAD_REMOVED_MARK} $removed" >&2`);
+        // tar pads its end to a whole record counted from where it began. A reader of whole records
+        // (the restore's tar -b 2048 -B) counts from the send ahead's start, and stops after the
+        // record that holds the end: what follows it would be left unread, and the decompressor
+        // would end by a broken pipe. So this part is tar's members and end (its size, as the send
+        // ahead finds its own), then zeros to a whole record of the archive.
+        const list = '--null --no-recursion --files-from="$rest"';
+        lines.push(`size=$(LC_ALL=C tar --create --file=/dev/null --totals --blocking-factor=1 ${list} ${transform.join(' ')} 2>&1 | sed -n 's/^Total bytes written: \\([0-9]*\\).*/\\1/p')`, `[ -n "$size" ] || { echo 'tar did not say the size of the rest' >&2; exit 1; }`, `pad=$(( (${TAR_RECORD_BYTES} - ($(cat -- ${a}/${AHEAD_BYTES}) + size) % ${TAR_RECORD_BYTES}) % ${TAR_RECORD_BYTES} ))`);
+        const create = [TAR_CREATE, ...transform, list].join(' ');
+        // tar's status, where head's cut of its padding (a broken pipe) is not a failure.
+        tar =
+            `( set +e; ${create} | head -c "$size"; c=("\${PIPESTATUS[@]}"); head -c "$pad" /dev/zero; ` +
+                `[ "\${c[1]}" = 0 ] || exit "\${c[1]}"; [ "\${c[0]}" = 141 ] && exit 0; exit "\${c[0]}" )`;
+    }
+    else {
+        tar = [TAR_CREATE, ...transform, `-- ${roots}`].join(' ');
+    }
+    const copy = options.localCopy ? quote(options.localCopy) : undefined;
+    if (options.localCopy && options.ahead === undefined)
+        lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`);
+    // After a send ahead, the local copy goes on from what that wrote.
+    const tee = options.ahead !== undefined ? 'tee -a' : 'tee';
+    const pipeline = copy ? `${tar} | compress | ${tee} -- ${copy}.partial` : `${tar} | compress`;
+    if (options.tolerateChanged) {
+        lines.push('set +e', pipeline, 'codes=("${PIPESTATUS[@]}")', 'set -e', 
+        // Any failure after tar (compressor, tee) fails the stream; tar's exit 1 alone is reported.
+        'for c in "${codes[@]:1}"; do [ "$c" = 0 ] || exit "$c"; done', `case "\${codes[0]}" in 0) ;; 1) echo ${CHANGED_MARK} >&2 ;; *) exit "\${codes[0]}" ;; esac`);
+    }
+    else {
+        lines.push(pipeline);
+    }
+    if (copy)
+        lines.push(`mv -f -- ${copy}.partial ${copy}`);
+    return bashScript(lines);
+}
+
 ;// CONCATENATED MODULE: ./src/node-kind/tree-remote.ts
 /**
  * The commands on the host for tree snapshots (see tree/layout.ts): the listing of a snapshot's
@@ -94521,6 +94660,7 @@ function reusable(now, before) {
 
 
 
+
 /** A listing's limits: a large tree's is tens of megabytes, and its walk may take minutes. */
 const LISTING = { maxOutputBytes: 256 * 1024 ** 2, timeoutMs: 30 * 60_000 };
 class SshHost {
@@ -94531,6 +94671,10 @@ class SshHost {
     /** Where the node names a directory after itself (loopchain), that directory's name. */
     identityName() {
         return undefined;
+    }
+    /** What a snapshot leaves out under the roots (paths relative to the data dir). */
+    leaveOut() {
+        return [];
     }
     async listTree(dir, options = {}) {
         return this.treeListing(dir, await this.session.run(options.live ? 'Listing the data dir' : 'Listing the snapshot', listTreeCommand(this.tree, dir, options.live), LISTING));
@@ -94569,6 +94713,24 @@ class SshHost {
             stdin: paths.map((p) => `${p}\0`).join(''),
             maxOutputBytes: 64 * 1024 ** 2,
             timeoutMs: 24 * 60 * 60_000,
+        }));
+    }
+    async linkAhead(stage) {
+        const { files, bytes } = parseSizes(await this.session.run('Linking the table files', linkAheadCommand(this.tree, this.dataDir, aheadDir(stage), this.leaveOut()), LISTING));
+        return { files, bytes };
+    }
+    archiveAhead(stage, options) {
+        return this.session.streamOut(archiveAheadCommand(this.tree, aheadDir(stage), this.identityName(), {
+            compression: options.compression,
+            level: options.level,
+            localCopy: options.localCopy,
+        }));
+    }
+    /** `archive` with what the kind's archive command needs of this class. */
+    archiveOf(dir, options) {
+        return this.session.streamOut(archiveCommand(this.tree, dir, this.identityName(), {
+            ...options,
+            ahead: options.ahead ? aheadDir(dir) : undefined,
         }));
     }
     sendFiles(dir, options = {}) {
@@ -94809,11 +94971,14 @@ class GoloopHost extends SshHost {
         };
     }
     archive(dir, options) {
-        return this.session.streamOut(archiveCommand(this.tree, dir, undefined, options));
+        return this.archiveOf(dir, options);
+    }
+    leaveOut() {
+        const f = this.folder;
+        return [`${f}/cache`, `${f}/tmp`, `${f}/db/${this.id.nid.replace(/^0x/, '')}/LOCK`];
     }
     freeze(stage, watchdogFlag) {
-        const f = this.folder;
-        const leaveOut = [`${f}/cache`, `${f}/tmp`, `${f}/db/${this.id.nid.replace(/^0x/, '')}/LOCK`];
+        const leaveOut = this.leaveOut();
         return this.session.prepare('Freezing the chain folder into the staging folder', freezeCommand(this.tree, this.dataDir, stage, watchdogFlag, leaveOut), { timeoutMs: 30 * 60_000 });
     }
     async checkForRestore() {
@@ -95055,7 +95220,7 @@ class LoopchainHost extends SshHost {
     archive(dir, options) {
         if (!this.identity)
             throw new Error('inspect() names the identity directory before archive()');
-        return this.session.streamOut(archiveCommand(this.layout, dir, this.identity, options));
+        return this.archiveOf(dir, options);
     }
     freeze(stage, watchdogFlag) {
         return this.session.prepare('Freezing the data into the staging folder', freezeCommand(this.layout, this.dataDir, stage, watchdogFlag), { timeoutMs: 30 * 60_000 });
@@ -98030,6 +98195,17 @@ function withSentAhead(ahead, sent) {
 function archiveBound(bytes) {
     return bytes * 1.05 + 64 * 1024 * 1024;
 }
+/**
+ * The error of a failed archive upload, once S3 was asked to remove what it holds of it: the
+ * upload aborts itself, but not when S3 is what failed (then the post step removes it). An
+ * ActionError keeps its words; `when` says where in the run it failed.
+ */
+async function uploadFailed(client, bucket, key, error, when = '') {
+    const left = await abortUploads(client, bucket, key).then(() => '', (e) => ` S3 could not be asked to remove the incomplete upload (${errorMessage(e)}); the post step removes it.`);
+    if (error instanceof ActionError)
+        return left ? new ActionError(`${error.message}${left}`) : error;
+    return new StorageError(`The upload of ${key} failed: ${errorMessage(error)}${when}. Nothing was published;${left || ' no parts were left.'}`);
+}
 async function streamArchive(a) {
     const t = performance.now();
     const digest = () => a.host.statDigest(a.source);
@@ -98037,9 +98213,11 @@ async function streamArchive(a) {
     const remote = a.remote;
     remote.stdin.end(GO_LINE);
     let changed = false;
-    const progress = new Progress('Upload', a.totalBytes);
+    const ahead = a.ahead;
+    const progress = new Progress('Upload', Math.max(0, a.totalBytes - (ahead?.tarBytes ?? 0)));
     let compressor = a.settings.backup.compression;
     let tarBytes;
+    let aheadRemoved;
     remote.onStderrLine((line) => {
         const read = checkpointBytes(line);
         if (read !== undefined)
@@ -98048,6 +98226,8 @@ async function streamArchive(a) {
             compressor = line.slice(COMPRESSOR_MARK.length + 1).trim();
         else if (line === CHANGED_MARK)
             changed = true;
+        else if (line.startsWith(AHEAD_REMOVED_MARK))
+            aheadRemoved = Number(line.slice(AHEAD_REMOVED_MARK.length + 1));
         else if (/Total bytes written: (\d+)/.test(line))
             tarBytes = Number(/Total bytes written: (\d+)/.exec(line)?.[1]);
     });
@@ -98077,6 +98257,18 @@ async function streamArchive(a) {
     });
     sourceOk.catch(() => undefined);
     try {
+        if (ahead) {
+            ahead.onProgress = (bytes) => (progress.sent = bytes - ahead.bytes);
+            ahead.follow(remote, sourceOk);
+            const r = await ahead.upload;
+            return {
+                ...r,
+                seconds: secondsSince(t),
+                compressor,
+                tarBytes: tarBytes === undefined ? undefined : tarBytes + ahead.tarBytes,
+                aheadRemoved: aheadRemoved ?? 0,
+            };
+        }
         const r = await streamUpload({
             client: a.client,
             bucket: a.settings.s3.bucket,
@@ -98094,15 +98286,188 @@ async function streamArchive(a) {
     catch (error) {
         remote.kill();
         await sourceOk.catch(() => undefined);
-        // The upload aborts itself, but not when S3 is what failed: ask again, and say so if it cannot be done now.
-        const left = await abortUploads(a.client, a.settings.s3.bucket, a.key).then(() => '', (e) => ` S3 could not be asked to remove the incomplete upload (${errorMessage(e)}); the post step removes it.`);
-        if (error instanceof ActionError)
-            throw left ? new ActionError(`${error.message}${left}`) : error;
-        throw new StorageError(`The upload of ${a.key} failed: ${errorMessage(error)}. Nothing was published;${left || ' no parts were left.'}`);
+        await ahead?.abandon(error instanceof Error ? error : new Error(String(error)));
+        throw await uploadFailed(a.client, a.settings.s3.bucket, a.key, error);
     }
     finally {
         progress.stop();
     }
+}
+
+;// CONCATENATED MODULE: ./src/modes/backup-archive-ahead.ts
+/**
+ * An archive backup's send ahead of the stop. The running node's table files that have stood
+ * unchanged for a while are linked aside and go up first, as the start of the archive's
+ * multipart upload; the node stops only once they are in. After the freeze the same upload goes
+ * on with the rest of the frozen copy: what the node wrote meanwhile, and the files that change
+ * in place. The two parts read as one tar (archive-remote.ts, `archiveAheadCommand`).
+ *
+ * A table sent ahead that the node removed before the stop (a compaction) stays in the archive,
+ * a table that no MANIFEST lists: LevelDB and goleveldb delete those when they open the
+ * database. One the node wrote again under the same number is archived again after it, and
+ * the later copy is the one tar extracts.
+ */
+
+
+
+
+
+
+
+
+function later() {
+    let resolve = () => undefined;
+    let reject = () => undefined;
+    const promise = new Promise((res, rej) => {
+        resolve = res;
+        reject = rej;
+    });
+    promise.catch(() => undefined);
+    return { promise, resolve, reject };
+}
+/**
+ * Sends the archive's first part while the node runs. Undefined where it sends nothing (no
+ * table has stood still long enough), or where a table changed while it was read: then the
+ * archive goes up whole after the freeze, as without it. Any other failure (the connection, the
+ * host's command, S3) is thrown, with the node never stopped.
+ */
+async function archiveAhead(o) {
+    const { settings, client, host, key } = o;
+    const t = performance.now();
+    const linked = await host.linkAhead(o.stage);
+    if (linked.files === 0) {
+        info(`No table file has stood unchanged for ${AHEAD_SETTLED_SECONDS} s: the whole archive goes up after the freeze.`);
+        return undefined;
+    }
+    info(`${linked.files} table files (${formatBytes(linked.bytes)}) that have stood unchanged for ${AHEAD_SETTLED_SECONDS} s ` +
+        `go up now, while the node runs, as the start of the archive.`);
+    const remote = await host.archiveAhead(o.stage, {
+        compression: settings.backup.compression,
+        level: settings.backup.compressionLevel,
+        localCopy: o.localCopy,
+    });
+    let compressor = settings.backup.compression;
+    let tarBytes = 0;
+    const progress = new Progress('Upload ahead', linked.bytes);
+    remote.onStderrLine((line) => {
+        const read = checkpointBytes(line);
+        if (read !== undefined)
+            progress.read = read;
+        else if (line.startsWith(COMPRESSOR_MARK))
+            compressor = line.slice(COMPRESSOR_MARK.length + 1).trim();
+        else if (line.startsWith(AHEAD_BYTES_MARK))
+            tarBytes = Number(line.slice(AHEAD_BYTES_MARK.length + 1));
+    });
+    const hostOk = remote.exit.then((code) => {
+        if (code === 0)
+            return;
+        if (code === AHEAD_CHANGED_CODE)
+            throw new AheadChanged();
+        const tail = remote
+            .stderrTail()
+            .split('\n')
+            .filter((l) => !l.includes(PROGRESS_MARK) && !l.startsWith(COMPRESSOR_MARK))
+            .join('\n');
+        throw code === null
+            ? new ActionError(`The SSH connection was lost while the archive streamed (the table files, ahead of the stop: the node was ` +
+                `not stopped)${tail ? `: ${tail.trim()}` : ''}. Nothing was published.`)
+            : new RemoteCommandError('Archiving the table files ahead of the stop', code, tail);
+    });
+    hostOk.catch(() => undefined);
+    // The upload reads the first part, then waits for the frozen copy's.
+    const firstEnded = later();
+    const rest = later();
+    let current = remote.source;
+    const body = {
+        flow: async (sink) => {
+            await remote.source.flow(sink);
+            firstEnded.resolve();
+            const next = await rest.promise;
+            current = next.remote.source;
+            await next.remote.source.flow(sink);
+        },
+        resume: () => current.resume(),
+        destroy: (error) => {
+            current.destroy(error);
+            rest.reject(error ?? new Error('the upload ended'));
+        },
+    };
+    const restOk = later();
+    const handle = {
+        files: linked.files,
+        tarBytes: 0,
+        bytes: 0,
+        seconds: 0,
+        compressor,
+        upload: Promise.resolve({ bytes: 0, sha256: '' }),
+        follow: (next, ok) => {
+            ok.then(restOk.resolve, restOk.reject);
+            rest.resolve({ remote: next, ok });
+        },
+        onProgress: (bytes) => (progress.sent = bytes),
+        abandon: async (error) => {
+            restOk.reject(error);
+            rest.reject(error);
+            remote.kill();
+            await handle.upload.catch(() => undefined);
+        },
+    };
+    const sourceOk = Promise.all([hostOk, restOk.promise]).then(() => undefined);
+    let read = 0;
+    remote.stdin.end(GO_LINE);
+    handle.upload = streamUpload({
+        client,
+        bucket: settings.s3.bucket,
+        key,
+        body,
+        partSize: o.parts.partSize,
+        queueSize: o.parts.queueSize,
+        contentType: settings.backup.compression === 'zstd' ? 'application/zstd' : 'application/gzip',
+        sourceOk,
+        onProgress: (bytes) => {
+            read = bytes;
+            handle.onProgress(bytes);
+        },
+        onRetry: (message) => info(`Upload: ${message}`),
+    });
+    handle.upload.catch(() => undefined);
+    try {
+        // The first part is in once the host's command ended well and the upload has read it all;
+        // a failed upload ends the wait as well.
+        await Promise.race([
+            Promise.all([hostOk, firstEnded.promise]),
+            handle.upload.then(() => {
+                throw new ActionError('The upload ended before the frozen copy was archived.');
+            }),
+        ]);
+    }
+    catch (error) {
+        await handle.abandon(error instanceof Error ? error : new Error(String(error)));
+        if (error instanceof AheadChanged) {
+            await abortUploads(client, settings.s3.bucket, key).catch(() => 0);
+            warning(`A table file changed while it went up ahead of the stop: what went up is not used, and the whole archive ` +
+                `goes up after the freeze.`);
+            return undefined;
+        }
+        throw await uploadFailed(client, settings.s3.bucket, key, error, ' (while the table files went up ahead of the stop: the node was not stopped)');
+    }
+    finally {
+        progress.stop();
+    }
+    handle.bytes = read;
+    handle.tarBytes = tarBytes;
+    handle.compressor = compressor;
+    handle.seconds = secondsSince(t);
+    info(`Sent ${linked.files} table files ahead: ${formatBytes(tarBytes)} of tar, ${formatBytes(handle.bytes)} read for the upload, ` +
+        `in ${formatDuration(handle.seconds)} (${formatRate(tarBytes, handle.seconds)}).`);
+    return handle;
+}
+/**
+ * A table file changed while the send ahead read it (one the node still wrote, though it had
+ * stood still): the archive goes up whole after the freeze.
+ */
+class AheadChanged extends Error {
+    name = 'AheadChanged';
 }
 
 // EXTERNAL MODULE: external "node:perf_hooks"
@@ -100104,9 +100469,17 @@ async function writeSummary(m, url, timings, permanent, removed, compressor) {
         ['Data', `${formatBytes(m.uncompressedBytes)} in ${m.files} files`],
         ['Compression ratio', `${ratio} : 1`],
         ['Node downtime', formatDuration(timings.downtime ?? 0)],
+        ...(m.ahead
+            ? [
+                [
+                    'Sent while the node ran',
+                    `${m.ahead.files} table files, ${formatBytes(m.ahead.bytes)} of the archive in ${formatDuration(timings.ahead ?? 0)}`,
+                ],
+            ]
+            : []),
         [
-            'Stream and upload',
-            `${formatDuration(timings.stream ?? 0)} (${formatRate(m.compressedBytes, timings.stream ?? 0)})`,
+            m.ahead ? 'Stream and upload after the freeze' : 'Stream and upload',
+            `${formatDuration(timings.stream ?? 0)} (${formatRate(m.compressedBytes - (m.ahead?.bytes ?? 0), timings.stream ?? 0)})`,
         ],
         ['Stop to listed', formatDuration(timings.stopToListed ?? 0)],
         ['Total', formatDuration(timings.total ?? 0)],
@@ -100176,12 +100549,15 @@ function housekeeping(permanent, removed) {
 /** Streams, publishes and keeps the archive; returns its key. */
 async function backupArchive(run) {
     const { settings, client, host, shell, node, remote, source, name, key, height, facts } = run;
-    const { sizes, parts, localCopy, snapshotAt, timings, t0, now, made } = run;
+    const { sizes, parts, localCopy, snapshotAt, timings, t0, now, made, ahead } = run;
     const ssh = settings.ssh;
     const { partSize, queueSize } = parts;
     const stream = await group(`Stream ${key}`, async () => {
         info(`${sizes.files} files, ${formatBytes(sizes.bytes)}; ${settings.backup.compression} level ${settings.backup.compressionLevel}; ` +
-            `parts of ${formatBytes(partSize)} x ${queueSize} in flight.`);
+            `parts of ${formatBytes(partSize)} x ${queueSize} in flight` +
+            (ahead
+                ? `; ${ahead.files} table files went up ahead of the stop, the rest follows them.`
+                : '.'));
         made.uploaded = [key];
         // For the post step: an upload that this run cannot finish or abort is removed there.
         saveState(State.UploadKey, key);
@@ -100198,6 +100574,7 @@ async function backupArchive(run) {
             queueSize,
             totalBytes: sizes.bytes,
             frozenDigest: sizes.digest,
+            ahead,
         });
         info(`Uploaded ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatRate(r.bytes, r.seconds)}), sha256 ${r.sha256}.`);
         return r;
@@ -100219,11 +100596,23 @@ async function backupArchive(run) {
         sha256: stream.sha256,
         compressedBytes: stream.bytes,
         uncompressedBytes: stream.tarBytes ?? sizes.bytes,
-        files: sizes.files,
+        // What the archive extracts to: the snapshot's files, and the tables sent ahead that the
+        // node removed before the stop (a restore counts them).
+        files: sizes.files + (stream.aheadRemoved ?? 0),
         compression: settings.backup.compression,
         compressor: stream.compressor,
         compressionLevel: settings.backup.compressionLevel,
         consistency: settings.backup.consistency,
+        ...(ahead
+            ? {
+                ahead: {
+                    files: ahead.files,
+                    tarBytes: ahead.tarBytes,
+                    bytes: ahead.bytes,
+                    removed: stream.aheadRemoved ?? 0,
+                },
+            }
+            : {}),
         ...(facts.placeholder !== undefined ? { placeholder: String(facts.placeholder) } : {}),
         facts,
         source: {
@@ -100280,12 +100669,15 @@ async function backupArchive(run) {
 
 ;// CONCATENATED MODULE: ./src/modes/backup.ts
 /**
- * mode: backup. Reads like the procedure: connect, check, (a tree: send the new table files
- * while the node runs, backup-tree-ahead.ts), stop, freeze, start (backup-freeze.ts), then send
- * the rest and publish a tree (backup-tree.ts) or stream and publish an archive
+ * mode: backup. Reads like the procedure: connect, check, send table files while the node
+ * runs (a tree's new ones, backup-tree-ahead.ts; an archive's settled ones as its first part,
+ * backup-archive-ahead.ts), stop, freeze, start (backup-freeze.ts), then send the rest and
+ * publish a tree (backup-tree.ts) or stream the rest of the archive and publish it
  * (backup-archive.ts), copy, retain. The node is down only for the stop, the freeze and the
  * start.
  */
+
+
 
 
 
@@ -100331,6 +100723,7 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
     let remote;
     let treeStart;
     let treeRun;
+    let aheadRun;
     const made = { uploaded: [], published: false, streamStarted: false };
     try {
         const layout = await group('Check the host', async () => {
@@ -100384,10 +100777,19 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
             saveState(State.StagingDir, stage);
             source = stage;
         }
+        // An archive is named before its table files go up ahead of the stop (its key is the
+        // upload's): by the height and time at which the run began, which its manifest records too
+        // (with the block's hash, read then). Its data holds that block, and those the node made
+        // until the stop.
+        const early = tree
+            ? undefined
+            : archiveName(settings.s3.service, at.height, now(), settings.backup.compression);
+        const localCopy = early && settings.backup.localCopy
+            ? `${settings.node.prepDir}/data/Backup/${early.date}/${early.file}`
+            : undefined;
         if (tree) {
             // What the bucket holds is read, and the data channels onto the frozen copy connect; the
-            // new table files go up while the node runs (backup-tree-ahead.ts). The snapshot's height
-            // is the node's at the stop, read after that.
+            // new table files go up while the node runs (backup-tree-ahead.ts).
             treeStart = startTree({
                 settings,
                 client,
@@ -100400,18 +100802,28 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
             });
             const start = treeStart;
             start.sentAhead = await group('Send the new table files while the node runs', () => sendAhead({ settings, client, host, start }));
+            // A tree's height is the node's at the stop: read again after the send ahead.
             const atStop = await readHeight();
             if (atStop === undefined)
                 return await notInService();
             at = atStop;
         }
+        else if (early && stage !== undefined) {
+            // The settled table files go up as the archive's first part (backup-archive-ahead.ts).
+            const key = archiveKey(settings.s3.prefix, early);
+            made.uploaded = [key];
+            saveState(State.UploadKey, key);
+            saveState(State.UploadPublished, 'false');
+            const frozen = stage;
+            aheadRun = await group('Send the table files while the node runs', () => archiveAhead({ settings, client, host, stage: frozen, key, parts, localCopy }));
+            if (aheadRun)
+                timings.ahead = aheadRun.seconds;
+        }
         const { height, facts } = at;
         const snapshotAt = now();
-        const name = archiveName(settings.s3.service, height, snapshotAt, tree ? 'tree' : settings.backup.compression);
+        const name = early ??
+            archiveName(settings.s3.service, height, snapshotAt, tree ? 'tree' : settings.backup.compression);
         const key = archiveKey(settings.s3.prefix, name);
-        const localCopy = settings.backup.localCopy && !tree
-            ? `${settings.node.prepDir}/data/Backup/${name.date}/${name.file}`
-            : undefined;
         // The data channel connects while the node stops and the copy freezes; it archives
         // nothing before its go line. A tree's two channels do the same.
         let treeArgs;
@@ -100444,6 +100856,7 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
                 level: settings.backup.compressionLevel,
                 localCopy,
                 tolerateChanged: settings.backup.consistency === 'hardlink',
+                ahead: aheadRun !== undefined,
             });
         }
         if (settings.backup.consistency === 'hardlink') {
@@ -100501,6 +100914,7 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
             t0,
             now,
             made,
+            ahead: aheadRun,
         });
         return { skipped: false, key: archived };
     }
@@ -100523,6 +100937,9 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
         treeRun?.log.open();
         if (remote && !made.streamStarted)
             await closeUnused(remote);
+        // A first part that no stream followed: its upload ends, and the catch above removed it.
+        if (aheadRun && !made.streamStarted)
+            await aheadRun.abandon(new Error('the run ended'));
         if (treeStart)
             await treeStart.close();
         await node.ensureStarted();
@@ -100530,6 +100947,7 @@ async function backup(settings, now = () => new Date(), connect = connectNode) {
             const s = stage;
             await host
                 .remove(s)
+                .then(() => host.remove(aheadDir(s)))
                 .then(() => saveState(State.StagingDir, ''))
                 .catch((e) => warning(`Could not remove the staging folder ${s}: ${errorMessage(e)}`));
         }

@@ -88604,7 +88604,7 @@ function gated(command) {
 
 
 
-function dirname(path) {
+function remote_dirname(path) {
     const i = path.lastIndexOf('/');
     return i <= 0 ? '/' : path.slice(0, i);
 }
@@ -88614,7 +88614,7 @@ function dirname(path) {
  * Prints `key=value` lines.
  */
 function probeCommand(kind, dataDir) {
-    const parent = dirname(dataDir);
+    const parent = remote_dirname(dataDir);
     return bashScript([
         `data=${quote(dataDir)}`,
         `if [ ! -d "$data" ]; then echo "datadir=missing"; exit 0; fi`,
@@ -88781,76 +88781,6 @@ function parseSizes(stdout) {
         throw new HostError(`Could not measure the snapshot: '${stdout}'.`);
     return { files, bytes, digest: /digest=([0-9a-f]{64})/.exec(stdout)?.[1] };
 }
-const PROGRESS_MARK = 'prep-snapshot-progress';
-const CHANGED_MARK = 'prep-snapshot-tar-changed';
-const COMPRESSOR_MARK = 'prep-snapshot-compressor';
-/**
- * tar's record when it archives: 2048 blocks of 512 bytes. It reads the files and writes to
- * the compressor in 1 MiB at a time instead of its default 10 KiB, a hundred times fewer
- * system calls on both sides of the pipe; the stream ends padded to a whole record, which
- * every tar reads (its end is marked before the padding).
- */
-const TAR_RECORD_BYTES = (/* unused pure expression or super */ null && (1024 * 1024));
-/**
- * The bytes tar has read, from one of its checkpoint lines (one every 10 records, 10 MiB):
- * `%u` is the number of records so far, not of checkpoints.
- */
-function checkpointBytes(line) {
-    const m = new RegExp(`${PROGRESS_MARK} (\\d+)`).exec(line);
-    return m ? Number(m[1]) * TAR_RECORD_BYTES : undefined;
-}
-/**
- * Streams the archive to stdout: tar of the roots, with the identity directory renamed to
- * the placeholder, compressed by pigz (gzip where pigz is missing) or zstd.
- *
- * It starts by waiting for `GO_LINE` on stdin, so that its connection can be made while the
- * node stops and the copy freezes; an input that ends without it ends the command with no
- * output.
- */
-function archiveCommand(kind, dir, identity, options) {
-    const transform = [];
-    if (identity !== undefined && kind.identityParent && kind.placeholder) {
-        // The directory itself and what is under it; not a sibling whose name merely starts the same.
-        const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
-        const to = `${kind.identityParent}/${kind.placeholder}`;
-        transform.push(`--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`);
-    }
-    const tar = [
-        'tar --create --file=- --totals --blocking-factor=2048',
-        `--checkpoint=10 --checkpoint-action=${quote(`echo=${PROGRESS_MARK} %u`)}`,
-        ...transform,
-        `-- ${kind.roots.map(quote).join(' ')}`,
-    ].join(' ');
-    const level = String(options.level);
-    const compress = options.compression === 'zstd'
-        ? `compress() { echo "${COMPRESSOR_MARK} zstd" >&2; zstd -q -T0 -${level} -c; }`
-        : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
-            `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
-    const lines = [
-        ...WAIT_FOR_GO,
-        compress,
-        `cd -- ${quote(dir)}`,
-        // A shared lock on the folder while it is read: a later run's probe leaves it alone,
-        // however old the folder is (see probeCommand).
-        `exec 9<.`,
-        `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
-    ];
-    const copy = options.localCopy ? quote(options.localCopy) : undefined;
-    if (options.localCopy)
-        lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`);
-    const pipeline = copy ? `${tar} | compress | tee -- ${copy}.partial` : `${tar} | compress`;
-    if (options.tolerateChanged) {
-        lines.push('set +e', pipeline, 'codes=("${PIPESTATUS[@]}")', 'set -e', 
-        // Any failure after tar (compressor, tee) fails the stream; tar's exit 1 alone is reported.
-        'for c in "${codes[@]:1}"; do [ "$c" = 0 ] || exit "$c"; done', `case "\${codes[0]}" in 0) ;; 1) echo ${CHANGED_MARK} >&2 ;; *) exit "\${codes[0]}" ;; esac`);
-    }
-    else {
-        lines.push(pipeline);
-    }
-    if (copy)
-        lines.push(`mv -f -- ${copy}.partial ${copy}`);
-    return bashScript(lines);
-}
 /**
  * A digest of every file's path, size and mtime under the snapshot's roots. Equal before and
  * after the stream: no file's content was written meanwhile (a link count change is not a write).
@@ -88959,6 +88889,215 @@ function parseBatch(stdout) {
             });
     }
     return results;
+}
+
+;// CONCATENATED MODULE: ./src/node-kind/archive-remote.ts
+/**
+ * The archive's stream on the host: tar of the snapshot's roots, compressed there, to stdout,
+ * with its progress and what tar saw on stderr. Pure functions of their arguments, like the
+ * other commands (remote.ts).
+ */
+
+
+const PROGRESS_MARK = 'prep-snapshot-progress';
+const CHANGED_MARK = 'prep-snapshot-tar-changed';
+const COMPRESSOR_MARK = 'prep-snapshot-compressor';
+/**
+ * tar's record when it archives: 2048 blocks of 512 bytes. It reads the files and writes to
+ * the compressor in 1 MiB at a time instead of its default 10 KiB, a hundred times fewer
+ * system calls on both sides of the pipe; the stream ends padded to a whole record, which
+ * every tar reads (its end is marked before the padding).
+ */
+const TAR_RECORD_BYTES = (/* unused pure expression or super */ null && (1024 * 1024));
+/**
+ * The bytes tar has read, from one of its checkpoint lines (one every 10 records, 10 MiB):
+ * `%u` is the number of records so far, not of checkpoints.
+ */
+function checkpointBytes(line) {
+    const m = new RegExp(`${PROGRESS_MARK} (\\d+)`).exec(line);
+    return m ? Number(m[1]) * TAR_RECORD_BYTES : undefined;
+}
+/**
+ * Where a backup's send ahead of the stop keeps the table files it archives: a folder of hard
+ * links beside the staging folder, removed with it.
+ */
+function aheadDir(stage) {
+    return `${stage}-ahead`;
+}
+/**
+ * Seconds that a table file must have stood unchanged to go ahead of the stop. The node writes
+ * a table in well under a second and then never again: one younger may still be written, and
+ * is left to the frozen copy.
+ */
+const AHEAD_SETTLED_SECONDS = 10;
+/** In the send ahead's folder: its files' path, inode, size and mtime (NUL-terminated, sorted). */
+const AHEAD_STAT = '.prep-snapshot-stat';
+/** In the send ahead's folder: the paths it archived (NUL-terminated). */
+const AHEAD_LIST = '.prep-snapshot-list';
+/** In the send ahead's folder: the tar bytes it sent. */
+const AHEAD_BYTES = '.prep-snapshot-bytes';
+/** The send ahead's files changed while it read them: its part of the archive is not used. */
+const AHEAD_CHANGED_MARK = 'prep-snapshot-ahead-changed';
+/** The exit code that goes with it. */
+const AHEAD_CHANGED_CODE = 3;
+/** The `find` tests that leave out `leaveOut` (paths under the roots) and what is under them. */
+function pruned(leaveOut) {
+    if (leaveOut.length === 0)
+        return '';
+    return `\\( ${leaveOut.map((p) => `-path ${quote(p)}`).join(' -o ')} \\) -prune -o`;
+}
+/**
+ * Hard-links the running node's table files (`*.ldb`, `*.sst`) that have stood unchanged for
+ * AHEAD_SETTLED_SECONDS into `ahead`, under their paths relative to the data dir; prints
+ * `files=` and `bytes=`. A table the node removes meanwhile is left out. The links hold the
+ * tables while they are read, whatever the node compacts meanwhile.
+ */
+function linkAheadCommand(kind, dataDir, ahead, leaveOut = []) {
+    const roots = kind.roots.map(quote).join(' ');
+    return bashScript([
+        `ahead=${quote(ahead)}`,
+        `rm -rf -- "$ahead"`,
+        `mkdir -p -- "$ahead"`,
+        `cd -- ${quote(dataDir)}`,
+        `cutoff=$(( $(date +%s) - ${AHEAD_SETTLED_SECONDS} ))`,
+        `{ find ${roots} ${pruned(leaveOut)} -type f \\( -name '*.ldb' -o -name '*.sst' \\) ! -newermt "@$cutoff" -print0 2>/dev/null || true; } |`,
+        `  { xargs -0 -r cp -al --parents -t "$ahead" -- 2>/dev/null || true; }`,
+        `cd -- "$ahead"`,
+        `find . -type f -printf '%s\\n' | awk '{n++; s+=$1} END {printf "files=%d\\nbytes=%d\\n", n, s}'`,
+    ]);
+}
+/** `tar --transform` that names the identity directory after the placeholder (loopchain). */
+function identityTransform(kind, identity) {
+    if (identity === undefined || !kind.identityParent || !kind.placeholder)
+        return [];
+    // The directory itself and what is under it; not a sibling whose name merely starts the same.
+    const from = `^${sedLiteral(kind.identityParent)}/${sedLiteral(identity)}\\(/\\|$\\)`;
+    const to = `${kind.identityParent}/${kind.placeholder}`;
+    return [`--transform=${quote(`s|${from}|${to.replace(/[\\&|]/g, (c) => `\\${c}`)}\\1|`)}`];
+}
+function compressFunction(options) {
+    const level = String(options.level);
+    return options.compression === 'zstd'
+        ? `compress() { echo "${COMPRESSOR_MARK} zstd" >&2; zstd -q -T0 -${level} -c; }`
+        : `compress() { if command -v pigz >/dev/null 2>&1; then echo "${COMPRESSOR_MARK} pigz" >&2; pigz -c -${level}; ` +
+            `else echo "${COMPRESSOR_MARK} gzip" >&2; gzip -c -${level}; fi; }`;
+}
+const TAR_CREATE = [
+    'tar --create --file=- --totals --blocking-factor=2048',
+    `--checkpoint=10 --checkpoint-action=${shell_quote(`echo=${PROGRESS_MARK} %u`)}`,
+].join(' ');
+/** The lines that take the folder's shared lock: a later run's probe leaves it alone (probeCommand). */
+const SHARED_LOCK = (/* unused pure expression or super */ null && ([`exec 9<.`, `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`]));
+/** The stat lines of the files under the current folder (`find` arguments `where`), sorted. */
+function statLines(where, name) {
+    return `find ${where} -type f -printf '${name}\\t%i\\t%s\\t%T@\\0' | LC_ALL=C sort -z`;
+}
+/**
+ * The first part of an archive, made while the node runs: tar of the tables in `ahead`
+ * (linkAheadCommand), compressed, to stdout, without tar's end-of-archive blocks, so that the
+ * frozen copy's archive (archiveCommand with `ahead`) follows it as one tar. Compressed
+ * streams concatenate (gzip members, zstd frames), and so do tar members: the whole reads as
+ * one archive with any tar, the original scripts' included.
+ *
+ * tar's size without writing it (to /dev/null, it reads no file) says where its end blocks
+ * begin; the stat lines before and after prove that no file changed while tar read it. If
+ * one did, the command fails with AHEAD_CHANGED_CODE. Starts on its go line.
+ */
+function archiveAheadCommand(kind, ahead, identity, options) {
+    const transform = identityTransform(kind, identity).join(' ');
+    const files = `. ! -name ${quote(AHEAD_STAT)} ! -name ${quote(AHEAD_LIST)}`;
+    const list = `--null --no-recursion --files-from=${AHEAD_LIST}`;
+    const copy = options.localCopy ? quote(options.localCopy) : undefined;
+    return bashScript([
+        ...WAIT_FOR_GO,
+        compressFunction(options),
+        `cd -- ${quote(ahead)}`,
+        ...SHARED_LOCK,
+        `${statLines(files, '%P')} > ${AHEAD_STAT}`,
+        `find ${files} -type f -printf '%P\\0' | LC_ALL=C sort -z > ${AHEAD_LIST}`,
+        `total=$(LC_ALL=C tar --create --file=/dev/null --totals --blocking-factor=1 ${list} ${transform} 2>&1 | sed -n 's/^Total bytes written: \\([0-9]*\\).*/\\1/p')`,
+        `[ -n "$total" ] || { echo 'tar did not say the size of the tables ahead' >&2; exit 1; }`,
+        // The archive's end: two blocks of zeros (with a blocking factor of 1, no padding after).
+        `members=$(( total - 1024 ))`,
+        ...(options.localCopy ? [`mkdir -p -- ${quote(dirname(options.localCopy))}`] : []),
+        'set +e',
+        `${TAR_CREATE} ${list} ${transform} | head -c "$members" | compress${copy ? ` | tee -- ${copy}.partial` : ''}`,
+        'codes=("${PIPESTATUS[@]}")',
+        'set -e',
+        // tar ends by a broken pipe once head has its members; any other failure fails the stream.
+        'case "${codes[0]}" in 0|1|141) ;; *) exit "${codes[0]}" ;; esac',
+        'for c in "${codes[@]:1}"; do [ "$c" = 0 ] || exit "$c"; done',
+        `if ! ${statLines(files, '%P')} | cmp -s - ${AHEAD_STAT}; then echo ${AHEAD_CHANGED_MARK} >&2; exit ${AHEAD_CHANGED_CODE}; fi`,
+        `echo "$members" > ${AHEAD_BYTES}`,
+        `echo "${AHEAD_BYTES_MARK} $members" >&2`,
+    ]);
+}
+/** On the send ahead's stderr at its end: the tar bytes it sent. */
+const AHEAD_BYTES_MARK = 'prep-snapshot-ahead-bytes';
+/**
+ * On the stderr of the archive that follows a send ahead: how many of the tables sent ahead the
+ * frozen copy no longer holds (the node removed them meanwhile), which the archive holds besides
+ * the snapshot's files.
+ */
+const AHEAD_REMOVED_MARK = 'prep-snapshot-ahead-removed';
+/**
+ * Streams the archive to stdout: tar of the roots, with the identity directory renamed to
+ * the placeholder, compressed by pigz (gzip where pigz is missing) or zstd.
+ *
+ * With `ahead` (the folder of a send ahead of the stop, archiveAheadCommand), the archive
+ * follows what that sent: it leaves out every file that the send ahead read and the frozen
+ * copy holds still, the same file (path, inode, size and mtime). A table it read that the node
+ * wrote again, or removed, is archived here as it is now, or not at all; one that the node
+ * removed stays in the first part, a table no MANIFEST lists, which the database deletes when
+ * it opens.
+ *
+ * It starts by waiting for `GO_LINE` on stdin, so that its connection can be made while the
+ * node stops and the copy freezes; an input that ends without it ends the command with no
+ * output.
+ */
+function archiveCommand(kind, dir, identity, options) {
+    const transform = identityTransform(kind, identity);
+    const roots = kind.roots.map(quote).join(' ');
+    const lines = [...WAIT_FOR_GO, compressFunction(options), `cd -- ${quote(dir)}`, ...SHARED_LOCK];
+    let tar;
+    if (options.ahead !== undefined) {
+        const a = quote(options.ahead);
+        lines.push(`sent=$(mktemp) rest=$(mktemp)`, `trap 'rm -f -- "$sent" "$rest"' EXIT`, `${statLines(roots, '%p')} | LC_ALL=C comm -z -12 - ${a}/${AHEAD_STAT} | cut -z -f 1 | LC_ALL=C sort -z > "$sent"`, `find ${roots} -print0 | LC_ALL=C sort -z | LC_ALL=C comm -z -23 - "$sent" > "$rest"`, 
+        // The tables sent ahead that the frozen copy no longer holds: the archive holds them too.
+        `removed=$(find ${roots} -type f -print0 | LC_ALL=C sort -z | LC_ALL=C comm -z -13 - ${a}/${AHEAD_LIST} | tr -cd '\\0' | wc -c)`, `echo "${AHEAD_REMOVED_MARK} $removed" >&2`);
+        // tar pads its end to a whole record counted from where it began. A reader of whole records
+        // (the restore's tar -b 2048 -B) counts from the send ahead's start, and stops after the
+        // record that holds the end: what follows it would be left unread, and the decompressor
+        // would end by a broken pipe. So this part is tar's members and end (its size, as the send
+        // ahead finds its own), then zeros to a whole record of the archive.
+        const list = '--null --no-recursion --files-from="$rest"';
+        lines.push(`size=$(LC_ALL=C tar --create --file=/dev/null --totals --blocking-factor=1 ${list} ${transform.join(' ')} 2>&1 | sed -n 's/^Total bytes written: \\([0-9]*\\).*/\\1/p')`, `[ -n "$size" ] || { echo 'tar did not say the size of the rest' >&2; exit 1; }`, `pad=$(( (${TAR_RECORD_BYTES} - ($(cat -- ${a}/${AHEAD_BYTES}) + size) % ${TAR_RECORD_BYTES}) % ${TAR_RECORD_BYTES} ))`);
+        const create = [TAR_CREATE, ...transform, list].join(' ');
+        // tar's status, where head's cut of its padding (a broken pipe) is not a failure.
+        tar =
+            `( set +e; ${create} | head -c "$size"; c=("\${PIPESTATUS[@]}"); head -c "$pad" /dev/zero; ` +
+                `[ "\${c[1]}" = 0 ] || exit "\${c[1]}"; [ "\${c[0]}" = 141 ] && exit 0; exit "\${c[0]}" )`;
+    }
+    else {
+        tar = [TAR_CREATE, ...transform, `-- ${roots}`].join(' ');
+    }
+    const copy = options.localCopy ? quote(options.localCopy) : undefined;
+    if (options.localCopy && options.ahead === undefined)
+        lines.push(`mkdir -p -- ${quote(dirname(options.localCopy))}`);
+    // After a send ahead, the local copy goes on from what that wrote.
+    const tee = options.ahead !== undefined ? 'tee -a' : 'tee';
+    const pipeline = copy ? `${tar} | compress | ${tee} -- ${copy}.partial` : `${tar} | compress`;
+    if (options.tolerateChanged) {
+        lines.push('set +e', pipeline, 'codes=("${PIPESTATUS[@]}")', 'set -e', 
+        // Any failure after tar (compressor, tee) fails the stream; tar's exit 1 alone is reported.
+        'for c in "${codes[@]:1}"; do [ "$c" = 0 ] || exit "$c"; done', `case "\${codes[0]}" in 0) ;; 1) echo ${CHANGED_MARK} >&2 ;; *) exit "\${codes[0]}" ;; esac`);
+    }
+    else {
+        lines.push(pipeline);
+    }
+    if (copy)
+        lines.push(`mv -f -- ${copy}.partial ${copy}`);
+    return bashScript(lines);
 }
 
 ;// CONCATENATED MODULE: ./src/node-kind/watchdog.ts
@@ -91591,6 +91730,7 @@ async function closeUnused(remote, graceMs = 30_000) {
 
 
 
+
 async function cleanup() {
     const stopped = getState(State.NodeStopped) === 'true' && getState(State.NodeStarted) !== 'true';
     const staging = getState(State.StagingDir);
@@ -91637,6 +91777,8 @@ async function cleanHost(settings, stopped, staging, watchdog) {
         if (watchdog)
             await session.exec(disarmWatchdogCommand(watchdog), { timeoutMs: 60_000 });
         if (staging) {
+            // With the folder of an archive's send ahead of the stop, where the run made one.
+            await session.exec(removeStagingCommand(aheadDir(staging)), { timeoutMs: 30 * 60_000 });
             const res = await session.exec(removeStagingCommand(staging), { timeoutMs: 30 * 60_000 });
             if (res.code === 0)
                 info(`Removed the staging folder ${staging}.`);

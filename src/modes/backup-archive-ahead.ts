@@ -12,7 +12,7 @@
  */
 import * as core from '@actions/core';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { ActionError, RemoteCommandError } from '../errors.js';
+import { ActionError } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import type { NodeHost } from '../node-kind/index.js';
 import {
@@ -21,12 +21,11 @@ import {
   AHEAD_SETTLED_SECONDS,
   checkpointBytes,
   COMPRESSOR_MARK,
-  PROGRESS_MARK,
 } from '../node-kind/archive-remote.js';
 import type { ByteSource } from '../byte-source.js';
 import { Progress } from '../progress.js';
 import { abortUploads, streamUpload, type StreamUploadResult } from '../s3/upload.js';
-import { uploadFailed } from './backup-stream.js';
+import { streamFailed, uploadFailed } from './backup-stream.js';
 import type { Settings } from '../settings.js';
 import { GO_LINE } from '../shell.js';
 import type { RemoteStream } from '../ssh/session.js';
@@ -113,17 +112,12 @@ export async function archiveAhead(o: {
   const hostOk = remote.exit.then((code) => {
     if (code === 0) return;
     if (code === AHEAD_CHANGED_CODE) throw new AheadChanged();
-    const tail = remote
-      .stderrTail()
-      .split('\n')
-      .filter((l) => !l.includes(PROGRESS_MARK) && !l.startsWith(COMPRESSOR_MARK))
-      .join('\n');
-    throw code === null
-      ? new ActionError(
-          `The SSH connection was lost while the archive streamed (the table files, ahead of the stop: the node was ` +
-            `not stopped)${tail ? `: ${tail.trim()}` : ''}. Nothing was published.`,
-        )
-      : new RemoteCommandError('Archiving the table files ahead of the stop', code, tail);
+    throw streamFailed(
+      remote,
+      code,
+      'Archiving the table files ahead of the stop',
+      ' (the table files, ahead of the stop: the node was not stopped)',
+    );
   });
   hostOk.catch(() => undefined);
 

@@ -208,6 +208,16 @@ describe('ICON 2: a real goloop node', { skip: goloopMissing() }, () => {
     return s3.getText(bucket, 'MainNet/backup_list').catch(() => '');
   }
 
+  /** A backup and its post step, with SSH through `port` (a cut proxy's). */
+  const backupThenPost = (port: number) =>
+    runMainThenPost({
+      inputs: inputs({ ...backupInputs(), port: String(port) }),
+      env: s3Env(s3),
+      timeoutMs: 300_000,
+      main: { script: bundles().main },
+      post: { script: bundles().post },
+    });
+
   const backupInputs = () => ({
     mode: 'backup',
     'node-kind': 'goloop',
@@ -326,13 +336,7 @@ describe('ICON 2: a real goloop node', { skip: goloopMissing() }, () => {
     // Down = sshd -> runner: the tables ahead. Cut a little into them.
     const proxy = await startCutProxy({ targetPort: sshd.port, downBytes: 48 * 1024 });
     try {
-      const r = await runMainThenPost({
-        inputs: inputs({ ...backupInputs(), port: String(proxy.port) }),
-        env: s3Env(s3),
-        timeoutMs: 300_000,
-        main: { script: bundles().main },
-        post: { script: bundles().post },
-      });
+      const r = await backupThenPost(proxy.port);
       assert.notEqual(r.main.code, 0, said(r.main));
       assert.ok(proxy.cuts >= 1, 'the proxy cut');
       assert.match(
@@ -365,13 +369,7 @@ describe('ICON 2: a real goloop node', { skip: goloopMissing() }, () => {
       if (watching) proxy.arm({ downBytes: 16 * 1024 });
     })();
     try {
-      const r = await runMainThenPost({
-        inputs: inputs({ ...backupInputs(), port: String(proxy.port) }),
-        env: s3Env(s3),
-        timeoutMs: 300_000,
-        main: { script: bundles().main },
-        post: { script: bundles().post },
-      });
+      const r = await backupThenPost(proxy.port);
       watching = false;
       await watch;
       assert.notEqual(r.main.code, 0, said(r.main));

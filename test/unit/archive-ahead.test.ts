@@ -201,6 +201,9 @@ describe('the archive sent ahead of the stop, then the frozen rest', () => {
       // What else it holds: the tables removed since, which no MANIFEST lists.
       const extra = files(out).filter((f) => !files(stage).map(renamed).includes(f));
       assert.deepEqual(extra.map((f) => f.split('/').pop()).sort(), gone.sort());
+      // Which the command counted: the manifest's file count is what a restore extracts.
+      assert.equal(removed, gone.length);
+      assert.equal(files(out).length, files(stage).length + removed);
       const blockDb = join(out, '.storage/db_CHANGEIP:7100_icon_dex');
       const current = readFileSync(join(blockDb, 'CURRENT'), 'utf8').trim();
       const live = parseManifest(readFileSync(join(blockDb, current))).tables;

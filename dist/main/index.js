@@ -98196,6 +98196,20 @@ function archiveBound(bytes) {
     return bytes * 1.05 + 64 * 1024 * 1024;
 }
 /**
+ * The error of an archive's host command that ended with `code` (null: the connection was
+ * lost); `during` says which part of the archive it was sending.
+ */
+function streamFailed(remote, code, step, during = '') {
+    const tail = remote
+        .stderrTail()
+        .split('\n')
+        .filter((l) => !l.includes(PROGRESS_MARK) && !l.startsWith(COMPRESSOR_MARK))
+        .join('\n');
+    return code === null
+        ? new ActionError(`The SSH connection was lost while the archive streamed${during}${tail ? `: ${tail.trim()}` : ''}. Nothing was published.`)
+        : new RemoteCommandError(step, code, tail);
+}
+/**
  * The error of a failed archive upload, once S3 was asked to remove what it holds of it: the
  * upload aborts itself, but not when S3 is what failed (then the post step removes it). An
  * ActionError keeps its words; `when` says where in the run it failed.
@@ -98232,16 +98246,8 @@ async function streamArchive(a) {
             tarBytes = Number(/Total bytes written: (\d+)/.exec(line)?.[1]);
     });
     const sourceOk = remote.exit.then(async (code) => {
-        if (code !== 0) {
-            const tail = remote
-                .stderrTail()
-                .split('\n')
-                .filter((l) => !l.includes(PROGRESS_MARK) && !l.startsWith(COMPRESSOR_MARK))
-                .join('\n');
-            throw code === null
-                ? new ActionError(`The SSH connection was lost while the archive streamed${tail ? `: ${tail.trim()}` : ''}. Nothing was published.`)
-                : new RemoteCommandError('Archiving on the host', code, tail);
-        }
+        if (code !== 0)
+            throw streamFailed(remote, code, 'Archiving on the host');
         // tar reports a file "changed as we read it" when its inode's ctime moves, which the node
         // causes by removing its own link of a table it compacted away. A byte written would move
         // a file's size or mtime: the upload completes only if none moved.
@@ -98363,15 +98369,7 @@ async function archiveAhead(o) {
             return;
         if (code === AHEAD_CHANGED_CODE)
             throw new AheadChanged();
-        const tail = remote
-            .stderrTail()
-            .split('\n')
-            .filter((l) => !l.includes(PROGRESS_MARK) && !l.startsWith(COMPRESSOR_MARK))
-            .join('\n');
-        throw code === null
-            ? new ActionError(`The SSH connection was lost while the archive streamed (the table files, ahead of the stop: the node was ` +
-                `not stopped)${tail ? `: ${tail.trim()}` : ''}. Nothing was published.`)
-            : new RemoteCommandError('Archiving the table files ahead of the stop', code, tail);
+        throw streamFailed(remote, code, 'Archiving the table files ahead of the stop', ' (the table files, ahead of the stop: the node was not stopped)');
     });
     hostOk.catch(() => undefined);
     // The upload reads the first part, then waits for the frozen copy's.

@@ -23,7 +23,8 @@
  *                                    stop, and the node started only after the upload and the list
  *                                    (default: stop; tar; start; upload, as the issue describes it).
  *   --keep          BENCH_KEEP=1     keep the temp dir (scenario homes, logs).
- *                   BENCH_ECHO=1     copy the action's output to stderr as it comes.
+ *                   BENCH_ECHO=1     copy the action's output to stderr as it comes, each line
+ *                                    stamped with the seconds since the run began.
  *                   BENCH_NODE_ARGS  extra Node options for the action's process, for example
  *                                    '--cpu-prof --cpu-prof-dir=/tmp/prof' to see where its CPU goes.
  *

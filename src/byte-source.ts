@@ -31,18 +31,26 @@ export interface ByteSource {
   destroy(error?: Error): void;
 }
 
-/** A Readable as a ByteSource: each chunk is copied into the sink. */
+/**
+ * A Readable as a ByteSource: each chunk is copied into the sink. Its end is watched from the
+ * start, so that a destroy before the flow (a failure elsewhere) has a listener; one after its
+ * end does nothing.
+ */
 export function readableSource(body: Readable): ByteSource {
+  const ended = finished(body, { writable: false });
+  ended.catch(() => undefined);
   return {
     flow: (sink) => {
       body.on('data', (chunk: Buffer) => {
         if (!sink.wrote(chunk)) body.pause();
       });
       // Resolves at the end, rejects on an error or a close before the end.
-      return finished(body, { writable: false });
+      return ended;
     },
     resume: () => body.resume(),
-    destroy: (error) => body.destroy(error),
+    destroy: (error) => {
+      if (!body.destroyed && !body.readableEnded) body.destroy(error);
+    },
   };
 }
 
@@ -108,7 +116,10 @@ export async function socketSource(dir: string): Promise<{ writer: Socket; sourc
         paused = false;
         r.resume();
       },
-      destroy: (error) => r.destroy(error),
+      // One that has ended is not destroyed again: its error would have no listener left.
+      destroy: (error) => {
+        if (!r.destroyed && !r.readableEnded) r.destroy(error);
+      },
     };
     return { writer, source };
   } catch (error) {

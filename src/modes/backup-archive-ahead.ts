@@ -124,18 +124,21 @@ export async function archiveAhead(o: {
   // The upload reads the first part, then waits for the frozen copy's.
   const firstEnded = later<void>();
   const rest = later<{ remote: RemoteStream; ok: Promise<void> }>();
-  let current: ByteSource = remote.source;
+  // The source that flows now: none between the two parts (one that has ended is not destroyed
+  // again, which would raise its error where nothing listens any more).
+  let current: ByteSource | undefined = remote.source;
   const body: ByteSource = {
     flow: async (sink) => {
       await remote.source.flow(sink);
+      current = undefined;
       firstEnded.resolve();
       const next = await rest.promise;
       current = next.remote.source;
       await next.remote.source.flow(sink);
     },
-    resume: () => current.resume(),
+    resume: () => current?.resume(),
     destroy: (error) => {
-      current.destroy(error);
+      current?.destroy(error);
       rest.reject(error ?? new Error('the upload ended'));
     },
   };

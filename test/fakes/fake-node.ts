@@ -1,7 +1,8 @@
 /**
  * A node in memory behind the `NodeHost` seam, with the shell that `NodeControl` drives (the
  * watchdog, the stop and the start). Its data is a map of files; an archive is that map as
- * JSON, so that a backup made of it restores into it. Every call is written to `calls`, so
+ * JSON, one line for each part (the tables sent ahead of the stop, then the rest; a later line's
+ * file wins, as a later tar member does), so that a backup made of it restores into it. Every call is written to `calls`, so
  * that a test reads the order in which a mode did things. Faults are set on `faults`.
  */
 import { PassThrough, Writable } from 'node:stream';
@@ -18,6 +19,7 @@ import type {
 } from '../../src/node-kind/host.js';
 import type { Connect, NodeConnection, Shell } from '../../src/node-kind/index.js';
 import { NODE_LOST } from '../../src/node-kind/watchdog.js';
+import { AHEAD_CHANGED_CODE } from '../../src/node-kind/archive-remote.js';
 import { readableSource } from '../../src/byte-source.js';
 import { RemoteCommandError } from '../../src/errors.js';
 import type { ExecResult, Prepared, RemoteStream } from '../../src/ssh/session.js';
@@ -35,6 +37,11 @@ export interface Faults {
   unhealthy?: boolean;
   /** The node's API is silent (not in service). */
   silent?: boolean;
+  /**
+   * An archive's send ahead of the stop ends: the SSH connection lost ('lost'), or a table
+   * written to while it was read ('changed').
+   */
+  ahead?: 'lost' | 'changed';
 }
 
 export class FakeNode implements NodeHost, Shell {
@@ -130,28 +137,67 @@ export class FakeNode implements NodeHost, Shell {
     return Promise.resolve({ hashAtHeight: `hash-${height}` });
   }
 
-  /** An archive's send ahead of the stop finds no table here: the archive goes up after the freeze. */
+  /**
+   * The tables (`*.ldb`) that an archive's send ahead links, when `settledTables` is set: then
+   * it sends them, and the archive after the freeze leaves out those still the same.
+   */
+  settledTables = false;
+  private ahead: Files | undefined;
+
   linkAhead(stage: string): Promise<{ files: number; bytes: number }> {
     this.calls.push(`link ahead ${stage}`);
-    return Promise.resolve({ files: 0, bytes: 0 });
+    const tables = Object.entries(this.files ?? {}).filter(([p]) => p.endsWith('.ldb'));
+    this.ahead = this.settledTables ? Object.fromEntries(tables) : {};
+    return Promise.resolve(this.sizes(this.ahead));
   }
 
   archiveAhead(): Promise<RemoteStream> {
-    return Promise.reject(new Error('the fake node links no table ahead'));
+    this.calls.push('archive ahead opened');
+    return Promise.resolve(
+      this.goStream(() => {
+        this.calls.push('archive ahead streams');
+        if (this.running !== true) throw new Error('sent ahead of a stopped node');
+        const fault = this.faults.ahead;
+        if (fault === 'lost') return { out: '', code: null };
+        return {
+          out: `${JSON.stringify(this.ahead ?? {})}\n`,
+          code: fault === 'changed' ? AHEAD_CHANGED_CODE : 0,
+        };
+      }),
+    );
   }
 
-  archive(dir: string, _options: ArchiveOptions): Promise<RemoteStream> {
-    this.calls.push(`archive opened: ${dir}`);
+  archive(dir: string, options: ArchiveOptions): Promise<RemoteStream> {
+    this.calls.push(
+      `archive opened: ${dir}${options.ahead ? ' (after the tables sent ahead)' : ''}`,
+    );
+    // It waits for its go line, as the real one does, then writes what was frozen: after a send
+    // ahead, what that did not send as it is now.
+    return Promise.resolve(
+      this.goStream(() => {
+        this.calls.push('archive streams');
+        const frozen = this.staged ?? this.files ?? {};
+        const sent = options.ahead ? (this.ahead ?? {}) : {};
+        const rest = Object.fromEntries(Object.entries(frozen).filter(([p, v]) => sent[p] !== v));
+        return { out: `${JSON.stringify(rest)}\n`, code: 0 };
+      }),
+    );
+  }
+
+  /** A command that waits for its go line, then writes `run().out` and exits `run().code`. */
+  private goStream(run: () => { out: string; code: number | null }): RemoteStream {
     const out = new PassThrough();
     let exited: (code: number | null) => void = () => undefined;
     const exit = new Promise<number | null>((r) => (exited = r));
-    // It waits for its go line, as the real one does, then writes what was frozen.
+    let went = false;
     const stdin = new Writable({
       write: (chunk: Buffer, _e, cb) => {
-        if (chunk.toString().startsWith('go')) {
-          this.calls.push('archive streams');
-          out.end(Buffer.from(JSON.stringify(this.staged ?? this.files)));
-          exited(0);
+        if (!went && chunk.toString().startsWith('go')) {
+          went = true;
+          const r = run();
+          // A cut connection ends the output where it was, and the exit status is lost.
+          out.end(Buffer.from(r.out));
+          exited(r.code);
         }
         cb();
       },
@@ -160,7 +206,7 @@ export class FakeNode implements NodeHost, Shell {
         cb();
       },
     });
-    return Promise.resolve(this.stream(new PassThrough(), stdin, out, exit));
+    return this.stream(new PassThrough(), stdin, out, exit);
   }
 
   freeze(stage: string): Prepared {
@@ -236,7 +282,15 @@ export class FakeNode implements NodeHost, Shell {
           cb();
           return;
         }
-        this.staged = JSON.parse(Buffer.concat(chunks).toString()) as Files;
+        // One line a part; a later part's file wins, as a later tar member does.
+        this.staged = Object.assign(
+          {},
+          ...Buffer.concat(chunks)
+            .toString()
+            .split('\n')
+            .filter(Boolean)
+            .map((l) => JSON.parse(l) as Files),
+        ) as Files;
         this.calls.push('extracted');
         out.end(`${Object.keys(this.staged).length}\n`);
         exited(0);

@@ -83,6 +83,69 @@ describe('the modes against a node in memory', () => {
     );
   });
 
+  it('archive backup: the settled tables go up before the stop, the rest after; it restores whole', async () => {
+    const node = new FakeNode({ ...DATA, '.storage/db/000007.ldb': 'seven' });
+    node.settledTables = true;
+    const r = await backup(settingsOf(), undefined, node.connect);
+    const c = node.calls;
+    const at = (what: string) => c.findIndex((x) => x.startsWith(what));
+    assert.ok(at('link ahead') < at('archive ahead streams'));
+    assert.ok(at('archive ahead streams') < at('The stop command'), c.join('\n'));
+    assert.ok(c.some((x) => x.endsWith('(after the tables sent ahead)')));
+    assert.ok(at('The start command') < at('archive streams'), 'the rest waits for the node');
+    assert.equal(node.running, true);
+    const bucketName = settingsOf().s3.bucket;
+    const manifest = JSON.parse(await s3.getText(bucketName, `_prep-snapshot/${r.key}.json`));
+    assert.deepEqual(manifest.ahead, {
+      files: 2,
+      tarBytes: 0,
+      bytes: manifest.ahead.bytes,
+      removed: 0,
+    });
+    // One object: the tables, then the rest without them.
+    const [first, rest] = (await s3.getText(bucketName, r.key!))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Files);
+    assert.deepEqual(Object.keys(first!).sort(), [
+      '.score_data/db/icon_dex/000005.ldb',
+      '.storage/db/000007.ldb',
+    ]);
+    assert.deepEqual(rest, { '.storage/db/CURRENT': 'm1' });
+    const target = new FakeNode({ old: 'data' });
+    target.running = false;
+    await restore(settingsOf({ mode: 'restore' }), target.connect);
+    assert.deepEqual(target.files, { ...DATA, '.storage/db/000007.ldb': 'seven' });
+  });
+
+  it('archive backup whose SSH connection is lost while the tables go ahead: never stopped, nothing stored', async () => {
+    const node = new FakeNode({ ...DATA });
+    node.settledTables = true;
+    node.faults.ahead = 'lost';
+    await assert.rejects(
+      backup(settingsOf(), undefined, node.connect),
+      /The SSH connection was lost while the archive streamed \(the table files, ahead of the stop: the node was not stopped\)\. Nothing was published\./,
+    );
+    assert.ok(!node.calls.includes('The stop command'));
+    assert.equal(node.running, true);
+    assert.deepEqual(await s3.listKeys(settingsOf().s3.bucket), []);
+    assert.equal(await s3.listMultipartUploads(settingsOf().s3.bucket), 0);
+  });
+
+  it('archive backup whose table changed while it went ahead: the whole archive goes up after the freeze', async () => {
+    const node = new FakeNode({ ...DATA });
+    node.settledTables = true;
+    node.faults.ahead = 'changed';
+    const r = await backup(settingsOf(), undefined, node.connect);
+    assert.ok(node.calls.includes('archive ahead streams'));
+    assert.ok(!node.calls.some((x) => x.endsWith('(after the tables sent ahead)')));
+    const bucketName = settingsOf().s3.bucket;
+    const manifest = JSON.parse(await s3.getText(bucketName, `_prep-snapshot/${r.key}.json`));
+    assert.equal(manifest.ahead, undefined);
+    assert.deepEqual(JSON.parse(await s3.getText(bucketName, r.key!)), DATA);
+    assert.equal(await s3.listMultipartUploads(bucketName), 0, 'the dropped upload was aborted');
+  });
+
   it('backup of a node whose API is silent: started, nothing stored', async () => {
     const node = new FakeNode({ ...DATA });
     node.faults.silent = true;

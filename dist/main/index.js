@@ -92595,8 +92595,14 @@ const promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.ur
 
 
 
-/** A Readable as a ByteSource: each chunk is copied into the sink. */
+/**
+ * A Readable as a ByteSource: each chunk is copied into the sink. Its end is watched from the
+ * start, so that a destroy before the flow (a failure elsewhere) has a listener; one after its
+ * end does nothing.
+ */
 function readableSource(body) {
+    const ended = (0,promises_namespaceObject.finished)(body, { writable: false });
+    ended.catch(() => undefined);
     return {
         flow: (sink) => {
             body.on('data', (chunk) => {
@@ -92604,10 +92610,13 @@ function readableSource(body) {
                     body.pause();
             });
             // Resolves at the end, rejects on an error or a close before the end.
-            return (0,promises_namespaceObject.finished)(body, { writable: false });
+            return ended;
         },
         resume: () => body.resume(),
-        destroy: (error) => body.destroy(error),
+        destroy: (error) => {
+            if (!body.destroyed && !body.readableEnded)
+                body.destroy(error);
+        },
     };
 }
 /** Where reads land while the sink has no space: the source is paused then, so it is rarely used. */
@@ -92675,7 +92684,11 @@ async function socketSource(dir) {
                 paused = false;
                 r.resume();
             },
-            destroy: (error) => r.destroy(error),
+            // One that has ended is not destroyed again: its error would have no listener left.
+            destroy: (error) => {
+                if (!r.destroyed && !r.readableEnded)
+                    r.destroy(error);
+            },
         };
         return { writer, source };
     }
@@ -98375,18 +98388,21 @@ async function archiveAhead(o) {
     // The upload reads the first part, then waits for the frozen copy's.
     const firstEnded = later();
     const rest = later();
+    // The source that flows now: none between the two parts (one that has ended is not destroyed
+    // again, which would raise its error where nothing listens any more).
     let current = remote.source;
     const body = {
         flow: async (sink) => {
             await remote.source.flow(sink);
+            current = undefined;
             firstEnded.resolve();
             const next = await rest.promise;
             current = next.remote.source;
             await next.remote.source.flow(sink);
         },
-        resume: () => current.resume(),
+        resume: () => current?.resume(),
         destroy: (error) => {
-            current.destroy(error);
+            current?.destroy(error);
             rest.reject(error ?? new Error('the upload ended'));
         },
     };

@@ -89975,8 +89975,14 @@ const external_node_stream_promises_namespaceObject = __WEBPACK_EXTERNAL_createR
 
 
 
-/** A Readable as a ByteSource: each chunk is copied into the sink. */
+/**
+ * A Readable as a ByteSource: each chunk is copied into the sink. Its end is watched from the
+ * start, so that a destroy before the flow (a failure elsewhere) has a listener; one after its
+ * end does nothing.
+ */
 function byte_source_readableSource(body) {
+    const ended = (0,external_node_stream_promises_namespaceObject.finished)(body, { writable: false });
+    ended.catch(() => undefined);
     return {
         flow: (sink) => {
             body.on('data', (chunk) => {
@@ -89984,10 +89990,13 @@ function byte_source_readableSource(body) {
                     body.pause();
             });
             // Resolves at the end, rejects on an error or a close before the end.
-            return (0,external_node_stream_promises_namespaceObject.finished)(body, { writable: false });
+            return ended;
         },
         resume: () => body.resume(),
-        destroy: (error) => body.destroy(error),
+        destroy: (error) => {
+            if (!body.destroyed && !body.readableEnded)
+                body.destroy(error);
+        },
     };
 }
 /** Where reads land while the sink has no space: the source is paused then, so it is rarely used. */
@@ -90055,7 +90064,11 @@ async function socketSource(dir) {
                 paused = false;
                 r.resume();
             },
-            destroy: (error) => r.destroy(error),
+            // One that has ended is not destroyed again: its error would have no listener left.
+            destroy: (error) => {
+                if (!r.destroyed && !r.readableEnded)
+                    r.destroy(error);
+            },
         };
         return { writer, source };
     }

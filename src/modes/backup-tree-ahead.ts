@@ -13,7 +13,6 @@
  */
 import * as core from '@actions/core';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { errorMessage } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import type { NodeHost, TreeEntry } from '../node-kind/host.js';
 import type { Settings } from '../settings.js';
@@ -22,7 +21,7 @@ import { fileOf, type Ahead } from '../tree/reuse.js';
 import { heldWhole, sendFiles } from '../tree/send.js';
 import { Budget } from '../tree/budget.js';
 import { FileProgress } from '../progress.js';
-import { keepJournal } from './backup-tree-send.js';
+import { keepJournal, recordStored } from './backup-tree-send.js';
 import type { TreeStart } from './backup-tree.js';
 
 /** What the send ahead of the stop stored: the frozen copy's proof takes these as recorded. */
@@ -88,8 +87,7 @@ export async function sendAhead(o: {
   const onStored = (entry: TreeEntry, sha: string, tail: string): void => {
     const f = fileOf(entry, sha, tail);
     result.files.push(f);
-    journal.record(f, (e) => core.debug(`journal: ${errorMessage(e)}`));
-    lease.add([sha]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
+    recordStored(journal, lease, f);
   };
   let channels: number;
   try {

@@ -9,7 +9,7 @@ import * as core from '@actions/core';
 import { errorMessage, HostError } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import type { NodeHost, TreeEntry, TreeListing } from '../node-kind/host.js';
-import { isTableFile } from '../tree/layout.js';
+import { isTableFile, type TreeFile } from '../tree/layout.js';
 import type { LeaseKeeper } from '../tree/lease.js';
 import { pool } from '../tree/pool.js';
 import type { Say } from '../progress.js';
@@ -24,6 +24,16 @@ export type SendArgs = Pick<
   TreeBackupArgs,
   'settings' | 'client' | 'host' | 'dir' | 'runId' | 'timings'
 >;
+
+/**
+ * What a send stored, kept where a later run finds it: in the run's journal (written every
+ * 30 s) and in its lease (a sweep meanwhile leaves the object alone). Neither failing fails
+ * the send: the journal is written again at the end, and the lease only shortens a sweep.
+ */
+export function recordStored(journal: RunJournal, lease: LeaseKeeper, f: TreeFile): void {
+  journal.record(f, (e) => core.debug(`journal: ${errorMessage(e)}`));
+  lease.add([f.sha256]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
+}
 
 /**
  * Writes the journal of a run that failed, when it stored something: the next run of this host
@@ -134,8 +144,7 @@ export async function sendMissing(o: {
         const f = fileOf(entry, sha, tail);
         plan.done.set(entry.path, f);
         for (const w of waiting.get(sha) ?? []) plan.done.set(w.path, fileOf(w, sha, tail));
-        journal.record(f, (e) => core.debug(`journal: ${errorMessage(e)}`));
-        lease.add([sha]).catch((e) => core.debug(`lease: ${errorMessage(e)}`));
+        recordStored(journal, lease, f);
       },
     });
   } catch (error) {

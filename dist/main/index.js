@@ -97895,6 +97895,15 @@ async function pool(items, width, work) {
 
 
 /**
+ * What a send stored, kept where a later run finds it: in the run's journal (written every
+ * 30 s) and in its lease (a sweep meanwhile leaves the object alone). Neither failing fails
+ * the send: the journal is written again at the end, and the lease only shortens a sweep.
+ */
+function recordStored(journal, lease, f) {
+    journal.record(f, (e) => core_debug(`journal: ${errorMessage(e)}`));
+    lease.add([f.sha256]).catch((e) => core_debug(`lease: ${errorMessage(e)}`));
+}
+/**
  * Writes the journal of a run that failed, when it stored something: the next run of this host
  * finds those files there (tree/reuse.ts) and does not send them again.
  */
@@ -97979,8 +97988,7 @@ async function sendMissing(o) {
                 plan.done.set(entry.path, f);
                 for (const w of waiting.get(sha) ?? [])
                     plan.done.set(w.path, fileOf(w, sha, tail));
-                journal.record(f, (e) => core_debug(`journal: ${errorMessage(e)}`));
-                lease.add([sha]).catch((e) => core_debug(`lease: ${errorMessage(e)}`));
+                recordStored(journal, lease, f);
             },
         });
     }
@@ -98045,7 +98053,6 @@ async function proveStill(host, dir, listing, say = (line) => info(line)) {
 
 
 
-
 /**
  * Sends the running node's new table files: those no earlier run of this host recorded (every
  * one, when nothing is stored yet). A table an earlier run recorded is proven after the freeze
@@ -98087,8 +98094,7 @@ async function sendAhead(o) {
     const onStored = (entry, sha, tail) => {
         const f = fileOf(entry, sha, tail);
         result.files.push(f);
-        journal.record(f, (e) => core_debug(`journal: ${errorMessage(e)}`));
-        lease.add([sha]).catch((e) => core_debug(`lease: ${errorMessage(e)}`));
+        recordStored(journal, lease, f);
     };
     let channels;
     try {

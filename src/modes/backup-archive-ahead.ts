@@ -20,7 +20,6 @@ import {
   AHEAD_CHANGED_CODE,
   AHEAD_SETTLED_SECONDS,
   checkpointBytes,
-  COMPRESSOR_MARK,
 } from '../node-kind/archive-remote.js';
 import type { ByteSource } from '../byte-source.js';
 import { Progress } from '../progress.js';
@@ -37,7 +36,6 @@ export interface ArchiveAhead {
   /** What of the archive went up ahead (compressed). */
   bytes: number;
   seconds: number;
-  compressor: string;
   /** The upload of the whole archive: it completes once `follow` has handed it the rest. */
   upload: Promise<StreamUploadResult>;
   /** The frozen copy's stream (opened with `ahead`) goes on from here; `ok` says it ended well. */
@@ -98,14 +96,11 @@ export async function archiveAhead(o: {
     level: settings.backup.compressionLevel,
     localCopy: o.localCopy,
   });
-  let compressor: string = settings.backup.compression;
   let tarBytes = 0;
   const progress = new Progress('Upload ahead', linked.bytes);
   remote.onStderrLine((line) => {
     const read = checkpointBytes(line);
     if (read !== undefined) progress.read = read;
-    else if (line.startsWith(COMPRESSOR_MARK))
-      compressor = line.slice(COMPRESSOR_MARK.length + 1).trim();
     else if (line.startsWith(AHEAD_BYTES_MARK))
       tarBytes = Number(line.slice(AHEAD_BYTES_MARK.length + 1));
   });
@@ -148,7 +143,6 @@ export async function archiveAhead(o: {
     tarBytes: 0,
     bytes: 0,
     seconds: 0,
-    compressor,
     upload: Promise.resolve({ bytes: 0, sha256: '' }),
     follow: (next, ok) => {
       ok.then(restOk.resolve, restOk.reject);
@@ -212,7 +206,6 @@ export async function archiveAhead(o: {
   }
   handle.bytes = read;
   handle.tarBytes = tarBytes;
-  handle.compressor = compressor;
   handle.seconds = secondsSince(t);
   core.info(
     `Sent ${linked.files} table files ahead: ${formatBytes(tarBytes)} of tar, ${formatBytes(handle.bytes)} read for the upload, ` +

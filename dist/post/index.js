@@ -88993,6 +88993,16 @@ function statLines(where, name) {
     return `find ${where} -type f -printf '${name}\\t%i\\t%s\\t%T@\\0' | LC_ALL=C sort -z`;
 }
 /**
+ * Sets the shell variable `name` to the bytes that tar makes of the files in `list` (its members
+ * and its two end blocks, no padding), from a tar to /dev/null, which reads no file.
+ */
+function tarSize(name, list, transform, what) {
+    return [
+        `${name}=$(LC_ALL=C tar --create --file=/dev/null --totals --blocking-factor=1 ${list} ${transform} 2>&1 | sed -n 's/^Total bytes written: \\([0-9]*\\).*/\\1/p')`,
+        `[ -n "$${name}" ] || { echo ${quote(`tar did not say the size of ${what}`)} >&2; exit 1; }`,
+    ];
+}
+/**
  * The first part of an archive, made while the node runs: tar of the tables in `ahead`
  * (linkAheadCommand), compressed, to stdout, without tar's end-of-archive blocks, so that the
  * frozen copy's archive (archiveCommand with `ahead`) follows it as one tar. Compressed
@@ -89015,8 +89025,7 @@ function archiveAheadCommand(kind, ahead, identity, options) {
         ...SHARED_LOCK,
         `${statLines(files, '%P')} > ${AHEAD_STAT}`,
         `find ${files} -type f -printf '%P\\0' | LC_ALL=C sort -z > ${AHEAD_LIST}`,
-        `total=$(LC_ALL=C tar --create --file=/dev/null --totals --blocking-factor=1 ${list} ${transform} 2>&1 | sed -n 's/^Total bytes written: \\([0-9]*\\).*/\\1/p')`,
-        `[ -n "$total" ] || { echo 'tar did not say the size of the tables ahead' >&2; exit 1; }`,
+        ...tarSize('total', list, transform, 'the tables ahead'),
         // The archive's end: two blocks of zeros (with a blocking factor of 1, no padding after).
         `members=$(( total - 1024 ))`,
         ...(options.localCopy ? [`mkdir -p -- ${quote(dirname(options.localCopy))}`] : []),
@@ -89071,7 +89080,7 @@ function archiveCommand(kind, dir, identity, options) {
         // would end by a broken pipe. So this part is tar's members and end (its size, as the send
         // ahead finds its own), then zeros to a whole record of the archive.
         const list = '--null --no-recursion --files-from="$rest"';
-        lines.push(`size=$(LC_ALL=C tar --create --file=/dev/null --totals --blocking-factor=1 ${list} ${transform.join(' ')} 2>&1 | sed -n 's/^Total bytes written: \\([0-9]*\\).*/\\1/p')`, `[ -n "$size" ] || { echo 'tar did not say the size of the rest' >&2; exit 1; }`, `pad=$(( (${TAR_RECORD_BYTES} - ($(cat -- ${a}/${AHEAD_BYTES}) + size) % ${TAR_RECORD_BYTES}) % ${TAR_RECORD_BYTES} ))`);
+        lines.push(...tarSize('size', list, transform.join(' '), 'the rest'), `pad=$(( (${TAR_RECORD_BYTES} - ($(cat -- ${a}/${AHEAD_BYTES}) + size) % ${TAR_RECORD_BYTES}) % ${TAR_RECORD_BYTES} ))`);
         const create = [TAR_CREATE, ...transform, list].join(' ');
         // tar's status, where head's cut of its padding (a broken pipe) is not a failure.
         tar =

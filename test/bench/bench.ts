@@ -9,6 +9,8 @@
  *   --parts LIST    BENCH_PARTS      comma list of seed,gzip,zstd,ssh,restore,goloop,churn,wan (default all).
  *                                    restore needs an archive: it adds gzip when neither gzip nor seed runs.
  *   --goloop-sizes L BENCH_GOLOOP_SIZES  GiB of the goloop node's database (default 0.2,2): see goloop/index.ts.
+ *   --goloop-restore-runs N BENCH_GOLOOP_RESTORE_RUNS  goloop: rounds of the three restores at each
+ *                                    size (default 3); the median runs are compared, every run printed.
  *   --churn-size GiB BENCH_CHURN_SIZE_GIB  churn: the goloop node's database (default 2): see churn/index.ts.
  *   --wan-cap-mib N BENCH_WAN_CAP_MIB   wan: each connection's cap, MiB/s (default 20): see wan.ts.
  *   --wan-latency-ms N BENCH_WAN_LATENCY_MS  wan: delay added each way, ms (default 20).
@@ -54,7 +56,13 @@ import { freePort } from '../bed/ports.js';
 import { startSshd, type Sshd } from '../bed/sshd.js';
 import { downtimes, parseEvents, type NodeEvent } from '../sim/chain.js';
 import { churnBench, churnReport, parseChurnSize, type ChurnFigures } from './churn/index.js';
-import { goloopBench, goloopReport, parseGoloopSizes, type GoloopFigures } from './goloop/index.js';
+import {
+  goloopBench,
+  goloopReport,
+  parseGoloopRestoreRuns,
+  parseGoloopSizes,
+  type GoloopFigures,
+} from './goloop/index.js';
 import { sshReport, sshThroughput, type SshFigures } from './ssh-channel.js';
 import { wanBench, wanReport, type WanFigures } from './wan.js';
 import {
@@ -113,6 +121,9 @@ const parts = new Set<Part>(
 );
 if (parts.has('restore') && !parts.has('gzip') && !parts.has('seed')) parts.add('gzip');
 const goloopSizes = parseGoloopSizes(option('goloop-sizes', 'BENCH_GOLOOP_SIZES'));
+const goloopRestoreRuns = parseGoloopRestoreRuns(
+  option('goloop-restore-runs', 'BENCH_GOLOOP_RESTORE_RUNS'),
+);
 const churnSize = parseChurnSize(option('churn-size', 'BENCH_CHURN_SIZE_GIB'));
 const sshMib = Number(option('ssh-mib', 'BENCH_SSH_MIB') ?? '1024');
 const wanCapMib = Number(option('wan-cap-mib', 'BENCH_WAN_CAP_MIB') ?? '20');
@@ -763,7 +774,8 @@ async function main(): Promise<void> {
         restores.action = medianRun(actionRuns);
       }
     }
-    if (parts.has('goloop')) goloop = await goloopBench({ ...ctx, keep }, goloopSizes);
+    if (parts.has('goloop'))
+      goloop = await goloopBench({ ...ctx, keep }, goloopSizes, goloopRestoreRuns);
     if (parts.has('churn')) churn = await churnBench({ ...ctx, keep }, churnSize);
     if (parts.has('wan')) {
       wan = await wanBench(

@@ -111,10 +111,11 @@ export function goloopReport(figures: GoloopFigures): string {
       table([
         ['restore (to a new block)', 'theirs', ...OURS.flatMap((w) => [w, `${w.slice(5)}/theirs`])],
         rrow(
-          'wall time',
+          `wall time (median of ${s.restores.theirs?.runs?.length ?? 1})`,
           (r) => fmtS(r.wallSeconds),
           (r) => r.wallSeconds,
         ),
+        rrow('  every run', (r) => (r.runs ?? [r.wallSeconds]).map((x) => x.toFixed(2)).join(', ')),
         rrow('host peak extra disk (du)', (r) => fmtB(r.hostExtraDiskBytes)),
         rrow('restored node dir', (r) => fmtB(r.restoredBytes)),
         rrow('runner peak RSS', (r) => (r.name === 'theirs' ? 'n/a' : fmtB(r.runnerPeakRssBytes))),

@@ -10,12 +10,15 @@
  * and read from the frozen copy if the snapshot holds it. So the bulk of a first backup, and a
  * day's new tables, go up with the node running: the snapshot is listed seconds after the stop,
  * and the frozen copy's hard links keep the tables a compaction removes for seconds, not hours.
+ * The other new files that have stood unchanged for a while (the wal segments a goloop node has
+ * moved past) go too; those are hashed on the host once frozen, as every file but a table is.
  */
 import * as core from '@actions/core';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
-import type { NodeHost, TreeEntry } from '../node-kind/host.js';
+import type { NodeHost, TreeEntry, TreeListing } from '../node-kind/host.js';
 import type { Settings } from '../settings.js';
+import { AHEAD_SETTLED_SECONDS } from '../node-kind/archive-remote.js';
 import { isTableFile, reusable, type TreeFile } from '../tree/layout.js';
 import { fileOf, type Ahead } from '../tree/reuse.js';
 import { heldWhole, sendFiles } from '../tree/send.js';
@@ -34,12 +37,13 @@ export interface SentAhead {
 }
 
 /**
- * Sends the running node's new table files: those no earlier run of this host recorded (every
- * one, when nothing is stored yet). A table an earlier run recorded is proven after the freeze
- * as before; one that may be stored under another name is hashed on the host after the freeze
- * (backup-tree-send.ts), as sending it now could send bytes the bucket holds. Resolves with
- * what it stored, for the frozen copy's proof; undefined where no record of this host tells a
- * new table from a stored one.
+ * Sends the running node's new files: the table files that no earlier run of this host
+ * recorded (every one, when nothing is stored yet), and the other such files that have
+ * settled. A table an earlier run recorded is proven after the freeze as before; one that may
+ * be stored under another name is hashed on the host after the freeze (backup-tree-send.ts),
+ * as sending it now could send bytes the bucket holds. Resolves with what it stored, for the
+ * frozen copy's proof; undefined where no record of this host tells a new file from a stored
+ * one.
  */
 export async function sendAhead(o: {
   settings: Settings;
@@ -52,11 +56,7 @@ export async function sendAhead(o: {
   const ahead = await start.ahead;
   const live = await host.listTree(host.dataDir, { live: true });
   const tables = live.entries.filter((e) => e.type === 'file' && isTableFile(e.path));
-  const provenLater = (e: TreeEntry): boolean => {
-    const sha = reusable(e, ahead.before.get(e.path));
-    return sha !== undefined && ahead.stored.get(sha) === e.size;
-  };
-  // Where this host has a record (its last snapshot, or a run cut short), a table it lacks is
+  // Where this host has a record (its last snapshot, or a run cut short), a file it lacks is
   // data that no snapshot has seen. Without one, a stored object may hold it already.
   const recorded = ahead.previousKey !== undefined || ahead.journals.length > 0;
   if (ahead.stored.size > 0 && !recorded) {
@@ -66,10 +66,7 @@ export async function sendAhead(o: {
     );
     return undefined;
   }
-  const fresh = (e: TreeEntry): boolean => ahead.stored.size === 0 || !ahead.before.has(e.path);
-  const todo = tables.filter(
-    (e) => !provenLater(e) && fresh(e) && heldWhole(e.size, settings.s3.bytesInFlight),
-  );
+  const todo = aheadFiles(live, ahead, settings.s3.bytesInFlight);
   const result: SentAhead = { files: [], bytes: 0, skipped: 0, seconds: 0 };
   if (todo.length === 0) {
     core.info(
@@ -78,10 +75,15 @@ export async function sendAhead(o: {
     );
     return result;
   }
-  const bytes = todo.reduce((s, e) => s + e.size, 0);
+  const sizeOf = (list: TreeEntry[]): number => list.reduce((s, e) => s + e.size, 0);
+  const newTables = todo.filter((e) => isTableFile(e.path));
+  const others = todo.filter((e) => !isTableFile(e.path));
   core.info(
-    `${todo.length} of the ${tables.length} table files (${formatBytes(bytes)}) are new: they go up now, ` +
-      `while the node runs.`,
+    `${newTables.length} of the ${tables.length} table files (${formatBytes(sizeOf(newTables))}) are new: ` +
+      `they go up now, while the node runs` +
+      (others.length > 0
+        ? `, with ${others.length} other new files (${formatBytes(sizeOf(others))}) that have stood unchanged for ${AHEAD_SETTLED_SECONDS} s.`
+        : '.'),
   );
   const { journal, lease } = start;
   const onStored = (entry: TreeEntry, sha: string, tail: string): void => {
@@ -103,13 +105,42 @@ export async function sendAhead(o: {
   await journal.write();
   result.seconds = secondsSince(t);
   core.info(
-    `Sent ${result.files.length} table files, ${formatBytes(result.bytes)} in ${formatDuration(result.seconds)} ` +
+    `Sent ${result.files.length} files, ${formatBytes(result.bytes)} in ${formatDuration(result.seconds)} ` +
       `(${formatRate(result.bytes, result.seconds)}, over ${channels} SSH channel${channels > 1 ? 's' : ''})` +
       (result.skipped > 0
         ? `; ${result.skipped} left out (removed by the node, or still being written): the frozen copy has what is current.`
         : '.'),
   );
   return result;
+}
+
+/**
+ * What the send ahead of the stop takes of the running node's listing: the files that no
+ * record of this host names (every file, when nothing is stored), tables as they are and the
+ * others once they have stood unchanged for AHEAD_SETTLED_SECONDS by the host's clock; not a
+ * table whose record proves it after the freeze, nor a file larger than the runner holds whole.
+ *
+ * The other files (a journal, a MANIFEST, a wal segment, config) may be written in place by the
+ * node. One that has settled (a wal segment the node has moved past) saves its send after the
+ * stop: once frozen it is hashed on the host as every file but a table is (tree/layout.ts,
+ * `reusable`), and found stored unless the node wrote to it meanwhile.
+ */
+export function aheadFiles(live: TreeListing, ahead: Ahead, bytesInFlight: number): TreeEntry[] {
+  const provenLater = (e: TreeEntry): boolean => {
+    const sha = reusable(e, ahead.before.get(e.path));
+    return sha !== undefined && ahead.stored.get(sha) === e.size;
+  };
+  const fresh = (e: TreeEntry): boolean => ahead.stored.size === 0 || !ahead.before.has(e.path);
+  const settled = (e: TreeEntry): boolean =>
+    isTableFile(e.path) || Number(e.mtime) <= live.now - AHEAD_SETTLED_SECONDS;
+  return live.entries.filter(
+    (e) =>
+      e.type === 'file' &&
+      !provenLater(e) &&
+      fresh(e) &&
+      settled(e) &&
+      heldWhole(e.size, bytesInFlight),
+  );
 }
 
 /**

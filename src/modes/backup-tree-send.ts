@@ -9,7 +9,7 @@ import * as core from '@actions/core';
 import { errorMessage, HostError } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
 import type { NodeHost, TreeEntry, TreeListing } from '../node-kind/host.js';
-import { isTableFile, type TreeFile } from '../tree/layout.js';
+import type { TreeFile } from '../tree/layout.js';
 import type { LeaseKeeper } from '../tree/lease.js';
 import { pool } from '../tree/pool.js';
 import type { Say } from '../progress.js';
@@ -51,6 +51,23 @@ export async function keepJournal(journal: RunJournal, say: Say): Promise<void> 
 }
 
 /**
+ * Whether the file at `path` holds data that no snapshot has seen, so that it goes up as read
+ * and is hashed on the runner as it arrives, rather than hashed on the host first. Hashing on
+ * the host reads a file there once more; that pays only where its object may be stored already,
+ * under another name (a node restored from this bucket, a file moved, a run cut short whose
+ * journal was not written). It does not when nothing is stored yet, nor for a file that
+ * appeared since this host's last snapshot or since this run's send ahead of the stop (a table,
+ * a journal, a wal segment). A wrong guess costs bytes sent again, never a wrong object: every
+ * key is the hash of the bytes put under it.
+ */
+export function newSinceRecord(
+  plan: Pick<Stored, 'stored' | 'hasPrevious' | 'known'>,
+  path: string,
+): boolean {
+  return plan.stored.size === 0 || (plan.hasPrevious && !plan.known.has(path));
+}
+
+/**
  * Sends what the bucket lacks. It may begin while another group is open (the node's start):
  * every line goes to `say`, a HeldLog that backupTree opens in the send's own group.
  */
@@ -69,15 +86,7 @@ export async function sendMissing(o: {
   const { a, plan, listing, lease, channel, source, journal, say } = o;
   const { settings, client, host } = a;
   const { bucket, prefix } = settings.s3;
-  // Hashing a file on the host reads it there once more; that pays only where its object may
-  // be stored already, under another name (a node restored from this bucket, a file moved, a
-  // run cut short whose journal was not written). It does not when nothing is stored yet, nor
-  // for a table file that appeared since this host's last snapshot or since this run's send
-  // ahead of the stop: it holds data that no snapshot has seen. Such a file, when it is held
-  // whole on the runner, is hashed there as it arrives. A wrong guess costs bytes sent again,
-  // never a wrong object: every key is the hash of the bytes put under it.
-  const unseen = (e: TreeEntry): boolean =>
-    plan.stored.size === 0 || (plan.hasPrevious && isTableFile(e.path) && !plan.known.has(e.path));
+  const unseen = (e: TreeEntry): boolean => newSinceRecord(plan, e.path);
   const hashFirst = plan.unproven.filter(
     (e) => !unseen(e) || !heldWhole(e.size, settings.s3.bytesInFlight),
   );
@@ -112,7 +121,7 @@ export async function sendMissing(o: {
       say(
         `${hashes.size} files hashed in ${formatDuration(a.timings.hash)} (${formatBytes(hashedBytes)}), ` +
           `${storedAlready.length} of them stored already; ${toSend.length} ` +
-          `${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'table files new since the last snapshot'} are hashed as they arrive.`,
+          `${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'files new since the last snapshot'} are hashed as they arrive.`,
       );
       return more;
     });

@@ -73,7 +73,7 @@ export const AHEAD_CHANGED_MARK = 'prep-snapshot-ahead-changed';
 export const AHEAD_CHANGED_CODE = 3;
 
 /** The `find` tests that leave out `leaveOut` (paths under the roots) and what is under them. */
-function pruned(leaveOut: string[]): string {
+export function pruned(leaveOut: string[]): string {
   if (leaveOut.length === 0) return '';
   return `\\( ${leaveOut.map((p) => `-path ${quote(p)}`).join(' -o ')} \\) -prune -o`;
 }

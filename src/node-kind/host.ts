@@ -245,6 +245,8 @@ export interface TreeEntry {
 
 export interface TreeListing {
   device: string;
+  /** The host's clock as the listing began, in whole seconds since the epoch. */
+  now: number;
   entries: TreeEntry[];
 }
 

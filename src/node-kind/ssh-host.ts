@@ -81,7 +81,7 @@ export abstract class SshHost {
       dir,
       await this.session.run(
         options.live ? 'Listing the data dir' : 'Listing the snapshot',
-        listTreeCommand(this.tree, dir, options.live),
+        listTreeCommand(this.tree, dir, { live: options.live, leaveOut: this.leaveOut() }),
         LISTING,
       ),
     );
@@ -90,7 +90,7 @@ export abstract class SshHost {
   listTreeAhead(dir: string): PreparedListing {
     const p = this.session.prepare(
       'Listing the snapshot',
-      listTreeCommand(this.tree, dir),
+      listTreeCommand(this.tree, dir, { leaveOut: this.leaveOut() }),
       LISTING,
     );
     return {
@@ -117,7 +117,7 @@ export abstract class SshHost {
       }
       entries.push({ ...e, type: e.type, hostPath: e.path, path: rename(e.path) });
     }
-    return { device: listing.device, entries };
+    return { device: listing.device, now: listing.now, entries };
   }
 
   fileTails(dir: string): RemoteStream {

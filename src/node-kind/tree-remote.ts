@@ -6,7 +6,7 @@
 import { HostError } from '../errors.js';
 import { bashScript, quote, WAIT_FOR_GO } from '../shell.js';
 import type { Tree } from './host.js';
-import { CHANGED_MARK } from './archive-remote.js';
+import { CHANGED_MARK, pruned } from './archive-remote.js';
 
 /** One entry of a snapshot on the host, as `listTreeCommand` prints it. */
 export interface ListedEntry {
@@ -23,31 +23,42 @@ export interface ListedEntry {
 export interface Listing {
   /** The device number of the folder listed (`stat -c %d`). */
   device: string;
+  /** The host's clock as the listing began, in whole seconds since the epoch. */
+  now: number;
   entries: ListedEntry[];
 }
 
 /**
  * Every entry under the kind's roots in `dir`, NUL-terminated: type, size, inode, mtime, mode
- * and path. A shared lock on the folder while it is read, as for an archive. `live`: the node
- * runs in `dir`, and an entry that it removes while find reads its folder is no error.
+ * and path, less `leaveOut` (paths under the roots that a snapshot leaves out). A shared lock
+ * on the folder while it is read, as for an archive. `live`: the node runs in `dir`, and an
+ * entry that it removes while find reads its folder is no error.
  */
-export function listTreeCommand(kind: Tree, dir: string, live = false): string {
-  const find = `find ${kind.roots.map(quote).join(' ')} -printf '%y %s %i %T@ %m %p\\0'`;
+export function listTreeCommand(
+  kind: Tree,
+  dir: string,
+  options: { live?: boolean; leaveOut?: string[] } = {},
+): string {
+  const find =
+    `find ${kind.roots.map(quote).join(' ')} ${pruned(options.leaveOut ?? [])} ` +
+    `-printf '%y %s %i %T@ %m %p\\0'`;
   return bashScript([
     `cd -- ${quote(dir)}`,
     `exec 9<.`,
     `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
-    `printf 'device=%s\\0' "$(stat -c %d .)"`,
-    live ? `${find} 2>/dev/null || true` : find,
+    `printf 'device=%s\\0now=%s\\0' "$(stat -c %d .)" "$(date +%s)"`,
+    options.live ? `${find} 2>/dev/null || true` : find,
   ]);
 }
 
 export function parseListing(stdout: string): Listing {
   const records = stdout.split('\0').filter((r) => r.length > 0);
   const device = /^device=(\d+)$/.exec(records[0] ?? '')?.[1];
-  if (device === undefined) throw new HostError(`Could not list the snapshot's files on the host.`);
+  const now = /^now=(\d+)$/.exec(records[1] ?? '')?.[1];
+  if (device === undefined || now === undefined)
+    throw new HostError(`Could not list the snapshot's files on the host.`);
   const entries: ListedEntry[] = [];
-  for (const r of records.slice(1)) {
+  for (const r of records.slice(2)) {
     const m = /^(\S) (\d+) (\d+) (\d+(?:\.\d+)?) ([0-7]+) ([\s\S]+)$/.exec(r);
     if (!m) throw new HostError(`Could not read the host's listing line '${r.slice(0, 200)}'.`);
     entries.push({
@@ -59,7 +70,7 @@ export function parseListing(stdout: string): Listing {
       path: m[6] as string,
     });
   }
-  return { device, entries };
+  return { device, now: Number(now), entries };
 }
 
 /** `sha256sum` of the NUL-separated paths on stdin (relative to `dir`), on every core. */

@@ -135,8 +135,8 @@ export interface Stored {
   journals: Ahead['journals'];
   leasedWall: number;
   /**
-   * A record of this host's table files exists (its last tree, or this run's send ahead of the
-   * stop): a table file that `known` lacks was written since, and holds data no snapshot has.
+   * A record of this host's files exists (its last tree, or this run's send ahead of the stop):
+   * a file that `known` lacks was written since, and holds data no snapshot has.
    */
   hasPrevious: boolean;
   /** The paths earlier runs of this host, or this run's send ahead of the stop, recorded. */

@@ -1,6 +1,7 @@
 /**
  * The pieces of tree snapshots that run on their own: what proves a file unchanged, read from
- * real files by the host's own listing command (run here in bash, as on a host); the data
+ * real files by the host's own listing command (run here in bash, as on a host); what a backup
+ * sends ahead of the stop, and what it sends as read once frozen, from such listings; the data
  * dir's tables that a restore links into its staging folder; and the tar that carries files
  * both ways, read from and written for real GNU tar.
  */
@@ -35,6 +36,10 @@ import {
 import { GO_LINE } from '../../src/shell.js';
 import { tailHash, TAIL_BYTES } from '../../src/tree/icon2.js';
 import { isSafePath, reusable, type TreeFile } from '../../src/tree/layout.js';
+import type { Ahead } from '../../src/tree/reuse.js';
+import type { TreeListing } from '../../src/node-kind/host.js';
+import { aheadFiles } from '../../src/modes/backup-tree-ahead.js';
+import { newSinceRecord } from '../../src/modes/backup-tree-send.js';
 import {
   ChunkReader,
   END_OF_TAR,
@@ -143,7 +148,7 @@ describe('what proves a file unchanged since the last tree', () => {
 
   it('the running node’s listing passes over what vanished; the frozen copy’s fails on it', () => {
     const gone = { name: 'goloop', roots: ['abc123', 'not-there'] };
-    const live = execFileSync('bash', ['-c', listTreeCommand(gone, dir, true)], {
+    const live = execFileSync('bash', ['-c', listTreeCommand(gone, dir, { live: true })], {
       encoding: 'utf8',
     });
     assert.ok(parseListing(live).entries.some((e) => e.path === table));
@@ -154,6 +159,26 @@ describe('what proves a file unchanged since the last tree', () => {
   it('a mutable file (MANIFEST), even untouched, is always hashed', async () => {
     const e = list(dir).get('abc123/db/1/MANIFEST-000002')!;
     assert.equal(reusable(e, await asStored(dir, e)), undefined);
+  });
+
+  it("leaves out what a snapshot leaves out, and says the host's clock", () => {
+    mkdirSync(join(dir, 'abc123/cache/x'), { recursive: true });
+    writeFileSync(join(dir, 'abc123/cache/x/blob'), 'x');
+    writeFileSync(join(dir, 'abc123/db/1/LOCK'), '');
+    const out = execFileSync(
+      'bash',
+      ['-c', listTreeCommand(kind, dir, { leaveOut: ['abc123/cache', 'abc123/db/1/LOCK'] })],
+      { encoding: 'utf8' },
+    );
+    const l = parseListing(out);
+    const paths = l.entries.map((e) => e.path);
+    assert.ok(paths.includes(table));
+    assert.ok(
+      !paths.some((p) => p.startsWith('abc123/cache') || p.endsWith('/LOCK')),
+      paths.join(),
+    );
+    assert.ok(list(dir).has('abc123/cache/x/blob'), 'listed without the leave-out');
+    assert.ok(Math.abs(l.now - Date.now() / 1000) < 5, `${l.now}`);
   });
 
   it('lists directories too, and names with spaces or colons whole', () => {
@@ -280,5 +305,79 @@ describe("the data dir's tables, linked into a restore's staging folder", () => 
     assert.ok(!existsSync(join(stage, block, '000009.ldb')));
     assert.equal(readFileSync(join(stage, '.score_data/000002.sst'), 'utf8'), 'two');
     assert.throws(() => linkInput([{ from: 'a/000001.ldb', to: 'a/000002.ldb' }]), /names differ/);
+  });
+});
+
+describe('what a tree backup sends ahead of the stop, and what it sends as read', () => {
+  let dir: string;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'prep-tree-ahead-'));
+    mkdirSync(join(dir, 'abc123/db/1'), { recursive: true });
+    mkdirSync(join(dir, 'abc123/wal'), { recursive: true });
+    for (const f of ['db/1/000005.ldb', 'db/1/000009.ldb', 'wal/lock_1', 'wal/lock_2'])
+      writeFileSync(join(dir, 'abc123', f), randomBytes(8 * 1024));
+    writeFileSync(join(dir, 'abc123/db/1/MANIFEST-000007'), randomBytes(300));
+    // The stored table and the wal segment the node has moved past stood for a minute; the
+    // new table was just written (a table never changes once written); the wal segment and the
+    // MANIFEST are being written now.
+    const old = String(Math.floor(Date.now() / 1000) - 60);
+    for (const f of ['db/1/000005.ldb', 'wal/lock_1'])
+      execFileSync('touch', ['-d', `@${old}`, join(dir, 'abc123', f)]);
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  const listing = (): TreeListing => {
+    const l = parseListing(
+      execFileSync('bash', ['-c', listTreeCommand(kind, dir, { live: true })], {
+        encoding: 'utf8',
+      }),
+    );
+    return {
+      ...l,
+      entries: l.entries.map((e) => ({ ...e, type: e.type as 'file' | 'dir', hostPath: e.path })),
+    };
+  };
+  const ahead = async (recorded: string[]): Promise<Ahead> => {
+    const l = listing();
+    const before = new Map<string, TreeFile>();
+    for (const path of recorded) {
+      const e = l.entries.find((x) => x.path === path)!;
+      before.set(path, { ...(await asStored(dir, e)), sha256: path.padEnd(64, '0') });
+    }
+    const stored = new Map([...before.values()].map((f) => [f.sha256, f.size]));
+    return { stored, before, previousKey: 'MainNet/x.tree', journals: [], leasedWall: 0 };
+  };
+  const names = (files: Array<{ path: string }>): string[] => files.map((f) => f.path).sort();
+
+  it('nothing stored yet: every table, and the other files that have stood 10 s', async () => {
+    const none: Ahead = { stored: new Map(), before: new Map(), journals: [], leasedWall: 0 };
+    assert.deepEqual(names(aheadFiles(listing(), none, 64 * 1024 ** 2)), [
+      'abc123/db/1/000005.ldb',
+      'abc123/db/1/000009.ldb',
+      'abc123/wal/lock_1',
+    ]);
+  });
+
+  it('after a snapshot: only what it does not name; a table it names is proven after the freeze', async () => {
+    const a = await ahead(['abc123/db/1/000005.ldb']);
+    assert.deepEqual(names(aheadFiles(listing(), a, 64 * 1024 ** 2)), [
+      'abc123/db/1/000009.ldb',
+      'abc123/wal/lock_1',
+    ]);
+    // A settled file the snapshot names is hashed on the host once frozen, not sent ahead.
+    const b = await ahead(['abc123/db/1/000005.ldb', 'abc123/wal/lock_1']);
+    assert.deepEqual(names(aheadFiles(listing(), b, 64 * 1024 ** 2)), ['abc123/db/1/000009.ldb']);
+  });
+
+  it('once frozen, a file no record names goes as read; one a record names is hashed on the host first', async () => {
+    const a = await ahead(['abc123/db/1/000005.ldb', 'abc123/wal/lock_1']);
+    const plan = { stored: a.stored, hasPrevious: true, known: new Set(a.before.keys()) };
+    assert.equal(newSinceRecord(plan, 'abc123/wal/lock_2'), true);
+    assert.equal(newSinceRecord(plan, 'abc123/db/1/MANIFEST-000007'), true);
+    assert.equal(newSinceRecord(plan, 'abc123/wal/lock_1'), false);
+    // With no record of this host, a stored object may hold any file (a node restored from
+    // the bucket): each is hashed on the host first. With nothing stored, none is.
+    assert.equal(newSinceRecord({ ...plan, hasPrevious: false }, 'abc123/wal/lock_2'), false);
+    assert.equal(newSinceRecord({ ...plan, stored: new Map(), hasPrevious: false }, 'x'), true);
   });
 });

@@ -398,6 +398,12 @@ export function table(rows: string[][]): string {
   ].join('\n');
 }
 
+/** `list` begun `by` places further on, the ones before it moved to the end. */
+export function rotated<T>(list: readonly T[], by: number): T[] {
+  const n = list.length === 0 ? 0 : by % list.length;
+  return [...list.slice(n), ...list.slice(0, n)];
+}
+
 /** The run with the median wall time (a failed run wins: it must be seen), with every run's time. */
 export function medianRun<T extends { ok: boolean; wallSeconds: number }>(
   runs: T[],

@@ -23,8 +23,9 @@
  *   4. the second tree restored onto the node itself, which ran on since (`stop-node`; the
  *      tables it still holds are linked from its data dir, not fetched), up to a new block;
  *   5. the node stopped, the second snapshot restored onto fresh node dirs as a tree and as an
- *      archive (as ../goloop/ours.ts restores), each to a new block; three pairs in turn, the
- *      run with the median wall time of each shown (every run's time beside it);
+ *      archive (as ../goloop/ours.ts restores), each to a new block; three pairs, the first of
+ *      each pair taking turns, the run with the median wall time of each shown (every run's
+ *      time beside it);
  *   6. one pair more across a link between the runner and the node: the action's SSH goes
  *      through the bed's proxy (../../bed/cut-proxy.ts) with 20 ms each way, as between a
  *      runner and a node in another region; S3 stays near the runner. Every input as in 5:
@@ -50,7 +51,7 @@ import { join } from 'node:path';
 import type { TreeManifest } from '../../../src/tree/layout.js';
 import { startCutProxy } from '../../bed/cut-proxy.js';
 import { goloopBin } from '../../bed/paths.js';
-import { du, errorText, logger, medianRun, readJson } from '../kit.js';
+import { du, errorText, logger, medianRun, readJson, rotated } from '../kit.js';
 import { cachedNode, tableFiles } from '../goloop/cache.js';
 import type {
   GoloopBackupFigures,
@@ -178,10 +179,11 @@ export async function churnBench(ctx: GoloopBenchContext, sizeGib: number): Prom
     if (home) await removeHome(home, ctx.keep);
   }
 
-  // The node is stopped: each restore has the machine to itself. Pairs, in turn, medians.
+  // The node is stopped: each restore has the machine to itself. Pairs, the first of each pair
+  // taking turns (the first restore after a pause ran slower, whichever it was), medians.
   const runs: Partial<Record<Who, GoloopRestoreFigures[]>> = {};
   for (let i = 1; i <= RESTORE_PAIRS; i++) {
-    for (const who of ['ours tree', 'ours archive'] as const) {
+    for (const who of rotated(['ours tree', 'ours archive'] as const, i - 1)) {
       const backup = out.second[who];
       if (backup?.ok)
         (runs[who] ??= []).push(await oursRestore(ctx, cache, `${tag}-second-${i}`, backup));

@@ -6,8 +6,8 @@
  * goloop default: the first tree of a prefix sends every file) and as a tar.zst archive
  * (`format: archive`). At each size, once each and in this order: their backup, ours as a tree,
  * ours as an archive (the first tables of a size are read from the page cache alike: each copy
- * of the node was just made); then rounds of the three restores in the same order
- * (`--goloop-restore-runs`, default 3), the median run of each compared: on a shared VM of two
+ * of the node was just made); then rounds of the three restores, each round starting one
+ * further on (`--goloop-restore-runs`, default 3), the median run of each compared: on a shared VM of two
  * cores one restore of 2 GiB took from 12.2 to 14.9 s for the same bundle, theirs 18.0 to 18.8 s.
  *
  * Files: cache.ts (the grown node), node.ts (a node in a home of its own, its blocks),
@@ -58,7 +58,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { goloopBin } from '../../bed/paths.js';
-import { du, errorText, logger, medianRun } from '../kit.js';
+import { du, errorText, logger, medianRun, rotated } from '../kit.js';
 import { cachedNode, tableFiles } from './cache.js';
 import {
   OURS_FORMATS,
@@ -138,15 +138,21 @@ export async function goloopBench(
       const who = `ours ${format}` as const;
       b[who] = missing ? { name: who, ...skipped } : await oursBackup(ctx, cache, sizeGib, format);
     }
-    // Rounds of theirs, ours tree, ours archive: a slow spell of the machine falls on all three.
+    // Rounds of theirs, ours tree, ours archive, each round starting one further on (the
+    // first restore after a pause ran slower, whichever it was): a slow spell of the machine
+    // falls on all three.
     const runs: Partial<Record<Who, GoloopRestoreFigures[]>> = {};
+    const order: Who[] = ['theirs', ...OURS_FORMATS.map((f) => `ours ${f}` as const)];
     for (let i = 1; i <= restoreRuns; i++) {
       const round = restoreRuns > 1 ? `${tag}-${i}` : tag;
-      if (b.theirs.ok) (runs.theirs ??= []).push(await theirsRestore(ctx, cache, round, b.theirs));
-      for (const format of OURS_FORMATS) {
-        const who = `ours ${format}` as const;
+      for (const who of rotated(order, i - 1)) {
         const backup = b[who];
-        if (backup?.ok) (runs[who] ??= []).push(await oursRestore(ctx, cache, round, backup));
+        if (!backup?.ok) continue;
+        (runs[who] ??= []).push(
+          who === 'theirs'
+            ? await theirsRestore(ctx, cache, round, backup)
+            : await oursRestore(ctx, cache, round, backup),
+        );
       }
     }
     for (const [who, list] of Object.entries(runs) as Array<[Who, GoloopRestoreFigures[]]>)

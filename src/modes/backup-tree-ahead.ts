@@ -27,6 +27,15 @@ import { FileProgress } from '../progress.js';
 import { keepJournal, recordStored } from './backup-tree-send.js';
 import type { TreeStart } from './backup-tree.js';
 
+/**
+ * A round of the send ahead that took this long is followed by another, for what the node
+ * wrote meanwhile (a first backup of a large node goes up for hours): each round is shorter
+ * than the one before, and what is left for after the freeze is what the last one took.
+ */
+export const AHEAD_ROUND_SECONDS = 60;
+/** The most rounds. */
+export const AHEAD_ROUNDS = 4;
+
 /** What the send ahead of the stop stored: the frozen copy's proof takes these as recorded. */
 export interface SentAhead {
   files: TreeFile[];
@@ -54,64 +63,94 @@ export async function sendAhead(o: {
   const { settings, client, host, start } = o;
   const t = performance.now();
   const ahead = await start.ahead;
-  const live = await host.listTree(host.dataDir, { live: true });
-  const tables = live.entries.filter((e) => e.type === 'file' && isTableFile(e.path));
-  // Where this host has a record (its last snapshot, or a run cut short), a file it lacks is
-  // data that no snapshot has seen. Without one, a stored object may hold it already.
-  const recorded = ahead.previousKey !== undefined || ahead.journals.length > 0;
-  if (ahead.stored.size > 0 && !recorded) {
-    core.info(
-      `${tables.length} table files in the data dir, and no snapshot of this host: the bucket's objects may ` +
-        `hold them (a node restored from it), so they are hashed on the host once frozen and sent only where missing.`,
-    );
-    return undefined;
-  }
-  const todo = aheadFiles(live, ahead, settings.s3.bytesInFlight);
-  const result: SentAhead = { files: [], bytes: 0, skipped: 0, seconds: 0 };
-  if (todo.length === 0) {
-    core.info(
-      `${tables.length} table files in the data dir, none new: earlier runs stored them, or they ` +
-        `are hashed on the host once frozen.`,
-    );
-    return result;
-  }
-  const sizeOf = (list: TreeEntry[]): number => list.reduce((s, e) => s + e.size, 0);
-  const newTables = todo.filter((e) => isTableFile(e.path));
-  const others = todo.filter((e) => !isTableFile(e.path));
-  core.info(
-    `${newTables.length} of the ${tables.length} table files (${formatBytes(sizeOf(newTables))}) are new: ` +
-      `they go up now, while the node runs` +
-      (others.length > 0
-        ? `, with ${others.length} other new files (${formatBytes(sizeOf(others))}) that have stood unchanged for ${AHEAD_SETTLED_SECONDS} s.`
-        : '.'),
-  );
   const { journal, lease } = start;
+  const result: SentAhead = { files: [], bytes: 0, skipped: 0, seconds: 0 };
   const onStored = (entry: TreeEntry, sha: string, tail: string): void => {
     const f = fileOf(entry, sha, tail);
     result.files.push(f);
     recordStored(journal, lease, f);
   };
-  let channels: number;
-  try {
-    const sent = await sendShared({ settings, client, host, files: todo, onStored });
-    result.bytes = sent.bytes;
-    result.skipped = sent.skipped;
-    channels = sent.channels;
-  } catch (error) {
-    await keepJournal(journal, (line) => core.info(line));
-    throw error;
+  let live = await host.listTree(host.dataDir, { live: true });
+  const tableCount = (l: TreeListing): number =>
+    l.entries.filter((e) => e.type === 'file' && isTableFile(e.path)).length;
+  // Where this host has a record (its last snapshot, or a run cut short), a file it lacks is
+  // data that no snapshot has seen. Without one, a stored object may hold it already.
+  const recorded = ahead.previousKey !== undefined || ahead.journals.length > 0;
+  if (ahead.stored.size > 0 && !recorded) {
+    core.info(
+      `${tableCount(live)} table files in the data dir, and no snapshot of this host: the bucket's objects may ` +
+        `hold them (a node restored from it), so they are hashed on the host once frozen and sent only where missing.`,
+    );
+    return undefined;
   }
+  let channels = 0;
+  let rounds = 0;
+  // What is stored, with what the rounds so far sent: a later round sends only what is newer.
+  let known = ahead;
+  for (;;) {
+    const began = performance.now();
+    const todo = aheadFiles(live, known, settings.s3.bytesInFlight);
+    if (todo.length === 0) {
+      core.info(
+        rounds === 0
+          ? `${tableCount(live)} table files in the data dir, none new: earlier runs stored them, or they ` +
+              `are hashed on the host once frozen.`
+          : `Nothing new since: the rest goes after the freeze.`,
+      );
+      break;
+    }
+    rounds++;
+    core.info(aheadLine(rounds, todo, tableCount(live)));
+    try {
+      const sent = await sendShared({ settings, client, host, files: todo, onStored });
+      result.bytes += sent.bytes;
+      // A file left out of an earlier round (still being written) is looked at again.
+      result.skipped = sent.skipped;
+      channels = sent.channels;
+    } catch (error) {
+      await keepJournal(journal, (line) => core.info(line));
+      throw error;
+    }
+    known = withSentAhead(known, result);
+    const took = secondsSince(began);
+    if (took < AHEAD_ROUND_SECONDS || rounds === AHEAD_ROUNDS) break;
+    core.info(
+      `That took ${formatDuration(took)}, in which the node wrote on: the data dir is listed again.`,
+    );
+    live = await host.listTree(host.dataDir, { live: true });
+  }
+  if (rounds === 0) return result;
   // Kept from now on: a run cut after this point sends none of it again.
   await journal.write();
   result.seconds = secondsSince(t);
   core.info(
     `Sent ${result.files.length} files, ${formatBytes(result.bytes)} in ${formatDuration(result.seconds)} ` +
-      `(${formatRate(result.bytes, result.seconds)}, over ${channels} SSH channel${channels > 1 ? 's' : ''})` +
+      `(${formatRate(result.bytes, result.seconds)}, over ${channels} SSH channel${channels > 1 ? 's' : ''}` +
+      `${rounds > 1 ? `, in ${rounds} rounds` : ''})` +
       (result.skipped > 0
         ? `; ${result.skipped} left out (removed by the node, or still being written): the frozen copy has what is current.`
         : '.'),
   );
   return result;
+}
+
+/** What a round of the send ahead takes, for the log. */
+function aheadLine(round: number, todo: TreeEntry[], tables: number): string {
+  const sizeOf = (list: TreeEntry[]): number => list.reduce((s, e) => s + e.size, 0);
+  const newTables = todo.filter((e) => isTableFile(e.path));
+  const others = todo.filter((e) => !isTableFile(e.path));
+  const otherText = `${others.length} other new files (${formatBytes(sizeOf(others))}) that have stood unchanged for ${AHEAD_SETTLED_SECONDS} s`;
+  if (round > 1) {
+    return (
+      `Written since the last round: ${newTables.length} table files (${formatBytes(sizeOf(newTables))})` +
+      `${others.length > 0 ? ` and ${otherText}` : ''}; they go up now.`
+    );
+  }
+  return (
+    `${newTables.length} of the ${tables} table files (${formatBytes(sizeOf(newTables))}) are new: ` +
+    `they go up now, while the node runs` +
+    (others.length > 0 ? `, with ${otherText}.` : '.')
+  );
 }
 
 /**

@@ -38,7 +38,7 @@ import { tailHash, TAIL_BYTES } from '../../src/tree/icon2.js';
 import { isSafePath, reusable, type TreeFile } from '../../src/tree/layout.js';
 import type { Ahead } from '../../src/tree/reuse.js';
 import type { TreeListing } from '../../src/node-kind/host.js';
-import { aheadFiles } from '../../src/modes/backup-tree-ahead.js';
+import { aheadFiles, withSentAhead } from '../../src/modes/backup-tree-ahead.js';
 import { newSinceRecord } from '../../src/modes/backup-tree-send.js';
 import {
   ChunkReader,
@@ -367,6 +367,21 @@ describe('what a tree backup sends ahead of the stop, and what it sends as read'
     // A settled file the snapshot names is hashed on the host once frozen, not sent ahead.
     const b = await ahead(['abc123/db/1/000005.ldb', 'abc123/wal/lock_1']);
     assert.deepEqual(names(aheadFiles(listing(), b, 64 * 1024 ** 2)), ['abc123/db/1/000009.ldb']);
+  });
+
+  it('a round after a long one sends only what the node wrote meanwhile', async () => {
+    const none: Ahead = { stored: new Map(), before: new Map(), journals: [], leasedWall: 0 };
+    const first = aheadFiles(listing(), none, 64 * 1024 ** 2);
+    const sent = await Promise.all(
+      first.map(async (e) => ({ ...(await asStored(dir, e)), sha256: e.path.padEnd(64, '1') })),
+    );
+    const known = withSentAhead(none, { files: sent, bytes: 0, skipped: 0, seconds: 0 });
+    assert.deepEqual(aheadFiles(listing(), known, 64 * 1024 ** 2), [], 'nothing new yet');
+    writeFileSync(join(dir, 'abc123/db/1/000011.ldb'), randomBytes(8 * 1024));
+    assert.deepEqual(names(aheadFiles(listing(), known, 64 * 1024 ** 2)), [
+      'abc123/db/1/000011.ldb',
+    ]);
+    rmSync(join(dir, 'abc123/db/1/000011.ldb'));
   });
 
   it('once frozen, a file no record names goes as read; one a record names is hashed on the host first', async () => {

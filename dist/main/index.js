@@ -94382,26 +94382,29 @@ function archiveCommand(kind, dir, identity, options) {
 
 /**
  * Every entry under the kind's roots in `dir`, NUL-terminated: type, size, inode, mtime, mode
- * and path. A shared lock on the folder while it is read, as for an archive. `live`: the node
- * runs in `dir`, and an entry that it removes while find reads its folder is no error.
+ * and path, less `leaveOut` (paths under the roots that a snapshot leaves out). A shared lock
+ * on the folder while it is read, as for an archive. `live`: the node runs in `dir`, and an
+ * entry that it removes while find reads its folder is no error.
  */
-function listTreeCommand(kind, dir, live = false) {
-    const find = `find ${kind.roots.map(quote).join(' ')} -printf '%y %s %i %T@ %m %p\\0'`;
+function listTreeCommand(kind, dir, options = {}) {
+    const find = `find ${kind.roots.map(quote).join(' ')} ${pruned(options.leaveOut ?? [])} ` +
+        `-printf '%y %s %i %T@ %m %p\\0'`;
     return bashScript([
         `cd -- ${quote(dir)}`,
         `exec 9<.`,
         `if command -v flock >/dev/null 2>&1; then flock -s 9; fi`,
-        `printf 'device=%s\\0' "$(stat -c %d .)"`,
-        live ? `${find} 2>/dev/null || true` : find,
+        `printf 'device=%s\\0now=%s\\0' "$(stat -c %d .)" "$(date +%s)"`,
+        options.live ? `${find} 2>/dev/null || true` : find,
     ]);
 }
 function parseListing(stdout) {
     const records = stdout.split('\0').filter((r) => r.length > 0);
     const device = /^device=(\d+)$/.exec(records[0] ?? '')?.[1];
-    if (device === undefined)
+    const now = /^now=(\d+)$/.exec(records[1] ?? '')?.[1];
+    if (device === undefined || now === undefined)
         throw new HostError(`Could not list the snapshot's files on the host.`);
     const entries = [];
-    for (const r of records.slice(1)) {
+    for (const r of records.slice(2)) {
         const m = /^(\S) (\d+) (\d+) (\d+(?:\.\d+)?) ([0-7]+) ([\s\S]+)$/.exec(r);
         if (!m)
             throw new HostError(`Could not read the host's listing line '${r.slice(0, 200)}'.`);
@@ -94414,7 +94417,7 @@ function parseListing(stdout) {
             path: m[6],
         });
     }
-    return { device, entries };
+    return { device, now: Number(now), entries };
 }
 /** `sha256sum` of the NUL-separated paths on stdin (relative to `dir`), on every core. */
 function hashFilesCommand(dir) {
@@ -94699,10 +94702,10 @@ class SshHost {
         return [];
     }
     async listTree(dir, options = {}) {
-        return this.treeListing(dir, await this.session.run(options.live ? 'Listing the data dir' : 'Listing the snapshot', listTreeCommand(this.tree, dir, options.live), LISTING));
+        return this.treeListing(dir, await this.session.run(options.live ? 'Listing the data dir' : 'Listing the snapshot', listTreeCommand(this.tree, dir, { live: options.live, leaveOut: this.leaveOut() }), LISTING));
     }
     listTreeAhead(dir) {
-        const p = this.session.prepare('Listing the snapshot', listTreeCommand(this.tree, dir), LISTING);
+        const p = this.session.prepare('Listing the snapshot', listTreeCommand(this.tree, dir, { leaveOut: this.leaveOut() }), LISTING);
         return {
             go: async () => this.treeListing(dir, await p.go()),
             cancel: () => p.cancel(),
@@ -94723,7 +94726,7 @@ class SshHost {
             }
             entries.push({ ...e, type: e.type, hostPath: e.path, path: rename(e.path) });
         }
-        return { device: listing.device, entries };
+        return { device: listing.device, now: listing.now, entries };
     }
     fileTails(dir) {
         return this.session.stream(tailsCommand(dir));
@@ -97902,7 +97905,6 @@ async function pool(items, width, work) {
 
 
 
-
 /**
  * What a send stored, kept where a later run finds it: in the run's journal (written every
  * 30 s) and in its lease (a sweep meanwhile leaves the object alone). Neither failing fails
@@ -97922,6 +97924,19 @@ async function keepJournal(journal, say) {
     await journal.write().then(() => say(`${journal.files.length} files stored before the failure are kept: the next backup does not send them again.`), () => undefined);
 }
 /**
+ * Whether the file at `path` holds data that no snapshot has seen, so that it goes up as read
+ * and is hashed on the runner as it arrives, rather than hashed on the host first. Hashing on
+ * the host reads a file there once more; that pays only where its object may be stored already,
+ * under another name (a node restored from this bucket, a file moved, a run cut short whose
+ * journal was not written). It does not when nothing is stored yet, nor for a file that
+ * appeared since this host's last snapshot or since this run's send ahead of the stop (a table,
+ * a journal, a wal segment). A wrong guess costs bytes sent again, never a wrong object: every
+ * key is the hash of the bytes put under it.
+ */
+function newSinceRecord(plan, path) {
+    return plan.stored.size === 0 || (plan.hasPrevious && !plan.known.has(path));
+}
+/**
  * Sends what the bucket lacks. It may begin while another group is open (the node's start):
  * every line goes to `say`, a HeldLog that backupTree opens in the send's own group.
  */
@@ -97929,14 +97944,7 @@ async function sendMissing(o) {
     const { a, plan, listing, lease, channel, source, journal, say } = o;
     const { settings, client, host } = a;
     const { bucket, prefix } = settings.s3;
-    // Hashing a file on the host reads it there once more; that pays only where its object may
-    // be stored already, under another name (a node restored from this bucket, a file moved, a
-    // run cut short whose journal was not written). It does not when nothing is stored yet, nor
-    // for a table file that appeared since this host's last snapshot or since this run's send
-    // ahead of the stop: it holds data that no snapshot has seen. Such a file, when it is held
-    // whole on the runner, is hashed there as it arrives. A wrong guess costs bytes sent again,
-    // never a wrong object: every key is the hash of the bytes put under it.
-    const unseen = (e) => plan.stored.size === 0 || (plan.hasPrevious && isTableFile(e.path) && !plan.known.has(e.path));
+    const unseen = (e) => newSinceRecord(plan, e.path);
     const hashFirst = plan.unproven.filter((e) => !unseen(e) || !heldWhole(e.size, settings.s3.bytesInFlight));
     const hashedFirst = new Set(hashFirst);
     const toSend = plan.unproven
@@ -97968,7 +97976,7 @@ async function sendMissing(o) {
         }
         say(`${hashes.size} files hashed in ${formatDuration(a.timings.hash)} (${formatBytes(hashedBytes)}), ` +
             `${storedAlready.length} of them stored already; ${toSend.length} ` +
-            `${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'table files new since the last snapshot'} are hashed as they arrive.`);
+            `${plan.stored.size === 0 ? 'other files (nothing is stored yet)' : 'files new since the last snapshot'} are hashed as they arrive.`);
         return more;
     });
     later.catch(() => undefined);
@@ -98053,7 +98061,10 @@ async function proveStill(host, dir, listing, say = (line) => info(line)) {
  * and read from the frozen copy if the snapshot holds it. So the bulk of a first backup, and a
  * day's new tables, go up with the node running: the snapshot is listed seconds after the stop,
  * and the frozen copy's hard links keep the tables a compaction removes for seconds, not hours.
+ * The other new files that have stood unchanged for a while (the wal segments a goloop node has
+ * moved past) go too; those are hashed on the host once frozen, as every file but a table is.
  */
+
 
 
 
@@ -98063,68 +98074,127 @@ async function proveStill(host, dir, listing, say = (line) => info(line)) {
 
 
 /**
- * Sends the running node's new table files: those no earlier run of this host recorded (every
- * one, when nothing is stored yet). A table an earlier run recorded is proven after the freeze
- * as before; one that may be stored under another name is hashed on the host after the freeze
- * (backup-tree-send.ts), as sending it now could send bytes the bucket holds. Resolves with
- * what it stored, for the frozen copy's proof; undefined where no record of this host tells a
- * new table from a stored one.
+ * A round of the send ahead that took this long is followed by another, for what the node
+ * wrote meanwhile (a first backup of a large node goes up for hours): each round is shorter
+ * than the one before, and what is left for after the freeze is what the last one took.
+ */
+const AHEAD_ROUND_SECONDS = 60;
+/** The most rounds. */
+const AHEAD_ROUNDS = 4;
+/**
+ * Sends the running node's new files: the table files that no earlier run of this host
+ * recorded (every one, when nothing is stored yet), and the other such files that have
+ * settled. A table an earlier run recorded is proven after the freeze as before; one that may
+ * be stored under another name is hashed on the host after the freeze (backup-tree-send.ts),
+ * as sending it now could send bytes the bucket holds. Resolves with what it stored, for the
+ * frozen copy's proof; undefined where no record of this host tells a new file from a stored
+ * one.
  */
 async function sendAhead(o) {
     const { settings, client, host, start } = o;
     const t = performance.now();
     const ahead = await start.ahead;
-    const live = await host.listTree(host.dataDir, { live: true });
-    const tables = live.entries.filter((e) => e.type === 'file' && isTableFile(e.path));
-    const provenLater = (e) => {
-        const sha = reusable(e, ahead.before.get(e.path));
-        return sha !== undefined && ahead.stored.get(sha) === e.size;
-    };
-    // Where this host has a record (its last snapshot, or a run cut short), a table it lacks is
-    // data that no snapshot has seen. Without one, a stored object may hold it already.
-    const recorded = ahead.previousKey !== undefined || ahead.journals.length > 0;
-    if (ahead.stored.size > 0 && !recorded) {
-        info(`${tables.length} table files in the data dir, and no snapshot of this host: the bucket's objects may ` +
-            `hold them (a node restored from it), so they are hashed on the host once frozen and sent only where missing.`);
-        return undefined;
-    }
-    const fresh = (e) => ahead.stored.size === 0 || !ahead.before.has(e.path);
-    const todo = tables.filter((e) => !provenLater(e) && fresh(e) && heldWhole(e.size, settings.s3.bytesInFlight));
-    const result = { files: [], bytes: 0, skipped: 0, seconds: 0 };
-    if (todo.length === 0) {
-        info(`${tables.length} table files in the data dir, none new: earlier runs stored them, or they ` +
-            `are hashed on the host once frozen.`);
-        return result;
-    }
-    const bytes = todo.reduce((s, e) => s + e.size, 0);
-    info(`${todo.length} of the ${tables.length} table files (${formatBytes(bytes)}) are new: they go up now, ` +
-        `while the node runs.`);
     const { journal, lease } = start;
+    const result = { files: [], bytes: 0, skipped: 0, seconds: 0 };
     const onStored = (entry, sha, tail) => {
         const f = fileOf(entry, sha, tail);
         result.files.push(f);
         recordStored(journal, lease, f);
     };
-    let channels;
-    try {
-        const sent = await sendShared({ settings, client, host, files: todo, onStored });
-        result.bytes = sent.bytes;
-        result.skipped = sent.skipped;
-        channels = sent.channels;
+    let live = await host.listTree(host.dataDir, { live: true });
+    const tableCount = (l) => l.entries.filter((e) => e.type === 'file' && isTableFile(e.path)).length;
+    // Where this host has a record (its last snapshot, or a run cut short), a file it lacks is
+    // data that no snapshot has seen. Without one, a stored object may hold it already.
+    const recorded = ahead.previousKey !== undefined || ahead.journals.length > 0;
+    if (ahead.stored.size > 0 && !recorded) {
+        info(`${tableCount(live)} table files in the data dir, and no snapshot of this host: the bucket's objects may ` +
+            `hold them (a node restored from it), so they are hashed on the host once frozen and sent only where missing.`);
+        return undefined;
     }
-    catch (error) {
-        await keepJournal(journal, (line) => info(line));
-        throw error;
+    let channels = 0;
+    let rounds = 0;
+    // What is stored, with what the rounds so far sent: a later round sends only what is newer.
+    let known = ahead;
+    for (;;) {
+        const began = performance.now();
+        const todo = aheadFiles(live, known, settings.s3.bytesInFlight);
+        if (todo.length === 0) {
+            info(rounds === 0
+                ? `${tableCount(live)} table files in the data dir, none new: earlier runs stored them, or they ` +
+                    `are hashed on the host once frozen.`
+                : `Nothing new since: the rest goes after the freeze.`);
+            break;
+        }
+        rounds++;
+        info(aheadLine(rounds, todo, tableCount(live)));
+        try {
+            const sent = await sendShared({ settings, client, host, files: todo, onStored });
+            result.bytes += sent.bytes;
+            // A file left out of an earlier round (still being written) is looked at again.
+            result.skipped = sent.skipped;
+            channels = sent.channels;
+        }
+        catch (error) {
+            await keepJournal(journal, (line) => info(line));
+            throw error;
+        }
+        known = withSentAhead(known, result);
+        const took = secondsSince(began);
+        if (took < AHEAD_ROUND_SECONDS || rounds === AHEAD_ROUNDS)
+            break;
+        info(`That took ${formatDuration(took)}, in which the node wrote on: the data dir is listed again.`);
+        live = await host.listTree(host.dataDir, { live: true });
     }
+    if (rounds === 0)
+        return result;
     // Kept from now on: a run cut after this point sends none of it again.
     await journal.write();
     result.seconds = secondsSince(t);
-    info(`Sent ${result.files.length} table files, ${formatBytes(result.bytes)} in ${formatDuration(result.seconds)} ` +
-        `(${formatRate(result.bytes, result.seconds)}, over ${channels} SSH channel${channels > 1 ? 's' : ''})` +
+    info(`Sent ${result.files.length} files, ${formatBytes(result.bytes)} in ${formatDuration(result.seconds)} ` +
+        `(${formatRate(result.bytes, result.seconds)}, over ${channels} SSH channel${channels > 1 ? 's' : ''}` +
+        `${rounds > 1 ? `, in ${rounds} rounds` : ''})` +
         (result.skipped > 0
             ? `; ${result.skipped} left out (removed by the node, or still being written): the frozen copy has what is current.`
             : '.'));
     return result;
+}
+/** What a round of the send ahead takes, for the log. */
+function aheadLine(round, todo, tables) {
+    const sizeOf = (list) => list.reduce((s, e) => s + e.size, 0);
+    const newTables = todo.filter((e) => isTableFile(e.path));
+    const others = todo.filter((e) => !isTableFile(e.path));
+    const otherText = `${others.length} other new files (${formatBytes(sizeOf(others))}) that have stood unchanged for ${AHEAD_SETTLED_SECONDS} s`;
+    if (round > 1) {
+        return (`Written since the last round: ${newTables.length} table files (${formatBytes(sizeOf(newTables))})` +
+            `${others.length > 0 ? ` and ${otherText}` : ''}; they go up now.`);
+    }
+    return (`${newTables.length} of the ${tables} table files (${formatBytes(sizeOf(newTables))}) are new: ` +
+        `they go up now, while the node runs` +
+        (others.length > 0 ? `, with ${otherText}.` : '.'));
+}
+/**
+ * What the send ahead of the stop takes of the running node's listing: the files that no
+ * record of this host names (every file, when nothing is stored), tables as they are and the
+ * others once they have stood unchanged for AHEAD_SETTLED_SECONDS by the host's clock; not a
+ * table whose record proves it after the freeze, nor a file larger than the runner holds whole.
+ *
+ * The other files (a journal, a MANIFEST, a wal segment, config) may be written in place by the
+ * node. One that has settled (a wal segment the node has moved past) saves its send after the
+ * stop: once frozen it is hashed on the host as every file but a table is (tree/layout.ts,
+ * `reusable`), and found stored unless the node wrote to it meanwhile.
+ */
+function aheadFiles(live, ahead, bytesInFlight) {
+    const provenLater = (e) => {
+        const sha = reusable(e, ahead.before.get(e.path));
+        return sha !== undefined && ahead.stored.get(sha) === e.size;
+    };
+    const fresh = (e) => ahead.stored.size === 0 || !ahead.before.has(e.path);
+    const settled = (e) => isTableFile(e.path) || Number(e.mtime) <= live.now - AHEAD_SETTLED_SECONDS;
+    return live.entries.filter((e) => e.type === 'file' &&
+        !provenLater(e) &&
+        fresh(e) &&
+        settled(e) &&
+        heldWhole(e.size, bytesInFlight));
 }
 /**
  * The running node's `files`, over `ssh-connections` channels at once (a connection each over

@@ -85,11 +85,10 @@ export async function sendAhead(o: {
   }
   let channels = 0;
   let rounds = 0;
-  // What is stored, with what the rounds so far sent: a later round sends only what is newer.
-  let known = ahead;
   for (;;) {
     const began = performance.now();
-    const todo = aheadFiles(live, known, settings.s3.bytesInFlight);
+    // What is stored, with what the rounds so far sent: a later round sends only what is newer.
+    const todo = aheadFiles(live, withSentAhead(ahead, result), settings.s3.bytesInFlight);
     if (todo.length === 0) {
       core.info(
         rounds === 0
@@ -111,7 +110,6 @@ export async function sendAhead(o: {
       await keepJournal(journal, (line) => core.info(line));
       throw error;
     }
-    known = withSentAhead(known, result);
     const took = secondsSince(began);
     if (took < AHEAD_ROUND_SECONDS || rounds === AHEAD_ROUNDS) break;
     core.info(

@@ -98113,11 +98113,10 @@ async function sendAhead(o) {
     }
     let channels = 0;
     let rounds = 0;
-    // What is stored, with what the rounds so far sent: a later round sends only what is newer.
-    let known = ahead;
     for (;;) {
         const began = performance.now();
-        const todo = aheadFiles(live, known, settings.s3.bytesInFlight);
+        // What is stored, with what the rounds so far sent: a later round sends only what is newer.
+        const todo = aheadFiles(live, withSentAhead(ahead, result), settings.s3.bytesInFlight);
         if (todo.length === 0) {
             info(rounds === 0
                 ? `${tableCount(live)} table files in the data dir, none new: earlier runs stored them, or they ` +
@@ -98138,7 +98137,6 @@ async function sendAhead(o) {
             await keepJournal(journal, (line) => info(line));
             throw error;
         }
-        known = withSentAhead(known, result);
         const took = secondsSince(began);
         if (took < AHEAD_ROUND_SECONDS || rounds === AHEAD_ROUNDS)
             break;

@@ -36,6 +36,7 @@ export enum Inputs {
   PartSize = 'part-size',
   UploadConcurrency = 'upload-concurrency',
   DownloadConnections = 'download-connections',
+  DownloadOn = 'download-on',
   Verify = 'verify',
   Snapshot = 'snapshot',
   NodeIp = 'node-ip',

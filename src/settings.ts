@@ -21,6 +21,8 @@ import { parseHostKeyPins, type HostKeyPin } from './ssh/host-key.js';
 export type Mode = 'backup' | 'restore' | 'list' | 'verify';
 export type Compression = 'gzip' | 'zstd';
 export type Consistency = 'hardlink' | 'stop';
+/** Where a restore reads an archive from S3: see modes/restore-on-host.ts. */
+export type DownloadOn = 'auto' | 'host' | 'runner';
 /** An archive (one tar stream, compressed) or a tree (each file stored once, see tree/layout.ts). */
 export type Format = 'archive' | 'tree';
 export type SshTransport = 'auto' | 'openssh' | 'ssh2';
@@ -106,6 +108,8 @@ export interface RestoreSettings {
   processPattern: string;
   /** verify of a tree: read every object back and check its sha256 (else sizes only). */
   deep: boolean;
+  /** An archive's bytes: fetched by the host itself over signed URLs, or through the runner. */
+  downloadOn: DownloadOn;
 }
 
 export interface Settings {
@@ -305,6 +309,13 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
       `Input 'snapshot' is '${snapshot}', whose block height is too large. Use 'latest', a date (YYYYMMDD), a block height (BH123) or a key.`,
     );
   }
+  const downloadOn = get(Inputs.DownloadOn) || 'auto';
+  if (downloadOn !== 'auto' && downloadOn !== 'host' && downloadOn !== 'runner') {
+    throw new InputError(
+      `Input 'download-on' is '${downloadOn}'. Use 'auto' (the host fetches the archive from S3 when it can reach it, ` +
+        `else the runner relays it), 'host' or 'runner'.`,
+    );
+  }
   const restore: RestoreSettings = {
     snapshot,
     nodeIp,
@@ -315,6 +326,7 @@ export function parseSettings(read: InputReader = readActionInput): Settings {
     diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
     processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
     deep: bool(Inputs.Deep, false),
+    downloadOn,
   };
 
   const needsHost = mode === 'backup' || mode === 'restore';

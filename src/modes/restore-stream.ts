@@ -47,6 +47,45 @@ function downloadFailed(key: string, bytes: number, error: unknown): ActionError
   );
 }
 
+/** What the operator reads when the host's extraction ended with `code` (null: the connection was lost). */
+export function extractionFailed(
+  code: number | null,
+  tail: string,
+  key: string,
+  into: { host: NodeHost; stage: string },
+): ActionError {
+  // With 1 MiB records, tar can meet a full disk in the middle of a record and say only
+  // that it wrote less than it had.
+  if (/No space left on device|Wrote only \d+ of \d+ bytes/i.test(tail)) {
+    return new HostError(
+      `The host's disk filled up during the extraction (${dirname(into.stage)}). The data dir was not touched; free space and run again.`,
+    );
+  }
+  if (code === NOT_A_SNAPSHOT) {
+    const lacks = markedLines(tail, MISSING_MARK);
+    return new IntegrityError(
+      `${key} is not a snapshot of a ${into.host.kind} node: ${lacks.length ? lacks.join('; ') : tail}. The data dir was not touched.`,
+    );
+  }
+  if (code === UNSAFE_ARCHIVE) {
+    const found = markedLines(tail, UNSAFE_MARK);
+    return new IntegrityError(
+      `${key} was refused as unsafe: it holds ${found.length ? found.join('; ') : tail}. A snapshot holds only ` +
+        `regular files and directories under ${into.host.expectedContent()}, none of them setuid, setgid or sticky. ` +
+        `The staging folder was removed and the data dir was not touched. Restore another snapshot ('snapshot' input) ` +
+        `and find out how this one got into the bucket.`,
+    );
+  }
+  if (code === null) {
+    return new ActionError(
+      `The SSH connection was lost during the extraction${tail ? `: ${tail}` : ''}. The data dir was not touched; run again.`,
+    );
+  }
+  return new IntegrityError(
+    `The archive did not extract (exit ${code}): ${tail || 'no message'}. It is truncated or damaged; the data dir was not touched.`,
+  );
+}
+
 export async function objectSize(client: S3Client, bucket: string, key: string): Promise<number> {
   try {
     const head = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
@@ -141,39 +180,7 @@ export async function streamInto(
         `The data dir was not touched; restore another snapshot ('snapshot' input).`,
     );
   }
-  if (code !== 0) {
-    const tail = remote.stderrTail().trim();
-    // With 1 MiB records, tar can meet a full disk in the middle of a record and say only
-    // that it wrote less than it had.
-    if (/No space left on device|Wrote only \d+ of \d+ bytes/i.test(tail)) {
-      throw new HostError(
-        `The host's disk filled up during the extraction (${dirname(into.stage)}). The data dir was not touched; free space and run again.`,
-      );
-    }
-    if (code === NOT_A_SNAPSHOT) {
-      const lacks = markedLines(tail, MISSING_MARK);
-      throw new IntegrityError(
-        `${key} is not a snapshot of a ${into.host.kind} node: ${lacks.length ? lacks.join('; ') : tail}. The data dir was not touched.`,
-      );
-    }
-    if (code === UNSAFE_ARCHIVE) {
-      const found = markedLines(tail, UNSAFE_MARK);
-      throw new IntegrityError(
-        `${key} was refused as unsafe: it holds ${found.length ? found.join('; ') : tail}. A snapshot holds only ` +
-          `regular files and directories under ${into.host.expectedContent()}, none of them setuid, setgid or sticky. ` +
-          `The staging folder was removed and the data dir was not touched. Restore another snapshot ('snapshot' input) ` +
-          `and find out how this one got into the bucket.`,
-      );
-    }
-    if (code === null) {
-      throw new ActionError(
-        `The SSH connection was lost during the extraction${tail ? `: ${tail}` : ''}. The data dir was not touched; run again.`,
-      );
-    }
-    throw new IntegrityError(
-      `The archive did not extract (exit ${code}): ${tail || 'no message'}. It is truncated or damaged; the data dir was not touched.`,
-    );
-  }
+  if (code !== 0) throw extractionFailed(code, remote.stderrTail().trim(), key, into);
   if (bytes !== size) {
     throw new ActionError(
       `${formatBytes(bytes)} of ${formatBytes(size)} arrived. The data dir was not touched; run again.`,

@@ -5,6 +5,7 @@
 import { bashScript, quote } from '../shell.js';
 import type { Compression } from '../settings.js';
 import type { Tree } from './host.js';
+import { FETCH_END, FETCH_FUNCTIONS, FETCH_REPORT, FETCH_SETUP } from './host-fetch.js';
 
 /**
  * A program on the host that turns the archive back into a tar stream, or `none`: a tree's
@@ -229,8 +230,9 @@ export function extractCommand(
   const isDir = (path: string): string => `[ -d ${quote(path)} ] && [ ! -L ${quote(path)} ]`;
   return bashScript([
     WIDE_PIPES,
-    // bash reads a pipe a byte at a time: the archive starts right after this line.
-    `IFS=' ' read -r word name || exit 0`,
+    // bash reads a pipe a byte at a time: the archive starts right after this line, or, with
+    // `fetch`, the order of the host's own read of it (host-fetch.ts).
+    `IFS=' ' read -r word name how || exit 0`,
     `[ "$word" = go ] || exit 0`,
     `case "$name" in`,
     ...Object.entries(DECODERS).map(
@@ -243,7 +245,13 @@ export function extractCommand(
     // folder: the runner that would remove it may be gone. A tree's folder is kept: the next
     // run goes on from the files it holds (see tree/fetch.ts), some linked from the data dir.
     `stage=${quote(stage)}`,
-    ...(options.keep ? [] : [`trap 'if [ $? -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`]),
+    ...(options.keep
+      ? [`dl=`]
+      : [
+          ...FETCH_FUNCTIONS,
+          ...FETCH_SETUP,
+          `trap 'st=$?; if [ -n "$dl" ]; then rm -rf -- "$dl"; fi; if [ $st -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
+        ]),
     REFUSE,
     `mkdir -p -- ${quote(prepDir)}`,
     ...(options.keep ? [] : [`rm -rf -- "$stage"`]),
@@ -258,7 +266,12 @@ export function extractCommand(
     // tar's listing goes to one check and its stderr (and the decompressor's) through the
     // other; what they find comes out on fd 3. The status is the decompressor's or tar's.
     `rc=0`,
-    checkedExtraction('decode'),
+    `if [ -n "$dl" ]; then`,
+    `  ${checkedExtraction('fetched | decode')}`,
+    `else`,
+    `  ${checkedExtraction('decode')}`,
+    `fi`,
+    ...FETCH_END,
     `if [ -n "$found" ]; then refuse "$found"; fi`,
     `[ "$rc" = 0 ] || exit "$rc"`,
     `cd -- "$stage"`,
@@ -268,6 +281,7 @@ export function extractCommand(
     `found=$(${treeCheck(kind, options.keep === true)} | LC_ALL=C tr -c '[:print:]\\0' '?' | tr '\\0' '\\n' | awk ${quote(FIRST_FEW)})`,
     `if [ -n "$found" ]; then refuse "$found"; fi`,
     ...[...kind.roots, ...required].map((d) => `${isDir(d)} || ${missing(d)}`),
+    FETCH_REPORT,
     `find ${kind.roots.map(quote).join(' ')} -type f | wc -l`,
   ]);
 }

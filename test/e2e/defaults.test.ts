@@ -123,9 +123,29 @@ async function restoreOntoFresh(
   await assertOnlyCompose(target);
   assert.deepEqual(readdirSync(join(target.prepDir, 'data')), []);
 
+  // This host lives in a network of its own and cannot reach the runner's S3 endpoint: told
+  // to read the archive itself, the run says so and changes nothing.
+  if (compose === 'v1') {
+    const own = await runBoth(world, {
+      ...minimal(world, target, 'restore', bucket),
+      'download-on': 'host',
+    });
+    assert.notEqual(own.main.code, 0);
+    assert.match(
+      errors(own.main),
+      /The host cannot read PRep\/.* from S3 \(HTTP 000, curl: .*\)\. Nothing was changed on the host\./,
+    );
+    assert.deepEqual(readdirSync(join(target.prepDir, 'data')), []);
+  }
   const run = await runBoth(world, minimal(world, target, 'restore', bucket));
   assert.equal(run.main.code, 0, said(run.main));
   assert.equal(run.post.code, 0, said(run.post));
+  // At its default, 'download-on' falls back to the runner relaying the archive.
+  assert.match(
+    run.main.stdout,
+    /The host cannot read S3 \(HTTP 000, curl: .*\): the runner reads the archive and relays it over SSH\./,
+  );
+  assert.match(run.main.summary, /relayed by the runner/);
   assert.equal(run.main.outputs.key, snap.key);
   assert.ok(Number(run.main.outputs['height-reached']) >= snap.height, said(run.main));
 

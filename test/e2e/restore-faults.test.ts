@@ -86,119 +86,216 @@ describe('restore faults', () => {
     for (const n of stagingLeft(data)) rmSync(join(data, n), { recursive: true, force: true });
   });
 
+  /** The command lines of the host's reads of S3 for a restore into `data` (see host-fetch.ts). */
+  function hostReaders(): string[] {
+    let out = '';
+    try {
+      out = execFileSync('pgrep', [
+        '-a',
+        '-f',
+        `${data}/\\.prep-snapshot-restore-.*\\.dl/url`,
+      ]).toString();
+    } catch {
+      /* none */
+    }
+    return out.split('\n').filter(Boolean);
+  }
+
+  /** assertUntouched, once what the host still runs has ended (within 10 s). */
+  async function assertUntouchedSoon(
+    before: string,
+    run: { main: RunResult; post: RunResult },
+  ): Promise<void> {
+    for (let i = 0; i < 100 && stagingLeft(data).length > 0; i++)
+      await new Promise((r) => setTimeout(r, 100));
+    assertUntouched(before, run);
+  }
+
   function assertUntouched(before: string, run: { main: RunResult; post: RunResult }): void {
     const log = `${said(run.main)}\n--- post ---\n${said(run.post)}`;
     assert.equal(treeHash(victim.dataDir), before, `the data dir is as it was\n${log}`);
     assert.deepEqual(stagingLeft(data), [], `no staging folder\n${log}`);
   }
 
-  it('S3 connections cut every 400 kB: each range is read again from where it broke off, and the restore succeeds', async () => {
-    const proxy = await startCutProxy({
-      targetPort: world.s3.port,
-      perConnection: { downBytes: 400_000 },
-    });
-    try {
-      const run = await restoreRun(world, victim, {
-        'node-ip': '10.9.8.7',
-        endpoint: `http://127.0.0.1:${proxy.port}`,
-      });
-      assert.equal(run.main.code, 0, said(run.main));
-      assert.ok(proxy.cuts >= 3, `the proxy cut ${proxy.cuts} connections`);
-      assert.match(
-        run.main.stdout,
-        /Download: bytes \d+-\d+ of s3:\/\/snapshots\/.*; again from byte \d+/,
-      );
-      // The bytes in order: the sha256 is the manifest's, and the restored database is whole.
-      assert.equal(run.main.outputs.sha256, manifest.sha256);
-      const height = Number(manifest.blockHeight);
-      assert.ok(Number(run.main.outputs['height-reached']) >= height);
-      await victim.stop();
-      const restored = await check(victim.dataDir);
-      assert.ok(restored.ok && restored.height >= height, JSON.stringify(restored));
-      assert.deepEqual(stagingLeft(data), []);
-    } finally {
-      await proxy.stop();
-      // The next tests restore onto a stopped node.
-      await victim.stop();
-    }
-  });
-
-  it('S3 unreachable mid-restore: after the last attempt the run says which range and why', async () => {
-    const before = treeHash(victim.dataDir);
-    const proxy = await startCutProxy({
-      targetPort: world.s3.port,
-      downBytes: Math.floor(archive.length / 2),
-      refuseAfterCut: true,
-    });
-    try {
-      const run = await restoreRun(world, victim, {
-        'node-ip': '10.9.8.7',
-        endpoint: `http://127.0.0.1:${proxy.port}`,
-      });
-      assert.notEqual(run.main.code, 0);
-      assert.ok(proxy.cuts >= 1, 'the proxy cut');
-      assert.match(
-        errors(run.main),
+  /**
+   * The faults of the transfer, once for each way the archive's bytes take ('download-on'):
+   * read by the runner and relayed over SSH, or read by the host itself with curl. Each says
+   * the same things, in its own words.
+   */
+  const WAYS = {
+    runner: {
+      retried: /Download: bytes \d+-\d+ of s3:\/\/snapshots\/.*; again from byte \d+/,
+      gaveUp:
         /The download of .* broke off after .*: bytes \d+-\d+ of s3:\/\/snapshots\/.*: 6 attempts in a row failed at byte \d+, the last with .*The data dir was not touched; run again/,
-      );
-      assertUntouched(before, run);
-    } finally {
-      await proxy.stop();
-    }
-  });
+    },
+    host: {
+      retried: /Download on the host: bytes \d+-\d+: HTTP .*; again from byte \d+/,
+      gaveUp:
+        /The host's download of .* broke off: bytes \d+-\d+: 6 attempts in a row failed at byte \d+, the last with HTTP 000, curl: .*The data dir was not touched; run again/,
+    },
+  } as const;
 
-  it('the stored archive replaced during the restore: the run says so, nothing is touched', async () => {
-    const before = treeHash(victim.dataDir);
-    const variant = await storeVariant('81', archive, manifest);
-    // Two connections of 256 KiB/s: the first two ranges take seconds, the next are asked for
-    // after the replacement.
-    const proxy = await startCutProxy({ targetPort: world.s3.port, bytesPerSecond: 256 * 1024 });
-    try {
-      const running = restoreRun(world, victim, {
-        snapshot: variant,
-        'node-ip': '10.9.8.7',
-        endpoint: `http://127.0.0.1:${proxy.port}`,
-        'download-connections': '2',
+  for (const [via, says] of Object.entries(WAYS)) {
+    const how = { 'download-on': via };
+
+    it(`${via}: S3 connections cut every 400 kB: each range is read again from where it broke off, and the restore succeeds`, async () => {
+      const proxy = await startCutProxy({
+        targetPort: world.s3.port,
+        perConnection: { downBytes: 400_000 },
       });
-      while (proxy.bytes.down < 300_000) await new Promise((r) => setTimeout(r, 50));
-      const other = Buffer.from(archive);
-      other[other.length - 100] = other[other.length - 100]! ^ 0xff;
-      await putBytes(world, variant, other);
-      const run = await running;
-      assert.notEqual(run.main.code, 0);
-      assert.match(
-        errors(run.main),
-        /The stored PRep\/\d{8}\/PRep_BH81_.*\.tar\.gz was replaced during the restore \(.*412.*\) Nothing was touched: the data dir is as it was\./,
-      );
-      assertUntouched(before, run);
-    } finally {
-      await proxy.stop();
-    }
-  });
-
-  it('SSH cut mid-restore: the post step removes the staging folder', async () => {
-    const before = treeHash(victim.dataDir);
-    // Up = runner -> sshd: the archive. Cut at half of it.
-    const proxy = await startCutProxy({
-      targetPort: world.sshd.port,
-      upBytes: Math.floor(archive.length / 2),
+      try {
+        const run = await restoreRun(world, victim, {
+          ...how,
+          'node-ip': '10.9.8.7',
+          endpoint: `http://127.0.0.1:${proxy.port}`,
+        });
+        assert.equal(run.main.code, 0, said(run.main));
+        assert.ok(proxy.cuts >= 3, `the proxy cut ${proxy.cuts} connections`);
+        assert.match(run.main.stdout, says.retried);
+        assert.match(
+          run.main.summary,
+          via === 'host' ? /read by the host/ : /relayed by the runner/,
+        );
+        // The bytes in order: the sha256 is the manifest's, and the restored database is whole.
+        assert.equal(run.main.outputs.sha256, manifest.sha256);
+        const height = Number(manifest.blockHeight);
+        assert.ok(Number(run.main.outputs['height-reached']) >= height);
+        await victim.stop();
+        const restored = await check(victim.dataDir);
+        assert.ok(restored.ok && restored.height >= height, JSON.stringify(restored));
+        assert.deepEqual(stagingLeft(data), []);
+      } finally {
+        await proxy.stop();
+        // The next tests restore onto a stopped node.
+        await victim.stop();
+      }
     });
-    try {
-      const run = await restoreRun(world, victim, {
-        'node-ip': '10.9.8.7',
-        port: String(proxy.port),
+
+    it(`${via}: S3 unreachable mid-restore: after the last attempt the run says which range and why`, async () => {
+      const before = treeHash(victim.dataDir);
+      const proxy = await startCutProxy({
+        targetPort: world.s3.port,
+        downBytes: Math.floor(archive.length / 2),
+        refuseAfterCut: true,
       });
-      assert.notEqual(run.main.code, 0);
-      assert.ok(proxy.cuts >= 1, 'the proxy cut');
-      assert.match(
-        errors(run.main),
-        /The SSH connection was lost during the extraction.*The data dir was not touched; run again/s,
-      );
-      assertUntouched(before, run);
-    } finally {
-      await proxy.stop();
-    }
-  });
+      try {
+        const run = await restoreRun(world, victim, {
+          ...how,
+          'node-ip': '10.9.8.7',
+          endpoint: `http://127.0.0.1:${proxy.port}`,
+        });
+        assert.notEqual(run.main.code, 0);
+        assert.ok(proxy.cuts >= 1, 'the proxy cut');
+        assert.match(errors(run.main), says.gaveUp);
+        await assertUntouchedSoon(before, run);
+      } finally {
+        await proxy.stop();
+      }
+    });
+
+    it(`${via}: the stored archive replaced during the restore: the run says so, nothing is touched`, async () => {
+      const before = treeHash(victim.dataDir);
+      const variant = await storeVariant('81', archive, manifest);
+      // Two connections of 256 KiB/s: the first two ranges take seconds, the next are asked for
+      // after the replacement.
+      const proxy = await startCutProxy({ targetPort: world.s3.port, bytesPerSecond: 256 * 1024 });
+      try {
+        const running = restoreRun(world, victim, {
+          ...how,
+          snapshot: variant,
+          'node-ip': '10.9.8.7',
+          endpoint: `http://127.0.0.1:${proxy.port}`,
+          'download-connections': '2',
+        });
+        while (proxy.bytes.down < 300_000) await new Promise((r) => setTimeout(r, 50));
+        const other = Buffer.from(archive);
+        other[other.length - 100] = other[other.length - 100]! ^ 0xff;
+        await putBytes(world, variant, other);
+        const run = await running;
+        assert.notEqual(run.main.code, 0);
+        assert.match(
+          errors(run.main),
+          /The stored PRep\/\d{8}\/PRep_BH81_.*\.tar\.gz was replaced during the restore \(.*412.*\) Nothing was touched: the data dir is as it was\./,
+        );
+        await assertUntouchedSoon(before, run);
+      } finally {
+        await proxy.stop();
+      }
+    });
+
+    it(`${via}: SSH cut mid-restore: the host's extraction ends and its staging folder goes`, async () => {
+      const before = treeHash(victim.dataDir);
+      // The runner's way: cut when half the archive has gone up to sshd. The host's way: S3
+      // slowed down, and the SSH connection cut once half the archive has come from S3.
+      const sshProxy = await startCutProxy({
+        targetPort: world.sshd.port,
+        ...(via === 'runner' ? { upBytes: Math.floor(archive.length / 2) } : {}),
+      });
+      const s3Proxy = await startCutProxy({
+        targetPort: world.s3.port,
+        bytesPerSecond: 512 * 1024,
+      });
+      try {
+        const running = restoreRun(world, victim, {
+          ...how,
+          'node-ip': '10.9.8.7',
+          port: String(sshProxy.port),
+          ...(via === 'host' ? { endpoint: `http://127.0.0.1:${s3Proxy.port}` } : {}),
+        });
+        if (via === 'host') {
+          while (s3Proxy.bytes.down < archive.length / 2)
+            await new Promise((r) => setTimeout(r, 50));
+          assert.notDeepEqual(hostReaders(), [], 'the host reads S3 itself');
+          sshProxy.cut();
+        }
+        const run = await running;
+        assert.notEqual(run.main.code, 0);
+        assert.ok(sshProxy.cuts >= 1, 'the proxy cut');
+        assert.match(
+          errors(run.main),
+          /The SSH connection was lost during the extraction.*The data dir was not touched; run again/s,
+        );
+        await assertUntouchedSoon(before, run);
+        // Nothing of the host's goes on reading S3: no curl of this restore is left.
+        let readers = hostReaders();
+        for (let i = 0; i < 100 && readers.length > 0; i++) {
+          await new Promise((r) => setTimeout(r, 100));
+          readers = hostReaders();
+        }
+        assert.deepEqual(readers, [], 'no read from S3 after the cut');
+      } finally {
+        await sshProxy.stop();
+        await s3Proxy.stop();
+      }
+    });
+
+    it(`${via}: the action's process killed mid-restore: the post step removes the staging folder`, async () => {
+      const before = treeHash(victim.dataDir);
+      const s3Proxy = await startCutProxy({
+        targetPort: world.s3.port,
+        bytesPerSecond: 512 * 1024,
+      });
+      try {
+        const run = await restoreRun(
+          world,
+          victim,
+          { ...how, 'node-ip': '10.9.8.7', endpoint: `http://127.0.0.1:${s3Proxy.port}` },
+          // Killed once the host has the signed URL (masked) or the runner reads.
+          { main: { killWhen: via === 'host' ? /::add-mask::http/ : /::group::Stream / } },
+        );
+        assert.equal(run.main.killed, true, said(run.main));
+        assert.match(run.main.state.stagingDir ?? '', /\.prep-snapshot-restore-/);
+        assert.equal(run.post.code, 0, said(run.post));
+        assert.match(run.post.stdout, /Removed the staging folder .*\.prep-snapshot-restore-/);
+        // The killed runner's ssh may reach the host after the post step: its extraction then
+        // ends (on an empty input, or at the end of its input while it reads S3) and removes
+        // its own folder.
+        await assertUntouchedSoon(before, run);
+      } finally {
+        await s3Proxy.stop();
+      }
+    });
+  }
 
   it("the host's disk: an honest manifest is refused by the preflight; an under-reporting one fills the disk", async () => {
     assert.ok(
@@ -249,20 +346,29 @@ describe('restore faults', () => {
     assert.deepEqual(stagingLeft(tdata), []);
   });
 
-  it('a corrupted archive: sha256 mismatch', async () => {
-    const before = treeHash(victim.dataDir);
+  it('a corrupted archive: sha256 mismatch through the runner, the decompressor on the host', async () => {
     const bad = Buffer.from(archive);
     for (let i = Math.floor(bad.length / 2); i < Math.floor(bad.length / 2) + 64; i++)
       bad[i] = bad[i]! ^ 0xff;
     const variant = await storeVariant('78', bad, manifest);
-    const run = await restoreRun(world, victim, { snapshot: variant, 'node-ip': '10.9.8.7' });
-    assert.notEqual(run.main.code, 0);
-    assert.match(
-      errors(run.main),
-      /sha256 [0-9a-f]{64} differs from the manifest's [0-9a-f]{64}: the stored archive is damaged/,
-    );
-    assert.match(errors(run.main), /restore another snapshot/);
-    assertUntouched(before, run);
+    for (const via of ['runner', 'host']) {
+      const before = treeHash(victim.dataDir);
+      const run = await restoreRun(world, victim, {
+        snapshot: variant,
+        'node-ip': '10.9.8.7',
+        'download-on': via,
+      });
+      assert.notEqual(run.main.code, 0);
+      // The runner reads every byte before it hears of the host's failure; the host's read
+      // ends where its decompressor did, short of the whole archive and its sha256.
+      assert.match(
+        errors(run.main),
+        via === 'runner'
+          ? /sha256 [0-9a-f]{64} differs from the manifest's [0-9a-f]{64}: the stored archive is damaged.*restore another snapshot/
+          : /did not extract \(exit \d+\): .*igzip: Error.*truncated or damaged; the data dir was not touched/s,
+      );
+      await assertUntouchedSoon(before, run);
+    }
   });
 
   it('a truncated archive without a manifest: the decompressor says so', async () => {
@@ -294,25 +400,6 @@ describe('restore faults', () => {
       errors(run.main),
       /is not a snapshot of a .* node: the archive holds no \.score_data\. The data dir was not touched/,
     );
-    assertUntouched(before, run);
-  });
-
-  it("the action's process killed mid-restore: the post step removes the staging folder", async () => {
-    const before = treeHash(victim.dataDir);
-    const run = await restoreRun(
-      world,
-      victim,
-      { 'node-ip': '10.9.8.7' },
-      { main: { killWhen: /::group::Stream / } },
-    );
-    assert.equal(run.main.killed, true, said(run.main));
-    assert.match(run.main.state.stagingDir ?? '', /\.prep-snapshot-restore-/);
-    assert.equal(run.post.code, 0, said(run.post));
-    assert.match(run.post.stdout, /Removed the staging folder .*\.prep-snapshot-restore-/);
-    // The killed runner's ssh may reach the host after the post step: its extraction then
-    // ends on an empty input and removes its own folder.
-    for (let i = 0; i < 100 && stagingLeft(data).length > 0; i++)
-      await new Promise((r) => setTimeout(r, 100));
     assertUntouched(before, run);
   });
 });

@@ -71,6 +71,15 @@ describe('restore', () => {
     assert.ok(c.height >= latest.height);
     assert.deepEqual(stagingLeft(join(t.home, 'data')), []);
     assert.match(run.main.summary, /restore/);
+    // 'download-on' at its default: this host reaches MinIO, so it reads the archive itself,
+    // and the sha256 it took is the manifest's.
+    assert.match(run.main.stdout, /read from S3 by the host itself/);
+    assert.match(run.main.stdout, /read by the host from S3 and extracted in/);
+    assert.match(run.main.summary, /read by the host, decompressed by/);
+    const stored = JSON.parse(
+      await world.s3.getText(world.bucket, `_prep-snapshot/${latest.key}.json`),
+    ) as { sha256: string };
+    assert.equal(run.main.outputs.sha256, stored.sha256);
     // Nothing to keep on a fresh host.
     assert.deepEqual(
       readdirSync(join(t.home, 'data')).filter((n) => n.includes('.prev-')),

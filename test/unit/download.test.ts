@@ -11,6 +11,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { DownloadError, ObjectChangedError } from '../../src/errors.ts';
+import { hostFetchBytes, hostRangeBytes } from '../../src/node-kind/host-fetch.ts';
 import {
   chooseRangeBytes,
   headObject,
@@ -286,3 +287,16 @@ for (const handler of ['the SDK handler', 'SocketGetHandler'] as const)
       assert.match(r.messages.join('\n'), /no byte arrived for 0\.5 s/);
     });
   });
+
+describe("the host's own read of an archive: its ranges", () => {
+  it('spreads a small archive over the connections and caps a large one at 64 MiB', () => {
+    const MiB = 1024 * 1024;
+    assert.equal(hostRangeBytes(3 * MiB, 8), MiB);
+    assert.equal(hostRangeBytes(2 * 1024 * MiB, 8), 64 * MiB);
+    assert.equal(hostRangeBytes(1.2e12, 8), 64 * MiB);
+    assert.equal(hostRangeBytes(100 * MiB, 2), 13 * MiB);
+    // What the host's disk holds at most: never more than the archive.
+    assert.equal(hostFetchBytes(3 * MiB, 8), 3 * MiB);
+    assert.equal(hostFetchBytes(1.2e12, 8), 512 * MiB);
+  });
+});

@@ -42,6 +42,7 @@ describe('parseSettings', () => {
     assert.equal(s.ssh?.port, 22);
     assert.equal(s.ssh?.username, 'root');
     assert.equal(s.s3.downloadConnections, 8);
+    assert.equal(s.restore.downloadOn, 'auto');
     assert.equal(s.s3.filesInFlight, 16);
     assert.equal(s.ssh?.connections, 4);
     assert.equal(s.s3.bytesInFlight, 48 * 1024 ** 2);
@@ -96,6 +97,11 @@ describe('parseSettings', () => {
     ['a prefix with a . segment', { ...base, prefix: 'a/./b' }, /'prefix'/],
     ['a tiny part size', { ...base, 'part-size': '1MiB' }, /between 5 MiB and 5 GiB/],
     ['a bad consistency', { ...base, consistency: 'snapshot' }, /'consistency'/],
+    [
+      'a bad download-on',
+      { ...base, 'download-on': 'both' },
+      /'download-on' is 'both'\. Use 'auto'/,
+    ],
     // Numbers too large to be exact (they would reach the host as 'Infinity').
     ['a 400-digit port', { ...base, port: HUGE }, /'port' is '9+'\. Use a whole number/],
     [

@@ -393,7 +393,7 @@ export async function restore(
 }
 
 /** Tools that the host's own read of an archive needs (node-kind/host-fetch.ts). */
-const HOST_READ_TOOLS = ['curl', 'sha256sum', 'mkfifo'];
+const HOST_READ_TOOLS = ['curl', 'mkfifo'];
 
 /** Whether the host is to read the archive itself: 'download-on', and the tools it has. */
 function hostReads(
@@ -403,6 +403,7 @@ function hostReads(
 ): boolean {
   if (downloadOn === 'runner') return false;
   const lacks = HOST_READ_TOOLS.filter((t) => !tools.has(t));
+  if (!tools.has('openssl') && !tools.has('sha256sum')) lacks.push('openssl or sha256sum');
   if (lacks.length === 0) return true;
   if (downloadOn === 'host') {
     throw new HostError(

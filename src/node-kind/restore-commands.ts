@@ -29,7 +29,7 @@ export function restoreProbeCommand(
     `while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done`,
     `echo "free_parent=$(df -P -B1 -- "$d" | awk 'NR==2 {print $4}')"`,
     `[ -e ${quote(dataDir)} ] && echo "datadir=present" || echo "datadir=missing"`,
-    `for t in tar igzip pigz gzip zstd curl wget sha256sum mkfifo; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
+    `for t in tar igzip pigz gzip zstd curl wget sha256sum openssl mkfifo; do command -v "$t" >/dev/null 2>&1 && echo "tool=$t"; done; true`,
     ...has.map(([name, path]) => `if [ -e ${quote(path)} ]; then echo has=${name}; fi`),
     ...(more.stagesIn === undefined
       ? []

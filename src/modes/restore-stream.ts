@@ -32,6 +32,7 @@ import { headObject, rangedDownload } from '../s3/download.js';
 import type { Settings } from '../settings.js';
 import type { RemoteStream } from '../ssh/session.js';
 import { fetchTree } from '../tree/fetch.js';
+import type { HostReads } from '../tree/fetch-on-host.js';
 import type { TreeSource } from './restore-tree.js';
 
 /** What the operator reads when the archive's bytes stopped coming. */
@@ -217,6 +218,7 @@ export async function fetchInto(
     stage: string;
     stageFound: boolean;
     inDataDir: { paths: string[]; address: string };
+    onHost?: HostReads;
   },
 ): Promise<Streamed> {
   const t = performance.now();
@@ -232,6 +234,7 @@ export async function fetchInto(
     dirs: tree.dirs,
     filesInFlight: settings.s3.filesInFlight,
     bytesInFlight: settings.s3.bytesInFlight,
+    onHost: into.onHost,
   });
   const seconds = secondsSince(t);
   const earlier = got.kept - got.fromDataDir;
@@ -241,9 +244,17 @@ export async function fetchInto(
     (earlier + got.continued > 0
       ? `, ${earlier} kept and ${got.continued} continued from an earlier run`
       : '');
-  core.info(
-    `${line} in ${formatDuration(seconds)} (${formatRate(got.bytes, seconds)}` +
-      `${got.channels > 1 ? `, over ${got.channels} SSH channels` : ''}).`,
-  );
-  return { bytes: got.bytes, files: got.counted, seconds, line };
+  const over =
+    got.channels === 0
+      ? ', read by the host from S3'
+      : got.channels > 1
+        ? `, over ${got.channels} SSH channels`
+        : '';
+  core.info(`${line} in ${formatDuration(seconds)} (${formatRate(got.bytes, seconds)}${over}).`);
+  return {
+    bytes: got.bytes,
+    files: got.counted,
+    seconds,
+    line: got.channels === 0 ? `${line}, read by the host` : line,
+  };
 }

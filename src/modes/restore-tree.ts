@@ -105,6 +105,7 @@ export async function ourTree(
       mode: f.mode,
       sha256: f.sha256,
       tail: f.tail,
+      key: `${objects}${f.sha256}`,
       read: read(f),
     })),
     dirs: m.dirs,

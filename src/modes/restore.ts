@@ -160,10 +160,12 @@ export async function restore(
               `once their sha256 proves them they are linked, not fetched.`,
           );
         }
-        const onHost = !tree && hostReads(opts.downloadOn, probe.tools, snapshotKey);
+        // A tree in icon2-node's form proves its files by their tails, on the runner only.
+        const onHost =
+          (!tree || tree.proven) && hostReads(opts.downloadOn, probe.tools, snapshotKey);
         const needed =
           (tree ? tree.bytes - local : (manifest?.uncompressedBytes ?? size * 1.2)) +
-          (onHost ? hostFetchBytes(size, settings.s3.downloadConnections) : 0) +
+          (onHost && !tree ? hostFetchBytes(size, settings.s3.downloadConnections) : 0) +
           opts.diskMarginBytes;
         const free = probe.freeBytes + freed + resumed;
         if (free < needed) {
@@ -189,7 +191,7 @@ export async function restore(
         core.info(
           `Free space ${formatBytes(probe.freeBytes)}; data dir ${probe.dataDirPresent ? 'present (it will be kept)' : 'absent (fresh host)'}; ` +
             `the ${host.restoredAs(address)}; ${tree ? 'files arrive as they are stored' : `the archive is decompressed by ${decoder.name}`}` +
-            `${onHost ? ', read from S3 by the host itself' : tree ? '' : ', relayed from S3 by the runner'}.`,
+            `${onHost ? ', read from S3 by the host itself' : ', relayed from S3 by the runner'}.`,
         );
         if (running) {
           core.info(
@@ -216,6 +218,14 @@ export async function restore(
               stage,
               stageFound,
               inDataDir: { paths: inDataDir, address: ip },
+              onHost: onHost
+                ? {
+                    client,
+                    bucket: settings.s3.bucket,
+                    connections: settings.s3.downloadConnections,
+                    unsigned: settings.s3.unsigned,
+                  }
+                : undefined,
             })
           : streamArchive(remote, () => (streamStarted = true), {
               client,

@@ -5,7 +5,13 @@
 import { bashScript, quote } from '../shell.js';
 import type { Compression } from '../settings.js';
 import type { Tree } from './host.js';
-import { FETCH_END, FETCH_FUNCTIONS, FETCH_REPORT, FETCH_SETUP } from './host-fetch.js';
+import {
+  FETCH_END,
+  FETCH_FUNCTIONS,
+  FETCH_REPORT,
+  FETCH_SETUP,
+  TREE_FETCH_SETUP,
+} from './host-fetch.js';
 
 /**
  * A program on the host that turns the archive back into a tar stream, or `none`: a tree's
@@ -245,10 +251,10 @@ export function extractCommand(
     // folder: the runner that would remove it may be gone. A tree's folder is kept: the next
     // run goes on from the files it holds (see tree/fetch.ts), some linked from the data dir.
     `stage=${quote(stage)}`,
+    ...FETCH_FUNCTIONS,
     ...(options.keep
-      ? [`dl=`]
+      ? [`dl=`, `trap 'if [ -n "$dl" ]; then rm -rf -- "$dl"; fi' EXIT`]
       : [
-          ...FETCH_FUNCTIONS,
           ...FETCH_SETUP,
           `trap 'st=$?; if [ -n "$dl" ]; then rm -rf -- "$dl"; fi; if [ $st -ne 0 ]; then cd /; rm -rf -- "$stage"; fi' EXIT`,
         ]),
@@ -262,15 +268,15 @@ export function extractCommand(
     `if command -v flock >/dev/null 2>&1; then flock 9; fi`,
     // A tree's files may come over more channels as well (receiveMoreCommand): they begin
     // once this line says that the folder is this run's.
-    ...(options.keep ? [`echo ${LOCKED_LINE}`] : []),
+    ...(options.keep ? [`echo ${LOCKED_LINE}`, ...TREE_FETCH_SETUP] : []),
     // tar's listing goes to one check and its stderr (and the decompressor's) through the
     // other; what they find comes out on fd 3. The status is the decompressor's or tar's.
     `rc=0`,
-    `if [ -n "$dl" ]; then`,
-    `  ${checkedExtraction('fetched | decode')}`,
-    `else`,
-    `  ${checkedExtraction('decode')}`,
-    `fi`,
+    `case "$how" in`,
+    `  fetch) ${checkedExtraction('fetched | decode')} ;;`,
+    `  fetch-tree) found=; ( tree_fetched ) || rc=$? ;;`,
+    `  *) ${checkedExtraction('decode')} ;;`,
+    `esac`,
     ...FETCH_END,
     `if [ -n "$found" ]; then refuse "$found"; fi`,
     `[ "$rc" = 0 ] || exit "$rc"`,

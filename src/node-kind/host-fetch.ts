@@ -19,6 +19,8 @@ export const FETCH_MARK = 'prep-snapshot-fetch';
 export const FETCH_CHANGED = 66;
 export const FETCH_REFUSED = 67;
 export const FETCH_BROKE = 68;
+/** A tree's file whose bytes are not its sha256's (it was removed). */
+export const FETCH_DAMAGED = 69;
 
 /**
  * Printed (then the command ends, with nothing made) when the host cannot read the archive's
@@ -28,6 +30,9 @@ export const UNREACHABLE_LINE = 'prep-snapshot-unreachable';
 
 /** Printed as each range is handed on: the bytes handed on so far. */
 export const GOT_LINE = 'prep-snapshot-got';
+
+/** Printed, for a tree, once the host has read a first object: it reads them all. */
+export const REACHABLE_LINE = 'prep-snapshot-reachable';
 
 /** Printed once the archive has been read whole, before the count of files: its sha256. */
 export const FETCHED_LINE = 'prep-snapshot-fetched';
@@ -67,6 +72,18 @@ export function hostFetchBytes(size: number, connections: number): number {
 }
 
 /**
+ * The runner keeps the input open while it watches. Its end (the runner or its connection
+ * gone) stops the read: the reader and every process under it, listed parents first so that
+ * none starts another curl; the decompressor and tar then end on a cut input, and the EXIT
+ * trap removes what the command made.
+ */
+const WATCH_INPUT = [
+  `  exec 7<&0`,
+  `  ( cat <&7 >/dev/null 2>&1; : > "$dl/gone"; if [ -s "$dl/reader" ]; then kill -TERM $(below "$(cat "$dl/reader")") 2>/dev/null; fi ) </dev/null >/dev/null 2>&1 &`,
+  `  exec 7<&-`,
+];
+
+/**
  * Lines of the extraction's script, run after its go line said `fetch` (in `$how`) and before
  * the staging folder is made: read the order, put the URL where only this user reads it (a
  * config file of curl's, not its command line, which every user of the host can see), and
@@ -91,13 +108,36 @@ export const FETCH_SETUP = [
   `  fi`,
   // The read's progress goes to the runner on the command's stdout, whatever tar's checks do with theirs.
   `  exec 4>&1`,
-  // The runner keeps the input open while it watches. Its end (the runner or its connection
-  // gone) stops the read: the reader and every process under it, listed parents first so that
-  // none starts another curl; the decompressor and tar then end on a cut input, and the EXIT
-  // trap removes what the command made.
-  `  exec 7<&0`,
-  `  ( cat <&7 >/dev/null 2>&1; : > "$dl/gone"; if [ -s "$dl/reader" ]; then kill -TERM $(below "$(cat "$dl/reader")") 2>/dev/null; fi ) </dev/null >/dev/null 2>&1 &`,
-  `  exec 7<&-`,
+  ...WATCH_INPUT,
+  `fi`,
+];
+
+/**
+ * Lines of a tree's extraction, run once it holds its staging folder, when its go line said
+ * `fetch-tree`: the list of files (its length on the next line, with the connections), then a
+ * read of the first; what cannot be read prints UNREACHABLE_LINE, and the command goes on as
+ * it does without `fetch-tree`, reading the files as a tar on its input.
+ */
+export const TREE_FETCH_SETUP = [
+  `if [ "$how" = fetch-tree ]; then`,
+  `  IFS=' ' read -r listbytes conns || exit 0`,
+  `  dl="$stage.dl"`,
+  `  rm -rf -- "$dl"`,
+  `  (umask 077; mkdir -p -- "$dl"; head -c "$listbytes" > "$dl/list"; sed -n 2p "$dl/list" | sed 's/^/url = "/; s/$/"/' > "$dl/probe.url")`,
+  `  exec 8<"$dl"`,
+  `  if command -v flock >/dev/null 2>&1; then flock 8; fi`,
+  // Nothing is written through a link that an earlier run's folder would hold.
+  `  if [ -n "$(find "$stage" -type l -print -quit)" ]; then echo "${FETCH_MARK} the staging folder holds a symbolic link" >&2; exit ${FETCH_DAMAGED}; fi`,
+  `  code=$(curl -sS -K "$dl/probe.url" -r 0-0 -o "$dl/probe" --connect-timeout 15 --max-time 60 -w '%{http_code}' 2>"$dl/probe.err") || true`,
+  `  case "$code" in`,
+  // 416: the first object is empty, and S3 answered.
+  `    206|416) echo "${REACHABLE_LINE}" ;;`,
+  `    *) echo "${UNREACHABLE_LINE} $(s3why "$code" "$dl/probe" "$dl/probe.err")"; rm -rf -- "$dl"; dl=; how= ;;`,
+  `  esac`,
+  `fi`,
+  `if [ "$how" = fetch-tree ]; then`,
+  `  exec 4>&1`,
+  ...WATCH_INPUT,
   `fi`,
 ];
 
@@ -119,29 +159,46 @@ export const FETCH_FUNCTIONS = [
   `  [ -n "$why" ] || why=$(tr '\\n' ' ' < "$3" 2>/dev/null | head -c 300)`,
   `  echo "HTTP $1\${why:+, $why}"`,
   `}`,
-  // One range into "$dl/$1"; a cut read goes on from its last byte.
-  `range_into() {`,
-  `  local i=$1 from to want have=0 code a=0 t="$dl/$1.try" p="$dl/$1.part"`,
-  `  from=$(( i * range )); to=$(( from + range - 1 )); [ "$to" -lt "$size" ] || to=$(( size - 1 ))`,
+  // `get_bytes CONFIG FROM TO OUT WHAT [ETAG]`: bytes FROM-TO of the object that CONFIG's URL
+  // names, appended to OUT (which may hold the first of them already); a cut read goes on
+  // from its last byte. A first read goes straight into OUT, so that what a stopped read
+  // brought stays there for the next run; a read after that goes through a file of its own,
+  // which keeps an error's body out of OUT. WHAT names the bytes in the messages.
+  `get_bytes() {`,
+  `  local cfg=$1 from=$2 to=$3 out=$4 what=$5 want have code a=0 now dest t="$4.try"`,
+  `  local -a pin=()`,
+  `  [ -z "\${6:-}" ] || pin=(-H "If-Match: $6")`,
   `  want=$(( to - from + 1 ))`,
-  `  while :; do`,
-  `    code=$(curl -sS -K "$dl/url" -H "If-Match: $etag" -r "$(( from + have ))-$to" --connect-timeout 20 -y 60 -Y 1024 -o "$t" -w '%{http_code}' 2>"$t.err") || true`,
+  `  have=$(stat -c %s -- "$out" 2>/dev/null || echo 0)`,
+  `  while [ "$have" -lt "$want" ]; do`,
+  `    if [ "$have" = 0 ]; then dest=$out; else dest=$t; fi`,
+  `    code=$(curl -sS -K "$cfg" "\${pin[@]}" -r "$(( from + have ))-$to" --connect-timeout 20 -y 60 -Y 1024 -o "$dest" -w '%{http_code}' 2>"$t.err") || true`,
   `    case "$code" in`,
-  `      206) if [ "$have" = 0 ]; then mv -f -- "$t" "$p"; else cat -- "$t" >> "$p"; fi ;;`,
-  `      412) echo "${FETCH_MARK} HTTP 412: its ETag is no longer $etag." >&2; return ${FETCH_CHANGED} ;;`,
-  `      4??) echo "${FETCH_MARK} S3 refused bytes $from-$to: $(s3why "$code" "$t" "$t.err")" >&2; return ${FETCH_REFUSED} ;;`,
+  `      206) [ "$dest" = "$out" ] || cat -- "$t" >> "$out" ;;`,
+  `      412) rm -f -- "$dest"; echo "${FETCH_MARK} HTTP 412: its ETag is no longer \${6:-}." >&2; return ${FETCH_CHANGED} ;;`,
+  `      4??) echo "${FETCH_MARK} S3 refused $what: $(s3why "$code" "$dest" "$t.err")" >&2; rm -f -- "$dest"; return ${FETCH_REFUSED} ;;`,
+  `      *) code="$(s3why "$code" "$dest" "$t.err")"; rm -f -- "$dest" ;;`,
   `    esac`,
-  `    local now; now=$(stat -c %s -- "$p" 2>/dev/null || echo 0)`,
-  `    if [ "$now" = "$want" ]; then mv -f -- "$p" "$dl/$i"; rm -f -- "$t" "$t.err"; return 0; fi`,
+  `    now=$(stat -c %s -- "$out" 2>/dev/null || echo 0)`,
+  `    if [ "$now" -ge "$want" ]; then break; fi`,
   `    if [ "$now" -gt "$have" ]; then a=0; else a=$(( a + 1 )); fi`,
   `    have=$now`,
+  `    case "$code" in 206) code="$(s3why 206 /dev/null "$t.err")" ;; esac`,
   `    if [ "$a" -ge ${ATTEMPTS} ]; then`,
-  `      echo "${FETCH_MARK} bytes $from-$to: ${ATTEMPTS} attempts in a row failed at byte $(( from + have )), the last with $(s3why "$code" "$t" "$t.err")" >&2`,
+  `      echo "${FETCH_MARK} $what: ${ATTEMPTS} attempts in a row failed at byte $(( from + have )), the last with $code" >&2`,
   `      return ${FETCH_BROKE}`,
   `    fi`,
-  `    echo "${FETCH_MARK} retry bytes $from-$to: $(s3why "$code" "$t" "$t.err"); again from byte $(( from + have ))" >&2`,
+  `    echo "${FETCH_MARK} retry $what: $code; again from byte $(( from + have ))" >&2`,
   `    [ "$a" = 0 ] || sleep "$a"`,
   `  done`,
+  `  rm -f -- "$t" "$t.err"`,
+  `}`,
+  // One range of the archive into "$dl/$1".
+  `range_into() {`,
+  `  local from=$(( $1 * range )) to`,
+  `  to=$(( from + range - 1 )); [ "$to" -lt "$size" ] || to=$(( size - 1 ))`,
+  `  get_bytes "$dl/url" "$from" "$to" "$dl/$1.part" "bytes $from-$to" "$etag" || return`,
+  `  mv -f -- "$dl/$1.part" "$dl/$1"`,
   `}`,
   `fetched() {`,
   `  local n=$(( (size + range - 1) / range )) i=0 next=0 got=0 st hashing`,
@@ -176,6 +233,44 @@ export const FETCH_FUNCTIONS = [
   `  exec 5>&-`,
   `  wait "$hashing"`,
   `}`,
+  `digest() { if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r; else sha256sum; fi; }`,
+  // A tree's file N (SHA SIZE MODE PATH URL) into the staging folder, proven by its sha256.
+  // One cut short stays as it is: the next run goes on from it (tree/fetch.ts).
+  `file_into() {`,
+  `  local p="$stage/$5" u="$dl/u.$1" got`,
+  `  mkdir -p -- "\${p%/*}"`,
+  `  if [ "$3" = 0 ]; then : > "$p"; else`,
+  `    printf 'url = "%s"\\n' "$6" > "$u"`,
+  `    get_bytes "$u" 0 $(( $3 - 1 )) "$p" "$5" || return`,
+  `    rm -f -- "$u"`,
+  `  fi`,
+  `  got=$(digest < "$p" | cut -d' ' -f1)`,
+  `  if [ "$got" != "$2" ]; then`,
+  `    rm -f -- "$p"`,
+  `    echo "${FETCH_MARK} $5: the stored object's sha256 is $got, not the manifest's $2: the stored snapshot is damaged." >&2`,
+  `    return ${FETCH_DAMAGED}`,
+  `  fi`,
+  `  chmod "$4" "$p"`,
+  `  echo "${GOT_LINE} $3" >&4`,
+  `}`,
+  // Every file of "$dl/list" (a line SHA SIZE MODE PATH, then its URL), $conns at once: each
+  // new one waits for the one started $conns before it (bash's \`wait -n\` misses a job that
+  // ended before it was called).
+  `tree_fetched() {`,
+  `  local sha fsize mode path url n=0 k=0 st=0`,
+  `  local -a pid=()`,
+  `  echo "$BASHPID" > "$dl/reader"`,
+  `  while IFS=' ' read -r sha fsize mode path && IFS= read -r url; do`,
+  `    if [ -e "$dl/gone" ]; then return 1; fi`,
+  `    case "/$path/" in */../*|*/./*|//*) echo "${FETCH_MARK} $path: not a name inside the staging folder" >&2; st=${FETCH_DAMAGED}; break ;; esac`,
+  `    if [ "$n" -ge "$conns" ]; then wait "\${pid[k]}" || { st=$?; break; }; k=$(( k + 1 )); fi`,
+  `    file_into "$n" "$sha" "$fsize" "$mode" "$path" "$url" &`,
+  `    pid[n]=$!`,
+  `    n=$(( n + 1 ))`,
+  `  done < "$dl/list"`,
+  `  while [ "$st" = 0 ] && [ "$k" -lt "$n" ]; do wait "\${pid[k]}" || st=$?; k=$(( k + 1 )); done`,
+  `  if [ "$st" != 0 ]; then echo "$st" > "$dl/status"; kill "\${pid[@]}" 2>/dev/null || true; wait || true; return "$st"; fi`,
+  `}`,
 ];
 
 /**
@@ -186,5 +281,5 @@ export const FETCH_END = [
   `if [ -n "$dl" ] && [ -s "$dl/status" ]; then exit "$(cat "$dl/status")"; fi`,
 ];
 
-/** The sha256 line, printed once the checks have passed. */
-export const FETCH_REPORT = `if [ -n "$dl" ]; then echo "${FETCHED_LINE} $(cut -d' ' -f1 "$dl/sum")"; fi`;
+/** An archive's sha256 line, printed once the checks have passed. */
+export const FETCH_REPORT = `if [ "$how" = fetch ]; then echo "${FETCHED_LINE} $(cut -d' ' -f1 "$dl/sum")"; fi`;

@@ -17,6 +17,8 @@ export interface FetchItem {
   mode: number;
   /** Our manifests prove each file by its sha256. */
   sha256?: string;
+  /** Our trees: the key of the stored object, which the host may read itself (tree/fetch-on-host.ts). */
+  key?: string;
   /** icon2-node's trees give only the xxh3 of the tail (see icon2.ts), where they give one. */
   tail?: string;
   /**

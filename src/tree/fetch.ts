@@ -18,6 +18,7 @@ import { FileProgress } from '../progress.js';
 import { MemoryPool } from '../s3/pieces.js';
 import { Channel } from './fetch-channel.js';
 import { checker, FileFetch, type FetchItem } from './fetch-file.js';
+import { fetchOnHost, readableOnHost, type HostReads } from './fetch-on-host.js';
 import { END_OF_TAR, memberHeader, padding } from './tar-stream.js';
 
 /** The go line of a plain tar (no decompressor): what a tree's channels carry. */
@@ -42,6 +43,8 @@ export interface FetchOptions {
   dirs: string[];
   filesInFlight: number;
   bytesInFlight: number;
+  /** When the host is to read the files itself (download-on), how. */
+  onHost?: HostReads;
 }
 
 export interface Fetched {
@@ -54,7 +57,7 @@ export interface Fetched {
   fromDataDir: number;
   /** What the extraction counted in the staging folder. */
   counted: number;
-  /** How many SSH channels the files came over. */
+  /** How many SSH channels the files came over (0: the host read them from S3). */
   channels: number;
 }
 
@@ -131,7 +134,6 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
   const done = new Set([...complete, ...partial.map((p) => p.item)].map((i) => i.path));
   const todo = o.items.filter((i) => !done.has(i.path));
   const total = todo.reduce((s, i) => s + i.size, 0);
-  const progress = new FileProgress('Restore', todo.length, total);
   const run: { failed: boolean; cause?: unknown } = { failed: false };
   const main = new Channel(o.remote, run);
   // The other channels join once the main one holds the staging folder, when there is more
@@ -141,7 +143,28 @@ export async function fetchTree(o: FetchOptions): Promise<Fetched> {
   const unused = shared ? [] : o.more;
   const pool = new MemoryPool();
   o.onGo();
-  o.remote.stdin.write(PLAIN_GO);
+  if (o.onHost && readableOnHost(todo)) {
+    const got = await fetchOnHost(main, o.remote, todo, o.onHost);
+    if (!('unreachable' in got)) {
+      await Promise.all(o.more.map((r) => closeUnused(r)));
+      return {
+        files: todo.length,
+        bytes: got.bytes,
+        kept: complete.length,
+        continued: partial.length,
+        fromDataDir,
+        counted: Number(main.out.trim().split('\n').at(-1)),
+        channels: 0,
+      };
+    }
+    // The extraction now takes the files as a tar, as if its go line had been PLAIN_GO.
+    core.info(
+      `The host cannot read S3 (${got.unreachable}): the runner fetches the files and sends them over SSH.`,
+    );
+  } else {
+    o.remote.stdin.write(PLAIN_GO);
+  }
+  const progress = new FileProgress('Restore', todo.length, total);
   try {
     await Promise.all(unused.map((r) => closeUnused(r)));
     if (more.length > 0) await main.locked();

@@ -370,12 +370,23 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
     const other = join(root, 'host2', '.prep-snapshot-restore-tree-0123456789abcdef');
     mkdirSync(join(other, g.cid, 'db'), { recursive: true });
     writeFileSync(join(other, g.cid, 'db', '000042.ldb'), Buffer.alloc(3 * 1024 * 1024, 7));
-    // The SSH connection of the files is cut after 1 MiB: the run fails, its staging folder stays.
-    const proxy = await startCutProxy({ targetPort: sshd.port, upBytes: 1024 * 1024 });
+    // The host reads the files from S3 itself ('download-on' at its default), slowly; its SSH
+    // connection is cut once 1 MiB has come: the run fails, its staging folder stays.
+    const proxy = await startCutProxy({ targetPort: sshd.port });
+    const slow = await startCutProxy({ targetPort: s3.port, bytesPerSecond: 512 * 1024 });
     try {
-      const cut = await run({ ...restoreInputs, port: String(proxy.port) });
+      const cutting = run({
+        ...restoreInputs,
+        port: String(proxy.port),
+        endpoint: `http://127.0.0.1:${slow.port}`,
+      });
+      while (slow.bytes.down < 1024 * 1024) await new Promise((r) => setTimeout(r, 50));
+      proxy.cut();
+      const cut = await cutting;
       assert.notEqual(cut.code, 0, said(cut));
       assert.ok(proxy.cuts >= 1, 'the proxy cut');
+      assert.match(said(cut), /read from S3 by the host itself/);
+      assert.match(said(cut), /The SSH connection was lost while the host fetched the files/);
       assert.match(said(cut), /staging folder .* is kept/);
       assert.match(
         said(cut),
@@ -386,15 +397,26 @@ describe('Tree snapshots of a real goloop node', { skip: goloopMissing() }, () =
       );
       assert.ok(said(cut).indexOf('Removing 1 staging folder') < said(cut).indexOf('Stream '));
       assert.ok(!existsSync(other), "the other snapshot's staging folder is gone");
-      const kept = readdirSync(join(root, 'host2')).filter((n) => n.startsWith('.prep-snapshot'));
-      assert.equal(kept.length, 1, "this snapshot's staging folder is kept");
+      // The host's extraction ends on its own once it sees its input end, and removes the
+      // list of files it was reading.
+      const left = (): string[] =>
+        readdirSync(join(root, 'host2')).filter((n) => n.startsWith('.prep-snapshot'));
+      for (let i = 0; i < 100 && left().length > 1; i++)
+        await new Promise((r) => setTimeout(r, 100));
+      assert.equal(
+        left().length,
+        1,
+        `this snapshot's staging folder is kept: ${left().join(', ')}`,
+      );
     } finally {
       await proxy.stop();
+      await slow.stop();
     }
     assert.ok(!existsSync(join(node, g.cid)), 'nothing in place yet');
     const r = await run(restoreInputs);
     assert.equal(r.code, 0, said(r));
     assert.match(said(r), /\d+ kept and \d+ continued from an earlier run/);
+    assert.match(said(r), /files fetched .* read by the host from S3\)/);
     assert.doesNotMatch(
       said(r),
       /Removing \d+ staging folder/,

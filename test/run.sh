@@ -3,6 +3,17 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash test/bed/install.sh
+# The end-to-end tests run dist/ as a runner does: a bundle older than src/ would test old code.
+if [ -z "${PREP_TEST_DIST:-}" ]; then
+  fresh=$(mktemp -d)
+  node scripts/package.mjs --out "$fresh" >/dev/null
+  if ! diff -rq dist "$fresh" >/dev/null; then
+    rm -rf "$fresh"
+    echo "dist/ does not match src/: run 'npm run package' and commit dist/ (or set PREP_TEST_DIST)." >&2
+    exit 1
+  fi
+  rm -rf "$fresh"
+fi
 shopt -s nullglob
 files=(test/unit/*.test.ts test/e2e/*.test.ts)
 if [ ${#files[@]} -eq 0 ]; then

@@ -88356,6 +88356,7 @@ var Inputs;
     Inputs["PartSize"] = "part-size";
     Inputs["UploadConcurrency"] = "upload-concurrency";
     Inputs["DownloadConnections"] = "download-connections";
+    Inputs["DownloadOn"] = "download-on";
     Inputs["Verify"] = "verify";
     Inputs["Snapshot"] = "snapshot";
     Inputs["NodeIp"] = "node-ip";
@@ -91082,6 +91083,11 @@ function parseSettings(read = readActionInput) {
     if (height !== undefined && !/^\d{8}$/.test(snapshot) && !Number.isSafeInteger(Number(height))) {
         throw new errors_InputError(`Input 'snapshot' is '${snapshot}', whose block height is too large. Use 'latest', a date (YYYYMMDD), a block height (BH123) or a key.`);
     }
+    const downloadOn = get(Inputs.DownloadOn) || 'auto';
+    if (downloadOn !== 'auto' && downloadOn !== 'host' && downloadOn !== 'runner') {
+        throw new errors_InputError(`Input 'download-on' is '${downloadOn}'. Use 'auto' (the host fetches the archive from S3 when it can reach it, ` +
+            `else the runner relays it), 'host' or 'runner'.`);
+    }
     const restore = {
         snapshot,
         nodeIp,
@@ -91092,6 +91098,7 @@ function parseSettings(read = readActionInput) {
         diskMarginBytes: diskMargin(get(Inputs.DiskMargin) || '1GiB'),
         processPattern: get(Inputs.NodeProcessPattern) || 'icon_service|loopchain',
         deep: bool(Inputs.Deep, false),
+        downloadOn,
     };
     const needsHost = mode === 'backup' || mode === 'restore';
     const ssh = needsHost ? parseSsh(get, bool, int) : undefined;

@@ -169,8 +169,16 @@ for (const handler of ['the SDK handler', 'SocketGetHandler'] as const)
       }, 10);
       const hash = createHash('sha256');
       try {
+        let first = true;
         for await (const chunk of stream) {
           hash.update(chunk);
+          if (first) {
+            // Hold the first chunk until the read has filled its bound, however slow the machine:
+            // the bound is then proven reached, not merely never passed.
+            first = false;
+            const until = Date.now() + 30_000;
+            while (stream.peakHeldBytes < 4 * MiB && Date.now() < until) await sleep(20);
+          }
           // About 25 MiB/s: far slower than MinIO on loopback, which would have sent nearly all
           // 48 MiB before the consumer took half of it.
           await sleep(Math.ceil(chunk.length / (25 * 1024)));

@@ -154,4 +154,6 @@ fi
 # sshd's privilege separation dir (tests create it too).
 [ -d /run/sshd ] || { mkdir -p /run/sshd 2>/dev/null || true; }
 
-say "ready: minio=$MINIO_BIN goloop=$GOLOOP_BIN node24=$NODE24 ($("$NODE24" --version))"
+goloop_said=$GOLOOP_BIN
+goloop_ok || goloop_said="none (the goloop tests will be skipped)"
+say "ready: minio=$MINIO_BIN goloop=$goloop_said node24=$NODE24 ($("$NODE24" --version))"

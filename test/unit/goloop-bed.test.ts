@@ -121,7 +121,7 @@ describe('goloop node', { skip: goloopMissing() }, () => {
   });
 });
 
-describe('goloop node stop', () => {
+describe('goloop node stop', { skip: goloopMissing() }, () => {
   it('stop() ends the server and removes its dir, also with SIGKILL', async () => {
     for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
       const g = await startGoloop();

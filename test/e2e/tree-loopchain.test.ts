@@ -4,7 +4,7 @@
  * on sends only what changed, a restore onto a fresh host renames the block DB for its IP and
  * the node reaches the height, a restore onto a host that holds the snapshot takes its tables
  * from the data dir, and retention removes an expired tree, its sweep keeping what the
- * remaining trees name.
+ * remaining trees name. With `consistency: stop` the tree is read while the node is stopped.
  */
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
@@ -225,5 +225,34 @@ describe('tree snapshots of a loopchain node', () => {
     } finally {
       world.node.setStopMode('graceful');
     }
+  });
+
+  it('with consistency: stop, reads the tree while the node is stopped and starts it before publishing; the tree restores', async () => {
+    const before = world.node.events().length;
+    const run = await backup({ consistency: 'stop' });
+    assert.equal(run.code, 0, said(run));
+    assert.doesNotMatch(run.stdout, /Stop, freeze, start/);
+    const key = run.outputs.key as string;
+    const m = await manifestOf(key);
+    // One stop and one start of the node, the start after the files were read.
+    const events = world.node
+      .events()
+      .slice(before)
+      .map((e) => e.event)
+      .filter((e) => e === 'stopped' || e === 'started');
+    assert.deepEqual(events, ['stopped', 'started']);
+    assert.equal((await world.node.status()).running, true);
+    assert.ok(m.files.some((f) => f.path.startsWith('.storage/db_CHANGEIP:7100_icon_dex/')));
+    assert.equal((await world.backupList()).includes(key.replace(/^PRep\//, '')), true);
+
+    const t = await target(join(world.root, 'stopped-tree/app/prep'));
+    started.push(t);
+    const restored = await restoreRun(world, t, { 'node-ip': '10.20.30.43', snapshot: key });
+    assert.equal(restored.main.code, 0, said(restored.main));
+    assert.equal(restored.main.outputs.key, key);
+    await t.stop();
+    const c = await check(t.dataDir);
+    assert.equal(c.ok, true);
+    assert.ok(c.height >= m.blockHeight);
   });
 });

@@ -89,6 +89,8 @@ export interface DiskUse {
   baselineDu: number;
   peakDu: number;
   extraDu: number;
+  /** The last sample, taken by stop(): with the peak, what went away before the end. */
+  lastDu: number;
   /** Largest drop of the filesystem's free space, less MinIO's growth (0 without minioDir). */
   maxDfDrop: number;
   samples: number;
@@ -105,6 +107,7 @@ export class DiskSampler {
   private baseFree = 0;
   private baseMinio = 0;
   peakDu = 0;
+  lastDu = 0;
   maxDfDrop = 0;
   samples = 0;
 
@@ -119,7 +122,7 @@ export class DiskSampler {
       this.baseMinio = (await du(this.minioDir)) || 0;
       this.baseFree = freeBytes(this.dir);
     }
-    this.peakDu = this.baseDu;
+    this.peakDu = this.lastDu = this.baseDu;
     this.timer = setInterval(() => void this.sample(), 200);
   }
 
@@ -130,11 +133,11 @@ export class DiskSampler {
       const minioDir = this.minioDir;
       if (minioDir === undefined) {
         const d = await du(this.dir);
-        if (Number.isFinite(d)) this.peakDu = Math.max(this.peakDu, d);
+        if (Number.isFinite(d)) this.peakDu = Math.max(this.peakDu, (this.lastDu = d));
       } else {
         const [d, m] = await Promise.all([du(this.dir), du(minioDir)]);
         const free = freeBytes(this.dir);
-        if (Number.isFinite(d)) this.peakDu = Math.max(this.peakDu, d);
+        if (Number.isFinite(d)) this.peakDu = Math.max(this.peakDu, (this.lastDu = d));
         if (Number.isFinite(m))
           this.maxDfDrop = Math.max(this.maxDfDrop, this.baseFree - free - (m - this.baseMinio));
       }
@@ -152,6 +155,7 @@ export class DiskSampler {
       baselineDu: this.baseDu,
       peakDu: this.peakDu,
       extraDu: this.peakDu - this.baseDu,
+      lastDu: this.lastDu,
       maxDfDrop: this.maxDfDrop,
       samples: this.samples,
     };

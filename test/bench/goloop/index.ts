@@ -51,7 +51,7 @@
  *                   `sent.bytes` (the files not stored before: here, all of them).
  *   runner peak RSS /usr/bin/time -v around the action's Node 24 process, as bench.ts takes it.
  *   host extra disk peak `du -sB1` of the node's home (node dir, backup folder, keystore) every
- *                   200 ms, less its size before; for restores, less the restored node dir.
+ *                   200 ms, less its size before; for restores, less its size at the end.
  *   restore         from the start of the download (theirs) or of the action (ours) to the first
  *                   block above the snapshot's height on the restored node.
  */

@@ -115,7 +115,10 @@ export async function restoreScenario(
         name: who,
         ok: true,
         wallSeconds: wall,
-        hostExtraDiskBytes: Math.max(disk.peakDu, peakDu ?? 0) - restored,
+        // The peak less the home at the end, both taken by the sampler: what the restore held
+        // and let go. (Less the node dir measured after it, the node's own writes in between
+        // made this negative.)
+        hostExtraDiskBytes: Math.max(disk.peakDu, peakDu ?? 0) - disk.lastDu,
         restoredBytes: restored,
         ...rest,
       };

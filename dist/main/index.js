@@ -101759,299 +101759,6 @@ async function rollback(host, node, dirs, startAfter) {
         await node.leaveStopped();
 }
 
-;// CONCATENATED MODULE: ./src/tree/resumable-read.ts
-/**
- * One file of a tree read from `start` to its end, under the rule of the ranged archive reads
- * (s3/download.ts): an attempt that receives no byte for `stallMs` (60 s) is abandoned, as is
- * one that breaks or ends short; the next asks for the bytes from where the last one stopped.
- * An attempt that brought bytes was cut, not refused: the next goes at once and the count of
- * failures starts again. Attempts that bring nothing wait longer each time (1 s, doubled, at
- * most 30 s), and after `attempts` of them in a row the read ends with a DownloadError that
- * names the file, the byte and the last reason. An answer that no attempt changes (a 403, a
- * 404) ends it at once.
- *
- * The time the consumer takes with a chunk is not a stall: the clock runs only while the read
- * waits for the server. A chunk may be a view of a buffer that the next read fills again (the
- * read client's, s3/socket-get.ts): it is valid until the next chunk is asked for.
- */
-
-
-
-
-
-
-/**
- * The file's bytes from `start` to its end, handed to `take` in order: see the module's
- * comment. A chunk may be a view of a buffer that the next read fills again (the read
- * client's, s3/socket-get.ts): it is valid during the call, and until a promise that `take`
- * returns settles.
- */
-async function resumableRead(o, take) {
-    const attempts = Math.max(1, o.attempts ?? 6);
-    let at = Math.min(o.start ?? 0, o.size);
-    let failures = 0;
-    while (at < o.size) {
-        const before = at;
-        const stall = new StallWatch(o.stallMs);
-        let body;
-        let failed;
-        const handle = (chunk) => {
-            // Bytes came, though none for the file (a server that ignored the Range sends the ones
-            // before it first): not a stall.
-            stall.arm();
-            if (chunk.length === 0)
-                return undefined;
-            if (chunk.length > o.size - at) {
-                throw new IntegrityError(`${o.what} is longer than the ${o.size} bytes recorded for it: the stored file is not the one the snapshot names.`);
-            }
-            at += chunk.length;
-            const wait = take(chunk);
-            if (!wait)
-                return undefined;
-            stall.pause();
-            return wait.then(() => stall.arm());
-        };
-        try {
-            stall.arm();
-            body = await o.request(at, stall.signal);
-            if (body instanceof SocketBody) {
-                await body.readInto(handle);
-            }
-            else {
-                for await (const chunk of body)
-                    await handle(chunk);
-            }
-            if (at < o.size) {
-                throw new TransientError(`the response ended after ${formatBytes(at - before)}, at byte ${at} of ${o.size}`);
-            }
-        }
-        catch (error) {
-            failed = stall.stalled ? stall.error() : error;
-        }
-        finally {
-            stall.pause();
-            // Whatever ended the attempt (an error, or a consumer that stopped reading), its
-            // connection is let go.
-            stall.controller.abort();
-            if (body instanceof external_node_stream_.Readable)
-                body.destroy();
-        }
-        if (failed === undefined)
-            return;
-        if (!isTransient(failed)) {
-            throw failed instanceof ActionError
-                ? failed
-                : new StorageError(`The download of ${o.what} failed at byte ${at}: ${reason(failed)}.`);
-        }
-        const moved = at > before;
-        failures = moved ? 0 : failures + 1;
-        if (failures >= attempts) {
-            throw new DownloadError(`The download of ${o.what} stopped at byte ${at} of ${o.size}: ${failures} attempts in a row failed, ` +
-                `the last with ${reason(failed)}.`);
-        }
-        const wait = moved ? 0 : backoffMs(failures, o.backoffMs ?? 1000);
-        o.onRetry?.(`${o.what}: ${reason(failed)}; again from byte ${at}${wait ? ` in ${(wait / 1000).toFixed(1)} s` : ''}.`);
-        await (0,external_node_timers_promises_namespaceObject.setTimeout)(wait);
-    }
-}
-/** The error under a fetch's own: undici's `fetch failed` and `terminated` carry the reason as a cause. */
-function causeOf(error) {
-    const cause = error?.cause;
-    return cause instanceof Error ? cause : error;
-}
-/**
- * `request` for a file served over HTTP(S) (a tree in icon2-node's form): a GET with a Range
- * from `from`. A server that ignores the Range (200) has the bytes before `from` skipped. A
- * connection that fails or breaks, a 5xx, a 408 or a 429 may pass on another attempt; any
- * other answer is final.
- */
-function httpRange(url) {
-    return async (from, signal) => {
-        let res;
-        try {
-            res = await fetch(url, { headers: from > 0 ? { Range: `bytes=${from}-` } : {}, signal });
-        }
-        catch (error) {
-            if (signal.aborted)
-                throw error;
-            throw new TransientError(`GET ${url} failed: ${reason(causeOf(error))}`, { cause: error });
-        }
-        const said = `GET ${url} answered HTTP ${res.status} ${res.statusText}`.trim();
-        if (res.status !== 200 && res.status !== 206) {
-            await res.body?.cancel().catch(() => undefined);
-            if (res.status >= 500 || res.status === 408 || res.status === 429)
-                throw new TransientError(said);
-            throw new StorageError(`${said}.`);
-        }
-        let skip = 0;
-        if (res.status === 206) {
-            const first = /^bytes (\d+)-/.exec(res.headers.get('content-range') ?? '')?.[1];
-            if (Number(first) !== from) {
-                await res.body?.cancel().catch(() => undefined);
-                throw new DownloadError(`GET ${url} asked for the bytes from ${from}; the server sent '${res.headers.get('content-range') ?? 'no Content-Range'}'.`);
-            }
-        }
-        else {
-            skip = from;
-        }
-        return bodyOf(res, skip, signal, url);
-    };
-}
-/**
- * A response's bytes after the first `skip` (an empty chunk for each one skipped whole); a
- * break that the caller did not ask for may pass on another attempt.
- */
-async function* bodyOf(res, skip, signal, url) {
-    if (!res.body)
-        return;
-    let left = skip;
-    try {
-        for await (const chunk of res.body) {
-            if (left >= chunk.length) {
-                left -= chunk.length;
-                yield chunk.subarray(0, 0);
-                continue;
-            }
-            yield left > 0 ? chunk.subarray(left) : chunk;
-            left = 0;
-        }
-    }
-    catch (error) {
-        if (signal.aborted)
-            throw error;
-        throw new TransientError(`GET ${url} broke off: ${reason(causeOf(error))}`, { cause: error });
-    }
-}
-
-;// CONCATENATED MODULE: ./src/modes/restore-tree.ts
-/**
- * Where a tree restore's files come from: a tree of ours (its manifest proves every file by
- * its sha256) or one published in icon2-node's form (an index and a checksum file, which
- * prove only sizes and the hashes of the files' tails). Either becomes the list of files that
- * tree/fetch.ts writes into the staging folder; the swap, the health wait and the rollback
- * are restore.ts's, as for an archive.
- */
-
-
-
-
-
-
-
-
-
-
-const stageIdOf = (key) => (0,external_node_crypto_.createHash)('sha256').update(key).digest('hex').slice(0, 16);
-/** A tree of ours, from its manifest; its objects read through `reads` (createReadClient). */
-async function ourTree(client, reads, settings, key, timing = {}) {
-    const { bucket } = settings.s3;
-    const m = await readTreeManifest(client, bucket, treeFiles(key).manifest);
-    if (!m) {
-        throw new StorageError(`${key} has no manifest.json: the tree is incomplete or not ours. Restore another snapshot ('snapshot' input).`);
-    }
-    const objects = m.objects;
-    // Each object read as the archives are: a stall or a break costs one attempt, and the next
-    // goes on from the byte where it stopped.
-    const request = (sha) => async (from, signal) => {
-        try {
-            const res = await reads.send(new dist_cjs/* GetObjectCommand */.jLs({
-                Bucket: bucket,
-                Key: `${objects}${sha}`,
-                Range: from > 0 ? `bytes=${from}-` : undefined,
-            }), { abortSignal: signal });
-            return res.Body;
-        }
-        catch (error) {
-            if (signal.aborted || isTransient(error))
-                throw error;
-            throw describeS3Error(error, `s3://${bucket}/${objects}${sha}`);
-        }
-    };
-    const read = (f) => (start, take) => resumableRead({
-        what: `${f.path} (s3://${bucket}/${objects}${f.sha256})`,
-        size: f.size,
-        start,
-        request: request(f.sha256),
-        onRetry: (message) => info(`Download: ${message}`),
-        ...timing,
-    }, take);
-    return {
-        key,
-        nodeKind: m.nodeKind === 'goloop' ? 'goloop' : 'loopchain',
-        facts: m.facts,
-        height: m.blockHeight,
-        bytes: m.bytes,
-        items: m.files.map((f) => ({
-            path: f.path,
-            size: f.size,
-            mode: f.mode,
-            sha256: f.sha256,
-            tail: f.tail,
-            key: `${objects}${f.sha256}`,
-            read: read(f),
-        })),
-        dirs: m.dirs,
-        proven: true,
-        stageId: stageIdOf(key),
-    };
-}
-/**
- * A tree in icon2-node's form, named by the URL of its `{SERVICE}.json`: a goloop node's
- * files, read over HTTP(S) as aria2c would, each under the rule of the archives' ranged reads
- * (see tree/resumable-read.ts; `timing` shortens it in tests). Nothing states its height or
- * block hash: the restored node is healthy once its chain is started and answering.
- */
-async function foreignTree(pointerUrl, channel, timing = {}) {
-    const all = await readForeignTree(pointerUrl);
-    // The chain folder is the one named by a cid (hex) that holds a database: `{cid}/db/{nid}/…`.
-    const chain = all
-        .map((f) => /^([0-9a-f]{1,8})\/db\/([0-9a-f]{1,8})\//.exec(f.path))
-        .find((m) => m !== null);
-    if (!chain) {
-        throw new StorageError(`${pointerUrl} names no goloop chain folder ({cid}/db/{nid}/…): it is not a tree of a goloop node.`);
-    }
-    const folder = chain[1];
-    const files = all.filter((f) => f.path.startsWith(`${folder}/`));
-    if (files.length < all.length) {
-        info(`Restoring the chain folder ${folder}; ${all.length - files.length} other files of the tree (node-level files) are left out.`);
-    }
-    const unchecked = files.filter((f) => f.tail === undefined).length;
-    warning(`${pointerUrl} is a tree in icon2-node's form, with no manifest of ours: only each file's size` +
-        `${unchecked < files.length ? ' and the hash of its last 10 KiB' : ''} can be checked, not a sha256 of the whole file, ` +
-        `and it states no block height or hash to prove the restored node by.`);
-    const read = (f) => (start, take) => resumableRead({
-        what: `${f.path} (${f.url})`,
-        size: f.size,
-        start,
-        request: httpRange(f.url),
-        onRetry: (message) => info(`Download: ${message}`),
-        ...timing,
-    }, take);
-    const dirs = new Set();
-    for (const f of files) {
-        const parts = f.path.split('/');
-        for (let i = 1; i < parts.length; i++)
-            dirs.add(parts.slice(0, i).join('/'));
-    }
-    return {
-        key: pointerUrl,
-        nodeKind: 'goloop',
-        facts: { cid: `0x${folder}`, nid: `0x${chain[2]}`, channel },
-        height: 0,
-        bytes: files.reduce((s, f) => s + f.size, 0),
-        items: files.map((f) => ({
-            path: f.path,
-            size: f.size,
-            mode: 0o644,
-            tail: f.tail,
-            read: read(f),
-        })),
-        dirs: [...dirs].sort(),
-        proven: false,
-        stageId: stageIdOf(pointerUrl),
-    };
-}
-
 ;// CONCATENATED MODULE: ./src/tree/fetch-channel.ts
 /**
  * One SSH channel that a tree restore writes a tar of files into (see tree/fetch.ts).
@@ -102766,6 +102473,7 @@ async function fetchInto(remote, more, onGo, settings, tree, into) {
 
 
 
+
 /**
  * How long the signed URL is good for: every range is a request of its own, so the URL must
  * outlive the whole read (12 hours reads 1.2 TB at 30 MB/s). S3 caps it at the end of the
@@ -102868,6 +102576,464 @@ function splitFirst(line) {
     const at = line.indexOf(' ');
     return at < 0 ? [line, ''] : [line.slice(0, at), line.slice(at + 1)];
 }
+/**
+ * An archive into the staging folder: read by the host itself when it can (restore-on-host.ts),
+ * else read by the runner and relayed over SSH (restore-stream.ts). With 'download-on: auto', a
+ * host that cannot reach S3 falls back to the relay, over a channel of its own.
+ */
+async function restore_on_host_streamArchive(remote, onGo, a) {
+    const relay = (r, go) => streamInto(r, go, a.reads, a.settings, a.key, a.into, a.size, a.sha256).then((s) => ({
+        ...s,
+        line: 'relayed by the runner',
+    }));
+    if (!a.onHost)
+        return relay(remote, onGo);
+    const got = await restore_on_host_fetchOnHost(remote, onGo, a.client, a.settings, a.key, a.into, a.size, a.sha256);
+    if (!('unreachable' in got))
+        return { ...got, line: 'read by the host' };
+    if (a.settings.restore.downloadOn === 'host') {
+        throw new StorageError(`The host cannot read ${a.key} from S3 (${got.unreachable}). Nothing was changed on the host. Let the host ` +
+            `reach the S3 endpoint, or set 'download-on: auto' or 'runner' (the runner relays the archive).`);
+    }
+    info(`The host cannot read S3 (${got.unreachable}): the runner reads the archive and relays it over SSH.`);
+    const second = a.into.host.extract(a.into.stage);
+    let started = false;
+    try {
+        return await relay(second, () => (started = true));
+    }
+    finally {
+        if (!started)
+            await closeUnused(second);
+    }
+}
+
+;// CONCATENATED MODULE: ./src/tree/resumable-read.ts
+/**
+ * One file of a tree read from `start` to its end, under the rule of the ranged archive reads
+ * (s3/download.ts): an attempt that receives no byte for `stallMs` (60 s) is abandoned, as is
+ * one that breaks or ends short; the next asks for the bytes from where the last one stopped.
+ * An attempt that brought bytes was cut, not refused: the next goes at once and the count of
+ * failures starts again. Attempts that bring nothing wait longer each time (1 s, doubled, at
+ * most 30 s), and after `attempts` of them in a row the read ends with a DownloadError that
+ * names the file, the byte and the last reason. An answer that no attempt changes (a 403, a
+ * 404) ends it at once.
+ *
+ * The time the consumer takes with a chunk is not a stall: the clock runs only while the read
+ * waits for the server. A chunk may be a view of a buffer that the next read fills again (the
+ * read client's, s3/socket-get.ts): it is valid until the next chunk is asked for.
+ */
+
+
+
+
+
+
+/**
+ * The file's bytes from `start` to its end, handed to `take` in order: see the module's
+ * comment. A chunk may be a view of a buffer that the next read fills again (the read
+ * client's, s3/socket-get.ts): it is valid during the call, and until a promise that `take`
+ * returns settles.
+ */
+async function resumableRead(o, take) {
+    const attempts = Math.max(1, o.attempts ?? 6);
+    let at = Math.min(o.start ?? 0, o.size);
+    let failures = 0;
+    while (at < o.size) {
+        const before = at;
+        const stall = new StallWatch(o.stallMs);
+        let body;
+        let failed;
+        const handle = (chunk) => {
+            // Bytes came, though none for the file (a server that ignored the Range sends the ones
+            // before it first): not a stall.
+            stall.arm();
+            if (chunk.length === 0)
+                return undefined;
+            if (chunk.length > o.size - at) {
+                throw new IntegrityError(`${o.what} is longer than the ${o.size} bytes recorded for it: the stored file is not the one the snapshot names.`);
+            }
+            at += chunk.length;
+            const wait = take(chunk);
+            if (!wait)
+                return undefined;
+            stall.pause();
+            return wait.then(() => stall.arm());
+        };
+        try {
+            stall.arm();
+            body = await o.request(at, stall.signal);
+            if (body instanceof SocketBody) {
+                await body.readInto(handle);
+            }
+            else {
+                for await (const chunk of body)
+                    await handle(chunk);
+            }
+            if (at < o.size) {
+                throw new TransientError(`the response ended after ${formatBytes(at - before)}, at byte ${at} of ${o.size}`);
+            }
+        }
+        catch (error) {
+            failed = stall.stalled ? stall.error() : error;
+        }
+        finally {
+            stall.pause();
+            // Whatever ended the attempt (an error, or a consumer that stopped reading), its
+            // connection is let go.
+            stall.controller.abort();
+            if (body instanceof external_node_stream_.Readable)
+                body.destroy();
+        }
+        if (failed === undefined)
+            return;
+        if (!isTransient(failed)) {
+            throw failed instanceof ActionError
+                ? failed
+                : new StorageError(`The download of ${o.what} failed at byte ${at}: ${reason(failed)}.`);
+        }
+        const moved = at > before;
+        failures = moved ? 0 : failures + 1;
+        if (failures >= attempts) {
+            throw new DownloadError(`The download of ${o.what} stopped at byte ${at} of ${o.size}: ${failures} attempts in a row failed, ` +
+                `the last with ${reason(failed)}.`);
+        }
+        const wait = moved ? 0 : backoffMs(failures, o.backoffMs ?? 1000);
+        o.onRetry?.(`${o.what}: ${reason(failed)}; again from byte ${at}${wait ? ` in ${(wait / 1000).toFixed(1)} s` : ''}.`);
+        await (0,external_node_timers_promises_namespaceObject.setTimeout)(wait);
+    }
+}
+/** The error under a fetch's own: undici's `fetch failed` and `terminated` carry the reason as a cause. */
+function causeOf(error) {
+    const cause = error?.cause;
+    return cause instanceof Error ? cause : error;
+}
+/**
+ * `request` for a file served over HTTP(S) (a tree in icon2-node's form): a GET with a Range
+ * from `from`. A server that ignores the Range (200) has the bytes before `from` skipped. A
+ * connection that fails or breaks, a 5xx, a 408 or a 429 may pass on another attempt; any
+ * other answer is final.
+ */
+function httpRange(url) {
+    return async (from, signal) => {
+        let res;
+        try {
+            res = await fetch(url, { headers: from > 0 ? { Range: `bytes=${from}-` } : {}, signal });
+        }
+        catch (error) {
+            if (signal.aborted)
+                throw error;
+            throw new TransientError(`GET ${url} failed: ${reason(causeOf(error))}`, { cause: error });
+        }
+        const said = `GET ${url} answered HTTP ${res.status} ${res.statusText}`.trim();
+        if (res.status !== 200 && res.status !== 206) {
+            await res.body?.cancel().catch(() => undefined);
+            if (res.status >= 500 || res.status === 408 || res.status === 429)
+                throw new TransientError(said);
+            throw new StorageError(`${said}.`);
+        }
+        let skip = 0;
+        if (res.status === 206) {
+            const first = /^bytes (\d+)-/.exec(res.headers.get('content-range') ?? '')?.[1];
+            if (Number(first) !== from) {
+                await res.body?.cancel().catch(() => undefined);
+                throw new DownloadError(`GET ${url} asked for the bytes from ${from}; the server sent '${res.headers.get('content-range') ?? 'no Content-Range'}'.`);
+            }
+        }
+        else {
+            skip = from;
+        }
+        return bodyOf(res, skip, signal, url);
+    };
+}
+/**
+ * A response's bytes after the first `skip` (an empty chunk for each one skipped whole); a
+ * break that the caller did not ask for may pass on another attempt.
+ */
+async function* bodyOf(res, skip, signal, url) {
+    if (!res.body)
+        return;
+    let left = skip;
+    try {
+        for await (const chunk of res.body) {
+            if (left >= chunk.length) {
+                left -= chunk.length;
+                yield chunk.subarray(0, 0);
+                continue;
+            }
+            yield left > 0 ? chunk.subarray(left) : chunk;
+            left = 0;
+        }
+    }
+    catch (error) {
+        if (signal.aborted)
+            throw error;
+        throw new TransientError(`GET ${url} broke off: ${reason(causeOf(error))}`, { cause: error });
+    }
+}
+
+;// CONCATENATED MODULE: ./src/modes/restore-tree.ts
+/**
+ * Where a tree restore's files come from: a tree of ours (its manifest proves every file by
+ * its sha256) or one published in icon2-node's form (an index and a checksum file, which
+ * prove only sizes and the hashes of the files' tails). Either becomes the list of files that
+ * tree/fetch.ts writes into the staging folder; the swap, the health wait and the rollback
+ * are restore.ts's, as for an archive.
+ */
+
+
+
+
+
+
+
+
+
+
+const stageIdOf = (key) => (0,external_node_crypto_.createHash)('sha256').update(key).digest('hex').slice(0, 16);
+/** A tree of ours, from its manifest; its objects read through `reads` (createReadClient). */
+async function ourTree(client, reads, settings, key, timing = {}) {
+    const { bucket } = settings.s3;
+    const m = await readTreeManifest(client, bucket, treeFiles(key).manifest);
+    if (!m) {
+        throw new StorageError(`${key} has no manifest.json: the tree is incomplete or not ours. Restore another snapshot ('snapshot' input).`);
+    }
+    const objects = m.objects;
+    // Each object read as the archives are: a stall or a break costs one attempt, and the next
+    // goes on from the byte where it stopped.
+    const request = (sha) => async (from, signal) => {
+        try {
+            const res = await reads.send(new dist_cjs/* GetObjectCommand */.jLs({
+                Bucket: bucket,
+                Key: `${objects}${sha}`,
+                Range: from > 0 ? `bytes=${from}-` : undefined,
+            }), { abortSignal: signal });
+            return res.Body;
+        }
+        catch (error) {
+            if (signal.aborted || isTransient(error))
+                throw error;
+            throw describeS3Error(error, `s3://${bucket}/${objects}${sha}`);
+        }
+    };
+    const read = (f) => (start, take) => resumableRead({
+        what: `${f.path} (s3://${bucket}/${objects}${f.sha256})`,
+        size: f.size,
+        start,
+        request: request(f.sha256),
+        onRetry: (message) => info(`Download: ${message}`),
+        ...timing,
+    }, take);
+    return {
+        key,
+        nodeKind: m.nodeKind === 'goloop' ? 'goloop' : 'loopchain',
+        facts: m.facts,
+        height: m.blockHeight,
+        bytes: m.bytes,
+        items: m.files.map((f) => ({
+            path: f.path,
+            size: f.size,
+            mode: f.mode,
+            sha256: f.sha256,
+            tail: f.tail,
+            key: `${objects}${f.sha256}`,
+            read: read(f),
+        })),
+        dirs: m.dirs,
+        proven: true,
+        stageId: stageIdOf(key),
+    };
+}
+/**
+ * A tree in icon2-node's form, named by the URL of its `{SERVICE}.json`: a goloop node's
+ * files, read over HTTP(S) as aria2c would, each under the rule of the archives' ranged reads
+ * (see tree/resumable-read.ts; `timing` shortens it in tests). Nothing states its height or
+ * block hash: the restored node is healthy once its chain is started and answering.
+ */
+async function foreignTree(pointerUrl, channel, timing = {}) {
+    const all = await readForeignTree(pointerUrl);
+    // The chain folder is the one named by a cid (hex) that holds a database: `{cid}/db/{nid}/…`.
+    const chain = all
+        .map((f) => /^([0-9a-f]{1,8})\/db\/([0-9a-f]{1,8})\//.exec(f.path))
+        .find((m) => m !== null);
+    if (!chain) {
+        throw new StorageError(`${pointerUrl} names no goloop chain folder ({cid}/db/{nid}/…): it is not a tree of a goloop node.`);
+    }
+    const folder = chain[1];
+    const files = all.filter((f) => f.path.startsWith(`${folder}/`));
+    if (files.length < all.length) {
+        info(`Restoring the chain folder ${folder}; ${all.length - files.length} other files of the tree (node-level files) are left out.`);
+    }
+    const unchecked = files.filter((f) => f.tail === undefined).length;
+    warning(`${pointerUrl} is a tree in icon2-node's form, with no manifest of ours: only each file's size` +
+        `${unchecked < files.length ? ' and the hash of its last 10 KiB' : ''} can be checked, not a sha256 of the whole file, ` +
+        `and it states no block height or hash to prove the restored node by.`);
+    const read = (f) => (start, take) => resumableRead({
+        what: `${f.path} (${f.url})`,
+        size: f.size,
+        start,
+        request: httpRange(f.url),
+        onRetry: (message) => info(`Download: ${message}`),
+        ...timing,
+    }, take);
+    const dirs = new Set();
+    for (const f of files) {
+        const parts = f.path.split('/');
+        for (let i = 1; i < parts.length; i++)
+            dirs.add(parts.slice(0, i).join('/'));
+    }
+    return {
+        key: pointerUrl,
+        nodeKind: 'goloop',
+        facts: { cid: `0x${folder}`, nid: `0x${chain[2]}`, channel },
+        height: 0,
+        bytes: files.reduce((s, f) => s + f.size, 0),
+        items: files.map((f) => ({
+            path: f.path,
+            size: f.size,
+            mode: 0o644,
+            tail: f.tail,
+            read: read(f),
+        })),
+        dirs: [...dirs].sort(),
+        proven: false,
+        stageId: stageIdOf(pointerUrl),
+    };
+}
+
+;// CONCATENATED MODULE: ./src/modes/restore-plan.ts
+/**
+ * What a restore is to do, before it changes anything: which snapshot (and what its manifest
+ * says), and whether the host can take it: the node's state, room on the disk, the tools, and
+ * who reads the bytes from S3 (the host itself, or the runner relaying them).
+ */
+
+
+
+
+
+
+
+
+
+
+
+
+/** A `snapshot` that names a tree in icon2-node's form: the URL of its `{SERVICE}.json`. */
+const FOREIGN_POINTER = /^https?:\/\/[^\s]+\.json$/;
+async function chooseForRestore(settings, client, reads) {
+    const wanted = settings.restore.snapshot;
+    const { chosen, tree } = await group('Choose the snapshot', async () => {
+        if (FOREIGN_POINTER.test(wanted)) {
+            info(`Snapshot: the tree that ${wanted} points at`);
+            return { chosen: undefined, tree: await foreignTree(wanted, settings.node.chain) };
+        }
+        const c = await chooseSnapshot(client, settings.s3, wanted);
+        info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list: it may be incomplete)'}`);
+        return {
+            chosen: c,
+            tree: c.name.format === 'tree' ? await ourTree(client, reads, settings, c.key) : undefined,
+        };
+    });
+    const snapshotKey = tree?.key ?? chosen?.key ?? '';
+    const manifest = chosen && !tree
+        ? await readManifest(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, chosen.key))
+        : undefined;
+    const size = tree ? tree.bytes : await objectSize(client, settings.s3.bucket, snapshotKey);
+    if (!manifest && !tree) {
+        warning(`${snapshotKey} has no manifest (an archive of the original backup script?): its bytes cannot be checked against a ` +
+            `recorded sha256; the decompressor's own check and tar's are all there is.`);
+    }
+    const height = tree?.height ?? manifest?.blockHeight ?? chosen?.name.height ?? 0;
+    return { chosen, tree, manifest, size, height, snapshotKey };
+}
+/**
+ * Refuses, changing nothing, what the host cannot take: a running node that is not to be
+ * stopped, a node that nothing would start, too little room, missing tools. Removes the
+ * staging folders that earlier runs left (except this snapshot's own).
+ */
+async function checkHost(o) {
+    const { settings, host, stage } = o;
+    const { chosen, tree, manifest, size, snapshotKey } = o.snapshot;
+    const opts = settings.restore;
+    const parent = dirname(host.dataDir);
+    const probe = await host.checkForRestore({ nodeIp: opts.nodeIp });
+    const running = probe.running;
+    if (running && !opts.stopNode)
+        throw runningRefused(settings.ssh.host, running);
+    if (opts.startNode && probe.cannotStart) {
+        throw new HostError(`${probe.cannotStart} Nothing was changed on the host.`);
+    }
+    const freed = await removeLeftStages(host, probe.stages, stage);
+    // What this snapshot's own staging folder holds from an earlier run is kept, or removed
+    // to make room: either way it is not needed twice.
+    const resumed = probe.stages.find((s) => s.path === stage)?.bytes ?? 0;
+    // A tree of ours onto a data dir that holds tables of it: those are linked into the
+    // staging folder once their sha256 proves them (tree/fetch.ts), and take no more room.
+    const inDataDir = tree?.proven && probe.dataDirPresent
+        ? await host.tablesInDataDir(tree.items, probe.address)
+        : [];
+    const sizes = new Map(tree?.items.map((i) => [i.path, i.size]));
+    const local = inDataDir.reduce((sum, p) => sum + (sizes.get(p) ?? 0), 0);
+    if (inDataDir.length > 0) {
+        info(`${inDataDir.length} table files of the data dir (${formatBytes(local)}) have the snapshot's paths and sizes: ` +
+            `once their sha256 proves them they are linked, not fetched.`);
+    }
+    // A tree in icon2-node's form proves its files by their tails, on the runner only.
+    const onHost = (!tree || tree.proven) && hostReads(opts.downloadOn, probe.tools, snapshotKey);
+    const needed = (tree ? tree.bytes - local : (manifest?.uncompressedBytes ?? size * 1.2)) +
+        (onHost && !tree ? hostFetchBytes(size, settings.s3.downloadConnections) : 0) +
+        opts.diskMarginBytes;
+    const free = probe.freeBytes + freed + resumed;
+    if (free < needed) {
+        throw new HostError(`${parent} has ${formatBytes(free)} free${resumed > 0 ? ` (counting the ${formatBytes(resumed)} that this snapshot's staging folder holds)` : ''}; ` +
+            `the snapshot needs ${formatBytes(needed)} ` +
+            `(its ${manifest || tree ? '' : 'estimated '}size${local > 0 ? `, less the ${formatBytes(local)} of tables it may link from the data dir,` : ''} plus 'disk-margin'). Free some space and run again.`);
+    }
+    const compression = chosen?.name.compression;
+    if (compression)
+        requireArchiveTools(probe.tools, compression, snapshotKey, true);
+    const decoder = compression ? chooseDecoder(probe.tools, compression) : { name: 'none' };
+    if (decoder.name === 'pigz' || decoder.name === 'gzip') {
+        notice(`The host decompresses with ${decoder.name}. Installing igzip there (Debian and Ubuntu package 'isal') ` +
+            `makes the extraction of gzip snapshots about twice as fast.`);
+    }
+    const address = probe.address;
+    info(`Free space ${formatBytes(probe.freeBytes)}; data dir ${probe.dataDirPresent ? 'present (it will be kept)' : 'absent (fresh host)'}; ` +
+        `the ${host.restoredAs(address)}; ${tree ? 'files arrive as they are stored' : `the archive is decompressed by ${decoder.name}`}` +
+        `${onHost ? ', read from S3 by the host itself' : ', relayed from S3 by the runner'}.`);
+    if (running) {
+        info(`The node runs (${running}): it goes on serving on its current data while the snapshot streams, and is ` +
+            `stopped only for the swap.`);
+    }
+    const stageFound = probe.stages.some((s) => s.path === stage);
+    return {
+        ip: address,
+        decoder,
+        inDataDir,
+        stageFound,
+        onHost,
+        wasRunning: running !== undefined,
+        hadPrevious: probe.dataDirPresent,
+    };
+}
+/** Tools that the host's own read of an archive needs (node-kind/host-fetch.ts). */
+const HOST_READ_TOOLS = ['curl', 'mkfifo'];
+/** Whether the host is to read the archive itself: 'download-on', and the tools it has. */
+function hostReads(downloadOn, tools, key) {
+    if (downloadOn === 'runner')
+        return false;
+    const lacks = HOST_READ_TOOLS.filter((t) => !tools.has(t));
+    if (!tools.has('openssl') && !tools.has('sha256sum'))
+        lacks.push('openssl or sha256sum');
+    if (lacks.length === 0)
+        return true;
+    if (downloadOn === 'host') {
+        throw new HostError(`'download-on: host' needs ${lacks.join(' and ')} on the host to read ${key} from S3. Install ` +
+            `${lacks.length === 1 ? 'it' : 'them'}, or set 'download-on: auto' (the runner relays the archive). Nothing was changed on the host.`);
+    }
+    info(`The host has no ${lacks.join(' nor ')}: the runner relays the archive from S3.`);
+    return false;
+}
 
 ;// CONCATENATED MODULE: ./src/modes/restore.ts
 /**
@@ -102892,13 +103058,6 @@ function splitFirst(line) {
 
 
 
-
-
-
-
-
-/** A `snapshot` that names a tree in icon2-node's form: the URL of its `{SERVICE}.json`. */
-const FOREIGN_POINTER = /^https?:\/\/[^\s]+\.json$/;
 async function restore(settings, connect = connectNode) {
     const ssh = settings.ssh;
     const opts = settings.restore;
@@ -102908,28 +103067,7 @@ async function restore(settings, connect = connectNode) {
     const client = createClient(settings.s3);
     // The snapshot's bytes: an archive's ranges, a tree's objects.
     const reads = createReadClient(settings.s3);
-    const { chosen, tree } = await group('Choose the snapshot', async () => {
-        if (FOREIGN_POINTER.test(opts.snapshot)) {
-            info(`Snapshot: the tree that ${opts.snapshot} points at`);
-            return { chosen: undefined, tree: await foreignTree(opts.snapshot, settings.node.chain) };
-        }
-        const c = await chooseSnapshot(client, settings.s3, opts.snapshot);
-        info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list: it may be incomplete)'}`);
-        return {
-            chosen: c,
-            tree: c.name.format === 'tree' ? await ourTree(client, reads, settings, c.key) : undefined,
-        };
-    });
-    const snapshotKey = tree?.key ?? chosen?.key ?? '';
-    const manifest = chosen && !tree
-        ? await readManifest(client, settings.s3.bucket, manifestKey(settings.s3.manifestPrefix, chosen.key))
-        : undefined;
-    const size = tree ? tree.bytes : await objectSize(client, settings.s3.bucket, snapshotKey);
-    if (!manifest && !tree) {
-        warning(`${snapshotKey} has no manifest (an archive of the original backup script?): its bytes cannot be checked against a ` +
-            `recorded sha256; the decompressor's own check and tar's are all there is.`);
-    }
-    const height = tree?.height ?? manifest?.blockHeight ?? chosen?.name.height ?? 0;
+    const { chosen, tree, manifest, size, height, snapshotKey } = await chooseForRestore(settings, client, reads);
     const connection = await group('Connect', async () => {
         const c = await connect(settings, (dir) => saveState(State.KeyDir, dir), {
             nodeKind: tree?.nodeKind ?? manifest?.nodeKind ?? 'loopchain',
@@ -102965,63 +103103,10 @@ async function restore(settings, connect = connectNode) {
     let streamStarted = false;
     let swap;
     try {
-        const { ip, decoder, inDataDir, stageFound, onHost } = await group('Check the host', async () => {
-            const probe = await host.checkForRestore({ nodeIp: opts.nodeIp });
-            const running = probe.running;
-            if (running && !opts.stopNode)
-                throw runningRefused(ssh.host, running);
-            if (opts.startNode && probe.cannotStart) {
-                throw new HostError(`${probe.cannotStart} Nothing was changed on the host.`);
-            }
-            wasRunning = running !== undefined;
-            const freed = await removeLeftStages(host, probe.stages, stage);
-            // What this snapshot's own staging folder holds from an earlier run is kept, or removed
-            // to make room: either way it is not needed twice.
-            const resumed = probe.stages.find((s) => s.path === stage)?.bytes ?? 0;
-            // A tree of ours onto a data dir that holds tables of it: those are linked into the
-            // staging folder once their sha256 proves them (tree/fetch.ts), and take no more room.
-            const inDataDir = tree?.proven && probe.dataDirPresent
-                ? await host.tablesInDataDir(tree.items, probe.address)
-                : [];
-            const sizes = new Map(tree?.items.map((i) => [i.path, i.size]));
-            const local = inDataDir.reduce((sum, p) => sum + (sizes.get(p) ?? 0), 0);
-            if (inDataDir.length > 0) {
-                info(`${inDataDir.length} table files of the data dir (${formatBytes(local)}) have the snapshot's paths and sizes: ` +
-                    `once their sha256 proves them they are linked, not fetched.`);
-            }
-            // A tree in icon2-node's form proves its files by their tails, on the runner only.
-            const onHost = (!tree || tree.proven) && hostReads(opts.downloadOn, probe.tools, snapshotKey);
-            const needed = (tree ? tree.bytes - local : (manifest?.uncompressedBytes ?? size * 1.2)) +
-                (onHost && !tree ? hostFetchBytes(size, settings.s3.downloadConnections) : 0) +
-                opts.diskMarginBytes;
-            const free = probe.freeBytes + freed + resumed;
-            if (free < needed) {
-                throw new HostError(`${parent} has ${formatBytes(free)} free${resumed > 0 ? ` (counting the ${formatBytes(resumed)} that this snapshot's staging folder holds)` : ''}; ` +
-                    `the snapshot needs ${formatBytes(needed)} ` +
-                    `(its ${manifest || tree ? '' : 'estimated '}size${local > 0 ? `, less the ${formatBytes(local)} of tables it may link from the data dir,` : ''} plus 'disk-margin'). Free some space and run again.`);
-            }
-            hadPrevious = probe.dataDirPresent;
-            const compression = chosen?.name.compression;
-            if (compression)
-                requireArchiveTools(probe.tools, compression, snapshotKey, true);
-            const decoder = compression
-                ? chooseDecoder(probe.tools, compression)
-                : { name: 'none' };
-            if (decoder.name === 'pigz' || decoder.name === 'gzip') {
-                notice(`The host decompresses with ${decoder.name}. Installing igzip there (Debian and Ubuntu package 'isal') ` +
-                    `makes the extraction of gzip snapshots about twice as fast.`);
-            }
-            const address = probe.address;
-            info(`Free space ${formatBytes(probe.freeBytes)}; data dir ${probe.dataDirPresent ? 'present (it will be kept)' : 'absent (fresh host)'}; ` +
-                `the ${host.restoredAs(address)}; ${tree ? 'files arrive as they are stored' : `the archive is decompressed by ${decoder.name}`}` +
-                `${onHost ? ', read from S3 by the host itself' : ', relayed from S3 by the runner'}.`);
-            if (running) {
-                info(`The node runs (${running}): it goes on serving on its current data while the snapshot streams, and is ` +
-                    `stopped only for the swap.`);
-            }
-            const stageFound = probe.stages.some((s) => s.path === stage);
-            return { ip: address, decoder, inDataDir, stageFound, onHost };
-        });
+        const checked = await group('Check the host', () => checkHost({ settings, host, stage, snapshot: { chosen, tree, manifest, size, snapshotKey } }));
+        const { ip, decoder, inDataDir, stageFound, onHost } = checked;
+        wasRunning = checked.wasRunning;
+        hadPrevious = checked.hadPrevious;
         // The swap waits on the host from now on, for the word that the archive proved whole.
         swap = host.swap(stage, previous, ip, node.watchdogFlag);
         // The post step removes a staging folder that a run leaves, except a tree's of ours: the next
@@ -103043,7 +103128,7 @@ async function restore(settings, connect = connectNode) {
                     }
                     : undefined,
             })
-            : restore_streamArchive(remote, () => (streamStarted = true), {
+            : restore_on_host_streamArchive(remote, () => (streamStarted = true), {
                 client,
                 reads,
                 settings,
@@ -103189,54 +103274,6 @@ async function restore(settings, connect = connectNode) {
         await node.ensureStarted();
         connection.close();
         saveState(State.KeyDir, '');
-    }
-}
-/** Tools that the host's own read of an archive needs (node-kind/host-fetch.ts). */
-const HOST_READ_TOOLS = ['curl', 'mkfifo'];
-/** Whether the host is to read the archive itself: 'download-on', and the tools it has. */
-function hostReads(downloadOn, tools, key) {
-    if (downloadOn === 'runner')
-        return false;
-    const lacks = HOST_READ_TOOLS.filter((t) => !tools.has(t));
-    if (!tools.has('openssl') && !tools.has('sha256sum'))
-        lacks.push('openssl or sha256sum');
-    if (lacks.length === 0)
-        return true;
-    if (downloadOn === 'host') {
-        throw new HostError(`'download-on: host' needs ${lacks.join(' and ')} on the host to read ${key} from S3. Install ` +
-            `${lacks.length === 1 ? 'it' : 'them'}, or set 'download-on: auto' (the runner relays the archive). Nothing was changed on the host.`);
-    }
-    info(`The host has no ${lacks.join(' nor ')}: the runner relays the archive from S3.`);
-    return false;
-}
-/**
- * An archive into the staging folder: read by the host itself when it can (restore-on-host.ts),
- * else read by the runner and relayed over SSH (restore-stream.ts). With 'download-on: auto', a
- * host that cannot reach S3 falls back to the relay, over a channel of its own.
- */
-async function restore_streamArchive(remote, onGo, a) {
-    const relay = (r, go) => streamInto(r, go, a.reads, a.settings, a.key, a.into, a.size, a.sha256).then((s) => ({
-        ...s,
-        line: 'relayed by the runner',
-    }));
-    if (!a.onHost)
-        return relay(remote, onGo);
-    const got = await restore_on_host_fetchOnHost(remote, onGo, a.client, a.settings, a.key, a.into, a.size, a.sha256);
-    if (!('unreachable' in got))
-        return { ...got, line: 'read by the host' };
-    if (a.settings.restore.downloadOn === 'host') {
-        throw new StorageError(`The host cannot read ${a.key} from S3 (${got.unreachable}). Nothing was changed on the host. Let the host ` +
-            `reach the S3 endpoint, or set 'download-on: auto' or 'runner' (the runner relays the archive).`);
-    }
-    info(`The host cannot read S3 (${got.unreachable}): the runner reads the archive and relays it over SSH.`);
-    const second = a.into.host.extract(a.into.stage);
-    let started = false;
-    try {
-        return await relay(second, () => (started = true));
-    }
-    finally {
-        if (!started)
-            await closeUnused(second);
     }
 }
 

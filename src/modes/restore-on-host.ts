@@ -27,8 +27,8 @@ import { markedLines } from '../node-kind/extract.js';
 import { Progress } from '../progress.js';
 import { headObject } from '../s3/download.js';
 import type { Settings } from '../settings.js';
-import type { RemoteStream } from '../ssh/session.js';
-import { extractionFailed, type Streamed } from './restore-stream.js';
+import { closeUnused, type RemoteStream } from '../ssh/session.js';
+import { extractionFailed, streamInto, type Streamed } from './restore-stream.js';
 
 /**
  * How long the signed URL is good for: every range is a request of its own, so the URL must
@@ -153,4 +153,58 @@ export async function fetchOnHost(
 function splitFirst(line: string): [string, string] {
   const at = line.indexOf(' ');
   return at < 0 ? [line, ''] : [line.slice(0, at), line.slice(at + 1)];
+}
+
+/**
+ * An archive into the staging folder: read by the host itself when it can (restore-on-host.ts),
+ * else read by the runner and relayed over SSH (restore-stream.ts). With 'download-on: auto', a
+ * host that cannot reach S3 falls back to the relay, over a channel of its own.
+ */
+export async function streamArchive(
+  remote: RemoteStream,
+  onGo: () => void,
+  a: {
+    client: S3Client;
+    reads: S3Client;
+    settings: Settings;
+    key: string;
+    into: { host: NodeHost; stage: string; decoder: Decoder };
+    size: number;
+    sha256?: string;
+    onHost: boolean;
+  },
+): Promise<Streamed> {
+  const relay = (r: RemoteStream, go: () => void): Promise<Streamed> =>
+    streamInto(r, go, a.reads, a.settings, a.key, a.into, a.size, a.sha256).then((s) => ({
+      ...s,
+      line: 'relayed by the runner',
+    }));
+  if (!a.onHost) return relay(remote, onGo);
+  const got = await fetchOnHost(
+    remote,
+    onGo,
+    a.client,
+    a.settings,
+    a.key,
+    a.into,
+    a.size,
+    a.sha256,
+  );
+  if (!('unreachable' in got)) return { ...got, line: 'read by the host' };
+  if (a.settings.restore.downloadOn === 'host') {
+    throw new StorageError(
+      `The host cannot read ${a.key} from S3 (${got.unreachable}). Nothing was changed on the host. Let the host ` +
+        `reach the S3 endpoint, or set 'download-on: auto' or 'runner' (the runner relays the archive).`,
+    );
+  }
+  core.info(
+    `The host cannot read S3 (${got.unreachable}): the runner reads the archive and relays it over SSH.`,
+  );
+  const second = a.into.host.extract(a.into.stage);
+  let started = false;
+  try {
+    return await relay(second, () => (started = true));
+  } finally {
+    if (!started) await closeUnused(second);
+  }
 }

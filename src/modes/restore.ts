@@ -6,45 +6,34 @@
  */
 import * as core from '@actions/core';
 import { Outputs, State } from '../constants.js';
-import type { S3Client } from '@aws-sdk/client-s3';
 import {
   ActionError,
   HostError,
   IntegrityError,
   RemoteCommandError,
-  StorageError,
   errorMessage,
 } from '../errors.js';
 import { formatBytes, formatDuration, formatRate, secondsSince } from '../format.js';
-import { manifestKey } from '../naming.js';
 import { NodeControl, currentRunId } from '../node-control.js';
 import type { PreparedStep } from '../node-kind/host.js';
-import { connectNode, type Connect, type NodeHost } from '../node-kind/index.js';
-import { dirname, requireArchiveTools } from '../node-kind/remote.js';
+import { connectNode, type Connect } from '../node-kind/index.js';
+import { dirname } from '../node-kind/remote.js';
 import { RESTORE_STAGE_PREFIX } from '../node-kind/restore-commands.js';
 import { NODE_LOST } from '../node-kind/watchdog.js';
-import { chooseDecoder, type Decoder } from '../node-kind/extract.js';
 import { createClient, createReadClient } from '../s3/client.js';
-import { readManifest } from '../s3/store.js';
 import type { Settings, SshSettings } from '../settings.js';
-import { chooseSnapshot } from '../snapshots.js';
 import {
-  removeLeftStages,
   rollback,
   runningNode,
   runningRefused,
   settlePrevious,
   waitForHeight,
 } from './restore-node.js';
-import { foreignTree, ourTree } from './restore-tree.js';
-import { fetchInto, objectSize, streamInto, type Streamed } from './restore-stream.js';
-import { fetchOnHost } from './restore-on-host.js';
-import { hostFetchBytes } from '../node-kind/host-fetch.js';
-import { closeUnused, type RemoteStream } from '../ssh/session.js';
+import { fetchInto, type Streamed } from './restore-stream.js';
+import { streamArchive } from './restore-on-host.js';
+import { checkHost, chooseForRestore } from './restore-plan.js';
+import { closeUnused } from '../ssh/session.js';
 import { code, writeSummaryTable } from '../summary.js';
-
-/** A `snapshot` that names a tree in icon2-node's form: the URL of its `{SERVICE}.json`. */
-const FOREIGN_POINTER = /^https?:\/\/[^\s]+\.json$/;
 
 export interface RestoreResult {
   key: string;
@@ -65,35 +54,11 @@ export async function restore(
   const client = createClient(settings.s3);
   // The snapshot's bytes: an archive's ranges, a tree's objects.
   const reads = createReadClient(settings.s3);
-  const { chosen, tree } = await core.group('Choose the snapshot', async () => {
-    if (FOREIGN_POINTER.test(opts.snapshot)) {
-      core.info(`Snapshot: the tree that ${opts.snapshot} points at`);
-      return { chosen: undefined, tree: await foreignTree(opts.snapshot, settings.node.chain) };
-    }
-    const c = await chooseSnapshot(client, settings.s3, opts.snapshot);
-    core.info(`Snapshot: ${c.key}${c.listed ? '' : ' (not in backup_list: it may be incomplete)'}`);
-    return {
-      chosen: c,
-      tree: c.name.format === 'tree' ? await ourTree(client, reads, settings, c.key) : undefined,
-    };
-  });
-  const snapshotKey = tree?.key ?? chosen?.key ?? '';
-  const manifest =
-    chosen && !tree
-      ? await readManifest(
-          client,
-          settings.s3.bucket,
-          manifestKey(settings.s3.manifestPrefix, chosen.key),
-        )
-      : undefined;
-  const size = tree ? tree.bytes : await objectSize(client, settings.s3.bucket, snapshotKey);
-  if (!manifest && !tree) {
-    core.warning(
-      `${snapshotKey} has no manifest (an archive of the original backup script?): its bytes cannot be checked against a ` +
-        `recorded sha256; the decompressor's own check and tar's are all there is.`,
-    );
-  }
-  const height = tree?.height ?? manifest?.blockHeight ?? chosen?.name.height ?? 0;
+  const { chosen, tree, manifest, size, height, snapshotKey } = await chooseForRestore(
+    settings,
+    client,
+    reads,
+  );
 
   const connection = await core.group('Connect', async () => {
     const c = await connect(settings, (dir) => core.saveState(State.KeyDir, dir), {
@@ -132,77 +97,12 @@ export async function restore(
   let streamStarted = false;
   let swap: PreparedStep | undefined;
   try {
-    const { ip, decoder, inDataDir, stageFound, onHost } = await core.group(
-      'Check the host',
-      async () => {
-        const probe = await host.checkForRestore({ nodeIp: opts.nodeIp });
-        const running = probe.running;
-        if (running && !opts.stopNode) throw runningRefused(ssh.host, running);
-        if (opts.startNode && probe.cannotStart) {
-          throw new HostError(`${probe.cannotStart} Nothing was changed on the host.`);
-        }
-        wasRunning = running !== undefined;
-        const freed = await removeLeftStages(host, probe.stages, stage);
-        // What this snapshot's own staging folder holds from an earlier run is kept, or removed
-        // to make room: either way it is not needed twice.
-        const resumed = probe.stages.find((s) => s.path === stage)?.bytes ?? 0;
-        // A tree of ours onto a data dir that holds tables of it: those are linked into the
-        // staging folder once their sha256 proves them (tree/fetch.ts), and take no more room.
-        const inDataDir =
-          tree?.proven && probe.dataDirPresent
-            ? await host.tablesInDataDir(tree.items, probe.address)
-            : [];
-        const sizes = new Map(tree?.items.map((i) => [i.path, i.size]));
-        const local = inDataDir.reduce((sum, p) => sum + (sizes.get(p) ?? 0), 0);
-        if (inDataDir.length > 0) {
-          core.info(
-            `${inDataDir.length} table files of the data dir (${formatBytes(local)}) have the snapshot's paths and sizes: ` +
-              `once their sha256 proves them they are linked, not fetched.`,
-          );
-        }
-        // A tree in icon2-node's form proves its files by their tails, on the runner only.
-        const onHost =
-          (!tree || tree.proven) && hostReads(opts.downloadOn, probe.tools, snapshotKey);
-        const needed =
-          (tree ? tree.bytes - local : (manifest?.uncompressedBytes ?? size * 1.2)) +
-          (onHost && !tree ? hostFetchBytes(size, settings.s3.downloadConnections) : 0) +
-          opts.diskMarginBytes;
-        const free = probe.freeBytes + freed + resumed;
-        if (free < needed) {
-          throw new HostError(
-            `${parent} has ${formatBytes(free)} free${resumed > 0 ? ` (counting the ${formatBytes(resumed)} that this snapshot's staging folder holds)` : ''}; ` +
-              `the snapshot needs ${formatBytes(needed)} ` +
-              `(its ${manifest || tree ? '' : 'estimated '}size${local > 0 ? `, less the ${formatBytes(local)} of tables it may link from the data dir,` : ''} plus 'disk-margin'). Free some space and run again.`,
-          );
-        }
-        hadPrevious = probe.dataDirPresent;
-        const compression = chosen?.name.compression;
-        if (compression) requireArchiveTools(probe.tools, compression, snapshotKey, true);
-        const decoder: Decoder = compression
-          ? chooseDecoder(probe.tools, compression)
-          : { name: 'none' };
-        if (decoder.name === 'pigz' || decoder.name === 'gzip') {
-          core.notice(
-            `The host decompresses with ${decoder.name}. Installing igzip there (Debian and Ubuntu package 'isal') ` +
-              `makes the extraction of gzip snapshots about twice as fast.`,
-          );
-        }
-        const address = probe.address;
-        core.info(
-          `Free space ${formatBytes(probe.freeBytes)}; data dir ${probe.dataDirPresent ? 'present (it will be kept)' : 'absent (fresh host)'}; ` +
-            `the ${host.restoredAs(address)}; ${tree ? 'files arrive as they are stored' : `the archive is decompressed by ${decoder.name}`}` +
-            `${onHost ? ', read from S3 by the host itself' : ', relayed from S3 by the runner'}.`,
-        );
-        if (running) {
-          core.info(
-            `The node runs (${running}): it goes on serving on its current data while the snapshot streams, and is ` +
-              `stopped only for the swap.`,
-          );
-        }
-        const stageFound = probe.stages.some((s) => s.path === stage);
-        return { ip: address, decoder, inDataDir, stageFound, onHost };
-      },
+    const checked = await core.group('Check the host', () =>
+      checkHost({ settings, host, stage, snapshot: { chosen, tree, manifest, size, snapshotKey } }),
     );
+    const { ip, decoder, inDataDir, stageFound, onHost } = checked;
+    wasRunning = checked.wasRunning;
+    hadPrevious = checked.hadPrevious;
 
     // The swap waits on the host from now on, for the word that the archive proved whole.
     swap = host.swap(stage, previous, ip, node.watchdogFlag);
@@ -399,82 +299,5 @@ export async function restore(
     await node.ensureStarted();
     connection.close();
     core.saveState(State.KeyDir, '');
-  }
-}
-
-/** Tools that the host's own read of an archive needs (node-kind/host-fetch.ts). */
-const HOST_READ_TOOLS = ['curl', 'mkfifo'];
-
-/** Whether the host is to read the archive itself: 'download-on', and the tools it has. */
-function hostReads(
-  downloadOn: Settings['restore']['downloadOn'],
-  tools: Set<string>,
-  key: string,
-): boolean {
-  if (downloadOn === 'runner') return false;
-  const lacks = HOST_READ_TOOLS.filter((t) => !tools.has(t));
-  if (!tools.has('openssl') && !tools.has('sha256sum')) lacks.push('openssl or sha256sum');
-  if (lacks.length === 0) return true;
-  if (downloadOn === 'host') {
-    throw new HostError(
-      `'download-on: host' needs ${lacks.join(' and ')} on the host to read ${key} from S3. Install ` +
-        `${lacks.length === 1 ? 'it' : 'them'}, or set 'download-on: auto' (the runner relays the archive). Nothing was changed on the host.`,
-    );
-  }
-  core.info(`The host has no ${lacks.join(' nor ')}: the runner relays the archive from S3.`);
-  return false;
-}
-
-/**
- * An archive into the staging folder: read by the host itself when it can (restore-on-host.ts),
- * else read by the runner and relayed over SSH (restore-stream.ts). With 'download-on: auto', a
- * host that cannot reach S3 falls back to the relay, over a channel of its own.
- */
-async function streamArchive(
-  remote: RemoteStream,
-  onGo: () => void,
-  a: {
-    client: S3Client;
-    reads: S3Client;
-    settings: Settings;
-    key: string;
-    into: { host: NodeHost; stage: string; decoder: Decoder };
-    size: number;
-    sha256?: string;
-    onHost: boolean;
-  },
-): Promise<Streamed> {
-  const relay = (r: RemoteStream, go: () => void): Promise<Streamed> =>
-    streamInto(r, go, a.reads, a.settings, a.key, a.into, a.size, a.sha256).then((s) => ({
-      ...s,
-      line: 'relayed by the runner',
-    }));
-  if (!a.onHost) return relay(remote, onGo);
-  const got = await fetchOnHost(
-    remote,
-    onGo,
-    a.client,
-    a.settings,
-    a.key,
-    a.into,
-    a.size,
-    a.sha256,
-  );
-  if (!('unreachable' in got)) return { ...got, line: 'read by the host' };
-  if (a.settings.restore.downloadOn === 'host') {
-    throw new StorageError(
-      `The host cannot read ${a.key} from S3 (${got.unreachable}). Nothing was changed on the host. Let the host ` +
-        `reach the S3 endpoint, or set 'download-on: auto' or 'runner' (the runner relays the archive).`,
-    );
-  }
-  core.info(
-    `The host cannot read S3 (${got.unreachable}): the runner reads the archive and relays it over SSH.`,
-  );
-  const second = a.into.host.extract(a.into.stage);
-  let started = false;
-  try {
-    return await relay(second, () => (started = true));
-  } finally {
-    if (!started) await closeUnused(second);
   }
 }

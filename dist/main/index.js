@@ -102577,8 +102577,8 @@ function splitFirst(line) {
     return at < 0 ? [line, ''] : [line.slice(0, at), line.slice(at + 1)];
 }
 /**
- * An archive into the staging folder: read by the host itself when it can (restore-on-host.ts),
- * else read by the runner and relayed over SSH (restore-stream.ts). With 'download-on: auto', a
+ * An archive into the staging folder: read by the host itself when it can (fetchOnHost above),
+ * else read by the runner and relayed over SSH (streamInto, restore-stream.ts). With 'download-on: auto', a
  * host that cannot reach S3 falls back to the relay, over a channel of its own.
  */
 async function restore_on_host_streamArchive(remote, onGo, a) {
@@ -103067,7 +103067,8 @@ async function restore(settings, connect = connectNode) {
     const client = createClient(settings.s3);
     // The snapshot's bytes: an archive's ranges, a tree's objects.
     const reads = createReadClient(settings.s3);
-    const { chosen, tree, manifest, size, height, snapshotKey } = await chooseForRestore(settings, client, reads);
+    const snapshot = await chooseForRestore(settings, client, reads);
+    const { tree, manifest, size, height, snapshotKey } = snapshot;
     const connection = await group('Connect', async () => {
         const c = await connect(settings, (dir) => saveState(State.KeyDir, dir), {
             nodeKind: tree?.nodeKind ?? manifest?.nodeKind ?? 'loopchain',
@@ -103090,8 +103091,6 @@ async function restore(settings, connect = connectNode) {
         : `${parent}/${RESTORE_STAGE_PREFIX}${runId}`;
     const previous = `${dataDir}.prev-${stamp}`;
     const failed = `${dataDir}.failed-${stamp}`;
-    let wasRunning = false;
-    let hadPrevious = false;
     let swapped = false;
     // The data channel connects while the host is checked; it does nothing before its go line.
     const remote = tree ? host.receiveTree(stage) : host.extract(stage);
@@ -103103,10 +103102,7 @@ async function restore(settings, connect = connectNode) {
     let streamStarted = false;
     let swap;
     try {
-        const checked = await group('Check the host', () => checkHost({ settings, host, stage, snapshot: { chosen, tree, manifest, size, snapshotKey } }));
-        const { ip, decoder, inDataDir, stageFound, onHost } = checked;
-        wasRunning = checked.wasRunning;
-        hadPrevious = checked.hadPrevious;
+        const { ip, decoder, inDataDir, stageFound, onHost, wasRunning, hadPrevious } = await group('Check the host', () => checkHost({ settings, host, stage, snapshot }));
         // The swap waits on the host from now on, for the word that the archive proved whole.
         swap = host.swap(stage, previous, ip, node.watchdogFlag);
         // The post step removes a staging folder that a run leaves, except a tree's of ours: the next

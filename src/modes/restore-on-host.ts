@@ -156,8 +156,8 @@ function splitFirst(line: string): [string, string] {
 }
 
 /**
- * An archive into the staging folder: read by the host itself when it can (restore-on-host.ts),
- * else read by the runner and relayed over SSH (restore-stream.ts). With 'download-on: auto', a
+ * An archive into the staging folder: read by the host itself when it can (fetchOnHost above),
+ * else read by the runner and relayed over SSH (streamInto, restore-stream.ts). With 'download-on: auto', a
  * host that cannot reach S3 falls back to the relay, over a channel of its own.
  */
 export async function streamArchive(

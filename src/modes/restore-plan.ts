@@ -96,7 +96,7 @@ export async function checkHost(o: {
   settings: Settings;
   host: NodeHost;
   stage: string;
-  snapshot: Omit<RestoreSnapshot, 'height'>;
+  snapshot: RestoreSnapshot;
 }): Promise<HostChecked> {
   const { settings, host, stage } = o;
   const { chosen, tree, manifest, size, snapshotKey } = o.snapshot;

@@ -54,11 +54,8 @@ export async function restore(
   const client = createClient(settings.s3);
   // The snapshot's bytes: an archive's ranges, a tree's objects.
   const reads = createReadClient(settings.s3);
-  const { chosen, tree, manifest, size, height, snapshotKey } = await chooseForRestore(
-    settings,
-    client,
-    reads,
-  );
+  const snapshot = await chooseForRestore(settings, client, reads);
+  const { tree, manifest, size, height, snapshotKey } = snapshot;
 
   const connection = await core.group('Connect', async () => {
     const c = await connect(settings, (dir) => core.saveState(State.KeyDir, dir), {
@@ -84,8 +81,6 @@ export async function restore(
     : `${parent}/${RESTORE_STAGE_PREFIX}${runId}`;
   const previous = `${dataDir}.prev-${stamp}`;
   const failed = `${dataDir}.failed-${stamp}`;
-  let wasRunning = false;
-  let hadPrevious = false;
   let swapped = false;
   // The data channel connects while the host is checked; it does nothing before its go line.
   const remote = tree ? host.receiveTree(stage) : host.extract(stage);
@@ -97,12 +92,8 @@ export async function restore(
   let streamStarted = false;
   let swap: PreparedStep | undefined;
   try {
-    const checked = await core.group('Check the host', () =>
-      checkHost({ settings, host, stage, snapshot: { chosen, tree, manifest, size, snapshotKey } }),
-    );
-    const { ip, decoder, inDataDir, stageFound, onHost } = checked;
-    wasRunning = checked.wasRunning;
-    hadPrevious = checked.hadPrevious;
+    const { ip, decoder, inDataDir, stageFound, onHost, wasRunning, hadPrevious } =
+      await core.group('Check the host', () => checkHost({ settings, host, stage, snapshot }));
 
     // The swap waits on the host from now on, for the word that the archive proved whole.
     swap = host.swap(stage, previous, ip, node.watchdogFlag);
